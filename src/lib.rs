@@ -1,0 +1,1 @@
+//! shardmq: a thread-per-core MQTT broker.
