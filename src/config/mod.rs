@@ -1,0 +1,330 @@
+//! Settings: embedded defaults < TOML file < `SHARDMQ_*` environment < command-line flags.
+//!
+//! The config is one flat table so that every key has exactly one environment variable
+//! (`key` -> `SHARDMQ_KEY`) and one `--set key=value` form. Layers are merged as TOML
+//! tables; the merged document is then deserialized once, strictly
+//! (`deny_unknown_fields`), and validated. Every error names the key and where its value
+//! came from, and the binary exits with status 2 on any of them.
+
+mod layers;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use layers::{load, ConfigSources};
+
+/// Upper bound on shards: one bit per shard in the router's fixed shard sets.
+pub const SHARDS_MAX: usize = 256;
+
+/// The effective configuration of one broker process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Number of shards (pinned executors). 0 = one per CPU in the process's affinity mask.
+    pub shards: usize,
+    /// CPUs to pin shards to, shard i on `cpus[i]`. Empty = the first `shards` CPUs of the
+    /// affinity mask.
+    pub cpus: Vec<usize>,
+    /// MQTT listener address; every shard binds it with SO_REUSEPORT.
+    pub mqtt_listen: SocketAddr,
+    /// HTTP address for `/metrics` and `/health`, served by `metrics_shard`.
+    pub metrics_listen: SocketAddr,
+    /// Which shard serves the metrics endpoint.
+    pub metrics_shard: usize,
+    /// Directory for the lock file and the per-shard WAL directories.
+    pub data_dir: PathBuf,
+    /// Log filter (`tracing` directive syntax, e.g. `info` or `shardmq=debug`).
+    /// `RUST_LOG`, when set, takes precedence.
+    pub log_level: String,
+    /// `text` for humans, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout_ms: u64,
+    /// Capacity of each mesh channel, in batches (not messages). Generous on purpose: small
+    /// capacities under contention can hang the glommio mesh.
+    pub mesh_channel_batches_max: usize,
+    /// Most messages one mesh batch carries; a fuller outbox is sent as several batches.
+    pub mesh_batch_messages_max: usize,
+    /// io_uring registered buffer memory per shard. Shrunk at start to fit RLIMIT_MEMLOCK.
+    pub io_memory_bytes: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            shards: 0,
+            cpus: Vec::new(),
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            metrics_shard: 0,
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            shutdown_timeout_ms: 5_000,
+            mesh_channel_batches_max: 1_024,
+            mesh_batch_messages_max: 256,
+            io_memory_bytes: 10 << 20,
+        }
+    }
+}
+
+/// A configuration error: which key, where its value came from, and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending key (or file / variable when no single key is to blame).
+    pub key: String,
+    /// Where the value came from (`config file x.toml`, `SHARDMQ_SHARDS`, `--shards`).
+    pub source: Option<String>,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            source: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config key `{}`", self.key)?;
+        if let Some(source) = &self.source {
+            write!(f, " (from {source})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks what types alone cannot; resolves `shards = 0` against the CPUs available.
+    pub fn validate(&mut self, available_cpus: &[usize]) -> Result<(), ConfigError> {
+        if self.shards == 0 {
+            self.shards = if self.cpus.is_empty() {
+                available_cpus.len().max(1)
+            } else {
+                self.cpus.len()
+            };
+        }
+        if self.shards > SHARDS_MAX {
+            return Err(ConfigError::new(
+                "shards",
+                format!("{} is more than the supported {SHARDS_MAX}", self.shards),
+            ));
+        }
+        self.validate_cpus(available_cpus)?;
+        if self.metrics_shard >= self.shards {
+            return Err(ConfigError::new(
+                "metrics_shard",
+                format!(
+                    "{} is not a shard (shards = {})",
+                    self.metrics_shard, self.shards
+                ),
+            ));
+        }
+        if self.mqtt_listen == self.metrics_listen && self.mqtt_listen.port() != 0 {
+            return Err(ConfigError::new(
+                "metrics_listen",
+                "must differ from mqtt_listen",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::new(
+                "log_level",
+                format!("`{}` is not a log filter: {e}", self.log_level),
+            ));
+        }
+        positive("shutdown_timeout_ms", self.shutdown_timeout_ms)?;
+        positive(
+            "mesh_channel_batches_max",
+            self.mesh_channel_batches_max as u64,
+        )?;
+        positive(
+            "mesh_batch_messages_max",
+            self.mesh_batch_messages_max as u64,
+        )?;
+        if self.mesh_channel_batches_max < 16 {
+            return Err(ConfigError::new(
+                "mesh_channel_batches_max",
+                "must be at least 16: small mesh channels can deadlock under contention",
+            ));
+        }
+        if self.io_memory_bytes < (64 << 10) {
+            return Err(ConfigError::new(
+                "io_memory_bytes",
+                "must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_cpus(&mut self, available_cpus: &[usize]) -> Result<(), ConfigError> {
+        if self.cpus.is_empty() {
+            if self.shards > available_cpus.len() {
+                return Err(ConfigError::new(
+                    "shards",
+                    format!(
+                        "{} shards but only {} CPUs in this process's affinity mask {:?}; \
+                         lower shards or list cpus explicitly",
+                        self.shards,
+                        available_cpus.len(),
+                        available_cpus
+                    ),
+                ));
+            }
+            self.cpus = available_cpus[..self.shards].to_vec();
+            return Ok(());
+        }
+        if self.cpus.len() != self.shards {
+            return Err(ConfigError::new(
+                "cpus",
+                format!(
+                    "lists {} CPUs but shards = {}",
+                    self.cpus.len(),
+                    self.shards
+                ),
+            ));
+        }
+        for (i, cpu) in self.cpus.iter().enumerate() {
+            if !available_cpus.contains(cpu) {
+                return Err(ConfigError::new(
+                    "cpus",
+                    format!("CPU {cpu} is not in this process's affinity mask {available_cpus:?}"),
+                ));
+            }
+            if self.cpus[..i].contains(cpu) {
+                return Err(ConfigError::new(
+                    "cpus",
+                    format!("CPU {cpu} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Config always serializes")
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// CPUs this process may run on, ascending.
+pub fn affinity_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return (0..n).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_shards_means_every_cpu() {
+        let mut config = Config::default();
+        config.validate(&[0, 1, 2]).unwrap();
+        assert_eq!(config.shards, 3);
+        assert_eq!(config.cpus, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn cpus_must_exist_and_match_shards() {
+        let mut config = Config {
+            shards: 2,
+            cpus: vec![0, 7],
+            ..Config::default()
+        };
+        let err = config.validate(&[0, 1]).unwrap_err();
+        assert_eq!(err.key, "cpus");
+        let mut config = Config {
+            shards: 3,
+            cpus: vec![0, 1],
+            ..Config::default()
+        };
+        assert_eq!(config.validate(&[0, 1, 2]).unwrap_err().key, "cpus");
+    }
+
+    #[test]
+    fn more_shards_than_cpus_is_refused() {
+        let mut config = Config {
+            shards: 4,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "shards");
+    }
+
+    #[test]
+    fn metrics_shard_must_exist() {
+        let mut config = Config {
+            shards: 2,
+            metrics_shard: 2,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "metrics_shard");
+    }
+
+    #[test]
+    fn printed_config_reads_back_identically() {
+        let mut config = Config::default();
+        config.validate(&[0, 1]).unwrap();
+        let back: Config = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+}
+
+#[cfg(test)]
+mod shipped_file {
+    use super::*;
+
+    /// `config/shardmq.toml` documents every key at its default: keep it so.
+    #[test]
+    fn shipped_config_lists_every_key_at_its_default() {
+        let text = include_str!("../../config/shardmq.toml");
+        let shipped: toml::Table = text.parse().expect("config/shardmq.toml parses");
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut missing: Vec<_> = defaults
+            .keys()
+            .filter(|k| !shipped.contains_key(*k))
+            .collect();
+        missing.sort();
+        assert!(missing.is_empty(), "config/shardmq.toml lacks {missing:?}");
+        let parsed: Config = toml::from_str(text).expect("config/shardmq.toml is valid");
+        assert_eq!(parsed, Config::default());
+    }
+}
