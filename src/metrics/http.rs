@@ -1,0 +1,161 @@
+//! The HTTP endpoint of the metrics shard: `GET /metrics` and `GET /health`.
+//!
+//! One request per connection (`Connection: close`): scrapes are rare and small, and this
+//! keeps the server free of per-connection state. Requests are parsed with `httparse`;
+//! a request head over `REQUEST_BYTES_MAX` or slower than `REQUEST_TIMEOUT` is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::export::{render, Probes};
+
+const REQUEST_BYTES_MAX: usize = 8 << 10;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADERS_MAX: usize = 32;
+
+/// Answers whether every shard is alive; `Err` carries the reason for a 503.
+pub type HealthCheck = Rc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>>>>>;
+
+/// Serves until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    probes: Probes,
+    health: HealthCheck,
+    stop: impl Future<Output = ()>,
+) {
+    let accept_loop = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let probes = probes.clone();
+                    let health = Rc::clone(&health);
+                    glommio::spawn_local(async move {
+                        let served = glommio::timer::timeout(REQUEST_TIMEOUT, async {
+                            Ok(handle(stream, &probes, &health).await)
+                        })
+                        .await;
+                        if let Ok(Err(e)) = served {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    futures_lite::future::or(accept_loop, stop).await;
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    probes: &Probes,
+    health: &HealthCheck,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+    let mut filled = 0;
+    let (method, path) = loop {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf[..filled]) {
+            Ok(httparse::Status::Complete(_)) => {
+                break (
+                    request.method.unwrap_or("").to_string(),
+                    request.path.unwrap_or("").to_string(),
+                );
+            }
+            Ok(httparse::Status::Partial) if filled < buf.len() => continue,
+            Ok(httparse::Status::Partial) => {
+                return respond_with(
+                    &mut stream,
+                    431,
+                    "text/plain",
+                    "request head too large\n",
+                    false,
+                )
+                .await;
+            }
+            Err(e) => {
+                return respond_with(&mut stream, 400, "text/plain", &format!("{e}\n"), false)
+                    .await;
+            }
+        }
+    };
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return respond_with(&mut stream, 405, "text/plain", "only GET and HEAD\n", false).await;
+    }
+    let path = path.split('?').next().unwrap_or("");
+    match path {
+        "/metrics" => {
+            let body = render(probes);
+            respond_with(&mut stream, 200, METRICS_CONTENT_TYPE, &body, head_only).await
+        }
+        "/health" => match health().await {
+            Ok(()) => respond_with(&mut stream, 200, "text/plain", "ok\n", head_only).await,
+            Err(reason) => {
+                respond_with(
+                    &mut stream,
+                    503,
+                    "text/plain",
+                    &format!("{reason}\n"),
+                    head_only,
+                )
+                .await
+            }
+        },
+        _ => {
+            respond_with(
+                &mut stream,
+                404,
+                "text/plain",
+                "try /metrics or /health\n",
+                head_only,
+            )
+            .await
+        }
+    }
+}
+
+/// OpenMetrics text, which Prometheus negotiates and parses natively.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn respond_with(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        response.push_str(body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.close().await
+}
