@@ -1,1 +1,182 @@
-fn main() {}
+//! The `shardmq` daemon: load the config, start the shards, wait for signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use shardmq::config::{self, Config, ConfigSources, LogFormat};
+use shardmq::shard::{DataDirLock, Outcome, Runtime};
+
+/// Exit status for configuration errors (and for command-line errors, as clap uses).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status for runtime failures.
+const EXIT_FAILURE: u8 = 1;
+
+/// shardmq — a thread-per-core MQTT 5.0 / 3.1.1 broker.
+///
+/// Settings come from embedded defaults, then the TOML file (--config or SHARDMQ_CONFIG),
+/// then SHARDMQ_<KEY> environment variables, then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "shardmq", version, about)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "SHARDMQ_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Number of shards (0 = one per available CPU).
+    #[arg(long, value_name = "N")]
+    shards: Option<String>,
+    /// MQTT listen address.
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<String>,
+    /// Metrics HTTP listen address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Data directory (lock file, WAL).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Log filter, e.g. `info` or `shardmq=debug`.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Set any config key, e.g. `--set shutdown_timeout_ms=2000` (repeatable).
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl Cli {
+    fn sources(&self) -> Result<ConfigSources, config::ConfigError> {
+        let mut flags = Vec::new();
+        let named = [
+            ("shards", &self.shards),
+            ("mqtt_listen", &self.mqtt_listen),
+            ("metrics_listen", &self.metrics_listen),
+            ("data_dir", &self.data_dir),
+            ("log_level", &self.log_level),
+            ("log_format", &self.log_format),
+        ];
+        for (key, value) in named {
+            if let Some(value) = value {
+                flags.push((
+                    key.to_string(),
+                    value.clone(),
+                    format!("--{}", key.replace('_', "-")),
+                ));
+            }
+        }
+        for item in &self.set {
+            let (key, value) = item.split_once('=').ok_or_else(|| config::ConfigError {
+                key: item.clone(),
+                source: Some("--set".into()),
+                reason: "expected KEY=VALUE".into(),
+            })?;
+            flags.push((
+                key.trim().to_string(),
+                value.to_string(),
+                format!("--set {}", key.trim()),
+            ));
+        }
+        Ok(ConfigSources {
+            file: self.config.clone(),
+            env: std::env::vars().collect(),
+            flags,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match cli.sources().and_then(|s| config::load(&s)) {
+        Ok(config) => config,
+        Err(e) => return config_error(e),
+    };
+    if let Err(e) = config.validate(&config::affinity_cpus()) {
+        return config_error(e);
+    }
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            tracing::error!(%reason, "shardmq stopped with an error");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<(), String> {
+    let lock = DataDirLock::acquire(&config.data_dir)?;
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let runtime = Runtime::start(config)?;
+    tracing::info!(
+        mqtt_listen = %runtime.mqtt_addr,
+        metrics_listen = %runtime.metrics_addr,
+        shards = config.shards,
+        cpus = ?config.cpus,
+        data_dir = %config.data_dir.display(),
+        lock = %lock.path().display(),
+        "shardmq ready"
+    );
+
+    let shutdown_started: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let mut trigger = runtime.shutdown_handle()?;
+    let started = Arc::clone(&shutdown_started);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if started.set(Instant::now()).is_ok() {
+                    tracing::info!(signal, "shutting down: no new connections, draining");
+                    trigger.trigger();
+                } else {
+                    tracing::warn!(signal, "second signal: exiting now");
+                    std::process::exit(128 + signal);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start signal thread: {e}"))?;
+
+    let deadline = Duration::from_millis(config.shutdown_timeout_ms);
+    match runtime.wait(|| shutdown_started.get().copied(), deadline) {
+        Outcome::Clean => {
+            tracing::info!("shardmq stopped");
+            Ok(())
+        }
+        Outcome::Failed(reason) => Err(reason),
+        Outcome::TimedOut => Err(format!(
+            "shards still running {} ms after shutdown started",
+            config.shutdown_timeout_ms
+        )),
+    }
+}
+
+fn config_error(e: config::ConfigError) -> ExitCode {
+    eprintln!("shardmq: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| tracing_subscriber::EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_thread_names(true);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,222 @@
+//! The channel mesh between shards: typed messages, batched per peer per tick.
+//!
+//! Producers push messages into a per-peer outbox; one sender task per peer (glommio
+//! forbids two tasks sending on one `ConnectedSender`) wakes after the producers of the
+//! current tick have run and ships everything queued as one batch. A hop therefore costs
+//! one channel send per batch, not per message. Each outbox is bounded
+//! (`outbox_messages_max`); [`Mesh::send`] waits for room, which is how backpressure
+//! reaches the producer instead of an unbounded buffer. Channels themselves are bounded
+//! in batches and sized generously because small glommio mesh channels can hang under
+//! contention.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+
+use crate::metrics::ShardProbe;
+
+use super::msg::ShardMsg;
+
+/// One batch of messages from one shard to another.
+pub type Batch = Vec<ShardMsg>;
+
+/// Builder shared by all shards before they start; cloned into each shard's thread.
+#[derive(Clone)]
+pub struct MeshSetup {
+    builder: MeshBuilder<Batch, Full>,
+    /// `executor_ids[shard]`, written by each shard before joining, so that mesh peer
+    /// indices (ordered by glommio executor id) can be mapped to shard ids.
+    executor_ids: Arc<Vec<AtomicUsize>>,
+    shards: usize,
+}
+
+impl MeshSetup {
+    /// A mesh for `shards` peers with channels of `channel_batches_max` batches.
+    pub fn new(shards: usize, channel_batches_max: usize) -> Self {
+        MeshSetup {
+            builder: MeshBuilder::full(shards, channel_batches_max),
+            executor_ids: Arc::new((0..shards).map(|_| AtomicUsize::new(usize::MAX)).collect()),
+            shards,
+        }
+    }
+}
+
+/// A shard's end of the mesh.
+pub struct Mesh {
+    me: usize,
+    outboxes: Vec<Outbox>,
+    outbox_messages_max: usize,
+    batch_messages_max: usize,
+    probe: Arc<ShardProbe>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: RefCell<Vec<ShardMsg>>,
+    /// The sender task, parked while the outbox is empty.
+    sender_waker: Cell<Option<Waker>>,
+    /// Producers parked while the outbox is full.
+    producer_wakers: RefCell<Vec<Waker>>,
+    closed: Cell<bool>,
+}
+
+/// What a joined shard gets: its mesh handle and one receiving stream per peer.
+pub struct Joined {
+    /// The sending side.
+    pub mesh: Rc<Mesh>,
+    /// `(peer shard id, receiver)` for every other shard.
+    pub inbound: Vec<(
+        usize,
+        glommio::channels::shared_channel::ConnectedReceiver<Batch>,
+    )>,
+}
+
+impl Mesh {
+    /// Joins the mesh as shard `me`; waits until every shard has joined. Spawns the
+    /// per-peer sender tasks on the current executor.
+    pub async fn join(
+        setup: MeshSetup,
+        me: usize,
+        batch_messages_max: usize,
+        probe: Arc<ShardProbe>,
+    ) -> std::io::Result<Joined> {
+        setup.executor_ids[me].store(glommio::executor().id(), Ordering::Release);
+        let (senders, mut receivers): (Senders<Batch>, Receivers<Batch>) = setup
+            .builder
+            .join()
+            .await
+            .map_err(|e| std::io::Error::other(format!("joining the shard mesh: {e}")))?;
+        // Every shard stored its executor id before registering, and join() returns only
+        // after all registered, so the table is complete here.
+        let mut by_executor: Vec<(usize, usize)> = (0..setup.shards)
+            .map(|shard| (setup.executor_ids[shard].load(Ordering::Acquire), shard))
+            .collect();
+        by_executor.sort_unstable();
+        let peer_to_shard: Vec<usize> = by_executor.iter().map(|&(_, shard)| shard).collect();
+        assert_eq!(
+            peer_to_shard[senders.peer_id()],
+            me,
+            "mesh peer id maps back to this shard"
+        );
+
+        let mesh = Rc::new(Mesh {
+            me,
+            outboxes: (0..setup.shards).map(|_| Outbox::default()).collect(),
+            outbox_messages_max: batch_messages_max * 8,
+            batch_messages_max,
+            probe,
+        });
+        let senders = Rc::new(senders);
+        for (peer_index, &shard) in peer_to_shard.iter().enumerate() {
+            if shard != me {
+                glommio::spawn_local(Rc::clone(&mesh).sender_task(
+                    Rc::clone(&senders),
+                    peer_index,
+                    shard,
+                ))
+                .detach();
+            }
+        }
+        let inbound = receivers
+            .streams()
+            .into_iter()
+            .map(|(peer_index, rx)| (peer_to_shard[peer_index], rx))
+            .collect();
+        Ok(Joined { mesh, inbound })
+    }
+
+    /// This shard's id.
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    /// Number of shards in the mesh (including this one).
+    pub fn shards(&self) -> usize {
+        self.outboxes.len()
+    }
+
+    /// Queues `msg` for `peer` without waiting. For control traffic whose volume is
+    /// bounded by its cause (interest changes, pings); data goes through [`Mesh::send`].
+    pub fn push(&self, peer: usize, msg: ShardMsg) {
+        assert_ne!(
+            peer, self.me,
+            "a shard does not message itself over the mesh"
+        );
+        let outbox = &self.outboxes[peer];
+        if outbox.closed.get() {
+            return;
+        }
+        outbox.queue.borrow_mut().push(msg);
+        if let Some(waker) = outbox.sender_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Queues `msg` for `peer`, waiting while that peer's outbox is full.
+    pub async fn send(&self, peer: usize, msg: ShardMsg) {
+        let outbox = &self.outboxes[peer];
+        poll_fn(|cx| {
+            if outbox.closed.get() || outbox.queue.borrow().len() < self.outbox_messages_max {
+                Poll::Ready(())
+            } else {
+                outbox.producer_wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        self.push(peer, msg);
+    }
+
+    /// Stops all outboxes: queued messages are still sent, new ones are dropped.
+    pub fn close(&self) {
+        for outbox in &self.outboxes {
+            outbox.closed.set(true);
+            if let Some(waker) = outbox.sender_waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    async fn sender_task(
+        self: Rc<Self>,
+        senders: Rc<Senders<Batch>>,
+        peer_index: usize,
+        peer: usize,
+    ) {
+        let outbox = &self.outboxes[peer];
+        loop {
+            let batch = poll_fn(|cx| {
+                let mut queue = outbox.queue.borrow_mut();
+                if queue.is_empty() {
+                    if outbox.closed.get() {
+                        return Poll::Ready(None);
+                    }
+                    outbox.sender_waker.set(Some(cx.waker().clone()));
+                    return Poll::Pending;
+                }
+                let take = queue.len().min(self.batch_messages_max);
+                let rest = queue.split_off(take);
+                Poll::Ready(Some(std::mem::replace(&mut *queue, rest)))
+            })
+            .await;
+            let Some(batch) = batch else { break };
+            for waker in outbox.producer_wakers.borrow_mut().drain(..) {
+                waker.wake();
+            }
+            let count = batch.len() as u64;
+            if senders.send_to(peer_index, batch).await.is_err() {
+                // The peer has shut down; nothing more can reach it.
+                outbox.closed.set(true);
+                outbox.queue.borrow_mut().clear();
+                break;
+            }
+            self.probe.mesh_batches_sent_total.inc();
+            self.probe.mesh_messages_sent_total.add(count);
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The runtime: N glommio executors, each pinned to one CPU, joined by a channel mesh.
+//!
+//! `Runtime::start` checks the process preconditions, spawns one executor thread per
+//! shard and returns once every shard has joined the mesh and bound its listeners. Each
+//! shard owns its data outright; shards interact only through [`ShardMsg`] batches.
+//! Shutdown reaches each shard through its own socket pair (a byte, or the main thread
+//! going away), so a signal never has to touch shard state from another thread.
+
+mod limits;
+mod mesh;
+mod msg;
+mod state;
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncReadExt;
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+
+use crate::config::Config;
+use crate::metrics::{Probes, ShardProbe};
+
+pub use limits::{claim_port, io_memory_per_shard, DataDirLock, MEMLOCK_MIN_BYTES};
+pub use mesh::{Batch, Mesh, MeshSetup};
+pub use msg::ShardMsg;
+pub use state::{Shard, Shutdown, HEALTH_TIMEOUT};
+
+/// What a shard thread reports to the main thread.
+#[derive(Debug)]
+enum Event {
+    Ready,
+    Exited(usize, Result<(), String>),
+}
+
+/// The running shards, as seen from the main thread.
+pub struct Runtime {
+    /// The MQTT address every shard listens on (port 0 resolved).
+    pub mqtt_addr: SocketAddr,
+    /// The metrics address (port 0 resolved).
+    pub metrics_addr: SocketAddr,
+    shutdown: ShutdownHandle,
+    events: mpsc::Receiver<Event>,
+    running: usize,
+}
+
+/// How the shards ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every shard drained and stopped.
+    Clean,
+    /// A shard failed or panicked; the message says which and why.
+    Failed(String),
+    /// Shards were still running at the deadline.
+    TimedOut,
+}
+
+impl Runtime {
+    /// Starts every shard and waits until all are serving.
+    pub fn start(config: &Config) -> Result<Runtime, String> {
+        let mqtt_addr = claim_port("mqtt_listen", config.mqtt_listen)?;
+        let metrics_addr = claim_port("metrics_listen", config.metrics_listen)?;
+        let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
+        let config = Arc::new(Config {
+            mqtt_listen: mqtt_addr,
+            metrics_listen: metrics_addr,
+            ..config.clone()
+        });
+        let probes: Probes = (0..config.shards)
+            .map(|_| Arc::new(ShardProbe::default()))
+            .collect();
+        let setup = MeshSetup::new(config.shards, config.mesh_channel_batches_max);
+        let (events_tx, events) = mpsc::channel();
+        let mut shutdown_senders = Vec::with_capacity(config.shards);
+
+        for id in 0..config.shards {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| format!("cannot create shutdown socket: {e}"))?;
+            shutdown_senders.push(ours);
+            let theirs = theirs.into_raw_fd();
+            let (config, probes, setup, shard_events) = (
+                Arc::clone(&config),
+                probes.clone(),
+                setup.clone(),
+                events_tx.clone(),
+            );
+            let cpu = config.cpus[id];
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{id}"))
+                .io_memory(io_memory)
+                // File ops (rename, remove) share the blocking pool; keep it off this CPU's
+                // executor thread so it can never stall the ring.
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+                .spawn(move || {
+                    // SAFETY: the fd came from into_raw_fd above and is owned only here.
+                    let stop = unsafe { glommio::net::UnixStream::from_raw_fd(theirs) };
+                    run_shard(id, config, probes, setup, stop, shard_events)
+                })
+                .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
+            let events_tx = events_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("shard-{id}-join"))
+                .spawn(move || {
+                    let result = match handle.join() {
+                        Ok(result) => result,
+                        Err(e) => Err(format!("shard {id} crashed: {e}")),
+                    };
+                    let _ = events_tx.send(Event::Exited(id, result));
+                })
+                .map_err(|e| format!("cannot start joiner thread: {e}"))?;
+        }
+        drop(events_tx);
+
+        let mut runtime = Runtime {
+            mqtt_addr,
+            metrics_addr,
+            shutdown: ShutdownHandle {
+                senders: shutdown_senders,
+            },
+            events,
+            running: config.shards,
+        };
+        let mut ready = 0;
+        while ready < config.shards {
+            match runtime.events.recv() {
+                Ok(Event::Ready) => ready += 1,
+                Ok(Event::Exited(id, result)) => {
+                    runtime.running -= 1;
+                    runtime.request_shutdown();
+                    let reason = result.err().unwrap_or_else(|| "exited early".into());
+                    return Err(format!("shard {id} failed to start: {reason}"));
+                }
+                Err(_) => return Err("every shard exited during start".into()),
+            }
+        }
+        Ok(runtime)
+    }
+
+    /// Tells every shard to stop accepting and drain. Idempotent.
+    pub fn request_shutdown(&mut self) {
+        self.shutdown.trigger();
+    }
+
+    /// A handle the signal thread can use to start shutdown.
+    pub fn shutdown_handle(&self) -> Result<ShutdownHandle, String> {
+        let senders = self
+            .shutdown
+            .senders
+            .iter()
+            .map(|s| s.try_clone())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot clone shutdown socket: {e}"))?;
+        Ok(ShutdownHandle { senders })
+    }
+
+    /// Blocks until every shard has stopped. A shard that fails takes the others down
+    /// with it. Once `deadline_after_shutdown` has passed since shutdown started
+    /// (`shutdown_started` returns its start), gives up with `TimedOut`.
+    pub fn wait(
+        mut self,
+        shutdown_started: impl Fn() -> Option<Instant>,
+        deadline_after_shutdown: Duration,
+    ) -> Outcome {
+        let mut failure = None;
+        while self.running > 0 {
+            let event = match shutdown_started() {
+                Some(start) => {
+                    let left = deadline_after_shutdown.saturating_sub(start.elapsed());
+                    match self.events.recv_timeout(left) {
+                        Ok(event) => event,
+                        Err(mpsc::RecvTimeoutError::Timeout) => return Outcome::TimedOut,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.events.recv_timeout(Duration::from_millis(50)) {
+                    Ok(event) => event,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if let Event::Exited(id, result) = event {
+                self.running -= 1;
+                if let Err(reason) = result {
+                    tracing::error!(shard = id, %reason, "shard failed; stopping the others");
+                    failure.get_or_insert(reason);
+                    self.request_shutdown();
+                } else if shutdown_started().is_none() {
+                    failure.get_or_insert(format!("shard {id} stopped unexpectedly"));
+                    self.request_shutdown();
+                }
+            }
+        }
+        match failure {
+            Some(reason) => Outcome::Failed(reason),
+            None => Outcome::Clean,
+        }
+    }
+}
+
+/// Starts shutdown from another thread (the signal handler thread).
+pub struct ShutdownHandle {
+    senders: Vec<std::os::unix::net::UnixStream>,
+}
+
+impl ShutdownHandle {
+    /// Tells every shard to stop accepting and drain.
+    pub fn trigger(&mut self) {
+        use std::io::Write;
+        for sender in &mut self.senders {
+            let _ = sender.write_all(&[1]);
+        }
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    config: Arc<Config>,
+    probes: Probes,
+    setup: MeshSetup,
+    mut stop: glommio::net::UnixStream,
+    events: mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let joined = Mesh::join(
+        setup,
+        id,
+        config.mesh_batch_messages_max,
+        Arc::clone(&probes[id]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let shard = Shard::new(id, Arc::clone(&config), Rc::clone(&joined.mesh), probes);
+    shard.spawn_receivers(joined.inbound);
+
+    let listener = glommio::net::TcpListener::bind(config.mqtt_listen)
+        .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
+    let metrics = if id == config.metrics_shard {
+        Some(
+            glommio::net::TcpListener::bind(config.metrics_listen)
+                .map_err(|e| format!("binding metrics_listen {}: {e}", config.metrics_listen))?,
+        )
+    } else {
+        None
+    };
+    tracing::debug!(
+        shard = id,
+        cpu = unsafe { libc::sched_getcpu() },
+        "shard serving"
+    );
+
+    let metrics_task = metrics.map(|listener| {
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            let probes = shard.probes.clone();
+            let checker = Rc::clone(&shard);
+            let health: crate::metrics::HealthCheck = Rc::new(move || {
+                let shard = Rc::clone(&checker);
+                Box::pin(async move { shard.check_health().await })
+            });
+            crate::metrics::serve(listener, probes, health, shard.shutdown.wait()).await;
+        })
+    });
+    {
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            let mut byte = [0u8; 1];
+            // A byte, EOF (main thread gone) or an error all mean: stop.
+            let _ = stop.read(&mut byte).await;
+            shard.shutdown.trigger();
+        })
+        .detach();
+    }
+    let _ = events.send(Event::Ready);
+
+    crate::net::accept_loop(&shard, &listener).await;
+    let drain = Duration::from_millis(config.shutdown_timeout_ms * 8 / 10);
+    shard.connections.drain(drain).await;
+    if let Some(task) = metrics_task {
+        task.await;
+    }
+    shard.mesh.close();
+    drop(listener);
+    tracing::debug!(shard = id, "shard stopped");
+    Ok(())
+}

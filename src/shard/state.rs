@@ -1,0 +1,157 @@
+//! One shard's state and its life: join the mesh, bind the listener, serve, drain, stop.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::ConnectedReceiver;
+
+use crate::config::Config;
+use crate::metrics::{Probes, ShardProbe};
+use crate::net::Connections;
+
+use super::mesh::{Batch, Mesh};
+use super::msg::ShardMsg;
+
+/// How long `/health` waits for every shard to answer a ping over the mesh.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Everything a shard owns. Lives in an `Rc` on its executor; never crosses threads.
+pub struct Shard {
+    /// This shard's id (index into `cpus`, `probes`, the mesh).
+    pub id: usize,
+    /// The process configuration.
+    pub config: Arc<Config>,
+    /// This shard's end of the mesh.
+    pub mesh: Rc<Mesh>,
+    /// This shard's counters.
+    pub probe: Arc<ShardProbe>,
+    /// Every shard's counters (read only, for the metrics endpoint).
+    pub probes: Probes,
+    /// Set once when the shard starts shutting down.
+    pub shutdown: Shutdown,
+    /// Live client connections on this shard.
+    pub connections: Connections,
+    health_seq: Cell<u64>,
+    /// Last ping round each shard answered.
+    pongs: RefCell<Vec<u64>>,
+}
+
+impl Shard {
+    /// A shard with no connections yet.
+    pub fn new(id: usize, config: Arc<Config>, mesh: Rc<Mesh>, probes: Probes) -> Rc<Self> {
+        let shards = mesh.shards();
+        Rc::new(Shard {
+            id,
+            config,
+            probe: Arc::clone(&probes[id]),
+            probes,
+            mesh,
+            shutdown: Shutdown::default(),
+            connections: Connections::default(),
+            health_seq: Cell::new(0),
+            pongs: RefCell::new(vec![0; shards]),
+        })
+    }
+
+    /// Runs one receiving task per peer, dispatching each batch message by message.
+    pub fn spawn_receivers(self: &Rc<Self>, inbound: Vec<(usize, ConnectedReceiver<Batch>)>) {
+        for (from, rx) in inbound {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move {
+                while let Some(batch) = rx.recv().await {
+                    shard.probe.mesh_batches_received_total.inc();
+                    shard
+                        .probe
+                        .mesh_messages_received_total
+                        .add(batch.len() as u64);
+                    for msg in batch {
+                        shard.handle(from, msg);
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn handle(&self, from: usize, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Ping { seq } => self.mesh.push(from, ShardMsg::Pong { seq }),
+            ShardMsg::Pong { seq } => {
+                let mut pongs = self.pongs.borrow_mut();
+                pongs[from] = pongs[from].max(seq);
+            }
+        }
+    }
+
+    /// Pings every other shard over the mesh and waits for all answers: a shard whose
+    /// executor is stuck or gone, or a jammed mesh, fails the check.
+    pub async fn check_health(&self) -> Result<(), String> {
+        let seq = self.health_seq.get() + 1;
+        self.health_seq.set(seq);
+        for peer in (0..self.mesh.shards()).filter(|&p| p != self.id) {
+            self.mesh.push(peer, ShardMsg::Ping { seq });
+        }
+        let started = Instant::now();
+        loop {
+            let silent: Vec<usize> = (0..self.mesh.shards())
+                .filter(|&p| p != self.id && self.pongs.borrow()[p] < seq)
+                .collect();
+            if silent.is_empty() {
+                return Ok(());
+            }
+            if self.shutdown.is_stopping() {
+                return Err("shutting down".into());
+            }
+            if started.elapsed() >= HEALTH_TIMEOUT {
+                return Err(format!(
+                    "shards {silent:?} did not answer within {} ms",
+                    HEALTH_TIMEOUT.as_millis()
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// A one-way latch: false until shutdown starts, then true forever.
+#[derive(Default)]
+pub struct Shutdown {
+    stopping: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Shutdown {
+    /// Starts shutdown (idempotent) and wakes every waiter.
+    pub fn trigger(&self) {
+        if !self.stopping.replace(true) {
+            for waker in self.waiters.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Resolves once shutdown has started. For a handful of long-lived waiters (accept
+    /// loops, the metrics server), not per connection.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.stopping.get() {
+                return Poll::Ready(());
+            }
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
