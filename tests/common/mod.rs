@@ -1,0 +1,251 @@
+//! Test harness: runs the real `shardmq` binary on free ports with a temp data dir.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to report ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running broker process; killed (SIGKILL) on drop if still running.
+pub struct Broker {
+    pub child: Child,
+    pub mqtt: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Keeps the temp dir alive when the harness made it.
+    _temp: Option<tempfile::TempDir>,
+    pub log: Arc<Mutex<String>>,
+}
+
+/// Options for starting a broker.
+pub struct BrokerOptions {
+    pub shards: usize,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            shards: 2,
+            env: Vec::new(),
+            args: Vec::new(),
+            data_dir: None,
+        }
+    }
+}
+
+pub fn shardmq() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardmq"));
+    // Never inherit config from the environment running the tests.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SHARDMQ_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A temp dir on a real disk (O_DIRECT does not work on tmpfs).
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("shardmq-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    pub fn start_with(options: BrokerOptions) -> Broker {
+        Broker::try_start(options)
+            .unwrap_or_else(|(status, log)| panic!("broker did not start ({status:?}):\n{log}"))
+    }
+
+    /// Starts a broker; on failure returns its exit status and log.
+    pub fn try_start(options: BrokerOptions) -> Result<Broker, (Option<ExitStatus>, String)> {
+        let (temp, data_dir) = match options.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = temp_dir();
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let mut cmd = shardmq();
+        cmd.env("SHARDMQ_SHARDS", options.shards.to_string())
+            .env("SHARDMQ_MQTT_LISTEN", "127.0.0.1:0")
+            .env("SHARDMQ_METRICS_LISTEN", "127.0.0.1:0")
+            .env("SHARDMQ_DATA_DIR", &data_dir)
+            .env("SHARDMQ_LOG_FORMAT", "json")
+            .env("SHARDMQ_LOG_LEVEL", "info")
+            .args(&options.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn shardmq");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut ready_tx = Some(ready_tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                    if line.contains("shardmq ready") {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(line);
+                        }
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+                let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
+                return Ok(Broker {
+                    mqtt: addr("mqtt_listen"),
+                    metrics: addr("metrics_listen"),
+                    child,
+                    data_dir,
+                    _temp: temp,
+                    log,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err((Some(status), log.lock().unwrap().clone()));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err((None, log.lock().unwrap().clone()));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for exit up to `limit`; None if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics, path)
+    }
+
+    /// The value of a metric series, e.g. `shardmq_connections_accepted_total{shard="0"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        metric_value(&body, series)
+    }
+
+    /// Sum of a per-shard series over all shards.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs `shardmq` with the given args/env to completion (for config errors, --print-config).
+pub fn run_shardmq(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+) -> (Option<i32>, String, String) {
+    let mut cmd = shardmq();
+    cmd.args(args).current_dir(cwd);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run shardmq");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
