@@ -1,0 +1,480 @@
+//! The MQTT codec: packet types and their encode/decode for MQTT 3.1 (level 3, "MQIsdp"),
+//! 3.1.1 (level 4) and 5.0 (level 5). Pure: bytes in, packets out and back; no I/O, no other
+//! shardmq module, only the `bytes` crate.
+//!
+//! Decisions:
+//! - Zero copy: [`decode`] splits the whole packet off the read buffer and every topic,
+//!   string, payload and binary property is a slice of that one `Bytes`.
+//! - A partial packet is `Ok(None)` and leaves the buffer untouched; a packet whose size
+//!   (fixed header included) exceeds [`DecodeLimits::packet_bytes_max`] is rejected as soon
+//!   as its fixed header is complete, before its body arrives.
+//! - Level 3 has the 3.1.1 layout; only CONNECT tells them apart. Before a CONNECT has set
+//!   the level (`protocol` is `None`) other packets decode as 3.1.1.
+//! - Encoding is canonical: minimal variable byte integers, the shortest v5 ack and
+//!   DISCONNECT/AUTH forms, properties only for v5. [`encoded_len`] gives the exact size
+//!   without writing, so the broker can check a client's Maximum Packet Size first.
+//! - Semantics that need session state (topic alias ranges, receive maximum, filter
+//!   syntax, who may send which property) belong to the session and router, not here.
+//!
+//! Files: `wire` (integers, strings, the reader), `props` (v5 properties), `reason`
+//! (reason codes), `error`, and one file per packet family.
+
+mod ack;
+mod bytestr;
+mod connect;
+mod disconnect;
+mod error;
+mod props;
+mod publish;
+mod reason;
+mod subscribe;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::num::NonZeroU16;
+
+use bytes::{BufMut, BytesMut};
+
+pub use ack::Ack;
+pub use bytestr::ByteStr;
+pub use connect::{ConnAck, Connect, Will};
+pub use disconnect::{Auth, Disconnect};
+pub use error::{DecodeError, EncodeError};
+pub use props::{
+    AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
+    PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperties, WillProperties,
+};
+pub use publish::Publish;
+pub use reason::ReasonCode;
+pub use subscribe::{
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+
+use wire::{put_varint, read_varint, varint_len, Reader, VarInt, VARINT_MAX};
+
+/// Largest remaining length MQTT can express, in bytes.
+pub const REMAINING_BYTES_MAX: u32 = VARINT_MAX;
+
+/// MQTT protocol level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// MQTT 3.1, level 3, protocol name "MQIsdp"; 3.1.1 layout.
+    V31,
+    /// MQTT 3.1.1, level 4.
+    V311,
+    /// MQTT 5.0, level 5.
+    V5,
+}
+
+impl Protocol {
+    /// The protocol level byte of CONNECT.
+    pub const fn level(self) -> u8 {
+        match self {
+            Self::V31 => 3,
+            Self::V311 => 4,
+            Self::V5 => 5,
+        }
+    }
+
+    /// The protocol for a CONNECT level byte.
+    pub const fn from_level(level: u8) -> Option<Self> {
+        match level {
+            3 => Some(Self::V31),
+            4 => Some(Self::V311),
+            5 => Some(Self::V5),
+            _ => None,
+        }
+    }
+
+    /// True for MQTT 5.0.
+    pub const fn is_v5(self) -> bool {
+        matches!(self, Self::V5)
+    }
+
+    /// The protocol name of CONNECT.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::V31 => "MQIsdp",
+            Self::V311 | Self::V5 => "MQTT",
+        }
+    }
+}
+
+/// Limits applied while decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted packet, fixed header included, in bytes.
+    pub packet_bytes_max: u32,
+}
+
+impl Default for DecodeLimits {
+    /// The protocol's own ceiling: a 4-byte remaining length plus its 5-byte fixed header.
+    fn default() -> Self {
+        Self {
+            packet_bytes_max: REMAINING_BYTES_MAX + 5,
+        }
+    }
+}
+
+/// Quality of service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum QoS {
+    /// 0: at most once.
+    #[default]
+    AtMostOnce = 0,
+    /// 1: at least once.
+    AtLeastOnce = 1,
+    /// 2: exactly once.
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// The QoS for a wire value 0, 1 or 2.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::AtMostOnce),
+            1 => Some(Self::AtLeastOnce),
+            2 => Some(Self::ExactlyOnce),
+            _ => None,
+        }
+    }
+
+    /// The wire value.
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A packet identifier; MQTT forbids 0, so this type cannot hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PacketId(NonZeroU16);
+
+impl PacketId {
+    /// `None` for 0.
+    pub const fn new(id: u16) -> Option<Self> {
+        match NonZeroU16::new(id) {
+            Some(id) => Some(Self(id)),
+            None => None,
+        }
+    }
+
+    /// The wire value.
+    pub const fn get(self) -> u16 {
+        self.0.get()
+    }
+}
+
+/// The control packet type (high nibble of the fixed header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PacketType {
+    /// 1
+    Connect = 1,
+    /// 2
+    ConnAck = 2,
+    /// 3
+    Publish = 3,
+    /// 4
+    PubAck = 4,
+    /// 5
+    PubRec = 5,
+    /// 6
+    PubRel = 6,
+    /// 7
+    PubComp = 7,
+    /// 8
+    Subscribe = 8,
+    /// 9
+    SubAck = 9,
+    /// 10
+    Unsubscribe = 10,
+    /// 11
+    UnsubAck = 11,
+    /// 12
+    PingReq = 12,
+    /// 13
+    PingResp = 13,
+    /// 14
+    Disconnect = 14,
+    /// 15 (v5 only)
+    Auth = 15,
+}
+
+impl PacketType {
+    /// The type for a fixed header's high nibble value, `None` for 0 and above 15.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        use PacketType::*;
+        Some(match value {
+            1 => Connect,
+            2 => ConnAck,
+            3 => Publish,
+            4 => PubAck,
+            5 => PubRec,
+            6 => PubRel,
+            7 => PubComp,
+            8 => Subscribe,
+            9 => SubAck,
+            10 => Unsubscribe,
+            11 => UnsubAck,
+            12 => PingReq,
+            13 => PingResp,
+            14 => Disconnect,
+            15 => Auth,
+            _ => return None,
+        })
+    }
+
+    /// The fixed header flags every packet type but PUBLISH must carry.
+    const fn fixed_flags(self) -> u8 {
+        match self {
+            Self::PubRel | Self::Subscribe | Self::Unsubscribe => 0b0010,
+            _ => 0,
+        }
+    }
+}
+
+/// A decoded or to-be-encoded MQTT control packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// CONNECT.
+    Connect(Connect),
+    /// CONNACK.
+    ConnAck(ConnAck),
+    /// PUBLISH.
+    Publish(Publish),
+    /// PUBACK.
+    PubAck(Ack),
+    /// PUBREC.
+    PubRec(Ack),
+    /// PUBREL.
+    PubRel(Ack),
+    /// PUBCOMP.
+    PubComp(Ack),
+    /// SUBSCRIBE.
+    Subscribe(Subscribe),
+    /// SUBACK.
+    SubAck(SubAck),
+    /// UNSUBSCRIBE.
+    Unsubscribe(Unsubscribe),
+    /// UNSUBACK.
+    UnsubAck(UnsubAck),
+    /// PINGREQ.
+    PingReq,
+    /// PINGRESP.
+    PingResp,
+    /// DISCONNECT.
+    Disconnect(Disconnect),
+    /// AUTH (v5 only).
+    Auth(Auth),
+}
+
+impl Packet {
+    /// The packet's type.
+    pub fn packet_type(&self) -> PacketType {
+        match self {
+            Self::Connect(_) => PacketType::Connect,
+            Self::ConnAck(_) => PacketType::ConnAck,
+            Self::Publish(_) => PacketType::Publish,
+            Self::PubAck(_) => PacketType::PubAck,
+            Self::PubRec(_) => PacketType::PubRec,
+            Self::PubRel(_) => PacketType::PubRel,
+            Self::PubComp(_) => PacketType::PubComp,
+            Self::Subscribe(_) => PacketType::Subscribe,
+            Self::SubAck(_) => PacketType::SubAck,
+            Self::Unsubscribe(_) => PacketType::Unsubscribe,
+            Self::UnsubAck(_) => PacketType::UnsubAck,
+            Self::PingReq => PacketType::PingReq,
+            Self::PingResp => PacketType::PingResp,
+            Self::Disconnect(_) => PacketType::Disconnect,
+            Self::Auth(_) => PacketType::Auth,
+        }
+    }
+}
+
+/// A complete fixed header.
+struct FixedHeader {
+    packet_type: PacketType,
+    flags: u8,
+    /// Bytes of the fixed header itself (2 ..= 5).
+    header_bytes: usize,
+    /// Bytes of the whole packet.
+    packet_bytes: usize,
+}
+
+/// Parses the fixed header at the front of `buf`; `Ok(None)` when it is not complete.
+fn fixed_header(
+    buf: &[u8],
+    protocol: Protocol,
+    limits: &DecodeLimits,
+) -> Result<Option<FixedHeader>, DecodeError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let packet_type = match PacketType::from_u8(first >> 4) {
+        Some(PacketType::Auth) if !protocol.is_v5() => None,
+        t => t,
+    }
+    .ok_or(DecodeError::InvalidPacketType { header: first })?;
+    let flags = first & 0x0F;
+    if packet_type != PacketType::Publish && flags != packet_type.fixed_flags() {
+        return Err(DecodeError::InvalidHeaderFlags {
+            packet: packet_type,
+            flags,
+        });
+    }
+    let (remaining, len) = match read_varint(&buf[1..]) {
+        VarInt::Value(v, n) => (v as usize, n),
+        VarInt::Incomplete => return Ok(None),
+        VarInt::Malformed => return Err(DecodeError::MalformedVarInt { offset: 1 }),
+    };
+    let header_bytes = 1 + len;
+    let packet_bytes = header_bytes + remaining;
+    if packet_bytes > limits.packet_bytes_max as usize {
+        return Err(DecodeError::PacketTooLarge {
+            packet_bytes,
+            packet_bytes_max: limits.packet_bytes_max,
+        });
+    }
+    Ok(Some(FixedHeader {
+        packet_type,
+        flags,
+        header_bytes,
+        packet_bytes,
+    }))
+}
+
+/// Decodes one packet from the front of `buf`.
+///
+/// `Ok(None)`: more bytes are needed and `buf` is untouched. `Ok(Some(_))`: the packet's
+/// bytes have been split off `buf`. `protocol` is `None` until a CONNECT fixed the level;
+/// a CONNECT is always decoded by its own level. On `Err` the connection must be closed:
+/// the packet's bytes are consumed, except for [`DecodeError::PacketTooLarge`] and header
+/// errors, which leave `buf` untouched.
+pub fn decode(
+    buf: &mut BytesMut,
+    protocol: Option<Protocol>,
+    limits: &DecodeLimits,
+) -> Result<Option<Packet>, DecodeError> {
+    let protocol = protocol.unwrap_or(Protocol::V311);
+    let Some(h) = fixed_header(buf, protocol, limits)? else {
+        return Ok(None);
+    };
+    if buf.len() < h.packet_bytes {
+        return Ok(None);
+    }
+    let bytes = buf.split_to(h.packet_bytes).freeze();
+    let mut r = Reader::new(bytes.slice(h.header_bytes..), h.header_bytes, h.packet_type);
+    decode_body(&mut r, protocol, h.flags).map(Some)
+}
+
+fn decode_body(r: &mut Reader, protocol: Protocol, flags: u8) -> Result<Packet, DecodeError> {
+    Ok(match r.packet {
+        PacketType::Connect => Packet::Connect(Connect::decode(r)?),
+        PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(r, protocol)?),
+        PacketType::Publish => Packet::Publish(Publish::decode(r, protocol, flags)?),
+        PacketType::PubAck => Packet::PubAck(Ack::decode(r, protocol)?),
+        PacketType::PubRec => Packet::PubRec(Ack::decode(r, protocol)?),
+        PacketType::PubRel => Packet::PubRel(Ack::decode(r, protocol)?),
+        PacketType::PubComp => Packet::PubComp(Ack::decode(r, protocol)?),
+        PacketType::Subscribe => Packet::Subscribe(Subscribe::decode(r, protocol)?),
+        PacketType::SubAck => Packet::SubAck(SubAck::decode(r, protocol)?),
+        PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::decode(r, protocol)?),
+        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::decode(r, protocol)?),
+        PacketType::PingReq => {
+            r.finish()?;
+            Packet::PingReq
+        }
+        PacketType::PingResp => {
+            r.finish()?;
+            Packet::PingResp
+        }
+        PacketType::Disconnect => Packet::Disconnect(Disconnect::decode(r, protocol)?),
+        PacketType::Auth => Packet::Auth(Auth::decode(r)?),
+    })
+}
+
+/// Remaining length of `packet` encoded for `protocol`, checked against the protocol limits.
+fn body_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
+    let t = packet.packet_type();
+    let n = match packet {
+        Packet::Connect(p) => p.body_len()?,
+        Packet::ConnAck(p) => p.body_len(protocol)?,
+        Packet::Publish(p) => p.body_len(protocol)?,
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            p.body_len(protocol, t)?
+        }
+        Packet::Subscribe(p) => p.body_len(protocol)?,
+        Packet::SubAck(p) => p.body_len(protocol)?,
+        Packet::Unsubscribe(p) => p.body_len(protocol)?,
+        Packet::UnsubAck(p) => p.body_len(protocol)?,
+        Packet::PingReq | Packet::PingResp => 0,
+        Packet::Disconnect(p) => p.body_len(protocol)?,
+        Packet::Auth(_) if !protocol.is_v5() => {
+            return Err(EncodeError::NotInProtocol {
+                packet: t,
+                protocol,
+            })
+        }
+        Packet::Auth(p) => p.body_len()?,
+    };
+    if n > VARINT_MAX as usize {
+        return Err(EncodeError::PacketTooLarge {
+            packet: t,
+            remaining_bytes: n,
+        });
+    }
+    Ok(n)
+}
+
+fn write_body(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
+    let t = packet.packet_type();
+    match packet {
+        Packet::Connect(p) => p.write_body(out),
+        Packet::ConnAck(p) => p.write_body(protocol, out),
+        Packet::Publish(p) => p.write_body(protocol, out),
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            p.write_body(protocol, t, out)
+        }
+        Packet::Subscribe(p) => p.write_body(protocol, out),
+        Packet::SubAck(p) => p.write_body(protocol, out),
+        Packet::Unsubscribe(p) => p.write_body(protocol, out),
+        Packet::UnsubAck(p) => p.write_body(protocol, out),
+        Packet::PingReq | Packet::PingResp => {}
+        Packet::Disconnect(p) => p.write_body(protocol, out),
+        Packet::Auth(p) => p.write_body(out),
+    }
+}
+
+/// Exact number of bytes [`encode`] would write for `packet`, fixed header included, or the
+/// error it would return. Compare it with a client's Maximum Packet Size before encoding.
+pub fn encoded_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
+    let n = body_len(packet, protocol)?;
+    Ok(1 + varint_len(n) + n)
+}
+
+/// Appends the encoding of `packet` for `protocol` to `out` and returns the bytes written.
+/// A CONNECT is encoded by its own `protocol` field. Nothing is written on error. Allocates
+/// only to grow `out`, once, by the exact size.
+pub fn encode(
+    packet: &Packet,
+    protocol: Protocol,
+    out: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    let body = body_len(packet, protocol)?;
+    let total = 1 + varint_len(body) + body;
+    out.reserve(total);
+    let start = out.len();
+    let flags = match packet {
+        Packet::Publish(p) => p.header_flags(),
+        _ => packet.packet_type().fixed_flags(),
+    };
+    out.put_u8(((packet.packet_type() as u8) << 4) | flags);
+    put_varint(out, body);
+    write_body(packet, protocol, out);
+    // The size functions and the writers must agree, or the peer would misframe the stream.
+    assert_eq!(out.len() - start, total, "encoded size mismatch");
+    Ok(total)
+}

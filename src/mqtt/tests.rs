@@ -1,0 +1,1 @@
+//! Cross-packet tests: spec byte vectors, malformed inputs, partial input, round trips.
