@@ -110,6 +110,9 @@ pub enum DecodeError {
         options: u8,
         /// Offset of the options byte.
         offset: usize,
+        /// True when reserved bits are set (malformed); otherwise QoS or retain handling
+        /// is 3 (protocol error).
+        reserved_bits: bool,
     },
     /// A property identifier MQTT 5 does not define.
     UnknownProperty {
@@ -162,9 +165,10 @@ impl DecodeError {
             | DuplicateProperty { .. }
             | InvalidPropertyValue { .. } => ReasonCode::ProtocolError,
             // Reserved bits are malformed; QoS 3 and retain handling 3 are protocol errors.
-            InvalidSubscriptionOptions { options, .. } if options & 0xC0 == 0 => {
-                ReasonCode::ProtocolError
-            }
+            InvalidSubscriptionOptions {
+                reserved_bits: false,
+                ..
+            } => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }
     }

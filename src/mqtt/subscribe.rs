@@ -40,8 +40,12 @@ impl SubscriptionOptions {
     fn decode(r: &mut Reader, protocol: Protocol) -> Result<Self, DecodeError> {
         let offset = r.offset();
         let options = r.u8()?;
-        let invalid = DecodeError::InvalidSubscriptionOptions { options, offset };
         let reserved = if protocol.is_v5() { 0xC0 } else { 0xFC };
+        let invalid = DecodeError::InvalidSubscriptionOptions {
+            options,
+            offset,
+            reserved_bits: options & reserved != 0,
+        };
         if options & reserved != 0 {
             return Err(invalid);
         }
