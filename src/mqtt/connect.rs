@@ -108,6 +108,9 @@ impl Connect {
     pub(crate) fn body_len(&self) -> Result<usize, EncodeError> {
         let t = PacketType::Connect;
         let v5 = self.protocol.is_v5();
+        if !v5 && self.password.is_some() && self.username.is_none() {
+            return Err(EncodeError::PasswordWithoutUsername);
+        }
         let mut n = field_len(t, self.protocol.name().len())? + 1 + 1 + 2;
         if v5 {
             n += props::block_len(&self.properties, t)?;
@@ -231,7 +234,13 @@ impl ConnAck {
             let reason = ReasonCode::from_u8(code)
                 .filter(|rc| rc.is_allowed_in(PacketType::ConnAck))
                 .ok_or(invalid)?;
-            (reason, ConnAckProperties::decode(r)?)
+            // Tolerate a missing property block: some 5.0 servers omit it when empty.
+            let properties = if r.is_empty() {
+                ConnAckProperties::default()
+            } else {
+                ConnAckProperties::decode(r)?
+            };
+            (reason, properties)
         } else {
             let reason = ReasonCode::from_connack_v3_return_code(code).ok_or(invalid)?;
             (reason, ConnAckProperties::default())

@@ -217,6 +217,8 @@ pub enum EncodeError {
         /// The protocol level asked for.
         protocol: Protocol,
     },
+    /// A 3.1/3.1.1 CONNECT with a password but no user name.
+    PasswordWithoutUsername,
     /// A QoS 1/2 PUBLISH without a packet identifier.
     MissingPacketId,
     /// SUBSCRIBE, UNSUBSCRIBE or SUBACK with no entries.

@@ -420,13 +420,17 @@ fn body_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
         }
         Packet::Auth(p) => p.body_len()?,
     };
-    if n > VARINT_MAX as usize {
+    check_remaining(t, n)
+}
+
+fn check_remaining(packet: PacketType, remaining_bytes: usize) -> Result<usize, EncodeError> {
+    if remaining_bytes > VARINT_MAX as usize {
         return Err(EncodeError::PacketTooLarge {
-            packet: t,
-            remaining_bytes: n,
+            packet,
+            remaining_bytes,
         });
     }
-    Ok(n)
+    Ok(remaining_bytes)
 }
 
 fn write_body(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
@@ -448,33 +452,71 @@ fn write_body(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
     }
 }
 
+/// Whole packet size for a remaining length of `body` bytes.
+const fn framed_len(body: usize) -> usize {
+    1 + varint_len(body) + body
+}
+
+/// Writes the fixed header and the body written by `write`, which must be `body` bytes.
+fn put_frame(
+    first_byte: u8,
+    body: usize,
+    out: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut),
+) -> usize {
+    let total = framed_len(body);
+    out.reserve(total);
+    let start = out.len();
+    out.put_u8(first_byte);
+    put_varint(out, body);
+    write(out);
+    // The size functions and the writers must agree, or the peer would misframe the stream.
+    assert_eq!(out.len() - start, total, "encoded size mismatch");
+    total
+}
+
 /// Exact number of bytes [`encode`] would write for `packet`, fixed header included, or the
 /// error it would return. Compare it with a client's Maximum Packet Size before encoding.
+/// For a PUBLISH held outside a [`Packet`], use [`Publish::encoded_len`].
 pub fn encoded_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
-    let n = body_len(packet, protocol)?;
-    Ok(1 + varint_len(n) + n)
+    Ok(framed_len(body_len(packet, protocol)?))
 }
 
 /// Appends the encoding of `packet` for `protocol` to `out` and returns the bytes written.
-/// A CONNECT is encoded by its own `protocol` field. Nothing is written on error. Allocates
-/// only to grow `out`, once, by the exact size.
+/// A CONNECT is encoded by its own `protocol` field; fields a level cannot carry (v5
+/// properties before v5, UNSUBACK reason codes before v5) are left out. Nothing is written
+/// on error. Allocates only to grow `out`, once, by the exact size.
 pub fn encode(
     packet: &Packet,
     protocol: Protocol,
     out: &mut BytesMut,
 ) -> Result<usize, EncodeError> {
     let body = body_len(packet, protocol)?;
-    let total = 1 + varint_len(body) + body;
-    out.reserve(total);
-    let start = out.len();
     let flags = match packet {
         Packet::Publish(p) => p.header_flags(),
         _ => packet.packet_type().fixed_flags(),
     };
-    out.put_u8(((packet.packet_type() as u8) << 4) | flags);
-    put_varint(out, body);
-    write_body(packet, protocol, out);
-    // The size functions and the writers must agree, or the peer would misframe the stream.
-    assert_eq!(out.len() - start, total, "encoded size mismatch");
-    Ok(total)
+    let first = ((packet.packet_type() as u8) << 4) | flags;
+    Ok(put_frame(first, body, out, |out| {
+        write_body(packet, protocol, out)
+    }))
+}
+
+impl Publish {
+    /// Exact encoded size of this PUBLISH, fixed header included: what [`Publish::encode`]
+    /// and [`encode`] would write. Lets the broker check a subscriber's Maximum Packet Size
+    /// without wrapping the message in a [`Packet`].
+    pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+        let body = check_remaining(PacketType::Publish, self.body_len(protocol)?)?;
+        Ok(framed_len(body))
+    }
+
+    /// Appends this PUBLISH to `out`, exactly as [`encode`] would; returns the bytes written.
+    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) -> Result<usize, EncodeError> {
+        let body = check_remaining(PacketType::Publish, self.body_len(protocol)?)?;
+        let first = ((PacketType::Publish as u8) << 4) | self.header_flags();
+        Ok(put_frame(first, body, out, |out| {
+            self.write_body(protocol, out)
+        }))
+    }
 }
