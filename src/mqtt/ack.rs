@@ -58,7 +58,7 @@ impl Ack {
         }
     }
 
-    pub(crate) fn write_body(&self, protocol: Protocol, t: PacketType, out: &mut BytesMut) {
+    pub(crate) fn write_body(&self, protocol: Protocol, out: &mut BytesMut) {
         out.put_u16(self.packet_id.get());
         if !protocol.is_v5() {
             return;
@@ -69,7 +69,7 @@ impl Ack {
             }
         } else {
             out.put_u8(self.reason.as_u8());
-            props::put_block(&self.properties, t, out);
+            props::put_block(&self.properties, out);
         }
     }
 }

@@ -132,19 +132,18 @@ impl Connect {
     }
 
     pub(crate) fn write_body(&self, out: &mut BytesMut) {
-        let t = PacketType::Connect;
         let v5 = self.protocol.is_v5();
         put_field(out, self.protocol.name().as_bytes());
         out.put_u8(self.protocol.level());
         out.put_u8(self.flags());
         out.put_u16(self.keep_alive_secs);
         if v5 {
-            props::put_block(&self.properties, t, out);
+            props::put_block(&self.properties, out);
         }
         put_field(out, self.client_id.as_bytes());
         if let Some(will) = &self.will {
             if v5 {
-                props::put_block(&will.properties, t, out);
+                props::put_block(&will.properties, out);
             }
             put_field(out, will.topic.as_bytes());
             put_field(out, &will.payload);
@@ -265,7 +264,7 @@ impl ConnAck {
         out.put_u8(u8::from(self.session_present));
         if protocol.is_v5() {
             out.put_u8(self.reason.as_u8());
-            props::put_block(&self.properties, PacketType::ConnAck, out);
+            props::put_block(&self.properties, out);
         } else {
             out.put_u8(self.reason.connack_v3_return_code());
         }

@@ -50,7 +50,6 @@ impl Disconnect {
                 self.reason,
                 self.properties.is_empty(),
                 &self.properties,
-                PacketType::Disconnect,
                 out,
             );
         }
@@ -93,7 +92,6 @@ impl Auth {
             self.reason,
             self.properties.is_empty(),
             &self.properties,
-            PacketType::Auth,
             out,
         );
     }
@@ -112,19 +110,13 @@ fn short_form_len(
     }
 }
 
-fn put_short_form(
-    reason: ReasonCode,
-    no_props: bool,
-    p: &dyn Properties,
-    t: PacketType,
-    out: &mut BytesMut,
-) {
+fn put_short_form(reason: ReasonCode, no_props: bool, p: &dyn Properties, out: &mut BytesMut) {
     match (reason, no_props) {
         (ReasonCode::Success, true) => {}
         (_, true) => out.put_u8(reason.as_u8()),
         _ => {
             out.put_u8(reason.as_u8());
-            props::put_block(p, t, out);
+            props::put_block(p, out);
         }
     }
 }

@@ -105,7 +105,7 @@ impl Publish {
             }
         }
         if protocol.is_v5() {
-            props::put_block(&self.properties, PacketType::Publish, out);
+            props::put_block(&self.properties, out);
         }
         out.put_slice(&self.payload);
     }

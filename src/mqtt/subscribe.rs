@@ -130,7 +130,7 @@ impl Subscribe {
     pub(crate) fn write_body(&self, protocol: Protocol, out: &mut BytesMut) {
         out.put_u16(self.packet_id.get());
         if protocol.is_v5() {
-            props::put_block(&self.properties, PacketType::Subscribe, out);
+            props::put_block(&self.properties, out);
         }
         for (filter, options) in &self.filters {
             put_field(out, filter.as_bytes());
@@ -193,7 +193,7 @@ impl SubAck {
     pub(crate) fn write_body(&self, protocol: Protocol, out: &mut BytesMut) {
         out.put_u16(self.packet_id.get());
         if protocol.is_v5() {
-            props::put_block(&self.properties, PacketType::SubAck, out);
+            props::put_block(&self.properties, out);
             for rc in &self.reason_codes {
                 out.put_u8(rc.as_u8());
             }
@@ -258,7 +258,7 @@ impl Unsubscribe {
     pub(crate) fn write_body(&self, protocol: Protocol, out: &mut BytesMut) {
         out.put_u16(self.packet_id.get());
         if protocol.is_v5() {
-            props::put_block(&self.properties, PacketType::Unsubscribe, out);
+            props::put_block(&self.properties, out);
         }
         for filter in &self.filters {
             put_field(out, filter.as_bytes());
@@ -309,7 +309,7 @@ impl UnsubAck {
     pub(crate) fn write_body(&self, protocol: Protocol, out: &mut BytesMut) {
         out.put_u16(self.packet_id.get());
         if protocol.is_v5() {
-            props::put_block(&self.properties, PacketType::UnsubAck, out);
+            props::put_block(&self.properties, out);
             for rc in &self.reason_codes {
                 out.put_u8(rc.as_u8());
             }
