@@ -480,6 +480,29 @@ proptest! {
     }
 
     #[test]
+    fn every_strict_prefix_is_incomplete((protocol, packet) in protocol_and_packet()) {
+        let bytes = encoded(&packet, protocol);
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            prop_assert_eq!(decode(&mut buf, Some(protocol), &limits()), Ok(None));
+            prop_assert_eq!(&buf[..], &bytes[..cut]);
+        }
+    }
+
+    #[test]
+    fn limit_is_enforced_from_the_header((protocol, packet) in protocol_and_packet()) {
+        let bytes = encoded(&packet, protocol);
+        let tight = DecodeLimits { packet_bytes_max: bytes.len() as u32 - 1 };
+        // Only the fixed header is offered: the verdict must not wait for the body.
+        let header_bytes = 1 + (1..5).find(|i| bytes[*i] & 0x80 == 0).expect("valid varint");
+        let mut buf = BytesMut::from(&bytes[..header_bytes]);
+        let verdict = decode(&mut buf, Some(protocol), &tight);
+        let is_too_large = matches!(verdict, Err(DecodeError::PacketTooLarge { .. }));
+        prop_assert!(is_too_large);
+        prop_assert_eq!(buf.len(), header_bytes);
+    }
+
+    #[test]
     fn decode_of_arbitrary_bytes_never_panics(
         bytes in vec(any::<u8>(), 0..96),
         level in 0u8..4,
