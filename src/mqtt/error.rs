@@ -11,7 +11,8 @@ use super::{PacketType, Protocol, ReasonCode};
 /// either way the connection must be closed (after a CONNACK/DISCONNECT where v5 allows).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// A variable byte integer has a continuation bit on its 4th byte.
+    /// A variable byte integer has a continuation bit on its 4th byte, or is not in its
+    /// minimal form.
     MalformedVarInt {
         /// Offset of the integer's first byte.
         offset: usize,

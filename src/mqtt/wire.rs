@@ -159,7 +159,7 @@ pub(crate) enum VarInt {
     Value(u32, usize),
     /// The buffer ends before the last byte.
     Incomplete,
-    /// The 4th byte still has its continuation bit.
+    /// The 4th byte still has its continuation bit, or the encoding is not minimal.
     Malformed,
 }
 
@@ -171,6 +171,11 @@ pub(crate) fn read_varint(buf: &[u8]) -> VarInt {
         };
         value |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
+            // A final zero byte after a continuation means padding: MQTT requires the
+            // minimum number of bytes [MQTT-1.5.5-1].
+            if b == 0 && i > 0 {
+                return VarInt::Malformed;
+            }
             return VarInt::Value(value, i + 1);
         }
     }
@@ -251,6 +256,12 @@ mod tests {
             VarInt::Malformed
         ));
         assert!(matches!(read_varint(&[0xFF, 0xFF]), VarInt::Incomplete));
+        // Padded encodings of 0 and 1.
+        assert!(matches!(read_varint(&[0x80, 0x00]), VarInt::Malformed));
+        assert!(matches!(
+            read_varint(&[0x81, 0x80, 0x00]),
+            VarInt::Malformed
+        ));
         assert!(matches!(read_varint(&[]), VarInt::Incomplete));
     }
 

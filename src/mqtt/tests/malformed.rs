@@ -264,12 +264,23 @@ fn varint_of_five_bytes_is_malformed() {
     for bytes in [
         &[0x30u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..],
         &[0x30, 0x80, 0x80, 0x80, 0x80],
+        // Remaining length 0 padded to two bytes: not minimal.
+        &[0xC0, 0x80, 0x00],
     ] {
         let mut buf = BytesMut::from(bytes);
         let e = decode(&mut buf, None, &limits()).unwrap_err();
         assert_eq!(e, DecodeError::MalformedVarInt { offset: 1 });
         assert_eq!(e.reason_code(), ReasonCode::MalformedPacket);
     }
+}
+
+#[test]
+fn padded_varint_inside_the_body_is_malformed() {
+    // Property length 0 written as 0x80 0x00 in a v5 PUBACK.
+    assert_eq!(
+        err(&[0x40, 5, 0, 1, 0x10, 0x80, 0x00], Some(Protocol::V5)),
+        DecodeError::MalformedVarInt { offset: 5 }
+    );
 }
 
 #[test]
