@@ -1,1 +1,3 @@
 //! shardmq: a thread-per-core MQTT broker.
+
+pub mod router;
