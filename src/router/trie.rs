@@ -314,6 +314,26 @@ pub(crate) mod tests {
         assert_eq!(keys("/x"), vec![0, 1]);
     }
 
+    #[test]
+    fn many_filters_match_only_their_branch() {
+        let mut trie = SubscriptionTrie::new();
+        for i in 0..100_000u32 {
+            trie.insert(&format!("dev/{i}/temp"), i, 0u8);
+        }
+        trie.insert("dev/+/temp", 100_000, 0);
+        trie.insert("dev/#", 100_001, 0);
+        assert_eq!(trie.len(), 100_002);
+        let keys = |t: &str| {
+            let mut keys: Vec<u32> = matches(&trie, t).into_iter().map(|m| m.1).collect();
+            keys.sort_unstable();
+            keys
+        };
+        assert_eq!(keys("dev/4242/temp"), vec![4242, 100_000, 100_001]);
+        assert_eq!(keys("dev/4242"), vec![100_001]);
+        assert_eq!(keys("dev/x/temp"), vec![100_000, 100_001]);
+        assert_eq!(keys("other/1/temp"), Vec::<u32>::new());
+    }
+
     const LEVELS: &[&str] = &["a", "b", "$x", ""];
 
     fn topic_strategy() -> impl Strategy<Value = String> {
