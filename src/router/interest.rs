@@ -1,0 +1,211 @@
+//! The cross-shard interest table: which shards subscribe to which filters.
+
+use std::rc::Rc;
+
+use super::{ShardId, ShardSet, SubscriptionTrie};
+
+/// Every shard's replica of "which shards have at least one subscriber for this filter".
+///
+/// An entry is keyed by (share group, plain filter); `None` is an ordinary
+/// subscription. Shards broadcast a change only when their first subscriber to
+/// an entry arrives or their last leaves, so the table holds sets, not counts.
+/// The topic's owner calls [`route`](Self::route) for every publish.
+#[derive(Default)]
+pub struct InterestTable {
+    trie: SubscriptionTrie<Option<Rc<str>>, ShardSet>,
+}
+
+/// Where a published message must go: filled by [`InterestTable::route`].
+#[derive(Debug, Default)]
+pub struct Route {
+    /// Shards with at least one ordinary (non-shared) matching subscription.
+    pub shards: ShardSet,
+    /// One entry per matching (share group, filter): exactly one member gets the message.
+    pub groups: Vec<GroupRoute>,
+}
+
+/// One matching shared subscription and the shards holding its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRoute {
+    /// The share name.
+    pub group: Rc<str>,
+    /// The plain filter the group subscribed with.
+    pub filter: Rc<str>,
+    /// The shards with at least one member of this group on this filter.
+    pub shards: ShardSet,
+}
+
+impl Route {
+    /// An empty route; keep one per shard and reuse it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Empties the route, keeping the group buffer's capacity.
+    pub fn clear(&mut self) {
+        self.shards.clear();
+        self.groups.clear();
+    }
+
+    /// Whether the message goes nowhere.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty() && self.groups.is_empty()
+    }
+}
+
+impl InterestTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `shard` has a subscriber to the plain, validated `filter`
+    /// (within `share_group` if shared); true if that shard was new for the entry.
+    pub fn add(&mut self, filter: &str, share_group: Option<&str>, shard: ShardId) -> bool {
+        // Subscription changes are rare next to publishes: one small allocation here is fine.
+        let key = share_group.map(Rc::from);
+        if let Some(shards) = self.trie.get_mut(filter, &key) {
+            return shards.insert(shard);
+        }
+        let mut shards = ShardSet::new();
+        shards.insert(shard);
+        self.trie.insert(filter, key, shards);
+        true
+    }
+
+    /// Records that `shard` has no subscriber left for the entry; true if it was listed.
+    pub fn remove(&mut self, filter: &str, share_group: Option<&str>, shard: ShardId) -> bool {
+        let key = share_group.map(Rc::from);
+        let Some(shards) = self.trie.get_mut(filter, &key) else {
+            return false;
+        };
+        let was = shards.remove(shard);
+        if shards.is_empty() {
+            self.trie.remove(filter, &key);
+        }
+        was
+    }
+
+    /// Fills `route` for the published `topic`: the union of shards with
+    /// ordinary matching filters, and one [`GroupRoute`] per matching shared
+    /// entry. `route` is cleared first; once its buffer has grown, this does not allocate.
+    pub fn route(&self, topic: &str, route: &mut Route) {
+        route.clear();
+        self.trie
+            .for_each_match_rc(topic, &mut |filter, group, shards| match group {
+                None => route.shards.union_with(shards),
+                Some(group) => route.groups.push(GroupRoute {
+                    group: Rc::clone(group),
+                    filter: Rc::clone(filter),
+                    shards: *shards,
+                }),
+            });
+    }
+
+    /// The number of (group, filter) entries.
+    pub fn len(&self) -> usize {
+        self.trie.len()
+    }
+
+    /// Whether no shard subscribes to anything.
+    pub fn is_empty(&self) -> bool {
+        self.trie.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::filter_matches;
+    use super::super::trie::tests::filter_strategy;
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn ids(set: &ShardSet) -> Vec<u16> {
+        set.iter().map(|s| s.0).collect()
+    }
+
+    #[test]
+    fn add_remove_and_route() {
+        let mut table = InterestTable::new();
+        assert!(table.add("a/+", None, ShardId(1)));
+        assert!(!table.add("a/+", None, ShardId(1)));
+        assert!(table.add("a/#", None, ShardId(3)));
+        assert!(table.add("a/b", Some("g"), ShardId(2)));
+        assert!(table.add("a/b", Some("g"), ShardId(0)));
+        assert!(table.add("a/b", Some("h"), ShardId(5)));
+        assert!(table.add("#", None, ShardId(7)));
+        let mut route = Route::new();
+        table.route("a/b", &mut route);
+        assert_eq!(ids(&route.shards), vec![1, 3, 7]);
+        route.groups.sort_by(|x, y| x.group.cmp(&y.group));
+        assert_eq!(route.groups.len(), 2);
+        assert_eq!(
+            (&*route.groups[0].group, &*route.groups[0].filter),
+            ("g", "a/b")
+        );
+        assert_eq!(ids(&route.groups[0].shards), vec![0, 2]);
+        assert_eq!(ids(&route.groups[1].shards), vec![5]);
+
+        table.route("$SYS/a", &mut route);
+        assert!(route.is_empty(), "reused route is cleared");
+
+        assert!(table.remove("a/b", Some("g"), ShardId(2)));
+        assert!(!table.remove("a/b", Some("g"), ShardId(2)));
+        assert!(table.remove("a/b", Some("g"), ShardId(0)));
+        assert!(!table.remove("x", None, ShardId(0)));
+        table.route("a/b", &mut route);
+        assert_eq!(route.groups.len(), 1);
+        assert_eq!(table.len(), 4);
+    }
+
+    proptest! {
+        #[test]
+        fn route_agrees_with_filter_matches(
+            adds in prop::collection::vec(
+                (filter_strategy(), prop::option::of(prop::sample::select(&["g", "h"][..])), 0u16..8),
+                0..40),
+            removals in prop::collection::vec(0usize..40, 0..10),
+            topics in prop::collection::vec(
+                prop::collection::vec(prop::sample::select(&["a", "b", "$x", ""][..]), 1..5)
+                    .prop_map(|l| l.join("/")),
+                1..20),
+        ) {
+            let mut table = InterestTable::new();
+            let mut model: BTreeSet<(String, Option<&str>, u16)> = BTreeSet::new();
+            for (filter, group, shard) in &adds {
+                let fresh = model.insert((filter.clone(), *group, *shard));
+                prop_assert_eq!(table.add(filter, *group, ShardId(*shard)), fresh);
+            }
+            for i in removals {
+                if let Some((filter, group, shard)) = adds.get(i) {
+                    let was = model.remove(&(filter.clone(), *group, *shard));
+                    prop_assert_eq!(table.remove(filter, *group, ShardId(*shard)), was);
+                }
+            }
+            let mut route = Route::new();
+            for topic in &topics {
+                table.route(topic, &mut route);
+                let mut want_shards = BTreeSet::new();
+                let mut want_groups: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
+                for (filter, group, shard) in model.iter().filter(|e| filter_matches(&e.0, topic)) {
+                    match group {
+                        None => { want_shards.insert(*shard); }
+                        Some(g) => {
+                            want_groups.entry((g.to_string(), filter.clone())).or_default().insert(*shard);
+                        }
+                    }
+                }
+                let got_shards: BTreeSet<u16> = route.shards.iter().map(|s| s.0).collect();
+                prop_assert_eq!(got_shards, want_shards);
+                let mut got_groups = BTreeMap::new();
+                for g in &route.groups {
+                    let key = (g.group.to_string(), g.filter.to_string());
+                    let set: BTreeSet<u16> = g.shards.iter().map(|s| s.0).collect();
+                    prop_assert!(got_groups.insert(key, set).is_none(), "duplicate group entry");
+                }
+                prop_assert_eq!(got_groups, want_groups);
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The subscription trie of one shard: filter -> (subscriber key -> options).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::rc::Rc;
+
+use super::split_level;
+
+/// Filters held by one shard's sessions, indexed level by level.
+///
+/// `K` identifies a subscriber (for example a session slot), `V` holds its
+/// subscription options. Each node keys its literal children by level string in
+/// a hash map and keeps the `+` and `#` children in their own slots, so a match
+/// costs one hash lookup per level per live branch, whatever the number of
+/// filters, and [`for_each_match`](Self::for_each_match) never allocates.
+///
+/// The trie sees only plain filters. For shared subscriptions
+/// (`$share/<group>/<filter>`) the recommended way is to encode the group into
+/// the key (`K = (Option<GroupId>, SessionSlot)`): one walk then finds both the
+/// ordinary subscribers and every group's members, and the caller picks one
+/// member per group from what the walk reports.
+///
+/// The filter is stored once per node as an `Rc<str>`, so the trie is `!Send`:
+/// it belongs to exactly one shard.
+pub struct SubscriptionTrie<K, V> {
+    root: Node<K, V>,
+    len: usize,
+}
+
+struct Node<K, V> {
+    literal: HashMap<Box<str>, Node<K, V>>,
+    plus: Option<Box<Node<K, V>>>,
+    hash: Option<Box<Node<K, V>>>,
+    /// The full filter ending at this node; set while `subscribers` is non-empty.
+    filter: Option<Rc<str>>,
+    subscribers: HashMap<K, V>,
+}
+
+impl<K, V> Node<K, V> {
+    fn new() -> Self {
+        Self {
+            literal: HashMap::new(),
+            plus: None,
+            hash: None,
+            filter: None,
+            subscribers: HashMap::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty()
+            && self.literal.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+    }
+
+    /// The child for `level`, if present (read-only walk).
+    fn child(&self, level: &str) -> Option<&Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            "#" => self.hash.as_deref(),
+            _ => self.literal.get(level),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.literal.get_mut(level),
+        }
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Node<K, V> {
+        match level {
+            "+" => self.plus.get_or_insert_with(|| Box::new(Node::new())),
+            "#" => self.hash.get_or_insert_with(|| Box::new(Node::new())),
+            _ => self
+                .literal
+                .entry(Box::from(level))
+                .or_insert_with(Node::new),
+        }
+    }
+
+    fn drop_child(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            _ => {
+                self.literal.remove(level);
+            }
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> Default for SubscriptionTrie<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
+    /// An empty trie.
+    pub fn new() -> Self {
+        Self {
+            root: Node::new(),
+            len: 0,
+        }
+    }
+
+    /// Subscribes `key` to the plain, validated `filter`; returns the replaced value if `key` already held it.
+    pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
+        let mut node = &mut self.root;
+        let mut rest = Some(filter);
+        while let Some(levels) = rest {
+            let (level, tail) = split_level(levels);
+            node = node.child_or_insert(level);
+            rest = tail;
+        }
+        if node.filter.is_none() {
+            node.filter = Some(Rc::from(filter));
+        }
+        let old = node.subscribers.insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Unsubscribes `key` from `filter`, pruning nodes left empty; returns its value.
+    pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
+        let removed = remove_at(&mut self.root, Some(filter), key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// The options `key` holds for `filter`, for in-place updates.
+    pub fn get_mut(&mut self, filter: &str, key: &K) -> Option<&mut V> {
+        self.node_mut(filter)?.subscribers.get_mut(key)
+    }
+
+    /// Calls `f(filter, key, value)` for every subscription whose filter matches
+    /// the topic name `topic`. Allocates nothing.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &K, &V)) {
+        self.for_each_match_rc(topic, &mut |filter, key, value| f(filter, key, value));
+    }
+
+    /// As [`for_each_match`](Self::for_each_match), handing out the shared filter handle.
+    pub(crate) fn for_each_match_rc(&self, topic: &str, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
+        let dollar = topic.starts_with('$');
+        match_at(&self.root, topic, dollar, f);
+    }
+
+    /// How many keys subscribe to exactly `filter`.
+    pub fn subscriber_count(&self, filter: &str) -> usize {
+        self.node(filter).map_or(0, |n| n.subscribers.len())
+    }
+
+    /// The number of (filter, key) pairs.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the trie holds no subscription.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn node(&self, filter: &str) -> Option<&Node<K, V>> {
+        let mut node = &self.root;
+        let mut rest = Some(filter);
+        while let Some(levels) = rest {
+            let (level, tail) = split_level(levels);
+            node = node.child(level)?;
+            rest = tail;
+        }
+        Some(node)
+    }
+
+    fn node_mut(&mut self, filter: &str) -> Option<&mut Node<K, V>> {
+        let mut node = &mut self.root;
+        let mut rest = Some(filter);
+        while let Some(levels) = rest {
+            let (level, tail) = split_level(levels);
+            node = node.child_mut(level)?;
+            rest = tail;
+        }
+        Some(node)
+    }
+}
+
+/// Removes `key` below `node` along `rest`, dropping children that end up empty.
+/// Recursion depth is bounded by the filter's level count (`topic_levels_max`).
+fn remove_at<K: Eq + Hash, V>(node: &mut Node<K, V>, rest: Option<&str>, key: &K) -> Option<V> {
+    let Some(levels) = rest else {
+        let removed = node.subscribers.remove(key);
+        if node.subscribers.is_empty() {
+            node.filter = None;
+        }
+        return removed;
+    };
+    let (level, tail) = split_level(levels);
+    let child = node.child_mut(level)?;
+    let removed = remove_at(child, tail, key);
+    if child.is_empty() {
+        node.drop_child(level);
+    }
+    removed
+}
+
+fn emit<K, V>(node: &Node<K, V>, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
+    if let Some(filter) = &node.filter {
+        for (key, value) in &node.subscribers {
+            f(filter, key, value);
+        }
+    }
+}
+
+/// Visits the subscriptions below `node` matching the topic levels in `rest`.
+/// `dollar_first` is true only at the root of a `$`-topic, where wildcards must not match.
+fn match_at<K, V>(
+    node: &Node<K, V>,
+    rest: &str,
+    dollar_first: bool,
+    f: &mut dyn FnMut(&Rc<str>, &K, &V),
+) {
+    let (level, tail) = split_level(rest);
+    if !dollar_first {
+        if let Some(hash) = &node.hash {
+            emit(hash, f);
+        }
+        if let Some(plus) = &node.plus {
+            descend(plus, tail, f);
+        }
+    }
+    if let Some(child) = node.literal.get(level) {
+        descend(child, tail, f);
+    }
+}
+
+fn descend<K, V>(node: &Node<K, V>, tail: Option<&str>, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
+    match tail {
+        Some(rest) => match_at(node, rest, false, f),
+        None => {
+            emit(node, f);
+            // "a/#" also matches "a": the parent level.
+            if let Some(hash) = &node.hash {
+                emit(hash, f);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::filter_matches;
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn matches(trie: &SubscriptionTrie<u32, u8>, topic: &str) -> BTreeSet<(String, u32, u8)> {
+        let mut out = BTreeSet::new();
+        trie.for_each_match(topic, |f, k, v| {
+            assert!(out.insert((f.to_string(), *k, *v)), "duplicate {f} {k}");
+        });
+        out
+    }
+
+    #[test]
+    fn insert_replace_remove() {
+        let mut trie = SubscriptionTrie::new();
+        assert_eq!(trie.insert("a/+", 1u32, 0u8), None);
+        assert_eq!(trie.insert("a/+", 1, 2), Some(0));
+        assert_eq!(trie.insert("a/+", 2, 1), None);
+        assert_eq!(trie.insert("#", 3, 0), None);
+        assert_eq!(trie.len(), 3);
+        assert_eq!(trie.subscriber_count("a/+"), 2);
+        assert_eq!(trie.subscriber_count("a"), 0);
+        *trie.get_mut("#", &3).expect("present") = 9;
+        let got = matches(&trie, "a/b");
+        let want: BTreeSet<_> = [
+            ("#".into(), 3, 9),
+            ("a/+".into(), 1, 2),
+            ("a/+".into(), 2, 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(trie.remove("a/+", &1), Some(2));
+        assert_eq!(trie.remove("a/+", &1), None);
+        assert_eq!(trie.remove("a/b", &2), None);
+        assert_eq!(trie.remove("a/+", &2), Some(1));
+        assert_eq!(trie.remove("#", &3), Some(9));
+        assert!(trie.is_empty());
+        assert!(trie.root.is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn dollar_and_parent_rules() {
+        let mut trie = SubscriptionTrie::new();
+        for (i, f) in ["#", "+/x", "$SYS/#", "a/#", "+"].iter().enumerate() {
+            trie.insert(f, i as u32, 0u8);
+        }
+        let keys = |t: &str| {
+            let mut keys: Vec<u32> = matches(&trie, t).into_iter().map(|m| m.1).collect();
+            keys.sort_unstable();
+            keys
+        };
+        assert_eq!(keys("$SYS/x"), vec![2]);
+        assert_eq!(keys("$SYS"), vec![2]);
+        assert_eq!(keys("a"), vec![0, 3, 4]);
+        assert_eq!(keys("/x"), vec![0, 1]);
+    }
+
+    #[test]
+    fn many_filters_match_only_their_branch() {
+        let mut trie = SubscriptionTrie::new();
+        for i in 0..100_000u32 {
+            trie.insert(&format!("dev/{i}/temp"), i, 0u8);
+        }
+        trie.insert("dev/+/temp", 100_000, 0);
+        trie.insert("dev/#", 100_001, 0);
+        assert_eq!(trie.len(), 100_002);
+        let keys = |t: &str| {
+            let mut keys: Vec<u32> = matches(&trie, t).into_iter().map(|m| m.1).collect();
+            keys.sort_unstable();
+            keys
+        };
+        assert_eq!(keys("dev/4242/temp"), vec![4242, 100_000, 100_001]);
+        assert_eq!(keys("dev/4242"), vec![100_001]);
+        assert_eq!(keys("dev/x/temp"), vec![100_000, 100_001]);
+        assert_eq!(keys("other/1/temp"), Vec::<u32>::new());
+    }
+
+    const LEVELS: &[&str] = &["a", "b", "$x", ""];
+
+    fn topic_strategy() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(LEVELS), 1..5).prop_map(|l| l.join("/"))
+    }
+
+    /// Filters over a tiny alphabet so that random topics often match them.
+    pub(crate) fn filter_strategy() -> impl Strategy<Value = String> {
+        let level = prop::sample::select(&["a", "b", "$x", "", "+"][..]);
+        (prop::collection::vec(level, 0..4), any::<bool>()).prop_filter_map(
+            "empty filter",
+            |(mut levels, hash)| {
+                if hash {
+                    levels.push("#");
+                }
+                (!levels.is_empty()).then(|| levels.join("/"))
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn trie_agrees_with_filter_matches(
+            subs in prop::collection::vec((filter_strategy(), 0u32..4), 0..40),
+            removals in prop::collection::vec(0usize..40, 0..10),
+            topics in prop::collection::vec(topic_strategy(), 1..20),
+        ) {
+            let mut trie = SubscriptionTrie::new();
+            let mut model = BTreeSet::new();
+            for (filter, key) in &subs {
+                trie.insert(filter, *key, 0u8);
+                model.insert((filter.clone(), *key));
+            }
+            for i in removals {
+                if let Some((filter, key)) = subs.get(i) {
+                    let was = model.remove(&(filter.clone(), *key));
+                    prop_assert_eq!(trie.remove(filter, key).is_some(), was);
+                }
+            }
+            prop_assert_eq!(trie.len(), model.len());
+            for topic in &topics {
+                let got: BTreeSet<_> = matches(&trie, topic).into_iter().map(|m| (m.0, m.1)).collect();
+                let want: BTreeSet<_> = model
+                    .iter()
+                    .filter(|(f, _)| filter_matches(f, topic))
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(got, want, "topic {:?}", topic);
+            }
+        }
+    }
+}
