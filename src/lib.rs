@@ -1,1 +1,2 @@
 //! shardmq: a thread-per-core MQTT broker.
+pub mod storage;
