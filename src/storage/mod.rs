@@ -50,10 +50,14 @@
 //!   the retention floor and past `retention_ms` or beyond `retention_bytes`; never the
 //!   active segment. With no floor set nothing is deleted.
 
-#[allow(dead_code)] // used by the segment writer, which follows
+mod committer;
 mod frame;
 mod policy;
+mod recovery;
+mod retention;
+mod segment;
 mod stats;
+mod wal;
 
 use std::fmt;
 use std::io;
@@ -63,6 +67,7 @@ use std::time::Duration;
 pub use frame::StopReason;
 pub use policy::{FsyncPolicy, FsyncPolicyParseError, BATCH_ALIAS_RECORDS, PERIODIC_ALIAS_MS};
 pub use stats::{Histogram, WalStats, FSYNC_LATENCY_BOUNDS_US, GROUP_RECORDS_BOUNDS};
+pub use wal::Wal;
 
 /// The position of a record in one shard's log. Offsets only grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -239,3 +244,5 @@ impl From<glommio::GlommioError<()>> for WalError {
         }
     }
 }
+#[cfg(test)]
+mod tests;
