@@ -491,3 +491,44 @@ fn bad_configuration_is_refused_with_a_reason() {
         }
     });
 }
+
+#[test]
+fn every_n_and_interval_sync_on_their_own_schedule() {
+    let dir = disk_tempdir();
+    run(async {
+        let (wal, _, _) = open_collect(config(dir.path(), FsyncPolicy::EveryN(10)))
+            .await
+            .expect("open");
+        for i in 0..35u64 {
+            let o = wal.append(RecordKind(1), i, &[b"n"]).expect("append");
+            wal.wait_durable(o).await.expect("written");
+        }
+        assert_eq!(
+            wal.stats().fsyncs_total.load(Relaxed),
+            3,
+            "one fdatasync per 10 records"
+        );
+        wal.close().await.expect("close");
+    });
+    let dir = disk_tempdir();
+    run(async {
+        let (wal, _, _) = open_collect(config(dir.path(), FsyncPolicy::IntervalMs(20)))
+            .await
+            .expect("open");
+        let o = wal.append(RecordKind(1), 0, &[b"i"]).expect("append");
+        wal.wait_durable(o).await.expect("written");
+        let stats = wal.stats();
+        assert_eq!(
+            stats.fsyncs_total.load(Relaxed),
+            0,
+            "acknowledged before any fdatasync"
+        );
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            stats.fsyncs_total.load(Relaxed),
+            1,
+            "the interval timer synced it"
+        );
+        wal.close().await.expect("close");
+    });
+}

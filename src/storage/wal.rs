@@ -239,6 +239,9 @@ impl Wal {
 
     /// Resolves when the record at `offset` is as durable as the fsync policy promises
     /// (see `FsyncPolicy`); `Err(Poisoned)` if a write or fdatasync failed first.
+    ///
+    /// # Panics
+    /// If `offset` was never appended (a caller bug, not a disk condition).
     pub async fn wait_durable(&self, offset: Offset) -> Result<(), WalError> {
         let policy = self.shared.config.fsync_policy;
         let mut registered = false;
@@ -383,6 +386,14 @@ impl Wal {
         let task = self.shared.committer.borrow_mut().take();
         if let Some(task) = task {
             task.await;
+        }
+        let spare = std::mem::replace(
+            &mut self.shared.state.borrow_mut().spare,
+            Spare::Failed { disk_full: false },
+        );
+        if let Spare::Ready(file) = spare {
+            // Left as spare.tmp; the next open removes it.
+            file.close().await?;
         }
         let st = self.shared.state.borrow();
         match st.poison {
