@@ -330,6 +330,13 @@ impl Committer {
             }
             WalStats::add(&self.shared.stats.segments_deleted_total, 1);
         }
+        if !doomed.is_empty() {
+            // Make the unlinks durable in order: a crash must never bring back an older
+            // segment while a newer deleted one stays gone (recovery would see a gap).
+            if let Err(e) = self.dir.sync().await {
+                tracing::warn!(error = %e, "WAL retention could not sync the directory");
+            }
+        }
         let st = self.shared.state.borrow();
         WalStats::set(
             &self.shared.stats.segments_current,

@@ -46,9 +46,18 @@
 //!   segments or a damaged segment header is `WalError::Corrupt`: that data had been made
 //!   durable, so the WAL refuses to start rather than silently drop it.
 //! - **A failed write or fdatasync poisons the WAL** (see `committer`): nothing is retried.
+//! - **Buffers.** `append` copies into the active buffer and allocates nothing; the
+//!   committer takes the whole buffer each round and allocates the next one from
+//!   glommio's DMA pool (one allocation per group commit, not per record), carrying the
+//!   partial last block over so it is rewritten with the following frames.
+//! - **glommio iopoll probe.** glommio 0.9 decides per device, on the first `DmaFile`
+//!   opened in the process, whether to use its polled ring, and an empty first file fools
+//!   it (later reads fail with EOPNOTSUPP). `open` therefore opens a one-block probe file
+//!   before anything else; any other module opening DMA files should be started after.
 //! - **Retention** deletes whole segments, oldest first, only when they are entirely below
 //!   the retention floor and past `retention_ms` or beyond `retention_bytes`; never the
-//!   active segment. With no floor set nothing is deleted.
+//!   active segment. With no floor set nothing is deleted. Limits are evaluated when the
+//!   floor rises and at each segment roll.
 
 mod committer;
 mod frame;
