@@ -532,3 +532,29 @@ fn every_n_and_interval_sync_on_their_own_schedule() {
         wal.close().await.expect("close");
     });
 }
+
+#[test]
+fn a_rolled_but_never_written_segment_is_dropped() {
+    let dir = disk_tempdir();
+    write_hundred(dir.path());
+    // As if the process died right after renaming the pre-zeroed spare at a roll.
+    let orphan = segment::segment_path(dir.path(), Offset(100));
+    std::fs::write(&orphan, vec![0u8; 64 * 1024]).expect("write");
+    run(async {
+        let (wal, report, seen) = open_collect(config(dir.path(), FsyncPolicy::Always))
+            .await
+            .expect("open");
+        assert_eq!(
+            (seen, report.next_offset, report.torn_records),
+            (expected(0..100), Offset(100), 0)
+        );
+        assert!(!orphan.exists());
+        append_range(&wal, 100..110).await;
+        wal.close().await.expect("close");
+        let (wal, _, seen) = open_collect(config(dir.path(), FsyncPolicy::Always))
+            .await
+            .expect("reopen");
+        assert_eq!(seen, expected(0..110));
+        wal.close().await.expect("close");
+    });
+}
