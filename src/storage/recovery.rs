@@ -1,0 +1,168 @@
+//! Opening a WAL: scan every segment, hand valid records to the caller, cut a torn tail.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::frame::{self, Decoded, SegmentHeader, StopReason};
+use super::segment::{self, align_down, align_up, Scanner, SegmentMeta};
+use super::{Offset, RecordRef, RecoveryReport, WalError};
+
+/// What recovery leaves for the writer.
+pub(crate) struct Recovered {
+    /// Segments kept, in offset order; the last one is where appends continue, if any.
+    pub segments: Vec<SegmentMeta>,
+    pub report: RecoveryReport,
+}
+
+/// The result of scanning one segment's frames.
+struct SegmentScan {
+    meta: SegmentMeta,
+    stop: StopReason,
+    stop_pos: u64,
+}
+
+/// Scans `dir`, calling `visit` for every valid record in offset order.
+pub(crate) async fn recover(
+    dir: &Path,
+    body_bytes_max: usize,
+    mut visit: impl FnMut(RecordRef<'_>),
+) -> Result<Recovered, WalError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir)?;
+    let spare = dir.join(segment::SPARE_FILE_NAME);
+    if spare.exists() {
+        std::fs::remove_file(&spare)?;
+    }
+    segment::prime_iopoll_probe(dir).await?;
+    let files = segment::list_segments(dir)?;
+    let mut kept: Vec<SegmentMeta> = Vec::with_capacity(files.len());
+    let mut expected: Option<Offset> = None;
+    let (mut records, mut torn_bytes, mut torn_reason) = (0u64, 0u64, None);
+    for (i, (name_offset, path)) in files.iter().enumerate() {
+        let last = i + 1 == files.len();
+        let mut scanner = Scanner::open(path).await?;
+        let first = match scanner.header().await? {
+            SegmentHeader::Valid(first) => first,
+            SegmentHeader::Zeroed if last => {
+                // Created at a roll but never written: nothing in it was ever acknowledged.
+                drop(scanner);
+                std::fs::remove_file(path)?;
+                expected = expected.or(Some(*name_offset));
+                break;
+            }
+            SegmentHeader::Zeroed => return Err(corrupt(path, 0, "segment header is zeroed")),
+            SegmentHeader::Invalid(why) => return Err(corrupt(path, 0, why)),
+        };
+        if first != *name_offset {
+            return Err(corrupt(path, 0, "header offset differs from the file name"));
+        }
+        if let Some(want) = expected.filter(|want| *want != first) {
+            return Err(corrupt(
+                path,
+                0,
+                &format!("gap: expected first offset {}", want.0),
+            ));
+        }
+        let scan = scan_frames(&mut scanner, first, body_bytes_max, &mut visit).await?;
+        records += scan.meta.end.0 - first.0;
+        expected = Some(scan.meta.end);
+        if scan.stop != StopReason::Zeroed {
+            if !last {
+                return Err(corrupt(path, scan.stop_pos, scan.stop.as_str()));
+            }
+            torn_bytes = cut_torn_tail(path, &mut scanner, scan.stop_pos).await?;
+            torn_reason = Some(scan.stop);
+        }
+        kept.push(scan.meta);
+    }
+    let report = RecoveryReport {
+        records,
+        segments: kept.len() as u32,
+        torn_records: u64::from(torn_reason.is_some()),
+        torn_bytes,
+        torn_reason,
+        duration: started.elapsed(),
+        next_offset: expected.unwrap_or_default(),
+    };
+    Ok(Recovered {
+        segments: kept,
+        report,
+    })
+}
+
+fn corrupt(path: &Path, file_offset: u64, reason: &str) -> WalError {
+    WalError::Corrupt {
+        segment: PathBuf::from(path),
+        file_offset,
+        reason: reason.to_owned(),
+    }
+}
+
+/// Decodes frames from the scanner's position until the first non-record.
+async fn scan_frames(
+    scanner: &mut Scanner,
+    first: Offset,
+    body_bytes_max: usize,
+    visit: &mut impl FnMut(RecordRef<'_>),
+) -> Result<SegmentScan, WalError> {
+    let mut meta = SegmentMeta {
+        first,
+        end: first,
+        data_bytes: scanner.position(),
+        max_timestamp_ms: 0,
+    };
+    let stop = loop {
+        let need = match scanner.decode(meta.end, body_bytes_max) {
+            Decoded::Record(record, n) => {
+                meta.max_timestamp_ms = meta.max_timestamp_ms.max(record.timestamp_ms);
+                visit(record);
+                scanner.advance(n);
+                meta.end = Offset(meta.end.0 + 1);
+                meta.data_bytes = scanner.position();
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            Decoded::Stop(reason) => break reason,
+            Decoded::NeedBytes(need) => need,
+        };
+        if !scanner.fill(need).await? {
+            break frame::stop_at_end(scanner.available());
+        }
+    };
+    Ok(SegmentScan {
+        meta,
+        stop,
+        stop_pos: scanner.position(),
+    })
+}
+
+/// Overwrites everything non-zero from `torn_pos` on with zeros, keeping the valid prefix
+/// of its block, and makes that durable. Returns how many bytes were cut.
+///
+/// Zeroing (rather than leaving the bytes) matters: later appends could otherwise end
+/// right where an old frame with the then-expected offset begins.
+async fn cut_torn_tail(path: &Path, scanner: &mut Scanner, torn_pos: u64) -> Result<u64, WalError> {
+    let nonzero_end = scanner.last_nonzero_end().await?;
+    let file = segment::open_for_append(path).await?;
+    let block_start = align_down(torn_pos);
+    let prefix = file
+        .read_at(block_start, (torn_pos - block_start) as usize)
+        .await?;
+    let mut block = file.alloc_dma_buffer(frame::DMA_ALIGN_BYTES);
+    block.as_bytes_mut().fill(0);
+    block.as_bytes_mut()[..prefix.len()].copy_from_slice(&prefix);
+    let written = file.write_at(block, block_start).await?;
+    if written != frame::DMA_ALIGN_BYTES {
+        return Err(WalError::Io(std::io::Error::other(
+            "short write while cutting a torn tail",
+        )));
+    }
+    let zero_from = block_start + frame::DMA_ALIGN_BYTES as u64;
+    let zero_to = align_up(nonzero_end);
+    if zero_to > zero_from {
+        segment::zero_range(&file, zero_from, zero_to).await?;
+    }
+    file.fdatasync().await?;
+    file.close().await?;
+    Ok(nonzero_end.saturating_sub(torn_pos))
+}
