@@ -75,6 +75,8 @@ fn unknown_protocol_level_is_refused_and_closed() {
     conn.expect_closed(WAIT);
 }
 
+/// A second CONNECT is a protocol error: the connection is closed, and a v5 client is
+/// told why with DISCONNECT 0x82 first.
 #[test]
 fn second_connect_closes_the_connection() {
     let broker = Broker::start();

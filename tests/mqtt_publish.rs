@@ -270,6 +270,8 @@ fn qos2_dup_resend_before_pubrel_is_delivered_once() {
     }
 }
 
+/// 3.1.1 allows resending unacknowledged messages on a live connection; shardmq does so
+/// after `retry_backoff_ms` (v5 forbids it and resends only on reconnect).
 #[test]
 fn v311_unacked_qos1_is_resent_with_dup_while_connected() {
     let broker = broker_with(&[("RETRY_BACKOFF_MS", "200"), ("MAX_RETRIES", "5")]);

@@ -59,6 +59,8 @@ fn each_message_goes_to_exactly_one_member() {
     );
 }
 
+/// The leaving member's session ends with its connection (clean start, no expiry), so
+/// its unacknowledged messages go to the remaining member (MQTT 5.0 4.8.2 SHOULD).
 #[test]
 fn unacked_messages_of_a_leaving_member_go_to_another() {
     let broker = Broker::start();

@@ -102,6 +102,8 @@ fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos() {
     sub4.assert_no_publish(QUIET);
 }
 
+/// Both levels answer a malformed filter with a SUBACK failure code for that filter and
+/// keep the connection (3.1.1 also allows closing it; shardmq chooses the SUBACK).
 #[test]
 fn invalid_filters_get_a_failure_code() {
     let broker = Broker::start();

@@ -4,6 +4,7 @@
 //! full client library refuses to produce, and it never hangs: every read is bounded.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -473,6 +474,8 @@ pub struct Conn {
     pub stream: TcpStream,
     pub v5: bool,
     buf: Vec<u8>,
+    /// PUBLISHes read while waiting for something else, kept for the next publish read.
+    inbox: VecDeque<Publish>,
     next_pid: u16,
     /// Acknowledge incoming QoS 1/2 PUBLISHes as they are read.
     pub auto_ack: bool,
@@ -489,6 +492,7 @@ impl Conn {
             stream,
             v5,
             buf: Vec::new(),
+            inbox: VecDeque::new(),
             next_pid: 0,
             auto_ack: true,
             auto_pubrel: true,
@@ -632,16 +636,29 @@ impl Conn {
         }
     }
 
-    /// The next packet of `kind`, skipping others of the listed ack kinds.
+    /// The next packet of `kind` (not PUBLISH), skipping acks and keeping PUBLISHes.
     pub fn expect_kind(&mut self, kind: u8) -> Packet {
+        assert_ne!(kind, PUBLISH, "use expect_publish");
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv(left) {
                 Recv::Packet(p) if p.kind == kind => return p,
-                Recv::Packet(p) if matches!(p.kind, PINGRESP | PUBACK | PUBREC | PUBCOMP) => {}
+                Recv::Packet(p) => self.keep_or_skip(p),
                 other => panic!("expected packet type {kind}, got {other:?}"),
             }
+        }
+    }
+
+    /// Keeps a PUBLISH for later; skips acks and PINGRESP; anything else is a failure.
+    fn keep_or_skip(&mut self, p: Packet) {
+        match p.kind {
+            PUBLISH => {
+                let publish = Publish::decode(&p, self.v5);
+                self.inbox.push_back(publish);
+            }
+            PINGRESP | PUBACK | PUBREC | PUBREL | PUBCOMP => {}
+            _ => panic!("unexpected packet {p:?}"),
         }
     }
 
@@ -656,12 +673,15 @@ impl Conn {
 
     /// The next PUBLISH (acked automatically if `auto_ack`).
     pub fn expect_publish(&mut self) -> Publish {
-        let p = self.expect_kind(PUBLISH);
-        Publish::decode(&p, self.v5)
+        self.try_publish(WAIT)
+            .expect("expected a PUBLISH within 10 s")
     }
 
     /// The next PUBLISH within `limit`, or None if none came (other packets skipped).
     pub fn try_publish(&mut self, limit: Duration) -> Option<Publish> {
+        if let Some(publish) = self.inbox.pop_front() {
+            return Some(publish);
+        }
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -724,7 +744,7 @@ impl Conn {
                     assert_eq!(r.u16(), pid, "ack for the wrong packet id");
                     return if r.remaining() > 0 { r.u8() } else { 0 };
                 }
-                Recv::Packet(p) if matches!(p.kind, PUBLISH | PINGRESP | PUBREC | PUBREL) => {}
+                Recv::Packet(p) => self.keep_or_skip(p),
                 other => panic!("expected ack type {kind} for {pid}, got {other:?}"),
             }
         }
