@@ -304,23 +304,22 @@ fn message_metrics_count_traffic() {
         publ.publish(Publish::new(&t, b"r", 1).retain(true));
     }
     sub.expect_publishes(3);
-    let received_q1 = |b: &Broker| {
-        b.metric("shardmq_messages_received_total{shard=\"0\",qos=\"1\"}")
-            .unwrap_or(0.0)
-            + b.metric("shardmq_messages_received_total{shard=\"1\",qos=\"1\"}")
-                .unwrap_or(0.0)
-    };
-    assert!(
-        eventually(WAIT, || received_q1(&broker) >= 11.0),
-        "{}",
-        broker.http_get("/metrics").1
-    );
-    assert!(broker.metric_sum("shardmq_messages_delivered_total") >= 11.0);
-    assert_eq!(broker.metric_sum("shardmq_sessions_current"), 2.0);
-    assert_eq!(broker.metric_sum("shardmq_subscriptions_current"), 2.0);
-    assert_eq!(broker.metric_sum("shardmq_retained_messages_current"), 3.0);
+    let settled = eventually(WAIT, || {
+        broker.metric_sum_labelled("shardmq_messages_received_total", "qos=\"1\"") >= 11.0
+            && broker.metric_sum("shardmq_messages_delivered_total") >= 11.0
+            && broker.metric_sum("shardmq_sessions_current") == 2.0
+            && broker.metric_sum("shardmq_subscriptions_current") == 2.0
+            && broker.metric_sum("shardmq_retained_messages_current") == 3.0
+    });
+    assert!(settled, "{}", broker.http_get("/metrics").1);
     sub.unsubscribe(&["metrics/#"]);
+    publ.publish(Publish::new("metrics-retained/t-0", b"", 1).retain(true));
+    assert!(eventually(WAIT, || {
+        broker.metric_sum("shardmq_subscriptions_current") == 1.0
+            && broker.metric_sum("shardmq_retained_messages_current") == 2.0
+    }));
+    drop(sub);
     assert!(eventually(WAIT, || broker
-        .metric_sum("shardmq_subscriptions_current")
+        .metric_sum("shardmq_sessions_current")
         == 1.0));
 }

@@ -182,6 +182,23 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Sum over the series of `name` whose labels include `label`, e.g. `qos="1"`,
+    /// whatever the label order.
+    pub fn metric_sum_labelled(&self, name: &str, label: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| {
+                l.split('}')
+                    .next()
+                    .is_some_and(|labels| labels.contains(label))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
