@@ -97,6 +97,8 @@ fn second_connect_closes_the_connection() {
 #[test]
 fn first_packet_other_than_connect_closes() {
     let broker = Broker::start();
+    // Control: a proper CONNECT on the same broker is answered.
+    let _control = Conn::client(broker.mqtt, false, "first-packet-control");
     for v5 in [false, true] {
         let mut conn = Conn::open(broker.mqtt, v5);
         conn.send(&Publish::new("t", b"x", 0).encode(v5));
