@@ -1,6 +1,8 @@
 //! Test harness: runs the real `shardmq` binary on free ports with a temp data dir.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -180,6 +182,23 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Sum over the series of `name` whose labels include `label`, e.g. `qos="1"`,
+    /// whatever the label order.
+    pub fn metric_sum_labelled(&self, name: &str, label: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| {
+                l.split('}')
+                    .next()
+                    .is_some_and(|labels| labels.contains(label))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -248,4 +267,46 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts a 2-shard broker with extra `SHARDMQ_*` settings, e.g. `("RETRY_BACKOFF_MS", "200")`.
+pub fn broker_with(settings: &[(&str, &str)]) -> Broker {
+    Broker::start_with(BrokerOptions {
+        env: settings
+            .iter()
+            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
+            .collect(),
+        ..BrokerOptions::default()
+    })
+}
+
+/// `n` distinct names `{prefix}-{i}`; with 2 shards, 8 or more spread over both by hash.
+pub fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// An argon2id PHC hash of `password`, made by `shardmq hash-password`.
+pub fn hash_password(password: &str) -> String {
+    let mut child = shardmq()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shardmq hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let out = child.wait_with_output().expect("hash-password output");
+    assert!(
+        out.status.success(),
+        "hash-password failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "PHC string: {hash}");
+    hash
 }
