@@ -21,6 +21,14 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// An acknowledgement with a reason code (v5 carries it; 3.1.1 drops it).
+    pub fn with_reason(packet_id: PacketId, reason: ReasonCode) -> Self {
+        Self {
+            reason,
+            ..Self::new(packet_id)
+        }
+    }
+
     /// A successful acknowledgement without properties.
     pub fn new(packet_id: PacketId) -> Self {
         Self {

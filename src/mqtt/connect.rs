@@ -219,6 +219,15 @@ pub struct ConnAck {
 }
 
 impl ConnAck {
+    /// A CONNACK without properties; 3.1.1 encodes `reason` as its return code.
+    pub fn new(session_present: bool, reason: ReasonCode) -> Self {
+        Self {
+            session_present,
+            reason,
+            properties: ConnAckProperties::default(),
+        }
+    }
+
     pub(crate) fn decode(r: &mut Reader, protocol: Protocol) -> Result<Self, DecodeError> {
         let flags = r.u8()?;
         if flags & !0x01 != 0 {

@@ -20,6 +20,14 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
+    /// A DISCONNECT with `reason` and no properties.
+    pub fn new(reason: ReasonCode) -> Self {
+        Self {
+            reason,
+            properties: DisconnectProperties::default(),
+        }
+    }
+
     pub(crate) fn decode(r: &mut Reader, protocol: Protocol) -> Result<Self, DecodeError> {
         let mut d = Self::default();
         if protocol.is_v5() && !r.is_empty() {

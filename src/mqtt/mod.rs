@@ -59,6 +59,10 @@ use wire::{put_varint, read_varint, varint_len, Reader, VarInt, VARINT_MAX};
 /// Largest remaining length MQTT can express, in bytes.
 pub const REMAINING_BYTES_MAX: u32 = VARINT_MAX;
 
+/// The largest whole packet MQTT can express: fixed header byte, 4-byte remaining length,
+/// and the largest remaining length.
+pub const PACKET_BYTES_LIMIT: usize = REMAINING_BYTES_MAX as usize + 5;
+
 /// Limits applied while decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeLimits {

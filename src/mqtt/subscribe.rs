@@ -152,6 +152,15 @@ pub struct SubAck {
 }
 
 impl SubAck {
+    /// A SUBACK with one reason code per filter, in order.
+    pub fn new(packet_id: PacketId, reason_codes: Vec<ReasonCode>) -> Self {
+        Self {
+            packet_id,
+            reason_codes,
+            properties: AckProperties::default(),
+        }
+    }
+
     pub(crate) fn decode(r: &mut Reader, protocol: Protocol) -> Result<Self, DecodeError> {
         let packet_id = r.packet_id()?;
         let mut reason_codes = Vec::with_capacity(r.remaining());
@@ -279,6 +288,15 @@ pub struct UnsubAck {
 }
 
 impl UnsubAck {
+    /// An UNSUBACK with one reason code per filter (dropped for 3.1.1).
+    pub fn new(packet_id: PacketId, reason_codes: Vec<ReasonCode>) -> Self {
+        Self {
+            packet_id,
+            reason_codes,
+            properties: AckProperties::default(),
+        }
+    }
+
     pub(crate) fn decode(r: &mut Reader, protocol: Protocol) -> Result<Self, DecodeError> {
         let packet_id = r.packet_id()?;
         let mut reason_codes = Vec::new();

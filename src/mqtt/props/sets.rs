@@ -106,6 +106,19 @@ pub struct WillProperties {
 }
 
 impl WillProperties {
+    /// The properties the will's PUBLISH carries (all but the will delay).
+    pub fn into_publish_properties(self) -> PublishProperties {
+        PublishProperties {
+            payload_format_indicator: self.payload_format_indicator,
+            message_expiry_interval_secs: self.message_expiry_interval_secs,
+            content_type: self.content_type,
+            response_topic: self.response_topic,
+            correlation_data: self.correlation_data,
+            user_properties: self.user_properties,
+            ..PublishProperties::default()
+        }
+    }
+
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
         let mut p = Self::default();
         read_props(r, |id, r| match id {
