@@ -1,0 +1,69 @@
+//! The application message as the broker routes it, and one delivery of it to a session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::mqtt::{ByteStr, PublishProperties, QoS};
+
+/// An application message after its owner shard accepted it. Immutable and shared by
+/// `Arc` with every shard and session that delivers it: the payload is never copied
+/// between the socket it came from and the sockets it leaves by.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name (never an alias).
+    pub topic: ByteStr,
+    /// Payload bytes, shared.
+    pub payload: Bytes,
+    /// QoS the publisher used.
+    pub qos: QoS,
+    /// The publisher's RETAIN flag.
+    pub retain: bool,
+    /// v5 properties forwarded unchanged (topic alias and subscription identifiers are
+    /// per-connection and never stored here).
+    pub properties: PublishProperties,
+    /// The publishing client's id, for no-local subscriptions.
+    pub publisher: ByteStr,
+    /// When the v5 message expiry interval runs out; `None` = never.
+    pub expires_at: Option<Instant>,
+    /// Position in the owner shard's log.
+    pub offset: u64,
+}
+
+impl Message {
+    /// Whether the message must no longer be delivered.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The expiry interval to forward: what is left of the original, in whole seconds,
+    /// rounded up so a message never arrives with 0 before it has expired.
+    pub fn remaining_expiry_secs(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            secs.min(u64::from(u32::MAX)) as u32
+        })
+    }
+
+    /// Bytes this message accounts for in a session queue.
+    pub fn cost_bytes(&self) -> usize {
+        self.payload.len() + self.topic.len() + 64
+    }
+}
+
+/// One message on its way to one session, with that session's view of it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS for this subscriber: min(publish QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag as sent to this subscriber.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (v5).
+    pub subscription_ids: Vec<u32>,
+    /// The shared-subscription group this was chosen for, if any.
+    pub share_group: Option<Arc<str>>,
+}

@@ -1,0 +1,610 @@
+//! A session's outbound side: the queue of messages waiting for the client, the QoS 1/2
+//! in-flight window keyed by packet id, and encoding into the connection's buffer.
+//!
+//! Bounds: the queue holds at most `queue_messages_max` messages and `queue_bytes_max`
+//! bytes; when full, QoS 0 goes first (the newest QoS 0 is dropped, then queued QoS 0
+//! is evicted to make room for QoS 1/2), and only then is a QoS 1/2 message refused.
+//! Every drop is counted by the caller. The window is min(client Receive Maximum,
+//! `inflight_count_max`).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::mqtt::{self, Ack, Packet, PacketId, Protocol, Publish, QoS, ReasonCode};
+
+use super::message::Delivery;
+
+/// Limits of one session's outbound state.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundLimits {
+    /// Most queued messages.
+    pub queue_messages_max: usize,
+    /// Most queued bytes (payload + topic + overhead).
+    pub queue_bytes_max: usize,
+    /// Most unacknowledged QoS 1/2 messages, whatever the client allows.
+    pub inflight_count_max: usize,
+}
+
+/// Where encoded packets go: the connection's output buffer and the client's limits.
+pub struct Outlet<'a> {
+    /// The connection's pending output.
+    pub buf: &'a mut BytesMut,
+    /// The connection's protocol version.
+    pub protocol: Protocol,
+    /// The client's Maximum Packet Size (v5), else the protocol maximum.
+    pub packet_bytes_max: usize,
+    /// Stop moving messages into `buf` beyond this many pending bytes: the socket is
+    /// slower than the publishers, and queued messages stay accounted in the queue.
+    pub buf_bytes_max: usize,
+}
+
+/// What happened to a message offered to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued (or about to be sent).
+    Queued,
+    /// Dropped: QoS 0 that did not fit, or was offered to an offline session.
+    DroppedQos0,
+    /// Dropped: a QoS 1/2 message that did not fit even after evicting QoS 0.
+    DroppedFull,
+}
+
+/// Result of a pump: what moved from the queue to the wire.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pumped {
+    /// Messages encoded into the outlet, by QoS.
+    pub sent_by_qos: [u64; 3],
+    /// Messages dropped because their expiry passed while queued.
+    pub expired: u64,
+    /// Messages discarded because they exceed the client's Maximum Packet Size, by QoS.
+    pub oversized_by_qos: [u64; 3],
+    /// Bytes encoded.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AwaitState {
+    Ack,
+    Rec,
+    Comp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    delivery: Delivery,
+    state: AwaitState,
+    /// Send order, for resending in the original order.
+    seq: u64,
+    sent_at: Instant,
+    retries: u32,
+}
+
+/// The outbound state of one session.
+#[derive(Debug)]
+pub struct Outbound {
+    limits: OutboundLimits,
+    client_receive_max: usize,
+    queue: VecDeque<Delivery>,
+    queue_bytes: usize,
+    inflight: HashMap<u16, Inflight>,
+    next_pid: u16,
+    next_seq: u64,
+}
+
+/// A client acknowledged something it was never sent (or in the wrong state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownPacketId(pub u16);
+
+impl Outbound {
+    /// Empty state with the given limits.
+    pub fn new(limits: OutboundLimits) -> Self {
+        Outbound {
+            limits,
+            client_receive_max: usize::from(u16::MAX),
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            inflight: HashMap::new(),
+            next_pid: 1,
+            next_seq: 0,
+        }
+    }
+
+    /// Sets the client's Receive Maximum (from its CONNECT).
+    pub fn set_client_receive_max(&mut self, max: u16) {
+        self.client_receive_max = usize::from(max.max(1));
+    }
+
+    fn window(&self) -> usize {
+        self.client_receive_max.min(self.limits.inflight_count_max)
+    }
+
+    /// Queued (not yet sent) messages.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Sent, unacknowledged QoS 1/2 messages.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Offers a delivery. `connected` = a live connection will pump it.
+    pub fn enqueue(&mut self, delivery: Delivery, connected: bool) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce && !connected {
+            return Enqueued::DroppedQos0;
+        }
+        let cost = delivery.msg.cost_bytes();
+        while self.is_full(cost) {
+            if delivery.qos == QoS::AtMostOnce {
+                return Enqueued::DroppedQos0;
+            }
+            if !self.evict_one_qos0() {
+                return Enqueued::DroppedFull;
+            }
+        }
+        self.queue_bytes += cost;
+        self.queue.push_back(delivery);
+        Enqueued::Queued
+    }
+
+    fn is_full(&self, cost: usize) -> bool {
+        self.queue.len() >= self.limits.queue_messages_max
+            || self.queue_bytes + cost > self.limits.queue_bytes_max
+    }
+
+    fn evict_one_qos0(&mut self) -> bool {
+        match self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+            Some(i) => {
+                let d = self.queue.remove(i).expect("index from position");
+                self.queue_bytes -= d.msg.cost_bytes();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves queued messages into the outlet while the window and the buffer allow.
+    pub fn pump(&mut self, out: &mut Outlet<'_>, now: Instant) -> Pumped {
+        let mut pumped = Pumped::default();
+        while out.buf.len() < out.buf_bytes_max {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window() {
+                break;
+            }
+            let delivery = self.queue.pop_front().expect("front exists");
+            self.queue_bytes -= delivery.msg.cost_bytes();
+            if delivery.msg.is_expired(now) {
+                pumped.expired += 1;
+                continue;
+            }
+            let pid = if delivery.qos == QoS::AtMostOnce {
+                None
+            } else {
+                Some(self.allocate_pid())
+            };
+            match encode_publish(&delivery, pid, false, out, now) {
+                Some(n) => {
+                    pumped.sent_by_qos[delivery.qos as usize] += 1;
+                    pumped.bytes += n as u64;
+                }
+                None => {
+                    pumped.oversized_by_qos[delivery.qos as usize] += 1;
+                    continue;
+                }
+            }
+            if let Some(pid) = pid {
+                let state = if delivery.qos == QoS::AtLeastOnce {
+                    AwaitState::Ack
+                } else {
+                    AwaitState::Rec
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.inflight.insert(
+                    pid.get(),
+                    Inflight {
+                        delivery,
+                        state,
+                        seq,
+                        sent_at: now,
+                        retries: 0,
+                    },
+                );
+            }
+        }
+        pumped
+    }
+
+    fn allocate_pid(&mut self) -> PacketId {
+        assert!(
+            self.inflight.len() < usize::from(u16::MAX),
+            "packet ids exhausted"
+        );
+        loop {
+            let pid = self.next_pid;
+            self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
+            if !self.inflight.contains_key(&pid) {
+                return PacketId::new(pid).expect("never zero");
+            }
+        }
+    }
+
+    /// PUBACK from the client: the QoS 1 message is done.
+    pub fn on_puback(&mut self, pid: u16) -> Result<Delivery, UnknownPacketId> {
+        self.complete(pid, AwaitState::Ack)
+    }
+
+    /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC with a
+    /// failure reason (v5, >= 0x80) ends the exchange instead.
+    pub fn on_pubrec(
+        &mut self,
+        pid: u16,
+        reason: ReasonCode,
+        out: &mut Outlet<'_>,
+        now: Instant,
+    ) -> Result<(), UnknownPacketId> {
+        match self.inflight.get_mut(&pid) {
+            Some(entry) if entry.state == AwaitState::Rec || entry.state == AwaitState::Comp => {
+                if (reason as u8) >= 0x80 {
+                    self.inflight.remove(&pid);
+                    return Ok(());
+                }
+                entry.state = AwaitState::Comp;
+                entry.sent_at = now;
+                encode_pubrel(pid, out);
+                Ok(())
+            }
+            _ => Err(UnknownPacketId(pid)),
+        }
+    }
+
+    /// PUBCOMP from the client: the QoS 2 message is done.
+    pub fn on_pubcomp(&mut self, pid: u16) -> Result<Delivery, UnknownPacketId> {
+        self.complete(pid, AwaitState::Comp)
+    }
+
+    fn complete(&mut self, pid: u16, expected: AwaitState) -> Result<Delivery, UnknownPacketId> {
+        match self.inflight.get(&pid) {
+            Some(entry) if entry.state == expected => {
+                Ok(self.inflight.remove(&pid).expect("present").delivery)
+            }
+            _ => Err(UnknownPacketId(pid)),
+        }
+    }
+
+    /// On reconnect: resend every unacknowledged message in its original order, PUBLISH
+    /// with DUP set or PUBREL, as MQTT requires.
+    pub fn resend_all(&mut self, out: &mut Outlet<'_>, now: Instant) {
+        let mut order: Vec<(u64, u16)> =
+            self.inflight.iter().map(|(pid, e)| (e.seq, *pid)).collect();
+        order.sort_unstable();
+        for (_, pid) in order {
+            self.resend_one(pid, out, now);
+        }
+    }
+
+    /// 3.1.1 redelivery while connected: resend what has waited longer than its backoff
+    /// (`backoff * 2^retries`), up to `retries_max` times; returns how many were resent.
+    pub fn resend_due(
+        &mut self,
+        out: &mut Outlet<'_>,
+        now: Instant,
+        backoff: Duration,
+        retries_max: u32,
+    ) -> u64 {
+        let mut due: Vec<(u64, u16)> = self
+            .inflight
+            .iter()
+            .filter(|(_, e)| {
+                e.retries < retries_max
+                    && now.saturating_duration_since(e.sent_at)
+                        >= backoff * 2u32.saturating_pow(e.retries)
+            })
+            .map(|(pid, e)| (e.seq, *pid))
+            .collect();
+        due.sort_unstable();
+        for &(_, pid) in &due {
+            self.resend_one(pid, out, now);
+            if let Some(e) = self.inflight.get_mut(&pid) {
+                e.retries += 1;
+            }
+        }
+        due.len() as u64
+    }
+
+    fn resend_one(&mut self, pid: u16, out: &mut Outlet<'_>, now: Instant) {
+        let Some(entry) = self.inflight.get_mut(&pid) else {
+            return;
+        };
+        entry.sent_at = now;
+        if entry.state == AwaitState::Comp {
+            encode_pubrel(pid, out);
+        } else {
+            let packet_id = PacketId::new(pid).expect("inflight ids are non-zero");
+            // An oversized message was never sent; it cannot be now either.
+            let _ = encode_publish(&entry.delivery, Some(packet_id), true, out, now);
+        }
+    }
+
+    /// Removes and returns every unacknowledged or queued delivery that was chosen for a
+    /// shared subscription group (to hand to another member), oldest first.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut inflight: Vec<(u64, u16)> = self
+            .inflight
+            .iter()
+            .filter(|(_, e)| e.delivery.share_group.is_some() && e.state != AwaitState::Comp)
+            .map(|(pid, e)| (e.seq, *pid))
+            .collect();
+        inflight.sort_unstable();
+        let mut taken: Vec<Delivery> = inflight
+            .into_iter()
+            .filter_map(|(_, pid)| self.inflight.remove(&pid).map(|e| e.delivery))
+            .collect();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for d in self.queue.drain(..) {
+            if d.share_group.is_some() {
+                self.queue_bytes -= d.msg.cost_bytes();
+                taken.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Drops everything (clean start).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.queue_bytes = 0;
+        self.inflight.clear();
+    }
+}
+
+/// Encodes one PUBLISH for `delivery` into the outlet; `None` if it exceeds the client's
+/// Maximum Packet Size (then it is discarded, as MQTT 5 requires).
+fn encode_publish(
+    delivery: &Delivery,
+    pid: Option<PacketId>,
+    dup: bool,
+    out: &mut Outlet<'_>,
+    now: Instant,
+) -> Option<usize> {
+    let msg = &delivery.msg;
+    let mut properties = msg.properties.clone();
+    properties.message_expiry_interval_secs = msg.remaining_expiry_secs(now);
+    properties
+        .subscription_identifiers
+        .clone_from(&delivery.subscription_ids);
+    let publish = Publish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: msg.topic.clone(),
+        packet_id: pid,
+        properties,
+        payload: msg.payload.clone(),
+    };
+    let mark = out.buf.len();
+    match mqtt::encode(&Packet::Publish(publish), out.protocol, out.buf) {
+        Ok(n) if n <= out.packet_bytes_max => Some(n),
+        _ => {
+            out.buf.truncate(mark);
+            None
+        }
+    }
+}
+
+fn encode_pubrel(pid: u16, out: &mut Outlet<'_>) {
+    let packet_id = PacketId::new(pid).expect("inflight ids are non-zero");
+    let _ = mqtt::encode(&Packet::PubRel(Ack::new(packet_id)), out.protocol, out.buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::{Bytes, BytesMut};
+
+    use super::*;
+    use crate::mqtt::{ByteStr, DecodeLimits, PublishProperties};
+    use crate::session::Message;
+
+    fn limits(queue: usize, inflight: usize) -> OutboundLimits {
+        OutboundLimits {
+            queue_messages_max: queue,
+            queue_bytes_max: 1 << 20,
+            inflight_count_max: inflight,
+        }
+    }
+
+    fn delivery(topic: &'static str, qos: QoS) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: ByteStr::from_static(topic),
+                payload: Bytes::from_static(b"payload"),
+                qos,
+                retain: false,
+                properties: PublishProperties::default(),
+                publisher: ByteStr::from_static("pub"),
+                expires_at: None,
+                offset: 0,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share_group: None,
+        }
+    }
+
+    fn outlet(buf: &mut BytesMut) -> Outlet<'_> {
+        Outlet {
+            buf,
+            protocol: Protocol::V5,
+            packet_bytes_max: 1 << 20,
+            buf_bytes_max: 1 << 20,
+        }
+    }
+
+    fn decoded(buf: &mut BytesMut) -> Vec<Packet> {
+        let limits = DecodeLimits {
+            packet_bytes_max: 1 << 20,
+        };
+        let mut packets = Vec::new();
+        while let Some(p) = mqtt::decode(buf, Some(Protocol::V5), &limits).unwrap() {
+            packets.push(p);
+        }
+        packets
+    }
+
+    #[test]
+    fn window_limits_inflight_and_acks_open_it() {
+        let mut out = Outbound::new(limits(100, 2));
+        for _ in 0..5 {
+            assert_eq!(
+                out.enqueue(delivery("t", QoS::AtLeastOnce), true),
+                Enqueued::Queued
+            );
+        }
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        out.pump(&mut outlet(&mut buf), now);
+        let sent = decoded(&mut buf);
+        assert_eq!(sent.len(), 2, "window of 2");
+        assert_eq!(out.inflight(), 2);
+        let Packet::Publish(first) = &sent[0] else {
+            panic!("{:?}", sent[0])
+        };
+        let pid = first.packet_id.unwrap().get();
+        out.on_puback(pid).unwrap();
+        assert_eq!(
+            out.on_puback(pid).unwrap_err(),
+            UnknownPacketId(pid),
+            "acked twice"
+        );
+        out.pump(&mut outlet(&mut buf), now);
+        assert_eq!(decoded(&mut buf).len(), 1);
+        assert_eq!(out.queued(), 2);
+    }
+
+    #[test]
+    fn qos0_is_dropped_first_when_full() {
+        let mut out = Outbound::new(limits(2, 10));
+        assert_eq!(
+            out.enqueue(delivery("a", QoS::AtMostOnce), true),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            out.enqueue(delivery("b", QoS::AtLeastOnce), true),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            out.enqueue(delivery("c", QoS::AtMostOnce), true),
+            Enqueued::DroppedQos0
+        );
+        assert_eq!(
+            out.enqueue(delivery("d", QoS::AtLeastOnce), true),
+            Enqueued::Queued,
+            "evicts a"
+        );
+        assert_eq!(
+            out.enqueue(delivery("e", QoS::AtLeastOnce), true),
+            Enqueued::DroppedFull
+        );
+        assert_eq!(
+            out.enqueue(delivery("f", QoS::AtMostOnce), false),
+            Enqueued::DroppedQos0
+        );
+        let mut buf = BytesMut::new();
+        out.pump(&mut outlet(&mut buf), Instant::now());
+        let topics: Vec<String> = decoded(&mut buf)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.topic.as_str().to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(topics, ["b", "d"]);
+    }
+
+    #[test]
+    fn resend_all_sets_dup_and_keeps_order_and_pubrel() {
+        let mut out = Outbound::new(limits(100, 10));
+        out.enqueue(delivery("one", QoS::AtLeastOnce), true);
+        out.enqueue(delivery("two", QoS::ExactlyOnce), true);
+        out.enqueue(delivery("three", QoS::AtLeastOnce), true);
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        out.pump(&mut outlet(&mut buf), now);
+        let sent = decoded(&mut buf);
+        let Packet::Publish(two) = &sent[1] else {
+            panic!()
+        };
+        let two_pid = two.packet_id.unwrap().get();
+        out.on_pubrec(two_pid, ReasonCode::Success, &mut outlet(&mut buf), now)
+            .unwrap();
+        assert!(matches!(decoded(&mut buf)[..], [Packet::PubRel(_)]));
+
+        out.resend_all(&mut outlet(&mut buf), now);
+        let again = decoded(&mut buf);
+        assert_eq!(again.len(), 3);
+        let Packet::Publish(p) = &again[0] else {
+            panic!()
+        };
+        assert!(p.dup && p.topic.as_str() == "one");
+        assert!(
+            matches!(again[1], Packet::PubRel(_)),
+            "QoS 2 past PUBREC resends PUBREL"
+        );
+        let Packet::Publish(p) = &again[2] else {
+            panic!()
+        };
+        assert!(p.dup && p.topic.as_str() == "three");
+        out.on_pubcomp(two_pid).unwrap();
+        assert_eq!(out.inflight(), 2);
+    }
+
+    #[test]
+    fn expired_messages_are_not_sent() {
+        let mut out = Outbound::new(limits(100, 10));
+        let mut d = delivery("t", QoS::AtLeastOnce);
+        let now = Instant::now();
+        Arc::get_mut(&mut d.msg).unwrap().expires_at = Some(now);
+        out.enqueue(d, true);
+        let mut buf = BytesMut::new();
+        let pumped = out.pump(&mut outlet(&mut buf), now);
+        assert_eq!(pumped.expired, 1);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_for_the_client_is_discarded() {
+        let mut out = Outbound::new(limits(100, 10));
+        out.enqueue(delivery("t", QoS::AtLeastOnce), true);
+        let mut buf = BytesMut::new();
+        let mut small = outlet(&mut buf);
+        small.packet_bytes_max = 8;
+        let pumped = out.pump(&mut small, Instant::now());
+        assert_eq!(pumped.oversized_by_qos[1], 1);
+        assert_eq!(out.inflight(), 0);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn slow_socket_keeps_messages_queued() {
+        let mut out = Outbound::new(limits(100, 100));
+        for _ in 0..10 {
+            out.enqueue(delivery("t", QoS::AtLeastOnce), true);
+        }
+        let mut buf = BytesMut::new();
+        let mut tight = outlet(&mut buf);
+        tight.buf_bytes_max = 1;
+        out.pump(&mut tight, Instant::now());
+        assert_eq!(out.inflight(), 1, "stops once the buffer holds anything");
+        assert_eq!(out.queued(), 9);
+    }
+}
