@@ -61,20 +61,50 @@ impl DataDirLock {
     }
 }
 
-/// Resolves `addr` (port 0 picks a free port) and proves nobody else listens on it.
+/// A listening address claimed for the shards: resolved (port 0 picks a free port) and
+/// held by a reservation socket until every shard has bound its own listener.
+#[derive(Debug)]
+pub struct PortClaim {
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// Bound with SO_REUSEPORT but never listening: it receives no connections, yet keeps
+    /// the kernel from handing the port to anyone else before the shards bind it.
+    _reservation: socket2::Socket,
+}
+
+/// Claims `addr` for the shards.
 ///
-/// The probe socket binds without SO_REUSEPORT, so it fails if any other socket — from
-/// another broker or any program — already listens there; the shards' own SO_REUSEPORT
-/// listeners are bound right after it is dropped.
-pub fn claim_port(key: &str, addr: SocketAddr) -> Result<SocketAddr, String> {
-    let probe = std::net::TcpListener::bind(addr).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("{key} {addr}: address already in use by another process")
-        } else {
-            format!("{key} {addr}: cannot bind: {e}")
-        }
-    })?;
-    probe.local_addr().map_err(|e| format!("{key} {addr}: {e}"))
+/// For an explicit port, an exclusive probe bind (no SO_REUSEPORT) first proves that no
+/// other socket — another broker or any program — listens there: with SO_REUSEPORT alone a
+/// second broker would silently share the port.
+pub fn claim_port(key: &str, addr: SocketAddr) -> Result<PortClaim, String> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("{key} {addr}: address already in use by another process")
+            } else {
+                format!("{key} {addr}: cannot bind: {e}")
+            }
+        })?);
+    }
+    let err = |e: std::io::Error| format!("{key} {addr}: cannot reserve: {e}");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    let resolved = socket
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| format!("{key} {addr}: not an IP address"))?;
+    Ok(PortClaim {
+        addr: resolved,
+        _reservation: socket,
+    })
 }
 
 /// Checks RLIMIT_MEMLOCK (raising the soft limit to the hard one if that helps) and
@@ -145,6 +175,8 @@ mod tests {
         let err = claim_port("mqtt_listen", addr).unwrap_err();
         assert!(err.contains("already in use"), "{err}");
         let free = claim_port("mqtt_listen", "127.0.0.1:0".parse().unwrap()).unwrap();
-        assert_ne!(free.port(), 0);
+        assert_ne!(free.addr.port(), 0);
+        // While claimed, nobody else can take the port exclusively.
+        assert!(std::net::TcpListener::bind(free.addr).is_err());
     }
 }

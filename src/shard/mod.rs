@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
 
-pub use limits::{claim_port, io_memory_per_shard, DataDirLock, MEMLOCK_MIN_BYTES};
+pub use limits::{claim_port, io_memory_per_shard, DataDirLock, PortClaim, MEMLOCK_MIN_BYTES};
 pub use mesh::{Batch, Mesh, MeshSetup};
-pub use msg::ShardMsg;
+pub use msg::{AckTo, ConnRef, ShardMsg};
 pub use state::{Shard, Shutdown, HEALTH_TIMEOUT};
 
 /// What a shard thread reports to the main thread.
@@ -59,9 +60,10 @@ pub enum Outcome {
 
 impl Runtime {
     /// Starts every shard and waits until all are serving.
-    pub fn start(config: &Config) -> Result<Runtime, String> {
-        let mqtt_addr = claim_port("mqtt_listen", config.mqtt_listen)?;
-        let metrics_addr = claim_port("metrics_listen", config.metrics_listen)?;
+    pub fn start(config: &Config, auth: Arc<Authenticator>) -> Result<Runtime, String> {
+        let mqtt_claim = claim_port("mqtt_listen", config.mqtt_listen)?;
+        let metrics_claim = claim_port("metrics_listen", config.metrics_listen)?;
+        let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
         let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
         let config = Arc::new(Config {
             mqtt_listen: mqtt_addr,
@@ -80,11 +82,12 @@ impl Runtime {
                 .map_err(|e| format!("cannot create shutdown socket: {e}"))?;
             shutdown_senders.push(ours);
             let theirs = theirs.into_raw_fd();
-            let (config, probes, setup, shard_events) = (
+            let (config, probes, setup, shard_events, auth) = (
                 Arc::clone(&config),
                 probes.clone(),
                 setup.clone(),
                 events_tx.clone(),
+                Arc::clone(&auth),
             );
             let cpu = config.cpus[id];
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -96,7 +99,7 @@ impl Runtime {
                 .spawn(move || {
                     // SAFETY: the fd came from into_raw_fd above and is owned only here.
                     let stop = unsafe { glommio::net::UnixStream::from_raw_fd(theirs) };
-                    run_shard(id, config, probes, setup, stop, shard_events)
+                    run_shard(id, config, probes, setup, stop, shard_events, auth)
                 })
                 .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
             let events_tx = events_tx.clone();
@@ -135,6 +138,8 @@ impl Runtime {
                 Err(_) => return Err("every shard exited during start".into()),
             }
         }
+        // Every shard listens now; the reservations can go.
+        drop((mqtt_claim, metrics_claim));
         Ok(runtime)
     }
 
@@ -221,6 +226,7 @@ async fn run_shard(
     setup: MeshSetup,
     mut stop: glommio::net::UnixStream,
     events: mpsc::Sender<Event>,
+    auth: Arc<Authenticator>,
 ) -> Result<(), String> {
     let joined = Mesh::join(
         setup,
@@ -230,8 +236,16 @@ async fn run_shard(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let shard = Shard::new(id, Arc::clone(&config), Rc::clone(&joined.mesh), probes);
+    let shard = Shard::new(
+        id,
+        Arc::clone(&config),
+        Rc::clone(&joined.mesh),
+        probes,
+        auth,
+    );
     shard.spawn_receivers(joined.inbound);
+    shard.spawn_loopback();
+    shard.spawn_redelivery();
 
     let listener = glommio::net::TcpListener::bind(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;

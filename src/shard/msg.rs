@@ -1,4 +1,28 @@
-//! Messages between shards. Every variant is owned data (`Send`): it crosses threads.
+//! Messages between shards. Every variant is owned, `Send` data: it crosses threads.
+//! Large or shared values travel as `Arc` (messages) or `Box` (a moving session).
+
+use std::sync::Arc;
+
+use crate::mqtt::{ByteStr, ReasonCode};
+use crate::session::{Message, Session};
+
+/// Identifies one connection on one shard: `(shard, connection token)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    /// The shard the connection lives on.
+    pub shard: usize,
+    /// The connection's token, unique on that shard for the process lifetime.
+    pub token: u64,
+}
+
+/// Where the owner reports that a QoS 1/2 publish is accepted (for PUBACK/PUBREC).
+#[derive(Debug, Clone, Copy)]
+pub struct AckTo {
+    /// The publishing connection.
+    pub conn: ConnRef,
+    /// The publisher's packet id.
+    pub packet_id: u16,
+}
 
 /// One message from one shard to another; the sender's id travels with the batch.
 #[derive(Debug)]
@@ -12,5 +36,111 @@ pub enum ShardMsg {
     Pong {
         /// The probe round being answered.
         seq: u64,
+    },
+
+    /// A publish for the topic's owner shard.
+    Publish {
+        /// The message (offset not yet assigned).
+        msg: Arc<Message>,
+        /// Where to confirm QoS 1/2.
+        ack: Option<AckTo>,
+    },
+    /// The owner accepted (or refused) a QoS 1/2 publish.
+    PublishDone {
+        /// Who to answer.
+        ack: AckTo,
+        /// Success, or the v5 reason for a refusal.
+        reason: ReasonCode,
+    },
+    /// Deliver to this shard's matching plain subscriptions.
+    Deliver {
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// Deliver to one member of a shared subscription group on this shard.
+    DeliverShared {
+        /// The delivery, already shaped for a group (`share_group` set).
+        group: Arc<str>,
+        /// The group's filter.
+        filter: Arc<str>,
+        /// The message.
+        msg: Arc<Message>,
+        /// Shards tried so far (to hand it on if this shard has no member left).
+        hops: u8,
+    },
+    /// A shard's first subscriber to `(group, filter)` arrived.
+    InterestAdd {
+        /// Filter (without the `$share/<group>/` prefix).
+        filter: Arc<str>,
+        /// Shared subscription group, if any.
+        group: Option<Arc<str>>,
+        /// Answer with `Ack { id }` once applied, if set.
+        ack_id: Option<u64>,
+    },
+    /// A shard's last subscriber to `(group, filter)` left.
+    InterestRemove {
+        /// Filter.
+        filter: Arc<str>,
+        /// Group.
+        group: Option<Arc<str>>,
+    },
+    /// Generic completion of a request that asked for one (`ack_id`).
+    Ack {
+        /// The request id.
+        id: u64,
+    },
+
+    /// Retained messages matching `filter`, wanted by a session on the sending shard.
+    RetainedQuery {
+        /// Filter (plain, not shared).
+        filter: Arc<str>,
+        /// Request id to answer with.
+        id: u64,
+    },
+    /// Answer to `RetainedQuery`.
+    RetainedReply {
+        /// The request id.
+        id: u64,
+        /// Matching retained messages.
+        messages: Vec<Arc<Message>>,
+    },
+
+    /// A client connected on the sending shard and claims its client id (sent to the
+    /// id's home shard).
+    Claim {
+        /// Client id.
+        client_id: ByteStr,
+        /// The new connection.
+        conn: ConnRef,
+        /// Discard any existing session.
+        clean_start: bool,
+        /// Request id on the claiming shard, for the `SessionHandover`.
+        id: u64,
+    },
+    /// From the home shard: the session of `client_id` now belongs to `to`; close any
+    /// connection and send the session there.
+    Takeover {
+        /// Client id.
+        client_id: ByteStr,
+        /// The new connection.
+        to: ConnRef,
+        /// Discard the session instead of moving it.
+        clean_start: bool,
+        /// Request id on the claiming shard.
+        id: u64,
+    },
+    /// The answer to a claim: the previous session (if kept), now owned by the receiver.
+    SessionHandover {
+        /// Request id on the claiming shard.
+        id: u64,
+        /// The session, if one existed and was not discarded.
+        session: Option<Box<Session>>,
+    },
+    /// A session ended on the sending shard (to the home shard's registry).
+    SessionGone {
+        /// Client id.
+        client_id: ByteStr,
+        /// The connection it belonged to last.
+        conn: ConnRef,
     },
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::ConnectedReceiver;
 
+use crate::auth::Authenticator;
+use crate::broker::BrokerState;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
 use crate::net::Connections;
@@ -35,6 +37,10 @@ pub struct Shard {
     pub shutdown: Shutdown,
     /// Live client connections on this shard.
     pub connections: Connections,
+    /// Sessions, subscriptions, retained messages and routing state of this shard.
+    pub broker: BrokerState,
+    /// Who may connect (shared read-only by every shard and the hashing thread).
+    pub auth: Arc<Authenticator>,
     health_seq: Cell<u64>,
     /// Last ping round each shard answered.
     pongs: RefCell<Vec<u64>>,
@@ -42,7 +48,13 @@ pub struct Shard {
 
 impl Shard {
     /// A shard with no connections yet.
-    pub fn new(id: usize, config: Arc<Config>, mesh: Rc<Mesh>, probes: Probes) -> Rc<Self> {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        mesh: Rc<Mesh>,
+        probes: Probes,
+        auth: Arc<Authenticator>,
+    ) -> Rc<Self> {
         let shards = mesh.shards();
         Rc::new(Shard {
             id,
@@ -52,6 +64,8 @@ impl Shard {
             mesh,
             shutdown: Shutdown::default(),
             connections: Connections::default(),
+            broker: BrokerState::new(shards),
+            auth,
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
         })
@@ -69,7 +83,7 @@ impl Shard {
                         .mesh_messages_received_total
                         .add(batch.len() as u64);
                     for msg in batch {
-                        shard.handle(from, msg);
+                        shard.handle(from, msg).await;
                     }
                 }
             })
@@ -77,13 +91,15 @@ impl Shard {
         }
     }
 
-    fn handle(&self, from: usize, msg: ShardMsg) {
+    /// Handles one message from shard `from` (possibly this shard, via the loopback).
+    pub(crate) async fn handle(self: &Rc<Self>, from: usize, msg: ShardMsg) {
         match msg {
             ShardMsg::Ping { seq } => self.mesh.push(from, ShardMsg::Pong { seq }),
             ShardMsg::Pong { seq } => {
                 let mut pongs = self.pongs.borrow_mut();
                 pongs[from] = pongs[from].max(seq);
             }
+            other => self.handle_broker(from, other).await,
         }
     }
 

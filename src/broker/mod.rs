@@ -1,0 +1,298 @@
+//! The MQTT broker logic of one shard: sessions, subscriptions, retained messages and the
+//! routing of publishes between shards.
+//!
+//! Ownership (see DESIGN.md):
+//! - a topic's **owner** shard (`owner_of(topic)`) assigns offsets, keeps the retained
+//!   message, and fans each publish out to the shards whose interest table entries match;
+//! - a client id's **home** shard (`owner_of(client_id)`) keeps the registry entry saying
+//!   which connection holds the session; a CONNECT claims the id there;
+//! - a **session** lives on the shard of its current or last connection, and moves (as
+//!   a boxed value over the mesh) when the client reconnects elsewhere.
+//!
+//! Every cross-shard step is a [`ShardMsg`] sent through [`Shard::post`], which batches per
+//! peer per tick; messages to this shard itself go through a loopback queue so every path
+//! has the same ordering. The publish hot path skips the loopback when the publisher's
+//! shard owns the topic.
+//!
+//! Overlapping subscriptions: a session whose several subscriptions match a topic
+//! receives the message **once**, at the highest granted QoS among them, carrying every
+//! matching subscription identifier; it is sent as retained only if every matching
+//! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
+
+mod publish;
+mod sessions;
+mod subscribe;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use crate::mqtt::ByteStr;
+use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
+use crate::session::{Message, Session, SubOptions};
+use crate::shard::{ConnRef, Shard, ShardMsg};
+
+pub use sessions::{ConnectOutcome, SessionParams};
+
+/// Key of a session in its shard's tables.
+pub type SessionKey = u64;
+
+/// `(share group, filter)`: one line of the interest table.
+pub type InterestKey = (Option<Arc<str>>, Arc<str>);
+
+/// `(group, filter)` of a shared subscription, for round-robin cursors.
+pub type GroupKey = (Arc<str>, Arc<str>);
+
+/// Key of a shared subscription member: the group and the session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemberKey {
+    /// Group name.
+    pub group: Arc<str>,
+    /// Member session.
+    pub session: SessionKey,
+}
+
+/// A session and where it is connected.
+pub struct SessionSlot {
+    /// The session state.
+    pub session: Session,
+    /// The live connection, if any.
+    pub conn: Option<Rc<crate::net::Conn>>,
+    /// The last connection that held it (for registry bookkeeping).
+    pub last_conn: ConnRef,
+    /// Bumped on every (re)attach; timers compare it to know they are stale.
+    pub epoch: u64,
+}
+
+/// Replies a request can gather.
+#[derive(Debug)]
+pub enum Reply {
+    /// A plain completion.
+    Ack,
+    /// Retained messages.
+    Retained(Vec<Arc<Message>>),
+    /// A session handed over (or none).
+    Handover(Option<Box<Session>>),
+}
+
+struct Wait {
+    remaining: usize,
+    replies: Vec<Reply>,
+    waker: Option<Waker>,
+}
+
+/// All broker state of one shard. Borrowed only briefly, never across `.await`.
+pub struct BrokerState {
+    pub(crate) sessions: RefCell<HashMap<SessionKey, SessionSlot>>,
+    pub(crate) by_client: RefCell<HashMap<ByteStr, SessionKey>>,
+    next_session: Cell<SessionKey>,
+    pub(crate) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
+    pub(crate) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
+    pub(crate) interest: RefCell<InterestTable>,
+    /// Local subscriber count per `(group, filter)`: interest changes at 0 <-> 1.
+    pub(crate) interest_counts: RefCell<HashMap<InterestKey, usize>>,
+    pub(crate) retained: RefCell<RetainedIndex<Arc<Message>>>,
+    pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
+    waits: RefCell<HashMap<u64, Wait>>,
+    next_request: Cell<u64>,
+    pub(crate) next_offset: Cell<u64>,
+    pub(crate) group_cursor: RefCell<HashMap<GroupKey, usize>>,
+    pub(crate) route: RefCell<Route>,
+    /// Reused per delivery so matching allocates nothing once warm.
+    pub(crate) match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    loopback: RefCell<VecDeque<ShardMsg>>,
+    loopback_waker: Cell<Option<Waker>>,
+}
+
+impl BrokerState {
+    /// Empty state for a shard in a mesh of `shards`.
+    pub fn new(shards: usize) -> Self {
+        let _ = shards;
+        BrokerState {
+            sessions: RefCell::new(HashMap::new()),
+            by_client: RefCell::new(HashMap::new()),
+            next_session: Cell::new(1),
+            trie: RefCell::new(SubscriptionTrie::new()),
+            shared: RefCell::new(SubscriptionTrie::new()),
+            interest: RefCell::new(InterestTable::new()),
+            interest_counts: RefCell::new(HashMap::new()),
+            retained: RefCell::new(RetainedIndex::new()),
+            registry: RefCell::new(HashMap::new()),
+            waits: RefCell::new(HashMap::new()),
+            next_request: Cell::new(1),
+            next_offset: Cell::new(0),
+            group_cursor: RefCell::new(HashMap::new()),
+            route: RefCell::new(Route::default()),
+            match_scratch: Cell::new(Vec::new()),
+            loopback: RefCell::new(VecDeque::new()),
+            loopback_waker: Cell::new(None),
+        }
+    }
+
+    pub(crate) fn new_session_key(&self) -> SessionKey {
+        let key = self.next_session.get();
+        self.next_session.set(key + 1);
+        key
+    }
+
+    /// Opens a request expecting `replies` answers.
+    pub(crate) fn open_request(&self, replies: usize) -> u64 {
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        self.waits.borrow_mut().insert(
+            id,
+            Wait {
+                remaining: replies,
+                replies: Vec::with_capacity(replies),
+                waker: None,
+            },
+        );
+        id
+    }
+
+    /// Records one answer to request `id`.
+    pub(crate) fn reply(&self, id: u64, reply: Reply) {
+        let mut waits = self.waits.borrow_mut();
+        let Some(wait) = waits.get_mut(&id) else {
+            return;
+        };
+        wait.replies.push(reply);
+        wait.remaining = wait.remaining.saturating_sub(1);
+        if wait.remaining == 0 {
+            if let Some(w) = wait.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits for every answer to request `id`.
+    pub(crate) async fn replies(&self, id: u64) -> Vec<Reply> {
+        poll_fn(|cx| {
+            let mut waits = self.waits.borrow_mut();
+            let wait = waits.get_mut(&id).expect("request was opened");
+            if wait.remaining == 0 {
+                let wait = waits.remove(&id).expect("present");
+                return Poll::Ready(wait.replies);
+            }
+            wait.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Shard {
+    /// Sends `msg` to shard `to`: over the mesh, or through the loopback for this shard.
+    pub(crate) fn post(&self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.broker.loopback.borrow_mut().push_back(msg);
+            if let Some(w) = self.broker.loopback_waker.take() {
+                w.wake();
+            }
+        } else {
+            self.mesh.push(to, msg);
+        }
+    }
+
+    /// Like [`Shard::post`], waiting while the peer's outbox is full (data traffic).
+    pub(crate) async fn post_data(&self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.post(to, msg);
+        } else {
+            self.mesh.send(to, msg).await;
+        }
+    }
+
+    /// Runs the loopback: messages a shard posts to itself, handled in order.
+    pub(crate) fn spawn_loopback(self: &Rc<Self>) {
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            loop {
+                let next = poll_fn(|cx| match shard.broker.loopback.borrow_mut().pop_front() {
+                    Some(msg) => Poll::Ready(msg),
+                    None => {
+                        shard.broker.loopback_waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                })
+                .await;
+                shard.handle(shard.id, next).await;
+            }
+        })
+        .detach();
+    }
+
+    /// Every shard id, this one included.
+    pub(crate) fn all_shards(&self) -> std::ops::Range<usize> {
+        0..self.mesh.shards()
+    }
+
+    /// Broker messages from the mesh or the loopback.
+    pub(crate) async fn handle_broker(self: &Rc<Self>, from: usize, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Ping { .. } | ShardMsg::Pong { .. } => {}
+            ShardMsg::Publish { msg, ack } => self.accept_publish(msg, ack).await,
+            ShardMsg::PublishDone { ack, reason } => self.publish_done(ack, reason),
+            ShardMsg::Deliver { msg } => self.deliver_local(&msg),
+            ShardMsg::DeliverShared {
+                group,
+                filter,
+                msg,
+                hops,
+            } => self.deliver_shared(group, filter, msg, hops),
+            ShardMsg::InterestAdd {
+                filter,
+                group,
+                ack_id,
+            } => {
+                self.broker.interest.borrow_mut().add(
+                    &filter,
+                    group.as_deref(),
+                    crate::router::ShardId(from as u16),
+                );
+                if let Some(id) = ack_id {
+                    self.post(from, ShardMsg::Ack { id });
+                }
+            }
+            ShardMsg::InterestRemove { filter, group } => {
+                self.broker.interest.borrow_mut().remove(
+                    &filter,
+                    group.as_deref(),
+                    crate::router::ShardId(from as u16),
+                );
+            }
+            ShardMsg::Ack { id } => self.broker.reply(id, Reply::Ack),
+            ShardMsg::RetainedQuery { filter, id } => {
+                let messages = self.retained_matching(&filter);
+                self.post(from, ShardMsg::RetainedReply { id, messages });
+            }
+            ShardMsg::RetainedReply { id, messages } => {
+                self.broker.reply(id, Reply::Retained(messages));
+            }
+            ShardMsg::Claim {
+                client_id,
+                conn,
+                clean_start,
+                id,
+            } => self.claim_at_home(client_id, conn, clean_start, id),
+            ShardMsg::Takeover {
+                client_id,
+                to,
+                clean_start,
+                id,
+            } => self.take_over(client_id, to, clean_start, id),
+            ShardMsg::SessionHandover { id, session } => {
+                self.broker.reply(id, Reply::Handover(session));
+            }
+            ShardMsg::SessionGone { client_id, conn } => {
+                let mut registry = self.broker.registry.borrow_mut();
+                if registry.get(&client_id) == Some(&conn) {
+                    registry.remove(&client_id);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The publish path: from the publisher's shard to the topic's owner, then out to every
+//! shard with matching interest, then into local sessions.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::mqtt::{QoS, ReasonCode};
+use crate::router::{owner_of, ShardSet};
+use crate::session::{Delivery, Enqueued, Message, Outlet, SubOptions};
+use crate::shard::{AckTo, Shard, ShardMsg};
+
+use super::{SessionKey, SessionSlot};
+
+/// Hand a shared delivery on at most this many times when the chosen shard lost its members.
+const SHARED_HOPS_MAX: u8 = 2;
+
+impl Shard {
+    /// Routes a client's publish to the topic's owner: a direct call when this shard owns
+    /// the topic, otherwise one mesh message (batched with others of this tick). Waits
+    /// while the owner's outbox is full, which stops this connection's reader: that is
+    /// the publisher's backpressure.
+    pub(crate) async fn route_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
+        let owner = owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize;
+        if owner == self.id {
+            self.accept_publish(msg, ack).await;
+        } else {
+            self.post_data(owner, ShardMsg::Publish { msg, ack }).await;
+        }
+    }
+
+    /// On the owner: assign the offset, update the retained message, fan out, confirm.
+    pub(crate) async fn accept_publish(self: &Rc<Self>, mut msg: Arc<Message>, ack: Option<AckTo>) {
+        debug_assert_eq!(
+            owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize,
+            self.id,
+            "publish routed to a shard that does not own its topic"
+        );
+        let offset = self.broker.next_offset.get();
+        self.broker.next_offset.set(offset + 1);
+        Arc::make_mut(&mut msg).offset = offset;
+
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let (shards, groups) = {
+            let mut route = self.broker.route.borrow_mut();
+            self.broker
+                .interest
+                .borrow()
+                .route(msg.topic.as_str(), &mut route);
+            let groups: Vec<(Arc<str>, Arc<str>, ShardSet)> = route
+                .groups
+                .iter()
+                .map(|g| (Arc::from(&*g.group), Arc::from(&*g.filter), g.shards))
+                .collect();
+            (route.shards, groups)
+        };
+        for shard in shards.iter() {
+            let shard = shard.0 as usize;
+            if shard == self.id {
+                self.deliver_local(&msg);
+            } else {
+                self.post_data(
+                    shard,
+                    ShardMsg::Deliver {
+                        msg: Arc::clone(&msg),
+                    },
+                )
+                .await;
+            }
+        }
+        for (group, filter, members) in groups {
+            let target = self.pick_group_shard(&group, &filter, &members);
+            let deliver = ShardMsg::DeliverShared {
+                group,
+                filter,
+                msg: Arc::clone(&msg),
+                hops: 0,
+            };
+            self.post_data(target, deliver).await;
+        }
+        if let Some(ack) = ack {
+            self.post(
+                ack.conn.shard,
+                ShardMsg::PublishDone {
+                    ack,
+                    reason: ReasonCode::Success,
+                },
+            );
+        }
+    }
+
+    fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
+        let mut cursors = self.broker.group_cursor.borrow_mut();
+        let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
+        let n = members.len().max(1);
+        let pick = members
+            .iter()
+            .nth(*cursor % n)
+            .map_or(self.id, |s| s.0 as usize);
+        *cursor = cursor.wrapping_add(1);
+        pick
+    }
+
+    fn store_retained(&self, msg: &Arc<Message>) {
+        let mut retained = self.broker.retained.borrow_mut();
+        let before = retained.len();
+        if msg.payload.is_empty() {
+            retained.remove(msg.topic.as_str());
+        } else {
+            retained.insert(msg.topic.as_str(), Arc::clone(msg));
+        }
+        let delta = retained.len() as i64 - before as i64;
+        self.probe.retained_messages_current.add(delta);
+    }
+
+    /// Retained messages on this shard matched by `filter` (expired ones are dropped).
+    pub(crate) fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        let mut found = Vec::new();
+        let mut expired = Vec::new();
+        self.broker
+            .retained
+            .borrow()
+            .for_each_matching(filter, |topic, msg| {
+                if msg.is_expired(now) {
+                    expired.push(topic.to_string());
+                } else {
+                    found.push(Arc::clone(msg));
+                }
+            });
+        if !expired.is_empty() {
+            let mut retained = self.broker.retained.borrow_mut();
+            for topic in &expired {
+                retained.remove(topic);
+            }
+            self.probe
+                .retained_messages_current
+                .add(-(expired.len() as i64));
+        }
+        found
+    }
+
+    /// On the publisher's shard: the owner decided; send the ack when its turn comes.
+    pub(crate) fn publish_done(&self, ack: AckTo, reason: ReasonCode) {
+        if let Some(conn) = self.connections.get(ack.conn.token) {
+            conn.complete_ack(ack.packet_id, reason);
+        }
+    }
+
+    /// Delivers `msg` to every local session with a matching plain subscription.
+    pub(crate) fn deliver_local(&self, msg: &Arc<Message>) {
+        let now = Instant::now();
+        if msg.is_expired(now) {
+            self.probe.messages_expired_total.inc();
+            return;
+        }
+        let mut matches = self.broker.match_scratch.take();
+        matches.clear();
+        self.broker
+            .trie
+            .borrow()
+            .for_each_match(msg.topic.as_str(), |_, key, opts| {
+                matches.push((*key, *opts))
+            });
+        if matches.is_empty() {
+            self.broker.match_scratch.replace(matches);
+            return;
+        }
+        matches.sort_unstable_by_key(|(key, _)| *key);
+        let mut sessions = self.broker.sessions.borrow_mut();
+        for same in matches.chunk_by(|a, b| a.0 == b.0) {
+            let key = same[0].0;
+            let Some(slot) = sessions.get_mut(&key) else {
+                continue;
+            };
+            let Some(delivery) = merge_overlapping(msg, same, &slot.session.client_id) else {
+                continue;
+            };
+            self.offer(slot, delivery, now);
+        }
+        drop(sessions);
+        self.broker.match_scratch.replace(matches);
+    }
+
+    /// Gives one delivery to a session: queue it, and if connected, move what fits onto
+    /// the wire. Counts drops.
+    pub(crate) fn offer(&self, slot: &mut SessionSlot, delivery: Delivery, now: Instant) {
+        let qos = delivery.qos;
+        match slot.session.outbound.enqueue(delivery, slot.conn.is_some()) {
+            Enqueued::Queued => {}
+            Enqueued::DroppedQos0 | Enqueued::DroppedFull => {
+                self.probe.messages_dropped_by_qos[qos as usize].inc();
+                return;
+            }
+        }
+        self.pump(slot, now);
+    }
+
+    /// Moves queued messages of a connected session into its connection's buffer.
+    pub(crate) fn pump(&self, slot: &mut SessionSlot, now: Instant) {
+        let Some(conn) = &slot.conn else { return };
+        let before = slot.session.outbound.inflight();
+        let pumped = {
+            let mut buf = conn.out.borrow_mut();
+            let mut outlet = Outlet {
+                buf: &mut buf,
+                protocol: conn.protocol.get(),
+                packet_bytes_max: conn.packet_bytes_max.get(),
+                buf_bytes_max: self.config.connection_out_bytes_max,
+            };
+            slot.session.outbound.pump(&mut outlet, now)
+        };
+        if pumped.bytes > 0 {
+            for (counter, n) in self
+                .probe
+                .messages_delivered_by_qos
+                .iter()
+                .zip(pumped.sent_by_qos)
+            {
+                counter.add(n);
+            }
+            self.probe.bytes_sent_total.add(pumped.bytes);
+            conn.wake_writer();
+        }
+        self.probe.messages_expired_total.add(pumped.expired);
+        for (counter, n) in self
+            .probe
+            .messages_dropped_by_qos
+            .iter()
+            .zip(pumped.oversized_by_qos)
+        {
+            counter.add(n);
+        }
+        let after = slot.session.outbound.inflight();
+        self.probe
+            .inflight_current
+            .add(after as i64 - before as i64);
+    }
+
+    /// A connection's output drained: move more of its session's queue onto the wire.
+    pub(crate) fn on_drained(&self, key: SessionKey) {
+        let mut sessions = self.broker.sessions.borrow_mut();
+        if let Some(slot) = sessions.get_mut(&key) {
+            if slot.session.outbound.queued() > 0 {
+                self.pump(slot, Instant::now());
+            }
+        }
+    }
+
+    /// Delivers to one member of `group` on this shard: a connected member (round-robin)
+    /// if there is one, else another shard of the group if any (it may have a connected
+    /// member), else an offline persistent member here. `leaving` is never chosen.
+    pub(crate) fn deliver_shared(
+        &self,
+        group: Arc<str>,
+        filter: Arc<str>,
+        msg: Arc<Message>,
+        hops: u8,
+    ) {
+        self.deliver_shared_except(group, filter, msg, hops, None);
+    }
+
+    fn deliver_shared_except(
+        &self,
+        group: Arc<str>,
+        filter: Arc<str>,
+        msg: Arc<Message>,
+        hops: u8,
+        leaving: Option<SessionKey>,
+    ) {
+        let now = Instant::now();
+        if msg.is_expired(now) {
+            self.probe.messages_expired_total.inc();
+            return;
+        }
+        let mut members: Vec<(SessionKey, SubOptions)> = Vec::new();
+        self.broker
+            .shared
+            .borrow()
+            .for_each_match(msg.topic.as_str(), |f, key, opts| {
+                if key.group == group && f == &*filter && Some(key.session) != leaving {
+                    members.push((key.session, *opts));
+                }
+            });
+        members.sort_unstable_by_key(|(key, _)| *key);
+        let mut sessions = self.broker.sessions.borrow_mut();
+        let connected: Vec<(SessionKey, SubOptions)> = members
+            .iter()
+            .filter(|(k, _)| sessions.get(k).is_some_and(|s| s.conn.is_some()))
+            .copied()
+            .collect();
+        let pool = if !connected.is_empty() {
+            connected
+        } else if hops < SHARED_HOPS_MAX && self.other_group_shard(&group, &filter, &msg).is_some()
+        {
+            drop(sessions);
+            self.hand_on_shared(group, filter, msg, hops);
+            return;
+        } else {
+            members
+        };
+        if pool.is_empty() {
+            self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
+            return;
+        }
+        let pick = {
+            let mut cursors = self.broker.group_cursor.borrow_mut();
+            let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
+            *cursor = cursor.wrapping_add(1);
+            *cursor % pool.len()
+        };
+        let (key, opts) = pool[pick];
+        let Some(slot) = sessions.get_mut(&key) else {
+            return;
+        };
+        let delivery = Delivery {
+            qos: opts.qos.min(msg.qos),
+            retain: msg.retain && opts.retain_as_published,
+            subscription_ids: opts.subscription_id.into_iter().collect(),
+            share_group: Some(group),
+            msg,
+        };
+        self.offer(slot, delivery, now);
+    }
+
+    /// Another shard holding members of `(group, filter)`, if any.
+    fn other_group_shard(
+        &self,
+        group: &Arc<str>,
+        filter: &Arc<str>,
+        msg: &Message,
+    ) -> Option<usize> {
+        let mut route = self.broker.route.borrow_mut();
+        self.broker
+            .interest
+            .borrow()
+            .route(msg.topic.as_str(), &mut route);
+        route
+            .groups
+            .iter()
+            .filter(|g| *g.group == **group && *g.filter == **filter)
+            .flat_map(|g| g.shards.iter().map(|s| s.0 as usize))
+            .find(|&s| s != self.id)
+    }
+
+    fn hand_on_shared(&self, group: Arc<str>, filter: Arc<str>, msg: Arc<Message>, hops: u8) {
+        match self.other_group_shard(&group, &filter, &msg) {
+            Some(next) => self.post(
+                next,
+                ShardMsg::DeliverShared {
+                    group,
+                    filter,
+                    msg,
+                    hops: hops + 1,
+                },
+            ),
+            None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
+        }
+    }
+
+    /// Gives the unacknowledged shared deliveries of a member that left to other members.
+    pub(crate) fn redistribute(
+        &self,
+        deliveries: Vec<crate::session::Delivery>,
+        leaving: Option<SessionKey>,
+    ) {
+        for d in deliveries {
+            let Some(group) = d.share_group.clone() else {
+                continue;
+            };
+            let filter = self.find_group_filter(&group, d.msg.topic.as_str());
+            match filter {
+                Some(filter) => self.deliver_shared_except(group, filter, d.msg, 0, leaving),
+                None => self.probe.messages_dropped_by_qos[d.qos as usize].inc(),
+            }
+        }
+    }
+
+    fn find_group_filter(&self, group: &Arc<str>, topic: &str) -> Option<Arc<str>> {
+        let mut route = self.broker.route.borrow_mut();
+        self.broker.interest.borrow().route(topic, &mut route);
+        route
+            .groups
+            .iter()
+            .find(|g| *g.group == **group)
+            .map(|g| Arc::from(&*g.filter))
+    }
+}
+
+/// One delivery for a session whose subscriptions `same` all match the topic (overlap
+/// rule: highest QoS, every subscription id, RETAIN kept only if every matching
+/// subscription is retain-as-published; skipped if every one is no-local and the session
+/// published it).
+fn merge_overlapping(
+    msg: &Arc<Message>,
+    same: &[(SessionKey, SubOptions)],
+    client_id: &crate::mqtt::ByteStr,
+) -> Option<Delivery> {
+    let own = *client_id == msg.publisher;
+    let mut qos = None::<QoS>;
+    let mut all_rap = true;
+    let mut ids = Vec::new();
+    for (_, opts) in same {
+        if own && opts.no_local {
+            continue;
+        }
+        qos = Some(qos.map_or(opts.qos, |q| q.max(opts.qos)));
+        all_rap &= opts.retain_as_published;
+        if let Some(id) = opts.subscription_id {
+            ids.push(id);
+        }
+    }
+    Some(Delivery {
+        msg: Arc::clone(msg),
+        qos: qos?.min(msg.qos),
+        retain: msg.retain && all_rap,
+        subscription_ids: ids,
+        share_group: None,
+    })
+}

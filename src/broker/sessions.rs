@@ -1,0 +1,424 @@
+//! Session life: claiming a client id at its home shard, takeover, attach on CONNECT,
+//! detach on disconnect, wills and expiry.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::mqtt::{ByteStr, Protocol, ReasonCode};
+use crate::net::Conn;
+use crate::router::owner_of;
+use crate::session::{Message, OutboundLimits, Session, Will};
+use crate::shard::{ConnRef, Shard, ShardMsg};
+
+use super::{Reply, SessionKey, SessionSlot};
+
+/// What a CONNECT asks of its session.
+pub struct SessionParams {
+    /// Client identifier (assigned already if the client sent none).
+    pub client_id: ByteStr,
+    /// Protocol level of this connection.
+    pub protocol: Protocol,
+    /// Discard any previous session.
+    pub clean_start: bool,
+    /// Session expiry interval for this connection (0 = ends with it).
+    pub expiry_secs: u32,
+    /// The client's Receive Maximum.
+    pub receive_max: u16,
+    /// The will of this connection.
+    pub will: Option<Will>,
+}
+
+/// The result of attaching a session to a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOutcome {
+    /// Whether a previous session was resumed (CONNACK Session Present).
+    pub session_present: bool,
+    /// The session's key on this shard.
+    pub key: SessionKey,
+}
+
+impl Shard {
+    /// Limits every new session gets.
+    pub(crate) fn outbound_limits(&self) -> OutboundLimits {
+        OutboundLimits {
+            queue_messages_max: self.config.session_queue_messages_max,
+            queue_bytes_max: self.config.session_queue_bytes_max,
+            inflight_count_max: self.config.inflight_count_max,
+        }
+    }
+
+    /// Claims `params.client_id` at its home shard (taking over any older connection,
+    /// anywhere), and attaches the resumed or a new session to `conn`.
+    pub(crate) async fn connect_session(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        params: SessionParams,
+    ) -> ConnectOutcome {
+        let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
+        let me = ConnRef {
+            shard: self.id,
+            token: conn.token,
+        };
+        let id = self.broker.open_request(1);
+        self.post(
+            home,
+            ShardMsg::Claim {
+                client_id: params.client_id.clone(),
+                conn: me,
+                clean_start: params.clean_start,
+                id,
+            },
+        );
+        let previous = match self.broker.replies(id).await.pop() {
+            Some(Reply::Handover(session)) => session,
+            _ => None,
+        };
+        let (mut session, present) = match previous {
+            Some(session) if !params.clean_start => (*session, true),
+            _ => (
+                Session::new(
+                    params.client_id.clone(),
+                    params.protocol,
+                    params.expiry_secs,
+                    self.outbound_limits(),
+                ),
+                false,
+            ),
+        };
+        session.protocol = params.protocol;
+        session.expiry_secs = params.expiry_secs;
+        session.will = params.will;
+        session.outbound.set_client_receive_max(params.receive_max);
+        let key = self.broker.new_session_key();
+        let subscriptions: Vec<(String, crate::session::SubOptions)> = session
+            .subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), *o))
+            .collect();
+        self.probe
+            .inflight_current
+            .add(session.outbound.inflight() as i64);
+        self.broker
+            .by_client
+            .borrow_mut()
+            .insert(params.client_id, key);
+        self.broker.sessions.borrow_mut().insert(
+            key,
+            SessionSlot {
+                session,
+                conn: Some(Rc::clone(conn)),
+                last_conn: me,
+                epoch: conn.token,
+            },
+        );
+        self.probe.sessions_current.add(1);
+        let mut acks = Vec::new();
+        for (filter, opts) in &subscriptions {
+            if let Some(ack) = self.index_subscription(key, filter, *opts) {
+                acks.push(ack);
+            }
+        }
+        for ack in acks {
+            self.broker.replies(ack).await;
+        }
+        conn.session.set(Some(key));
+        ConnectOutcome {
+            session_present: present,
+            key,
+        }
+    }
+
+    /// After CONNACK: resend what was in flight, then send what queued while offline.
+    pub(crate) fn resume_delivery(&self, key: SessionKey) {
+        let now = Instant::now();
+        let mut sessions = self.broker.sessions.borrow_mut();
+        let Some(slot) = sessions.get_mut(&key) else {
+            return;
+        };
+        if let Some(conn) = slot.conn.clone() {
+            {
+                let mut buf = conn.out.borrow_mut();
+                let mut outlet = crate::session::Outlet {
+                    buf: &mut buf,
+                    protocol: conn.protocol.get(),
+                    packet_bytes_max: conn.packet_bytes_max.get(),
+                    buf_bytes_max: usize::MAX,
+                };
+                slot.session.outbound.resend_all(&mut outlet, now);
+            }
+            self.pump(slot, now);
+            conn.wake_writer();
+        }
+    }
+
+    /// Home shard: record the new holder of `client_id` and get the old session to it.
+    pub(crate) fn claim_at_home(
+        &self,
+        client_id: ByteStr,
+        conn: ConnRef,
+        clean_start: bool,
+        id: u64,
+    ) {
+        let previous = self
+            .broker
+            .registry
+            .borrow_mut()
+            .insert(client_id.clone(), conn);
+        match previous {
+            Some(old) => self.post(
+                old.shard,
+                ShardMsg::Takeover {
+                    client_id,
+                    to: conn,
+                    clean_start,
+                    id,
+                },
+            ),
+            None => self.post(conn.shard, ShardMsg::SessionHandover { id, session: None }),
+        }
+    }
+
+    /// The shard holding `client_id`'s session gives it up to a newer connection:
+    /// closes any live connection (v5 reason 0x8E) and moves or discards the session.
+    pub(crate) fn take_over(
+        self: &Rc<Self>,
+        client_id: ByteStr,
+        to: ConnRef,
+        clean_start: bool,
+        id: u64,
+    ) {
+        let key = self.broker.by_client.borrow().get(&client_id).copied();
+        let Some(key) = key else {
+            self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
+            return;
+        };
+        let mut slot = self.remove_session(key);
+        let was_live = slot.conn.is_some();
+        if let Some(conn) = slot.conn.take() {
+            conn.close(ReasonCode::SessionTakenOver);
+            conn.session.set(None);
+            self.probe.sessions_taken_over_total.inc();
+        }
+        if let Some(will) = slot.session.will.take() {
+            // The old connection ended without DISCONNECT. A delayed will (pending, or due
+            // now) is cancelled when the session carries on with the new connection; it
+            // is published when the session ends here.
+            let session_ends = clean_start || !slot.session.is_persistent();
+            if session_ends || (was_live && will.delay_secs == 0) {
+                self.publish_will(&slot.session.client_id, will);
+            }
+        }
+        let keep = !clean_start && slot.session.is_persistent();
+        let session = keep.then(|| Box::new(slot.session));
+        self.post(to.shard, ShardMsg::SessionHandover { id, session });
+    }
+
+    /// Takes a session out of this shard's tables (subscriptions, interest, indexes).
+    fn remove_session(&self, key: SessionKey) -> SessionSlot {
+        let slot = self
+            .broker
+            .sessions
+            .borrow_mut()
+            .remove(&key)
+            .expect("session key from by_client");
+        {
+            let mut by_client = self.broker.by_client.borrow_mut();
+            if by_client.get(&slot.session.client_id) == Some(&key) {
+                by_client.remove(&slot.session.client_id);
+            }
+        }
+        for filter in slot.session.subscriptions.keys() {
+            self.unindex_subscription(key, filter);
+        }
+        self.probe.sessions_current.add(-1);
+        self.probe
+            .inflight_current
+            .add(-(slot.session.outbound.inflight() as i64));
+        slot
+    }
+
+    /// The connection of session `key` ended. `will` says whether its will is due
+    /// (abnormal close, or DISCONNECT 0x04); `expiry_secs` may update the interval.
+    pub(crate) fn detach_session(
+        self: &Rc<Self>,
+        key: SessionKey,
+        publish_will: bool,
+        expiry_secs: Option<u32>,
+    ) {
+        let (due_will, delayed, expiry, epoch, shared, client) = {
+            let mut sessions = self.broker.sessions.borrow_mut();
+            let Some(slot) = sessions.get_mut(&key) else {
+                return;
+            };
+            slot.conn = None;
+            if let Some(e) = expiry_secs {
+                slot.session.expiry_secs = e;
+            }
+            let expiry = slot.session.expiry_secs;
+            let mut will = slot.session.will.take().filter(|_| publish_will);
+            // A will with a delay waits in the session (published by its timer or when
+            // the session ends, cancelled if the client comes back first).
+            let mut delayed = None;
+            if let Some(w) = &will {
+                let delay = w.delay_secs.min(expiry);
+                if delay > 0 {
+                    delayed = Some(delay);
+                    slot.session.will = will.take();
+                }
+            }
+            let shared = slot.session.outbound.take_shared();
+            (
+                will,
+                delayed,
+                expiry,
+                slot.epoch,
+                shared,
+                slot.session.client_id.clone(),
+            )
+        };
+        if !shared.is_empty() {
+            self.redistribute(shared, Some(key));
+        }
+        if let Some(will) = due_will {
+            self.publish_will(&client, will);
+        }
+        if let Some(delay) = delayed {
+            self.schedule_will(key, epoch, delay);
+        }
+        if expiry == 0 {
+            self.end_session(key);
+        } else if expiry != crate::session::EXPIRY_NEVER {
+            self.schedule_expiry(key, epoch, expiry);
+        }
+    }
+
+    /// Ends a session for good and tells its home shard.
+    pub(crate) fn end_session(self: &Rc<Self>, key: SessionKey) {
+        if !self.broker.sessions.borrow().contains_key(&key) {
+            return;
+        }
+        let mut slot = self.remove_session(key);
+        if let Some(will) = slot.session.will.take() {
+            // A delayed will is due when the session ends, whichever comes first.
+            self.publish_will(&slot.session.client_id, will);
+        }
+        let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards()).0 as usize;
+        self.post(
+            home,
+            ShardMsg::SessionGone {
+                client_id: slot.session.client_id,
+                conn: slot.last_conn,
+            },
+        );
+    }
+
+    fn still_offline(&self, key: SessionKey, epoch: u64) -> bool {
+        self.broker
+            .sessions
+            .borrow()
+            .get(&key)
+            .is_some_and(|s| s.conn.is_none() && s.epoch == epoch)
+    }
+
+    fn schedule_expiry(self: &Rc<Self>, key: SessionKey, epoch: u64, secs: u32) {
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(u64::from(secs))).await;
+            if shard.still_offline(key, epoch) {
+                shard.probe.sessions_expired_total.inc();
+                shard.end_session(key);
+            }
+        })
+        .detach();
+    }
+
+    fn schedule_will(self: &Rc<Self>, key: SessionKey, epoch: u64, secs: u32) {
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(u64::from(secs))).await;
+            if !shard.still_offline(key, epoch) {
+                return;
+            }
+            let due = {
+                let mut sessions = shard.broker.sessions.borrow_mut();
+                sessions.get_mut(&key).and_then(|s| {
+                    s.session
+                        .will
+                        .take()
+                        .map(|w| (s.session.client_id.clone(), w))
+                })
+            };
+            if let Some((client, will)) = due {
+                shard.publish_will(&client, will);
+            }
+        })
+        .detach();
+    }
+
+    /// Publishes a will as the client would have.
+    pub(crate) fn publish_will(self: &Rc<Self>, client_id: &ByteStr, will: Will) {
+        let expires_at = will
+            .properties
+            .message_expiry_interval_secs
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+        let msg = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            publisher: client_id.clone(),
+            expires_at,
+            offset: 0,
+        });
+        self.probe.wills_published_total.inc();
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move { shard.route_publish(msg, None).await }).detach();
+    }
+}
+
+impl Shard {
+    /// 3.1.1 has no flow control for the server's sends, so unacknowledged QoS 1/2
+    /// messages are resent while the client stays connected, backing off exponentially
+    /// (`retry_backoff_ms`, `max_retries`). v5 forbids resending except on reconnect.
+    pub(crate) fn spawn_redelivery(self: &Rc<Self>) {
+        let shard = Rc::clone(self);
+        let backoff = Duration::from_millis(self.config.retry_backoff_ms);
+        let tick = (backoff / 2).max(Duration::from_millis(50));
+        glommio::spawn_local(async move {
+            while !shard.shutdown.is_stopping() {
+                glommio::timer::sleep(tick).await;
+                shard.redeliver_due(backoff);
+            }
+        })
+        .detach();
+    }
+
+    fn redeliver_due(&self, backoff: Duration) {
+        let now = Instant::now();
+        let mut sessions = self.broker.sessions.borrow_mut();
+        for slot in sessions.values_mut() {
+            let Some(conn) = &slot.conn else { continue };
+            if slot.session.protocol == Protocol::V5 || slot.session.outbound.inflight() == 0 {
+                continue;
+            }
+            let resent = {
+                let mut buf = conn.out.borrow_mut();
+                let mut outlet = crate::session::Outlet {
+                    buf: &mut buf,
+                    protocol: conn.protocol.get(),
+                    packet_bytes_max: conn.packet_bytes_max.get(),
+                    buf_bytes_max: usize::MAX,
+                };
+                slot.session
+                    .outbound
+                    .resend_due(&mut outlet, now, backoff, self.config.max_retries)
+            };
+            if resent > 0 {
+                self.probe.messages_redelivered_total.add(resent);
+                conn.wake_writer();
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Subscribe and unsubscribe: the local tries, the replicated interest table, and
+//! retained messages on subscribe.
+//!
+//! A shard tells its peers about a filter only when its first local subscriber to that
+//! `(group, filter)` arrives or its last one leaves. The SUBACK for a filter new to this
+//! shard waits until every peer has applied the change, so a publish made after the
+//! client saw its SUBACK is routed here whichever shard owns the topic.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::mqtt::ReasonCode;
+use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
+use crate::session::{Delivery, SubOptions};
+use crate::shard::{Shard, ShardMsg};
+
+use super::{MemberKey, Reply, SessionKey};
+
+impl Shard {
+    pub(crate) fn topic_limits(&self) -> TopicLimits {
+        TopicLimits {
+            topic_bytes_max: self.config.topic_bytes_max,
+            topic_levels_max: self.config.topic_levels_max,
+        }
+    }
+
+    /// Adds one subscription of session `key` to the local indexes; returns the id of a
+    /// request to await when peers had to learn of a new filter.
+    pub(crate) fn index_subscription(
+        &self,
+        key: SessionKey,
+        full_filter: &str,
+        opts: SubOptions,
+    ) -> Option<u64> {
+        let parsed = parse_filter(full_filter, &self.topic_limits()).ok()?;
+        let group: Option<Arc<str>> = parsed.share_group.map(Arc::from);
+        let filter: Arc<str> = Arc::from(parsed.filter);
+        match &group {
+            None => {
+                self.broker.trie.borrow_mut().insert(&filter, key, opts);
+            }
+            Some(g) => {
+                let member = MemberKey {
+                    group: g.clone(),
+                    session: key,
+                };
+                self.broker
+                    .shared
+                    .borrow_mut()
+                    .insert(&filter, member, opts);
+            }
+        }
+        let first = {
+            let mut counts = self.broker.interest_counts.borrow_mut();
+            let count = counts.entry((group.clone(), filter.clone())).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        self.probe.subscriptions_current.add(1);
+        if !first {
+            return None;
+        }
+        self.broker
+            .interest
+            .borrow_mut()
+            .add(&filter, group.as_deref(), ShardId(self.id as u16));
+        let peers = self.mesh.shards() - 1;
+        if peers == 0 {
+            return None;
+        }
+        let id = self.broker.open_request(peers);
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            self.post(
+                peer,
+                ShardMsg::InterestAdd {
+                    filter: filter.clone(),
+                    group: group.clone(),
+                    ack_id: Some(id),
+                },
+            );
+        }
+        Some(id)
+    }
+
+    /// Removes one subscription of session `key` from the local indexes.
+    pub(crate) fn unindex_subscription(&self, key: SessionKey, full_filter: &str) {
+        let Ok(parsed) = parse_filter(full_filter, &self.topic_limits()) else {
+            return;
+        };
+        let group: Option<Arc<str>> = parsed.share_group.map(Arc::from);
+        let filter: Arc<str> = Arc::from(parsed.filter);
+        let removed = match &group {
+            None => self
+                .broker
+                .trie
+                .borrow_mut()
+                .remove(&filter, &key)
+                .is_some(),
+            Some(g) => {
+                let member = MemberKey {
+                    group: g.clone(),
+                    session: key,
+                };
+                self.broker
+                    .shared
+                    .borrow_mut()
+                    .remove(&filter, &member)
+                    .is_some()
+            }
+        };
+        if !removed {
+            return;
+        }
+        self.probe.subscriptions_current.add(-1);
+        let last = {
+            let mut counts = self.broker.interest_counts.borrow_mut();
+            let k = (group.clone(), filter.clone());
+            let count = counts
+                .get_mut(&k)
+                .expect("indexed subscriptions are counted");
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&k);
+                true
+            } else {
+                false
+            }
+        };
+        if last {
+            self.broker.interest.borrow_mut().remove(
+                &filter,
+                group.as_deref(),
+                ShardId(self.id as u16),
+            );
+            for peer in self.all_shards().filter(|&p| p != self.id) {
+                self.post(
+                    peer,
+                    ShardMsg::InterestRemove {
+                        filter: filter.clone(),
+                        group: group.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Subscribes session `key` to validated filters; returns once every peer knows, so
+    /// the caller can send SUBACK. Then sends the retained messages each one asks for.
+    pub(crate) async fn subscribe(
+        self: &Rc<Self>,
+        key: SessionKey,
+        filters: Vec<(String, SubOptions)>,
+    ) -> Vec<(String, SubOptions, bool)> {
+        let mut acks = Vec::new();
+        let mut added = Vec::with_capacity(filters.len());
+        for (filter, opts) in filters {
+            let existed = {
+                let mut sessions = self.broker.sessions.borrow_mut();
+                let Some(slot) = sessions.get_mut(&key) else {
+                    break;
+                };
+                slot.session
+                    .subscriptions
+                    .insert(filter.clone(), opts)
+                    .is_some()
+            };
+            if existed {
+                // Replacing: re-index with the new options (same interest).
+                self.unindex_subscription(key, &filter);
+            }
+            if let Some(ack) = self.index_subscription(key, &filter, opts) {
+                acks.push(ack);
+            }
+            added.push((filter, opts, !existed));
+        }
+        for ack in acks {
+            self.broker.replies(ack).await;
+        }
+        added
+    }
+
+    /// Sends the retained messages a new subscription asks for (retain handling 0, or 1
+    /// for a subscription that did not exist; never for shared subscriptions).
+    pub(crate) async fn send_retained(
+        self: &Rc<Self>,
+        key: SessionKey,
+        filter: &str,
+        opts: SubOptions,
+        is_new: bool,
+    ) {
+        if opts.retain_handling == 2 || (opts.retain_handling == 1 && !is_new) {
+            return;
+        }
+        let Ok(parsed) = parse_filter(filter, &self.topic_limits()) else {
+            return;
+        };
+        if parsed.share_group.is_some() {
+            return;
+        }
+        let plain = parsed.filter;
+        let targets: Vec<usize> = if plain.contains(['+', '#']) {
+            self.all_shards().collect()
+        } else {
+            vec![owner_of(plain, self.mesh.shards()).0 as usize]
+        };
+        let id = self.broker.open_request(targets.len());
+        let filter_arc: Arc<str> = Arc::from(plain);
+        for shard in targets {
+            self.post(
+                shard,
+                ShardMsg::RetainedQuery {
+                    filter: filter_arc.clone(),
+                    id,
+                },
+            );
+        }
+        let mut messages = Vec::new();
+        for reply in self.broker.replies(id).await {
+            if let Reply::Retained(found) = reply {
+                messages.extend(found);
+            }
+        }
+        messages.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+        let now = Instant::now();
+        let mut sessions = self.broker.sessions.borrow_mut();
+        let Some(slot) = sessions.get_mut(&key) else {
+            return;
+        };
+        for msg in messages {
+            let delivery = Delivery {
+                qos: opts.qos.min(msg.qos),
+                retain: true,
+                subscription_ids: opts.subscription_id.into_iter().collect(),
+                share_group: None,
+                msg,
+            };
+            self.offer(slot, delivery, now);
+        }
+    }
+
+    /// Unsubscribes; per filter, whether a subscription existed.
+    pub(crate) fn unsubscribe(&self, key: SessionKey, filters: &[String]) -> Vec<ReasonCode> {
+        filters
+            .iter()
+            .map(|filter| {
+                let existed = self
+                    .broker
+                    .sessions
+                    .borrow_mut()
+                    .get_mut(&key)
+                    .is_some_and(|slot| slot.session.subscriptions.remove(filter).is_some());
+                if existed {
+                    self.unindex_subscription(key, filter);
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect()
+    }
+}
