@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
 use shardmq::shard::{DataDirLock, Outcome, Runtime};
 
@@ -48,6 +49,14 @@ struct Cli {
     /// Set any config key, e.g. `--set shutdown_timeout_ms=2000` (repeatable).
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     set: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a password from standard input and print its argon2id hash for `[[users]]`.
+    HashPassword,
 }
 
 impl Cli {
@@ -92,6 +101,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
     let mut config = match cli.sources().and_then(|s| config::load(&s)) {
         Ok(config) => config,
         Err(e) => return config_error(e),
@@ -103,8 +115,12 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    let auth = match authenticator(&config) {
+        Ok(auth) => auth,
+        Err(e) => return config_error(e),
+    };
     init_logging(&config);
-    match run(&config) {
+    match run(&config, auth) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             tracing::error!(%reason, "shardmq stopped with an error");
@@ -113,11 +129,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config) -> Result<(), String> {
+fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let runtime = Runtime::start(config)?;
+    let runtime = Runtime::start(config, auth)?;
     tracing::info!(
         mqtt_listen = %runtime.mqtt_addr,
         metrics_listen = %runtime.metrics_addr,
@@ -157,6 +173,48 @@ fn run(config: &Config) -> Result<(), String> {
             "shards still running {} ms after shutdown started",
             config.shutdown_timeout_ms
         )),
+    }
+}
+
+fn authenticator(config: &Config) -> Result<Arc<Authenticator>, config::ConfigError> {
+    let auth = AuthConfig {
+        allow_anonymous: config.allow_anonymous,
+        api_keys: config.api_keys.clone(),
+        users: config
+            .users
+            .iter()
+            .map(|u| UserEntry {
+                username: u.username.clone(),
+                password_hash: u.password_hash.clone(),
+            })
+            .collect(),
+    };
+    Authenticator::new(&auth)
+        .map(Arc::new)
+        .map_err(|e| config::ConfigError {
+            key: "users".into(),
+            source: None,
+            reason: e.to_string(),
+        })
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err()
+        || line.trim_end_matches(['\r', '\n']).is_empty()
+    {
+        eprintln!("shardmq: give the password on standard input");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match shardmq::auth::hash_password(line.trim_end_matches(['\r', '\n'])) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardmq: cannot hash the password: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

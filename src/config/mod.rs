@@ -50,6 +50,54 @@ pub struct Config {
     pub mesh_batch_messages_max: usize,
     /// io_uring registered buffer memory per shard. Shrunk at start to fit RLIMIT_MEMLOCK.
     pub io_memory_bytes: usize,
+
+    /// Accept clients that present no credentials.
+    pub allow_anonymous: bool,
+    /// Static API keys, accepted as the CONNECT password (any username).
+    pub api_keys: Vec<String>,
+    /// Largest MQTT packet accepted (and announced to v5 clients), in bytes.
+    pub max_packet_bytes: u32,
+    /// A client must complete CONNECT within this time.
+    pub connect_timeout_ms: u64,
+    /// Our Receive Maximum: QoS 1/2 publishes a connection may have awaiting
+    /// acknowledgement; reading stops at this many (backpressure for 3.1.1 clients too).
+    pub receive_maximum: u16,
+    /// Most QoS 1/2 deliveries in flight per session, whatever the client allows.
+    pub inflight_count_max: usize,
+    /// Most messages queued per session (offline, or behind its in-flight window).
+    pub session_queue_messages_max: usize,
+    /// Most bytes queued per session.
+    pub session_queue_bytes_max: usize,
+    /// Cap on any session expiry interval, in seconds (4294967295 = never expires,
+    /// which 3.1.1 persistent sessions use).
+    pub session_expiry_max_secs: u32,
+    /// Topic aliases a v5 client may set per connection (0 disables them).
+    pub topic_alias_max: u16,
+    /// Longest topic name or filter, in bytes.
+    pub topic_bytes_max: usize,
+    /// Most levels in a topic name or filter.
+    pub topic_levels_max: usize,
+    /// 3.1.1 redelivery while connected: first retry after this long, doubling each time.
+    pub retry_backoff_ms: u64,
+    /// 3.1.1 redelivery while connected: retries per message before waiting for a
+    /// reconnect.
+    pub max_retries: u32,
+    /// Pending output per connection beyond which deliveries stay queued in the session
+    /// (QoS 0 is dropped): the bound for a subscriber that reads slowly.
+    pub connection_out_bytes_max: usize,
+    /// Users with PHC password hashes (`shardmq hash-password` makes one). Last, because
+    /// TOML writes arrays of tables after plain values.
+    pub users: Vec<UserConfig>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The CONNECT username.
+    pub username: String,
+    /// PHC string (argon2id), e.g. from `shardmq hash-password`.
+    pub password_hash: String,
 }
 
 /// Log output format.
@@ -77,6 +125,22 @@ impl Default for Config {
             mesh_channel_batches_max: 1_024,
             mesh_batch_messages_max: 256,
             io_memory_bytes: 10 << 20,
+            allow_anonymous: true,
+            api_keys: Vec::new(),
+            max_packet_bytes: 1 << 20,
+            connect_timeout_ms: 10_000,
+            receive_maximum: 1024,
+            inflight_count_max: 256,
+            session_queue_messages_max: 10_000,
+            session_queue_bytes_max: 16 << 20,
+            session_expiry_max_secs: u32::MAX,
+            topic_alias_max: 64,
+            topic_bytes_max: 65_535,
+            topic_levels_max: 128,
+            retry_backoff_ms: 5_000,
+            max_retries: 5,
+            connection_out_bytes_max: 1 << 20,
+            users: Vec::new(),
         }
     }
 }
@@ -168,6 +232,45 @@ impl Config {
             return Err(ConfigError::new(
                 "mesh_channel_batches_max",
                 "must be at least 16: small mesh channels can deadlock under contention",
+            ));
+        }
+        if self.max_packet_bytes < 64 || self.max_packet_bytes > 268_435_460 {
+            return Err(ConfigError::new(
+                "max_packet_bytes",
+                "must be between 64 and 268435460 (the MQTT maximum)",
+            ));
+        }
+        positive("connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("receive_maximum", u64::from(self.receive_maximum))?;
+        positive("inflight_count_max", self.inflight_count_max as u64)?;
+        if self.inflight_count_max > usize::from(u16::MAX) {
+            return Err(ConfigError::new(
+                "inflight_count_max",
+                "must be at most 65535",
+            ));
+        }
+        positive(
+            "session_queue_messages_max",
+            self.session_queue_messages_max as u64,
+        )?;
+        positive(
+            "session_queue_bytes_max",
+            self.session_queue_bytes_max as u64,
+        )?;
+        positive("topic_bytes_max", self.topic_bytes_max as u64)?;
+        if self.topic_bytes_max > 65_535 {
+            return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
+        }
+        positive("topic_levels_max", self.topic_levels_max as u64)?;
+        positive("retry_backoff_ms", self.retry_backoff_ms)?;
+        positive(
+            "connection_out_bytes_max",
+            self.connection_out_bytes_max as u64,
+        )?;
+        if self.api_keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::new(
+                "api_keys",
+                "every key must be at least 16 characters",
             ));
         }
         if self.io_memory_bytes < (64 << 10) {

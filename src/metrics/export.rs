@@ -27,16 +27,31 @@ impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, series) in SHARD_SERIES {
             let metric_type = match series {
-                Series::Counter(_) => MetricType::Counter,
+                Series::Counter(_) | Series::CounterByQos(_) => MetricType::Counter,
                 Series::Gauge(_) => MetricType::Gauge,
             };
             let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
             for (shard, probe) in self.probes.iter().enumerate() {
-                let labels = [("shard", shard.to_string())];
-                let family = metric.encode_family(&labels)?;
+                let shard = shard.to_string();
                 match series {
-                    Series::Counter(get) => ConstCounter::new(get(probe).get()).encode(family)?,
-                    Series::Gauge(get) => ConstGauge::new(get(probe).get()).encode(family)?,
+                    Series::Counter(get) => {
+                        let labels = [("shard", shard.as_str())];
+                        let family = metric.encode_family(&labels)?;
+                        ConstCounter::new(get(probe).get()).encode(family)?;
+                    }
+                    Series::Gauge(get) => {
+                        let labels = [("shard", shard.as_str())];
+                        let family = metric.encode_family(&labels)?;
+                        ConstGauge::new(get(probe).get()).encode(family)?;
+                    }
+                    Series::CounterByQos(get) => {
+                        for (qos, counter) in get(probe).iter().enumerate() {
+                            let qos = qos.to_string();
+                            let labels = [("shard", shard.as_str()), ("qos", qos.as_str())];
+                            let family = metric.encode_family(&labels)?;
+                            ConstCounter::new(counter.get()).encode(family)?;
+                        }
+                    }
                 }
             }
         }

@@ -76,12 +76,52 @@ pub struct ShardProbe {
     pub mesh_batches_received_total: Counter,
     /// Messages inside those batches.
     pub mesh_messages_received_total: Counter,
+
+    /// PUBLISH packets received from clients, by QoS (index = QoS).
+    pub messages_received_by_qos: [Counter; 3],
+    /// PUBLISH packets sent to subscribers, by QoS of the delivery.
+    pub messages_delivered_by_qos: [Counter; 3],
+    /// Deliveries not made, by QoS: session queue full, QoS 0 to an offline or slow
+    /// session, over the client's maximum packet size, no shared member left.
+    pub messages_dropped_by_qos: [Counter; 3],
+    /// Messages whose v5 expiry passed before delivery.
+    pub messages_expired_total: Counter,
+    /// QoS 1/2 deliveries resent to 3.1.1 clients that had not acknowledged them.
+    pub messages_redelivered_total: Counter,
+    /// Bytes read from client sockets.
+    pub bytes_received_total: Counter,
+    /// Bytes of PUBLISH packets written toward clients.
+    pub bytes_sent_total: Counter,
+    /// Sessions on this shard, connected or not.
+    pub sessions_current: Gauge,
+    /// Sessions taken over by a newer connection with the same client id.
+    pub sessions_taken_over_total: Counter,
+    /// Sessions ended by their expiry interval.
+    pub sessions_expired_total: Counter,
+    /// Subscriptions held by sessions on this shard.
+    pub subscriptions_current: Gauge,
+    /// Retained messages owned by this shard.
+    pub retained_messages_current: Gauge,
+    /// QoS 1/2 messages sent and not yet acknowledged by subscribers.
+    pub inflight_current: Gauge,
+    /// Will messages published.
+    pub wills_published_total: Counter,
+    /// CONNECTs refused (bad credentials, invalid client id, ...).
+    pub connections_refused_total: Counter,
+    /// Connections closed for not completing CONNECT in time.
+    pub connect_timeouts_total: Counter,
+    /// Connections closed for keep-alive expiry.
+    pub keep_alive_timeouts_total: Counter,
+    /// Connections closed for malformed packets or protocol errors.
+    pub protocol_errors_total: Counter,
 }
 
 /// How a per-shard series is exported.
 pub(crate) enum Series {
     Counter(fn(&ShardProbe) -> &Counter),
     Gauge(fn(&ShardProbe) -> &Gauge),
+    /// A counter with a `qos` label, one value per QoS level.
+    CounterByQos(fn(&ShardProbe) -> &[Counter; 3]),
 }
 
 /// The exported per-shard series: name (without the `shardmq_` prefix and, for
@@ -121,5 +161,95 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "mesh_messages_received",
         "Messages received from other shards over the mesh",
         Series::Counter(|p| &p.mesh_messages_received_total),
+    ),
+    (
+        "messages_received",
+        "PUBLISH packets received from clients, by QoS",
+        Series::CounterByQos(|p| &p.messages_received_by_qos),
+    ),
+    (
+        "messages_delivered",
+        "PUBLISH packets sent to subscribers, by QoS",
+        Series::CounterByQos(|p| &p.messages_delivered_by_qos),
+    ),
+    (
+        "messages_dropped",
+        "Deliveries dropped (queue full, QoS 0 to a slow or offline session, oversized), by QoS",
+        Series::CounterByQos(|p| &p.messages_dropped_by_qos),
+    ),
+    (
+        "messages_expired",
+        "Messages whose expiry interval passed before delivery",
+        Series::Counter(|p| &p.messages_expired_total),
+    ),
+    (
+        "messages_redelivered",
+        "QoS 1/2 deliveries resent to 3.1.1 clients while connected",
+        Series::Counter(|p| &p.messages_redelivered_total),
+    ),
+    (
+        "bytes_received",
+        "Bytes read from client sockets",
+        Series::Counter(|p| &p.bytes_received_total),
+    ),
+    (
+        "bytes_sent",
+        "Bytes of PUBLISH packets written toward clients",
+        Series::Counter(|p| &p.bytes_sent_total),
+    ),
+    (
+        "sessions_current",
+        "Sessions on this shard, connected or not",
+        Series::Gauge(|p| &p.sessions_current),
+    ),
+    (
+        "sessions_taken_over",
+        "Sessions taken over by a newer connection with the same client id",
+        Series::Counter(|p| &p.sessions_taken_over_total),
+    ),
+    (
+        "sessions_expired",
+        "Sessions ended by their expiry interval",
+        Series::Counter(|p| &p.sessions_expired_total),
+    ),
+    (
+        "subscriptions_current",
+        "Subscriptions held by sessions on this shard",
+        Series::Gauge(|p| &p.subscriptions_current),
+    ),
+    (
+        "retained_messages_current",
+        "Retained messages owned by this shard",
+        Series::Gauge(|p| &p.retained_messages_current),
+    ),
+    (
+        "inflight_current",
+        "QoS 1/2 deliveries sent and not yet acknowledged",
+        Series::Gauge(|p| &p.inflight_current),
+    ),
+    (
+        "wills_published",
+        "Will messages published",
+        Series::Counter(|p| &p.wills_published_total),
+    ),
+    (
+        "connections_refused",
+        "CONNECTs refused",
+        Series::Counter(|p| &p.connections_refused_total),
+    ),
+    (
+        "connect_timeouts",
+        "Connections closed for not completing CONNECT in time",
+        Series::Counter(|p| &p.connect_timeouts_total),
+    ),
+    (
+        "keep_alive_timeouts",
+        "Connections closed for keep-alive expiry",
+        Series::Counter(|p| &p.keep_alive_timeouts_total),
+    ),
+    (
+        "protocol_errors",
+        "Connections closed for malformed packets or protocol errors",
+        Series::Counter(|p| &p.protocol_errors_total),
     ),
 ];

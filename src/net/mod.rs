@@ -1,4 +1,5 @@
-//! Client connections: the per-shard accept loop and the table of live connections.
+//! Client connections: the per-shard accept loop, the connection tasks, and the table of
+//! live connections.
 //!
 //! Each shard accepts on its own SO_REUSEPORT listener (glommio sets the option on every
 //! bind), so the kernel spreads new connections across shards and a connection lives its
@@ -6,37 +7,46 @@
 //! keeps the listener open until its connections have drained: dropping a listener
 //! resets the connections still waiting in its backlog.
 
+mod conn;
+mod connect;
+mod packets;
+mod serve;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
+use crate::mqtt::ReasonCode;
 use crate::shard::Shard;
 
-/// Bytes read from a connection per wake-up.
-const READ_BUFFER_BYTES: usize = 16 << 10;
+pub use conn::Conn;
 
-/// The live connections of one shard.
+/// The live connections of one shard, by token.
 #[derive(Default)]
 pub struct Connections {
-    next_id: Cell<u64>,
-    live: RefCell<HashMap<u64, RawFd>>,
+    next_token: Cell<u64>,
+    live: RefCell<HashMap<u64, Rc<Conn>>>,
 }
 
 impl Connections {
-    fn register(&self, fd: RawFd) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        self.live.borrow_mut().insert(id, fd);
-        id
+    fn register(&self, fd: std::os::fd::RawFd) -> Rc<Conn> {
+        let token = self.next_token.get() + 1;
+        self.next_token.set(token);
+        let conn = Rc::new(Conn::new(token, fd));
+        self.live.borrow_mut().insert(token, Rc::clone(&conn));
+        conn
     }
 
-    fn unregister(&self, id: u64) {
-        self.live.borrow_mut().remove(&id);
+    fn unregister(&self, token: u64) {
+        self.live.borrow_mut().remove(&token);
+    }
+
+    /// The live connection with `token`.
+    pub fn get(&self, token: u64) -> Option<Rc<Conn>> {
+        self.live.borrow().get(&token).cloned()
     }
 
     /// Number of live connections.
@@ -49,16 +59,24 @@ impl Connections {
         self.live.borrow().is_empty()
     }
 
-    /// Closes every connection's socket for reading and writing, then waits (at most
-    /// `limit`) for their tasks to finish.
+    /// Tells every connection the server is going away (v5: DISCONNECT 0x8B), waits up
+    /// to `limit` for them to flush and close, then cuts the stragglers.
     pub async fn drain(&self, limit: Duration) {
-        for &fd in self.live.borrow().values() {
-            // SAFETY: the fd belongs to a live connection task, which unregisters it
-            // before its stream is dropped; shutdown(2) only ends I/O on it.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        let all: Vec<Rc<Conn>> = self.live.borrow().values().cloned().collect();
+        for conn in &all {
+            conn.close(ReasonCode::ServerShuttingDown);
         }
         let started = Instant::now();
         while !self.is_empty() && started.elapsed() < limit {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        for conn in self.live.borrow().values() {
+            // SAFETY: shutdown(2) on a socket a live connection task still owns; it only
+            // ends I/O, the task closes the descriptor.
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+        }
+        let cut = Instant::now();
+        while !self.is_empty() && cut.elapsed() < Duration::from_secs(1) {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -71,7 +89,7 @@ pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             match listener.accept().await {
                 Ok(stream) => {
                     let shard = Rc::clone(shard);
-                    glommio::spawn_local(async move { serve(shard, stream).await }).detach();
+                    glommio::spawn_local(async move { serve::serve(shard, stream).await }).detach();
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -82,25 +100,4 @@ pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
         }
     };
     futures_lite::future::or(accept, shard.shutdown.wait()).await;
-}
-
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
-    let probe = &shard.probe;
-    probe.connections_accepted_total.inc();
-    probe.connections_current.add(1);
-    let id = shard.connections.register(stream.as_raw_fd());
-    let _ = stream.set_nodelay(true);
-
-    // The MQTT protocol is not served yet: hold the connection, consume what the client
-    // sends, answer nothing, and close when the client or the shard does.
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 || shard.shutdown.is_stopping() {
-            break;
-        }
-    }
-
-    shard.connections.unregister(id);
-    probe.connections_current.add(-1);
-    probe.connections_closed_total.inc();
 }

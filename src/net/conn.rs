@@ -1,0 +1,178 @@
+//! The connection handle shared between a connection's tasks and its shard.
+//!
+//! A connection runs as two tasks over two descriptors of one socket (the second from
+//! `dup(2)`): the reader decodes and handles packets, the writer flushes the output
+//! buffer. Everything the shard wants to send to the client — acks, deliveries,
+//! DISCONNECT — is encoded into `out` and the writer is woken; it writes everything
+//! pending in one syscall per wake-up.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::os::fd::RawFd;
+use std::task::{Poll, Waker};
+
+use bytes::BytesMut;
+
+use crate::mqtt::{self, Ack, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
+
+/// One client connection, as the shard sees it.
+pub struct Conn {
+    /// Unique on this shard for the process lifetime.
+    pub token: u64,
+    /// The socket (reader side); `shutdown(2)` on it ends both tasks.
+    pub fd: RawFd,
+    /// Protocol from CONNECT (3.1.1 until then).
+    pub protocol: Cell<Protocol>,
+    /// The client's Maximum Packet Size (v5), else the protocol limit.
+    pub packet_bytes_max: Cell<usize>,
+    /// The session this connection is attached to, once CONNACK went out.
+    pub session: Cell<Option<u64>>,
+    /// Encoded packets waiting for the writer.
+    pub out: RefCell<BytesMut>,
+    writer: Cell<Option<Waker>>,
+    reader: Cell<Option<Waker>>,
+    /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
+    closing: Cell<Option<ReasonCode>>,
+    /// QoS 1/2 publishes from this client in receive order, `true` once the owner shard
+    /// accepted them: acks go out in receive order, as MQTT requires.
+    acks: RefCell<VecDeque<(u16, QoS, Option<ReasonCode>)>>,
+}
+
+impl Conn {
+    /// A handle for a freshly accepted socket.
+    pub fn new(token: u64, fd: RawFd) -> Self {
+        Conn {
+            token,
+            fd,
+            protocol: Cell::new(Protocol::V311),
+            packet_bytes_max: Cell::new(mqtt::PACKET_BYTES_LIMIT),
+            session: Cell::new(None),
+            out: RefCell::new(BytesMut::with_capacity(16 << 10)),
+            writer: Cell::new(None),
+            reader: Cell::new(None),
+            closing: Cell::new(None),
+            acks: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Encodes `packet` into the output buffer and wakes the writer.
+    pub fn send(&self, packet: &Packet) {
+        {
+            let mut out = self.out.borrow_mut();
+            let mark = out.len();
+            if mqtt::encode(packet, self.protocol.get(), &mut out).is_err() {
+                out.truncate(mark);
+                tracing::warn!(token = self.token, "dropped an unencodable packet");
+            }
+        }
+        self.wake_writer();
+    }
+
+    /// Wakes the writer task (after something was appended to `out`).
+    pub fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Bytes waiting for the writer.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.borrow().len()
+    }
+
+    /// Asks the connection to close: a v5 client first gets DISCONNECT with `reason`.
+    pub fn close(&self, reason: ReasonCode) {
+        if self.closing.get().is_none() {
+            self.closing.set(Some(reason));
+            if self.protocol.get() == Protocol::V5 && self.session.get().is_some() {
+                self.send(&Packet::Disconnect(Disconnect::new(reason)));
+            }
+            self.wake_writer();
+            self.wake_reader();
+        }
+    }
+
+    /// Why the shard closed this connection, if it did.
+    pub fn closing(&self) -> Option<ReasonCode> {
+        self.closing.get()
+    }
+
+    fn wake_reader(&self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Records a QoS 1/2 publish in receive order, awaiting its owner's verdict.
+    pub fn expect_ack(&self, packet_id: u16, qos: QoS) {
+        self.acks.borrow_mut().push_back((packet_id, qos, None));
+    }
+
+    /// Publishes received but not yet accepted by their owner shard.
+    pub fn acks_pending(&self) -> usize {
+        self.acks.borrow().len()
+    }
+
+    /// The owner shard decided on `packet_id`: send every ack that is now due, in order.
+    pub fn complete_ack(&self, packet_id: u16, reason: ReasonCode) {
+        let mut acks = self.acks.borrow_mut();
+        if let Some(entry) = acks
+            .iter_mut()
+            .find(|(pid, _, r)| *pid == packet_id && r.is_none())
+        {
+            entry.2 = Some(reason);
+        }
+        let mut sent = false;
+        while let Some(&(pid, qos, Some(reason))) = acks.front() {
+            acks.pop_front();
+            let Some(pid) = PacketId::new(pid) else {
+                continue;
+            };
+            let ack = Ack::with_reason(pid, reason);
+            let packet = if qos == QoS::ExactlyOnce {
+                Packet::PubRec(ack)
+            } else {
+                Packet::PubAck(ack)
+            };
+            let mut out = self.out.borrow_mut();
+            let _ = mqtt::encode(&packet, self.protocol.get(), &mut out);
+            sent = true;
+        }
+        drop(acks);
+        if sent {
+            self.wake_writer();
+            self.wake_reader();
+        }
+    }
+
+    /// Waits until fewer than `max` publishes await their owner (reader backpressure).
+    pub async fn acks_below(&self, max: usize) {
+        poll_fn(|cx| {
+            if self.acks.borrow().len() < max || self.closing.get().is_some() {
+                Poll::Ready(())
+            } else {
+                self.reader.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Takes the pending output, waiting until there is some or the connection closes.
+    /// Returns `None` when closing and nothing is left to write.
+    pub async fn next_output(&self) -> Option<BytesMut> {
+        poll_fn(|cx| {
+            let mut out = self.out.borrow_mut();
+            if !out.is_empty() {
+                return Poll::Ready(Some(out.split()));
+            }
+            if self.closing.get().is_some() {
+                return Poll::Ready(None);
+            }
+            self.writer.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}

@@ -1,0 +1,221 @@
+//! The CONNECT handshake: validation, authentication, the session claim, CONNACK.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use glommio::net::TcpStream;
+
+use crate::auth::AuthDecision;
+use crate::broker::SessionParams;
+use crate::mqtt::{
+    self, ByteStr, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Protocol, ReasonCode,
+};
+use crate::router::validate_topic_name;
+use crate::session::{Will, EXPIRY_NEVER};
+use crate::shard::Shard;
+
+use super::conn::Conn;
+use super::serve::read_more;
+
+/// What the rest of the connection needs from its CONNECT.
+pub(super) struct Accepted {
+    /// Keep alive in seconds (0 = none).
+    pub keep_alive_secs: u16,
+    /// Session expiry from CONNECT (v5 DISCONNECT may not raise it from 0).
+    pub expiry_secs: u32,
+}
+
+/// Reads the CONNECT, answers CONNACK; `None` if the connection must close.
+pub(super) async fn handshake(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    limits: &DecodeLimits,
+) -> Option<Accepted> {
+    let connect = loop {
+        match mqtt::decode(rbuf, None, limits) {
+            Ok(Some(Packet::Connect(connect))) => break connect,
+            Ok(Some(other)) => {
+                tracing::debug!(token = conn.token, packet = ?other.packet_type(), "first packet is not CONNECT");
+                shard.probe.protocol_errors_total.inc();
+                return None;
+            }
+            Ok(None) => match read_more(stream, rbuf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => shard.probe.bytes_received_total.add(n as u64),
+            },
+            Err(e) => {
+                shard.probe.protocol_errors_total.inc();
+                refuse_malformed(conn, rbuf, &e);
+                return None;
+            }
+        }
+    };
+    conn.protocol.set(connect.protocol);
+    match accept(shard, conn, connect).await {
+        Ok(accepted) => Some(accepted),
+        Err(reason) => {
+            shard.probe.connections_refused_total.inc();
+            send_connack(conn, false, reason, None, shard);
+            None
+        }
+    }
+}
+
+/// A CONNECT that could not be decoded: answer what the protocol allows, then close.
+fn refuse_malformed(conn: &Conn, raw: &BytesMut, e: &DecodeError) {
+    if let DecodeError::UnsupportedProtocolLevel { .. } = e {
+        // Unknown level: answer in 3.1.1 form, return code 1 (unacceptable version).
+        conn.protocol.set(Protocol::V311);
+        conn.send(&Packet::ConnAck(ConnAck::new(
+            false,
+            ReasonCode::UnsupportedProtocolVersion,
+        )));
+        return;
+    }
+    if connect_level(raw) == Some(5) {
+        conn.protocol.set(Protocol::V5);
+        conn.send(&Packet::ConnAck(ConnAck::new(false, e.reason_code())));
+    }
+}
+
+/// The protocol level byte of a CONNECT at the front of `raw`, if visible.
+fn connect_level(raw: &[u8]) -> Option<u8> {
+    if raw.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while raw.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*raw.get(i + 1)?, *raw.get(i + 2)?]));
+    raw.get(i + 3 + name_len).copied()
+}
+
+async fn accept(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    connect: Connect,
+) -> Result<Accepted, ReasonCode> {
+    let v5 = connect.protocol == Protocol::V5;
+    if v5 && connect.properties.authentication_method.is_some() {
+        return Err(ReasonCode::BadAuthenticationMethod);
+    }
+    authenticate(shard, &connect).await?;
+
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_start {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        (assigned_client_id(shard, conn), true)
+    } else {
+        (connect.client_id.clone(), false)
+    };
+    let will = match connect.will {
+        Some(w) => {
+            validate_topic_name(w.topic.as_str(), &shard.topic_limits())
+                .map_err(|_| ReasonCode::TopicNameInvalid)?;
+            Some(Will {
+                delay_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                properties: w.properties.into_publish_properties(),
+            })
+        }
+        None => None,
+    };
+    let expiry_secs = if v5 {
+        connect.properties.session_expiry_interval_secs.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        EXPIRY_NEVER
+    }
+    .min(shard.config.session_expiry_max_secs);
+    if let Some(max) = connect.properties.maximum_packet_size_bytes {
+        conn.packet_bytes_max.set(max as usize);
+    }
+    let outcome = shard
+        .connect_session(
+            conn,
+            SessionParams {
+                client_id: client_id.clone(),
+                protocol: connect.protocol,
+                clean_start: connect.clean_start,
+                expiry_secs,
+                receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+                will,
+            },
+        )
+        .await;
+    send_connack(
+        conn,
+        outcome.session_present,
+        ReasonCode::Success,
+        assigned.then_some(client_id),
+        shard,
+    );
+    shard.resume_delivery(outcome.key);
+    Ok(Accepted {
+        keep_alive_secs: connect.keep_alive_secs,
+        expiry_secs,
+    })
+}
+
+async fn authenticate(shard: &Rc<Shard>, connect: &Connect) -> Result<(), ReasonCode> {
+    let username = connect.username.as_ref().map(|u| u.as_str().to_string());
+    let password = connect.password.clone();
+    let auth = std::sync::Arc::clone(&shard.auth);
+    let decision = if auth.needs_slow_hash(username.as_deref()) {
+        // Password hashing costs milliseconds: keep it off the shard's event loop.
+        glommio::executor()
+            .spawn_blocking(move || auth.check(username.as_deref(), password.as_deref()))
+            .await
+    } else {
+        auth.check(username.as_deref(), password.as_deref())
+    };
+    match decision {
+        AuthDecision::Allowed { .. } => Ok(()),
+        AuthDecision::BadCredentials => Err(ReasonCode::BadUserNameOrPassword),
+        AuthDecision::NotAuthorized => Err(ReasonCode::NotAuthorized),
+    }
+}
+
+fn assigned_client_id(shard: &Shard, conn: &Conn) -> ByteStr {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    ByteStr::from(format!(
+        "shardmq-{}-{}-{:x}",
+        shard.id,
+        conn.token,
+        nanos & 0xffff_ffff
+    ))
+}
+
+fn send_connack(
+    conn: &Conn,
+    session_present: bool,
+    reason: ReasonCode,
+    assigned: Option<ByteStr>,
+    shard: &Shard,
+) {
+    let mut ack = ConnAck::new(session_present, reason);
+    if conn.protocol.get() == Protocol::V5 {
+        let p = &mut ack.properties;
+        p.assigned_client_identifier = assigned;
+        p.receive_maximum = Some(shard.config.receive_maximum);
+        p.maximum_packet_size_bytes = Some(shard.config.max_packet_bytes);
+        p.topic_alias_maximum = Some(shard.config.topic_alias_max);
+        p.retain_available = Some(true);
+        p.wildcard_subscription_available = Some(true);
+        p.subscription_identifiers_available = Some(true);
+        p.shared_subscription_available = Some(true);
+    }
+    conn.send(&Packet::ConnAck(ack));
+}

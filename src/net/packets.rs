@@ -1,0 +1,321 @@
+//! One handler per packet type a client may send after CONNECT.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::mqtt::{
+    Ack, ByteStr, Packet, Protocol, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use crate::router::{parse_filter, validate_topic_name};
+use crate::session::{Message, SubOptions};
+use crate::shard::{AckTo, ConnRef, Shard};
+
+use super::conn::Conn;
+use super::connect::Accepted;
+use super::serve::Ending;
+
+/// Whether the packet loop goes on.
+pub(super) enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Stop, for this reason.
+    End(Ending),
+}
+
+/// Per-connection protocol state the handlers share.
+pub(super) struct ConnState {
+    /// Inbound topic aliases (v5).
+    aliases: HashMap<u16, ByteStr>,
+    /// Session expiry from CONNECT.
+    connect_expiry_secs: u32,
+}
+
+impl ConnState {
+    pub(super) fn new(accepted: &Accepted) -> Self {
+        ConnState {
+            aliases: HashMap::new(),
+            connect_expiry_secs: accepted.expiry_secs,
+        }
+    }
+}
+
+/// Handles one packet.
+pub(super) async fn handle(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &mut ConnState,
+    packet: Packet,
+) -> Flow {
+    match packet {
+        Packet::Publish(publish) => on_publish(shard, conn, state, publish).await,
+        Packet::PubAck(ack) => on_client_ack(shard, conn, ack, AckKind::Ack),
+        Packet::PubRec(ack) => on_client_ack(shard, conn, ack, AckKind::Rec),
+        Packet::PubComp(ack) => on_client_ack(shard, conn, ack, AckKind::Comp),
+        Packet::PubRel(ack) => on_pubrel(shard, conn, ack),
+        Packet::Subscribe(sub) => on_subscribe(shard, conn, sub).await,
+        Packet::Unsubscribe(unsub) => on_unsubscribe(shard, conn, unsub),
+        Packet::PingReq => {
+            conn.send(&Packet::PingResp);
+            Flow::Continue
+        }
+        Packet::Disconnect(d) => on_disconnect(conn, state, d),
+        Packet::Connect(_) => protocol_error(shard, conn, "second CONNECT"),
+        Packet::Auth(_) => {
+            conn.close(ReasonCode::BadAuthenticationMethod);
+            Flow::End(Ending::Abnormal)
+        }
+        Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+            protocol_error(shard, conn, "server-to-client packet from a client")
+        }
+    }
+}
+
+fn protocol_error(shard: &Shard, conn: &Conn, what: &str) -> Flow {
+    tracing::debug!(token = conn.token, what, "protocol error");
+    shard.probe.protocol_errors_total.inc();
+    conn.close(ReasonCode::ProtocolError);
+    Flow::End(Ending::Abnormal)
+}
+
+fn fail(shard: &Shard, conn: &Conn, reason: ReasonCode) -> Flow {
+    shard.probe.protocol_errors_total.inc();
+    conn.close(reason);
+    Flow::End(Ending::Abnormal)
+}
+
+async fn on_publish(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    state: &mut ConnState,
+    mut publish: Publish,
+) -> Flow {
+    let Some(key) = conn.session.get() else {
+        return Flow::End(Ending::ByServer);
+    };
+    if let Some(alias) = publish.properties.topic_alias.take() {
+        if alias == 0 || alias > shard.config.topic_alias_max {
+            return fail(shard, conn, ReasonCode::TopicAliasInvalid);
+        }
+        if publish.topic.is_empty() {
+            match state.aliases.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => return fail(shard, conn, ReasonCode::ProtocolError),
+            }
+        } else {
+            state.aliases.insert(alias, publish.topic.clone());
+        }
+    }
+    if validate_topic_name(publish.topic.as_str(), &shard.topic_limits()).is_err() {
+        return fail(shard, conn, ReasonCode::TopicNameInvalid);
+    }
+    let qos = publish.qos;
+    shard.probe.messages_received_by_qos[qos as usize].inc();
+    let ack = match publish.packet_id {
+        Some(pid) if qos != QoS::AtMostOnce => {
+            let pid = pid.get();
+            if conn.protocol.get() == Protocol::V5
+                && conn.acks_pending() >= usize::from(shard.config.receive_maximum)
+            {
+                return fail(shard, conn, ReasonCode::ReceiveMaximumExceeded);
+            }
+            if qos == QoS::ExactlyOnce {
+                let duplicate = {
+                    let mut sessions = shard.broker.sessions.borrow_mut();
+                    let Some(slot) = sessions.get_mut(&key) else {
+                        return Flow::End(Ending::ByServer);
+                    };
+                    !slot.session.awaiting_pubrel.insert(pid)
+                };
+                if duplicate {
+                    // Already accepted and forwarded: only answer again (exactly once).
+                    conn.expect_ack(pid, qos);
+                    conn.complete_ack(pid, ReasonCode::Success);
+                    return Flow::Continue;
+                }
+            }
+            conn.expect_ack(pid, qos);
+            Some(AckTo {
+                conn: ConnRef {
+                    shard: shard.id,
+                    token: conn.token,
+                },
+                packet_id: pid,
+            })
+        }
+        _ => None,
+    };
+    let mut properties = publish.properties;
+    properties.subscription_identifiers.clear();
+    let expires_at = properties
+        .message_expiry_interval_secs
+        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+    let publisher = shard
+        .broker
+        .sessions
+        .borrow()
+        .get(&key)
+        .map(|s| s.session.client_id.clone())
+        .unwrap_or_else(|| ByteStr::from_static(""));
+    let msg = Arc::new(Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos,
+        retain: publish.retain,
+        properties,
+        publisher,
+        expires_at,
+        offset: 0,
+    });
+    shard.route_publish(msg, ack).await;
+    Flow::Continue
+}
+
+#[derive(Clone, Copy)]
+enum AckKind {
+    Ack,
+    Rec,
+    Comp,
+}
+
+fn on_client_ack(shard: &Shard, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
+    let Some(key) = conn.session.get() else {
+        return Flow::End(Ending::ByServer);
+    };
+    let pid = ack.packet_id.get();
+    let now = Instant::now();
+    let mut sessions = shard.broker.sessions.borrow_mut();
+    let Some(slot) = sessions.get_mut(&key) else {
+        return Flow::End(Ending::ByServer);
+    };
+    let before = slot.session.outbound.inflight();
+    let known = match kind {
+        AckKind::Ack => slot.session.outbound.on_puback(pid).is_ok(),
+        AckKind::Comp => slot.session.outbound.on_pubcomp(pid).is_ok(),
+        AckKind::Rec => {
+            let mut buf = conn.out.borrow_mut();
+            let mut outlet = crate::session::Outlet {
+                buf: &mut buf,
+                protocol: conn.protocol.get(),
+                packet_bytes_max: conn.packet_bytes_max.get(),
+                buf_bytes_max: usize::MAX,
+            };
+            slot.session
+                .outbound
+                .on_pubrec(pid, ack.reason, &mut outlet, now)
+                .is_ok()
+        }
+    };
+    if !known {
+        // A late or duplicate ack (e.g. after a resend): harmless, ignore it.
+        tracing::debug!(token = conn.token, pid, "ack for an unknown packet id");
+    }
+    let after = slot.session.outbound.inflight();
+    shard
+        .probe
+        .inflight_current
+        .add(after as i64 - before as i64);
+    shard.pump(slot, now);
+    conn.wake_writer();
+    Flow::Continue
+}
+
+fn on_pubrel(shard: &Shard, conn: &Conn, ack: Ack) -> Flow {
+    let Some(key) = conn.session.get() else {
+        return Flow::End(Ending::ByServer);
+    };
+    let pid = ack.packet_id;
+    let known = shard
+        .broker
+        .sessions
+        .borrow_mut()
+        .get_mut(&key)
+        .is_some_and(|slot| slot.session.awaiting_pubrel.remove(&pid.get()));
+    let reason = if known {
+        ReasonCode::Success
+    } else {
+        ReasonCode::PacketIdentifierNotFound
+    };
+    conn.send(&Packet::PubComp(Ack::with_reason(pid, reason)));
+    Flow::Continue
+}
+
+async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flow {
+    let Some(key) = conn.session.get() else {
+        return Flow::End(Ending::ByServer);
+    };
+    let limits = shard.topic_limits();
+    let mut codes = Vec::with_capacity(sub.filters.len());
+    let mut wanted = Vec::with_capacity(sub.filters.len());
+    for f in &sub.filters {
+        let (filter, options) = (f.0.as_str(), f.1);
+        let parsed = match parse_filter(filter, &limits) {
+            Ok(p) => p,
+            Err(_) => {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+        };
+        if parsed.share_group.is_some() && options.no_local {
+            return protocol_error(shard, conn, "no-local on a shared subscription");
+        }
+        let opts = SubOptions {
+            qos: options.qos,
+            no_local: options.no_local,
+            retain_as_published: options.retain_as_published,
+            retain_handling: options.retain_handling as u8,
+            subscription_id: sub.properties.subscription_identifier,
+        };
+        codes.push(granted_code(opts.qos));
+        wanted.push((filter.to_string(), opts));
+    }
+    let added = shard.subscribe(key, wanted).await;
+    conn.send(&Packet::SubAck(SubAck::new(sub.packet_id, codes)));
+    for (filter, opts, is_new) in added {
+        shard.send_retained(key, &filter, opts, is_new).await;
+    }
+    conn.wake_writer();
+    Flow::Continue
+}
+
+fn granted_code(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+    }
+}
+
+fn on_unsubscribe(shard: &Shard, conn: &Conn, unsub: Unsubscribe) -> Flow {
+    let Some(key) = conn.session.get() else {
+        return Flow::End(Ending::ByServer);
+    };
+    let filters: Vec<String> = unsub
+        .filters
+        .iter()
+        .map(|f| f.as_str().to_string())
+        .collect();
+    let codes = shard.unsubscribe(key, &filters);
+    conn.send(&Packet::UnsubAck(UnsubAck::new(unsub.packet_id, codes)));
+    Flow::Continue
+}
+
+fn on_disconnect(conn: &Conn, state: &ConnState, d: crate::mqtt::Disconnect) -> Flow {
+    let expiry = d.properties.session_expiry_interval_secs;
+    if expiry.is_some_and(|e| e > 0) && state.connect_expiry_secs == 0 {
+        // v5 §3.14.2.2.2: raising the expiry from 0 at DISCONNECT is a protocol error.
+        conn.close(ReasonCode::ProtocolError);
+        return Flow::End(Ending::Abnormal);
+    }
+    if d.reason == ReasonCode::DisconnectWithWillMessage {
+        Flow::End(Ending::WithWill {
+            expiry_secs: expiry,
+        })
+    } else {
+        Flow::End(Ending::Normal {
+            expiry_secs: expiry,
+        })
+    }
+}

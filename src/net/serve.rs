@@ -1,0 +1,185 @@
+//! The life of one connection: CONNECT, the packet loop, and cleanup; plus its writer.
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::mqtt::{self, DecodeLimits, ReasonCode};
+use crate::shard::Shard;
+
+use super::conn::Conn;
+use super::connect::{self, Accepted};
+use super::packets::{self, Flow};
+
+/// Bytes read from the socket per wake-up at most.
+pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// How a connection ended, for the will and the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// DISCONNECT 0x00 (or 3.1.1 DISCONNECT): no will.
+    Normal { expiry_secs: Option<u32> },
+    /// DISCONNECT 0x04: publish the will.
+    WithWill { expiry_secs: Option<u32> },
+    /// Network error, keep-alive timeout, protocol error: publish the will.
+    Abnormal,
+    /// The server closed it (shutdown or takeover): no will from here.
+    ByServer,
+}
+
+pub(super) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let conn = shard.connections.register(stream.as_raw_fd());
+    shard.probe.connections_accepted_total.inc();
+    shard.probe.connections_current.add(1);
+    let _ = stream.set_nodelay(true);
+
+    // A second descriptor of the same socket for the writer task, so reading and writing
+    // never wait for each other.
+    // SAFETY: dup of a valid socket fd; the new fd is owned by the writer stream.
+    let writer_fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    let writer = if writer_fd >= 0 {
+        // SAFETY: freshly duplicated, owned by nobody else.
+        let wstream = unsafe { TcpStream::from_raw_fd(writer_fd) };
+        Some(glommio::spawn_local(write_loop(
+            Rc::clone(&shard),
+            Rc::clone(&conn),
+            wstream,
+        )))
+    } else {
+        None
+    };
+
+    let mut stream = stream;
+    if writer.is_some() {
+        read_side(&shard, &conn, &mut stream).await;
+    }
+    conn.close(ReasonCode::Success);
+    if let Some(writer) = writer {
+        writer.await;
+    }
+    // `conn.fd` must stay this socket's descriptor while the connection is registered
+    // (shutdown paths use it), so the stream closes only after unregistering.
+    shard.connections.unregister(conn.token);
+    drop(stream);
+    shard.probe.connections_current.add(-1);
+    shard.probe.connections_closed_total.inc();
+}
+
+async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
+    let limits = DecodeLimits {
+        packet_bytes_max: shard.config.max_packet_bytes,
+    };
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
+    let accepted = match glommio::timer::timeout(connect_timeout, async {
+        Ok(connect::handshake(shard, conn, stream, &mut rbuf, &limits).await)
+    })
+    .await
+    {
+        Ok(Some(accepted)) => accepted,
+        Ok(None) => return,
+        Err(_) => {
+            shard.probe.connect_timeouts_total.inc();
+            return;
+        }
+    };
+    let ending = packet_loop(shard, conn, stream, &mut rbuf, &limits, &accepted).await;
+    let Some(key) = conn.session.get() else {
+        return;
+    };
+    conn.session.set(None);
+    match ending {
+        Ending::Normal { expiry_secs } => shard.detach_session(key, false, expiry_secs),
+        Ending::WithWill { expiry_secs } => shard.detach_session(key, true, expiry_secs),
+        Ending::Abnormal => shard.detach_session(key, true, None),
+        Ending::ByServer => shard.detach_session(key, false, None),
+    }
+}
+
+async fn packet_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    limits: &DecodeLimits,
+    accepted: &Accepted,
+) -> Ending {
+    let protocol = conn.protocol.get();
+    let keep_alive = accepted.keep_alive_secs;
+    let _ = stream.set_read_timeout(
+        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+    );
+    let mut state = packets::ConnState::new(accepted);
+    loop {
+        // Decode and handle everything already buffered before reading again.
+        loop {
+            if conn.closing().is_some() {
+                return Ending::ByServer;
+            }
+            match mqtt::decode(rbuf, Some(protocol), limits) {
+                Ok(Some(packet)) => match packets::handle(shard, conn, &mut state, packet).await {
+                    Flow::Continue => {}
+                    Flow::End(ending) => return ending,
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(token = conn.token, error = %e, "malformed packet");
+                    shard.probe.protocol_errors_total.inc();
+                    conn.close(e.reason_code());
+                    return Ending::Abnormal;
+                }
+            }
+        }
+        // Backpressure: stop reading while too many publishes await their owner shard.
+        conn.acks_below(shard.config.receive_maximum as usize).await;
+        if conn.closing().is_some() {
+            return Ending::ByServer;
+        }
+        match read_more(stream, rbuf).await {
+            Ok(0) => return Ending::Abnormal,
+            Ok(n) => shard.probe.bytes_received_total.add(n as u64),
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    shard.probe.keep_alive_timeouts_total.inc();
+                    conn.close(ReasonCode::KeepAliveTimeout);
+                }
+                return Ending::Abnormal;
+            }
+        }
+    }
+}
+
+/// Reads once into the spare end of `rbuf`.
+pub(super) async fn read_more(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    let filled = rbuf.len();
+    rbuf.resize(filled + READ_CHUNK_BYTES, 0);
+    let result = stream.read(&mut rbuf[filled..]).await;
+    let n = *result.as_ref().unwrap_or(&0);
+    rbuf.truncate(filled + n);
+    result
+}
+
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
+    while let Some(chunk) = conn.next_output().await {
+        if stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+        drop(chunk);
+        // The buffer drained: move more of the session's queue onto the wire.
+        if let Some(key) = conn.session.get() {
+            shard.on_drained(key);
+        }
+    }
+    let _ = stream.flush().await;
+    // Ends the reader too (it may be parked in a read). The writer's own descriptor: it is
+    // open until this stream drops, so it cannot name another connection's socket.
+    // SAFETY: shutdown(2) on a descriptor this stream owns.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+}
