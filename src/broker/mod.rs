@@ -19,6 +19,7 @@
 //! matching subscription identifier; it is sent as retained only if every matching
 //! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
 
+mod durable;
 mod publish;
 mod sessions;
 mod subscribe;
@@ -35,6 +36,7 @@ use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
 use crate::session::{Message, Session, SubOptions};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
+pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
 pub use sessions::{ConnectOutcome, SessionParams};
 
 /// Key of a session in its shard's tables.
@@ -98,7 +100,6 @@ pub struct BrokerState {
     pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
-    pub(crate) next_offset: Cell<u64>,
     pub(crate) group_cursor: RefCell<HashMap<GroupKey, usize>>,
     pub(crate) route: RefCell<Route>,
     /// Reused per delivery so matching allocates nothing once warm.
@@ -123,7 +124,6 @@ impl BrokerState {
             registry: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
-            next_offset: Cell::new(0),
             group_cursor: RefCell::new(HashMap::new()),
             route: RefCell::new(Route::default()),
             match_scratch: Cell::new(Vec::new()),

@@ -29,18 +29,21 @@ impl Shard {
         }
     }
 
-    /// On the owner: assign the offset, update the retained message, fan out, confirm.
-    pub(crate) async fn accept_publish(self: &Rc<Self>, mut msg: Arc<Message>, ack: Option<AckTo>) {
+    /// On the owner: log (as the fsync policy requires), update the retained message,
+    /// fan out, and confirm.
+    pub(crate) async fn accept_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
         debug_assert_eq!(
             owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize,
             self.id,
             "publish routed to a shard that does not own its topic"
         );
-        let offset = self.broker.next_offset.get();
-        self.broker.next_offset.set(offset + 1);
-        Arc::make_mut(&mut msg).offset = offset;
+        self.log_and_fan_out(msg, ack).await;
+    }
 
-        if msg.retain {
+    /// Sends `msg` to every shard with matching interest (this one by a direct call) and
+    /// to one shard per matching shared-subscription group.
+    pub(crate) async fn fan_out(self: &Rc<Self>, msg: Arc<Message>) {
+        if msg.retain && self.durable.get().is_none() {
             self.store_retained(&msg);
         }
         let (shards, groups) = {
@@ -80,15 +83,6 @@ impl Shard {
             };
             self.post_data(target, deliver).await;
         }
-        if let Some(ack) = ack {
-            self.post(
-                ack.conn.shard,
-                ShardMsg::PublishDone {
-                    ack,
-                    reason: ReasonCode::Success,
-                },
-            );
-        }
     }
 
     fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
@@ -103,7 +97,7 @@ impl Shard {
         pick
     }
 
-    fn store_retained(&self, msg: &Arc<Message>) {
+    pub(crate) fn store_retained(&self, msg: &Arc<Message>) {
         let mut retained = self.broker.retained.borrow_mut();
         let before = retained.len();
         if msg.payload.is_empty() {

@@ -85,6 +85,15 @@ pub struct Config {
     /// Pending output per connection beyond which deliveries stay queued in the session
     /// (QoS 0 is dropped): the bound for a subscriber that reads slowly.
     pub connection_out_bytes_max: usize,
+    /// What a QoS 1/2 acknowledgement promises: `always` | `every_n:N` | `interval_ms:M` |
+    /// `none` (aliases `immediate`, `batch`, `periodic`). See the storage module.
+    pub fsync_policy: String,
+    /// WAL segment size; segments are pre-zeroed and rolled at this size.
+    pub segment_bytes: u64,
+    /// WAL group-commit buffer per shard; appends wait when it is full.
+    pub wal_buffer_bytes: usize,
+    /// Also log QoS 0 publishes (retained ones are always logged).
+    pub log_qos0: bool,
     /// Users with PHC password hashes (`shardmq hash-password` makes one). Last, because
     /// TOML writes arrays of tables after plain values.
     pub users: Vec<UserConfig>,
@@ -140,6 +149,10 @@ impl Default for Config {
             retry_backoff_ms: 5_000,
             max_retries: 5,
             connection_out_bytes_max: 1 << 20,
+            fsync_policy: "always".to_string(),
+            segment_bytes: 64 << 20,
+            wal_buffer_bytes: 4 << 20,
+            log_qos0: false,
             users: Vec::new(),
         }
     }
@@ -271,6 +284,23 @@ impl Config {
             return Err(ConfigError::new(
                 "api_keys",
                 "every key must be at least 16 characters",
+            ));
+        }
+        if let Err(e) = self.fsync_policy.parse::<crate::storage::FsyncPolicy>() {
+            return Err(ConfigError::new("fsync_policy", e.to_string()));
+        }
+        if self.segment_bytes < (1 << 20) {
+            return Err(ConfigError::new(
+                "segment_bytes",
+                "must be at least 1048576",
+            ));
+        }
+        if self.wal_buffer_bytes < (64 << 10)
+            || self.wal_buffer_bytes < self.max_packet_bytes as usize * 2
+        {
+            return Err(ConfigError::new(
+                "wal_buffer_bytes",
+                "must be at least 65536 and twice max_packet_bytes",
             ));
         }
         if self.io_memory_bytes < (64 << 10) {

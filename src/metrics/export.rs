@@ -3,6 +3,7 @@
 //! The collector reads the probes at scrape time; nothing is copied into a registry
 //! on the message path.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -27,8 +28,11 @@ impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, series) in SHARD_SERIES {
             let metric_type = match series {
-                Series::Counter(_) | Series::CounterByQos(_) => MetricType::Counter,
-                Series::Gauge(_) => MetricType::Gauge,
+                Series::Counter(_) | Series::CounterByQos(_) | Series::WalCounter(_) => {
+                    MetricType::Counter
+                }
+                Series::Gauge(_) | Series::WalGauge(_) => MetricType::Gauge,
+                Series::WalHistogram(..) => MetricType::Histogram,
             };
             let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
             for (shard, probe) in self.probes.iter().enumerate() {
@@ -43,6 +47,37 @@ impl Collector for ShardsCollector {
                         let labels = [("shard", shard.as_str())];
                         let family = metric.encode_family(&labels)?;
                         ConstGauge::new(get(probe).get()).encode(family)?;
+                    }
+                    Series::WalCounter(get) => {
+                        let Some(wal) = probe.wal.get() else { continue };
+                        let labels = [("shard", shard.as_str())];
+                        let family = metric.encode_family(&labels)?;
+                        ConstCounter::new(get(wal).load(Ordering::Relaxed)).encode(family)?;
+                    }
+                    Series::WalGauge(get) => {
+                        let Some(wal) = probe.wal.get() else { continue };
+                        let labels = [("shard", shard.as_str())];
+                        let family = metric.encode_family(&labels)?;
+                        ConstGauge::new(get(wal)).encode(family)?;
+                    }
+                    Series::WalHistogram(get, scale) => {
+                        let Some(wal) = probe.wal.get() else { continue };
+                        let histogram = get(wal);
+                        let buckets: Vec<(f64, u64)> = histogram
+                            .bounds()
+                            .iter()
+                            .map(|&b| b as f64 * scale)
+                            .chain(std::iter::once(f64::INFINITY))
+                            .zip(histogram.bucket_counts())
+                            .collect();
+                        let labels = [("shard", shard.as_str())];
+                        let mut family = metric.encode_family(&labels)?;
+                        family.encode_histogram::<()>(
+                            histogram.sum() as f64 * scale,
+                            histogram.count(),
+                            &buckets,
+                            None,
+                        )?;
                     }
                     Series::CounterByQos(get) => {
                         for (qos, counter) in get(probe).iter().enumerate() {

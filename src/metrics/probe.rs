@@ -6,6 +6,9 @@
 //! tolerates.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::storage::{Histogram, WalStats};
 
 /// A monotonically increasing count with one writer.
 #[derive(Debug, Default)]
@@ -114,6 +117,8 @@ pub struct ShardProbe {
     pub keep_alive_timeouts_total: Counter,
     /// Connections closed for malformed packets or protocol errors.
     pub protocol_errors_total: Counter,
+    /// The shard's WAL counters, once it is open.
+    pub wal: OnceLock<Arc<WalStats>>,
 }
 
 /// How a per-shard series is exported.
@@ -122,6 +127,12 @@ pub(crate) enum Series {
     Gauge(fn(&ShardProbe) -> &Gauge),
     /// A counter with a `qos` label, one value per QoS level.
     CounterByQos(fn(&ShardProbe) -> &[Counter; 3]),
+    /// A WAL counter.
+    WalCounter(fn(&WalStats) -> &AtomicU64),
+    /// A WAL gauge.
+    WalGauge(fn(&WalStats) -> f64),
+    /// A WAL histogram, with a scale from its native unit to the exported one.
+    WalHistogram(fn(&WalStats) -> &Histogram, f64),
 }
 
 /// The exported per-shard series: name (without the `shardmq_` prefix and, for
@@ -246,6 +257,51 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "keep_alive_timeouts",
         "Connections closed for keep-alive expiry",
         Series::Counter(|p| &p.keep_alive_timeouts_total),
+    ),
+    (
+        "wal_appends",
+        "Records appended to the WAL",
+        Series::WalCounter(|w| &w.appends_total),
+    ),
+    (
+        "wal_bytes",
+        "Bytes appended to the WAL",
+        Series::WalCounter(|w| &w.bytes_total),
+    ),
+    (
+        "wal_fsyncs",
+        "fdatasync calls on WAL segments",
+        Series::WalCounter(|w| &w.fsyncs_total),
+    ),
+    (
+        "wal_group_commits",
+        "WAL group commits (one write each)",
+        Series::WalCounter(|w| &w.group_commits_total),
+    ),
+    (
+        "wal_torn_records",
+        "Torn records cut from the WAL tail at recovery",
+        Series::WalCounter(|w| &w.torn_records_total),
+    ),
+    (
+        "wal_segments",
+        "WAL segment files",
+        Series::WalGauge(|w| w.segments_current.load(Ordering::Relaxed) as f64),
+    ),
+    (
+        "wal_recovery_seconds",
+        "Time the last WAL recovery took",
+        Series::WalGauge(|w| w.recovery_micros.load(Ordering::Relaxed) as f64 / 1e6),
+    ),
+    (
+        "wal_fsync_seconds",
+        "fdatasync latency",
+        Series::WalHistogram(|w| &w.fsync_latency_us, 1e-6),
+    ),
+    (
+        "wal_group_commit_records",
+        "Records per WAL group commit",
+        Series::WalHistogram(|w| &w.group_commit_records, 1.0),
     ),
     (
         "protocol_errors",

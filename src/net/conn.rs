@@ -126,6 +126,13 @@ impl Conn {
         let mut sent = false;
         while let Some(&(pid, qos, Some(reason))) = acks.front() {
             acks.pop_front();
+            if reason.is_error() && self.protocol.get() != Protocol::V5 {
+                // 3.1.1 cannot refuse a publish: an ack would claim a durability that
+                // does not exist, so the connection closes instead (the client resends).
+                drop(acks);
+                self.close(reason);
+                return;
+            }
             let Some(pid) = PacketId::new(pid) else {
                 continue;
             };

@@ -21,8 +21,10 @@ use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::auth::Authenticator;
+use crate::broker::Recovered;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
+use crate::storage::{Wal, WalConfig};
 
 pub use limits::{claim_port, io_memory_per_shard, DataDirLock, PortClaim, MEMLOCK_MIN_BYTES};
 pub use mesh::{Batch, Mesh, MeshSetup};
@@ -228,6 +230,8 @@ async fn run_shard(
     events: mpsc::Sender<Event>,
     auth: Arc<Authenticator>,
 ) -> Result<(), String> {
+    let (wal, recovered) = open_wal(id, &config).await?;
+    let _ = probes[id].wal.set(wal.stats());
     let joined = Mesh::join(
         setup,
         id,
@@ -244,6 +248,9 @@ async fn run_shard(
         auth,
     );
     shard.spawn_receivers(joined.inbound);
+    install_recovered(&shard, recovered);
+    let _ = shard.durable.set(crate::broker::Durability::new(wal));
+    shard.spawn_durability();
     shard.spawn_loopback();
     shard.spawn_redelivery();
 
@@ -293,8 +300,58 @@ async fn run_shard(
     if let Some(task) = metrics_task {
         task.await;
     }
+    if let Some(durable) = shard.durable.get() {
+        if let Err(e) = durable.wal.sync_all().await {
+            tracing::error!(shard = id, error = %e, "final WAL sync failed");
+        }
+    }
     shard.mesh.close();
     drop(listener);
     tracing::debug!(shard = id, "shard stopped");
     Ok(())
+}
+
+/// Opens (and recovers) this shard's WAL in `data_dir/shard-<id>`.
+async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String> {
+    let dir = config.data_dir.join(format!("shard-{id}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut wal_config = WalConfig::new(&dir);
+    wal_config.fsync_policy = config
+        .fsync_policy
+        .parse()
+        .map_err(|e| format!("fsync_policy: {e}"))?;
+    wal_config.segment_bytes = config.segment_bytes;
+    wal_config.write_buffer_bytes = config.wal_buffer_bytes;
+    let mut recovered = Recovered::default();
+    let (wal, report) = Wal::open(wal_config, |record| recovered.visit(record))
+        .await
+        .map_err(|e| format!("opening the WAL in {}: {e}", dir.display()))?;
+    if report.torn_records > 0 {
+        tracing::warn!(shard = id, torn_records = report.torn_records, torn_bytes = report.torn_bytes,
+            reason = ?report.torn_reason, "WAL had a torn tail (cut at the last intact record)");
+    }
+    tracing::info!(
+        shard = id,
+        records = report.records,
+        segments = report.segments,
+        publishes = recovered.publishes,
+        retained = recovered.retained.len(),
+        recovery_ms = report.duration.as_millis() as u64,
+        next_offset = report.next_offset.0,
+        "WAL recovered"
+    );
+    Ok((wal, recovered))
+}
+
+fn install_recovered(shard: &Shard, recovered: Recovered) {
+    let mut retained = shard.broker.retained.borrow_mut();
+    for (topic, msg) in recovered.retained {
+        if !msg.payload.is_empty() && !msg.is_expired(std::time::Instant::now()) {
+            retained.insert(&topic, msg);
+        }
+    }
+    shard
+        .probe
+        .retained_messages_current
+        .set(retained.len() as i64);
 }

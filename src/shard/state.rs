@@ -1,6 +1,6 @@
 //! One shard's state and its life: join the mesh, bind the listener, serve, drain, stop.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
 use crate::auth::Authenticator;
-use crate::broker::BrokerState;
+use crate::broker::{BrokerState, Durability};
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
 use crate::net::Connections;
@@ -41,6 +41,8 @@ pub struct Shard {
     pub broker: BrokerState,
     /// Who may connect (shared read-only by every shard and the hashing thread).
     pub auth: Arc<Authenticator>,
+    /// This shard's WAL, set once at start after recovery.
+    pub durable: OnceCell<Durability>,
     health_seq: Cell<u64>,
     /// Last ping round each shard answered.
     pongs: RefCell<Vec<u64>>,
@@ -66,6 +68,7 @@ impl Shard {
             connections: Connections::default(),
             broker: BrokerState::new(shards),
             auth,
+            durable: OnceCell::new(),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
         })
