@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, ShardSet};
-use crate::session::{Delivery, Enqueued, Message, Outlet, SubOptions};
+use crate::session::{Delivery, Enqueued, Message, SubOptions};
 use crate::shard::{AckTo, Shard, ShardMsg};
 
 use super::{SessionKey, SessionSlot};
@@ -196,16 +196,9 @@ impl Shard {
     pub(crate) fn pump(&self, slot: &mut SessionSlot, now: Instant) {
         let Some(conn) = &slot.conn else { return };
         let before = slot.session.outbound.inflight();
-        let pumped = {
-            let mut buf = conn.out.borrow_mut();
-            let mut outlet = Outlet {
-                buf: &mut buf,
-                protocol: conn.protocol.get(),
-                packet_bytes_max: conn.packet_bytes_max.get(),
-                buf_bytes_max: self.config.connection_out_bytes_max,
-            };
-            slot.session.outbound.pump(&mut outlet, now)
-        };
+        let pumped = conn.with_outlet(self.config.connection_out_bytes_max, |outlet| {
+            slot.session.outbound.pump(outlet, now)
+        });
         if pumped.bytes > 0 {
             for (counter, n) in self
                 .probe

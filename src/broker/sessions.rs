@@ -137,16 +137,9 @@ impl Shard {
             return;
         };
         if let Some(conn) = slot.conn.clone() {
-            {
-                let mut buf = conn.out.borrow_mut();
-                let mut outlet = crate::session::Outlet {
-                    buf: &mut buf,
-                    protocol: conn.protocol.get(),
-                    packet_bytes_max: conn.packet_bytes_max.get(),
-                    buf_bytes_max: usize::MAX,
-                };
-                slot.session.outbound.resend_all(&mut outlet, now);
-            }
+            conn.with_outlet(usize::MAX, |outlet| {
+                slot.session.outbound.resend_all(outlet, now)
+            });
             self.pump(slot, now);
             conn.wake_writer();
         }
@@ -403,18 +396,11 @@ impl Shard {
             if slot.session.protocol == Protocol::V5 || slot.session.outbound.inflight() == 0 {
                 continue;
             }
-            let resent = {
-                let mut buf = conn.out.borrow_mut();
-                let mut outlet = crate::session::Outlet {
-                    buf: &mut buf,
-                    protocol: conn.protocol.get(),
-                    packet_bytes_max: conn.packet_bytes_max.get(),
-                    buf_bytes_max: usize::MAX,
-                };
+            let resent = conn.with_outlet(usize::MAX, |outlet| {
                 slot.session
                     .outbound
-                    .resend_due(&mut outlet, now, backoff, self.config.max_retries)
-            };
+                    .resend_due(outlet, now, backoff, self.config.max_retries)
+            });
             if resent > 0 {
                 self.probe.messages_redelivered_total.add(resent);
                 conn.wake_writer();

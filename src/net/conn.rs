@@ -15,6 +15,7 @@ use std::task::{Poll, Waker};
 use bytes::BytesMut;
 
 use crate::mqtt::{self, Ack, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
+use crate::session::Outlet;
 
 /// One client connection, as the shard sees it.
 pub struct Conn {
@@ -67,6 +68,19 @@ impl Conn {
             }
         }
         self.wake_writer();
+    }
+
+    /// Runs `f` with this connection's output as an [`Outlet`] that stops filling at
+    /// `buf_bytes_max` pending bytes (`usize::MAX`: acks and resends, which must go out).
+    pub fn with_outlet<R>(&self, buf_bytes_max: usize, f: impl FnOnce(&mut Outlet<'_>) -> R) -> R {
+        let mut buf = self.out.borrow_mut();
+        let mut outlet = Outlet {
+            buf: &mut buf,
+            protocol: self.protocol.get(),
+            packet_bytes_max: self.packet_bytes_max.get(),
+            buf_bytes_max,
+        };
+        f(&mut outlet)
     }
 
     /// Wakes the writer task (after something was appended to `out`).

@@ -194,19 +194,12 @@ fn on_client_ack(shard: &Shard, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
     let known = match kind {
         AckKind::Ack => slot.session.outbound.on_puback(pid).is_ok(),
         AckKind::Comp => slot.session.outbound.on_pubcomp(pid).is_ok(),
-        AckKind::Rec => {
-            let mut buf = conn.out.borrow_mut();
-            let mut outlet = crate::session::Outlet {
-                buf: &mut buf,
-                protocol: conn.protocol.get(),
-                packet_bytes_max: conn.packet_bytes_max.get(),
-                buf_bytes_max: usize::MAX,
-            };
+        AckKind::Rec => conn.with_outlet(usize::MAX, |outlet| {
             slot.session
                 .outbound
-                .on_pubrec(pid, ack.reason, &mut outlet, now)
+                .on_pubrec(pid, ack.reason, outlet, now)
                 .is_ok()
-        }
+        }),
     };
     if !known {
         // A late or duplicate ack (e.g. after a resend): harmless, ignore it.
