@@ -29,6 +29,8 @@ use crate::session::Message;
 use crate::shard::{AckTo, Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
+use super::publish::MayWait;
+
 /// Record kind of a logged publish.
 pub const RECORD_PUBLISH: RecordKind = RecordKind(1);
 
@@ -185,10 +187,11 @@ impl Shard {
         self: &Rc<Self>,
         mut msg: Arc<Message>,
         ack: Option<AckTo>,
+        may_wait: MayWait,
     ) {
         let must_log = msg.qos != QoS::AtMostOnce || msg.retain || self.config.log_qos0;
         let Some(durable) = self.durable.get().filter(|_| must_log) else {
-            self.fan_out(msg).await;
+            self.fan_out(msg, may_wait).await;
             self.confirm(ack, ReasonCode::Success);
             return;
         };
@@ -207,7 +210,7 @@ impl Shard {
         let deferred = if msg.qos == QoS::ExactlyOnce {
             Some(msg)
         } else {
-            self.fan_out(msg).await;
+            self.fan_out(msg, may_wait).await;
             None
         };
         durable.push(Pending {
@@ -251,7 +254,7 @@ impl Shard {
                     match &result {
                         Ok(()) => {
                             if let Some(msg) = p.deferred {
-                                shard.fan_out(msg).await;
+                                shard.fan_out(msg, MayWait::Yes).await;
                             }
                             shard.confirm(p.ack, ReasonCode::Success);
                         }

@@ -234,7 +234,9 @@ impl Shard {
     pub(crate) async fn handle_broker(self: &Rc<Self>, from: usize, msg: ShardMsg) {
         match msg {
             ShardMsg::Ping { .. } | ShardMsg::Pong { .. } => {}
-            ShardMsg::Publish { msg, ack } => self.accept_publish(msg, ack).await,
+            ShardMsg::Publish { msg, ack } => {
+                self.accept_publish(msg, ack, publish::MayWait::No).await
+            }
             ShardMsg::PublishDone { ack, reason } => self.publish_done(ack, reason),
             ShardMsg::Deliver { msg } => self.deliver_local(&msg),
             ShardMsg::DeliverShared {

@@ -12,6 +12,20 @@ use crate::shard::{AckTo, Shard, ShardMsg};
 
 use super::{SessionKey, SessionSlot};
 
+/// Whether a fan-out may wait for room in a peer's outbox.
+///
+/// A connection's reader may (that is how a publisher is slowed down). A mesh receiver
+/// must not: two receivers each waiting for the other's outbox to drain would deadlock,
+/// so traffic forwarded from the mesh is queued without waiting; it is bounded by the
+/// publishers' own backpressure upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MayWait {
+    /// The caller is a connection task.
+    Yes,
+    /// The caller is a mesh receiver.
+    No,
+}
+
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
 const SHARED_HOPS_MAX: u8 = 2;
 
@@ -23,7 +37,7 @@ impl Shard {
     pub(crate) async fn route_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
         let owner = owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize;
         if owner == self.id {
-            self.accept_publish(msg, ack).await;
+            self.accept_publish(msg, ack, MayWait::Yes).await;
         } else {
             self.post_data(owner, ShardMsg::Publish { msg, ack }).await;
         }
@@ -31,18 +45,23 @@ impl Shard {
 
     /// On the owner: log (as the fsync policy requires), update the retained message,
     /// fan out, and confirm.
-    pub(crate) async fn accept_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
+    pub(crate) async fn accept_publish(
+        self: &Rc<Self>,
+        msg: Arc<Message>,
+        ack: Option<AckTo>,
+        may_wait: MayWait,
+    ) {
         debug_assert_eq!(
             owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize,
             self.id,
             "publish routed to a shard that does not own its topic"
         );
-        self.log_and_fan_out(msg, ack).await;
+        self.log_and_fan_out(msg, ack, may_wait).await;
     }
 
     /// Sends `msg` to every shard with matching interest (this one by a direct call) and
     /// to one shard per matching shared-subscription group.
-    pub(crate) async fn fan_out(self: &Rc<Self>, msg: Arc<Message>) {
+    pub(crate) async fn fan_out(self: &Rc<Self>, msg: Arc<Message>, may_wait: MayWait) {
         if msg.retain && self.durable.get().is_none() {
             self.store_retained(&msg);
         }
@@ -81,7 +100,14 @@ impl Shard {
                 msg: Arc::clone(&msg),
                 hops: 0,
             };
-            self.post_data(target, deliver).await;
+            self.forward(target, deliver, may_wait).await;
+        }
+    }
+
+    async fn forward(&self, to: usize, msg: ShardMsg, may_wait: MayWait) {
+        match may_wait {
+            MayWait::Yes => self.post_data(to, msg).await,
+            MayWait::No => self.post(to, msg),
         }
     }
 
