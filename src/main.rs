@@ -131,6 +131,14 @@ fn main() -> ExitCode {
 
 fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
+    // The WAL opens its directories through io_uring, which needs absolute paths; and an
+    // absolute path in the logs says exactly where the data is.
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| format!("data_dir {}: {e}", config.data_dir.display()))?;
+    let config = &Config {
+        data_dir,
+        ..config.clone()
+    };
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let runtime = Runtime::start(config, auth)?;

@@ -231,3 +231,26 @@ fn sigterm_drains_and_exits_zero_promptly() {
     }
     assert!(broker.log().contains("shardmq stopped"));
 }
+
+#[test]
+fn runs_on_the_default_relative_data_dir() {
+    // The quick start: no data_dir given, so ./data under the working directory.
+    let cwd = temp_dir();
+    let mut child = shardmq()
+        .current_dir(cwd.path())
+        .env("SHARDMQ_MQTT_LISTEN", "127.0.0.1:0")
+        .env("SHARDMQ_METRICS_LISTEN", "127.0.0.1:0")
+        .env("SHARDMQ_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let ready = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|l| l.contains("shardmq ready") || l.contains("ERROR"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = ready.expect("a ready or error line");
+    assert!(line.contains("shardmq ready"), "{line}");
+    assert!(cwd.path().join("data/shard-0").is_dir());
+}
