@@ -146,3 +146,38 @@ fn unacked_qos1_is_resent_with_dup_after_reconnect() {
         sub.assert_no_publish(QUIET);
     }
 }
+
+/// Regression: many connections claiming one client id at once (on both shards) must
+/// leave exactly one session, not one per connection that raced its claim.
+#[test]
+fn concurrent_claims_of_one_client_id_leave_one_session() {
+    let broker = Broker::start();
+    let ids = names("race", 3);
+    let mut conns = Vec::new();
+    for round in 0..10 {
+        for id in &ids {
+            let mut conn = Conn::open(broker.mqtt, round % 2 == 1);
+            let connect = if round % 2 == 1 {
+                Connect::v5(id).clean(false).session_expiry(3600)
+            } else {
+                Connect::v4(id).clean(false)
+            };
+            conn.send(&connect.encode());
+            conns.push(conn);
+        }
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        broker.metric_sum("shardmq_sessions_taken_over_total") >= 27.0
+    }));
+    drop(conns);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            broker.metric_sum("shardmq_connections_current") == 0.0
+        }),
+        "connections close"
+    );
+    assert_eq!(
+        broker.metric_sum("shardmq_sessions_current"),
+        ids.len() as f64
+    );
+}

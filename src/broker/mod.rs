@@ -69,6 +69,18 @@ pub struct SessionSlot {
     pub epoch: u64,
 }
 
+/// A newer connection that took over a client id while this shard's claim for it was
+/// still in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Superseded {
+    /// The newer connection.
+    pub to: ConnRef,
+    /// Whether it discards the session.
+    pub clean_start: bool,
+    /// Its request id.
+    pub id: u64,
+}
+
 /// Replies a request can gather.
 #[derive(Debug)]
 pub enum Reply {
@@ -98,6 +110,9 @@ pub struct BrokerState {
     pub(crate) interest_counts: RefCell<HashMap<InterestKey, usize>>,
     pub(crate) retained: RefCell<RetainedIndex<Arc<Message>>>,
     pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
+    /// Claims sent from this shard and not yet answered, by (client id, connection
+    /// token); a takeover arriving meanwhile is parked here until the claim resolves.
+    pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
     pub(crate) group_cursor: RefCell<HashMap<GroupKey, usize>>,
@@ -122,6 +137,7 @@ impl BrokerState {
             interest_counts: RefCell::new(HashMap::new()),
             retained: RefCell::new(RetainedIndex::new()),
             registry: RefCell::new(HashMap::new()),
+            claims: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
             group_cursor: RefCell::new(HashMap::new()),
@@ -282,10 +298,11 @@ impl Shard {
             } => self.claim_at_home(client_id, conn, clean_start, id),
             ShardMsg::Takeover {
                 client_id,
+                old,
                 to,
                 clean_start,
                 id,
-            } => self.take_over(client_id, to, clean_start, id),
+            } => self.take_over(client_id, old, to, clean_start, id),
             ShardMsg::SessionHandover { id, session } => {
                 self.broker.reply(id, Reply::Handover(session));
             }

@@ -54,13 +54,18 @@ impl Shard {
         self: &Rc<Self>,
         conn: &Rc<Conn>,
         params: SessionParams,
-    ) -> ConnectOutcome {
+    ) -> Option<ConnectOutcome> {
         let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
         let me = ConnRef {
             shard: self.id,
             token: conn.token,
         };
         let id = self.broker.open_request(1);
+        let claim_key = (params.client_id.clone(), conn.token);
+        self.broker
+            .claims
+            .borrow_mut()
+            .insert(claim_key.clone(), None);
         self.post(
             home,
             ShardMsg::Claim {
@@ -74,6 +79,22 @@ impl Shard {
             Some(Reply::Handover(session)) => session,
             _ => None,
         };
+        let superseded = self.broker.claims.borrow_mut().remove(&claim_key).flatten();
+        if let Some(newer) = superseded {
+            // A newer connection with this id won while the claim was in flight: this one
+            // never gets its session; the session goes straight on to the newer one.
+            conn.close(ReasonCode::SessionTakenOver);
+            self.probe.sessions_taken_over_total.inc();
+            let session = previous.filter(|s| !newer.clean_start && s.is_persistent());
+            self.post(
+                newer.to.shard,
+                ShardMsg::SessionHandover {
+                    id: newer.id,
+                    session,
+                },
+            );
+            return None;
+        }
         let (mut session, present) = match previous {
             Some(session) if !params.clean_start => (*session, true),
             _ => (
@@ -123,10 +144,10 @@ impl Shard {
             self.broker.replies(ack).await;
         }
         conn.session.set(Some(key));
-        ConnectOutcome {
+        Some(ConnectOutcome {
             session_present: present,
             key,
-        }
+        })
     }
 
     /// After CONNACK: resend what was in flight, then send what queued while offline.
@@ -163,6 +184,7 @@ impl Shard {
                 old.shard,
                 ShardMsg::Takeover {
                     client_id,
+                    old,
                     to: conn,
                     clean_start,
                     id,
@@ -177,10 +199,34 @@ impl Shard {
     pub(crate) fn take_over(
         self: &Rc<Self>,
         client_id: ByteStr,
+        old: ConnRef,
         to: ConnRef,
         clean_start: bool,
         id: u64,
     ) {
+        if let Some(pending) = self
+            .broker
+            .claims
+            .borrow_mut()
+            .get_mut(&(client_id.clone(), old.token))
+        {
+            // The old connection's own claim has not been answered yet: it will hand the
+            // session on when it is (see `connect_session`).
+            if let Some(earlier) = pending.replace(super::Superseded {
+                to,
+                clean_start,
+                id,
+            }) {
+                self.post(
+                    earlier.to.shard,
+                    ShardMsg::SessionHandover {
+                        id: earlier.id,
+                        session: None,
+                    },
+                );
+            }
+            return;
+        }
         let key = self.broker.by_client.borrow().get(&client_id).copied();
         let Some(key) = key else {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });

@@ -56,11 +56,12 @@ pub(super) async fn handshake(
     conn.protocol.set(connect.protocol);
     match accept(shard, conn, connect).await {
         Ok(accepted) => Some(accepted),
-        Err(reason) => {
+        Err(Some(reason)) => {
             shard.probe.connections_refused_total.inc();
             send_connack(conn, false, reason, None, shard);
             None
         }
+        Err(None) => None,
     }
 }
 
@@ -98,16 +99,16 @@ async fn accept(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     connect: Connect,
-) -> Result<Accepted, ReasonCode> {
+) -> Result<Accepted, Option<ReasonCode>> {
     let v5 = connect.protocol == Protocol::V5;
     if v5 && connect.properties.authentication_method.is_some() {
-        return Err(ReasonCode::BadAuthenticationMethod);
+        return Err(Some(ReasonCode::BadAuthenticationMethod));
     }
-    authenticate(shard, &connect).await?;
+    authenticate(shard, &connect).await.map_err(Some)?;
 
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if !v5 && !connect.clean_start {
-            return Err(ReasonCode::ClientIdentifierNotValid);
+            return Err(Some(ReasonCode::ClientIdentifierNotValid));
         }
         (assigned_client_id(shard, conn), true)
     } else {
@@ -116,7 +117,7 @@ async fn accept(
     let will = match connect.will {
         Some(w) => {
             validate_topic_name(w.topic.as_str(), &shard.topic_limits())
-                .map_err(|_| ReasonCode::TopicNameInvalid)?;
+                .map_err(|_| Some(ReasonCode::TopicNameInvalid))?;
             Some(Will {
                 delay_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
                 topic: w.topic,
@@ -152,6 +153,10 @@ async fn accept(
             },
         )
         .await;
+    // None: a newer connection took the client id over while this one was claiming it.
+    let Some(outcome) = outcome else {
+        return Err(None);
+    };
     send_connack(
         conn,
         outcome.session_present,

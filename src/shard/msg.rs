@@ -122,6 +122,8 @@ pub enum ShardMsg {
     Takeover {
         /// Client id.
         client_id: ByteStr,
+        /// The connection that held the id before.
+        old: ConnRef,
         /// The new connection.
         to: ConnRef,
         /// Discard the session instead of moving it.
