@@ -48,7 +48,11 @@ fn main() {
                 }
                 black_box(encode(black_box(&packet), protocol, &mut out).expect("encodes"));
             }
-            report(&format!("encode {name} qos{}", qos as u8), iterations, started);
+            report(
+                &format!("encode {name} qos{}", qos as u8),
+                iterations,
+                started,
+            );
 
             let mut one = BytesMut::new();
             encode(&packet, protocol, &mut one).expect("encodes");

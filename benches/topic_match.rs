@@ -48,7 +48,12 @@ fn main() {
             let topic = &topics[(i % topics.len() as u64) as usize];
             trie.for_each_match(black_box(topic), |_, _, _| matches += 1);
         }
-        report(&format!("trie match, {n} filters"), lookups, matches, started);
+        report(
+            &format!("trie match, {n} filters"),
+            lookups,
+            matches,
+            started,
+        );
 
         let mut route = Route::new();
         let started = Instant::now();
@@ -58,7 +63,12 @@ fn main() {
             interest.route(black_box(topic), &mut route);
             shards += route.shards.len() as u64;
         }
-        report(&format!("interest route, {n} filters"), lookups, shards, started);
+        report(
+            &format!("interest route, {n} filters"),
+            lookups,
+            shards,
+            started,
+        );
     }
 }
 
