@@ -79,7 +79,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub cpus: Option<Vec<usize>>,
     /// Print one JSON object with hardware, parameters and results at the end.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub json: Option<bool>,
     /// Seconds of publishing before measurement starts.
     #[arg(long)]
