@@ -31,6 +31,9 @@ const WBUF_BYTES_MAX: usize = 256 * 1024;
 const READ_BYTES_PER_WAKE_MAX: usize = 1024 * 1024;
 /// Longest sleep in `ppoll`, so the stop flag is seen promptly.
 const POLL_WAIT_NS_MAX: u64 = 50_000_000;
+/// Shortest sleep while a rate-limited publisher waits for its next message: pacing in
+/// ticks of this size sends small batches instead of waking once per message.
+const RATE_TICK_NS: u64 = 1_000_000;
 /// Packet ids tracked per publisher (all 16-bit ids).
 const PACKET_ID_WORDS: usize = 65_536 / 64;
 
@@ -342,7 +345,10 @@ fn next_wait_ns(p: &Params, pb: &Publisher, wbuf: &BytesMut, now: u64) -> u64 {
     if blocked {
         POLL_WAIT_NS_MAX
     } else {
-        due_ns(p, pb).saturating_sub(now)
+        match due_ns(p, pb).saturating_sub(now) {
+            0 => 0,
+            wait => wait.max(RATE_TICK_NS),
+        }
     }
 }
 
