@@ -44,7 +44,7 @@ pub struct Shared {
     pub start_ns: AtomicU64,
     /// Set by main: disconnect and return.
     pub stop: AtomicBool,
-    /// Set by a thread whose connections failed to open.
+    /// Set by a thread whose connections failed to open or broke during the run.
     pub failed: AtomicBool,
     /// Messages sent so far (for the progress line).
     pub published: AtomicU64,
@@ -151,6 +151,10 @@ pub fn run(
         }
     }
     let result = drive(&p, &shared, window, &mut conns, &mut stats);
+    if result.is_err() {
+        // Main stops waiting for this thread's publishers and reports the error.
+        shared.failed.store(true, Ordering::SeqCst);
+    }
     for c in &mut conns {
         if let Role::Publisher(pb) = &c.role {
             stats.sent.push((pb.index, u64::from(pb.seq)));

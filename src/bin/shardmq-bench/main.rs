@@ -174,6 +174,9 @@ fn supervise(p: &Params, shared: &Shared, start_ns: u64) -> ((CpuSample, CpuSamp
             );
             (last_pub, last_del, last_progress_ns) = (pb, dl, now);
         }
+        if shared.failed.load(Ordering::SeqCst) {
+            break;
+        }
         let all_done = shared.publishers_done.load(Ordering::SeqCst) >= p.publishers;
         let time_up = publish_end_ns.is_some_and(|end| now >= end + DRAIN_MS_MAX * 1_000_000);
         let subscribers_only = p.publishers == 0 && publish_end_ns.is_some_and(|end| now >= end);
@@ -183,7 +186,9 @@ fn supervise(p: &Params, shared: &Shared, start_ns: u64) -> ((CpuSample, CpuSamp
         std::thread::sleep(tick);
     }
     let second = sample(p);
-    let end_ns = publish_end_ns.unwrap_or_else(|| shared.last_send_ns.load(Ordering::SeqCst));
+    let end_ns = publish_end_ns
+        .unwrap_or_else(|| shared.last_send_ns.load(Ordering::SeqCst))
+        .min(now_ns());
     drain(shared);
     let first = first.unwrap_or(second);
     ((first, second), end_ns)
