@@ -1,0 +1,330 @@
+//! Command line and workload file: one set of optional keys, read from a TOML workload file
+//! and overridden by the command line, then resolved with defaults into [`Params`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use shardmq::mqtt::{Protocol, QoS};
+
+/// Smallest payload: the 16-byte stamp (send time, publisher index, sequence).
+pub const PAYLOAD_BYTES_MIN: usize = 16;
+
+/// Every option of the generator; each one may also be set in a `--workload` TOML file
+/// under the same kebab-case name.
+#[derive(Parser, Deserialize, Default, Debug, Clone)]
+#[command(name = "shardmq-bench", about = "MQTT load generator for any broker")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Args {
+    /// Workload TOML file with the same keys; command line options override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub workload: Option<PathBuf>,
+    /// Broker host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Broker MQTT port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// MQTT protocol level: 4 (3.1.1) or 5.
+    #[arg(long = "version")]
+    pub version: Option<u8>,
+    /// Publishing connections.
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Subscribing connections.
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Distinct topics; publisher i uses `bench/<i % topics>`.
+    #[arg(long)]
+    pub topics: Option<usize>,
+    /// Filter every subscriber uses (e.g. `bench/#`, `$share/g/bench/#`); default:
+    /// subscriber j subscribes to `bench/<j % topics>`.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// QoS of publishes and subscriptions: 0, 1 or 2.
+    #[arg(long)]
+    pub qos: Option<u8>,
+    /// Payload size in bytes (at least 16).
+    #[arg(long)]
+    pub payload_bytes: Option<usize>,
+    /// Messages per second per publisher; 0 = as fast as the window allows.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Measured publishing time, seconds (after warm-up); ignored when --count is given.
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Messages per publisher instead of a duration.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// QoS 1/2 messages in flight per publisher (capped by the broker's Receive Maximum).
+    #[arg(long)]
+    pub inflight: Option<u16>,
+    /// User name sent in CONNECT.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password sent in CONNECT.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Storm mode: open this many connections, report connects/s and CONNACK latency.
+    #[arg(long)]
+    pub connections_only: Option<usize>,
+    /// Storm mode: how long to hold the connections open, seconds.
+    #[arg(long)]
+    pub hold_secs: Option<u64>,
+    /// Generator threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// CPUs to pin generator threads to, e.g. `1` or `0,1` (thread k gets the k-th, cycling).
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+    /// Print one JSON object with hardware, parameters and results at the end.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub json: Option<bool>,
+    /// Seconds of publishing before measurement starts.
+    #[arg(long)]
+    pub warmup_secs: Option<u64>,
+    /// Broker process id: report its CPU time per delivered message from /proc.
+    #[arg(long)]
+    #[serde(skip)]
+    pub broker_pid: Option<u32>,
+}
+
+impl Args {
+    /// Fills every key this set lacks from `base`.
+    pub fn or(self, base: Args) -> Args {
+        Args {
+            workload: self.workload.or(base.workload),
+            host: self.host.or(base.host),
+            port: self.port.or(base.port),
+            version: self.version.or(base.version),
+            publishers: self.publishers.or(base.publishers),
+            subscribers: self.subscribers.or(base.subscribers),
+            topics: self.topics.or(base.topics),
+            filter: self.filter.or(base.filter),
+            qos: self.qos.or(base.qos),
+            payload_bytes: self.payload_bytes.or(base.payload_bytes),
+            rate: self.rate.or(base.rate),
+            duration_secs: self.duration_secs.or(base.duration_secs),
+            count: self.count.or(base.count),
+            inflight: self.inflight.or(base.inflight),
+            username: self.username.or(base.username),
+            password: self.password.or(base.password),
+            connections_only: self.connections_only.or(base.connections_only),
+            hold_secs: self.hold_secs.or(base.hold_secs),
+            threads: self.threads.or(base.threads),
+            cpus: self.cpus.or(base.cpus),
+            json: self.json.or(base.json),
+            warmup_secs: self.warmup_secs.or(base.warmup_secs),
+            broker_pid: self.broker_pid.or(base.broker_pid),
+        }
+    }
+}
+
+/// Why the options cannot run.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The workload file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The workload file is not valid TOML for these keys.
+    Parse(PathBuf, toml::de::Error),
+    /// A value is out of range.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            Self::Parse(p, e) => write!(f, "bad workload {}: {e}", p.display()),
+            Self::Invalid(what) => write!(f, "invalid option: {what}"),
+        }
+    }
+}
+
+/// How long the publishers run.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stop {
+    /// Publish for this many seconds after warm-up.
+    DurationSecs(u64),
+    /// Publish this many messages per publisher (warm-up included).
+    Count(u64),
+}
+
+/// Resolved parameters of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    pub host: String,
+    pub port: u16,
+    pub version: u8,
+    #[serde(skip)]
+    pub protocol: Protocol,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub topics: usize,
+    pub filter: Option<String>,
+    pub qos: u8,
+    #[serde(skip)]
+    pub qos_level: QoS,
+    pub payload_bytes: usize,
+    pub rate: u64,
+    pub stop: Stop,
+    pub inflight: u16,
+    pub username: Option<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
+    pub connections_only: Option<usize>,
+    pub hold_secs: u64,
+    pub threads: usize,
+    pub cpus: Vec<usize>,
+    #[serde(skip)]
+    pub json: bool,
+    pub warmup_secs: u64,
+    pub broker_pid: Option<u32>,
+}
+
+impl Params {
+    /// Reads the workload file named on the command line, if any, and resolves defaults.
+    pub fn load(cli: Args) -> Result<Params, ConfigError> {
+        let args = match cli.workload.clone() {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::Read(path.clone(), e))?;
+                let file: Args = toml::from_str(&text).map_err(|e| ConfigError::Parse(path, e))?;
+                cli.or(file)
+            }
+            None => cli,
+        };
+        Params::resolve(args)
+    }
+
+    fn resolve(a: Args) -> Result<Params, ConfigError> {
+        let version = a.version.unwrap_or(5);
+        let protocol = match version {
+            4 => Protocol::V311,
+            5 => Protocol::V5,
+            _ => return Err(ConfigError::Invalid("--version must be 4 or 5")),
+        };
+        let qos = a.qos.unwrap_or(0);
+        let qos_level = QoS::from_u8(qos).ok_or(ConfigError::Invalid("--qos must be 0, 1 or 2"))?;
+        let payload_bytes = a.payload_bytes.unwrap_or(256);
+        if payload_bytes < PAYLOAD_BYTES_MIN {
+            return Err(ConfigError::Invalid("--payload-bytes must be at least 16"));
+        }
+        let inflight = a.inflight.unwrap_or(64);
+        if inflight == 0 {
+            return Err(ConfigError::Invalid("--inflight must be at least 1"));
+        }
+        let topics = a.topics.unwrap_or(1).max(1);
+        let threads = a.threads.unwrap_or(1).max(1);
+        let stop = match a.count {
+            Some(n) => Stop::Count(n),
+            None => Stop::DurationSecs(a.duration_secs.unwrap_or(5)),
+        };
+        Ok(Params {
+            host: a.host.unwrap_or_else(|| "127.0.0.1".into()),
+            port: a.port.unwrap_or(1883),
+            version,
+            protocol,
+            publishers: a.publishers.unwrap_or(1),
+            subscribers: a.subscribers.unwrap_or(1),
+            topics,
+            filter: a.filter,
+            qos,
+            qos_level,
+            payload_bytes,
+            rate: a.rate.unwrap_or(0),
+            stop,
+            inflight,
+            username: a.username,
+            password: a.password,
+            connections_only: a.connections_only,
+            hold_secs: a.hold_secs.unwrap_or(0),
+            threads,
+            cpus: a.cpus.unwrap_or_default(),
+            json: a.json.unwrap_or(false),
+            warmup_secs: a.warmup_secs.unwrap_or(0),
+            broker_pid: a.broker_pid,
+        })
+    }
+
+    /// Topic publisher `i` publishes to.
+    pub fn topic_of(&self, publisher: usize) -> String {
+        format!("bench/{}", publisher % self.topics)
+    }
+
+    /// Filter subscriber `j` subscribes to.
+    pub fn filter_of(&self, subscriber: usize) -> String {
+        match &self.filter {
+            Some(f) => f.clone(),
+            None => format!("bench/{}", subscriber % self.topics),
+        }
+    }
+}
+
+/// The share group of a `$share/<group>/<filter>` filter and the filter it wraps.
+pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match filter
+        .strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'))
+    {
+        Some((group, inner)) => (Some(group), inner),
+        None => (None, filter),
+    }
+}
+
+/// Whether `filter` (no `$share` prefix) matches `topic`, by MQTT wildcard rules.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_a_broker() {
+        assert!(filter_matches("bench/#", "bench/3"));
+        assert!(filter_matches("bench/+", "bench/3"));
+        assert!(filter_matches("bench/3", "bench/3"));
+        assert!(!filter_matches("bench/3", "bench/30"));
+        assert!(!filter_matches("bench/+", "bench/3/x"));
+        assert!(filter_matches("#", "bench/3"));
+    }
+
+    #[test]
+    fn shared_prefix_is_split() {
+        assert_eq!(split_shared("$share/g/bench/#"), (Some("g"), "bench/#"));
+        assert_eq!(split_shared("bench/#"), (None, "bench/#"));
+    }
+
+    #[test]
+    fn command_line_overrides_workload() {
+        let file: Args = toml::from_str("publishers = 4\nqos = 1\npayload-bytes = 64").unwrap();
+        let cli = Args {
+            qos: Some(0),
+            ..Args::default()
+        };
+        let p = Params::resolve(cli.or(file)).unwrap();
+        assert_eq!((p.publishers, p.qos, p.payload_bytes), (4, 0, 64));
+    }
+
+    #[test]
+    fn short_payload_is_rejected() {
+        let a = Args {
+            payload_bytes: Some(8),
+            ..Args::default()
+        };
+        assert!(Params::resolve(a).is_err());
+    }
+}
