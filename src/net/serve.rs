@@ -134,6 +134,10 @@ async fn packet_loop(
                 }
             }
         }
+        // Let the other tasks of this shard (writers above all) run before reading more:
+        // a publisher whose socket never runs dry would otherwise keep the executor until
+        // the preemption timer, and subscribers' output would pile up undelivered.
+        futures_lite::future::yield_now().await;
         // Backpressure: stop reading while too many publishes await their owner shard.
         conn.acks_below(shard.config.receive_maximum as usize).await;
         if conn.closing().is_some() {
