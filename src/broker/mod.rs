@@ -123,10 +123,15 @@ pub struct BrokerState {
     loopback_waker: Cell<Option<Waker>>,
 }
 
+impl Default for BrokerState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BrokerState {
-    /// Empty state for a shard in a mesh of `shards`.
-    pub fn new(shards: usize) -> Self {
-        let _ = shards;
+    /// Empty state for one shard.
+    pub fn new() -> Self {
         BrokerState {
             sessions: RefCell::new(HashMap::new()),
             by_client: RefCell::new(HashMap::new()),

@@ -83,6 +83,31 @@ impl Shard {
         Some(id)
     }
 
+    /// Replaces the options of an indexed subscription.
+    fn replace_options(&self, key: SessionKey, full_filter: &str, opts: SubOptions) {
+        let Ok(parsed) = parse_filter(full_filter, &self.topic_limits()) else {
+            return;
+        };
+        match parsed.share_group {
+            None => {
+                self.broker
+                    .trie
+                    .borrow_mut()
+                    .insert(parsed.filter, key, opts);
+            }
+            Some(g) => {
+                let member = MemberKey {
+                    group: Arc::from(g),
+                    session: key,
+                };
+                self.broker
+                    .shared
+                    .borrow_mut()
+                    .insert(parsed.filter, member, opts);
+            }
+        }
+    }
+
     /// Removes one subscription of session `key` from the local indexes.
     pub(crate) fn unindex_subscription(&self, key: SessionKey, full_filter: &str) {
         let Ok(parsed) = parse_filter(full_filter, &self.topic_limits()) else {
@@ -166,10 +191,10 @@ impl Shard {
                     .is_some()
             };
             if existed {
-                // Replacing: re-index with the new options (same interest).
-                self.unindex_subscription(key, &filter);
-            }
-            if let Some(ack) = self.index_subscription(key, &filter, opts) {
+                // Same filter, new options: replace them in place; the interest table
+                // does not change, so no peer needs to hear about it.
+                self.replace_options(key, &filter, opts);
+            } else if let Some(ack) = self.index_subscription(key, &filter, opts) {
                 acks.push(ack);
             }
             added.push((filter, opts, !existed));

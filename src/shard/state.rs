@@ -66,7 +66,7 @@ impl Shard {
             mesh,
             shutdown: Shutdown::default(),
             connections: Connections::default(),
-            broker: BrokerState::new(shards),
+            broker: BrokerState::new(),
             auth,
             durable: OnceCell::new(),
             health_seq: Cell::new(0),
