@@ -18,17 +18,18 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
-use crate::session::Message;
+use crate::session::{LogPos, Message};
 use crate::shard::{AckTo, Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
+use super::persist::{self, unix_ms};
 use super::publish::MayWait;
 
 /// Record kind of a logged publish.
@@ -49,6 +50,9 @@ pub struct Durability {
     pending: RefCell<VecDeque<Pending>>,
     waker: Cell<Option<Waker>>,
     scratch: RefCell<BytesMut>,
+    /// Logged publishes whose fan-out has not finished, in offset order, with a done
+    /// mark (see [`Durability::floor_for`]).
+    unsent: RefCell<VecDeque<(u64, bool)>>,
 }
 
 impl Durability {
@@ -59,6 +63,30 @@ impl Durability {
             pending: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
             scratch: RefCell::new(BytesMut::with_capacity(4096)),
+            unsent: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// The floor a message logged at `offset` carries when it is sent now: every other
+    /// logged record below it has been sent already, except those whose fan-out is
+    /// still under way (a deferred QoS 2, or a fan-out waiting for a full outbox).
+    fn floor_for(&self, offset: u64) -> u64 {
+        let unsent = self.unsent.borrow();
+        let first_other = unsent
+            .iter()
+            .find(|(o, done)| !done && *o != offset)
+            .map_or(u64::MAX, |(o, _)| *o);
+        first_other.min(offset + 1)
+    }
+
+    /// The fan-out of the record at `offset` is finished (or will never happen).
+    fn sent(&self, offset: u64) {
+        let mut unsent = self.unsent.borrow_mut();
+        if let Ok(i) = unsent.binary_search_by_key(&offset, |(o, _)| *o) {
+            unsent[i].1 = true;
+        }
+        while unsent.front().is_some_and(|(_, done)| *done) {
+            unsent.pop_front();
         }
     }
 
@@ -80,7 +108,12 @@ impl Durability {
         scratch.put_slice(msg.publisher.as_bytes());
         scratch.put_u64_le(expires_unix_ms);
         let _ = publish.encode(Protocol::V5, &mut scratch);
-        self.wal.append(RECORD_PUBLISH, unix_ms(), &[&scratch[..]])
+        let offset = self
+            .wal
+            .append(RECORD_PUBLISH, unix_ms(), &[&scratch[..]])?;
+        // Appended in offset order with no await since: the queue stays sorted.
+        self.unsent.borrow_mut().push_back((offset.0, false));
+        Ok(offset)
     }
 
     fn push(&self, pending: Pending) {
@@ -103,19 +136,21 @@ fn as_publish(msg: &Message) -> Publish {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
-}
-
-/// Decodes a publish record back into a message; `None` if it is not one or has expired.
-pub fn decode_publish(record: &RecordRef<'_>) -> Option<Message> {
+/// Decodes a publish record of shard `shard`'s log back into a message; `None` if it is
+/// not one or has expired.
+pub fn decode_publish(record: &RecordRef<'_>, shard: u16) -> Option<Message> {
     if record.kind != RECORD_PUBLISH {
         return None;
     }
-    let mut body = record.body;
+    decode_publish_body(record, record.body, shard)
+}
+
+/// Decodes the publish part of a record body (after any prefix the kind adds).
+pub(crate) fn decode_publish_body(
+    record: &RecordRef<'_>,
+    mut body: &[u8],
+    shard: u16,
+) -> Option<Message> {
     if body.len() < 2 {
         return None;
     }
@@ -151,27 +186,62 @@ pub fn decode_publish(record: &RecordRef<'_>) -> Option<Message> {
         properties: p.properties,
         publisher,
         expires_at,
-        offset: record.offset.0,
+        log: Some(LogPos {
+            shard,
+            offset: record.offset.0,
+            floor: record.offset.0 + 1,
+        }),
     })
 }
 
-/// What recovery hands to the shard: the retained messages by topic.
+/// Decodes a `publish` or `publish_for` record: the named recipients (for the latter)
+/// and the message.
+pub(crate) fn decode_any_publish(
+    record: &RecordRef<'_>,
+    shard: u16,
+) -> Option<(Option<Vec<String>>, Message)> {
+    if record.kind == RECORD_PUBLISH {
+        return Some((None, decode_publish_body(record, record.body, shard)?));
+    }
+    if record.kind != persist::records::RECORD_PUBLISH_FOR {
+        return None;
+    }
+    let (recipients, body) = persist::records::decode_recipients(record.body)?;
+    Some((Some(recipients), decode_publish_body(record, body, shard)?))
+}
+
+/// What recovery hands to the shard: retained messages and, on a home shard, the
+/// persistent sessions its log describes.
 #[derive(Default)]
 pub struct Recovered {
+    /// This shard's id (the owner of the publish records).
+    pub shard: u16,
     /// Last retained publish per topic (an empty payload means cleared).
     pub retained: HashMap<String, Arc<Message>>,
     /// Publish records seen.
     pub publishes: u64,
+    /// Persistent sessions by client id.
+    pub sessions: HashMap<String, persist::RecoveredSession>,
+    /// Session records whose body did not decode (a CRC-valid frame with a bad body:
+    /// written by a broken build; reported, never guessed at).
+    pub damaged: u64,
 }
 
 impl Recovered {
     /// Visits one record during WAL recovery.
     pub fn visit(&mut self, record: RecordRef<'_>) {
-        let Some(msg) = decode_publish(&record) else {
+        if persist::records::is_session_record(record.kind) {
+            if !persist::visit_session_record(&mut self.sessions, &record) {
+                self.damaged += 1;
+            }
+            return;
+        }
+        let Some((recipients, msg)) = decode_any_publish(&record, self.shard) else {
             return;
         };
         self.publishes += 1;
-        if msg.retain {
+        // A `publish_for` is a copy for named sessions, never the retained message.
+        if msg.retain && recipients.is_none() {
             self.retained
                 .insert(msg.topic.as_str().to_string(), Arc::new(msg));
         }
@@ -203,14 +273,18 @@ impl Shard {
                 return;
             }
         };
-        Arc::make_mut(&mut msg).offset = offset.0;
+        Arc::make_mut(&mut msg).log = Some(LogPos {
+            shard: self.id as u16,
+            offset: offset.0,
+            floor: 0,
+        });
         if msg.retain {
             self.store_retained(&msg);
         }
         let deferred = if msg.qos == QoS::ExactlyOnce {
             Some(msg)
         } else {
-            self.fan_out(msg, may_wait).await;
+            self.fan_out_logged(durable, msg, may_wait).await;
             None
         };
         durable.push(Pending {
@@ -218,6 +292,24 @@ impl Shard {
             ack,
             deferred,
         });
+    }
+
+    /// Fans out a logged message stamped with its floor, then marks it sent.
+    async fn fan_out_logged(
+        self: &Rc<Self>,
+        durable: &Durability,
+        mut msg: Arc<Message>,
+        may_wait: MayWait,
+    ) {
+        let Some(pos) = msg.log else {
+            return self.fan_out(msg, may_wait).await;
+        };
+        let floor = durable.floor_for(pos.offset);
+        if let Some(log) = Arc::make_mut(&mut msg).log.as_mut() {
+            log.floor = floor;
+        }
+        self.fan_out(msg, may_wait).await;
+        durable.sent(pos.offset);
     }
 
     fn confirm(&self, ack: Option<AckTo>, reason: ReasonCode) {
@@ -254,11 +346,14 @@ impl Shard {
                     match &result {
                         Ok(()) => {
                             if let Some(msg) = p.deferred {
-                                shard.fan_out(msg, MayWait::Yes).await;
+                                shard.fan_out_logged(durable, msg, MayWait::Yes).await;
                             }
                             shard.confirm(p.ack, ReasonCode::Success);
                         }
-                        Err(e) => shard.confirm(p.ack, wal_reason(e)),
+                        Err(e) => {
+                            durable.sent(p.offset.0);
+                            shard.confirm(p.ack, wal_reason(e));
+                        }
                     }
                 }
                 if let Err(e) = result {

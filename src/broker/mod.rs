@@ -20,12 +20,13 @@
 //! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
 
 mod durable;
+pub mod persist;
 mod publish;
 mod sessions;
 mod subscribe;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::session::{Message, Session, SubOptions};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
 pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
+pub use persist::{RecoveredSession, ReplayWant};
 pub use sessions::{ConnectOutcome, SessionParams};
 
 /// Key of a session in its shard's tables.
@@ -90,6 +92,17 @@ pub enum Reply {
     Retained(Vec<Arc<Message>>),
     /// A session handed over (or none).
     Handover(Option<Box<Session>>),
+    /// A session record is durable (`true`) or could not be logged.
+    Logged(bool),
+    /// What an owner replayed for restored sessions.
+    Replayed {
+        /// The owner shard.
+        shard: usize,
+        /// The owner's log end when it read it.
+        end: u64,
+        /// `(index of the session in the request, message)`.
+        found: Vec<(u32, Arc<Message>)>,
+    },
 }
 
 struct Wait {
@@ -110,6 +123,11 @@ pub struct BrokerState {
     pub(crate) interest_counts: RefCell<HashMap<InterestKey, usize>>,
     pub(crate) retained: RefCell<RetainedIndex<Arc<Message>>>,
     pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
+    /// Home shard: client ids whose session this shard's log holds (open, not ended).
+    pub(crate) persisted: RefCell<HashSet<String>>,
+    /// Peers that finished their recovery (the start barrier).
+    recovered_peers: Cell<usize>,
+    recovered_waker: Cell<Option<Waker>>,
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
@@ -142,6 +160,9 @@ impl BrokerState {
             interest_counts: RefCell::new(HashMap::new()),
             retained: RefCell::new(RetainedIndex::new()),
             registry: RefCell::new(HashMap::new()),
+            persisted: RefCell::new(HashSet::new()),
+            recovered_peers: Cell::new(0),
+            recovered_waker: Cell::new(None),
             claims: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
@@ -246,6 +267,23 @@ impl Shard {
         .detach();
     }
 
+    /// The start barrier: tells every peer this shard has recovered, then waits until
+    /// every peer has said the same.
+    pub(crate) async fn recovered_barrier(&self) {
+        let peers = self.mesh.shards() - 1;
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            self.post(peer, ShardMsg::Recovered);
+        }
+        poll_fn(|cx| {
+            if self.broker.recovered_peers.get() >= peers {
+                return Poll::Ready(());
+            }
+            self.broker.recovered_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Every shard id, this one included.
     pub(crate) fn all_shards(&self) -> std::ops::Range<usize> {
         0..self.mesh.shards()
@@ -310,6 +348,26 @@ impl Shard {
             } => self.take_over(client_id, old, to, clean_start, id),
             ShardMsg::SessionHandover { id, session } => {
                 self.broker.reply(id, Reply::Handover(session));
+            }
+            ShardMsg::SessionLog { kind, body, ack_id } => {
+                self.on_session_log(from, kind, body, ack_id).await
+            }
+            ShardMsg::LogDone { id, ok } => self.broker.reply(id, Reply::Logged(ok)),
+            ShardMsg::Replay { id, wants } => self.on_replay(from, id, wants).await,
+            ShardMsg::ReplayReply { id, end, found } => self.broker.reply(
+                id,
+                Reply::Replayed {
+                    shard: from,
+                    end,
+                    found,
+                },
+            ),
+            ShardMsg::Recovered => {
+                let n = self.broker.recovered_peers.get() + 1;
+                self.broker.recovered_peers.set(n);
+                if let Some(w) = self.broker.recovered_waker.take() {
+                    w.wake();
+                }
             }
             ShardMsg::SessionGone { client_id, conn } => {
                 let mut registry = self.broker.registry.borrow_mut();

@@ -195,6 +195,9 @@ impl Shard {
             let Some(slot) = sessions.get_mut(&key) else {
                 continue;
             };
+            if let Some(pos) = msg.log {
+                slot.session.replay.note(pos);
+            }
             let Some(delivery) = merge_overlapping(msg, same, &slot.session.client_id) else {
                 continue;
             };
@@ -328,11 +331,16 @@ impl Shard {
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };
+        // Only a first-hand delivery arrives in the owner's send order.
+        if let Some(pos) = msg.log.filter(|_| hops == 0 && leaving.is_none()) {
+            slot.session.replay.note(pos);
+        }
         let delivery = Delivery {
             qos: opts.qos.min(msg.qos),
             retain: msg.retain && opts.retain_as_published,
             subscription_ids: opts.subscription_id.into_iter().collect(),
             share_group: Some(group),
+            holds_cursor: true,
             msg,
         };
         self.offer(slot, delivery, now);
@@ -431,5 +439,6 @@ fn merge_overlapping(
         retain: msg.retain && all_rap,
         subscription_ids: ids,
         share_group: None,
+        holds_cursor: true,
     })
 }

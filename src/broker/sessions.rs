@@ -11,6 +11,7 @@ use crate::router::owner_of;
 use crate::session::{Message, OutboundLimits, Session, Will};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
+use super::persist::records::SessionRecord;
 use super::{Reply, SessionKey, SessionSlot};
 
 /// What a CONNECT asks of its session.
@@ -111,6 +112,17 @@ impl Shard {
         session.expiry_secs = params.expiry_secs;
         session.will = params.will;
         session.outbound.set_client_receive_max(params.receive_max);
+        if session.is_persistent() {
+            session.logged = true;
+            self.log_session(
+                session.client_id.as_str(),
+                &SessionRecord::Open {
+                    expiry_secs: session.expiry_secs,
+                    protocol: session.protocol,
+                },
+                false,
+            );
+        }
         let key = self.broker.new_session_key();
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
@@ -168,12 +180,15 @@ impl Shard {
 
     /// Home shard: record the new holder of `client_id` and get the old session to it.
     pub(crate) fn claim_at_home(
-        &self,
+        self: &Rc<Self>,
         client_id: ByteStr,
         conn: ConnRef,
         clean_start: bool,
         id: u64,
     ) {
+        if clean_start {
+            self.end_logged_at_home(&client_id);
+        }
         let previous = self
             .broker
             .registry
@@ -323,12 +338,15 @@ impl Shard {
             self.publish_will(&client, will);
         }
         if let Some(delay) = delayed {
-            self.schedule_will(key, epoch, delay);
+            self.schedule_will_ms(key, epoch, u64::from(delay) * 1000);
         }
         if expiry == 0 {
             self.end_session(key);
-        } else if expiry != crate::session::EXPIRY_NEVER {
-            self.schedule_expiry(key, epoch, expiry);
+            return;
+        }
+        self.log_detach(key, 0);
+        if expiry != crate::session::EXPIRY_NEVER {
+            self.schedule_expiry_ms(key, epoch, u64::from(expiry) * 1000);
         }
     }
 
@@ -341,6 +359,9 @@ impl Shard {
         if let Some(will) = slot.session.will.take() {
             // A delayed will is due when the session ends, whichever comes first.
             self.publish_will(&slot.session.client_id, will);
+        }
+        if slot.session.logged {
+            self.log_session(slot.session.client_id.as_str(), &SessionRecord::End, false);
         }
         let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards()).0 as usize;
         self.post(
@@ -360,10 +381,30 @@ impl Shard {
             .is_some_and(|s| s.conn.is_none() && s.epoch == epoch)
     }
 
-    fn schedule_expiry(self: &Rc<Self>, key: SessionKey, epoch: u64, secs: u32) {
+    /// A logged session's connection ended: its expiry (and any delayed will) counts
+    /// from now, also across a restart.
+    /// `elapsed_ms` is how long ago the connection ended (the record's time is the
+    /// start of the expiry).
+    fn log_detach(&self, key: SessionKey, elapsed_ms: u64) {
+        let sessions = self.broker.sessions.borrow();
+        let Some(slot) = sessions.get(&key).filter(|s| s.session.logged) else {
+            return;
+        };
+        let expiry_secs = match slot.session.expiry_secs {
+            crate::session::EXPIRY_NEVER => crate::session::EXPIRY_NEVER,
+            e => e.saturating_sub((elapsed_ms / 1000) as u32),
+        };
+        let record = SessionRecord::Detach {
+            expiry_secs,
+            will: slot.session.will.clone(),
+        };
+        self.log_session(slot.session.client_id.as_str(), &record, false);
+    }
+
+    pub(crate) fn schedule_expiry_ms(self: &Rc<Self>, key: SessionKey, epoch: u64, ms: u64) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            glommio::timer::sleep(Duration::from_secs(u64::from(secs))).await;
+            glommio::timer::sleep(Duration::from_millis(ms)).await;
             if shard.still_offline(key, epoch) {
                 shard.probe.sessions_expired_total.inc();
                 shard.end_session(key);
@@ -372,10 +413,10 @@ impl Shard {
         .detach();
     }
 
-    fn schedule_will(self: &Rc<Self>, key: SessionKey, epoch: u64, secs: u32) {
+    pub(crate) fn schedule_will_ms(self: &Rc<Self>, key: SessionKey, epoch: u64, ms: u64) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            glommio::timer::sleep(Duration::from_secs(u64::from(secs))).await;
+            glommio::timer::sleep(Duration::from_millis(ms)).await;
             if !shard.still_offline(key, epoch) {
                 return;
             }
@@ -390,6 +431,8 @@ impl Shard {
             };
             if let Some((client, will)) = due {
                 shard.publish_will(&client, will);
+                // The will is out: a restart must not publish it again.
+                shard.log_detach(key, ms);
             }
         })
         .detach();
@@ -409,7 +452,7 @@ impl Shard {
             properties: will.properties,
             publisher: client_id.clone(),
             expires_at,
-            offset: 0,
+            log: None,
         });
         self.probe.wills_published_total.inc();
         let shard = Rc::clone(self);

@@ -15,6 +15,7 @@ use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{Delivery, SubOptions};
 use crate::shard::{Shard, ShardMsg};
 
+use super::persist::records::SessionRecord;
 use super::{MemberKey, Reply, SessionKey};
 
 impl Shard {
@@ -170,13 +171,15 @@ impl Shard {
         }
     }
 
-    /// Subscribes session `key` to validated filters; returns once every peer knows, so
-    /// the caller can send SUBACK. Then sends the retained messages each one asks for.
+    /// Subscribes session `key` to validated filters; returns once every peer knows (and,
+    /// for a persistent session, once the subscriptions are durable at its home), so the
+    /// caller can send SUBACK. `None`: the home could not log them; they were removed
+    /// again and the SUBACK must refuse them.
     pub(crate) async fn subscribe(
         self: &Rc<Self>,
         key: SessionKey,
         filters: Vec<(String, SubOptions)>,
-    ) -> Vec<(String, SubOptions, bool)> {
+    ) -> Option<Vec<(String, SubOptions, bool)>> {
         let mut acks = Vec::new();
         let mut added = Vec::with_capacity(filters.len());
         for (filter, opts) in filters {
@@ -202,7 +205,23 @@ impl Shard {
         for ack in acks {
             self.broker.replies(ack).await;
         }
-        added
+        let logged_as = self
+            .broker
+            .sessions
+            .borrow()
+            .get(&key)
+            .filter(|slot| slot.session.logged)
+            .map(|slot| slot.session.client_id.clone());
+        if let Some(client) = logged_as {
+            let records: Vec<(String, SubOptions)> =
+                added.iter().map(|(f, o, _)| (f.clone(), *o)).collect();
+            if !self.log_subscriptions(client.as_str(), &records).await {
+                let filters: Vec<String> = records.into_iter().map(|(f, _)| f).collect();
+                self.unsubscribe(key, &filters);
+                return None;
+            }
+        }
+        Some(added)
     }
 
     /// Sends the retained messages a new subscription asks for (retain handling 0, or 1
@@ -258,6 +277,7 @@ impl Shard {
                 retain: true,
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 share_group: None,
+                holds_cursor: false,
                 msg,
             };
             self.offer(slot, delivery, now);
@@ -269,14 +289,22 @@ impl Shard {
         filters
             .iter()
             .map(|filter| {
-                let existed = self
-                    .broker
-                    .sessions
-                    .borrow_mut()
-                    .get_mut(&key)
-                    .is_some_and(|slot| slot.session.subscriptions.remove(filter).is_some());
-                if existed {
+                let logged_as = {
+                    let mut sessions = self.broker.sessions.borrow_mut();
+                    sessions.get_mut(&key).and_then(|slot| {
+                        let s = &mut slot.session;
+                        s.subscriptions.remove(filter)?;
+                        Some(s.logged.then(|| s.client_id.clone()))
+                    })
+                };
+                if let Some(logged_as) = logged_as {
                     self.unindex_subscription(key, filter);
+                    if let Some(client) = logged_as {
+                        let record = SessionRecord::Unsubscribe {
+                            filter: filter.clone(),
+                        };
+                        self.log_session(client.as_str(), &record, false);
+                    }
                     ReasonCode::Success
                 } else {
                     ReasonCode::NoSubscriptionExisted

@@ -167,7 +167,7 @@ async fn on_publish(
         properties,
         publisher,
         expires_at,
-        offset: 0,
+        log: None,
     });
     shard.route_publish(msg, ack).await;
     Flow::Continue
@@ -210,6 +210,7 @@ fn on_client_ack(shard: &Shard, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
         .probe
         .inflight_current
         .add(after as i64 - before as i64);
+    slot.session.replay.touch();
     shard.pump(slot, now);
     conn.wake_writer();
     Flow::Continue
@@ -264,7 +265,18 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
         codes.push(granted_code(opts.qos));
         wanted.push((filter.to_string(), opts));
     }
-    let added = shard.subscribe(key, wanted).await;
+    let Some(added) = shard.subscribe(key, wanted).await else {
+        // The subscriptions could not be made durable: refuse every one that was valid.
+        for code in codes
+            .iter_mut()
+            .filter(|c| **c != ReasonCode::TopicFilterInvalid)
+        {
+            *code = crate::broker::persist::SUBSCRIBE_NOT_LOGGED;
+        }
+        conn.send(&Packet::SubAck(SubAck::new(sub.packet_id, codes)));
+        conn.wake_writer();
+        return Flow::Continue;
+    };
     conn.send(&Packet::SubAck(SubAck::new(sub.packet_id, codes)));
     for (filter, opts, is_new) in added {
         shard.send_retained(key, &filter, opts, is_new).await;

@@ -27,8 +27,22 @@ pub struct Message {
     pub publisher: ByteStr,
     /// When the v5 message expiry interval runs out; `None` = never.
     pub expires_at: Option<Instant>,
-    /// Position in the owner shard's log.
+    /// Where the owner logged it; `None` for a message that was not logged.
+    pub log: Option<LogPos>,
+}
+
+/// A logged message's place in its owner shard's log, and what its arrival tells a
+/// receiving shard about the owner's earlier records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPos {
+    /// The owner shard whose log holds the record.
+    pub shard: u16,
+    /// The record's offset in that log.
     pub offset: u64,
+    /// Every record of the owner below this offset (other than this one) had been sent
+    /// to every interested shard before this message was: a receiver that has it has
+    /// had all of them. Persistent sessions turn this into their replay cursor.
+    pub floor: u64,
 }
 
 impl Message {
@@ -66,4 +80,8 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// The shared-subscription group this was chosen for, if any.
     pub share_group: Option<Arc<str>>,
+    /// Whether this delivery holds back the session's replay cursor while it is queued or
+    /// in flight (live and replayed deliveries; not retained-on-subscribe copies, which
+    /// are not replayed after a restart).
+    pub holds_cursor: bool,
 }

@@ -7,6 +7,7 @@
 //! shard can move it there over the mesh. Nothing here does I/O: packets are encoded
 //! into an [`Outlet`] the connection owns.
 
+mod cursor;
 mod message;
 mod outbound;
 
@@ -16,7 +17,8 @@ use bytes::Bytes;
 
 use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 
-pub use message::{Delivery, Message};
+pub use cursor::ReplayCursor;
+pub use message::{Delivery, LogPos, Message};
 pub use outbound::{Enqueued, Outbound, OutboundLimits, Outlet, Pumped, UnknownPacketId};
 
 /// Session expiry interval meaning "never expires".
@@ -71,6 +73,11 @@ pub struct Session {
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids received and forwarded, awaiting PUBREL.
     pub awaiting_pubrel: HashSet<u16>,
+    /// Where a replay after a restart would start, per owner shard.
+    pub replay: ReplayCursor,
+    /// Whether the home shard's log holds this session (it was persistent when it
+    /// connected); its changes are then logged too.
+    pub logged: bool,
 }
 
 impl Session {
@@ -89,6 +96,8 @@ impl Session {
             will: None,
             outbound: Outbound::new(limits),
             awaiting_pubrel: HashSet::new(),
+            replay: ReplayCursor::default(),
+            logged: false,
         }
     }
 

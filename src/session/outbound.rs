@@ -130,6 +130,21 @@ impl Outbound {
         self.inflight.len()
     }
 
+    /// Lowers `lowest[shard]` to the log offset of every delivery still queued or in
+    /// flight that holds the replay cursor (see `ReplayCursor`).
+    pub fn lowest_unfinished(&self, lowest: &mut [u64]) {
+        let held = self
+            .queue
+            .iter()
+            .chain(self.inflight.values().map(|e| &e.delivery));
+        for d in held.filter(|d| d.holds_cursor) {
+            let Some(pos) = d.msg.log else { continue };
+            if let Some(l) = lowest.get_mut(usize::from(pos.shard)) {
+                *l = (*l).min(pos.offset);
+            }
+        }
+    }
+
     /// Offers a delivery. `connected` = a live connection will pump it.
     pub fn enqueue(&mut self, delivery: Delivery, connected: bool) -> Enqueued {
         if delivery.qos == QoS::AtMostOnce && !connected {
@@ -432,12 +447,13 @@ mod tests {
                 properties: PublishProperties::default(),
                 publisher: ByteStr::from_static("pub"),
                 expires_at: None,
-                offset: 0,
+                log: None,
             }),
             qos,
             retain: false,
             subscription_ids: Vec::new(),
             share_group: None,
+            holds_cursor: true,
         }
     }
 

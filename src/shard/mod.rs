@@ -247,12 +247,29 @@ async fn run_shard(
         probes,
         auth,
     );
-    shard.spawn_receivers(joined.inbound);
-    install_recovered(&shard, recovered);
+    // The WAL is in place before any peer's request (a replay) can arrive.
     let _ = shard.durable.set(crate::broker::Durability::new(wal));
+    shard.spawn_receivers(joined.inbound);
     shard.spawn_durability();
     shard.spawn_loopback();
+    let sessions = install_recovered(&shard, recovered);
+    let restored = sessions.len();
+    let due_wills = shard.restore_sessions(sessions).await;
+    // No shard serves before every shard has rebuilt its sessions and replayed their
+    // messages: a live publish can then never overtake a replay.
+    shard.recovered_barrier().await;
+    if restored > 0 {
+        tracing::info!(
+            shard = id,
+            sessions = restored,
+            "persistent sessions restored"
+        );
+    }
+    for (client, will) in due_wills {
+        shard.publish_will(&client, will);
+    }
     shard.spawn_redelivery();
+    shard.spawn_cursor_flush();
 
     let listener = glommio::net::TcpListener::bind(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
@@ -322,10 +339,20 @@ async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String
         .map_err(|e| format!("fsync_policy: {e}"))?;
     wal_config.segment_bytes = config.segment_bytes;
     wal_config.write_buffer_bytes = config.wal_buffer_bytes;
-    let mut recovered = Recovered::default();
+    let mut recovered = Recovered {
+        shard: id as u16,
+        ..Recovered::default()
+    };
     let (wal, report) = Wal::open(wal_config, |record| recovered.visit(record))
         .await
         .map_err(|e| format!("opening the WAL in {}: {e}", dir.display()))?;
+    if recovered.damaged > 0 {
+        tracing::error!(
+            shard = id,
+            records = recovered.damaged,
+            "WAL session records with a valid CRC did not decode; they were skipped"
+        );
+    }
     if report.torn_records > 0 {
         tracing::warn!(shard = id, torn_records = report.torn_records, torn_bytes = report.torn_bytes,
             reason = ?report.torn_reason, "WAL had a torn tail (cut at the last intact record)");
@@ -336,6 +363,7 @@ async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String
         segments = report.segments,
         publishes = recovered.publishes,
         retained = recovered.retained.len(),
+        sessions = recovered.sessions.len(),
         recovery_ms = report.duration.as_millis() as u64,
         next_offset = report.next_offset.0,
         "WAL recovered"
@@ -343,7 +371,11 @@ async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String
     Ok((wal, recovered))
 }
 
-fn install_recovered(shard: &Shard, recovered: Recovered) {
+/// Installs the recovered retained messages; returns the persistent sessions to restore.
+fn install_recovered(
+    shard: &Shard,
+    recovered: Recovered,
+) -> std::collections::HashMap<String, crate::broker::RecoveredSession> {
     let mut retained = shard.broker.retained.borrow_mut();
     for (topic, msg) in recovered.retained {
         if !msg.payload.is_empty() && !msg.is_expired(std::time::Instant::now()) {
@@ -354,4 +386,5 @@ fn install_recovered(shard: &Shard, recovered: Recovered) {
         .probe
         .retained_messages_current
         .set(retained.len() as i64);
+    recovered.sessions
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::broker::ReplayWant;
 use crate::mqtt::{ByteStr, ReasonCode};
 use crate::session::{Message, Session};
 
@@ -138,6 +139,40 @@ pub enum ShardMsg {
         /// The session, if one existed and was not discarded.
         session: Option<Box<Session>>,
     },
+    /// A session record for the client's home shard to log.
+    SessionLog {
+        /// Record kind (see `broker::persist::records`).
+        kind: u8,
+        /// Record body.
+        body: Vec<u8>,
+        /// Answer with `LogDone { id }` once durable, if set.
+        ack_id: Option<u64>,
+    },
+    /// The home's answer to a `SessionLog` that asked for one.
+    LogDone {
+        /// The request id.
+        id: u64,
+        /// Whether the record is durable.
+        ok: bool,
+    },
+    /// At start: a home asks an owner for what its restored sessions missed.
+    Replay {
+        /// Request id to answer with.
+        id: u64,
+        /// One entry per restored session.
+        wants: Vec<ReplayWant>,
+    },
+    /// Answer to `Replay`.
+    ReplayReply {
+        /// The request id.
+        id: u64,
+        /// The owner's log end when it read it.
+        end: u64,
+        /// `(index into wants, message)` in offset order.
+        found: Vec<(u32, Arc<Message>)>,
+    },
+    /// The sending shard finished its recovery (the start barrier).
+    Recovered,
     /// A session ended on the sending shard (to the home shard's registry).
     SessionGone {
         /// Client id.

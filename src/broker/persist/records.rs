@@ -1,0 +1,368 @@
+//! The session records of the home shard's log: their kinds, bodies and decoding.
+//!
+//! Every body starts with the client id (`len u16 LE | UTF-8`); then, by kind:
+//!
+//! | kind | record | rest of the body |
+//! |---|---|---|
+//! | 2 | `session_open` | `expiry_secs u32 | protocol level u8` |
+//! | 3 | `session_detach` | `expiry_secs u32 | has_will u8 | [delay_secs u32 | will as a v5 PUBLISH]` |
+//! | 4 | `session_end` | nothing |
+//! | 5 | `subscribe` | `filter (len u16 | UTF-8) | qos u8 | flags u8 (1 no-local, 2 retain-as-published) | retain_handling u8 | subscription id u32 (0 = none)` |
+//! | 6 | `unsubscribe` | `filter (len u16 | UTF-8)` |
+//! | 7 | `cursor` | `count u16 | (owner shard u16 | offset u64) × count` |
+//!
+//! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
+//! count | a publish body (kind 1)`: a message for exactly those sessions, written when
+//! the shard layout changes (see `migrate`). The record's timestamp is the time of the
+//! event: a `subscribe`'s is the moment from which the subscription wants messages, a
+//! `session_detach`'s the moment its expiry starts counting.
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use crate::mqtt::{self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS};
+use crate::session::{SubOptions, Will};
+use crate::storage::RecordKind;
+
+/// A persistent session began or resumed with these settings.
+pub const RECORD_SESSION_OPEN: RecordKind = RecordKind(2);
+/// A persistent session's connection ended; its expiry runs from the record's time.
+pub const RECORD_SESSION_DETACH: RecordKind = RecordKind(3);
+/// A session ended for good.
+pub const RECORD_SESSION_END: RecordKind = RecordKind(4);
+/// A subscription of a persistent session.
+pub const RECORD_SUBSCRIBE: RecordKind = RecordKind(5);
+/// A subscription removed.
+pub const RECORD_UNSUBSCRIBE: RecordKind = RecordKind(6);
+/// A session's replay cursors.
+pub const RECORD_CURSOR: RecordKind = RecordKind(7);
+/// A message for named sessions only.
+pub const RECORD_PUBLISH_FOR: RecordKind = RecordKind(8);
+
+/// A decoded session record (the client id aside).
+#[derive(Debug)]
+pub enum SessionRecord {
+    /// `session_open`.
+    Open {
+        /// Expiry interval.
+        expiry_secs: u32,
+        /// Protocol of the connection.
+        protocol: Protocol,
+    },
+    /// `session_detach`.
+    Detach {
+        /// Expiry interval from now on.
+        expiry_secs: u32,
+        /// A delayed will still to publish.
+        will: Option<Will>,
+    },
+    /// `session_end`.
+    End,
+    /// `subscribe`.
+    Subscribe {
+        /// The full filter (with any `$share/<group>/`).
+        filter: String,
+        /// Granted options.
+        opts: SubOptions,
+    },
+    /// `unsubscribe`.
+    Unsubscribe {
+        /// The full filter.
+        filter: String,
+    },
+    /// `cursor`.
+    Cursor(Vec<(u16, u64)>),
+}
+
+/// Whether `kind` is one of the session records.
+pub fn is_session_record(kind: RecordKind) -> bool {
+    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0)
+}
+
+/// Encodes a session record body for `client_id`.
+pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) {
+    let mut b = BytesMut::with_capacity(32 + client_id.len());
+    put_str(&mut b, client_id);
+    let kind = match record {
+        SessionRecord::Open {
+            expiry_secs,
+            protocol,
+        } => {
+            b.put_u32_le(*expiry_secs);
+            b.put_u8(protocol.level());
+            RECORD_SESSION_OPEN
+        }
+        SessionRecord::Detach { expiry_secs, will } => {
+            b.put_u32_le(*expiry_secs);
+            match will {
+                None => b.put_u8(0),
+                Some(w) => {
+                    b.put_u8(1);
+                    b.put_u32_le(w.delay_secs);
+                    let _ = will_publish(w).encode(Protocol::V5, &mut b);
+                }
+            }
+            RECORD_SESSION_DETACH
+        }
+        SessionRecord::End => RECORD_SESSION_END,
+        SessionRecord::Subscribe { filter, opts } => {
+            put_str(&mut b, filter);
+            b.put_u8(opts.qos as u8);
+            b.put_u8(u8::from(opts.no_local) | (u8::from(opts.retain_as_published) << 1));
+            b.put_u8(opts.retain_handling);
+            b.put_u32_le(opts.subscription_id.unwrap_or(0));
+            RECORD_SUBSCRIBE
+        }
+        SessionRecord::Unsubscribe { filter } => {
+            put_str(&mut b, filter);
+            RECORD_UNSUBSCRIBE
+        }
+        SessionRecord::Cursor(cursors) => {
+            b.put_u16_le(cursors.len() as u16);
+            for (shard, offset) in cursors {
+                b.put_u16_le(*shard);
+                b.put_u64_le(*offset);
+            }
+            RECORD_CURSOR
+        }
+    };
+    (kind, b.to_vec())
+}
+
+/// Decodes a session record body: the client id and the record; `None` if damaged.
+pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecord)> {
+    let client = get_str(&mut body)?;
+    let record = match kind {
+        RECORD_SESSION_OPEN => SessionRecord::Open {
+            expiry_secs: get_u32(&mut body)?,
+            protocol: Protocol::from_level(get_u8(&mut body)?)?,
+        },
+        RECORD_SESSION_DETACH => {
+            let expiry_secs = get_u32(&mut body)?;
+            let will = match get_u8(&mut body)? {
+                0 => None,
+                _ => {
+                    let delay_secs = get_u32(&mut body)?;
+                    Some(decode_will(body, delay_secs)?)
+                }
+            };
+            SessionRecord::Detach { expiry_secs, will }
+        }
+        RECORD_SESSION_END => SessionRecord::End,
+        RECORD_SUBSCRIBE => {
+            let filter = get_str(&mut body)?;
+            let qos = QoS::from_u8(get_u8(&mut body)?)?;
+            let flags = get_u8(&mut body)?;
+            let retain_handling = get_u8(&mut body)?;
+            let id = get_u32(&mut body)?;
+            SessionRecord::Subscribe {
+                filter,
+                opts: SubOptions {
+                    qos,
+                    no_local: flags & 1 != 0,
+                    retain_as_published: flags & 2 != 0,
+                    retain_handling,
+                    subscription_id: (id != 0).then_some(id),
+                },
+            }
+        }
+        RECORD_UNSUBSCRIBE => SessionRecord::Unsubscribe {
+            filter: get_str(&mut body)?,
+        },
+        RECORD_CURSOR => {
+            let n = get_u16(&mut body)?;
+            let mut cursors = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                cursors.push((get_u16(&mut body)?, get_u64(&mut body)?));
+            }
+            SessionRecord::Cursor(cursors)
+        }
+        _ => return None,
+    };
+    Some((client, record))
+}
+
+/// Prefix of a `publish_for` body: the recipients.
+pub fn encode_recipients(recipients: &[&str], out: &mut BytesMut) {
+    out.put_u16_le(recipients.len() as u16);
+    for r in recipients {
+        put_str(out, r);
+    }
+}
+
+/// Splits a `publish_for` body into its recipients and the publish body.
+pub fn decode_recipients(mut body: &[u8]) -> Option<(Vec<String>, &[u8])> {
+    let n = get_u16(&mut body)?;
+    let mut recipients = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        recipients.push(get_str(&mut body)?);
+    }
+    Some((recipients, body))
+}
+
+fn will_publish(w: &Will) -> Publish {
+    Publish {
+        dup: false,
+        qos: w.qos,
+        retain: w.retain,
+        topic: w.topic.clone(),
+        packet_id: (w.qos != QoS::AtMostOnce).then(|| PacketId::new(1).expect("non-zero")),
+        properties: w.properties.clone(),
+        payload: w.payload.clone(),
+    }
+}
+
+fn decode_will(body: &[u8], delay_secs: u32) -> Option<Will> {
+    let mut packet = BytesMut::from(body);
+    let Ok(Some(Packet::Publish(p))) =
+        mqtt::decode(&mut packet, Some(Protocol::V5), &DecodeLimits::default())
+    else {
+        return None;
+    };
+    Some(Will {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: p.properties,
+        delay_secs,
+    })
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u16_le(s.len() as u16);
+    b.put_slice(s.as_bytes());
+}
+
+fn get_u8(b: &mut &[u8]) -> Option<u8> {
+    (b.remaining() >= 1).then(|| b.get_u8())
+}
+
+fn get_u16(b: &mut &[u8]) -> Option<u16> {
+    (b.remaining() >= 2).then(|| b.get_u16_le())
+}
+
+fn get_u32(b: &mut &[u8]) -> Option<u32> {
+    (b.remaining() >= 4).then(|| b.get_u32_le())
+}
+
+fn get_u64(b: &mut &[u8]) -> Option<u64> {
+    (b.remaining() >= 8).then(|| b.get_u64_le())
+}
+
+fn get_str(b: &mut &[u8]) -> Option<String> {
+    let n = usize::from(get_u16(b)?);
+    if b.len() < n {
+        return None;
+    }
+    let s = std::str::from_utf8(&b[..n]).ok()?.to_string();
+    b.advance(n);
+    Some(s)
+}
+
+/// A client id as the broker keeps it.
+pub fn client_id(s: &str) -> ByteStr {
+    ByteStr::from(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::mqtt::PublishProperties;
+
+    fn round_trip(record: SessionRecord) -> SessionRecord {
+        let (kind, body) = encode("client-é", &record);
+        let (client, back) = decode(kind, &body).expect("decodes");
+        assert_eq!(client, "client-é");
+        for cut in 0..body.len() {
+            assert!(
+                decode(kind, &body[..cut]).is_none(),
+                "cut at {cut} of {kind:?}"
+            );
+        }
+        back
+    }
+
+    #[test]
+    fn every_session_record_round_trips_and_a_cut_body_is_refused() {
+        let opts = SubOptions {
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+            retain_as_published: false,
+            retain_handling: 2,
+            subscription_id: Some(77),
+        };
+        match round_trip(SessionRecord::Subscribe {
+            filter: "$share/g/a/+".into(),
+            opts,
+        }) {
+            SessionRecord::Subscribe { filter, opts: o } => {
+                assert_eq!(filter, "$share/g/a/+");
+                assert_eq!(o, opts);
+            }
+            other => panic!("{other:?}"),
+        }
+        match round_trip(SessionRecord::Cursor(vec![(0, 5), (3, u64::MAX)])) {
+            SessionRecord::Cursor(c) => assert_eq!(c, vec![(0, 5), (3, u64::MAX)]),
+            other => panic!("{other:?}"),
+        }
+        match round_trip(SessionRecord::Open {
+            expiry_secs: 60,
+            protocol: Protocol::V311,
+        }) {
+            SessionRecord::Open {
+                expiry_secs,
+                protocol,
+            } => assert_eq!((expiry_secs, protocol), (60, Protocol::V311)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(round_trip(SessionRecord::End), SessionRecord::End));
+    }
+
+    #[test]
+    fn a_delayed_will_survives_the_record() {
+        let will = Will {
+            topic: ByteStr::from_static("wills/x"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            delay_secs: 30,
+        };
+        let (kind, body) = encode(
+            "c",
+            &SessionRecord::Detach {
+                expiry_secs: 100,
+                will: Some(will),
+            },
+        );
+        match decode(kind, &body) {
+            Some((_, SessionRecord::Detach { expiry_secs, will })) => {
+                let w = will.expect("will kept");
+                assert_eq!(expiry_secs, 100);
+                assert_eq!(
+                    (
+                        w.topic.as_str(),
+                        &w.payload[..],
+                        w.qos,
+                        w.retain,
+                        w.delay_secs
+                    ),
+                    ("wills/x", &b"gone"[..], QoS::AtLeastOnce, true, 30)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn recipients_prefix_round_trips() {
+        let mut b = BytesMut::new();
+        encode_recipients(&["a", "bb"], &mut b);
+        b.put_slice(b"rest");
+        let (r, rest) = decode_recipients(&b).expect("decodes");
+        assert_eq!(r, vec!["a".to_string(), "bb".to_string()]);
+        assert_eq!(rest, b"rest");
+    }
+}

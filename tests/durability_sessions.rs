@@ -1,0 +1,283 @@
+//! Persistent sessions through `kill -9`: under `fsync_policy = "always"` every PUBACKed
+//! message reaches a persistent-session subscriber after the restart (duplicates allowed,
+//! loss never), and the session's subscriptions survive with it.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::raw::{Conn, Connect, Publish};
+use common::*;
+
+fn durable_broker(data_dir: PathBuf, shards: usize) -> Broker {
+    Broker::start_with(BrokerOptions {
+        shards,
+        data_dir: Some(data_dir),
+        env: vec![("SHARDMQ_FSYNC_POLICY".into(), "always".into())],
+        ..BrokerOptions::default()
+    })
+}
+
+fn kill_9(broker: &mut Broker) {
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("reaped");
+}
+
+/// A QoS 1 publisher that keeps up to 64 publishes in flight and reports, per PUBACK,
+/// the sequence number acknowledged (the broker acknowledges in publish order).
+fn start_publisher(
+    addr: SocketAddr,
+    id: String,
+    topic: String,
+    count: u64,
+    acked: mpsc::Sender<(String, u64)>,
+) {
+    use rumqttc::{Event, Packet, QoS};
+    let mut opts = rumqttc::MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_inflight(64);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 64);
+    let who = topic.clone();
+    tokio::spawn(async move {
+        for seq in 0..count {
+            let payload = format!("{id}:{seq}");
+            if client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut next = 0u64;
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                if acked.send((who.clone(), next)).is_err() {
+                    break;
+                }
+                next += 1;
+            }
+        }
+    });
+}
+
+/// A 3.1.1 persistent-session subscriber (rumqttc) reporting every payload it receives.
+fn start_subscriber(
+    addr: SocketAddr,
+    id: &str,
+    subscribe: Option<&str>,
+    got: mpsc::Sender<String>,
+) -> rumqttc::AsyncClient {
+    use rumqttc::{Event, Packet, QoS};
+    let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(false);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+    let (subscribed_tx, subscribed) = mpsc::channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::Publish(p)) => {
+                    let text = String::from_utf8_lossy(&p.payload).into_owned();
+                    if got.send(text).is_err() {
+                        break;
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let _ = subscribed_tx.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    if let Some(filter) = subscribe {
+        let c = client.clone();
+        let filter = filter.to_string();
+        tokio::spawn(async move { c.subscribe(filter, QoS::AtLeastOnce).await });
+        subscribed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("SUBACK");
+    }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_qos1_reaches_a_persistent_subscriber_across_kill_9() {
+    let dir = temp_dir();
+    let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+    let (got_tx, got) = mpsc::channel::<String>();
+    let sub = start_subscriber(broker.mqtt, "crash-sub", Some("load/#"), got_tx.clone());
+
+    // Four publishers on topics spread over both shards, killed mid-stream.
+    let (acked_tx, acked) = mpsc::channel();
+    let topics = names("load/t", 4);
+    for (i, topic) in topics.iter().enumerate() {
+        start_publisher(
+            broker.mqtt,
+            format!("crash-pub-{i}"),
+            topic.clone(),
+            100_000,
+            acked_tx.clone(),
+        );
+    }
+    drop(acked_tx);
+    let mut highest: HashMap<String, u64> = HashMap::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        if let Ok((topic, seq)) = acked.recv_timeout(Duration::from_millis(50)) {
+            highest.insert(topic, seq);
+        }
+    }
+    kill_9(&mut broker);
+    // Acks already on the wire before the kill still count.
+    while let Ok((topic, seq)) = acked.recv_timeout(Duration::from_millis(200)) {
+        highest.insert(topic, seq);
+    }
+    drop(sub);
+    let acked_total: u64 = highest.values().map(|s| s + 1).sum();
+    assert!(acked_total >= 100, "the load ran: {highest:?}");
+
+    let broker = durable_broker(dir.path().to_path_buf(), 2);
+    let _sub = start_subscriber(broker.mqtt, "crash-sub", None, got_tx);
+    let mut received: BTreeSet<String> = BTreeSet::new();
+    let mut deliveries = 0u64;
+    let want: BTreeSet<String> = topics
+        .iter()
+        .enumerate()
+        .flat_map(|(i, topic)| {
+            let n = highest.get(topic).map_or(0, |s| s + 1);
+            (0..n).map(move |seq| format!("crash-pub-{i}:{seq}"))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.is_subset(&received) && Instant::now() < deadline {
+        while let Ok(payload) = got.recv_timeout(Duration::from_millis(100)) {
+            received.insert(payload);
+            deliveries += 1;
+        }
+    }
+    let lost: Vec<&String> = want.difference(&received).take(10).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost, e.g. {lost:?}",
+        want.difference(&received).count(),
+        want.len()
+    );
+    eprintln!(
+        "acked {} messages; the subscriber got {} distinct in {} deliveries",
+        want.len(),
+        received.len(),
+        deliveries
+    );
+}
+
+fn v5_persistent(client_id: &str) -> Connect {
+    Connect::v5(client_id).clean(false).session_expiry(3600)
+}
+
+#[test]
+fn subscriptions_and_queued_messages_of_an_offline_session_survive_kill_9() {
+    let dir = temp_dir();
+    let topics_a = names("keep/a", 8);
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+        let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("offline-sub"));
+        assert!(!ack.session_present);
+        sub.sub("keep/#", 2);
+        sub.sub("gone/#", 1);
+        assert_eq!(sub.unsubscribe(&["gone/#"]), vec![0]);
+        sub.disconnect(0);
+        let mut publ = Conn::client(broker.mqtt, true, "offline-pub");
+        for (i, t) in topics_a.iter().enumerate() {
+            let code = publ.publish(Publish::new(t, t.as_bytes(), 1 + (i % 2) as u8));
+            assert!(code < 0x80, "publish acknowledged with success: {code:#x}");
+        }
+        publ.publish(Publish::new("gone/x", b"unsubscribed", 1));
+        kill_9(&mut broker);
+    }
+    let broker = durable_broker(dir.path().to_path_buf(), 2);
+    assert_eq!(broker.metric_sum("shardmq_sessions_current"), 1.0);
+    let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("offline-sub"));
+    assert!(ack.session_present, "the session survived the crash");
+    let mut got: Vec<(String, u8)> = sub
+        .expect_publishes(topics_a.len())
+        .into_iter()
+        .map(|p| (String::from_utf8(p.payload).unwrap(), p.qos))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, u8)> = topics_a
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), 1 + (i % 2) as u8))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every queued message, at its QoS");
+    sub.assert_no_publish(Duration::from_millis(300));
+
+    // The subscription itself is back: a new publish is routed to the session.
+    let mut publ = Conn::client(broker.mqtt, true, "offline-pub-2");
+    publ.publish(Publish::new("keep/after", b"live", 1));
+    publ.publish(Publish::new("gone/after", b"unsubscribed", 1));
+    let p = sub.expect_publish();
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("keep/after", &b"live"[..])
+    );
+    sub.assert_no_publish(Duration::from_millis(300));
+}
+
+#[test]
+fn acknowledged_messages_are_not_replayed_and_clean_start_forgets_the_session() {
+    let dir = temp_dir();
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+        let (mut sub, _) = Conn::connect(broker.mqtt, &v5_persistent("acked-sub"));
+        sub.sub("acked/#", 1);
+        let mut publ = Conn::client(broker.mqtt, true, "acked-pub");
+        for t in names("acked/t", 6) {
+            publ.publish(Publish::new(&t, b"seen", 1));
+        }
+        assert_eq!(sub.expect_publishes(6).len(), 6);
+        // The subscriber acknowledged all six; give the cursor time to be logged.
+        std::thread::sleep(Duration::from_millis(800));
+        publ.publish(Publish::new("acked/late", b"unseen", 1));
+        sub.kill();
+        kill_9(&mut broker);
+    }
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+        let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("acked-sub"));
+        assert!(ack.session_present);
+        let mut payloads: Vec<Vec<u8>> = sub
+            .drain_publishes(Duration::from_millis(800))
+            .into_iter()
+            .map(|p| p.payload)
+            .collect();
+        payloads.dedup();
+        assert_eq!(
+            payloads,
+            vec![b"unseen".to_vec()],
+            "only what was not acknowledged comes again"
+        );
+        sub.kill();
+        kill_9(&mut broker);
+    }
+    let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+    let (fresh, ack) = Conn::connect(broker.mqtt, &Connect::v5("acked-sub").clean(true));
+    assert!(!ack.session_present);
+    fresh.disconnect(0);
+    kill_9(&mut broker);
+    let broker = durable_broker(dir.path().to_path_buf(), 2);
+    assert_eq!(broker.metric_sum("shardmq_sessions_current"), 0.0);
+    let (_, ack) = Conn::connect(broker.mqtt, &v5_persistent("acked-sub"));
+    assert!(
+        !ack.session_present,
+        "the clean start ended the logged session for good"
+    );
+}
