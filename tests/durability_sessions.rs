@@ -281,3 +281,142 @@ fn acknowledged_messages_are_not_replayed_and_clean_start_forgets_the_session() 
         "the clean start ended the logged session for good"
     );
 }
+
+#[test]
+fn a_changed_shard_count_loses_no_session_message_or_retained_message() {
+    let dir = temp_dir();
+    let queued = names("move/t", 16);
+    let retained = names("moveret/r", 8);
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+        let (mut sub, _) = Conn::connect(broker.mqtt, &v5_persistent("move-sub"));
+        sub.sub("move/#", 1);
+        sub.disconnect(0);
+        let mut publ = Conn::client(broker.mqtt, true, "move-pub");
+        for t in &queued {
+            publ.publish(Publish::new(t, t.as_bytes(), 1));
+        }
+        for t in &retained {
+            publ.publish(Publish::new(t, t.as_bytes(), 1).retain(true));
+        }
+        kill_9(&mut broker);
+    }
+    let layout = || std::fs::read_to_string(dir.path().join("layout")).unwrap();
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 1);
+        assert_eq!(layout().trim(), "shards = 1");
+        assert!(
+            !dir.path().join("shard-1").exists(),
+            "the old layout is gone"
+        );
+        assert_eq!(broker.metric_sum("shardmq_retained_messages_current"), 8.0);
+        let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("move-sub"));
+        assert!(ack.session_present, "the session moved to its new home");
+        let mut got: Vec<String> = sub
+            .expect_publishes(queued.len())
+            .into_iter()
+            .map(|p| p.topic)
+            .collect();
+        got.sort();
+        let mut want = queued.clone();
+        want.sort();
+        assert_eq!(got, want);
+        sub.assert_no_publish(Duration::from_millis(300));
+        sub.disconnect(0);
+        // Acknowledged above; these four are not.
+        let mut publ = Conn::client(broker.mqtt, true, "move-pub");
+        for t in &queued[..4] {
+            publ.publish(Publish::new(t, b"again", 1));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        kill_9(&mut broker);
+    }
+    let broker = durable_broker(dir.path().to_path_buf(), 2);
+    assert_eq!(layout().trim(), "shards = 2");
+    let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("move-sub"));
+    assert!(ack.session_present);
+    let mut got: Vec<(String, Vec<u8>)> = sub
+        .drain_publishes(Duration::from_millis(1000))
+        .into_iter()
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    let want: Vec<(String, Vec<u8>)> = queued[..4]
+        .iter()
+        .map(|t| (t.clone(), b"again".to_vec()))
+        .collect();
+    // Order holds per topic; these four topics have one message each.
+    got.sort();
+    assert_eq!(got, want, "exactly the unacknowledged messages");
+    let mut fresh = Conn::client(broker.mqtt, true, "move-check");
+    fresh.sub("moveret/#", 1);
+    let mut topics: Vec<String> = fresh
+        .expect_publishes(8)
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    topics.sort();
+    let mut want = retained.clone();
+    want.sort();
+    assert_eq!(topics, want, "retained messages followed both changes");
+}
+
+/// Copies a stopped broker's data dir (the lock file included; it is free once the
+/// broker is gone).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+#[test]
+fn a_layout_change_interrupted_by_a_crash_is_finished_at_the_next_start() {
+    let prepared = temp_dir();
+    {
+        let mut broker = durable_broker(prepared.path().to_path_buf(), 2);
+        let (mut sub, _) = Conn::connect(broker.mqtt, &v5_persistent("interrupted-sub"));
+        sub.sub("int/#", 1);
+        sub.disconnect(0);
+        let mut publ = Conn::client(broker.mqtt, true, "interrupted-pub");
+        for t in names("int/t", 6) {
+            publ.publish(Publish::new(&t, b"kept", 1));
+        }
+        kill_9(&mut broker);
+    }
+    let interrupted = |dir: &std::path::Path| {
+        let mig = dir.join("migrating");
+        std::fs::create_dir(&mig).unwrap();
+        std::fs::write(mig.join("from"), "2\n").unwrap();
+        std::fs::rename(dir.join("shard-1"), mig.join("shard-1")).unwrap();
+        mig
+    };
+    // 1. A crash between the renames of step 1.
+    let mid_rename = temp_dir();
+    copy_dir(prepared.path(), mid_rename.path());
+    interrupted(mid_rename.path());
+    // 2. A crash during the rewrite: everything moved, partial new logs left behind.
+    let mid_rewrite = temp_dir();
+    copy_dir(prepared.path(), mid_rewrite.path());
+    let mig = interrupted(mid_rewrite.path());
+    std::fs::rename(mid_rewrite.path().join("shard-0"), mig.join("shard-0")).unwrap();
+    std::fs::write(mig.join("moved"), "").unwrap();
+    std::fs::create_dir(mid_rewrite.path().join("shard-0")).unwrap();
+    std::fs::write(
+        mid_rewrite.path().join("shard-0/00000000000000000000.log"),
+        vec![0xA5u8; 8192],
+    )
+    .unwrap();
+
+    for dir in [mid_rename.path(), mid_rewrite.path()] {
+        let broker = durable_broker(dir.to_path_buf(), 1);
+        assert!(!dir.join("migrating").exists(), "the migration finished");
+        let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("interrupted-sub"));
+        assert!(ack.session_present);
+        let got = sub.expect_publishes(6);
+        assert!(got.iter().all(|p| p.payload == b"kept"));
+        sub.assert_no_publish(Duration::from_millis(300));
+    }
+}

@@ -92,22 +92,11 @@ impl Durability {
 
     /// Appends the publish record of `msg`; returns its offset. Waits for buffer room.
     pub async fn log(&self, msg: &Message) -> Result<Offset, WalError> {
-        let now = Instant::now();
-        let expires_unix_ms = msg.expires_at.map_or(0, |at| {
-            unix_ms() + at.saturating_duration_since(now).as_millis() as u64
-        });
         let publish = as_publish(msg);
-        let packet_bytes = publish.encoded_len(Protocol::V5).map_err(|e| {
-            WalError::InvalidConfig(format!("publish cannot be encoded for the log: {e:?}"))
-        })?;
-        let header_bytes = 2 + msg.publisher.len() + 8;
-        self.wal.reserve(header_bytes + packet_bytes).await?;
+        self.wal.reserve(publish_body_len(msg, &publish)?).await?;
         let mut scratch = self.scratch.borrow_mut();
         scratch.clear();
-        scratch.put_u16_le(msg.publisher.len() as u16);
-        scratch.put_slice(msg.publisher.as_bytes());
-        scratch.put_u64_le(expires_unix_ms);
-        let _ = publish.encode(Protocol::V5, &mut scratch);
+        encode_publish_body(msg, &publish, &mut scratch);
         let offset = self
             .wal
             .append(RECORD_PUBLISH, unix_ms(), &[&scratch[..]])?;
@@ -124,7 +113,27 @@ impl Durability {
     }
 }
 
-fn as_publish(msg: &Message) -> Publish {
+/// The length of `msg`'s publish record body.
+pub(crate) fn publish_body_len(msg: &Message, publish: &Publish) -> Result<usize, WalError> {
+    let packet_bytes = publish.encoded_len(Protocol::V5).map_err(|e| {
+        WalError::InvalidConfig(format!("publish cannot be encoded for the log: {e:?}"))
+    })?;
+    Ok(2 + msg.publisher.len() + 8 + packet_bytes)
+}
+
+/// Appends `msg`'s publish record body (see the module docs) to `out`.
+pub(crate) fn encode_publish_body(msg: &Message, publish: &Publish, out: &mut BytesMut) {
+    let now = Instant::now();
+    let expires_unix_ms = msg.expires_at.map_or(0, |at| {
+        unix_ms() + at.saturating_duration_since(now).as_millis() as u64
+    });
+    out.put_u16_le(msg.publisher.len() as u16);
+    out.put_slice(msg.publisher.as_bytes());
+    out.put_u64_le(expires_unix_ms);
+    let _ = publish.encode(Protocol::V5, out);
+}
+
+pub(crate) fn as_publish(msg: &Message) -> Publish {
     Publish {
         dup: false,
         qos: msg.qos,

@@ -21,6 +21,7 @@ use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::auth::Authenticator;
+use crate::broker::persist::migrate::MigrationConfig;
 use crate::broker::Recovered;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
@@ -67,6 +68,13 @@ impl Runtime {
         let metrics_claim = claim_port("metrics_listen", config.metrics_listen)?;
         let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
         let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
+        crate::broker::persist::migrate::prepare_layout(&MigrationConfig {
+            data_dir: config.data_dir.clone(),
+            shards: config.shards,
+            wal: wal_config(config, config.data_dir.clone())?,
+            io_memory_bytes: io_memory,
+            session_queue_messages_max: config.session_queue_messages_max,
+        })?;
         let config = Arc::new(Config {
             mqtt_listen: mqtt_addr,
             metrics_listen: metrics_addr,
@@ -332,13 +340,7 @@ async fn run_shard(
 async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String> {
     let dir = config.data_dir.join(format!("shard-{id}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut wal_config = WalConfig::new(&dir);
-    wal_config.fsync_policy = config
-        .fsync_policy
-        .parse()
-        .map_err(|e| format!("fsync_policy: {e}"))?;
-    wal_config.segment_bytes = config.segment_bytes;
-    wal_config.write_buffer_bytes = config.wal_buffer_bytes;
+    let wal_config = wal_config(config, dir.clone())?;
     let mut recovered = Recovered {
         shard: id as u16,
         ..Recovered::default()
@@ -369,6 +371,18 @@ async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String
         "WAL recovered"
     );
     Ok((wal, recovered))
+}
+
+/// The WAL settings of the shard whose log is in `dir`.
+fn wal_config(config: &Config, dir: std::path::PathBuf) -> Result<WalConfig, String> {
+    let mut wal_config = WalConfig::new(dir);
+    wal_config.fsync_policy = config
+        .fsync_policy
+        .parse()
+        .map_err(|e| format!("fsync_policy: {e}"))?;
+    wal_config.segment_bytes = config.segment_bytes;
+    wal_config.write_buffer_bytes = config.wal_buffer_bytes;
+    Ok(wal_config)
 }
 
 /// Installs the recovered retained messages; returns the persistent sessions to restore.

@@ -31,6 +31,7 @@
 //!   replayed to that member (or, after it expires, to nobody).
 //! - Retention does not run: no segment is ever deleted while sessions may need it.
 
+pub mod migrate;
 pub mod records;
 
 use std::collections::HashMap;
@@ -42,7 +43,7 @@ use crate::mqtt::{ByteStr, Protocol, ReasonCode};
 use crate::router::{filter_matches, owner_of, parse_filter};
 use crate::session::{Delivery, Message, Session, SubOptions, Will, EXPIRY_NEVER};
 use crate::shard::{ConnRef, Shard, ShardMsg};
-use crate::storage::{Offset, RecordKind, RecordRef};
+use crate::storage::{Offset, RecordKind, RecordRef, Wal};
 
 use super::{Reply, SessionSlot};
 use records::SessionRecord;
@@ -453,71 +454,78 @@ impl Shard {
     /// messages each session wants.
     pub(crate) async fn on_replay(&self, from: usize, id: u64, wants: Vec<ReplayWant>) {
         let Some(durable) = self.durable.get() else {
-            self.post(
-                from,
-                ShardMsg::ReplayReply {
-                    id,
-                    end: 0,
-                    found: Vec::new(),
-                },
-            );
+            let found = Vec::new();
+            self.post(from, ShardMsg::ReplayReply { id, end: 0, found });
             return;
         };
-        let mut next = Offset(wants.iter().map(|w| w.from).min().unwrap_or(0));
-        let mut found: Vec<(u32, Arc<Message>)> = Vec::new();
-        let mut counts = vec![0usize; wants.len()];
-        let mut dropped = 0u64;
-        loop {
-            let read = durable.wal.read_from(next, REPLAY_READ_BYTES, |record| {
-                let Some((recipients, msg)) =
-                    super::durable::decode_any_publish(&record, self.id as u16)
-                else {
-                    return;
-                };
-                let msg = Arc::new(msg);
-                for (i, want) in wants.iter().enumerate() {
-                    if record.offset.0 < want.from || !wanted(want, &recipients, &record, &msg) {
-                        continue;
-                    }
-                    if counts[i] >= want.messages_max {
-                        dropped += 1;
-                        continue;
-                    }
-                    counts[i] += 1;
-                    found.push((i as u32, Arc::clone(&msg)));
-                }
-            });
-            match read.await {
-                Ok(after) if after > next => next = after,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::error!(shard = self.id, error = %e, "replay could not read the log");
-                    break;
-                }
-            }
-        }
-        if dropped > 0 {
+        let scan = scan_for_replay(&durable.wal, self.id as u16, &wants).await;
+        if scan.dropped > 0 {
             tracing::warn!(
                 shard = self.id,
-                dropped,
-                "replay found more messages than session queues hold"
+                dropped = scan.dropped,
+                "replay found more messages than the session queues hold"
             );
-            self.probe.messages_dropped_by_qos[1].add(dropped);
+            self.probe.messages_dropped_by_qos[1].add(scan.dropped);
         }
         tracing::info!(
             shard = self.id,
             to = from,
-            messages = found.len(),
+            messages = scan.found.len(),
             "replayed for persistent sessions"
         );
-        self.post(
-            from,
-            ShardMsg::ReplayReply {
-                id,
-                end: next.0,
-                found,
-            },
-        );
+        let (end, found) = (scan.end, scan.found);
+        self.post(from, ShardMsg::ReplayReply { id, end, found });
+    }
+}
+
+/// What a replay scan of one log found.
+pub struct ReplayScan {
+    /// `(index into wants, message)` in offset order.
+    pub found: Vec<(u32, Arc<Message>)>,
+    /// The log's end when the scan stopped.
+    pub end: u64,
+    /// Messages beyond a session's queue bound (not returned).
+    pub dropped: u64,
+}
+
+/// Reads `wal` (the log of shard `shard`) from the lowest wanted offset to its end and
+/// returns the messages each want asks for.
+pub async fn scan_for_replay(wal: &Wal, shard: u16, wants: &[ReplayWant]) -> ReplayScan {
+    let mut next = Offset(wants.iter().map(|w| w.from).min().unwrap_or(0));
+    let mut found: Vec<(u32, Arc<Message>)> = Vec::new();
+    let mut counts = vec![0usize; wants.len()];
+    let mut dropped = 0u64;
+    loop {
+        let read = wal.read_from(next, REPLAY_READ_BYTES, |record| {
+            let Some((recipients, msg)) = super::durable::decode_any_publish(&record, shard) else {
+                return;
+            };
+            let msg = Arc::new(msg);
+            for (i, want) in wants.iter().enumerate() {
+                if record.offset.0 < want.from || !wanted(want, &recipients, &record, &msg) {
+                    continue;
+                }
+                if counts[i] >= want.messages_max {
+                    dropped += 1;
+                    continue;
+                }
+                counts[i] += 1;
+                found.push((i as u32, Arc::clone(&msg)));
+            }
+        });
+        match read.await {
+            Ok(after) if after > next => next = after,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(shard, error = %e, "replay could not read the log");
+                break;
+            }
+        }
+    }
+    ReplayScan {
+        found,
+        end: next.0,
+        dropped,
     }
 }
 
