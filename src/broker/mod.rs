@@ -19,6 +19,7 @@
 //! matching subscription identifier; it is sent as retained only if every matching
 //! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
 
+mod catchup;
 mod durable;
 pub mod persist;
 mod publish;
@@ -102,6 +103,8 @@ pub enum Reply {
         end: u64,
         /// `(index of the session in the request, message)`.
         found: Vec<(u32, Arc<Message>)>,
+        /// Per session: where the replay stopped short (more than its queue holds).
+        resume: Vec<Option<u64>>,
     },
 }
 
@@ -125,6 +128,8 @@ pub struct BrokerState {
     pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
     /// Home shard: client ids whose session this shard's log holds (open, not ended).
     pub(crate) persisted: RefCell<HashSet<String>>,
+    /// Numbers catch-up reads.
+    pub(crate) next_catch_up: Cell<u64>,
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
@@ -161,6 +166,7 @@ impl BrokerState {
             retained: RefCell::new(RetainedIndex::new()),
             registry: RefCell::new(HashMap::new()),
             persisted: RefCell::new(HashSet::new()),
+            next_catch_up: Cell::new(0),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
             claims: RefCell::new(HashMap::new()),
@@ -354,14 +360,28 @@ impl Shard {
             }
             ShardMsg::LogDone { id, ok } => self.broker.reply(id, Reply::Logged(ok)),
             ShardMsg::Replay { id, wants } => self.on_replay(from, id, wants).await,
-            ShardMsg::ReplayReply { id, end, found } => self.broker.reply(
+            ShardMsg::ReplayReply {
+                id,
+                end,
+                found,
+                resume,
+            } => self.broker.reply(
                 id,
                 Reply::Replayed {
                     shard: from,
                     end,
                     found,
+                    resume,
                 },
             ),
+            ShardMsg::CatchUp { want, request } => self.on_catch_up(from, want, request),
+            ShardMsg::CatchUpReply {
+                client_id,
+                request,
+                found,
+                resume,
+                end,
+            } => self.on_caught_up(from, client_id, request, found, resume, end),
             ShardMsg::Recovered => {
                 let n = self.broker.recovered_peers.get() + 1;
                 self.broker.recovered_peers.set(n);

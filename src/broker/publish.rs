@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, ShardSet};
-use crate::session::{Delivery, Enqueued, Message, SubOptions};
+use crate::session::{Admit, Delivery, Enqueued, Message, SubOptions};
 use crate::shard::{AckTo, Shard, ShardMsg};
 
 use super::{SessionKey, SessionSlot};
@@ -209,10 +209,29 @@ impl Shard {
 
     /// Gives one delivery to a session: queue it, and if connected, move what fits onto
     /// the wire. Counts drops.
+    ///
+    /// A logged QoS 1/2 delivery that finds the queue full is not dropped: the session
+    /// reads it back from the owner's log later (see `catchup`), and meanwhile leaves
+    /// that owner's later messages to the log too, so their order holds.
     pub(crate) fn offer(&self, slot: &mut SessionSlot, delivery: Delivery, now: Instant) {
         let qos = delivery.qos;
+        let from_log = delivery
+            .msg
+            .log
+            .filter(|_| delivery.holds_cursor && delivery.share_group.is_none())
+            .filter(|_| qos != QoS::AtMostOnce);
+        if let Some(pos) = from_log {
+            if slot.session.replay.admit(pos) == Admit::FromLog {
+                return;
+            }
+        }
         match slot.session.outbound.enqueue(delivery, slot.conn.is_some()) {
             Enqueued::Queued => {}
+            Enqueued::DroppedFull if from_log.is_some() => {
+                slot.session.replay.overflowed(from_log.expect("checked"));
+                self.probe.deliveries_deferred_total.inc();
+                return;
+            }
             Enqueued::DroppedQos0 | Enqueued::DroppedFull => {
                 self.probe.messages_dropped_by_qos[qos as usize].inc();
                 return;
@@ -253,6 +272,7 @@ impl Shard {
         self.probe
             .inflight_current
             .add(after as i64 - before as i64);
+        self.request_catch_ups(slot);
     }
 
     /// A connection's output drained: move more of its session's queue onto the wire.

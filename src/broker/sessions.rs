@@ -108,6 +108,13 @@ impl Shard {
                 false,
             ),
         };
+        // Catch-up reads asked for by a shard the session left are answered there, and
+        // deliveries on their way to it are lost: read them from the log.
+        session.replay.forget_requests();
+        if present && session.attached_on != Some(self.id) {
+            session.replay.moved(self.mesh.shards());
+        }
+        session.attached_on = Some(self.id);
         session.protocol = params.protocol;
         session.expiry_secs = params.expiry_secs;
         session.will = params.will;

@@ -188,6 +188,8 @@ impl Shard {
                 let Some(slot) = sessions.get_mut(&key) else {
                     break;
                 };
+                let now = super::persist::unix_ms();
+                slot.session.subscribed_at_ms.insert(filter.clone(), now);
                 slot.session
                     .subscriptions
                     .insert(filter.clone(), opts)
@@ -294,6 +296,7 @@ impl Shard {
                     sessions.get_mut(&key).and_then(|slot| {
                         let s = &mut slot.session;
                         s.subscriptions.remove(filter)?;
+                        s.subscribed_at_ms.remove(filter);
                         Some(s.logged.then(|| s.client_id.clone()))
                     })
                 };

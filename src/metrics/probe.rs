@@ -87,6 +87,13 @@ pub struct ShardProbe {
     /// Deliveries not made, by QoS: session queue full, QoS 0 to an offline or slow
     /// session, over the client's maximum packet size, no shared member left.
     pub messages_dropped_by_qos: [Counter; 3],
+    /// Logged QoS 1/2 deliveries that found the session queue full and were left to be
+    /// read back from the log (not dropped).
+    pub deliveries_deferred_total: Counter,
+    /// Catch-up reads served from this shard's log.
+    pub catch_up_reads_total: Counter,
+    /// Messages queued from catch-up reads.
+    pub catch_up_messages_total: Counter,
     /// Messages whose v5 expiry passed before delivery.
     pub messages_expired_total: Counter,
     /// QoS 1/2 deliveries resent to 3.1.1 clients that had not acknowledged them.
@@ -187,6 +194,21 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "messages_dropped",
         "Deliveries dropped (queue full, QoS 0 to a slow or offline session, oversized), by QoS",
         Series::CounterByQos(|p| &p.messages_dropped_by_qos),
+    ),
+    (
+        "deliveries_deferred",
+        "QoS 1/2 deliveries that found the session queue full and wait in the log",
+        Series::Counter(|p| &p.deliveries_deferred_total),
+    ),
+    (
+        "catch_up_reads",
+        "Catch-up reads of this shard's log for sessions behind",
+        Series::Counter(|p| &p.catch_up_reads_total),
+    ),
+    (
+        "catch_up_messages",
+        "Messages queued from catch-up reads",
+        Series::Counter(|p| &p.catch_up_messages_total),
     ),
     (
         "messages_expired",

@@ -7,6 +7,16 @@
 //! cursor for owner `o` is `min(highest floor seen from o, lowest offset still held
 //! from o)`. It errs only low: a crash then replays some messages twice (QoS 1 allows it),
 //! never skips one the session still needed.
+//!
+//! # Catching up from the log
+//! A logged message that does not fit the session's queue is not dropped: the session
+//! opens a *gap* for its owner at that offset and skips the owner's live messages from
+//! there on. Once the queue has room the broker asks the owner to read the matching
+//! records from the gap on (`take_catch_ups`), a batch at a time; the answer says where
+//! the read stopped (`caught_up`). The gap closes when a read reached the log's end and
+//! no live message at or above that end was skipped meanwhile; live messages below it
+//! are then ignored (the read had them). So a slow subscriber costs the broker a bounded
+//! queue, not memory, and loses nothing that was logged.
 
 use super::message::LogPos;
 use super::outbound::Outbound;
@@ -18,6 +28,41 @@ pub struct ReplayCursor {
     floors: Vec<u64>,
     /// Changed since the last `take_changed`.
     dirty: bool,
+    /// Open gaps by owner shard.
+    gaps: Vec<(u16, Gap)>,
+    /// Per owner shard: live messages below this were read from the log by a catch-up.
+    accept_from: Vec<u64>,
+}
+
+/// Logged messages of one owner the session must read back from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Gap {
+    /// The lowest offset not queued.
+    from: u64,
+    /// The catch-up read under way, if any.
+    request: Option<u64>,
+    /// The highest live offset skipped since the read was asked for.
+    skipped_max: Option<u64>,
+}
+
+/// What to do with a live logged delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Queue it.
+    Queue,
+    /// Skip it: a catch-up read brings it (or brought it) from the log.
+    FromLog,
+}
+
+/// A catch-up read to ask an owner for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The owner shard.
+    pub shard: u16,
+    /// Read from this offset.
+    pub from: u64,
+    /// The request id, echoed in the answer.
+    pub request: u64,
 }
 
 impl ReplayCursor {
@@ -37,13 +82,139 @@ impl ReplayCursor {
         self.dirty = true;
     }
 
+    /// Whether a live delivery at `pos` is queued or left to the log.
+    pub fn admit(&mut self, pos: LogPos) -> Admit {
+        if self
+            .accept_from
+            .get(usize::from(pos.shard))
+            .copied()
+            .unwrap_or(0)
+            > pos.offset
+        {
+            return Admit::FromLog;
+        }
+        match self.gap_mut(pos.shard) {
+            Some(gap) if pos.offset >= gap.from => {
+                if gap.request.is_some() {
+                    gap.skipped_max = gap.skipped_max.max(Some(pos.offset));
+                }
+                Admit::FromLog
+            }
+            _ => Admit::Queue,
+        }
+    }
+
+    /// The queue had no room for the logged delivery at `pos`: read it from the log later.
+    pub fn overflowed(&mut self, pos: LogPos) {
+        self.dirty = true;
+        match self.gap_mut(pos.shard) {
+            Some(gap) => gap.from = gap.from.min(pos.offset),
+            None => self.gaps.push((
+                pos.shard,
+                Gap {
+                    from: pos.offset,
+                    request: None,
+                    skipped_max: None,
+                },
+            )),
+        }
+    }
+
+    /// The session moved here from another shard: what its old shard was still being
+    /// sent may be lost on the way, so every owner's messages from the floor on are read
+    /// from the log (deliveries the session already holds are not queued twice).
+    pub fn moved(&mut self, shards: usize) {
+        for shard in 0..shards {
+            let floor = self.floors.get(shard).copied().unwrap_or(0);
+            self.overflowed(LogPos {
+                shard: shard as u16,
+                offset: floor,
+                floor,
+            });
+        }
+    }
+
+    /// Whether a gap is open.
+    pub fn has_gaps(&self) -> bool {
+        !self.gaps.is_empty()
+    }
+
+    /// The catch-up reads to ask for now (gaps without one under way); `next_request`
+    /// numbers them.
+    pub fn take_catch_ups(&mut self, next_request: &mut u64) -> Vec<CatchUp> {
+        let mut asks = Vec::new();
+        for (shard, gap) in &mut self.gaps {
+            if gap.request.is_none() {
+                *next_request += 1;
+                gap.request = Some(*next_request);
+                gap.skipped_max = None;
+                asks.push(CatchUp {
+                    shard: *shard,
+                    from: gap.from,
+                    request: *next_request,
+                });
+            }
+        }
+        asks
+    }
+
+    /// The session moved to another shard: reads asked for by the old one are lost.
+    pub fn forget_requests(&mut self) {
+        for (_, gap) in &mut self.gaps {
+            gap.request = None;
+        }
+    }
+
+    /// Whether `request` is the read under way for `shard`.
+    pub fn is_current(&self, shard: u16, request: u64) -> bool {
+        self.gaps
+            .iter()
+            .any(|(s, g)| *s == shard && g.request == Some(request))
+    }
+
+    /// A catch-up read of `shard` answered: it stopped at `resume` (the first matching
+    /// record it did not return) or read everything up to the log's `end`; `refused` is
+    /// the first returned message the queue had no room for.
+    pub fn caught_up(&mut self, shard: u16, resume: Option<u64>, end: u64, refused: Option<u64>) {
+        self.dirty = true;
+        let Some(i) = self.gaps.iter().position(|(s, _)| *s == shard) else {
+            return;
+        };
+        let gap = &mut self.gaps[i].1;
+        gap.request = None;
+        if let Some(at) = refused.into_iter().chain(resume).min() {
+            gap.from = at;
+            return;
+        }
+        if gap.skipped_max.is_some_and(|m| m >= end) {
+            // Everything below `end` was read; what was skipped since is read next.
+            gap.from = end;
+            self.raise(usize::from(shard), end);
+            return;
+        }
+        self.gaps.swap_remove(i);
+        let s = usize::from(shard);
+        if self.accept_from.len() <= s {
+            self.accept_from.resize(s + 1, 0);
+        }
+        self.accept_from[s] = self.accept_from[s].max(end);
+        self.raise(s, end);
+    }
+
+    fn gap_mut(&mut self, shard: u16) -> Option<&mut Gap> {
+        self.gaps
+            .iter_mut()
+            .find(|(s, _)| *s == shard)
+            .map(|(_, g)| g)
+    }
+
     /// Something the session holds changed (an acknowledgement, a drop).
     pub fn touch(&mut self) {
         self.dirty = true;
     }
 
-    /// The cursors `(owner shard, offset)` if anything changed since the last call.
-    /// Owners with a cursor of 0 (replay everything) are left out.
+    /// The cursors `(owner shard, offset)` if anything changed since the last call, for
+    /// every owner the session has heard of (a 0 replaces an older, higher cursor).
     pub fn take_changed(&mut self, outbound: &Outbound) -> Option<Vec<(u16, u64)>> {
         if !self.dirty {
             return None;
@@ -51,11 +222,17 @@ impl ReplayCursor {
         self.dirty = false;
         let mut lowest = self.floors.clone();
         outbound.lowest_unfinished(&mut lowest);
+        for (shard, gap) in &self.gaps {
+            let s = usize::from(*shard);
+            if lowest.len() <= s {
+                lowest.resize(s + 1, 0);
+            }
+            lowest[s] = lowest[s].min(gap.from);
+        }
         Some(
             lowest
                 .into_iter()
                 .enumerate()
-                .filter(|(_, c)| *c > 0)
                 .map(|(s, c)| (s as u16, c))
                 .collect(),
         )
@@ -114,21 +291,88 @@ mod tests {
             cursor.note(d.msg.log.unwrap());
             out.enqueue(d, false);
         }
-        assert_eq!(cursor.take_changed(&out), Some(vec![(1, 4)]));
+        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 0), (1, 4)]));
         assert_eq!(cursor.take_changed(&out), None, "unchanged since");
         // A deferred record below arrives later: the floor (3) holds the cursor back.
         let d = delivery(1, 9, 3);
         cursor.note(d.msg.log.unwrap());
-        assert_eq!(cursor.take_changed(&out), Some(vec![(1, 4)]));
+        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 0), (1, 4)]));
         let mut out = outbound();
         cursor.touch();
-        assert_eq!(cursor.take_changed(&out), Some(vec![(1, 8)]));
+        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 0), (1, 8)]));
         out.enqueue(delivery(0, 2, 3), false);
         cursor.touch();
         assert_eq!(
             cursor.take_changed(&out),
-            Some(vec![(1, 8)]),
-            "owner 0 never raised a floor: its cursor stays 0 and is left out"
+            Some(vec![(0, 0), (1, 8)]),
+            "owner 0 never raised a floor: its cursor stays 0"
+        );
+    }
+
+    #[test]
+    fn an_overflow_opens_a_gap_that_holds_the_cursor_until_caught_up() {
+        let mut cursor = ReplayCursor::default();
+        let out = outbound();
+        let pos = |offset| LogPos {
+            shard: 2,
+            offset,
+            floor: offset + 1,
+        };
+        cursor.note(pos(10));
+        cursor.overflowed(pos(10));
+        for o in 11..20 {
+            cursor.note(pos(o));
+            assert_eq!(cursor.admit(pos(o)), Admit::FromLog, "behind the gap");
+        }
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 10));
+        let mut ids = 0;
+        let asks = cursor.take_catch_ups(&mut ids);
+        assert_eq!(
+            asks,
+            vec![CatchUp {
+                shard: 2,
+                from: 10,
+                request: 1
+            }]
+        );
+        assert!(
+            cursor.take_catch_ups(&mut ids).is_empty(),
+            "one read at a time"
+        );
+        // A live message beyond what the read will see is skipped while it runs.
+        assert_eq!(cursor.admit(pos(25)), Admit::FromLog);
+        cursor.caught_up(2, None, 22, None);
+        assert!(cursor.has_gaps(), "25 was skipped after the read started");
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 22));
+        let asks = cursor.take_catch_ups(&mut ids);
+        assert_eq!(asks[0].from, 22);
+        cursor.caught_up(2, None, 30, None);
+        assert!(!cursor.has_gaps());
+        assert_eq!(cursor.admit(pos(29)), Admit::FromLog, "the read had it");
+        assert_eq!(cursor.admit(pos(30)), Admit::Queue);
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 30));
+    }
+
+    #[test]
+    fn a_read_cut_short_or_refused_resumes_there() {
+        let mut cursor = ReplayCursor::default();
+        let pos = LogPos {
+            shard: 0,
+            offset: 5,
+            floor: 6,
+        };
+        cursor.overflowed(pos);
+        let mut ids = 0;
+        cursor.take_catch_ups(&mut ids);
+        cursor.caught_up(0, Some(40), 100, None);
+        assert_eq!(cursor.take_catch_ups(&mut ids)[0].from, 40);
+        cursor.caught_up(0, None, 100, Some(70));
+        assert_eq!(cursor.take_catch_ups(&mut ids)[0].from, 70);
+        cursor.forget_requests();
+        assert_eq!(
+            cursor.take_catch_ups(&mut ids)[0].from,
+            70,
+            "asked again after a move"
         );
     }
 

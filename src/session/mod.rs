@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 
-pub use cursor::ReplayCursor;
+pub use cursor::{Admit, CatchUp, ReplayCursor};
 pub use message::{Delivery, LogPos, Message};
 pub use outbound::{Enqueued, Outbound, OutboundLimits, Outlet, Pumped, UnknownPacketId};
 
@@ -73,8 +73,13 @@ pub struct Session {
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids received and forwarded, awaiting PUBREL.
     pub awaiting_pubrel: HashSet<u16>,
+    /// When each subscription began (ms since the epoch): a read from the log returns
+    /// only records not older than the subscription that matches them.
+    pub subscribed_at_ms: HashMap<String, u64>,
     /// Where a replay after a restart would start, per owner shard.
     pub replay: ReplayCursor,
+    /// The shard the session was last attached on.
+    pub attached_on: Option<usize>,
     /// Whether the home shard's log holds this session (it was persistent when it
     /// connected); its changes are then logged too.
     pub logged: bool,
@@ -96,8 +101,10 @@ impl Session {
             will: None,
             outbound: Outbound::new(limits),
             awaiting_pubrel: HashSet::new(),
+            subscribed_at_ms: HashMap::new(),
             replay: ReplayCursor::default(),
             logged: false,
+            attached_on: None,
         }
     }
 

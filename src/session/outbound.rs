@@ -145,6 +145,15 @@ impl Outbound {
         }
     }
 
+    /// The log offsets of owner `shard` among the deliveries queued or in flight.
+    pub fn held_offsets(&self, shard: u16) -> std::collections::HashSet<u64> {
+        self.queue
+            .iter()
+            .chain(self.inflight.values().map(|e| &e.delivery))
+            .filter_map(|d| d.msg.log.filter(|p| p.shard == shard).map(|p| p.offset))
+            .collect()
+    }
+
     /// Offers a delivery. `connected` = a live connection will pump it.
     pub fn enqueue(&mut self, delivery: Delivery, connected: bool) -> Enqueued {
         if delivery.qos == QoS::AtMostOnce && !connected {

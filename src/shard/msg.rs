@@ -170,6 +170,29 @@ pub enum ShardMsg {
         end: u64,
         /// `(index into wants, message)` in offset order.
         found: Vec<(u32, Arc<Message>)>,
+        /// Per want: where the replay stopped short (its queue bound).
+        resume: Vec<Option<u64>>,
+    },
+    /// A session's shard asks an owner to read logged messages its queue had no room
+    /// for (see `session::ReplayCursor`).
+    CatchUp {
+        /// What to read.
+        want: ReplayWant,
+        /// Echoed in the answer.
+        request: u64,
+    },
+    /// Answer to `CatchUp`.
+    CatchUpReply {
+        /// The session's client id.
+        client_id: ByteStr,
+        /// The request answered.
+        request: u64,
+        /// The messages, in offset order.
+        found: Vec<Arc<Message>>,
+        /// The first matching record not returned (the batch was full).
+        resume: Option<u64>,
+        /// Every record below this was read.
+        end: u64,
     },
     /// The sending shard finished its recovery (the start barrier).
     Recovered,

@@ -268,6 +268,17 @@ impl Wal {
         .await
     }
 
+    /// The first offset that may hold a record stamped `timestamp_ms` or later: the
+    /// start of the oldest segment whose newest record is not older than that (records
+    /// in earlier segments are all older). The next offset if there is none.
+    pub fn first_offset_since(&self, timestamp_ms: u64) -> Offset {
+        let st = self.shared.state.borrow();
+        st.segments
+            .iter()
+            .find(|s| s.max_timestamp_ms >= timestamp_ms || s.end == s.first || s.end >= st.written)
+            .map_or(st.next, |s| s.first)
+    }
+
     /// The offset the next append gets.
     pub fn next_offset(&self) -> Offset {
         self.shared.state.borrow().next

@@ -282,7 +282,10 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
                 }
             })
             .collect();
-        let scan = scan_for_replay(wal, *i as u16, &wants).await;
+        let scan = scan_for_replay(wal, *i as u16, &wants, None).await;
+        if scan.resume.iter().any(Option::is_some) {
+            tracing::warn!(shard = i, "a session had more unacknowledged messages than its queue holds; the rest is not carried over");
+        }
         for (c, msg) in scan.found {
             let offset = msg.log.map_or(0, |p| p.offset);
             old.pending

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
 use crate::router::{filter_matches, owner_of, parse_filter};
-use crate::session::{Delivery, Message, Session, SubOptions, Will, EXPIRY_NEVER};
+use crate::session::{Delivery, LogPos, Message, Session, SubOptions, Will, EXPIRY_NEVER};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal};
 
@@ -326,6 +326,7 @@ impl Shard {
             restored.push((key, client_id, rec, offline_ms));
         }
         self.replay_all(&restored).await;
+        self.log_restored_cursors(&restored).await;
         for (key, client_id, rec, offline_ms) in restored {
             if let Some(will) = rec.will {
                 let left_ms = u64::from(will.delay_secs.min(rec.expiry_secs)) * 1000;
@@ -359,8 +360,10 @@ impl Shard {
             self.outbound_limits(),
         );
         session.logged = true;
-        for (filter, (opts, _)) in &rec.subscriptions {
+        session.attached_on = Some(self.id);
+        for (filter, (opts, since)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);
+            session.subscribed_at_ms.insert(filter.clone(), *since);
         }
         let key = self.broker.new_session_key();
         let me = ConnRef {
@@ -429,7 +432,13 @@ impl Shard {
         }
         let now = Instant::now();
         for reply in self.broker.replies(id).await {
-            let Reply::Replayed { shard, end, found } = reply else {
+            let Reply::Replayed {
+                shard,
+                end,
+                found,
+                resume,
+            } = reply
+            else {
                 continue;
             };
             let mut sessions = self.broker.sessions.borrow_mut();
@@ -442,10 +451,50 @@ impl Shard {
                     self.offer(slot, delivery, now);
                 }
             }
-            for (key, ..) in restored {
-                if let Some(slot) = sessions.get_mut(key) {
-                    slot.session.replay.raise(shard, end);
+            for ((key, ..), resume) in restored.iter().zip(resume) {
+                let Some(slot) = sessions.get_mut(key) else {
+                    continue;
+                };
+                if let Some(offset) = resume {
+                    // More than the queue holds: the rest is read from the log later.
+                    slot.session.replay.overflowed(LogPos {
+                        shard: shard as u16,
+                        offset,
+                        floor: offset,
+                    });
                 }
+                slot.session.replay.raise(shard, end);
+            }
+        }
+    }
+
+    /// Makes the restored sessions' cursors durable before any shard serves: a cursor
+    /// recovered past an owner's end (see `scan_for_replay`) must not outlive this start,
+    /// or the records that now take those offsets would be skipped after the next crash.
+    async fn log_restored_cursors(&self, restored: &[(u64, ByteStr, RecoveredSession, u64)]) {
+        let mut waits = Vec::new();
+        for (key, client_id, ..) in restored {
+            let cursors = {
+                let mut sessions = self.broker.sessions.borrow_mut();
+                let Some(slot) = sessions.get_mut(key) else {
+                    continue;
+                };
+                let s = &mut slot.session;
+                s.replay.touch();
+                s.replay.take_changed(&s.outbound).unwrap_or_default()
+            };
+            let record = SessionRecord::Cursor(cursors);
+            waits.extend(self.log_session(client_id.as_str(), &record, true));
+        }
+        for id in waits {
+            if !matches!(
+                self.broker.replies(id).await.pop(),
+                Some(Reply::Logged(true))
+            ) {
+                tracing::error!(
+                    shard = self.id,
+                    "a restored session's cursor could not be logged"
+                );
             }
         }
     }
@@ -454,27 +503,36 @@ impl Shard {
     /// messages each session wants.
     pub(crate) async fn on_replay(&self, from: usize, id: u64, wants: Vec<ReplayWant>) {
         let Some(durable) = self.durable.get() else {
+            let resume = vec![None; wants.len()];
             let found = Vec::new();
-            self.post(from, ShardMsg::ReplayReply { id, end: 0, found });
+            self.post(
+                from,
+                ShardMsg::ReplayReply {
+                    id,
+                    end: 0,
+                    found,
+                    resume,
+                },
+            );
             return;
         };
-        let scan = scan_for_replay(&durable.wal, self.id as u16, &wants).await;
-        if scan.dropped > 0 {
-            tracing::warn!(
-                shard = self.id,
-                dropped = scan.dropped,
-                "replay found more messages than the session queues hold"
-            );
-            self.probe.messages_dropped_by_qos[1].add(scan.dropped);
-        }
+        let scan = scan_for_replay(&durable.wal, self.id as u16, &wants, None).await;
         tracing::info!(
             shard = self.id,
             to = from,
             messages = scan.found.len(),
             "replayed for persistent sessions"
         );
-        let (end, found) = (scan.end, scan.found);
-        self.post(from, ShardMsg::ReplayReply { id, end, found });
+        let (end, found, resume) = (scan.end, scan.found, scan.resume);
+        self.post(
+            from,
+            ShardMsg::ReplayReply {
+                id,
+                end,
+                found,
+                resume,
+            },
+        );
     }
 }
 
@@ -482,31 +540,56 @@ impl Shard {
 pub struct ReplayScan {
     /// `(index into wants, message)` in offset order.
     pub found: Vec<(u32, Arc<Message>)>,
-    /// The log's end when the scan stopped.
+    /// Every record below this was scanned.
     pub end: u64,
-    /// Messages beyond a session's queue bound (not returned).
-    pub dropped: u64,
+    /// Per want: the first matching record that did not fit its `messages_max`.
+    pub resume: Vec<Option<u64>>,
 }
 
-/// Reads `wal` (the log of shard `shard`) from the lowest wanted offset to its end and
-/// returns the messages each want asks for.
-pub async fn scan_for_replay(wal: &Wal, shard: u16, wants: &[ReplayWant]) -> ReplayScan {
-    let mut next = Offset(wants.iter().map(|w| w.from).min().unwrap_or(0));
+/// Reads `wal` (the log of shard `shard`) from the lowest wanted offset up to `stop`
+/// (or its end) and returns the messages each want asks for.
+pub async fn scan_for_replay(
+    wal: &Wal,
+    shard: u16,
+    wants: &[ReplayWant],
+    stop: Option<u64>,
+) -> ReplayScan {
+    // A cursor may lie past the log's end: the session acknowledged QoS 1 messages that
+    // reached it before they were durable, and the crash cut them off. Those offsets
+    // are given to new records now, so the replay (and the cursor after it) restarts at
+    // the end.
+    let end = stop.unwrap_or(u64::MAX).min(wal.next_offset().0);
+    // Whole segments older than every subscription of a want hold nothing for it.
+    let starts: Vec<u64> = wants
+        .iter()
+        .map(|w| match w.filters.iter().map(|(_, since)| *since).min() {
+            Some(since) => w.from.max(wal.first_offset_since(since).0),
+            None => w.from,
+        })
+        .collect();
+    let lowest = starts.iter().copied().min().unwrap_or(0);
+    let mut next = Offset(lowest.min(end));
     let mut found: Vec<(u32, Arc<Message>)> = Vec::new();
     let mut counts = vec![0usize; wants.len()];
-    let mut dropped = 0u64;
-    loop {
+    let mut resume: Vec<Option<u64>> = vec![None; wants.len()];
+    while next.0 < end && resume.iter().any(Option::is_none) {
         let read = wal.read_from(next, REPLAY_READ_BYTES, |record| {
+            if record.offset.0 >= end {
+                return;
+            }
             let Some((recipients, msg)) = super::durable::decode_any_publish(&record, shard) else {
                 return;
             };
             let msg = Arc::new(msg);
             for (i, want) in wants.iter().enumerate() {
-                if record.offset.0 < want.from || !wanted(want, &recipients, &record, &msg) {
+                if resume[i].is_some()
+                    || record.offset.0 < starts[i]
+                    || !wanted(want, &recipients, &record, &msg)
+                {
                     continue;
                 }
                 if counts[i] >= want.messages_max {
-                    dropped += 1;
+                    resume[i] = Some(record.offset.0);
                     continue;
                 }
                 counts[i] += 1;
@@ -514,7 +597,7 @@ pub async fn scan_for_replay(wal: &Wal, shard: u16, wants: &[ReplayWant]) -> Rep
             }
         });
         match read.await {
-            Ok(after) if after > next => next = after,
+            Ok(after) if after > next => next = after.min(Offset(end)),
             Ok(_) => break,
             Err(e) => {
                 tracing::error!(shard, error = %e, "replay could not read the log");
@@ -525,7 +608,7 @@ pub async fn scan_for_replay(wal: &Wal, shard: u16, wants: &[ReplayWant]) -> Rep
     ReplayScan {
         found,
         end: next.0,
-        dropped,
+        resume,
     }
 }
 
@@ -547,7 +630,7 @@ fn wanted(
 
 /// The delivery of a replayed message to a restored session, by its subscriptions
 /// (the same overlap rule as live delivery).
-fn replayed_delivery(session: &Session, msg: Arc<Message>) -> Option<Delivery> {
+pub(crate) fn replayed_delivery(session: &Session, msg: Arc<Message>) -> Option<Delivery> {
     let own = session.client_id == msg.publisher;
     let mut qos = None;
     let mut ids = Vec::new();

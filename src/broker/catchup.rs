@@ -1,0 +1,154 @@
+//! Catching a session up from the log: the logged messages its queue had no room for
+//! are read back from their owner's log when the queue drains (see
+//! `session::ReplayCursor` for the protocol and why no live message is lost or doubled).
+//!
+//! A read asks for at most `CATCH_UP_MESSAGES_MAX` messages (and no more than the queue
+//! has room for), and covers only records already as durable as the fsync policy
+//! promises, so a QoS 2 message is never delivered before it could be acknowledged.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::mqtt::{ByteStr, QoS};
+use crate::router::parse_filter;
+use crate::session::{CatchUp, Message, Session};
+use crate::shard::{Shard, ShardMsg};
+use crate::storage::Offset;
+
+use super::persist::{replayed_delivery, scan_for_replay, ReplayWant};
+use super::SessionSlot;
+
+/// Most messages one catch-up read returns.
+pub const CATCH_UP_MESSAGES_MAX: usize = 1024;
+
+impl Shard {
+    /// After a pump: if the session has gaps and its queue room again, asks the owners.
+    pub(crate) fn request_catch_ups(&self, slot: &mut SessionSlot) {
+        let s = &mut slot.session;
+        if slot.conn.is_none() || !s.replay.has_gaps() {
+            return;
+        }
+        let room = self
+            .config
+            .session_queue_messages_max
+            .saturating_sub(s.outbound.queued());
+        if room < self.config.session_queue_messages_max / 2 {
+            return;
+        }
+        let mut next = self.broker.next_catch_up.get();
+        let asks = s.replay.take_catch_ups(&mut next);
+        self.broker.next_catch_up.set(next);
+        for CatchUp {
+            shard,
+            from,
+            request,
+        } in asks
+        {
+            let want = ReplayWant {
+                client_id: s.client_id.clone(),
+                from,
+                filters: self.filters_with_since(s),
+                messages_max: room.min(CATCH_UP_MESSAGES_MAX),
+            };
+            self.post(usize::from(shard), ShardMsg::CatchUp { want, request });
+        }
+    }
+
+    fn filters_with_since(&self, s: &Session) -> Vec<(String, u64)> {
+        s.subscriptions
+            .keys()
+            .filter_map(|full| {
+                let plain = parse_filter(full, &self.topic_limits()).ok()?.filter;
+                let since = s.subscribed_at_ms.get(full).copied().unwrap_or(0);
+                Some((plain.to_string(), since))
+            })
+            .collect()
+    }
+
+    /// Owner: reads what `want` asks for from the durable part of this shard's log.
+    pub(crate) fn on_catch_up(self: &Rc<Self>, from: usize, want: ReplayWant, request: u64) {
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let Some(durable) = shard.durable.get() else {
+                return;
+            };
+            let appended = durable.wal.next_offset().0;
+            let durable_up_to = match appended {
+                0 => 0,
+                n => match durable.wal.wait_durable(Offset(n - 1)).await {
+                    Ok(()) => n,
+                    // A poisoned log serves nothing more; the gap stays where it was.
+                    Err(_) => want.from,
+                },
+            };
+            let wants = [want];
+            let scan =
+                scan_for_replay(&durable.wal, shard.id as u16, &wants, Some(durable_up_to)).await;
+            let [want] = wants;
+            shard.probe.catch_up_reads_total.inc();
+            let reply = ShardMsg::CatchUpReply {
+                client_id: want.client_id,
+                request,
+                found: scan.found.into_iter().map(|(_, m)| m).collect(),
+                resume: scan.resume[0],
+                end: scan.end,
+            };
+            shard.post(from, reply);
+        })
+        .detach();
+    }
+
+    /// The session's shard: queues what a catch-up read brought.
+    pub(crate) fn on_caught_up(
+        &self,
+        owner: usize,
+        client_id: ByteStr,
+        request: u64,
+        found: Vec<Arc<Message>>,
+        resume: Option<u64>,
+        end: u64,
+    ) {
+        let Some(key) = self.broker.by_client.borrow().get(&client_id).copied() else {
+            return;
+        };
+        let mut sessions = self.broker.sessions.borrow_mut();
+        let Some(slot) = sessions.get_mut(&key) else {
+            return;
+        };
+        let owner = owner as u16;
+        if !slot.session.replay.is_current(owner, request) {
+            return;
+        }
+        let connected = slot.conn.is_some();
+        let mut refused = None;
+        let held_set: std::collections::HashSet<u64> = if found.is_empty() {
+            Default::default()
+        } else {
+            slot.session.outbound.held_offsets(owner)
+        };
+        for msg in found {
+            let offset = msg.log.map_or(0, |p| p.offset);
+            if held_set.contains(&offset) {
+                continue;
+            }
+            let Some(delivery) = replayed_delivery(&slot.session, msg) else {
+                continue;
+            };
+            // QoS 0 deliveries are never deferred to the log: they went (or were
+            // dropped) live.
+            if delivery.qos == QoS::AtMostOnce {
+                continue;
+            }
+            if slot.session.outbound.enqueue(delivery, connected)
+                != crate::session::Enqueued::Queued
+            {
+                refused = Some(offset);
+                break;
+            }
+            self.probe.catch_up_messages_total.inc();
+        }
+        slot.session.replay.caught_up(owner, resume, end, refused);
+        self.pump(slot, Instant::now());
+    }
+}
