@@ -340,3 +340,47 @@ fn a_layout_change_interrupted_by_a_crash_is_finished_at_the_next_start() {
         sub.assert_no_publish(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn a_subscriber_that_stops_reading_gets_every_acknowledged_message_from_the_log() {
+    let broker = Broker::start_with(BrokerOptions {
+        env: vec![
+            ("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX".into(), "64".into()),
+            ("SHARDMQ_INFLIGHT_COUNT_MAX".into(), "16".into()),
+        ],
+        ..BrokerOptions::default()
+    });
+    let mut slow = Conn::client(broker.mqtt, true, "stalled-sub");
+    slow.sub("stalled/#", 1);
+    // The subscriber reads nothing while 2,000 QoS 1 messages are acknowledged.
+    let topics = names("stalled/t", 4);
+    let mut publ = Conn::client(broker.mqtt, true, "stalled-pub");
+    let payload = vec![b'x'; 512];
+    for seq in 0..500u32 {
+        for t in &topics {
+            let mut body = seq.to_be_bytes().to_vec();
+            body.extend_from_slice(&payload);
+            let code = publ.publish(Publish::new(t, &body, 1));
+            assert!(code < 0x80, "acknowledged: {code:#x}");
+        }
+    }
+    assert!(
+        broker.metric_sum("shardmq_deliveries_deferred_total") > 0.0,
+        "the 64-message queue overflowed into the log"
+    );
+    let mut next: HashMap<String, u32> = HashMap::new();
+    let mut got = 0;
+    while got < 2000 {
+        let p = slow
+            .try_publish(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("only {got} of 2000 arrived"));
+        let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+        let want = next.entry(p.topic.clone()).or_insert(0);
+        assert_eq!(seq, *want, "{}: in order, none lost or doubled", p.topic);
+        *want += 1;
+        got += 1;
+    }
+    slow.assert_no_publish(Duration::from_millis(300));
+    assert!(broker.metric_sum("shardmq_catch_up_messages_total") > 0.0);
+    assert_eq!(broker.metric_sum("shardmq_messages_dropped_total"), 0.0);
+}
