@@ -79,6 +79,13 @@ impl Durability {
         first_other.min(offset + 1)
     }
 
+    /// Every logged record below this has been sent to every interested shard.
+    pub(crate) fn sent_watermark(&self) -> u64 {
+        let unsent = self.unsent.borrow();
+        let first = unsent.iter().find(|(_, done)| !done).map(|(o, _)| *o);
+        first.unwrap_or(u64::MAX).min(self.wal.next_offset().0)
+    }
+
     /// The fan-out of the record at `offset` is finished (or will never happen).
     fn sent(&self, offset: u64) {
         let mut unsent = self.unsent.borrow_mut();
@@ -239,6 +246,13 @@ pub struct Recovered {
 impl Recovered {
     /// Visits one record during WAL recovery.
     pub fn visit(&mut self, record: RecordRef<'_>) {
+        if record.kind == super::retention::RECORD_RETAINED {
+            if let Some(msg) = decode_publish_body(&record, record.body, self.shard) {
+                self.retained
+                    .insert(msg.topic.as_str().to_string(), Arc::new(msg));
+            }
+            return;
+        }
         if persist::records::is_session_record(record.kind) {
             if !persist::visit_session_record(&mut self.sessions, &record) {
                 self.damaged += 1;

@@ -23,6 +23,7 @@ mod catchup;
 mod durable;
 pub mod persist;
 mod publish;
+mod retention;
 mod sessions;
 mod subscribe;
 
@@ -59,6 +60,10 @@ pub struct MemberKey {
     /// Member session.
     pub session: SessionKey,
 }
+
+/// An owner's record of one shard's floor reports: how many it sent, and the lowest of
+/// its last two with the last one.
+pub(crate) type FloorReports = (u8, Option<(u64, u64)>);
 
 /// A session and where it is connected.
 pub struct SessionSlot {
@@ -128,6 +133,9 @@ pub struct BrokerState {
     pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
     /// Home shard: client ids whose session this shard's log holds (open, not ended).
     pub(crate) persisted: RefCell<HashSet<String>>,
+    /// Owner: per reporting shard, how many floor reports it sent and the lowest of its
+    /// last two with the last one (see `retention`).
+    pub(crate) floor_reports: RefCell<Vec<FloorReports>>,
     /// Numbers catch-up reads.
     pub(crate) next_catch_up: Cell<u64>,
     /// Peers that finished their recovery (the start barrier).
@@ -166,6 +174,7 @@ impl BrokerState {
             retained: RefCell::new(RetainedIndex::new()),
             registry: RefCell::new(HashMap::new()),
             persisted: RefCell::new(HashSet::new()),
+            floor_reports: RefCell::new(Vec::new()),
             next_catch_up: Cell::new(0),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
@@ -374,6 +383,8 @@ impl Shard {
                     resume,
                 },
             ),
+            ShardMsg::RetentionFloor { floor } => self.on_retention_floor(from, floor),
+            ShardMsg::Watermark { watermark } => self.on_watermark(from, watermark),
             ShardMsg::CatchUp { want, request } => self.on_catch_up(from, want, request),
             ShardMsg::CatchUpReply {
                 client_id,

@@ -94,6 +94,10 @@ pub struct Config {
     pub wal_buffer_bytes: usize,
     /// Also log QoS 0 publishes (retained ones are always logged).
     pub log_qos0: bool,
+    /// Delete WAL segments whose newest record is older than this; 0 = keep them.
+    pub retention_ms: u64,
+    /// Delete the oldest WAL segments while a shard's log is larger; 0 = no limit.
+    pub retention_bytes: u64,
     /// Users with PHC password hashes (`shardmq hash-password` makes one). Last, because
     /// TOML writes arrays of tables after plain values.
     pub users: Vec<UserConfig>,
@@ -153,6 +157,8 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             wal_buffer_bytes: 4 << 20,
             log_qos0: false,
+            retention_ms: 0,
+            retention_bytes: 0,
             users: Vec::new(),
         }
     }

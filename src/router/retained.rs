@@ -102,6 +102,11 @@ impl<V> RetainedIndex<V> {
     pub fn for_each_matching(&self, filter: &str, mut f: impl FnMut(&str, &V)) {
         visit(&self.root, filter, true, &mut f);
     }
+
+    /// Calls `f(topic, value)` for every stored topic, `$`-topics included.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &V)) {
+        emit_subtree(&self.root, &mut f);
+    }
 }
 
 /// Recursion depth is bounded by the topic's level count.

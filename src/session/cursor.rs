@@ -208,6 +208,13 @@ impl ReplayCursor {
             .map(|(_, g)| g)
     }
 
+    /// Like `raise`, but marks the cursor changed only if the floor rose.
+    pub fn raise_quietly(&mut self, shard: usize, floor: u64) {
+        if self.floors.get(shard).copied().unwrap_or(0) < floor {
+            self.raise(shard, floor);
+        }
+    }
+
     /// Something the session holds changed (an acknowledgement, a drop).
     pub fn touch(&mut self) {
         self.dirty = true;
@@ -220,6 +227,17 @@ impl ReplayCursor {
             return None;
         }
         self.dirty = false;
+        Some(
+            self.current(outbound)
+                .into_iter()
+                .enumerate()
+                .map(|(s, c)| (s as u16, c))
+                .collect(),
+        )
+    }
+
+    /// The cursor per owner shard (index) now.
+    pub fn current(&self, outbound: &Outbound) -> Vec<u64> {
         let mut lowest = self.floors.clone();
         outbound.lowest_unfinished(&mut lowest);
         for (shard, gap) in &self.gaps {
@@ -229,13 +247,7 @@ impl ReplayCursor {
             }
             lowest[s] = lowest[s].min(gap.from);
         }
-        Some(
-            lowest
-                .into_iter()
-                .enumerate()
-                .map(|(s, c)| (s as u16, c))
-                .collect(),
-        )
+        lowest
     }
 }
 

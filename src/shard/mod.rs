@@ -278,6 +278,8 @@ async fn run_shard(
     }
     shard.spawn_redelivery();
     shard.spawn_cursor_flush();
+    shard.spawn_retention();
+    shard.spawn_watermarks();
 
     let listener = glommio::net::TcpListener::bind(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
@@ -382,6 +384,8 @@ fn wal_config(config: &Config, dir: std::path::PathBuf) -> Result<WalConfig, Str
         .map_err(|e| format!("fsync_policy: {e}"))?;
     wal_config.segment_bytes = config.segment_bytes;
     wal_config.write_buffer_bytes = config.wal_buffer_bytes;
+    wal_config.retention_ms = (config.retention_ms > 0).then_some(config.retention_ms);
+    wal_config.retention_bytes = (config.retention_bytes > 0).then_some(config.retention_bytes);
     Ok(wal_config)
 }
 

@@ -194,6 +194,16 @@ pub enum ShardMsg {
         /// Every record below this was read.
         end: u64,
     },
+    /// The lowest replay cursor the sending shard's sessions hold in the receiver's log.
+    RetentionFloor {
+        /// Offset (`u64::MAX`: none).
+        floor: u64,
+    },
+    /// Every record of the sender's log below `watermark` has been sent to the receiver.
+    Watermark {
+        /// Offset.
+        watermark: u64,
+    },
     /// The sending shard finished its recovery (the start barrier).
     Recovered,
     /// A session ended on the sending shard (to the home shard's registry).

@@ -279,6 +279,26 @@ impl Wal {
             .map_or(st.next, |s| s.first)
     }
 
+    /// The oldest offset still in the log.
+    pub fn first_offset(&self) -> Offset {
+        let st = self.shared.state.borrow();
+        st.segments.front().map_or(st.next, |s| s.first)
+    }
+
+    /// Where the log would start if nobody still needed old records: the end of the
+    /// oldest segments that `retention_ms` / `retention_bytes` would delete at `now_ms`.
+    /// `None` when they would delete nothing (or no limit is set).
+    pub fn retention_candidate(&self, now_ms: u64) -> Option<Offset> {
+        let mut st = self.shared.state.borrow_mut();
+        let limits = super::retention::RetentionLimits {
+            retention_ms: self.shared.config.retention_ms,
+            retention_bytes: self.shared.config.retention_bytes,
+            floor: Offset(u64::MAX),
+        };
+        let n = super::retention::deletable_prefix(st.segments.make_contiguous(), limits, now_ms);
+        n.checked_sub(1).map(|last| st.segments[last].end)
+    }
+
     /// The offset the next append gets.
     pub fn next_offset(&self) -> Offset {
         self.shared.state.borrow().next

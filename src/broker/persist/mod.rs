@@ -567,7 +567,12 @@ pub async fn scan_for_replay(
             None => w.from,
         })
         .collect();
-    let lowest = starts.iter().copied().min().unwrap_or(0);
+    let lowest = starts
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(0)
+        .max(wal.first_offset().0);
     let mut next = Offset(lowest.min(end));
     let mut found: Vec<(u32, Arc<Message>)> = Vec::new();
     let mut counts = vec![0usize; wants.len()];
