@@ -73,7 +73,6 @@ impl Runtime {
             shards: config.shards,
             wal: wal_config(config, config.data_dir.clone())?,
             io_memory_bytes: io_memory,
-            session_queue_messages_max: config.session_queue_messages_max,
         })?;
         let config = Arc::new(Config {
             mqtt_listen: mqtt_addr,

@@ -69,8 +69,6 @@ pub struct MigrationConfig {
     pub wal: WalConfig,
     /// io_uring registered memory for the migration's executor.
     pub io_memory_bytes: usize,
-    /// Most messages replayed per session.
-    pub session_queue_messages_max: usize,
 }
 
 /// Brings `data_dir` to the configured layout, rewriting the logs if the shard count
@@ -278,14 +276,12 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
                             Some((parse_filter(f, &limits).ok()?.filter.to_string(), *since))
                         })
                         .collect(),
-                    messages_max: cfg.session_queue_messages_max,
+                    // Offline and one-off: carry everything over, not just a queue's worth.
+                    messages_max: usize::MAX,
                 }
             })
             .collect();
         let scan = scan_for_replay(wal, *i as u16, &wants, None).await;
-        if scan.resume.iter().any(Option::is_some) {
-            tracing::warn!(shard = i, "a session had more unacknowledged messages than its queue holds; the rest is not carried over");
-        }
         for (c, msg) in scan.found {
             let offset = msg.log.map_or(0, |p| p.offset);
             old.pending

@@ -29,7 +29,11 @@
 //!   cursors but may keep a subscription the client removed right before moving.
 //! - Shared subscriptions are restored, and a member's unacknowledged messages are
 //!   replayed to that member (or, after it expires, to nobody).
-//! - Retention does not run: no segment is ever deleted while sessions may need it.
+//!
+//! Sessions whose queue overflows, or that move between shards, read the log back the
+//! same way while running (`catchup`); retention keeps what cursors still need
+//! (`retention`); a changed shard count rewrites the logs first (`migrate`). The whole
+//! picture is in docs/durability.md.
 
 pub mod migrate;
 pub mod records;
