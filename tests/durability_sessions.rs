@@ -384,3 +384,37 @@ fn a_subscriber_that_stops_reading_gets_every_acknowledged_message_from_the_log(
     assert!(broker.metric_sum("shardmq_catch_up_messages_total") > 0.0);
     assert_eq!(broker.metric_sum("shardmq_messages_dropped_total"), 0.0);
 }
+
+#[test]
+fn a_delayed_will_outlives_kill_9_and_fires_once() {
+    use common::raw::{Prop, Props, Will, P_WILL_DELAY};
+    let dir = temp_dir();
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+        let will = Will {
+            topic: "wills/kept".into(),
+            payload: b"gone for good".to_vec(),
+            qos: 1,
+            retain: false,
+            props: Props::new().with(P_WILL_DELAY, Prop::U32(3)),
+        };
+        let (conn, _) = Conn::connect(broker.mqtt, &v5_persistent("will-keeper").will(will));
+        conn.kill();
+        // Let the detach record reach the home's log, then crash well before the delay.
+        std::thread::sleep(Duration::from_millis(500));
+        kill_9(&mut broker);
+    }
+    let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+    let mut watcher = Conn::client(broker.mqtt, true, "will-watcher");
+    watcher.sub("wills/#", 1);
+    let p = watcher
+        .try_publish(Duration::from_secs(8))
+        .expect("the delayed will is published after the restart");
+    assert_eq!(p.payload, b"gone for good");
+    watcher.assert_no_publish(Duration::from_millis(500));
+    kill_9(&mut broker);
+    let broker = durable_broker(dir.path().to_path_buf(), 2);
+    let mut watcher = Conn::client(broker.mqtt, true, "will-watcher-2");
+    watcher.sub("wills/#", 1);
+    watcher.assert_no_publish(Duration::from_secs(4));
+}
