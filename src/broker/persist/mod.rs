@@ -236,10 +236,27 @@ impl Shard {
     /// Home shard, on a clean-start claim: the old session ends here, in the log's order,
     /// before the new connection can log anything of its own.
     pub(crate) fn end_logged_at_home(self: &Rc<Self>, client_id: &ByteStr) {
-        if !self.broker.persisted.borrow().contains(client_id.as_str()) {
+        if !self
+            .broker
+            .persisted
+            .borrow_mut()
+            .remove(client_id.as_str())
+        {
             return;
         }
         let (kind, body) = records::encode(client_id.as_str(), &SessionRecord::End);
+        // Appended now, before the new connection's own records can arrive; only a full
+        // group-commit buffer makes it wait (in order with other waiting appends).
+        if let Some(durable) = self.durable.get() {
+            match durable.wal.append(kind, unix_ms(), &[&body[..]]) {
+                Ok(_) => return,
+                Err(crate::storage::WalError::BufferFull) => {}
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "session end not logged");
+                    return;
+                }
+            }
+        }
         let shard = Rc::clone(self);
         let from = self.id;
         glommio::spawn_local(async move { shard.on_session_log(from, kind.0, body, None).await })
