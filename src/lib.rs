@@ -23,6 +23,8 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;
