@@ -33,36 +33,50 @@ const HEADER_FIELDS_BYTES: usize = 24;
 
 /// Decodes `data` as described in the module docs and panics on any broken promise.
 pub fn frame_check(data: &[u8]) {
-    let Some((&selector, rest)) = data.split_first() else {
-        return;
-    };
+    scan_input(data);
+}
+
+/// How a scan of a checked input ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    /// Valid records read.
+    pub records: u64,
+    /// Why it stopped; `None` after a record at the last possible offset.
+    pub stop: Option<StopReason>,
+}
+
+/// [`frame_check`], returning how the scan ended (`None`: the input is too short to
+/// select anything, or its segment header is not valid).
+pub(crate) fn scan_input(data: &[u8]) -> Option<Scanned> {
+    let (&selector, rest) = data.split_first()?;
     let body_bytes_max = 1usize << ((selector & 0x1F) % 21);
     if selector & 0x80 == 0 {
-        let Some((first, frames)) = rest.split_first_chunk::<8>() else {
-            return;
-        };
-        scan(frames, Offset(u64::from_le_bytes(*first)), body_bytes_max);
-    } else {
-        let header = &rest[..rest.len().min(SEGMENT_HEADER_BYTES)];
-        let SegmentHeader::Valid(first) = decode_segment_header(header) else {
-            return;
-        };
-        let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
-        encode_segment_header(&mut block, first);
-        assert_eq!(
-            block[..HEADER_FIELDS_BYTES],
-            header[..HEADER_FIELDS_BYTES],
-            "a valid segment header does not re-encode to its bytes"
-        );
-        if let Some(frames) = rest.get(SEGMENT_HEADER_BYTES..) {
-            scan(frames, first, body_bytes_max);
-        }
+        let (first, frames) = rest.split_first_chunk::<8>()?;
+        return Some(scan(
+            frames,
+            Offset(u64::from_le_bytes(*first)),
+            body_bytes_max,
+        ));
     }
+    let header = &rest[..rest.len().min(SEGMENT_HEADER_BYTES)];
+    let SegmentHeader::Valid(first) = decode_segment_header(header) else {
+        return None;
+    };
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    encode_segment_header(&mut block, first);
+    assert_eq!(
+        block[..HEADER_FIELDS_BYTES],
+        header[..HEADER_FIELDS_BYTES],
+        "a valid segment header does not re-encode to its bytes"
+    );
+    let frames = rest.get(SEGMENT_HEADER_BYTES..).unwrap_or_default();
+    Some(scan(frames, first, body_bytes_max))
 }
 
 /// Walks the frames of `data` from offset `first` until the first non-record.
-fn scan(data: &[u8], first: Offset, body_bytes_max: usize) {
+fn scan(data: &[u8], first: Offset, body_bytes_max: usize) -> Scanned {
     let (mut at, mut expected) = (0usize, first);
+    let mut records = 0;
     loop {
         let rest = &data[at..];
         let verdict = decode_frame(rest, expected, body_bytes_max);
@@ -76,15 +90,20 @@ fn scan(data: &[u8], first: Offset, body_bytes_max: usize) {
             Verdict::of(&grown(rest, expected, body_bytes_max)),
             "decoding in growing windows disagrees with decoding at once at byte {at}"
         );
-        match verdict {
+        let stop = match verdict {
             Decoded::Record(record, n) => {
                 check_record(&record, &rest[..n], body_bytes_max);
                 at += n;
+                records += 1;
                 // A crafted header may name the last offset; nothing can follow it.
                 let Some(next) = expected.0.checked_add(1) else {
-                    return;
+                    return Scanned {
+                        records,
+                        stop: None,
+                    };
                 };
                 expected = Offset(next);
+                continue;
             }
             Decoded::NeedBytes(need) => {
                 assert!(
@@ -99,10 +118,14 @@ fn scan(data: &[u8], first: Offset, body_bytes_max: usize) {
                     all_zero,
                     "tail verdict {stop:?}"
                 );
-                return;
+                stop
             }
-            Decoded::Stop(_) => return,
-        }
+            Decoded::Stop(reason) => reason,
+        };
+        return Scanned {
+            records,
+            stop: Some(stop),
+        };
     }
 }
 

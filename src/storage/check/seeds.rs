@@ -3,7 +3,9 @@
 //! bad length, a damaged segment header). `tests/fuzz_corpus.rs` writes them to
 //! `fuzz/corpus/wal_frame/`.
 
-use super::super::frame::{encode_frame, encode_segment_header, frame_bytes, SEGMENT_HEADER_BYTES};
+use super::super::frame::{
+    encode_frame, encode_segment_header, frame_bytes, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use super::super::{Offset, RecordKind};
 
 /// The selector bits for a 1 MiB record limit (`1 << 20`).
@@ -45,7 +47,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             "frames-bad-crc-body",
             LIMIT_1_MIB,
             0,
-            flip(first_bytes + 30),
+            flip(first_bytes + FRAME_HEADER_BYTES + 2),
         ),
         ("frames-bad-crc-length", LIMIT_1_MIB, 0, flip(first_bytes)),
         ("frames-stale-offset", LIMIT_1_MIB, 1, run.clone()),
@@ -123,4 +125,42 @@ fn segment(first: u64, bodies: &[&[u8]]) -> Vec<u8> {
     out.extend(frames(first, bodies));
     out.extend([0u8; 64]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{scan_input, Scanned};
+    use super::*;
+    use crate::storage::StopReason::*;
+
+    /// Each seed ends the way its name says, so the corpus starts the fuzzer at every
+    /// verdict of the decoder.
+    #[test]
+    fn seeds_reach_the_verdicts_they_name() {
+        let stop = |records, stop| Some(Scanned { records, stop });
+        let expected = [
+            ("frames", stop(4, Some(Zeroed))),
+            ("frames-zero-tail", stop(4, Some(Zeroed))),
+            ("frames-torn-tail", stop(3, Some(Truncated))),
+            ("frames-torn-header", stop(1, Some(Truncated))),
+            ("frames-bad-crc-body", stop(1, Some(BadCrc))),
+            ("frames-bad-crc-length", stop(1, Some(BadCrc))),
+            ("frames-stale-offset", stop(0, Some(OffsetMismatch))),
+            ("frames-bad-length", stop(0, Some(BadLength))),
+            ("frames-at-limit", stop(1, Some(BadLength))),
+            ("frames-last-offset", stop(1, None)),
+            ("segment", stop(3, Some(Zeroed))),
+            ("segment-bad-magic", None),
+            ("segment-bad-version", None),
+            ("segment-torn", stop(1, Some(Truncated))),
+            ("segment-zeroed", None),
+            ("segment-last-offset", stop(1, None)),
+        ];
+        let all = seeds();
+        assert_eq!(all.len(), expected.len());
+        for ((name, data), (want_name, want)) in all.iter().zip(expected) {
+            assert_eq!(name, want_name);
+            assert_eq!(scan_input(data), want, "{name}");
+        }
+    }
 }
