@@ -16,8 +16,8 @@
 //! - every strict prefix of the encoding is `Ok(None)` and leaves the buffer untouched;
 //! - a limit of exactly its size accepts it, one byte less rejects it from the header.
 //!
-//! For every error: the buffer never grows, and either stays untouched (packet too large,
-//! bad fixed header) or loses exactly the offending packet; the error has a reason code.
+//! For every error: the buffer never grows, a packet too large leaves it untouched, and the
+//! error has a reason code and a message.
 
 mod seeds;
 
