@@ -16,13 +16,17 @@
 //!
 //! Dependencies point one way: `mqtt`, `router`, `auth`, `config` and `metrics` depend on
 //! no other module; `session` uses `mqtt`; `broker`, `shard` and `net` wire everything
-//! together. The daemon is `src/main.rs`.
+//! together. The daemon is `src/main.rs`. `fuzzing` (hidden) exposes the decoders'
+//! contract checks that the cargo-fuzz targets in `fuzz/` and `tests/fuzz_corpus.rs` run;
+//! the checks live in `mqtt::check` and `storage::check`.
 
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod broker;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;

@@ -158,9 +158,16 @@ impl DecodeError {
         use DecodeError::*;
         match self {
             PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
-            UnsupportedProtocolLevel { .. } => ReasonCode::UnsupportedProtocolVersion,
+            // A CONNECT naming another protocol asks for a version this server does not
+            // speak, whatever its level byte says.
+            UnsupportedProtocolLevel { .. } | InvalidProtocolName => {
+                ReasonCode::UnsupportedProtocolVersion
+            }
             TopicAliasZero => ReasonCode::TopicAliasInvalid,
-            DupWithQos0
+            // A zero packet id parses; it breaks a rule [MQTT-2.2.1-3], like an empty
+            // SUBSCRIBE [MQTT-3.8.3-2], so it is a protocol error rather than malformed.
+            ZeroPacketId { .. }
+            | DupWithQos0
             | EmptyTopic
             | NoTopicFilters { .. }
             | DuplicateProperty { .. }

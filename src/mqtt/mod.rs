@@ -23,6 +23,8 @@
 
 mod ack;
 mod bytestr;
+#[doc(hidden)]
+pub mod check;
 mod connect;
 mod disconnect;
 mod error;

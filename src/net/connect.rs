@@ -35,6 +35,8 @@ pub(super) async fn handshake(
     limits: &DecodeLimits,
 ) -> Option<Accepted> {
     let connect = loop {
+        // Read the level before decoding: a failed decode consumes the packet's bytes.
+        let level = connect_level(rbuf);
         match mqtt::decode(rbuf, None, limits) {
             Ok(Some(Packet::Connect(connect))) => break connect,
             Ok(Some(other)) => {
@@ -48,7 +50,7 @@ pub(super) async fn handshake(
             },
             Err(e) => {
                 shard.probe.protocol_errors_total.inc();
-                refuse_malformed(conn, rbuf, &e);
+                refuse_malformed(conn, level, &e);
                 return None;
             }
         }
@@ -66,7 +68,8 @@ pub(super) async fn handshake(
 }
 
 /// A CONNECT that could not be decoded: answer what the protocol allows, then close.
-fn refuse_malformed(conn: &Conn, raw: &BytesMut, e: &DecodeError) {
+/// `level` is the CONNECT's level byte, if the bytes reached it.
+fn refuse_malformed(conn: &Conn, level: Option<u8>, e: &DecodeError) {
     if let DecodeError::UnsupportedProtocolLevel { .. } = e {
         // Unknown level: answer in 3.1.1 form, return code 1 (unacceptable version).
         conn.protocol.set(Protocol::V311);
@@ -76,7 +79,7 @@ fn refuse_malformed(conn: &Conn, raw: &BytesMut, e: &DecodeError) {
         )));
         return;
     }
-    if connect_level(raw) == Some(5) {
+    if level == Some(5) {
         conn.protocol.set(Protocol::V5);
         conn.send(&Packet::ConnAck(ConnAck::new(false, e.reason_code())));
     }

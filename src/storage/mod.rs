@@ -59,6 +59,8 @@
 //!   active segment. With no floor set nothing is deleted. Limits are evaluated when the
 //!   floor rises and at each segment roll.
 
+#[doc(hidden)]
+pub mod check;
 mod committer;
 mod frame;
 mod policy;

@@ -9,7 +9,9 @@ fn connect_malformed_classes() {
     let base = connect_v311_bytes();
     let mut wrong_name = base.clone();
     wrong_name[7] = b'X';
-    assert_eq!(err(&wrong_name, None), DecodeError::InvalidProtocolName);
+    let e = err(&wrong_name, None);
+    assert_eq!(e, DecodeError::InvalidProtocolName);
+    assert_eq!(e.reason_code(), ReasonCode::UnsupportedProtocolVersion);
 
     let mut level6 = base.clone();
     level6[8] = 6;
@@ -147,12 +149,14 @@ fn publish_malformed_classes() {
     let e = err(&[0x38, 3, 0, 1, b'a'], v311);
     assert_eq!(e, DecodeError::DupWithQos0);
     assert_eq!(e.reason_code(), ReasonCode::ProtocolError);
+    let e = err(&[0x32, 5, 0, 1, b'a', 0, 0], v311);
     assert_eq!(
-        err(&[0x32, 5, 0, 1, b'a', 0, 0], v311),
+        e,
         DecodeError::ZeroPacketId {
             packet: PacketType::Publish
         }
     );
+    assert_eq!(e.reason_code(), ReasonCode::ProtocolError);
     assert_eq!(
         err(&[0x30, 4, 0, 2, 0xC3, 0x28], v311),
         DecodeError::InvalidUtf8 {

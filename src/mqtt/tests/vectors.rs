@@ -181,9 +181,10 @@ fn acks_v311_and_v5_short_forms() {
         assert_vector(&[first, 2, 1, 2], Protocol::V5, &ok);
         // Explicit success with an empty property block: accepted, re-encoded short.
         assert_eq!(decoded(&[first, 4, 1, 2, 0, 0], Protocol::V5), ok);
+        // Packet id 0 parses but breaks [MQTT-2.2.1-3]: a protocol error.
         assert_eq!(
             err(&[first, 2, 0, 0], Some(Protocol::V311)).reason_code(),
-            ReasonCode::MalformedPacket
+            ReasonCode::ProtocolError
         );
         // 3.1.1 acks have a fixed length.
         assert!(matches!(
