@@ -17,7 +17,9 @@ use bytes::Bytes;
 use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 
 pub use message::{Delivery, Message};
-pub use outbound::{Enqueued, Outbound, OutboundLimits, Outlet, Pumped, UnknownPacketId};
+pub use outbound::{
+    Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, UnknownPacketId,
+};
 
 /// Session expiry interval meaning "never expires".
 pub const EXPIRY_NEVER: u32 = u32::MAX;
