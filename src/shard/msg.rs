@@ -22,6 +22,9 @@ pub struct AckTo {
     pub conn: ConnRef,
     /// The publisher's packet id.
     pub packet_id: u16,
+    /// Whether the publisher can be told of a refusal (v5: a PUBACK/PUBREC reason code);
+    /// a 3.1.1 publisher cannot, so a refusal closes its connection.
+    pub refusable: bool,
 }
 
 /// One message from one shard to another; the sender's id travels with the batch.
