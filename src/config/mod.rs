@@ -48,6 +48,10 @@ pub struct Config {
     pub mesh_channel_batches_max: usize,
     /// Most messages one mesh batch carries; a fuller outbox is sent as several batches.
     pub mesh_batch_messages_max: usize,
+    /// Bytes of messages in transit on one mesh link (one shard to another) beyond
+    /// which connections on either end stop being read: what bounds the memory between
+    /// a shard that publishes faster than its peer delivers.
+    pub mesh_link_bytes_max: usize,
     /// io_uring registered buffer memory per shard. Shrunk at start to fit RLIMIT_MEMLOCK.
     pub io_memory_bytes: usize,
 
@@ -146,6 +150,7 @@ impl Default for Config {
             shutdown_timeout_ms: 5_000,
             mesh_channel_batches_max: 1_024,
             mesh_batch_messages_max: 256,
+            mesh_link_bytes_max: 16 << 20,
             io_memory_bytes: 10 << 20,
             connections_max: 100_000,
             connections_per_shard_max: 100_000,
@@ -258,6 +263,7 @@ impl Config {
             "mesh_batch_messages_max",
             self.mesh_batch_messages_max as u64,
         )?;
+        positive("mesh_link_bytes_max", self.mesh_link_bytes_max as u64)?;
         if self.mesh_channel_batches_max < 16 {
             return Err(ConfigError::new(
                 "mesh_channel_batches_max",

@@ -87,6 +87,8 @@ pub enum Limit {
     /// A new retained topic not stored: the owner holds its share of
     /// `retained_messages_max`.
     RetainedMessagesMax,
+    /// A publisher's reader paused: a mesh link of its shard holds `mesh_link_bytes_max`.
+    MeshLinkBytesMax,
 }
 
 impl Limit {
@@ -102,6 +104,7 @@ impl Limit {
         Limit::ConnectionOutBytesMax,
         Limit::SubscriptionsPerSessionMax,
         Limit::RetainedMessagesMax,
+        Limit::MeshLinkBytesMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -117,12 +120,13 @@ impl Limit {
             Limit::ConnectionOutBytesMax => "connection_out_bytes_max",
             Limit::SubscriptionsPerSessionMax => "subscriptions_per_session_max",
             Limit::RetainedMessagesMax => "retained_messages_max",
+            Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 10;
+pub const LIMITS: usize = 11;
 
 const _: () = {
     let mut i = 0;

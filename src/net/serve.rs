@@ -52,6 +52,9 @@ impl ReadBuf {
     }
 }
 
+/// How often a reader paused by a backlogged mesh link checks it again.
+const MESH_ROOM_POLL: Duration = Duration::from_micros(200);
+
 /// How a connection ended, for the will and the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ending {
@@ -186,6 +189,7 @@ async fn packet_loop(
             shard.probe.hit(Limit::ReceiveMaximum);
             conn.acks_below(receive_maximum).await;
         }
+        mesh_room(shard, conn).await;
         if conn.closing().is_some() {
             return Ending::ByServer;
         }
@@ -200,6 +204,22 @@ async fn packet_loop(
                 return Ending::Abnormal;
             }
         }
+    }
+}
+
+/// Waits while a mesh link of this shard is over `mesh_link_bytes_max`: a peer (or this
+/// shard) is behind, and whatever this connection publishes would pile up in transit.
+/// Only connection readers wait here: mesh receivers never do, or two shards waiting
+/// on each other's links would deadlock.
+async fn mesh_room(shard: &Shard, conn: &Conn) {
+    let bytes_max = shard.config.mesh_link_bytes_max;
+    if !shard.mesh.backlogged(bytes_max) {
+        return;
+    }
+    shard.probe.hit(Limit::MeshLinkBytesMax);
+    // The links drain on other threads, which cannot wake this task: poll them.
+    while shard.mesh.backlogged(bytes_max) && conn.closing().is_none() {
+        glommio::timer::sleep(MESH_ROOM_POLL).await;
     }
 }
 

@@ -16,7 +16,7 @@ use crate::metrics::{Probes, ShardProbe};
 use crate::net::Connections;
 
 use super::mesh::{Batch, Mesh};
-use super::msg::ShardMsg;
+use super::msg::{batch_cost_bytes, ShardMsg};
 use super::quota::Quota;
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
@@ -90,9 +90,11 @@ impl Shard {
                         .probe
                         .mesh_messages_received_total
                         .add(batch.len() as u64);
+                    let bytes = batch_cost_bytes(&batch);
                     for msg in batch {
                         shard.handle(from, msg).await;
                     }
+                    shard.mesh.handled(from, bytes);
                 }
             })
             .detach();
