@@ -72,6 +72,17 @@ pub struct Args {
     /// Storm mode: how long to hold the connections open, seconds.
     #[arg(long)]
     pub hold_secs: Option<u64>,
+    /// Flood mode: open and close this many connections in a burst, then open this many
+    /// and hold them idle for `--hold-secs`, while a probe client measures round trips.
+    #[arg(long)]
+    pub flood: Option<usize>,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, ...
+    /// (loopback brokers only), for when one address runs short of ephemeral ports.
+    #[arg(long)]
+    pub source_ips: Option<u8>,
+    /// Flood mode: pause between two probe round trips, ms.
+    #[arg(long)]
+    pub probe_interval_ms: Option<u64>,
     /// Generator threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -112,6 +123,9 @@ impl Args {
             password: self.password.or(base.password),
             connections_only: self.connections_only.or(base.connections_only),
             hold_secs: self.hold_secs.or(base.hold_secs),
+            flood: self.flood.or(base.flood),
+            source_ips: self.source_ips.or(base.source_ips),
+            probe_interval_ms: self.probe_interval_ms.or(base.probe_interval_ms),
             threads: self.threads.or(base.threads),
             cpus: self.cpus.or(base.cpus),
             json: self.json.or(base.json),
@@ -176,6 +190,9 @@ pub struct Params {
     pub password: Option<String>,
     pub connections_only: Option<usize>,
     pub hold_secs: u64,
+    pub flood: Option<usize>,
+    pub source_ips: u8,
+    pub probe_interval_ms: u64,
     pub threads: usize,
     pub cpus: Vec<usize>,
     #[serde(skip)]
@@ -218,12 +235,22 @@ impl Params {
         }
         let topics = a.topics.unwrap_or(1).max(1);
         let threads = a.threads.unwrap_or(1).max(1);
+        let host = a.host.unwrap_or_else(|| "127.0.0.1".into());
+        let source_ips = a.source_ips.unwrap_or(0);
+        if source_ips > 0 && host != "127.0.0.1" {
+            return Err(ConfigError::Invalid(
+                "--source-ips spreads over 127.0.0.x and needs --host 127.0.0.1",
+            ));
+        }
+        if source_ips > 250 {
+            return Err(ConfigError::Invalid("--source-ips must be at most 250"));
+        }
         let stop = match a.count {
             Some(n) => Stop::Count(n),
             None => Stop::DurationSecs(a.duration_secs.unwrap_or(5)),
         };
         Ok(Params {
-            host: a.host.unwrap_or_else(|| "127.0.0.1".into()),
+            host,
             port: a.port.unwrap_or(1883),
             version,
             protocol,
@@ -241,6 +268,9 @@ impl Params {
             password: a.password,
             connections_only: a.connections_only,
             hold_secs: a.hold_secs.unwrap_or(0),
+            flood: a.flood,
+            source_ips,
+            probe_interval_ms: a.probe_interval_ms.unwrap_or(100),
             threads,
             cpus: a.cpus.unwrap_or_default(),
             json: a.json.unwrap_or(false),
@@ -252,6 +282,15 @@ impl Params {
     /// Topic publisher `i` publishes to.
     pub fn topic_of(&self, publisher: usize) -> String {
         format!("bench/{}", publisher % self.topics)
+    }
+
+    /// The source address of connection `k`: 127.0.0.(2 + k mod source_ips), or the
+    /// kernel's choice when `--source-ips` is 0.
+    pub fn source_of(&self, k: usize) -> Option<std::net::IpAddr> {
+        (self.source_ips > 0).then(|| {
+            let last = 2 + (k % usize::from(self.source_ips)) as u8;
+            std::net::IpAddr::from([127, 0, 0, last])
+        })
     }
 
     /// Filter subscriber `j` subscribes to.

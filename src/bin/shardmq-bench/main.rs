@@ -4,6 +4,9 @@
 //! first 16 payload bytes) to `bench/<i % topics>`; subscribers measure end-to-end latency
 //! and check every publisher's sequence for loss, duplicates and reordering. Connection
 //! storm mode (`--connections-only N`) measures connects/s and CONNECT→CONNACK latency.
+//! Flood mode (`--flood N`) opens and closes N connections in a burst, then holds N idle,
+//! while a probe client times connect + subscribe + publish + receive round trips and the
+//! broker's RSS is sampled (`--broker-pid`).
 //!
 //! How to read it: rates count messages *sent* inside the measured window (after
 //! `--warmup-secs`, until the publishers stop); "delivered" counts deliveries of those
@@ -19,6 +22,7 @@
 mod config;
 mod conn;
 mod driver;
+mod flood;
 mod report;
 mod stats;
 mod storm;
@@ -54,13 +58,18 @@ fn main() -> ExitCode {
     };
     stats::epoch();
     sys::raise_nofile_limit();
-    let result = match params.connections_only {
-        Some(n) => {
+    let result = match (params.flood, params.connections_only) {
+        (Some(n), _) => flood::run(Arc::clone(&params), n).map(|r| {
+            emit(&params, &r, || flood::print_text(&r));
+        }),
+        (None, Some(n)) => {
             let r = storm::run(Arc::clone(&params), n);
             emit(&params, &r, || storm::print_text(&r));
             Ok(())
         }
-        None => run_pubsub(&params).map(|r| emit(&params, &r, || report::print_text(&params, &r))),
+        (None, None) => {
+            run_pubsub(&params).map(|r| emit(&params, &r, || report::print_text(&params, &r)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
