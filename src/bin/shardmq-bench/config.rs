@@ -35,9 +35,16 @@ pub struct Args {
     /// Subscribing connections.
     #[arg(long)]
     pub subscribers: Option<usize>,
-    /// Distinct topics; publisher i uses `bench/<i % topics>`.
+    /// Distinct topics; publisher i uses `<topic-prefix>/<i % topics>`.
     #[arg(long)]
     pub topics: Option<usize>,
+    /// First level of every topic (default `bench`), so two runs can share a broker.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// Extra subscribers, one per topic in turn, that subscribe and then never read
+    /// their socket: a broker must keep their cost bounded.
+    #[arg(long)]
+    pub stuck_subscribers: Option<usize>,
     /// Filter every subscriber uses (e.g. `bench/#`, `$share/g/bench/#`); default:
     /// subscriber j subscribes to `bench/<j % topics>`.
     #[arg(long)]
@@ -112,6 +119,8 @@ impl Args {
             publishers: self.publishers.or(base.publishers),
             subscribers: self.subscribers.or(base.subscribers),
             topics: self.topics.or(base.topics),
+            topic_prefix: self.topic_prefix.or(base.topic_prefix),
+            stuck_subscribers: self.stuck_subscribers.or(base.stuck_subscribers),
             filter: self.filter.or(base.filter),
             qos: self.qos.or(base.qos),
             payload_bytes: self.payload_bytes.or(base.payload_bytes),
@@ -177,6 +186,8 @@ pub struct Params {
     pub publishers: usize,
     pub subscribers: usize,
     pub topics: usize,
+    pub topic_prefix: String,
+    pub stuck_subscribers: usize,
     pub filter: Option<String>,
     pub qos: u8,
     #[serde(skip)]
@@ -257,6 +268,8 @@ impl Params {
             publishers: a.publishers.unwrap_or(1),
             subscribers: a.subscribers.unwrap_or(1),
             topics,
+            topic_prefix: a.topic_prefix.unwrap_or_else(|| "bench".into()),
+            stuck_subscribers: a.stuck_subscribers.unwrap_or(0),
             filter: a.filter,
             qos,
             qos_level,
@@ -281,7 +294,7 @@ impl Params {
 
     /// Topic publisher `i` publishes to.
     pub fn topic_of(&self, publisher: usize) -> String {
-        format!("bench/{}", publisher % self.topics)
+        format!("{}/{}", self.topic_prefix, publisher % self.topics)
     }
 
     /// The source address of connection `k`: 127.0.0.(2 + k mod source_ips), or the
@@ -297,7 +310,7 @@ impl Params {
     pub fn filter_of(&self, subscriber: usize) -> String {
         match &self.filter {
             Some(f) => f.clone(),
-            None => format!("bench/{}", subscriber % self.topics),
+            None => format!("{}/{}", self.topic_prefix, subscriber % self.topics),
         }
     }
 }

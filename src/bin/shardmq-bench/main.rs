@@ -97,6 +97,7 @@ fn emit<R: serde::Serialize>(p: &Params, result: &R, text: impl FnOnce()) {
 }
 
 fn run_pubsub(p: &Arc<Params>) -> Result<report::Report, String> {
+    let stuck = open_stuck(p)?;
     let shared = Arc::new(Shared::new(p.threads));
     let handles: Vec<_> = assign(p)
         .into_iter()
@@ -129,9 +130,25 @@ fn run_pubsub(p: &Arc<Params>) -> Result<report::Report, String> {
             Err(_) => return Err("a generator thread panicked".into()),
         }
     }
+    drop(stuck);
     let warm_end_ns = start_ns + p.warmup_secs * 1_000_000_000;
     let window_secs = end_ns.saturating_sub(warm_end_ns) as f64 / 1e9;
     Ok(report::build(p, threads, window_secs, cpu))
+}
+
+/// Connects the `--stuck-subscribers`: each subscribes to a topic (in turn) and is
+/// never read again until the run ends.
+fn open_stuck(p: &Params) -> Result<Vec<conn::Session>, String> {
+    let pid = std::process::id();
+    (0..p.stuck_subscribers)
+        .map(|k| {
+            let mut s = conn::connect(p, &format!("bench-{pid}-stuck{k}"), 0)
+                .map_err(|e| format!("stuck subscriber {k}: {e}"))?;
+            conn::subscribe(&mut s, p.protocol, &p.filter_of(k), p.qos_level)
+                .map_err(|e| format!("stuck subscriber {k}: {e}"))?;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// Spreads publishers and subscribers round-robin over the threads.
