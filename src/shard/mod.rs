@@ -27,7 +27,10 @@ use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
 use crate::storage::{Wal, WalConfig};
 
-pub use limits::{claim_port, io_memory_per_shard, DataDirLock, PortClaim, MEMLOCK_MIN_BYTES};
+pub use limits::{
+    claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
+    FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
+};
 pub use mesh::{Batch, Mesh, MeshSetup};
 pub use msg::{AckTo, ConnRef, ShardMsg};
 pub use quota::{
@@ -79,6 +82,16 @@ impl Runtime {
         let metrics_claim = claim_port("metrics_listen", config.metrics_listen)?;
         let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
         let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
+        let fd_connections = raise_nofile_limit();
+        if fd_connections < config.connections_max as u64 {
+            tracing::warn!(
+                connections = fd_connections,
+                connections_max = config.connections_max,
+                "RLIMIT_NOFILE allows fewer client connections than connections_max \
+                 ({FDS_PER_CONNECTION} descriptors each); beyond it accept fails and backs off. \
+                 Raise it: `ulimit -n`, LimitNOFILE= in a systemd unit, --ulimit nofile= for a container"
+            );
+        }
         let config = Arc::new(Config {
             mqtt_listen: mqtt_addr,
             metrics_listen: metrics_addr,

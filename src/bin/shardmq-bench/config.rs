@@ -83,6 +83,9 @@ pub struct Args {
     /// and hold them idle for `--hold-secs`, while a probe client measures round trips.
     #[arg(long)]
     pub flood: Option<usize>,
+    /// Flood mode: how many connections to hold idle (default: as many as the burst).
+    #[arg(long)]
+    pub flood_hold: Option<usize>,
     /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, ...
     /// (loopback brokers only), for when one address runs short of ephemeral ports.
     #[arg(long)]
@@ -133,6 +136,7 @@ impl Args {
             connections_only: self.connections_only.or(base.connections_only),
             hold_secs: self.hold_secs.or(base.hold_secs),
             flood: self.flood.or(base.flood),
+            flood_hold: self.flood_hold.or(base.flood_hold),
             source_ips: self.source_ips.or(base.source_ips),
             probe_interval_ms: self.probe_interval_ms.or(base.probe_interval_ms),
             threads: self.threads.or(base.threads),
@@ -202,6 +206,7 @@ pub struct Params {
     pub connections_only: Option<usize>,
     pub hold_secs: u64,
     pub flood: Option<usize>,
+    pub flood_hold: Option<usize>,
     pub source_ips: u8,
     pub probe_interval_ms: u64,
     pub threads: usize,
@@ -282,6 +287,7 @@ impl Params {
             connections_only: a.connections_only,
             hold_secs: a.hold_secs.unwrap_or(0),
             flood: a.flood,
+            flood_hold: a.flood_hold,
             source_ips,
             probe_interval_ms: a.probe_interval_ms.unwrap_or(100),
             threads,

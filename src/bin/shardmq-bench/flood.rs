@@ -1,6 +1,7 @@
-//! Connection flood: N connections opened and closed in a burst, then N opened and held
-//! idle, while a probe client keeps timing a full round trip (connect, subscribe, QoS 1
-//! publish to itself, receive, disconnect). Reports the probe's latency in each phase,
+//! Connection flood: N connections opened and closed in a burst (each closed as soon as
+//! it is accepted: a reconnect storm), then M (`--flood-hold`, default N) opened and
+//! held idle, while a probe client keeps timing a full round trip (connect, subscribe,
+//! QoS 1 publish to itself, receive, disconnect). Reports the probe's latency in each phase,
 //! and with `--broker-pid` the broker's RSS before and after the idle connections, hence
 //! the broker's memory per idle connection.
 
@@ -28,8 +29,10 @@ const PROBE_US_MAX: u64 = 60_000_000;
 /// The result of a flood.
 #[derive(Debug, Serialize)]
 pub struct FloodReport {
-    /// Connections per phase.
+    /// Connections in the burst.
     pub connections: usize,
+    /// Connections to hold idle.
+    pub hold_target: usize,
     /// Burst: connections opened (CONNACK received) and closed.
     pub burst_connected: usize,
     pub burst_failed: usize,
@@ -102,10 +105,9 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
     let rss_start = rss();
 
     let started = Instant::now();
-    let burst = open_all(&p, connections, "burst", 0);
+    let burst = open_all(&p, connections, "burst", 0, Keep::No);
     let burst_secs = started.elapsed().as_secs_f64();
-    let burst_connected = burst.sessions.len();
-    close_all(&p, burst.sessions);
+    let burst_connected = burst.connected;
     eprintln!(
         "shardmq-bench flood: burst {burst_connected} connected and closed in {burst_secs:.2} s"
     );
@@ -115,7 +117,8 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
 
     probe.phase.store(1, Ordering::SeqCst);
     let started = Instant::now();
-    let hold = open_all(&p, connections, "idle", connections);
+    let hold_target = p.flood_hold.unwrap_or(connections);
+    let hold = open_all(&p, hold_target, "idle", connections, Keep::Yes);
     let hold_open_secs = started.elapsed().as_secs_f64();
     let held = hold.sessions.len();
     eprintln!(
@@ -140,6 +143,7 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
     };
     Ok(FloodReport {
         connections,
+        hold_target,
         burst_connected,
         burst_failed: burst.failed,
         burst_secs,
@@ -167,13 +171,22 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
 
 struct Opened {
     sessions: Vec<Session>,
+    connected: usize,
     failed: usize,
     first_error: Option<String>,
 }
 
+/// Whether opened connections are kept (held idle) or closed at once (a reconnect storm).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Yes,
+    No,
+}
+
 /// Opens `n` connections over the generator threads; connection k of the run uses
-/// source address `source_of(offset + k)`.
-fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize) -> Opened {
+/// source address `source_of(offset + k)`. With `Keep::No` each one is closed
+/// (DISCONNECT) as soon as its CONNACK arrives.
+fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) -> Opened {
     let handles: Vec<_> = (0..p.threads)
         .map(|t| {
             let p = Arc::clone(p);
@@ -181,13 +194,20 @@ fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize) -> Opened {
             std::thread::spawn(move || {
                 let mut opened = Opened {
                     sessions: Vec::new(),
+                    connected: 0,
                     failed: 0,
                     first_error: None,
                 };
                 for k in (t..n).step_by(p.threads) {
                     let source = p.source_of(offset + k);
                     match conn::connect_from(&p, &format!("{name}-{k}"), 0, source) {
-                        Ok(s) => opened.sessions.push(s),
+                        Ok(s) => {
+                            opened.connected += 1;
+                            match keep {
+                                Keep::Yes => opened.sessions.push(s),
+                                Keep::No => close_all(&p, vec![s]),
+                            }
+                        }
                         Err(e) => {
                             opened.failed += 1;
                             opened.first_error.get_or_insert_with(|| e.to_string());
@@ -200,12 +220,14 @@ fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize) -> Opened {
         .collect();
     let mut all = Opened {
         sessions: Vec::with_capacity(n),
+        connected: 0,
         failed: 0,
         first_error: None,
     };
     for h in handles {
         if let Ok(o) = h.join() {
             all.sessions.extend(o.sessions);
+            all.connected += o.connected;
             all.failed += o.failed;
             all.first_error = all.first_error.or(o.first_error);
         }
