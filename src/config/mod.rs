@@ -68,7 +68,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// Largest MQTT packet accepted (and announced to v5 clients), in bytes.
     pub max_packet_bytes: u32,
-    /// A client must complete CONNECT within this time.
+    /// A client must deliver its whole CONNECT within this time from accept (a deadline,
+    /// not a per-read timeout: trickling bytes does not extend it).
     pub connect_timeout_ms: u64,
     /// Our Receive Maximum: QoS 1/2 publishes a connection may have awaiting
     /// acknowledgement; reading stops at this many (backpressure for 3.1.1 clients too).
