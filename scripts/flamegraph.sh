@@ -20,18 +20,8 @@ command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq lin
 command -v inferno-flamegraph >/dev/null || cargo install inferno --locked
 
 cargo build --release --bins
-mkdir -p target
-data=$(mktemp -d -p target flame-data-XXXXXX)
-log=$data/broker.log
-trap 'kill "${broker:-0}" 2>/dev/null || true; rm -rf "$data"' EXIT
-
-SHARDMQ_MQTT_LISTEN=127.0.0.1:0 SHARDMQ_METRICS_LISTEN=127.0.0.1:0 \
-SHARDMQ_DATA_DIR=$data SHARDMQ_LOG_FORMAT=json \
-    target/release/shardmq 2>"$log" &
-broker=$!
-for _ in $(seq 100); do grep -q 'shardmq ready' "$log" && break; sleep 0.1; done
-port=$(grep -o '"mqtt_listen":"[^"]*"' "$log" | head -1 | sed 's/.*:\([0-9]*\)"$/\1/')
-[[ -n $port ]] || { echo "broker did not start:"; cat "$log"; exit 1; }
+source scripts/lib-broker.sh
+start_broker flame
 export SHARDMQ_PORT=$port
 
 perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p "$broker" -o "$data/perf.data" 2>/dev/null &

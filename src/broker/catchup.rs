@@ -29,11 +29,15 @@ impl Shard {
         if slot.conn.is_none() || !s.replay.has_gaps() {
             return;
         }
+        // Only once the queue is at most half full, by count and by bytes: asking sooner
+        // would read batches from the log that the queue refuses again at once.
         let room = self
             .config
             .session_queue_messages_max
             .saturating_sub(s.outbound.queued());
-        if room < self.config.session_queue_messages_max / 2 {
+        if room < self.config.session_queue_messages_max / 2
+            || s.outbound.queued_bytes() > self.config.session_queue_bytes_max / 2
+        {
             return;
         }
         let mut next = self.broker.next_catch_up.get();

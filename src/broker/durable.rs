@@ -26,7 +26,7 @@ use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
 use crate::session::{LogPos, Message};
-use crate::shard::{AckTo, Shard, ShardMsg};
+use crate::shard::{AckTo, RetainedAdmission, Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
 use super::persist::{self, unix_ms};
@@ -282,6 +282,18 @@ impl Shard {
         ack: Option<AckTo>,
         may_wait: MayWait,
     ) {
+        // Held until the retained store below: the share counts this topic meanwhile.
+        let _retained_slot = if msg.retain {
+            match self.admit_retained(&mut msg, ack.as_ref()) {
+                RetainedAdmission::Admitted(slot) => slot,
+                RetainedAdmission::Refused => {
+                    self.confirm(ack, ReasonCode::QuotaExceeded);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let must_log = msg.qos != QoS::AtMostOnce || msg.retain || self.config.log_qos0;
         let Some(durable) = self.durable.get().filter(|_| must_log) else {
             self.fan_out(msg, may_wait).await;

@@ -5,9 +5,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics::Limit;
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, ShardSet};
-use crate::session::{Admit, Delivery, Enqueued, Message, SubOptions};
+use crate::session::{Admit, Delivery, Enqueued, Message, QueueLimit, SubOptions};
 use crate::shard::{AckTo, Shard, ShardMsg};
 
 use super::{SessionKey, SessionSlot};
@@ -222,18 +223,35 @@ impl Shard {
             .filter(|_| qos != QoS::AtMostOnce);
         if let Some(pos) = from_log {
             if slot.session.replay.admit(pos) == Admit::FromLog {
+                self.probe.deliveries_deferred_total.inc();
                 return;
             }
         }
-        match slot.session.outbound.enqueue(delivery, slot.conn.is_some()) {
-            Enqueued::Queued => {}
+        let outbound = &mut slot.session.outbound;
+        let full = outbound.full_by(delivery.msg.cost_bytes()).map(queue_limit);
+        let queued_before = outbound.queued();
+        match outbound.enqueue(delivery, slot.conn.is_some()) {
+            Enqueued::Queued => {
+                // Room was made by evicting queued QoS 0 messages.
+                let evicted = (queued_before + 1).saturating_sub(outbound.queued()) as u64;
+                if let Some(limit) = full.filter(|_| evicted > 0) {
+                    self.probe.messages_dropped_by_qos[0].add(evicted);
+                    self.probe.hits(limit, evicted);
+                }
+            }
             Enqueued::DroppedFull if from_log.is_some() => {
                 slot.session.replay.overflowed(from_log.expect("checked"));
                 self.probe.deliveries_deferred_total.inc();
+                if let Some(limit) = full {
+                    self.probe.hit(limit);
+                }
                 return;
             }
             Enqueued::DroppedQos0 | Enqueued::DroppedFull => {
                 self.probe.messages_dropped_by_qos[qos as usize].inc();
+                if let Some(limit) = full {
+                    self.probe.hit(limit);
+                }
                 return;
             }
         }
@@ -267,6 +285,12 @@ impl Shard {
             .zip(pumped.oversized_by_qos)
         {
             counter.add(n);
+        }
+        if pumped.held_by_window && slot.session.outbound.window_is_server_cap() {
+            self.probe.hit(Limit::InflightCountMax);
+        }
+        if pumped.held_by_buffer {
+            self.probe.hit(Limit::ConnectionOutBytesMax);
         }
         let after = slot.session.outbound.inflight();
         self.probe
@@ -427,6 +451,13 @@ impl Shard {
             .iter()
             .find(|g| *g.group == **group)
             .map(|g| Arc::from(&*g.filter))
+    }
+}
+
+fn queue_limit(limit: QueueLimit) -> Limit {
+    match limit {
+        QueueLimit::Messages => Limit::SessionQueueMessagesMax,
+        QueueLimit::Bytes => Limit::SessionQueueBytesMax,
     }
 }
 

@@ -48,8 +48,19 @@ pub struct Config {
     pub mesh_channel_batches_max: usize,
     /// Most messages one mesh batch carries; a fuller outbox is sent as several batches.
     pub mesh_batch_messages_max: usize,
+    /// Bytes of messages in transit on one mesh link (one shard to another) beyond
+    /// which connections on either end stop being read: what bounds the memory between
+    /// a shard that publishes faster than its peer delivers.
+    pub mesh_link_bytes_max: usize,
     /// io_uring registered buffer memory per shard. Shrunk at start to fit RLIMIT_MEMLOCK.
     pub io_memory_bytes: usize,
+
+    /// Most client connections the whole process holds open; one more is refused at
+    /// accept. Counted by one process-wide atomic touched only at accept and close.
+    pub connections_max: usize,
+    /// Most client connections one shard holds open. SO_REUSEPORT spreads connections
+    /// by a hash, not by load, so this keeps one executor from taking more than its share.
+    pub connections_per_shard_max: usize,
 
     /// Accept clients that present no credentials.
     pub allow_anonymous: bool,
@@ -57,7 +68,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// Largest MQTT packet accepted (and announced to v5 clients), in bytes.
     pub max_packet_bytes: u32,
-    /// A client must complete CONNECT within this time.
+    /// A client must deliver its whole CONNECT within this time from accept (a deadline,
+    /// not a per-read timeout: trickling bytes does not extend it).
     pub connect_timeout_ms: u64,
     /// Our Receive Maximum: QoS 1/2 publishes a connection may have awaiting
     /// acknowledgement; reading stops at this many (backpressure for 3.1.1 clients too).
@@ -71,6 +83,12 @@ pub struct Config {
     /// Cap on any session expiry interval, in seconds (4294967295 = never expires,
     /// which 3.1.1 persistent sessions use).
     pub session_expiry_max_secs: u32,
+    /// Most subscriptions one session holds; filters beyond it are refused in SUBACK
+    /// (0x97 Quota exceeded, 3.1.1: 0x80).
+    pub subscriptions_per_session_max: usize,
+    /// Most retained topics the process stores, shared evenly among the owner shards
+    /// (each owner stores at most `ceil(retained_messages_max / shards)`).
+    pub retained_messages_max: usize,
     /// Topic aliases a v5 client may set per connection (0 disables them).
     pub topic_alias_max: u16,
     /// Longest topic name or filter, in bytes.
@@ -137,7 +155,10 @@ impl Default for Config {
             shutdown_timeout_ms: 5_000,
             mesh_channel_batches_max: 1_024,
             mesh_batch_messages_max: 256,
+            mesh_link_bytes_max: 16 << 20,
             io_memory_bytes: 10 << 20,
+            connections_max: 100_000,
+            connections_per_shard_max: 100_000,
             allow_anonymous: true,
             api_keys: Vec::new(),
             max_packet_bytes: 1 << 20,
@@ -147,6 +168,8 @@ impl Default for Config {
             session_queue_messages_max: 10_000,
             session_queue_bytes_max: 16 << 20,
             session_expiry_max_secs: u32::MAX,
+            subscriptions_per_session_max: 1_000,
+            retained_messages_max: 100_000,
             topic_alias_max: 64,
             topic_bytes_max: 65_535,
             topic_levels_max: 128,
@@ -247,6 +270,7 @@ impl Config {
             "mesh_batch_messages_max",
             self.mesh_batch_messages_max as u64,
         )?;
+        positive("mesh_link_bytes_max", self.mesh_link_bytes_max as u64)?;
         if self.mesh_channel_batches_max < 16 {
             return Err(ConfigError::new(
                 "mesh_channel_batches_max",
@@ -259,6 +283,11 @@ impl Config {
                 "must be between 64 and 268435460 (the MQTT maximum)",
             ));
         }
+        positive("connections_max", self.connections_max as u64)?;
+        positive(
+            "connections_per_shard_max",
+            self.connections_per_shard_max as u64,
+        )?;
         positive("connect_timeout_ms", self.connect_timeout_ms)?;
         positive("receive_maximum", u64::from(self.receive_maximum))?;
         positive("inflight_count_max", self.inflight_count_max as u64)?;
@@ -276,6 +305,11 @@ impl Config {
             "session_queue_bytes_max",
             self.session_queue_bytes_max as u64,
         )?;
+        positive(
+            "subscriptions_per_session_max",
+            self.subscriptions_per_session_max as u64,
+        )?;
+        positive("retained_messages_max", self.retained_messages_max as u64)?;
         positive("topic_bytes_max", self.topic_bytes_max as u64)?;
         if self.topic_bytes_max > 65_535 {
             return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
@@ -360,6 +394,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How many retained topics one owner shard may store: its even share of
+    /// `retained_messages_max`, rounded up.
+    pub fn retained_messages_per_shard_max(&self) -> usize {
+        self.retained_messages_max.div_ceil(self.shards.max(1))
     }
 
     /// The effective configuration as TOML (for `--print-config`).

@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::probe::{Series, ShardProbe, SHARD_SERIES};
+use super::probe::{Limit, Series, ShardProbe, SHARD_SERIES};
 
 /// All shards' probes, indexed by shard id. Shared by every shard thread.
 pub type Probes = Arc<[Arc<ShardProbe>]>;
@@ -28,9 +28,10 @@ impl Collector for ShardsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, series) in SHARD_SERIES {
             let metric_type = match series {
-                Series::Counter(_) | Series::CounterByQos(_) | Series::WalCounter(_) => {
-                    MetricType::Counter
-                }
+                Series::Counter(_)
+                | Series::CounterByQos(_)
+                | Series::CounterByLimit(_)
+                | Series::WalCounter(_) => MetricType::Counter,
                 Series::Gauge(_) | Series::WalGauge(_) => MetricType::Gauge,
                 Series::WalHistogram(..) => MetricType::Histogram,
             };
@@ -78,6 +79,13 @@ impl Collector for ShardsCollector {
                             &buckets,
                             None,
                         )?;
+                    }
+                    Series::CounterByLimit(get) => {
+                        for (limit, counter) in Limit::ALL.iter().zip(get(probe)) {
+                            let labels = [("shard", shard.as_str()), ("limit", limit.key())];
+                            let family = metric.encode_family(&labels)?;
+                            ConstCounter::new(counter.get()).encode(family)?;
+                        }
                     }
                     Series::CounterByQos(get) => {
                         for (qos, counter) in get(probe).iter().enumerate() {
@@ -130,6 +138,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("shardmq_build_info{version=\""), "{text}");
+        probes[1].hit(Limit::RetainedMessagesMax);
+        let text = render(&probes);
+        assert!(
+            text.contains(
+                "shardmq_limit_hits_total{shard=\"1\",limit=\"retained_messages_max\"} 1"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("shardmq_mesh_batches_sent_total{shard=\"0\"} 0"),
             "{text}"

@@ -10,4 +10,4 @@ mod probe;
 
 pub use export::{render, Probes};
 pub use http::{serve, HealthCheck};
-pub use probe::{Counter, Gauge, ShardProbe};
+pub use probe::{Counter, Gauge, Limit, ShardProbe, LIMITS};

@@ -62,6 +62,83 @@ impl Gauge {
     }
 }
 
+/// A configured limit whose hits are counted, exported as
+/// `shardmq_limit_hits_total{limit="<config key>"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A connection refused because the process holds `connections_max`.
+    ConnectionsMax,
+    /// A connection refused because its shard holds `connections_per_shard_max`.
+    ConnectionsPerShardMax,
+    /// A connection dropped for not completing CONNECT within `connect_timeout_ms`.
+    ConnectTimeoutMs,
+    /// A publisher's reader paused: `receive_maximum` publishes await their owner.
+    ReceiveMaximum,
+    /// A session's deliveries held back: `inflight_count_max` unacknowledged.
+    InflightCountMax,
+    /// A delivery dropped (or a queued QoS 0 evicted): `session_queue_messages_max`.
+    SessionQueueMessagesMax,
+    /// A delivery dropped (or a queued QoS 0 evicted): `session_queue_bytes_max`.
+    SessionQueueBytesMax,
+    /// A session's deliveries held back: `connection_out_bytes_max` pending output.
+    ConnectionOutBytesMax,
+    /// A filter refused in SUBACK: `subscriptions_per_session_max`.
+    SubscriptionsPerSessionMax,
+    /// A new retained topic not stored: the owner holds its share of
+    /// `retained_messages_max`.
+    RetainedMessagesMax,
+    /// A publisher's reader paused: a mesh link of its shard holds `mesh_link_bytes_max`.
+    MeshLinkBytesMax,
+}
+
+impl Limit {
+    /// Every limit, in export order (index = `self as usize`).
+    pub const ALL: [Limit; LIMITS] = [
+        Limit::ConnectionsMax,
+        Limit::ConnectionsPerShardMax,
+        Limit::ConnectTimeoutMs,
+        Limit::ReceiveMaximum,
+        Limit::InflightCountMax,
+        Limit::SessionQueueMessagesMax,
+        Limit::SessionQueueBytesMax,
+        Limit::ConnectionOutBytesMax,
+        Limit::SubscriptionsPerSessionMax,
+        Limit::RetainedMessagesMax,
+        Limit::MeshLinkBytesMax,
+    ];
+
+    /// The config key of the limit, used as the `limit` label.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Limit::ConnectionsMax => "connections_max",
+            Limit::ConnectionsPerShardMax => "connections_per_shard_max",
+            Limit::ConnectTimeoutMs => "connect_timeout_ms",
+            Limit::ReceiveMaximum => "receive_maximum",
+            Limit::InflightCountMax => "inflight_count_max",
+            Limit::SessionQueueMessagesMax => "session_queue_messages_max",
+            Limit::SessionQueueBytesMax => "session_queue_bytes_max",
+            Limit::ConnectionOutBytesMax => "connection_out_bytes_max",
+            Limit::SubscriptionsPerSessionMax => "subscriptions_per_session_max",
+            Limit::RetainedMessagesMax => "retained_messages_max",
+            Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
+        }
+    }
+}
+
+/// How many limits are counted.
+pub const LIMITS: usize = 11;
+
+const _: () = {
+    let mut i = 0;
+    while i < LIMITS {
+        assert!(
+            Limit::ALL[i] as usize == i,
+            "Limit::ALL is in declaration order"
+        );
+        i += 1;
+    }
+};
+
 /// Everything one shard counts about itself.
 #[derive(Debug, Default)]
 pub struct ShardProbe {
@@ -124,8 +201,26 @@ pub struct ShardProbe {
     pub keep_alive_timeouts_total: Counter,
     /// Connections closed for malformed packets or protocol errors.
     pub protocol_errors_total: Counter,
+    /// Times each configured limit was hit, by [`Limit`].
+    pub limit_hits: [Counter; LIMITS],
     /// The shard's WAL counters, once it is open.
     pub wal: OnceLock<Arc<WalStats>>,
+}
+
+impl ShardProbe {
+    /// Counts one hit of `limit`. Only the owning shard may call this.
+    #[inline]
+    pub fn hit(&self, limit: Limit) {
+        self.limit_hits[limit as usize].inc();
+    }
+
+    /// Counts `n` hits of `limit`. Only the owning shard may call this.
+    #[inline]
+    pub fn hits(&self, limit: Limit, n: u64) {
+        if n > 0 {
+            self.limit_hits[limit as usize].add(n);
+        }
+    }
 }
 
 /// How a per-shard series is exported.
@@ -134,6 +229,8 @@ pub(crate) enum Series {
     Gauge(fn(&ShardProbe) -> &Gauge),
     /// A counter with a `qos` label, one value per QoS level.
     CounterByQos(fn(&ShardProbe) -> &[Counter; 3]),
+    /// A counter with a `limit` label (the config key), one value per [`Limit`].
+    CounterByLimit(fn(&ShardProbe) -> &[Counter; LIMITS]),
     /// A WAL counter.
     WalCounter(fn(&WalStats) -> &AtomicU64),
     /// A WAL gauge.
@@ -259,6 +356,11 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "inflight_current",
         "QoS 1/2 deliveries sent and not yet acknowledged",
         Series::Gauge(|p| &p.inflight_current),
+    ),
+    (
+        "limit_hits",
+        "Times a configured limit was hit, by the limit's config key",
+        Series::CounterByLimit(|p| &p.limit_hits),
     ),
     (
         "wills_published",

@@ -49,7 +49,8 @@ impl Conn {
             protocol: Cell::new(Protocol::V311),
             packet_bytes_max: Cell::new(mqtt::PACKET_BYTES_LIMIT),
             session: Cell::new(None),
-            out: RefCell::new(BytesMut::with_capacity(16 << 10)),
+            // Grows with the first output: an idle connection holds only its CONNACK's.
+            out: RefCell::new(BytesMut::new()),
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),

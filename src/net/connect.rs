@@ -3,7 +3,6 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use glommio::net::TcpStream;
 
 use crate::auth::AuthDecision;
@@ -16,7 +15,7 @@ use crate::session::{Will, EXPIRY_NEVER};
 use crate::shard::Shard;
 
 use super::conn::Conn;
-use super::serve::read_more;
+use super::serve::ReadBuf;
 
 /// What the rest of the connection needs from its CONNECT.
 pub(super) struct Accepted {
@@ -26,25 +25,27 @@ pub(super) struct Accepted {
     pub expiry_secs: u32,
 }
 
-/// Reads the CONNECT, answers CONNACK; `None` if the connection must close.
-pub(super) async fn handshake(
+/// Reads the first packet, which must be a CONNECT; `None` if the connection must close
+/// (a malformed CONNECT is answered first where the protocol allows). The caller puts
+/// the whole of this under `connect_timeout_ms`, however slowly the bytes come.
+pub(super) async fn read_connect(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     stream: &mut TcpStream,
-    rbuf: &mut BytesMut,
+    rbuf: &mut ReadBuf,
     limits: &DecodeLimits,
-) -> Option<Accepted> {
-    let connect = loop {
+) -> Option<Connect> {
+    loop {
         // Read the level before decoding: a failed decode consumes the packet's bytes.
-        let level = connect_level(rbuf);
-        match mqtt::decode(rbuf, None, limits) {
-            Ok(Some(Packet::Connect(connect))) => break connect,
+        let level = connect_level(&rbuf.buf);
+        match mqtt::decode(&mut rbuf.buf, None, limits) {
+            Ok(Some(Packet::Connect(connect))) => return Some(connect),
             Ok(Some(other)) => {
                 tracing::debug!(token = conn.token, packet = ?other.packet_type(), "first packet is not CONNECT");
                 shard.probe.protocol_errors_total.inc();
                 return None;
             }
-            Ok(None) => match read_more(stream, rbuf).await {
+            Ok(None) => match rbuf.read_from(stream).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => shard.probe.bytes_received_total.add(n as u64),
             },
@@ -54,7 +55,17 @@ pub(super) async fn handshake(
                 return None;
             }
         }
-    };
+    }
+}
+
+/// Answers a CONNECT: validation, authentication, the session claim, CONNACK. `None`
+/// if the connection must close. Not under the connect deadline: this is the broker's
+/// own work, and abandoning a session claim halfway would leave it dangling.
+pub(super) async fn handshake(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    connect: Connect,
+) -> Option<Accepted> {
     conn.protocol.set(connect.protocol);
     match accept(shard, conn, connect).await {
         Ok(accepted) => Some(accepted),
@@ -86,7 +97,7 @@ fn refuse_malformed(conn: &Conn, level: Option<u8>, e: &DecodeError) {
 }
 
 /// The protocol level byte of a CONNECT at the front of `raw`, if visible.
-fn connect_level(raw: &[u8]) -> Option<u8> {
+pub(super) fn connect_level(raw: &[u8]) -> Option<u8> {
     if raw.first()? >> 4 != 1 {
         return None;
     }

@@ -10,6 +10,7 @@
 mod conn;
 mod connect;
 mod packets;
+mod refuse;
 mod serve;
 
 use std::cell::{Cell, RefCell};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpListener;
 
 use crate::mqtt::ReasonCode;
-use crate::shard::Shard;
+use crate::shard::{Refused, Shard};
 
 pub use conn::Conn;
 
@@ -83,14 +84,42 @@ impl Connections {
 }
 
 /// Accepts connections until the shard starts shutting down.
+///
+/// A connection over `connections_max` or `connections_per_shard_max` is refused: its
+/// CONNECT is read (briefly) so it can be answered CONNACK 0x97 Quota exceeded — the v5
+/// code for an administrative limit; 0x9F Connection rate exceeded is about rates, 0x89
+/// Server busy about transient load — or, for 3.1.1, return code 3 (server
+/// unavailable). When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
+/// refusals are already in progress the connection is closed at once, before any
+/// CONNECT: a flood of connections over the limit costs at most that many small tasks.
 pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => {
-                    let shard = Rc::clone(shard);
-                    glommio::spawn_local(async move { serve::serve(shard, stream).await }).detach();
-                }
+                Ok(stream) => match shard.admit_connection() {
+                    Ok(slot) => {
+                        let shard = Rc::clone(shard);
+                        glommio::spawn_local(
+                            async move { serve::serve(shard, stream, slot).await },
+                        )
+                        .detach();
+                    }
+                    Err(Refused::Answer(limit, slot)) => {
+                        let shard = Rc::clone(shard);
+                        glommio::spawn_local(async move {
+                            refuse::refuse(&shard, stream, limit, slot).await
+                        })
+                        .detach();
+                    }
+                    Err(Refused::Close(limit)) => {
+                        tracing::debug!(
+                            shard = shard.id,
+                            limit = limit.key(),
+                            "connection closed at accept"
+                        );
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(shard = shard.id, error = %e, "accept failed");

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Limit;
 use crate::mqtt::{
     Ack, ByteStr, Packet, Protocol, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -143,6 +144,7 @@ async fn on_publish(
                     token: conn.token,
                 },
                 packet_id: pid,
+                refusable: conn.protocol.get() == Protocol::V5,
             })
         }
         _ => None,
@@ -242,7 +244,8 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
     };
     let limits = shard.topic_limits();
     let mut codes = Vec::with_capacity(sub.filters.len());
-    let mut wanted = Vec::with_capacity(sub.filters.len());
+    let mut wanted: Vec<(String, SubOptions)> = Vec::with_capacity(sub.filters.len());
+    let mut quota = SubscriptionQuota::of(shard, key);
     for f in &sub.filters {
         let (filter, options) = (f.0.as_str(), f.1);
         let parsed = match parse_filter(filter, &limits) {
@@ -262,6 +265,11 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
             retain_handling: options.retain_handling as u8,
             subscription_id: sub.properties.subscription_identifier,
         };
+        if !quota.admit(shard, filter, &wanted) {
+            shard.probe.hit(Limit::SubscriptionsPerSessionMax);
+            codes.push(ReasonCode::QuotaExceeded);
+            continue;
+        }
         codes.push(granted_code(opts.qos));
         wanted.push((filter.to_string(), opts));
     }
@@ -283,6 +291,50 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
     }
     conn.wake_writer();
     Flow::Continue
+}
+
+/// The room a session has left under `subscriptions_per_session_max`, for one SUBSCRIBE.
+struct SubscriptionQuota {
+    key: u64,
+    /// Filters the session holds, with those this SUBSCRIBE added so far.
+    held: usize,
+    max: usize,
+}
+
+impl SubscriptionQuota {
+    fn of(shard: &Shard, key: u64) -> Self {
+        let held = shard
+            .broker
+            .sessions
+            .borrow()
+            .get(&key)
+            .map_or(0, |s| s.session.subscriptions.len());
+        SubscriptionQuota {
+            key,
+            held,
+            max: shard.config.subscriptions_per_session_max,
+        }
+    }
+
+    /// Whether `filter` fits: it replaces one the session holds (or one earlier in
+    /// `wanted`), or there is room for one more.
+    fn admit(&mut self, shard: &Shard, filter: &str, wanted: &[(String, SubOptions)]) -> bool {
+        let replaces = wanted.iter().any(|(f, _)| f == filter)
+            || shard
+                .broker
+                .sessions
+                .borrow()
+                .get(&self.key)
+                .is_some_and(|s| s.session.subscriptions.contains_key(filter));
+        if replaces {
+            return true;
+        }
+        if self.held >= self.max {
+            return false;
+        }
+        self.held += 1;
+        true
+    }
 }
 
 fn granted_code(qos: QoS) -> ReasonCode {

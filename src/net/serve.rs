@@ -8,8 +8,9 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::metrics::Limit;
 use crate::mqtt::{self, DecodeLimits, ReasonCode};
-use crate::shard::Shard;
+use crate::shard::{ConnectionSlot, Shard};
 
 use super::conn::Conn;
 use super::connect::{self, Accepted};
@@ -17,6 +18,42 @@ use super::packets::{self, Flow};
 
 /// Bytes read from the socket per wake-up at most.
 pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
+/// Bytes a connection's first read asks for. A read that fills its chunk doubles the
+/// next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads in big batches
+/// while an idle connection keeps a buffer this small.
+pub(super) const READ_CHUNK_MIN_BYTES: usize = 1 << 10;
+
+/// A connection's inbound bytes and how much the next read asks for.
+pub(super) struct ReadBuf {
+    /// Bytes read and not yet decoded.
+    pub buf: BytesMut,
+    chunk_bytes: usize,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf {
+            buf: BytesMut::with_capacity(READ_CHUNK_MIN_BYTES),
+            chunk_bytes: READ_CHUNK_MIN_BYTES,
+        }
+    }
+
+    /// Reads once into the spare end of the buffer.
+    pub(super) async fn read_from(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+        let filled = self.buf.len();
+        self.buf.resize(filled + self.chunk_bytes, 0);
+        let result = stream.read(&mut self.buf[filled..]).await;
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(filled + n);
+        if n == self.chunk_bytes {
+            self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
+        }
+        result
+    }
+}
+
+/// How often a reader paused by a backlogged mesh link checks it again.
+const MESH_ROOM_POLL: Duration = Duration::from_micros(200);
 
 /// How a connection ended, for the will and the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +68,9 @@ pub(super) enum Ending {
     ByServer,
 }
 
-pub(super) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one admitted connection; `_slot` keeps it counted against the connection
+/// limits until it is gone.
+pub(super) async fn serve(shard: Rc<Shard>, stream: TcpStream, _slot: ConnectionSlot) {
     let conn = shard.connections.register(stream.as_raw_fd());
     shard.probe.connections_accepted_total.inc();
     shard.probe.connections_current.add(1);
@@ -73,19 +112,25 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let limits = DecodeLimits {
         packet_bytes_max: shard.config.max_packet_bytes,
     };
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut rbuf = ReadBuf::new();
+    // A deadline for the whole CONNECT from accept, not per read: a client that trickles
+    // one byte at a time is dropped at the same moment as one that sends nothing.
     let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
-    let accepted = match glommio::timer::timeout(connect_timeout, async {
-        Ok(connect::handshake(shard, conn, stream, &mut rbuf, &limits).await)
+    let connect = match glommio::timer::timeout(connect_timeout, async {
+        Ok(connect::read_connect(shard, conn, stream, &mut rbuf, &limits).await)
     })
     .await
     {
-        Ok(Some(accepted)) => accepted,
+        Ok(Some(connect)) => connect,
         Ok(None) => return,
         Err(_) => {
             shard.probe.connect_timeouts_total.inc();
+            shard.probe.hit(Limit::ConnectTimeoutMs);
             return;
         }
+    };
+    let Some(accepted) = connect::handshake(shard, conn, connect).await else {
+        return;
     };
     let ending = packet_loop(shard, conn, stream, &mut rbuf, &limits, &accepted).await;
     let Some(key) = conn.session.get() else {
@@ -104,7 +149,7 @@ async fn packet_loop(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     stream: &mut TcpStream,
-    rbuf: &mut BytesMut,
+    rbuf: &mut ReadBuf,
     limits: &DecodeLimits,
     accepted: &Accepted,
 ) -> Ending {
@@ -120,7 +165,7 @@ async fn packet_loop(
             if conn.closing().is_some() {
                 return Ending::ByServer;
             }
-            match mqtt::decode(rbuf, Some(protocol), limits) {
+            match mqtt::decode(&mut rbuf.buf, Some(protocol), limits) {
                 Ok(Some(packet)) => match packets::handle(shard, conn, &mut state, packet).await {
                     Flow::Continue => {}
                     Flow::End(ending) => return ending,
@@ -139,11 +184,16 @@ async fn packet_loop(
         // the preemption timer, and subscribers' output would pile up undelivered.
         futures_lite::future::yield_now().await;
         // Backpressure: stop reading while too many publishes await their owner shard.
-        conn.acks_below(shard.config.receive_maximum as usize).await;
+        let receive_maximum = usize::from(shard.config.receive_maximum);
+        if conn.acks_pending() >= receive_maximum {
+            shard.probe.hit(Limit::ReceiveMaximum);
+            conn.acks_below(receive_maximum).await;
+        }
+        mesh_room(shard, conn).await;
         if conn.closing().is_some() {
             return Ending::ByServer;
         }
-        match read_more(stream, rbuf).await {
+        match rbuf.read_from(stream).await {
             Ok(0) => return Ending::Abnormal,
             Ok(n) => shard.probe.bytes_received_total.add(n as u64),
             Err(e) => {
@@ -157,17 +207,20 @@ async fn packet_loop(
     }
 }
 
-/// Reads once into the spare end of `rbuf`.
-pub(super) async fn read_more(
-    stream: &mut TcpStream,
-    rbuf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    let filled = rbuf.len();
-    rbuf.resize(filled + READ_CHUNK_BYTES, 0);
-    let result = stream.read(&mut rbuf[filled..]).await;
-    let n = *result.as_ref().unwrap_or(&0);
-    rbuf.truncate(filled + n);
-    result
+/// Waits while a mesh link of this shard is over `mesh_link_bytes_max`: a peer (or this
+/// shard) is behind, and whatever this connection publishes would pile up in transit.
+/// Only connection readers wait here: mesh receivers never do, or two shards waiting
+/// on each other's links would deadlock.
+async fn mesh_room(shard: &Shard, conn: &Conn) {
+    let bytes_max = shard.config.mesh_link_bytes_max;
+    if !shard.mesh.backlogged(bytes_max) {
+        return;
+    }
+    shard.probe.hit(Limit::MeshLinkBytesMax);
+    // The links drain on other threads, which cannot wake this task: poll them.
+    while shard.mesh.backlogged(bytes_max) && conn.closing().is_none() {
+        glommio::timer::sleep(MESH_ROOM_POLL).await;
+    }
 }
 
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {

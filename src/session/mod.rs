@@ -19,7 +19,9 @@ use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 
 pub use cursor::{Admit, CatchUp, ReplayCursor};
 pub use message::{Delivery, LogPos, Message};
-pub use outbound::{Enqueued, Outbound, OutboundLimits, Outlet, Pumped, UnknownPacketId};
+pub use outbound::{
+    Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, UnknownPacketId,
+};
 
 /// Session expiry interval meaning "never expires".
 pub const EXPIRY_NEVER: u32 = u32::MAX;

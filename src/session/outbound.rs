@@ -62,6 +62,19 @@ pub struct Pumped {
     pub oversized_by_qos: [u64; 3],
     /// Bytes encoded.
     pub bytes: u64,
+    /// Stopped with QoS 1/2 queued because the in-flight window is full.
+    pub held_by_window: bool,
+    /// Stopped with messages queued because the outlet holds `buf_bytes_max`.
+    pub held_by_buffer: bool,
+}
+
+/// Which queue bound a delivery ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueLimit {
+    /// `queue_messages_max`.
+    Messages,
+    /// `queue_bytes_max`.
+    Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +138,11 @@ impl Outbound {
         self.queue.len()
     }
 
+    /// Bytes the queue accounts for (see `Message::cost_bytes`).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue_bytes
+    }
+
     /// Sent, unacknowledged QoS 1/2 messages.
     pub fn inflight(&self) -> usize {
         self.inflight.len()
@@ -174,8 +192,24 @@ impl Outbound {
     }
 
     fn is_full(&self, cost: usize) -> bool {
-        self.queue.len() >= self.limits.queue_messages_max
-            || self.queue_bytes + cost > self.limits.queue_bytes_max
+        self.full_by(cost).is_some()
+    }
+
+    /// The bound a message costing `cost` bytes would run into now, if any.
+    pub fn full_by(&self, cost: usize) -> Option<QueueLimit> {
+        if self.queue.len() >= self.limits.queue_messages_max {
+            Some(QueueLimit::Messages)
+        } else if self.queue_bytes + cost > self.limits.queue_bytes_max {
+            Some(QueueLimit::Bytes)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the in-flight window is the server's `inflight_count_max` (not a smaller
+    /// client Receive Maximum).
+    pub fn window_is_server_cap(&self) -> bool {
+        self.limits.inflight_count_max <= self.client_receive_max
     }
 
     fn evict_one_qos0(&mut self) -> bool {
@@ -197,6 +231,7 @@ impl Outbound {
                 break;
             };
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window() {
+                pumped.held_by_window = true;
                 break;
             }
             let delivery = self.queue.pop_front().expect("front exists");
@@ -240,6 +275,7 @@ impl Outbound {
                 );
             }
         }
+        pumped.held_by_buffer = out.buf.len() >= out.buf_bytes_max && !self.queue.is_empty();
         pumped
     }
 

@@ -1,5 +1,6 @@
 //! Process-level preconditions checked before any shard starts: the data directory
-//! lock, free listening ports, and locked-memory limits for io_uring.
+//! lock, free listening ports, locked-memory limits for io_uring, and the open-file
+//! limit that caps client connections.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -110,25 +111,9 @@ pub fn claim_port(key: &str, addr: SocketAddr) -> Result<PortClaim, String> {
 /// Checks RLIMIT_MEMLOCK (raising the soft limit to the hard one if that helps) and
 /// returns the io_memory each shard can register within it.
 pub fn io_memory_per_shard(shards: usize, io_memory_bytes: usize) -> Result<usize, String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some(limit) = soft_raised_to_hard(libc::RLIMIT_MEMLOCK) else {
+        return Ok(io_memory_bytes);
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
-            return Ok(io_memory_bytes);
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
     if limit.rlim_cur == libc::RLIM_INFINITY {
         return Ok(io_memory_bytes);
     }
@@ -151,6 +136,49 @@ pub fn io_memory_per_shard(shards: usize, io_memory_bytes: usize) -> Result<usiz
     Ok((io_memory_bytes as u64)
         .min(per_shard)
         .max(IO_MEMORY_MIN_BYTES) as usize)
+}
+
+/// Raises the soft limit of `resource` to its hard limit if it is lower; returns the
+/// limit in force, or `None` if it cannot be read.
+fn soft_raised_to_hard(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(resource, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(resource, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit)
+}
+
+/// Descriptors a client connection holds: the socket and its duplicate for the writer.
+pub const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for everything else: listeners, WAL segments, mesh, logs.
+const FDS_RESERVED: u64 = 256;
+
+/// Raises the RLIMIT_NOFILE soft limit to the hard one and returns how many client
+/// connections it allows. Past that, accept fails with EMFILE and the shard backs off:
+/// a limit below `connections_max` is worth a warning at start.
+pub fn raise_nofile_limit() -> u64 {
+    let Some(limit) = soft_raised_to_hard(libc::RLIMIT_NOFILE) else {
+        return u64::MAX;
+    };
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    limit.rlim_cur.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION
 }
 
 #[cfg(test)]

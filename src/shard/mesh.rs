@@ -20,7 +20,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 
 use crate::metrics::ShardProbe;
 
-use super::msg::ShardMsg;
+use super::msg::{batch_cost_bytes, ShardMsg};
 
 /// One batch of messages from one shard to another.
 pub type Batch = Vec<ShardMsg>;
@@ -32,6 +32,8 @@ pub struct MeshSetup {
     /// `executor_ids[shard]`, written by each shard before joining, so that mesh peer
     /// indices (ordered by glommio executor id) can be mapped to shard ids.
     executor_ids: Arc<Vec<AtomicUsize>>,
+    /// Bytes sent and not yet handled, per link `from * shards + to`.
+    link_bytes: Arc<Vec<AtomicUsize>>,
     shards: usize,
 }
 
@@ -41,6 +43,7 @@ impl MeshSetup {
         MeshSetup {
             builder: MeshBuilder::full(shards, channel_batches_max),
             executor_ids: Arc::new((0..shards).map(|_| AtomicUsize::new(usize::MAX)).collect()),
+            link_bytes: Arc::new((0..shards * shards).map(|_| AtomicUsize::new(0)).collect()),
             shards,
         }
     }
@@ -53,6 +56,9 @@ pub struct Mesh {
     outbox_messages_max: usize,
     batch_messages_max: usize,
     probe: Arc<ShardProbe>,
+    /// Bytes in transit on every link (shared by all shards; one read-modify-write per
+    /// batch on each side).
+    link_bytes: Arc<Vec<AtomicUsize>>,
 }
 
 #[derive(Default)]
@@ -110,6 +116,7 @@ impl Mesh {
             outbox_messages_max: batch_messages_max * 8,
             batch_messages_max,
             probe,
+            link_bytes: Arc::clone(&setup.link_bytes),
         });
         let senders = Rc::new(senders);
         for (peer_index, &shard) in peer_to_shard.iter().enumerate() {
@@ -182,6 +189,25 @@ impl Mesh {
         }
     }
 
+    fn link(&self, from: usize, to: usize) -> &AtomicUsize {
+        &self.link_bytes[from * self.outboxes.len() + to]
+    }
+
+    /// A batch from `from` has been handled here: its bytes are no longer in transit.
+    pub fn handled(&self, from: usize, batch_bytes: usize) {
+        self.link(from, self.me)
+            .fetch_sub(batch_bytes, Ordering::Relaxed);
+    }
+
+    /// Whether any link from or to this shard carries `bytes_max` or more: a peer (or
+    /// this shard) is behind, and the connections here should stop adding to it.
+    pub fn backlogged(&self, bytes_max: usize) -> bool {
+        (0..self.outboxes.len()).filter(|&p| p != self.me).any(|p| {
+            self.link(self.me, p).load(Ordering::Relaxed) >= bytes_max
+                || self.link(p, self.me).load(Ordering::Relaxed) >= bytes_max
+        })
+    }
+
     async fn sender_task(
         self: Rc<Self>,
         senders: Rc<Senders<Batch>>,
@@ -209,6 +235,8 @@ impl Mesh {
                 waker.wake();
             }
             let count = batch.len() as u64;
+            self.link(self.me, peer)
+                .fetch_add(batch_cost_bytes(&batch), Ordering::Relaxed);
             if senders.send_to(peer_index, batch).await.is_err() {
                 // The peer has shut down; nothing more can reach it.
                 outbox.closed.set(true);

@@ -9,6 +9,7 @@
 mod limits;
 mod mesh;
 mod msg;
+mod quota;
 mod state;
 
 use std::net::SocketAddr;
@@ -27,9 +28,16 @@ use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
 use crate::storage::{Wal, WalConfig};
 
-pub use limits::{claim_port, io_memory_per_shard, DataDirLock, PortClaim, MEMLOCK_MIN_BYTES};
+pub use limits::{
+    claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
+    FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
+};
 pub use mesh::{Batch, Mesh, MeshSetup};
 pub use msg::{AckTo, ConnRef, ShardMsg};
+pub use quota::{
+    ConnectionSlot, Quota, RefusalSlot, Refused, RetainedAdmission, RetainedReservation,
+    REFUSING_MAX,
+};
 pub use state::{Shard, Shutdown, HEALTH_TIMEOUT};
 
 /// What a shard thread reports to the main thread.
@@ -74,6 +82,16 @@ impl Runtime {
             wal: wal_config(config, config.data_dir.clone())?,
             io_memory_bytes: io_memory,
         })?;
+        let fd_connections = raise_nofile_limit();
+        if fd_connections < config.connections_max as u64 {
+            tracing::warn!(
+                connections = fd_connections,
+                connections_max = config.connections_max,
+                "RLIMIT_NOFILE allows fewer client connections than connections_max \
+                 ({FDS_PER_CONNECTION} descriptors each); beyond it accept fails and backs off. \
+                 Raise it: `ulimit -n`, LimitNOFILE= in a systemd unit, --ulimit nofile= for a container"
+            );
+        }
         let config = Arc::new(Config {
             mqtt_listen: mqtt_addr,
             metrics_listen: metrics_addr,
@@ -84,6 +102,7 @@ impl Runtime {
             .collect();
         let setup = MeshSetup::new(config.shards, config.mesh_channel_batches_max);
         let (events_tx, events) = mpsc::channel();
+        let process_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut shutdown_senders = Vec::with_capacity(config.shards);
 
         for id in 0..config.shards {
@@ -98,17 +117,26 @@ impl Runtime {
                 events_tx.clone(),
                 Arc::clone(&auth),
             );
+            let quota = Quota::new(Arc::clone(&process_connections));
             let cpu = config.cpus[id];
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
                 .io_memory(io_memory)
+                // glommio's default 100 ms preempt timer stays: at 1 ms, shards hung at
+                // start in about half of the runs here (glommio 0.9 can park with runnable
+                // work after a preemption); readers yield after each batch instead.
                 // File ops (rename, remove) share the blocking pool; keep it off this CPU's
                 // executor thread so it can never stall the ring.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
                 .spawn(move || {
                     // SAFETY: the fd came from into_raw_fd above and is owned only here.
                     let stop = unsafe { glommio::net::UnixStream::from_raw_fd(theirs) };
-                    run_shard(id, config, probes, setup, stop, shard_events, auth)
+                    let shared = SharedState {
+                        probes,
+                        auth,
+                        quota,
+                    };
+                    run_shard(id, config, setup, stop, shard_events, shared)
                 })
                 .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
             let events_tx = events_tx.clone();
@@ -228,15 +256,26 @@ impl ShutdownHandle {
     }
 }
 
+/// What a shard shares with the others: counters, credentials, the connection count.
+struct SharedState {
+    probes: Probes,
+    auth: Arc<Authenticator>,
+    quota: Quota,
+}
+
 async fn run_shard(
     id: usize,
     config: Arc<Config>,
-    probes: Probes,
     setup: MeshSetup,
     mut stop: glommio::net::UnixStream,
     events: mpsc::Sender<Event>,
-    auth: Arc<Authenticator>,
+    shared: SharedState,
 ) -> Result<(), String> {
+    let SharedState {
+        probes,
+        auth,
+        quota,
+    } = shared;
     let (wal, recovered) = open_wal(id, &config).await?;
     let _ = probes[id].wal.set(wal.stats());
     let joined = Mesh::join(
@@ -253,6 +292,7 @@ async fn run_shard(
         Rc::clone(&joined.mesh),
         probes,
         auth,
+        quota,
     );
     // The WAL is in place before any peer's request (a replay) can arrive.
     let _ = shard.durable.set(crate::broker::Durability::new(wal));
@@ -394,10 +434,30 @@ fn install_recovered(
     recovered: Recovered,
 ) -> std::collections::HashMap<String, crate::broker::RecoveredSession> {
     let mut retained = shard.broker.retained.borrow_mut();
+    let share = shard.config.retained_messages_per_shard_max();
+    let mut over_share = 0u64;
     for (topic, msg) in recovered.retained {
-        if !msg.payload.is_empty() && !msg.is_expired(std::time::Instant::now()) {
-            retained.insert(&topic, msg);
+        if msg.payload.is_empty() || msg.is_expired(std::time::Instant::now()) {
+            continue;
         }
+        // Only a lowered `retained_messages_max` gets here: the limit held when they
+        // were stored.
+        if retained.len() >= share {
+            over_share += 1;
+            continue;
+        }
+        retained.insert(&topic, msg);
+    }
+    if over_share > 0 {
+        shard
+            .probe
+            .hits(crate::metrics::Limit::RetainedMessagesMax, over_share);
+        tracing::warn!(
+            shard = shard.id,
+            dropped = over_share,
+            share,
+            "more retained topics in the WAL than retained_messages_max allows; some not restored"
+        );
     }
     shard
         .probe

@@ -23,6 +23,30 @@ pub struct AckTo {
     pub conn: ConnRef,
     /// The publisher's packet id.
     pub packet_id: u16,
+    /// Whether the publisher can be told of a refusal (v5: a PUBACK/PUBREC reason code);
+    /// a 3.1.1 publisher cannot, so a refusal closes its connection.
+    pub refusable: bool,
+}
+
+impl ShardMsg {
+    /// Bytes this message keeps alive while it travels: what the mesh's per-link
+    /// bound (`mesh_link_bytes_max`) counts.
+    pub fn cost_bytes(&self) -> usize {
+        match self {
+            ShardMsg::Publish { msg, .. }
+            | ShardMsg::Deliver { msg }
+            | ShardMsg::DeliverShared { msg, .. } => msg.cost_bytes(),
+            ShardMsg::RetainedReply { messages, .. } => {
+                messages.iter().map(|m| m.cost_bytes()).sum::<usize>() + 64
+            }
+            _ => 64,
+        }
+    }
+}
+
+/// The bytes a batch keeps alive while it travels.
+pub fn batch_cost_bytes(batch: &[ShardMsg]) -> usize {
+    batch.iter().map(ShardMsg::cost_bytes).sum()
 }
 
 /// One message from one shard to another; the sender's id travels with the batch.

@@ -16,7 +16,8 @@ use crate::metrics::{Probes, ShardProbe};
 use crate::net::Connections;
 
 use super::mesh::{Batch, Mesh};
-use super::msg::ShardMsg;
+use super::msg::{batch_cost_bytes, ShardMsg};
+use super::quota::Quota;
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,6 +42,8 @@ pub struct Shard {
     pub broker: BrokerState,
     /// Who may connect (shared read-only by every shard and the hashing thread).
     pub auth: Arc<Authenticator>,
+    /// The connection and retained-topic limits this shard enforces.
+    pub quota: Quota,
     /// This shard's WAL, set once at start after recovery.
     pub durable: OnceCell<Durability>,
     health_seq: Cell<u64>,
@@ -56,6 +59,7 @@ impl Shard {
         mesh: Rc<Mesh>,
         probes: Probes,
         auth: Arc<Authenticator>,
+        quota: Quota,
     ) -> Rc<Self> {
         let shards = mesh.shards();
         Rc::new(Shard {
@@ -68,6 +72,7 @@ impl Shard {
             connections: Connections::default(),
             broker: BrokerState::new(),
             auth,
+            quota,
             durable: OnceCell::new(),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
@@ -85,9 +90,11 @@ impl Shard {
                         .probe
                         .mesh_messages_received_total
                         .add(batch.len() as u64);
+                    let bytes = batch_cost_bytes(&batch);
                     for msg in batch {
                         shard.handle(from, msg).await;
                     }
+                    shard.mesh.handled(from, bytes);
                 }
             })
             .detach();

@@ -512,7 +512,8 @@ fn every_n_and_interval_sync_on_their_own_schedule() {
     });
     let dir = disk_tempdir();
     run(async {
-        let (wal, _, _) = open_collect(config(dir.path(), FsyncPolicy::IntervalMs(20)))
+        // An interval long enough that a loaded machine still writes the record first.
+        let (wal, _, _) = open_collect(config(dir.path(), FsyncPolicy::IntervalMs(400)))
             .await
             .expect("open");
         let o = wal.append(RecordKind(1), 0, &[b"i"]).expect("append");
@@ -523,7 +524,7 @@ fn every_n_and_interval_sync_on_their_own_schedule() {
             0,
             "acknowledged before any fdatasync"
         );
-        glommio::timer::sleep(Duration::from_millis(200)).await;
+        glommio::timer::sleep(Duration::from_millis(1200)).await;
         assert_eq!(
             stats.fsyncs_total.load(Relaxed),
             1,

@@ -311,3 +311,25 @@ pub fn hash_password(password: &str) -> String {
     assert!(hash.starts_with("$argon2id$"), "PHC string: {hash}");
     hash
 }
+
+impl Broker {
+    /// Sum over shards of `shardmq_limit_hits_total{limit="<key>"}`.
+    pub fn limit_hits(&self, key: &str) -> f64 {
+        self.metric_sum_labelled("shardmq_limit_hits_total", &format!("limit=\"{key}\""))
+    }
+
+    /// The broker process's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.child.id())
+    }
+}
+
+/// VmRSS of process `pid`, in bytes (0 if it cannot be read).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}

@@ -35,9 +35,16 @@ pub struct Args {
     /// Subscribing connections.
     #[arg(long)]
     pub subscribers: Option<usize>,
-    /// Distinct topics; publisher i uses `bench/<i % topics>`.
+    /// Distinct topics; publisher i uses `<topic-prefix>/<i % topics>`.
     #[arg(long)]
     pub topics: Option<usize>,
+    /// First level of every topic (default `bench`), so two runs can share a broker.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// Extra subscribers, one per topic in turn, that subscribe and then never read
+    /// their socket: a broker must keep their cost bounded.
+    #[arg(long)]
+    pub stuck_subscribers: Option<usize>,
     /// Filter every subscriber uses (e.g. `bench/#`, `$share/g/bench/#`); default:
     /// subscriber j subscribes to `bench/<j % topics>`.
     #[arg(long)]
@@ -72,6 +79,20 @@ pub struct Args {
     /// Storm mode: how long to hold the connections open, seconds.
     #[arg(long)]
     pub hold_secs: Option<u64>,
+    /// Flood mode: open and close this many connections in a burst, then open this many
+    /// and hold them idle for `--hold-secs`, while a probe client measures round trips.
+    #[arg(long)]
+    pub flood: Option<usize>,
+    /// Flood mode: how many connections to hold idle (default: as many as the burst).
+    #[arg(long)]
+    pub flood_hold: Option<usize>,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, ...
+    /// (loopback brokers only), for when one address runs short of ephemeral ports.
+    #[arg(long)]
+    pub source_ips: Option<u8>,
+    /// Flood mode: pause between two probe round trips, ms.
+    #[arg(long)]
+    pub probe_interval_ms: Option<u64>,
     /// Generator threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -101,6 +122,8 @@ impl Args {
             publishers: self.publishers.or(base.publishers),
             subscribers: self.subscribers.or(base.subscribers),
             topics: self.topics.or(base.topics),
+            topic_prefix: self.topic_prefix.or(base.topic_prefix),
+            stuck_subscribers: self.stuck_subscribers.or(base.stuck_subscribers),
             filter: self.filter.or(base.filter),
             qos: self.qos.or(base.qos),
             payload_bytes: self.payload_bytes.or(base.payload_bytes),
@@ -112,6 +135,10 @@ impl Args {
             password: self.password.or(base.password),
             connections_only: self.connections_only.or(base.connections_only),
             hold_secs: self.hold_secs.or(base.hold_secs),
+            flood: self.flood.or(base.flood),
+            flood_hold: self.flood_hold.or(base.flood_hold),
+            source_ips: self.source_ips.or(base.source_ips),
+            probe_interval_ms: self.probe_interval_ms.or(base.probe_interval_ms),
             threads: self.threads.or(base.threads),
             cpus: self.cpus.or(base.cpus),
             json: self.json.or(base.json),
@@ -163,6 +190,8 @@ pub struct Params {
     pub publishers: usize,
     pub subscribers: usize,
     pub topics: usize,
+    pub topic_prefix: String,
+    pub stuck_subscribers: usize,
     pub filter: Option<String>,
     pub qos: u8,
     #[serde(skip)]
@@ -176,6 +205,10 @@ pub struct Params {
     pub password: Option<String>,
     pub connections_only: Option<usize>,
     pub hold_secs: u64,
+    pub flood: Option<usize>,
+    pub flood_hold: Option<usize>,
+    pub source_ips: u8,
+    pub probe_interval_ms: u64,
     pub threads: usize,
     pub cpus: Vec<usize>,
     #[serde(skip)]
@@ -218,18 +251,30 @@ impl Params {
         }
         let topics = a.topics.unwrap_or(1).max(1);
         let threads = a.threads.unwrap_or(1).max(1);
+        let host = a.host.unwrap_or_else(|| "127.0.0.1".into());
+        let source_ips = a.source_ips.unwrap_or(0);
+        if source_ips > 0 && host != "127.0.0.1" {
+            return Err(ConfigError::Invalid(
+                "--source-ips spreads over 127.0.0.x and needs --host 127.0.0.1",
+            ));
+        }
+        if source_ips > 250 {
+            return Err(ConfigError::Invalid("--source-ips must be at most 250"));
+        }
         let stop = match a.count {
             Some(n) => Stop::Count(n),
             None => Stop::DurationSecs(a.duration_secs.unwrap_or(5)),
         };
         Ok(Params {
-            host: a.host.unwrap_or_else(|| "127.0.0.1".into()),
+            host,
             port: a.port.unwrap_or(1883),
             version,
             protocol,
             publishers: a.publishers.unwrap_or(1),
             subscribers: a.subscribers.unwrap_or(1),
             topics,
+            topic_prefix: a.topic_prefix.unwrap_or_else(|| "bench".into()),
+            stuck_subscribers: a.stuck_subscribers.unwrap_or(0),
             filter: a.filter,
             qos,
             qos_level,
@@ -241,6 +286,10 @@ impl Params {
             password: a.password,
             connections_only: a.connections_only,
             hold_secs: a.hold_secs.unwrap_or(0),
+            flood: a.flood,
+            flood_hold: a.flood_hold,
+            source_ips,
+            probe_interval_ms: a.probe_interval_ms.unwrap_or(100),
             threads,
             cpus: a.cpus.unwrap_or_default(),
             json: a.json.unwrap_or(false),
@@ -251,14 +300,23 @@ impl Params {
 
     /// Topic publisher `i` publishes to.
     pub fn topic_of(&self, publisher: usize) -> String {
-        format!("bench/{}", publisher % self.topics)
+        format!("{}/{}", self.topic_prefix, publisher % self.topics)
+    }
+
+    /// The source address of connection `k`: 127.0.0.(2 + k mod source_ips), or the
+    /// kernel's choice when `--source-ips` is 0.
+    pub fn source_of(&self, k: usize) -> Option<std::net::IpAddr> {
+        (self.source_ips > 0).then(|| {
+            let last = 2 + (k % usize::from(self.source_ips)) as u8;
+            std::net::IpAddr::from([127, 0, 0, last])
+        })
     }
 
     /// Filter subscriber `j` subscribes to.
     pub fn filter_of(&self, subscriber: usize) -> String {
         match &self.filter {
             Some(f) => f.clone(),
-            None => format!("bench/{}", subscriber % self.topics),
+            None => format!("{}/{}", self.topic_prefix, subscriber % self.topics),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! non-blocking and drives it from its poll loop.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -72,12 +72,27 @@ pub struct Session {
 
 /// Connects `client_id` and waits for a successful CONNACK.
 pub fn connect(p: &Params, client_id: &str, keep_alive_secs: u16) -> Result<Session, BenchError> {
+    connect_from(p, client_id, keep_alive_secs, None)
+}
+
+/// Like [`connect`], from local address `source` (port chosen at connect) if given: a
+/// loopback client can spread its connections over 127.0.0.x when one source address
+/// runs out of ephemeral ports.
+pub fn connect_from(
+    p: &Params,
+    client_id: &str,
+    keep_alive_secs: u16,
+    source: Option<IpAddr>,
+) -> Result<Session, BenchError> {
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
     let addr = (p.host.as_str(), p.port)
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| BenchError::Refused(format!("{} does not resolve", p.host)))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let mut stream = match source {
+        None => TcpStream::connect_timeout(&addr, timeout)?,
+        Some(ip) => tcp_connect_from(ip, addr, timeout)?,
+    };
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -107,6 +122,34 @@ pub fn connect(p: &Params, client_id: &str, keep_alive_secs: u16) -> Result<Sess
             other.packet_type()
         ))),
     }
+}
+
+fn tcp_connect_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // Leave the port to connect(): the 4-tuple, not the (address, port) pair, must be
+    // unique, so one source address serves more connections than its port range.
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
 }
 
 /// Subscribes to `filter` at `qos` and waits for a granting SUBACK.
@@ -143,7 +186,7 @@ pub fn subscribe(
 }
 
 /// Reads (blocking) until one whole packet is decoded.
-fn read_packet(
+pub fn read_packet(
     stream: &mut TcpStream,
     rbuf: &mut BytesMut,
     protocol: Protocol,

@@ -4,6 +4,9 @@
 //! first 16 payload bytes) to `bench/<i % topics>`; subscribers measure end-to-end latency
 //! and check every publisher's sequence for loss, duplicates and reordering. Connection
 //! storm mode (`--connections-only N`) measures connects/s and CONNECT→CONNACK latency.
+//! Flood mode (`--flood N`) opens and closes N connections in a burst, then holds N idle,
+//! while a probe client times connect + subscribe + publish + receive round trips and the
+//! broker's RSS is sampled (`--broker-pid`).
 //!
 //! How to read it: rates count messages *sent* inside the measured window (after
 //! `--warmup-secs`, until the publishers stop); "delivered" counts deliveries of those
@@ -19,6 +22,7 @@
 mod config;
 mod conn;
 mod driver;
+mod flood;
 mod report;
 mod stats;
 mod storm;
@@ -54,13 +58,18 @@ fn main() -> ExitCode {
     };
     stats::epoch();
     sys::raise_nofile_limit();
-    let result = match params.connections_only {
-        Some(n) => {
+    let result = match (params.flood, params.connections_only) {
+        (Some(n), _) => flood::run(Arc::clone(&params), n).map(|r| {
+            emit(&params, &r, || flood::print_text(&r));
+        }),
+        (None, Some(n)) => {
             let r = storm::run(Arc::clone(&params), n);
             emit(&params, &r, || storm::print_text(&r));
             Ok(())
         }
-        None => run_pubsub(&params).map(|r| emit(&params, &r, || report::print_text(&params, &r))),
+        (None, None) => {
+            run_pubsub(&params).map(|r| emit(&params, &r, || report::print_text(&params, &r)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +97,7 @@ fn emit<R: serde::Serialize>(p: &Params, result: &R, text: impl FnOnce()) {
 }
 
 fn run_pubsub(p: &Arc<Params>) -> Result<report::Report, String> {
+    let stuck = open_stuck(p)?;
     let shared = Arc::new(Shared::new(p.threads));
     let handles: Vec<_> = assign(p)
         .into_iter()
@@ -120,9 +130,25 @@ fn run_pubsub(p: &Arc<Params>) -> Result<report::Report, String> {
             Err(_) => return Err("a generator thread panicked".into()),
         }
     }
+    drop(stuck);
     let warm_end_ns = start_ns + p.warmup_secs * 1_000_000_000;
     let window_secs = end_ns.saturating_sub(warm_end_ns) as f64 / 1e9;
     Ok(report::build(p, threads, window_secs, cpu))
+}
+
+/// Connects the `--stuck-subscribers`: each subscribes to a topic (in turn) and is
+/// never read again until the run ends.
+fn open_stuck(p: &Params) -> Result<Vec<conn::Session>, String> {
+    let pid = std::process::id();
+    (0..p.stuck_subscribers)
+        .map(|k| {
+            let mut s = conn::connect(p, &format!("bench-{pid}-stuck{k}"), 0)
+                .map_err(|e| format!("stuck subscriber {k}: {e}"))?;
+            conn::subscribe(&mut s, p.protocol, &p.filter_of(k), p.qos_level)
+                .map_err(|e| format!("stuck subscriber {k}: {e}"))?;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// Spreads publishers and subscribers round-robin over the threads.

@@ -70,6 +70,20 @@ pub fn process_cpu_secs(pid: u32) -> Option<f64> {
     (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
+/// Resident memory (VmRSS) of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Raises the open-file soft limit to the hard limit, for connection storms.
 pub fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit read and write the struct we own.

@@ -1,0 +1,341 @@
+//! Connection flood: N connections opened and closed in a burst (each closed as soon as
+//! it is accepted: a reconnect storm), then M (`--flood-hold`, default N) opened and
+//! held idle, while a probe client keeps timing a full round trip (connect, subscribe,
+//! QoS 1 publish to itself, receive, disconnect). Reports the probe's latency in each phase,
+//! and with `--broker-pid` the broker's RSS before and after the idle connections, hence
+//! the broker's memory per idle connection.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use shardmq::mqtt::{self, ByteStr, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode};
+
+use crate::config::Params;
+use crate::conn::{self, BenchError, Session};
+use crate::report::Latency;
+use crate::stats::now_ns;
+use crate::sys;
+
+/// Which phase the probe is measuring.
+const PHASES: [&str; 3] = ["burst", "hold", "idle"];
+/// Longest probe round trip recorded, µs (a minute).
+const PROBE_US_MAX: u64 = 60_000_000;
+
+/// The result of a flood.
+#[derive(Debug, Serialize)]
+pub struct FloodReport {
+    /// Connections in the burst.
+    pub connections: usize,
+    /// Connections to hold idle.
+    pub hold_target: usize,
+    /// Burst: connections opened (CONNACK received) and closed.
+    pub burst_connected: usize,
+    pub burst_failed: usize,
+    pub burst_secs: f64,
+    /// Hold: connections opened and then held idle.
+    pub held: usize,
+    pub hold_failed: usize,
+    pub hold_open_secs: f64,
+    pub first_error: Option<String>,
+    /// Broker RSS before the flood (bytes).
+    pub broker_rss_start_bytes: Option<u64>,
+    /// Broker RSS after the burst, before the idle connections (bytes). Memory the
+    /// burst touched stays with the allocator, so this is no baseline for the idle ones.
+    pub broker_rss_after_burst_bytes: Option<u64>,
+    /// Broker RSS with every idle connection open, at the end of the hold (bytes).
+    pub broker_rss_held_bytes: Option<u64>,
+    /// Broker RSS after the idle connections closed (bytes).
+    pub broker_rss_after_bytes: Option<u64>,
+    /// (held RSS - start RSS) / held.
+    pub broker_bytes_per_idle_connection: Option<u64>,
+    /// Probe round trips per phase (`burst`, `hold` = opening the idle connections and
+    /// holding them, `idle` = after they closed).
+    pub probe: Vec<ProbePhase>,
+}
+
+/// The probe's view of one phase.
+#[derive(Debug, Serialize)]
+pub struct ProbePhase {
+    pub phase: &'static str,
+    pub round_trips: Latency,
+    pub failures: u64,
+    pub first_error: Option<String>,
+}
+
+struct ProbeState {
+    phase: AtomicUsize,
+    stop: AtomicBool,
+    phases: Mutex<Vec<PhaseStats>>,
+}
+
+/// What the probe saw in one phase.
+struct PhaseStats {
+    latency_us: Histogram<u64>,
+    failures: u64,
+    first_error: Option<String>,
+}
+
+/// Runs the flood; every connection is closed before it returns.
+pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
+    let probe = Arc::new(ProbeState {
+        phase: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        phases: Mutex::new(
+            PHASES
+                .iter()
+                .map(|_| PhaseStats {
+                    latency_us: Histogram::new_with_bounds(1, PROBE_US_MAX, 3)
+                        .expect("constant histogram bounds are valid"),
+                    failures: 0,
+                    first_error: None,
+                })
+                .collect(),
+        ),
+    });
+    let prober = {
+        let (p, probe) = (Arc::clone(&p), Arc::clone(&probe));
+        std::thread::spawn(move || run_probe(&p, &probe))
+    };
+    let rss = || p.broker_pid.and_then(sys::rss_bytes);
+    let rss_start = rss();
+
+    let started = Instant::now();
+    let burst = open_all(&p, connections, "burst", 0, Keep::No);
+    let burst_secs = started.elapsed().as_secs_f64();
+    let burst_connected = burst.connected;
+    eprintln!(
+        "shardmq-bench flood: burst {burst_connected} connected and closed in {burst_secs:.2} s"
+    );
+    // Let the broker finish closing the burst before measuring its baseline.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after_burst = rss();
+
+    probe.phase.store(1, Ordering::SeqCst);
+    let started = Instant::now();
+    let hold_target = p.flood_hold.unwrap_or(connections);
+    let hold = open_all(&p, hold_target, "idle", connections, Keep::Yes);
+    let hold_open_secs = started.elapsed().as_secs_f64();
+    let held = hold.sessions.len();
+    eprintln!(
+        "shardmq-bench flood: {held} idle connections open in {hold_open_secs:.2} s; holding {} s",
+        p.hold_secs
+    );
+    std::thread::sleep(Duration::from_secs(p.hold_secs));
+    let rss_held = rss();
+    close_all(&p, hold.sessions);
+    probe.phase.store(2, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after = rss();
+    probe.stop.store(true, Ordering::SeqCst);
+    prober
+        .join()
+        .map_err(|_| "the probe thread panicked".to_string())?;
+
+    let phases = probe.phases.lock().expect("probe lock");
+    let per_idle = match (rss_start, rss_held) {
+        (Some(b), Some(h)) if held > 0 => Some(h.saturating_sub(b) / held as u64),
+        _ => None,
+    };
+    Ok(FloodReport {
+        connections,
+        hold_target,
+        burst_connected,
+        burst_failed: burst.failed,
+        burst_secs,
+        held,
+        hold_failed: hold.failed,
+        hold_open_secs,
+        first_error: burst.first_error.or(hold.first_error),
+        broker_rss_start_bytes: rss_start,
+        broker_rss_after_burst_bytes: rss_after_burst,
+        broker_rss_held_bytes: rss_held,
+        broker_rss_after_bytes: rss_after,
+        broker_bytes_per_idle_connection: per_idle,
+        probe: PHASES
+            .iter()
+            .zip(phases.iter())
+            .map(|(phase, s)| ProbePhase {
+                phase,
+                round_trips: Latency::of(&s.latency_us),
+                failures: s.failures,
+                first_error: s.first_error.clone(),
+            })
+            .collect(),
+    })
+}
+
+struct Opened {
+    sessions: Vec<Session>,
+    connected: usize,
+    failed: usize,
+    first_error: Option<String>,
+}
+
+/// Whether opened connections are kept (held idle) or closed at once (a reconnect storm).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Yes,
+    No,
+}
+
+/// Opens `n` connections over the generator threads; connection k of the run uses
+/// source address `source_of(offset + k)`. With `Keep::No` each one is closed
+/// (DISCONNECT) as soon as its CONNACK arrives.
+fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) -> Opened {
+    let handles: Vec<_> = (0..p.threads)
+        .map(|t| {
+            let p = Arc::clone(p);
+            let name = format!("flood-{}-{name}", std::process::id());
+            std::thread::spawn(move || {
+                let mut opened = Opened {
+                    sessions: Vec::new(),
+                    connected: 0,
+                    failed: 0,
+                    first_error: None,
+                };
+                for k in (t..n).step_by(p.threads) {
+                    let source = p.source_of(offset + k);
+                    match conn::connect_from(&p, &format!("{name}-{k}"), 0, source) {
+                        Ok(s) => {
+                            opened.connected += 1;
+                            match keep {
+                                Keep::Yes => opened.sessions.push(s),
+                                Keep::No => close_all(&p, vec![s]),
+                            }
+                        }
+                        Err(e) => {
+                            opened.failed += 1;
+                            opened.first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                opened
+            })
+        })
+        .collect();
+    let mut all = Opened {
+        sessions: Vec::with_capacity(n),
+        connected: 0,
+        failed: 0,
+        first_error: None,
+    };
+    for h in handles {
+        if let Ok(o) = h.join() {
+            all.sessions.extend(o.sessions);
+            all.connected += o.connected;
+            all.failed += o.failed;
+            all.first_error = all.first_error.or(o.first_error);
+        }
+    }
+    all
+}
+
+fn close_all(p: &Params, sessions: Vec<Session>) {
+    let mut out = BytesMut::new();
+    let disconnect = Packet::Disconnect(Disconnect::new(ReasonCode::Success));
+    let _ = mqtt::encode(&disconnect, p.protocol, &mut out);
+    for mut s in sessions {
+        let _ = s.stream.write_all(&out);
+    }
+}
+
+fn run_probe(p: &Params, probe: &ProbeState) {
+    let mut n = 0u64;
+    while !probe.stop.load(Ordering::SeqCst) {
+        let phase = probe.phase.load(Ordering::SeqCst);
+        let t0 = now_ns();
+        let result = probe_once(p, n);
+        let us = ((now_ns() - t0) / 1_000).max(1);
+        {
+            let mut phases = probe.phases.lock().expect("probe lock");
+            let s = &mut phases[phase];
+            match result {
+                Ok(()) => s.latency_us.saturating_record(us),
+                Err(e) => {
+                    s.failures += 1;
+                    s.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        n += 1;
+        std::thread::sleep(Duration::from_millis(p.probe_interval_ms));
+    }
+}
+
+/// One round trip: connect, subscribe to its own topic, publish QoS 1, receive it back.
+fn probe_once(p: &Params, n: u64) -> Result<(), BenchError> {
+    let client_id = format!("flood-probe-{}-{n}", std::process::id());
+    let topic = format!("flood/probe/{n}");
+    let mut s = conn::connect(p, &client_id, 0)?;
+    conn::subscribe(&mut s, p.protocol, &topic, QoS::AtLeastOnce)?;
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: ByteStr::from(topic.clone()),
+        packet_id: PacketId::new(7),
+        properties: Default::default(),
+        payload: Bytes::from_static(b"probe"),
+    };
+    let mut out = BytesMut::new();
+    mqtt::encode(&Packet::Publish(publish), p.protocol, &mut out)?;
+    s.stream.write_all(&out)?;
+    // PUBACK and the delivery arrive in either order.
+    let (mut acked, mut received) = (false, false);
+    while !(acked && received) {
+        match conn::read_packet(&mut s.stream, &mut s.rbuf, p.protocol)? {
+            Packet::PubAck(_) => acked = true,
+            Packet::Publish(got) if got.topic.as_str() == topic => {
+                received = true;
+                if let Some(pid) = got.packet_id {
+                    let ack = Packet::PubAck(mqtt::Ack::new(pid));
+                    out.clear();
+                    mqtt::encode(&ack, p.protocol, &mut out)?;
+                    s.stream.write_all(&out)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    close_all(p, vec![s]);
+    Ok(())
+}
+
+/// Prints the human-readable summary.
+pub fn print_text(r: &FloodReport) {
+    println!(
+        "shardmq-bench flood: burst {} of {} in {:.2} s ({} failed); held {} idle ({} failed, opened in {:.2} s)",
+        r.burst_connected, r.connections, r.burst_secs, r.burst_failed, r.held, r.hold_failed, r.hold_open_secs
+    );
+    if let (Some(s), Some(b), Some(h), Some(a)) = (
+        r.broker_rss_start_bytes,
+        r.broker_rss_after_burst_bytes,
+        r.broker_rss_held_bytes,
+        r.broker_rss_after_bytes,
+    ) {
+        println!(
+            "  broker RSS start {} KiB, after burst {} KiB, held {} KiB, after {} KiB: \
+             {} bytes per idle connection",
+            s >> 10,
+            b >> 10,
+            h >> 10,
+            a >> 10,
+            r.broker_bytes_per_idle_connection.unwrap_or(0)
+        );
+    }
+    for phase in &r.probe {
+        let l = &phase.round_trips;
+        println!(
+            "  probe during {:<5}: {} round trips, µs p50 {} p99 {} max {}; {} failed",
+            phase.phase, l.samples, l.p50_us, l.p99_us, l.max_us, phase.failures
+        );
+    }
+    if let Some(e) = &r.first_error {
+        println!("  first error: {e}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Connection flood against the real broker, through `shardmq-bench --flood`: 1,000
+//! connections opened and closed in a burst, then 1,000 held idle; a probe client's
+//! connect + subscribe + publish + receive round trips keep succeeding throughout, and
+//! the broker's memory per idle connection stays small.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CONNECTIONS: usize = 1_000;
+/// A round trip of the probe may take this long at most, even mid-burst. Loose: the
+/// broker, 2 flood threads and the probe share two cores.
+const PROBE_MAX: Duration = Duration::from_secs(3);
+/// Broker memory per idle connection that the test tolerates (measured: see PERF.md).
+const IDLE_CONNECTION_BYTES_MAX: u64 = 64 << 10;
+
+#[test]
+fn a_connection_flood_leaves_the_broker_responsive() {
+    let broker = Broker::start();
+    let started = Instant::now();
+    let bench = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(broker.mqtt.port().to_string())
+        .args(["--flood", &CONNECTIONS.to_string(), "--hold-secs", "3"])
+        .args(["--threads", "2", "--source-ips", "4", "--json"])
+        .arg("--broker-pid")
+        .arg(broker.child.id().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shardmq-bench");
+    // While the idle connections are held, the broker counts them.
+    assert!(
+        eventually(Duration::from_secs(60), || broker
+            .metric_sum("shardmq_connections_current")
+            >= CONNECTIONS as f64),
+        "the idle connections never all arrived\n{}",
+        broker.log()
+    );
+    let out = bench.wait_with_output().expect("bench output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
+    let r = &report["result"];
+    eprintln!("{r:#}");
+    assert_eq!(
+        r["burst_connected"].as_u64(),
+        Some(CONNECTIONS as u64),
+        "{r}"
+    );
+    assert_eq!(r["held"].as_u64(), Some(CONNECTIONS as u64), "{r}");
+    for phase in r["probe"].as_array().expect("probe phases") {
+        assert_eq!(phase["failures"].as_u64(), Some(0), "{phase}");
+        let max_us = phase["round_trips"]["max_us"].as_u64().unwrap();
+        assert!(
+            max_us < PROBE_MAX.as_micros() as u64,
+            "probe round trip took {max_us} µs: {phase}"
+        );
+    }
+    let hold = &r["probe"][1]["round_trips"];
+    assert!(
+        hold["samples"].as_u64().unwrap() > 0,
+        "probed while held: {r}"
+    );
+    let per_idle = r["broker_bytes_per_idle_connection"].as_u64().unwrap();
+    assert!(
+        per_idle < IDLE_CONNECTION_BYTES_MAX,
+        "{per_idle} bytes per idle connection"
+    );
+    // Every connection is gone again, and the broker serves.
+    assert!(eventually(WAIT_CLOSED, || broker
+        .metric_sum("shardmq_connections_current")
+        == 0.0));
+    assert!(started.elapsed() < Duration::from_secs(90));
+    let (status, _) = broker.http_get("/health");
+    assert_eq!(status, 200);
+}
+
+const WAIT_CLOSED: Duration = Duration::from_secs(10);
