@@ -12,8 +12,9 @@
 # alternates between repeats (default 3).
 #
 # Workloads (config/bench/*.toml, MQTT 3.1.1 by default because nats-server speaks nothing
-# newer): p2p, fanout and fanin at QoS 0 run once at maximum rate and once at half of the
-# delivered rate that run reached (for p99 latency); p2p-qos1 (p2p at QoS 1) and
+# newer): p2p, fanout and fanin at QoS 0 run at maximum rate; p2p then runs again at half
+# of the delivered rate that run reached, for p99 latency (HALF_RATE_ALL=yes does the same
+# for fanout and fanin); p2p-qos1 (p2p at QoS 1) and
 # durable-qos1 (64 -> 64, QoS 1) run at maximum rate, shardmq with fsync_policy = always
 # ("shardmq") and = none ("shardmq-none"). With durable-qos1, fio first measures the
 # disk's own 4 KiB O_DIRECT write + fdatasync rate on the filesystem of the data dirs.
@@ -110,8 +111,8 @@ start_system() {
 workload_spec() {
     case $1 in
         p2p) echo "p2p 1 0 yes" ;;
-        fanout) echo "fanout 100 0 yes" ;;
-        fanin) echo "fanin 1 0 yes" ;;
+        fanout) echo "fanout 100 0 ${HALF_RATE_ALL:-no}" ;;
+        fanin) echo "fanin 1 0 ${HALF_RATE_ALL:-no}" ;;
         p2p-qos1) echo "p2p 1 1 no" ;;
         durable-qos1) echo "durable-qos1 1 1 no" ;;
         *) die "unknown workload $1" ;;
