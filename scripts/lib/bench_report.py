@@ -118,6 +118,13 @@ def write_medians(path, groups, keys):
                                     sum(int(r["lost"]) for r in rs)])
 
 
+def lost_share(rows):
+    """Messages lost as a share of those the subscriptions should have got."""
+    expected = sum(int(r["expected"]) for r in rows)
+    lost = sum(int(r["lost"]) for r in rows)
+    return f"{100 * lost / expected:.1f} %" if expected else "—"
+
+
 def write_table(outdir, name, lines):
     table = "\n".join(lines) + "\n"
     with open(os.path.join(outdir, name), "w") as f:
@@ -153,7 +160,7 @@ def scaling(args):
             lines.append(
                 f"| {w} | {s} | {fmt_rate(rate)} | {rate[0] / base_rate:.2f}× | {fmt_us(cpu)} | "
                 f"{cpu[0] / base_cpu if base_cpu else float('nan'):.2f}× | {med(rs, 'p99_us')[0]:,.0f} | "
-                f"{med(rs, 'generator_us_per_msg')[0]:.2f} | {sum(int(r['lost']) for r in rs)} | {len(rs)} |")
+                f"{med(rs, 'generator_us_per_msg')[0]:.2f} | {lost_share(rs)} | {len(rs)} |")
     write_table(outdir, "scaling.md", lines)
     with open(os.path.join(outdir, "scaling.svg"), "w") as f:
         f.write(scaling_svg(series))
@@ -212,10 +219,11 @@ def peers(args):
     rows = load(path)
     groups = group(rows, "workload", "system", "mode")
     write_medians(os.path.join(outdir, "peers-medians.csv"), groups, ["workload", "system", "mode"])
-    lines = ["| workload | broker | delivered msg/s at max, median (min–max) | shardmq ÷ broker | "
-             "broker CPU µs/msg at max | broker ÷ shardmq | p99 µs at half rate | "
-             "generator µs/msg | lost | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | broker | delivered msg/s at max, median (min–max) | published msg/s | "
+             "shardmq ÷ broker | broker CPU µs/msg at max | broker ÷ shardmq | "
+             "p99 µs at half rate | broker CPU µs/msg at half rate | generator µs/msg | "
+             "lost | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     workloads = []
     for w, _, _ in groups:
         if w not in workloads:
@@ -235,12 +243,13 @@ def peers(args):
             rate, cpu = med(rs, "delivered_msgs_s"), med(rs, "broker_us_per_msg")
             half = groups.get((w, s, "half"))
             p99 = f"{med(half, 'p99_us')[0]:,.0f}" if half else "—"
+            half_cpu = f"{med(half, 'broker_us_per_msg')[0]:.2f}" if half else "—"
             ratio_rate = f"{our_rate / rate[0]:.2f}×" if our_rate and s != "shardmq" else "—"
             ratio_cpu = f"{cpu[0] / our_cpu:.2f}×" if our_cpu and s != "shardmq" else "—"
             lines.append(
-                f"| {w} | {s} | {fmt_rate(rate)} | {ratio_rate} | {fmt_us(cpu)} | {ratio_cpu} | "
-                f"{p99} | {med(rs, 'generator_us_per_msg')[0]:.2f} | "
-                f"{sum(int(r['lost']) for r in rs)} | {len(rs)} |")
+                f"| {w} | {s} | {fmt_rate(rate)} | {med(rs, 'published_msgs_s')[0]:,.0f} | "
+                f"{ratio_rate} | {fmt_us(cpu)} | {ratio_cpu} | {p99} | {half_cpu} | "
+                f"{med(rs, 'generator_us_per_msg')[0]:.2f} | {lost_share(rs)} | {len(rs)} |")
     write_table(outdir, "peers.md", lines)
 
 
