@@ -129,9 +129,7 @@ measure_fio() {
         --ioengine=sync --fdatasync=1 --runtime=5 --time_based --output-format=json \
         >"$out/fio.json"
     rm -rf "$dir"
-    python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; s=j["sync"]["lat_ns"]
-print(f"fio 4 KiB O_DIRECT write+fdatasync: {j[\"write\"][\"iops\"]:.0f} syncs/s, fdatasync mean {s[\"mean\"]/1000:.0f} µs, p99 {s[\"percentile\"][\"99.000000\"]/1000:.0f} µs")' \
-        "$out/fio.json" | tee "$out/fio.txt"
+    python3 "$REPORT_PY" fio "$out/fio.json" | tee "$out/fio.txt"
 }
 
 # --- run --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Used by scripts/shard-scaling.sh and scripts/compare-peers.sh:
     bench_report.py half-rate JSON FAN      per-publisher rate for half the delivered rate
     bench_report.py scaling CSV OUTDIR      medians per (workload, shards), table, SVG
     bench_report.py peers CSV OUTDIR        medians per (workload, system), ratios to shardmq
+    bench_report.py fio JSON                one line from fio's JSON: syncs/s and latency
 
 Standard library only: it runs on a bare machine without network.
 """
@@ -20,7 +21,8 @@ import sys
 
 COLUMNS = [
     "system", "workload", "mode", "repeat", "shards", "version", "qos", "publishers",
-    "subscribers", "rate", "window_secs", "published_msgs_s", "delivered_msgs_s", "p50_us",
+    "subscribers", "rate", "window_secs", "published_msgs_s", "delivered_msgs_s",
+    "sent_in_window_delivered_msgs_s", "p50_us",
     "p99_us", "broker_us_per_msg", "generator_us_per_msg", "expected", "distinct", "lost",
     "duplicates",
 ]
@@ -35,15 +37,17 @@ def row(args):
     with open(path) as f:
         report = json.load(f)
     p, r = report["params"], report["result"]
-    if r["delivered"] == 0:
-        fail(f"{path}: nothing was delivered; the run is not a measurement")
+    if r["arrived"] == 0:
+        fail(f"{path}: nothing arrived at the subscribers; the run is not a measurement")
     values = {
         "system": system, "workload": workload, "mode": mode, "repeat": repeat,
         "shards": shards, "version": p["version"], "qos": p["qos"],
         "publishers": p["publishers"], "subscribers": p["subscribers"], "rate": p["rate"],
         "window_secs": round(r["window_secs"], 3),
         "published_msgs_s": round(r["published_msgs_per_sec"]),
-        "delivered_msgs_s": round(r["delivered_msgs_per_sec"]),
+        # Deliveries arriving in the window: throughput even while a broker drains a queue.
+        "delivered_msgs_s": round(r["arrived_msgs_per_sec"]),
+        "sent_in_window_delivered_msgs_s": round(r["delivered_msgs_per_sec"]),
         "p50_us": r["latency"]["p50_us"], "p99_us": r["latency"]["p99_us"],
         "broker_us_per_msg": round(r["cpu"]["broker_us_per_delivery"] or 0.0, 3),
         "generator_us_per_msg": round(r["cpu"]["generator_us_per_delivery"], 3),
@@ -67,9 +71,19 @@ def half_rate(args):
     path, fan = args[0], float(args[1])
     with open(path) as f:
         report = json.load(f)
-    delivered = report["result"]["delivered_msgs_per_sec"]
+    delivered = report["result"]["arrived_msgs_per_sec"]
     publishers = report["params"]["publishers"]
     print(max(1, int(delivered / 2 / fan / publishers)))
+
+
+def fio(args):
+    with open(args[0]) as f:
+        job = json.load(f)["jobs"][0]
+    lat = job["sync"]["lat_ns"]
+    p99 = lat.get("percentile", {}).get("99.000000")
+    print(f"fio 4 KiB O_DIRECT write + fdatasync: {job['write']['iops']:.0f} syncs/s, "
+          f"fdatasync mean {lat['mean'] / 1000:.0f} µs"
+          + (f", p99 {p99 / 1000:.0f} µs" if p99 else ""))
 
 
 def load(path):
@@ -258,7 +272,7 @@ def main():
         fail(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     commands = {"row": (row, 7), "half-rate": (half_rate, 2), "scaling": (scaling, 2),
-                "peers": (peers, 2)}
+                "peers": (peers, 2), "fio": (fio, 1)}
     if cmd not in commands or len(args) != commands[cmd][1]:
         fail(__doc__)
     commands[cmd][0](args)
