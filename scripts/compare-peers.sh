@@ -157,12 +157,13 @@ for r in $(seq "$repeats"); do
             common=(--workload "config/bench/$toml.toml" --qos "$qos" --version "$MQTT_VERSION"
                     --duration-secs "$duration" --warmup-secs 1 --threads "${BENCH_THREADS:-2}")
             start_system "$sys"
-            run_bench "$csv" "$sys" "$w" max "$r" 0 -- "${common[@]}" --rate 0
+            ok=yes
+            run_bench "$csv" "$sys" "$w" max "$r" 0 -- "${common[@]}" --rate 0 || ok=no
             stop_broker
-            if [[ $half == yes ]]; then
+            if [[ $half == yes && $ok == yes ]]; then
                 rate=$(python3 "$REPORT_PY" half-rate "$out/raw/$sys-$w-max-s0-r$r.json" "$fan")
                 start_system "$sys"
-                run_bench "$csv" "$sys" "$w" half "$r" 0 -- "${common[@]}" --rate "$rate"
+                run_bench "$csv" "$sys" "$w" half "$r" 0 -- "${common[@]}" --rate "$rate" || true
                 stop_broker
             fi
         done
@@ -170,4 +171,5 @@ for r in $(seq "$repeats"); do
 done
 
 python3 "$REPORT_PY" peers "$csv" "$out"
+if [[ -s $out/failures.txt ]]; then echo "failed runs (not in the medians):"; cat "$out/failures.txt"; fi
 echo "results: $out"

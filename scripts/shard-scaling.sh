@@ -64,7 +64,8 @@ for r in $(seq "$repeats"); do
             start_shardmq "$s" always
             run_bench "$csv" shardmq "$name" max "$r" "$s" -- \
                 --workload "config/bench/$w.toml" --rate "$rate" \
-                --duration-secs "$duration" --warmup-secs 1 --threads "${BENCH_THREADS:-2}"
+                --duration-secs "$duration" --warmup-secs 1 --threads "${BENCH_THREADS:-2}" ||
+                die "shardmq broke a run; see $out/failures.txt"
             stop_broker
         done
     done

@@ -48,7 +48,9 @@ def row(args):
         # Deliveries arriving in the window: throughput even while a broker drains a queue.
         "delivered_msgs_s": round(r["arrived_msgs_per_sec"]),
         "sent_in_window_delivered_msgs_s": round(r["delivered_msgs_per_sec"]),
-        "p50_us": r["latency"]["p50_us"], "p99_us": r["latency"]["p99_us"],
+        # No latency without a delivery of a message sent in the window.
+        "p50_us": r["latency"]["p50_us"] if r["latency"]["samples"] else "",
+        "p99_us": r["latency"]["p99_us"] if r["latency"]["samples"] else "",
         "broker_us_per_msg": round(r["cpu"]["broker_us_per_delivery"] or 0.0, 3),
         "generator_us_per_msg": round(r["cpu"]["generator_us_per_delivery"], 3),
         "expected": r["delivery"]["expected"], "distinct": r["delivery"]["distinct"],
@@ -95,7 +97,10 @@ def load(path):
 
 
 def med(rows, key):
-    values = [float(r[key]) for r in rows]
+    """Median, min and max of a column; blank cells (no value measured) are skipped."""
+    values = [float(r[key]) for r in rows if r[key] != ""]
+    if not values:
+        return math.nan, math.nan, math.nan
     return statistics.median(values), min(values), max(values)
 
 
@@ -257,6 +262,7 @@ def peers(args):
             rate, cpu = med(rs, "delivered_msgs_s"), med(rs, "broker_us_per_msg")
             half = groups.get((w, s, "half"))
             p99 = f"{med(half, 'p99_us')[0]:,.0f}" if half else "—"
+            p99 = "—" if p99 == "nan" else p99
             half_cpu = f"{med(half, 'broker_us_per_msg')[0]:.2f}" if half else "—"
             ratio_rate = f"{our_rate / rate[0]:.2f}×" if our_rate and s != "shardmq" else "—"
             ratio_cpu = f"{cpu[0] / our_cpu:.2f}×" if our_cpu and s != "shardmq" else "—"
