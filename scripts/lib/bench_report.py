@@ -8,6 +8,7 @@ Used by scripts/shard-scaling.sh and scripts/compare-peers.sh:
     bench_report.py scaling CSV OUTDIR      medians per (workload, shards), table, SVG
     bench_report.py peers CSV OUTDIR        medians per (workload, system), ratios to shardmq
     bench_report.py fio JSON                one line from fio's JSON: syncs/s and latency
+    bench_report.py targets PEERS_DIR SCALING_DIR   the issue's targets against the medians
 
 Standard library only: it runs on a bare machine without network.
 """
@@ -86,6 +87,54 @@ def fio(args):
     print(f"fio 4 KiB O_DIRECT write + fdatasync: {job['write']['iops']:.0f} syncs/s, "
           f"fdatasync mean {lat['mean'] / 1000:.0f} µs"
           + (f", p99 {p99 / 1000:.0f} µs" if p99 else ""))
+
+
+def targets(args):
+    """Checks the performance targets against the medians of one peer and one scaling run."""
+    peers_dir, scaling_dir = args
+
+    def medians(path, *keys):
+        with open(path) as f:
+            return {tuple(r[k] for k in keys): r for r in csv.DictReader(f)}
+
+    peers_m = medians(os.path.join(peers_dir, "peers-medians.csv"), "workload", "system", "mode")
+    scale_m = medians(os.path.join(scaling_dir, "scaling-medians.csv"), "workload", "shards")
+
+    def val(table, key, col):
+        row = table.get(key)
+        return float(row[col]) if row and row[col] not in ("", "nan") else math.nan
+
+    lines = ["| target | measured (medians) | met |", "|---|---|---|"]
+
+    def check(text, value, ok, shown):
+        met = "—" if math.isnan(value) else ("yes" if ok(value) else "**no**")
+        lines.append(f"| {text} | {shown} | {met} |")
+
+    for w, name in [("p2p", "p2p 4 → 4"), ("fanout", "fan-out 1 → 100"), ("fanin", "fan-in 100 → 1")]:
+        ours = val(peers_m, (w, "shardmq", "max"), "delivered_msgs_s")
+        our_cpu = val(peers_m, (w, "shardmq", "max"), "broker_us_per_msg")
+        for peer, factor in [("mosquitto", 4.0), ("rumqttd", 2.0)]:
+            r = ours / val(peers_m, (w, peer, "max"), "delivered_msgs_s")
+            check(f"{name}: delivered msg/s ≥ {factor:g}× {peer}", r, lambda v, f=factor: v >= f,
+                  f"{r:.2f}×")
+        c = our_cpu / val(peers_m, (w, "mosquitto", "max"), "broker_us_per_msg")
+        check(f"{name}: broker CPU/msg ≤ ¼ of mosquitto's", c, lambda v: v <= 0.25, f"{c:.2f}×")
+    q1 = val(peers_m, ("p2p-qos1", "shardmq", "max"), "delivered_msgs_s")
+    q1m = val(peers_m, ("p2p-qos1", "mosquitto", "max"), "delivered_msgs_s")
+    check("QoS 1 p2p, `fsync_policy = always`: ≥ mosquitto's QoS 1 rate", q1 / q1m,
+          lambda v: v >= 1.0, f"{q1:,.0f} vs {q1m:,.0f} msg/s ({q1 / q1m:.2f}×)")
+    p99 = val(peers_m, ("p2p", "shardmq", "half"), "p99_us")
+    check("QoS 0 p2p p99 latency at half of the max rate ≤ 1 ms", p99, lambda v: v <= 1000,
+          f"{p99:,.0f} µs")
+    c1 = val(scale_m, ("p2p", "1"), "broker_us_per_msg")
+    c2 = val(scale_m, ("p2p", "2"), "broker_us_per_msg")
+    check("p2p broker CPU/msg at 2 shards ≤ 1.1× that at 1 shard", c2 / c1, lambda v: v <= 1.1,
+          f"{c2:.2f} vs {c1:.2f} µs ({c2 / c1:.2f}×)")
+    a = val(peers_m, ("durable-qos1", "shardmq", "max"), "delivered_msgs_s")
+    n = val(peers_m, ("durable-qos1", "shardmq-none", "max"), "delivered_msgs_s")
+    check("durable QoS 1, 64 publishers: `always` ≥ 50 % of `none`", a / n, lambda v: v >= 0.5,
+          f"{a:,.0f} vs {n:,.0f} msg/s ({100 * a / n:.0f} %)")
+    write_table(peers_dir, "targets.md", lines)
 
 
 def load(path):
@@ -278,7 +327,7 @@ def main():
         fail(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     commands = {"row": (row, 7), "half-rate": (half_rate, 2), "scaling": (scaling, 2),
-                "peers": (peers, 2), "fio": (fio, 1)}
+                "peers": (peers, 2), "fio": (fio, 1), "targets": (targets, 2)}
     if cmd not in commands or len(args) != commands[cmd][1]:
         fail(__doc__)
     commands[cmd][0](args)
