@@ -10,6 +10,12 @@ use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
 use shardmq::shard::{DataDirLock, Outcome, Runtime};
 
+/// Every shard frees messages that another shard allocated (a publish is decoded on the
+/// publisher's shard and dropped on each subscriber's): glibc malloc serializes those frees
+/// on the allocating thread's arena lock, mimalloc hands them back without one.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for configuration errors (and for command-line errors, as clap uses).
 const EXIT_CONFIG: u8 = 2;
 /// Exit status for runtime failures.

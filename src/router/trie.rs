@@ -28,7 +28,10 @@ pub struct SubscriptionTrie<K, V> {
 }
 
 struct Node<K, V> {
-    literal: HashMap<Box<str>, Node<K, V>>,
+    /// Literal children by level. Hashed with aHash: a lookup per level per publish is the
+    /// hottest part of matching, and SipHash cost several times as much; aHash is still
+    /// keyed per process, so clients cannot choose colliding topic levels.
+    literal: HashMap<Box<str>, Node<K, V>, ahash::RandomState>,
     plus: Option<Box<Node<K, V>>>,
     hash: Option<Box<Node<K, V>>>,
     /// The full filter ending at this node; set while `subscribers` is non-empty.
@@ -39,7 +42,7 @@ struct Node<K, V> {
 impl<K, V> Node<K, V> {
     fn new() -> Self {
         Self {
-            literal: HashMap::new(),
+            literal: HashMap::default(),
             plus: None,
             hash: None,
             filter: None,

@@ -10,6 +10,7 @@
 //! contention.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,7 +64,8 @@ pub struct Mesh {
 
 #[derive(Default)]
 struct Outbox {
-    queue: RefCell<Vec<ShardMsg>>,
+    /// A ring, so that taking a batch off the front never moves what stays queued.
+    queue: RefCell<VecDeque<ShardMsg>>,
     /// The sender task, parked while the outbox is empty.
     sender_waker: Cell<Option<Waker>>,
     /// Producers parked while the outbox is full.
@@ -158,7 +160,7 @@ impl Mesh {
         if outbox.closed.get() {
             return;
         }
-        outbox.queue.borrow_mut().push(msg);
+        outbox.queue.borrow_mut().push_back(msg);
         if let Some(waker) = outbox.sender_waker.take() {
             waker.wake();
         }
@@ -225,9 +227,9 @@ impl Mesh {
                     outbox.sender_waker.set(Some(cx.waker().clone()));
                     return Poll::Pending;
                 }
+                // One allocation of the batch's exact size; the ring keeps its capacity.
                 let take = queue.len().min(self.batch_messages_max);
-                let rest = queue.split_off(take);
-                Poll::Ready(Some(std::mem::replace(&mut *queue, rest)))
+                Poll::Ready(Some(queue.drain(..take).collect::<Batch>()))
             })
             .await;
             let Some(batch) = batch else { break };

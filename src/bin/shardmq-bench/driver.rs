@@ -495,6 +495,9 @@ fn record_delivery(payload: &[u8], now: u64, w: Window, stream: usize, stats: &m
     if stamp.sent_ns >= w.warm_end_ns && stamp.sent_ns < w.publish_end_ns {
         stats.record_latency_ns(now.saturating_sub(stamp.sent_ns));
     }
+    if now >= w.warm_end_ns && now < w.publish_end_ns {
+        stats.arrived_measured += 1;
+    }
 }
 
 /// Sends DISCONNECT (best effort) and closes.

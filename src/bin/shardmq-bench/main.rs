@@ -10,7 +10,10 @@
 //!
 //! How to read it: rates count messages *sent* inside the measured window (after
 //! `--warmup-secs`, until the publishers stop); "delivered" counts deliveries of those
-//! messages, so a broker that drops or queues shows a gap between the two. "lost" compares
+//! messages, so a broker that drops or queues shows a gap between the two; "arrived" counts
+//! every delivery received inside the window whenever it was sent, which is the broker's
+//! delivery throughput even while it works through seconds of queue, and CPU per delivery
+//! divides by it. "lost" compares
 //! every sequence sent (warm-up included) with the distinct sequences each subscription got,
 //! after a drain of up to 5 s. At QoS 0 losses are allowed by the protocol. CPU µs per
 //! delivery is the generator's own cost (and the broker's with `--broker-pid`): on a small

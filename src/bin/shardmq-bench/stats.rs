@@ -143,6 +143,9 @@ pub struct ThreadStats {
     pub published_measured: u64,
     /// Deliveries of messages sent inside the measurement window.
     pub delivered_measured: u64,
+    /// Deliveries that arrived inside the measurement window, whenever they were sent: a
+    /// broker's delivery throughput even when its queues hold messages for seconds.
+    pub arrived_measured: u64,
     /// Messages sent, per publisher index (all of them, warm-up included).
     pub sent: Vec<(usize, u64)>,
     /// One entry per subscriber this thread drove.
@@ -157,6 +160,7 @@ impl ThreadStats {
                 .expect("constant histogram bounds are valid"),
             published_measured: 0,
             delivered_measured: 0,
+            arrived_measured: 0,
             sent: Vec::new(),
             streams: Vec::new(),
         }

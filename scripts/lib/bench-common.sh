@@ -1,0 +1,196 @@
+# Shared by scripts/shard-scaling.sh and scripts/compare-peers.sh (sourced, not run).
+#
+# Starts and stops brokers on loopback (shardmq and the peers of /work/shared/PEERS.md),
+# runs one shardmq-bench measurement and appends it as a CSV row. Every broker runs in
+# the foreground of this shell's job table and is stopped by its PID; data dirs live
+# under target/ (the real disk: tmpfs would silently turn O_DIRECT off).
+
+BENCH_BIN=target/release/shardmq-bench
+BROKER_BIN=target/release/shardmq
+REPORT_PY=scripts/lib/bench_report.py
+BROKER_PID=
+BROKER_PORT=
+BROKER_DIR=
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+# A TCP port nobody listens on right now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits until something accepts TCP connections on 127.0.0.1:$1 (at most 10 s).
+wait_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$BROKER_PID" 2>/dev/null || die "broker exited before listening on $port (log: $BROKER_DIR/broker.log)"
+        sleep 0.1
+    done
+    die "nothing listens on port $port after 10 s (log: $BROKER_DIR/broker.log)"
+}
+
+new_broker_dir() {
+    mkdir -p target/bench-data
+    BROKER_DIR=$(mktemp -d -p target/bench-data "$1-XXXXXX")
+}
+
+# start_shardmq SHARDS FSYNC_POLICY: the release broker on a free port, fresh data dir.
+start_shardmq() {
+    local shards=$1 policy=$2
+    new_broker_dir shardmq
+    : >"$BROKER_DIR/broker.log"
+    SHARDMQ_MQTT_LISTEN=127.0.0.1:0 SHARDMQ_METRICS_LISTEN=127.0.0.1:0 \
+    SHARDMQ_DATA_DIR=$BROKER_DIR SHARDMQ_LOG_FORMAT=json SHARDMQ_LOG_LEVEL=info \
+    SHARDMQ_SHARDS=$shards SHARDMQ_FSYNC_POLICY=$policy \
+        "$BROKER_BIN" >"$BROKER_DIR/broker.log" 2>&1 &
+    BROKER_PID=$!
+    BROKER_PORT=
+    for _ in $(seq 100); do
+        BROKER_PORT=$(grep -o '"mqtt_listen":"[^"]*"' "$BROKER_DIR/broker.log" | head -1 | sed 's/.*:\([0-9]*\)"$/\1/' || true)
+        [[ -n $BROKER_PORT ]] && break
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -n $BROKER_PORT ]] || { cat "$BROKER_DIR/broker.log" >&2; die "shardmq did not start"; }
+    wait_port "$BROKER_PORT"
+}
+
+start_mosquitto() {
+    new_broker_dir mosquitto
+    BROKER_PORT=$(free_port)
+    cat >"$BROKER_DIR/mosquitto.conf" <<EOF
+listener $BROKER_PORT 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+log_dest stderr
+log_type error
+EOF
+    mosquitto -c "$BROKER_DIR/mosquitto.conf" >"$BROKER_DIR/broker.log" 2>&1 &
+    BROKER_PID=$!
+    wait_port "$BROKER_PORT"
+}
+
+# MQTT 3.1.1 and QoS <= 1 only; JetStream holds sessions and QoS 1 messages.
+start_nats() {
+    new_broker_dir nats
+    BROKER_PORT=$(free_port)
+    cat >"$BROKER_DIR/nats.conf" <<EOF
+server_name: bench
+listen: 127.0.0.1:$(free_port)
+jetstream { store_dir: "$PWD/$BROKER_DIR/js" }
+mqtt { host: 127.0.0.1, port: $BROKER_PORT }
+EOF
+    nats-server -c "$BROKER_DIR/nats.conf" >"$BROKER_DIR/broker.log" 2>&1 &
+    BROKER_PID=$!
+    wait_port "$BROKER_PORT"
+}
+
+# v4 (3.1.1) and v5 listeners on separate ports; BROKER_PORT is the one for $MQTT_VERSION.
+start_rumqttd() {
+    new_broker_dir rumqttd
+    local v4 v5
+    v4=$(free_port)
+    v5=$(free_port)
+    cat >"$BROKER_DIR/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$v4"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:$v5"
+next_connection_delay_ms = 1
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+EOF
+    "$RUMQTTD_BIN" -c "$BROKER_DIR/rumqttd.toml" -q >"$BROKER_DIR/broker.log" 2>&1 &
+    BROKER_PID=$!
+    if [[ ${MQTT_VERSION:-4} == 5 ]]; then BROKER_PORT=$v5; else BROKER_PORT=$v4; fi
+    wait_port "$BROKER_PORT"
+}
+
+stop_broker() {
+    if [[ -n $BROKER_PID ]]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+    fi
+    BROKER_PID=
+    [[ -n $BROKER_DIR ]] && rm -rf "$BROKER_DIR"
+    BROKER_DIR=
+}
+
+# run_bench CSV SYSTEM WORKLOAD MODE REPEAT SHARDS -- BENCH ARGS...: one measurement
+# against the running broker; the JSON report is kept beside the CSV and appended as a row.
+# A run the broker breaks (it closes a connection, e.g. a peer cutting off a slow consumer)
+# is a result, not a script error: it is listed in failures.txt beside the CSV, warned
+# about, and run_bench returns 1.
+run_bench() {
+    local csv=$1 system=$2 workload=$3 mode=$4 repeat=$5 shards=$6
+    shift 7
+    local json
+    json="$(dirname "$csv")/raw/$system-$workload-$mode-s$shards-r$repeat.json"
+    mkdir -p "$(dirname "$json")"
+    if ! "$BENCH_BIN" --port "$BROKER_PORT" --broker-pid "$BROKER_PID" --json "$@" \
+        >"$json" 2>"${json%.json}.log"; then
+        local why
+        why=$(tail -1 "${json%.json}.log")
+        echo "$system $workload $mode r$repeat shards=$shards: $why" >>"$(dirname "$csv")/failures.txt"
+        echo "  WARNING: run failed against $system ($workload, $mode): $why" >&2
+        rm -f "$json"
+        return 1
+    fi
+    python3 "$REPORT_PY" row "$json" "$csv" "$system" "$workload" "$mode" "$repeat" "$shards"
+}
+
+# Waits (up to $1 s, polling each 30 s) until no process at normal priority uses more than
+# 20 % of a CPU (compilers, tests, other brokers; niced fuzzers are allowed), then records
+# the busiest processes in $2. Returns anyway after the wait.
+wait_for_quiet() {
+    local wait_secs=$1 note=$2 waited=0 busy
+    while true; do
+        busy=$(ps -eo pcpu=,ni=,comm= --sort=-pcpu | awk '$1 > 20 && $2 < 10 && $3 != "ps"' | head -5)
+        [[ -z $busy ]] && break
+        if (( waited >= wait_secs )); then
+            echo "machine still busy after ${wait_secs} s; measuring anyway" >&2
+            break
+        fi
+        echo "waiting for a quiet machine (busy: $(tr '\n' ' ' <<<"$busy"))" >&2
+        sleep 30
+        waited=$((waited + 30))
+    done
+    { echo "busiest processes at start ($(date -u +%FT%TZ)):"; ps -eo pcpu,ni,etime,comm --sort=-pcpu | head -8; } >"$note"
+}
+
+# begin_results NAME: builds the release binaries, creates target/bench-results/NAME-<date>
+# (in $out, with runs.csv in $csv), stops any broker on exit and waits for a quiet machine.
+begin_results() {
+    cargo build --release --bins
+    out=target/bench-results/$1-$(date -u +%Y%m%d-%H%M%S)
+    mkdir -p "$out"
+    csv=$out/runs.csv
+    trap stop_broker EXIT
+    wait_for_quiet "${QUIET_WAIT_SECS:-600}" "$out/machine-load.txt"
+}
+
+# The machine line every table carries.
+machine_line() {
+    echo "$(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), $(rustc --version | cut -d' ' -f1-2)"
+}
