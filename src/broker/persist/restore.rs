@@ -1,0 +1,219 @@
+//! Restoring a home's persistent sessions at start: offline on the home, with their
+//! subscriptions indexed and every message they had not acknowledged replayed.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::mqtt::ByteStr;
+use crate::router::parse_filter;
+use crate::session::{LogPos, Session, Will, EXPIRY_NEVER};
+use crate::shard::{ConnRef, Shard, ShardMsg};
+
+use super::super::{Reply, SessionSlot};
+use super::records::{self, SessionRecord};
+use super::replay::replayed_delivery;
+use super::{unix_ms, RecoveredSession, ReplayWant};
+
+impl Shard {
+    /// Home shard at start: rebuilds its persistent sessions (offline, on this shard),
+    /// indexes their subscriptions and replays what each had not acknowledged. Returns
+    /// the wills that fell due while the broker was down, to publish once every shard
+    /// serves.
+    pub(crate) async fn restore_sessions(
+        self: &Rc<Self>,
+        recovered: HashMap<String, RecoveredSession>,
+    ) -> Vec<(ByteStr, Will)> {
+        let now_ms = unix_ms();
+        let mut due_wills = Vec::new();
+        let mut restored = Vec::new();
+        for (client, rec) in recovered {
+            let client_id = records::client_id(&client);
+            let detached_at = rec.detached_at_ms.unwrap_or(now_ms).min(now_ms);
+            let offline_ms = now_ms - detached_at;
+            let expired =
+                rec.expiry_secs != EXPIRY_NEVER && offline_ms >= u64::from(rec.expiry_secs) * 1000;
+            if expired {
+                if let Some(will) = rec.will {
+                    due_wills.push((client_id.clone(), will));
+                }
+                self.end_logged_at_home_now(&client_id).await;
+                continue;
+            }
+            let key = self.install_restored(&client_id, &rec);
+            restored.push((key, client_id, rec, offline_ms));
+        }
+        self.replay_all(&restored).await;
+        self.log_restored_cursors(&restored).await;
+        for (key, client_id, rec, offline_ms) in restored {
+            if let Some(will) = rec.will {
+                let left_ms = u64::from(will.delay_secs.min(rec.expiry_secs)) * 1000;
+                if left_ms <= offline_ms {
+                    due_wills.push((client_id.clone(), will));
+                } else {
+                    if let Some(slot) = self.broker.sessions.borrow_mut().get_mut(&key) {
+                        slot.session.will = Some(will);
+                    }
+                    self.schedule_will_ms(key, 0, left_ms - offline_ms);
+                }
+            }
+            if rec.expiry_secs != EXPIRY_NEVER {
+                let left_ms = u64::from(rec.expiry_secs) * 1000 - offline_ms;
+                self.schedule_expiry_ms(key, 0, left_ms);
+            }
+        }
+        due_wills
+    }
+
+    async fn end_logged_at_home_now(self: &Rc<Self>, client_id: &ByteStr) {
+        let (kind, body) = records::encode(client_id.as_str(), &SessionRecord::End);
+        self.on_session_log(self.id, kind.0, body, None).await;
+    }
+
+    fn install_restored(&self, client_id: &ByteStr, rec: &RecoveredSession) -> u64 {
+        let mut session = Session::new(
+            client_id.clone(),
+            rec.protocol,
+            rec.expiry_secs,
+            self.outbound_limits(),
+        );
+        session.logged = true;
+        session.attached_on = Some(self.id);
+        for (filter, (opts, since)) in &rec.subscriptions {
+            session.subscriptions.insert(filter.clone(), *opts);
+            session.subscribed_at_ms.insert(filter.clone(), *since);
+        }
+        let key = self.broker.new_session_key();
+        let me = ConnRef {
+            shard: self.id,
+            token: 0,
+        };
+        self.broker
+            .by_client
+            .borrow_mut()
+            .insert(client_id.clone(), key);
+        self.broker
+            .registry
+            .borrow_mut()
+            .insert(client_id.clone(), me);
+        self.broker
+            .persisted
+            .borrow_mut()
+            .insert(client_id.as_str().to_string());
+        self.broker.sessions.borrow_mut().insert(
+            key,
+            SessionSlot {
+                session,
+                conn: None,
+                last_conn: me,
+                epoch: 0,
+            },
+        );
+        self.probe.sessions_current.add(1);
+        key
+    }
+
+    /// Indexes the restored sessions' subscriptions and queues what every owner replays.
+    async fn replay_all(self: &Rc<Self>, restored: &[(u64, ByteStr, RecoveredSession, u64)]) {
+        let mut acks = Vec::new();
+        for (key, _, rec, _) in restored {
+            for (filter, (opts, _)) in &rec.subscriptions {
+                acks.extend(self.index_subscription(*key, filter, *opts));
+            }
+        }
+        for ack in acks {
+            self.broker.replies(ack).await;
+        }
+        if restored.is_empty() {
+            return;
+        }
+        let shards = self.mesh.shards();
+        let id = self.broker.open_request(shards);
+        for owner in 0..shards {
+            let wants = restored
+                .iter()
+                .map(|(_, client_id, rec, _)| ReplayWant {
+                    client_id: client_id.clone(),
+                    from: rec.cursors.get(&(owner as u16)).copied().unwrap_or(0),
+                    filters: rec
+                        .subscriptions
+                        .iter()
+                        .filter_map(|(f, (_, since))| {
+                            let plain = parse_filter(f, &self.topic_limits()).ok()?.filter;
+                            Some((plain.to_string(), *since))
+                        })
+                        .collect(),
+                    messages_max: self.config.session_queue_messages_max,
+                })
+                .collect();
+            self.post(owner, ShardMsg::Replay { id, wants });
+        }
+        let now = Instant::now();
+        for reply in self.broker.replies(id).await {
+            let Reply::Replayed {
+                shard,
+                end,
+                found,
+                resume,
+            } = reply
+            else {
+                continue;
+            };
+            let mut sessions = self.broker.sessions.borrow_mut();
+            for (want, msg) in found {
+                let key = restored[want as usize].0;
+                let Some(slot) = sessions.get_mut(&key) else {
+                    continue;
+                };
+                if let Some(delivery) = replayed_delivery(&slot.session, msg) {
+                    self.offer(slot, delivery, now);
+                }
+            }
+            for ((key, ..), resume) in restored.iter().zip(resume) {
+                let Some(slot) = sessions.get_mut(key) else {
+                    continue;
+                };
+                if let Some(offset) = resume {
+                    // More than the queue holds: the rest is read from the log later.
+                    slot.session.replay.overflowed(LogPos {
+                        shard: shard as u16,
+                        offset,
+                        floor: offset,
+                    });
+                }
+                slot.session.replay.raise(shard, end);
+            }
+        }
+    }
+
+    /// Makes the restored sessions' cursors durable before any shard serves: a cursor
+    /// recovered past an owner's end (see `scan_for_replay`) must not outlive this start,
+    /// or the records that now take those offsets would be skipped after the next crash.
+    async fn log_restored_cursors(&self, restored: &[(u64, ByteStr, RecoveredSession, u64)]) {
+        let mut waits = Vec::new();
+        for (key, client_id, ..) in restored {
+            let cursors = {
+                let mut sessions = self.broker.sessions.borrow_mut();
+                let Some(slot) = sessions.get_mut(key) else {
+                    continue;
+                };
+                let s = &mut slot.session;
+                s.replay.touch();
+                s.replay.take_changed(&s.outbound).unwrap_or_default()
+            };
+            let record = SessionRecord::Cursor(cursors);
+            waits.extend(self.log_session(client_id.as_str(), &record, true));
+        }
+        for id in waits {
+            if !matches!(
+                self.broker.replies(id).await.pop(),
+                Some(Reply::Logged(true))
+            ) {
+                tracing::error!(
+                    shard = self.id,
+                    "a restored session's cursor could not be logged"
+                );
+            }
+        }
+    }
+}
