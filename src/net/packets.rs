@@ -171,6 +171,7 @@ async fn on_publish(
         expires_at,
         offset: 0,
     });
+    super::serve::mesh_room(shard, conn).await;
     shard.route_publish(msg, ack).await;
     Flow::Continue
 }
