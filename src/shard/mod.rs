@@ -39,13 +39,6 @@ pub use quota::{
 };
 pub use state::{Shard, Shutdown, HEALTH_TIMEOUT};
 
-/// How long a shard runs runnable tasks before it checks its main io_uring for
-/// completions. glommio polls the main ring only when the task queue runs dry or this
-/// timer fires, and a connection whose socket never runs dry (a publisher at full speed)
-/// keeps the queue busy: at glommio's default of 100 ms, WAL syncs and with them every
-/// QoS 1/2 acknowledgement on the shard then crawl.
-const PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
-
 /// What a shard thread reports to the main thread.
 #[derive(Debug)]
 enum Event {
@@ -122,7 +115,6 @@ impl Runtime {
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
                 .io_memory(io_memory)
-                .preempt_timer(PREEMPT_INTERVAL)
                 // File ops (rename, remove) share the blocking pool; keep it off this CPU's
                 // executor thread so it can never stall the ring.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
