@@ -189,7 +189,6 @@ async fn packet_loop(
             shard.probe.hit(Limit::ReceiveMaximum);
             conn.acks_below(receive_maximum).await;
         }
-        mesh_room(shard, conn).await;
         if conn.closing().is_some() {
             return Ending::ByServer;
         }
@@ -207,11 +206,13 @@ async fn packet_loop(
     }
 }
 
-/// Waits while a mesh link of this shard is over `mesh_link_bytes_max`: a peer (or this
-/// shard) is behind, and whatever this connection publishes would pile up in transit.
-/// Only connection readers wait here: mesh receivers never do, or two shards waiting
-/// on each other's links would deadlock.
-async fn mesh_room(shard: &Shard, conn: &Conn) {
+/// Before a PUBLISH is routed: waits while a mesh link of this shard is over
+/// `mesh_link_bytes_max` (a peer, or this shard, is behind and the publish would pile up
+/// in transit); the publisher's reader stops meanwhile. Only publishes wait: a
+/// subscriber's acks and pings go on, or its deliveries would stall with the link.
+/// Mesh receivers never wait here, or two shards waiting on each other's links would
+/// deadlock.
+pub(super) async fn mesh_room(shard: &Shard, conn: &Conn) {
     let bytes_max = shard.config.mesh_link_bytes_max;
     if !shard.mesh.backlogged(bytes_max) {
         return;

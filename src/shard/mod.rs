@@ -124,7 +124,7 @@ impl Runtime {
                 .io_memory(io_memory)
                 // glommio's default 100 ms preempt timer stays: at 1 ms, shards hung at
                 // start in about half of the runs here (glommio 0.9 can park with runnable
-                // work after a preemption); readers yield after each batch instead.
+                // work after a preemption).
                 // File ops (rename, remove) share the blocking pool; keep it off this CPU's
                 // executor thread so it can never stall the ring.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(1))

@@ -97,6 +97,13 @@ impl Scanner {
         &self.buf[self.cursor..]
     }
 
+    /// Goes to file position `pos` (the start of a frame), dropping what is buffered.
+    pub(crate) fn seek(&mut self, pos: u64) {
+        self.buf.clear();
+        self.buf_pos = pos;
+        self.cursor = 0;
+    }
+
     pub(crate) fn advance(&mut self, n: usize) {
         assert!(self.cursor + n <= self.buf.len());
         self.cursor += n;

@@ -37,6 +37,19 @@ pub(crate) struct Shared {
     committer: RefCell<Option<glommio::Task<()>>>,
     /// Test seam: the next fdatasync of the commit path fails with EIO.
     pub fail_next_sync: Cell<bool>,
+    /// Where the last read stopped, so a reader going on from there (a session catching
+    /// up) does not scan its segment from the start again.
+    read_hint: Cell<Option<ReadHint>>,
+}
+
+/// The record at `offset` of segment `segment` starts at byte `file_pos`. Positions of
+/// written frames never change (a group commit only rewrites the partial last block
+/// with the same bytes and more), so a hint stays true while its segment exists.
+#[derive(Debug, Clone, Copy)]
+struct ReadHint {
+    segment: Offset,
+    offset: Offset,
+    file_pos: u64,
 }
 
 /// Bytes accumulated for one segment, to be written at `file_pos` (block-aligned).
@@ -147,6 +160,7 @@ impl Wal {
             stats,
             committer: RefCell::new(None),
             fail_next_sync: Cell::new(false),
+            read_hint: Cell::new(None),
         });
         let dir = glommio::io::Directory::open(&shared.config.dir).await?;
         committer::spawn_spare(&shared);
@@ -383,6 +397,7 @@ impl Wal {
             let path = segment::segment_path(&self.shared.config.dir, first);
             let spent = read_segment(
                 &path,
+                &self.shared.read_hint,
                 SegmentRange { first, limit },
                 &mut next,
                 &mut budget,
@@ -448,8 +463,10 @@ struct SegmentRange {
 
 /// Delivers one segment's records from `*next` up to `range.limit`, advancing `*next`;
 /// true when the budget is spent.
+#[allow(clippy::too_many_arguments)]
 async fn read_segment(
     path: &Path,
+    hint: &Cell<Option<ReadHint>>,
     range: SegmentRange,
     next: &mut Offset,
     budget: &mut usize,
@@ -463,13 +480,54 @@ async fn read_segment(
         reason: reason.to_owned(),
     };
     let mut scanner = segment::Scanner::open(path).await?;
-    scanner
-        .advance_header(range.first)
-        .await
-        .map_err(|why| corrupt(0, why))?;
     let mut expected = range.first;
-    while expected < range.limit {
-        let need = match scanner.decode(expected, body_bytes_max) {
+    match hint.get() {
+        Some(h) if h.segment == range.first && h.offset <= *next && h.offset < range.limit => {
+            scanner.seek(h.file_pos);
+            expected = h.offset;
+        }
+        _ => scanner
+            .advance_header(range.first)
+            .await
+            .map_err(|why| corrupt(0, why))?,
+    }
+    let first = range.first;
+    let spent = scan_records(
+        &mut scanner,
+        range,
+        &mut expected,
+        next,
+        budget,
+        delivered,
+        body_bytes_max,
+        visit,
+        &corrupt,
+    )
+    .await;
+    if spent.is_ok() {
+        hint.set(Some(ReadHint {
+            segment: first,
+            offset: expected,
+            file_pos: scanner.position(),
+        }));
+    }
+    spent
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scan_records(
+    scanner: &mut segment::Scanner,
+    range: SegmentRange,
+    expected: &mut Offset,
+    next: &mut Offset,
+    budget: &mut usize,
+    delivered: &mut bool,
+    body_bytes_max: usize,
+    visit: &mut impl FnMut(RecordRef<'_>),
+    corrupt: &impl Fn(u64, &str) -> WalError,
+) -> Result<bool, WalError> {
+    while *expected < range.limit {
+        let need = match scanner.decode(*expected, body_bytes_max) {
             Decoded::Record(record, n) => {
                 if record.offset >= *next {
                     // Stop before a record that overflows the budget, unless nothing was
@@ -483,7 +541,7 @@ async fn read_segment(
                     *next = Offset(record.offset.0 + 1);
                 }
                 scanner.advance(n);
-                expected = Offset(expected.0 + 1);
+                *expected = Offset(expected.0 + 1);
                 continue;
             }
             Decoded::Stop(reason) => return Err(corrupt(scanner.position(), reason.as_str())),
