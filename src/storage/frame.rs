@@ -188,6 +188,10 @@ pub(crate) fn decode_segment_header(src: &[u8]) -> SegmentHeader {
     if src[8] != FORMAT_VERSION {
         return SegmentHeader::Invalid("unsupported segment format version");
     }
+    // Version 1 writes zeros there; anything else was not written by this format.
+    if src[9..12] != [0, 0, 0] {
+        return SegmentHeader::Invalid("segment header reserved bytes are not zero");
+    }
     SegmentHeader::Valid(Offset(u64::from_le_bytes(
         src[12..20].try_into().expect("8 bytes"),
     )))
@@ -323,6 +327,22 @@ mod tests {
             decode_segment_header(&block[..10]),
             SegmentHeader::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn segment_header_with_reserved_bytes_set_is_invalid_even_with_a_good_crc() {
+        for at in 9..12 {
+            let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+            encode_segment_header(&mut block, Offset(42));
+            block[at] = 2;
+            let crc = crc32fast::hash(&block[0..20]);
+            block[20..24].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                decode_segment_header(&block),
+                SegmentHeader::Invalid("segment header reserved bytes are not zero"),
+                "reserved byte {at}"
+            );
+        }
     }
 
     proptest::proptest! {
