@@ -113,6 +113,11 @@ async fn scan_frames(
     };
     let stop = loop {
         let need = match scanner.decode(meta.end, body_bytes_max) {
+            // Offsets are assigned from 0 and never reach the end of the space: a frame
+            // claiming the last offset is damage (it would also leave no next offset).
+            Decoded::Record(record, _) if record.offset.0 == u64::MAX => {
+                break StopReason::OffsetMismatch
+            }
             Decoded::Record(record, n) => {
                 meta.max_timestamp_ms = meta.max_timestamp_ms.max(record.timestamp_ms);
                 visit(record);
