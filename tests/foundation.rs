@@ -254,3 +254,21 @@ fn runs_on_the_default_relative_data_dir() {
     assert!(line.contains("shardmq ready"), "{line}");
     assert!(cwd.path().join("data/shard-0").is_dir());
 }
+
+#[test]
+fn a_start_that_overruns_start_timeout_ms_exits_with_an_error() {
+    let dir = temp_dir();
+    let (code, _, err) = run_shardmq(
+        &[],
+        &[
+            ("SHARDMQ_MQTT_LISTEN", "127.0.0.1:0"),
+            ("SHARDMQ_METRICS_LISTEN", "127.0.0.1:0"),
+            ("SHARDMQ_DATA_DIR", dir.path().to_str().unwrap()),
+            // No shard recovers its WAL and joins the mesh within a millisecond.
+            ("SHARDMQ_START_TIMEOUT_MS", "1"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("start_timeout_ms"), "{err}");
+}

@@ -43,6 +43,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout_ms: u64,
+    /// How long the shards may take to recover and start serving before the broker gives
+    /// up with an error (so a supervisor restarts it) instead of hanging; 0 = no limit.
+    pub start_timeout_ms: u64,
     /// Capacity of each mesh channel, in batches (not messages). Generous on purpose: small
     /// capacities under contention can hang the glommio mesh.
     pub mesh_channel_batches_max: usize,
@@ -153,6 +156,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             shutdown_timeout_ms: 5_000,
+            start_timeout_ms: 120_000,
             mesh_channel_batches_max: 1_024,
             mesh_batch_messages_max: 256,
             mesh_link_bytes_max: 16 << 20,

@@ -163,8 +163,28 @@ impl Runtime {
             running: config.shards,
         };
         let mut ready = 0;
+        let deadline = (config.start_timeout_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(config.start_timeout_ms));
         while ready < config.shards {
-            match runtime.events.recv() {
+            let event = match deadline {
+                Some(at) => runtime
+                    .events
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                    .map_err(|e| e == mpsc::RecvTimeoutError::Timeout),
+                None => runtime.events.recv().map_err(|_| false),
+            };
+            match event {
+                Err(true) => {
+                    runtime.request_shutdown();
+                    return Err(format!(
+                        "{} of {} shards not serving after start_timeout_ms = {}: a shard is \
+                         stuck (the log above says how far each got); exiting so a supervisor \
+                         can restart the broker",
+                        config.shards - ready,
+                        config.shards,
+                        config.start_timeout_ms
+                    ));
+                }
                 Ok(Event::Ready) => ready += 1,
                 Ok(Event::Exited(id, result)) => {
                     runtime.running -= 1;
@@ -172,7 +192,7 @@ impl Runtime {
                     let reason = result.err().unwrap_or_else(|| "exited early".into());
                     return Err(format!("shard {id} failed to start: {reason}"));
                 }
-                Err(_) => return Err("every shard exited during start".into()),
+                Err(false) => return Err("every shard exited during start".into()),
             }
         }
         // Every shard listens now; the reservations can go.
@@ -278,6 +298,7 @@ async fn run_shard(
     } = shared;
     let (wal, recovered) = open_wal(id, &config).await?;
     let _ = probes[id].wal.set(wal.stats());
+    tracing::debug!(shard = id, "joining the mesh");
     let joined = Mesh::join(
         setup,
         id,
@@ -294,6 +315,7 @@ async fn run_shard(
         auth,
         quota,
     );
+    tracing::debug!(shard = id, "joined the mesh");
     // The WAL is in place before any peer's request (a replay) can arrive.
     let _ = shard.durable.set(crate::broker::Durability::new(wal));
     shard.spawn_receivers(joined.inbound);
@@ -302,9 +324,11 @@ async fn run_shard(
     let sessions = install_recovered(&shard, recovered);
     let restored = sessions.len();
     let due_wills = shard.restore_sessions(sessions).await;
+    tracing::debug!(shard = id, "sessions restored; waiting for every shard");
     // No shard serves before every shard has rebuilt its sessions and replayed their
     // messages: a live publish can then never overtake a replay.
     shard.recovered_barrier().await;
+    tracing::debug!(shard = id, "every shard recovered");
     if restored > 0 {
         tracing::info!(
             shard = id,

@@ -26,6 +26,7 @@ pub struct Broker {
 }
 
 /// Options for starting a broker.
+#[derive(Clone)]
 pub struct BrokerOptions {
     pub shards: usize,
     pub env: Vec<(String, String)>,
@@ -69,8 +70,19 @@ impl Broker {
     }
 
     pub fn start_with(options: BrokerOptions) -> Broker {
-        Broker::try_start(options)
-            .unwrap_or_else(|(status, log)| panic!("broker did not start ({status:?}):\n{log}"))
+        let retry = options.clone();
+        match Broker::try_start(options) {
+            Ok(broker) => broker,
+            // The broker gave up on a stuck start itself (start_timeout_ms), as it does for
+            // a supervisor: start it once more, as a supervisor would, and say so.
+            Err((status, log)) if log.contains("start_timeout_ms") => {
+                eprintln!("broker start stuck ({status:?}), starting it again:\n{log}");
+                Broker::try_start(retry).unwrap_or_else(|(status, log)| {
+                    panic!("broker did not start twice ({status:?}):\n{log}")
+                })
+            }
+            Err((status, log)) => panic!("broker did not start ({status:?}):\n{log}"),
+        }
     }
 
     /// Starts a broker; on failure returns its exit status and log.
@@ -90,6 +102,8 @@ impl Broker {
             .env("SHARDMQ_DATA_DIR", &data_dir)
             .env("SHARDMQ_LOG_FORMAT", "json")
             .env("SHARDMQ_LOG_LEVEL", "info")
+            // Below START_TIMEOUT, so a stuck start ends with the broker's own error.
+            .env("SHARDMQ_START_TIMEOUT_MS", "12000")
             .args(&options.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
