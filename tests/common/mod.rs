@@ -101,7 +101,8 @@ impl Broker {
             .env("SHARDMQ_METRICS_LISTEN", "127.0.0.1:0")
             .env("SHARDMQ_DATA_DIR", &data_dir)
             .env("SHARDMQ_LOG_FORMAT", "json")
-            .env("SHARDMQ_LOG_LEVEL", "info")
+            // The runtime's start-up steps at debug: a stuck start then shows where it stopped.
+            .env("SHARDMQ_LOG_LEVEL", "info,shardmq::shard=debug")
             // Below START_TIMEOUT, so a stuck start ends with the broker's own error.
             .env("SHARDMQ_START_TIMEOUT_MS", "12000")
             .args(&options.args)
