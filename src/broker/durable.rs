@@ -308,15 +308,23 @@ impl Shard {
                 return;
             }
         };
+        let defer = msg.qos == QoS::ExactlyOnce;
+        // Stamped once, before the retained index takes a reference (a later
+        // `make_mut` would copy the message): the floor of a message sent now is known
+        // now; a deferred one gets its floor when it is sent.
         Arc::make_mut(&mut msg).log = Some(LogPos {
             shard: self.id as u16,
             offset: offset.0,
-            floor: 0,
+            floor: if defer {
+                0
+            } else {
+                durable.floor_for(offset.0)
+            },
         });
         if msg.retain {
             self.store_retained(&msg);
         }
-        let deferred = if msg.qos == QoS::ExactlyOnce {
+        let deferred = if defer {
             Some(msg)
         } else {
             self.fan_out_logged(durable, msg, may_wait).await;
@@ -329,22 +337,18 @@ impl Shard {
         });
     }
 
-    /// Fans out a logged message stamped with its floor, then marks it sent.
+    /// Fans out a logged message already stamped with its floor, then marks it sent.
     async fn fan_out_logged(
         self: &Rc<Self>,
         durable: &Durability,
-        mut msg: Arc<Message>,
+        msg: Arc<Message>,
         may_wait: MayWait,
     ) {
-        let Some(pos) = msg.log else {
-            return self.fan_out(msg, may_wait).await;
-        };
-        let floor = durable.floor_for(pos.offset);
-        if let Some(log) = Arc::make_mut(&mut msg).log.as_mut() {
-            log.floor = floor;
-        }
+        let offset = msg.log.map(|p| p.offset);
         self.fan_out(msg, may_wait).await;
-        durable.sent(pos.offset);
+        if let Some(offset) = offset {
+            durable.sent(offset);
+        }
     }
 
     fn confirm(&self, ack: Option<AckTo>, reason: ReasonCode) {
@@ -380,7 +384,11 @@ impl Shard {
                     let Some(p) = next else { break };
                     match &result {
                         Ok(()) => {
-                            if let Some(msg) = p.deferred {
+                            if let Some(mut msg) = p.deferred {
+                                let floor = durable.floor_for(p.offset.0);
+                                if let Some(log) = Arc::make_mut(&mut msg).log.as_mut() {
+                                    log.floor = floor;
+                                }
                                 shard.fan_out_logged(durable, msg, MayWait::Yes).await;
                             }
                             shard.confirm(p.ack, ReasonCode::Success);

@@ -95,7 +95,8 @@ pub async fn scan_for_replay(
     let mut resume: Vec<Option<u64>> = vec![None; wants.len()];
     while next.0 < end && resume.iter().any(Option::is_none) {
         let read = wal.read_from(next, REPLAY_READ_BYTES, |record| {
-            if record.offset.0 >= end {
+            // Decode only what some want may still take.
+            if record.offset.0 >= end || resume.iter().all(Option::is_some) {
                 return;
             }
             let Some((recipients, msg)) = decode_any_publish(&record, shard) else {
