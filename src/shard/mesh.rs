@@ -70,6 +70,10 @@ struct Outbox {
     sender_waker: Cell<Option<Waker>>,
     /// Producers parked while the outbox is full.
     producer_wakers: RefCell<Vec<Waker>>,
+    /// Places the sender task freed for parked producers. Mesh receivers `push` past the
+    /// bound (they must never wait), and without these a relay refilled the outbox
+    /// before a woken producer ran: a publisher was seen starved for seconds.
+    admitted: Cell<usize>,
     closed: Cell<bool>,
 }
 
@@ -169,13 +173,18 @@ impl Mesh {
     /// Queues `msg` for `peer`, waiting while that peer's outbox is full.
     pub async fn send(&self, peer: usize, msg: ShardMsg) {
         let outbox = &self.outboxes[peer];
+        let mut parked = false;
         poll_fn(|cx| {
             if outbox.closed.get() || outbox.queue.borrow().len() < self.outbox_messages_max {
-                Poll::Ready(())
-            } else {
-                outbox.producer_wakers.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
+                return Poll::Ready(());
             }
+            if parked && outbox.admitted.get() > 0 {
+                outbox.admitted.set(outbox.admitted.get() - 1);
+                return Poll::Ready(());
+            }
+            parked = true;
+            outbox.producer_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
         })
         .await;
         self.push(peer, msg);
@@ -233,7 +242,12 @@ impl Mesh {
             })
             .await;
             let Some(batch) = batch else { break };
-            for waker in outbox.producer_wakers.borrow_mut().drain(..) {
+            // As many places as the batch freed, for the producers parked now only.
+            let parked = std::mem::take(&mut *outbox.producer_wakers.borrow_mut());
+            outbox
+                .admitted
+                .set(if parked.is_empty() { 0 } else { batch.len() });
+            for waker in parked {
                 waker.wake();
             }
             let count = batch.len() as u64;
