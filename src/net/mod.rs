@@ -11,6 +11,7 @@ mod conn;
 mod connect;
 mod packets;
 mod refuse;
+mod room;
 mod serve;
 
 use std::cell::{Cell, RefCell};
@@ -30,6 +31,8 @@ pub use conn::Conn;
 pub struct Connections {
     next_token: Cell<u64>,
     live: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Publishers waiting for room on a mesh link.
+    turns: room::LinkTurns,
 }
 
 impl Connections {

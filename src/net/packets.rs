@@ -171,7 +171,7 @@ async fn on_publish(
         expires_at,
         log: None,
     });
-    super::serve::mesh_room(shard, conn).await;
+    super::room::mesh_room(shard, conn).await;
     shard.route_publish(msg, ack).await;
     Flow::Continue
 }

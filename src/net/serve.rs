@@ -52,9 +52,6 @@ impl ReadBuf {
     }
 }
 
-/// How often a reader paused by a backlogged mesh link checks it again.
-const MESH_ROOM_POLL: Duration = Duration::from_micros(200);
-
 /// How a connection ended, for the will and the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ending {
@@ -203,24 +200,6 @@ async fn packet_loop(
                 return Ending::Abnormal;
             }
         }
-    }
-}
-
-/// Before a PUBLISH is routed: waits while a mesh link of this shard is over
-/// `mesh_link_bytes_max` (a peer, or this shard, is behind and the publish would pile up
-/// in transit); the publisher's reader stops meanwhile. Only publishes wait: a
-/// subscriber's acks and pings go on, or its deliveries would stall with the link.
-/// Mesh receivers never wait here, or two shards waiting on each other's links would
-/// deadlock.
-pub(super) async fn mesh_room(shard: &Shard, conn: &Conn) {
-    let bytes_max = shard.config.mesh_link_bytes_max;
-    if !shard.mesh.backlogged(bytes_max) {
-        return;
-    }
-    shard.probe.hit(Limit::MeshLinkBytesMax);
-    // The links drain on other threads, which cannot wake this task: poll them.
-    while shard.mesh.backlogged(bytes_max) && conn.closing().is_none() {
-        glommio::timer::sleep(MESH_ROOM_POLL).await;
     }
 }
 
