@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 /// The longest a shard can sleep with runnable work.
-pub const PERIOD: Duration = Duration::from_millis(50);
+pub const PERIOD: Duration = Duration::from_millis(100);
 
 /// Arms the timer on the current shard for as long as the shard runs.
 pub fn spawn() {
