@@ -95,6 +95,11 @@ impl Shard {
                         shard.handle(from, msg).await;
                     }
                     shard.mesh.handled(from, bytes);
+                    // While batches keep arriving every await above is ready at once and
+                    // this task never hands the CPU back: the shard would stop reaping
+                    // socket readiness (and serving its other connections) for as long as
+                    // a flood lasted, which was seen at 7 s.
+                    glommio::yield_if_needed().await;
                 }
             })
             .detach();
