@@ -84,13 +84,10 @@ impl Shard {
             if shard == self.id {
                 self.deliver_local(&msg);
             } else {
-                self.post_data(
-                    shard,
-                    ShardMsg::Deliver {
-                        msg: Arc::clone(&msg),
-                    },
-                )
-                .await;
+                let deliver = ShardMsg::Deliver {
+                    msg: Arc::clone(&msg),
+                };
+                self.forward(shard, deliver, may_wait).await;
             }
         }
         for (group, filter, members) in groups {
