@@ -63,6 +63,7 @@
 pub mod check;
 mod committer;
 mod frame;
+mod hints;
 mod policy;
 mod recovery;
 mod retention;

@@ -12,6 +12,7 @@ use std::task::{Poll, Waker};
 use glommio::io::{DmaBuffer, DmaFile};
 
 use super::frame::{self, Decoded, DMA_ALIGN_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use super::hints::{ReadHint, ReadHints, HINT_SPACING_BYTES};
 use super::segment::{self, align_down, SegmentMeta};
 use super::stats::WalStats;
 use super::{committer, recovery};
@@ -37,19 +38,8 @@ pub(crate) struct Shared {
     committer: RefCell<Option<glommio::Task<()>>>,
     /// Test seam: the next fdatasync of the commit path fails with EIO.
     pub fail_next_sync: Cell<bool>,
-    /// Where the last read stopped, so a reader going on from there (a session catching
-    /// up) does not scan its segment from the start again.
-    read_hint: Cell<Option<ReadHint>>,
-}
-
-/// The record at `offset` of segment `segment` starts at byte `file_pos`. Positions of
-/// written frames never change (a group commit only rewrites the partial last block
-/// with the same bytes and more), so a hint stays true while its segment exists.
-#[derive(Debug, Clone, Copy)]
-struct ReadHint {
-    segment: Offset,
-    offset: Offset,
-    file_pos: u64,
+    /// Where recent reads passed (see `hints`).
+    read_hints: RefCell<ReadHints>,
 }
 
 /// Bytes accumulated for one segment, to be written at `file_pos` (block-aligned).
@@ -160,7 +150,7 @@ impl Wal {
             stats,
             committer: RefCell::new(None),
             fail_next_sync: Cell::new(false),
-            read_hint: Cell::new(None),
+            read_hints: RefCell::new(ReadHints::default()),
         });
         let dir = glommio::io::Directory::open(&shared.config.dir).await?;
         committer::spawn_spare(&shared);
@@ -397,7 +387,7 @@ impl Wal {
             let path = segment::segment_path(&self.shared.config.dir, first);
             let spent = read_segment(
                 &path,
-                &self.shared.read_hint,
+                &self.shared.read_hints,
                 SegmentRange { first, limit },
                 &mut next,
                 &mut budget,
@@ -466,7 +456,7 @@ struct SegmentRange {
 #[allow(clippy::too_many_arguments)]
 async fn read_segment(
     path: &Path,
-    hint: &Cell<Option<ReadHint>>,
+    hints: &RefCell<ReadHints>,
     range: SegmentRange,
     next: &mut Offset,
     budget: &mut usize,
@@ -481,17 +471,19 @@ async fn read_segment(
     };
     let mut scanner = segment::Scanner::open(path).await?;
     let mut expected = range.first;
-    match hint.get() {
-        Some(h) if h.segment == range.first && h.offset <= *next && h.offset < range.limit => {
+    let best = hints.borrow().best(range.first, *next, range.limit);
+    match best {
+        Some(h) => {
             scanner.seek(h.file_pos);
             expected = h.offset;
         }
-        _ => scanner
+        None => scanner
             .advance_header(range.first)
             .await
             .map_err(|why| corrupt(0, why))?,
     }
-    let first = range.first;
+    let segment = range.first;
+    let mut marks = Vec::new();
     let spent = scan_records(
         &mut scanner,
         range,
@@ -502,15 +494,17 @@ async fn read_segment(
         body_bytes_max,
         visit,
         &corrupt,
+        &mut marks,
     )
     .await;
     if spent.is_ok() {
-        hint.set(Some(ReadHint {
-            segment: first,
+        marks.push(ReadHint {
+            segment,
             offset: expected,
             file_pos: scanner.position(),
-        }));
+        });
     }
+    hints.borrow_mut().note(marks);
     spent
 }
 
@@ -525,10 +519,24 @@ async fn scan_records(
     body_bytes_max: usize,
     visit: &mut impl FnMut(RecordRef<'_>),
     corrupt: &impl Fn(u64, &str) -> WalError,
+    marks: &mut Vec<ReadHint>,
 ) -> Result<bool, WalError> {
+    let mut marked_at: Option<u64> = None;
     while *expected < range.limit {
+        let pos = scanner.position();
         let need = match scanner.decode(*expected, body_bytes_max) {
             Decoded::Record(record, n) => {
+                // Where this read starts, and every HINT_SPACING_BYTES after.
+                if record.offset >= *next
+                    && marked_at.is_none_or(|at| pos - at >= HINT_SPACING_BYTES)
+                {
+                    marks.push(ReadHint {
+                        segment: range.first,
+                        offset: record.offset,
+                        file_pos: pos,
+                    });
+                    marked_at = Some(pos);
+                }
                 if record.offset >= *next {
                     // Stop before a record that overflows the budget, unless nothing was
                     // delivered yet: a reader must always make progress.
