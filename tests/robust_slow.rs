@@ -8,10 +8,11 @@
 //! dropped and counted: holding every publisher back for one subscriber that stopped
 //! reading would stall every other subscriber of the topic with it.
 //!
-//! Two things once kept the healthy subscriber from that promise, each for seconds: the
-//! shard reaped socket readiness only every 100 ms while a flooding reader kept it busy
-//! (now every 2 ms, see `PREEMPT_TIMER`), and mesh relays refilled an outbox before a
-//! parked publisher could add to it (now the freed places go to parked publishers).
+//! Each of these once stalled the healthy subscriber for seconds: a mesh receiver fed
+//! by a flood never handed its CPU back, so its shard served no socket at all; the
+//! shard reaped socket readiness only every 100 ms while a flooding reader kept it busy;
+//! mesh relays refilled an outbox before a parked publisher could add to it; and a
+//! session catching up from the log rescanned its segment from the start on each read.
 //!
 //! The bound: the broker's RSS once every client is connected, plus
 //! [`RSS_GROWTH_MAX_BYTES`]. What may legitimately grow is the stuck session's queue
@@ -306,12 +307,11 @@ fn a_stuck_subscriber_costs_bounded_memory_while_a_healthy_one_gets_every_acked_
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    // The healthy subscriber kept receiving throughout. (The bound on a gap is loose:
-    // broker, publishers and this subscriber share two cores, and a one-second stall
-    // of the test's own threads happens; a stuck subscriber blocking the others would
-    // stall it for the whole flood.)
+    // The healthy subscriber kept receiving throughout. (The bound on a gap is loose,
+    // 5x the worst seen: broker, publishers and this subscriber share two cores; a
+    // stuck subscriber blocking the others would stall it for the whole flood.)
     assert!(
-        seen.gap_max < Duration::from_secs(5),
+        seen.gap_max < Duration::from_secs(2),
         "healthy subscriber stalled for {:?}: {:?}",
         seen.gap_max,
         seen.per_second
