@@ -12,6 +12,7 @@ mod connect;
 mod packets;
 mod refuse;
 mod serve;
+mod socket;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -163,8 +163,8 @@ fn soft_raised_to_hard(resource: libc::__rlimit_resource_t) -> Option<libc::rlim
     Some(limit)
 }
 
-/// Descriptors a client connection holds: the socket and its duplicate for the writer.
-pub const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors a client connection holds: its socket, shared by its reader and writer.
+pub const FDS_PER_CONNECTION: u64 = 1;
 /// Descriptors kept for everything else: listeners, WAL segments, mesh, logs.
 const FDS_RESERVED: u64 = 256;
 
