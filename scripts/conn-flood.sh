@@ -6,8 +6,8 @@
 #
 #   scripts/conn-flood.sh [N] [HOLD_SECS]
 #
-# If RLIMIT_NOFILE cannot be raised to about 2N (the broker's share), fewer are held
-# idle and the script says so.
+# If RLIMIT_NOFILE cannot be raised to about N + 300 (the broker's share), fewer are
+# held idle and the script says so.
 #
 # Loopback only. Raises RLIMIT_NOFILE (hard limit too, as root) for itself (the broker and generator inherit it)
 # and spreads the generator's connections over 127.0.0.2-9 so that the burst's
@@ -19,14 +19,15 @@ source scripts/lib-broker.sh
 
 n=${1:-10000}
 hold=${2:-10}
-# The broker holds two descriptors per idle connection (reader and writer) plus ~256 of
-# its own; a hard limit that cannot be raised (no CAP_SYS_RESOURCE) caps what is held.
-need=$(( 2 * n + 300 ))
+# The broker holds one descriptor per idle connection plus ~256 of its own (the
+# generator, a separate process, needs about as many); a hard limit that cannot be
+# raised (no CAP_SYS_RESOURCE) caps what is held.
+need=$(( n + 300 ))
 (( $(ulimit -Hn) >= need )) || ulimit -Hn "$need" 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 hold_n=$n
 if (( $(ulimit -n) < need )); then
-    hold_n=$(( ($(ulimit -n) - 300) / 2 ))
+    hold_n=$(( $(ulimit -n) - 300 ))
     echo "RLIMIT_NOFILE is $(ulimit -n) and cannot be raised: holding $hold_n idle, not $n"
 fi
 
