@@ -15,7 +15,8 @@
 # The JSON report is written to target/conn-flood-<date>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib-broker.sh
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 n=${1:-10000}
 hold=${2:-10}
@@ -32,12 +33,15 @@ if (( $(ulimit -n) < need )); then
 fi
 
 cargo build --release --bins
-start_broker flood
-echo "broker pid $broker on 127.0.0.1:$port; RSS $(broker_rss_kib) KiB; nofile $(ulimit -n)"
+trap stop_broker EXIT
+start_shardmq
+echo "broker pid $BROKER_PID on 127.0.0.1:$BROKER_PORT; RSS $(broker_rss_kib) KiB; nofile $(ulimit -n)"
 out=target/conn-flood-$(date -u +%Y%m%d-%H%M%S).json
-target/release/shardmq-bench --port "$port" --flood "$n" --flood-hold "$hold_n" --hold-secs "$hold" \
-    --threads 2 --source-ips 8 --broker-pid "$broker"
-target/release/shardmq-bench --port "$port" --flood "$n" --flood-hold "$hold_n" --hold-secs "$hold" \
-    --threads 2 --source-ips 8 --broker-pid "$broker" --json > "$out"
+flood() {
+    "$BENCH_BIN" --port "$BROKER_PORT" --flood "$n" --flood-hold "$hold_n" --hold-secs "$hold" \
+        --threads 2 --source-ips 8 --broker-pid "$BROKER_PID" "$@"
+}
+flood
+flood --json > "$out"
 echo "second run's JSON report: $out"
 broker_metrics '^shardmq_(connections_(accepted|refused)_total|limit_hits_total.*connect)' | grep -v ' 0$' || true

@@ -16,7 +16,8 @@
 # inferno (cargo) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib/bench-common.sh
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 workload=p2p
 shards=0
@@ -31,7 +32,6 @@ while [[ $# -gt 0 ]]; do
         --out) out=$2; shift ;;
         --frame-pointers) frame_pointers=yes ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
