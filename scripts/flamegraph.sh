@@ -70,5 +70,5 @@ inferno-flamegraph --title "shardmq $workload $*" <"${out%.svg}.folded" >"$out"
 echo "top self time (share of broker samples):"
 awk '{n = $NF; $NF = ""; k = split($0, f, ";"); leaf = f[k]; sub(/ +$/, "", leaf); self[leaf] += n; total += n}
      END {for (s in self) printf "%6.2f%%  %s\n", 100 * self[s] / total, s}' "${out%.svg}.folded" |
-    sort -rn | head -15
+    sort -rn | sed -n 1,15p
 echo "flamegraph: $out (folded stacks: ${out%.svg}.folded)"
