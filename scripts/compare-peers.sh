@@ -25,7 +25,8 @@
 # --quick: 1 repeat of 2 s, p2p and p2p-qos1 only, to prove the script works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib/bench-common.sh
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 repeats=3
 duration=5
@@ -40,7 +41,6 @@ while [[ $# -gt 0 ]]; do
         --version) MQTT_VERSION=$2; shift ;;
         --systems) systems=$2; shift ;;
         --workloads) workloads=$2; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -137,10 +137,7 @@ install_apt_peers
 [[ $systems == *rumqttd* ]] && install_rumqttd
 begin_results compare-peers
 {
-    echo "command: scripts/compare-peers.sh --repeats $repeats --duration $duration --version $MQTT_VERSION --systems \"$(xargs <<<"$systems")\" --workloads \"$workloads\""
-    echo "machine: $(machine_line)"
-    echo "date:    $(date -u +%FT%TZ)"
-    echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+    meta_lines "scripts/compare-peers.sh --repeats $repeats --duration $duration --version $MQTT_VERSION --systems \"$(xargs <<<"$systems")\" --workloads \"$workloads\""
     echo "peers:   mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') (set_tcp_nodelay true, no persistence)," \
         "nats-server $(nats-server --version | awk '{print $2}') (JetStream on)," \
         "rumqttd $RUMQTTD_VERSION"

@@ -10,6 +10,8 @@
 # data dir is on the real disk under target/ (O_DIRECT is off on tmpfs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 cycles=${1:-20}
 export SHARDMQ_CRASH_CYCLES=$cycles

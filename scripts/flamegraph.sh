@@ -16,7 +16,8 @@
 # inferno (cargo) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib/bench-common.sh
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 workload=p2p
 shards=0
@@ -31,7 +32,6 @@ while [[ $# -gt 0 ]]; do
         --out) out=$2; shift ;;
         --frame-pointers) frame_pointers=yes ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -70,5 +70,5 @@ inferno-flamegraph --title "shardmq $workload $*" <"${out%.svg}.folded" >"$out"
 echo "top self time (share of broker samples):"
 awk '{n = $NF; $NF = ""; k = split($0, f, ";"); leaf = f[k]; sub(/ +$/, "", leaf); self[leaf] += n; total += n}
      END {for (s in self) printf "%6.2f%%  %s\n", 100 * self[s] / total, s}' "${out%.svg}.folded" |
-    sort -rn | head -15
+    sort -rn | sed -n 1,15p
 echo "flamegraph: $out (folded stacks: ${out%.svg}.folded)"

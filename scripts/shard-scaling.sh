@@ -16,7 +16,8 @@
 # --quick: 1 repeat of 2 s on p2p only, to prove the script works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib/bench-common.sh
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 repeats=3
 duration=5
@@ -31,7 +32,6 @@ while [[ $# -gt 0 ]]; do
         --max-shards) max_shards=$2; shift ;;
         --workloads) workloads=$2; shift ;;
         --rate-p2p) rate_p2p=$2; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -41,12 +41,7 @@ done
 begin_results shard-scaling
 cmd="scripts/shard-scaling.sh --repeats $repeats --duration $duration --max-shards $max_shards --workloads \"$workloads\""
 (( rate_p2p > 0 )) && cmd+=" --rate-p2p $rate_p2p"
-{
-    echo "command: $cmd"
-    echo "machine: $(machine_line)"
-    echo "date:    $(date -u +%FT%TZ)"
-    echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
-} | tee "$out/meta.txt"
+meta_lines "$cmd" | tee "$out/meta.txt"
 
 cases=()
 for w in $workloads; do

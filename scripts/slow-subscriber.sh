@@ -15,18 +15,20 @@
 # plus 64 MiB for allocator slack and the WAL buffers touched under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib-broker.sh
+source scripts/lib/common.sh
+help_if_asked "$@"
 
 secs=${1:-60}
 cargo build --release --bins
-start_broker slow
+trap stop_broker EXIT
+start_shardmq
 bench() {
-    target/release/shardmq-bench --port "$port" --payload-bytes 1024 --topics 1 \
+    "$BENCH_BIN" --port "$BROKER_PORT" --payload-bytes 1024 --topics 1 \
         --subscribers 1 --stuck-subscribers 1 --duration-secs "$secs" "$@"
 }
-bench --topic-prefix q0 --qos 0 --publishers 2 > "$data/q0.txt" 2>&1 &
+bench --topic-prefix q0 --qos 0 --publishers 2 > "$BROKER_DIR/q0.txt" 2>&1 &
 q0=$!
-bench --topic-prefix q1 --qos 1 --publishers 1 --inflight 1024 > "$data/q1.txt" 2>&1 &
+bench --topic-prefix q1 --qos 1 --publishers 1 --inflight 1024 > "$BROKER_DIR/q1.txt" 2>&1 &
 q1=$!
 sleep 2
 baseline=$(broker_rss_kib)
@@ -39,8 +41,8 @@ for _ in $(seq "$secs"); do
     printf '%s rss %d KiB\n' "$(date -u +%T)" "$rss"
 done
 wait "$q0" "$q1" || true
-echo "--- QoS 0 generator"; cat "$data/q0.txt"
-echo "--- QoS 1 generator"; cat "$data/q1.txt"
+echo "--- QoS 0 generator"; cat "$BROKER_DIR/q0.txt"
+echo "--- QoS 1 generator"; cat "$BROKER_DIR/q1.txt"
 echo "--- broker counters"
 broker_metrics '^shardmq_(messages_dropped_total|limit_hits_total)' | grep -v ' 0$' || true
 echo "broker RSS: baseline $((baseline / 1024)) MiB, max $((max / 1024)) MiB, bound $((bound / 1024)) MiB"

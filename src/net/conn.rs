@@ -1,7 +1,7 @@
 //! The connection handle shared between a connection's tasks and its shard.
 //!
-//! A connection runs as two tasks over two descriptors of one socket (the second from
-//! `dup(2)`): the reader decodes and handles packets, the writer flushes the output
+//! A connection runs as two tasks sharing its one socket descriptor (see
+//! `net::socket`): the reader decodes and handles packets, the writer flushes the output
 //! buffer. Everything the shard wants to send to the client — acks, deliveries,
 //! DISCONNECT — is encoded into `out` and the writer is woken; it writes everything
 //! pending in one syscall per wake-up.
@@ -21,7 +21,8 @@ use crate::session::Outlet;
 pub struct Conn {
     /// Unique on this shard for the process lifetime.
     pub token: u64,
-    /// The socket (reader side); `shutdown(2)` on it ends both tasks.
+    /// The socket, shared by both tasks and open while the connection is registered;
+    /// `shutdown(2)` on it ends both tasks.
     pub fd: RawFd,
     /// Protocol from CONNECT (3.1.1 until then).
     pub protocol: Cell<Protocol>,

@@ -3,8 +3,6 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
-
 use crate::auth::AuthDecision;
 use crate::broker::SessionParams;
 use crate::mqtt::{
@@ -16,6 +14,7 @@ use crate::shard::Shard;
 
 use super::conn::Conn;
 use super::serve::ReadBuf;
+use super::socket::Socket;
 
 /// What the rest of the connection needs from its CONNECT.
 pub(super) struct Accepted {
@@ -31,7 +30,7 @@ pub(super) struct Accepted {
 pub(super) async fn read_connect(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
-    stream: &mut TcpStream,
+    socket: &Socket,
     rbuf: &mut ReadBuf,
     limits: &DecodeLimits,
 ) -> Option<Connect> {
@@ -45,7 +44,7 @@ pub(super) async fn read_connect(
                 shard.probe.protocol_errors_total.inc();
                 return None;
             }
-            Ok(None) => match rbuf.read_from(stream).await {
+            Ok(None) => match rbuf.read_from(socket).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => shard.probe.bytes_received_total.add(n as u64),
             },

@@ -13,6 +13,7 @@ mod packets;
 mod refuse;
 mod room;
 mod serve;
+mod socket;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -1,11 +1,9 @@
 //! The life of one connection: CONNECT, the packet loop, and cleanup; plus its writer.
 
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
@@ -15,6 +13,7 @@ use crate::shard::{ConnectionSlot, Shard};
 use super::conn::Conn;
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
+use super::socket::Socket;
 
 /// Bytes read from the socket per wake-up at most.
 pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
@@ -39,10 +38,10 @@ impl ReadBuf {
     }
 
     /// Reads once into the spare end of the buffer.
-    pub(super) async fn read_from(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+    pub(super) async fn read_from(&mut self, socket: &Socket) -> std::io::Result<usize> {
         let filled = self.buf.len();
         self.buf.resize(filled + self.chunk_bytes, 0);
-        let result = stream.read(&mut self.buf[filled..]).await;
+        let result = socket.read(&mut self.buf[filled..]).await;
         let n = *result.as_ref().unwrap_or(&0);
         self.buf.truncate(filled + n);
         if n == self.chunk_bytes {
@@ -68,44 +67,32 @@ pub(super) enum Ending {
 /// Serves one admitted connection; `_slot` keeps it counted against the connection
 /// limits until it is gone.
 pub(super) async fn serve(shard: Rc<Shard>, stream: TcpStream, _slot: ConnectionSlot) {
-    let conn = shard.connections.register(stream.as_raw_fd());
+    let socket = Socket::new(stream);
+    let conn = shard.connections.register(socket.fd());
     shard.probe.connections_accepted_total.inc();
     shard.probe.connections_current.add(1);
-    let _ = stream.set_nodelay(true);
+    let _ = socket.set_nodelay(true);
 
-    // A second descriptor of the same socket for the writer task, so reading and writing
-    // never wait for each other.
-    // SAFETY: dup of a valid socket fd; the new fd is owned by the writer stream.
-    let writer_fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    let writer = if writer_fd >= 0 {
-        // SAFETY: freshly duplicated, owned by nobody else.
-        let wstream = unsafe { TcpStream::from_raw_fd(writer_fd) };
-        Some(glommio::spawn_local(write_loop(
-            Rc::clone(&shard),
-            Rc::clone(&conn),
-            wstream,
-        )))
-    } else {
-        None
-    };
-
-    let mut stream = stream;
-    if writer.is_some() {
-        read_side(&shard, &conn, &mut stream).await;
-    }
+    // The writer task shares the socket: reading and writing never wait for each other
+    // (see `socket`), and the connection costs one descriptor.
+    let writer = glommio::spawn_local(write_loop(
+        Rc::clone(&shard),
+        Rc::clone(&conn),
+        socket.clone(),
+    ));
+    read_side(&shard, &conn, &socket).await;
     conn.close(ReasonCode::Success);
-    if let Some(writer) = writer {
-        writer.await;
-    }
+    writer.await;
     // `conn.fd` must stay this socket's descriptor while the connection is registered
-    // (shutdown paths use it), so the stream closes only after unregistering.
+    // (shutdown paths use it). This is the last handle on the socket (the writer's went
+    // with its task), so the descriptor closes only after unregistering.
     shard.connections.unregister(conn.token);
-    drop(stream);
+    drop(socket);
     shard.probe.connections_current.add(-1);
     shard.probe.connections_closed_total.inc();
 }
 
-async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
+async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
     let limits = DecodeLimits {
         packet_bytes_max: shard.config.max_packet_bytes,
     };
@@ -114,7 +101,7 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     // one byte at a time is dropped at the same moment as one that sends nothing.
     let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
     let connect = match glommio::timer::timeout(connect_timeout, async {
-        Ok(connect::read_connect(shard, conn, stream, &mut rbuf, &limits).await)
+        Ok(connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await)
     })
     .await
     {
@@ -129,7 +116,7 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
     let Some(accepted) = connect::handshake(shard, conn, connect).await else {
         return;
     };
-    let ending = packet_loop(shard, conn, stream, &mut rbuf, &limits, &accepted).await;
+    let ending = packet_loop(shard, conn, socket, &mut rbuf, &limits, &accepted).await;
     let Some(key) = conn.session.get() else {
         return;
     };
@@ -145,14 +132,14 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, stream: &mut TcpStream) {
 async fn packet_loop(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
-    stream: &mut TcpStream,
+    socket: &Socket,
     rbuf: &mut ReadBuf,
     limits: &DecodeLimits,
     accepted: &Accepted,
 ) -> Ending {
     let protocol = conn.protocol.get();
     let keep_alive = accepted.keep_alive_secs;
-    let _ = stream.set_read_timeout(
+    let _ = socket.set_read_timeout(
         (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
     );
     let mut state = packets::ConnState::new(accepted);
@@ -189,7 +176,7 @@ async fn packet_loop(
         if conn.closing().is_some() {
             return Ending::ByServer;
         }
-        match rbuf.read_from(stream).await {
+        match rbuf.read_from(socket).await {
             Ok(0) => return Ending::Abnormal,
             Ok(n) => shard.probe.bytes_received_total.add(n as u64),
             Err(e) => {
@@ -203,9 +190,9 @@ async fn packet_loop(
     }
 }
 
-async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
     while let Some(chunk) = conn.next_output().await {
-        if stream.write_all(&chunk).await.is_err() {
+        if socket.write_all(&chunk).await.is_err() {
             break;
         }
         drop(chunk);
@@ -214,9 +201,8 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
             shard.on_drained(key);
         }
     }
-    let _ = stream.flush().await;
-    // Ends the reader too (it may be parked in a read). The writer's own descriptor: it is
-    // open until this stream drops, so it cannot name another connection's socket.
-    // SAFETY: shutdown(2) on a descriptor this stream owns.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+    // Everything is written (glommio's stream has no buffer of its own to flush): end
+    // the reader too (it may be parked in a read). `socket` holds the descriptor open,
+    // so it cannot name another connection's socket.
+    socket.shutdown();
 }

@@ -163,8 +163,8 @@ fn soft_raised_to_hard(resource: libc::__rlimit_resource_t) -> Option<libc::rlim
     Some(limit)
 }
 
-/// Descriptors a client connection holds: the socket and its duplicate for the writer.
-pub const FDS_PER_CONNECTION: u64 = 2;
+/// Descriptors a client connection holds: its socket, shared by its reader and writer.
+pub const FDS_PER_CONNECTION: u64 = 1;
 /// Descriptors kept for everything else: listeners, WAL segments, mesh, logs.
 const FDS_RESERVED: u64 = 256;
 
@@ -178,7 +178,21 @@ pub fn raise_nofile_limit() -> u64 {
     if limit.rlim_cur == libc::RLIM_INFINITY {
         return u64::MAX;
     }
-    limit.rlim_cur.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION
+    let connections = limit.rlim_cur.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    if limit.rlim_cur < limit.rlim_max {
+        tracing::warn!(
+            soft = limit.rlim_cur,
+            hard = limit.rlim_max,
+            "could not raise the RLIMIT_NOFILE soft limit to the hard one"
+        );
+    }
+    tracing::info!(
+        soft = limit.rlim_cur,
+        hard = limit.rlim_max,
+        connections,
+        "open-file limit: room for this many client connections"
+    );
+    connections
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Runtime {
                 connections = fd_connections,
                 connections_max = config.connections_max,
                 "RLIMIT_NOFILE allows fewer client connections than connections_max \
-                 ({FDS_PER_CONNECTION} descriptors each); beyond it accept fails and backs off. \
+                 ({FDS_PER_CONNECTION} descriptor each); beyond it accept fails and backs off. \
                  Raise it: `ulimit -n`, LimitNOFILE= in a systemd unit, --ulimit nofile= for a container"
             );
         }

@@ -1,18 +1,43 @@
-# Shared by scripts/shard-scaling.sh and scripts/compare-peers.sh (sourced, not run).
+# The helpers of every script in scripts/ (sourced, not run; the caller has cd'ed to the
+# repository root).
 #
-# Starts and stops brokers on loopback (shardmq and the peers of /work/shared/PEERS.md),
-# runs one shardmq-bench measurement and appends it as a CSV row. Every broker runs in
-# the foreground of this shell's job table and is stopped by its PID; data dirs live
-# under target/ (the real disk: tmpfs would silently turn O_DIRECT off).
+# Starts and stops brokers on loopback (shardmq, mosquitto, nats-server, rumqttd), reads
+# the running broker's memory and metrics, runs one shardmq-bench measurement and appends
+# it as a CSV row. One broker at a time: it runs in this shell's job table and is stopped
+# by its PID ($BROKER_PID); its data dir ($BROKER_DIR) lives under target/ (the real
+# disk: tmpfs would silently turn O_DIRECT off) and is removed when it stops.
 
 BENCH_BIN=target/release/shardmq-bench
 BROKER_BIN=target/release/shardmq
 REPORT_PY=scripts/lib/bench_report.py
 BROKER_PID=
 BROKER_PORT=
+BROKER_METRICS=
 BROKER_DIR=
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+# Prints the calling script's header comment (its usage) and exits, if an argument
+# before any `--` is -h or --help. Call it with the script's arguments.
+help_if_asked() {
+    local arg
+    for arg in "$@"; do
+        case $arg in
+            --) return 0 ;;
+            -h|--help)
+                awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+                exit 0 ;;
+        esac
+    done
+}
+
+# The lines every results directory's meta.txt starts with: COMMAND, machine, date, commit.
+meta_lines() {
+    echo "command: $1"
+    echo "machine: $(machine_line)"
+    echo "date:    $(date -u +%FT%TZ)"
+    echo "commit:  $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+}
 
 # A TCP port nobody listens on right now.
 free_port() {
@@ -37,25 +62,40 @@ new_broker_dir() {
     BROKER_DIR=$(mktemp -d -p target/bench-data "$1-XXXXXX")
 }
 
-# start_shardmq SHARDS FSYNC_POLICY: the release broker on a free port, fresh data dir.
+# start_shardmq [SHARDS [FSYNC_POLICY]]: the release broker on free loopback ports (MQTT
+# in $BROKER_PORT, metrics host:port in $BROKER_METRICS) with a fresh data dir; an empty
+# or missing argument leaves the broker's default. Other SHARDMQ_* settings come from the
+# caller's environment. Returns once the broker logged that it is ready (at most 20 s).
 start_shardmq() {
-    local shards=$1 policy=$2
+    local shards=${1:-} policy=${2:-} log
     new_broker_dir shardmq
-    : >"$BROKER_DIR/broker.log"
-    SHARDMQ_MQTT_LISTEN=127.0.0.1:0 SHARDMQ_METRICS_LISTEN=127.0.0.1:0 \
-    SHARDMQ_DATA_DIR=$BROKER_DIR SHARDMQ_LOG_FORMAT=json SHARDMQ_LOG_LEVEL=info \
-    SHARDMQ_SHARDS=$shards SHARDMQ_FSYNC_POLICY=$policy \
-        "$BROKER_BIN" >"$BROKER_DIR/broker.log" 2>&1 &
+    log=$BROKER_DIR/broker.log
+    : >"$log"
+    # env(1) execs the broker, so $! is the broker's PID.
+    env SHARDMQ_MQTT_LISTEN=127.0.0.1:0 SHARDMQ_METRICS_LISTEN=127.0.0.1:0 \
+        SHARDMQ_DATA_DIR="$BROKER_DIR" SHARDMQ_LOG_FORMAT=json \
+        SHARDMQ_LOG_LEVEL="${SHARDMQ_LOG_LEVEL:-info}" \
+        ${shards:+SHARDMQ_SHARDS="$shards"} ${policy:+SHARDMQ_FSYNC_POLICY="$policy"} \
+        "$BROKER_BIN" >"$log" 2>&1 &
     BROKER_PID=$!
-    BROKER_PORT=
-    for _ in $(seq 100); do
-        BROKER_PORT=$(grep -o '"mqtt_listen":"[^"]*"' "$BROKER_DIR/broker.log" | head -1 | sed 's/.*:\([0-9]*\)"$/\1/' || true)
-        [[ -n $BROKER_PORT ]] && break
+    for _ in $(seq 200); do
+        grep -q 'shardmq ready' "$log" && break
         kill -0 "$BROKER_PID" 2>/dev/null || break
         sleep 0.1
     done
-    [[ -n $BROKER_PORT ]] || { cat "$BROKER_DIR/broker.log" >&2; die "shardmq did not start"; }
-    wait_port "$BROKER_PORT"
+    grep -q 'shardmq ready' "$log" || { cat "$log" >&2; die "shardmq did not start"; }
+    BROKER_PORT=$(grep -o '"mqtt_listen":"[^"]*"' "$log" | head -1 | sed 's/.*:\([0-9]*\)"$/\1/')
+    BROKER_METRICS=$(grep -o '"metrics_listen":"[^"]*"' "$log" | head -1 | sed 's/.*"\([^"]*\)"$/\1/')
+}
+
+# VmRSS of the running broker in KiB.
+broker_rss_kib() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$BROKER_PID/status"
+}
+
+# The running shardmq's /metrics lines matching an extended regex.
+broker_metrics() {
+    curl -s "http://$BROKER_METRICS/metrics" | grep -E "$1" || true
 }
 
 start_mosquitto() {
@@ -135,6 +175,7 @@ stop_broker() {
     BROKER_PID=
     [[ -n $BROKER_DIR ]] && rm -rf "$BROKER_DIR"
     BROKER_DIR=
+    BROKER_METRICS=
 }
 
 # run_bench CSV SYSTEM WORKLOAD MODE REPEAT SHARDS -- BENCH ARGS...: one measurement
