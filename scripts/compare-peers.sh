@@ -2,7 +2,7 @@
 # shardmq beside mosquitto, rumqttd and nats-server on the same workloads, in one run.
 #
 #   scripts/compare-peers.sh [--quick] [--repeats R] [--duration S] [--version 4|5]
-#                            [--systems "shardmq mosquitto rumqttd nats"]
+#                            [--systems "shardmq shardmq-1 mosquitto rumqttd nats"]
 #                            [--workloads "p2p fanout fanin p2p-qos1 durable-qos1"]
 #
 # Installs the peers when missing: mosquitto and nats-server from Debian (apt-get),
@@ -19,6 +19,9 @@
 # ("shardmq") and = none ("shardmq-none"). With durable-qos1, fio first measures the
 # disk's own 4 KiB O_DIRECT write + fdatasync rate on the filesystem of the data dirs.
 # Every run counts delivered messages at the subscribers and reads broker CPU from /proc.
+# "shardmq" runs one shard per CPU; add "shardmq-1" to --systems for one shard, the
+# per-core comparison with single-threaded mosquitto (the targets table then has rows
+# for both).
 #
 # Writes target/bench-results/compare-peers-<date>/: runs.csv, peers-medians.csv,
 # peers.md (the table for PERF.md, also printed), fio.txt, raw/ (every JSON report).
@@ -100,6 +103,8 @@ start_system() {
     case $1 in
         shardmq) start_shardmq "$(nproc)" always ;;
         shardmq-none) start_shardmq "$(nproc)" none ;;
+        # One shard: the per-core comparison with single-threaded mosquitto.
+        shardmq-1) start_shardmq 1 always ;;
         mosquitto) start_mosquitto ;;
         rumqttd) start_rumqttd ;;
         nats) start_nats ;;
