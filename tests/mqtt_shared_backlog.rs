@@ -159,3 +159,34 @@ fn a_backlog_survives_kill_9() {
         sent.len()
     );
 }
+
+#[test]
+fn a_sole_persistent_member_that_goes_offline_gets_its_messages_when_it_returns() {
+    let broker = broker(None);
+    let connect = Connect::v4("backlog-offline").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub("$share/g/offline/t", 1);
+    let mut sent = publish_acked(&broker, "backlog-offline-pub", "offline/t", 40);
+    // Gone with its queue and window full (and unacknowledged), then more arrive for it.
+    member.kill();
+    assert!(eventually(Duration::from_secs(5), || {
+        broker.metric_sum("shardmq_connections_current") <= 1.0
+    }));
+    sent.extend(publish_acked(
+        &broker,
+        "backlog-offline-pub2",
+        "offline/t",
+        40,
+    ));
+    // It may come back on the other shard: its session then moves there.
+    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(ack.session_present);
+    let got = read_all(&mut member);
+    let lost = missing(&sent, &got);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost while the only member was away: {lost:?}",
+        lost.len(),
+        sent.len()
+    );
+}

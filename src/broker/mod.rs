@@ -147,7 +147,12 @@ pub struct BrokerState {
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
+    /// Round-robin over a group's members on this shard.
     pub(crate) group_cursor: RefCell<HashMap<GroupKey, usize>>,
+    /// Owner: round-robin over the shards holding a group's members. Apart from
+    /// `group_cursor`: a shard that is both would otherwise step it twice per message
+    /// and, with two members, always pick the same one.
+    pub(crate) group_shard_cursor: RefCell<HashMap<GroupKey, usize>>,
     pub(crate) route: RefCell<Route>,
     /// Reused per delivery so matching allocates nothing once warm.
     pub(crate) match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
@@ -187,6 +192,7 @@ impl BrokerState {
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
             group_cursor: RefCell::new(HashMap::new()),
+            group_shard_cursor: RefCell::new(HashMap::new()),
             route: RefCell::new(Route::default()),
             match_scratch: Cell::new(Vec::new()),
             shared_scratch: Cell::new(Vec::new()),

@@ -110,7 +110,7 @@ impl Shard {
     }
 
     fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
-        let mut cursors = self.broker.group_cursor.borrow_mut();
+        let mut cursors = self.broker.group_shard_cursor.borrow_mut();
         let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
         let n = members.len().max(1);
         let pick = members

@@ -114,6 +114,17 @@ impl GroupBacklog {
     }
 }
 
+/// How a shared delivery reached this shard.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    /// Shards it was handed on by.
+    hops: u8,
+    /// It came straight from its owner, in the owner's send order.
+    first_hand: bool,
+    /// The group has a member here (the one leaving included).
+    has_members: bool,
+}
+
 /// `(group, plain filter)` of a full shared filter.
 fn share_parts(full: &str) -> Option<(&str, &str)> {
     full.strip_prefix("$share/")?.split_once('/')
@@ -164,18 +175,29 @@ impl Shard {
         }
         let mut members = self.broker.shared_scratch.take();
         members.clear();
+        // A member going offline stays one: with no other, the group keeps the message
+        // for it.
+        let mut leaving_stays = false;
         self.broker
             .shared
             .borrow()
             .for_each_match(msg.topic.as_str(), |f, key, opts| {
-                if key.group == group && f == &*filter && Some(key.session) != leaving {
-                    members.push((key.session, *opts));
+                if key.group == group && f == &*filter {
+                    if Some(key.session) == leaving {
+                        leaving_stays = true;
+                    } else {
+                        members.push((key.session, *opts));
+                    }
                 }
             });
         members.sort_unstable_by_key(|(key, _)| *key);
-        let first_hand = hops == 0 && leaving.is_none();
+        let place = Placement {
+            hops,
+            first_hand: hops == 0 && leaving.is_none(),
+            has_members: leaving_stays || !members.is_empty(),
+        };
         let key = (group, filter);
-        self.place_shared(&key, msg, hops, first_hand, &members, now);
+        self.place_shared(&key, msg, place, &members, now);
         self.broker.shared_scratch.replace(members);
     }
 
@@ -183,11 +205,15 @@ impl Shard {
         &self,
         key: &GroupKey,
         msg: Arc<Message>,
-        hops: u8,
-        first_hand: bool,
+        place: Placement,
         members: &[(SessionKey, SubOptions)],
         now: Instant,
     ) {
+        let Placement {
+            hops,
+            first_hand,
+            has_members,
+        } = place;
         let behind = {
             let mut backlogs = self.broker.shared_backlogs.borrow_mut();
             match backlogs.get_mut(key) {
@@ -230,7 +256,7 @@ impl Shard {
                 return;
             }
         }
-        if members.is_empty() || msg.qos == QoS::AtMostOnce {
+        if !has_members || msg.qos == QoS::AtMostOnce {
             self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
             return;
         }
@@ -524,6 +550,7 @@ impl Shard {
     /// The group's last member on this shard left: its backlog goes to another shard of
     /// the group, or, with none left anywhere, is dropped (and counted).
     pub(crate) fn release_group(&self, key: GroupKey) {
+        self.broker.group_cursor.borrow_mut().remove(&key);
         let Some(mut b) = self.broker.shared_backlogs.borrow_mut().remove(&key) else {
             return;
         };
