@@ -156,6 +156,8 @@ pub struct BrokerState {
     pub(crate) route: RefCell<Route>,
     /// Reused per delivery so matching allocates nothing once warm.
     pub(crate) match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    /// A spare buffer for a publish's group routes while it is fanned out.
+    pub(crate) groups_scratch: Cell<Vec<crate::router::GroupRoute>>,
     /// The same for a shared delivery's members.
     pub(crate) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
     /// Per group: what its members here had no room for (see `shared`).
@@ -196,6 +198,7 @@ impl BrokerState {
             route: RefCell::new(Route::default()),
             match_scratch: Cell::new(Vec::new()),
             shared_scratch: Cell::new(Vec::new()),
+            groups_scratch: Cell::new(Vec::new()),
             shared_backlogs: RefCell::new(HashMap::new()),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::metrics::Limit;
 use crate::mqtt::{QoS, ReasonCode};
-use crate::router::{owner_of, ShardSet};
+use crate::router::{owner_of, GroupRoute, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Message, QueueLimit, SubOptions};
 use crate::shard::{AckTo, Shard, ShardMsg};
 
@@ -63,18 +63,16 @@ impl Shard {
         if msg.retain && self.durable.get().is_none() {
             self.store_retained(&msg);
         }
-        let (shards, groups) = {
+        // The groups leave the route for a spare buffer (the sends below may wait, and
+        // other publishes reuse the route meanwhile); both buffers keep their capacity.
+        let (shards, mut groups) = {
             let mut route = self.broker.route.borrow_mut();
             self.broker
                 .interest
                 .borrow()
                 .route(msg.topic.as_str(), &mut route);
-            let groups: Vec<(Arc<str>, Arc<str>, ShardSet)> = route
-                .groups
-                .iter()
-                .map(|g| (Arc::from(&*g.group), Arc::from(&*g.filter), g.shards))
-                .collect();
-            (route.shards, groups)
+            let spare = self.broker.groups_scratch.take();
+            (route.shards, std::mem::replace(&mut route.groups, spare))
         };
         for shard in shards.iter() {
             let shard = shard.0 as usize;
@@ -90,7 +88,12 @@ impl Shard {
                 .await;
             }
         }
-        for (group, filter, members) in groups {
+        for GroupRoute {
+            group,
+            filter,
+            shards: members,
+        } in groups.drain(..)
+        {
             let target = self.pick_group_shard(&group, &filter, &members);
             let deliver = ShardMsg::DeliverShared {
                 group,
@@ -100,6 +103,7 @@ impl Shard {
             };
             self.forward(target, deliver, may_wait).await;
         }
+        self.broker.groups_scratch.replace(groups);
     }
 
     async fn forward(&self, to: usize, msg: ShardMsg, may_wait: MayWait) {

@@ -630,7 +630,7 @@ impl Shard {
             .groups
             .iter()
             .find(|g| *g.group == **group)
-            .map(|g| Arc::from(&*g.filter))
+            .map(|g| Arc::clone(&g.filter))
     }
 
     /// Before logging a session's cursors: every group backlog the session is a member
