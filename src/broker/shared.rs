@@ -55,11 +55,15 @@ pub(crate) struct GroupBacklog {
     dirty: bool,
     /// A topic the group's filter matches, to find the group's other shards.
     topic: ByteStr,
+    /// `$share/<group>/<filter>`: a member's subscription key.
+    member_filter: String,
 }
 
 impl GroupBacklog {
-    fn new(messages_max: usize, bytes_max: usize, topic: ByteStr) -> Self {
+    fn new(key: &GroupKey, limits: (usize, usize), topic: ByteStr) -> Self {
+        let (messages_max, bytes_max) = limits;
         GroupBacklog {
+            member_filter: format!("$share/{}/{}", key.0, key.1),
             queue: VecDeque::new(),
             bytes: 0,
             messages_max,
@@ -125,15 +129,6 @@ struct Placement {
     has_members: bool,
 }
 
-/// `(group, plain filter)` of a full shared filter.
-fn share_parts(full: &str) -> Option<(&str, &str)> {
-    full.strip_prefix("$share/")?.split_once('/')
-}
-
-fn is_key(key: &GroupKey, group: &str, filter: &str) -> bool {
-    *key.0 == *group && *key.1 == *filter
-}
-
 /// The delivery of `msg` to a member subscribed with `opts`.
 fn shared_delivery(group: &Arc<str>, opts: &SubOptions, msg: Arc<Message>) -> Delivery {
     Delivery {
@@ -147,6 +142,13 @@ fn shared_delivery(group: &Arc<str>, opts: &SubOptions, msg: Arc<Message>) -> De
 }
 
 impl Shard {
+    fn backlog_limits(&self) -> (usize, usize) {
+        (
+            self.config.shared_backlog_messages_max,
+            self.config.shared_backlog_bytes_max,
+        )
+    }
+
     /// Delivers to one member of `group` on this shard (see the module doc for which).
     pub(crate) fn deliver_shared(
         &self,
@@ -308,11 +310,7 @@ impl Shard {
         let b = match backlogs.get_mut(key) {
             Some(b) => b,
             None => backlogs.entry(key.clone()).or_insert_with(|| {
-                GroupBacklog::new(
-                    self.config.shared_backlog_messages_max,
-                    self.config.shared_backlog_bytes_max,
-                    msg.topic.clone(),
-                )
+                GroupBacklog::new(key, self.backlog_limits(), msg.topic.clone())
             }),
         };
         let Some(limit) = b.full_by(msg.cost_bytes()) else {
@@ -347,11 +345,9 @@ impl Shard {
         let mut backlogs = self.broker.shared_backlogs.borrow_mut();
         let mut queued = false;
         let s = &mut slot.session;
-        for (full, opts) in &s.subscriptions {
-            let Some((group, filter)) = share_parts(full) else {
-                continue;
-            };
-            let Some((key, b)) = backlogs.iter_mut().find(|(k, _)| is_key(k, group, filter)) else {
+        // A shard has few groups; a session may have many subscriptions.
+        for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
+            let Some(opts) = s.subscriptions.get(&b.member_filter) else {
                 continue;
             };
             while let Some(front) = b.queue.front() {
@@ -479,13 +475,9 @@ impl Shard {
     /// log: read them here.
     pub(crate) fn on_shared_gap(&self, key: GroupKey, topic: ByteStr, owner: u16, from: u64) {
         let mut backlogs = self.broker.shared_backlogs.borrow_mut();
-        let b = backlogs.entry(key.clone()).or_insert_with(|| {
-            GroupBacklog::new(
-                self.config.shared_backlog_messages_max,
-                self.config.shared_backlog_bytes_max,
-                topic,
-            )
-        });
+        let b = backlogs
+            .entry(key.clone())
+            .or_insert_with(|| GroupBacklog::new(&key, self.backlog_limits(), topic));
         b.replay.overflowed(LogPos {
             shard: owner,
             offset: from,
@@ -500,15 +492,19 @@ impl Shard {
     /// Pumps every connected member of the group here (each pump refills it from the
     /// backlog and asks for the group's catch-up reads).
     fn pump_group_members(&self, key: &GroupKey) {
+        let Some(member_filter) = self
+            .broker
+            .shared_backlogs
+            .borrow()
+            .get(key)
+            .map(|b| b.member_filter.clone())
+        else {
+            return;
+        };
         let now = Instant::now();
         let mut sessions = self.broker.sessions.borrow_mut();
         for slot in sessions.values_mut().filter(|s| s.conn.is_some()) {
-            let member = slot
-                .session
-                .subscriptions
-                .keys()
-                .any(|f| share_parts(f).is_some_and(|(g, f)| is_key(key, g, f)));
-            if member {
+            if slot.session.subscriptions.contains_key(&member_filter) {
                 self.pump(slot, now);
             }
         }
@@ -524,13 +520,10 @@ impl Shard {
         }
         let counts = self.broker.interest_counts.borrow();
         let s = &mut slot.session;
-        for full in s.subscriptions.keys() {
-            let Some((group, filter)) = share_parts(full) else {
+        for (key, b) in backlogs.iter() {
+            if !s.subscriptions.contains_key(&b.member_filter) {
                 continue;
-            };
-            let Some((key, b)) = backlogs.iter().find(|(k, _)| is_key(k, group, filter)) else {
-                continue;
-            };
+            }
             let interest = (Some(Arc::clone(&key.0)), Arc::clone(&key.1));
             if counts.get(&interest).copied().unwrap_or(0) > 1 {
                 continue;
@@ -640,13 +633,10 @@ impl Shard {
         if backlogs.is_empty() {
             return;
         }
-        for full in s.subscriptions.keys() {
-            let Some((group, filter)) = share_parts(full) else {
+        for b in backlogs.values() {
+            if !s.subscriptions.contains_key(&b.member_filter) {
                 continue;
-            };
-            let Some((_, b)) = backlogs.iter().find(|(k, _)| is_key(k, group, filter)) else {
-                continue;
-            };
+            }
             for (owner, cursor) in cursors.iter_mut() {
                 if let Some(lowest) = b.lowest(*owner) {
                     *cursor = (*cursor).min(lowest);
@@ -670,22 +660,19 @@ impl Shard {
     /// Marks the cursors of every member of a backlog that changed since the last
     /// flush, so they are logged again with the backlog's holds.
     pub(crate) fn touch_backlog_members(&self) {
-        let changed: Vec<GroupKey> = self
+        let changed: Vec<String> = self
             .broker
             .shared_backlogs
             .borrow_mut()
-            .iter_mut()
-            .filter_map(|(k, b)| std::mem::take(&mut b.dirty).then(|| k.clone()))
+            .values_mut()
+            .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
         if changed.is_empty() {
             return;
         }
         for slot in self.broker.sessions.borrow_mut().values_mut() {
             let s = &mut slot.session;
-            let member = s.subscriptions.keys().any(|f| {
-                share_parts(f).is_some_and(|(g, f)| changed.iter().any(|k| is_key(k, g, f)))
-            });
-            if member {
+            if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
                 s.replay.touch();
             }
         }
