@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use crate::mqtt::{ByteStr, QoS};
 use crate::router::parse_filter;
-use crate::session::{CatchUp, Message, Session};
+use crate::session::{CatchUp, Message, ReplayCursor, Session};
 use crate::shard::{Shard, ShardMsg};
 use crate::storage::Offset;
 
-use super::persist::{replayed_delivery, scan_for_replay, ReplayWant};
+use super::persist::{replayed_delivery, scan_for_replay, ReplayScan, ReplayWant};
 use super::SessionSlot;
 
 /// Most messages one catch-up read returns.
@@ -40,14 +40,11 @@ impl Shard {
         {
             return;
         }
-        let mut next = self.broker.next_catch_up.get();
-        let asks = s.replay.take_catch_ups(&mut next);
-        self.broker.next_catch_up.set(next);
         for CatchUp {
             shard,
             from,
             request,
-        } in asks
+        } in self.take_catch_ups(&mut s.replay)
         {
             let want = ReplayWant {
                 client_id: s.client_id.clone(),
@@ -57,6 +54,14 @@ impl Shard {
             };
             self.post(usize::from(shard), ShardMsg::CatchUp { want, request });
         }
+    }
+
+    /// The catch-up reads `replay` is ready to ask for, numbered by this shard.
+    pub(crate) fn take_catch_ups(&self, replay: &mut ReplayCursor) -> Vec<CatchUp> {
+        let mut next = self.broker.next_catch_up.get();
+        let asks = replay.take_catch_ups(&mut next);
+        self.broker.next_catch_up.set(next);
+        asks
     }
 
     fn filters_with_since(&self, s: &Session) -> Vec<(String, u64)> {
@@ -74,23 +79,9 @@ impl Shard {
     pub(crate) fn on_catch_up(self: &Rc<Self>, from: usize, want: ReplayWant, request: u64) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            let Some(durable) = shard.durable.get() else {
+            let Some((want, scan)) = shard.read_durable(want).await else {
                 return;
             };
-            let appended = durable.wal.next_offset().0;
-            let durable_up_to = match appended {
-                0 => 0,
-                n => match durable.wal.wait_durable(Offset(n - 1)).await {
-                    Ok(()) => n,
-                    // A poisoned log serves nothing more; the gap stays where it was.
-                    Err(_) => want.from,
-                },
-            };
-            let wants = [want];
-            let scan =
-                scan_for_replay(&durable.wal, shard.id as u16, &wants, Some(durable_up_to)).await;
-            let [want] = wants;
-            shard.probe.catch_up_reads_total.inc();
             let reply = ShardMsg::CatchUpReply {
                 client_id: want.client_id,
                 request,
@@ -101,6 +92,26 @@ impl Shard {
             shard.post(from, reply);
         })
         .detach();
+    }
+
+    /// Owner: scans this shard's log for `want`, only as far as it is as durable as the
+    /// fsync policy promises. `None` without a log.
+    pub(crate) async fn read_durable(&self, want: ReplayWant) -> Option<(ReplayWant, ReplayScan)> {
+        let durable = self.durable.get()?;
+        let appended = durable.wal.next_offset().0;
+        let durable_up_to = match appended {
+            0 => 0,
+            n => match durable.wal.wait_durable(Offset(n - 1)).await {
+                Ok(()) => n,
+                // A poisoned log serves nothing more; the gap stays where it was.
+                Err(_) => want.from,
+            },
+        };
+        let wants = [want];
+        let scan = scan_for_replay(&durable.wal, self.id as u16, &wants, Some(durable_up_to)).await;
+        let [want] = wants;
+        self.probe.catch_up_reads_total.inc();
+        Some((want, scan))
     }
 
     /// The session's shard: queues what a catch-up read brought.

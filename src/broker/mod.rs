@@ -25,6 +25,7 @@ pub mod persist;
 mod publish;
 mod retention;
 mod sessions;
+mod shared;
 mod subscribe;
 
 use std::cell::{Cell, RefCell};
@@ -146,10 +147,21 @@ pub struct BrokerState {
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
+    /// Round-robin over a group's members on this shard.
     pub(crate) group_cursor: RefCell<HashMap<GroupKey, usize>>,
+    /// Owner: round-robin over the shards holding a group's members. Apart from
+    /// `group_cursor`: a shard that is both would otherwise step it twice per message
+    /// and, with two members, always pick the same one.
+    pub(crate) group_shard_cursor: RefCell<HashMap<GroupKey, usize>>,
     pub(crate) route: RefCell<Route>,
     /// Reused per delivery so matching allocates nothing once warm.
     pub(crate) match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    /// A spare buffer for a publish's group routes while it is fanned out.
+    pub(crate) groups_scratch: Cell<Vec<crate::router::GroupRoute>>,
+    /// The same for a shared delivery's members.
+    pub(crate) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    /// Per group: what its members here had no room for (see `shared`).
+    pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
 }
@@ -182,8 +194,12 @@ impl BrokerState {
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
             group_cursor: RefCell::new(HashMap::new()),
+            group_shard_cursor: RefCell::new(HashMap::new()),
             route: RefCell::new(Route::default()),
             match_scratch: Cell::new(Vec::new()),
+            shared_scratch: Cell::new(Vec::new()),
+            groups_scratch: Cell::new(Vec::new()),
+            shared_backlogs: RefCell::new(HashMap::new()),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
         }
@@ -393,6 +409,28 @@ impl Shard {
                 resume,
                 end,
             } => self.on_caught_up(from, client_id, request, found, resume, end),
+            ShardMsg::SharedCatchUp {
+                group,
+                filter,
+                from: offset,
+                messages_max,
+                request,
+            } => self.on_shared_catch_up(from, (group, filter), offset, messages_max, request),
+            ShardMsg::SharedCatchUpReply {
+                group,
+                filter,
+                request,
+                found,
+                resume,
+                end,
+            } => self.on_shared_caught_up(from, (group, filter), request, found, resume, end),
+            ShardMsg::SharedGap {
+                group,
+                filter,
+                topic,
+                owner,
+                from: offset,
+            } => self.on_shared_gap((group, filter), topic, owner, offset),
             ShardMsg::Recovered => {
                 let n = self.broker.recovered_peers.get() + 1;
                 self.broker.recovered_peers.set(n);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::metrics::Limit;
 use crate::mqtt::{QoS, ReasonCode};
-use crate::router::{owner_of, ShardSet};
+use crate::router::{owner_of, GroupRoute, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Message, QueueLimit, SubOptions};
 use crate::shard::{AckTo, Shard, ShardMsg};
 
@@ -26,9 +26,6 @@ pub(crate) enum MayWait {
     /// The caller is a mesh receiver.
     No,
 }
-
-/// Hand a shared delivery on at most this many times when the chosen shard lost its members.
-const SHARED_HOPS_MAX: u8 = 2;
 
 impl Shard {
     /// Routes a client's publish to the topic's owner: a direct call when this shard owns
@@ -66,18 +63,16 @@ impl Shard {
         if msg.retain && self.durable.get().is_none() {
             self.store_retained(&msg);
         }
-        let (shards, groups) = {
+        // The groups leave the route for a spare buffer (the sends below may wait, and
+        // other publishes reuse the route meanwhile); both buffers keep their capacity.
+        let (shards, mut groups) = {
             let mut route = self.broker.route.borrow_mut();
             self.broker
                 .interest
                 .borrow()
                 .route(msg.topic.as_str(), &mut route);
-            let groups: Vec<(Arc<str>, Arc<str>, ShardSet)> = route
-                .groups
-                .iter()
-                .map(|g| (Arc::from(&*g.group), Arc::from(&*g.filter), g.shards))
-                .collect();
-            (route.shards, groups)
+            let spare = self.broker.groups_scratch.take();
+            (route.shards, std::mem::replace(&mut route.groups, spare))
         };
         for shard in shards.iter() {
             let shard = shard.0 as usize;
@@ -90,7 +85,12 @@ impl Shard {
                 self.forward(shard, deliver, may_wait).await;
             }
         }
-        for (group, filter, members) in groups {
+        for GroupRoute {
+            group,
+            filter,
+            shards: members,
+        } in groups.drain(..)
+        {
             let target = self.pick_group_shard(&group, &filter, &members);
             let deliver = ShardMsg::DeliverShared {
                 group,
@@ -100,6 +100,7 @@ impl Shard {
             };
             self.forward(target, deliver, may_wait).await;
         }
+        self.broker.groups_scratch.replace(groups);
     }
 
     async fn forward(&self, to: usize, msg: ShardMsg, may_wait: MayWait) {
@@ -110,7 +111,7 @@ impl Shard {
     }
 
     fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
-        let mut cursors = self.broker.group_cursor.borrow_mut();
+        let mut cursors = self.broker.group_shard_cursor.borrow_mut();
         let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
         let n = members.len().max(1);
         let pick = members
@@ -255,8 +256,20 @@ impl Shard {
         self.pump(slot, now);
     }
 
-    /// Moves queued messages of a connected session into its connection's buffer.
+    /// Moves queued messages of a connected session into its connection's buffer, refills
+    /// its queue from its shared groups' backlogs, and asks for catch-up reads.
     pub(crate) fn pump(&self, slot: &mut SessionSlot, now: Instant) {
+        if slot.conn.is_none() {
+            return;
+        }
+        self.pump_queue(slot, now);
+        if self.refill_from_backlogs(slot) {
+            self.pump_queue(slot, now);
+        }
+        self.request_catch_ups(slot);
+    }
+
+    fn pump_queue(&self, slot: &mut SessionSlot, now: Instant) {
         let Some(conn) = &slot.conn else { return };
         let before = slot.session.outbound.inflight();
         let pumped = conn.with_outlet(self.config.connection_out_bytes_max, |outlet| {
@@ -293,7 +306,6 @@ impl Shard {
         self.probe
             .inflight_current
             .add(after as i64 - before as i64);
-        self.request_catch_ups(slot);
     }
 
     /// A connection's output drained: move more of its session's queue onto the wire.
@@ -304,150 +316,6 @@ impl Shard {
                 self.pump(slot, Instant::now());
             }
         }
-    }
-
-    /// Delivers to one member of `group` on this shard: a connected member (round-robin)
-    /// if there is one, else another shard of the group if any (it may have a connected
-    /// member), else an offline persistent member here. `leaving` is never chosen.
-    pub(crate) fn deliver_shared(
-        &self,
-        group: Arc<str>,
-        filter: Arc<str>,
-        msg: Arc<Message>,
-        hops: u8,
-    ) {
-        self.deliver_shared_except(group, filter, msg, hops, None);
-    }
-
-    fn deliver_shared_except(
-        &self,
-        group: Arc<str>,
-        filter: Arc<str>,
-        msg: Arc<Message>,
-        hops: u8,
-        leaving: Option<SessionKey>,
-    ) {
-        let now = Instant::now();
-        if msg.is_expired(now) {
-            self.probe.messages_expired_total.inc();
-            return;
-        }
-        let mut members: Vec<(SessionKey, SubOptions)> = Vec::new();
-        self.broker
-            .shared
-            .borrow()
-            .for_each_match(msg.topic.as_str(), |f, key, opts| {
-                if key.group == group && f == &*filter && Some(key.session) != leaving {
-                    members.push((key.session, *opts));
-                }
-            });
-        members.sort_unstable_by_key(|(key, _)| *key);
-        let mut sessions = self.broker.sessions.borrow_mut();
-        let connected: Vec<(SessionKey, SubOptions)> = members
-            .iter()
-            .filter(|(k, _)| sessions.get(k).is_some_and(|s| s.conn.is_some()))
-            .copied()
-            .collect();
-        let pool = if !connected.is_empty() {
-            connected
-        } else if hops < SHARED_HOPS_MAX && self.other_group_shard(&group, &filter, &msg).is_some()
-        {
-            drop(sessions);
-            self.hand_on_shared(group, filter, msg, hops);
-            return;
-        } else {
-            members
-        };
-        if pool.is_empty() {
-            self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
-            return;
-        }
-        let pick = {
-            let mut cursors = self.broker.group_cursor.borrow_mut();
-            let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
-            *cursor = cursor.wrapping_add(1);
-            *cursor % pool.len()
-        };
-        let (key, opts) = pool[pick];
-        let Some(slot) = sessions.get_mut(&key) else {
-            return;
-        };
-        // Only a first-hand delivery arrives in the owner's send order.
-        if let Some(pos) = msg.log.filter(|_| hops == 0 && leaving.is_none()) {
-            slot.session.replay.note(pos);
-        }
-        let delivery = Delivery {
-            qos: opts.qos.min(msg.qos),
-            retain: msg.retain && opts.retain_as_published,
-            subscription_ids: opts.subscription_id.into_iter().collect(),
-            share_group: Some(group),
-            holds_cursor: true,
-            msg,
-        };
-        self.offer(slot, delivery, now);
-    }
-
-    /// Another shard holding members of `(group, filter)`, if any.
-    fn other_group_shard(
-        &self,
-        group: &Arc<str>,
-        filter: &Arc<str>,
-        msg: &Message,
-    ) -> Option<usize> {
-        let mut route = self.broker.route.borrow_mut();
-        self.broker
-            .interest
-            .borrow()
-            .route(msg.topic.as_str(), &mut route);
-        route
-            .groups
-            .iter()
-            .filter(|g| *g.group == **group && *g.filter == **filter)
-            .flat_map(|g| g.shards.iter().map(|s| s.0 as usize))
-            .find(|&s| s != self.id)
-    }
-
-    fn hand_on_shared(&self, group: Arc<str>, filter: Arc<str>, msg: Arc<Message>, hops: u8) {
-        match self.other_group_shard(&group, &filter, &msg) {
-            Some(next) => self.post(
-                next,
-                ShardMsg::DeliverShared {
-                    group,
-                    filter,
-                    msg,
-                    hops: hops + 1,
-                },
-            ),
-            None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
-        }
-    }
-
-    /// Gives the unacknowledged shared deliveries of a member that left to other members.
-    pub(crate) fn redistribute(
-        &self,
-        deliveries: Vec<crate::session::Delivery>,
-        leaving: Option<SessionKey>,
-    ) {
-        for d in deliveries {
-            let Some(group) = d.share_group.clone() else {
-                continue;
-            };
-            let filter = self.find_group_filter(&group, d.msg.topic.as_str());
-            match filter {
-                Some(filter) => self.deliver_shared_except(group, filter, d.msg, 0, leaving),
-                None => self.probe.messages_dropped_by_qos[d.qos as usize].inc(),
-            }
-        }
-    }
-
-    fn find_group_filter(&self, group: &Arc<str>, topic: &str) -> Option<Arc<str>> {
-        let mut route = self.broker.route.borrow_mut();
-        self.broker.interest.borrow().route(topic, &mut route);
-        route
-            .groups
-            .iter()
-            .find(|g| *g.group == **group)
-            .map(|g| Arc::from(&*g.filter))
     }
 }
 

@@ -95,6 +95,7 @@ impl Shard {
                 *min = (*min).min(cursors.get(owner).copied().unwrap_or(0));
             }
         }
+        self.lower_to_backlogs(&mut mins);
         for (owner, floor) in mins.into_iter().enumerate() {
             self.post(owner, ShardMsg::RetentionFloor { floor });
         }

@@ -277,7 +277,7 @@ impl Shard {
 
     /// Takes a session out of this shard's tables (subscriptions, interest, indexes).
     fn remove_session(&self, key: SessionKey) -> SessionSlot {
-        let slot = self
+        let mut slot = self
             .broker
             .sessions
             .borrow_mut()
@@ -289,6 +289,7 @@ impl Shard {
                 by_client.remove(&slot.session.client_id);
             }
         }
+        self.leave_groups(&mut slot);
         for filter in slot.session.subscriptions.keys() {
             self.unindex_subscription(key, filter);
         }

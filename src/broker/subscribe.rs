@@ -168,6 +168,9 @@ impl Shard {
                     },
                 );
             }
+            if let Some(group) = group {
+                self.release_group((group, filter));
+            }
         }
     }
 

@@ -83,6 +83,11 @@ pub struct Config {
     pub session_queue_messages_max: usize,
     /// Most bytes queued per session.
     pub session_queue_bytes_max: usize,
+    /// Most QoS 1/2 messages one shared subscription group keeps on one shard while
+    /// every member there has a full queue; beyond it they are read back from the log.
+    pub shared_backlog_messages_max: usize,
+    /// Most bytes one shared subscription group keeps on one shard (see above).
+    pub shared_backlog_bytes_max: usize,
     /// Cap on any session expiry interval, in seconds (4294967295 = never expires,
     /// which 3.1.1 persistent sessions use).
     pub session_expiry_max_secs: u32,
@@ -171,6 +176,8 @@ impl Default for Config {
             inflight_count_max: 256,
             session_queue_messages_max: 10_000,
             session_queue_bytes_max: 16 << 20,
+            shared_backlog_messages_max: 10_000,
+            shared_backlog_bytes_max: 16 << 20,
             session_expiry_max_secs: u32::MAX,
             subscriptions_per_session_max: 1_000,
             retained_messages_max: 100_000,
@@ -308,6 +315,14 @@ impl Config {
         positive(
             "session_queue_bytes_max",
             self.session_queue_bytes_max as u64,
+        )?;
+        positive(
+            "shared_backlog_messages_max",
+            self.shared_backlog_messages_max as u64,
+        )?;
+        positive(
+            "shared_backlog_bytes_max",
+            self.shared_backlog_bytes_max as u64,
         )?;
         positive(
             "subscriptions_per_session_max",

@@ -89,6 +89,12 @@ pub enum Limit {
     RetainedMessagesMax,
     /// A publisher's reader paused: a mesh link of its shard holds `mesh_link_bytes_max`.
     MeshLinkBytesMax,
+    /// A shared delivery left to the log: its group's backlog holds
+    /// `shared_backlog_messages_max`.
+    SharedBacklogMessagesMax,
+    /// A shared delivery left to the log: its group's backlog holds
+    /// `shared_backlog_bytes_max`.
+    SharedBacklogBytesMax,
 }
 
 impl Limit {
@@ -105,6 +111,8 @@ impl Limit {
         Limit::SubscriptionsPerSessionMax,
         Limit::RetainedMessagesMax,
         Limit::MeshLinkBytesMax,
+        Limit::SharedBacklogMessagesMax,
+        Limit::SharedBacklogBytesMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -121,12 +129,14 @@ impl Limit {
             Limit::SubscriptionsPerSessionMax => "subscriptions_per_session_max",
             Limit::RetainedMessagesMax => "retained_messages_max",
             Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
+            Limit::SharedBacklogMessagesMax => "shared_backlog_messages_max",
+            Limit::SharedBacklogBytesMax => "shared_backlog_bytes_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 11;
+pub const LIMITS: usize = 13;
 
 const _: () = {
     let mut i = 0;
@@ -167,6 +177,9 @@ pub struct ShardProbe {
     /// Logged QoS 1/2 deliveries that found the session queue full and were left to be
     /// read back from the log (not dropped).
     pub deliveries_deferred_total: Counter,
+    /// Messages shared subscription groups on this shard keep because every member's
+    /// queue is full.
+    pub shared_backlog_messages_current: Gauge,
     /// Catch-up reads served from this shard's log.
     pub catch_up_reads_total: Counter,
     /// Messages queued from catch-up reads.
@@ -296,6 +309,11 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "deliveries_deferred",
         "QoS 1/2 deliveries that found the session queue full and wait in the log",
         Series::Counter(|p| &p.deliveries_deferred_total),
+    ),
+    (
+        "shared_backlog_messages_current",
+        "Shared-subscription messages kept for groups whose members' queues are full",
+        Series::Gauge(|p| &p.shared_backlog_messages_current),
     ),
     (
         "catch_up_reads",

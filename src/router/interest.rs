@@ -1,6 +1,6 @@
 //! The cross-shard interest table: which shards subscribe to which filters.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::{ShardId, ShardSet, SubscriptionTrie};
 
@@ -12,7 +12,16 @@ use super::{ShardId, ShardSet, SubscriptionTrie};
 /// The topic's owner calls [`route`](Self::route) for every publish.
 #[derive(Default)]
 pub struct InterestTable {
-    trie: SubscriptionTrie<Option<Rc<str>>, ShardSet>,
+    trie: SubscriptionTrie<Option<Arc<str>>, Entry>,
+}
+
+/// The shards of one (share group, filter) entry.
+#[derive(Default)]
+struct Entry {
+    shards: ShardSet,
+    /// A group entry's filter, shared with every route that names it (a route crosses
+    /// shards, so it carries `Arc`s: cloning one is a count, never an allocation).
+    filter: Option<Arc<str>>,
 }
 
 /// Where a published message must go: filled by [`InterestTable::route`].
@@ -28,9 +37,9 @@ pub struct Route {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupRoute {
     /// The share name.
-    pub group: Rc<str>,
+    pub group: Arc<str>,
     /// The plain filter the group subscribed with.
-    pub filter: Rc<str>,
+    pub filter: Arc<str>,
     /// The shards with at least one member of this group on this filter.
     pub shards: ShardSet,
 }
@@ -63,24 +72,27 @@ impl InterestTable {
     /// (within `share_group` if shared); true if that shard was new for the entry.
     pub fn add(&mut self, filter: &str, share_group: Option<&str>, shard: ShardId) -> bool {
         // Subscription changes are rare next to publishes: one small allocation here is fine.
-        let key = share_group.map(Rc::from);
-        if let Some(shards) = self.trie.get_mut(filter, &key) {
-            return shards.insert(shard);
+        let key = share_group.map(Arc::from);
+        if let Some(entry) = self.trie.get_mut(filter, &key) {
+            return entry.shards.insert(shard);
         }
-        let mut shards = ShardSet::new();
-        shards.insert(shard);
-        self.trie.insert(filter, key, shards);
+        let mut entry = Entry {
+            shards: ShardSet::new(),
+            filter: key.as_ref().map(|_| Arc::from(filter)),
+        };
+        entry.shards.insert(shard);
+        self.trie.insert(filter, key, entry);
         true
     }
 
     /// Records that `shard` has no subscriber left for the entry; true if it was listed.
     pub fn remove(&mut self, filter: &str, share_group: Option<&str>, shard: ShardId) -> bool {
-        let key = share_group.map(Rc::from);
-        let Some(shards) = self.trie.get_mut(filter, &key) else {
+        let key = share_group.map(Arc::from);
+        let Some(entry) = self.trie.get_mut(filter, &key) else {
             return false;
         };
-        let was = shards.remove(shard);
-        if shards.is_empty() {
+        let was = entry.shards.remove(shard);
+        if entry.shards.is_empty() {
             self.trie.remove(filter, &key);
         }
         was
@@ -92,13 +104,13 @@ impl InterestTable {
     pub fn route(&self, topic: &str, route: &mut Route) {
         route.clear();
         self.trie
-            .for_each_match_rc(topic, &mut |filter, group, shards| match group {
-                None => route.shards.union_with(shards),
-                Some(group) => route.groups.push(GroupRoute {
-                    group: Rc::clone(group),
-                    filter: Rc::clone(filter),
-                    shards: *shards,
+            .for_each_match(topic, |_, group, entry| match (group, &entry.filter) {
+                (Some(group), Some(filter)) => route.groups.push(GroupRoute {
+                    group: Arc::clone(group),
+                    filter: Arc::clone(filter),
+                    shards: entry.shards,
                 }),
+                _ => route.shards.union_with(&entry.shards),
             });
     }
 

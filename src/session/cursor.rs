@@ -139,6 +139,11 @@ impl ReplayCursor {
         !self.gaps.is_empty()
     }
 
+    /// The open gaps: `(owner shard, lowest offset not queued)`.
+    pub fn gaps(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.gaps.iter().map(|(shard, gap)| (*shard, gap.from))
+    }
+
     /// The catch-up reads to ask for now (gaps without one under way); `next_request`
     /// numbers them.
     pub fn take_catch_ups(&mut self, next_request: &mut u64) -> Vec<CatchUp> {

@@ -36,9 +36,10 @@ impl ShardMsg {
             ShardMsg::Publish { msg, .. }
             | ShardMsg::Deliver { msg }
             | ShardMsg::DeliverShared { msg, .. } => msg.cost_bytes(),
-            ShardMsg::RetainedReply { messages, .. } => {
-                messages.iter().map(|m| m.cost_bytes()).sum::<usize>() + 64
-            }
+            ShardMsg::RetainedReply { messages, .. }
+            | ShardMsg::SharedCatchUpReply {
+                found: messages, ..
+            } => messages.iter().map(|m| m.cost_bytes()).sum::<usize>() + 64,
             _ => 64,
         }
     }
@@ -217,6 +218,50 @@ pub enum ShardMsg {
         resume: Option<u64>,
         /// Every record below this was read.
         end: u64,
+    },
+    /// A shard asks an owner to read logged messages for a shared subscription group
+    /// whose backlog there had no room for them (see `broker::shared`).
+    SharedCatchUp {
+        /// The group.
+        group: Arc<str>,
+        /// The group's plain filter.
+        filter: Arc<str>,
+        /// Read records at or above this offset.
+        from: u64,
+        /// At most this many messages.
+        messages_max: usize,
+        /// Echoed in the answer.
+        request: u64,
+    },
+    /// Answer to `SharedCatchUp`.
+    SharedCatchUpReply {
+        /// The group.
+        group: Arc<str>,
+        /// The group's plain filter.
+        filter: Arc<str>,
+        /// The request answered.
+        request: u64,
+        /// The messages, in offset order.
+        found: Vec<Arc<Message>>,
+        /// The first matching record not returned (the batch was full).
+        resume: Option<u64>,
+        /// Every record below this was read.
+        end: u64,
+    },
+    /// The last member of a group on the sending shard left while the group there still
+    /// had messages to read from `owner`'s log: the receiver (another shard of the
+    /// group) reads them instead.
+    SharedGap {
+        /// The group.
+        group: Arc<str>,
+        /// The group's plain filter.
+        filter: Arc<str>,
+        /// A topic the filter matches (to find the group's shards later).
+        topic: ByteStr,
+        /// The owner shard whose log holds them.
+        owner: u16,
+        /// The lowest offset not delivered.
+        from: u64,
     },
     /// The lowest replay cursor the sending shard's sessions hold in the receiver's log.
     RetentionFloor {

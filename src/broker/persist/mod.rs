@@ -278,6 +278,7 @@ impl Shard {
     }
 
     fn flush_cursors(&self) {
+        self.touch_backlog_members();
         let changed: Vec<(ByteStr, Vec<(u16, u64)>)> = {
             let mut sessions = self.broker.sessions.borrow_mut();
             sessions
@@ -285,7 +286,8 @@ impl Shard {
                 .filter(|slot| slot.session.logged)
                 .filter_map(|slot| {
                     let s = &mut slot.session;
-                    let cursors = s.replay.take_changed(&s.outbound)?;
+                    let mut cursors = s.replay.take_changed(&s.outbound)?;
+                    self.lower_by_groups(s, &mut cursors);
                     (!cursors.is_empty()).then(|| (s.client_id.clone(), cursors))
                 })
                 .collect()

@@ -1,0 +1,680 @@
+//! Shared subscriptions (`$share/<group>/<filter>`) on one shard: which member gets a
+//! message, and where a QoS 1/2 message waits when no member here has room for it.
+//!
+//! # Choosing a member
+//! A connected member with room in its queue (by count and bytes), round-robin; with no
+//! connected member here, another shard of the group (it may have one), else an offline
+//! persistent member with room.
+//!
+//! # When every member is full
+//! The message is kept for the group in a bounded **backlog** on this shard
+//! (`shared_backlog_messages_max`, `shared_backlog_bytes_max`), drained into members as
+//! their queues make room (`refill_from_backlogs`, called from every pump). Past the
+//! backlog, a logged message is left in its owner's log: the backlog opens a gap in its
+//! own `ReplayCursor` (the protocol sessions use, see `session::cursor`) and reads the
+//! group's records back from the owner once the backlog is half empty. So a stalled
+//! group costs bounded memory and loses nothing that was acknowledged. QoS 0 to a full
+//! group is dropped and counted.
+//!
+//! # Crash safety
+//! Messages in a backlog, and the gap's offsets, hold down the replay cursor of every
+//! persistent member of the group on this shard (`lower_by_groups`, applied when cursors
+//! are logged) and the retention floor (`lower_to_backlogs`). After a `kill -9` each such
+//! member replays from its cursor, backlog messages included.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::metrics::Limit;
+use crate::mqtt::{ByteStr, QoS};
+use crate::session::{Admit, CatchUp, Delivery, Enqueued, LogPos, Message, ReplayCursor};
+use crate::session::{Session, SubOptions};
+use crate::shard::{Shard, ShardMsg};
+
+use super::catchup::CATCH_UP_MESSAGES_MAX;
+use super::persist::ReplayWant;
+use super::{GroupKey, SessionKey, SessionSlot};
+
+/// Hand a shared delivery on at most this many times when the chosen shard lost its members.
+const SHARED_HOPS_MAX: u8 = 2;
+
+/// A group's messages on this shard that no member had room for.
+#[derive(Debug)]
+pub(crate) struct GroupBacklog {
+    /// Oldest first.
+    queue: VecDeque<Arc<Message>>,
+    /// What `queue` costs (see `Message::cost_bytes`).
+    bytes: usize,
+    messages_max: usize,
+    bytes_max: usize,
+    /// Gaps: logged messages the backlog had no room for, read back from their owners.
+    replay: ReplayCursor,
+    /// What the backlog holds changed since the last cursor flush.
+    dirty: bool,
+    /// A topic the group's filter matches, to find the group's other shards.
+    topic: ByteStr,
+    /// `$share/<group>/<filter>`: a member's subscription key.
+    member_filter: String,
+}
+
+impl GroupBacklog {
+    fn new(key: &GroupKey, limits: (usize, usize), topic: ByteStr) -> Self {
+        let (messages_max, bytes_max) = limits;
+        GroupBacklog {
+            member_filter: format!("$share/{}/{}", key.0, key.1),
+            queue: VecDeque::new(),
+            bytes: 0,
+            messages_max,
+            bytes_max,
+            replay: ReplayCursor::default(),
+            dirty: false,
+            topic,
+        }
+    }
+
+    /// The bound a message costing `cost` bytes would run into now, if any.
+    fn full_by(&self, cost: usize) -> Option<Limit> {
+        if self.queue.len() >= self.messages_max {
+            Some(Limit::SharedBacklogMessagesMax)
+        } else if self.bytes + cost > self.bytes_max {
+            Some(Limit::SharedBacklogBytesMax)
+        } else {
+            None
+        }
+    }
+
+    fn push(&mut self, msg: Arc<Message>) {
+        self.bytes += msg.cost_bytes();
+        self.queue.push_back(msg);
+        self.dirty = true;
+    }
+
+    fn pop(&mut self) -> Option<Arc<Message>> {
+        let msg = self.queue.pop_front()?;
+        self.bytes -= msg.cost_bytes();
+        self.dirty = true;
+        Some(msg)
+    }
+
+    /// Whether new messages must wait behind this backlog.
+    fn is_behind(&self) -> bool {
+        !self.queue.is_empty() || self.replay.has_gaps()
+    }
+
+    /// The lowest offset of owner `owner`'s log this backlog still has to deliver.
+    fn lowest(&self, owner: u16) -> Option<u64> {
+        let queued = self
+            .queue
+            .iter()
+            .filter_map(|m| m.log.filter(|p| p.shard == owner).map(|p| p.offset));
+        let gaps = self
+            .replay
+            .gaps()
+            .filter(|(s, _)| *s == owner)
+            .map(|(_, from)| from);
+        queued.chain(gaps).min()
+    }
+}
+
+/// How a shared delivery reached this shard.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    /// Shards it was handed on by.
+    hops: u8,
+    /// It came straight from its owner, in the owner's send order.
+    first_hand: bool,
+    /// The group has a member here (the one leaving included).
+    has_members: bool,
+}
+
+/// The delivery of `msg` to a member subscribed with `opts`.
+fn shared_delivery(group: &Arc<str>, opts: &SubOptions, msg: Arc<Message>) -> Delivery {
+    Delivery {
+        qos: opts.qos.min(msg.qos),
+        retain: msg.retain && opts.retain_as_published,
+        subscription_ids: opts.subscription_id.into_iter().collect(),
+        share_group: Some(Arc::clone(group)),
+        holds_cursor: true,
+        msg,
+    }
+}
+
+impl Shard {
+    fn backlog_limits(&self) -> (usize, usize) {
+        (
+            self.config.shared_backlog_messages_max,
+            self.config.shared_backlog_bytes_max,
+        )
+    }
+
+    /// Delivers to one member of `group` on this shard (see the module doc for which).
+    pub(crate) fn deliver_shared(
+        &self,
+        group: Arc<str>,
+        filter: Arc<str>,
+        msg: Arc<Message>,
+        hops: u8,
+    ) {
+        self.deliver_shared_except(group, filter, msg, hops, None);
+    }
+
+    /// Like `deliver_shared`; `leaving` is never chosen, and a delivery handed on or
+    /// redistributed is not in the owner's send order.
+    fn deliver_shared_except(
+        &self,
+        group: Arc<str>,
+        filter: Arc<str>,
+        msg: Arc<Message>,
+        hops: u8,
+        leaving: Option<SessionKey>,
+    ) {
+        let now = Instant::now();
+        if msg.is_expired(now) {
+            self.probe.messages_expired_total.inc();
+            return;
+        }
+        let mut members = self.broker.shared_scratch.take();
+        members.clear();
+        // A member going offline stays one: with no other, the group keeps the message
+        // for it.
+        let mut leaving_stays = false;
+        self.broker
+            .shared
+            .borrow()
+            .for_each_match(msg.topic.as_str(), |f, key, opts| {
+                if key.group == group && f == &*filter {
+                    if Some(key.session) == leaving {
+                        leaving_stays = true;
+                    } else {
+                        members.push((key.session, *opts));
+                    }
+                }
+            });
+        members.sort_unstable_by_key(|(key, _)| *key);
+        let place = Placement {
+            hops,
+            first_hand: hops == 0 && leaving.is_none(),
+            has_members: leaving_stays || !members.is_empty(),
+        };
+        let key = (group, filter);
+        self.place_shared(&key, msg, place, &members, now);
+        self.broker.shared_scratch.replace(members);
+    }
+
+    fn place_shared(
+        &self,
+        key: &GroupKey,
+        msg: Arc<Message>,
+        place: Placement,
+        members: &[(SessionKey, SubOptions)],
+        now: Instant,
+    ) {
+        let Placement {
+            hops,
+            first_hand,
+            has_members,
+        } = place;
+        let behind = {
+            let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+            match backlogs.get_mut(key) {
+                None => false,
+                Some(b) => {
+                    if let Some(pos) = msg.log.filter(|_| first_hand) {
+                        // A catch-up read brings (or brought) it.
+                        if b.replay.admit(pos) == Admit::FromLog {
+                            self.probe.deliveries_deferred_total.inc();
+                            return;
+                        }
+                    }
+                    b.is_behind()
+                }
+            }
+        };
+        let cost = msg.cost_bytes();
+        let mut sessions = self.broker.sessions.borrow_mut();
+        let connected = |k: &SessionKey| sessions.get(k).is_some_and(|s| s.conn.is_some());
+        let any_connected = members.iter().any(|(k, _)| connected(k));
+        if !behind {
+            let pick = if any_connected {
+                self.pick_member(key, members, &sessions, cost, true)
+            } else if hops < SHARED_HOPS_MAX
+                && self.other_group_shard(key, msg.topic.as_str()).is_some()
+            {
+                drop(sessions);
+                self.hand_on_shared(key, msg, hops);
+                return;
+            } else {
+                self.pick_member(key, members, &sessions, cost, false)
+            };
+            if let Some((member, opts)) = pick {
+                let slot = sessions.get_mut(&member).expect("picked a present member");
+                // Only a first-hand delivery arrives in the owner's send order.
+                if let Some(pos) = msg.log.filter(|_| first_hand) {
+                    slot.session.replay.note(pos);
+                }
+                self.offer(slot, shared_delivery(&key.0, &opts, msg), now);
+                return;
+            }
+        }
+        if !has_members || msg.qos == QoS::AtMostOnce {
+            self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
+            return;
+        }
+        self.keep_for_group(key, msg);
+        if behind {
+            // A member may have room the backlog has not been offered yet (it joined or
+            // came back since): pumping it refills it from the backlog.
+            if let Some((member, _)) = self.pick_member(key, members, &sessions, cost, true) {
+                let slot = sessions.get_mut(&member).expect("picked a present member");
+                self.pump(slot, now);
+            }
+        }
+    }
+
+    /// A member with room for `cost` more bytes, round-robin (only connected ones if
+    /// `connected_only`).
+    fn pick_member(
+        &self,
+        key: &GroupKey,
+        members: &[(SessionKey, SubOptions)],
+        sessions: &HashMap<SessionKey, SessionSlot>,
+        cost: usize,
+        connected_only: bool,
+    ) -> Option<(SessionKey, SubOptions)> {
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = {
+            let mut cursors = self.broker.group_cursor.borrow_mut();
+            let cursor = match cursors.get_mut(key) {
+                Some(c) => c,
+                None => cursors.entry(key.clone()).or_insert(0),
+            };
+            *cursor = cursor.wrapping_add(1);
+            *cursor % n
+        };
+        (0..n).map(|i| members[(start + i) % n]).find(|(k, _)| {
+            sessions.get(k).is_some_and(|s| {
+                (s.conn.is_some() || !connected_only) && s.session.outbound.full_by(cost).is_none()
+            })
+        })
+    }
+
+    /// No member has room: keep `msg` in the group's backlog, or past its bound leave it
+    /// to the owner's log.
+    fn keep_for_group(&self, key: &GroupKey, msg: Arc<Message>) {
+        let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+        let b = match backlogs.get_mut(key) {
+            Some(b) => b,
+            None => backlogs.entry(key.clone()).or_insert_with(|| {
+                GroupBacklog::new(key, self.backlog_limits(), msg.topic.clone())
+            }),
+        };
+        let Some(limit) = b.full_by(msg.cost_bytes()) else {
+            b.push(msg);
+            self.probe.shared_backlog_messages_current.add(1);
+            return;
+        };
+        self.probe.hit(limit);
+        match msg.log {
+            Some(pos) => {
+                // A delivery out of the owner's order lowers the gap to its offset: the
+                // read then brings some messages twice, never skips one.
+                b.replay.overflowed(pos);
+                // The gap may have been lowered under a read under way: its answer
+                // would move the gap past this one, so it is asked again.
+                b.replay.forget_requests();
+                b.dirty = true;
+                self.probe.deliveries_deferred_total.inc();
+            }
+            // Not logged (no data directory): nothing to read it back from.
+            None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
+        }
+    }
+
+    /// After a pump: moves the backlog of each of the session's groups into its queue
+    /// while it has room, and asks for the groups' catch-up reads once the backlogs are
+    /// half empty. Returns whether anything was queued.
+    pub(crate) fn refill_from_backlogs(&self, slot: &mut SessionSlot) -> bool {
+        if self.broker.shared_backlogs.borrow().is_empty() || slot.conn.is_none() {
+            return false;
+        }
+        let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+        let mut queued = false;
+        let s = &mut slot.session;
+        // A shard has few groups; a session may have many subscriptions.
+        for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
+            let Some(opts) = s.subscriptions.get(&b.member_filter) else {
+                continue;
+            };
+            while let Some(front) = b.queue.front() {
+                if s.outbound.full_by(front.cost_bytes()).is_some() {
+                    break;
+                }
+                let msg = b.pop().expect("front exists");
+                self.probe.shared_backlog_messages_current.add(-1);
+                let qos = msg.qos;
+                match s.outbound.enqueue(shared_delivery(&key.0, opts, msg), true) {
+                    Enqueued::Queued => queued = true,
+                    Enqueued::DroppedQos0 | Enqueued::DroppedFull => {
+                        self.probe.messages_dropped_by_qos[qos as usize].inc()
+                    }
+                }
+            }
+            self.request_group_catch_ups(key, b);
+        }
+        queued
+    }
+
+    fn request_group_catch_ups(&self, key: &GroupKey, b: &mut GroupBacklog) {
+        if !b.replay.has_gaps() || b.queue.len() > b.messages_max / 2 || b.bytes > b.bytes_max / 2 {
+            return;
+        }
+        let room = b.messages_max - b.queue.len();
+        for CatchUp {
+            shard,
+            from,
+            request,
+        } in self.take_catch_ups(&mut b.replay)
+        {
+            let ask = ShardMsg::SharedCatchUp {
+                group: Arc::clone(&key.0),
+                filter: Arc::clone(&key.1),
+                from,
+                messages_max: room.min(CATCH_UP_MESSAGES_MAX),
+                request,
+            };
+            self.post(usize::from(shard), ask);
+        }
+    }
+
+    /// Owner: reads a group's records from the durable part of this shard's log.
+    pub(crate) fn on_shared_catch_up(
+        self: &Rc<Self>,
+        to: usize,
+        key: GroupKey,
+        from: u64,
+        messages_max: usize,
+        request: u64,
+    ) {
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let want = ReplayWant {
+                // No `publish_for` record names the empty client id.
+                client_id: ByteStr::from_static(""),
+                from,
+                filters: vec![(key.1.to_string(), 0)],
+                messages_max,
+            };
+            let Some((_, scan)) = shard.read_durable(want).await else {
+                return;
+            };
+            let (group, filter) = key;
+            let reply = ShardMsg::SharedCatchUpReply {
+                group,
+                filter,
+                request,
+                found: scan.found.into_iter().map(|(_, m)| m).collect(),
+                resume: scan.resume[0],
+                end: scan.end,
+            };
+            shard.post(to, reply);
+        })
+        .detach();
+    }
+
+    /// The group's shard: keeps what a catch-up read brought and offers it to members.
+    pub(crate) fn on_shared_caught_up(
+        &self,
+        owner: usize,
+        key: GroupKey,
+        request: u64,
+        found: Vec<Arc<Message>>,
+        resume: Option<u64>,
+        end: u64,
+    ) {
+        {
+            let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+            let Some(b) = backlogs.get_mut(&key) else {
+                return;
+            };
+            let owner = owner as u16;
+            if !b.replay.is_current(owner, request) {
+                return;
+            }
+            let held: HashSet<u64> = b
+                .queue
+                .iter()
+                .filter_map(|m| m.log.filter(|p| p.shard == owner).map(|p| p.offset))
+                .collect();
+            let mut refused = None;
+            for msg in found {
+                let offset = msg.log.map_or(0, |p| p.offset);
+                // QoS 0 is never left to the log: it went (or was dropped) live.
+                if held.contains(&offset) || msg.qos == QoS::AtMostOnce {
+                    continue;
+                }
+                if b.full_by(msg.cost_bytes()).is_some() {
+                    refused = Some(offset);
+                    break;
+                }
+                b.push(msg);
+                self.probe.shared_backlog_messages_current.add(1);
+                self.probe.catch_up_messages_total.inc();
+            }
+            b.replay.caught_up(owner, resume, end, refused);
+            b.dirty = true;
+        }
+        self.pump_group_members(&key);
+    }
+
+    /// Another shard's last member of the group left with messages still in `owner`'s
+    /// log: read them here.
+    pub(crate) fn on_shared_gap(&self, key: GroupKey, topic: ByteStr, owner: u16, from: u64) {
+        let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+        let b = backlogs
+            .entry(key.clone())
+            .or_insert_with(|| GroupBacklog::new(&key, self.backlog_limits(), topic));
+        b.replay.overflowed(LogPos {
+            shard: owner,
+            offset: from,
+            floor: from,
+        });
+        b.replay.forget_requests();
+        b.dirty = true;
+        drop(backlogs);
+        self.pump_group_members(&key);
+    }
+
+    /// Pumps every connected member of the group here (each pump refills it from the
+    /// backlog and asks for the group's catch-up reads).
+    fn pump_group_members(&self, key: &GroupKey) {
+        let Some(member_filter) = self
+            .broker
+            .shared_backlogs
+            .borrow()
+            .get(key)
+            .map(|b| b.member_filter.clone())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let mut sessions = self.broker.sessions.borrow_mut();
+        for slot in sessions.values_mut().filter(|s| s.conn.is_some()) {
+            if slot.session.subscriptions.contains_key(&member_filter) {
+                self.pump(slot, now);
+            }
+        }
+    }
+
+    /// A session is leaving this shard (moving or ending): where it is the group's last
+    /// member here, the backlog's offsets become gaps of its own cursor, so a session
+    /// that moves reads them from the logs on its new shard.
+    pub(crate) fn leave_groups(&self, slot: &mut SessionSlot) {
+        let backlogs = self.broker.shared_backlogs.borrow();
+        if backlogs.is_empty() {
+            return;
+        }
+        let counts = self.broker.interest_counts.borrow();
+        let s = &mut slot.session;
+        for (key, b) in backlogs.iter() {
+            if !s.subscriptions.contains_key(&b.member_filter) {
+                continue;
+            }
+            let interest = (Some(Arc::clone(&key.0)), Arc::clone(&key.1));
+            if counts.get(&interest).copied().unwrap_or(0) > 1 {
+                continue;
+            }
+            for owner in 0..self.mesh.shards() as u16 {
+                if let Some(offset) = b.lowest(owner) {
+                    s.replay.overflowed(LogPos {
+                        shard: owner,
+                        offset,
+                        floor: offset,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The group's last member on this shard left: its backlog goes to another shard of
+    /// the group, or, with none left anywhere, is dropped (and counted).
+    pub(crate) fn release_group(&self, key: GroupKey) {
+        self.broker.group_cursor.borrow_mut().remove(&key);
+        let Some(mut b) = self.broker.shared_backlogs.borrow_mut().remove(&key) else {
+            return;
+        };
+        let next = self.other_group_shard(&key, b.topic.as_str());
+        for (owner, from) in b.replay.gaps().collect::<Vec<_>>() {
+            match next {
+                Some(to) => self.post(
+                    to,
+                    ShardMsg::SharedGap {
+                        group: Arc::clone(&key.0),
+                        filter: Arc::clone(&key.1),
+                        topic: b.topic.clone(),
+                        owner,
+                        from,
+                    },
+                ),
+                None => tracing::warn!(
+                    group = &*key.0,
+                    owner,
+                    from,
+                    "a shared group's last member left with messages still in the log"
+                ),
+            }
+        }
+        while let Some(msg) = b.pop() {
+            self.probe.shared_backlog_messages_current.add(-1);
+            self.hand_on_shared(&key, msg, 0);
+        }
+    }
+
+    /// Another shard holding members of the group, if any (`topic` is one its filter
+    /// matches).
+    fn other_group_shard(&self, key: &GroupKey, topic: &str) -> Option<usize> {
+        let mut route = self.broker.route.borrow_mut();
+        self.broker.interest.borrow().route(topic, &mut route);
+        route
+            .groups
+            .iter()
+            .filter(|g| *g.group == *key.0 && *g.filter == *key.1)
+            .flat_map(|g| g.shards.iter().map(|s| s.0 as usize))
+            .find(|&s| s != self.id)
+    }
+
+    fn hand_on_shared(&self, key: &GroupKey, msg: Arc<Message>, hops: u8) {
+        match self.other_group_shard(key, msg.topic.as_str()) {
+            Some(next) => self.post(
+                next,
+                ShardMsg::DeliverShared {
+                    group: Arc::clone(&key.0),
+                    filter: Arc::clone(&key.1),
+                    msg,
+                    hops: hops + 1,
+                },
+            ),
+            None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
+        }
+    }
+
+    /// Gives the unacknowledged shared deliveries of a member that left to other members.
+    pub(crate) fn redistribute(&self, deliveries: Vec<Delivery>, leaving: Option<SessionKey>) {
+        for d in deliveries {
+            let Some(group) = d.share_group.clone() else {
+                continue;
+            };
+            let filter = self.find_group_filter(&group, d.msg.topic.as_str());
+            match filter {
+                Some(filter) => self.deliver_shared_except(group, filter, d.msg, 0, leaving),
+                None => self.probe.messages_dropped_by_qos[d.qos as usize].inc(),
+            }
+        }
+    }
+
+    fn find_group_filter(&self, group: &Arc<str>, topic: &str) -> Option<Arc<str>> {
+        let mut route = self.broker.route.borrow_mut();
+        self.broker.interest.borrow().route(topic, &mut route);
+        route
+            .groups
+            .iter()
+            .find(|g| *g.group == **group)
+            .map(|g| Arc::clone(&g.filter))
+    }
+
+    /// Before logging a session's cursors: every group backlog the session is a member
+    /// of holds them down to what it has yet to deliver.
+    pub(crate) fn lower_by_groups(&self, s: &Session, cursors: &mut [(u16, u64)]) {
+        let backlogs = self.broker.shared_backlogs.borrow();
+        if backlogs.is_empty() {
+            return;
+        }
+        for b in backlogs.values() {
+            if !s.subscriptions.contains_key(&b.member_filter) {
+                continue;
+            }
+            for (owner, cursor) in cursors.iter_mut() {
+                if let Some(lowest) = b.lowest(*owner) {
+                    *cursor = (*cursor).min(lowest);
+                }
+            }
+        }
+    }
+
+    /// Retention: the logs must keep what any backlog has yet to deliver (`mins` per
+    /// owner shard).
+    pub(crate) fn lower_to_backlogs(&self, mins: &mut [u64]) {
+        for b in self.broker.shared_backlogs.borrow().values() {
+            for (owner, min) in mins.iter_mut().enumerate() {
+                if let Some(lowest) = b.lowest(owner as u16) {
+                    *min = (*min).min(lowest);
+                }
+            }
+        }
+    }
+
+    /// Marks the cursors of every member of a backlog that changed since the last
+    /// flush, so they are logged again with the backlog's holds.
+    pub(crate) fn touch_backlog_members(&self) {
+        let changed: Vec<String> = self
+            .broker
+            .shared_backlogs
+            .borrow_mut()
+            .values_mut()
+            .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        for slot in self.broker.sessions.borrow_mut().values_mut() {
+            let s = &mut slot.session;
+            if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
+                s.replay.touch();
+            }
+        }
+    }
+}
