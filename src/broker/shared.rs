@@ -103,20 +103,26 @@ impl GroupBacklog {
         !self.queue.is_empty() || self.replay.has_gaps()
     }
 
-    /// The lowest offset of owner `owner`'s log this backlog still has to deliver.
-    fn lowest(&self, owner: u16) -> Option<u64> {
+    /// For each owner shard (of `shards`), the lowest offset of its log this backlog
+    /// still has to deliver: one pass over the queue and the gaps.
+    fn lowest_by_owner(&self, shards: usize) -> Vec<Option<u64>> {
+        let mut lowest = vec![None; shards];
         let queued = self
             .queue
             .iter()
-            .filter_map(|m| m.log.filter(|p| p.shard == owner).map(|p| p.offset));
-        let gaps = self
-            .replay
-            .gaps()
-            .filter(|(s, _)| *s == owner)
-            .map(|(_, from)| from);
-        queued.chain(gaps).min()
+            .filter_map(|m| m.log.map(|p| (p.shard, p.offset)));
+        for (owner, offset) in queued.chain(self.replay.gaps()) {
+            if let Some(low) = lowest.get_mut(usize::from(owner)) {
+                *low = Some(low.map_or(offset, |l: u64| l.min(offset)));
+            }
+        }
+        lowest
     }
 }
+
+/// What the backlogs of one shard still have to deliver: per backlog its members'
+/// subscription key and [`GroupBacklog::lowest_by_owner`]. Taken once per cursor flush.
+pub(crate) type BacklogHolds = Vec<(String, Vec<Option<u64>>)>;
 
 /// How a shared delivery reached this shard.
 #[derive(Debug, Clone, Copy)]
@@ -528,10 +534,14 @@ impl Shard {
             if counts.get(&interest).copied().unwrap_or(0) > 1 {
                 continue;
             }
-            for owner in 0..self.mesh.shards() as u16 {
-                if let Some(offset) = b.lowest(owner) {
+            for (owner, offset) in b
+                .lowest_by_owner(self.mesh.shards())
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(offset) = offset {
                     s.replay.overflowed(LogPos {
-                        shard: owner,
+                        shard: owner as u16,
                         offset,
                         floor: offset,
                     });
@@ -626,32 +636,24 @@ impl Shard {
             .map(|g| Arc::clone(&g.filter))
     }
 
-    /// Before logging a session's cursors: every group backlog the session is a member
-    /// of holds them down to what it has yet to deliver.
-    pub(crate) fn lower_by_groups(&self, s: &Session, cursors: &mut [(u16, u64)]) {
-        let backlogs = self.broker.shared_backlogs.borrow();
-        if backlogs.is_empty() {
-            return;
-        }
-        for b in backlogs.values() {
-            if !s.subscriptions.contains_key(&b.member_filter) {
-                continue;
-            }
-            for (owner, cursor) in cursors.iter_mut() {
-                if let Some(lowest) = b.lowest(*owner) {
-                    *cursor = (*cursor).min(lowest);
-                }
-            }
-        }
+    /// What every backlog here still has to deliver (empty without backlogs).
+    pub(crate) fn backlog_holds(&self) -> BacklogHolds {
+        let shards = self.mesh.shards();
+        self.broker
+            .shared_backlogs
+            .borrow()
+            .values()
+            .map(|b| (b.member_filter.clone(), b.lowest_by_owner(shards)))
+            .collect()
     }
 
     /// Retention: the logs must keep what any backlog has yet to deliver (`mins` per
     /// owner shard).
     pub(crate) fn lower_to_backlogs(&self, mins: &mut [u64]) {
-        for b in self.broker.shared_backlogs.borrow().values() {
-            for (owner, min) in mins.iter_mut().enumerate() {
-                if let Some(lowest) = b.lowest(owner as u16) {
-                    *min = (*min).min(lowest);
+        for (_, lowest) in self.backlog_holds() {
+            for (min, low) in mins.iter_mut().zip(lowest) {
+                if let Some(low) = low {
+                    *min = (*min).min(low);
                 }
             }
         }
@@ -674,6 +676,21 @@ impl Shard {
             let s = &mut slot.session;
             if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
                 s.replay.touch();
+            }
+        }
+    }
+}
+
+/// Before logging a session's cursors: every group backlog the session is a member of
+/// holds them down to what it has yet to deliver.
+pub(crate) fn lower_by_groups(holds: &BacklogHolds, s: &Session, cursors: &mut [(u16, u64)]) {
+    for (member_filter, lowest) in holds {
+        if !s.subscriptions.contains_key(member_filter) {
+            continue;
+        }
+        for (owner, cursor) in cursors.iter_mut() {
+            if let Some(Some(low)) = lowest.get(usize::from(*owner)) {
+                *cursor = (*cursor).min(*low);
             }
         }
     }

@@ -279,6 +279,7 @@ impl Shard {
 
     fn flush_cursors(&self) {
         self.touch_backlog_members();
+        let holds = self.backlog_holds();
         let changed: Vec<(ByteStr, Vec<(u16, u64)>)> = {
             let mut sessions = self.broker.sessions.borrow_mut();
             sessions
@@ -287,7 +288,7 @@ impl Shard {
                 .filter_map(|slot| {
                     let s = &mut slot.session;
                     let mut cursors = s.replay.take_changed(&s.outbound)?;
-                    self.lower_by_groups(s, &mut cursors);
+                    crate::broker::shared::lower_by_groups(&holds, s, &mut cursors);
                     (!cursors.is_empty()).then(|| (s.client_id.clone(), cursors))
                 })
                 .collect()
