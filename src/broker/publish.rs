@@ -125,6 +125,11 @@ impl Shard {
     pub(crate) fn store_retained(&self, msg: &Arc<Message>) {
         let mut retained = self.broker.retained.borrow_mut();
         let before = retained.len();
+        // A new state of the topic: its version is its own offset again.
+        self.broker
+            .retained_versions
+            .borrow_mut()
+            .remove(msg.topic.as_str());
         if msg.payload.is_empty() {
             retained.remove(msg.topic.as_str());
         } else {
@@ -151,8 +156,10 @@ impl Shard {
             });
         if !expired.is_empty() {
             let mut retained = self.broker.retained.borrow_mut();
+            let mut versions = self.broker.retained_versions.borrow_mut();
             for topic in &expired {
                 retained.remove(topic);
+                versions.remove(topic);
             }
             self.probe
                 .retained_messages_current

@@ -480,6 +480,13 @@ fn install_recovered(
             over_share += 1;
             continue;
         }
+        // A copy's version is not its own offset: remember it for the next copy.
+        if let Some(&version) = recovered.retained_versions.get(&topic) {
+            if msg.log.is_none_or(|p| p.offset != version) {
+                let mut versions = shard.broker.retained_versions.borrow_mut();
+                versions.insert(topic.clone(), version);
+            }
+        }
         retained.insert(&topic, msg);
     }
     if over_share > 0 {
