@@ -73,3 +73,67 @@ fn an_expired_retained_message_does_not_bring_back_the_one_it_replaced() {
         broker.log()
     );
 }
+
+#[test]
+fn retained_bytes_over_the_limit_are_not_stored() {
+    // One shard, 10 KiB of retained messages; each 3000-byte payload costs a bit more.
+    let dir = temp_dir();
+    let mut broker = one_shard_in(dir.path(), &[("RETAINED_BYTES_MAX", "10240")]);
+    let mut v5 = Conn::client(broker.mqtt, true, "bytes-pub5");
+    let mut v4 = Conn::client(broker.mqtt, false, "bytes-pub4");
+    let mut live = Conn::client(broker.mqtt, true, "bytes-live");
+    live.sub("b/#", 1);
+    let big = vec![b'x'; 3000];
+    for topic in ["b/1", "b/2", "b/3"] {
+        assert_eq!(v5.publish(Publish::new(topic, &big, 1).retain(true)), 0);
+    }
+    assert_eq!(live.expect_publishes(3).len(), 3);
+    // A fourth would pass 10 KiB: a v5 QoS 1 publisher is told, nothing is delivered.
+    assert_eq!(v5.publish(Publish::new("b/4", &big, 1).retain(true)), 0x97);
+    live.assert_no_publish(QUIET);
+    // Nor may a stored topic grow past it.
+    let bigger = vec![b'y'; 4200];
+    assert_eq!(
+        v5.publish(Publish::new("b/1", &bigger, 1).retain(true)),
+        0x97
+    );
+    // Replacing one with a smaller message is fine.
+    assert_eq!(v5.publish(Publish::new("b/1", b"small", 1).retain(true)), 0);
+    assert_eq!(live.expect_publish().payload, b"small");
+    // QoS 0 and 3.1.1 publishers cannot be told: delivered as plain publishes.
+    v5.publish(Publish::new("b/5", &bigger, 0).retain(true));
+    assert_eq!(
+        v4.publish(Publish::new("b/6", &[b'z'; 6000], 1).retain(true)),
+        0
+    );
+    let plain = live.expect_publishes(2);
+    assert!(plain.iter().all(|p| !p.retain));
+    assert_eq!(broker.limit_hits("retained_bytes_max"), 4.0);
+    let stored = |broker: &Broker, id: &str| -> Vec<(String, usize)> {
+        retained(broker, id, "b/#")
+            .into_iter()
+            .map(|(t, p)| (t, p.len()))
+            .collect()
+    };
+    let want = vec![
+        ("b/1".to_string(), 5),
+        ("b/2".into(), 3000),
+        ("b/3".into(), 3000),
+    ];
+    assert_eq!(stored(&broker, "bytes-late"), want);
+    // Clearing one makes room; and the bound holds across a restart.
+    assert_eq!(v5.publish(Publish::new("b/2", b"", 1).retain(true)), 0);
+    assert_eq!(v5.publish(Publish::new("b/4", &bigger, 1).retain(true)), 0);
+    drop((v5, v4, live));
+    broker.signal(libc::SIGTERM);
+    assert!(broker.wait_exit(Duration::from_secs(20)).is_some());
+    let broker = one_shard_in(dir.path(), &[("RETAINED_BYTES_MAX", "10240")]);
+    let want = vec![
+        ("b/1".to_string(), 5),
+        ("b/3".into(), 3000),
+        ("b/4".into(), 4200),
+    ];
+    assert_eq!(stored(&broker, "bytes-restarted"), want);
+    let mut v5 = Conn::client(broker.mqtt, true, "bytes-pub5-again");
+    assert_eq!(v5.publish(Publish::new("b/7", &big, 1).retain(true)), 0x97);
+}
