@@ -137,3 +137,63 @@ fn retained_bytes_over_the_limit_are_not_stored() {
     let mut v5 = Conn::client(broker.mqtt, true, "bytes-pub5-again");
     assert_eq!(v5.publish(Publish::new("b/7", &big, 1).retain(true)), 0x97);
 }
+
+/// A retained publish that lands while retention is writing the topic's older message
+/// again (to free its segment) stays the topic's retained message across a restart.
+#[test]
+fn a_newer_retained_publish_during_retention_copies_wins_after_a_restart() {
+    let dir = temp_dir();
+    let settings = [("SEGMENT_BYTES", "1048576"), ("RETENTION_BYTES", "1")];
+    let mut broker = one_shard_in(dir.path(), &settings);
+    let mut publ = Conn::client(broker.mqtt, true, "copy-pub");
+    let topics = names("rw/t", 400);
+    let old = vec![b'a'; 1000];
+    for t in &topics {
+        assert_eq!(publ.publish(Publish::new(t, &old, 1).retain(true)), 0);
+    }
+    // Past the first segment: retention wants it, so the 400 messages are copied.
+    let bulk = vec![b'b'; 1000];
+    for _ in 0..700 {
+        assert_eq!(publ.publish(Publish::new("rw-bulk", &bulk, 1)), 0);
+    }
+    // Nothing else appends now: the first new append is retention's first copy.
+    let appends = |b: &Broker| b.metric_sum("shardmq_wal_appends_total");
+    let idle = appends(&broker);
+    assert!(
+        eventually(Duration::from_secs(30), || appends(&broker) > idle),
+        "retention never copied the retained messages"
+    );
+    // While the copies go on (one fdatasync each), replace every topic, last copied first.
+    for t in topics.iter().rev() {
+        let new = format!("new {t}");
+        assert_eq!(
+            publ.publish(Publish::new(t, new.as_bytes(), 1).retain(true)),
+            0
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            broker.metric_sum("shardmq_wal_segments") <= 2.0
+        }),
+        "the first segment went"
+    );
+    drop(publ);
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("wait");
+
+    let broker = one_shard_in(dir.path(), &settings);
+    let got = retained(&broker, "copy-check", "rw/#");
+    let stale: Vec<&String> = got
+        .iter()
+        .filter(|(t, p)| *p != format!("new {t}").into_bytes())
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(got.len(), topics.len());
+    assert!(
+        stale.is_empty(),
+        "{} of {} topics came back with the replaced message, e.g. {:?}",
+        stale.len(),
+        topics.len(),
+        stale.first()
+    );
+}
