@@ -161,8 +161,20 @@ pub fn decode_publish(record: &RecordRef<'_>, shard: u16) -> Option<Message> {
     decode_publish_body(record, record.body, shard)
 }
 
-/// Decodes the publish part of a record body (after any prefix the kind adds).
+/// Decodes the publish part of a record body (after any prefix the kind adds); `None`
+/// if it has expired.
 pub(crate) fn decode_publish_body(
+    record: &RecordRef<'_>,
+    body: &[u8],
+    shard: u16,
+) -> Option<Message> {
+    decode_publish_body_even_expired(record, body, shard)
+        .filter(|msg| !msg.is_expired(Instant::now()))
+}
+
+/// Like `decode_publish_body`, but an expired message is returned too, expiring now:
+/// recovery needs it as the last writer of a retained topic.
+pub(crate) fn decode_publish_body_even_expired(
     record: &RecordRef<'_>,
     mut body: &[u8],
     shard: u16,
@@ -188,10 +200,7 @@ pub(crate) fn decode_publish_body(
         0 => None,
         at => {
             let now = unix_ms();
-            if at <= now {
-                return None;
-            }
-            Some(Instant::now() + Duration::from_millis(at - now))
+            Some(Instant::now() + Duration::from_millis(at.saturating_sub(now)))
         }
     };
     Some(Message {
@@ -216,14 +225,29 @@ pub(crate) fn decode_any_publish(
     record: &RecordRef<'_>,
     shard: u16,
 ) -> Option<(Option<Vec<String>>, Message)> {
+    decode_any_publish_even_expired(record, shard)
+        .filter(|(_, msg)| !msg.is_expired(Instant::now()))
+}
+
+/// Like `decode_any_publish`, but an expired message is returned too, expiring now.
+fn decode_any_publish_even_expired(
+    record: &RecordRef<'_>,
+    shard: u16,
+) -> Option<(Option<Vec<String>>, Message)> {
     if record.kind == RECORD_PUBLISH {
-        return Some((None, decode_publish_body(record, record.body, shard)?));
+        return Some((
+            None,
+            decode_publish_body_even_expired(record, record.body, shard)?,
+        ));
     }
     if record.kind != persist::records::RECORD_PUBLISH_FOR {
         return None;
     }
     let (recipients, body) = persist::records::decode_recipients(record.body)?;
-    Some((Some(recipients), decode_publish_body(record, body, shard)?))
+    Some((
+        Some(recipients),
+        decode_publish_body_even_expired(record, body, shard)?,
+    ))
 }
 
 /// What recovery hands to the shard: retained messages and, on a home shard, the
@@ -232,8 +256,11 @@ pub(crate) fn decode_any_publish(
 pub struct Recovered {
     /// This shard's id (the owner of the publish records).
     pub shard: u16,
-    /// Last retained publish per topic (an empty payload means cleared).
+    /// Last retained publish per topic (an empty payload means cleared, an expired one
+    /// that it expired): the one with the highest version, see `keep_retained`.
     pub retained: HashMap<String, Arc<Message>>,
+    /// The version of each entry of `retained` (the offset of its original publish).
+    pub retained_versions: HashMap<String, u64>,
     /// Publish records seen.
     pub publishes: u64,
     /// Persistent sessions by client id.
@@ -246,11 +273,7 @@ pub struct Recovered {
 impl Recovered {
     /// Visits one record during WAL recovery.
     pub fn visit(&mut self, record: RecordRef<'_>) {
-        if record.kind == super::retention::RECORD_RETAINED {
-            if let Some(msg) = decode_publish_body(&record, record.body, self.shard) {
-                self.retained
-                    .insert(msg.topic.as_str().to_string(), Arc::new(msg));
-            }
+        if self.visit_retained_copy(&record) {
             return;
         }
         if persist::records::is_session_record(record.kind) {
@@ -259,14 +282,13 @@ impl Recovered {
             }
             return;
         }
-        let Some((recipients, msg)) = decode_any_publish(&record, self.shard) else {
+        let Some((recipients, msg)) = decode_any_publish_even_expired(&record, self.shard) else {
             return;
         };
         self.publishes += 1;
         // A `publish_for` is a copy for named sessions, never the retained message.
         if msg.retain && recipients.is_none() {
-            self.retained
-                .insert(msg.topic.as_str().to_string(), Arc::new(msg));
+            self.keep_retained(record.offset.0, msg);
         }
     }
 }

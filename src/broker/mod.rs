@@ -131,6 +131,9 @@ pub struct BrokerState {
     /// Local subscriber count per `(group, filter)`: interest changes at 0 <-> 1.
     pub(crate) interest_counts: RefCell<HashMap<InterestKey, usize>>,
     pub(crate) retained: RefCell<RetainedIndex<Arc<Message>>>,
+    /// Retained topics whose message is a `retained_copy`: the version (original publish
+    /// offset) it carries. Cleared by every new retained store of the topic.
+    pub(crate) retained_versions: RefCell<HashMap<String, u64>>,
     pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
     /// Home shard: client ids whose session this shard's log holds (open, not ended).
     pub(crate) persisted: RefCell<HashSet<String>>,
@@ -184,6 +187,7 @@ impl BrokerState {
             interest: RefCell::new(InterestTable::new()),
             interest_counts: RefCell::new(HashMap::new()),
             retained: RefCell::new(RetainedIndex::new()),
+            retained_versions: RefCell::new(HashMap::new()),
             registry: RefCell::new(HashMap::new()),
             persisted: RefCell::new(HashSet::new()),
             floor_reports: RefCell::new(Vec::new()),

@@ -125,11 +125,19 @@ impl Shard {
     pub(crate) fn store_retained(&self, msg: &Arc<Message>) {
         let mut retained = self.broker.retained.borrow_mut();
         let before = retained.len();
-        if msg.payload.is_empty() {
-            retained.remove(msg.topic.as_str());
+        // A new state of the topic: its version is its own offset again.
+        self.broker
+            .retained_versions
+            .borrow_mut()
+            .remove(msg.topic.as_str());
+        let (added, replaced) = if msg.payload.is_empty() {
+            (0, retained.remove(msg.topic.as_str()))
         } else {
-            retained.insert(msg.topic.as_str(), Arc::clone(msg));
-        }
+            let added = msg.cost_bytes();
+            (added, retained.insert(msg.topic.as_str(), Arc::clone(msg)))
+        };
+        let removed = replaced.map_or(0, |m| m.cost_bytes());
+        self.quota.retained_bytes_changed(added, removed);
         let delta = retained.len() as i64 - before as i64;
         self.probe.retained_messages_current.add(delta);
     }
@@ -151,8 +159,11 @@ impl Shard {
             });
         if !expired.is_empty() {
             let mut retained = self.broker.retained.borrow_mut();
+            let mut versions = self.broker.retained_versions.borrow_mut();
             for topic in &expired {
-                retained.remove(topic);
+                let removed = retained.remove(topic).map_or(0, |m| m.cost_bytes());
+                self.quota.retained_bytes_changed(0, removed);
+                versions.remove(topic);
             }
             self.probe
                 .retained_messages_current

@@ -10,18 +10,34 @@
 //!
 //! Retained messages would otherwise pin the oldest segment forever: when retention
 //! wants a segment that still holds a retained message's record, the owner writes the
-//! message again as a `retained` record (kind 9, rebuilt into the retained index at
+//! message again as a `retained_copy` record (kind 12, rebuilt into the retained index at
 //! start, never replayed to sessions) and the segment can go.
+//!
+//! A copy is logged later than the publish it copies, so recovery cannot take "the last
+//! record of a topic" as its retained state: a newer publish or clear of the topic may
+//! sit between them. Every retained state therefore has a **version**, the offset of its
+//! original publish, and recovery keeps the highest version per topic (`keep_retained`).
+//! A `retained_copy` body is `version u64 LE | publish body` (see `durable`); a copy of
+//! a copy keeps the original's version (`Broker::retained_versions`). The copy is also
+//! appended only if the message is still the topic's retained state right before the
+//! append, so the log itself never holds a copy after a newer state of its topic. An
+//! expired retained message is a version like any other: at recovery it supersedes the
+//! older ones and leaves the topic empty. Kind 9 (`retained`, the unversioned copy of
+//! earlier builds) is still read, with its own offset as its version.
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BufMut;
+
 use crate::session::{LogPos, Message};
 use crate::shard::{Shard, ShardMsg};
-use crate::storage::{Offset, RecordKind};
+use crate::storage::{Offset, RecordKind, RecordRef};
 
-use super::durable::{as_publish, encode_publish_body, publish_body_len};
+use super::durable::{
+    as_publish, decode_publish_body_even_expired, encode_publish_body, publish_body_len, Recovered,
+};
 use super::persist::unix_ms;
 
 /// How often owners tell every shard how far their fan-out has got.
@@ -30,8 +46,56 @@ pub const WATERMARK_MS: u64 = 1000;
 /// How often floors are reported and applied.
 pub const RETENTION_TICK_MS: u64 = 1000;
 
-/// Record kind of a retained message written again to free an old segment.
+/// Record kind of a retained message written again by earlier builds (no version; read
+/// only).
 pub const RECORD_RETAINED: RecordKind = RecordKind(9);
+
+/// Record kind of a retained message written again to free an old segment, with the
+/// version of the state it copies.
+pub const RECORD_RETAINED_COPY: RecordKind = RecordKind(12);
+
+/// Appends the body of a `retained_copy` record of `msg` at `version` to `out`.
+fn encode_retained_copy(msg: &Message, version: u64, out: &mut bytes::BytesMut) {
+    out.put_u64_le(version);
+    encode_publish_body(msg, &as_publish(msg), out);
+}
+
+impl Recovered {
+    /// Recovery: makes `msg` (version `version`) `topic`'s retained state unless a newer
+    /// version is already there. Equal versions are copies of one state: the later
+    /// record is kept, so the index points at the newest copy.
+    pub(crate) fn keep_retained(&mut self, version: u64, msg: Message) {
+        let topic = msg.topic.as_str();
+        if self
+            .retained_versions
+            .get(topic)
+            .is_some_and(|kept| *kept > version)
+        {
+            return;
+        }
+        self.retained_versions.insert(topic.to_string(), version);
+        self.retained.insert(topic.to_string(), Arc::new(msg));
+    }
+
+    /// Recovery: takes a `retained_copy` (or legacy `retained`) record; false if the
+    /// record is of another kind.
+    pub(crate) fn visit_retained_copy(&mut self, record: &RecordRef<'_>) -> bool {
+        let (version, body) = if record.kind == RECORD_RETAINED_COPY {
+            let Some((version, body)) = record.body.split_first_chunk::<8>() else {
+                return true;
+            };
+            (u64::from_le_bytes(*version), body)
+        } else if record.kind == RECORD_RETAINED {
+            (record.offset.0, record.body)
+        } else {
+            return false;
+        };
+        if let Some(msg) = decode_publish_body_even_expired(record, body, self.shard) {
+            self.keep_retained(version, msg);
+        }
+        true
+    }
+}
 
 impl Shard {
     /// Runs the floor reports and retention for this shard, if a limit is configured.
@@ -148,8 +212,11 @@ impl Shard {
             found
         };
         for msg in pinned {
-            match self.relog_retained(&msg).await {
-                Ok(offset) => {
+            let version = self.retained_version(&msg);
+            match self.relog_retained(&msg, version).await {
+                // Replaced or cleared before the copy was appended: nothing to copy.
+                Ok(None) => {}
+                Ok(Some(offset)) => {
                     let mut copy = (*msg).clone();
                     copy.log = Some(LogPos {
                         shard: self.id as u16,
@@ -161,6 +228,10 @@ impl Shard {
                     let current = retained.get(msg.topic.as_str()).map(Arc::clone);
                     if current.is_some_and(|c| Arc::ptr_eq(&c, &msg)) {
                         retained.insert(msg.topic.as_str(), Arc::new(copy));
+                        self.broker
+                            .retained_versions
+                            .borrow_mut()
+                            .insert(msg.topic.as_str().to_string(), version);
                     }
                 }
                 Err(e) => {
@@ -181,20 +252,191 @@ impl Shard {
         durable.wal.set_retention_floor(Offset(floor));
     }
 
-    async fn relog_retained(&self, msg: &Message) -> Result<u64, crate::storage::WalError> {
+    /// The version of a retained message in the index: the offset of its original
+    /// publish (a copy's is remembered in `retained_versions`).
+    fn retained_version(&self, msg: &Message) -> u64 {
+        let copied = self.broker.retained_versions.borrow();
+        match copied.get(msg.topic.as_str()) {
+            Some(version) => *version,
+            None => msg.log.map_or(0, |p| p.offset),
+        }
+    }
+
+    /// Logs a `retained_copy` of `msg` and waits until it is durable; `None` (nothing
+    /// logged) if `msg` is no longer its topic's retained message when the copy would be
+    /// appended.
+    async fn relog_retained(
+        &self,
+        msg: &Arc<Message>,
+        version: u64,
+    ) -> Result<Option<u64>, crate::storage::WalError> {
         let durable = self.durable.get().expect("checked by the caller");
         let publish = as_publish(msg);
-        durable
-            .wal
-            .reserve(publish_body_len(msg, &publish)?)
-            .await?;
-        let mut body = bytes::BytesMut::new();
-        encode_publish_body(msg, &publish, &mut body);
+        let body_len = 8 + publish_body_len(msg, &publish)?;
+        durable.wal.reserve(body_len).await?;
+        // No await from here to the append: no newer state of the topic can be logged
+        // between this check and the copy.
+        let current = self
+            .broker
+            .retained
+            .borrow()
+            .get(msg.topic.as_str())
+            .cloned();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, msg)) {
+            return Ok(None);
+        }
+        let mut body = bytes::BytesMut::with_capacity(body_len);
+        encode_retained_copy(msg, version, &mut body);
         let offset = durable
             .wal
-            .append(RECORD_RETAINED, unix_ms(), &[&body[..]])?;
+            .append(RECORD_RETAINED_COPY, unix_ms(), &[&body[..]])?;
         // The copy must be durable before the segment holding the original may go.
         durable.wal.wait_durable(offset).await?;
-        Ok(offset.0)
+        Ok(Some(offset.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::broker::durable::RECORD_PUBLISH;
+    use crate::mqtt::{ByteStr, PublishProperties, QoS};
+
+    fn msg(payload: &str) -> Message {
+        Message {
+            topic: ByteStr::from_static("r/t"),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            publisher: ByteStr::from_static("p"),
+            expires_at: None,
+            log: None,
+        }
+    }
+
+    /// A record as the broker writes it.
+    enum Rec {
+        Publish(Message),
+        Copy(Message, u64),
+        /// What earlier builds wrote for a copy.
+        LegacyCopy(Message),
+    }
+
+    /// Recovers `records` (at offsets from `first` on); the retained state of "r/t".
+    fn recover(first: u64, records: Vec<Rec>) -> Option<Arc<Message>> {
+        let mut recovered = Recovered::default();
+        for (i, rec) in records.into_iter().enumerate() {
+            let mut body = bytes::BytesMut::new();
+            let kind = match rec {
+                Rec::Publish(m) => {
+                    encode_publish_body(&m, &as_publish(&m), &mut body);
+                    RECORD_PUBLISH
+                }
+                Rec::Copy(m, version) => {
+                    encode_retained_copy(&m, version, &mut body);
+                    RECORD_RETAINED_COPY
+                }
+                Rec::LegacyCopy(m) => {
+                    encode_publish_body(&m, &as_publish(&m), &mut body);
+                    RECORD_RETAINED
+                }
+            };
+            recovered.visit(RecordRef {
+                offset: Offset(first + i as u64),
+                kind,
+                timestamp_ms: 0,
+                body: &body,
+            });
+        }
+        recovered.retained.get("r/t").cloned()
+    }
+
+    fn payload(m: Option<Arc<Message>>) -> Option<String> {
+        m.map(|m| String::from_utf8(m.payload.to_vec()).expect("utf-8"))
+    }
+
+    #[test]
+    fn a_copy_logged_after_a_newer_publish_or_clear_does_not_win() {
+        use Rec::*;
+        let newer = recover(
+            0,
+            vec![Publish(msg("A")), Publish(msg("B")), Copy(msg("A"), 0)],
+        );
+        assert_eq!(payload(newer), Some("B".into()));
+        let cleared = recover(
+            0,
+            vec![Publish(msg("A")), Publish(msg("")), Copy(msg("A"), 0)],
+        );
+        assert_eq!(payload(cleared), Some(String::new()), "cleared");
+        // The original's segment is gone; a copy of a copy keeps the original version.
+        let copies = recover(
+            5,
+            vec![Copy(msg("A"), 0), Publish(msg("B")), Copy(msg("A"), 0)],
+        );
+        assert_eq!(payload(copies), Some("B".into()));
+        let copied = recover(
+            5,
+            vec![Copy(msg("A"), 0), Publish(msg("B")), Copy(msg("B"), 6)],
+        );
+        let copied = copied.expect("kept");
+        assert_eq!(
+            (&copied.payload[..], copied.log.map(|p| p.offset)),
+            (&b"B"[..], Some(7))
+        );
+        // Earlier builds' copies carry no version: their own offset is used.
+        let legacy = recover(0, vec![Publish(msg("A")), LegacyCopy(msg("B"))]);
+        assert_eq!(payload(legacy), Some("B".into()));
+    }
+
+    #[test]
+    fn an_expired_retained_publish_supersedes_the_older_message() {
+        let mut expired = msg("E");
+        expired.expires_at = Some(Instant::now());
+        let kept = recover(0, vec![Rec::Publish(msg("A")), Rec::Publish(expired)]);
+        let kept = kept.expect("the expired message is the topic's state");
+        assert_eq!(&kept.payload[..], b"E");
+        assert!(kept.is_expired(Instant::now()), "not restored as retained");
+        // Also when only a copy of the older one is left.
+        let mut expired = msg("E");
+        expired.expires_at = Some(Instant::now());
+        let kept = recover(5, vec![Rec::Copy(msg("A"), 0), Rec::Publish(expired)]);
+        assert!(kept.expect("kept").is_expired(Instant::now()));
+    }
+
+    /// Every record kind constant in the source is distinct: two branches adding a kind
+    /// at once must not give one byte two meanings in the log.
+    #[test]
+    fn record_kinds_are_distinct() {
+        fn walk(dir: &std::path::Path, kinds: &mut Vec<(u8, String)>) {
+            for entry in std::fs::read_dir(dir).expect("read src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    walk(&path, kinds);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let consts = text.lines().filter(|l| l.trim_start().contains("const "));
+                for line in consts {
+                    let Some((name, rest)) = line.split_once(": RecordKind = RecordKind(") else {
+                        continue;
+                    };
+                    let n: u8 = rest.trim_end_matches(");").parse().expect("a kind byte");
+                    kinds.push((n, format!("{}: {}", path.display(), name.trim())));
+                }
+            }
+        }
+        let mut kinds = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut kinds,
+        );
+        kinds.sort();
+        assert!(kinds.len() >= 10, "found {kinds:?}");
+        for pair in kinds.windows(2) {
+            assert_ne!(pair[0].0, pair[1].0, "{} and {}", pair[0].1, pair[1].1);
+        }
     }
 }

@@ -97,6 +97,9 @@ pub struct Config {
     /// Most retained topics the process stores, shared evenly among the owner shards
     /// (each owner stores at most `ceil(retained_messages_max / shards)`).
     pub retained_messages_max: usize,
+    /// Most bytes (`Message::cost_bytes`) of retained messages the process stores, shared
+    /// evenly among the owner shards like `retained_messages_max`.
+    pub retained_bytes_max: usize,
     /// Topic aliases a v5 client may set per connection (0 disables them).
     pub topic_alias_max: u16,
     /// Longest topic name or filter, in bytes.
@@ -181,6 +184,7 @@ impl Default for Config {
             session_expiry_max_secs: u32::MAX,
             subscriptions_per_session_max: 1_000,
             retained_messages_max: 100_000,
+            retained_bytes_max: 256 << 20,
             topic_alias_max: 64,
             topic_bytes_max: 65_535,
             topic_levels_max: 128,
@@ -329,6 +333,7 @@ impl Config {
             self.subscriptions_per_session_max as u64,
         )?;
         positive("retained_messages_max", self.retained_messages_max as u64)?;
+        positive("retained_bytes_max", self.retained_bytes_max as u64)?;
         positive("topic_bytes_max", self.topic_bytes_max as u64)?;
         if self.topic_bytes_max > 65_535 {
             return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
@@ -419,6 +424,12 @@ impl Config {
     /// `retained_messages_max`, rounded up.
     pub fn retained_messages_per_shard_max(&self) -> usize {
         self.retained_messages_max.div_ceil(self.shards.max(1))
+    }
+
+    /// How many bytes of retained messages one owner shard may store: its even share of
+    /// `retained_bytes_max`, rounded up.
+    pub fn retained_bytes_per_shard_max(&self) -> usize {
+        self.retained_bytes_max.div_ceil(self.shards.max(1))
     }
 
     /// The effective configuration as TOML (for `--print-config`).

@@ -87,6 +87,8 @@ pub enum Limit {
     /// A new retained topic not stored: the owner holds its share of
     /// `retained_messages_max`.
     RetainedMessagesMax,
+    /// A retained publish not stored: the owner holds its share of `retained_bytes_max`.
+    RetainedBytesMax,
     /// A publisher's reader paused: a mesh link of its shard holds `mesh_link_bytes_max`.
     MeshLinkBytesMax,
     /// A shared delivery left to the log: its group's backlog holds
@@ -110,6 +112,7 @@ impl Limit {
         Limit::ConnectionOutBytesMax,
         Limit::SubscriptionsPerSessionMax,
         Limit::RetainedMessagesMax,
+        Limit::RetainedBytesMax,
         Limit::MeshLinkBytesMax,
         Limit::SharedBacklogMessagesMax,
         Limit::SharedBacklogBytesMax,
@@ -128,6 +131,7 @@ impl Limit {
             Limit::ConnectionOutBytesMax => "connection_out_bytes_max",
             Limit::SubscriptionsPerSessionMax => "subscriptions_per_session_max",
             Limit::RetainedMessagesMax => "retained_messages_max",
+            Limit::RetainedBytesMax => "retained_bytes_max",
             Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
             Limit::SharedBacklogMessagesMax => "shared_backlog_messages_max",
             Limit::SharedBacklogBytesMax => "shared_backlog_bytes_max",
@@ -136,7 +140,7 @@ impl Limit {
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 13;
+pub const LIMITS: usize = 14;
 
 const _: () = {
     let mut i = 0;

@@ -469,7 +469,8 @@ fn install_recovered(
 ) -> std::collections::HashMap<String, crate::broker::RecoveredSession> {
     let mut retained = shard.broker.retained.borrow_mut();
     let share = shard.config.retained_messages_per_shard_max();
-    let mut over_share = 0u64;
+    let bytes_share = shard.config.retained_bytes_per_shard_max();
+    let (mut over_share, mut over_bytes) = (0u64, 0u64);
     for (topic, msg) in recovered.retained {
         if msg.payload.is_empty() || msg.is_expired(std::time::Instant::now()) {
             continue;
@@ -480,7 +481,30 @@ fn install_recovered(
             over_share += 1;
             continue;
         }
+        let bytes = msg.cost_bytes();
+        if shard.quota.retained_bytes() + bytes > bytes_share {
+            over_bytes += 1;
+            continue;
+        }
+        // A copy's version is not its own offset: remember it for the next copy.
+        if let Some(&version) = recovered.retained_versions.get(&topic) {
+            if msg.log.is_none_or(|p| p.offset != version) {
+                let mut versions = shard.broker.retained_versions.borrow_mut();
+                versions.insert(topic.clone(), version);
+            }
+        }
         retained.insert(&topic, msg);
+        shard.quota.retained_bytes_changed(bytes, 0);
+    }
+    if over_bytes > 0 {
+        let limit = crate::metrics::Limit::RetainedBytesMax;
+        shard.probe.hits(limit, over_bytes);
+        tracing::warn!(
+            shard = shard.id,
+            dropped = over_bytes,
+            bytes_share,
+            "more retained bytes in the WAL than retained_bytes_max allows; some not restored"
+        );
     }
     if over_share > 0 {
         shard

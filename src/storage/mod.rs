@@ -42,7 +42,13 @@
 //! - **Recovery** scans segments in order and stops at the first zeroed, torn or bad
 //!   frame, or at a frame whose offset is not the expected next one (which is what makes
 //!   stale bytes in reused space harmless). A stop inside the last segment is a torn tail:
-//!   it is overwritten with zeros. A bad frame in an earlier segment, a gap between
+//!   everything non-zero from there to the end of the file is overwritten with zeros and
+//!   fdatasync'ed before any append. That holds after a zeroed frame header too: a power
+//!   loss may persist later blocks of an unsynced (so unacknowledged) write without the
+//!   rewrite of the block where the data now ends, and those stale frames are valid and
+//!   carry exactly the offsets the next appends get; left in place, a later recovery would
+//!   read them back as records once new appends end where one begins. This reads the rest
+//!   of the last segment at every start (about 0.1 s for 64 MiB here). A bad frame in an earlier segment, a gap between
 //!   segments or a damaged segment header is `WalError::Corrupt`: that data had been made
 //!   durable, so the WAL refuses to start rather than silently drop it.
 //! - **A failed write or fdatasync poisons the WAL** (see `committer`): nothing is retried.
@@ -146,7 +152,8 @@ pub struct RecoveryReport {
     pub torn_records: u64,
     /// Non-zero bytes cut off with the torn tail.
     pub torn_bytes: u64,
-    /// Why the scan of the last segment stopped, if not at a clean end.
+    /// Why the scan of the last segment stopped, if not at a clean end (a zeroed frame
+    /// header with non-zero bytes after it is `Zeroed` here).
     pub torn_reason: Option<StopReason>,
     /// How long the scan took.
     pub duration: Duration,

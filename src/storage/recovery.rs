@@ -66,12 +66,17 @@ pub(crate) async fn recover(
         let scan = scan_frames(&mut scanner, first, body_bytes_max, &mut visit).await?;
         records += scan.meta.end.0 - first.0;
         expected = Some(scan.meta.end);
-        if scan.stop != StopReason::Zeroed {
-            if !last {
-                return Err(corrupt(path, scan.stop_pos, scan.stop.as_str()));
+        if scan.stop != StopReason::Zeroed && !last {
+            return Err(corrupt(path, scan.stop_pos, scan.stop.as_str()));
+        }
+        if last {
+            // Also after a zeroed header: a power loss can persist later blocks of an
+            // unsynced write without the rewrite of the block where the scan stopped, and
+            // their frames are valid and carry the very offsets the next appends get.
+            let cut = cut_torn_tail(path, &mut scanner, scan.stop_pos).await?;
+            if cut > 0 || scan.stop != StopReason::Zeroed {
+                (torn_bytes, torn_reason) = (cut, Some(scan.stop));
             }
-            torn_bytes = cut_torn_tail(path, &mut scanner, scan.stop_pos).await?;
-            torn_reason = Some(scan.stop);
         }
         kept.push(scan.meta);
     }
@@ -141,13 +146,19 @@ async fn scan_frames(
     })
 }
 
-/// Overwrites everything non-zero from `torn_pos` on with zeros, keeping the valid prefix
-/// of its block, and makes that durable. Returns how many bytes were cut.
+/// Overwrites everything non-zero from `torn_pos` to the end of the segment with zeros,
+/// keeping the valid prefix of its block, and makes that durable. Returns how many bytes
+/// were cut (0, writing nothing, when the rest of the segment is already all zeros).
 ///
 /// Zeroing (rather than leaving the bytes) matters: later appends could otherwise end
-/// right where an old frame with the then-expected offset begins.
+/// right where an old frame with the then-expected offset begins, and a later recovery
+/// would read that frame and everything after it as records. The whole rest of the file
+/// is read for it, because unsynced writes can have reached any block up to the end.
 async fn cut_torn_tail(path: &Path, scanner: &mut Scanner, torn_pos: u64) -> Result<u64, WalError> {
     let nonzero_end = scanner.last_nonzero_end().await?;
+    if nonzero_end <= torn_pos {
+        return Ok(0);
+    }
     let file = segment::open_for_append(path).await?;
     let block_start = align_down(torn_pos);
     let prefix = file

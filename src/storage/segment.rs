@@ -164,7 +164,7 @@ impl Scanner {
         let mut end = self.position();
         loop {
             let avail = self.available();
-            if let Some(i) = avail.iter().rposition(|b| *b != 0) {
+            if let Some(i) = last_nonzero(avail) {
                 end = self.position() + i as u64 + 1;
             }
             let n = avail.len();
@@ -174,6 +174,25 @@ impl Scanner {
             }
         }
     }
+}
+
+/// The index of the last non-zero byte of `bytes`. Recovery runs it over the rest of a
+/// segment (64 MiB by default) at every start, so whole blocks are compared with a
+/// zero block (`memcmp`) and only the last non-zero block is searched byte by byte.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    static ZEROS: [u8; DMA_ALIGN_BYTES] = [0; DMA_ALIGN_BYTES];
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(DMA_ALIGN_BYTES);
+        if bytes[start..end] != ZEROS[..end - start] {
+            return bytes[start..end]
+                .iter()
+                .rposition(|b| *b != 0)
+                .map(|i| start + i);
+        }
+        end = start;
+    }
+    None
 }
 
 /// Makes glommio's per-device iopoll probe see real data.
@@ -272,6 +291,23 @@ mod tests {
             SPARE_FILE_NAME,
         ] {
             assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn last_nonzero_finds_the_last_set_byte_at_any_alignment() {
+        let mut buf = vec![0u8; 3 * DMA_ALIGN_BYTES];
+        for start in [0, 1, 7, 4000] {
+            let bytes = &mut buf[start..start + 2 * DMA_ALIGN_BYTES + 5];
+            assert_eq!(last_nonzero(bytes), None);
+            for at in 0..bytes.len() {
+                bytes[at] = 7;
+                assert_eq!(last_nonzero(bytes), Some(at), "start {start} at {at}");
+                if at > 3 {
+                    bytes[at - 3] = 0;
+                }
+            }
+            bytes.fill(0);
         }
     }
 

@@ -559,3 +559,130 @@ fn a_rolled_but_never_written_segment_is_dropped() {
         wal.close().await.expect("close");
     });
 }
+
+/// Appends `count` records of one fixed frame size (1 KiB) whose bodies are all `fill`,
+/// from offset `first`, and waits until they are durable.
+async fn append_kib_frames(wal: &Wal, first: u64, count: u64, fill: u8) {
+    let body = vec![fill; 1024 - frame::FRAME_HEADER_BYTES];
+    for i in first..first + count {
+        wal.reserve(body.len()).await.expect("reserve");
+        let at = wal.append(RecordKind(1), i, &[&body]).expect("append");
+        assert_eq!(at, Offset(i));
+    }
+    wal.wait_durable(Offset(first + count - 1))
+        .await
+        .expect("durable");
+}
+
+/// Opens the WAL in `dir`, appends like `append_kib_frames` and closes it.
+fn append_kib_frames_and_close(dir: &Path, first: u64, count: u64, fill: u8) {
+    run(async {
+        let (wal, _, _) = open_collect(config(dir, FsyncPolicy::Always))
+            .await
+            .expect("open");
+        append_kib_frames(&wal, first, count, fill).await;
+        wal.close().await.expect("close");
+    });
+}
+
+/// The offsets and fill bytes of the records a fresh open of `dir` recovers.
+fn recovered_kib_frames(dir: &Path) -> Vec<(u64, u8)> {
+    run(async {
+        let (wal, _, seen) = open_collect(config(dir, FsyncPolicy::Always))
+            .await
+            .expect("open");
+        wal.close().await.expect("close");
+        seen.iter().map(|r| (r.0, r.3[0])).collect()
+    })
+}
+
+#[test]
+fn stale_frames_behind_a_zeroed_header_never_come_back() {
+    let dir = disk_tempdir();
+    // Group commit 1: records 0 and 1 end mid-block 1 and are made durable.
+    append_kib_frames_and_close(dir.path(), 0, 2, 0xA0);
+    let path = segment_files(dir.path())[0].clone();
+    let block = frame::DMA_ALIGN_BYTES;
+    let synced_block1 = std::fs::read(&path).expect("read")[block..2 * block].to_vec();
+    // Group commit 2 (never acknowledged): records 2..12 rewrite block 1 and fill 2 and 3.
+    append_kib_frames_and_close(dir.path(), 2, 10, 0xB0);
+    // Power loss that persisted blocks 2 and 3 but not the rewrite of block 1: record 1 is
+    // followed by zeros, and valid stale frames 4..12 start at block 2.
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[block..2 * block].copy_from_slice(&synced_block1);
+    std::fs::write(&path, &bytes).expect("write");
+    let data_end = block + 2 * 1024;
+    run(async {
+        let (wal, report, seen) = open_collect(config(dir.path(), FsyncPolicy::Always))
+            .await
+            .expect("open");
+        wal.close().await.expect("close");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            (report.torn_records, report.torn_reason, report.torn_bytes),
+            (1, Some(StopReason::Zeroed), (4 * block - data_end) as u64)
+        );
+    });
+    let after = std::fs::read(&path).expect("read");
+    assert_eq!(
+        last_nonzero_end(&after),
+        data_end,
+        "the stale frames were zeroed"
+    );
+    assert_eq!(recovered_kib_frames(dir.path()), vec![(0, 0xA0), (1, 0xA0)]);
+    // New records 2 and 3 end exactly where stale record 4 begins.
+    append_kib_frames_and_close(dir.path(), 2, 2, 0xC0);
+    let want = vec![(0, 0xA0), (1, 0xA0), (2, 0xC0), (3, 0xC0)];
+    assert_eq!(recovered_kib_frames(dir.path()), want);
+    // And the log goes on from there.
+    run(async {
+        let (wal, report, _) = open_collect(config(dir.path(), FsyncPolicy::Always))
+            .await
+            .expect("open");
+        assert_eq!(report.next_offset, Offset(4));
+        append_kib_frames(&wal, 4, 1, 0xD0).await;
+        let mut read = Vec::new();
+        wal.read_from(Offset(0), usize::MAX, |r| {
+            read.push((r.offset.0, r.body[0]))
+        })
+        .await
+        .expect("read");
+        wal.close().await.expect("close");
+        assert_eq!(read.last(), Some(&(4, 0xD0)));
+    });
+    let mut want = want;
+    want.push((4, 0xD0));
+    assert_eq!(recovered_kib_frames(dir.path()), want);
+}
+
+#[test]
+fn a_record_damaged_under_a_running_wal_is_reported_by_reads_never_served() {
+    let dir = disk_tempdir();
+    run(async {
+        let (wal, _, _) = open_collect(config(dir.path(), FsyncPolicy::Always))
+            .await
+            .expect("open");
+        append_kib_frames(&wal, 0, 8, 0xA0).await;
+        // Flip one body byte of record 5 (frames are 1 KiB from the header block on).
+        let path = segment_files(dir.path())[0].clone();
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[frame::DMA_ALIGN_BYTES + 5 * 1024 + 100] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write");
+        let mut served = Vec::new();
+        let result = wal
+            .read_from(Offset(0), usize::MAX, |r| served.push(r.offset.0))
+            .await;
+        match result {
+            Err(WalError::Corrupt { reason, .. }) => {
+                assert_eq!(reason, StopReason::BadCrc.as_str())
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            served,
+            vec![0, 1, 2, 3, 4],
+            "nothing from the damaged frame on"
+        );
+        wal.close().await.expect("close");
+    });
+}
