@@ -97,11 +97,16 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
         packet_bytes_max: shard.config.max_packet_bytes,
     };
     let mut rbuf = ReadBuf::new();
-    // A deadline for the whole CONNECT from accept, not per read: a client that trickles
-    // one byte at a time is dropped at the same moment as one that sends nothing.
+    // A deadline for the whole CONNECT and its credential check from accept, not per
+    // read: a client that trickles one byte at a time is dropped at the same moment as
+    // one that sends nothing, and a password check waiting its turn is given up.
     let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
     let connect = match glommio::timer::timeout(connect_timeout, async {
-        Ok(connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await)
+        let connect = connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await;
+        Ok(match connect {
+            Some(c) if connect::check_credentials(shard, conn, &c).await => Some(c),
+            _ => None,
+        })
     })
     .await
     {
