@@ -132,6 +132,11 @@ async fn accept(
         Some(w) => {
             validate_topic_name(w.topic.as_str(), &shard.topic_limits())
                 .map_err(|_| Some(ReasonCode::TopicNameInvalid))?;
+            let user_bytes = mqtt::user_properties_bytes(&w.properties.user_properties);
+            if user_bytes > shard.config.user_properties_bytes_max {
+                shard.probe.hit(Limit::UserPropertiesBytesMax);
+                return Err(Some(ReasonCode::QuotaExceeded));
+            }
             Some(Will {
                 delay_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
                 topic: w.topic,
