@@ -4,7 +4,10 @@
 //!
 //! Decisions:
 //! - Zero copy: [`decode`] splits the whole packet off the read buffer and every topic,
-//!   string, payload and binary property is a slice of that one `Bytes`.
+//!   string, payload and binary property is a slice of that one `Bytes`. Slices keep
+//!   their whole allocation alive, so the broker decodes a small PUBLISH from a copy of
+//!   its own ([`decode_copying_small_publish`]) and a queued message never pins a read
+//!   buffer. [`PublishView`] encodes a shared message without copying its fields.
 //! - A partial packet is `Ok(None)` and leaves the buffer untouched; a packet whose size
 //!   (fixed header included) exceeds [`DecodeLimits::packet_bytes_max`] is rejected as soon
 //!   as its fixed header is complete, before its body arrives.
