@@ -1,7 +1,9 @@
 //! Who may connect: anonymous clients, API keys and configured users.
 //!
 //! This module owns the CONNECT credential check. It is pure: no I/O, no
-//! executor, no other shardmq module; later it will also own topic ACLs.
+//! executor, no other shardmq module; later it will also own topic ACLs. The one
+//! thread it runs is the password-hashing thread (`queue`), so that slow hashes
+//! queue on a bounded queue of their own.
 //!
 //! Decisions:
 //! - An API key is presented as the CONNECT password, with any username or none
@@ -19,10 +21,12 @@
 #![warn(missing_docs)]
 
 mod password;
+mod queue;
 
 use std::fmt;
 
 pub use password::{hash_password, HashPasswordError};
+pub use queue::{HashQueue, Pending, QueueFull};
 
 /// A user allowed to connect with a username and password.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]

@@ -74,6 +74,17 @@ pub struct Config {
     /// A client must deliver its whole CONNECT within this time from accept (a deadline,
     /// not a per-read timeout: trickling bytes does not extend it).
     pub connect_timeout_ms: u64,
+    /// Once a packet has started to arrive, the rest of it must arrive within this time
+    /// (a deadline for the whole packet, not a per-read timeout, and whatever the
+    /// keep-alive): a client cannot hold a partial packet's buffer by trickling bytes.
+    pub packet_read_timeout_ms: u64,
+    /// Most bytes of user properties (names and values) in one PUBLISH or will; a
+    /// publish over it is refused (v5: 0x97 Quota exceeded). They are stored, queued and
+    /// forwarded with the message.
+    pub user_properties_bytes_max: usize,
+    /// Password checks (Argon2, milliseconds each) waiting for the hashing thread; a
+    /// CONNECT beyond it is refused with Server busy (3.1.1: return code 3).
+    pub auth_hash_queue_max: usize,
     /// Our Receive Maximum: QoS 1/2 publishes a connection may have awaiting
     /// acknowledgement; reading stops at this many (backpressure for 3.1.1 clients too).
     pub receive_maximum: u16,
@@ -112,7 +123,8 @@ pub struct Config {
     /// reconnect.
     pub max_retries: u32,
     /// Pending output per connection beyond which deliveries stay queued in the session
-    /// (QoS 0 is dropped): the bound for a subscriber that reads slowly.
+    /// (QoS 0 is dropped): the bound for a subscriber that reads slowly. At twice it the
+    /// connection is not read: replies to a client that never reads cannot pile up.
     pub connection_out_bytes_max: usize,
     /// What a QoS 1/2 acknowledgement promises: `always` | `every_n:N` | `interval_ms:M` |
     /// `none` (aliases `immediate`, `batch`, `periodic`). See the storage module.
@@ -175,6 +187,9 @@ impl Default for Config {
             api_keys: Vec::new(),
             max_packet_bytes: 1 << 20,
             connect_timeout_ms: 10_000,
+            packet_read_timeout_ms: 30_000,
+            user_properties_bytes_max: 64 << 10,
+            auth_hash_queue_max: 32,
             receive_maximum: 1024,
             inflight_count_max: 256,
             session_queue_messages_max: 10_000,
@@ -304,6 +319,8 @@ impl Config {
             self.connections_per_shard_max as u64,
         )?;
         positive("connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("packet_read_timeout_ms", self.packet_read_timeout_ms)?;
+        positive("auth_hash_queue_max", self.auth_hash_queue_max as u64)?;
         positive("receive_maximum", u64::from(self.receive_maximum))?;
         positive("inflight_count_max", self.inflight_count_max as u64)?;
         if self.inflight_count_max > usize::from(u16::MAX) {

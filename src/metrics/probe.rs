@@ -80,7 +80,8 @@ pub enum Limit {
     SessionQueueMessagesMax,
     /// A delivery dropped (or a queued QoS 0 evicted): `session_queue_bytes_max`.
     SessionQueueBytesMax,
-    /// A session's deliveries held back: `connection_out_bytes_max` pending output.
+    /// A session's deliveries held back: `connection_out_bytes_max` pending output; or a
+    /// connection's reader paused at twice that (its client does not read its replies).
     ConnectionOutBytesMax,
     /// A filter refused in SUBACK: `subscriptions_per_session_max`.
     SubscriptionsPerSessionMax,
@@ -97,6 +98,12 @@ pub enum Limit {
     /// A shared delivery left to the log: its group's backlog holds
     /// `shared_backlog_bytes_max`.
     SharedBacklogBytesMax,
+    /// A publish refused: its user properties exceed `user_properties_bytes_max`.
+    UserPropertiesBytesMax,
+    /// A connection closed: a packet took longer than `packet_read_timeout_ms` to arrive.
+    PacketReadTimeoutMs,
+    /// A CONNECT refused (Server busy): `auth_hash_queue_max` password checks wait.
+    AuthHashQueueMax,
 }
 
 impl Limit {
@@ -116,6 +123,9 @@ impl Limit {
         Limit::MeshLinkBytesMax,
         Limit::SharedBacklogMessagesMax,
         Limit::SharedBacklogBytesMax,
+        Limit::UserPropertiesBytesMax,
+        Limit::PacketReadTimeoutMs,
+        Limit::AuthHashQueueMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -135,12 +145,15 @@ impl Limit {
             Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
             Limit::SharedBacklogMessagesMax => "shared_backlog_messages_max",
             Limit::SharedBacklogBytesMax => "shared_backlog_bytes_max",
+            Limit::UserPropertiesBytesMax => "user_properties_bytes_max",
+            Limit::PacketReadTimeoutMs => "packet_read_timeout_ms",
+            Limit::AuthHashQueueMax => "auth_hash_queue_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 14;
+pub const LIMITS: usize = 17;
 
 const _: () = {
     let mut i = 0;

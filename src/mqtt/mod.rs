@@ -4,7 +4,10 @@
 //!
 //! Decisions:
 //! - Zero copy: [`decode`] splits the whole packet off the read buffer and every topic,
-//!   string, payload and binary property is a slice of that one `Bytes`.
+//!   string, payload and binary property is a slice of that one `Bytes`. Slices keep
+//!   their whole allocation alive, so the broker decodes a small PUBLISH from a copy of
+//!   its own ([`decode_copying_small_publish`]) and a queued message never pins a read
+//!   buffer. [`PublishView`] encodes a shared message without copying its fields.
 //! - A partial packet is `Ok(None)` and leaves the buffer untouched; a packet whose size
 //!   (fixed header included) exceeds [`DecodeLimits::packet_bytes_max`] is rejected as soon
 //!   as its fixed header is complete, before its body arrives.
@@ -45,11 +48,12 @@ pub use bytestr::ByteStr;
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use error::{DecodeError, EncodeError};
+pub use props::user_properties_bytes;
 pub use props::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
     PublishProperties, SubscribeProperties, UnsubscribeProperties, UserProperties, WillProperties,
 };
-pub use publish::Publish;
+pub use publish::{Publish, PublishView};
 pub use reason::ReasonCode;
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
@@ -215,6 +219,34 @@ pub fn decode(
     decode_body(&mut r, protocol, h.flags).map(Some)
 }
 
+/// [`decode`], except that a PUBLISH shorter than `copy_below_bytes` is first copied out
+/// of `buf` into an allocation of its own.
+///
+/// What a PUBLISH decodes into (topic, payload, properties) are slices that keep their
+/// whole allocation alive for as long as the message is queued anywhere: a 10-byte
+/// message must not keep a read buffer of many kilobytes alive. Other packets are
+/// handled and dropped at once, and a larger PUBLISH is big beside the buffer it shares.
+pub fn decode_copying_small_publish(
+    buf: &mut BytesMut,
+    protocol: Option<Protocol>,
+    limits: &DecodeLimits,
+    copy_below_bytes: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    let header_protocol = protocol.unwrap_or(Protocol::V311);
+    let Some(h) = fixed_header(buf, header_protocol, limits)? else {
+        return Ok(None);
+    };
+    if h.packet_type != PacketType::Publish
+        || h.packet_bytes >= copy_below_bytes
+        || buf.len() < h.packet_bytes
+    {
+        return decode(buf, protocol, limits);
+    }
+    let mut own = BytesMut::from(&buf[..h.packet_bytes]);
+    bytes::Buf::advance(buf, h.packet_bytes);
+    decode(&mut own, protocol, limits)
+}
+
 fn decode_body(r: &mut Reader, protocol: Protocol, flags: u8) -> Result<Packet, DecodeError> {
     Ok(match r.packet {
         PacketType::Connect => Packet::Connect(Connect::decode(r)?),
@@ -247,7 +279,7 @@ fn body_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
     let n = match packet {
         Packet::Connect(p) => p.body_len()?,
         Packet::ConnAck(p) => p.body_len(protocol)?,
-        Packet::Publish(p) => p.body_len(protocol)?,
+        Packet::Publish(p) => p.view().body_len(protocol)?,
         Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
             p.body_len(protocol, t)?
         }
@@ -282,7 +314,7 @@ fn write_body(packet: &Packet, protocol: Protocol, out: &mut BytesMut) {
     match packet {
         Packet::Connect(p) => p.write_body(out),
         Packet::ConnAck(p) => p.write_body(protocol, out),
-        Packet::Publish(p) => p.write_body(protocol, out),
+        Packet::Publish(p) => p.view().write_body(protocol, out),
         Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
             p.write_body(protocol, out)
         }
@@ -337,7 +369,7 @@ pub fn encode(
 ) -> Result<usize, EncodeError> {
     let body = body_len(packet, protocol)?;
     let flags = match packet {
-        Packet::Publish(p) => p.header_flags(),
+        Packet::Publish(p) => p.view().header_flags(),
         _ => packet.packet_type().fixed_flags(),
     };
     let first = ((packet.packet_type() as u8) << 4) | flags;
@@ -351,11 +383,24 @@ impl Publish {
     /// and [`encode`] would write. Lets the broker check a subscriber's Maximum Packet Size
     /// without wrapping the message in a [`Packet`].
     pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
+        self.view().encoded_len(protocol)
+    }
+
+    /// Appends this PUBLISH to `out`, exactly as [`encode`] would; returns the bytes written.
+    pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) -> Result<usize, EncodeError> {
+        self.view().encode(protocol, out)
+    }
+}
+
+impl PublishView<'_> {
+    /// Exact encoded size, fixed header included (see [`Publish::encoded_len`]).
+    pub fn encoded_len(&self, protocol: Protocol) -> Result<usize, EncodeError> {
         let body = check_remaining(PacketType::Publish, self.body_len(protocol)?)?;
         Ok(framed_len(body))
     }
 
-    /// Appends this PUBLISH to `out`, exactly as [`encode`] would; returns the bytes written.
+    /// Appends this PUBLISH to `out`, exactly as [`encode`] would for the [`Publish`] it
+    /// stands for; returns the bytes written.
     pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) -> Result<usize, EncodeError> {
         let body = check_remaining(PacketType::Publish, self.body_len(protocol)?)?;
         let first = ((PacketType::Publish as u8) << 4) | self.header_flags();

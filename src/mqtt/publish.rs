@@ -71,6 +71,56 @@ impl Publish {
         })
     }
 
+    /// This PUBLISH as a [`PublishView`] (what encoding works on).
+    pub fn view(&self) -> PublishView<'_> {
+        PublishView {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: &self.properties,
+            message_expiry_interval_secs: self.properties.message_expiry_interval_secs,
+            subscription_identifiers: &self.properties.subscription_identifiers,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A PUBLISH to encode from borrowed parts: a message shared by many deliveries is sent
+/// to each with its own packet id, flags, message expiry and subscription identifiers,
+/// and without copying its topic, properties or payload.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishView<'a> {
+    /// DUP.
+    pub dup: bool,
+    /// Delivery QoS.
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+    /// Topic Name.
+    pub topic: &'a ByteStr,
+    /// Packet Identifier; present exactly when `qos` is above 0.
+    pub packet_id: Option<PacketId>,
+    /// The properties, except the two below, which replace theirs.
+    pub properties: &'a PublishProperties,
+    /// Message Expiry Interval to send.
+    pub message_expiry_interval_secs: Option<u32>,
+    /// Subscription Identifiers to send.
+    pub subscription_identifiers: &'a [u32],
+    /// Application payload.
+    pub payload: &'a Bytes,
+}
+
+impl PublishView<'_> {
+    fn overlay(&self) -> props::PublishOverlay<'_> {
+        props::PublishOverlay {
+            base: self.properties,
+            message_expiry_interval_secs: self.message_expiry_interval_secs,
+            subscription_identifiers: self.subscription_identifiers,
+        }
+    }
+
     pub(crate) fn header_flags(&self) -> u8 {
         let mut flags = self.qos.as_u8() << 1;
         if self.dup {
@@ -92,7 +142,7 @@ impl Publish {
             n += 2;
         }
         if protocol.is_v5() {
-            n += props::block_len(&self.properties, t)?;
+            n += props::block_len(&self.overlay(), t)?;
         }
         Ok(n)
     }
@@ -105,8 +155,8 @@ impl Publish {
             }
         }
         if protocol.is_v5() {
-            props::put_block(&self.properties, out);
+            props::put_block(&self.overlay(), out);
         }
-        out.put_slice(&self.payload);
+        out.put_slice(self.payload);
     }
 }

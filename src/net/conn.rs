@@ -36,6 +36,8 @@ pub struct Conn {
     reader: Cell<Option<Waker>>,
     /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
     closing: Cell<Option<ReasonCode>>,
+    /// Set when the writer task ended: output will never drain again.
+    writer_ended: Cell<bool>,
     /// QoS 1/2 publishes from this client in receive order, `true` once the owner shard
     /// accepted them: acks go out in receive order, as MQTT requires.
     acks: RefCell<VecDeque<(u16, QoS, Option<ReasonCode>)>>,
@@ -55,6 +57,7 @@ impl Conn {
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),
+            writer_ended: Cell::new(false),
             acks: RefCell::new(VecDeque::new()),
         }
     }
@@ -180,6 +183,33 @@ impl Conn {
             }
         })
         .await
+    }
+
+    /// Waits until fewer than `bytes_max` bytes of output are pending, or the connection
+    /// is closing, or its writer ended (reader backpressure: a client that sends but
+    /// never reads must not make its replies pile up here).
+    pub async fn output_below(&self, bytes_max: usize) {
+        poll_fn(|cx| {
+            if self.out.borrow().len() < bytes_max
+                || self.closing.get().is_some()
+                || self.writer_ended.get()
+            {
+                Poll::Ready(())
+            } else {
+                self.reader.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The writer moved output to the socket, or `ended`: a reader paused in
+    /// [`output_below`](Self::output_below) looks again.
+    pub fn output_drained(&self, ended: bool) {
+        if ended {
+            self.writer_ended.set(true);
+        }
+        self.wake_reader();
     }
 
     /// Takes the pending output, waiting until there is some or the connection closes.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::AuthDecision;
 use crate::broker::SessionParams;
+use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Protocol, ReasonCode,
 };
@@ -15,6 +16,10 @@ use crate::shard::Shard;
 use super::conn::Conn;
 use super::serve::ReadBuf;
 use super::socket::Socket;
+
+/// The longest wait between two looks at a queued password check (a check itself takes
+/// milliseconds).
+const HASH_POLL_MAX: Duration = Duration::from_millis(8);
 
 /// What the rest of the connection needs from its CONNECT.
 pub(super) struct Accepted {
@@ -57,9 +62,10 @@ pub(super) async fn read_connect(
     }
 }
 
-/// Answers a CONNECT: validation, authentication, the session claim, CONNACK. `None`
-/// if the connection must close. Not under the connect deadline: this is the broker's
-/// own work, and abandoning a session claim halfway would leave it dangling.
+/// Answers a CONNECT whose credentials passed [`check_credentials`]: validation, the
+/// session claim, CONNACK. `None` if the connection must close. Not under the connect
+/// deadline: this is the broker's own work, and abandoning a session claim halfway
+/// would leave it dangling.
 pub(super) async fn handshake(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
@@ -114,11 +120,6 @@ async fn accept(
     connect: Connect,
 ) -> Result<Accepted, Option<ReasonCode>> {
     let v5 = connect.protocol == Protocol::V5;
-    if v5 && connect.properties.authentication_method.is_some() {
-        return Err(Some(ReasonCode::BadAuthenticationMethod));
-    }
-    authenticate(shard, &connect).await.map_err(Some)?;
-
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if !v5 && !connect.clean_start {
             return Err(Some(ReasonCode::ClientIdentifierNotValid));
@@ -131,6 +132,11 @@ async fn accept(
         Some(w) => {
             validate_topic_name(w.topic.as_str(), &shard.topic_limits())
                 .map_err(|_| Some(ReasonCode::TopicNameInvalid))?;
+            let user_bytes = mqtt::user_properties_bytes(&w.properties.user_properties);
+            if user_bytes > shard.config.user_properties_bytes_max {
+                shard.probe.hit(Limit::UserPropertiesBytesMax);
+                return Err(Some(ReasonCode::QuotaExceeded));
+            }
             Some(Will {
                 delay_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
                 topic: w.topic,
@@ -184,17 +190,48 @@ async fn accept(
     })
 }
 
-async fn authenticate(shard: &Rc<Shard>, connect: &Connect) -> Result<(), ReasonCode> {
-    let username = connect.username.as_ref().map(|u| u.as_str().to_string());
-    let password = connect.password.clone();
-    let auth = std::sync::Arc::clone(&shard.auth);
-    let decision = if auth.needs_slow_hash(username.as_deref()) {
-        // Password hashing costs milliseconds: keep it off the shard's event loop.
-        glommio::executor()
-            .spawn_blocking(move || auth.check(username.as_deref(), password.as_deref()))
-            .await
+/// Checks the CONNECT's credentials; if they do not pass, answers CONNACK with the
+/// reason and returns `false`. The caller keeps this under `connect_timeout_ms`: a
+/// password check waits its turn on the hashing thread (see `auth::HashQueue`), and a
+/// client is not owed more of the broker's time than the connect deadline.
+pub(super) async fn check_credentials(shard: &Rc<Shard>, conn: &Conn, connect: &Connect) -> bool {
+    conn.protocol.set(connect.protocol);
+    let checked =
+        if connect.protocol == Protocol::V5 && connect.properties.authentication_method.is_some() {
+            Err(ReasonCode::BadAuthenticationMethod)
+        } else {
+            authenticate(shard, connect).await
+        };
+    match checked {
+        Ok(()) => true,
+        Err(reason) => {
+            shard.probe.connections_refused_total.inc();
+            send_connack(conn, false, reason, None, shard);
+            false
+        }
+    }
+}
+
+async fn authenticate(shard: &Shard, connect: &Connect) -> Result<(), ReasonCode> {
+    let username = connect.username.as_ref().map(ByteStr::as_str);
+    let password = connect.password.as_deref();
+    let decision = if shard.auth.needs_slow_hash(username) {
+        // Password hashing costs milliseconds: it runs on its own thread, after the
+        // checks queued before it; a full queue is a busy server, not a wrong password.
+        let Ok(pending) = shard.hashing.submit(username, password) else {
+            shard.probe.hit(Limit::AuthHashQueueMax);
+            return Err(ReasonCode::ServerBusy);
+        };
+        let mut poll = Duration::from_millis(1);
+        loop {
+            if let Some(decision) = pending.decision() {
+                break decision;
+            }
+            glommio::timer::sleep(poll).await;
+            poll = (poll * 2).min(HASH_POLL_MAX);
+        }
     } else {
-        auth.check(username.as_deref(), password.as_deref())
+        shard.auth.check(username, password)
     };
     match decision {
         AuthDecision::Allowed { .. } => Ok(()),

@@ -10,6 +10,7 @@ use crate::metrics::Limit;
 use crate::mqtt::{self, DecodeLimits, ReasonCode};
 use crate::shard::{ConnectionSlot, Shard};
 
+use super::bounds::{self, PacketClock};
 use super::conn::Conn;
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
@@ -21,6 +22,12 @@ pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
 /// next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads in big batches
 /// while an idle connection keeps a buffer this small.
 pub(super) const READ_CHUNK_MIN_BYTES: usize = 1 << 10;
+
+/// A PUBLISH smaller than this is copied out of the read buffer (see
+/// [`mqtt::decode_copying_small_publish`]): a queued message then keeps at most about
+/// twice its size alive, never a read buffer for a few bytes. A copy this small costs
+/// less than the rest of a publish's handling.
+const COPY_PUBLISH_BELOW_BYTES: usize = READ_CHUNK_BYTES;
 
 /// A connection's inbound bytes and how much the next read asks for.
 pub(super) struct ReadBuf {
@@ -97,11 +104,16 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
         packet_bytes_max: shard.config.max_packet_bytes,
     };
     let mut rbuf = ReadBuf::new();
-    // A deadline for the whole CONNECT from accept, not per read: a client that trickles
-    // one byte at a time is dropped at the same moment as one that sends nothing.
+    // A deadline for the whole CONNECT and its credential check from accept, not per
+    // read: a client that trickles one byte at a time is dropped at the same moment as
+    // one that sends nothing, and a password check waiting its turn is given up.
     let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
     let connect = match glommio::timer::timeout(connect_timeout, async {
-        Ok(connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await)
+        let connect = connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await;
+        Ok(match connect {
+            Some(c) if connect::check_credentials(shard, conn, &c).await => Some(c),
+            _ => None,
+        })
     })
     .await
     {
@@ -139,21 +151,33 @@ async fn packet_loop(
 ) -> Ending {
     let protocol = conn.protocol.get();
     let keep_alive = accepted.keep_alive_secs;
-    let _ = socket.set_read_timeout(
-        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
-    );
+    let keep_alive_limit =
+        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let mut clock = PacketClock::new(shard.config.packet_read_timeout_ms, keep_alive_limit);
     let mut state = packets::ConnState::new(accepted);
     loop {
         // Decode and handle everything already buffered before reading again.
+        let mut decoded = false;
         loop {
             if conn.closing().is_some() {
                 return Ending::ByServer;
             }
-            match mqtt::decode(&mut rbuf.buf, Some(protocol), limits) {
-                Ok(Some(packet)) => match packets::handle(shard, conn, &mut state, packet).await {
-                    Flow::Continue => {}
-                    Flow::End(ending) => return ending,
-                },
+            match mqtt::decode_copying_small_publish(
+                &mut rbuf.buf,
+                Some(protocol),
+                limits,
+                COPY_PUBLISH_BELOW_BYTES,
+            ) {
+                Ok(Some(packet)) => {
+                    decoded = true;
+                    if bounds::refused(shard, conn, &packet) {
+                        continue;
+                    }
+                    match packets::handle(shard, conn, &mut state, packet).await {
+                        Flow::Continue => {}
+                        Flow::End(ending) => return ending,
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(token = conn.token, error = %e, "malformed packet");
@@ -173,15 +197,23 @@ async fn packet_loop(
             shard.probe.hit(Limit::ReceiveMaximum);
             conn.acks_below(receive_maximum).await;
         }
+        bounds::output_room(shard, conn).await;
         if conn.closing().is_some() {
             return Ending::ByServer;
         }
-        match rbuf.read_from(socket).await {
+        let partial = clock.before_read(socket, decoded, !rbuf.buf.is_empty());
+        let result = rbuf.read_from(socket).await;
+        clock.after_read(partial);
+        match result {
             Ok(0) => return Ending::Abnormal,
             Ok(n) => shard.probe.bytes_received_total.add(n as u64),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
-                    shard.probe.keep_alive_timeouts_total.inc();
+                    if clock.expired() {
+                        shard.probe.hit(Limit::PacketReadTimeoutMs);
+                    } else {
+                        shard.probe.keep_alive_timeouts_total.inc();
+                    }
                     conn.close(ReasonCode::KeepAliveTimeout);
                 }
                 return Ending::Abnormal;
@@ -192,6 +224,8 @@ async fn packet_loop(
 
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
     while let Some(chunk) = conn.next_output().await {
+        // The output moved here: a reader paused on it may fill it again meanwhile.
+        conn.output_drained(false);
         if socket.write_all(&chunk).await.is_err() {
             break;
         }
@@ -201,6 +235,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
             shard.on_drained(key);
         }
     }
+    conn.output_drained(true);
     // Everything is written (glommio's stream has no buffer of its own to flush): end
     // the reader too (it may be parked in a read). `socket` holds the descriptor open,
     // so it cannot name another connection's socket.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::mqtt::{ByteStr, PublishProperties, QoS};
+use crate::mqtt::{self, ByteStr, PublishProperties, QoS};
 
 /// An application message after its owner shard accepted it. Immutable and shared by
 /// `Arc` with every shard and session that delivers it: the payload is never copied
@@ -61,9 +61,19 @@ impl Message {
         })
     }
 
-    /// Bytes this message accounts for in a session queue.
+    /// Bytes this message accounts for in a session queue, a shared backlog and a mesh
+    /// link: payload, topic and properties (each user property also costs its two
+    /// string handles), plus a fixed overhead. Without the properties, a message with
+    /// 1 MiB of user properties would pass for a few bytes against every byte bound.
     pub fn cost_bytes(&self) -> usize {
-        self.payload.len() + self.topic.len() + 64
+        const USER_PROPERTY_BYTES: usize = 2 * std::mem::size_of::<ByteStr>();
+        let p = &self.properties;
+        let user = mqtt::user_properties_bytes(&p.user_properties)
+            + p.user_properties.len() * USER_PROPERTY_BYTES;
+        let strings = p.response_topic.as_ref().map_or(0, ByteStr::len)
+            + p.content_type.as_ref().map_or(0, ByteStr::len)
+            + p.correlation_data.as_ref().map_or(0, Bytes::len);
+        self.payload.len() + self.topic.len() + user + strings + 64
     }
 }
 
@@ -84,4 +94,35 @@ pub struct Delivery {
     /// in flight (live and replayed deliveries; not retained-on-subscribe copies, which
     /// are not replayed after a restart).
     pub holds_cursor: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(properties: PublishProperties) -> Message {
+        Message {
+            topic: ByteStr::from_static("t"),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+            publisher: ByteStr::from_static("c"),
+            expires_at: None,
+            log: None,
+        }
+    }
+
+    #[test]
+    fn cost_counts_properties() {
+        let plain = message(PublishProperties::default()).cost_bytes();
+        let value = ByteStr::from("v".repeat(1000));
+        let heavy = message(PublishProperties {
+            user_properties: vec![(ByteStr::from_static("k"), value); 100],
+            correlation_data: Some(Bytes::from_static(&[0; 500])),
+            ..PublishProperties::default()
+        })
+        .cost_bytes();
+        assert!(heavy >= plain + 100 * 1001 + 500, "{heavy} vs {plain}");
+    }
 }

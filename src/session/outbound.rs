@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::mqtt::{self, Ack, Packet, PacketId, Protocol, Publish, QoS, ReasonCode};
+use crate::mqtt::{self, Ack, Packet, PacketId, Protocol, PublishView, QoS, ReasonCode};
 
 use super::message::Delivery;
 
@@ -435,22 +435,20 @@ fn encode_publish(
     now: Instant,
 ) -> Option<usize> {
     let msg = &delivery.msg;
-    let mut properties = msg.properties.clone();
-    properties.message_expiry_interval_secs = msg.remaining_expiry_secs(now);
-    properties
-        .subscription_identifiers
-        .clone_from(&delivery.subscription_ids);
-    let publish = Publish {
+    // The message's properties are shared by every delivery, encoded straight from it.
+    let publish = PublishView {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
-        topic: msg.topic.clone(),
+        topic: &msg.topic,
         packet_id: pid,
-        properties,
-        payload: msg.payload.clone(),
+        properties: &msg.properties,
+        message_expiry_interval_secs: msg.remaining_expiry_secs(now),
+        subscription_identifiers: &delivery.subscription_ids,
+        payload: &msg.payload,
     };
     let mark = out.buf.len();
-    match mqtt::encode(&Packet::Publish(publish), out.protocol, out.buf) {
+    match publish.encode(out.protocol, out.buf) {
         Ok(n) if n <= out.packet_bytes_max => Some(n),
         _ => {
             out.buf.truncate(mark);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, HashQueue};
 use crate::broker::persist::migrate::MigrationConfig;
 use crate::broker::Recovered;
 use crate::config::Config;
@@ -113,6 +113,9 @@ impl Runtime {
         let setup = MeshSetup::new(config.shards, config.mesh_channel_batches_max);
         let (events_tx, events) = mpsc::channel();
         let process_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hashing = HashQueue::start(Arc::clone(&auth), config.auth_hash_queue_max)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot start the password-hashing thread: {e}"))?;
         let mut shutdown_senders = Vec::with_capacity(config.shards);
 
         for id in 0..config.shards {
@@ -125,7 +128,7 @@ impl Runtime {
                 probes.clone(),
                 setup.clone(),
                 events_tx.clone(),
-                Arc::clone(&auth),
+                (Arc::clone(&auth), Arc::clone(&hashing)),
             );
             let quota = Quota::new(Arc::clone(&process_connections));
             let cpu = config.cpus[id];
@@ -287,7 +290,8 @@ impl ShutdownHandle {
 /// What a shard shares with the others: counters, credentials, the connection count.
 struct SharedState {
     probes: Probes,
-    auth: Arc<Authenticator>,
+    /// Credentials and the password-hashing queue.
+    auth: (Arc<Authenticator>, Arc<HashQueue>),
     quota: Quota,
 }
 

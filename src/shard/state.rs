@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::ConnectedReceiver;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, HashQueue};
 use crate::broker::{BrokerState, Durability};
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
@@ -42,6 +42,8 @@ pub struct Shard {
     pub broker: BrokerState,
     /// Who may connect (shared read-only by every shard and the hashing thread).
     pub auth: Arc<Authenticator>,
+    /// The password-hashing thread's queue (one per process).
+    pub hashing: Arc<HashQueue>,
     /// The connection and retained-topic limits this shard enforces.
     pub quota: Quota,
     /// This shard's WAL, set once at start after recovery.
@@ -58,7 +60,7 @@ impl Shard {
         config: Arc<Config>,
         mesh: Rc<Mesh>,
         probes: Probes,
-        auth: Arc<Authenticator>,
+        (auth, hashing): (Arc<Authenticator>, Arc<HashQueue>),
         quota: Quota,
     ) -> Rc<Self> {
         let shards = mesh.shards();
@@ -72,6 +74,7 @@ impl Shard {
             connections: Connections::default(),
             broker: BrokerState::new(),
             auth,
+            hashing,
             quota,
             durable: OnceCell::new(),
             health_seq: Cell::new(0),

@@ -296,6 +296,19 @@ pub fn broker_with(settings: &[(&str, &str)]) -> Broker {
     })
 }
 
+/// Starts a broker on `shards` shards with extra `SHARDMQ_*` settings and arguments.
+pub fn broker_on(shards: usize, settings: &[(&str, &str)], args: Vec<String>) -> Broker {
+    Broker::start_with(BrokerOptions {
+        shards,
+        env: settings
+            .iter()
+            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
+            .collect(),
+        args,
+        ..BrokerOptions::default()
+    })
+}
+
 /// `n` distinct names `{prefix}-{i}`; with 2 shards, 8 or more spread over both by hash.
 pub fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()

@@ -9,6 +9,7 @@
 
 mod sets;
 
+pub(crate) use sets::PublishOverlay;
 pub use sets::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
     PublishProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
@@ -21,6 +22,11 @@ use super::{ByteStr, DecodeError, EncodeError, PacketType};
 
 /// User properties: name/value pairs in the order received. Empty allocates nothing.
 pub type UserProperties = Vec<(ByteStr, ByteStr)>;
+
+/// The bytes of every name and value in `user` (what `user_properties_bytes_max` bounds).
+pub fn user_properties_bytes(user: &UserProperties) -> usize {
+    user.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
 
 pub(crate) const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
 pub(crate) const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;

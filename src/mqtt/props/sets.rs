@@ -317,21 +317,43 @@ impl PublishProperties {
 
 impl Properties for PublishProperties {
     fn each(&self, f: &mut dyn FnMut(Prop<'_>)) {
-        emit!(f, flag PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
+        PublishOverlay {
+            base: self,
+            message_expiry_interval_secs: self.message_expiry_interval_secs,
+            subscription_identifiers: &self.subscription_identifiers,
+        }
+        .each(f);
+    }
+}
+
+/// A message's shared PUBLISH properties with one delivery's message expiry and
+/// subscription identifiers laid over them: encodes as the properties with those two
+/// replaced would, without copying the rest.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PublishOverlay<'a> {
+    pub base: &'a PublishProperties,
+    pub message_expiry_interval_secs: Option<u32>,
+    pub subscription_identifiers: &'a [u32],
+}
+
+impl Properties for PublishOverlay<'_> {
+    fn each(&self, f: &mut dyn FnMut(Prop<'_>)) {
+        let base = self.base;
+        emit!(f, flag PAYLOAD_FORMAT_INDICATOR, base.payload_format_indicator);
         emit!(
             f,
             U32,
             MESSAGE_EXPIRY_INTERVAL,
             self.message_expiry_interval_secs
         );
-        emit!(f, U16, TOPIC_ALIAS, self.topic_alias);
-        emit!(f, Str, RESPONSE_TOPIC, &self.response_topic);
-        emit!(f, Bin, CORRELATION_DATA, &self.correlation_data);
-        for &id in &self.subscription_identifiers {
+        emit!(f, U16, TOPIC_ALIAS, base.topic_alias);
+        emit!(f, Str, RESPONSE_TOPIC, &base.response_topic);
+        emit!(f, Bin, CORRELATION_DATA, &base.correlation_data);
+        for &id in self.subscription_identifiers {
             f(Prop::VarInt(SUBSCRIPTION_IDENTIFIER, id));
         }
-        emit!(f, Str, CONTENT_TYPE, &self.content_type);
-        emit_users(&self.user_properties, f);
+        emit!(f, Str, CONTENT_TYPE, &base.content_type);
+        emit_users(&base.user_properties, f);
     }
 }
 
