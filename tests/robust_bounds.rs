@@ -360,6 +360,10 @@ fn a_flood_of_wrong_passwords_does_not_stall_acks() {
         "a QoS 1 ack took {worst:?} during the flood ({acked} acked)"
     );
     assert!(busy > 0, "some flooders are told Server busy");
+    assert!(
+        codes.contains(&Some(0x89)) && codes.contains(&Some(3)),
+        "v5 is told 0x89 Server busy, 3.1.1 return code 3"
+    );
     // Once the flood is over, passwords are checked again (the queue drained).
     let checked = (0..20).find_map(|i| {
         wrong_password(broker.mqtt, true, &format!("after-{i}"))
