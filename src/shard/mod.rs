@@ -39,7 +39,7 @@ use crate::storage::{Wal, WalConfig};
 const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
 pub use limits::{
-    claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
+    bind_listener, claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
     FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
 };
 pub use mesh::{Batch, Mesh, MeshSetup};
@@ -354,11 +354,11 @@ async fn run_shard(
     shard.spawn_retention();
     shard.spawn_watermarks();
 
-    let listener = glommio::net::TcpListener::bind(config.mqtt_listen)
+    let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
     let metrics = if id == config.metrics_shard {
         Some(
-            glommio::net::TcpListener::bind(config.metrics_listen)
+            bind_listener(config.metrics_listen)
                 .map_err(|e| format!("binding metrics_listen {}: {e}", config.metrics_listen))?,
         )
     } else {
