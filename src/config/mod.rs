@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 pub use layers::{load, ConfigSources};
 
-/// Upper bound on shards: one bit per shard in the router's fixed shard sets.
-pub const SHARDS_MAX: usize = 256;
+/// Upper bound on shards: the router's fixed shard sets have one bit per shard, so the
+/// router owns the number and `shards` is validated against it.
+pub use crate::router::SHARDS_MAX;
 
 /// The effective configuration of one broker process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -485,6 +486,26 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "shards");
+    }
+
+    #[test]
+    fn shards_are_bounded_by_what_the_router_can_address() {
+        let cpus: Vec<usize> = (0..=SHARDS_MAX).collect();
+        let mut config = Config {
+            shards: SHARDS_MAX + 1,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(&cpus).unwrap_err().key, "shards");
+        let mut config = Config {
+            shards: SHARDS_MAX,
+            ..Config::default()
+        };
+        config.validate(&cpus).unwrap();
+        // The highest shard a valid config can have fits the router's shard sets.
+        let last = crate::router::ShardId((config.shards - 1) as u16);
+        let mut set = crate::router::ShardSet::new();
+        set.insert(last);
+        assert!(set.contains(last));
     }
 
     #[test]
