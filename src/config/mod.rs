@@ -20,6 +20,9 @@ pub use layers::{load, ConfigSources};
 /// router owns the number and `shards` is validated against it.
 pub use crate::router::SHARDS_MAX;
 
+/// What `--print-config` shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// The effective configuration of one broker process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -422,9 +425,31 @@ impl Config {
         self.retained_messages_max.div_ceil(self.shards.max(1))
     }
 
-    /// The effective configuration as TOML (for `--print-config`).
+    /// The effective configuration as TOML (for `--print-config`), secrets redacted: the
+    /// output ends up in terminals, tickets and chat.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a Config always serializes")
+        toml::to_string(&self.redacted()).expect("a Config always serializes")
+    }
+
+    /// A copy with every secret (API keys, password hashes) replaced by [`REDACTED`],
+    /// keeping how many there are and whose they are. A new secret setting belongs here.
+    pub fn redacted(&self) -> Config {
+        let user = |u: &UserConfig| {
+            // Exhaustive, so a new field of a user is a decision here, not a leak.
+            let UserConfig {
+                username,
+                password_hash: _,
+            } = u;
+            UserConfig {
+                username: username.clone(),
+                password_hash: REDACTED.to_string(),
+            }
+        };
+        Config {
+            api_keys: vec![REDACTED.to_string(); self.api_keys.len()],
+            users: self.users.iter().map(user).collect(),
+            ..self.clone()
+        }
     }
 }
 
