@@ -51,11 +51,16 @@ impl Shard {
 
     /// Claims `params.client_id` at its home shard (taking over any older connection,
     /// anywhere), and attaches the resumed or a new session to `conn`.
+    ///
+    /// `Err(Some(reason))`: refused, for CONNACK; `Err(None)`: a newer connection took
+    /// the client id over meanwhile (this one is closed already). A new session is
+    /// refused when this shard holds its share of `sessions_max` (every session on it,
+    /// connected or offline); a resumed one never is, since it adds none to the process.
     pub(crate) async fn connect_session(
         self: &Rc<Self>,
         conn: &Rc<Conn>,
         params: SessionParams,
-    ) -> Option<ConnectOutcome> {
+    ) -> Result<ConnectOutcome, Option<ReasonCode>> {
         let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
         let me = ConnRef {
             shard: self.id,
@@ -94,7 +99,20 @@ impl Shard {
                     session,
                 },
             );
-            return None;
+            return Err(None);
+        }
+        let resumed = previous.is_some() && !params.clean_start;
+        if !resumed && self.broker.sessions.borrow().len() >= self.config.sessions_per_shard_max() {
+            self.probe.hit(crate::metrics::Limit::SessionsMax);
+            // The claim made this connection the id's holder at home: let go of it.
+            self.post(
+                home,
+                ShardMsg::SessionGone {
+                    client_id: params.client_id,
+                    conn: me,
+                },
+            );
+            return Err(Some(ReasonCode::QuotaExceeded));
         }
         let (mut session, present) = match previous {
             Some(session) if !params.clean_start => (*session, true),
@@ -163,7 +181,7 @@ impl Shard {
             self.broker.replies(ack).await;
         }
         conn.session.set(Some(key));
-        Some(ConnectOutcome {
+        Ok(ConnectOutcome {
             session_present: present,
             key,
         })
@@ -315,7 +333,8 @@ impl Shard {
             };
             slot.conn = None;
             if let Some(e) = expiry_secs {
-                slot.session.expiry_secs = e;
+                // A v5 DISCONNECT may change the interval, within the same cap as CONNECT.
+                slot.session.expiry_secs = e.min(self.config.session_expiry_max_secs);
             }
             let expiry = slot.session.expiry_secs;
             let mut will = slot.session.will.take().filter(|_| publish_will);

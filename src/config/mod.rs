@@ -95,6 +95,11 @@ pub struct Config {
     /// Cap on any session expiry interval, in seconds (4294967295 = never expires,
     /// which 3.1.1 persistent sessions use).
     pub session_expiry_max_secs: u32,
+    /// Most sessions the process holds, connected or offline, shared evenly among the
+    /// shards (a session lives on the shard its connection came in on; each holds at most
+    /// `ceil(sessions_max / shards)`); a CONNECT that needs a new session beyond it is
+    /// refused (0x97 Quota exceeded, 3.1.1: 3). Resuming an existing session always works.
+    pub sessions_max: usize,
     /// Most subscriptions one session holds; filters beyond it are refused in SUBACK
     /// (0x97 Quota exceeded, 3.1.1: 0x80).
     pub subscriptions_per_session_max: usize,
@@ -185,6 +190,7 @@ impl Default for Config {
             session_expiry_max_secs: u32::MAX,
             subscriptions_per_session_max: 1_000,
             retained_messages_max: 100_000,
+            sessions_max: 1_000_000,
             topic_alias_max: 64,
             topic_bytes_max: 65_535,
             topic_levels_max: 128,
@@ -333,6 +339,7 @@ impl Config {
             self.subscriptions_per_session_max as u64,
         )?;
         positive("retained_messages_max", self.retained_messages_max as u64)?;
+        positive("sessions_max", self.sessions_max as u64)?;
         positive("topic_bytes_max", self.topic_bytes_max as u64)?;
         if self.topic_bytes_max > 65_535 {
             return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
@@ -417,6 +424,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How many sessions one shard may hold: its even share of `sessions_max`, rounded up.
+    pub fn sessions_per_shard_max(&self) -> usize {
+        self.sessions_max.div_ceil(self.shards.max(1))
     }
 
     /// How many retained topics one owner shard may store: its even share of

@@ -95,6 +95,9 @@ pub enum Limit {
     /// A shared delivery left to the log: its group's backlog holds
     /// `shared_backlog_bytes_max`.
     SharedBacklogBytesMax,
+    /// A CONNECT refused (CONNACK 0x97, 3.1.1: 3): its shard holds its share of
+    /// `sessions_max`.
+    SessionsMax,
 }
 
 impl Limit {
@@ -113,6 +116,7 @@ impl Limit {
         Limit::MeshLinkBytesMax,
         Limit::SharedBacklogMessagesMax,
         Limit::SharedBacklogBytesMax,
+        Limit::SessionsMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -131,12 +135,13 @@ impl Limit {
             Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
             Limit::SharedBacklogMessagesMax => "shared_backlog_messages_max",
             Limit::SharedBacklogBytesMax => "shared_backlog_bytes_max",
+            Limit::SessionsMax => "sessions_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 13;
+pub const LIMITS: usize = 14;
 
 const _: () = {
     let mut i = 0;
