@@ -132,3 +132,23 @@ fn v5_will_delay_is_cancelled_by_reconnect() {
     assert!(ack.session_present);
     w.assert_no_publish(Duration::from_secs(3));
 }
+
+#[test]
+fn v5_disconnect_with_an_error_reason_publishes_the_will() {
+    // v5 §3.1.2.5: only DISCONNECT 0x00 deletes the will; any other reason the client
+    // gives (0x80 Unspecified error, 0x83 Implementation specific error …) publishes it.
+    let broker = Broker::start();
+    let mut w = watcher(&broker, "will-watch-80");
+    for (id, reason) in [("will-80", 0x80u8), ("will-83", 0x83)] {
+        let (conn, _) = Conn::connect(
+            broker.mqtt,
+            &Connect::v5(id).will(will("will/err", id.as_bytes())),
+        );
+        conn.disconnect(reason);
+        assert_eq!(
+            w.expect_publish().payload,
+            id.as_bytes(),
+            "DISCONNECT {reason:#04x}"
+        );
+    }
+}
