@@ -11,7 +11,7 @@ use crate::router::owner_of;
 use crate::session::{Message, OutboundLimits, Session, Will};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
-use super::persist::records::SessionRecord;
+use super::persist::records::{SessionRecord, WillConn, WillRecord};
 use super::{Reply, SessionKey, SessionSlot};
 
 /// What a CONNECT asks of its session.
@@ -135,6 +135,9 @@ impl Shard {
         session.attached_on = Some(self.id);
         session.protocol = params.protocol;
         session.expiry_secs = params.expiry_secs;
+        // Logged before the CONNACK (below), so that a crash cannot lose it.
+        let armed = params.will.clone();
+        let client_id = params.client_id.clone();
         session.will = params.will;
         session.outbound.set_client_receive_max(params.receive_max);
         if session.is_persistent() {
@@ -179,6 +182,19 @@ impl Shard {
         }
         for ack in acks {
             self.broker.replies(ack).await;
+        }
+        if let Some(will) = armed {
+            let record = WillRecord::Armed {
+                conn: will_conn(me),
+                will: Box::new(will),
+            };
+            if !self.log_will(client_id.as_str(), &record, true).await {
+                tracing::warn!(
+                    shard = self.id,
+                    client = client_id.as_str(),
+                    "a will could not be logged: a crash would lose it"
+                );
+            }
         }
         conn.session.set(Some(key));
         Ok(ConnectOutcome {
@@ -274,6 +290,11 @@ impl Shard {
         };
         let mut slot = self.remove_session(key);
         let was_live = slot.conn.is_some();
+        if was_live && slot.session.will.is_some() {
+            // Published or cancelled below; a delayed will of an offline session was
+            // marked done when its connection ended.
+            self.log_will_done(client_id.as_str(), will_conn(slot.last_conn));
+        }
         if let Some(conn) = slot.conn.take() {
             conn.close(ReasonCode::SessionTakenOver);
             conn.session.set(None);
@@ -326,12 +347,14 @@ impl Shard {
         publish_will: bool,
         expiry_secs: Option<u32>,
     ) {
-        let (due_will, delayed, expiry, epoch, shared, client) = {
+        let (due_will, delayed, expiry, epoch, shared, client, armed) = {
             let mut sessions = self.broker.sessions.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return;
             };
-            slot.conn = None;
+            // The will this connection logged at CONNECT (see `connect_session`).
+            let armed = (slot.conn.take().is_some() && slot.session.will.is_some())
+                .then(|| will_conn(slot.last_conn));
             if let Some(e) = expiry_secs {
                 // A v5 DISCONNECT may change the interval, within the same cap as CONNECT.
                 slot.session.expiry_secs = e.min(self.config.session_expiry_max_secs);
@@ -356,6 +379,7 @@ impl Shard {
                 slot.epoch,
                 shared,
                 slot.session.client_id.clone(),
+                armed,
             )
         };
         if !shared.is_empty() {
@@ -369,11 +393,15 @@ impl Shard {
         }
         if expiry == 0 {
             self.end_session(key);
-            return;
+        } else {
+            // A delayed will goes into this record, before its `will_done`.
+            self.log_detach(key, 0);
+            if expiry != crate::session::EXPIRY_NEVER {
+                self.schedule_expiry_ms(key, epoch, u64::from(expiry) * 1000);
+            }
         }
-        self.log_detach(key, 0);
-        if expiry != crate::session::EXPIRY_NEVER {
-            self.schedule_expiry_ms(key, epoch, u64::from(expiry) * 1000);
+        if let Some(conn) = armed {
+            self.log_will_done(client.as_str(), conn);
         }
     }
 
@@ -413,10 +441,20 @@ impl Shard {
     /// `elapsed_ms` is how long ago the connection ended (the record's time is the
     /// start of the expiry).
     fn log_detach(&self, key: SessionKey, elapsed_ms: u64) {
+        if let Some((client, record)) = self.detach_record(key, elapsed_ms) {
+            self.log_session(client.as_str(), &record, false);
+        }
+    }
+
+    /// The `session_detach` record of logged session `key` as it stands now, whose
+    /// connection ended `elapsed_ms` ago.
+    pub(crate) fn detach_record(
+        &self,
+        key: SessionKey,
+        elapsed_ms: u64,
+    ) -> Option<(ByteStr, SessionRecord)> {
         let sessions = self.broker.sessions.borrow();
-        let Some(slot) = sessions.get(&key).filter(|s| s.session.logged) else {
-            return;
-        };
+        let slot = sessions.get(&key).filter(|s| s.session.logged)?;
         let expiry_secs = match slot.session.expiry_secs {
             crate::session::EXPIRY_NEVER => crate::session::EXPIRY_NEVER,
             e => e.saturating_sub((elapsed_ms / 1000) as u32),
@@ -425,7 +463,7 @@ impl Shard {
             expiry_secs,
             will: slot.session.will.clone(),
         };
-        self.log_session(slot.session.client_id.as_str(), &record, false);
+        Some((slot.session.client_id.clone(), record))
     }
 
     pub(crate) fn schedule_expiry_ms(self: &Rc<Self>, key: SessionKey, epoch: u64, ms: u64) {
@@ -522,5 +560,13 @@ impl Shard {
                 conn.wake_writer();
             }
         }
+    }
+}
+
+/// The connection a logged will belongs to.
+fn will_conn(conn: ConnRef) -> WillConn {
+    WillConn {
+        shard: conn.shard as u16,
+        token: conn.token,
     }
 }

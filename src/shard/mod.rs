@@ -331,9 +331,9 @@ async fn run_shard(
     shard.spawn_receivers(joined.inbound);
     shard.spawn_durability();
     shard.spawn_loopback();
-    let sessions = install_recovered(&shard, recovered);
+    let (sessions, armed_wills) = install_recovered(&shard, recovered);
     let restored = sessions.len();
-    let due_wills = shard.restore_sessions(sessions).await;
+    let due_wills = shard.restore_sessions(sessions, armed_wills).await;
     tracing::debug!(shard = id, "sessions restored; waiting for every shard");
     // No shard serves before every shard has rebuilt its sessions and replayed their
     // messages: a live publish can then never overtake a replay.
@@ -462,11 +462,15 @@ fn wal_config(config: &Config, dir: std::path::PathBuf) -> Result<WalConfig, Str
     Ok(wal_config)
 }
 
-/// Installs the recovered retained messages; returns the persistent sessions to restore.
+/// Installs the recovered retained messages; returns the persistent sessions to restore
+/// and the wills of connections the crash cut.
 fn install_recovered(
     shard: &Shard,
     recovered: Recovered,
-) -> std::collections::HashMap<String, crate::broker::RecoveredSession> {
+) -> (
+    std::collections::HashMap<String, crate::broker::RecoveredSession>,
+    crate::broker::ArmedWills,
+) {
     let mut retained = shard.broker.retained.borrow_mut();
     let share = shard.config.retained_messages_per_shard_max();
     let mut over_share = 0u64;
@@ -497,5 +501,5 @@ fn install_recovered(
         .probe
         .retained_messages_current
         .set(retained.len() as i64);
-    recovered.sessions
+    (recovered.sessions, recovered.wills)
 }
