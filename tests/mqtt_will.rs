@@ -271,3 +271,46 @@ fn a_will_cut_by_kill_9_is_published_after_a_restart_with_another_shard_count() 
     assert_eq!(w.expect_publish().payload, b"moved");
     w.assert_no_publish(QUIET);
 }
+
+#[test]
+fn a_graceful_stop_leaves_the_wills_of_connected_clients_to_the_next_start() {
+    // v5 §3.1.2.5: the server closing the connection without the client's DISCONNECT
+    // 0x00 publishes its will; a stopping broker leaves it to its next start, which
+    // publishes it once, as for a crash.
+    let dir = temp_dir();
+    let mut broker = durable_broker(dir.path());
+    drop(crash_watcher(&broker, "will-stop-watch"));
+    let clients = [
+        Connect::v4("will-stop-clean"),
+        Connect::v5("will-stop-persistent").session_expiry(3600),
+    ];
+    let _live: Vec<Conn> = clients
+        .iter()
+        .map(|c| {
+            let topic = format!("will/{}", c.client_id);
+            Conn::connect(broker.mqtt, &c.clone().will(will(&topic, b"stopped"))).0
+        })
+        .collect();
+    broker.signal(libc::SIGTERM);
+    assert!(broker.wait_exit(Duration::from_secs(20)).is_some());
+    let mut broker = durable_broker(dir.path());
+    let mut w = crash_watcher(&broker, "will-stop-watch");
+    let mut got: Vec<String> = w
+        .drain_publishes(Duration::from_secs(5))
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["will/will-stop-clean", "will/will-stop-persistent"],
+        "{}",
+        broker.log()
+    );
+    w.assert_no_publish(QUIET);
+    drop(crash_watcher(&broker, "will-stop-watch-2"));
+    broker.signal(libc::SIGTERM);
+    assert!(broker.wait_exit(Duration::from_secs(20)).is_some());
+    let broker = durable_broker(dir.path());
+    crash_watcher(&broker, "will-stop-watch-2").assert_no_publish(QUIET);
+}

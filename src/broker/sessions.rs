@@ -352,15 +352,27 @@ impl Shard {
             let Some(slot) = sessions.get_mut(&key) else {
                 return;
             };
-            // The will this connection logged at CONNECT (see `connect_session`).
-            let armed = (slot.conn.take().is_some() && slot.session.will.is_some())
+            // The will this connection logged at CONNECT (see `connect_session`). A
+            // connection the stopping broker closed (however its reader saw the close)
+            // leaves its will to the next start (kept in the session's `session_detach`,
+            // its `will` record left open), which publishes it once, as for a crash:
+            // records sent to other shards now may not reach their logs before the exit.
+            let stopping = slot.conn.as_ref().and_then(|c| c.closing())
+                == Some(ReasonCode::ServerShuttingDown);
+            let armed = (slot.conn.take().is_some() && slot.session.will.is_some() && !stopping)
                 .then(|| will_conn(slot.last_conn));
             if let Some(e) = expiry_secs {
                 // A v5 DISCONNECT may change the interval, within the same cap as CONNECT.
                 slot.session.expiry_secs = e.min(self.config.session_expiry_max_secs);
             }
             let expiry = slot.session.expiry_secs;
-            let mut will = slot.session.will.take().filter(|_| publish_will);
+            let mut will = slot.session.will.take();
+            if stopping {
+                // Neither published nor timed now; a session that outlives the connection
+                // holds it in its `session_detach` for the next start.
+                slot.session.will = will.take().filter(|_| expiry > 0);
+            }
+            let mut will = will.filter(|_| publish_will);
             // A will with a delay waits in the session (published by its timer or when
             // the session ends, cancelled if the client comes back first).
             let mut delayed = None;
