@@ -179,6 +179,17 @@ fn crash_watcher(broker: &Broker, id: &str) -> Conn {
     w
 }
 
+/// Connects every one of `clients` with a will on `will/<client id>`.
+fn connect_with_wills(broker: &Broker, clients: &[Connect], payload: &[u8]) -> Vec<Conn> {
+    clients
+        .iter()
+        .map(|c| {
+            let topic = format!("will/{}", c.client_id);
+            Conn::connect(broker.mqtt, &c.clone().will(will(&topic, payload))).0
+        })
+        .collect()
+}
+
 #[test]
 fn wills_of_connections_live_at_kill_9_are_published_once_after_restart() {
     let dir = temp_dir();
@@ -198,13 +209,7 @@ fn wills_of_connections_live_at_kill_9_are_published_once_after_restart() {
         Connect::v4("will-crash-persistent-4").clean(false),
         Connect::v5("will-crash-persistent-5").session_expiry(3600),
     ];
-    let _live: Vec<Conn> = clients
-        .iter()
-        .map(|c| {
-            let topic = format!("will/{}", c.client_id);
-            Conn::connect(broker.mqtt, &c.clone().will(will(&topic, b"crashed"))).0
-        })
-        .collect();
+    let _live = connect_with_wills(&broker, &clients, b"crashed");
     kill_9(&mut broker);
 
     let mut broker = durable_broker(dir.path());
@@ -284,13 +289,7 @@ fn a_graceful_stop_leaves_the_wills_of_connected_clients_to_the_next_start() {
         Connect::v4("will-stop-clean"),
         Connect::v5("will-stop-persistent").session_expiry(3600),
     ];
-    let _live: Vec<Conn> = clients
-        .iter()
-        .map(|c| {
-            let topic = format!("will/{}", c.client_id);
-            Conn::connect(broker.mqtt, &c.clone().will(will(&topic, b"stopped"))).0
-        })
-        .collect();
+    let _live = connect_with_wills(&broker, &clients, b"stopped");
     broker.signal(libc::SIGTERM);
     assert!(broker.wait_exit(Duration::from_secs(20)).is_some());
     let mut broker = durable_broker(dir.path());
