@@ -272,3 +272,47 @@ fn a_start_that_overruns_start_timeout_ms_exits_with_an_error() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("start_timeout_ms"), "{err}");
 }
+
+#[test]
+fn print_config_redacts_every_secret() {
+    let dir = temp_dir();
+    let hash = hash_password("correct horse");
+    let keys = ["key-one-0123456789abcdef", "key-two-fedcba9876543210"];
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "shards = 1\napi_keys = [\"{}\", \"{}\"]\n\n[[users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n",
+            keys[0], keys[1]
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_shardmq(
+        &["--config", file.to_str().unwrap(), "--print-config"],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for secret in keys.iter().copied().chain([hash.as_str()]) {
+        assert!(!out.contains(secret), "{secret} printed in clear:\n{out}");
+    }
+    // The salt and digest of the hash are secret too, not just the whole string.
+    let digest = hash.rsplit('$').next().unwrap();
+    assert!(
+        !out.contains(digest),
+        "password hash digest printed:\n{out}"
+    );
+    // What is not secret still shows: how many keys, which users; still TOML.
+    let printed: toml::Value = toml::from_str(&out).expect("printed config is TOML");
+    assert_eq!(
+        printed["api_keys"].as_array().map(Vec::len),
+        Some(2),
+        "{out}"
+    );
+    assert_eq!(
+        printed["users"][0]["username"].as_str(),
+        Some("alice"),
+        "{out}"
+    );
+    assert!(out.contains("redacted"), "{out}");
+}

@@ -21,14 +21,7 @@ fn assert_pub_sub_works(broker: &Broker, a: &mut Conn, b: &mut Conn, topic: &str
 }
 
 fn one_shard(settings: &[(&str, &str)]) -> Broker {
-    Broker::start_with(BrokerOptions {
-        shards: 1,
-        env: settings
-            .iter()
-            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
-            .collect(),
-        ..BrokerOptions::default()
-    })
+    broker_with_shards(1, settings)
 }
 
 #[test]

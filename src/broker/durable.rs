@@ -265,6 +265,8 @@ pub struct Recovered {
     pub publishes: u64,
     /// Persistent sessions by client id.
     pub sessions: HashMap<String, persist::RecoveredSession>,
+    /// Wills of connections the crash cut (logged without their `will_done`).
+    pub wills: persist::ArmedWills,
     /// Session records whose body did not decode (a CRC-valid frame with a bad body:
     /// written by a broken build; reported, never guessed at).
     pub damaged: u64,
@@ -278,6 +280,12 @@ impl Recovered {
         }
         if persist::records::is_session_record(record.kind) {
             if !persist::visit_session_record(&mut self.sessions, &record) {
+                self.damaged += 1;
+            }
+            return;
+        }
+        if persist::records::is_will_record(record.kind) {
+            if !persist::visit_will_record(&mut self.wills, &record) {
                 self.damaged += 1;
             }
             return;

@@ -41,7 +41,7 @@ use crate::session::{Message, Session, SubOptions};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
 pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
-pub use persist::{RecoveredSession, ReplayWant};
+pub use persist::{ArmedWills, RecoveredSession, ReplayWant};
 pub use sessions::{ConnectOutcome, SessionParams};
 
 /// Key of a session in its shard's tables.

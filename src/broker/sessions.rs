@@ -11,7 +11,7 @@ use crate::router::owner_of;
 use crate::session::{Message, OutboundLimits, Session, Will};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
-use super::persist::records::SessionRecord;
+use super::persist::records::{SessionRecord, WillConn, WillRecord};
 use super::{Reply, SessionKey, SessionSlot};
 
 /// What a CONNECT asks of its session.
@@ -51,11 +51,16 @@ impl Shard {
 
     /// Claims `params.client_id` at its home shard (taking over any older connection,
     /// anywhere), and attaches the resumed or a new session to `conn`.
+    ///
+    /// `Err(Some(reason))`: refused, for CONNACK; `Err(None)`: a newer connection took
+    /// the client id over meanwhile (this one is closed already). A new session is
+    /// refused when this shard holds its share of `sessions_max` (every session on it,
+    /// connected or offline); a resumed one never is, since it adds none to the process.
     pub(crate) async fn connect_session(
         self: &Rc<Self>,
         conn: &Rc<Conn>,
         params: SessionParams,
-    ) -> Option<ConnectOutcome> {
+    ) -> Result<ConnectOutcome, Option<ReasonCode>> {
         let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
         let me = ConnRef {
             shard: self.id,
@@ -94,7 +99,20 @@ impl Shard {
                     session,
                 },
             );
-            return None;
+            return Err(None);
+        }
+        let resumed = previous.is_some() && !params.clean_start;
+        if !resumed && self.broker.sessions.borrow().len() >= self.config.sessions_per_shard_max() {
+            self.probe.hit(crate::metrics::Limit::SessionsMax);
+            // The claim made this connection the id's holder at home: let go of it.
+            self.post(
+                home,
+                ShardMsg::SessionGone {
+                    client_id: params.client_id,
+                    conn: me,
+                },
+            );
+            return Err(Some(ReasonCode::QuotaExceeded));
         }
         let (mut session, present) = match previous {
             Some(session) if !params.clean_start => (*session, true),
@@ -117,6 +135,9 @@ impl Shard {
         session.attached_on = Some(self.id);
         session.protocol = params.protocol;
         session.expiry_secs = params.expiry_secs;
+        // Logged before the CONNACK (below), so that a crash cannot lose it.
+        let armed = params.will.clone();
+        let client_id = params.client_id.clone();
         session.will = params.will;
         session.outbound.set_client_receive_max(params.receive_max);
         if session.is_persistent() {
@@ -162,8 +183,21 @@ impl Shard {
         for ack in acks {
             self.broker.replies(ack).await;
         }
+        if let Some(will) = armed {
+            let record = WillRecord::Armed {
+                conn: will_conn(me),
+                will: Box::new(will),
+            };
+            if !self.log_will(client_id.as_str(), &record, true).await {
+                tracing::warn!(
+                    shard = self.id,
+                    client = client_id.as_str(),
+                    "a will could not be logged: a crash would lose it"
+                );
+            }
+        }
         conn.session.set(Some(key));
-        Some(ConnectOutcome {
+        Ok(ConnectOutcome {
             session_present: present,
             key,
         })
@@ -256,6 +290,11 @@ impl Shard {
         };
         let mut slot = self.remove_session(key);
         let was_live = slot.conn.is_some();
+        if was_live && slot.session.will.is_some() {
+            // Published or cancelled below; a delayed will of an offline session was
+            // marked done when its connection ended.
+            self.log_will_done(client_id.as_str(), will_conn(slot.last_conn));
+        }
         if let Some(conn) = slot.conn.take() {
             conn.close(ReasonCode::SessionTakenOver);
             conn.session.set(None);
@@ -308,17 +347,32 @@ impl Shard {
         publish_will: bool,
         expiry_secs: Option<u32>,
     ) {
-        let (due_will, delayed, expiry, epoch, shared, client) = {
+        let (due_will, delayed, expiry, epoch, shared, client, armed) = {
             let mut sessions = self.broker.sessions.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return;
             };
-            slot.conn = None;
+            // The will this connection logged at CONNECT (see `connect_session`). A
+            // connection the stopping broker closed (however its reader saw the close)
+            // leaves its will to the next start (kept in the session's `session_detach`,
+            // its `will` record left open), which publishes it once, as for a crash:
+            // records sent to other shards now may not reach their logs before the exit.
+            let stopping = slot.conn.as_ref().and_then(|c| c.closing())
+                == Some(ReasonCode::ServerShuttingDown);
+            let armed = (slot.conn.take().is_some() && slot.session.will.is_some() && !stopping)
+                .then(|| will_conn(slot.last_conn));
             if let Some(e) = expiry_secs {
-                slot.session.expiry_secs = e;
+                // A v5 DISCONNECT may change the interval, within the same cap as CONNECT.
+                slot.session.expiry_secs = e.min(self.config.session_expiry_max_secs);
             }
             let expiry = slot.session.expiry_secs;
-            let mut will = slot.session.will.take().filter(|_| publish_will);
+            let mut will = slot.session.will.take();
+            if stopping {
+                // Neither published nor timed now; a session that outlives the connection
+                // holds it in its `session_detach` for the next start.
+                slot.session.will = will.take().filter(|_| expiry > 0);
+            }
+            let mut will = will.filter(|_| publish_will);
             // A will with a delay waits in the session (published by its timer or when
             // the session ends, cancelled if the client comes back first).
             let mut delayed = None;
@@ -337,6 +391,7 @@ impl Shard {
                 slot.epoch,
                 shared,
                 slot.session.client_id.clone(),
+                armed,
             )
         };
         if !shared.is_empty() {
@@ -350,11 +405,15 @@ impl Shard {
         }
         if expiry == 0 {
             self.end_session(key);
-            return;
+        } else {
+            // A delayed will goes into this record, before its `will_done`.
+            self.log_detach(key, 0);
+            if expiry != crate::session::EXPIRY_NEVER {
+                self.schedule_expiry_ms(key, epoch, u64::from(expiry) * 1000);
+            }
         }
-        self.log_detach(key, 0);
-        if expiry != crate::session::EXPIRY_NEVER {
-            self.schedule_expiry_ms(key, epoch, u64::from(expiry) * 1000);
+        if let Some(conn) = armed {
+            self.log_will_done(client.as_str(), conn);
         }
     }
 
@@ -394,10 +453,20 @@ impl Shard {
     /// `elapsed_ms` is how long ago the connection ended (the record's time is the
     /// start of the expiry).
     fn log_detach(&self, key: SessionKey, elapsed_ms: u64) {
+        if let Some((client, record)) = self.detach_record(key, elapsed_ms) {
+            self.log_session(client.as_str(), &record, false);
+        }
+    }
+
+    /// The `session_detach` record of logged session `key` as it stands now, whose
+    /// connection ended `elapsed_ms` ago.
+    pub(crate) fn detach_record(
+        &self,
+        key: SessionKey,
+        elapsed_ms: u64,
+    ) -> Option<(ByteStr, SessionRecord)> {
         let sessions = self.broker.sessions.borrow();
-        let Some(slot) = sessions.get(&key).filter(|s| s.session.logged) else {
-            return;
-        };
+        let slot = sessions.get(&key).filter(|s| s.session.logged)?;
         let expiry_secs = match slot.session.expiry_secs {
             crate::session::EXPIRY_NEVER => crate::session::EXPIRY_NEVER,
             e => e.saturating_sub((elapsed_ms / 1000) as u32),
@@ -406,7 +475,7 @@ impl Shard {
             expiry_secs,
             will: slot.session.will.clone(),
         };
-        self.log_session(slot.session.client_id.as_str(), &record, false);
+        Some((slot.session.client_id.clone(), record))
     }
 
     pub(crate) fn schedule_expiry_ms(self: &Rc<Self>, key: SessionKey, epoch: u64, ms: u64) {
@@ -503,5 +572,13 @@ impl Shard {
                 conn.wake_writer();
             }
         }
+    }
+}
+
+/// The connection a logged will belongs to.
+fn will_conn(conn: ConnRef) -> WillConn {
+    WillConn {
+        shard: conn.shard as u16,
+        token: conn.token,
     }
 }

@@ -16,8 +16,12 @@ use serde::{Deserialize, Serialize};
 
 pub use layers::{load, ConfigSources};
 
-/// Upper bound on shards: one bit per shard in the router's fixed shard sets.
-pub const SHARDS_MAX: usize = 256;
+/// Upper bound on shards: the router's fixed shard sets have one bit per shard, so the
+/// router owns the number and `shards` is validated against it.
+pub use crate::router::SHARDS_MAX;
+
+/// What `--print-config` shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 /// The effective configuration of one broker process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +106,11 @@ pub struct Config {
     /// Cap on any session expiry interval, in seconds (4294967295 = never expires,
     /// which 3.1.1 persistent sessions use).
     pub session_expiry_max_secs: u32,
+    /// Most sessions the process holds, connected or offline, shared evenly among the
+    /// shards (a session lives on the shard its connection came in on; each holds at most
+    /// `ceil(sessions_max / shards)`); a CONNECT that needs a new session beyond it is
+    /// refused (0x97 Quota exceeded, 3.1.1: 3). Resuming an existing session always works.
+    pub sessions_max: usize,
     /// Most subscriptions one session holds; filters beyond it are refused in SUBACK
     /// (0x97 Quota exceeded, 3.1.1: 0x80).
     pub subscriptions_per_session_max: usize,
@@ -200,6 +209,7 @@ impl Default for Config {
             subscriptions_per_session_max: 1_000,
             retained_messages_max: 100_000,
             retained_bytes_max: 256 << 20,
+            sessions_max: 1_000_000,
             topic_alias_max: 64,
             topic_bytes_max: 65_535,
             topic_levels_max: 128,
@@ -351,6 +361,7 @@ impl Config {
         )?;
         positive("retained_messages_max", self.retained_messages_max as u64)?;
         positive("retained_bytes_max", self.retained_bytes_max as u64)?;
+        positive("sessions_max", self.sessions_max as u64)?;
         positive("topic_bytes_max", self.topic_bytes_max as u64)?;
         if self.topic_bytes_max > 65_535 {
             return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
@@ -437,6 +448,11 @@ impl Config {
         Ok(())
     }
 
+    /// How many sessions one shard may hold: its even share of `sessions_max`, rounded up.
+    pub fn sessions_per_shard_max(&self) -> usize {
+        self.sessions_max.div_ceil(self.shards.max(1))
+    }
+
     /// How many retained topics one owner shard may store: its even share of
     /// `retained_messages_max`, rounded up.
     pub fn retained_messages_per_shard_max(&self) -> usize {
@@ -449,9 +465,31 @@ impl Config {
         self.retained_bytes_max.div_ceil(self.shards.max(1))
     }
 
-    /// The effective configuration as TOML (for `--print-config`).
+    /// The effective configuration as TOML (for `--print-config`), secrets redacted: the
+    /// output ends up in terminals, tickets and chat.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a Config always serializes")
+        toml::to_string(&self.redacted()).expect("a Config always serializes")
+    }
+
+    /// A copy with every secret (API keys, password hashes) replaced by [`REDACTED`],
+    /// keeping how many there are and whose they are. A new secret setting belongs here.
+    pub fn redacted(&self) -> Config {
+        let user = |u: &UserConfig| {
+            // Exhaustive, so a new field of a user is a decision here, not a leak.
+            let UserConfig {
+                username,
+                password_hash: _,
+            } = u;
+            UserConfig {
+                username: username.clone(),
+                password_hash: REDACTED.to_string(),
+            }
+        };
+        Config {
+            api_keys: vec![REDACTED.to_string(); self.api_keys.len()],
+            users: self.users.iter().map(user).collect(),
+            ..self.clone()
+        }
     }
 }
 
@@ -513,6 +551,26 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "shards");
+    }
+
+    #[test]
+    fn shards_are_bounded_by_what_the_router_can_address() {
+        let cpus: Vec<usize> = (0..=SHARDS_MAX).collect();
+        let mut config = Config {
+            shards: SHARDS_MAX + 1,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(&cpus).unwrap_err().key, "shards");
+        let mut config = Config {
+            shards: SHARDS_MAX,
+            ..Config::default()
+        };
+        config.validate(&cpus).unwrap();
+        // The highest shard a valid config can have fits the router's shard sets.
+        let last = crate::router::ShardId((config.shards - 1) as u16);
+        let mut set = crate::router::ShardSet::new();
+        set.insert(last);
+        assert!(set.contains(last));
     }
 
     #[test]

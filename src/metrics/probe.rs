@@ -104,6 +104,9 @@ pub enum Limit {
     PacketReadTimeoutMs,
     /// A CONNECT refused (Server busy): `auth_hash_queue_max` password checks wait.
     AuthHashQueueMax,
+    /// A CONNECT refused (CONNACK 0x97, 3.1.1: 3): its shard holds its share of
+    /// `sessions_max`.
+    SessionsMax,
 }
 
 impl Limit {
@@ -126,6 +129,7 @@ impl Limit {
         Limit::UserPropertiesBytesMax,
         Limit::PacketReadTimeoutMs,
         Limit::AuthHashQueueMax,
+        Limit::SessionsMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -148,12 +152,13 @@ impl Limit {
             Limit::UserPropertiesBytesMax => "user_properties_bytes_max",
             Limit::PacketReadTimeoutMs => "packet_read_timeout_ms",
             Limit::AuthHashQueueMax => "auth_hash_queue_max",
+            Limit::SessionsMax => "sessions_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 17;
+pub const LIMITS: usize = 18;
 
 const _: () = {
     let mut i = 0;

@@ -148,14 +148,14 @@ async fn accept(
         }
         None => None,
     };
-    let expiry_secs = if v5 {
+    let asked_secs = if v5 {
         connect.properties.session_expiry_interval_secs.unwrap_or(0)
     } else if connect.clean_start {
         0
     } else {
         EXPIRY_NEVER
-    }
-    .min(shard.config.session_expiry_max_secs);
+    };
+    let expiry_secs = asked_secs.min(shard.config.session_expiry_max_secs);
     if let Some(max) = connect.properties.maximum_packet_size_bytes {
         conn.packet_bytes_max.set(max as usize);
     }
@@ -171,18 +171,19 @@ async fn accept(
                 will,
             },
         )
-        .await;
-    // None: a newer connection took the client id over while this one was claiming it.
-    let Some(outcome) = outcome else {
-        return Err(None);
-    };
-    send_connack(
+        .await?;
+    let mut ack = connack(
         conn,
         outcome.session_present,
         ReasonCode::Success,
         assigned.then_some(client_id),
         shard,
     );
+    if v5 && expiry_secs != asked_secs {
+        // v5 §3.2.2.3.2: the server states the interval it uses when it differs.
+        ack.properties.session_expiry_interval_secs = Some(expiry_secs);
+    }
+    conn.send(&Packet::ConnAck(ack));
     shard.resume_delivery(outcome.key);
     Ok(Accepted {
         keep_alive_secs: connect.keep_alive_secs,
@@ -260,6 +261,22 @@ fn send_connack(
     assigned: Option<ByteStr>,
     shard: &Shard,
 ) {
+    conn.send(&Packet::ConnAck(connack(
+        conn,
+        session_present,
+        reason,
+        assigned,
+        shard,
+    )));
+}
+
+fn connack(
+    conn: &Conn,
+    session_present: bool,
+    reason: ReasonCode,
+    assigned: Option<ByteStr>,
+    shard: &Shard,
+) -> ConnAck {
     let mut ack = ConnAck::new(session_present, reason);
     if conn.protocol.get() == Protocol::V5 {
         let p = &mut ack.properties;
@@ -272,5 +289,5 @@ fn send_connack(
         p.subscription_identifiers_available = Some(true);
         p.shared_subscription_available = Some(true);
     }
-    conn.send(&Packet::ConnAck(ack));
+    ack
 }

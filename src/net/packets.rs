@@ -367,7 +367,9 @@ fn on_disconnect(conn: &Conn, state: &ConnState, d: crate::mqtt::Disconnect) -> 
         conn.close(ReasonCode::ProtocolError);
         return Flow::End(Ending::Abnormal);
     }
-    if d.reason == ReasonCode::DisconnectWithWillMessage {
+    // v5 §3.1.2.5: only a normal disconnection (0x00) deletes the will; 0x04 asks for
+    // it, and any other reason reports an error, after which it is published too.
+    if d.reason != ReasonCode::Success {
         Flow::End(Ending::WithWill {
             expiry_secs: expiry,
         })

@@ -63,7 +63,7 @@ impl ReadBuf {
 pub(super) enum Ending {
     /// DISCONNECT 0x00 (or 3.1.1 DISCONNECT): no will.
     Normal { expiry_secs: Option<u32> },
-    /// DISCONNECT 0x04: publish the will.
+    /// DISCONNECT with any reason but 0x00 (0x04, or an error): publish the will.
     WithWill { expiry_secs: Option<u32> },
     /// Network error, keep-alive timeout, protocol error: publish the will.
     Abnormal,

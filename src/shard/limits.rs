@@ -75,18 +75,18 @@ pub struct PortClaim {
 
 /// Claims `addr` for the shards.
 ///
-/// For an explicit port, an exclusive probe bind (no SO_REUSEPORT) first proves that no
-/// other socket — another broker or any program — listens there: with SO_REUSEPORT alone a
-/// second broker would silently share the port.
+/// For an explicit port, a probe bind with SO_REUSEADDR but without SO_REUSEPORT first
+/// proves that no other socket — another broker or any program — listens there: with
+/// SO_REUSEPORT alone a second broker would silently share the port. SO_REUSEADDR makes
+/// the probe ignore what a previous run left behind: the server side of its closed
+/// connections (TIME_WAIT, FIN_WAIT) stays bound to the port for up to a minute, and
+/// because [`bind_listener`] sets SO_REUSEADDR on every listener, those sockets carry it
+/// too. Sockets left by a listener bound without it (an older shardmq) still collide with
+/// the probe; then `/proc/net/tcp{,6}` tells a live listener (refused) from closing
+/// connections only (the port is taken, as a restart must).
 pub fn claim_port(key: &str, addr: SocketAddr) -> Result<PortClaim, String> {
     if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!("{key} {addr}: address already in use by another process")
-            } else {
-                format!("{key} {addr}: cannot bind: {e}")
-            }
-        })?);
+        probe_port(key, addr)?;
     }
     let err = |e: std::io::Error| format!("{key} {addr}: cannot reserve: {e}");
     let socket = socket2::Socket::new(
@@ -106,6 +106,134 @@ pub fn claim_port(key: &str, addr: SocketAddr) -> Result<PortClaim, String> {
         addr: resolved,
         _reservation: socket,
     })
+}
+
+/// A shard's listener on a claimed address: SO_REUSEPORT (every shard binds the port, the
+/// kernel spreads connections) and SO_REUSEADDR, so that it binds through the closing
+/// connections of a previous run and so do the next run's [`claim_port`] probe and
+/// listeners through this run's. Must be called on the shard's executor.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    /// The accept backlog glommio's own `TcpListener::bind` uses.
+    const BACKLOG: i32 = 1024;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    // SAFETY: a bound, listening TCP socket whose ownership moves into the listener.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Refuses `addr` if another socket listens on it (see [`claim_port`]).
+fn probe_port(key: &str, addr: SocketAddr) -> Result<(), String> {
+    let probe = || -> std::io::Result<()> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    let Err(e) = probe() else { return Ok(()) };
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return Err(format!("{key} {addr}: cannot bind: {e}"));
+    }
+    let sockets = tcp_sockets_on(addr);
+    if sockets.listening {
+        return Err(format!(
+            "{key} {addr}: address already in use by another process (a program listens on it)"
+        ));
+    }
+    if sockets.closing == 0 {
+        return Err(format!(
+            "{key} {addr}: address already in use by another process"
+        ));
+    }
+    tracing::info!(
+        key,
+        %addr,
+        sockets = sockets.closing,
+        "port still held by closing connections of an earlier run; taking it"
+    );
+    Ok(())
+}
+
+/// What `/proc/net/tcp{,6}` shows bound to a port.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PortSockets {
+    /// A socket in LISTEN on an address that overlaps ours.
+    listening: bool,
+    /// Connections on the port that are closing (FIN_WAIT, TIME_WAIT, CLOSING, LAST_ACK).
+    closing: usize,
+}
+
+/// Reads the kernel's TCP tables for sockets on `addr`'s port. Unreadable tables read as a
+/// listener: refusing a free port is safer than sharing a busy one.
+fn tcp_sockets_on(addr: SocketAddr) -> PortSockets {
+    let mut found = PortSockets::default();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match std::fs::read_to_string(table) {
+            Ok(text) => scan_tcp_table(&text, addr, &mut found),
+            Err(_) if table.ends_with('6') => {} // no IPv6 in this kernel
+            Err(_) => found.listening = true,
+        }
+    }
+    found
+}
+
+/// Adds the sockets of one `/proc/net/tcp`-format table that sit on `addr`'s port.
+fn scan_tcp_table(text: &str, addr: SocketAddr, found: &mut PortSockets) {
+    /// Kernel TCP states (include/net/tcp_states.h) of a connection being closed.
+    const CLOSING_STATES: [&str; 5] = ["04", "05", "06", "09", "0B"];
+    const LISTEN: &str = "0A";
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(local), Some(_remote), Some(state)) =
+            (fields.nth(1), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Some((ip_hex, port_hex)) = local.split_once(':') else {
+            continue;
+        };
+        if u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
+            continue;
+        }
+        if state == LISTEN {
+            // All-zero hex is the wildcard address (0.0.0.0 or ::).
+            let wildcard = ip_hex.bytes().all(|b| b == b'0');
+            if wildcard || addr.ip().is_unspecified() || hex_ip_is(ip_hex, addr) {
+                found.listening = true;
+            }
+        } else if CLOSING_STATES.contains(&state) {
+            found.closing += 1;
+        }
+    }
+}
+
+/// Whether a `/proc/net/tcp` address (the kernel's words in host byte order, as hex) is
+/// `addr`'s IP, also as an IPv4-mapped IPv6 address.
+fn hex_ip_is(ip_hex: &str, addr: SocketAddr) -> bool {
+    let words: Option<Vec<u32>> = (0..ip_hex.len() / 8)
+        .map(|i| u32::from_str_radix(&ip_hex[i * 8..i * 8 + 8], 16).ok())
+        .collect();
+    let Some(words) = words else { return false };
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).expect("4 bytes")),
+        16 => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes"));
+            v6.to_ipv4_mapped().map_or(v6.into(), Into::into)
+        }
+        _ => return false,
+    };
+    ip == addr.ip()
 }
 
 /// Checks RLIMIT_MEMLOCK (raising the soft limit to the hard one if that helps) and
@@ -220,5 +348,56 @@ mod tests {
         assert_ne!(free.addr.port(), 0);
         // While claimed, nobody else can take the port exclusively.
         assert!(std::net::TcpListener::bind(free.addr).is_err());
+    }
+
+    #[test]
+    fn closing_connections_of_a_listener_without_reuseaddr_do_not_block_a_claim() {
+        // A listener as glommio's `bind` makes it (SO_REUSEPORT only), as an older shardmq
+        // ran: the server side closes first, so its socket stays in TIME_WAIT.
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.set_reuse_port(true).unwrap();
+        listener.bind(&addr.into()).unwrap();
+        listener.listen(8).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(server);
+        let _ = std::io::Read::read(&mut client, &mut [0u8; 1]);
+        drop(client);
+        drop(listener);
+        let claim = claim_port("mqtt_listen", addr).unwrap();
+        assert_eq!(claim.addr, addr);
+    }
+
+    #[test]
+    fn proc_tables_tell_listeners_from_closing_connections() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0100007F:075B 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n\
+   1: 0100007F:0F1E 0100007F:9C40 06 00000000:00000000 03:00000DC5 00000000\n\
+   2: 0100007F:0F1E 0100007F:9C41 05 00000000:00000000 00:00000000 00000000\n\
+   3: 0200007F:0F1F 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n";
+        let scan = |addr: &str| {
+            let mut found = PortSockets::default();
+            scan_tcp_table(table, addr.parse().unwrap(), &mut found);
+            found
+        };
+        let listener = PortSockets {
+            listening: true,
+            closing: 0,
+        };
+        assert_eq!(scan("127.0.0.1:1883"), listener);
+        assert_eq!(scan("0.0.0.0:1883"), listener);
+        assert_eq!(
+            scan("127.0.0.1:3870"),
+            PortSockets {
+                listening: false,
+                closing: 2
+            }
+        );
+        // A listener on another address of the same port does not collide.
+        assert_eq!(scan("127.0.0.1:3871"), PortSockets::default());
+        assert_eq!(scan("127.0.0.2:3871"), listener);
     }
 }

@@ -39,7 +39,7 @@ use crate::storage::{Wal, WalConfig};
 const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
 pub use limits::{
-    claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
+    bind_listener, claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
     FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
 };
 pub use mesh::{Batch, Mesh, MeshSetup};
@@ -335,9 +335,9 @@ async fn run_shard(
     shard.spawn_receivers(joined.inbound);
     shard.spawn_durability();
     shard.spawn_loopback();
-    let sessions = install_recovered(&shard, recovered);
+    let (sessions, armed_wills) = install_recovered(&shard, recovered);
     let restored = sessions.len();
-    let due_wills = shard.restore_sessions(sessions).await;
+    let due_wills = shard.restore_sessions(sessions, armed_wills).await;
     tracing::debug!(shard = id, "sessions restored; waiting for every shard");
     // No shard serves before every shard has rebuilt its sessions and replayed their
     // messages: a live publish can then never overtake a replay.
@@ -358,11 +358,11 @@ async fn run_shard(
     shard.spawn_retention();
     shard.spawn_watermarks();
 
-    let listener = glommio::net::TcpListener::bind(config.mqtt_listen)
+    let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
     let metrics = if id == config.metrics_shard {
         Some(
-            glommio::net::TcpListener::bind(config.metrics_listen)
+            bind_listener(config.metrics_listen)
                 .map_err(|e| format!("binding metrics_listen {}: {e}", config.metrics_listen))?,
         )
     } else {
@@ -466,11 +466,15 @@ fn wal_config(config: &Config, dir: std::path::PathBuf) -> Result<WalConfig, Str
     Ok(wal_config)
 }
 
-/// Installs the recovered retained messages; returns the persistent sessions to restore.
+/// Installs the recovered retained messages; returns the persistent sessions to restore
+/// and the wills of connections the crash cut.
 fn install_recovered(
     shard: &Shard,
     recovered: Recovered,
-) -> std::collections::HashMap<String, crate::broker::RecoveredSession> {
+) -> (
+    std::collections::HashMap<String, crate::broker::RecoveredSession>,
+    crate::broker::ArmedWills,
+) {
     let mut retained = shard.broker.retained.borrow_mut();
     let share = shard.config.retained_messages_per_shard_max();
     let bytes_share = shard.config.retained_bytes_per_shard_max();
@@ -525,5 +529,5 @@ fn install_recovered(
         .probe
         .retained_messages_current
         .set(retained.len() as i64);
-    recovered.sessions
+    (recovered.sessions, recovered.wills)
 }

@@ -287,7 +287,13 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Starts a 2-shard broker with extra `SHARDMQ_*` settings, e.g. `("RETRY_BACKOFF_MS", "200")`.
 pub fn broker_with(settings: &[(&str, &str)]) -> Broker {
+    broker_with_shards(2, settings)
+}
+
+/// Starts a broker of `shards` shards with extra `SHARDMQ_*` settings.
+pub fn broker_with_shards(shards: usize, settings: &[(&str, &str)]) -> Broker {
     Broker::start_with(BrokerOptions {
+        shards,
         env: settings
             .iter()
             .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))

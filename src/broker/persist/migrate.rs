@@ -14,7 +14,8 @@
 //!    retained messages first, then every message a persistent session has not
 //!    acknowledged (one `publish_for` record naming the sessions that want it), then the
 //!    sessions (open, subscriptions with their original times, detach with any delayed
-//!    will, and cursors pointing at their own `publish_for` records). Every new log is
+//!    will, and cursors pointing at their own `publish_for` records), then the wills of
+//!    connections the crash cut (`will`, published at the first start). Every new log is
 //!    fdatasync'ed.
 //! 3. The marker `done` (with the new count) is written, then `layout`, then
 //!    `migrating/` is removed. A crash after `done` only repeats the last two steps.
@@ -31,12 +32,12 @@ use bytes::BytesMut;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::broker::durable::{as_publish, encode_publish_body, publish_body_len, Recovered};
-use crate::broker::{RecoveredSession, ReplayWant, RECORD_PUBLISH};
+use crate::broker::{ArmedWills, RecoveredSession, ReplayWant, RECORD_PUBLISH};
 use crate::router::{owner_of, parse_filter, TopicLimits};
 use crate::session::Message;
 use crate::storage::{RecordKind, Wal, WalConfig};
 
-use super::records::{self, SessionRecord, RECORD_PUBLISH_FOR};
+use super::records::{self, SessionRecord, WillRecord, RECORD_PUBLISH_FOR};
 use super::{scan_for_replay, unix_ms};
 
 /// The file naming the shard count of `data_dir`'s logs.
@@ -147,6 +148,8 @@ fn move_old_logs(dir: &Path, mig: &Path, from: usize) -> Result<(), String> {
 struct OldState {
     retained: HashMap<String, Arc<Message>>,
     sessions: HashMap<String, RecoveredSession>,
+    /// Wills of connections the crash cut, published at the first start of the new layout.
+    wills: ArmedWills,
     /// Unacknowledged messages by their old position, with the sessions that want them.
     pending: BTreeMap<(u16, u64), (Arc<Message>, Vec<usize>)>,
 }
@@ -216,6 +219,15 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
             .collect();
         append_session(home, client, &SessionRecord::Cursor(cursors), now).await?;
     }
+    for ((client, conn), will) in &old.wills {
+        let home = &wals[owner_of(client, cfg.shards).0 as usize];
+        let record = WillRecord::Armed {
+            conn: *conn,
+            will: Box::new(will.clone()),
+        };
+        let (kind, body) = records::encode_will(client, &record);
+        append(home, kind, unix_ms(), &body).await?;
+    }
     for (j, wal) in wals.into_iter().enumerate() {
         wal.close()
             .await
@@ -253,6 +265,7 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
         }
         old.retained.extend(rec.retained);
         old.sessions.extend(rec.sessions);
+        old.wills.extend(rec.wills);
         logs.push((i, wal));
     }
     let mut clients: Vec<&String> = old.sessions.keys().collect();

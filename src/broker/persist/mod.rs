@@ -12,6 +12,13 @@
 //!   for: losing one in a crash can only replay messages again or keep a subscription,
 //!   never lose an acknowledged message.
 //! - A clean-start claim logs `session_end` at the home before the takeover starts.
+//! - A connection with a will logs it (`will`) before its CONNACK, whether its session
+//!   is persistent or not, and `will_done` once the will is published, cancelled or
+//!   delayed in the session's `session_detach`. At start, a `will` without its
+//!   `will_done` is the will of a connection the crash cut: it is published after
+//!   recovery as if that connection had just closed (its delay counting from the start,
+//!   cancelled if a persistent session's client returns first), and its `will_done` is
+//!   durable before it is, so a second crash does not publish it again.
 //!
 //! # Replay
 //! Each session keeps a cursor per owner shard (see `ReplayCursor`), logged at most every
@@ -54,7 +61,10 @@ use crate::shard::{Shard, ShardMsg};
 use crate::storage::{RecordKind, RecordRef};
 
 use super::Reply;
-use records::SessionRecord;
+use records::{SessionRecord, WillConn, WillRecord};
+
+/// Wills of connections logged without their `will_done`, by client id and connection.
+pub type ArmedWills = HashMap<(String, WillConn), Will>;
 
 /// How often changed replay cursors are logged.
 pub const CURSOR_FLUSH_MS: u64 = 200;
@@ -136,6 +146,20 @@ pub fn visit_session_record(
     true
 }
 
+/// Applies a `will` or `will_done` record. Returns false for a damaged body.
+pub fn visit_will_record(wills: &mut ArmedWills, record: &RecordRef<'_>) -> bool {
+    match records::decode_will_record(record.kind, record.body) {
+        Some((client, WillRecord::Armed { conn, will })) => {
+            wills.insert((client, conn), *will);
+        }
+        Some((client, WillRecord::Done { conn })) => {
+            wills.remove(&(client, conn));
+        }
+        None => return false,
+    }
+    true
+}
+
 /// What a home asks an owner to replay for one session.
 #[derive(Debug, Clone)]
 pub struct ReplayWant {
@@ -170,7 +194,17 @@ impl Shard {
         record: &SessionRecord,
         wait: bool,
     ) -> Option<u64> {
-        let (kind, body) = records::encode(client_id, record);
+        self.log_session_record(client_id, records::encode(client_id, record), wait)
+    }
+
+    /// Sends an encoded record to `client_id`'s home (see [`Shard::log_session`]).
+    pub(crate) fn log_session_record(
+        &self,
+        client_id: &str,
+        record: (RecordKind, Vec<u8>),
+        wait: bool,
+    ) -> Option<u64> {
+        let (kind, body) = record;
         let ack_id = wait.then(|| self.broker.open_request(1));
         self.post(
             self.home_of(client_id),
@@ -232,6 +266,27 @@ impl Shard {
             shard.post(from, ShardMsg::LogDone { id, ok });
         })
         .detach();
+    }
+
+    /// Logs `record` about a connection's will at its client's home; with `wait`, returns
+    /// whether it became durable.
+    pub(crate) async fn log_will(&self, client_id: &str, record: &WillRecord, wait: bool) -> bool {
+        let ack_id =
+            self.log_session_record(client_id, records::encode_will(client_id, record), wait);
+        match ack_id {
+            Some(id) => matches!(
+                self.broker.replies(id).await.pop(),
+                Some(Reply::Logged(true))
+            ),
+            None => true,
+        }
+    }
+
+    /// The will of connection `conn` of `client_id` is out of its hands: not to be
+    /// published again after a crash.
+    pub(crate) fn log_will_done(&self, client_id: &str, conn: WillConn) {
+        let record = records::encode_will(client_id, &WillRecord::Done { conn });
+        self.log_session_record(client_id, record, false);
     }
 
     /// Home shard, on a clean-start claim: the old session ends here, in the log's order,

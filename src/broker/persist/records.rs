@@ -10,12 +10,22 @@
 //! | 5 | `subscribe` | `filter (len u16 | UTF-8) | qos u8 | flags u8 (1 no-local, 2 retain-as-published) | retain_handling u8 | subscription id u32 (0 = none)` |
 //! | 6 | `unsubscribe` | `filter (len u16 | UTF-8)` |
 //! | 7 | `cursor` | `count u16 | (owner shard u16 | offset u64) × count` |
+//! | 10 | `will` | `shard u16 | connection token u64 | delay_secs u32 | will as a v5 PUBLISH` |
+//! | 11 | `will_done` | `shard u16 | connection token u64` |
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
 //! the shard layout changes (see `migrate`). The record's timestamp is the time of the
 //! event: a `subscribe`'s is the moment from which the subscription wants messages, a
 //! `session_detach`'s the moment its expiry starts counting.
+//!
+//! `will` and `will_done` belong to one connection (its shard and token), not to the
+//! session: a connection with a will logs it before its CONNACK, from the shard it is
+//! on, and the same shard logs `will_done` when the will is published, cancelled or
+//! handed to the session's `session_detach` (a delayed will). Both travel the same
+//! mesh link in order, and records of other connections of the same client never
+//! interfere, however the client moves between shards. A `will` without its
+//! `will_done` at recovery is the will of a connection the crash cut.
 
 use bytes::{Buf, BufMut, BytesMut};
 
@@ -37,6 +47,81 @@ pub const RECORD_UNSUBSCRIBE: RecordKind = RecordKind(6);
 pub const RECORD_CURSOR: RecordKind = RecordKind(7);
 /// A message for named sessions only.
 pub const RECORD_PUBLISH_FOR: RecordKind = RecordKind(8);
+
+/// A connection's will, logged before its CONNACK.
+pub const RECORD_WILL: RecordKind = RecordKind(10);
+/// That connection's will is out of its hands (published, cancelled or delayed in its
+/// session's `session_detach`).
+pub const RECORD_WILL_DONE: RecordKind = RecordKind(11);
+
+/// The connection a `will` record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WillConn {
+    /// The shard the connection is on.
+    pub shard: u16,
+    /// Its token there.
+    pub token: u64,
+}
+
+/// A decoded `will` or `will_done` record (the client id aside).
+#[derive(Debug)]
+pub enum WillRecord {
+    /// `will`.
+    Armed {
+        /// Whose will.
+        conn: WillConn,
+        /// The will, with its delay.
+        will: Box<Will>,
+    },
+    /// `will_done`.
+    Done {
+        /// Whose will.
+        conn: WillConn,
+    },
+}
+
+/// Whether `kind` is `will` or `will_done`.
+pub fn is_will_record(kind: RecordKind) -> bool {
+    kind == RECORD_WILL || kind == RECORD_WILL_DONE
+}
+
+/// Encodes a `will` or `will_done` body for `client_id`.
+pub fn encode_will(client_id: &str, record: &WillRecord) -> (RecordKind, Vec<u8>) {
+    let mut b = BytesMut::with_capacity(32 + client_id.len());
+    put_str(&mut b, client_id);
+    let (WillRecord::Armed { conn, .. } | WillRecord::Done { conn }) = record;
+    b.put_u16_le(conn.shard);
+    b.put_u64_le(conn.token);
+    match record {
+        WillRecord::Armed { will, .. } => {
+            b.put_u32_le(will.delay_secs);
+            let _ = will_publish(will).encode(Protocol::V5, &mut b);
+            (RECORD_WILL, b.to_vec())
+        }
+        WillRecord::Done { .. } => (RECORD_WILL_DONE, b.to_vec()),
+    }
+}
+
+/// Decodes a `will` or `will_done` body: the client id and the record; `None` if damaged.
+pub fn decode_will_record(kind: RecordKind, mut body: &[u8]) -> Option<(String, WillRecord)> {
+    let client = get_str(&mut body)?;
+    let conn = WillConn {
+        shard: get_u16(&mut body)?,
+        token: get_u64(&mut body)?,
+    };
+    let record = match kind {
+        RECORD_WILL => {
+            let delay_secs = get_u32(&mut body)?;
+            WillRecord::Armed {
+                conn,
+                will: Box::new(decode_will(body, delay_secs)?),
+            }
+        }
+        RECORD_WILL_DONE if body.is_empty() => WillRecord::Done { conn },
+        _ => return None,
+    };
+    Some((client, record))
+}
 
 /// A decoded session record (the client id aside).
 #[derive(Debug)]
@@ -353,6 +438,52 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn will_records_round_trip_and_a_cut_body_is_refused() {
+        let conn = WillConn {
+            shard: 3,
+            token: u64::MAX - 1,
+        };
+        let will = Will {
+            topic: ByteStr::from_static("wills/y"),
+            payload: Bytes::from_static(b"cut off"),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            delay_secs: 7,
+        };
+        let armed = WillRecord::Armed {
+            conn,
+            will: Box::new(will),
+        };
+        for record in [armed, WillRecord::Done { conn }] {
+            let (kind, body) = encode_will("client-w", &record);
+            assert!(is_will_record(kind) && !is_session_record(kind));
+            for cut in 0..body.len() {
+                assert!(
+                    decode_will_record(kind, &body[..cut]).is_none(),
+                    "cut at {cut}"
+                );
+            }
+            match (record, decode_will_record(kind, &body)) {
+                (
+                    WillRecord::Armed { will, .. },
+                    Some((c, WillRecord::Armed { conn: k, will: w })),
+                ) => {
+                    assert_eq!((c.as_str(), k), ("client-w", conn));
+                    assert_eq!(
+                        (w.topic, w.payload, w.qos, w.delay_secs),
+                        (will.topic, will.payload, will.qos, 7)
+                    );
+                }
+                (WillRecord::Done { .. }, Some((c, WillRecord::Done { conn: k }))) => {
+                    assert_eq!((c.as_str(), k), ("client-w", conn));
+                }
+                (_, other) => panic!("{other:?}"),
+            }
         }
     }
 

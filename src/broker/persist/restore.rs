@@ -1,7 +1,7 @@
 //! Restoring a home's persistent sessions at start: offline on the home, with their
 //! subscriptions indexed and every message they had not acknowledged replayed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -11,22 +11,41 @@ use crate::session::{LogPos, Session, Will, EXPIRY_NEVER};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
 use super::super::{Reply, SessionSlot};
-use super::records::{self, SessionRecord};
+use super::records::{self, SessionRecord, WillRecord};
 use super::replay::replayed_delivery;
-use super::{unix_ms, RecoveredSession, ReplayWant};
+use super::{unix_ms, ArmedWills, RecoveredSession, ReplayWant};
 
 impl Shard {
     /// Home shard at start: rebuilds its persistent sessions (offline, on this shard),
     /// indexes their subscriptions and replays what each had not acknowledged. Returns
-    /// the wills that fell due while the broker was down, to publish once every shard
-    /// serves.
+    /// the wills that fell due while the broker was down, or with the crash (`cut`: the
+    /// wills of connections it cut), to publish once every shard serves; what becomes of
+    /// each is durable first, so that no will is published twice.
     pub(crate) async fn restore_sessions(
         self: &Rc<Self>,
-        recovered: HashMap<String, RecoveredSession>,
+        mut recovered: HashMap<String, RecoveredSession>,
+        cut: ArmedWills,
     ) -> Vec<(ByteStr, Will)> {
         let now_ms = unix_ms();
         let mut due_wills = Vec::new();
         let mut restored = Vec::new();
+        // A cut connection's will, as if the connection had closed now: a persistent
+        // session it was connected to holds it (its delay counting from now); with no
+        // session left, it is due.
+        let mut cut_done = Vec::new();
+        let mut will_from_cut = HashSet::new();
+        for ((client, conn), will) in cut {
+            match recovered.get_mut(&client) {
+                Some(rec) if rec.detached_at_ms.is_none() => {
+                    rec.will = Some(will);
+                    will_from_cut.insert(client.clone());
+                }
+                // Detached since: its `session_detach` says what became of the will.
+                Some(_) => {}
+                None => due_wills.push((records::client_id(&client), will)),
+            }
+            cut_done.push((client, conn));
+        }
         for (client, rec) in recovered {
             let client_id = records::client_id(&client);
             let detached_at = rec.detached_at_ms.unwrap_or(now_ms).min(now_ms);
@@ -45,15 +64,23 @@ impl Shard {
         }
         self.replay_all(&restored).await;
         self.log_restored_cursors(&restored).await;
+        let mut waits = Vec::new();
         for (key, client_id, rec, offline_ms) in restored {
             if let Some(will) = rec.will {
                 let left_ms = u64::from(will.delay_secs.min(rec.expiry_secs)) * 1000;
-                if left_ms <= offline_ms {
+                let due = left_ms <= offline_ms;
+                if let Some(slot) = self.broker.sessions.borrow_mut().get_mut(&key) {
+                    slot.session.will = (!due).then(|| will.clone());
+                }
+                if due || will_from_cut.contains(client_id.as_str()) {
+                    // The session's record now says whether a will still waits in it.
+                    if let Some((client, record)) = self.detach_record(key, offline_ms) {
+                        waits.extend(self.log_session(client.as_str(), &record, true));
+                    }
+                }
+                if due {
                     due_wills.push((client_id.clone(), will));
                 } else {
-                    if let Some(slot) = self.broker.sessions.borrow_mut().get_mut(&key) {
-                        slot.session.will = Some(will);
-                    }
                     self.schedule_will_ms(key, 0, left_ms - offline_ms);
                 }
             }
@@ -61,6 +88,19 @@ impl Shard {
                 let left_ms = u64::from(rec.expiry_secs) * 1000 - offline_ms;
                 self.schedule_expiry_ms(key, 0, left_ms);
             }
+        }
+        for (client, conn) in cut_done {
+            waits.extend(self.log_session_record(
+                &client,
+                records::encode_will(&client, &WillRecord::Done { conn }),
+                true,
+            ));
+        }
+        if !self.all_logged(waits).await {
+            tracing::error!(
+                shard = self.id,
+                "what became of a will could not be logged: a crash may publish it again"
+            );
         }
         due_wills
     }
@@ -204,16 +244,23 @@ impl Shard {
             let record = SessionRecord::Cursor(cursors);
             waits.extend(self.log_session(client_id.as_str(), &record, true));
         }
+        if !self.all_logged(waits).await {
+            tracing::error!(
+                shard = self.id,
+                "a restored session's cursor could not be logged"
+            );
+        }
+    }
+
+    /// Waits for the `log_session` requests `waits`; whether every record is durable.
+    async fn all_logged(&self, waits: Vec<u64>) -> bool {
+        let mut all = true;
         for id in waits {
-            if !matches!(
+            all &= matches!(
                 self.broker.replies(id).await.pop(),
                 Some(Reply::Logged(true))
-            ) {
-                tracing::error!(
-                    shard = self.id,
-                    "a restored session's cursor could not be logged"
-                );
-            }
+            );
         }
+        all
     }
 }
