@@ -109,9 +109,12 @@ impl Shard {
             ),
         };
         // Catch-up reads asked for by a shard the session left are answered there, and
-        // deliveries on their way to it are lost: read them from the log.
+        // deliveries on their way to it are lost: read them from the log. A takeover on
+        // this same shard has the same window: the session was out of the trie and the
+        // interest table from `take_over` until it is indexed again below, and deliveries
+        // in between found nobody. Either way every owner's log is read from the floor.
         session.replay.forget_requests();
-        if present && session.attached_on != Some(self.id) {
+        if present {
             session.replay.moved(self.mesh.shards());
         }
         session.attached_on = Some(self.id);
