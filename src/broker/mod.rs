@@ -139,6 +139,9 @@ pub struct BrokerState {
     pub(crate) floor_reports: RefCell<Vec<FloorReports>>,
     /// Numbers catch-up reads.
     pub(crate) next_catch_up: Cell<u64>,
+    /// Per owner shard, the highest watermark it sent here: every record of its log
+    /// below it had been sent to this shard before. A new subscription starts there.
+    pub(crate) heard_floors: RefCell<Vec<u64>>,
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
@@ -188,6 +191,7 @@ impl BrokerState {
             persisted: RefCell::new(HashSet::new()),
             floor_reports: RefCell::new(Vec::new()),
             next_catch_up: Cell::new(0),
+            heard_floors: RefCell::new(Vec::new()),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
             claims: RefCell::new(HashMap::new()),

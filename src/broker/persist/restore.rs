@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::mqtt::ByteStr;
 use crate::router::parse_filter;
-use crate::session::{LogPos, Session, Will, EXPIRY_NEVER};
+use crate::session::{subscribed_from, LogPos, Session, Will, EXPIRY_NEVER};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
 use super::super::{Reply, SessionSlot};
@@ -79,9 +79,9 @@ impl Shard {
         );
         session.logged = true;
         session.attached_on = Some(self.id);
-        for (filter, (opts, since)) in &rec.subscriptions {
+        for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);
-            session.subscribed_at_ms.insert(filter.clone(), *since);
+            session.subscribed_from.insert(filter.clone(), from.clone());
         }
         let key = self.broker.new_session_key();
         let me = ConnRef {
@@ -138,9 +138,9 @@ impl Shard {
                     filters: rec
                         .subscriptions
                         .iter()
-                        .filter_map(|(f, (_, since))| {
+                        .filter_map(|(f, (_, from))| {
                             let plain = parse_filter(f, &self.topic_limits()).ok()?.filter;
-                            Some((plain.to_string(), *since))
+                            Some((plain.to_string(), subscribed_from(from, owner as u16)))
                         })
                         .collect(),
                     messages_max: self.config.session_queue_messages_max,
