@@ -306,6 +306,15 @@ impl Shard {
     /// every peer has said the same.
     pub(crate) async fn recovered_barrier(&self) {
         let peers = self.mesh.shards() - 1;
+        // Ahead of `Recovered` in each channel: subscriptions made as soon as a shard
+        // serves begin at this log's end, not at 0 (see `Session::subscribed_from`).
+        if let Some(durable) = self.durable.get() {
+            let watermark = durable.sent_watermark();
+            self.on_watermark(self.id, watermark);
+            for peer in self.all_shards().filter(|&p| p != self.id) {
+                self.post(peer, ShardMsg::Watermark { watermark });
+            }
+        }
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(peer, ShardMsg::Recovered);
         }
