@@ -148,6 +148,9 @@ pub struct BrokerState {
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
+    /// Sessions a takeover left in place (indexed, offline) for a newer connection on
+    /// this same shard, by client id, until that connection's claim resumes them.
+    pub(crate) parked: RefCell<HashMap<ByteStr, SessionKey>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
     /// Round-robin over a group's members on this shard.
@@ -195,6 +198,7 @@ impl BrokerState {
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
             claims: RefCell::new(HashMap::new()),
+            parked: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
             group_cursor: RefCell::new(HashMap::new()),
