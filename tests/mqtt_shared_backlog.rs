@@ -62,6 +62,20 @@ fn read_all(conn: &mut Conn) -> Vec<String> {
     got
 }
 
+/// `kill -9` once the changed cursors were logged (every 200 ms).
+fn kill_9_after_cursor_flush(broker: &mut Broker) {
+    std::thread::sleep(Duration::from_millis(600));
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("reaped");
+}
+
+/// Reconnects a persistent session (asserting it was kept) and reads all it gets.
+fn resume_and_read_all(broker: &Broker, connect: &Connect) -> Vec<String> {
+    let (mut member, ack) = Conn::connect(broker.mqtt, connect);
+    assert!(ack.session_present, "the persistent session was restored");
+    read_all(&mut member)
+}
+
 fn missing(sent: &BTreeSet<String>, got: &[String]) -> Vec<String> {
     let got: BTreeSet<&String> = got.iter().collect();
     sent.iter().filter(|p| !got.contains(p)).cloned().collect()
@@ -140,17 +154,12 @@ fn a_backlog_survives_kill_9() {
         }),
         "the group's backlog holds messages"
     );
-    // Past the cursor flush interval (200 ms), so the cursors the backlog holds down are
-    // the ones logged.
-    std::thread::sleep(Duration::from_millis(600));
-    broker.child.kill().expect("SIGKILL");
-    broker.child.wait().expect("reaped");
+    // The cursors the backlog holds down are the ones logged.
+    kill_9_after_cursor_flush(&mut broker);
     drop(member);
 
     let broker = self::broker(Some(dir.path().to_path_buf()));
-    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
-    assert!(ack.session_present, "the persistent session was restored");
-    let got = read_all(&mut member);
+    let got = resume_and_read_all(&broker, &connect);
     let lost = missing(&sent, &got);
     assert!(
         lost.is_empty(),
@@ -188,5 +197,56 @@ fn a_sole_persistent_member_that_goes_offline_gets_its_messages_when_it_returns(
         "{} of {} acknowledged messages lost while the only member was away: {lost:?}",
         lost.len(),
         sent.len()
+    );
+}
+
+/// Restored after `kill -9` with more than the member's byte limit to replay: what does
+/// not fit goes to the group's backlog and the log, never dropped.
+#[test]
+fn restored_shared_deliveries_beyond_the_byte_limit_are_kept_for_the_group() {
+    let dir = temp_dir();
+    let mut env = small_bounds();
+    env.retain(|(k, _)| k != "SHARDMQ_SESSION_QUEUE_MESSAGES_MAX");
+    env.push(("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX".into(), "1000".into()));
+    // About eight of the messages below fill a member's queue by bytes.
+    env.push(("SHARDMQ_SESSION_QUEUE_BYTES_MAX".into(), "16384".into()));
+    let start = |dir: &std::path::Path| {
+        Broker::start_with(BrokerOptions {
+            env: env.clone(),
+            data_dir: Some(dir.to_path_buf()),
+            ..BrokerOptions::default()
+        })
+    };
+    let mut broker = start(dir.path());
+    let connect = Connect::v4("restored-shared").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub("$share/g/restored/t", 1);
+    let mut publ = Conn::client(broker.mqtt, true, "restored-shared-pub");
+    let pad = "x".repeat(1800);
+    let sent: BTreeSet<String> = (0..80)
+        .map(|i| {
+            let payload = format!("restored#{i}:{pad}");
+            let code = publ.publish(Publish::new("restored/t", payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for restored#{i}");
+            payload
+        })
+        .collect();
+    kill_9_after_cursor_flush(&mut broker);
+    drop(member);
+    // Crashed again before the member is back: what the restart gave the group must
+    // still hold the member's logged cursor down.
+    kill_9_after_cursor_flush(&mut start(dir.path()));
+
+    let broker = start(dir.path());
+    let got = resume_and_read_all(&broker, &connect);
+    let lost = missing(&sent, &got);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost after the restart: {:?}",
+        lost.len(),
+        sent.len(),
+        lost.iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect::<Vec<_>>()
     );
 }

@@ -5,6 +5,11 @@
 //! A read asks for at most `CATCH_UP_MESSAGES_MAX` messages (and no more than the queue
 //! has room for), and covers only records already as durable as the fsync policy
 //! promises, so a QoS 2 message is never delivered before it could be acknowledged.
+//!
+//! A read that fails (an I/O error, a damaged frame, a poisoned log) answers where it
+//! stopped as the place to resume, never as the log's end: the gap stays open there and
+//! the read is asked for again. The owner holds such an answer back for
+//! `CATCH_UP_RETRY_MS`, which paces the retries of a log that keeps failing.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::time::Instant;
 
 use crate::mqtt::{ByteStr, QoS};
 use crate::router::parse_filter;
-use crate::session::{CatchUp, Message, ReplayCursor, Session};
+use crate::session::{subscribed_from, CatchUp, Message, ReplayCursor, Session};
 use crate::shard::{Shard, ShardMsg};
 use crate::storage::Offset;
 
@@ -21,6 +26,9 @@ use super::SessionSlot;
 
 /// Most messages one catch-up read returns.
 pub const CATCH_UP_MESSAGES_MAX: usize = 1024;
+
+/// How long an owner holds back the answer of a failed catch-up read (the retry pace).
+pub const CATCH_UP_RETRY_MS: u64 = 1000;
 
 impl Shard {
     /// After a pump: if the session has gaps and its queue room again, asks the owners.
@@ -49,7 +57,7 @@ impl Shard {
             let want = ReplayWant {
                 client_id: s.client_id.clone(),
                 from,
-                filters: self.filters_with_since(s),
+                filters: self.filters_with_since(s, shard),
                 messages_max: room.min(CATCH_UP_MESSAGES_MAX),
             };
             self.post(usize::from(shard), ShardMsg::CatchUp { want, request });
@@ -64,13 +72,14 @@ impl Shard {
         asks
     }
 
-    fn filters_with_since(&self, s: &Session) -> Vec<(String, u64)> {
+    /// The session's plain filters, each with the offset of `owner`'s log it began at.
+    fn filters_with_since(&self, s: &Session, owner: u16) -> Vec<(String, u64)> {
         s.subscriptions
             .keys()
             .filter_map(|full| {
                 let plain = parse_filter(full, &self.topic_limits()).ok()?.filter;
-                let since = s.subscribed_at_ms.get(full).copied().unwrap_or(0);
-                Some((plain.to_string(), since))
+                let from = s.subscribed_from.get(full).map_or(&[][..], |f| &f[..]);
+                Some((plain.to_string(), subscribed_from(from, owner)))
             })
             .collect()
     }
@@ -100,17 +109,32 @@ impl Shard {
         let durable = self.durable.get()?;
         let appended = durable.wal.next_offset().0;
         let durable_up_to = match appended {
-            0 => 0,
-            n => match durable.wal.wait_durable(Offset(n - 1)).await {
-                Ok(()) => n,
-                // A poisoned log serves nothing more; the gap stays where it was.
-                Err(_) => want.from,
-            },
+            0 => Some(0),
+            n => durable
+                .wal
+                .wait_durable(Offset(n - 1))
+                .await
+                .ok()
+                .map(|()| n),
         };
-        let wants = [want];
-        let scan = scan_for_replay(&durable.wal, self.id as u16, &wants, Some(durable_up_to)).await;
-        let [want] = wants;
         self.probe.catch_up_reads_total.inc();
+        let scan = match durable_up_to {
+            Some(stop) => {
+                let wants = std::slice::from_ref(&want);
+                scan_for_replay(&durable.wal, self.id as u16, wants, Some(stop)).await
+            }
+            // A poisoned log serves nothing more; the gap stays where it was.
+            None => ReplayScan::failed_at(want.from, 1),
+        };
+        if scan.failed {
+            tracing::warn!(
+                shard = self.id,
+                client_id = want.client_id.as_str(),
+                from = scan.end,
+                "a catch-up read failed; its gap stays open and is read again"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(CATCH_UP_RETRY_MS)).await;
+        }
         Some((want, scan))
     }
 

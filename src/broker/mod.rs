@@ -142,12 +142,18 @@ pub struct BrokerState {
     pub(crate) floor_reports: RefCell<Vec<FloorReports>>,
     /// Numbers catch-up reads.
     pub(crate) next_catch_up: Cell<u64>,
+    /// Per owner shard, the highest watermark it sent here: every record of its log
+    /// below it had been sent to this shard before. A new subscription starts there.
+    pub(crate) heard_floors: RefCell<Vec<u64>>,
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
+    /// Sessions a takeover left in place (indexed, offline) for a newer connection on
+    /// this same shard, by client id, until that connection's claim resumes them.
+    pub(crate) parked: RefCell<HashMap<ByteStr, SessionKey>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
     /// Round-robin over a group's members on this shard.
@@ -192,9 +198,11 @@ impl BrokerState {
             persisted: RefCell::new(HashSet::new()),
             floor_reports: RefCell::new(Vec::new()),
             next_catch_up: Cell::new(0),
+            heard_floors: RefCell::new(Vec::new()),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
             claims: RefCell::new(HashMap::new()),
+            parked: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),
             next_request: Cell::new(1),
             group_cursor: RefCell::new(HashMap::new()),
@@ -306,6 +314,15 @@ impl Shard {
     /// every peer has said the same.
     pub(crate) async fn recovered_barrier(&self) {
         let peers = self.mesh.shards() - 1;
+        // Ahead of `Recovered` in each channel: subscriptions made as soon as a shard
+        // serves begin at this log's end, not at 0 (see `Session::subscribed_from`).
+        if let Some(durable) = self.durable.get() {
+            let watermark = durable.sent_watermark();
+            self.on_watermark(self.id, watermark);
+            for peer in self.all_shards().filter(|&p| p != self.id) {
+                self.post(peer, ShardMsg::Watermark { watermark });
+            }
+        }
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(peer, ShardMsg::Recovered);
         }

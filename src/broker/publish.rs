@@ -270,7 +270,10 @@ impl Shard {
     /// Moves queued messages of a connected session into its connection's buffer, refills
     /// its queue from its shared groups' backlogs, and asks for catch-up reads.
     pub(crate) fn pump(&self, slot: &mut SessionSlot, now: Instant) {
-        if slot.conn.is_none() {
+        // A connection's session is indexed before its CONNACK is written (the claim may
+        // still wait for peers): nothing goes out before the CONNACK, `resume_delivery`
+        // pumps once it is.
+        if slot.conn.as_ref().is_none_or(|c| c.session.get().is_none()) {
             return;
         }
         self.pump_queue(slot, now);

@@ -138,6 +138,13 @@ impl Shard {
     /// Every record of `owner`'s log below `watermark` that any session here wanted has
     /// reached it (the channel is in order).
     pub(crate) fn on_watermark(&self, owner: usize, watermark: u64) {
+        {
+            let mut heard = self.broker.heard_floors.borrow_mut();
+            if heard.len() <= owner {
+                heard.resize(owner + 1, 0);
+            }
+            heard[owner] = heard[owner].max(watermark);
+        }
         for slot in self.broker.sessions.borrow_mut().values_mut() {
             if slot.session.logged {
                 slot.session.replay.raise_quietly(owner, watermark);

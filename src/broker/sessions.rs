@@ -85,7 +85,17 @@ impl Shard {
             Some(Reply::Handover(session)) => session,
             _ => None,
         };
+        let parked = self.broker.parked.borrow_mut().remove(&params.client_id);
         let superseded = self.broker.claims.borrow_mut().remove(&claim_key).flatten();
+        // Left in place by a takeover on this shard (see `take_over`).
+        let parked = parked.filter(|k| self.broker.sessions.borrow().contains_key(k));
+        let previous = match (previous, parked) {
+            (None, Some(key)) if superseded.is_none() => {
+                return Ok(self.resume_in_place(conn, key, params));
+            }
+            (None, Some(key)) => Some(Box::new(self.remove_session(key).session)),
+            (previous, _) => previous,
+        };
         if let Some(newer) = superseded {
             // A newer connection with this id won while the claim was in flight: this one
             // never gets its session; the session goes straight on to the newer one.
@@ -127,9 +137,12 @@ impl Shard {
             ),
         };
         // Catch-up reads asked for by a shard the session left are answered there, and
-        // deliveries on their way to it are lost: read them from the log.
+        // deliveries on their way to it, or sent while it was out of the trie and the
+        // interest table (from `take_over` until it is indexed again below), found
+        // nobody: every owner's log is read from the floor. (A session taken over on its
+        // own shard stays in place instead, see `park`, unless a newer claim won.)
         session.replay.forget_requests();
-        if present && session.attached_on != Some(self.id) {
+        if present {
             session.replay.moved(self.mesh.shards());
         }
         session.attached_on = Some(self.id);
@@ -288,6 +301,10 @@ impl Shard {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
             return;
         };
+        if to.shard == self.id && !clean_start && self.park(&client_id, key, to) {
+            self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
+            return;
+        }
         let mut slot = self.remove_session(key);
         let was_live = slot.conn.is_some();
         if was_live && slot.session.will.is_some() {
@@ -312,6 +329,83 @@ impl Shard {
         let keep = !clean_start && slot.session.is_persistent();
         let session = keep.then(|| Box::new(slot.session));
         self.post(to.shard, ShardMsg::SessionHandover { id, session });
+    }
+
+    /// A takeover by a connection on this same shard: a persistent session stays where
+    /// it is, indexed, and only loses its connection (closed, v5 reason 0x8E) until the
+    /// new one resumes it (`resume_in_place`). Taking it out of the trie and the interest
+    /// table and back would leave a window in which deliveries found nobody. Returns
+    /// false (nothing done) for a session that does not carry on.
+    fn park(self: &Rc<Self>, client_id: &ByteStr, key: SessionKey, to: ConnRef) -> bool {
+        let (old_conn, will) = {
+            let mut sessions = self.broker.sessions.borrow_mut();
+            let Some(slot) = sessions.get_mut(&key) else {
+                return false;
+            };
+            if !slot.session.is_persistent() {
+                return false;
+            }
+            // Timers of the old connection (expiry, delayed will) no longer apply.
+            slot.epoch = to.token;
+            (slot.conn.take(), slot.session.will.take())
+        };
+        let was_live = old_conn.is_some();
+        if let Some(conn) = old_conn {
+            conn.close(ReasonCode::SessionTakenOver);
+            conn.session.set(None);
+            self.probe.sessions_taken_over_total.inc();
+        }
+        // The session carries on: a delayed will is cancelled, an immediate one of a
+        // connection that ended without DISCONNECT is due (as in `take_over`).
+        if let Some(will) = will.filter(|w| was_live && w.delay_secs == 0) {
+            self.publish_will(client_id, will);
+        }
+        self.broker
+            .parked
+            .borrow_mut()
+            .insert(client_id.clone(), key);
+        true
+    }
+
+    /// Attaches the session a takeover left in place (`park`) to `conn`.
+    fn resume_in_place(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        key: SessionKey,
+        params: SessionParams,
+    ) -> ConnectOutcome {
+        let me = ConnRef {
+            shard: self.id,
+            token: conn.token,
+        };
+        let open = {
+            let mut sessions = self.broker.sessions.borrow_mut();
+            let slot = sessions.get_mut(&key).expect("checked by the caller");
+            let s = &mut slot.session;
+            s.protocol = params.protocol;
+            s.expiry_secs = params.expiry_secs;
+            s.will = params.will;
+            s.outbound.set_client_receive_max(params.receive_max);
+            slot.conn = Some(Rc::clone(conn));
+            slot.last_conn = me;
+            slot.epoch = conn.token;
+            s.is_persistent().then(|| {
+                s.logged = true;
+                (s.client_id.clone(), s.expiry_secs, s.protocol)
+            })
+        };
+        if let Some((client, expiry_secs, protocol)) = open {
+            let record = SessionRecord::Open {
+                expiry_secs,
+                protocol,
+            };
+            self.log_session(client.as_str(), &record, false);
+        }
+        conn.session.set(Some(key));
+        ConnectOutcome {
+            session_present: true,
+            key,
+        }
     }
 
     /// Takes a session out of this shard's tables (subscriptions, interest, indexes).

@@ -185,18 +185,26 @@ impl Shard {
     ) -> Option<Vec<(String, SubOptions, bool)>> {
         let mut acks = Vec::new();
         let mut added = Vec::with_capacity(filters.len());
+        let mut records = Vec::with_capacity(filters.len());
         for (filter, opts) in filters {
             let existed = {
                 let mut sessions = self.broker.sessions.borrow_mut();
                 let Some(slot) = sessions.get_mut(&key) else {
                     break;
                 };
-                let now = super::persist::unix_ms();
-                slot.session.subscribed_at_ms.insert(filter.clone(), now);
-                slot.session
-                    .subscriptions
-                    .insert(filter.clone(), opts)
-                    .is_some()
+                let s = &mut slot.session;
+                // A subscription replacing one to the same filter keeps where it began
+                // (MQTT-3.8.4-3): the messages since are still owed to it, and catch-up
+                // reads and replays skip records before it. A new one begins at every
+                // owner's last watermark here: nothing of an owner's log below it can
+                // reach this shard any more.
+                let from = match s.subscribed_from.get(&filter) {
+                    Some(from) => from.clone(),
+                    None => self.broker.heard_floors.borrow().clone(),
+                };
+                s.subscribed_from.insert(filter.clone(), from.clone());
+                records.push((filter.clone(), opts, from));
+                s.subscriptions.insert(filter.clone(), opts).is_some()
             };
             if existed {
                 // Same filter, new options: replace them in place; the interest table
@@ -218,10 +226,8 @@ impl Shard {
             .filter(|slot| slot.session.logged)
             .map(|slot| slot.session.client_id.clone());
         if let Some(client) = logged_as {
-            let records: Vec<(String, SubOptions)> =
-                added.iter().map(|(f, o, _)| (f.clone(), *o)).collect();
             if !self.log_subscriptions(client.as_str(), &records).await {
-                let filters: Vec<String> = records.into_iter().map(|(f, _)| f).collect();
+                let filters: Vec<String> = records.into_iter().map(|(f, ..)| f).collect();
                 self.unsubscribe(key, &filters);
                 return None;
             }
@@ -299,7 +305,7 @@ impl Shard {
                     sessions.get_mut(&key).and_then(|slot| {
                         let s = &mut slot.session;
                         s.subscriptions.remove(filter)?;
-                        s.subscribed_at_ms.remove(filter);
+                        s.subscribed_from.remove(filter);
                         Some(s.logged.then(|| s.client_id.clone()))
                     })
                 };

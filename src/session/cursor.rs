@@ -120,9 +120,10 @@ impl ReplayCursor {
         }
     }
 
-    /// The session moved here from another shard: what its old shard was still being
-    /// sent may be lost on the way, so every owner's messages from the floor on are read
-    /// from the log (deliveries the session already holds are not queued twice).
+    /// The session was taken over by a new connection (on another shard or this one):
+    /// what was sent to it while it was out of the shard's tables may be lost on the way,
+    /// so every owner's messages from the floor on are read from the log (deliveries the
+    /// session already holds are not queued twice).
     pub fn moved(&mut self, shards: usize) {
         for shard in 0..shards {
             let floor = self.floors.get(shard).copied().unwrap_or(0);

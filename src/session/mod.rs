@@ -75,9 +75,11 @@ pub struct Session {
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids received and forwarded, awaiting PUBREL.
     pub awaiting_pubrel: HashSet<u16>,
-    /// When each subscription began (ms since the epoch): a read from the log returns
-    /// only records not older than the subscription that matches them.
-    pub subscribed_at_ms: HashMap<String, u64>,
+    /// Where each subscription began, per owner shard: the log offset from which it
+    /// wants messages (see [`subscribed_from`]). A read from the log returns only records
+    /// at or past it for the subscription that matches them. A log position, not a
+    /// clock: a clock stepping back would skip messages.
+    pub subscribed_from: HashMap<String, Vec<u64>>,
     /// Where a replay after a restart would start, per owner shard.
     pub replay: ReplayCursor,
     /// The shard the session was last attached on.
@@ -85,6 +87,13 @@ pub struct Session {
     /// Whether the home shard's log holds this session (it was persistent when it
     /// connected); its changes are then logged too.
     pub logged: bool,
+}
+
+/// The offset of `owner`'s log from which a subscription that began at `from` (per
+/// owner shard, as in [`Session::subscribed_from`]) wants messages; 0 for an owner it
+/// has no position for.
+pub fn subscribed_from(from: &[u64], owner: u16) -> u64 {
+    from.get(usize::from(owner)).copied().unwrap_or(0)
 }
 
 impl Session {
@@ -103,7 +112,7 @@ impl Session {
             will: None,
             outbound: Outbound::new(limits),
             awaiting_pubrel: HashSet::new(),
-            subscribed_at_ms: HashMap::new(),
+            subscribed_from: HashMap::new(),
             replay: ReplayCursor::default(),
             logged: false,
             attached_on: None,

@@ -34,7 +34,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::broker::durable::{as_publish, encode_publish_body, publish_body_len, Recovered};
 use crate::broker::{ArmedWills, RecoveredSession, ReplayWant, RECORD_PUBLISH};
 use crate::router::{owner_of, parse_filter, TopicLimits};
-use crate::session::Message;
+use crate::session::{subscribed_from, Message};
 use crate::storage::{RecordKind, Wal, WalConfig};
 
 use super::records::{self, SessionRecord, WillRecord, RECORD_PUBLISH_FOR};
@@ -200,12 +200,15 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
             protocol: s.protocol,
         };
         append_session(home, client, &open, now).await?;
-        for (filter, (opts, since)) in &s.subscriptions {
+        for (filter, (opts, _)) in &s.subscriptions {
+            // Offsets of the old logs mean nothing in the new ones, which start afresh:
+            // what the session is owed was carried over as `publish_for` records.
             let sub = SessionRecord::Subscribe {
                 filter: filter.clone(),
                 opts: *opts,
+                from: Vec::new(),
             };
-            append_session(home, client, &sub, *since).await?;
+            append_session(home, client, &sub, now).await?;
         }
         if let Some(at) = s.detached_at_ms {
             let detach = SessionRecord::Detach {
@@ -285,8 +288,9 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
                     filters: s
                         .subscriptions
                         .iter()
-                        .filter_map(|(f, (_, since))| {
-                            Some((parse_filter(f, &limits).ok()?.filter.to_string(), *since))
+                        .filter_map(|(f, (_, from))| {
+                            let plain = parse_filter(f, &limits).ok()?.filter.to_string();
+                            Some((plain, subscribed_from(from, *i as u16)))
                         })
                         .collect(),
                     // Offline and one-off: carry everything over, not just a queue's worth.
@@ -295,6 +299,12 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
             })
             .collect();
         let scan = scan_for_replay(wal, *i as u16, &wants, None).await;
+        if scan.failed {
+            return Err(format!(
+                "the old log of shard {i} could not be read past offset {}",
+                scan.end
+            ));
+        }
         for (c, msg) in scan.found {
             let offset = msg.log.map_or(0, |p| p.offset);
             old.pending

@@ -81,8 +81,9 @@ pub struct RecoveredSession {
     pub detached_at_ms: Option<u64>,
     /// A delayed will still to publish.
     pub will: Option<Will>,
-    /// Subscriptions by full filter, with the time they want messages from.
-    pub subscriptions: HashMap<String, (SubOptions, u64)>,
+    /// Subscriptions by full filter, with where each began (per owner shard, the
+    /// offset it wants messages from; see `Session::subscribed_from`).
+    pub subscriptions: HashMap<String, (SubOptions, Vec<u64>)>,
     /// Replay cursor per owner shard.
     pub cursors: HashMap<u16, u64>,
 }
@@ -130,8 +131,8 @@ pub fn visit_session_record(
             s.detached_at_ms = Some(record.timestamp_ms);
             s.will = will;
         }
-        SessionRecord::Subscribe { filter, opts } => {
-            s.subscriptions.insert(filter, (opts, record.timestamp_ms));
+        SessionRecord::Subscribe { filter, opts, from } => {
+            s.subscriptions.insert(filter, (opts, from));
         }
         SessionRecord::Unsubscribe { filter } => {
             s.subscriptions.remove(&filter);
@@ -167,7 +168,8 @@ pub struct ReplayWant {
     pub client_id: ByteStr,
     /// Replay records at or above this offset.
     pub from: u64,
-    /// Plain filters (share prefix removed) with the time each wants messages from.
+    /// Plain filters (share prefix removed), each with the offset of this log from which
+    /// it wants messages.
     pub filters: Vec<(String, u64)>,
     /// At most this many messages (the session's queue bound).
     pub messages_max: usize,
@@ -358,13 +360,14 @@ impl Shard {
     pub(crate) async fn log_subscriptions(
         &self,
         client_id: &str,
-        added: &[(String, SubOptions)],
+        added: &[(String, SubOptions, Vec<u64>)],
     ) -> bool {
         let mut wait = None;
-        for (i, (filter, opts)) in added.iter().enumerate() {
+        for (i, (filter, opts, from)) in added.iter().enumerate() {
             let record = SessionRecord::Subscribe {
                 filter: filter.clone(),
                 opts: *opts,
+                from: from.clone(),
             };
             // One home log, appended in order: the last record's durability covers all.
             wait = self.log_session(client_id, &record, i + 1 == added.len());

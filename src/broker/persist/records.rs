@@ -7,7 +7,7 @@
 //! | 2 | `session_open` | `expiry_secs u32 | protocol level u8` |
 //! | 3 | `session_detach` | `expiry_secs u32 | has_will u8 | [delay_secs u32 | will as a v5 PUBLISH]` |
 //! | 4 | `session_end` | nothing |
-//! | 5 | `subscribe` | `filter (len u16 | UTF-8) | qos u8 | flags u8 (1 no-local, 2 retain-as-published) | retain_handling u8 | subscription id u32 (0 = none)` |
+//! | 5 | `subscribe` | `filter (len u16 | UTF-8) | qos u8 | flags u8 (1 no-local, 2 retain-as-published) | retain_handling u8 | subscription id u32 (0 = none) | [count u16 | from offset u64 × count]` |
 //! | 6 | `unsubscribe` | `filter (len u16 | UTF-8)` |
 //! | 7 | `cursor` | `count u16 | (owner shard u16 | offset u64) × count` |
 //! | 10 | `will` | `shard u16 | connection token u64 | delay_secs u32 | will as a v5 PUBLISH` |
@@ -15,9 +15,12 @@
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
-//! the shard layout changes (see `migrate`). The record's timestamp is the time of the
-//! event: a `subscribe`'s is the moment from which the subscription wants messages, a
-//! `session_detach`'s the moment its expiry starts counting.
+//! the shard layout changes (see `migrate`). A `subscribe`'s offsets say, per owner
+//! shard (by index), from which offset of its log the subscription wants messages; a
+//! record without them (written before they existed, or by a layout change, whose new
+//! logs start afresh) wants them from 0, bounded by the session's cursor. The record's
+//! timestamp is the time of the event: a `session_detach`'s is the moment its expiry
+//! starts counting.
 //!
 //! `will` and `will_done` belong to one connection (its shard and token), not to the
 //! session: a connection with a will logs it before its CONNACK, from the shard it is
@@ -148,6 +151,8 @@ pub enum SessionRecord {
         filter: String,
         /// Granted options.
         opts: SubOptions,
+        /// Per owner shard, the offset of its log from which it wants messages.
+        from: Vec<u64>,
     },
     /// `unsubscribe`.
     Unsubscribe {
@@ -189,12 +194,16 @@ pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) 
             RECORD_SESSION_DETACH
         }
         SessionRecord::End => RECORD_SESSION_END,
-        SessionRecord::Subscribe { filter, opts } => {
+        SessionRecord::Subscribe { filter, opts, from } => {
             put_str(&mut b, filter);
             b.put_u8(opts.qos as u8);
             b.put_u8(u8::from(opts.no_local) | (u8::from(opts.retain_as_published) << 1));
             b.put_u8(opts.retain_handling);
             b.put_u32_le(opts.subscription_id.unwrap_or(0));
+            b.put_u16_le(from.len() as u16);
+            for offset in from {
+                b.put_u64_le(*offset);
+            }
             RECORD_SUBSCRIBE
         }
         SessionRecord::Unsubscribe { filter } => {
@@ -239,6 +248,14 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
             let flags = get_u8(&mut body)?;
             let retain_handling = get_u8(&mut body)?;
             let id = get_u32(&mut body)?;
+            // Absent in records written before subscriptions began at log positions.
+            let mut from = Vec::new();
+            if !body.is_empty() {
+                let n = get_u16(&mut body)?;
+                for _ in 0..n {
+                    from.push(get_u64(&mut body)?);
+                }
+            }
             SessionRecord::Subscribe {
                 filter,
                 opts: SubOptions {
@@ -248,6 +265,7 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
                     retain_handling,
                     subscription_id: (id != 0).then_some(id),
                 },
+                from,
             }
         }
         RECORD_UNSUBSCRIBE => SessionRecord::Unsubscribe {
@@ -360,7 +378,12 @@ mod tests {
         let (kind, body) = encode("client-é", &record);
         let (client, back) = decode(kind, &body).expect("decodes");
         assert_eq!(client, "client-é");
-        for cut in 0..body.len() {
+        // A `subscribe` without its offsets is one written before they existed.
+        let older_form = match &record {
+            SessionRecord::Subscribe { from, .. } => Some(body.len() - 2 - 8 * from.len()),
+            _ => None,
+        };
+        for cut in (0..body.len()).filter(|c| Some(*c) != older_form) {
             assert!(
                 decode(kind, &body[..cut]).is_none(),
                 "cut at {cut} of {kind:?}"
@@ -381,11 +404,31 @@ mod tests {
         match round_trip(SessionRecord::Subscribe {
             filter: "$share/g/a/+".into(),
             opts,
+            from: vec![7, 0, u64::MAX],
         }) {
-            SessionRecord::Subscribe { filter, opts: o } => {
+            SessionRecord::Subscribe {
+                filter,
+                opts: o,
+                from,
+            } => {
                 assert_eq!(filter, "$share/g/a/+");
                 assert_eq!(o, opts);
+                assert_eq!(from, vec![7, 0, u64::MAX]);
             }
+            other => panic!("{other:?}"),
+        }
+        // Written before subscriptions began at log positions: from every log's start.
+        let (kind, body) = encode(
+            "c",
+            &SessionRecord::Subscribe {
+                filter: "a".into(),
+                opts,
+                from: Vec::new(),
+            },
+        );
+        let old_body = &body[..body.len() - 2];
+        match decode(kind, old_body) {
+            Some((_, SessionRecord::Subscribe { from, .. })) => assert!(from.is_empty()),
             other => panic!("{other:?}"),
         }
         match round_trip(SessionRecord::Cursor(vec![(0, 5), (3, u64::MAX)])) {

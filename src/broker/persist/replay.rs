@@ -1,5 +1,10 @@
 //! Reading a log back for sessions: at start (a home asks every owner) and while running
 //! (catch-up reads), with the rule that decides which records a session wants.
+//!
+//! A scan that cannot read on (an I/O error, a damaged frame, a poisoned log) is never
+//! taken for one that reached the log's end: every want it had not cut off yet resumes
+//! where it stopped (`ReplayScan::resume`), so the session's gap stays open from there and
+//! the read is asked for again (see `catchup`), and a restart replays from there.
 
 use std::sync::Arc;
 
@@ -58,8 +63,24 @@ pub struct ReplayScan {
     pub found: Vec<(u32, Arc<Message>)>,
     /// Every record below this was scanned.
     pub end: u64,
-    /// Per want: the first matching record that did not fit its `messages_max`.
+    /// Per want: where a later read must resume: the first matching record that did
+    /// not fit its `messages_max`, or where a failed read stopped.
     pub resume: Vec<Option<u64>>,
+    /// The read stopped before `end` it was asked for (an I/O error, a damaged frame, a
+    /// poisoned log): everything from `end` on is unread.
+    pub failed: bool,
+}
+
+impl ReplayScan {
+    /// A read that could not start at `from` (a poisoned log): every want resumes there.
+    pub fn failed_at(from: u64, wants: usize) -> Self {
+        ReplayScan {
+            found: Vec::new(),
+            end: from,
+            resume: vec![Some(from); wants],
+            failed: true,
+        }
+    }
 }
 
 /// Reads `wal` (the log of shard `shard`) from the lowest wanted offset up to `stop`
@@ -75,11 +96,11 @@ pub async fn scan_for_replay(
     // are given to new records now, so the replay (and the cursor after it) restarts at
     // the end.
     let end = stop.unwrap_or(u64::MAX).min(wal.next_offset().0);
-    // Whole segments older than every subscription of a want hold nothing for it.
+    // Records below where every subscription of a want began hold nothing for it.
     let starts: Vec<u64> = wants
         .iter()
         .map(|w| match w.filters.iter().map(|(_, since)| *since).min() {
-            Some(since) => w.from.max(wal.first_offset_since(since).0),
+            Some(since) => w.from.max(since),
             None => w.from,
         })
         .collect();
@@ -93,8 +114,13 @@ pub async fn scan_for_replay(
     let mut found: Vec<(u32, Arc<Message>)> = Vec::new();
     let mut counts = vec![0usize; wants.len()];
     let mut resume: Vec<Option<u64>> = vec![None; wants.len()];
+    let mut failed = false;
+    // Past the last record handed to the visitor: a read that fails midway has served
+    // everything below it.
+    let mut visited = next;
     while next.0 < end && resume.iter().any(Option::is_none) {
         let read = wal.read_from(next, REPLAY_READ_BYTES, |record| {
+            visited = Offset(record.offset.0 + 1);
             // Decode only what some want may still take.
             if record.offset.0 >= end || resume.iter().all(Option::is_some) {
                 return;
@@ -120,22 +146,35 @@ pub async fn scan_for_replay(
         });
         match read.await {
             Ok(after) if after > next => next = after.min(Offset(end)),
-            Ok(_) => break,
-            Err(e) => {
-                tracing::error!(shard, error = %e, "replay could not read the log");
+            Ok(_) => {
+                tracing::error!(shard, at = next.0, end, "replay found no record to read");
+                failed = true;
                 break;
             }
+            Err(e) => {
+                next = next.max(visited).min(Offset(end));
+                tracing::error!(shard, at = next.0, error = %e, "replay could not read the log");
+                failed = true;
+                break;
+            }
+        }
+    }
+    if failed {
+        // Not the log's end: what each want has not been given yet is read again later.
+        for (r, start) in resume.iter_mut().zip(&starts) {
+            r.get_or_insert(next.0.max(*start));
         }
     }
     ReplayScan {
         found,
         end: next.0,
         resume,
+        failed,
     }
 }
 
 /// Whether a replayed record is for `want`: a `publish_for` names it; a plain publish
-/// matches one of its filters and is not older than that subscription.
+/// matches one of its filters at or past the offset where that subscription began.
 fn wanted(
     want: &ReplayWant,
     recipients: &Option<Vec<String>>,
@@ -145,7 +184,7 @@ fn wanted(
     match recipients {
         Some(names) => names.iter().any(|n| n == want.client_id.as_str()),
         None => want.filters.iter().any(|(filter, since)| {
-            record.timestamp_ms >= *since && filter_matches(filter, msg.topic.as_str())
+            record.offset.0 >= *since && filter_matches(filter, msg.topic.as_str())
         }),
     }
 }
@@ -190,5 +229,158 @@ fn split_share(full: &str) -> Option<(&str, Option<&str>)> {
             Some((filter, Some(group)))
         }
         None => Some((full, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use bytes::{Bytes, BytesMut};
+    use glommio::LocalExecutorBuilder;
+
+    use super::*;
+    use crate::broker::durable::{as_publish, encode_publish_body};
+    use crate::broker::RECORD_PUBLISH;
+    use crate::mqtt::{ByteStr, PublishProperties, QoS};
+    use crate::session::{LogPos, ReplayCursor};
+    use crate::storage::{FsyncPolicy, WalConfig};
+
+    /// A temp dir on a real disk (`SHARDMQ_TEST_DIR` or /var/tmp): O_DIRECT is off on
+    /// tmpfs.
+    fn disk_tempdir() -> tempfile::TempDir {
+        let base = std::env::var_os("SHARDMQ_TEST_DIR")
+            .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        tempfile::Builder::new()
+            .prefix("shardmq-replay-")
+            .tempdir_in(base)
+            .expect("temp dir")
+    }
+
+    fn config(dir: &Path) -> WalConfig {
+        WalConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+            fsync_policy: FsyncPolicy::Always,
+            write_buffer_bytes: 64 * 1024,
+            retention_ms: None,
+            retention_bytes: None,
+        }
+    }
+
+    fn payload(i: u64) -> String {
+        format!("payload-{i:05}")
+    }
+
+    /// Appends `n` QoS 1 publishes to topic `t`, record `i` stamped `stamp(i)`.
+    async fn append_publishes(wal: &Wal, n: u64, stamp: impl Fn(u64) -> u64) {
+        for i in 0..n {
+            let msg = Message {
+                topic: ByteStr::from_static("t"),
+                payload: Bytes::from(payload(i)),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: PublishProperties::default(),
+                publisher: ByteStr::from_static("p"),
+                expires_at: None,
+                log: None,
+            };
+            let mut body = BytesMut::new();
+            encode_publish_body(&msg, &as_publish(&msg), &mut body);
+            wal.reserve(body.len()).await.expect("reserve");
+            let at = wal
+                .append(RECORD_PUBLISH, stamp(i), &[&body])
+                .expect("append");
+            assert_eq!(at, Offset(i));
+        }
+        wal.wait_durable(Offset(n - 1)).await.expect("durable");
+    }
+
+    fn want(from: u64, since: u64) -> ReplayWant {
+        ReplayWant {
+            client_id: ByteStr::from_static("s"),
+            from,
+            filters: vec![("t".to_string(), since)],
+            messages_max: usize::MAX,
+        }
+    }
+
+    fn payloads(scan: &ReplayScan) -> Vec<String> {
+        scan.found
+            .iter()
+            .map(|(_, m)| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_subscription_wants_records_from_its_log_position_whatever_their_clock() {
+        let dir = disk_tempdir();
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async move {
+                let (wal, _) = Wal::open(config(dir.path()), |_| {}).await.expect("open");
+                // The clock stepped back after record 9: later records are stamped older.
+                append_publishes(&wal, 20, |i| if i < 10 { 2_000 + i } else { 1_000 + i }).await;
+                let scan = scan_for_replay(&wal, 0, &[want(0, 5)], None).await;
+                let expected: Vec<String> = (5..20).map(payload).collect();
+                assert_eq!(payloads(&scan), expected, "records 5.. whatever their time");
+                assert_eq!((scan.end, scan.resume[0], scan.failed), (20, None, false));
+            });
+    }
+
+    #[test]
+    fn a_damaged_record_keeps_the_gap_open_where_the_read_stopped() {
+        let dir = disk_tempdir();
+        let path = dir.path().to_path_buf();
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async move {
+                let (wal, _) = Wal::open(config(&path), |_| {}).await.expect("open");
+                append_publishes(&wal, 100, |i| 1_000 + i).await;
+                // The disk breaks under record 50 (found by its payload).
+                let segment = std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .find(|p| p.extension().is_some_and(|e| e == "log"))
+                    .expect("a segment file");
+                let mut bytes = std::fs::read(&segment).unwrap();
+                let mark = payload(50);
+                let at = bytes
+                    .windows(mark.len())
+                    .position(|w| w == mark.as_bytes())
+                    .expect("record 50 on disk");
+                bytes[at] ^= 0xff;
+                std::fs::write(&segment, &bytes).unwrap();
+
+                let scan = scan_for_replay(&wal, 0, &[want(0, 0)], None).await;
+                let expected: Vec<String> = (0..50).map(payload).collect();
+                assert_eq!(payloads(&scan), expected, "served up to the damage");
+                assert!(scan.failed, "the read stopped before the log's end");
+                assert_eq!(scan.resume[0], Some(50), "resumes at the damaged record");
+
+                // The session's gap (opened at 0) stays open from there, and the next
+                // read asks for 50 on: nothing after the damage is given up.
+                let mut cursor = ReplayCursor::default();
+                cursor.overflowed(LogPos {
+                    shard: 0,
+                    offset: 0,
+                    floor: 0,
+                });
+                let mut ids = 0;
+                cursor.take_catch_ups(&mut ids);
+                cursor.caught_up(0, scan.resume[0], scan.end, None);
+                assert!(cursor.has_gaps(), "a failed read does not close the gap");
+                assert_eq!(cursor.take_catch_ups(&mut ids)[0].from, 50);
+                wal.close().await.expect("close");
+            });
+    }
+
+    #[test]
+    fn a_read_that_cannot_start_resumes_where_it_was_asked_to() {
+        let scan = ReplayScan::failed_at(42, 2);
+        assert!(scan.failed && scan.found.is_empty());
+        assert_eq!(scan.resume, vec![Some(42), Some(42)]);
     }
 }

@@ -1,15 +1,21 @@
 //! Restoring a home's persistent sessions at start: offline on the home, with their
 //! subscriptions indexed and every message they had not acknowledged replayed.
+//!
+//! A replayed message that does not fit a session's queue opens a gap (read back from
+//! the log later, see `catchup`); a shared one goes to its group instead (see `shared`):
+//! another member, the group's backlog or, past that, the backlog's own gap.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
 use crate::mqtt::ByteStr;
+use crate::mqtt::QoS;
 use crate::router::parse_filter;
-use crate::session::{LogPos, Session, Will, EXPIRY_NEVER};
+use crate::session::{subscribed_from, Delivery, LogPos, Session, Will, EXPIRY_NEVER};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
+use super::super::shared::lower_by_groups;
 use super::super::{Reply, SessionSlot};
 use super::records::{self, SessionRecord, WillRecord};
 use super::replay::replayed_delivery;
@@ -119,9 +125,9 @@ impl Shard {
         );
         session.logged = true;
         session.attached_on = Some(self.id);
-        for (filter, (opts, since)) in &rec.subscriptions {
+        for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);
-            session.subscribed_at_ms.insert(filter.clone(), *since);
+            session.subscribed_from.insert(filter.clone(), from.clone());
         }
         let key = self.broker.new_session_key();
         let me = ConnRef {
@@ -178,9 +184,9 @@ impl Shard {
                     filters: rec
                         .subscriptions
                         .iter()
-                        .filter_map(|(f, (_, since))| {
+                        .filter_map(|(f, (_, from))| {
                             let plain = parse_filter(f, &self.topic_limits()).ok()?.filter;
-                            Some((plain.to_string(), *since))
+                            Some((plain.to_string(), subscribed_from(from, owner as u16)))
                         })
                         .collect(),
                     messages_max: self.config.session_queue_messages_max,
@@ -200,14 +206,30 @@ impl Shard {
                 continue;
             };
             let mut sessions = self.broker.sessions.borrow_mut();
+            // Shared deliveries a member has no room for, in offset order.
+            let mut for_groups: Vec<(u64, Delivery)> = Vec::new();
+            let mut spilled = HashSet::new();
             for (want, msg) in found {
                 let key = restored[want as usize].0;
                 let Some(slot) = sessions.get_mut(&key) else {
                     continue;
                 };
-                if let Some(delivery) = replayed_delivery(&slot.session, msg) {
-                    self.offer(slot, delivery, now);
+                let Some(delivery) = replayed_delivery(&slot.session, msg) else {
+                    continue;
+                };
+                // A shared delivery has no gap of the member's own to fall back on: what
+                // does not fit (or would overtake one that did not) goes to the group,
+                // which has room in another member, its backlog, or the log.
+                let full = slot.session.outbound.full_by(delivery.msg.cost_bytes());
+                if delivery.share_group.is_some()
+                    && delivery.qos != QoS::AtMostOnce
+                    && (spilled.contains(&key) || full.is_some())
+                {
+                    spilled.insert(key);
+                    for_groups.push((key, delivery));
+                    continue;
                 }
+                self.offer(slot, delivery, now);
             }
             for ((key, ..), resume) in restored.iter().zip(resume) {
                 let Some(slot) = sessions.get_mut(key) else {
@@ -223,13 +245,20 @@ impl Shard {
                 }
                 slot.session.replay.raise(shard, end);
             }
+            drop(sessions);
+            for (key, delivery) in for_groups {
+                // The member stays one (it is never picked: it is full).
+                self.redistribute(vec![delivery], Some(key));
+            }
         }
     }
 
     /// Makes the restored sessions' cursors durable before any shard serves: a cursor
     /// recovered past an owner's end (see `scan_for_replay`) must not outlive this start,
     /// or the records that now take those offsets would be skipped after the next crash.
+    /// What the groups' backlogs took from the replay holds them down too.
     async fn log_restored_cursors(&self, restored: &[(u64, ByteStr, RecoveredSession, u64)]) {
+        let holds = self.backlog_holds();
         let mut waits = Vec::new();
         for (key, client_id, ..) in restored {
             let cursors = {
@@ -239,7 +268,9 @@ impl Shard {
                 };
                 let s = &mut slot.session;
                 s.replay.touch();
-                s.replay.take_changed(&s.outbound).unwrap_or_default()
+                let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
+                lower_by_groups(&holds, s, &mut cursors);
+                cursors
             };
             let record = SessionRecord::Cursor(cursors);
             waits.extend(self.log_session(client_id.as_str(), &record, true));
