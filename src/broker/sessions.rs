@@ -347,9 +347,18 @@ impl Shard {
             }
             // Timers of the old connection (expiry, delayed will) no longer apply.
             slot.epoch = to.token;
-            (slot.conn.take(), slot.session.will.take())
+            (
+                slot.conn.take().map(|c| (c, slot.last_conn)),
+                slot.session.will.take(),
+            )
         };
         let was_live = old_conn.is_some();
+        if let Some((_, last)) = old_conn.as_ref().filter(|_| will.is_some()) {
+            // Published or cancelled below, as in `take_over`: a crash must not bring
+            // the old connection's will back.
+            self.log_will_done(client_id.as_str(), will_conn(*last));
+        }
+        let old_conn = old_conn.map(|(c, _)| c);
         if let Some(conn) = old_conn {
             conn.close(ReasonCode::SessionTakenOver);
             conn.session.set(None);
