@@ -47,8 +47,10 @@
 //!   loss may persist later blocks of an unsynced (so unacknowledged) write without the
 //!   rewrite of the block where the data now ends, and those stale frames are valid and
 //!   carry exactly the offsets the next appends get; left in place, a later recovery would
-//!   read them back as records once new appends end where one begins. This reads the rest
-//!   of the last segment at every start (about 0.1 s for 64 MiB here). A bad frame in an earlier segment, a gap between
+//!   read them back as records once new appends end where one begins. Finding them means
+//!   reading the rest of the last segment (about 0.1 s for 64 MiB here), so it is done
+//!   only when the log was last recovered in another boot of the kernel (`dir/boot-id`):
+//!   within one boot, writes are never persisted out of order. A bad frame in an earlier segment, a gap between
 //!   segments or a damaged segment header is `WalError::Corrupt`: that data had been made
 //!   durable, so the WAL refuses to start rather than silently drop it.
 //! - **A failed write or fdatasync poisons the WAL** (see `committer`): nothing is retried.

@@ -34,6 +34,8 @@ pub(crate) async fn recover(
         std::fs::remove_file(&spare)?;
     }
     segment::prime_iopoll_probe(dir).await?;
+    let boot = current_boot();
+    let same_boot = boot.is_some() && boot == last_boot(dir);
     let files = segment::list_segments(dir)?;
     let mut kept: Vec<SegmentMeta> = Vec::with_capacity(files.len());
     let mut expected: Option<Offset> = None;
@@ -69,16 +71,21 @@ pub(crate) async fn recover(
         if scan.stop != StopReason::Zeroed && !last {
             return Err(corrupt(path, scan.stop_pos, scan.stop.as_str()));
         }
-        if last {
-            // Also after a zeroed header: a power loss can persist later blocks of an
-            // unsynced write without the rewrite of the block where the scan stopped, and
-            // their frames are valid and carry the very offsets the next appends get.
+        // Also after a zeroed header, unless the log was last opened in this boot: a
+        // power loss can persist later blocks of an unsynced write without the rewrite
+        // of the block where the scan stopped, and their frames are valid and carry the
+        // very offsets the next appends get.
+        if last && !(scan.stop == StopReason::Zeroed && same_boot) {
             let cut = cut_torn_tail(path, &mut scanner, scan.stop_pos).await?;
             if cut > 0 || scan.stop != StopReason::Zeroed {
                 (torn_bytes, torn_reason) = (cut, Some(scan.stop));
             }
         }
         kept.push(scan.meta);
+    }
+    if let Some(boot) = boot.filter(|_| !same_boot) {
+        // Not synced: if it is lost, the next start just reads the tail again.
+        std::fs::write(dir.join(BOOT_FILE_NAME), boot)?;
     }
     let report = RecoveryReport {
         records,
@@ -93,6 +100,27 @@ pub(crate) async fn recover(
         segments: kept,
         report,
     })
+}
+
+/// The file in a WAL directory naming the boot in which the WAL was last recovered.
+pub(crate) const BOOT_FILE_NAME: &str = "boot-id";
+
+/// This boot of the kernel, if Linux says.
+fn current_boot() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned())
+}
+
+/// The boot in which the WAL in `dir` was last recovered, if noted.
+///
+/// Only a power loss or a kernel crash persists writes out of order (the O_DIRECT
+/// writes of a killed process are in the device either way), and both start a new boot.
+/// So when the log was last recovered in this boot, and that recovery zeroed whatever
+/// was stale, the bytes past the end of its data are zeros, and a zeroed frame header
+/// is a clean end: the rest of the segment need not be read (64 MiB by default).
+fn last_boot(dir: &Path) -> Option<String> {
+    let id = std::fs::read_to_string(dir.join(BOOT_FILE_NAME)).ok()?;
+    Some(id.trim().to_owned())
 }
 
 fn corrupt(path: &Path, file_offset: u64, reason: &str) -> WalError {

@@ -611,6 +611,8 @@ fn stale_frames_behind_a_zeroed_header_never_come_back() {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[block..2 * block].copy_from_slice(&synced_block1);
     std::fs::write(&path, &bytes).expect("write");
+    // A power loss means a new boot.
+    std::fs::write(dir.path().join(recovery::BOOT_FILE_NAME), "an earlier boot").expect("write");
     let data_end = block + 2 * 1024;
     run(async {
         let (wal, report, seen) = open_collect(config(dir.path(), FsyncPolicy::Always))
