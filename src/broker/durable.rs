@@ -113,11 +113,21 @@ impl Durability {
     }
 
     fn push(&self, pending: Pending) {
-        self.pending.borrow_mut().push_back(pending);
+        insert_in_order(&mut self.pending.borrow_mut(), pending);
         if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
+}
+
+/// Queues `pending` in offset order. A QoS 1 publish is queued only after its fan-out,
+/// which may wait for a full peer outbox, while publishes logged after it (QoS 2, or
+/// forwarded from the mesh, which never wait) are queued at once: appending would
+/// leave a lower offset at the back, and the durability task, which waits on the back
+/// and pops from the front, would pop nothing and never yield again.
+fn insert_in_order(queue: &mut VecDeque<Pending>, pending: Pending) {
+    let at = queue.partition_point(|p| p.offset < pending.offset);
+    queue.insert(at, pending);
 }
 
 /// The length of `msg`'s publish record body.
@@ -402,6 +412,7 @@ impl Shard {
                 if let Err(e) = result {
                     tracing::error!(shard = shard.id, error = %e, "WAL failed; no further publish is acknowledged");
                 }
+                glommio::yield_if_needed().await;
             }
         })
         .detach();
@@ -414,5 +425,36 @@ fn wal_reason(e: &WalError) -> ReasonCode {
     match e {
         WalError::DiskFull => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(offset: u64) -> Pending {
+        Pending {
+            offset: Offset(offset),
+            ack: None,
+            deferred: None,
+        }
+    }
+
+    #[test]
+    fn acks_queued_late_keep_offset_order_so_the_back_covers_the_front() {
+        let mut queue = VecDeque::new();
+        // A QoS 2 at 10 and a mesh publish at 12 are queued while the QoS 1 at 5 and 7
+        // still wait for outbox room.
+        for offset in [10, 12, 5, 7, 11] {
+            insert_in_order(&mut queue, pending(offset));
+            let back = queue.back().expect("queued").offset;
+            let front = queue.front().expect("queued").offset;
+            assert!(
+                front <= back,
+                "waiting on {back:?} pops nothing below {front:?}"
+            );
+        }
+        let order: Vec<u64> = queue.iter().map(|p| p.offset.0).collect();
+        assert_eq!(order, vec![5, 7, 10, 11, 12]);
     }
 }
