@@ -327,7 +327,11 @@ impl Shard {
             ShardMsg::Publish { msg, ack } => {
                 self.accept_publish(msg, ack, publish::MayWait::No).await
             }
-            ShardMsg::PublishDone { ack, reason } => self.publish_done(ack, reason),
+            ShardMsg::PublishDone { ack, reason } => self.publish_done(from, ack, reason),
+            ShardMsg::Qos2Released {
+                client_id,
+                packet_id,
+            } => self.qos2_released(client_id, packet_id),
             ShardMsg::Deliver { msg } => self.deliver_local(&msg),
             ShardMsg::DeliverShared {
                 group,
