@@ -164,6 +164,8 @@ pub struct BrokerState {
     pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
+    /// Home: session records waiting for WAL room, in order (see `persist`).
+    pub(crate) session_log: persist::SessionLogQueue,
 }
 
 impl Default for BrokerState {
@@ -202,6 +204,7 @@ impl BrokerState {
             shared_backlogs: RefCell::new(HashMap::new()),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
+            session_log: persist::SessionLogQueue::default(),
         }
     }
 
