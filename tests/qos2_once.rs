@@ -210,3 +210,38 @@ fn a_durable_qos2_publish_resent_after_kill_9_is_delivered_once() {
     release(&mut publisher, pid);
     assert_eq!(copies_of(&mut sub, b"next", Duration::from_secs(3)), 1);
 }
+
+#[test]
+fn received_ids_beyond_the_bound_are_forgotten_oldest_first_and_counted() {
+    let dir = temp_dir();
+    let env = [("SHARDS", "1"), ("QOS2_IDS_PER_SHARD_MAX", "2")];
+    let broker = durable_broker(dir.path().to_path_buf(), &env);
+    let mut sub = Conn::client(broker.mqtt, true, "bound-sub");
+    sub.sub("bound/#", 2);
+    let (mut publisher, _) = Conn::connect(broker.mqtt, &persistent("bound-pub"));
+    publisher.auto_pubrel = false;
+    // Three exchanges left without PUBREL: the owner keeps only the newest two ids.
+    let publishes: Vec<Publish> = (1..=3u16)
+        .map(|pid| Publish::new("bound/t", format!("m{pid}").as_bytes(), 2).pid(pid))
+        .collect();
+    for p in &publishes {
+        publisher.send(&p.encode(true));
+        assert_eq!(publisher.expect_ack(PUBREC, p.pid), 0);
+    }
+    assert_eq!(broker.limit_hits("qos2_ids_per_shard_max"), 1.0);
+    publisher.kill();
+    let (mut publisher, _) = Conn::connect(broker.mqtt, &persistent("bound-pub"));
+    publisher.auto_pubrel = false;
+    // Resends after a dropped connection: the kept ones are answered, not delivered.
+    for p in &publishes[1..] {
+        publisher.send(&p.clone().dup(true).encode(true));
+        assert_eq!(publisher.expect_ack(PUBREC, p.pid), 0);
+        assert_eq!(release(&mut publisher, p.pid), 0);
+    }
+    let got: Vec<Vec<u8>> = sub
+        .drain_publishes(Duration::from_secs(2))
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(got, vec![b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
+}

@@ -28,7 +28,7 @@
 //! leaves the id free.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 
+use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
@@ -88,6 +89,9 @@ pub struct Durability {
     /// QoS 2 publishes logged here whose publisher has not released the packet id, by
     /// that id: the offset of the copy logged (see the module docs).
     received: RefCell<HashMap<ReceivedId, ReceivedAt>>,
+    /// The same ids by offset, oldest first: what goes beyond `received_max`.
+    received_order: RefCell<BTreeMap<u64, ReceivedId>>,
+    received_max: usize,
 }
 
 impl Durability {
@@ -100,14 +104,58 @@ impl Durability {
             scratch: RefCell::new(BytesMut::with_capacity(4096)),
             unsent: RefCell::new(VecDeque::new()),
             received: RefCell::new(HashMap::new()),
+            received_order: RefCell::new(BTreeMap::new()),
+            received_max: usize::MAX,
         }
     }
 
-    /// Wraps an opened WAL with the QoS 2 ids its recovery found unreleased.
-    pub fn with_received(wal: Wal, received: HashMap<(ByteStr, u16), ReceivedAt>) -> Self {
-        let durable = Durability::new(wal);
+    /// Wraps an opened WAL with the QoS 2 ids its recovery found unreleased, keeping at
+    /// most `received_max` of them.
+    pub fn with_received(
+        wal: Wal,
+        received: HashMap<(ByteStr, u16), ReceivedAt>,
+        received_max: usize,
+    ) -> Self {
+        let mut durable = Durability::new(wal);
+        durable.received_max = received_max;
+        let order = received.iter().map(|(id, at)| (at.0, id.clone())).collect();
+        durable.received_order.replace(order);
         durable.received.replace(received);
+        durable.forget_oldest_received();
         durable
+    }
+
+    /// Keeps `(publisher, packet id)` as received at `at`.
+    fn note_received(&self, id: ReceivedId, at: ReceivedAt) {
+        let mut order = self.received_order.borrow_mut();
+        order.insert(at.0, id.clone());
+        if let Some(old) = self.received.borrow_mut().insert(id, at) {
+            order.remove(&old.0);
+        }
+    }
+
+    /// Forgets a released id; false if it was not kept.
+    fn forget_received(&self, id: &ReceivedId) -> bool {
+        let Some(at) = self.received.borrow_mut().remove(id) else {
+            return false;
+        };
+        self.received_order.borrow_mut().remove(&at.0);
+        true
+    }
+
+    /// Forgets the oldest ids beyond `received_max`; returns how many.
+    fn forget_oldest_received(&self) -> u64 {
+        let mut order = self.received_order.borrow_mut();
+        let mut received = self.received.borrow_mut();
+        let mut forgotten = 0;
+        while received.len() > self.received_max {
+            let Some((_, id)) = order.pop_first() else {
+                break;
+            };
+            received.remove(&id);
+            forgotten += 1;
+        }
+        forgotten
     }
 
     /// The floor a message logged at `offset` carries when it is sent now: every other
@@ -160,7 +208,7 @@ impl Durability {
         if let Some(pid) = received_id {
             let id = (msg.publisher.clone(), pid);
             let fp = fingerprint(msg.topic.as_bytes(), &msg.payload);
-            self.received.borrow_mut().insert(id, (offset.0, fp));
+            self.note_received(id, (offset.0, fp));
         }
         Ok(offset)
     }
@@ -487,6 +535,12 @@ impl Shard {
                 return;
             }
         };
+        if received_id.is_some() {
+            let forgotten = durable.forget_oldest_received();
+            if forgotten > 0 {
+                self.probe.hits(Limit::Qos2IdsPerShardMax, forgotten);
+            }
+        }
         let defer = msg.qos == QoS::ExactlyOnce;
         // Stamped once, before the retained index takes a reference (a later
         // `make_mut` would copy the message): the floor of a message sent now is known
@@ -566,7 +620,7 @@ impl Shard {
             return;
         };
         let id = (client_id, packet_id);
-        if durable.received.borrow_mut().remove(&id).is_none() {
+        if !durable.forget_received(&id) {
             return;
         }
         let body = encode_released(id.0.as_str(), packet_id);

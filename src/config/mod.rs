@@ -97,6 +97,10 @@ pub struct Config {
     /// Most retained topics the process stores, shared evenly among the owner shards
     /// (each owner stores at most `ceil(retained_messages_max / shards)`).
     pub retained_messages_max: usize,
+    /// QoS 2 packet ids one owner shard keeps as received until their PUBREL (what makes
+    /// a resend, also after a restart, be delivered once); beyond it the oldest is
+    /// forgotten.
+    pub qos2_ids_per_shard_max: usize,
     /// Topic aliases a v5 client may set per connection (0 disables them).
     pub topic_alias_max: u16,
     /// Longest topic name or filter, in bytes.
@@ -181,6 +185,7 @@ impl Default for Config {
             session_expiry_max_secs: u32::MAX,
             subscriptions_per_session_max: 1_000,
             retained_messages_max: 100_000,
+            qos2_ids_per_shard_max: 100_000,
             topic_alias_max: 64,
             topic_bytes_max: 65_535,
             topic_levels_max: 128,
@@ -329,6 +334,7 @@ impl Config {
             self.subscriptions_per_session_max as u64,
         )?;
         positive("retained_messages_max", self.retained_messages_max as u64)?;
+        positive("qos2_ids_per_shard_max", self.qos2_ids_per_shard_max as u64)?;
         positive("topic_bytes_max", self.topic_bytes_max as u64)?;
         if self.topic_bytes_max > 65_535 {
             return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));

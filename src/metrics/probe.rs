@@ -95,6 +95,8 @@ pub enum Limit {
     /// A shared delivery left to the log: its group's backlog holds
     /// `shared_backlog_bytes_max`.
     SharedBacklogBytesMax,
+    /// A received QoS 2 packet id forgotten before its PUBREL: `qos2_ids_per_shard_max`.
+    Qos2IdsPerShardMax,
 }
 
 impl Limit {
@@ -113,6 +115,7 @@ impl Limit {
         Limit::MeshLinkBytesMax,
         Limit::SharedBacklogMessagesMax,
         Limit::SharedBacklogBytesMax,
+        Limit::Qos2IdsPerShardMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -131,12 +134,13 @@ impl Limit {
             Limit::MeshLinkBytesMax => "mesh_link_bytes_max",
             Limit::SharedBacklogMessagesMax => "shared_backlog_messages_max",
             Limit::SharedBacklogBytesMax => "shared_backlog_bytes_max",
+            Limit::Qos2IdsPerShardMax => "qos2_ids_per_shard_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 13;
+pub const LIMITS: usize = 14;
 
 const _: () = {
     let mut i = 0;

@@ -328,9 +328,11 @@ async fn run_shard(
     tracing::debug!(shard = id, "joined the mesh");
     // The WAL is in place before any peer's request (a replay) can arrive.
     let received = std::mem::take(&mut recovered.received);
-    let _ = shard
-        .durable
-        .set(crate::broker::Durability::with_received(wal, received));
+    let _ = shard.durable.set(crate::broker::Durability::with_received(
+        wal,
+        received,
+        config.qos2_ids_per_shard_max,
+    ));
     shard.spawn_receivers(joined.inbound);
     shard.spawn_durability();
     shard.spawn_loopback();
