@@ -245,3 +245,21 @@ fn received_ids_beyond_the_bound_are_forgotten_oldest_first_and_counted() {
         .collect();
     assert_eq!(got, vec![b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
 }
+
+#[test]
+fn a_resend_on_the_same_connection_carries_the_first_copys_verdict() {
+    let (broker, _dir) = one_retained_topic();
+    let mut publisher = Conn::client(broker.mqtt, true, "same-conn-pub");
+    publisher.auto_pubrel = false;
+    assert_eq!(
+        publisher.publish(Publish::new("same/kept", b"k", 1).retain(true)),
+        0
+    );
+    // Refused (over the retained quota); the resend follows before any verdict.
+    let first = Publish::new("same/over", b"over", 2).retain(true).pid(5);
+    let mut both = first.encode(true);
+    both.extend(first.clone().dup(true).encode(true));
+    publisher.send(&both);
+    assert_eq!(publisher.expect_ack(PUBREC, 5), 0x97, "the first copy");
+    assert_eq!(publisher.expect_ack(PUBREC, 5), 0x97, "the resend");
+}
