@@ -263,3 +263,28 @@ fn a_resend_on_the_same_connection_carries_the_first_copys_verdict() {
     assert_eq!(publisher.expect_ack(PUBREC, 5), 0x97, "the first copy");
     assert_eq!(publisher.expect_ack(PUBREC, 5), 0x97, "the resend");
 }
+
+#[test]
+fn a_clean_start_releases_the_ids_its_old_session_awaited() {
+    let dir = temp_dir();
+    let broker = durable_broker(dir.path().to_path_buf(), &[]);
+    let mut sub = Conn::client(broker.mqtt, true, "clean-sub");
+    sub.sub("clean/#", 2);
+    let publish = Publish::new("clean/t", b"same", 2).pid(3);
+    let (mut publisher, _) = Conn::connect(broker.mqtt, &persistent("clean-pub"));
+    publisher.auto_pubrel = false;
+    publisher.send(&publish.encode(true));
+    assert_eq!(publisher.expect_ack(PUBREC, 3), 0);
+    publisher.kill();
+    assert_eq!(copies_of(&mut sub, b"same", Duration::from_secs(3)), 1);
+    // A clean start discards the exchange: the same message again with that id (sent
+    // DUP, as after a connection lost before it arrived) is a new message.
+    let connect = Connect::v5("clean-pub").clean(true).session_expiry(3600);
+    let (mut publisher, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(!ack.session_present);
+    publisher.auto_pubrel = false;
+    publisher.send(&publish.clone().dup(true).encode(true));
+    assert_eq!(publisher.expect_ack(PUBREC, 3), 0);
+    assert_eq!(release(&mut publisher, 3), 0);
+    assert_eq!(copies_of(&mut sub, b"same", Duration::from_secs(3)), 1);
+}

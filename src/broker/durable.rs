@@ -613,6 +613,14 @@ impl Shard {
         }
     }
 
+    /// A session ends or is discarded: its QoS 2 ids awaiting PUBREL are released, as
+    /// the client starts afresh.
+    pub(crate) fn release_all_qos2(self: &Rc<Self>, session: &mut crate::session::Session) {
+        for (pid, owner) in session.awaiting_pubrel.drain() {
+            self.release_qos2(session.client_id.clone(), pid, Some(owner));
+        }
+    }
+
     /// On the owner: the publisher released `packet_id`; a later publish with it is a
     /// new message, also after a restart (the release is logged).
     pub(crate) fn qos2_released(self: &Rc<Self>, client_id: ByteStr, packet_id: u16) {
