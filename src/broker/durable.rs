@@ -11,9 +11,24 @@
 //! Which publishes are logged: QoS 1 and 2, every retained publish (so the retained
 //! index survives restarts; an empty retained payload logs the clear), and QoS 0 when
 //! `log_qos0` is set.
+//!
+//! # QoS 2 exactly once, across restarts
+//! A client's QoS 2 publish is logged with the client's packet id in the PUBLISH and
+//! its DUP flag set (a flag otherwise meaningless in the log), and the owner keeps
+//! `(publisher, packet id) → offset` until the publisher's PUBREL reaches it; that
+//! release is logged as record `qos2_released` (kind 14), body
+//! `client_id_len u16 LE | client id | packet id u16 LE`. Recovery rebuilds the map
+//! from both. A resend of an id the owner holds (DUP set, or a repeat on the same
+//! connection before its verdict) with the same topic and payload (a CRC32 of both is
+//! kept with the id) is not logged or delivered again: its PUBREC waits
+//! until the first copy is durable and carries that copy's verdict. So a publish that
+//! was durable, and perhaps delivered, when `kill -9` struck before its PUBREC is
+//! delivered once when the client resends it. The publisher's shard takes the id as
+//! awaiting PUBREL only once the owner accepted it (`publish_done`): a refused publish
+//! leaves the id free.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 
+use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
@@ -34,6 +50,23 @@ use super::publish::MayWait;
 
 /// Record kind of a logged publish.
 pub const RECORD_PUBLISH: RecordKind = RecordKind(1);
+/// Record kind of a released QoS 2 packet id (see the module docs).
+pub const RECORD_QOS2_RELEASED: RecordKind = RecordKind(14);
+
+/// A publisher's QoS 2 packet id: `(client id, packet id)`.
+type ReceivedId = (ByteStr, u16);
+
+/// Where a received QoS 2 id's first copy was logged, and a checksum of its topic and
+/// payload: a resend must match it, or it is a new message reusing the id.
+pub type ReceivedAt = (u64, u32);
+
+/// The checksum of a message's topic and payload kept with its received id.
+fn fingerprint(topic: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(topic);
+    h.update(payload);
+    h.finalize()
+}
 
 /// A logged publish waiting for its durability.
 struct Pending {
@@ -53,6 +86,12 @@ pub struct Durability {
     /// Logged publishes whose fan-out has not finished, in offset order, with a done
     /// mark (see [`Durability::floor_for`]).
     unsent: RefCell<VecDeque<(u64, bool)>>,
+    /// QoS 2 publishes logged here whose publisher has not released the packet id, by
+    /// that id: the offset of the copy logged (see the module docs).
+    received: RefCell<HashMap<ReceivedId, ReceivedAt>>,
+    /// The same ids by offset, oldest first: what goes beyond `received_max`.
+    received_order: RefCell<BTreeMap<u64, ReceivedId>>,
+    received_max: usize,
 }
 
 impl Durability {
@@ -64,7 +103,59 @@ impl Durability {
             waker: Cell::new(None),
             scratch: RefCell::new(BytesMut::with_capacity(4096)),
             unsent: RefCell::new(VecDeque::new()),
+            received: RefCell::new(HashMap::new()),
+            received_order: RefCell::new(BTreeMap::new()),
+            received_max: usize::MAX,
         }
+    }
+
+    /// Wraps an opened WAL with the QoS 2 ids its recovery found unreleased, keeping at
+    /// most `received_max` of them.
+    pub fn with_received(
+        wal: Wal,
+        received: HashMap<(ByteStr, u16), ReceivedAt>,
+        received_max: usize,
+    ) -> Self {
+        let mut durable = Durability::new(wal);
+        durable.received_max = received_max;
+        let order = received.iter().map(|(id, at)| (at.0, id.clone())).collect();
+        durable.received_order.replace(order);
+        durable.received.replace(received);
+        durable.forget_oldest_received();
+        durable
+    }
+
+    /// Keeps `(publisher, packet id)` as received at `at`.
+    fn note_received(&self, id: ReceivedId, at: ReceivedAt) {
+        let mut order = self.received_order.borrow_mut();
+        order.insert(at.0, id.clone());
+        if let Some(old) = self.received.borrow_mut().insert(id, at) {
+            order.remove(&old.0);
+        }
+    }
+
+    /// Forgets a released id; false if it was not kept.
+    fn forget_received(&self, id: &ReceivedId) -> bool {
+        let Some(at) = self.received.borrow_mut().remove(id) else {
+            return false;
+        };
+        self.received_order.borrow_mut().remove(&at.0);
+        true
+    }
+
+    /// Forgets the oldest ids beyond `received_max`; returns how many.
+    fn forget_oldest_received(&self) -> u64 {
+        let mut order = self.received_order.borrow_mut();
+        let mut received = self.received.borrow_mut();
+        let mut forgotten = 0;
+        while received.len() > self.received_max {
+            let Some((_, id)) = order.pop_first() else {
+                break;
+            };
+            received.remove(&id);
+            forgotten += 1;
+        }
+        forgotten
     }
 
     /// The floor a message logged at `offset` carries when it is sent now: every other
@@ -98,8 +189,13 @@ impl Durability {
     }
 
     /// Appends the publish record of `msg`; returns its offset. Waits for buffer room.
-    pub async fn log(&self, msg: &Message) -> Result<Offset, WalError> {
-        let publish = as_publish(msg);
+    /// `received_id`: the publisher's QoS 2 packet id, kept until released.
+    pub async fn log(&self, msg: &Message, received_id: Option<u16>) -> Result<Offset, WalError> {
+        let mut publish = as_publish(msg);
+        if let Some(pid) = received_id.and_then(PacketId::new) {
+            publish.dup = true;
+            publish.packet_id = Some(pid);
+        }
         self.wal.reserve(publish_body_len(msg, &publish)?).await?;
         let mut scratch = self.scratch.borrow_mut();
         scratch.clear();
@@ -109,15 +205,116 @@ impl Durability {
             .append(RECORD_PUBLISH, unix_ms(), &[&scratch[..]])?;
         // Appended in offset order with no await since: the queue stays sorted.
         self.unsent.borrow_mut().push_back((offset.0, false));
+        if let Some(pid) = received_id {
+            let id = (msg.publisher.clone(), pid);
+            let fp = fingerprint(msg.topic.as_bytes(), &msg.payload);
+            self.note_received(id, (offset.0, fp));
+        }
         Ok(offset)
     }
 
     fn push(&self, pending: Pending) {
-        self.pending.borrow_mut().push_back(pending);
+        insert_in_order(&mut self.pending.borrow_mut(), pending);
         if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
+}
+
+/// The offset of the copy of a QoS 2 resend logged first, if the owner holds its id.
+fn first_copy(durable: &Durability, msg: &Message, ack: Option<&AckTo>) -> Option<Offset> {
+    let ack = ack.filter(|a| a.resend && a.exactly_once)?;
+    let received = durable.received.borrow();
+    let (offset, fp) = received.get(&(msg.publisher.clone(), ack.packet_id))?;
+    (*fp == fingerprint(msg.topic.as_bytes(), &msg.payload)).then_some(Offset(*offset))
+}
+
+/// `(publisher, packet id)` of a publish record logged with its QoS 2 packet id, and
+/// the fingerprint of its topic and payload.
+fn received_id(mut body: &[u8]) -> Option<((ByteStr, u16), u32)> {
+    if body.len() < 2 {
+        return None;
+    }
+    let publisher_len = usize::from(body.get_u16_le());
+    if body.len() < publisher_len + 8 + 1 {
+        return None;
+    }
+    let publisher = &body[..publisher_len];
+    body.advance(publisher_len + 8);
+    // Fixed header: PUBLISH, DUP, QoS 2; then the remaining length and the topic.
+    if body.get_u8() & 0xFE != 0x3C {
+        return None;
+    }
+    for _ in 0..4 {
+        if !body.has_remaining() {
+            return None;
+        }
+        if body.get_u8() & 0x80 == 0 {
+            break;
+        }
+    }
+    if body.remaining() < 2 {
+        return None;
+    }
+    let topic_len = usize::from(body.get_u16());
+    if body.remaining() < topic_len + 2 {
+        return None;
+    }
+    let topic = &body[..topic_len];
+    body.advance(topic_len);
+    let pid = body.get_u16();
+    // Properties (the log holds v5 packets): their length, then the payload.
+    let mut props_len = 0usize;
+    for shift in 0..4 {
+        if !body.has_remaining() {
+            return None;
+        }
+        let b = body.get_u8();
+        props_len |= usize::from(b & 0x7F) << (7 * shift);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if body.remaining() < props_len {
+        return None;
+    }
+    body.advance(props_len);
+    let fp = fingerprint(topic, body);
+    let publisher = ByteStr::from_utf8(bytes::Bytes::copy_from_slice(publisher)).ok()?;
+    Some(((publisher, pid), fp))
+}
+
+/// The body of a `qos2_released` record.
+fn encode_released(client_id: &str, packet_id: u16) -> BytesMut {
+    let mut body = BytesMut::with_capacity(4 + client_id.len());
+    body.put_u16_le(client_id.len() as u16);
+    body.put_slice(client_id.as_bytes());
+    body.put_u16_le(packet_id);
+    body
+}
+
+fn decode_released(mut body: &[u8]) -> Option<(ByteStr, u16)> {
+    if body.len() < 2 {
+        return None;
+    }
+    let n = usize::from(body.get_u16_le());
+    if body.len() != n + 2 {
+        return None;
+    }
+    let client = ByteStr::from_utf8(bytes::Bytes::copy_from_slice(&body[..n])).ok()?;
+    body.advance(n);
+    Some((client, body.get_u16_le()))
+}
+
+/// Queues `pending` in offset order. A QoS 1 publish is queued only after its fan-out,
+/// which may wait for a full peer outbox, while publishes logged after it (QoS 2, or
+/// forwarded from the mesh, which never wait) are queued at once: appending would
+/// leave a lower offset at the back, and the durability task, which waits on the back
+/// and pops from the front, would pop nothing and never yield again.
+fn insert_in_order(queue: &mut VecDeque<Pending>, pending: Pending) {
+    // After equal offsets: a QoS 2 resend is answered after its first copy.
+    let at = queue.partition_point(|p| p.offset <= pending.offset);
+    queue.insert(at, pending);
 }
 
 /// The length of `msg`'s publish record body.
@@ -270,6 +467,8 @@ pub struct Recovered {
     /// Session records whose body did not decode (a CRC-valid frame with a bad body:
     /// written by a broken build; reported, never guessed at).
     pub damaged: u64,
+    /// QoS 2 packet ids logged here and not released (see the module docs).
+    pub received: HashMap<(ByteStr, u16), ReceivedAt>,
 }
 
 impl Recovered {
@@ -289,6 +488,19 @@ impl Recovered {
                 self.damaged += 1;
             }
             return;
+        }
+        if record.kind == RECORD_QOS2_RELEASED {
+            match decode_released(record.body) {
+                Some(id) => drop(self.received.remove(&id)),
+                None => self.damaged += 1,
+            }
+            return;
+        }
+        if record.kind == RECORD_PUBLISH {
+            // Before the expiry check: an expired message is still not to be taken twice.
+            if let Some((id, fp)) = received_id(record.body) {
+                self.received.insert(id, (record.offset.0, fp));
+            }
         }
         let Some((recipients, msg)) = decode_any_publish_even_expired(&record, self.shard) else {
             return;
@@ -312,6 +524,17 @@ impl Shard {
         ack: Option<AckTo>,
         may_wait: MayWait,
     ) {
+        if let Some(durable) = self.durable.get() {
+            if let Some(first) = first_copy(durable, &msg, ack.as_ref()) {
+                // Logged (and fanned out, or about to be) already: answer once it is durable.
+                durable.push(Pending {
+                    offset: first,
+                    ack,
+                    deferred: None,
+                });
+                return;
+            }
+        }
         // Held until the retained store below: the share counts this topic meanwhile.
         let _retained_slot = if msg.retain {
             match self.admit_retained(&mut msg, ack.as_ref()) {
@@ -325,12 +548,16 @@ impl Shard {
             None
         };
         let must_log = msg.qos != QoS::AtMostOnce || msg.retain || self.config.log_qos0;
+        let received_id = ack
+            .as_ref()
+            .filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)
+            .map(|a| a.packet_id);
         let Some(durable) = self.durable.get().filter(|_| must_log) else {
             self.fan_out(msg, may_wait).await;
             self.confirm(ack, ReasonCode::Success);
             return;
         };
-        let offset = match durable.log(&msg).await {
+        let offset = match durable.log(&msg, received_id).await {
             Ok(offset) => offset,
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "WAL append failed; publish refused");
@@ -338,6 +565,12 @@ impl Shard {
                 return;
             }
         };
+        if received_id.is_some() {
+            let forgotten = durable.forget_oldest_received();
+            if forgotten > 0 {
+                self.probe.hits(Limit::Qos2IdsPerShardMax, forgotten);
+            }
+        }
         let defer = msg.qos == QoS::ExactlyOnce;
         // Stamped once, before the retained index takes a reference (a later
         // `make_mut` would copy the message): the floor of a message sent now is known
@@ -378,6 +611,78 @@ impl Shard {
         self.fan_out(msg, may_wait).await;
         if let Some(offset) = offset {
             durable.sent(offset);
+        }
+    }
+
+    /// On the publisher's shard, at PUBREL: tells the owner that logged `packet_id`, or
+    /// every shard when the session does not know which (after a restart).
+    pub(crate) fn release_qos2(
+        self: &Rc<Self>,
+        client_id: ByteStr,
+        packet_id: u16,
+        owner: Option<u16>,
+    ) {
+        let owners = match owner {
+            Some(o) => usize::from(o)..usize::from(o) + 1,
+            None => self.all_shards(),
+        };
+        for to in owners {
+            if to == self.id {
+                // At once, not through the loopback: a new publish with this id may follow.
+                self.qos2_released(client_id.clone(), packet_id);
+            } else {
+                let client_id = client_id.clone();
+                self.post(
+                    to,
+                    ShardMsg::Qos2Released {
+                        client_id,
+                        packet_id,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A session ends or is discarded: its QoS 2 ids awaiting PUBREL are released, as
+    /// the client starts afresh.
+    pub(crate) fn release_all_qos2(self: &Rc<Self>, session: &mut crate::session::Session) {
+        for (pid, owner) in session.awaiting_pubrel.drain() {
+            self.release_qos2(session.client_id.clone(), pid, Some(owner));
+        }
+    }
+
+    /// On the owner: the publisher released `packet_id`; a later publish with it is a
+    /// new message, also after a restart (the release is logged).
+    pub(crate) fn qos2_released(self: &Rc<Self>, client_id: ByteStr, packet_id: u16) {
+        let Some(durable) = self.durable.get() else {
+            return;
+        };
+        let id = (client_id, packet_id);
+        if !durable.forget_received(&id) {
+            return;
+        }
+        let body = encode_released(id.0.as_str(), packet_id);
+        let now = unix_ms();
+        match durable.wal.append(RECORD_QOS2_RELEASED, now, &[&body[..]]) {
+            Err(WalError::BufferFull) => {
+                // Rare; logged late rather than never (a stale id could take a resend).
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let Some(durable) = shard.durable.get() else {
+                        return;
+                    };
+                    let appended = match durable.wal.reserve(body.len()).await {
+                        Ok(()) => durable.wal.append(RECORD_QOS2_RELEASED, now, &[&body[..]]),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = appended {
+                        tracing::warn!(shard = shard.id, error = %e, "QoS 2 release not logged");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => tracing::warn!(shard = self.id, error = %e, "QoS 2 release not logged"),
+            Ok(_) => {}
         }
     }
 
@@ -432,6 +737,7 @@ impl Shard {
                 if let Err(e) = result {
                     tracing::error!(shard = shard.id, error = %e, "WAL failed; no further publish is acknowledged");
                 }
+                glommio::yield_if_needed().await;
             }
         })
         .detach();
@@ -444,5 +750,91 @@ fn wal_reason(e: &WalError) -> ReasonCode {
     match e {
         WalError::DiskFull => ReasonCode::QuotaExceeded,
         _ => ReasonCode::UnspecifiedError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(offset: u64) -> Pending {
+        Pending {
+            offset: Offset(offset),
+            ack: None,
+            deferred: None,
+        }
+    }
+
+    #[test]
+    fn acks_queued_late_keep_offset_order_so_the_back_covers_the_front() {
+        let mut queue = VecDeque::new();
+        // A QoS 2 at 10 and a mesh publish at 12 are queued while the QoS 1 at 5 and 7
+        // still wait for outbox room.
+        for offset in [10, 12, 5, 7, 11] {
+            insert_in_order(&mut queue, pending(offset));
+            let back = queue.back().expect("queued").offset;
+            let front = queue.front().expect("queued").offset;
+            assert!(
+                front <= back,
+                "waiting on {back:?} pops nothing below {front:?}"
+            );
+        }
+        let order: Vec<u64> = queue.iter().map(|p| p.offset.0).collect();
+        assert_eq!(order, vec![5, 7, 10, 11, 12]);
+    }
+}
+
+#[cfg(test)]
+mod received_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::mqtt::PublishProperties;
+
+    fn message(publisher: &'static str, qos: QoS) -> Message {
+        Message {
+            topic: ByteStr::from_static("a/b"),
+            payload: Bytes::from_static(b"payload"),
+            qos,
+            retain: false,
+            properties: PublishProperties::default(),
+            publisher: ByteStr::from_static(publisher),
+            expires_at: None,
+            log: None,
+        }
+    }
+
+    fn body(msg: &Message, received: Option<u16>) -> BytesMut {
+        let mut publish = as_publish(msg);
+        if let Some(pid) = received.and_then(PacketId::new) {
+            publish.dup = true;
+            publish.packet_id = Some(pid);
+        }
+        let mut out = BytesMut::new();
+        encode_publish_body(msg, &publish, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_qos2_record_names_its_publisher_and_packet_id_and_others_do_not() {
+        let msg = message("client-1", QoS::ExactlyOnce);
+        let (id, fp) = received_id(&body(&msg, Some(513))).expect("marked");
+        assert_eq!((id.0.as_str(), id.1), ("client-1", 513));
+        assert_eq!(fp, fingerprint(b"a/b", b"payload"), "topic and payload");
+        assert!(received_id(&body(&msg, None)).is_none(), "no id kept");
+        let qos1 = message("client-1", QoS::AtLeastOnce);
+        assert!(received_id(&body(&qos1, None)).is_none());
+        let full = body(&msg, Some(7));
+        for cut in 0..full.len() {
+            let _ = received_id(&full[..cut]);
+        }
+    }
+
+    #[test]
+    fn a_release_record_round_trips() {
+        let body = encode_released("c-é", 65535);
+        let (client, pid) = decode_released(&body).expect("decodes");
+        assert_eq!((client.as_str(), pid), ("c-é", 65535));
+        assert!(decode_released(&body[..body.len() - 1]).is_none());
     }
 }

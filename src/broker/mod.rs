@@ -173,6 +173,8 @@ pub struct BrokerState {
     pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
+    /// Home: session records waiting for WAL room, in order (see `persist`).
+    pub(crate) session_log: persist::SessionLogQueue,
 }
 
 impl Default for BrokerState {
@@ -214,6 +216,7 @@ impl BrokerState {
             shared_backlogs: RefCell::new(HashMap::new()),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
+            session_log: persist::SessionLogQueue::default(),
         }
     }
 
@@ -348,7 +351,11 @@ impl Shard {
             ShardMsg::Publish { msg, ack } => {
                 self.accept_publish(msg, ack, publish::MayWait::No).await
             }
-            ShardMsg::PublishDone { ack, reason } => self.publish_done(ack, reason),
+            ShardMsg::PublishDone { ack, reason } => self.publish_done(from, ack, reason),
+            ShardMsg::Qos2Released {
+                client_id,
+                packet_id,
+            } => self.qos2_released(client_id, packet_id),
             ShardMsg::Deliver { msg } => self.deliver_local(&msg),
             ShardMsg::DeliverShared {
                 group,

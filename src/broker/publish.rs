@@ -172,11 +172,22 @@ impl Shard {
         found
     }
 
-    /// On the publisher's shard: the owner decided; send the ack when its turn comes.
-    pub(crate) fn publish_done(&self, ack: AckTo, reason: ReasonCode) {
-        if let Some(conn) = self.connections.get(ack.conn.token) {
-            conn.complete_ack(ack.packet_id, reason);
+    /// On the publisher's shard: the owner (shard `owner`) decided; send the ack when
+    /// its turn comes. An accepted QoS 2 id now awaits PUBREL in the session: a refused
+    /// one is free for the client's next message.
+    pub(crate) fn publish_done(&self, owner: usize, ack: AckTo, reason: ReasonCode) {
+        let Some(conn) = self.connections.get(ack.conn.token) else {
+            return;
+        };
+        if ack.exactly_once && reason == ReasonCode::Success {
+            let mut sessions = self.broker.sessions.borrow_mut();
+            if let Some(slot) = conn.session.get().and_then(|k| sessions.get_mut(&k)) {
+                slot.session
+                    .awaiting_pubrel
+                    .insert(ack.packet_id, owner as u16);
+            }
         }
+        conn.complete_ack(ack.packet_id, reason);
     }
 
     /// Delivers `msg` to every local session with a matching plain subscription.

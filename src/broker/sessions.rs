@@ -327,6 +327,9 @@ impl Shard {
             }
         }
         let keep = !clean_start && slot.session.is_persistent();
+        if !keep {
+            self.release_all_qos2(&mut slot.session);
+        }
         let session = keep.then(|| Box::new(slot.session));
         self.post(to.shard, ShardMsg::SessionHandover { id, session });
     }
@@ -526,6 +529,7 @@ impl Shard {
             return;
         }
         let mut slot = self.remove_session(key);
+        self.release_all_qos2(&mut slot.session);
         if let Some(will) = slot.session.will.take() {
             // A delayed will is due when the session ends, whichever comes first.
             self.publish_will(&slot.session.client_id, will);

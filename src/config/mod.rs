@@ -120,6 +120,10 @@ pub struct Config {
     /// Most bytes (`Message::cost_bytes`) of retained messages the process stores, shared
     /// evenly among the owner shards like `retained_messages_max`.
     pub retained_bytes_max: usize,
+    /// QoS 2 packet ids one owner shard keeps as received until their PUBREL (what makes
+    /// a resend, also after a restart, be delivered once); beyond it the oldest is
+    /// forgotten.
+    pub qos2_ids_per_shard_max: usize,
     /// Topic aliases a v5 client may set per connection (0 disables them).
     pub topic_alias_max: u16,
     /// Longest topic name or filter, in bytes.
@@ -210,6 +214,7 @@ impl Default for Config {
             retained_messages_max: 100_000,
             retained_bytes_max: 256 << 20,
             sessions_max: 1_000_000,
+            qos2_ids_per_shard_max: 100_000,
             topic_alias_max: 64,
             topic_bytes_max: 65_535,
             topic_levels_max: 128,
@@ -362,6 +367,7 @@ impl Config {
         positive("retained_messages_max", self.retained_messages_max as u64)?;
         positive("retained_bytes_max", self.retained_bytes_max as u64)?;
         positive("sessions_max", self.sessions_max as u64)?;
+        positive("qos2_ids_per_shard_max", self.qos2_ids_per_shard_max as u64)?;
         positive("topic_bytes_max", self.topic_bytes_max as u64)?;
         if self.topic_bytes_max > 65_535 {
             return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));

@@ -107,6 +107,8 @@ pub enum Limit {
     /// A CONNECT refused (CONNACK 0x97, 3.1.1: 3): its shard holds its share of
     /// `sessions_max`.
     SessionsMax,
+    /// A received QoS 2 packet id forgotten before its PUBREL: `qos2_ids_per_shard_max`.
+    Qos2IdsPerShardMax,
 }
 
 impl Limit {
@@ -130,6 +132,7 @@ impl Limit {
         Limit::PacketReadTimeoutMs,
         Limit::AuthHashQueueMax,
         Limit::SessionsMax,
+        Limit::Qos2IdsPerShardMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -153,12 +156,13 @@ impl Limit {
             Limit::PacketReadTimeoutMs => "packet_read_timeout_ms",
             Limit::AuthHashQueueMax => "auth_hash_queue_max",
             Limit::SessionsMax => "sessions_max",
+            Limit::Qos2IdsPerShardMax => "qos2_ids_per_shard_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 18;
+pub const LIMITS: usize = 19;
 
 const _: () = {
     let mut i = 0;

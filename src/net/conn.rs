@@ -128,6 +128,14 @@ impl Conn {
         self.acks.borrow_mut().push_back((packet_id, qos, None));
     }
 
+    /// Whether a QoS 2 publish with `packet_id` still awaits its owner's verdict.
+    pub fn awaits_verdict(&self, packet_id: u16) -> bool {
+        self.acks
+            .borrow()
+            .iter()
+            .any(|&(pid, qos, r)| pid == packet_id && qos == QoS::ExactlyOnce && r.is_none())
+    }
+
     /// Publishes received but not yet accepted by their owner shard.
     pub fn acks_pending(&self) -> usize {
         self.acks.borrow().len()

@@ -122,21 +122,25 @@ async fn on_publish(
             {
                 return fail(shard, conn, ReasonCode::ReceiveMaximumExceeded);
             }
-            if qos == QoS::ExactlyOnce {
-                let duplicate = {
-                    let mut sessions = shard.broker.sessions.borrow_mut();
-                    let Some(slot) = sessions.get_mut(&key) else {
+            let exactly_once = qos == QoS::ExactlyOnce;
+            if exactly_once {
+                let accepted = {
+                    let sessions = shard.broker.sessions.borrow();
+                    let Some(slot) = sessions.get(&key) else {
                         return Flow::End(Ending::ByServer);
                     };
-                    !slot.session.awaiting_pubrel.insert(pid)
+                    slot.session.awaiting_pubrel.contains_key(&pid)
                 };
-                if duplicate {
-                    // Already accepted and forwarded: only answer again (exactly once).
+                if accepted {
+                    // Accepted, durable and forwarded already: only answer again (exactly once).
                     conn.expect_ack(pid, qos);
                     conn.complete_ack(pid, ReasonCode::Success);
                     return Flow::Continue;
                 }
             }
+            // The id is taken only once the owner accepted the publish (`publish_done`);
+            // until then a repeat is a resend, answered for the first copy by the owner.
+            let resend = exactly_once && (publish.dup || conn.awaits_verdict(pid));
             conn.expect_ack(pid, qos);
             Some(AckTo {
                 conn: ConnRef {
@@ -145,6 +149,8 @@ async fn on_publish(
                 },
                 packet_id: pid,
                 refusable: conn.protocol.get() == Protocol::V5,
+                exactly_once,
+                resend,
             })
         }
         _ => None,
@@ -219,18 +225,25 @@ fn on_client_ack(shard: &Shard, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
     Flow::Continue
 }
 
-fn on_pubrel(shard: &Shard, conn: &Conn, ack: Ack) -> Flow {
+fn on_pubrel(shard: &Rc<Shard>, conn: &Conn, ack: Ack) -> Flow {
     let Some(key) = conn.session.get() else {
         return Flow::End(Ending::ByServer);
     };
     let pid = ack.packet_id;
-    let known = shard
+    let released = shard
         .broker
         .sessions
         .borrow_mut()
         .get_mut(&key)
-        .is_some_and(|slot| slot.session.awaiting_pubrel.remove(&pid.get()));
-    let reason = if known {
+        .map(|slot| {
+            let owner = slot.session.awaiting_pubrel.remove(&pid.get());
+            (slot.session.client_id.clone(), owner)
+        });
+    let Some((client_id, owner)) = released else {
+        return Flow::End(Ending::ByServer);
+    };
+    shard.release_qos2(client_id, pid.get(), owner);
+    let reason = if owner.is_some() {
         ReasonCode::Success
     } else {
         ReasonCode::PacketIdentifierNotFound

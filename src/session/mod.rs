@@ -11,7 +11,7 @@ mod cursor;
 mod message;
 mod outbound;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
@@ -73,8 +73,9 @@ pub struct Session {
     pub will: Option<Will>,
     /// Outbound queue and in-flight window.
     pub outbound: Outbound,
-    /// Inbound QoS 2 packet ids received and forwarded, awaiting PUBREL.
-    pub awaiting_pubrel: HashSet<u16>,
+    /// Inbound QoS 2 packet ids the owner accepted (durable), awaiting PUBREL, with the
+    /// owner shard that logged each (told of the PUBREL).
+    pub awaiting_pubrel: HashMap<u16, u16>,
     /// Where each subscription began, per owner shard: the log offset from which it
     /// wants messages (see [`subscribed_from`]). A read from the log returns only records
     /// at or past it for the subscription that matches them. A log position, not a
@@ -111,7 +112,7 @@ impl Session {
             subscriptions: HashMap::new(),
             will: None,
             outbound: Outbound::new(limits),
-            awaiting_pubrel: HashSet::new(),
+            awaiting_pubrel: HashMap::new(),
             subscribed_from: HashMap::new(),
             replay: ReplayCursor::default(),
             logged: false,

@@ -310,7 +310,7 @@ async fn run_shard(
     } = shared;
     // First of all: every later step may wait on another shard.
     wakeup::spawn();
-    let (wal, recovered) = open_wal(id, &config).await?;
+    let (wal, mut recovered) = open_wal(id, &config).await?;
     let _ = probes[id].wal.set(wal.stats());
     tracing::debug!(shard = id, "joining the mesh");
     let joined = Mesh::join(
@@ -331,7 +331,12 @@ async fn run_shard(
     );
     tracing::debug!(shard = id, "joined the mesh");
     // The WAL is in place before any peer's request (a replay) can arrive.
-    let _ = shard.durable.set(crate::broker::Durability::new(wal));
+    let received = std::mem::take(&mut recovered.received);
+    let _ = shard.durable.set(crate::broker::Durability::with_received(
+        wal,
+        received,
+        config.qos2_ids_per_shard_max,
+    ));
     shard.spawn_receivers(joined.inbound);
     shard.spawn_durability();
     shard.spawn_loopback();

@@ -26,6 +26,11 @@ pub struct AckTo {
     /// Whether the publisher can be told of a refusal (v5: a PUBACK/PUBREC reason code);
     /// a 3.1.1 publisher cannot, so a refusal closes its connection.
     pub refusable: bool,
+    /// QoS 2: once accepted, the packet id awaits the publisher's PUBREL.
+    pub exactly_once: bool,
+    /// A QoS 2 resend (DUP set, or the id still awaits its verdict on this connection):
+    /// the owner answers for the copy it logged first instead of logging it again.
+    pub resend: bool,
 }
 
 impl ShardMsg {
@@ -275,6 +280,14 @@ pub enum ShardMsg {
     },
     /// The sending shard finished its recovery (the start barrier).
     Recovered,
+    /// The publisher released a QoS 2 packet id (PUBREL): to the topic's owner, which
+    /// logged the publish with that id (see `broker::durable`).
+    Qos2Released {
+        /// The publisher's client id.
+        client_id: ByteStr,
+        /// The released packet id.
+        packet_id: u16,
+    },
     /// A session ended on the sending shard (to the home shard's registry).
     SessionGone {
         /// Client id.

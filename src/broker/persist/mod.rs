@@ -19,6 +19,11 @@
 //!   recovery as if that connection had just closed (its delay counting from the start,
 //!   cancelled if a persistent session's client returns first), and its `will_done` is
 //!   durable before it is, so a second crash does not publish it again.
+//! - A home appends the session records it is given in the order it is given them
+//!   ([`SessionLogQueue`]): a record that finds the WAL buffer full waits in a queue,
+//!   and every later one waits behind it. So a clean start's `session_end` can never
+//!   land after the new session's `session_open`, which recovery would read as the new
+//!   session ending.
 //!
 //! # Replay
 //! Each session keeps a cursor per owner shard (see `ReplayCursor`), logged at most every
@@ -50,7 +55,8 @@ mod restore;
 pub(crate) use replay::replayed_delivery;
 pub use replay::{scan_for_replay, ReplayScan};
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,7 +64,7 @@ use crate::mqtt::{ByteStr, Protocol, ReasonCode};
 use crate::router::owner_of;
 use crate::session::{SubOptions, Will};
 use crate::shard::{Shard, ShardMsg};
-use crate::storage::{RecordKind, RecordRef};
+use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
 use super::Reply;
 use records::{SessionRecord, WillConn, WillRecord};
@@ -175,6 +181,70 @@ pub struct ReplayWant {
     pub messages_max: usize,
 }
 
+/// A session record on its way into the home's log.
+pub(crate) struct SessionAppend {
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Record body.
+    pub body: Vec<u8>,
+    /// Who to answer once it is durable: `(shard, request id)`.
+    pub reply: Option<(usize, u64)>,
+}
+
+/// A home's session records waiting for room in its WAL buffer, in arrival order.
+#[derive(Default)]
+pub(crate) struct SessionLogQueue {
+    waiting: RefCell<VecDeque<SessionAppend>>,
+}
+
+impl SessionLogQueue {
+    /// Appends `record` now if nothing waits and the buffer has room: `Some` with the
+    /// outcome. Otherwise queues it behind what waits (`None`); see [`Self::drain`].
+    pub(crate) fn append_or_queue(
+        &self,
+        wal: &Wal,
+        record: SessionAppend,
+    ) -> Option<(SessionAppend, Result<Offset, WalError>)> {
+        if self.waiting.borrow().is_empty() {
+            match wal.append(record.kind, unix_ms(), &[&record.body[..]]) {
+                Err(WalError::BufferFull) => {}
+                result => return Some((record, result)),
+            }
+        }
+        self.waiting.borrow_mut().push_back(record);
+        None
+    }
+
+    /// Appends the queued records in order as the buffer makes room, handing each
+    /// outcome to `done`; returns when none is left. Several drains may run at once:
+    /// each takes the front only when it fits, so the order holds.
+    pub(crate) async fn drain(
+        &self,
+        wal: &Wal,
+        mut done: impl FnMut(SessionAppend, Result<Offset, WalError>),
+    ) {
+        loop {
+            let Some(len) = self.waiting.borrow().front().map(|r| r.body.len()) else {
+                return;
+            };
+            let room = wal.reserve(len).await;
+            let Some(record) = self.waiting.borrow_mut().pop_front() else {
+                return;
+            };
+            let result = match room {
+                Ok(()) => wal.append(record.kind, unix_ms(), &[&record.body[..]]),
+                Err(e) => Err(e),
+            };
+            if matches!(result, Err(WalError::BufferFull)) {
+                // Another drain took the room meanwhile: wait again, still first.
+                self.waiting.borrow_mut().push_front(record);
+                continue;
+            }
+            done(record, result);
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch, the clock of record timestamps.
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -238,27 +308,65 @@ impl Shard {
                 }
             }
         }
+        let record = SessionAppend {
+            kind,
+            body,
+            reply: ack_id.map(|id| (from, id)),
+        };
+        // Waits while the buffer is full (as a mesh receiver did before), in order.
+        if self.append_session_record(record) {
+            self.drain_session_log().await;
+        }
+    }
+
+    /// Appends a session record in arrival order (see [`SessionLogQueue`]). Returns
+    /// true if it was queued behind a full buffer: a drain must run.
+    fn append_session_record(self: &Rc<Self>, record: SessionAppend) -> bool {
         let Some(durable) = self.durable.get() else {
-            if let Some(id) = ack_id {
+            if let Some((from, id)) = record.reply {
                 self.post(from, ShardMsg::LogDone { id, ok: true });
             }
+            return false;
+        };
+        match self
+            .broker
+            .session_log
+            .append_or_queue(&durable.wal, record)
+        {
+            Some((record, result)) => {
+                self.session_logged(record, result);
+                false
+            }
+            None => true,
+        }
+    }
+
+    async fn drain_session_log(self: &Rc<Self>) {
+        let Some(durable) = self.durable.get() else {
             return;
         };
-        let appended = match durable.wal.reserve(body.len()).await {
-            Ok(()) => durable.wal.append(kind, unix_ms(), &[&body[..]]),
-            Err(e) => Err(e),
-        };
-        let offset = match appended {
+        let log = &self.broker.session_log;
+        log.drain(&durable.wal, |record, result| {
+            self.session_logged(record, result)
+        })
+        .await;
+    }
+
+    /// A session record was appended (or failed): answer `LogDone` once durable if asked.
+    fn session_logged(self: &Rc<Self>, record: SessionAppend, result: Result<Offset, WalError>) {
+        let offset = match result {
             Ok(offset) => offset,
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "session record not logged");
-                if let Some(id) = ack_id {
+                if let Some((from, id)) = record.reply {
                     self.post(from, ShardMsg::LogDone { id, ok: false });
                 }
                 return;
             }
         };
-        let Some(id) = ack_id else { return };
+        let Some((from, id)) = record.reply else {
+            return;
+        };
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             let Some(durable) = shard.durable.get() else {
@@ -303,22 +411,17 @@ impl Shard {
             return;
         }
         let (kind, body) = records::encode(client_id.as_str(), &SessionRecord::End);
-        // Appended now, before the new connection's own records can arrive; only a full
-        // group-commit buffer makes it wait (in order with other waiting appends).
-        if let Some(durable) = self.durable.get() {
-            match durable.wal.append(kind, unix_ms(), &[&body[..]]) {
-                Ok(_) => return,
-                Err(crate::storage::WalError::BufferFull) => {}
-                Err(e) => {
-                    tracing::error!(shard = self.id, error = %e, "session end not logged");
-                    return;
-                }
-            }
+        // Appended now, before the new connection's own records can arrive; a full
+        // group-commit buffer queues it, and every later session record behind it.
+        let record = SessionAppend {
+            kind,
+            body,
+            reply: None,
+        };
+        if self.append_session_record(record) {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move { shard.drain_session_log().await }).detach();
         }
-        let shard = Rc::clone(self);
-        let from = self.id;
-        glommio::spawn_local(async move { shard.on_session_log(from, kind.0, body, None).await })
-            .detach();
     }
 
     /// Logs the replay cursors of every logged session that changed, every
@@ -384,3 +487,105 @@ impl Shard {
 
 /// Why a SUBACK refuses filters whose `subscribe` record could not be made durable.
 pub const SUBSCRIBE_NOT_LOGGED: ReasonCode = ReasonCode::UnspecifiedError;
+
+#[cfg(test)]
+mod tests {
+    use glommio::LocalExecutorBuilder;
+
+    use super::*;
+    use crate::storage::{FsyncPolicy, WalConfig};
+
+    fn record(client: &str, rec: &SessionRecord) -> SessionAppend {
+        let (kind, body) = records::encode(client, rec);
+        SessionAppend {
+            kind,
+            body,
+            reply: None,
+        }
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(f)
+    }
+
+    fn open() -> SessionRecord {
+        SessionRecord::Open {
+            expiry_secs: 60,
+            protocol: Protocol::V5,
+        }
+    }
+
+    #[test]
+    fn a_session_end_that_found_the_buffer_full_stays_before_the_next_open() {
+        // A real disk: O_DIRECT is off on tmpfs.
+        let dir = tempfile::Builder::new()
+            .prefix("shardmq-session-log-")
+            .tempdir_in(std::env::var_os("SHARDMQ_TEST_DIR").unwrap_or("/var/tmp".into()))
+            .expect("temp dir");
+        let config = WalConfig {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 1 << 20,
+            fsync_policy: FsyncPolicy::Always,
+            write_buffer_bytes: 16 * 1024,
+            retention_ms: None,
+            retention_bytes: None,
+        };
+        let order = run(async {
+            let (wal, _) = Wal::open(config.clone(), |_| {}).await.expect("open");
+            let queue = SessionLogQueue::default();
+            let appended = queue.append_or_queue(&wal, record("c", &open()));
+            assert!(
+                matches!(appended, Some((_, Ok(_)))),
+                "the old session opens"
+            );
+            // Fill the group-commit buffer (no await: the committer cannot drain it).
+            let filler = record("filler", &SessionRecord::Cursor(vec![(0, 1)]));
+            let mut last = None;
+            while let Ok(offset) = wal.append(filler.kind, unix_ms(), &[&filler.body[..]]) {
+                last = Some(offset);
+            }
+            // A clean start ends the old session: no room, so it waits.
+            assert!(queue
+                .append_or_queue(&wal, record("c", &SessionRecord::End))
+                .is_none());
+            // The buffer drains before the waiting End was appended; the new session's
+            // Open arrives now and must not pass it.
+            wal.wait_durable(last.expect("filled"))
+                .await
+                .expect("durable");
+            assert!(queue.append_or_queue(&wal, record("c", &open())).is_none());
+            let mut order = Vec::new();
+            queue
+                .drain(&wal, |r, result| {
+                    result.expect("appended");
+                    order.push(r.kind);
+                })
+                .await;
+            wal.close().await.expect("close");
+            order
+        });
+        assert_eq!(
+            order,
+            vec![records::RECORD_SESSION_END, records::RECORD_SESSION_OPEN]
+        );
+        let sessions = run(async move {
+            let mut sessions = HashMap::new();
+            let (wal, _) = Wal::open(config, |r| {
+                if records::is_session_record(r.kind) {
+                    assert!(visit_session_record(&mut sessions, &r));
+                }
+            })
+            .await
+            .expect("reopen");
+            wal.close().await.expect("close");
+            sessions
+        });
+        assert!(
+            sessions.contains_key("c"),
+            "the new session survives recovery"
+        );
+    }
+}
