@@ -152,6 +152,45 @@ fn subscriptions_and_queued_messages_of_an_offline_session_survive_kill_9() {
     sub.assert_no_publish(Duration::from_millis(300));
 }
 
+/// MQTT: a subscription gets what is published after it. Messages acknowledged right
+/// before the SUBSCRIBE (well within the owners' one-second watermark) are logged on both
+/// shards; the subscriber's session goes offline and the broker is killed: the replay
+/// after the restart brings only the message published after the SUBACK.
+#[test]
+fn a_replay_after_kill_9_brings_nothing_published_before_the_subscribe() {
+    let dir = temp_dir();
+    let before = names("since/before", 16);
+    {
+        let mut broker = durable_broker(dir.path().to_path_buf(), 2);
+        let (sub, _) = Conn::connect(broker.mqtt, &v5_persistent("since-sub"));
+        let mut publ = Conn::client(broker.mqtt, true, "since-pub");
+        for t in &before {
+            let code = publ.publish(Publish::new(t, b"before", 1));
+            assert!(code < 0x80, "publish acknowledged with success: {code:#x}");
+        }
+        let mut sub = sub;
+        sub.sub("since/#", 1);
+        sub.disconnect(0);
+        let code = publ.publish(Publish::new("since/after", b"after", 1));
+        assert!(code < 0x80, "publish acknowledged with success: {code:#x}");
+        kill_9(&mut broker);
+    }
+    let broker = durable_broker(dir.path().to_path_buf(), 2);
+    let (mut sub, ack) = Conn::connect(broker.mqtt, &v5_persistent("since-sub"));
+    assert!(ack.session_present, "the session survived the crash");
+    // Until the one owed arrives, then a while longer (the owners replay in parallel).
+    let mut got = Vec::new();
+    while !got.iter().any(|t| t == "since/after") {
+        got.push(sub.expect_publish().topic);
+    }
+    got.extend(
+        sub.drain_publishes(Duration::from_millis(500))
+            .into_iter()
+            .map(|p| p.topic),
+    );
+    assert_eq!(got, vec!["since/after".to_string()]);
+}
+
 #[test]
 fn acknowledged_messages_are_not_replayed_and_clean_start_forgets_the_session() {
     let dir = temp_dir();

@@ -101,6 +101,13 @@ pub enum Reply {
     Handover(Option<Box<Session>>),
     /// A session record is durable (`true`) or could not be logged.
     Logged(bool),
+    /// An owner's log end, for a new subscription (see `subscribe`).
+    LogEnd {
+        /// The owner shard.
+        shard: usize,
+        /// The offset its next record gets.
+        end: u64,
+    },
     /// What an owner replayed for restored sessions.
     Replayed {
         /// The owner shard.
@@ -143,7 +150,8 @@ pub struct BrokerState {
     /// Numbers catch-up reads.
     pub(crate) next_catch_up: Cell<u64>,
     /// Per owner shard, the highest watermark it sent here: every record of its log
-    /// below it had been sent to this shard before. A new subscription starts there.
+    /// below it had been sent to this shard before. A new subscription holds it until
+    /// the owners answered where their logs end (see `Shard::subscribe`).
     pub(crate) heard_floors: RefCell<Vec<u64>>,
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
@@ -317,8 +325,9 @@ impl Shard {
     /// every peer has said the same.
     pub(crate) async fn recovered_barrier(&self) {
         let peers = self.mesh.shards() - 1;
-        // Ahead of `Recovered` in each channel: subscriptions made as soon as a shard
-        // serves begin at this log's end, not at 0 (see `Session::subscribed_from`).
+        // Ahead of `Recovered` in each channel: sessions follow this log from its end,
+        // and a subscription made as soon as a shard serves holds it until its exact
+        // start is answered (see `Shard::subscribe`), not 0.
         if let Some(durable) = self.durable.get() {
             let watermark = durable.sent_watermark();
             self.on_watermark(self.id, watermark);
@@ -385,6 +394,13 @@ impl Shard {
                 );
             }
             ShardMsg::Ack { id } => self.broker.reply(id, Reply::Ack),
+            ShardMsg::LogEndQuery { id } => {
+                let end = self.log_end();
+                self.post(from, ShardMsg::LogEnd { id, end });
+            }
+            ShardMsg::LogEnd { id, end } => {
+                self.broker.reply(id, Reply::LogEnd { shard: from, end })
+            }
             ShardMsg::RetainedQuery { filter, id } => {
                 let messages = self.retained_matching(&filter);
                 self.post(from, ShardMsg::RetainedReply { id, messages });

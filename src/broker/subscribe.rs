@@ -5,6 +5,14 @@
 //! `(group, filter)` arrives or its last one leaves. The SUBACK for a filter new to this
 //! shard waits until every peer has applied the change, so a publish made after the
 //! client saw its SUBACK is routed here whichever shard owns the topic.
+//!
+//! A new subscription begins, per owner, at that owner's log end when the interest
+//! change took effect there (`Session::subscribed_from`): after the `InterestAdd`s, the
+//! shard asks every owner for its log end on the same links, and the SUBACK and the
+//! `subscribe` record wait for the answers. Records at or past an answer are routed by
+//! the new interest (delivered live); none below it was published after the SUBSCRIBE,
+//! so catch-up reads and replays start exactly there. Nothing is added to the publish
+//! path. Subscribing again to a held filter keeps where it began.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -185,7 +193,7 @@ impl Shard {
     ) -> Option<Vec<(String, SubOptions, bool)>> {
         let mut acks = Vec::new();
         let mut added = Vec::with_capacity(filters.len());
-        let mut records = Vec::with_capacity(filters.len());
+        let mut begun = Vec::new();
         for (filter, opts) in filters {
             let existed = {
                 let mut sessions = self.broker.sessions.borrow_mut();
@@ -196,14 +204,13 @@ impl Shard {
                 // A subscription replacing one to the same filter keeps where it began
                 // (MQTT-3.8.4-3): the messages since are still owed to it, and catch-up
                 // reads and replays skip records before it. A new one begins at every
-                // owner's last watermark here: nothing of an owner's log below it can
-                // reach this shard any more.
-                let from = match s.subscribed_from.get(&filter) {
-                    Some(from) => from.clone(),
-                    None => self.broker.heard_floors.borrow().clone(),
-                };
-                s.subscribed_from.insert(filter.clone(), from.clone());
-                records.push((filter.clone(), opts, from));
+                // owner's log end, asked below; until the answers come it holds the
+                // last watermark each owner sent here, which is never past that end.
+                if !s.subscribed_from.contains_key(&filter) {
+                    let heard = self.broker.heard_floors.borrow().clone();
+                    s.subscribed_from.insert(filter.clone(), heard);
+                    begun.push(filter.clone());
+                }
                 s.subscriptions.insert(filter.clone(), opts).is_some()
             };
             if existed {
@@ -215,16 +222,37 @@ impl Shard {
             }
             added.push((filter, opts, !existed));
         }
+        // Asked after the interest changes above, on the same links: see `ask_log_ends`.
+        let ends = (!begun.is_empty()).then(|| self.ask_log_ends());
         for ack in acks {
             self.broker.replies(ack).await;
         }
-        let logged_as = self
-            .broker
-            .sessions
-            .borrow()
-            .get(&key)
-            .filter(|slot| slot.session.logged)
-            .map(|slot| slot.session.client_id.clone());
+        let ends = match ends {
+            Some(asked) => Some(self.log_ends(asked).await),
+            None => None,
+        };
+        let (logged_as, records) = {
+            let mut sessions = self.broker.sessions.borrow_mut();
+            let Some(slot) = sessions.get_mut(&key) else {
+                return Some(added);
+            };
+            let s = &mut slot.session;
+            if let Some(ends) = ends {
+                for filter in &begun {
+                    if let Some(from) = s.subscribed_from.get_mut(filter) {
+                        from.clone_from(&ends);
+                    }
+                }
+            }
+            let records: Vec<_> = added
+                .iter()
+                .filter_map(|(filter, opts, _)| {
+                    let from = s.subscribed_from.get(filter)?.clone();
+                    Some((filter.clone(), *opts, from))
+                })
+                .collect();
+            (s.logged.then(|| s.client_id.clone()), records)
+        };
         if let Some(client) = logged_as {
             if !self.log_subscriptions(client.as_str(), &records).await {
                 let filters: Vec<String> = records.into_iter().map(|(f, ..)| f).collect();
@@ -233,6 +261,45 @@ impl Shard {
             }
         }
         Some(added)
+    }
+
+    /// The offset this shard's next log record gets (0 without a log).
+    pub(crate) fn log_end(&self) -> u64 {
+        self.durable.get().map_or(0, |d| d.wal.next_offset().0)
+    }
+
+    /// Asks every owner where its log ends, for subscriptions that begin now: this
+    /// shard's own end at once, a peer's over the mesh. Called after the subscriptions'
+    /// interest changes were posted: a peer handles its link in order, so it answers
+    /// only once it routes by them, and every record it appends at or past its answer
+    /// is matched against them and sent here live. Nothing below the answer is owed to
+    /// the subscription (MQTT: it gets what is published after it), so catch-up reads
+    /// and replays can start exactly there. Returns this shard's end and the request.
+    fn ask_log_ends(&self) -> (u64, Option<u64>) {
+        let local = self.log_end();
+        let peers = self.mesh.shards() - 1;
+        if peers == 0 {
+            return (local, None);
+        }
+        let id = self.broker.open_request(peers);
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            self.post(peer, ShardMsg::LogEndQuery { id });
+        }
+        (local, Some(id))
+    }
+
+    /// The answers to [`Shard::ask_log_ends`], per owner shard.
+    async fn log_ends(&self, (local, id): (u64, Option<u64>)) -> Vec<u64> {
+        let mut ends = vec![0; self.mesh.shards()];
+        ends[self.id] = local;
+        if let Some(id) = id {
+            for reply in self.broker.replies(id).await {
+                if let Reply::LogEnd { shard, end } = reply {
+                    ends[shard] = end;
+                }
+            }
+        }
+        ends
     }
 
     /// Sends the retained messages a new subscription asks for (retain handling 0, or 1

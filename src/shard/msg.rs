@@ -121,6 +121,21 @@ pub enum ShardMsg {
         id: u64,
     },
 
+    /// A new subscription on the sending shard asks this owner where its log ends. Sent
+    /// after the subscription's `InterestAdd` on the same link, so every record appended
+    /// at or past the answer is matched against the updated interest table.
+    LogEndQuery {
+        /// Request id to answer with.
+        id: u64,
+    },
+    /// Answer to `LogEndQuery`: the offset the owner's next record gets.
+    LogEnd {
+        /// The request id.
+        id: u64,
+        /// The owner's log end (0 without a log).
+        end: u64,
+    },
+
     /// Retained messages matching `filter`, wanted by a session on the sending shard.
     RetainedQuery {
         /// Filter (plain, not shared).
