@@ -161,6 +161,9 @@ struct History {
     /// Sessions that are members of the shared group.
     shared: HashSet<String>,
     violations: Vec<String>,
+    /// QoS 2 deliveries of a message whose earlier delivery to the session had completed
+    /// (PUBREL received): what a duplicate is made of, beyond doubt.
+    qos2_after_pubrel: u64,
     /// What clients and the nemesis did, for explaining a failure: (tick, who, what).
     actions: Vec<(u64, String, String)>,
 }
@@ -383,6 +386,8 @@ struct RawSubscriber {
     /// QoS 2 packet ids PUBREC'd whose PUBREL has not come: a PUBLISH with one of them is
     /// the broker's resend of a message already received.
     awaiting_rel: HashMap<u16, MsgId>,
+    /// QoS 2 messages whose PUBREL came.
+    completed: HashSet<MsgId>,
     subscribed: bool,
     connections: u64,
 }
@@ -405,6 +410,10 @@ impl RawSubscriber {
                         if self.awaiting_rel.insert(publish.pid, id) == Some(id) {
                             return;
                         }
+                        if self.completed.contains(&id) {
+                            // Not a resend of an unfinished exchange: its PUBREL had come.
+                            self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
+                        }
                     }
                 }
                 self.world.delivered(
@@ -415,7 +424,9 @@ impl RawSubscriber {
                 );
             }
             raw::PUBREL => {
-                self.awaiting_rel.remove(&decode_ack(&p).0);
+                if let Some(id) = self.awaiting_rel.remove(&decode_ack(&p).0) {
+                    self.completed.insert(id);
+                }
             }
             _ => {}
         }
@@ -1189,6 +1200,8 @@ fn fill(path: &std::path::Path, bytes: u64) {
 #[derive(Default, Debug, Clone, Copy)]
 struct Counts {
     acknowledged: u64,
+    /// Refused by the broker (an error reason code), never acknowledged.
+    refused: u64,
     /// Deliveries the promise requires: (session or group, acknowledged message) pairs.
     required: u64,
     delivered: u64,
@@ -1233,6 +1246,9 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
     for s in h.sent.values() {
         if s.acked_at.is_some() && !s.retain {
             v.qos[s.qos as usize].acknowledged += 1;
+        }
+        if s.refused && !s.retain {
+            v.qos[s.qos as usize].refused += 1;
         }
     }
     // Per session: message -> (deliveries, deliveries at QoS 2); first deliveries in order.
@@ -1398,10 +1414,19 @@ fn explain_losses(h: &History, v: &Verdict) {
             .max()
             .unwrap_or(0);
         eprintln!("  {session}: lost messages sent between ticks {first} and {last}; around them:");
+        let mut after = 0;
         for (at, who, what) in &h.actions {
-            if *at >= before && *at <= last && (who == session || who == "broker") {
-                eprintln!("    tick {at}: {who}: {what}");
+            if *at < before || !(who == session || who == "broker") {
+                continue;
             }
+            if *at > last {
+                // The first few things after, e.g. the reconnect that came too late.
+                after += 1;
+                if after > 3 {
+                    break;
+                }
+            }
+            eprintln!("    tick {at}: {who}: {what}");
         }
     }
 }
@@ -1494,6 +1519,7 @@ fn run(plan: Plan) {
                 spec,
                 conn: None,
                 awaiting_rel: HashMap::new(),
+                completed: HashSet::new(),
                 subscribed: false,
                 connections: 0,
             }
@@ -1650,12 +1676,21 @@ fn run(plan: Plan) {
         n.rss_max >> 20,
         n.rss_bound >> 20
     );
-    eprintln!("| QoS | acknowledged | required deliveries | delivered | lost | duplicates |");
+    eprintln!(
+        "| QoS | acknowledged | refused | required deliveries | delivered | lost | duplicates |"
+    );
+    eprintln!("|---|---|---|---|---|---|---|");
     for q in 1..=2 {
         let c = v.qos[q];
         eprintln!(
-            "| {q} | {} | {} | {} | {} | {} |",
-            c.acknowledged, c.required, c.delivered, c.lost, c.duplicates
+            "| {q} | {} | {} | {} | {} | {} | {} |",
+            c.acknowledged, c.refused, c.required, c.delivered, c.lost, c.duplicates
+        );
+    }
+    if h.qos2_after_pubrel > 0 {
+        eprintln!(
+            "QoS 2 deliveries of a message whose earlier delivery had its PUBREL: {}",
+            h.qos2_after_pubrel
         );
     }
     let show = |what: &str, list: &[String]| {
