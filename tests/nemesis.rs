@@ -143,6 +143,7 @@ struct Sent {
 }
 
 struct Delivery {
+    at: u64,
     /// The broker process (counted from 0) that sent it.
     generation: u64,
     /// The session: the client id, plus the connection number for a clean session.
@@ -251,6 +252,7 @@ impl World {
             return;
         };
         self.hist.lock().unwrap().deliveries.push(Delivery {
+            at: tick(),
             generation: self.generation.load(Ordering::SeqCst),
             session: session.to_string(),
             id,
@@ -1178,12 +1180,32 @@ impl Nemesis {
             Fault::DiskFull => {
                 let disk = disk.expect("DiskFull needs the data dir on a small disk");
                 let filler = disk.mount.join("filler");
-                let free = disk.free_bytes().saturating_sub(256 << 10);
-                fill(&filler, free);
-                let full_ms = self.rng.between(500, 1500);
+                fill(&filler, disk);
+                // Until the broker refuses a publish (it needs a new segment: the current
+                // one and the spare prepared ahead fill up first), at most 20 s.
+                let world = Arc::clone(&self.world);
+                let refused = || {
+                    let h = world.hist.lock().unwrap();
+                    h.sent.values().filter(|s| s.refused).count()
+                };
+                let before = refused();
+                let addr = self.world.addr().unwrap();
+                let filled = std::thread::spawn(move || fill_the_log(addr));
+                let end = Instant::now() + ms(20_000);
+                while refused() == before && Instant::now() < end {
+                    self.load(ms(100));
+                }
+                let refused_big = filled.join().unwrap_or(false);
+                let full_ms = self.rng.between(200, 1000);
                 self.load(ms(full_ms));
+                eprintln!(
+                    "disk full: {} KiB free, big publishes refused: {refused_big}, {} checked \
+                     publishes refused",
+                    disk.free_bytes() >> 10,
+                    refused() - before
+                );
                 self.stop(true);
-                std::fs::remove_file(&filler).expect("remove the filler");
+                unfill(&filler);
                 self.start(Some(fault), None);
             }
             Fault::Stall => {
@@ -1197,13 +1219,66 @@ impl Nemesis {
     }
 }
 
-/// Takes `bytes` of the file system with a real allocation (not a sparse file).
-fn fill(path: &std::path::Path, bytes: u64) {
+/// Takes all but at most 128 KiB of the file system with real allocations (not sparse
+/// files), in filler files `filler.N` next to `path`.
+fn fill(path: &std::path::Path, disk: &SmallDisk) {
     use std::os::fd::AsRawFd;
-    let f = std::fs::File::create(path).expect("create the filler");
-    // SAFETY: a valid open descriptor.
-    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, bytes as libc::off_t) };
-    assert_eq!(rc, 0, "posix_fallocate of {bytes} bytes");
+    let mut n = 0;
+    let mut step = 64u64 << 20;
+    while disk.free_bytes() > 128 << 10 && step >= 16 << 10 {
+        let f = std::fs::File::create(path.with_extension(n.to_string())).expect("a filler");
+        n += 1;
+        let want = step
+            .min(disk.free_bytes().saturating_sub(64 << 10))
+            .max(16 << 10);
+        // SAFETY: a valid open descriptor.
+        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, want as libc::off_t) };
+        if rc != 0 {
+            step /= 2;
+        }
+    }
+}
+
+/// Publishes 60 KiB QoS 1 messages to a topic nobody reads (and the history does not
+/// record) until the broker refuses one (the log's current segment and its spare are full),
+/// or for at most 20 s; true if one was refused.
+fn fill_the_log(addr: SocketAddr) -> bool {
+    let Some((mut c, _)) = raw_connect(addr, &connect_packet(true, "nm-filler", true, false))
+    else {
+        return false;
+    };
+    let body = vec![b'f'; 60 << 10];
+    let end = Instant::now() + ms(20_000);
+    while Instant::now() < end {
+        let pid = c.pid();
+        if !c.try_send(&raw::Publish::new("nm-fill", &body, 1).pid(pid).encode(true)) {
+            return false;
+        }
+        loop {
+            match c.recv(ms(5000)) {
+                Recv::Packet(p) if p.kind == raw::PUBACK => {
+                    if decode_ack(&p).1 >= 0x80 {
+                        return true;
+                    }
+                    break;
+                }
+                Recv::Packet(_) => {}
+                Recv::Closed | Recv::Timeout => return false,
+            }
+        }
+    }
+    false
+}
+
+/// Removes the filler files `fill` made.
+fn unfill(path: &std::path::Path) {
+    let dir = path.parent().unwrap();
+    let stem = path.file_name().unwrap().to_str().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_name().to_str().unwrap_or("").starts_with(stem) {
+            std::fs::remove_file(entry.path()).expect("remove a filler");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1245,6 +1320,9 @@ fn required_missing(h: &History) -> u64 {
     check(h, &BTreeMap::new()).qos.iter().map(|c| c.lost).sum()
 }
 
+/// Per session and message: deliveries, deliveries at QoS 2, the first one's broker and tick.
+type Seen = (u64, u64, u64, u64);
+
 fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
     let mut v = Verdict {
         qos: [Counts::default(); 3],
@@ -1264,7 +1342,7 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
         }
     }
     // Per session: message -> (deliveries, deliveries at QoS 2); first deliveries in order.
-    let mut got: HashMap<&str, HashMap<MsgId, (u64, u64, u64)>> = HashMap::new();
+    let mut got: HashMap<&str, HashMap<MsgId, Seen>> = HashMap::new();
     let mut last_first: HashMap<(&str, u16, &str), u32> = HashMap::new();
     let mut group_got: HashSet<MsgId> = HashSet::new();
     for d in &h.deliveries {
@@ -1290,18 +1368,21 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
         }
         if entry.0 == 1 {
             entry.2 = d.generation;
+            entry.3 = d.at;
         }
         if entry.0 > 1 {
             v.qos[sent.qos as usize].duplicates += 1;
             if entry.1 > 1 && d.qos == 2 {
                 v.qos2_duplicates.push(format!(
-                    "{}: {}:{} on {}, first from broker {}, again from broker {}{}",
+                    "{}: {}:{} on {}, first from broker {} at tick {}, again from broker {} at tick {}{}",
                     d.session,
                     h.publishers[d.id.publisher as usize],
                     d.id.seq,
                     d.topic,
                     entry.2,
+                    entry.3,
                     d.generation,
+                    d.at,
                     if sent.resent {
                         " (the publisher resent it with its packet id)"
                     } else {
@@ -1412,13 +1493,33 @@ fn require(
     }
 }
 
+/// The numbers following `word ` in a report line, in order.
+fn numbers_after<'a>(line: &'a str, word: &str) -> Vec<&'a str> {
+    line.split(&format!("{word} "))
+        .skip(1)
+        .map(|t| t.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+        .collect()
+}
+
 /// Whether a QoS 2 duplicate line says both deliveries came from one broker process.
 fn same_broker(line: &str) -> bool {
-    let mut brokers = line
-        .split("broker ")
-        .skip(1)
-        .map(|t| t.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""));
-    matches!((brokers.next(), brokers.next()), (Some(a), Some(b)) if a == b)
+    matches!(numbers_after(line, "broker")[..], [a, b] if a == b)
+}
+
+/// What the session did between the two deliveries of a QoS 2 duplicate.
+fn explain_duplicate(h: &History, line: &str) {
+    let session = line.split(':').next().unwrap();
+    let ticks: Vec<u64> = numbers_after(line, "tick")
+        .iter()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let [first, again] = ticks[..] else { return };
+    eprintln!("  {session}, between the two deliveries:");
+    for (at, who, what) in &h.actions {
+        if *at >= first && *at <= again && (who == session || who == "broker") {
+            eprintln!("    tick {at}: {who}: {what}");
+        }
+    }
 }
 
 /// For each session that lost messages: the span of their sends and what the session and
@@ -1737,6 +1838,9 @@ fn run(plan: Plan) {
     let mut dups = v.qos2_duplicates.clone();
     dups.sort_by_key(|d| !(d.contains("resent") || same_broker(d)));
     show("QOS 2 DUPLICATES", &dups);
+    for d in dups.iter().filter(|d| same_broker(d)).take(2) {
+        explain_duplicate(&h, d);
+    }
     show("ORDER", &v.order);
     show("RETAINED", &v.retained);
     show("VIOLATIONS", &v.violations);

@@ -31,7 +31,7 @@ impl SmallDisk {
         SmallDisk { mount, _dir: dir }
     }
 
-    /// Bytes free for an unprivileged writer.
+    /// Bytes free, the blocks reserved for root included (the tests run as root).
     pub fn free_bytes(&self) -> u64 {
         let path = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
         // SAFETY: a valid C string and a zeroed out-parameter of the right type.
@@ -41,7 +41,7 @@ impl SmallDisk {
             0,
             "statvfs"
         );
-        st.f_bavail as u64 * st.f_frsize as u64
+        st.f_bfree as u64 * st.f_frsize as u64
     }
 }
 
