@@ -1486,8 +1486,18 @@ fn require(
             c.lost += 1;
             v.lost_ids.entry(who.to_string()).or_default().push(*id);
             v.lost.push(format!(
-                "{who}: {}:{} QoS {} on {}",
-                h.publishers[id.publisher as usize], id.seq, s.qos, s.topic
+                "{who}: {}:{} QoS {} on {}, sent at tick {}, acknowledged at tick {}{}",
+                h.publishers[id.publisher as usize],
+                id.seq,
+                s.qos,
+                s.topic,
+                s.sent_at,
+                s.acked_at.unwrap_or(0),
+                if s.resent {
+                    " (the publisher resent it with its packet id)"
+                } else {
+                    ""
+                }
             ));
         }
     }
