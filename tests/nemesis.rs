@@ -1343,7 +1343,7 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
     }
     // Per session: message -> (deliveries, deliveries at QoS 2); first deliveries in order.
     let mut got: HashMap<&str, HashMap<MsgId, Seen>> = HashMap::new();
-    let mut last_first: HashMap<(&str, u16, &str), u32> = HashMap::new();
+    let mut last_first: HashMap<(&str, u16, &str), (u32, u64)> = HashMap::new();
     let mut group_got: HashSet<MsgId> = HashSet::new();
     for d in &h.deliveries {
         let Some(sent) = h.sent.get(&d.id) else {
@@ -1392,18 +1392,15 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
             }
         } else if !shared {
             let key = (d.session.as_str(), d.id.publisher, d.topic.as_str());
-            if let Some(&last) = last_first.get(&key) {
-                if d.id.seq < last {
-                    v.order.push(format!(
-                        "{}: first delivery of {}:{} on {} after {}",
-                        d.session, h.publishers[d.id.publisher as usize], d.id.seq, d.topic, last
-                    ));
+            match last_first.get(&key) {
+                Some(&(last, at)) if d.id.seq < last => v.order.push(format!(
+                    "{}: first delivery of {}:{} on {} at tick {} after {} at tick {at}",
+                    d.session, h.publishers[d.id.publisher as usize], d.id.seq, d.topic, d.at, last
+                )),
+                _ => {
+                    last_first.insert(key, (d.id.seq, d.at));
                 }
             }
-            last_first.insert(
-                key,
-                d.id.seq.max(last_first.get(&key).copied().unwrap_or(0)),
-            );
         }
     }
     // Loss: each persistent subscriber, then the shared group as a whole.
@@ -1516,13 +1513,15 @@ fn same_broker(line: &str) -> bool {
     matches!(numbers_after(line, "broker")[..], [a, b] if a == b)
 }
 
-/// What the session did between the two deliveries of a QoS 2 duplicate.
-fn explain_duplicate(h: &History, line: &str) {
+/// What the session and the broker did between the two ticks a failure line names (the
+/// two deliveries of a QoS 2 duplicate, or of two messages out of order).
+fn explain_between(h: &History, line: &str) {
     let session = line.split(':').next().unwrap();
-    let ticks: Vec<u64> = numbers_after(line, "tick")
+    let mut ticks: Vec<u64> = numbers_after(line, "tick")
         .iter()
         .filter_map(|t| t.parse().ok())
         .collect();
+    ticks.sort_unstable();
     let [first, again] = ticks[..] else { return };
     eprintln!("  {session}, between the two deliveries:");
     for (at, who, what) in &h.actions {
@@ -1849,9 +1848,12 @@ fn run(plan: Plan) {
     dups.sort_by_key(|d| !(d.contains("resent") || same_broker(d)));
     show("QOS 2 DUPLICATES", &dups);
     for d in dups.iter().filter(|d| same_broker(d)).take(2) {
-        explain_duplicate(&h, d);
+        explain_between(&h, d);
     }
     show("ORDER", &v.order);
+    for o in v.order.iter().take(2) {
+        explain_between(&h, o);
+    }
     show("RETAINED", &v.retained);
     show("VIOLATIONS", &v.violations);
     let failed = !(v.lost.is_empty()
