@@ -8,6 +8,8 @@
 # Runs tests/crash_loop.rs against a release build (`cargo test` runs the same test with
 # 3 cycles in the debug build). The broker uses fsync_policy = "always" and 2 shards; its
 # data dir is on the real disk under target/ (O_DIRECT is off on tmpfs).
+# scripts/nemesis.sh checks the whole promise (QoS 2, reconnects, re-subscribes, SIGTERM,
+# shard count changes, a full disk, order, retained state) under the same kind of faults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh

@@ -5,59 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use common::disk::SmallDisk;
 use common::raw::{Conn, Connect, Publish};
 use common::*;
-
-/// A loop-mounted ext4 file system, unmounted on drop.
-struct SmallDisk {
-    mount: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(mib: u64) -> SmallDisk {
-        let dir = temp_dir();
-        let image = dir.path().join("fs.img");
-        let mount = dir.path().join("mnt");
-        std::fs::create_dir(&mount).unwrap();
-        let f = std::fs::File::create(&image).unwrap();
-        f.set_len(mib << 20).unwrap();
-        run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
-        run(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                image.to_str().unwrap(),
-                mount.to_str().unwrap(),
-            ],
-        );
-        SmallDisk { mount, _dir: dir }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        // Lazy: a broker killed just before may still hold files open for a moment.
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (this test needs e2fsprogs and root)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {} (this test needs root for a loop mount)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn broker(data: &Path) -> Broker {
     Broker::start_with(BrokerOptions {

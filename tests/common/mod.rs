@@ -1,6 +1,7 @@
 //! Test harness: runs the real `shardmq` binary on free ports with a temp data dir.
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod load;
 pub mod raw;
 
