@@ -275,6 +275,8 @@ pub enum ShardMsg {
     },
     /// The sending shard finished its recovery (the start barrier).
     Recovered,
+    /// The sending shard, stopping, logged its sessions' final cursors (the stop barrier).
+    Flushed,
     /// A session ended on the sending shard (to the home shard's registry).
     SessionGone {
         /// Client id.
