@@ -62,9 +62,9 @@ fn restarted(
 /// A QoS 2 exchange that got its PUBREC but no PUBCOMP before the stop: after the restart
 /// the broker resends PUBREL under the same packet id (MQTT 5 §4.4), never the PUBLISH,
 /// and the exchange then completes.
-fn released_qos2_then_restart(kill: bool) {
+fn released_qos2_then_restart(kill: bool, shards: usize) {
     let dir = temp_dir();
-    let (b, options, session, mut sub, mut publ) = subscribed(&dir, 1, "q2-rel", "q2/#", 2);
+    let (b, options, session, mut sub, mut publ) = subscribed(&dir, shards, "q2-rel", "q2/#", 2);
     sub.auto_ack = false;
     assert_eq!(publ.publish(Publish::new("q2/t", b"once", 2)), 0);
     let p = sub
@@ -109,12 +109,19 @@ fn released_qos2_then_restart(kill: bool) {
 
 #[test]
 fn released_qos2_gets_pubrel_not_publish_after_kill_9() {
-    released_qos2_then_restart(true);
+    released_qos2_then_restart(true, 1);
 }
 
 #[test]
 fn released_qos2_gets_pubrel_not_publish_after_sigterm() {
-    released_qos2_then_restart(false);
+    released_qos2_then_restart(false, 1);
+}
+
+/// The same on two shards, where the connection may land on another shard than the
+/// session's home.
+#[test]
+fn released_qos2_gets_pubrel_not_publish_after_kill_9_on_two_shards() {
+    released_qos2_then_restart(true, 2);
 }
 
 /// QoS 1 deliveries the client PUBACKed are not sent again after a graceful stop (the
