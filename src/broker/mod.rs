@@ -151,7 +151,7 @@ pub struct BrokerState {
     /// Peers that logged their final cursors while stopping (the stop barrier).
     flushed_peers: Cell<usize>,
     flushed_waker: Cell<Option<Waker>>,
-    /// QoS 2 exchanges whose PUBREL waits for its `qos2_released` record, and whether a
+    /// QoS 2 exchanges whose PUBREL waits for its `qos2_delivered` record, and whether a
     /// task logging them is scheduled.
     pub(crate) releasing: RefCell<Vec<persist::Releasing>>,
     pub(crate) releasing_scheduled: Cell<bool>,

@@ -38,7 +38,7 @@ pub struct ReplayCursor {
     /// by `(owner shard, offset)`, with the packet id still awaiting PUBCOMP (0: done).
     /// A replay or catch-up read that returns one of them never sends its PUBLISH.
     released: HashMap<(u16, u64), u16>,
-    /// PUBCOMPs of logged messages not yet logged (`qos2_released` with id 0).
+    /// PUBCOMPs of logged messages not yet logged (`qos2_delivered` with id 0).
     completed: Vec<(u16, u64)>,
 }
 

@@ -305,7 +305,7 @@ impl Outbound {
     ///
     /// With `hold` (a logged session), a logged message's PUBREL is held back instead:
     /// the exchange becomes *releasing* and its log position is returned, to be logged
-    /// (`qos2_released`) before `release` sends the PUBREL. Once the client has PUBREC'd
+    /// (`qos2_delivered`) before `release` sends the PUBREL. Once the client has PUBREC'd
     /// a message it must never be sent that PUBLISH again, also not after a restart.
     pub fn on_pubrec(
         &mut self,
@@ -440,7 +440,7 @@ impl Outbound {
     }
 
     /// Resends `pid`. A releasing exchange sends nothing, except on a reconnect
-    /// (`reconnect`): its `qos2_released` record is on its way to the home's log (it
+    /// (`reconnect`): its `qos2_delivered` record is on its way to the home's log (it
     /// travelled there before the session moved), so it gets its PUBREL now.
     fn resend_one(&mut self, pid: u16, out: &mut Outlet<'_>, now: Instant, reconnect: bool) {
         let Some(entry) = self.inflight.get_mut(&pid) else {

@@ -63,6 +63,8 @@ pub enum ShardMsg {
         /// The probe round being answered.
         seq: u64,
     },
+    /// The sending shard, stopping, logged its sessions' final cursors (the stop barrier).
+    Flushed,
 
     /// A publish for the topic's owner shard.
     Publish {
@@ -275,8 +277,6 @@ pub enum ShardMsg {
     },
     /// The sending shard finished its recovery (the start barrier).
     Recovered,
-    /// The sending shard, stopping, logged its sessions' final cursors (the stop barrier).
-    Flushed,
     /// A session ended on the sending shard (to the home shard's registry).
     SessionGone {
         /// Client id.

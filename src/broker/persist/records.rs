@@ -12,7 +12,7 @@
 //! | 7 | `cursor` | `count u16 | (owner shard u16 | offset u64) × count` |
 //! | 10 | `will` | `shard u16 | connection token u64 | delay_secs u32 | will as a v5 PUBLISH` |
 //! | 11 | `will_done` | `shard u16 | connection token u64` |
-//! | 13 | `qos2_released` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
+//! | 13 | `qos2_delivered` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
@@ -23,7 +23,7 @@
 //! timestamp is the time of the event: a `session_detach`'s is the moment its expiry
 //! starts counting.
 //!
-//! A `qos2_released` entry with a packet id says the client PUBREC'd the QoS 2 message
+//! A `qos2_delivered` entry with a packet id says the client PUBREC'd the QoS 2 message
 //! at that offset (durable before the broker sends its PUBREL): it is never sent as a
 //! PUBLISH again, and after a restart its PUBREL is resent under that id. An entry with
 //! id 0 says its PUBCOMP arrived: nothing is resent. Entries below the session's cursor
@@ -58,8 +58,8 @@ pub const RECORD_CURSOR: RecordKind = RecordKind(7);
 /// A message for named sessions only.
 pub const RECORD_PUBLISH_FOR: RecordKind = RecordKind(8);
 
-/// QoS 2 exchanges of a session released (PUBREC received) or completed (PUBCOMP).
-pub const RECORD_QOS2_RELEASED: RecordKind = RecordKind(13);
+/// QoS 2 deliveries of a session PUBREC'd (its PUBREL may go out) or PUBCOMP'd.
+pub const RECORD_QOS2_DELIVERED: RecordKind = RecordKind(13);
 
 /// A connection's will, logged before its CONNACK.
 pub const RECORD_WILL: RecordKind = RecordKind(10);
@@ -171,13 +171,13 @@ pub enum SessionRecord {
     },
     /// `cursor`.
     Cursor(Vec<(u16, u64)>),
-    /// `qos2_released`: `(owner shard, offset, packet id awaiting PUBCOMP or 0)`.
-    Released(Vec<(u16, u64, u16)>),
+    /// `qos2_delivered`: `(owner shard, offset, packet id awaiting PUBCOMP or 0)`.
+    Qos2Delivered(Vec<(u16, u64, u16)>),
 }
 
 /// Whether `kind` is one of the session records.
 pub fn is_session_record(kind: RecordKind) -> bool {
-    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0) || kind == RECORD_QOS2_RELEASED
+    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0) || kind == RECORD_QOS2_DELIVERED
 }
 
 /// Encodes a session record body for `client_id`.
@@ -230,14 +230,14 @@ pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) 
             }
             RECORD_CURSOR
         }
-        SessionRecord::Released(entries) => {
+        SessionRecord::Qos2Delivered(entries) => {
             b.put_u16_le(entries.len() as u16);
             for (shard, offset, pid) in entries {
                 b.put_u16_le(*shard);
                 b.put_u64_le(*offset);
                 b.put_u16_le(*pid);
             }
-            RECORD_QOS2_RELEASED
+            RECORD_QOS2_DELIVERED
         }
     };
     (kind, b.to_vec())
@@ -300,7 +300,7 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
             }
             SessionRecord::Cursor(cursors)
         }
-        RECORD_QOS2_RELEASED => {
+        RECORD_QOS2_DELIVERED => {
             let n = get_u16(&mut body)?;
             let mut entries = Vec::with_capacity(usize::from(n));
             for _ in 0..n {
@@ -310,7 +310,7 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
                     get_u16(&mut body)?,
                 ));
             }
-            SessionRecord::Released(entries)
+            SessionRecord::Qos2Delivered(entries)
         }
         _ => return None,
     };
@@ -464,8 +464,11 @@ mod tests {
             Some((_, SessionRecord::Subscribe { from, .. })) => assert!(from.is_empty()),
             other => panic!("{other:?}"),
         }
-        match round_trip(SessionRecord::Released(vec![(0, 5, 7), (3, u64::MAX, 0)])) {
-            SessionRecord::Released(e) => assert_eq!(e, vec![(0, 5, 7), (3, u64::MAX, 0)]),
+        match round_trip(SessionRecord::Qos2Delivered(vec![
+            (0, 5, 7),
+            (3, u64::MAX, 0),
+        ])) {
+            SessionRecord::Qos2Delivered(e) => assert_eq!(e, vec![(0, 5, 7), (3, u64::MAX, 0)]),
             other => panic!("{other:?}"),
         }
         match round_trip(SessionRecord::Cursor(vec![(0, 5), (3, u64::MAX)])) {
@@ -575,5 +578,49 @@ mod tests {
         let (r, rest) = decode_recipients(&b).expect("decodes");
         assert_eq!(r, vec!["a".to_string(), "bb".to_string()]);
         assert_eq!(rest, b"rest");
+    }
+
+    fn visit(
+        sessions: &mut std::collections::HashMap<String, super::super::RecoveredSession>,
+        record: SessionRecord,
+    ) {
+        let (kind, body) = encode("c", &record);
+        let record = crate::storage::RecordRef {
+            offset: crate::storage::Offset(0),
+            kind,
+            timestamp_ms: 1,
+            body: &body,
+        };
+        assert!(super::super::visit_session_record(sessions, &record));
+    }
+
+    #[test]
+    fn logged_releases_survive_recovery_until_completed_or_below_the_cursor() {
+        let mut sessions = std::collections::HashMap::new();
+        visit(
+            &mut sessions,
+            SessionRecord::Open {
+                expiry_secs: 60,
+                protocol: crate::mqtt::Protocol::V5,
+            },
+        );
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Delivered(vec![(0, 5, 1), (0, 9, 2), (1, 3, 3)]),
+        );
+        // 9 completed; id 1 used again: its earlier exchange (5) completed too.
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Delivered(vec![(0, 9, 0), (0, 12, 1)]),
+        );
+        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 6), (1, 4)]));
+        let released = sessions["c"].released_above_cursors();
+        assert_eq!(
+            released,
+            std::collections::HashMap::from([((0, 9), 0), ((0, 12), 1)]),
+            "below the cursor nothing is replayed; 9 is done, 12 awaits PUBCOMP under 1"
+        );
+        visit(&mut sessions, SessionRecord::End);
+        assert!(sessions.is_empty());
     }
 }
