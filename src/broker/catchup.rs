@@ -171,7 +171,9 @@ impl Shard {
             if held_set.contains(&offset) {
                 continue;
             }
-            let Some(delivery) = replayed_delivery(&slot.session, msg) else {
+            let Some(delivery) = replayed_delivery(&slot.session, msg)
+                .and_then(|d| self.settle_released(&mut slot.session, d))
+            else {
                 continue;
             };
             // QoS 0 deliveries are never deferred to the log: they went (or were

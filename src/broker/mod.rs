@@ -156,6 +156,13 @@ pub struct BrokerState {
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
+    /// Peers that logged their final cursors while stopping (the stop barrier).
+    flushed_peers: Cell<usize>,
+    flushed_waker: Cell<Option<Waker>>,
+    /// QoS 2 exchanges whose PUBREL waits for its `qos2_delivered` record, and whether a
+    /// task logging them is scheduled.
+    pub(crate) releasing: RefCell<Vec<persist::Releasing>>,
+    pub(crate) releasing_scheduled: Cell<bool>,
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
@@ -211,6 +218,10 @@ impl BrokerState {
             heard_floors: RefCell::new(Vec::new()),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
+            flushed_peers: Cell::new(0),
+            flushed_waker: Cell::new(None),
+            releasing: RefCell::new(Vec::new()),
+            releasing_scheduled: Cell::new(false),
             claims: RefCell::new(HashMap::new()),
             parked: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),
@@ -338,14 +349,40 @@ impl Shard {
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(peer, ShardMsg::Recovered);
         }
-        poll_fn(|cx| {
-            if self.broker.recovered_peers.get() >= peers {
-                return Poll::Ready(());
-            }
-            self.broker.recovered_waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        })
+        all_arrived(
+            &self.broker.recovered_peers,
+            &self.broker.recovered_waker,
+            peers,
+        )
         .await
+    }
+
+    /// Waits until every other shard sent `Flushed` (see `flush_cursors_for_stop`).
+    pub(crate) async fn stop_barrier(&self) {
+        let peers = self.mesh.shards() - 1;
+        all_arrived(
+            &self.broker.flushed_peers,
+            &self.broker.flushed_waker,
+            peers,
+        )
+        .await
+    }
+
+    /// A PUBREC of a logged session's QoS 2 message: its PUBREL goes out once the
+    /// release is durable at the session's home. Releases arriving meanwhile form one
+    /// batch (one record per client, one wait).
+    pub(crate) fn hold_release(self: &Rc<Self>, releasing: persist::Releasing) {
+        self.broker.releasing.borrow_mut().push(releasing);
+        if self.broker.releasing_scheduled.replace(true) {
+            return;
+        }
+        let shard = Rc::clone(self);
+        glommio::spawn_local(async move {
+            shard.broker.releasing_scheduled.set(false);
+            let batch = std::mem::take(&mut *shard.broker.releasing.borrow_mut());
+            shard.log_releases(batch).await;
+        })
+        .detach();
     }
 
     /// Every shard id, this one included.
@@ -475,12 +512,9 @@ impl Shard {
                 owner,
                 from: offset,
             } => self.on_shared_gap((group, filter), topic, owner, offset),
+            ShardMsg::Flushed => arrived(&self.broker.flushed_peers, &self.broker.flushed_waker),
             ShardMsg::Recovered => {
-                let n = self.broker.recovered_peers.get() + 1;
-                self.broker.recovered_peers.set(n);
-                if let Some(w) = self.broker.recovered_waker.take() {
-                    w.wake();
-                }
+                arrived(&self.broker.recovered_peers, &self.broker.recovered_waker)
             }
             ShardMsg::SessionGone { client_id, conn } => {
                 let mut registry = self.broker.registry.borrow_mut();
@@ -490,4 +524,24 @@ impl Shard {
             }
         }
     }
+}
+
+/// A peer reached a barrier (`count` of them so far, `waker` the waiting task).
+fn arrived(count: &Cell<usize>, waker: &Cell<Option<Waker>>) {
+    count.set(count.get() + 1);
+    if let Some(w) = waker.take() {
+        w.wake();
+    }
+}
+
+/// Resolves once `peers` peers reached the barrier (see `arrived`).
+async fn all_arrived(count: &Cell<usize>, waker: &Cell<Option<Waker>>, peers: usize) {
+    poll_fn(|cx| {
+        if count.get() >= peers {
+            return Poll::Ready(());
+        }
+        waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await
 }

@@ -189,7 +189,7 @@ enum AckKind {
     Comp,
 }
 
-fn on_client_ack(shard: &Shard, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
+fn on_client_ack(shard: &Rc<Shard>, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
     let Some(key) = conn.session.get() else {
         return Flow::End(Ending::ByServer);
     };
@@ -200,16 +200,41 @@ fn on_client_ack(shard: &Shard, conn: &Conn, ack: Ack, kind: AckKind) -> Flow {
         return Flow::End(Ending::ByServer);
     };
     let before = slot.session.outbound.inflight();
+    // A logged session's QoS 2 release is logged before its PUBREL (see `hold_release`).
+    let logged = slot.session.logged && shard.durable.get().is_some();
+    let mut held = None;
     let known = match kind {
         AckKind::Ack => slot.session.outbound.on_puback(pid).is_ok(),
-        AckKind::Comp => slot.session.outbound.on_pubcomp(pid).is_ok(),
+        AckKind::Comp => match slot.session.outbound.on_pubcomp(pid) {
+            Ok(done) => {
+                if let Some(pos) = done.msg.log.filter(|_| logged) {
+                    slot.session.replay.completed(pos);
+                }
+                true
+            }
+            Err(_) => false,
+        },
         AckKind::Rec => conn.with_outlet(usize::MAX, |outlet| {
-            slot.session
+            match slot
+                .session
                 .outbound
-                .on_pubrec(pid, ack.reason, outlet, now)
-                .is_ok()
+                .on_pubrec(pid, ack.reason, logged, outlet, now)
+            {
+                Ok(pos) => {
+                    held = pos;
+                    true
+                }
+                Err(_) => false,
+            }
         }),
     };
+    if let Some(pos) = held {
+        shard.hold_release(crate::broker::persist::Releasing {
+            client_id: slot.session.client_id.clone(),
+            pid,
+            at: (pos.shard, pos.offset),
+        });
+    }
     if !known {
         // A late or duplicate ack (e.g. after a resend): harmless, ignore it.
         tracing::debug!(token = conn.token, pid, "ack for an unknown packet id");

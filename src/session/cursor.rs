@@ -18,6 +18,8 @@
 //! are then ignored (the read had them). So a slow subscriber costs the broker a bounded
 //! queue, not memory, and loses nothing that was logged.
 
+use std::collections::HashMap;
+
 use super::message::LogPos;
 use super::outbound::Outbound;
 
@@ -32,6 +34,12 @@ pub struct ReplayCursor {
     gaps: Vec<(u16, Gap)>,
     /// Per owner shard: live messages below this were read from the log by a catch-up.
     accept_from: Vec<u64>,
+    /// Restored at start: QoS 2 exchanges whose release (PUBREC received) was logged,
+    /// by `(owner shard, offset)`, with the packet id still awaiting PUBCOMP (0: done).
+    /// A replay or catch-up read that returns one of them never sends its PUBLISH.
+    released: HashMap<(u16, u64), u16>,
+    /// PUBCOMPs of logged messages not yet logged (`qos2_delivered` with id 0).
+    completed: Vec<(u16, u64)>,
 }
 
 /// Logged messages of one owner the session must read back from the log.
@@ -214,6 +222,33 @@ impl ReplayCursor {
             .map(|(_, g)| g)
     }
 
+    /// At start: the logged releases of this session at or above its cursors.
+    pub fn restore_released(&mut self, released: HashMap<(u16, u64), u16>) {
+        self.released = released;
+    }
+
+    /// Whether the message at `pos` had its QoS 2 release logged before the restart:
+    /// `Some(packet id)` still awaiting PUBCOMP, `Some(0)` completed. Asked once per
+    /// replayed message; the answer is forgotten.
+    pub fn take_released(&mut self, pos: LogPos) -> Option<u16> {
+        if self.released.is_empty() {
+            return None;
+        }
+        self.released.remove(&(pos.shard, pos.offset))
+    }
+
+    /// A logged session's QoS 2 exchange for the message at `pos` completed (PUBCOMP):
+    /// logged with the next cursors, so a restart does not resend its PUBREL.
+    pub fn completed(&mut self, pos: LogPos) {
+        self.completed.push((pos.shard, pos.offset));
+        self.dirty = true;
+    }
+
+    /// The completions to log now (see `completed`).
+    pub fn take_completed(&mut self) -> Vec<(u16, u64)> {
+        std::mem::take(&mut self.completed)
+    }
+
     /// Like `raise`, but marks the cursor changed only if the floor rose.
     pub fn raise_quietly(&mut self, shard: usize, floor: u64) {
         if self.floors.get(shard).copied().unwrap_or(0) < floor {
@@ -233,8 +268,14 @@ impl ReplayCursor {
             return None;
         }
         self.dirty = false;
+        let current = self.current(outbound);
+        if !self.released.is_empty() {
+            // Below the cursor nothing is read again.
+            self.released
+                .retain(|(s, offset), _| current.get(usize::from(*s)).is_none_or(|c| offset >= c));
+        }
         Some(
-            self.current(outbound)
+            current
                 .into_iter()
                 .enumerate()
                 .map(|(s, c)| (s as u16, c))

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 
 use crate::mqtt::{self, Ack, Packet, PacketId, Protocol, PublishView, QoS, ReasonCode};
 
-use super::message::Delivery;
+use super::message::{Delivery, LogPos};
 
 /// Limits of one session's outbound state.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +81,8 @@ pub enum QueueLimit {
 enum AwaitState {
     Ack,
     Rec,
+    /// PUBREC received; PUBREL waits until that fact is durable (see `on_pubrec`).
+    Releasing,
     Comp,
 }
 
@@ -300,26 +302,86 @@ impl Outbound {
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC with a
     /// failure reason (v5, >= 0x80) ends the exchange instead.
+    ///
+    /// With `hold` (a logged session), a logged message's PUBREL is held back instead:
+    /// the exchange becomes *releasing* and its log position is returned, to be logged
+    /// (`qos2_delivered`) before `release` sends the PUBREL. Once the client has PUBREC'd
+    /// a message it must never be sent that PUBLISH again, also not after a restart.
     pub fn on_pubrec(
         &mut self,
         pid: u16,
         reason: ReasonCode,
+        hold: bool,
         out: &mut Outlet<'_>,
         now: Instant,
-    ) -> Result<(), UnknownPacketId> {
+    ) -> Result<Option<LogPos>, UnknownPacketId> {
         match self.inflight.get_mut(&pid) {
+            Some(entry) if entry.state == AwaitState::Releasing => Ok(None),
             Some(entry) if entry.state == AwaitState::Rec || entry.state == AwaitState::Comp => {
                 if (reason as u8) >= 0x80 {
                     self.inflight.remove(&pid);
-                    return Ok(());
+                    return Ok(None);
+                }
+                entry.sent_at = now;
+                let held = entry.delivery.msg.log.filter(|_| hold);
+                if held.is_some() && entry.state == AwaitState::Rec {
+                    entry.state = AwaitState::Releasing;
+                    return Ok(held);
                 }
                 entry.state = AwaitState::Comp;
-                entry.sent_at = now;
                 encode_pubrel(pid, out);
-                Ok(())
+                Ok(None)
             }
             _ => Err(UnknownPacketId(pid)),
         }
+    }
+
+    /// The release of the exchange `pid` for the message at `offset` of `shard` is
+    /// durable: send its PUBREL (into `out` if the session is connected, else on
+    /// reconnect). False if that exchange is no longer releasing.
+    pub fn release(
+        &mut self,
+        pid: u16,
+        at: (u16, u64),
+        out: Option<&mut Outlet<'_>>,
+        now: Instant,
+    ) -> bool {
+        match self.inflight.get_mut(&pid) {
+            Some(entry)
+                if entry.state == AwaitState::Releasing
+                    && entry.delivery.msg.log.map(|p| (p.shard, p.offset)) == Some(at) =>
+            {
+                entry.state = AwaitState::Comp;
+                entry.sent_at = now;
+                if let Some(out) = out {
+                    encode_pubrel(pid, out);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a restart: the exchange `pid` of `delivery` had its release logged but no
+    /// PUBCOMP; it waits for PUBCOMP again and its PUBREL (never its PUBLISH) is resent
+    /// on reconnect. False (nothing changed) if `pid` is taken.
+    pub fn restore_released(&mut self, delivery: Delivery, pid: u16) -> bool {
+        if pid == 0 || self.inflight.contains_key(&pid) {
+            return false;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.insert(
+            pid,
+            Inflight {
+                delivery,
+                state: AwaitState::Comp,
+                seq,
+                sent_at: Instant::now(),
+                retries: 0,
+            },
+        );
+        true
     }
 
     /// PUBCOMP from the client: the QoS 2 message is done.
@@ -343,7 +405,7 @@ impl Outbound {
             self.inflight.iter().map(|(pid, e)| (e.seq, *pid)).collect();
         order.sort_unstable();
         for (_, pid) in order {
-            self.resend_one(pid, out, now);
+            self.resend_one(pid, out, now, true);
         }
     }
 
@@ -360,7 +422,8 @@ impl Outbound {
             .inflight
             .iter()
             .filter(|(_, e)| {
-                e.retries < retries_max
+                e.state != AwaitState::Releasing
+                    && e.retries < retries_max
                     && now.saturating_duration_since(e.sent_at)
                         >= backoff * 2u32.saturating_pow(e.retries)
             })
@@ -368,7 +431,7 @@ impl Outbound {
             .collect();
         due.sort_unstable();
         for &(_, pid) in &due {
-            self.resend_one(pid, out, now);
+            self.resend_one(pid, out, now, false);
             if let Some(e) = self.inflight.get_mut(&pid) {
                 e.retries += 1;
             }
@@ -376,10 +439,19 @@ impl Outbound {
         due.len() as u64
     }
 
-    fn resend_one(&mut self, pid: u16, out: &mut Outlet<'_>, now: Instant) {
+    /// Resends `pid`. A releasing exchange sends nothing, except on a reconnect
+    /// (`reconnect`): its `qos2_delivered` record is on its way to the home's log (it
+    /// travelled there before the session moved), so it gets its PUBREL now.
+    fn resend_one(&mut self, pid: u16, out: &mut Outlet<'_>, now: Instant, reconnect: bool) {
         let Some(entry) = self.inflight.get_mut(&pid) else {
             return;
         };
+        if entry.state == AwaitState::Releasing {
+            if !reconnect {
+                return;
+            }
+            entry.state = AwaitState::Comp;
+        }
         entry.sent_at = now;
         if entry.state == AwaitState::Comp {
             encode_pubrel(pid, out);
@@ -396,7 +468,10 @@ impl Outbound {
         let mut inflight: Vec<(u64, u16)> = self
             .inflight
             .iter()
-            .filter(|(_, e)| e.delivery.share_group.is_some() && e.state != AwaitState::Comp)
+            .filter(|(_, e)| {
+                e.delivery.share_group.is_some()
+                    && !matches!(e.state, AwaitState::Comp | AwaitState::Releasing)
+            })
             .map(|(pid, e)| (e.seq, *pid))
             .collect();
         inflight.sort_unstable();
@@ -604,8 +679,14 @@ mod tests {
             panic!()
         };
         let two_pid = two.packet_id.unwrap().get();
-        out.on_pubrec(two_pid, ReasonCode::Success, &mut outlet(&mut buf), now)
-            .unwrap();
+        out.on_pubrec(
+            two_pid,
+            ReasonCode::Success,
+            false,
+            &mut outlet(&mut buf),
+            now,
+        )
+        .unwrap();
         assert!(matches!(decoded(&mut buf)[..], [Packet::PubRel(_)]));
 
         out.resend_all(&mut outlet(&mut buf), now);
@@ -665,5 +746,57 @@ mod tests {
         out.pump(&mut tight, Instant::now());
         assert_eq!(out.inflight(), 1, "stops once the buffer holds anything");
         assert_eq!(out.queued(), 9);
+    }
+
+    #[test]
+    fn a_held_release_sends_pubrel_only_once_released_and_never_the_publish_again() {
+        let mut out = Outbound::new(limits(100, 10));
+        let mut d = delivery("two", QoS::ExactlyOnce);
+        let pos = LogPos {
+            shard: 1,
+            offset: 42,
+            floor: 43,
+        };
+        Arc::get_mut(&mut d.msg).unwrap().log = Some(pos);
+        out.enqueue(d, true);
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        out.pump(&mut outlet(&mut buf), now);
+        let Packet::Publish(p) = &decoded(&mut buf)[0] else {
+            panic!()
+        };
+        let pid = p.packet_id.unwrap().get();
+        let held = out
+            .on_pubrec(pid, ReasonCode::Success, true, &mut outlet(&mut buf), now)
+            .unwrap();
+        assert_eq!(held, Some(pos));
+        assert!(buf.is_empty(), "no PUBREL before the release is logged");
+        let later = now + Duration::from_secs(60);
+        assert_eq!(
+            out.resend_due(&mut outlet(&mut buf), later, Duration::from_secs(1), 5),
+            0
+        );
+        assert!(
+            buf.is_empty(),
+            "a 3.1.1 resend sends no PUBLISH while releasing"
+        );
+        assert!(!out.release(pid, (1, 41), Some(&mut outlet(&mut buf)), now));
+        assert!(out.release(pid, (1, 42), Some(&mut outlet(&mut buf)), now));
+        assert!(matches!(decoded(&mut buf)[..], [Packet::PubRel(_)]));
+        out.on_pubcomp(pid).unwrap();
+        assert_eq!(out.inflight(), 0);
+
+        // After a restart: the exchange waits for PUBCOMP, a reconnect resends PUBREL.
+        let mut out = Outbound::new(limits(100, 10));
+        let mut d = delivery("two", QoS::ExactlyOnce);
+        Arc::get_mut(&mut d.msg).unwrap().log = Some(pos);
+        assert!(out.restore_released(d, 7));
+        out.resend_all(&mut outlet(&mut buf), now);
+        let again = decoded(&mut buf);
+        assert!(matches!(&again[..], [Packet::PubRel(a)] if a.packet_id.get() == 7));
+        let mut lowest = vec![u64::MAX; 2];
+        out.lowest_unfinished(&mut lowest);
+        assert_eq!(lowest[1], 42, "it holds the cursor");
+        out.on_pubcomp(7).unwrap();
     }
 }

@@ -406,6 +406,9 @@ async fn run_shard(
     crate::net::accept_loop(&shard, &listener).await;
     let drain = Duration::from_millis(config.shutdown_timeout_ms * 8 / 10);
     shard.connections.drain(drain).await;
+    // What the closed connections acknowledged is not sent again after the restart.
+    let flush = Duration::from_millis(config.shutdown_timeout_ms / 10);
+    shard.flush_cursors_for_stop(flush).await;
     if let Some(task) = metrics_task {
         task.await;
     }

@@ -68,6 +68,8 @@ pub enum ShardMsg {
         /// The probe round being answered.
         seq: u64,
     },
+    /// The sending shard, stopping, logged its sessions' final cursors (the stop barrier).
+    Flushed,
 
     /// A publish for the topic's owner shard.
     Publish {

@@ -11,6 +11,20 @@
 //! - `session_open`, `session_detach`, `unsubscribe` and `cursor` records are not waited
 //!   for: losing one in a crash can only replay messages again or keep a subscription,
 //!   never lose an acknowledged message.
+//! - `qos2_delivered` records are durable before the PUBREL they allow: when a logged
+//!   session's client PUBRECs a QoS 2 message, the exchange is *releasing*
+//!   (`Outbound::on_pubrec` holds its PUBREL back) and joins the shard's batch
+//!   (`hold_release`): one task logs one record per client for every release that
+//!   arrived meanwhile, waits for the homes' group commits, then sends the PUBRELs. A
+//!   restart therefore never sends a PUBREC'd message as a PUBLISH again: a replayed or
+//!   caught-up record with a logged release is dropped if its PUBCOMP was logged too, and
+//!   otherwise waits for PUBCOMP under its old packet id, its PUBREL resent on reconnect
+//!   (`settle_released`). PUBCOMPs are logged with the next cursors, not waited for
+//!   (losing one only resends a PUBREL, answered with PUBCOMP).
+//! - A graceful stop logs every session's final cursors after closing the connections
+//!   and waits until they are durable at their homes, every shard for every other one
+//!   (`flush_cursors_for_stop`, bounded by a tenth of `shutdown_timeout_ms`), so what
+//!   the clients acknowledged is not sent again after the restart.
 //! - A clean-start claim logs `session_end` at the home before the takeover starts.
 //! - A connection with a will logs it (`will`) before its CONNACK, whether its session
 //!   is persistent or not, and `will_done` once the will is published, cancelled or
@@ -75,6 +89,18 @@ pub type ArmedWills = HashMap<(String, WillConn), Will>;
 /// How often changed replay cursors are logged.
 pub const CURSOR_FLUSH_MS: u64 = 200;
 
+/// A QoS 2 exchange whose PUBREC arrived and whose PUBREL waits for its
+/// `qos2_delivered` record (see `Shard::log_releases`).
+#[derive(Debug)]
+pub struct Releasing {
+    /// The session's client id.
+    pub client_id: ByteStr,
+    /// The exchange's packet id.
+    pub pid: u16,
+    /// The message's `(owner shard, offset)`.
+    pub at: (u16, u64),
+}
+
 /// A session as its home's log describes it.
 #[derive(Debug)]
 pub struct RecoveredSession {
@@ -92,6 +118,20 @@ pub struct RecoveredSession {
     pub subscriptions: HashMap<String, (SubOptions, Vec<u64>)>,
     /// Replay cursor per owner shard.
     pub cursors: HashMap<u16, u64>,
+    /// Logged QoS 2 releases by `(owner shard, offset)`: the packet id awaiting PUBCOMP,
+    /// or 0 once completed (see `records`, `qos2_delivered`).
+    pub released: HashMap<(u16, u64), u16>,
+}
+
+impl RecoveredSession {
+    /// The logged releases a replay from the session's cursors can still meet.
+    pub fn released_above_cursors(&self) -> HashMap<(u16, u64), u16> {
+        self.released
+            .iter()
+            .filter(|((shard, offset), _)| *offset >= self.cursors.get(shard).copied().unwrap_or(0))
+            .map(|(k, pid)| (*k, *pid))
+            .collect()
+    }
 }
 
 /// Applies one record of the home's log to the sessions it describes. Returns false for
@@ -115,6 +155,7 @@ pub fn visit_session_record(
             will: None,
             subscriptions: HashMap::new(),
             cursors: HashMap::new(),
+            released: HashMap::new(),
         });
         s.protocol = protocol;
         s.expiry_secs = expiry_secs;
@@ -146,6 +187,17 @@ pub fn visit_session_record(
         SessionRecord::Cursor(cursors) => {
             for (shard, offset) in cursors {
                 s.cursors.insert(shard, offset);
+            }
+        }
+        SessionRecord::Qos2Delivered(entries) => {
+            for (shard, offset, pid) in entries {
+                if pid != 0 {
+                    // The id is free again only after its earlier exchange completed.
+                    for other in s.released.values_mut().filter(|p| **p == pid) {
+                        *other = 0;
+                    }
+                }
+                s.released.insert((shard, offset), pid);
             }
         }
         SessionRecord::Open { .. } | SessionRecord::End => unreachable!("handled above"),
@@ -431,16 +483,19 @@ impl Shard {
         glommio::spawn_local(async move {
             while !shard.shutdown.is_stopping() {
                 glommio::timer::sleep(Duration::from_millis(CURSOR_FLUSH_MS)).await;
-                shard.flush_cursors();
+                shard.flush_cursors(false);
             }
         })
         .detach();
     }
 
-    fn flush_cursors(&self) {
+    /// Logs the changed cursors (and QoS 2 completions) of every logged session; with
+    /// `wait`, returns the requests that complete once they are durable.
+    fn flush_cursors(&self, wait: bool) -> Vec<u64> {
         self.touch_backlog_members();
         let holds = self.backlog_holds();
-        let changed: Vec<(ByteStr, Vec<(u16, u64)>)> = {
+        type Changed = (ByteStr, Vec<(u16, u64)>, Vec<(u16, u64)>);
+        let changed: Vec<Changed> = {
             let mut sessions = self.broker.sessions.borrow_mut();
             sessions
                 .values_mut()
@@ -449,12 +504,106 @@ impl Shard {
                     let s = &mut slot.session;
                     let mut cursors = s.replay.take_changed(&s.outbound)?;
                     crate::broker::shared::lower_by_groups(&holds, s, &mut cursors);
-                    (!cursors.is_empty()).then(|| (s.client_id.clone(), cursors))
+                    let completed = s.replay.take_completed();
+                    (!cursors.is_empty() || !completed.is_empty())
+                        .then(|| (s.client_id.clone(), cursors, completed))
                 })
                 .collect()
         };
-        for (client, cursors) in changed {
-            self.log_session(client.as_str(), &SessionRecord::Cursor(cursors), false);
+        let mut waits = Vec::new();
+        for (client, cursors, completed) in changed {
+            if !completed.is_empty() {
+                let entries = completed.into_iter().map(|(s, o)| (s, o, 0)).collect();
+                let record = SessionRecord::Qos2Delivered(entries);
+                self.log_session(client.as_str(), &record, false);
+            }
+            if !cursors.is_empty() {
+                let record = SessionRecord::Cursor(cursors);
+                waits.extend(self.log_session(client.as_str(), &record, wait));
+            }
+        }
+        waits
+    }
+
+    /// Graceful stop, once the connections are closed: the final cursors are logged and
+    /// durable at their homes (within `limit`), so a restart does not send completed
+    /// deliveries again. Every shard then waits for every other one (`ShardMsg::Flushed`)
+    /// before it stops serving its log.
+    pub(crate) async fn flush_cursors_for_stop(&self, limit: Duration) {
+        let waits = self.flush_cursors(true);
+        let flushed = async {
+            for id in waits {
+                self.broker.replies(id).await;
+            }
+            for peer in self.all_shards().filter(|&p| p != self.id) {
+                self.post(peer, ShardMsg::Flushed);
+            }
+            self.stop_barrier().await;
+        };
+        if glommio::timer::timeout(limit, async {
+            flushed.await;
+            Ok(())
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                shard = self.id,
+                "final cursors not confirmed in time: a restart may send some messages again"
+            );
+        }
+    }
+
+    /// Logs that the client PUBREC'd these QoS 2 messages (`(session, packet id, owner
+    /// shard, offset)`, batched per client) and, once that is durable at the homes,
+    /// sends their PUBRELs.
+    pub(crate) async fn log_releases(&self, batch: Vec<Releasing>) {
+        let mut per_client: HashMap<&ByteStr, Vec<(u16, u64, u16)>> = HashMap::new();
+        for r in &batch {
+            per_client
+                .entry(&r.client_id)
+                .or_default()
+                .push((r.at.0, r.at.1, r.pid));
+        }
+        let mut waits = Vec::with_capacity(per_client.len());
+        for (client, entries) in per_client {
+            let record = SessionRecord::Qos2Delivered(entries);
+            waits.extend(self.log_session(client.as_str(), &record, true));
+        }
+        let mut ok = true;
+        for id in waits {
+            ok &= matches!(
+                self.broker.replies(id).await.pop(),
+                Some(Reply::Logged(true))
+            );
+        }
+        if !ok {
+            // The exchange goes on (the client would wait forever otherwise); only a crash
+            // before the home's log recovers can then send its PUBLISH again.
+            tracing::error!(shard = self.id, "a QoS 2 release could not be logged");
+        }
+        let now = std::time::Instant::now();
+        let mut sessions = self.broker.sessions.borrow_mut();
+        for r in batch {
+            let Some(key) = self.broker.by_client.borrow().get(&r.client_id).copied() else {
+                continue;
+            };
+            let Some(slot) = sessions.get_mut(&key) else {
+                continue;
+            };
+            let outbound = &mut slot.session.outbound;
+            match &slot.conn {
+                Some(conn) if conn.session.get().is_some() => {
+                    if conn.with_outlet(usize::MAX, |outlet| {
+                        outbound.release(r.pid, r.at, Some(outlet), now)
+                    }) {
+                        conn.wake_writer();
+                    }
+                }
+                _ => {
+                    outbound.release(r.pid, r.at, None, now);
+                }
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 //! | 7 | `cursor` | `count u16 | (owner shard u16 | offset u64) × count` |
 //! | 10 | `will` | `shard u16 | connection token u64 | delay_secs u32 | will as a v5 PUBLISH` |
 //! | 11 | `will_done` | `shard u16 | connection token u64` |
+//! | 13 | `qos2_delivered` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
@@ -21,6 +22,12 @@
 //! logs start afresh) wants them from 0, bounded by the session's cursor. The record's
 //! timestamp is the time of the event: a `session_detach`'s is the moment its expiry
 //! starts counting.
+//!
+//! A `qos2_delivered` entry with a packet id says the client PUBREC'd the QoS 2 message
+//! at that offset (durable before the broker sends its PUBREL): it is never sent as a
+//! PUBLISH again, and after a restart its PUBREL is resent under that id. An entry with
+//! id 0 says its PUBCOMP arrived: nothing is resent. Entries below the session's cursor
+//! are done.
 //!
 //! `will` and `will_done` belong to one connection (its shard and token), not to the
 //! session: a connection with a will logs it before its CONNACK, from the shard it is
@@ -50,6 +57,9 @@ pub const RECORD_UNSUBSCRIBE: RecordKind = RecordKind(6);
 pub const RECORD_CURSOR: RecordKind = RecordKind(7);
 /// A message for named sessions only.
 pub const RECORD_PUBLISH_FOR: RecordKind = RecordKind(8);
+
+/// QoS 2 deliveries of a session PUBREC'd (its PUBREL may go out) or PUBCOMP'd.
+pub const RECORD_QOS2_DELIVERED: RecordKind = RecordKind(13);
 
 /// A connection's will, logged before its CONNACK.
 pub const RECORD_WILL: RecordKind = RecordKind(10);
@@ -161,11 +171,13 @@ pub enum SessionRecord {
     },
     /// `cursor`.
     Cursor(Vec<(u16, u64)>),
+    /// `qos2_delivered`: `(owner shard, offset, packet id awaiting PUBCOMP or 0)`.
+    Qos2Delivered(Vec<(u16, u64, u16)>),
 }
 
 /// Whether `kind` is one of the session records.
 pub fn is_session_record(kind: RecordKind) -> bool {
-    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0)
+    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0) || kind == RECORD_QOS2_DELIVERED
 }
 
 /// Encodes a session record body for `client_id`.
@@ -217,6 +229,15 @@ pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) 
                 b.put_u64_le(*offset);
             }
             RECORD_CURSOR
+        }
+        SessionRecord::Qos2Delivered(entries) => {
+            b.put_u16_le(entries.len() as u16);
+            for (shard, offset, pid) in entries {
+                b.put_u16_le(*shard);
+                b.put_u64_le(*offset);
+                b.put_u16_le(*pid);
+            }
+            RECORD_QOS2_DELIVERED
         }
     };
     (kind, b.to_vec())
@@ -278,6 +299,18 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
                 cursors.push((get_u16(&mut body)?, get_u64(&mut body)?));
             }
             SessionRecord::Cursor(cursors)
+        }
+        RECORD_QOS2_DELIVERED => {
+            let n = get_u16(&mut body)?;
+            let mut entries = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                entries.push((
+                    get_u16(&mut body)?,
+                    get_u64(&mut body)?,
+                    get_u16(&mut body)?,
+                ));
+            }
+            SessionRecord::Qos2Delivered(entries)
         }
         _ => return None,
     };
@@ -431,6 +464,13 @@ mod tests {
             Some((_, SessionRecord::Subscribe { from, .. })) => assert!(from.is_empty()),
             other => panic!("{other:?}"),
         }
+        match round_trip(SessionRecord::Qos2Delivered(vec![
+            (0, 5, 7),
+            (3, u64::MAX, 0),
+        ])) {
+            SessionRecord::Qos2Delivered(e) => assert_eq!(e, vec![(0, 5, 7), (3, u64::MAX, 0)]),
+            other => panic!("{other:?}"),
+        }
         match round_trip(SessionRecord::Cursor(vec![(0, 5), (3, u64::MAX)])) {
             SessionRecord::Cursor(c) => assert_eq!(c, vec![(0, 5), (3, u64::MAX)]),
             other => panic!("{other:?}"),
@@ -538,5 +578,49 @@ mod tests {
         let (r, rest) = decode_recipients(&b).expect("decodes");
         assert_eq!(r, vec!["a".to_string(), "bb".to_string()]);
         assert_eq!(rest, b"rest");
+    }
+
+    fn visit(
+        sessions: &mut std::collections::HashMap<String, super::super::RecoveredSession>,
+        record: SessionRecord,
+    ) {
+        let (kind, body) = encode("c", &record);
+        let record = crate::storage::RecordRef {
+            offset: crate::storage::Offset(0),
+            kind,
+            timestamp_ms: 1,
+            body: &body,
+        };
+        assert!(super::super::visit_session_record(sessions, &record));
+    }
+
+    #[test]
+    fn logged_releases_survive_recovery_until_completed_or_below_the_cursor() {
+        let mut sessions = std::collections::HashMap::new();
+        visit(
+            &mut sessions,
+            SessionRecord::Open {
+                expiry_secs: 60,
+                protocol: crate::mqtt::Protocol::V5,
+            },
+        );
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Delivered(vec![(0, 5, 1), (0, 9, 2), (1, 3, 3)]),
+        );
+        // 9 completed; id 1 used again: its earlier exchange (5) completed too.
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Delivered(vec![(0, 9, 0), (0, 12, 1)]),
+        );
+        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 6), (1, 4)]));
+        let released = sessions["c"].released_above_cursors();
+        assert_eq!(
+            released,
+            std::collections::HashMap::from([((0, 9), 0), ((0, 12), 1)]),
+            "below the cursor nothing is replayed; 9 is done, 12 awaits PUBCOMP under 1"
+        );
+        visit(&mut sessions, SessionRecord::End);
+        assert!(sessions.is_empty());
     }
 }

@@ -125,6 +125,9 @@ impl Shard {
         );
         session.logged = true;
         session.attached_on = Some(self.id);
+        session
+            .replay
+            .restore_released(rec.released_above_cursors());
         for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);
             session.subscribed_from.insert(filter.clone(), from.clone());
@@ -214,7 +217,9 @@ impl Shard {
                 let Some(slot) = sessions.get_mut(&key) else {
                     continue;
                 };
-                let Some(delivery) = replayed_delivery(&slot.session, msg) else {
+                let Some(delivery) = replayed_delivery(&slot.session, msg)
+                    .and_then(|d| self.settle_released(&mut slot.session, d))
+                else {
                     continue;
                 };
                 // A shared delivery has no gap of the member's own to fall back on: what
@@ -280,6 +285,30 @@ impl Shard {
                 shard = self.id,
                 "a restored session's cursor could not be logged"
             );
+        }
+    }
+
+    /// A replayed (or caught-up) delivery whose QoS 2 release was logged before the
+    /// restart is never sent as a PUBLISH again: still awaiting PUBCOMP, it waits for it
+    /// under its old packet id, and its PUBREL is resent on reconnect (MQTT 5 §4.4);
+    /// completed, it is dropped. Any other delivery is returned, to be offered.
+    pub(crate) fn settle_released(
+        &self,
+        session: &mut Session,
+        delivery: Delivery,
+    ) -> Option<Delivery> {
+        let Some(pos) = delivery.msg.log else {
+            return Some(delivery);
+        };
+        match session.replay.take_released(pos) {
+            None => Some(delivery),
+            Some(0) => None,
+            Some(pid) => {
+                if session.outbound.restore_released(delivery, pid) {
+                    self.probe.inflight_current.add(1);
+                }
+                None
+            }
         }
     }
 
