@@ -406,6 +406,9 @@ async fn run_shard(
     crate::net::accept_loop(&shard, &listener).await;
     let drain = Duration::from_millis(config.shutdown_timeout_ms * 8 / 10);
     shard.connections.drain(drain).await;
+    // What the drain gave back to shared groups must be found by the next start.
+    let cursors = Duration::from_millis(config.shutdown_timeout_ms / 10);
+    shard.log_cursors_at_stop(cursors).await;
     if let Some(task) = metrics_task {
         task.await;
     }

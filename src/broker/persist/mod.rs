@@ -438,6 +438,12 @@ impl Shard {
     }
 
     fn flush_cursors(&self) {
+        self.log_changed_cursors(false);
+    }
+
+    /// Logs the cursors of every logged session that changed; with `wait`, returns the
+    /// requests that answer once each record is durable.
+    fn log_changed_cursors(&self, wait: bool) -> Vec<u64> {
         self.touch_backlog_members();
         let holds = self.backlog_holds();
         let changed: Vec<(ByteStr, Vec<(u16, u64)>)> = {
@@ -453,8 +459,39 @@ impl Shard {
                 })
                 .collect()
         };
-        for (client, cursors) in changed {
-            self.log_session(client.as_str(), &SessionRecord::Cursor(cursors), false);
+        changed
+            .into_iter()
+            .filter_map(|(client, cursors)| {
+                self.log_session(client.as_str(), &SessionRecord::Cursor(cursors), wait)
+            })
+            .collect()
+    }
+
+    /// A graceful stop, once the connections drained: logs every logged session's
+    /// cursor as the drain left it and waits (up to `limit`) until the records are
+    /// durable. The drain can lower cursors below what was logged: a closing clean
+    /// member's unacknowledged shared deliveries go back to the group — into an offline
+    /// persistent member's queue or the group's backlog — while the persistent members'
+    /// logged cursors may already be past them (their floors rose with the deliveries
+    /// they got meanwhile). Without this record the next start would skip them.
+    pub(crate) async fn log_cursors_at_stop(&self, limit: Duration) {
+        for slot in self.broker.sessions.borrow_mut().values_mut() {
+            if slot.session.logged {
+                slot.session.replay.touch();
+            }
+        }
+        let waits = self.log_changed_cursors(true);
+        let all = async {
+            for id in waits {
+                self.broker.replies(id).await;
+            }
+            Ok(())
+        };
+        if glommio::timer::timeout(limit, all).await.is_err() {
+            tracing::warn!(
+                shard = self.id,
+                "cursors logged at the stop not confirmed in time"
+            );
         }
     }
 
