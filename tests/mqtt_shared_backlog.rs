@@ -250,3 +250,49 @@ fn restored_shared_deliveries_beyond_the_byte_limit_are_kept_for_the_group() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A graceful stop (SIGTERM) closes a clean member that holds the group's messages
+/// unacknowledged: they go back to the group (the offline persistent member, or the
+/// backlog), and the next start must still give them to it. The persistent member had
+/// received everything else, so its logged cursor was past them before the stop.
+#[test]
+fn a_graceful_stop_keeps_what_a_clean_member_held_for_the_group() {
+    let dir = temp_dir();
+    let start = |dir: &std::path::Path| {
+        Broker::start_with(BrokerOptions {
+            shards: 1,
+            env: small_bounds(),
+            data_dir: Some(dir.to_path_buf()),
+            ..BrokerOptions::default()
+        })
+    };
+    let mut broker = start(dir.path());
+    let connect = Connect::v4("stop-persistent").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub("$share/g/stop/t", 1);
+    // A clean member that never reads: it holds its window and queue.
+    let mut clean = Conn::client(broker.mqtt, false, "stop-clean");
+    clean.sub("$share/g/stop/t", 1);
+    let reading = std::thread::spawn(move || read_all(&mut member));
+    let sent = publish_acked(&broker, "stop-pub", "stop/t", 40);
+    let mut got = reading.join().unwrap();
+    assert!(got.len() < sent.len(), "the clean member holds some");
+    // The persistent member's cursor (past what the clean one holds) is logged.
+    std::thread::sleep(Duration::from_millis(600));
+    broker.signal(libc::SIGTERM);
+    assert!(
+        broker.wait_exit(Duration::from_secs(20)).is_some(),
+        "stopped"
+    );
+    drop(clean);
+
+    let broker = start(dir.path());
+    got.extend(resume_and_read_all(&broker, &connect));
+    let lost = missing(&sent, &got);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost at the stop: {lost:?}",
+        lost.len(),
+        sent.len()
+    );
+}

@@ -1542,17 +1542,21 @@ fn explain_losses(h: &History, v: &Verdict) {
             .map(|id| sent(id).acked_at.unwrap_or(0))
             .max()
             .unwrap();
+        // For the shared group: what its members did.
+        let group = session.starts_with("shared group");
+        let involved =
+            |who: &str| who == session || who == "broker" || (group && h.shared.contains(who));
         let before = h
             .actions
             .iter()
-            .filter(|(at, who, _)| *at < first && (who == session || who == "broker"))
+            .filter(|(at, who, _)| *at < first && involved(who))
             .map(|(at, _, _)| *at)
             .max()
             .unwrap_or(0);
         eprintln!("  {session}: lost messages sent between ticks {first} and {last}; around them:");
         let mut after = 0;
         for (at, who, what) in &h.actions {
-            if *at < before || !(who == session || who == "broker") {
+            if *at < before || !involved(who) {
                 continue;
             }
             if *at > last {

@@ -20,7 +20,9 @@
 //! Messages in a backlog, and the gap's offsets, hold down the replay cursor of every
 //! persistent member of the group on this shard (`lower_by_groups`, applied when cursors
 //! are logged) and the retention floor (`lower_to_backlogs`). After a `kill -9` each such
-//! member replays from its cursor, backlog messages included.
+//! member replays from its cursor, backlog messages included. A graceful stop gives the
+//! closing clean members' deliveries back to the group and then logs every persistent
+//! session's cursor once more (`flush_cursors_for_stop`), so the next start replays them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;

@@ -529,7 +529,17 @@ impl Shard {
     /// durable at their homes (within `limit`), so a restart does not send completed
     /// deliveries again. Every shard then waits for every other one (`ShardMsg::Flushed`)
     /// before it stops serving its log.
+    /// The drain can also lower cursors below what was logged: a closing clean member's
+    /// unacknowledged shared deliveries go back to the group (an offline persistent
+    /// member's queue or the group's backlog) while the persistent members' logged
+    /// cursors may already be past them, so every logged session's cursor is written
+    /// again, changed or not.
     pub(crate) async fn flush_cursors_for_stop(&self, limit: Duration) {
+        for slot in self.broker.sessions.borrow_mut().values_mut() {
+            if slot.session.logged {
+                slot.session.replay.touch();
+            }
+        }
         let waits = self.flush_cursors(true);
         let flushed = async {
             for id in waits {
