@@ -149,14 +149,16 @@ struct Sent {
     refused: bool,
     /// Sent again with the same packet id after a dropped connection.
     resent: bool,
-    /// Each time it was sent again so: (tick, broker process).
-    resends: Vec<(u64, u64)>,
+    /// Each time it was sent again so: (tick, the broker process of the connection, None
+    /// when not certain: see `World::ended`).
+    resends: Vec<(u64, Option<u64>)>,
 }
 
 struct Delivery {
     at: u64,
-    /// The broker process (counted from 0) that sent it.
-    generation: u64,
+    /// The broker process (counted from 0) that sent it: the one that answered the
+    /// connection's CONNACK, None when that is not certain (see `World::ended`).
+    process: Option<u64>,
     /// The session: the client id, plus the connection number for a clean session.
     session: String,
     id: MsgId,
@@ -188,6 +190,12 @@ struct World {
     addr: RwLock<Option<SocketAddr>>,
     /// Broker processes started so far, minus one.
     generation: AtomicU64,
+    /// Broker processes that have exited: counted after the process is gone and before the
+    /// next one starts, so a connection that reads the same count before its TCP connect
+    /// and after its CONNACK talks to broker process `ended`, beyond doubt (see
+    /// `World::process_of`). A delivery read late from a dead process's socket thus still
+    /// counts as that process's; QoS 2 duplicate classes rest on it.
+    ended: AtomicU64,
     /// Publishers finish their message in flight and stop; subscribers stop acting and read.
     draining: AtomicBool,
     stop: AtomicBool,
@@ -243,13 +251,22 @@ impl World {
         self.hist.lock().unwrap().sent.insert(id, sent);
     }
     /// The publisher sent it again (same packet id, DUP) after a dropped connection.
-    fn resent(&self, id: MsgId) {
+    /// The publisher sent it again (same packet id, DUP) on a connection to `process`.
+    fn resent(&self, id: MsgId, process: Option<u64>) {
         let at = tick();
-        let generation = self.generation.load(Ordering::SeqCst);
         if let Some(s) = self.hist.lock().unwrap().sent.get_mut(&id) {
             s.resent = true;
-            s.resends.push((at, generation));
+            s.resends.push((at, process));
         }
+    }
+    /// `World::ended`, read before a TCP connect.
+    fn before_connect(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+    /// The broker process a connection talks to, given `before_connect()` read before its
+    /// TCP connect and called after its CONNACK; None when a process ended in between.
+    fn process_of(&self, before: u64) -> Option<u64> {
+        (self.ended.load(Ordering::SeqCst) == before).then_some(before)
     }
     fn acked(&self, id: MsgId, ok: bool) {
         let at = tick();
@@ -261,14 +278,14 @@ impl World {
             s.refused = true;
         }
     }
-    fn delivered(&self, session: &str, topic: &str, qos: u8, payload: &[u8]) {
+    fn delivered(&self, session: &str, process: Option<u64>, topic: &str, qos: u8, payload: &[u8]) {
         let Some(id) = parse_payload(payload) else {
             self.violation(format!("{session}: a payload nobody sent: {payload:?}"));
             return;
         };
         self.hist.lock().unwrap().deliveries.push(Delivery {
             at: tick(),
-            generation: self.generation.load(Ordering::SeqCst),
+            process,
             session: session.to_string(),
             id,
             topic: topic.to_string(),
@@ -416,6 +433,8 @@ struct RawSubscriber {
     completed: HashSet<MsgId>,
     subscribed: bool,
     connections: u64,
+    /// The broker process of `conn` (`World::process_of`).
+    process: Option<u64>,
 }
 
 impl RawSubscriber {
@@ -444,6 +463,7 @@ impl RawSubscriber {
                 }
                 self.world.delivered(
                     &self.session(),
+                    self.process,
                     &publish.topic,
                     publish.qos,
                     &publish.payload,
@@ -498,10 +518,12 @@ impl RawSubscriber {
         let first = self.connections == 0;
         let clean = !self.spec.persistent;
         let connect = connect_packet(self.spec.v5, &self.spec.name, clean, self.spec.persistent);
+        let before = self.world.before_connect();
         let Some((conn, ack)) = raw_connect(addr, &connect) else {
             std::thread::sleep(ms(50));
             return false;
         };
+        self.process = self.world.process_of(before);
         self.connections += 1;
         self.world.action(
             &self.session(),
@@ -686,6 +708,8 @@ fn raw_publisher(world: Arc<World>, spec: PubSpec) {
     let me = world.publisher(&spec.name);
     let mut rng = Rng::new(world.seed, spec.stream);
     let mut conn: Option<Conn> = None;
+    // The broker process of `conn` (`World::process_of`).
+    let mut process = None;
     let mut seq = 0u32;
     let mut pid = 0u16;
     let mut current: Option<(MsgId, String, Vec<u8>, Phase)> = None;
@@ -700,8 +724,12 @@ fn raw_publisher(world: Arc<World>, spec: PubSpec) {
         if conn.is_none() {
             let Some(addr) = world.wait_addr() else { break };
             let connect = connect_packet(spec.v5, &spec.name, false, true);
+            let before = world.before_connect();
             match raw_connect(addr, &connect) {
-                Some((c, _)) => conn = Some(c),
+                Some((c, _)) => {
+                    process = world.process_of(before);
+                    conn = Some(c);
+                }
                 None => {
                     std::thread::sleep(ms(50));
                     continue;
@@ -728,7 +756,7 @@ fn raw_publisher(world: Arc<World>, spec: PubSpec) {
         let bytes = match phase {
             Phase::Publish { sent } => {
                 if *sent {
-                    world.resent(*id);
+                    world.resent(*id, process);
                 }
                 let p = raw::Publish::new(topic, body, spec.qos)
                     .pid(pid)
@@ -969,7 +997,7 @@ fn rumqttc_subscriber(world: Arc<World>, name: String, stream: u64) {
                         }
                     }
                     Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                        world.delivered(&name, &p.topic, p.qos as u8, &p.payload);
+                        world.delivered(&name, None, &p.topic, p.qos as u8, &p.payload);
                     }
                     Ok(Ok(_)) => {}
                 }
@@ -977,7 +1005,7 @@ fn rumqttc_subscriber(world: Arc<World>, name: String, stream: u64) {
             // PUBLISHes already read (and acknowledged) but not yet handed out.
             for event in el.state.events.drain(..) {
                 if let Event::Incoming(Packet::Publish(p)) = event {
-                    world.delivered(&name, &p.topic, p.qos as u8, &p.payload);
+                    world.delivered(&name, None, &p.topic, p.qos as u8, &p.payload);
                 }
             }
         }
@@ -1153,6 +1181,8 @@ impl Nemesis {
             let status = b.wait_exit(Duration::from_secs(30));
             assert!(status.is_some(), "SIGTERM: the broker did not exit in 30 s");
         }
+        // Gone, and the next one not started yet.
+        self.world.ended.fetch_add(1, Ordering::SeqCst);
         ports
     }
 
@@ -1393,21 +1423,25 @@ struct Seen {
     deliveries: u64,
     qos2: u64,
     /// The latest QoS 2 delivery's broker process and tick.
-    last_qos2: (u64, u64),
+    last_qos2: (Option<u64>, u64),
 }
 
 /// Classifies the QoS 2 duplicate `d` of `sent`, whose previous QoS 2 delivery to the
-/// session came from broker process `before.0` at tick `before.1`.
-fn classify(h: &History, d: &Delivery, sent: &Sent, before: (u64, u64)) -> DupClass {
-    let (generation, at) = before;
-    if generation != d.generation {
+/// session came from broker process `before.0` at tick `before.1`. A delivery whose
+/// process is not certain is in no class but O.
+fn classify(h: &History, d: &Delivery, sent: &Sent, before: (Option<u64>, u64)) -> DupClass {
+    let (Some(process), Some(earlier)) = (d.process, before.0) else {
+        return DupClass::Other;
+    };
+    let at = before.1;
+    if earlier != process {
         return DupClass::Restart;
     }
-    // Same process from here on.
+    // Both from one process from here on.
     if sent
         .resends
         .iter()
-        .any(|&(r_at, r_gen)| r_gen == d.generation && r_at < d.at)
+        .any(|&(r_at, r_process)| r_process == Some(process) && r_at < d.at)
     {
         return DupClass::Resend;
     }
@@ -1465,18 +1499,20 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
             entry.qos2 += 1;
             if entry.qos2 > 1 {
                 let class = classify(h, d, sent, entry.last_qos2);
-                let (before_gen, before_at) = entry.last_qos2;
+                let (before_process, before_at) = entry.last_qos2;
+                let broker = |p: Option<u64>| p.map_or("?".to_string(), |p| p.to_string());
                 v.qos2_duplicates.push((
                     class,
                     format!(
-                        "{}: [{}] {}:{} on {}, before from broker {before_gen} at tick {before_at}, \
+                        "{}: [{}] {}:{} on {}, before from broker {} at tick {before_at}, \
                          again from broker {} at tick {}{}",
                         d.session,
                         class.letter(),
                         h.publishers[d.id.publisher as usize],
                         d.id.seq,
                         d.topic,
-                        d.generation,
+                        broker(before_process),
+                        broker(d.process),
                         d.at,
                         if sent.resent {
                             " (the publisher resent it with its packet id)"
@@ -1486,7 +1522,7 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
                     ),
                 ));
             }
-            entry.last_qos2 = (d.generation, d.at);
+            entry.last_qos2 = (d.process, d.at);
         }
         if entry.deliveries > 1 {
             v.qos[sent.qos as usize].duplicates += 1;
@@ -1698,6 +1734,7 @@ fn run(plan: Plan) {
         seed,
         addr: RwLock::new(None),
         generation: AtomicU64::new(0),
+        ended: AtomicU64::new(0),
         draining: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         hist: Mutex::new(History::default()),
@@ -1753,6 +1790,7 @@ fn run(plan: Plan) {
                 completed: HashSet::new(),
                 subscribed: false,
                 connections: 0,
+                process: None,
             }
             .run()
         }));
@@ -2107,4 +2145,96 @@ fn long_run() {
             .map(DupClass::parse)
             .collect(),
     });
+}
+
+/// Each class is claimed only when the history shows its cause: a tolerated class cannot
+/// hide a duplicate of another kind.
+#[test]
+fn dup_classes_claim_only_what_the_history_shows() {
+    let id = MsgId {
+        publisher: 0,
+        seq: 1,
+    };
+    let sent = |resends: Vec<(u64, Option<u64>)>| Sent {
+        topic: "nm/s/0".to_string(),
+        qos: 2,
+        retain: false,
+        clear: false,
+        sent_at: 1,
+        acked_at: Some(2),
+        refused: false,
+        resent: !resends.is_empty(),
+        resends,
+    };
+    let again = |process: Option<u64>, at: u64| Delivery {
+        at,
+        process,
+        session: "m".to_string(),
+        id,
+        topic: "nm/s/0".to_string(),
+        qos: 2,
+    };
+    let mut h = History::default();
+    let plain = sent(Vec::new());
+    // Different processes: R; the same process with nothing between: O.
+    assert_eq!(
+        classify(&h, &again(Some(1), 20), &plain, (Some(0), 10)),
+        DupClass::Restart
+    );
+    assert_eq!(
+        classify(&h, &again(Some(1), 20), &plain, (Some(1), 10)),
+        DupClass::Other
+    );
+    // A process not certain: never R (nor S or P).
+    assert_eq!(
+        classify(&h, &again(None, 20), &plain, (Some(0), 10)),
+        DupClass::Other
+    );
+    assert_eq!(
+        classify(&h, &again(Some(1), 20), &plain, (None, 10)),
+        DupClass::Other
+    );
+    // A resend to this process before the second delivery: P; to another process, or
+    // after the second delivery, or of unknown process: not P.
+    let to_1 = sent(vec![(15, Some(1))]);
+    assert_eq!(
+        classify(&h, &again(Some(1), 20), &to_1, (Some(1), 10)),
+        DupClass::Resend
+    );
+    for s in [
+        sent(vec![(15, Some(0))]),
+        sent(vec![(25, Some(1))]),
+        sent(vec![(15, None)]),
+    ] {
+        assert_eq!(
+            classify(&h, &again(Some(1), 20), &s, (Some(1), 10)),
+            DupClass::Other
+        );
+    }
+    // A reconnect between the two deliveries: S only for a shared-group member, and only
+    // when the reconnect lies between them.
+    h.actions.push((
+        15,
+        "m".to_string(),
+        "connected, session present true".to_string(),
+    ));
+    assert_eq!(
+        classify(&h, &again(Some(1), 20), &plain, (Some(1), 10)),
+        DupClass::Other
+    );
+    h.shared.insert("m".to_string());
+    assert_eq!(
+        classify(&h, &again(Some(1), 20), &plain, (Some(1), 10)),
+        DupClass::SharedReconnect
+    );
+    assert_eq!(
+        classify(&h, &again(Some(1), 14), &plain, (Some(1), 10)),
+        DupClass::Other
+    );
+    assert_eq!(
+        classify(&h, &again(Some(1), 30), &plain, (Some(1), 16)),
+        DupClass::Other
+    );
+    // O is never tolerated.
+    assert!(std::panic::catch_unwind(|| DupClass::parse("O")).is_err());
 }
