@@ -159,6 +159,9 @@ struct Delivery {
     /// The broker process (counted from 0) that sent it: the one that answered the
     /// connection's CONNACK, None when that is not certain (see `World::ended`).
     process: Option<u64>,
+    /// The raw client's packet id, and whether an earlier exchange of this message with the
+    /// session had completed (PUBREL received): for explaining a duplicate.
+    wire: Option<(u16, bool)>,
     /// The session: the client id, plus the connection number for a clean session.
     session: String,
     id: MsgId,
@@ -278,7 +281,17 @@ impl World {
             s.refused = true;
         }
     }
-    fn delivered(&self, session: &str, process: Option<u64>, topic: &str, qos: u8, payload: &[u8]) {
+    /// `wire`: the raw client's packet id, and whether an earlier exchange of this message
+    /// with the session had completed (PUBREL received).
+    fn delivered(
+        &self,
+        session: &str,
+        process: Option<u64>,
+        wire: Option<(u16, bool)>,
+        topic: &str,
+        qos: u8,
+        payload: &[u8],
+    ) {
         let Some(id) = parse_payload(payload) else {
             self.violation(format!("{session}: a payload nobody sent: {payload:?}"));
             return;
@@ -286,6 +299,7 @@ impl World {
         self.hist.lock().unwrap().deliveries.push(Delivery {
             at: tick(),
             process,
+            wire,
             session: session.to_string(),
             id,
             topic: topic.to_string(),
@@ -450,6 +464,7 @@ impl RawSubscriber {
         match p.kind {
             raw::PUBLISH => {
                 let publish = decode_publish(&p, self.spec.v5);
+                let mut after_pubrel = false;
                 if publish.qos == 2 {
                     if let Some(id) = parse_payload(&publish.payload) {
                         if self.awaiting_rel.insert(publish.pid, id) == Some(id) {
@@ -458,12 +473,14 @@ impl RawSubscriber {
                         if self.completed.contains(&id) {
                             // Not a resend of an unfinished exchange: its PUBREL had come.
                             self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
+                            after_pubrel = true;
                         }
                     }
                 }
                 self.world.delivered(
                     &self.session(),
                     self.process,
+                    Some((publish.pid, after_pubrel)),
                     &publish.topic,
                     publish.qos,
                     &publish.payload,
@@ -997,7 +1014,7 @@ fn rumqttc_subscriber(world: Arc<World>, name: String, stream: u64) {
                         }
                     }
                     Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                        world.delivered(&name, None, &p.topic, p.qos as u8, &p.payload);
+                        world.delivered(&name, None, None, &p.topic, p.qos as u8, &p.payload);
                     }
                     Ok(Ok(_)) => {}
                 }
@@ -1005,7 +1022,7 @@ fn rumqttc_subscriber(world: Arc<World>, name: String, stream: u64) {
             // PUBLISHes already read (and acknowledged) but not yet handed out.
             for event in el.state.events.drain(..) {
                 if let Event::Incoming(Packet::Publish(p)) = event {
-                    world.delivered(&name, None, &p.topic, p.qos as u8, &p.payload);
+                    world.delivered(&name, None, None, &p.topic, p.qos as u8, &p.payload);
                 }
             }
         }
@@ -1505,7 +1522,7 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
                     class,
                     format!(
                         "{}: [{}] {}:{} on {}, before from broker {} at tick {before_at}, \
-                         again from broker {} at tick {}{}",
+                         again from broker {} at tick {}{}{}",
                         d.session,
                         class.letter(),
                         h.publishers[d.id.publisher as usize],
@@ -1518,6 +1535,13 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
                             " (the publisher resent it with its packet id)"
                         } else {
                             ""
+                        },
+                        match d.wire {
+                            Some((pid, true)) => format!(
+                                " (packet id {pid}, after the PUBREL of an earlier exchange)"
+                            ),
+                            Some((pid, false)) => format!(" (packet id {pid})"),
+                            None => String::new(),
                         }
                     ),
                 ));
@@ -2173,6 +2197,7 @@ fn dup_classes_claim_only_what_the_history_shows() {
         id,
         topic: "nm/s/0".to_string(),
         qos: 2,
+        wire: None,
     };
     let mut h = History::default();
     let plain = sent(Vec::new());
