@@ -288,3 +288,94 @@ fn a_clean_start_releases_the_ids_its_old_session_awaited() {
     assert_eq!(release(&mut publisher, 3), 0);
     assert_eq!(copies_of(&mut sub, b"same", Duration::from_secs(3)), 1);
 }
+
+/// Keeps the WAL buffers of both shards full with pipelined 30 KB QoS 1 publishes (a
+/// 3.1.1 client that never reads its PUBACKs), until `stop`.
+fn flood_wal(
+    addr: std::net::SocketAddr,
+    name: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut flooder = Conn::client(addr, false, &name);
+        let body = vec![b'f'; 30 << 10];
+        let mut i = 0u16;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            i = i % 1000 + 1;
+            let topic = format!("flood/{}", i % 8);
+            if !flooder.try_send(&Publish::new(&topic, &body, 1).pid(i).encode(false)) {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_resend_racing_its_first_copy_for_wal_room_is_delivered_once() {
+    // A WAL buffer of two 30 KB frames, always full: the first copy of each QoS 2
+    // publish waits for room when its connection drops, and the resend on the next
+    // connection (on either shard) arrives while it still waits.
+    let dir = temp_dir();
+    let env = [("WAL_BUFFER_BYTES", "65536"), ("MAX_PACKET_BYTES", "32768")];
+    let broker = durable_broker(dir.path().to_path_buf(), &env);
+    let mut subs: Vec<Conn> = ["race-sub-a", "race-sub-b"]
+        .iter()
+        .map(|name| {
+            let mut sub = Conn::connect(broker.mqtt, &persistent(name)).0;
+            sub.sub("race/#", 2);
+            sub
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2)
+        .map(|i| flood_wal(broker.mqtt, &format!("race-flood-{i}"), stop.clone()))
+        .collect();
+    let rounds = 40u16;
+    let mut copies = vec![vec![0usize; usize::from(rounds)]; subs.len()];
+    let payload = |round: u16| format!("race-{round}").into_bytes();
+    for round in 0..rounds {
+        let pid = 200 + round;
+        let publish = Publish::new(&format!("race/{round}"), &payload(round), 2).pid(pid);
+        let mut publisher = Conn::connect(broker.mqtt, &persistent("race-pub")).0;
+        publisher.send(&publish.encode(true));
+        publisher.kill();
+        let mut publisher = Conn::connect(broker.mqtt, &persistent("race-pub")).0;
+        publisher.auto_pubrel = false;
+        publisher.send(&publish.clone().dup(true).encode(true));
+        assert_eq!(publisher.expect_ack(PUBREC, pid), 0, "round {round}");
+        assert_eq!(release(&mut publisher, pid), 0, "round {round}");
+        for (sub, copies) in subs.iter_mut().zip(copies.iter_mut()) {
+            for p in sub.drain_publishes(Duration::from_millis(20)) {
+                if let Some(r) = (0..rounds).find(|&r| p.payload == payload(r)) {
+                    copies[usize::from(r)] += 1;
+                }
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    for (sub, copies) in subs.iter_mut().zip(copies.iter_mut()) {
+        for p in sub.drain_publishes(Duration::from_secs(3)) {
+            if let Some(r) = (0..rounds).find(|&r| p.payload == payload(r)) {
+                copies[usize::from(r)] += 1;
+            }
+        }
+    }
+    let twice: Vec<(usize, usize)> = copies
+        .iter()
+        .enumerate()
+        .flat_map(|(s, c)| {
+            c.iter()
+                .enumerate()
+                .filter(|(_, n)| **n != 1)
+                .map(move |(r, _)| (s, r))
+        })
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "(subscriber, round) not delivered exactly once: {twice:?}; copies {copies:?}"
+    );
+}

@@ -26,9 +26,17 @@
 //! delivered once when the client resends it. The publisher's shard takes the id as
 //! awaiting PUBREL only once the owner accepted it (`publish_done`): a refused publish
 //! leaves the id free.
+//!
+//! A copy can overtake the one sent before it: the first copy may still wait for WAL
+//! room, or for mesh room on the dropped connection's shard, when the resend arrives on
+//! a new connection (on either shard). So the check is made again once room is found,
+//! just before the append; and a resend that found no earlier copy is marked, so an
+//! earlier copy of it (without DUP: the client's first PUBLISH) arriving after it is
+//! answered for it too instead of being logged again. Without that mark a PUBLISH
+//! without DUP is always a new message (a clean-start client reusing the id).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -92,6 +100,18 @@ pub struct Durability {
     /// The same ids by offset, oldest first: what goes beyond `received_max`.
     received_order: RefCell<BTreeMap<u64, ReceivedId>>,
     received_max: usize,
+    /// Held ids whose logged copy was a resend that found no earlier copy: that copy may
+    /// still be on its way (see the module docs). A subset of `received`.
+    resent_first: RefCell<HashSet<ReceivedId>>,
+}
+
+/// What [`Durability::log`] did with a publish.
+pub enum Logged {
+    /// Appended at this offset.
+    At(Offset),
+    /// Not appended: another copy of this QoS 2 publish was logged at this offset while
+    /// it waited for room.
+    CopyAt(Offset),
 }
 
 impl Durability {
@@ -106,6 +126,7 @@ impl Durability {
             received: RefCell::new(HashMap::new()),
             received_order: RefCell::new(BTreeMap::new()),
             received_max: usize::MAX,
+            resent_first: RefCell::new(HashSet::new()),
         }
     }
 
@@ -140,6 +161,7 @@ impl Durability {
             return false;
         };
         self.received_order.borrow_mut().remove(&at.0);
+        self.resent_first.borrow_mut().remove(id);
         true
     }
 
@@ -153,6 +175,7 @@ impl Durability {
                 break;
             };
             received.remove(&id);
+            self.resent_first.borrow_mut().remove(&id);
             forgotten += 1;
         }
         forgotten
@@ -188,15 +211,39 @@ impl Durability {
         }
     }
 
-    /// Appends the publish record of `msg`; returns its offset. Waits for buffer room.
-    /// `received_id`: the publisher's QoS 2 packet id, kept until released.
-    pub async fn log(&self, msg: &Message, received_id: Option<u16>) -> Result<Offset, WalError> {
+    /// The offset of the copy of a publisher's QoS 2 publish (packet id `pid`, sent with
+    /// DUP or a repeat on its connection if `resend`) logged already, if the owner holds
+    /// its id (see the module docs).
+    fn logged_copy(&self, msg: &Message, pid: u16, resend: bool) -> Option<Offset> {
+        let id = (msg.publisher.clone(), pid);
+        if !resend && !self.resent_first.borrow().contains(&id) {
+            return None;
+        }
+        let received = self.received.borrow();
+        let (offset, fp) = received.get(&id)?;
+        (*fp == fingerprint(msg.topic.as_bytes(), &msg.payload)).then_some(Offset(*offset))
+    }
+
+    /// Appends the publish record of `msg`. Waits for buffer room.
+    /// `received_id`: the publisher's QoS 2 packet id, kept until released, and whether
+    /// this copy is a resend; a copy of it logged meanwhile is not logged again.
+    pub async fn log(
+        &self,
+        msg: &Message,
+        received_id: Option<(u16, bool)>,
+    ) -> Result<Logged, WalError> {
         let mut publish = as_publish(msg);
-        if let Some(pid) = received_id.and_then(PacketId::new) {
+        if let Some(pid) = received_id.and_then(|(pid, _)| PacketId::new(pid)) {
             publish.dup = true;
             publish.packet_id = Some(pid);
         }
         self.wal.reserve(publish_body_len(msg, &publish)?).await?;
+        // No await from here to the append: the check holds for it.
+        if let Some((pid, resend)) = received_id {
+            if let Some(first) = self.logged_copy(msg, pid, resend) {
+                return Ok(Logged::CopyAt(first));
+            }
+        }
         let mut scratch = self.scratch.borrow_mut();
         scratch.clear();
         encode_publish_body(msg, &publish, &mut scratch);
@@ -205,12 +252,19 @@ impl Durability {
             .append(RECORD_PUBLISH, unix_ms(), &[&scratch[..]])?;
         // Appended in offset order with no await since: the queue stays sorted.
         self.unsent.borrow_mut().push_back((offset.0, false));
-        if let Some(pid) = received_id {
+        if let Some((pid, resend)) = received_id {
             let id = (msg.publisher.clone(), pid);
             let fp = fingerprint(msg.topic.as_bytes(), &msg.payload);
+            let mut resent_first = self.resent_first.borrow_mut();
+            if resend {
+                resent_first.insert(id.clone());
+            } else {
+                resent_first.remove(&id);
+            }
+            drop(resent_first);
             self.note_received(id, (offset.0, fp));
         }
-        Ok(offset)
+        Ok(Logged::At(offset))
     }
 
     fn push(&self, pending: Pending) {
@@ -221,12 +275,10 @@ impl Durability {
     }
 }
 
-/// The offset of the copy of a QoS 2 resend logged first, if the owner holds its id.
+/// The offset of the copy of a QoS 2 publish logged already, if the owner holds its id.
 fn first_copy(durable: &Durability, msg: &Message, ack: Option<&AckTo>) -> Option<Offset> {
-    let ack = ack.filter(|a| a.resend && a.exactly_once)?;
-    let received = durable.received.borrow();
-    let (offset, fp) = received.get(&(msg.publisher.clone(), ack.packet_id))?;
-    (*fp == fingerprint(msg.topic.as_bytes(), &msg.payload)).then_some(Offset(*offset))
+    let ack = ack.filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)?;
+    durable.logged_copy(msg, ack.packet_id, ack.resend)
 }
 
 /// `(publisher, packet id)` of a publish record logged with its QoS 2 packet id, and
@@ -551,14 +603,23 @@ impl Shard {
         let received_id = ack
             .as_ref()
             .filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)
-            .map(|a| a.packet_id);
+            .map(|a| (a.packet_id, a.resend));
         let Some(durable) = self.durable.get().filter(|_| must_log) else {
             self.fan_out(msg, may_wait).await;
             self.confirm(ack, ReasonCode::Success);
             return;
         };
         let offset = match durable.log(&msg, received_id).await {
-            Ok(offset) => offset,
+            Ok(Logged::At(offset)) => offset,
+            Ok(Logged::CopyAt(first)) => {
+                // Logged (and fanned out, or about to be) while this copy waited for room.
+                durable.push(Pending {
+                    offset: first,
+                    ack,
+                    deferred: None,
+                });
+                return;
+            }
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "WAL append failed; publish refused");
                 self.confirm(ack, wal_reason(&e));
