@@ -38,6 +38,10 @@ pub struct ReplayCursor {
     /// by `(owner shard, offset)`, with the packet id still awaiting PUBCOMP (0: done).
     /// A replay or catch-up read that returns one of them never sends its PUBLISH.
     released: HashMap<(u16, u64), u16>,
+    /// Restored at start: QoS 2 messages that were in flight (sent, not PUBREC'd) when the
+    /// broker stopped, with their packet id; a replay or catch-up read that returns one
+    /// resends it under that id (`qos2_sent`).
+    sent: HashMap<(u16, u64), u16>,
     /// PUBCOMPs of logged messages not yet logged (`qos2_delivered` with id 0).
     completed: Vec<(u16, u64)>,
 }
@@ -227,6 +231,20 @@ impl ReplayCursor {
         self.released = released;
     }
 
+    /// At start: the logged in-flight QoS 2 packet ids at or above the cursors.
+    pub fn restore_sent(&mut self, sent: HashMap<(u16, u64), u16>) {
+        self.sent = sent;
+    }
+
+    /// The packet id the QoS 2 message at `pos` was in flight under when the broker
+    /// stopped, if logged. Asked once per replayed message; the answer is forgotten.
+    pub fn take_sent(&mut self, pos: LogPos) -> Option<u16> {
+        if self.sent.is_empty() {
+            return None;
+        }
+        self.sent.remove(&(pos.shard, pos.offset))
+    }
+
     /// Whether the message at `pos` had its QoS 2 release logged before the restart:
     /// `Some(packet id)` still awaiting PUBCOMP, `Some(0)` completed. Asked once per
     /// replayed message; the answer is forgotten.
@@ -272,6 +290,10 @@ impl ReplayCursor {
         if !self.released.is_empty() {
             // Below the cursor nothing is read again.
             self.released
+                .retain(|(s, offset), _| current.get(usize::from(*s)).is_none_or(|c| offset >= c));
+        }
+        if !self.sent.is_empty() {
+            self.sent
                 .retain(|(s, offset), _| current.get(usize::from(*s)).is_none_or(|c| offset >= c));
         }
         Some(

@@ -369,19 +369,48 @@ impl Outbound {
         if pid == 0 || self.inflight.contains_key(&pid) {
             return false;
         }
+        self.restore_inflight(delivery, pid, AwaitState::Comp);
+        true
+    }
+
+    fn restore_inflight(&mut self, delivery: Delivery, pid: u16, state: AwaitState) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.inflight.insert(
-            pid,
-            Inflight {
-                delivery,
-                state: AwaitState::Comp,
-                seq,
-                sent_at: Instant::now(),
-                retries: 0,
-            },
-        );
-        true
+        let sent_at = Instant::now();
+        let entry = Inflight {
+            delivery,
+            state,
+            seq,
+            sent_at,
+            retries: 0,
+        };
+        self.inflight.insert(pid, entry);
+    }
+
+    /// After a restart: the QoS 2 `delivery` was in flight under `pid` when the broker
+    /// stopped (`qos2_sent`); it waits for PUBREC under that id again, and its PUBLISH is
+    /// resent with DUP on reconnect, so a client that already holds the id recognises
+    /// it. Hands the delivery back (nothing changed) if `pid` is taken.
+    pub fn restore_sent(&mut self, delivery: Delivery, pid: u16) -> Result<(), Delivery> {
+        if pid == 0 || delivery.qos != QoS::ExactlyOnce || self.inflight.contains_key(&pid) {
+            return Err(delivery);
+        }
+        self.restore_inflight(delivery, pid, AwaitState::Rec);
+        Ok(())
+    }
+
+    /// The logged QoS 2 messages sent and not yet released, as `(owner shard, offset,
+    /// packet id)`: logged at a graceful stop (`qos2_sent`) so a restart resends them
+    /// under the same ids.
+    pub fn inflight_qos2(&self) -> Vec<(u16, u64, u16)> {
+        self.inflight
+            .iter()
+            .filter(|(_, e)| {
+                e.delivery.qos == QoS::ExactlyOnce
+                    && matches!(e.state, AwaitState::Rec | AwaitState::Releasing)
+            })
+            .filter_map(|(pid, e)| e.delivery.msg.log.map(|p| (p.shard, p.offset, *pid)))
+            .collect()
     }
 
     /// PUBCOMP from the client: the QoS 2 message is done.

@@ -24,7 +24,10 @@
 //! - A graceful stop logs every session's final cursors after closing the connections
 //!   and waits until they are durable at their homes, every shard for every other one
 //!   (`flush_cursors_for_stop`, bounded by a tenth of `shutdown_timeout_ms`), so what
-//!   the clients acknowledged is not sent again after the restart.
+//!   the clients acknowledged is not sent again after the restart. With them it logs each
+//!   session's QoS 2 messages in flight (`qos2_sent`: sent, not yet PUBREC'd), so after
+//!   the restart they are resent under the same packet ids with DUP (MQTT 5 §4.4), not as
+//!   new messages (`settle_released`).
 //! - A clean-start claim logs `session_end` at the home before the takeover starts.
 //! - A connection with a will logs it (`will`) before its CONNACK, whether its session
 //!   is persistent or not, and `will_done` once the will is published, cancelled or
@@ -121,13 +124,24 @@ pub struct RecoveredSession {
     /// Logged QoS 2 releases by `(owner shard, offset)`: the packet id awaiting PUBCOMP,
     /// or 0 once completed (see `records`, `qos2_delivered`).
     pub released: HashMap<(u16, u64), u16>,
+    /// QoS 2 messages sent under a packet id and not PUBREC'd when the broker stopped, by
+    /// `(owner shard, offset)` (see `records`, `qos2_sent`): resent under that id.
+    pub sent: HashMap<(u16, u64), u16>,
 }
 
 impl RecoveredSession {
     /// The logged releases a replay from the session's cursors can still meet.
     pub fn released_above_cursors(&self) -> HashMap<(u16, u64), u16> {
-        self.released
-            .iter()
+        self.above_cursors(&self.released)
+    }
+
+    /// The logged in-flight QoS 2 packet ids a replay from the cursors can still meet.
+    pub fn sent_above_cursors(&self) -> HashMap<(u16, u64), u16> {
+        self.above_cursors(&self.sent)
+    }
+
+    fn above_cursors(&self, ids: &HashMap<(u16, u64), u16>) -> HashMap<(u16, u64), u16> {
+        ids.iter()
             .filter(|((shard, offset), _)| *offset >= self.cursors.get(shard).copied().unwrap_or(0))
             .map(|(k, pid)| (*k, *pid))
             .collect()
@@ -156,6 +170,7 @@ pub fn visit_session_record(
             subscriptions: HashMap::new(),
             cursors: HashMap::new(),
             released: HashMap::new(),
+            sent: HashMap::new(),
         });
         s.protocol = protocol;
         s.expiry_secs = expiry_secs;
@@ -196,8 +211,24 @@ pub fn visit_session_record(
                     for other in s.released.values_mut().filter(|p| **p == pid) {
                         *other = 0;
                     }
+                    s.sent.retain(|_, p| *p != pid);
                 }
+                s.sent.remove(&(shard, offset));
                 s.released.insert((shard, offset), pid);
+            }
+        }
+        SessionRecord::Qos2Sent(entries) => {
+            for (shard, offset, pid) in entries {
+                if s.released.contains_key(&(shard, offset)) {
+                    // Its PUBREC was logged first: the exchange is past its PUBLISH.
+                    continue;
+                }
+                // Likewise: an id sent again belongs to a new exchange.
+                for other in s.released.values_mut().filter(|p| **p == pid) {
+                    *other = 0;
+                }
+                s.sent.retain(|_, p| *p != pid);
+                s.sent.insert((shard, offset), pid);
             }
         }
         SessionRecord::Open { .. } | SessionRecord::End => unreachable!("handled above"),
@@ -490,11 +521,17 @@ impl Shard {
     }
 
     /// Logs the changed cursors (and QoS 2 completions) of every logged session; with
-    /// `wait`, returns the requests that complete once they are durable.
-    fn flush_cursors(&self, wait: bool) -> Vec<u64> {
+    /// `stopping`, also the packet ids of their QoS 2 messages in flight (`qos2_sent`),
+    /// and returns the requests that complete once all of it is durable.
+    fn flush_cursors(&self, stopping: bool) -> Vec<u64> {
         self.touch_backlog_members();
         let holds = self.backlog_holds();
-        type Changed = (ByteStr, Vec<(u16, u64)>, Vec<(u16, u64)>);
+        type Changed = (
+            ByteStr,
+            Vec<(u16, u64)>,
+            Vec<(u16, u64)>,
+            Vec<(u16, u64, u16)>,
+        );
         let changed: Vec<Changed> = {
             let mut sessions = self.broker.sessions.borrow_mut();
             sessions
@@ -502,16 +539,25 @@ impl Shard {
                 .filter(|slot| slot.session.logged)
                 .filter_map(|slot| {
                     let s = &mut slot.session;
-                    let mut cursors = s.replay.take_changed(&s.outbound)?;
+                    let sent = if stopping {
+                        s.outbound.inflight_qos2()
+                    } else {
+                        Vec::new()
+                    };
+                    let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
                     crate::broker::shared::lower_by_groups(&holds, s, &mut cursors);
                     let completed = s.replay.take_completed();
-                    (!cursors.is_empty() || !completed.is_empty())
-                        .then(|| (s.client_id.clone(), cursors, completed))
+                    (!cursors.is_empty() || !completed.is_empty() || !sent.is_empty())
+                        .then(|| (s.client_id.clone(), cursors, completed, sent))
                 })
                 .collect()
         };
         let mut waits = Vec::new();
-        for (client, cursors, completed) in changed {
+        for (client, cursors, completed, sent) in changed {
+            if !sent.is_empty() {
+                let record = SessionRecord::Qos2Sent(sent);
+                waits.extend(self.log_session(client.as_str(), &record, stopping));
+            }
             if !completed.is_empty() {
                 let entries = completed.into_iter().map(|(s, o)| (s, o, 0)).collect();
                 let record = SessionRecord::Qos2Delivered(entries);
@@ -519,7 +565,7 @@ impl Shard {
             }
             if !cursors.is_empty() {
                 let record = SessionRecord::Cursor(cursors);
-                waits.extend(self.log_session(client.as_str(), &record, wait));
+                waits.extend(self.log_session(client.as_str(), &record, stopping));
             }
         }
         waits

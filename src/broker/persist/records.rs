@@ -13,6 +13,7 @@
 //! | 10 | `will` | `shard u16 | connection token u64 | delay_secs u32 | will as a v5 PUBLISH` |
 //! | 11 | `will_done` | `shard u16 | connection token u64` |
 //! | 13 | `qos2_delivered` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
+//! | 15 | `qos2_sent` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
@@ -28,6 +29,12 @@
 //! PUBLISH again, and after a restart its PUBREL is resent under that id. An entry with
 //! id 0 says its PUBCOMP arrived: nothing is resent. Entries below the session's cursor
 //! are done.
+//!
+//! A `qos2_sent` entry says the QoS 2 message at that offset was sent to the client under
+//! that packet id and not yet PUBREC'd (logged at a graceful stop): after the restart its
+//! PUBLISH is resent under the same id with DUP set (MQTT 5 §4.4), so a client that
+//! already holds the id recognises it. A later entry (either kind) with the same packet id
+//! for another offset ends the earlier exchange.
 //!
 //! `will` and `will_done` belong to one connection (its shard and token), not to the
 //! session: a connection with a will logs it before its CONNACK, from the shard it is
@@ -60,6 +67,8 @@ pub const RECORD_PUBLISH_FOR: RecordKind = RecordKind(8);
 
 /// QoS 2 deliveries of a session PUBREC'd (its PUBREL may go out) or PUBCOMP'd.
 pub const RECORD_QOS2_DELIVERED: RecordKind = RecordKind(13);
+/// QoS 2 deliveries of a session sent under a packet id and not yet PUBREC'd.
+pub const RECORD_QOS2_SENT: RecordKind = RecordKind(15);
 
 /// A connection's will, logged before its CONNACK.
 pub const RECORD_WILL: RecordKind = RecordKind(10);
@@ -173,11 +182,15 @@ pub enum SessionRecord {
     Cursor(Vec<(u16, u64)>),
     /// `qos2_delivered`: `(owner shard, offset, packet id awaiting PUBCOMP or 0)`.
     Qos2Delivered(Vec<(u16, u64, u16)>),
+    /// `qos2_sent`: `(owner shard, offset, packet id)` sent, awaiting PUBREC.
+    Qos2Sent(Vec<(u16, u64, u16)>),
 }
 
 /// Whether `kind` is one of the session records.
 pub fn is_session_record(kind: RecordKind) -> bool {
-    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0) || kind == RECORD_QOS2_DELIVERED
+    (RECORD_SESSION_OPEN.0..=RECORD_CURSOR.0).contains(&kind.0)
+        || kind == RECORD_QOS2_DELIVERED
+        || kind == RECORD_QOS2_SENT
 }
 
 /// Encodes a session record body for `client_id`.
@@ -231,13 +244,12 @@ pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) 
             RECORD_CURSOR
         }
         SessionRecord::Qos2Delivered(entries) => {
-            b.put_u16_le(entries.len() as u16);
-            for (shard, offset, pid) in entries {
-                b.put_u16_le(*shard);
-                b.put_u64_le(*offset);
-                b.put_u16_le(*pid);
-            }
+            put_qos2_entries(&mut b, entries);
             RECORD_QOS2_DELIVERED
+        }
+        SessionRecord::Qos2Sent(entries) => {
+            put_qos2_entries(&mut b, entries);
+            RECORD_QOS2_SENT
         }
     };
     (kind, b.to_vec())
@@ -300,21 +312,30 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
             }
             SessionRecord::Cursor(cursors)
         }
-        RECORD_QOS2_DELIVERED => {
-            let n = get_u16(&mut body)?;
-            let mut entries = Vec::with_capacity(usize::from(n));
-            for _ in 0..n {
-                entries.push((
-                    get_u16(&mut body)?,
-                    get_u64(&mut body)?,
-                    get_u16(&mut body)?,
-                ));
-            }
-            SessionRecord::Qos2Delivered(entries)
-        }
+        RECORD_QOS2_DELIVERED => SessionRecord::Qos2Delivered(get_qos2_entries(&mut body)?),
+        RECORD_QOS2_SENT => SessionRecord::Qos2Sent(get_qos2_entries(&mut body)?),
         _ => return None,
     };
     Some((client, record))
+}
+
+/// The body of a `qos2_delivered` or `qos2_sent` record after the client id.
+fn put_qos2_entries(b: &mut BytesMut, entries: &[(u16, u64, u16)]) {
+    b.put_u16_le(entries.len() as u16);
+    for (shard, offset, pid) in entries {
+        b.put_u16_le(*shard);
+        b.put_u64_le(*offset);
+        b.put_u16_le(*pid);
+    }
+}
+
+fn get_qos2_entries(body: &mut &[u8]) -> Option<Vec<(u16, u64, u16)>> {
+    let n = get_u16(body)?;
+    let mut entries = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        entries.push((get_u16(body)?, get_u64(body)?, get_u16(body)?));
+    }
+    Some(entries)
 }
 
 /// Prefix of a `publish_for` body: the recipients.
@@ -471,6 +492,10 @@ mod tests {
             SessionRecord::Qos2Delivered(e) => assert_eq!(e, vec![(0, 5, 7), (3, u64::MAX, 0)]),
             other => panic!("{other:?}"),
         }
+        match round_trip(SessionRecord::Qos2Sent(vec![(1, 6, 65535)])) {
+            SessionRecord::Qos2Sent(e) => assert_eq!(e, vec![(1, 6, 65535)]),
+            other => panic!("{other:?}"),
+        }
         match round_trip(SessionRecord::Cursor(vec![(0, 5), (3, u64::MAX)])) {
             SessionRecord::Cursor(c) => assert_eq!(c, vec![(0, 5), (3, u64::MAX)]),
             other => panic!("{other:?}"),
@@ -594,16 +619,20 @@ mod tests {
         assert!(super::super::visit_session_record(sessions, &record));
     }
 
+    /// The sessions after client "c" opened its session.
+    fn opened() -> std::collections::HashMap<String, super::super::RecoveredSession> {
+        let mut sessions = std::collections::HashMap::new();
+        let open = SessionRecord::Open {
+            expiry_secs: 60,
+            protocol: crate::mqtt::Protocol::V5,
+        };
+        visit(&mut sessions, open);
+        sessions
+    }
+
     #[test]
     fn logged_releases_survive_recovery_until_completed_or_below_the_cursor() {
-        let mut sessions = std::collections::HashMap::new();
-        visit(
-            &mut sessions,
-            SessionRecord::Open {
-                expiry_secs: 60,
-                protocol: crate::mqtt::Protocol::V5,
-            },
-        );
+        let mut sessions = opened();
         visit(
             &mut sessions,
             SessionRecord::Qos2Delivered(vec![(0, 5, 1), (0, 9, 2), (1, 3, 3)]),
@@ -622,5 +651,30 @@ mod tests {
         );
         visit(&mut sessions, SessionRecord::End);
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn logged_inflight_ids_survive_recovery_until_pubrec_reuse_or_the_cursor() {
+        let mut sessions = opened();
+        visit(&mut sessions, SessionRecord::Qos2Delivered(vec![(0, 2, 9)]));
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Sent(vec![(0, 2, 9), (0, 5, 1), (0, 7, 2), (0, 8, 3), (1, 1, 4)]),
+        );
+        // 7 was PUBREC'd; id 3 went to another message (8's exchange ended); 1/1 is below
+        // the cursor.
+        visit(&mut sessions, SessionRecord::Qos2Delivered(vec![(0, 7, 2)]));
+        visit(&mut sessions, SessionRecord::Qos2Sent(vec![(0, 11, 3)]));
+        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 2), (1, 2)]));
+        let s = &sessions["c"];
+        assert_eq!(
+            s.sent_above_cursors(),
+            std::collections::HashMap::from([((0, 5), 1), ((0, 11), 3)]),
+        );
+        assert_eq!(
+            s.released_above_cursors(),
+            std::collections::HashMap::from([((0, 2), 9), ((0, 7), 2)]),
+            "a logged PUBREC wins over the in-flight id of the same message"
+        );
     }
 }

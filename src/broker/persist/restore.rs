@@ -128,6 +128,7 @@ impl Shard {
         session
             .replay
             .restore_released(rec.released_above_cursors());
+        session.replay.restore_sent(rec.sent_above_cursors());
         for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);
             session.subscribed_from.insert(filter.clone(), from.clone());
@@ -291,7 +292,9 @@ impl Shard {
     /// A replayed (or caught-up) delivery whose QoS 2 release was logged before the
     /// restart is never sent as a PUBLISH again: still awaiting PUBCOMP, it waits for it
     /// under its old packet id, and its PUBREL is resent on reconnect (MQTT 5 §4.4);
-    /// completed, it is dropped. Any other delivery is returned, to be offered.
+    /// completed, it is dropped. One that was in flight when the broker stopped
+    /// (`qos2_sent`) goes back into the in-flight window under its old packet id, its
+    /// PUBLISH resent with DUP on reconnect. Any other delivery is returned, to be offered.
     pub(crate) fn settle_released(
         &self,
         session: &mut Session,
@@ -301,7 +304,16 @@ impl Shard {
             return Some(delivery);
         };
         match session.replay.take_released(pos) {
-            None => Some(delivery),
+            None => match session.replay.take_sent(pos) {
+                None => Some(delivery),
+                Some(pid) => match session.outbound.restore_sent(delivery, pid) {
+                    Ok(()) => {
+                        self.probe.inflight_current.add(1);
+                        None
+                    }
+                    Err(delivery) => Some(delivery),
+                },
+            },
             Some(0) => None,
             Some(pid) => {
                 if session.outbound.restore_released(delivery, pid) {
