@@ -293,14 +293,7 @@ pub fn broker_with(settings: &[(&str, &str)]) -> Broker {
 
 /// Starts a broker of `shards` shards with extra `SHARDMQ_*` settings.
 pub fn broker_with_shards(shards: usize, settings: &[(&str, &str)]) -> Broker {
-    Broker::start_with(BrokerOptions {
-        shards,
-        env: settings
-            .iter()
-            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
-            .collect(),
-        ..BrokerOptions::default()
-    })
+    broker_on(shards, settings, Vec::new())
 }
 
 /// Starts a broker on `shards` shards with extra `SHARDMQ_*` settings and arguments.
