@@ -40,6 +40,7 @@
 //! runs short fixed-seed runs, tolerating every QoS 2 duplicate class within the bound; `scripts/nemesis.sh CYCLES SEED` runs
 //! the long one (`long_run`, with `SHARDMQ_NEMESIS_CYCLES`, `SHARDMQ_NEMESIS_SEED` and
 //! `SHARDMQ_NEMESIS_TOLERATE`, empty by default: strict) in release mode.
+//! `SHARDMQ_NEMESIS_DUMP=FILE` writes every duplicate and loss of a run to FILE.
 
 mod common;
 
@@ -2011,6 +2012,12 @@ fn run(plan: Plan) {
     let count = |class: DupClass| dups.iter().filter(|(c, _)| *c == class).count() as u64;
     let lines: Vec<String> = dups.iter().map(|(_, l)| l.clone()).collect();
     show("QOS 2 DUPLICATES", &lines);
+    // Every duplicate and loss to a file, for looking into a failed run.
+    if let Ok(path) = std::env::var("SHARDMQ_NEMESIS_DUMP") {
+        let all: Vec<&str> = lines.iter().chain(&v.lost).map(String::as_str).collect();
+        std::fs::write(&path, all.join("\n") + "\n").expect("write the nemesis dump");
+        eprintln!("every duplicate and loss written to {path}");
+    }
     if !dups.is_empty() {
         eprintln!(
             "QoS 2 duplicates per class: {}",
