@@ -6,6 +6,19 @@
 //! is evicted to make room for QoS 1/2), and only then is a QoS 1/2 message refused.
 //! Every drop is counted by the caller. The window is min(client Receive Maximum,
 //! `inflight_count_max`).
+//!
+//! # QoS 2 toward a logged session: the packet id is durable before the PUBLISH
+//! A QoS 2 PUBLISH must be resent under the packet id it went out with (MQTT 5 §4.4),
+//! also after `kill -9`: the client may hold that id awaiting PUBREL, and the same
+//! message under another id is a second message to it. So with `log_qos2` (a logged
+//! session, see [`Outbound::pump_logged`]) a logged QoS 2 delivery takes its packet id and
+//! its window slot, and waits in the *sending* state while its `(owner shard, offset,
+//! packet id)` goes to the session's home log (`qos2_sent`): the caller takes the entries
+//! with [`Outbound::drain_unlogged`] after each pump, logs one record per session per
+//! batch, and once it is durable hands each back to [`Outbound::logged_sent`], which
+//! writes the PUBLISH. A reconnect gives the entries still sending to the caller again
+//! (their first record may be on its way from the shard the session left). QoS 0/1,
+//! unlogged messages and sessions that are not logged go out at once, as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -79,6 +92,9 @@ pub enum QueueLimit {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AwaitState {
+    /// QoS 2 with its packet id assigned; the PUBLISH waits until that id is durable in
+    /// the session's home log (`qos2_sent`, see the module docs).
+    Sending,
     Ack,
     Rec,
     /// PUBREC received; PUBREL waits until that fact is durable (see `on_pubrec`).
@@ -94,6 +110,8 @@ struct Inflight {
     seq: u64,
     sent_at: Instant,
     retries: u32,
+    /// Its PUBLISH was written at least once (a resend then carries DUP).
+    on_wire: bool,
 }
 
 /// The outbound state of one session.
@@ -106,6 +124,9 @@ pub struct Outbound {
     inflight: HashMap<u16, Inflight>,
     next_pid: u16,
     next_seq: u64,
+    /// `(owner shard, offset, packet id)` of the QoS 2 deliveries that entered the sending
+    /// state since the caller last drained them (reused: no allocation once warm).
+    unlogged: Vec<(u16, u64, u16)>,
 }
 
 /// A client acknowledged something it was never sent (or in the wrong state).
@@ -123,6 +144,7 @@ impl Outbound {
             inflight: HashMap::new(),
             next_pid: 1,
             next_seq: 0,
+            unlogged: Vec::new(),
         }
     }
 
@@ -227,6 +249,13 @@ impl Outbound {
 
     /// Moves queued messages into the outlet while the window and the buffer allow.
     pub fn pump(&mut self, out: &mut Outlet<'_>, now: Instant) -> Pumped {
+        self.pump_logged(out, now, false)
+    }
+
+    /// [`Outbound::pump`]; with `log_qos2` (a logged session), a logged QoS 2 delivery
+    /// is not written yet: it takes its packet id and waits in the sending state until
+    /// its `qos2_sent` entry is durable (see the module docs, [`Outbound::drain_unlogged`]).
+    pub fn pump_logged(&mut self, out: &mut Outlet<'_>, now: Instant, log_qos2: bool) -> Pumped {
         let mut pumped = Pumped::default();
         while out.buf.len() < out.buf_bytes_max {
             let Some(front) = self.queue.front() else {
@@ -247,6 +276,18 @@ impl Outbound {
             } else {
                 Some(self.allocate_pid())
             };
+            if let Some((pid, pos)) = pid
+                .filter(|_| log_qos2 && delivery.qos == QoS::ExactlyOnce)
+                .zip(delivery.msg.log)
+            {
+                if !fits(&delivery, pid, out, now) {
+                    pumped.oversized_by_qos[QoS::ExactlyOnce as usize] += 1;
+                    continue;
+                }
+                self.unlogged.push((pos.shard, pos.offset, pid.get()));
+                self.insert_inflight(pid.get(), delivery, AwaitState::Sending, now, false);
+                continue;
+            }
             match encode_publish(&delivery, pid, false, out, now) {
                 Some(n) => {
                     pumped.sent_by_qos[delivery.qos as usize] += 1;
@@ -263,22 +304,73 @@ impl Outbound {
                 } else {
                     AwaitState::Rec
                 };
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.inflight.insert(
-                    pid.get(),
-                    Inflight {
-                        delivery,
-                        state,
-                        seq,
-                        sent_at: now,
-                        retries: 0,
-                    },
-                );
+                self.insert_inflight(pid.get(), delivery, state, now, true);
             }
         }
         pumped.held_by_buffer = out.buf.len() >= out.buf_bytes_max && !self.queue.is_empty();
         pumped
+    }
+
+    fn insert_inflight(
+        &mut self,
+        pid: u16,
+        delivery: Delivery,
+        state: AwaitState,
+        now: Instant,
+        on_wire: bool,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Inflight {
+            delivery,
+            state,
+            seq,
+            sent_at: now,
+            retries: 0,
+            on_wire,
+        };
+        self.inflight.insert(pid, entry);
+    }
+
+    /// Whether QoS 2 deliveries entered the sending state since the last
+    /// [`Outbound::drain_unlogged`].
+    pub fn has_unlogged(&self) -> bool {
+        !self.unlogged.is_empty()
+    }
+
+    /// The `(owner shard, offset, packet id)` of the QoS 2 deliveries waiting in the
+    /// sending state for their `qos2_sent` entry, in send order, each given out once (a
+    /// reconnect gives the ones still sending again).
+    pub fn drain_unlogged(&mut self) -> std::vec::Drain<'_, (u16, u64, u16)> {
+        self.unlogged.drain(..)
+    }
+
+    /// The `qos2_sent` entry of exchange `pid` for the message at `at` (`(owner shard,
+    /// offset)`) is durable: its PUBLISH goes out, into `out` if the session is
+    /// connected, else on reconnect. Returns the bytes written, `None` if nothing was
+    /// (not connected, or the exchange is no longer sending: sent after a reconnect,
+    /// taken by its shared group, ended by a clean start).
+    pub fn logged_sent(
+        &mut self,
+        pid: u16,
+        at: (u16, u64),
+        out: Option<&mut Outlet<'_>>,
+        now: Instant,
+    ) -> Option<usize> {
+        let entry = self.inflight.get_mut(&pid)?;
+        if entry.state != AwaitState::Sending
+            || entry.delivery.msg.log.map(|p| (p.shard, p.offset)) != Some(at)
+        {
+            return None;
+        }
+        entry.state = AwaitState::Rec;
+        entry.sent_at = now;
+        let out = out?;
+        let packet_id = PacketId::new(pid).expect("inflight ids are non-zero");
+        // Its size was checked when it took the id.
+        let n = encode_publish(&entry.delivery, Some(packet_id), false, out, now)?;
+        entry.on_wire = true;
+        Some(n)
     }
 
     fn allocate_pid(&mut self) -> PacketId {
@@ -374,17 +466,7 @@ impl Outbound {
     }
 
     fn restore_inflight(&mut self, delivery: Delivery, pid: u16, state: AwaitState) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let sent_at = Instant::now();
-        let entry = Inflight {
-            delivery,
-            state,
-            seq,
-            sent_at,
-            retries: 0,
-        };
-        self.inflight.insert(pid, entry);
+        self.insert_inflight(pid, delivery, state, Instant::now(), true);
     }
 
     /// After a restart: the QoS 2 `delivery` was in flight under `pid` when the broker
@@ -399,15 +481,18 @@ impl Outbound {
         Ok(())
     }
 
-    /// The logged QoS 2 messages sent and not yet released, as `(owner shard, offset,
-    /// packet id)`: logged at a graceful stop (`qos2_sent`) so a restart resends them
-    /// under the same ids.
+    /// The logged QoS 2 messages sent (or sending) and not yet released, as `(owner
+    /// shard, offset, packet id)`: logged again at a graceful stop (`qos2_sent`) so a
+    /// restart resends them under the same ids.
     pub fn inflight_qos2(&self) -> Vec<(u16, u64, u16)> {
         self.inflight
             .iter()
             .filter(|(_, e)| {
                 e.delivery.qos == QoS::ExactlyOnce
-                    && matches!(e.state, AwaitState::Rec | AwaitState::Releasing)
+                    && matches!(
+                        e.state,
+                        AwaitState::Sending | AwaitState::Rec | AwaitState::Releasing
+                    )
             })
             .filter_map(|(pid, e)| e.delivery.msg.log.map(|p| (p.shard, p.offset, *pid)))
             .collect()
@@ -428,13 +513,23 @@ impl Outbound {
     }
 
     /// On reconnect: resend every unacknowledged message in its original order, PUBLISH
-    /// with DUP set or PUBREL, as MQTT requires.
+    /// with DUP set or PUBREL, as MQTT requires. A QoS 2 delivery still sending is not
+    /// written: it is given out again by [`Outbound::drain_unlogged`], since its first
+    /// `qos2_sent` entry may be on its way from the shard the session left, whose answer
+    /// does not come here.
     pub fn resend_all(&mut self, out: &mut Outlet<'_>, now: Instant) {
         let mut order: Vec<(u64, u16)> =
             self.inflight.iter().map(|(pid, e)| (e.seq, *pid)).collect();
         order.sort_unstable();
         for (_, pid) in order {
-            self.resend_one(pid, out, now, true);
+            match self.inflight.get(&pid) {
+                Some(e) if e.state == AwaitState::Sending => {
+                    if let Some(pos) = e.delivery.msg.log {
+                        self.unlogged.push((pos.shard, pos.offset, pid));
+                    }
+                }
+                _ => self.resend_one(pid, out, now, true),
+            }
         }
     }
 
@@ -451,7 +546,7 @@ impl Outbound {
             .inflight
             .iter()
             .filter(|(_, e)| {
-                e.state != AwaitState::Releasing
+                !matches!(e.state, AwaitState::Releasing | AwaitState::Sending)
                     && e.retries < retries_max
                     && now.saturating_duration_since(e.sent_at)
                         >= backoff * 2u32.saturating_pow(e.retries)
@@ -486,8 +581,12 @@ impl Outbound {
             encode_pubrel(pid, out);
         } else {
             let packet_id = PacketId::new(pid).expect("inflight ids are non-zero");
-            // An oversized message was never sent; it cannot be now either.
-            let _ = encode_publish(&entry.delivery, Some(packet_id), true, out, now);
+            // An oversized message was never sent; it cannot be now either. One whose
+            // `qos2_sent` entry became durable while the session was offline goes out
+            // for the first time, without DUP.
+            let dup = entry.on_wire;
+            entry.on_wire = true;
+            let _ = encode_publish(&entry.delivery, Some(packet_id), dup, out, now);
         }
     }
 
@@ -526,7 +625,15 @@ impl Outbound {
         self.queue.clear();
         self.queue_bytes = 0;
         self.inflight.clear();
+        self.unlogged.clear();
     }
+}
+
+/// Whether the PUBLISH of `delivery` fits the client's Maximum Packet Size.
+fn fits(delivery: &Delivery, pid: PacketId, out: &Outlet<'_>, now: Instant) -> bool {
+    publish_view(delivery, Some(pid), false, now)
+        .encoded_len(out.protocol)
+        .is_ok_and(|n| n <= out.packet_bytes_max)
 }
 
 /// Encodes one PUBLISH for `delivery` into the outlet; `None` if it exceeds the client's
@@ -538,9 +645,26 @@ fn encode_publish(
     out: &mut Outlet<'_>,
     now: Instant,
 ) -> Option<usize> {
+    let publish = publish_view(delivery, pid, dup, now);
+    let mark = out.buf.len();
+    match publish.encode(out.protocol, out.buf) {
+        Ok(n) if n <= out.packet_bytes_max => Some(n),
+        _ => {
+            out.buf.truncate(mark);
+            None
+        }
+    }
+}
+
+fn publish_view<'a>(
+    delivery: &'a Delivery,
+    pid: Option<PacketId>,
+    dup: bool,
+    now: Instant,
+) -> PublishView<'a> {
     let msg = &delivery.msg;
     // The message's properties are shared by every delivery, encoded straight from it.
-    let publish = PublishView {
+    PublishView {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
@@ -550,14 +674,6 @@ fn encode_publish(
         message_expiry_interval_secs: msg.remaining_expiry_secs(now),
         subscription_identifiers: &delivery.subscription_ids,
         payload: &msg.payload,
-    };
-    let mark = out.buf.len();
-    match publish.encode(out.protocol, out.buf) {
-        Ok(n) if n <= out.packet_bytes_max => Some(n),
-        _ => {
-            out.buf.truncate(mark);
-            None
-        }
     }
 }
 
@@ -827,5 +943,82 @@ mod tests {
         out.lowest_unfinished(&mut lowest);
         assert_eq!(lowest[1], 42, "it holds the cursor");
         out.on_pubcomp(7).unwrap();
+    }
+
+    #[test]
+    fn a_logged_qos2_publish_waits_for_its_id_to_be_logged() {
+        let mut out = Outbound::new(limits(100, 10));
+        let logged = |topic, offset| {
+            let mut d = delivery(topic, QoS::ExactlyOnce);
+            Arc::get_mut(&mut d.msg).unwrap().log = Some(LogPos {
+                shard: 1,
+                offset,
+                floor: offset,
+            });
+            d
+        };
+        out.enqueue(logged("a", 10), true);
+        out.enqueue(delivery("q1", QoS::AtLeastOnce), true);
+        out.enqueue(logged("b", 11), true);
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        out.pump_logged(&mut outlet(&mut buf), now, true);
+        let sent = decoded(&mut buf);
+        assert!(
+            matches!(&sent[..], [Packet::Publish(p)] if p.topic.as_str() == "q1"),
+            "only QoS 1 goes out before the ids are logged: {sent:?}"
+        );
+        assert_eq!(out.inflight(), 3, "the QoS 2 ones hold their window slots");
+        let ids: Vec<(u16, u64, u16)> = out.drain_unlogged().collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!((ids[0].1, ids[1].1), (10, 11), "in send order");
+        assert!(!out.has_unlogged(), "given out once");
+        // Not on the wire yet: a 3.1.1 resend sends nothing, a reconnect gives them out
+        // again instead of writing them.
+        let later = now + Duration::from_secs(60);
+        out.resend_due(&mut outlet(&mut buf), later, Duration::from_secs(1), 5);
+        out.resend_all(&mut outlet(&mut buf), now);
+        assert!(
+            decoded(&mut buf)
+                .iter()
+                .all(|p| matches!(p, Packet::Publish(p) if p.topic.as_str() == "q1")),
+            "only the QoS 1 message is resent"
+        );
+        assert_eq!(out.drain_unlogged().collect::<Vec<_>>(), ids);
+        // Logged: the PUBLISH goes out under its id, without DUP, once.
+        let (_, offset, pid) = ids[0];
+        assert!(out
+            .logged_sent(pid, (1, offset + 1), Some(&mut outlet(&mut buf)), now)
+            .is_none());
+        assert!(out
+            .logged_sent(pid, (1, offset), Some(&mut outlet(&mut buf)), now)
+            .is_some());
+        assert!(out
+            .logged_sent(pid, (1, offset), Some(&mut outlet(&mut buf)), now)
+            .is_none());
+        let sent = decoded(&mut buf);
+        assert!(
+            matches!(&sent[..], [Packet::Publish(p)]
+                if p.packet_id.map(|id| id.get()) == Some(pid) && !p.dup),
+            "{sent:?}"
+        );
+        // Logged while offline: the reconnect sends it the first time, without DUP.
+        let (_, offset, pid) = ids[1];
+        assert!(out.logged_sent(pid, (1, offset), None, now).is_none());
+        out.resend_all(&mut outlet(&mut buf), now);
+        let again = decoded(&mut buf);
+        assert!(
+            again.iter().any(|p| matches!(p, Packet::Publish(p)
+                if p.packet_id.map(|id| id.get()) == Some(pid) && !p.dup)),
+            "{again:?}"
+        );
+        assert!(
+            again.iter().any(|p| matches!(p, Packet::Publish(p)
+                if p.packet_id.map(|id| id.get()) == Some(ids[0].2) && p.dup)),
+            "the one sent before comes again with DUP: {again:?}"
+        );
+        let mut inflight = out.inflight_qos2();
+        inflight.sort_unstable();
+        assert_eq!(inflight, ids);
     }
 }
