@@ -163,6 +163,8 @@ pub struct BrokerState {
     /// task logging them is scheduled.
     pub(crate) releasing: RefCell<Vec<persist::Releasing>>,
     pub(crate) releasing_scheduled: Cell<bool>,
+    /// QoS 2 deliveries whose PUBLISH waits for its `qos2_sent` record (`persist::sent`).
+    pub(crate) sending: persist::SendLog,
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
     pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
@@ -222,6 +224,7 @@ impl BrokerState {
             flushed_waker: Cell::new(None),
             releasing: RefCell::new(Vec::new()),
             releasing_scheduled: Cell::new(false),
+            sending: persist::SendLog::default(),
             claims: RefCell::new(HashMap::new()),
             parked: RefCell::new(HashMap::new()),
             waits: RefCell::new(HashMap::new()),

@@ -297,9 +297,12 @@ impl Shard {
     fn pump_queue(&self, slot: &mut SessionSlot, now: Instant) {
         let Some(conn) = &slot.conn else { return };
         let before = slot.session.outbound.inflight();
+        // A logged session's QoS 2 PUBLISH waits for its packet id to be logged.
+        let log_qos2 = slot.session.logged && self.durable.get().is_some();
         let pumped = conn.with_outlet(self.config.connection_out_bytes_max, |outlet| {
-            slot.session.outbound.pump(outlet, now)
+            slot.session.outbound.pump_logged(outlet, now, log_qos2)
         });
+        self.hold_sends(&mut slot.session);
         if pumped.bytes > 0 {
             for (counter, n) in self
                 .probe

@@ -360,6 +360,7 @@ async fn run_shard(
     }
     shard.spawn_redelivery();
     shard.spawn_cursor_flush();
+    shard.spawn_sent_log();
     shard.spawn_retention();
     shard.spawn_watermarks();
 

@@ -21,13 +21,16 @@
 //!   otherwise waits for PUBCOMP under its old packet id, its PUBREL resent on reconnect
 //!   (`settle_released`). PUBCOMPs are logged with the next cursors, not waited for
 //!   (losing one only resends a PUBREL, answered with PUBCOMP).
+//! - `qos2_sent` records are durable before the PUBLISH they name: a logged session's QoS
+//!   2 delivery of a logged message takes its packet id and waits (*sending*) until one
+//!   record per session per batch carries it to the home's log (`sent`). After a crash
+//!   or a stop it is resent under the same packet id with DUP (MQTT 5 §4.4), not as a
+//!   new message (`settle_released`).
 //! - A graceful stop logs every session's final cursors after closing the connections
 //!   and waits until they are durable at their homes, every shard for every other one
 //!   (`flush_cursors_for_stop`, bounded by a tenth of `shutdown_timeout_ms`), so what
 //!   the clients acknowledged is not sent again after the restart. With them it logs each
-//!   session's QoS 2 messages in flight (`qos2_sent`: sent, not yet PUBREC'd), so after
-//!   the restart they are resent under the same packet ids with DUP (MQTT 5 §4.4), not as
-//!   new messages (`settle_released`).
+//!   session's QoS 2 messages in flight (`qos2_sent`) once more.
 //! - A clean-start claim logs `session_end` at the home before the takeover starts.
 //! - A connection with a will logs it (`will`) before its CONNACK, whether its session
 //!   is persistent or not, and `will_done` once the will is published, cancelled or
@@ -68,9 +71,11 @@ pub mod migrate;
 pub mod records;
 mod replay;
 mod restore;
+mod sent;
 
 pub(crate) use replay::replayed_delivery;
 pub use replay::{scan_for_replay, ReplayScan};
+pub use sent::SendLog;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -125,7 +130,8 @@ pub struct RecoveredSession {
     /// or 0 once completed (see `records`, `qos2_delivered`).
     pub released: HashMap<(u16, u64), u16>,
     /// QoS 2 messages sent under a packet id and not PUBREC'd when the broker stopped, by
-    /// `(owner shard, offset)` (see `records`, `qos2_sent`): resent under that id.
+    /// `(owner shard, offset)` (see `records`, `qos2_sent`, and `sent`): resent under that
+    /// id.
     pub sent: HashMap<(u16, u64), u16>,
 }
 
@@ -202,6 +208,12 @@ pub fn visit_session_record(
         SessionRecord::Cursor(cursors) => {
             for (shard, offset) in cursors {
                 s.cursors.insert(shard, offset);
+                // A session holds its cursor down to every message it has in flight: an
+                // in-flight id below a cursor belongs to an exchange that ended without
+                // a `qos2_delivered` entry (a refusing PUBREC, a shared delivery handed to
+                // another member). Every QoS 2 delivery logs one (`sent`): drop them here
+                // so they do not pile up over the log.
+                s.sent.retain(|&(sh, off), _| sh != shard || off >= offset);
             }
         }
         SessionRecord::Qos2Delivered(entries) => {

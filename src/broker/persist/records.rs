@@ -31,10 +31,12 @@
 //! are done.
 //!
 //! A `qos2_sent` entry says the QoS 2 message at that offset was sent to the client under
-//! that packet id and not yet PUBREC'd (logged at a graceful stop): after the restart its
-//! PUBLISH is resent under the same id with DUP set (MQTT 5 §4.4), so a client that
-//! already holds the id recognises it. A later entry (either kind) with the same packet id
-//! for another offset ends the earlier exchange.
+//! that packet id (durable before the PUBLISH was written, see `sent`; logged again at a
+//! graceful stop for those not yet PUBREC'd): after the restart its PUBLISH is resent
+//! under the same id with DUP set (MQTT 5 §4.4), so a client that already holds the id
+//! recognises it. A later entry (either kind) with the same packet id for another offset
+//! ends the earlier exchange, as do a `qos2_delivered` entry for the same offset and a
+//! cursor past it.
 //!
 //! `will` and `will_done` belong to one connection (its shard and token), not to the
 //! session: a connection with a will logs it before its CONNACK, from the shard it is
@@ -675,6 +677,39 @@ mod tests {
             s.released_above_cursors(),
             std::collections::HashMap::from([((0, 2), 9), ((0, 7), 2)]),
             "a logged PUBREC wins over the in-flight id of the same message"
+        );
+    }
+
+    #[test]
+    fn in_flight_ids_logged_before_each_publish_do_not_pile_up() {
+        let mut sessions = opened();
+        // Every QoS 2 delivery logs its id before the PUBLISH, then its PUBREC and
+        // PUBCOMP; ids wrap. What stays is the exchanges still open.
+        for offset in 0..1_000u64 {
+            let pid = (offset % 7 + 1) as u16;
+            visit(
+                &mut sessions,
+                SessionRecord::Qos2Sent(vec![(0, offset, pid)]),
+            );
+            if offset % 100 != 99 {
+                visit(
+                    &mut sessions,
+                    SessionRecord::Qos2Delivered(vec![(0, offset, pid)]),
+                );
+                visit(
+                    &mut sessions,
+                    SessionRecord::Qos2Delivered(vec![(0, offset, 0)]),
+                );
+            }
+        }
+        // 99, 199, ... were never PUBREC'd (a refusing PUBREC): superseded by their id's
+        // next use, or by the cursor.
+        assert!(sessions["c"].sent.len() <= 7, "bounded by the ids in use");
+        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 950)]));
+        assert_eq!(
+            sessions["c"].sent,
+            std::collections::HashMap::from([((0, 999), (999 % 7 + 1) as u16)]),
+            "below the cursor the session holds nothing in flight"
         );
     }
 }

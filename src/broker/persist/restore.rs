@@ -325,7 +325,7 @@ impl Shard {
     }
 
     /// Waits for the `log_session` requests `waits`; whether every record is durable.
-    async fn all_logged(&self, waits: Vec<u64>) -> bool {
+    pub(super) async fn all_logged(&self, waits: Vec<u64>) -> bool {
         let mut all = true;
         for id in waits {
             all &= matches!(
