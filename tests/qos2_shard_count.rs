@@ -34,7 +34,11 @@ fn sigterm(b: &mut Broker) {
 fn restart_with(dir: &tempfile::TempDir, shards: usize) -> Broker {
     let b = Broker::start_with(options(dir, shards));
     let layout = std::fs::read_to_string(dir.path().join("layout")).unwrap();
-    assert_eq!(layout.trim(), format!("shards = {shards}"), "the layout changed");
+    assert_eq!(
+        layout.trim(),
+        format!("shards = {shards}"),
+        "the layout changed"
+    );
     b
 }
 
@@ -70,11 +74,15 @@ fn class(i: u32) -> Class {
 /// flight. After SIGTERM and a restart with `to` shards: no completed or PUBREC'd one
 /// comes again as a PUBLISH, each PUBREC'd one gets its PUBREL under its packet id, each
 /// in-flight one is resent once, with DUP, under its old packet id.
-fn subscriber_state_across_shard_change(from: usize, to: usize) {
+fn subscriber_state_across_shard_change(from: usize, to: usize, v5: bool) {
     const COUNT: u32 = 24;
     let dir = temp_dir();
     let mut b = Broker::start_with(options(&dir, from));
-    let session = Connect::v5("q2-sc-sub").clean(false).session_expiry(3600);
+    let session = if v5 {
+        Connect::v5("q2-sc-sub").clean(false).session_expiry(3600)
+    } else {
+        Connect::v4("q2-sc-sub").clean(false)
+    };
     let (mut sub, _) = Conn::connect(b.mqtt, &session);
     sub.sub("q2sc/#", 2);
     sub.auto_ack = false;
@@ -117,7 +125,7 @@ fn subscriber_state_across_shard_change(from: usize, to: usize) {
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match sub.recv(left) {
             Recv::Packet(q) if q.kind == PUBLISH => {
-                let p = raw_publish(&q);
+                let p = raw_publish(&q, v5);
                 publishes.push(p);
             }
             Recv::Packet(q) if q.kind == PUBREL => releases.push(pid_of(&q.body)),
@@ -140,7 +148,9 @@ fn subscriber_state_across_shard_change(from: usize, to: usize) {
         .map(|p| (index(p), pid[&index(p)], p.pid, p.dup))
         .filter(|&(_, before, after, dup)| before != after || !dup)
         .collect();
-    let mut want_inflight: Vec<u32> = (0..COUNT).filter(|&i| class(i) == Class::InFlight).collect();
+    let mut want_inflight: Vec<u32> = (0..COUNT)
+        .filter(|&i| class(i) == Class::InFlight)
+        .collect();
     want_inflight.sort();
     let mut want_releases: Vec<u16> = (0..COUNT)
         .filter(|&i| class(i) == Class::Released)
@@ -161,17 +171,23 @@ fn subscriber_state_across_shard_change(from: usize, to: usize) {
         pubrecd.len(),
         wrong_id.len(),
     );
-    assert_eq!(inflight, want_inflight, "each in-flight message resent once");
-    assert_eq!(releases, want_releases, "each PUBREC'd one gets its PUBREL, once");
+    assert_eq!(
+        inflight, want_inflight,
+        "each in-flight message resent once"
+    );
+    assert_eq!(
+        releases, want_releases,
+        "each PUBREC'd one gets its PUBREL, once"
+    );
 }
 
 /// Decodes a v5 PUBLISH packet read with `Conn::recv`.
-fn raw_publish(q: &common::raw::Packet) -> Publish {
+fn raw_publish(q: &common::raw::Packet, v5: bool) -> Publish {
     let mut r = common::raw::Reader::new(&q.body);
     let qos = (q.flags >> 1) & 3;
     let topic = r.str();
     let pid = if qos > 0 { r.u16() } else { 0 };
-    let props_len = r.var() as usize;
+    let props_len = if v5 { r.var() as usize } else { 0 };
     let rest = r.rest();
     let mut p = Publish::new(&topic, &rest[props_len..], qos);
     p.pid = pid;
@@ -181,12 +197,24 @@ fn raw_publish(q: &common::raw::Packet) -> Publish {
 
 #[test]
 fn subscriber_qos2_state_survives_a_change_from_one_shard_to_two() {
-    subscriber_state_across_shard_change(1, 2);
+    subscriber_state_across_shard_change(1, 2, true);
 }
 
 #[test]
 fn subscriber_qos2_state_survives_a_change_from_two_shards_to_one() {
-    subscriber_state_across_shard_change(2, 1);
+    subscriber_state_across_shard_change(2, 1, true);
+}
+
+/// The same for a 3.1.1 subscriber, which cannot tell a resend under a new id from a
+/// new message at all.
+#[test]
+fn v4_subscriber_qos2_state_survives_a_change_from_one_shard_to_two() {
+    subscriber_state_across_shard_change(1, 2, false);
+}
+
+#[test]
+fn v4_subscriber_qos2_state_survives_a_change_from_two_shards_to_one() {
+    subscriber_state_across_shard_change(2, 1, false);
 }
 
 /// A persistent publisher's QoS 2 PUBLISHes got their PUBREC but no PUBREL: four while
@@ -210,7 +238,8 @@ fn publisher_ids_across_shard_change(from: usize, to: usize) {
         assert_eq!(publ.expect_ack(PUBREC, k), 0);
     }
     for p in sub.expect_publishes(4) {
-        *got.entry(u16::from_be_bytes([p.payload[0], p.payload[1]])).or_default() += 1;
+        *got.entry(u16::from_be_bytes([p.payload[0], p.payload[1]]))
+            .or_default() += 1;
     }
     // Their PUBRELs answered with PUBCOMPs.
     assert!(sub.drain_publishes(Duration::from_millis(500)).is_empty());
@@ -228,7 +257,11 @@ fn publisher_ids_across_shard_change(from: usize, to: usize) {
     publ.auto_pubrel = false;
     for k in 1..=8u16 {
         publ.send(&message(k).dup(true).encode(true));
-        assert_eq!(publ.expect_ack(PUBREC, k), 0, "PUBREC for the resend of {k}");
+        assert_eq!(
+            publ.expect_ack(PUBREC, k),
+            0,
+            "PUBREC for the resend of {k}"
+        );
     }
     for k in 1..=8u16 {
         publ.ack(PUBREL, k);
@@ -237,10 +270,15 @@ fn publisher_ids_across_shard_change(from: usize, to: usize) {
     let (mut sub, ack) = Conn::connect(b.mqtt, &sub_session);
     assert!(ack.session_present);
     for p in sub.drain_publishes(Duration::from_secs(3)) {
-        *got.entry(u16::from_be_bytes([p.payload[0], p.payload[1]])).or_default() += 1;
+        *got.entry(u16::from_be_bytes([p.payload[0], p.payload[1]]))
+            .or_default() += 1;
     }
     let twice: Vec<u16> = {
-        let mut v: Vec<u16> = got.iter().filter(|(_, n)| **n > 1).map(|(k, _)| *k).collect();
+        let mut v: Vec<u16> = got
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, _)| *k)
+            .collect();
         v.sort();
         v
     };
