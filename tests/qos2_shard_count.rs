@@ -301,3 +301,64 @@ fn publisher_qos2_resend_is_delivered_once_across_a_change_from_one_shard_to_two
 fn publisher_qos2_resend_is_delivered_once_across_a_change_from_two_shards_to_one() {
     publisher_ids_across_shard_change(2, 1);
 }
+
+/// A subscriber whose in-flight window is full (32 QoS 2 PUBLISHes without PUBREC) and
+/// whose queue holds hundreds more on both shards: after SIGTERM and a change from two
+/// shards to one, every in-flight message comes first, with DUP under its old packet id.
+/// The restart replays at most a queue's worth (200) per owner; the in-flight messages of
+/// the old second shard must not be written behind everything from the first.
+#[test]
+fn a_full_window_is_resent_under_its_ids_after_a_change_from_two_shards_to_one() {
+    let dir = temp_dir();
+    let with_limits = |shards| {
+        let mut o = options(&dir, shards);
+        o.env
+            .push(("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX".into(), "200".into()));
+        o.env
+            .push(("SHARDMQ_INFLIGHT_COUNT_MAX".into(), "32".into()));
+        o
+    };
+    let mut b = Broker::start_with(with_limits(2));
+    let session = Connect::v4("q2-sc-full").clean(false);
+    let (mut sub, _) = Conn::connect(b.mqtt, &session);
+    sub.sub("q2f/#", 2);
+    sub.auto_ack = false;
+    let mut publ = Conn::client(b.mqtt, true, "q2-sc-fpub");
+    for i in 0..400u32 {
+        let topic = format!("q2f/t{}", i % 8);
+        assert_eq!(publ.publish(Publish::new(&topic, &i.to_be_bytes(), 2)), 0);
+    }
+    let mut first: HashMap<u32, u16> = HashMap::new();
+    while let Some(p) = sub.try_publish(Duration::from_secs(2)) {
+        first.insert(index(&p), p.pid);
+    }
+    assert_eq!(first.len(), 32, "the window is full");
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&mut b);
+    drop((sub, publ));
+
+    let b = Broker::start_with(with_limits(1));
+    let (mut sub, _) = Conn::connect(b.mqtt, &session);
+    sub.auto_ack = false;
+    let mut again = Vec::new();
+    while let Some(p) = sub.try_publish(Duration::from_secs(3)) {
+        again.push((index(&p), p.pid, p.dup));
+    }
+    let resent: Vec<_> = again
+        .iter()
+        .filter(|(i, ..)| first.contains_key(i))
+        .collect();
+    let wrong: Vec<_> = resent
+        .iter()
+        .filter(|(i, pid, dup)| first[i] != *pid || !dup)
+        .collect();
+    assert!(
+        resent.len() == first.len() && wrong.is_empty() && again.len() == first.len(),
+        "{} of {} in-flight messages resent ({} under a new id or without DUP: {wrong:?}); \
+         {} PUBLISHes in all (the window holds only the old ones)",
+        resent.len(),
+        first.len(),
+        wrong.len(),
+        again.len()
+    );
+}

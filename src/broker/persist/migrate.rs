@@ -42,7 +42,7 @@
 //! 1/2 publishes every session had acknowledged, or that matched no persistent session,
 //! and whose QoS 2 packet id, if any, was released).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -217,7 +217,8 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
     let mut first: HashMap<(usize, usize), u64> = HashMap::new();
     // Per session: its QoS 2 exchanges at their new positions.
     let mut qos2: HashMap<usize, Qos2Entries> = HashMap::new();
-    for (at, carried) in &old.pending {
+    for at in write_order(&old.pending) {
+        let carried = &old.pending[&at];
         let names: Vec<&str> = carried
             .wanting
             .iter()
@@ -230,9 +231,9 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
             first.entry((c, j)).or_insert(offset);
             let s = &old.sessions[clients[c]];
             let entries = qos2.entry(c).or_default();
-            if let Some(&pid) = s.released.get(at) {
+            if let Some(&pid) = s.released.get(&at) {
                 entries.released.push((j as u16, offset, pid));
-            } else if let Some(&pid) = s.sent.get(at) {
+            } else if let Some(&pid) = s.sent.get(&at) {
                 entries.sent.push((j as u16, offset, pid));
             }
         }
@@ -301,6 +302,47 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
         sessions: clients.len(),
         messages: old.pending.len(),
     })
+}
+
+/// The order in which the carried messages are written: each old log's in its own order
+/// (so per topic, and per publisher and topic, as published), the old logs merged by
+/// how soon a session wants each message. A restart replays at most a queue's worth of
+/// a session's messages per owner and reads the rest back later, so a message a session
+/// holds (in flight, or PUBREC'd) on one old log must not land behind everything it
+/// wants from another: it is the first it wants from its log, and is written among the
+/// first of the new one. The next message is the head (of every old log's rest) that
+/// some session wants earliest, counted in that session's own messages of its log.
+fn write_order(pending: &BTreeMap<(u16, u64), Carried>) -> Vec<(u16, u64)> {
+    // rank[at]: the fewest messages of its old log a wanting session wants before it.
+    let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
+    // Per old log: its messages' offsets in order, each with its rank.
+    let mut logs: BTreeMap<u16, VecDeque<(u64, usize)>> = BTreeMap::new();
+    for (&at, carried) in pending {
+        let mut rank = usize::MAX;
+        for &c in &carried.wanting {
+            let n = seen.entry((c, at.0)).or_default();
+            rank = rank.min(*n);
+            *n += 1;
+        }
+        // Kept for a publisher's packet id alone: nobody waits for it.
+        let rank = if carried.wanting.is_empty() { 0 } else { rank };
+        logs.entry(at.0).or_default().push_back((at.1, rank));
+    }
+    let mut order = Vec::with_capacity(pending.len());
+    loop {
+        let next = logs
+            .iter()
+            .filter_map(|(shard, q)| q.front().map(|(_, rank)| (*rank, *shard)))
+            .min();
+        let Some((_, shard)) = next else {
+            return order;
+        };
+        let (offset, _) = logs
+            .get_mut(&shard)
+            .and_then(|q| q.pop_front())
+            .expect("a head");
+        order.push((shard, offset));
+    }
 }
 
 /// A session's QoS 2 exchanges in the new layout: `(owner, offset, packet id)`.
