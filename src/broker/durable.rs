@@ -18,7 +18,8 @@
 //! `(publisher, packet id) → offset` until the publisher's PUBREL reaches it; that
 //! release is logged as record `qos2_released` (kind 14), body
 //! `client_id_len u16 LE | client id | packet id u16 LE`. Recovery rebuilds the map
-//! from both. A resend of an id the owner holds (DUP set, or a repeat on the same
+//! from both (and from `publish_for` records, which a layout change marks the same way,
+//! see `migrate`). A resend of an id the owner holds (DUP set, or a repeat on the same
 //! connection before its verdict) with the same topic and payload (a CRC32 of both is
 //! kept with the id) is not logged or delivered again: its PUBREC waits
 //! until the first copy is durable and carries that copy's verdict. So a publish that
@@ -479,7 +480,7 @@ pub(crate) fn decode_any_publish(
 }
 
 /// Like `decode_any_publish`, but an expired message is returned too, expiring now.
-fn decode_any_publish_even_expired(
+pub(crate) fn decode_any_publish_even_expired(
     record: &RecordRef<'_>,
     shard: u16,
 ) -> Option<(Option<Vec<String>>, Message)> {
@@ -548,11 +549,17 @@ impl Recovered {
             }
             return;
         }
-        if record.kind == RECORD_PUBLISH {
-            // Before the expiry check: an expired message is still not to be taken twice.
-            if let Some((id, fp)) = received_id(record.body) {
-                self.received.insert(id, (record.offset.0, fp));
+        // Before the expiry check: an expired message is still not to be taken twice. A
+        // `publish_for` carries the id when a layout change moved it (see `migrate`).
+        let publish_body = match record.kind {
+            RECORD_PUBLISH => Some(record.body),
+            persist::records::RECORD_PUBLISH_FOR => {
+                persist::records::decode_recipients(record.body).map(|(_, body)| body)
             }
+            _ => None,
+        };
+        if let Some((id, fp)) = publish_body.and_then(received_id) {
+            self.received.insert(id, (record.offset.0, fp));
         }
         let Some((recipients, msg)) = decode_any_publish_even_expired(&record, self.shard) else {
             return;

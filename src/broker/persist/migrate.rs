@@ -14,28 +14,50 @@
 //!    retained messages first, then every message a persistent session has not
 //!    acknowledged (one `publish_for` record naming the sessions that want it), then the
 //!    sessions (open, subscriptions with their original times, detach with any delayed
-//!    will, and cursors pointing at their own `publish_for` records), then the wills of
-//!    connections the crash cut (`will`, published at the first start). Every new log is
-//!    fdatasync'ed.
+//!    will, cursors pointing at their own `publish_for` records, and their QoS 2
+//!    exchanges at the new positions, see below), then the wills of connections the
+//!    crash cut (`will`, published at the first start). Every new log is fdatasync'ed.
 //! 3. The marker `done` (with the new count) is written, then `layout`, then
 //!    `migrating/` is removed. A crash after `done` only repeats the last two steps.
 //!
+//! # QoS 2 state
+//! Its records name messages by `(owner shard, offset)`, which the layout change
+//! changes, so each piece is mapped from the old position to the new one as the
+//! messages are written:
+//! - toward a subscriber, a message whose release was logged with its PUBCOMP (packet id
+//!   0) is not carried for that session; one it PUBREC'd (a `qos2_delivered` entry still
+//!   awaiting PUBCOMP) is carried for it, and a `qos2_delivered` entry with its packet
+//!   id at the new position follows the session's cursor, so the next start resends its
+//!   PUBREL, never its PUBLISH; one in flight at a graceful stop gets its `qos2_sent`
+//!   entry there, so it is resent with DUP under its old id;
+//! - from a publisher, a QoS 2 packet id received and not released (per client and
+//!   packet id, held by the topic's owner, see `durable`) marks its message's
+//!   `publish_for` on the topic's new owner with the id and DUP, as the owner logs it.
+//!   A message no session wants any more is read back from the old log and written
+//!   naming nobody, only for its id: the publisher's resend after the restart is then
+//!   answered for it and not delivered again.
+//!
 //! Nothing of the old layout is deleted before the new one is durable. What is not
 //! carried over: records no persistent session or retained message still needs (QoS
-//! 1/2 publishes every session had acknowledged, or that matched no persistent session).
+//! 1/2 publishes every session had acknowledged, or that matched no persistent session,
+//! and whose QoS 2 packet id, if any, was released).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::broker::durable::{as_publish, encode_publish_body, publish_body_len, Recovered};
+use crate::broker::durable::{
+    as_publish, decode_any_publish_even_expired, encode_publish_body, publish_body_len, ReceivedAt,
+    Recovered,
+};
 use crate::broker::{ArmedWills, RecoveredSession, ReplayWant, RECORD_PUBLISH};
+use crate::mqtt::{ByteStr, PacketId};
 use crate::router::{owner_of, parse_filter, TopicLimits};
 use crate::session::{subscribed_from, Message};
-use crate::storage::{RecordKind, Wal, WalConfig};
+use crate::storage::{Offset, RecordKind, Wal, WalConfig};
 
 use super::records::{self, SessionRecord, WillRecord, RECORD_PUBLISH_FOR};
 use super::{scan_for_replay, unix_ms};
@@ -55,7 +77,7 @@ pub struct MigrationReport {
     pub retained: usize,
     /// Persistent sessions carried over.
     pub sessions: usize,
-    /// Unacknowledged messages carried over (each once, for all its sessions).
+    /// Messages carried over (each once, for all its sessions and its QoS 2 id).
     pub messages: usize,
 }
 
@@ -150,8 +172,19 @@ struct OldState {
     sessions: HashMap<String, RecoveredSession>,
     /// Wills of connections the crash cut, published at the first start of the new layout.
     wills: ArmedWills,
-    /// Unacknowledged messages by their old position, with the sessions that want them.
-    pending: BTreeMap<(u16, u64), (Arc<Message>, Vec<usize>)>,
+    /// Messages to carry over by their old position: each unacknowledged one with the
+    /// sessions that want it, and each a publisher's QoS 2 packet id received and not
+    /// released names (its id), whether a session still wants it or not.
+    pending: BTreeMap<(u16, u64), Carried>,
+}
+
+/// One message of the old logs written into the new layout.
+struct Carried {
+    msg: Arc<Message>,
+    /// Indexes of the sessions (in client id order) that want it.
+    wanting: Vec<usize>,
+    /// The publisher's QoS 2 packet id it was received under and not released.
+    received: Option<u16>,
 }
 
 /// Steps 2: read the old logs, write the new ones.
@@ -177,17 +210,32 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
             continue;
         }
         let j = owner_of(topic, cfg.shards).0 as usize;
-        append_publish(&wals[j], msg, None).await?;
+        append_publish(&wals[j], msg, None, None).await?;
         retained += 1;
     }
     // first[(client, new owner)]: offset of the first record replayed for it there.
     let mut first: HashMap<(usize, usize), u64> = HashMap::new();
-    for (msg, wanting) in old.pending.values() {
-        let names: Vec<&str> = wanting.iter().map(|&c| clients[c].as_str()).collect();
+    // Per session: its QoS 2 exchanges at their new positions.
+    let mut qos2: HashMap<usize, Qos2Entries> = HashMap::new();
+    for at in write_order(&old.pending) {
+        let carried = &old.pending[&at];
+        let names: Vec<&str> = carried
+            .wanting
+            .iter()
+            .map(|&c| clients[c].as_str())
+            .collect();
+        let msg = &carried.msg;
         let j = owner_of(msg.topic.as_str(), cfg.shards).0 as usize;
-        let offset = append_publish(&wals[j], msg, Some(&names)).await?;
-        for &c in wanting {
+        let offset = append_publish(&wals[j], msg, Some(&names), carried.received).await?;
+        for &c in &carried.wanting {
             first.entry((c, j)).or_insert(offset);
+            let s = &old.sessions[clients[c]];
+            let entries = qos2.entry(c).or_default();
+            if let Some(&pid) = s.released.get(&at) {
+                entries.released.push((j as u16, offset, pid));
+            } else if let Some(&pid) = s.sent.get(&at) {
+                entries.sent.push((j as u16, offset, pid));
+            }
         }
     }
     let ends: Vec<u64> = wals.iter().map(|w| w.next_offset().0).collect();
@@ -221,6 +269,17 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
             .map(|j| (j as u16, first.get(&(c, j)).copied().unwrap_or(ends[j])))
             .collect();
         append_session(home, client, &SessionRecord::Cursor(cursors), now).await?;
+        // Releases first: the restart reads them in this order, as it would have read
+        // the old log's (their packet ids are all distinct, as they were there).
+        let entries = qos2.remove(&c).unwrap_or_default();
+        for chunk in entries.released.chunks(QOS2_ENTRIES_PER_RECORD) {
+            let record = SessionRecord::Qos2Delivered(chunk.to_vec());
+            append_session(home, client, &record, now).await?;
+        }
+        for chunk in entries.sent.chunks(QOS2_ENTRIES_PER_RECORD) {
+            let record = SessionRecord::Qos2Sent(chunk.to_vec());
+            append_session(home, client, &record, now).await?;
+        }
     }
     for ((client, conn), will) in &old.wills {
         let home = &wals[owner_of(client, cfg.shards).0 as usize];
@@ -245,9 +304,64 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
     })
 }
 
+/// The order in which the carried messages are written: each old log's in its own order
+/// (so per topic, and per publisher and topic, as published), the old logs merged by
+/// how soon a session wants each message. A restart replays at most a queue's worth of
+/// a session's messages per owner and reads the rest back later, so a message a session
+/// holds (in flight, or PUBREC'd) on one old log must not land behind everything it
+/// wants from another: it is the first it wants from its log, and is written among the
+/// first of the new one. The next message is the head (of every old log's rest) that
+/// some session wants earliest, counted in that session's own messages of its log.
+fn write_order(pending: &BTreeMap<(u16, u64), Carried>) -> Vec<(u16, u64)> {
+    // rank[at]: the fewest messages of its old log a wanting session wants before it.
+    let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
+    // Per old log: its messages' offsets in order, each with its rank.
+    let mut logs: BTreeMap<u16, VecDeque<(u64, usize)>> = BTreeMap::new();
+    for (&at, carried) in pending {
+        let mut rank = usize::MAX;
+        for &c in &carried.wanting {
+            let n = seen.entry((c, at.0)).or_default();
+            rank = rank.min(*n);
+            *n += 1;
+        }
+        // Kept for a publisher's packet id alone: nobody waits for it.
+        let rank = if carried.wanting.is_empty() { 0 } else { rank };
+        logs.entry(at.0).or_default().push_back((at.1, rank));
+    }
+    let mut order = Vec::with_capacity(pending.len());
+    loop {
+        let next = logs
+            .iter()
+            .filter_map(|(shard, q)| q.front().map(|(_, rank)| (*rank, *shard)))
+            .min();
+        let Some((_, shard)) = next else {
+            return order;
+        };
+        let (offset, _) = logs
+            .get_mut(&shard)
+            .and_then(|q| q.pop_front())
+            .expect("a head");
+        order.push((shard, offset));
+    }
+}
+
+/// A session's QoS 2 exchanges in the new layout: `(owner, offset, packet id)`.
+#[derive(Default)]
+struct Qos2Entries {
+    /// PUBREC'd, awaiting PUBCOMP (`qos2_delivered`).
+    released: Vec<(u16, u64, u16)>,
+    /// Sent, not PUBREC'd at the stop (`qos2_sent`).
+    sent: Vec<(u16, u64, u16)>,
+}
+
+/// Entries per `qos2_delivered` / `qos2_sent` record (its count is a u16).
+const QOS2_ENTRIES_PER_RECORD: usize = 4096;
+
 async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldState, String> {
     let mut old = OldState::default();
     let mut logs = Vec::new();
+    // Per old shard: the QoS 2 ids received there and not released.
+    let mut received = Vec::new();
     for i in 0..from {
         let dir = shard_dir(mig, i);
         if !dir.exists() {
@@ -269,6 +383,7 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
         old.retained.extend(rec.retained);
         old.sessions.extend(rec.sessions);
         old.wills.extend(rec.wills);
+        received.push(rec.received);
         logs.push((i, wal));
     }
     let mut clients: Vec<&String> = old.sessions.keys().collect();
@@ -307,12 +422,24 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
         }
         for (c, msg) in scan.found {
             let offset = msg.log.map_or(0, |p| p.offset);
+            let s = &old.sessions[clients[c as usize]];
+            if s.released.get(&(*i as u16, offset)) == Some(&0) {
+                // Its PUBCOMP was logged: the session is done with it.
+                continue;
+            }
             old.pending
                 .entry((*i as u16, offset))
-                .or_insert_with(|| (msg, Vec::new()))
-                .1
+                .or_insert_with(|| Carried {
+                    msg,
+                    wanting: Vec::new(),
+                    received: None,
+                })
+                .wanting
                 .push(c as usize);
         }
+    }
+    for ((i, wal), ids) in logs.iter().zip(received) {
+        carry_received(&mut old.pending, wal, *i as u16, ids).await?;
     }
     for (i, wal) in logs {
         wal.close()
@@ -322,12 +449,60 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
     Ok(old)
 }
 
+/// Marks the messages of old shard `shard` that a publisher's QoS 2 packet id was
+/// received under and not released (`ids`), reading those no session wants from `wal`:
+/// the new owner of their topic must still know the id, or the publisher's resend after
+/// the restart would be taken as a new message (see `durable`).
+async fn carry_received(
+    pending: &mut BTreeMap<(u16, u64), Carried>,
+    wal: &Wal,
+    shard: u16,
+    ids: HashMap<(ByteStr, u16), ReceivedAt>,
+) -> Result<(), String> {
+    for ((publisher, pid), (offset, _)) in ids {
+        if let Some(carried) = pending.get_mut(&(shard, offset)) {
+            carried.received = Some(pid);
+            continue;
+        }
+        let mut msg = None;
+        let read = wal.read_from(Offset(offset), 1, |record| {
+            if record.offset.0 == offset {
+                msg = decode_any_publish_even_expired(&record, shard).map(|(_, m)| m);
+            }
+        });
+        if let Err(e) = read.await {
+            return Err(format!(
+                "the old log of shard {shard} could not be read at offset {offset}: {e}"
+            ));
+        }
+        let Some(msg) = msg.filter(|m| m.publisher == publisher) else {
+            return Err(format!(
+                "the old log of shard {shard} holds no QoS 2 publish of {publisher} at \
+                 offset {offset}"
+            ));
+        };
+        let carried = Carried {
+            msg: Arc::new(msg),
+            wanting: Vec::new(),
+            received: Some(pid),
+        };
+        pending.insert((shard, offset), carried);
+    }
+    Ok(())
+}
+
 async fn append_publish(
     wal: &Wal,
     msg: &Message,
     recipients: Option<&[&str]>,
+    received: Option<u16>,
 ) -> Result<u64, String> {
-    let publish = as_publish(msg);
+    let mut publish = as_publish(msg);
+    // As the owner logs a client's QoS 2 publish (see `Durability::log`).
+    if let Some(pid) = received.and_then(PacketId::new) {
+        publish.dup = true;
+        publish.packet_id = Some(pid);
+    }
     let mut body = BytesMut::new();
     let kind = match recipients {
         Some(names) => {
@@ -448,4 +623,173 @@ fn remove_dir(dir: &Path) -> Result<(), String> {
 
 fn io_error(path: &Path, e: std::io::Error) -> String {
     format!("{}: {e}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use glommio::LocalExecutorBuilder;
+
+    use super::*;
+    use crate::mqtt::{Protocol, PublishProperties, QoS};
+    use crate::session::SubOptions;
+    use crate::storage::{FsyncPolicy, RecordRef};
+
+    use super::super::replay::tests::disk_tempdir;
+
+    fn config(data_dir: &Path, shards: usize) -> MigrationConfig {
+        MigrationConfig {
+            data_dir: data_dir.to_path_buf(),
+            shards,
+            wal: WalConfig {
+                dir: data_dir.to_path_buf(),
+                segment_bytes: 1 << 20,
+                fsync_policy: FsyncPolicy::Always,
+                write_buffer_bytes: 64 * 1024,
+                retention_ms: None,
+                retention_bytes: None,
+            },
+            io_memory_bytes: 1 << 20,
+        }
+    }
+
+    fn message(topic: &'static str, payload: &'static str, publisher: &'static str) -> Message {
+        Message {
+            topic: ByteStr::from_static(topic),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            publisher: ByteStr::from_static(publisher),
+            expires_at: None,
+            log: None,
+        }
+    }
+
+    /// Every publish of a log by payload: its offset and, for a `publish_for`, recipients.
+    async fn publishes(wal: &Wal) -> HashMap<String, (u64, Vec<String>)> {
+        let mut out = HashMap::new();
+        let mut next = Offset(0);
+        while next < wal.next_offset() {
+            next = wal
+                .read_from(next, 1 << 20, |r: RecordRef<'_>| {
+                    if let Some((to, m)) = decode_any_publish_even_expired(&r, 0) {
+                        let payload = String::from_utf8(m.payload.to_vec()).unwrap();
+                        out.insert(payload, (r.offset.0, to.unwrap_or_default()));
+                    }
+                })
+                .await
+                .expect("read");
+        }
+        out
+    }
+
+    /// A subscriber's QoS 2 exchanges (completed, PUBREC'd, in flight) and a publisher's
+    /// received, unreleased ids go from two shards to one at their new positions.
+    #[test]
+    fn qos2_state_moves_to_the_new_positions() {
+        let dir = disk_tempdir();
+        let data = dir.path().to_path_buf();
+        let old = config(&data, 2);
+        let mig = data.clone();
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async move {
+                let mut wals = Vec::new();
+                for i in 0..2 {
+                    let (wal, _) = Wal::open(wal_config(&old, &mig, i), |_| {})
+                        .await
+                        .expect("open");
+                    wals.push(wal);
+                }
+                let on = |topic: &str| owner_of(topic, 2).0 as usize;
+                // (topic, payload, publisher, received packet id)
+                let msgs = [
+                    ("t/a", "done", "p", None),
+                    ("t/b", "released", "p", None),
+                    ("t/c", "inflight", "p", None),
+                    ("t/d", "new", "p", None),
+                    ("t/e", "recv-wanted", "q", Some(43)),
+                    ("other/x", "recv-unwanted", "q", Some(42)),
+                ];
+                let mut at = HashMap::new();
+                for (topic, payload, publisher, pid) in msgs {
+                    let j = on(topic);
+                    let m = message(topic, payload, publisher);
+                    let offset = append_publish(&wals[j], &m, None, pid).await.unwrap();
+                    at.insert(payload, (j as u16, offset));
+                }
+                let home = &wals[owner_of("s", 2).0 as usize];
+                let opts = SubOptions {
+                    qos: QoS::ExactlyOnce,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                    subscription_id: None,
+                };
+                let records = [
+                    SessionRecord::Open {
+                        expiry_secs: 3600,
+                        protocol: Protocol::V5,
+                    },
+                    SessionRecord::Subscribe {
+                        filter: "t/#".into(),
+                        opts,
+                        from: Vec::new(),
+                    },
+                    SessionRecord::Qos2Delivered(vec![
+                        (at["done"].0, at["done"].1, 5),
+                        (at["released"].0, at["released"].1, 7),
+                    ]),
+                    SessionRecord::Qos2Delivered(vec![(at["done"].0, at["done"].1, 0)]),
+                    SessionRecord::Qos2Sent(vec![(at["inflight"].0, at["inflight"].1, 9)]),
+                ];
+                for r in &records {
+                    append_session(home, "s", r, unix_ms()).await.unwrap();
+                }
+                for wal in wals {
+                    wal.close().await.expect("close");
+                }
+            });
+        write_layout(&data, 2).unwrap();
+
+        let report = prepare_layout(&config(&data, 1))
+            .expect("migrated")
+            .unwrap();
+        assert_eq!((report.from, report.to, report.sessions), (2, 1, 1));
+
+        let new = config(&data, 1);
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async move {
+                let mut rec = Recovered::default();
+                let (wal, _) = Wal::open(wal_config(&new, &data, 0), |r| rec.visit(r))
+                    .await
+                    .expect("open");
+                let found = publishes(&wal).await;
+                assert!(
+                    !found.contains_key("done"),
+                    "a completed message is not carried"
+                );
+                let s = &rec.sessions["s"];
+                let pos = |p: &str| (0u16, found[p].0);
+                assert_eq!(
+                    s.released,
+                    HashMap::from([(pos("released"), 7)]),
+                    "awaiting PUBCOMP under its id"
+                );
+                assert_eq!(s.sent, HashMap::from([(pos("inflight"), 9)]), "in flight");
+                for p in ["released", "inflight", "new", "recv-wanted"] {
+                    assert_eq!(found[p].1, vec!["s".to_string()], "{p} carried for s");
+                }
+                assert!(found["recv-unwanted"].1.is_empty(), "kept for its id alone");
+                let q = |pid| (ByteStr::from_static("q"), pid);
+                assert_eq!(rec.received.len(), 2);
+                assert_eq!(rec.received[&q(43)].0, found["recv-wanted"].0);
+                assert_eq!(rec.received[&q(42)].0, found["recv-unwanted"].0);
+                wal.close().await.expect("close");
+            });
+    }
 }

@@ -17,7 +17,8 @@
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
-//! the shard layout changes (see `migrate`). A `subscribe`'s offsets say, per owner
+//! the shard layout changes (see `migrate`); like a `publish`, its PUBLISH carries DUP
+//! and the publisher's packet id when that QoS 2 id was received and not released. A `subscribe`'s offsets say, per owner
 //! shard (by index), from which offset of its log the subscription wants messages; a
 //! record without them (written before they existed, or by a layout change, whose new
 //! logs start afresh) wants them from 0, bounded by the session's cursor. The record's

@@ -233,7 +233,7 @@ fn split_share(full: &str) -> Option<(&str, Option<&str>)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::{Path, PathBuf};
 
     use bytes::{Bytes, BytesMut};
@@ -248,7 +248,7 @@ mod tests {
 
     /// A temp dir on a real disk (`SHARDMQ_TEST_DIR` or /var/tmp): O_DIRECT is off on
     /// tmpfs.
-    fn disk_tempdir() -> tempfile::TempDir {
+    pub(crate) fn disk_tempdir() -> tempfile::TempDir {
         let base = std::env::var_os("SHARDMQ_TEST_DIR")
             .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
         tempfile::Builder::new()
