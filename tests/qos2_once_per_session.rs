@@ -1,0 +1,207 @@
+//! A QoS 2 message reaches one session at most once, whichever way it comes back to the
+//! session: a shared group's catch-up read that re-reads messages a member already
+//! completed, a takeover that reads the logs again from the session's floor, or a replay
+//! after a graceful stop. Every PUBLISH is counted per message, and a repeat of a message
+//! whose PUBREL the client already got is told apart (the worst kind: the client has
+//! forgotten the exchange and takes it as a new message).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::raw::{Conn, Connect, Publish, Recv, PUBCOMP, PUBLISH, PUBREC, PUBREL};
+use common::*;
+
+/// Silence after which a reader has everything it is going to get.
+const QUIET: Duration = Duration::from_secs(3);
+
+/// What one session received, per payload.
+#[derive(Default)]
+struct Tally {
+    copies: BTreeMap<String, usize>,
+    /// Payloads whose PUBREL arrived.
+    released: BTreeSet<String>,
+    /// PUBLISHes of a payload whose PUBREL had already arrived.
+    after_pubrel: Vec<String>,
+    /// Packet id -> payload of the exchanges under way.
+    open: HashMap<u16, String>,
+}
+
+impl Tally {
+    /// Reads with manual acks (PUBREC for each QoS 2 PUBLISH, PUBCOMP for each PUBREL)
+    /// until nothing came for `quiet`.
+    fn read(&mut self, conn: &mut Conn, quiet: Duration) {
+        conn.auto_ack = false;
+        loop {
+            match conn.recv(quiet) {
+                Recv::Packet(p) if p.kind == PUBLISH => {
+                    let publish = Publish::decode(&p, true);
+                    let payload = String::from_utf8(publish.payload).unwrap();
+                    *self.copies.entry(payload.clone()).or_default() += 1;
+                    if self.released.contains(&payload) {
+                        self.after_pubrel.push(payload.clone());
+                    }
+                    assert_eq!(publish.qos, 2, "granted QoS 2");
+                    self.open.insert(publish.pid, payload);
+                    conn.ack(PUBREC, publish.pid);
+                }
+                Recv::Packet(p) if p.kind == PUBREL => {
+                    let pid = u16::from_be_bytes([p.body[0], p.body[1]]);
+                    if let Some(payload) = self.open.remove(&pid) {
+                        self.released.insert(payload);
+                    }
+                    conn.ack(PUBCOMP, pid);
+                }
+                Recv::Packet(_) => {}
+                Recv::Timeout | Recv::Closed => return,
+            }
+        }
+    }
+
+    fn twice(&self) -> Vec<(&String, &usize)> {
+        self.copies.iter().filter(|(_, n)| **n > 1).collect()
+    }
+
+    fn missing<'a>(&self, sent: &'a [String]) -> Vec<&'a String> {
+        sent.iter()
+            .filter(|p| !self.copies.contains_key(*p))
+            .collect()
+    }
+
+    fn assert_once(&self, sent: &[String]) {
+        let twice = self.twice();
+        let missing = self.missing(sent);
+        assert!(
+            twice.is_empty() && missing.is_empty(),
+            "{} of {} QoS 2 messages arrived more than once ({} PUBLISHes after the \
+             message's PUBREL: {:?}), {} never arrived: twice {twice:?}, missing {missing:?}",
+            twice.len(),
+            sent.len(),
+            self.after_pubrel.len(),
+            self.after_pubrel,
+            missing.len(),
+        );
+    }
+}
+
+fn env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
+        .collect()
+}
+
+fn persistent(client: &str) -> Connect {
+    Connect::v5(client).clean(false).session_expiry(3600)
+}
+
+/// Publishes QoS 2 messages `{prefix}{i}` for `i` in `range` to `topic(i)`, each
+/// acknowledged (PUBCOMP); returns the payloads.
+fn publish_qos2(
+    publ: &mut Conn,
+    range: std::ops::Range<usize>,
+    topic: impl Fn(usize) -> String,
+) -> Vec<String> {
+    range
+        .map(|i| {
+            let payload = format!("m{i}");
+            let code = publ.publish(Publish::new(&topic(i), payload.as_bytes(), 2));
+            assert_eq!(code, 0, "PUBCOMP for {payload}");
+            payload
+        })
+        .collect()
+}
+
+/// A shared group's persistent QoS 2 member completes its first messages, then stops
+/// reading; the group's backlog fills and the rest waits in the log (a gap). A clean
+/// member then leaves with its unacknowledged deliveries, which go back to the group and
+/// lower the gap to their older offsets: the catch-up read brings the messages the
+/// persistent member had already completed once more. They must not reach it again.
+#[test]
+fn a_shared_members_catch_up_never_repeats_what_it_completed() {
+    let dir = temp_dir();
+    let broker = Broker::start_with(BrokerOptions {
+        shards: 1,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: env(&[
+            ("FSYNC_POLICY", "always"),
+            ("INFLIGHT_COUNT_MAX", "4"),
+            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
+            ("SHARED_BACKLOG_MESSAGES_MAX", "16"),
+        ]),
+        ..BrokerOptions::default()
+    });
+    let filter = "$share/g/once/t";
+    let (mut member, _) = Conn::connect(broker.mqtt, &persistent("once-member"));
+    member.sub(filter, 2);
+    let mut clean = Conn::client(broker.mqtt, true, "once-clean");
+    clean.sub(filter, 2);
+    let mut publ = Conn::client(broker.mqtt, true, "once-pub");
+    let topic = |_| "once/t".to_string();
+
+    // Both members take a share; the persistent one completes all of its own.
+    let mut sent = publish_qos2(&mut publ, 0..24, topic);
+    let mut tally = Tally::default();
+    tally.read(&mut member, QUIET);
+    let first = tally.released.len();
+    assert!(first > 0, "the persistent member completed its first share");
+    // It stops reading: its window and queue fill, then the backlog, then the log.
+    sent.extend(publish_qos2(&mut publ, 24..84, topic));
+    // The clean member leaves without acknowledging anything: its share goes back to
+    // the group, behind a full backlog, at offsets below the completed ones.
+    drop(clean);
+    std::thread::sleep(Duration::from_millis(300));
+    tally.read(&mut member, QUIET);
+    tally.assert_once(&sent);
+}
+
+/// A persistent QoS 2 subscriber on two shards falls behind (its queue overflows, the
+/// rest is read from the logs) and completes what it gets; the broker stops gracefully
+/// and starts again, and the client reconnects a few times (taking its session over on
+/// either shard, which reads the logs again from the session's floor). No message it
+/// completed before the stop comes again.
+#[test]
+fn completed_qos2_messages_do_not_come_again_after_a_graceful_stop_on_two_shards() {
+    let dir = temp_dir();
+    let options = BrokerOptions {
+        shards: 2,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: env(&[
+            ("FSYNC_POLICY", "always"),
+            ("INFLIGHT_COUNT_MAX", "4"),
+            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
+        ]),
+        ..BrokerOptions::default()
+    };
+    let mut broker = Broker::start_with(options.clone());
+    let session = persistent("once-stop");
+    let (mut sub, _) = Conn::connect(broker.mqtt, &session);
+    sub.sub("stop/#", 2);
+    // Topics on both owners.
+    let topic = |i: usize| format!("stop/{}", i % 7);
+    let mut publ = Conn::client(broker.mqtt, true, "once-stop-pub");
+    let mut tally = Tally::default();
+    let mut sent = Vec::new();
+    for round in 0..4 {
+        sent.extend(publish_qos2(&mut publ, round * 40..(round + 1) * 40, topic));
+        tally.read(&mut sub, Duration::from_millis(800));
+    }
+    tally.read(&mut sub, QUIET);
+    let before = tally.twice().len();
+    drop(publ);
+    broker.signal(libc::SIGTERM);
+    assert!(
+        broker.wait_exit(Duration::from_secs(20)).is_some(),
+        "stopped"
+    );
+    drop(sub);
+    let broker = Broker::start_with(options);
+    for _ in 0..6 {
+        let (mut sub, ack) = Conn::connect(broker.mqtt, &session);
+        assert!(ack.session_present, "the session was restored");
+        tally.read(&mut sub, Duration::from_secs(1));
+    }
+    assert_eq!(before, 0, "no repeats before the stop");
+    tally.assert_once(&sent);
+}
