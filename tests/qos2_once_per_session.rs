@@ -117,6 +117,21 @@ fn env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A broker logging in `dir` (fsync on every commit) with 4 deliveries in flight and 8
+/// queued per session, so a subscriber that stops reading soon reads from the log.
+fn small_queues(dir: &tempfile::TempDir, shards: usize) -> BrokerOptions {
+    BrokerOptions {
+        shards,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: env(&[
+            ("FSYNC_POLICY", "always"),
+            ("INFLIGHT_COUNT_MAX", "4"),
+            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
+        ]),
+        ..BrokerOptions::default()
+    }
+}
+
 fn persistent(client: &str) -> Connect {
     Connect::v5(client).clean(false).session_expiry(3600)
 }
@@ -189,16 +204,7 @@ fn a_shared_members_catch_up_never_repeats_what_it_completed() {
 #[test]
 fn completed_qos2_messages_do_not_come_again_after_a_graceful_stop_on_two_shards() {
     let dir = temp_dir();
-    let options = BrokerOptions {
-        shards: 2,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: env(&[
-            ("FSYNC_POLICY", "always"),
-            ("INFLIGHT_COUNT_MAX", "4"),
-            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
-        ]),
-        ..BrokerOptions::default()
-    };
+    let options = small_queues(&dir, 2);
     let mut broker = Broker::start_with(options.clone());
     let session = persistent("once-stop");
     let (mut sub, _) = Conn::connect(broker.mqtt, &session);
@@ -239,16 +245,7 @@ fn completed_qos2_messages_do_not_come_again_after_a_graceful_stop_on_two_shards
 #[test]
 fn a_takeover_on_another_shard_never_repeats_completed_qos2_messages() {
     let dir = temp_dir();
-    let broker = Broker::start_with(BrokerOptions {
-        shards: 2,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: env(&[
-            ("FSYNC_POLICY", "always"),
-            ("INFLIGHT_COUNT_MAX", "4"),
-            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
-        ]),
-        ..BrokerOptions::default()
-    });
+    let broker = Broker::start_with(small_queues(&dir, 2));
     let session = persistent("once-move");
     let (mut sub, _) = Conn::connect(broker.mqtt, &session);
     sub.sub("move/#", 2);
@@ -275,16 +272,7 @@ fn a_takeover_on_another_shard_never_repeats_completed_qos2_messages() {
 #[test]
 fn completed_qos2_messages_above_an_open_exchange_do_not_come_again_after_a_graceful_stop() {
     let dir = temp_dir();
-    let options = BrokerOptions {
-        shards: 2,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: env(&[
-            ("FSYNC_POLICY", "always"),
-            ("INFLIGHT_COUNT_MAX", "4"),
-            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
-        ]),
-        ..BrokerOptions::default()
-    };
+    let options = small_queues(&dir, 2);
     let mut broker = Broker::start_with(options.clone());
     let session = persistent("once-open");
     let (mut sub, _) = Conn::connect(broker.mqtt, &session);
