@@ -241,6 +241,13 @@ impl Shard {
             .log
             .filter(|_| delivery.holds_cursor && delivery.share_group.is_none())
             .filter(|_| qos != QoS::AtMostOnce);
+        if let Some(pos) = delivery.msg.log.filter(|_| delivery.holds_cursor) {
+            // Handed to the session again (a shared pick of a re-read message, a
+            // redistribution): once PUBREC'd, never a PUBLISH again.
+            if slot.session.replay.released(pos).is_some() {
+                return;
+            }
+        }
         if let Some(pos) = from_log {
             if slot.session.replay.admit(pos) == Admit::FromLog {
                 self.probe.deliveries_deferred_total.inc();

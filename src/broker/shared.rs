@@ -353,6 +353,8 @@ impl Shard {
         let mut backlogs = self.broker.shared_backlogs.borrow_mut();
         let mut queued = false;
         let s = &mut slot.session;
+        // What the member holds, taken once a logged message comes by.
+        let mut held: Option<HashSet<(u16, u64)>> = None;
         // A shard has few groups; a session may have many subscriptions.
         for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
             let Some(opts) = s.subscriptions.get(&b.member_filter) else {
@@ -364,6 +366,14 @@ impl Shard {
                 }
                 let msg = b.pop().expect("front exists");
                 self.probe.shared_backlog_messages_current.add(-1);
+                if let Some(pos) = msg.log {
+                    // A catch-up read errs low: what this member holds or PUBREC'd came
+                    // through the group already and is not handed to it again.
+                    let held = held.get_or_insert_with(|| s.outbound.held_shared_positions());
+                    if held.contains(&(pos.shard, pos.offset)) || s.replay.released(pos).is_some() {
+                        continue;
+                    }
+                }
                 let qos = msg.qos;
                 match s.outbound.enqueue(shared_delivery(&key.0, opts, msg), true) {
                     Enqueued::Queued => queued = true,
@@ -678,6 +688,54 @@ impl Shard {
             let s = &mut slot.session;
             if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
                 s.replay.touch();
+            }
+        }
+    }
+}
+
+/// Per group (by name), the lowest log offset per owner shard that a member on this
+/// shard holds (queued or in flight). When that member leaves, the delivery goes back to
+/// the group, and if the backlog is full it opens or lowers the group's gap there: the
+/// catch-up read then brings the messages above it again, also those another member
+/// already completed. So a member's releases are kept down to these too.
+pub(crate) type MemberHolds = HashMap<Arc<str>, Vec<u64>>;
+
+/// What the members of every group here hold (see [`MemberHolds`]).
+pub(crate) fn member_holds<'a>(sessions: impl Iterator<Item = &'a Session>) -> MemberHolds {
+    let mut holds = MemberHolds::new();
+    for s in sessions {
+        for (group, pos) in s.outbound.shared_held() {
+            let lowest = match holds.get_mut(group) {
+                Some(l) => l,
+                None => holds.entry(Arc::clone(group)).or_default(),
+            };
+            let owner = usize::from(pos.shard);
+            if lowest.len() <= owner {
+                lowest.resize(owner + 1, u64::MAX);
+            }
+            lowest[owner] = lowest[owner].min(pos.offset);
+        }
+    }
+    holds
+}
+
+/// Lowers `cursors` to what the other members of the session's groups hold (see
+/// [`MemberHolds`]): the bound below which its QoS 2 releases can go.
+pub(crate) fn lower_by_members(holds: &MemberHolds, s: &Session, cursors: &mut [(u16, u64)]) {
+    if holds.is_empty() {
+        return;
+    }
+    let groups = s
+        .subscriptions
+        .keys()
+        .filter_map(|f| f.strip_prefix("$share/")?.split('/').next());
+    for group in groups {
+        let Some(lowest) = holds.get(group) else {
+            continue;
+        };
+        for (owner, cursor) in cursors.iter_mut() {
+            if let Some(low) = lowest.get(usize::from(*owner)) {
+                *cursor = (*cursor).min(*low);
             }
         }
     }

@@ -98,6 +98,10 @@ pub struct Config {
     pub session_queue_messages_max: usize,
     /// Most bytes queued per session.
     pub session_queue_bytes_max: usize,
+    /// Most logged QoS 2 messages one session remembers it PUBREC'd above its replay
+    /// cursor, so a read of the log that brings one again never sends it as a PUBLISH
+    /// (see `ReplayCursor`); beyond it the oldest completed one is forgotten.
+    pub session_qos2_released_max: usize,
     /// Most QoS 1/2 messages one shared subscription group keeps on one shard while
     /// every member there has a full queue; beyond it they are read back from the log.
     pub shared_backlog_messages_max: usize,
@@ -207,6 +211,7 @@ impl Default for Config {
             inflight_count_max: 256,
             session_queue_messages_max: 10_000,
             session_queue_bytes_max: 16 << 20,
+            session_qos2_released_max: 16_384,
             shared_backlog_messages_max: 10_000,
             shared_backlog_bytes_max: 16 << 20,
             session_expiry_max_secs: u32::MAX,
@@ -351,6 +356,10 @@ impl Config {
         positive(
             "session_queue_bytes_max",
             self.session_queue_bytes_max as u64,
+        )?;
+        positive(
+            "session_qos2_released_max",
+            self.session_qos2_released_max as u64,
         )?;
         positive(
             "shared_backlog_messages_max",

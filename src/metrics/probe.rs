@@ -109,6 +109,9 @@ pub enum Limit {
     SessionsMax,
     /// A received QoS 2 packet id forgotten before its PUBREL: `qos2_ids_per_shard_max`.
     Qos2IdsPerShardMax,
+    /// A completed QoS 2 delivery a session forgot it had completed:
+    /// `session_qos2_released_max`.
+    SessionQos2ReleasedMax,
 }
 
 impl Limit {
@@ -133,6 +136,7 @@ impl Limit {
         Limit::AuthHashQueueMax,
         Limit::SessionsMax,
         Limit::Qos2IdsPerShardMax,
+        Limit::SessionQos2ReleasedMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -157,12 +161,13 @@ impl Limit {
             Limit::AuthHashQueueMax => "auth_hash_queue_max",
             Limit::SessionsMax => "sessions_max",
             Limit::Qos2IdsPerShardMax => "qos2_ids_per_shard_max",
+            Limit::SessionQos2ReleasedMax => "session_qos2_released_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 19;
+pub const LIMITS: usize = 20;
 
 const _: () = {
     let mut i = 0;

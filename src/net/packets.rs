@@ -207,8 +207,8 @@ fn on_client_ack(shard: &Rc<Shard>, conn: &Conn, ack: Ack, kind: AckKind) -> Flo
         AckKind::Ack => slot.session.outbound.on_puback(pid).is_ok(),
         AckKind::Comp => match slot.session.outbound.on_pubcomp(pid) {
             Ok(done) => {
-                if let Some(pos) = done.msg.log.filter(|_| logged) {
-                    slot.session.replay.completed(pos);
+                if let Some(pos) = done.msg.log {
+                    slot.session.replay.completed(pos, logged);
                 }
                 true
             }
@@ -228,6 +228,20 @@ fn on_client_ack(shard: &Rc<Shard>, conn: &Conn, ack: Ack, kind: AckKind) -> Flo
             }
         }),
     };
+    if let AckKind::Rec = kind {
+        // Whether or not its release is logged, a PUBREC'd message is never sent to this
+        // session as a PUBLISH again (see `ReplayCursor::pubrec`).
+        let pubrec = held.or_else(|| slot.session.outbound.qos2_log_pos(pid));
+        if let Some(pos) = pubrec {
+            let max = shard.config.session_qos2_released_max;
+            let forgotten = slot.session.replay.pubrec(pos, pid, max);
+            if forgotten > 0 {
+                shard
+                    .probe
+                    .hits(crate::metrics::Limit::SessionQos2ReleasedMax, forgotten);
+            }
+        }
+    }
     if let Some(pos) = held {
         shard.hold_release(crate::broker::persist::Releasing {
             client_id: slot.session.client_id.clone(),

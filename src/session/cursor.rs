@@ -17,8 +17,23 @@
 //! no live message at or above that end was skipped meanwhile; live messages below it
 //! are then ignored (the read had them). So a slow subscriber costs the broker a bounded
 //! queue, not memory, and loses nothing that was logged.
+//!
+//! # QoS 2: once per session
+//! Reading the log errs low on purpose: a catch-up read from a gap lowered by an older
+//! delivery, a takeover reading from the floor, a shared group's backlog read, and a
+//! replay after a restart all bring messages the session may have had already. For QoS
+//! 1 that is a repeat MQTT allows; a QoS 2 message the client PUBREC'd must never be
+//! sent as a PUBLISH again (it would take it as a new message once its exchange is
+//! over). So the cursor keeps the set of logged QoS 2 messages the client PUBREC'd
+//! (`released`) as live state: every path that hands a logged message to the session
+//! asks it first (`is_released`), and it moves with the session between shards. An
+//! entry goes only once it is below the cursors that are logged (backlog holds and gaps
+//! included), which no read for this session reaches. The set is bounded by
+//! `session_qos2_released_max`: past it the lowest completed entry is forgotten and
+//! counted (a read that still reached it would send that message again); exchanges
+//! awaiting PUBCOMP are bounded by the in-flight window and never forgotten.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::message::LogPos;
 use super::outbound::Outbound;
@@ -34,10 +49,14 @@ pub struct ReplayCursor {
     gaps: Vec<(u16, Gap)>,
     /// Per owner shard: live messages below this were read from the log by a catch-up.
     accept_from: Vec<u64>,
-    /// Restored at start: QoS 2 exchanges whose release (PUBREC received) was logged,
-    /// by `(owner shard, offset)`, with the packet id still awaiting PUBCOMP (0: done).
-    /// A replay or catch-up read that returns one of them never sends its PUBLISH.
-    released: HashMap<(u16, u64), u16>,
+    /// The logged QoS 2 messages the client PUBREC'd, by `(owner shard, offset)`, with
+    /// the packet id still awaiting PUBCOMP (0: completed): inserted at the PUBREC,
+    /// restored at start from the `qos2_delivered` records above the cursors, and asked
+    /// on every path that hands a logged message to the session (live fan-out, shared
+    /// picks and backlog refills, catch-up reads, replay), which never sends one of them
+    /// as a PUBLISH again. Pruned only below the logged cursors (`prune_released`): no
+    /// read for this session reaches below them. See "QoS 2: once per session".
+    released: BTreeMap<(u16, u64), u16>,
     /// Restored at start: QoS 2 messages that were in flight (sent, not PUBREC'd) when the
     /// broker stopped, with their packet id; a replay or catch-up read that returns one
     /// resends it under that id (`qos2_sent`).
@@ -228,7 +247,60 @@ impl ReplayCursor {
 
     /// At start: the logged releases of this session at or above its cursors.
     pub fn restore_released(&mut self, released: HashMap<(u16, u64), u16>) {
-        self.released = released;
+        self.released = released.into_iter().collect();
+    }
+
+    /// The client PUBREC'd the logged QoS 2 message at `pos`, sent under `pid`: it is
+    /// never sent as a PUBLISH to this session again. Keeps at most `max` entries
+    /// (see the module docs); returns how many completed entries it forgot for room.
+    pub fn pubrec(&mut self, pos: LogPos, pid: u16, max: usize) -> u64 {
+        self.released.insert((pos.shard, pos.offset), pid);
+        let mut forgotten = 0;
+        while self.released.len() > max {
+            let Some(lowest) = self
+                .released
+                .iter()
+                .find(|(_, pid)| **pid == 0)
+                .map(|(at, _)| *at)
+            else {
+                break;
+            };
+            self.released.remove(&lowest);
+            forgotten += 1;
+        }
+        forgotten
+    }
+
+    /// Whether the client PUBREC'd the logged message at `pos`: `Some(packet id)` still
+    /// awaiting PUBCOMP, `Some(0)` completed (see the module docs).
+    pub fn released(&self, pos: LogPos) -> Option<u16> {
+        if self.released.is_empty() {
+            return None;
+        }
+        self.released.get(&(pos.shard, pos.offset)).copied()
+    }
+
+    /// Forgets the releases below `cursors` (the cursors as logged, backlog holds
+    /// included): nothing below them is read for this session again.
+    pub fn prune_released(&mut self, cursors: &[(u16, u64)]) {
+        if self.released.is_empty() {
+            return;
+        }
+        for &(shard, cursor) in cursors {
+            let below: Vec<(u16, u64)> = self
+                .released
+                .range((shard, 0)..(shard, cursor))
+                .map(|(at, _)| *at)
+                .collect();
+            for at in below {
+                self.released.remove(&at);
+            }
+        }
+    }
+
+    /// How many releases the session remembers.
+    pub fn released_len(&self) -> usize {
+        self.released.len()
     }
 
     /// At start: the logged in-flight QoS 2 packet ids at or above the cursors.
@@ -245,21 +317,17 @@ impl ReplayCursor {
         self.sent.remove(&(pos.shard, pos.offset))
     }
 
-    /// Whether the message at `pos` had its QoS 2 release logged before the restart:
-    /// `Some(packet id)` still awaiting PUBCOMP, `Some(0)` completed. Asked once per
-    /// replayed message; the answer is forgotten.
-    pub fn take_released(&mut self, pos: LogPos) -> Option<u16> {
-        if self.released.is_empty() {
-            return None;
+    /// The QoS 2 exchange for the logged message at `pos` completed (PUBCOMP). With
+    /// `log` (a logged session) it is logged with the next cursors, so a restart does not
+    /// resend its PUBREL.
+    pub fn completed(&mut self, pos: LogPos, log: bool) {
+        if let Some(pid) = self.released.get_mut(&(pos.shard, pos.offset)) {
+            *pid = 0;
         }
-        self.released.remove(&(pos.shard, pos.offset))
-    }
-
-    /// A logged session's QoS 2 exchange for the message at `pos` completed (PUBCOMP):
-    /// logged with the next cursors, so a restart does not resend its PUBREL.
-    pub fn completed(&mut self, pos: LogPos) {
-        self.completed.push((pos.shard, pos.offset));
-        self.dirty = true;
+        if log {
+            self.completed.push((pos.shard, pos.offset));
+            self.dirty = true;
+        }
     }
 
     /// The completions to log now (see `completed`).
@@ -287,11 +355,6 @@ impl ReplayCursor {
         }
         self.dirty = false;
         let current = self.current(outbound);
-        if !self.released.is_empty() {
-            // Below the cursor nothing is read again.
-            self.released
-                .retain(|(s, offset), _| current.get(usize::from(*s)).is_none_or(|c| offset >= c));
-        }
         if !self.sent.is_empty() {
             self.sent
                 .retain(|(s, offset), _| current.get(usize::from(*s)).is_none_or(|c| offset >= c));
@@ -455,6 +518,42 @@ mod tests {
             70,
             "asked again after a move"
         );
+    }
+
+    #[test]
+    fn releases_stay_until_below_the_logged_cursor_and_are_bounded() {
+        let mut cursor = ReplayCursor::default();
+        let pos = |shard, offset| LogPos {
+            shard,
+            offset,
+            floor: offset + 1,
+        };
+        assert_eq!(cursor.released(pos(0, 5)), None);
+        assert_eq!(cursor.pubrec(pos(0, 5), 7, 3), 0);
+        assert_eq!(cursor.pubrec(pos(1, 2), 8, 3), 0);
+        assert_eq!(cursor.released(pos(0, 5)), Some(7), "awaiting PUBCOMP");
+        cursor.completed(pos(0, 5), false);
+        assert_eq!(cursor.released(pos(0, 5)), Some(0), "completed");
+        assert_eq!(
+            cursor.released(pos(0, 5)),
+            Some(0),
+            "asked again: still known"
+        );
+        assert!(cursor.take_completed().is_empty(), "not logged");
+        // Only what no read reaches any more goes.
+        cursor.prune_released(&[(0, 5), (1, 2)]);
+        assert_eq!(cursor.released_len(), 2);
+        cursor.prune_released(&[(0, 6)]);
+        assert_eq!(cursor.released(pos(0, 5)), None);
+        assert_eq!(cursor.released(pos(1, 2)), Some(8));
+        // Past the bound the lowest completed one goes, never one awaiting PUBCOMP.
+        for (offset, pid) in [(10, 0), (11, 0)] {
+            assert_eq!(cursor.pubrec(pos(0, offset), pid, 3), 0);
+        }
+        assert_eq!(cursor.pubrec(pos(0, 12), 9, 3), 1);
+        assert_eq!(cursor.released(pos(0, 10)), None);
+        assert_eq!(cursor.released(pos(1, 2)), Some(8));
+        assert_eq!(cursor.released_len(), 3);
     }
 
     #[test]

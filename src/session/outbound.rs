@@ -196,6 +196,22 @@ impl Outbound {
             .collect()
     }
 
+    /// The log positions `(owner shard, offset)` of the shared deliveries queued or in
+    /// flight.
+    pub fn held_shared_positions(&self) -> std::collections::HashSet<(u16, u64)> {
+        self.shared_held()
+            .map(|(_, p)| (p.shard, p.offset))
+            .collect()
+    }
+
+    /// The shared deliveries queued or in flight: their group and log position.
+    pub fn shared_held(&self) -> impl Iterator<Item = (&std::sync::Arc<str>, LogPos)> + '_ {
+        self.queue
+            .iter()
+            .chain(self.inflight.values().map(|e| &e.delivery))
+            .filter_map(|d| Some((d.share_group.as_ref()?, d.msg.log?)))
+    }
+
     /// Offers a delivery. `connected` = a live connection will pump it.
     pub fn enqueue(&mut self, delivery: Delivery, connected: bool) -> Enqueued {
         if delivery.qos == QoS::AtMostOnce && !connected {
@@ -496,6 +512,15 @@ impl Outbound {
             })
             .filter_map(|(pid, e)| e.delivery.msg.log.map(|p| (p.shard, p.offset, *pid)))
             .collect()
+    }
+
+    /// The log position of the QoS 2 message in flight under `pid` past its PUBREC
+    /// (awaiting PUBCOMP, or its release), if logged.
+    pub fn qos2_log_pos(&self, pid: u16) -> Option<LogPos> {
+        self.inflight
+            .get(&pid)
+            .filter(|e| matches!(e.state, AwaitState::Comp | AwaitState::Releasing))
+            .and_then(|e| e.delivery.msg.log)
     }
 
     /// PUBCOMP from the client: the QoS 2 message is done.

@@ -442,7 +442,7 @@ impl Publish {
         frame(PUBLISH, flags, &body)
     }
 
-    fn decode(p: &Packet, v5: bool) -> Publish {
+    pub fn decode(p: &Packet, v5: bool) -> Publish {
         let mut r = Reader::new(&p.body);
         let qos = (p.flags >> 1) & 3;
         let topic = r.str();

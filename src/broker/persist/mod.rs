@@ -84,11 +84,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
 use crate::router::owner_of;
-use crate::session::{SubOptions, Will};
+use crate::session::{Session, SubOptions, Will};
 use crate::shard::{Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
-use super::Reply;
+use super::{shared, Reply};
 use records::{SessionRecord, WillConn, WillRecord};
 
 /// Wills of connections logged without their `will_done`, by client id and connection.
@@ -546,18 +546,37 @@ impl Shard {
         );
         let changed: Vec<Changed> = {
             let mut sessions = self.broker.sessions.borrow_mut();
+            let members = if sessions
+                .values()
+                .any(|s| s.session.replay.released_len() > 0)
+            {
+                shared::member_holds(sessions.values().map(|s| &s.session))
+            } else {
+                shared::MemberHolds::new()
+            };
             sessions
                 .values_mut()
-                .filter(|slot| slot.session.logged)
                 .filter_map(|slot| {
                     let s = &mut slot.session;
+                    if !s.logged {
+                        // Its releases too go once nothing can read them again.
+                        if s.replay.released_len() > 0 {
+                            let mut cursors = current_cursors(s);
+                            shared::lower_by_groups(&holds, s, &mut cursors);
+                            prune_released(&members, s, cursors);
+                        }
+                        return None;
+                    }
                     let sent = if stopping {
                         s.outbound.inflight_qos2()
                     } else {
                         Vec::new()
                     };
                     let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
-                    crate::broker::shared::lower_by_groups(&holds, s, &mut cursors);
+                    shared::lower_by_groups(&holds, s, &mut cursors);
+                    if s.replay.released_len() > 0 && !cursors.is_empty() {
+                        prune_released(&members, s, cursors.clone());
+                    }
                     let completed = s.replay.take_completed();
                     (!cursors.is_empty() || !completed.is_empty() || !sent.is_empty())
                         .then(|| (s.client_id.clone(), cursors, completed, sent))
@@ -700,6 +719,19 @@ impl Shard {
             None => true,
         }
     }
+}
+
+/// Forgets the session's QoS 2 releases below `cursors` (its cursors with the backlog
+/// holds) lowered to what its groups' members hold: no read reaches below that.
+fn prune_released(members: &shared::MemberHolds, s: &mut Session, mut cursors: Vec<(u16, u64)>) {
+    shared::lower_by_members(members, s, &mut cursors);
+    s.replay.prune_released(&cursors);
+}
+
+/// A session's replay cursors now, as `(owner shard, offset)`.
+fn current_cursors(s: &Session) -> Vec<(u16, u64)> {
+    let current = s.replay.current(&s.outbound).into_iter().enumerate();
+    current.map(|(shard, c)| (shard as u16, c)).collect()
 }
 
 /// Why a SUBACK refuses filters whose `subscribe` record could not be made durable.

@@ -289,9 +289,10 @@ impl Shard {
         }
     }
 
-    /// A replayed (or caught-up) delivery whose QoS 2 release was logged before the
-    /// restart is never sent as a PUBLISH again: still awaiting PUBCOMP, it waits for it
-    /// under its old packet id, and its PUBREL is resent on reconnect (MQTT 5 §4.4);
+    /// A replayed (or caught-up) delivery the client PUBREC'd (in this process, or with
+    /// its release logged before the restart) is never sent as a PUBLISH again: still
+    /// awaiting PUBCOMP, it waits for it under its old packet id (if the session does not
+    /// hold that exchange already), and its PUBREL is resent on reconnect (MQTT 5 §4.4);
     /// completed, it is dropped. One that was in flight when the broker stopped
     /// (`qos2_sent`) goes back into the in-flight window under its old packet id, its
     /// PUBLISH resent with DUP on reconnect. Any other delivery is returned, to be offered.
@@ -303,7 +304,7 @@ impl Shard {
         let Some(pos) = delivery.msg.log else {
             return Some(delivery);
         };
-        match session.replay.take_released(pos) {
+        match session.replay.released(pos) {
             None => match session.replay.take_sent(pos) {
                 None => Some(delivery),
                 Some(pid) => match session.outbound.restore_sent(delivery, pid) {
