@@ -313,3 +313,48 @@ fn a_graceful_stop_leaves_the_wills_of_connected_clients_to_the_next_start() {
     let broker = durable_broker(dir.path());
     crash_watcher(&broker, "will-stop-watch-2").assert_no_publish(QUIET);
 }
+
+/// A persistent session taken over by a new connection on its own shard stays in place
+/// (`park`, `resume_in_place`): the new connection's will is logged before its CONNACK
+/// like any other, so a crash right after publishes it once.
+#[test]
+fn the_will_of_a_connection_that_took_its_session_over_in_place_survives_kill_9() {
+    let dir = temp_dir();
+    // One shard: the takeover is always on the session's own shard.
+    let mut broker = Broker::start_with(BrokerOptions {
+        shards: 1,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: vec![("SHARDMQ_FSYNC_POLICY".into(), "always".into())],
+        ..BrokerOptions::default()
+    });
+    let mut before = watcher(&broker, "will-in-place-before");
+    let c = Connect::v5("will-in-place")
+        .session_expiry(3600)
+        .clean(false);
+    let first = Conn::connect(
+        broker.mqtt,
+        &c.clone().will(will("will/in-place", b"first")),
+    )
+    .0;
+    let _second = Conn::connect(broker.mqtt, &c.will(will("will/in-place", b"second"))).0;
+    // The first connection ended without DISCONNECT: its will is due at the takeover.
+    assert_eq!(before.expect_publish().payload, b"first");
+    drop(first);
+    drop(crash_watcher(&broker, "will-in-place-watch"));
+    kill_9(&mut broker);
+
+    let broker = Broker::start_with(BrokerOptions {
+        shards: 1,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: vec![("SHARDMQ_FSYNC_POLICY".into(), "always".into())],
+        ..BrokerOptions::default()
+    });
+    let mut w = crash_watcher(&broker, "will-in-place-watch");
+    let got = w.try_publish(Duration::from_secs(5)).map(|p| p.payload);
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"second"[..]),
+        "the live connection's will"
+    );
+    w.assert_no_publish(QUIET);
+}

@@ -530,6 +530,12 @@ impl Recovered {
         if self.visit_retained_copy(&record) {
             return;
         }
+        if record.kind == persist::records::RECORD_SESSION_COPY {
+            if !persist::visit_session_copy(&mut self.sessions, &record) {
+                self.damaged += 1;
+            }
+            return;
+        }
         if persist::records::is_session_record(record.kind) {
             if !persist::visit_session_record(&mut self.sessions, &record) {
                 self.damaged += 1;

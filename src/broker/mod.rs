@@ -192,6 +192,9 @@ pub struct BrokerState {
     loopback_waker: Cell<Option<Waker>>,
     /// Home: session records waiting for WAL room, in order (see `persist`).
     pub(crate) session_log: persist::SessionLogQueue,
+    /// Home, with retention on: what recovery would rebuild from its session records
+    /// (see `persist::SessionShadow`).
+    pub(crate) session_shadow: RefCell<Option<persist::SessionShadow>>,
 }
 
 impl Default for BrokerState {
@@ -239,6 +242,7 @@ impl BrokerState {
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
             session_log: persist::SessionLogQueue::default(),
+            session_shadow: RefCell::new(None),
         }
     }
 

@@ -24,6 +24,15 @@
 //! expired retained message is a version like any other: at recovery it supersedes the
 //! older ones and leaves the topic empty. Kind 9 (`retained`, the unversioned copy of
 //! earlier builds) is still read, with its own offset as its version.
+//!
+//! Session records and wills are kept the same way: a home's records describing a live
+//! session (its `session_open`, subscriptions, cursors, logged QoS 2 releases and
+//! in-flight ids, delayed will) or a live connection's `will` would otherwise go with
+//! their segment while the session or connection lives on, and a crash would lose them.
+//! With retention on, the home keeps a shadow of what recovery would rebuild from them
+//! (`persist::SessionShadow`) and, before a segment goes, writes every session resting
+//! on a record in it again as one `session_copy` record and every will logged in it as
+//! its `will` record again (`keep_session_records`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -38,7 +47,8 @@ use crate::storage::{Offset, RecordKind, RecordRef};
 use super::durable::{
     as_publish, decode_publish_body_even_expired, encode_publish_body, publish_body_len, Recovered,
 };
-use super::persist::unix_ms;
+use super::persist::records::{RECORD_SESSION_COPY, RECORD_WILL};
+use super::persist::{unix_ms, SessionShadow};
 
 /// How often owners tell every shard how far their fan-out has got.
 pub const WATERMARK_MS: u64 = 1000;
@@ -98,6 +108,18 @@ impl Recovered {
 }
 
 impl Shard {
+    /// With retention on, starts the shadow of this home's session records from what
+    /// recovery rebuilt (see `keep_session_records`).
+    pub(crate) fn shadow_session_records(
+        &self,
+        sessions: &std::collections::HashMap<String, super::persist::RecoveredSession>,
+    ) {
+        if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
+            return;
+        }
+        *self.broker.session_shadow.borrow_mut() = Some(SessionShadow::new(sessions));
+    }
+
     /// Runs the floor reports and retention for this shard, if a limit is configured.
     pub(crate) fn spawn_retention(self: &Rc<Self>) {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
@@ -247,6 +269,10 @@ impl Shard {
                 }
             }
         }
+        if let Err(e) = self.keep_session_records(limit).await {
+            tracing::warn!(shard = self.id, error = %e, "session records could not be written again; their segment stays");
+            return;
+        }
         let mut floor = sessions_floor;
         self.broker
             .retained
@@ -257,6 +283,73 @@ impl Shard {
                 }
             });
         durable.wal.set_retention_floor(Offset(floor));
+    }
+
+    /// Writes again, and waits until durable, every live session's records and every
+    /// armed will that lie below `limit` (see the module docs).
+    async fn keep_session_records(&self, limit: u64) -> Result<(), crate::storage::WalError> {
+        let (sessions, wills) = match self.broker.session_shadow.borrow().as_ref() {
+            Some(shadow) => shadow.due(limit),
+            None => return Ok(()),
+        };
+        let durable = self.durable.get().expect("checked by the caller");
+        let mut last = None;
+        for client in sessions {
+            let copy = |shadow: &SessionShadow| shadow.copy_of(&client, unix_ms());
+            let offset = self
+                .append_from_shadow(RECORD_SESSION_COPY, copy, |shadow, offset| {
+                    shadow.copied(&client, offset)
+                })
+                .await?;
+            last = last.max(offset);
+        }
+        for key in wills {
+            let will = |shadow: &SessionShadow| shadow.will(&key).map(<[u8]>::to_vec);
+            let offset = self
+                .append_from_shadow(RECORD_WILL, will, |shadow, offset| {
+                    shadow.will_copied(&key, offset)
+                })
+                .await?;
+            last = last.max(offset);
+        }
+        if let Some(offset) = last {
+            // The copies must be durable before the segment holding the originals goes.
+            durable.wal.wait_durable(Offset(offset)).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends a record of `kind` whose body `body` takes from the shadow with no
+    /// `.await` before the append (`None`: nothing to write any more), then tells the
+    /// shadow its offset (`done`).
+    async fn append_from_shadow(
+        &self,
+        kind: RecordKind,
+        body: impl Fn(&SessionShadow) -> Option<Vec<u8>>,
+        done: impl Fn(&mut SessionShadow, u64),
+    ) -> Result<Option<u64>, crate::storage::WalError> {
+        let durable = self.durable.get().expect("checked by the caller");
+        let body_of = || self.broker.session_shadow.borrow().as_ref().and_then(&body);
+        loop {
+            let Some(len) = body_of().map(|b| b.len()) else {
+                return Ok(None);
+            };
+            durable.wal.reserve(len).await?;
+            let Some(bytes) = body_of() else {
+                return Ok(None);
+            };
+            match durable.wal.append(kind, unix_ms(), &[&bytes[..]]) {
+                Ok(offset) => {
+                    if let Some(shadow) = self.broker.session_shadow.borrow_mut().as_mut() {
+                        done(shadow, offset.0);
+                    }
+                    return Ok(Some(offset.0));
+                }
+                // Taken by another append meanwhile (or grown): wait for room again.
+                Err(crate::storage::WalError::BufferFull) => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The version of a retained message in the index: the offset of its original

@@ -91,7 +91,11 @@ impl Shard {
         let parked = parked.filter(|k| self.broker.sessions.borrow().contains_key(k));
         let previous = match (previous, parked) {
             (None, Some(key)) if superseded.is_none() => {
-                return Ok(self.resume_in_place(conn, key, params));
+                let (client_id, armed) = (params.client_id.clone(), params.will.clone());
+                let outcome = self.resume_in_place(conn, key, params);
+                // Logged before the CONNACK, as for any connection with a will.
+                self.log_armed_will(&client_id, me, armed).await;
+                return Ok(outcome);
             }
             (None, Some(key)) => Some(Box::new(self.remove_session(key).session)),
             (previous, _) => previous,
@@ -196,24 +200,31 @@ impl Shard {
         for ack in acks {
             self.broker.replies(ack).await;
         }
-        if let Some(will) = armed {
-            let record = WillRecord::Armed {
-                conn: will_conn(me),
-                will: Box::new(will),
-            };
-            if !self.log_will(client_id.as_str(), &record, true).await {
-                tracing::warn!(
-                    shard = self.id,
-                    client = client_id.as_str(),
-                    "a will could not be logged: a crash would lose it"
-                );
-            }
-        }
+        self.log_armed_will(&client_id, me, armed).await;
         conn.session.set(Some(key));
         Ok(ConnectOutcome {
             session_present: present,
             key,
         })
+    }
+
+    /// Logs the will of connection `me` (if it has one) and waits until it is durable,
+    /// so that a crash cannot lose it (see `persist`).
+    async fn log_armed_will(&self, client_id: &ByteStr, me: ConnRef, will: Option<Will>) {
+        let Some(will) = will else {
+            return;
+        };
+        let record = WillRecord::Armed {
+            conn: will_conn(me),
+            will: Box::new(will),
+        };
+        if !self.log_will(client_id.as_str(), &record, true).await {
+            tracing::warn!(
+                shard = self.id,
+                client = client_id.as_str(),
+                "a will could not be logged: a crash would lose it"
+            );
+        }
     }
 
     /// After CONNACK: resend what was in flight, then send what queued while offline.

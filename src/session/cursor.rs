@@ -18,6 +18,12 @@
 //! are then ignored (the read had them). So a slow subscriber costs the broker a bounded
 //! queue, not memory, and loses nothing that was logged.
 //!
+//! While the gap stays open (a read cut short, or refused by a full queue), the offsets
+//! its reads covered are remembered (`Gap::read`): a live delivery among them arrives
+//! late (a QoS 2 message is fanned out only once durable, when a catch-up read may
+//! already have brought it) and is left to the log too, or the session would hold the
+//! message twice and send it under two packet ids.
+//!
 //! # QoS 2: once per session
 //! Reading the log errs low on purpose: a catch-up read from a gap lowered by an older
 //! delivery, a takeover reading from the floor, a shared group's backlog read, and a
@@ -74,6 +80,11 @@ struct Gap {
     request: Option<u64>,
     /// The highest live offset skipped since the read was asked for.
     skipped_max: Option<u64>,
+    /// Where the read under way began.
+    asked_from: u64,
+    /// The offsets `[from, to)` the reads of this gap brought (every matching record
+    /// in them was queued, or held already).
+    read: Option<(u64, u64)>,
 }
 
 /// What to do with a live logged delivery.
@@ -131,6 +142,13 @@ impl ReplayCursor {
                 }
                 Admit::FromLog
             }
+            Some(gap)
+                if gap
+                    .read
+                    .is_some_and(|(lo, hi)| (lo..hi).contains(&pos.offset)) =>
+            {
+                Admit::FromLog
+            }
             _ => Admit::Queue,
         }
     }
@@ -146,6 +164,8 @@ impl ReplayCursor {
                     from: pos.offset,
                     request: None,
                     skipped_max: None,
+                    asked_from: pos.offset,
+                    read: None,
                 },
             )),
         }
@@ -185,6 +205,7 @@ impl ReplayCursor {
                 *next_request += 1;
                 gap.request = Some(*next_request);
                 gap.skipped_max = None;
+                gap.asked_from = gap.from;
                 asks.push(CatchUp {
                     shard: *shard,
                     from: gap.from,
@@ -219,6 +240,11 @@ impl ReplayCursor {
         };
         let gap = &mut self.gaps[i].1;
         gap.request = None;
+        let stopped = refused.into_iter().chain(resume).min().unwrap_or(end);
+        if gap.asked_from < stopped {
+            let (lo, hi) = gap.read.unwrap_or((gap.asked_from, stopped));
+            gap.read = Some((lo.min(gap.asked_from), hi.max(stopped)));
+        }
         if let Some(at) = refused.into_iter().chain(resume).min() {
             gap.from = at;
             return;
@@ -495,6 +521,34 @@ mod tests {
         assert_eq!(cursor.admit(pos(29)), Admit::FromLog, "the read had it");
         assert_eq!(cursor.admit(pos(30)), Admit::Queue);
         assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 30));
+    }
+
+    /// A QoS 2 message is fanned out live only once durable: a catch-up read cut short
+    /// may have brought it already. Its late live delivery must not queue it again.
+    #[test]
+    fn a_live_delivery_a_read_already_brought_is_left_to_the_log() {
+        let mut cursor = ReplayCursor::default();
+        let pos = |offset| LogPos {
+            shard: 1,
+            offset,
+            floor: offset + 1,
+        };
+        cursor.overflowed(pos(10));
+        let mut next = 0;
+        let ask = cursor.take_catch_ups(&mut next);
+        assert_eq!(ask[0].from, 10);
+        // The read brought 10..20 and stopped there (its batch was full).
+        cursor.caught_up(1, Some(20), 40, None);
+        assert_eq!(cursor.admit(pos(15)), Admit::FromLog, "read already");
+        assert_eq!(cursor.admit(pos(25)), Admit::FromLog, "for the next read");
+        assert_eq!(cursor.admit(pos(5)), Admit::Queue, "below what was read");
+        // The next read continues from 20; a refusal at 30 keeps 20..30 read.
+        let ask = cursor.take_catch_ups(&mut next);
+        assert_eq!(ask[0].from, 20);
+        cursor.caught_up(1, None, 40, Some(30));
+        assert_eq!(cursor.admit(pos(12)), Admit::FromLog);
+        assert_eq!(cursor.admit(pos(22)), Admit::FromLog);
+        assert_eq!(cursor.admit(pos(9)), Admit::Queue);
     }
 
     #[test]

@@ -330,6 +330,8 @@ async fn run_shard(
         quota,
     );
     tracing::debug!(shard = id, "joined the mesh");
+    // Before any peer's session record can arrive (see `retention`).
+    shard.shadow_session_records(&recovered.sessions);
     // The WAL is in place before any peer's request (a replay) can arrive.
     let received = std::mem::take(&mut recovered.received);
     let _ = shard.durable.set(crate::broker::Durability::with_received(

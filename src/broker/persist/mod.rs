@@ -72,10 +72,13 @@ pub mod records;
 mod replay;
 mod restore;
 mod sent;
+mod shadow;
 
 pub(crate) use replay::replayed_delivery;
 pub use replay::{scan_for_replay, ReplayScan};
 pub use sent::SendLog;
+pub use shadow::visit_session_copy;
+pub(crate) use shadow::SessionShadow;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -110,7 +113,7 @@ pub struct Releasing {
 }
 
 /// A session as its home's log describes it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RecoveredSession {
     /// Protocol of its last connection.
     pub protocol: Protocol,
@@ -450,7 +453,12 @@ impl Shard {
     /// A session record was appended (or failed): answer `LogDone` once durable if asked.
     fn session_logged(self: &Rc<Self>, record: SessionAppend, result: Result<Offset, WalError>) {
         let offset = match result {
-            Ok(offset) => offset,
+            Ok(offset) => {
+                if let Some(shadow) = self.broker.session_shadow.borrow_mut().as_mut() {
+                    shadow.note(offset.0, record.kind, unix_ms(), &record.body);
+                }
+                offset
+            }
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "session record not logged");
                 if let Some((from, id)) = record.reply {

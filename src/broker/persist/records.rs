@@ -14,6 +14,7 @@
 //! | 11 | `will_done` | `shard u16 | connection token u64` |
 //! | 13 | `qos2_delivered` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
 //! | 15 | `qos2_sent` | `count u16 | (owner shard u16 | offset u64 | packet id u16) × count` |
+//! | 20 | `session_copy` | `count u16 | (kind u8 | timestamp u64 | len u32 | body) × count` |
 //!
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
@@ -38,6 +39,12 @@
 //! recognises it. A later entry (either kind) with the same packet id for another offset
 //! ends the earlier exchange, as do a `qos2_delivered` entry for the same offset and a
 //! cursor past it.
+//!
+//! A `session_copy` (written by retention, see `SessionShadow`) holds records of kinds
+//! 2-7, 13 and 15 of one client, each with its own timestamp, that rebuild the session as
+//! it was when the copy was appended; recovery applies them in order, as if they were
+//! records of their own at the copy's place. One record, so a crash never leaves half a
+//! copy in the log.
 //!
 //! `will` and `will_done` belong to one connection (its shard and token), not to the
 //! session: a connection with a will logs it before its CONNACK, from the shard it is
@@ -72,6 +79,9 @@ pub const RECORD_PUBLISH_FOR: RecordKind = RecordKind(8);
 pub const RECORD_QOS2_DELIVERED: RecordKind = RecordKind(13);
 /// QoS 2 deliveries of a session sent under a packet id and not yet PUBREC'd.
 pub const RECORD_QOS2_SENT: RecordKind = RecordKind(15);
+
+/// Records rebuilding one session, written again by retention before their segment goes.
+pub const RECORD_SESSION_COPY: RecordKind = RecordKind(20);
 
 /// A connection's will, logged before its CONNACK.
 pub const RECORD_WILL: RecordKind = RecordKind(10);
@@ -256,6 +266,39 @@ pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) 
         }
     };
     (kind, b.to_vec())
+}
+
+/// Encodes a `session_copy` body of `records` (`(kind, timestamp, body)`, in order).
+pub fn encode_copy(records: &[(RecordKind, u64, Vec<u8>)]) -> Vec<u8> {
+    let len: usize = records.iter().map(|(_, _, b)| 13 + b.len()).sum();
+    let mut b = BytesMut::with_capacity(2 + len);
+    b.put_u16_le(records.len() as u16);
+    for (kind, timestamp_ms, body) in records {
+        b.put_u8(kind.0);
+        b.put_u64_le(*timestamp_ms);
+        b.put_u32_le(body.len() as u32);
+        b.put_slice(body);
+    }
+    b.to_vec()
+}
+
+/// Decodes a `session_copy` body into its records (`(kind, timestamp, body)`, in
+/// order); `None` if damaged.
+pub fn decode_copy(mut body: &[u8]) -> Option<Vec<(RecordKind, u64, &[u8])>> {
+    let count = get_u16(&mut body)?;
+    let mut records = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let kind = RecordKind(get_u8(&mut body)?);
+        let timestamp_ms = get_u64(&mut body)?;
+        let len = get_u32(&mut body)? as usize;
+        if body.len() < len {
+            return None;
+        }
+        let (record, rest) = body.split_at(len);
+        records.push((kind, timestamp_ms, record));
+        body = rest;
+    }
+    body.is_empty().then_some(records)
 }
 
 /// Decodes a session record body: the client id and the record; `None` if damaged.
