@@ -245,11 +245,12 @@ impl Shard {
         let connected = |k: &SessionKey| sessions.get(k).is_some_and(|s| s.conn.is_some());
         let any_connected = members.iter().any(|(k, _)| connected(k));
         if !behind {
+            // Only a delivery not yet handed on looks for a connected member on another
+            // shard: one handed on stays with the members here (offline or full), so it
+            // never bounces back to a shard its last member has just left.
             let pick = if any_connected {
                 self.pick_member(key, members, &sessions, cost, true)
-            } else if hops < SHARED_HOPS_MAX
-                && self.other_group_shard(key, msg.topic.as_str()).is_some()
-            {
+            } else if hops == 0 && self.other_group_shard(key, msg.topic.as_str()).is_some() {
                 drop(sessions);
                 self.hand_on_shared(key, msg, hops);
                 return;
@@ -258,16 +259,29 @@ impl Shard {
             };
             if let Some((member, opts)) = pick {
                 let slot = sessions.get_mut(&member).expect("picked a present member");
-                // Only a first-hand delivery arrives in the owner's send order.
-                if let Some(pos) = msg.log.filter(|_| first_hand) {
-                    slot.session.replay.note(pos);
+                // Only a first-hand delivery arrives in the owner's send order; any other
+                // may lie below the member's logged cursor, which it now holds down.
+                match msg.log.filter(|_| first_hand) {
+                    Some(pos) => slot.session.replay.note(pos),
+                    None => slot.session.replay.touch(),
                 }
                 self.offer(slot, shared_delivery(&key.0, &opts, msg), now);
                 return;
             }
         }
-        if !has_members || msg.qos == QoS::AtMostOnce {
+        if msg.qos == QoS::AtMostOnce {
             self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
+            return;
+        }
+        if !has_members {
+            // The group's last member here left since the delivery was routed: another
+            // shard of the group keeps it, if there is one.
+            drop(sessions);
+            if hops < SHARED_HOPS_MAX {
+                self.hand_on_shared(key, msg, hops);
+            } else {
+                self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
+            }
             return;
         }
         self.keep_for_group(key, msg);

@@ -1,0 +1,131 @@
+//! Shared subscriptions whose members sit on different shards: a member that leaves
+//! gives its unacknowledged deliveries back to the group, and no acknowledged message may
+//! be lost on the way, whatever the other members do (offline, on another shard).
+//!
+//! The kernel spreads connections over the shards' listeners (`SO_REUSEPORT`), so each
+//! test connects until a session lands where it needs it, read from the per-shard
+//! `shardmq_sessions_current` gauge.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::raw::*;
+use common::*;
+
+/// Silence after which a reader has everything it is going to get.
+const QUIET: Duration = Duration::from_secs(3);
+const FILTER: &str = "$share/g/leave/t";
+const TOPIC: &str = "leave/t";
+
+fn broker(shards: usize) -> Broker {
+    broker_in(shards, None)
+}
+
+fn broker_in(shards: usize, data_dir: Option<PathBuf>) -> Broker {
+    let env = [
+        ("SHARDMQ_INFLIGHT_COUNT_MAX", "4"),
+        ("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX", "8"),
+        ("SHARDMQ_SHARED_BACKLOG_MESSAGES_MAX", "16"),
+        ("SHARDMQ_FSYNC_POLICY", "always"),
+    ];
+    Broker::start_with(BrokerOptions {
+        shards,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        data_dir,
+        ..BrokerOptions::default()
+    })
+}
+
+/// Sessions per shard.
+fn sessions(broker: &Broker, shards: usize) -> Vec<f64> {
+    (0..shards)
+        .map(|s| {
+            broker
+                .metric(&format!("shardmq_sessions_current{{shard=\"{s}\"}}"))
+                .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// Connects (clean) clients with id `client_id` until one lands on a shard whose session
+/// count is not `avoid`'s, i.e. on the other one of two shards; returns it.
+fn clean_client_beside(broker: &Broker, v5: bool, client_id: &str, avoid: usize) -> Conn {
+    for _ in 0..64 {
+        let before = sessions(broker, 2);
+        let conn = Conn::client(broker.mqtt, v5, client_id);
+        let after = sessions(broker, 2);
+        if after[avoid] == before[avoid] {
+            return conn;
+        }
+        drop(conn);
+        // The clean session ends with its connection.
+        assert!(
+            eventually(Duration::from_secs(10), || sessions(broker, 2) == before),
+            "the clean session ended"
+        );
+    }
+    panic!("64 connections all landed on shard {avoid}");
+}
+
+/// Reads (and acknowledges) until nothing came for `QUIET`.
+fn read_all(conn: &mut Conn) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(p) = conn.try_publish(QUIET) {
+        got.push(String::from_utf8(p.payload).unwrap());
+    }
+    got
+}
+
+/// A clean member on one shard holds the group's messages (its window and queue) while
+/// the only other member, persistent, is offline on the other shard. The clean member
+/// leaves: what it held goes back to the group, i.e. to the offline persistent member,
+/// which must get every acknowledged message when it returns.
+#[test]
+fn a_clean_member_leaving_gives_its_messages_to_an_offline_member_on_another_shard() {
+    let broker = broker(2);
+    let connect = Connect::v4("shards-persistent").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub(FILTER, 1);
+    let home = sessions(&broker, 2)
+        .iter()
+        .position(|&n| n == 1.0)
+        .expect("the persistent member's shard");
+    drop(member);
+    // Offline, still a member.
+    let mut clean = clean_client_beside(&broker, true, "shards-clean", home);
+    clean.sub(FILTER, 1);
+
+    // Fewer than the clean member's window and queue hold: all of them reach it.
+    let mut publ = Conn::client(broker.mqtt, true, "shards-pub");
+    let sent: BTreeSet<String> = (0..10)
+        .map(|i| {
+            let payload = format!("m{i}");
+            let code = publ.publish(Publish::new(TOPIC, payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for {payload}");
+            payload
+        })
+        .collect();
+    // It never acknowledged any of them, and leaves.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(clean);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(ack.session_present, "the persistent member was kept");
+    let got: BTreeSet<String> = read_all(&mut member).into_iter().collect();
+    let lost: Vec<&String> = sent.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost when the clean member left: {lost:?} \
+         (dropped by the broker: {})",
+        lost.len(),
+        sent.len(),
+        broker.metric_sum("shardmq_messages_dropped_total")
+    );
+}
