@@ -129,3 +129,57 @@ fn a_clean_member_leaving_gives_its_messages_to_an_offline_member_on_another_sha
         broker.metric_sum("shardmq_messages_dropped_total")
     );
 }
+
+/// Like `mqtt_shared_backlog::a_graceful_stop_keeps_what_a_clean_member_held_for_the_group`,
+/// with the two members on different shards: at the stop the clean member's messages
+/// (its window, its queue and its shard's backlog of the group) go to the persistent
+/// member's shard, whose logged cursor is already past them.
+#[test]
+fn a_graceful_stop_keeps_what_a_clean_member_on_another_shard_held_for_the_group() {
+    let dir = temp_dir();
+    let start = || broker_in(2, Some(dir.path().to_path_buf()));
+    let mut broker = start();
+    let connect = Connect::v4("stop-shards-persistent").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub(FILTER, 1);
+    let home = sessions(&broker, 2)
+        .iter()
+        .position(|&n| n == 1.0)
+        .expect("the persistent member's shard");
+    // A clean member that never reads: it holds its window and queue.
+    let mut clean = clean_client_beside(&broker, false, "stop-shards-clean", home);
+    clean.sub(FILTER, 1);
+    let reading = std::thread::spawn(move || read_all(&mut member));
+    let mut publ = Conn::client(broker.mqtt, true, "stop-shards-pub");
+    let sent: BTreeSet<String> = (0..40)
+        .map(|i| {
+            let payload = format!("m{i}");
+            let code = publ.publish(Publish::new(TOPIC, payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for {payload}");
+            payload
+        })
+        .collect();
+    let mut got = reading.join().unwrap();
+    assert!(got.len() < sent.len(), "the clean member holds some");
+    // The persistent member's cursor (past what the clean one holds) is logged.
+    std::thread::sleep(Duration::from_millis(600));
+    broker.signal(libc::SIGTERM);
+    assert!(
+        broker.wait_exit(Duration::from_secs(20)).is_some(),
+        "stopped"
+    );
+    drop(clean);
+
+    let broker = start();
+    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(ack.session_present, "the persistent member was restored");
+    got.extend(read_all(&mut member));
+    let got: BTreeSet<String> = got.into_iter().collect();
+    let lost: Vec<&String> = sent.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost at the stop: {lost:?}",
+        lost.len(),
+        sent.len()
+    );
+}

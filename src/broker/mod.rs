@@ -156,6 +156,9 @@ pub struct BrokerState {
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
+    /// Peers that closed their connections while stopping (the first stop barrier).
+    drained_peers: Cell<usize>,
+    drained_waker: Cell<Option<Waker>>,
     /// Peers that logged their final cursors while stopping (the stop barrier).
     flushed_peers: Cell<usize>,
     flushed_waker: Cell<Option<Waker>>,
@@ -218,6 +221,8 @@ impl BrokerState {
             heard_floors: RefCell::new(Vec::new()),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
+            drained_peers: Cell::new(0),
+            drained_waker: Cell::new(None),
             flushed_peers: Cell::new(0),
             flushed_waker: Cell::new(None),
             releasing: RefCell::new(Vec::new()),
@@ -352,6 +357,21 @@ impl Shard {
         all_arrived(
             &self.broker.recovered_peers,
             &self.broker.recovered_waker,
+            peers,
+        )
+        .await
+    }
+
+    /// Tells every other shard this one closed its connections, then waits until every
+    /// other shard did (see `flush_cursors_for_stop`).
+    pub(crate) async fn drain_barrier(&self) {
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            self.post(peer, ShardMsg::Drained);
+        }
+        let peers = self.mesh.shards() - 1;
+        all_arrived(
+            &self.broker.drained_peers,
+            &self.broker.drained_waker,
             peers,
         )
         .await
@@ -512,6 +532,7 @@ impl Shard {
                 owner,
                 from: offset,
             } => self.on_shared_gap((group, filter), topic, owner, offset),
+            ShardMsg::Drained => arrived(&self.broker.drained_peers, &self.broker.drained_waker),
             ShardMsg::Flushed => arrived(&self.broker.flushed_peers, &self.broker.flushed_waker),
             ShardMsg::Recovered => {
                 arrived(&self.broker.recovered_peers, &self.broker.recovered_waker)

@@ -68,6 +68,10 @@ pub enum ShardMsg {
         /// The probe round being answered.
         seq: u64,
     },
+    /// The sending shard, stopping, closed its connections and sent what they gave back
+    /// to shared groups (the first stop barrier: no shard logs its final cursors before
+    /// every shard's `Drained`, see `flush_cursors_for_stop`).
+    Drained,
     /// The sending shard, stopping, logged its sessions' final cursors (the stop barrier).
     Flushed,
 
