@@ -492,14 +492,18 @@ impl Outbound {
     }
 
     /// Removes and returns every unacknowledged or queued delivery that was chosen for a
-    /// shared subscription group (to hand to another member), oldest first.
-    pub fn take_shared(&mut self) -> Vec<Delivery> {
+    /// shared subscription group (to hand to another member), oldest first. With
+    /// `keep_qos2`, QoS 2 PUBLISHes already sent stay: the session outlives its
+    /// connection, and their delivery is completed to this client when it reconnects
+    /// (MQTT 5.0 [MQTT-4.8.2-4]).
+    pub fn take_shared(&mut self, keep_qos2: bool) -> Vec<Delivery> {
         let mut inflight: Vec<(u64, u16)> = self
             .inflight
             .iter()
             .filter(|(_, e)| {
                 e.delivery.share_group.is_some()
                     && !matches!(e.state, AwaitState::Comp | AwaitState::Releasing)
+                    && !(keep_qos2 && e.state == AwaitState::Rec)
             })
             .map(|(pid, e)| (e.seq, *pid))
             .collect();
