@@ -4,7 +4,15 @@
 //! # Choosing a member
 //! A connected member with room in its queue (by count and bytes), round-robin; with no
 //! connected member here, another shard of the group (it may have one), else an offline
-//! persistent member with room.
+//! persistent member with room. Only a delivery not yet handed on (`hops == 0`) looks on
+//! another shard: one handed on stays with the members of the shard it reached, so it
+//! never bounces back to a shard whose last member just left (where it would find
+//! nobody); a shard with no member left hands it on (at most `SHARED_HOPS_MAX` times).
+//!
+//! # A member that leaves
+//! Its unacknowledged and queued deliveries go back to the group (`redistribute`), except
+//! a QoS 2 PUBLISH already sent to a session that outlives the connection: that one is
+//! completed with the same client when it reconnects (MQTT 5 [MQTT-4.8.2-4]).
 //!
 //! # When every member is full
 //! The message is kept for the group in a bounded **backlog** on this shard
@@ -21,8 +29,11 @@
 //! persistent member of the group on this shard (`lower_by_groups`, applied when cursors
 //! are logged) and the retention floor (`lower_to_backlogs`). After a `kill -9` each such
 //! member replays from its cursor, backlog messages included. A graceful stop gives the
-//! closing clean members' deliveries back to the group and then logs every persistent
-//! session's cursor once more (`flush_cursors_for_stop`), so the next start replays them.
+//! closing clean members' deliveries back to the group (possibly on another shard) and,
+//! once every shard has done so (`ShardMsg::Drained`), logs every persistent session's
+//! cursor once more (`flush_cursors_for_stop`), so the next start replays them. Not
+//! covered yet: a clean member's queued deliveries, and a backlog on a shard with no
+//! persistent member of the group, hold no cursor, so `kill -9` can lose them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
