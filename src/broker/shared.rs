@@ -31,9 +31,11 @@
 //! member replays from its cursor, backlog messages included. A graceful stop gives the
 //! closing clean members' deliveries back to the group (possibly on another shard) and,
 //! once every shard has done so (`ShardMsg::Drained`), logs every persistent session's
-//! cursor once more (`flush_cursors_for_stop`), so the next start replays them. Not
-//! covered yet: a clean member's queued deliveries, and a backlog on a shard with no
-//! persistent member of the group, hold no cursor, so `kill -9` can lose them.
+//! cursor once more (`flush_cursors_for_stop`), so the next start replays them.
+//! A clean member's queued and unacknowledged deliveries hold the persistent members'
+//! cursors here as a backlog does (`clean_member_holds`). Not covered yet: on a shard
+//! with no persistent member of the group, neither they nor the backlog hold any
+//! cursor, so `kill -9` can lose them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -663,15 +665,48 @@ impl Shard {
             .map(|g| Arc::clone(&g.filter))
     }
 
-    /// What every backlog here still has to deliver (empty without backlogs).
+    /// What every backlog here still has to deliver, and what the clean members here
+    /// hold for their groups (see `clean_member_holds`).
     pub(crate) fn backlog_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
-        self.broker
+        let mut holds: BacklogHolds = self
+            .broker
             .shared_backlogs
             .borrow()
             .values()
             .map(|b| (b.member_filter.clone(), b.lowest_by_owner(shards)))
-            .collect()
+            .collect();
+        holds.extend(self.clean_member_holds());
+        holds
+    }
+
+    /// A clean member's queued and unacknowledged shared deliveries are in no log of its
+    /// own: after a crash only a persistent member's cursor can bring them back, so they
+    /// hold down those of the group's persistent members here as a backlog does. Per
+    /// clean session holding any, each of its shared subscription keys with the lowest
+    /// offset per owner.
+    fn clean_member_holds(&self) -> BacklogHolds {
+        let shards = self.mesh.shards();
+        let mut holds = Vec::new();
+        for slot in self.broker.sessions.borrow().values() {
+            let s = &slot.session;
+            if s.logged || s.outbound.queued() + s.outbound.inflight() == 0 {
+                continue;
+            }
+            let mut lowest = vec![u64::MAX; shards];
+            s.outbound.lowest_shared(&mut lowest);
+            if lowest.iter().all(|&l| l == u64::MAX) {
+                continue;
+            }
+            let lowest: Vec<Option<u64>> = lowest
+                .into_iter()
+                .map(|l| (l != u64::MAX).then_some(l))
+                .collect();
+            for filter in s.subscriptions.keys().filter(|f| f.starts_with("$share/")) {
+                holds.push((filter.clone(), lowest.clone()));
+            }
+        }
+        holds
     }
 
     /// Retention: the logs must keep what any backlog has yet to deliver (`mins` per
@@ -687,15 +722,17 @@ impl Shard {
     }
 
     /// Marks the cursors of every member of a backlog that changed since the last
-    /// flush, so they are logged again with the backlog's holds.
+    /// flush, or of a group a clean member holds deliveries for, so they are logged
+    /// again with those holds.
     pub(crate) fn touch_backlog_members(&self) {
-        let changed: Vec<String> = self
+        let mut changed: Vec<String> = self
             .broker
             .shared_backlogs
             .borrow_mut()
             .values_mut()
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
+        changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
         if changed.is_empty() {
             return;
         }

@@ -165,6 +165,23 @@ impl Outbound {
         }
     }
 
+    /// Lowers `lowest[shard]` to the log offset of every delivery still queued or in
+    /// flight that was chosen for a shared group.
+    pub fn lowest_shared(&self, lowest: &mut [u64]) {
+        let held = self
+            .queue
+            .iter()
+            .chain(self.inflight.values().map(|e| &e.delivery));
+        for pos in held
+            .filter(|d| d.share_group.is_some())
+            .filter_map(|d| d.msg.log)
+        {
+            if let Some(l) = lowest.get_mut(usize::from(pos.shard)) {
+                *l = (*l).min(pos.offset);
+            }
+        }
+    }
+
     /// The log offsets of owner `shard` among the deliveries queued or in flight.
     pub fn held_offsets(&self, shard: u16) -> std::collections::HashSet<u64> {
         self.queue
