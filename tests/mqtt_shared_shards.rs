@@ -242,10 +242,9 @@ fn a_crash_keeps_what_a_clean_member_queued_for_the_group_on_one_shard() {
     a_crash_keeps_what_a_clean_member_queued_for_the_group(1);
 }
 
-/// Open: the clean member's shard has no persistent member of the group whose cursor
-/// its queue could hold down, and nothing tells the other shard's members yet.
+/// The clean member's shard has no persistent member of the group whose cursor its queue
+/// (or that shard's backlog of the group) could hold down: the other shard's must be.
 #[test]
-#[ignore = "open: a clean member's queued shared deliveries hold no cursor on another shard"]
 fn a_crash_keeps_what_a_clean_member_queued_for_the_group_on_another_shard() {
     a_crash_keeps_what_a_clean_member_queued_for_the_group(2);
 }

@@ -189,6 +189,10 @@ pub struct BrokerState {
     pub(crate) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
     /// Per group: what its members here had no room for (see `shared`).
     pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
+    /// Per other shard: what its backlogs and clean members hold for their groups
+    /// (`ShardMsg::SharedHolds`), and whether this shard's last such message held any.
+    pub(crate) remote_holds: RefCell<HashMap<usize, shared::BacklogHolds>>,
+    pub(crate) holds_shared: Cell<bool>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
     /// Home: session records waiting for WAL room, in order (see `persist`).
@@ -238,6 +242,8 @@ impl BrokerState {
             shared_scratch: Cell::new(Vec::new()),
             groups_scratch: Cell::new(Vec::new()),
             shared_backlogs: RefCell::new(HashMap::new()),
+            remote_holds: RefCell::new(HashMap::new()),
+            holds_shared: Cell::new(false),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
             session_log: persist::SessionLogQueue::default(),
@@ -525,6 +531,7 @@ impl Shard {
                 resume,
                 end,
             } => self.on_shared_caught_up(from, (group, filter), request, found, resume, end),
+            ShardMsg::SharedHolds { holds } => self.on_shared_holds(from, holds),
             ShardMsg::SharedGap {
                 group,
                 filter,

@@ -33,9 +33,9 @@
 //! once every shard has done so (`ShardMsg::Drained`), logs every persistent session's
 //! cursor once more (`flush_cursors_for_stop`), so the next start replays them.
 //! A clean member's queued and unacknowledged deliveries hold the persistent members'
-//! cursors here as a backlog does (`clean_member_holds`). Not covered yet: on a shard
-//! with no persistent member of the group, neither they nor the backlog hold any
-//! cursor, so `kill -9` can lose them.
+//! cursors here as a backlog does (`clean_member_holds`). The persistent members may all
+//! be on other shards: each cursor flush also sends this shard's holds there
+//! (`share_holds`, `ShardMsg::SharedHolds`), where they hold those members' cursors.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -665,9 +665,19 @@ impl Shard {
             .map(|g| Arc::clone(&g.filter))
     }
 
-    /// What every backlog here still has to deliver, and what the clean members here
-    /// hold for their groups (see `clean_member_holds`).
+    /// What every backlog here still has to deliver, what the clean members here hold for
+    /// their groups (see `clean_member_holds`), and what other shards said theirs hold
+    /// (`on_shared_holds`).
     pub(crate) fn backlog_holds(&self) -> BacklogHolds {
+        let mut holds = self.local_holds();
+        for remote in self.broker.remote_holds.borrow().values() {
+            holds.extend(remote.iter().cloned());
+        }
+        holds
+    }
+
+    /// What the backlogs and clean members of this shard hold for their groups.
+    fn local_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
         let mut holds: BacklogHolds = self
             .broker
@@ -678,6 +688,31 @@ impl Shard {
             .collect();
         holds.extend(self.clean_member_holds());
         holds
+    }
+
+    /// Tells the other shards what this one's backlogs and clean members hold: the
+    /// group's persistent members may all be there, and only their cursors can bring
+    /// these messages back after a crash. Sent with every cursor flush while anything is
+    /// held, then once empty.
+    fn share_holds(&self, holds: &BacklogHolds) {
+        if holds.is_empty() && !self.broker.holds_shared.get() {
+            return;
+        }
+        self.broker.holds_shared.set(!holds.is_empty());
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            let holds = holds.clone();
+            self.post(peer, ShardMsg::SharedHolds { holds });
+        }
+    }
+
+    /// Another shard's holds (see `share_holds`), applied at the next cursor flush.
+    pub(crate) fn on_shared_holds(&self, from: usize, holds: BacklogHolds) {
+        let mut remote = self.broker.remote_holds.borrow_mut();
+        if holds.is_empty() {
+            remote.remove(&from);
+        } else {
+            remote.insert(from, holds);
+        }
     }
 
     /// A clean member's queued and unacknowledged shared deliveries are in no log of its
@@ -722,9 +757,13 @@ impl Shard {
     }
 
     /// Marks the cursors of every member of a backlog that changed since the last
-    /// flush, or of a group a clean member holds deliveries for, so they are logged
-    /// again with those holds.
+    /// flush, or of a group a clean member here or another shard holds deliveries for,
+    /// so they are logged again with those holds; and tells the other shards what this
+    /// one holds (see `share_holds`).
     pub(crate) fn touch_backlog_members(&self) {
+        if self.mesh.shards() > 1 {
+            self.share_holds(&self.local_holds());
+        }
         let mut changed: Vec<String> = self
             .broker
             .shared_backlogs
@@ -733,6 +772,9 @@ impl Shard {
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
         changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
+        for remote in self.broker.remote_holds.borrow().values() {
+            changed.extend(remote.iter().map(|(f, _)| f.clone()));
+        }
         if changed.is_empty() {
             return;
         }

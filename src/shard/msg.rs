@@ -274,6 +274,15 @@ pub enum ShardMsg {
         /// Every record below this was read.
         end: u64,
     },
+    /// What the sending shard's group backlogs and clean members hold for their groups
+    /// (`(member subscription key, lowest offset per owner)`), replacing the previous
+    /// such message: it holds down the receiver's persistent members' cursors too, so a
+    /// crash replays it to them (sent with each cursor flush while not empty, then once
+    /// empty).
+    SharedHolds {
+        /// The holds; empty: none any more.
+        holds: Vec<(String, Vec<Option<u64>>)>,
+    },
     /// The last member of a group on the sending shard left while the group there still
     /// had messages to read from `owner`'s log: the receiver (another shard of the
     /// group) reads them instead.
