@@ -156,6 +156,9 @@ pub struct BrokerState {
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
+    /// Peers that closed their connections while stopping (the first stop barrier).
+    drained_peers: Cell<usize>,
+    drained_waker: Cell<Option<Waker>>,
     /// Peers that logged their final cursors while stopping (the stop barrier).
     flushed_peers: Cell<usize>,
     flushed_waker: Cell<Option<Waker>>,
@@ -188,6 +191,10 @@ pub struct BrokerState {
     pub(crate) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
     /// Per group: what its members here had no room for (see `shared`).
     pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
+    /// Per other shard: what its backlogs and clean members hold for their groups
+    /// (`ShardMsg::SharedHolds`), and whether this shard's last such message held any.
+    pub(crate) remote_holds: RefCell<HashMap<usize, shared::BacklogHolds>>,
+    pub(crate) holds_shared: Cell<bool>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
     /// Home: session records waiting for WAL room, in order (see `persist`).
@@ -223,6 +230,8 @@ impl BrokerState {
             heard_floors: RefCell::new(Vec::new()),
             recovered_peers: Cell::new(0),
             recovered_waker: Cell::new(None),
+            drained_peers: Cell::new(0),
+            drained_waker: Cell::new(None),
             flushed_peers: Cell::new(0),
             flushed_waker: Cell::new(None),
             releasing: RefCell::new(Vec::new()),
@@ -239,6 +248,8 @@ impl BrokerState {
             shared_scratch: Cell::new(Vec::new()),
             groups_scratch: Cell::new(Vec::new()),
             shared_backlogs: RefCell::new(HashMap::new()),
+            remote_holds: RefCell::new(HashMap::new()),
+            holds_shared: Cell::new(false),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
             session_log: persist::SessionLogQueue::default(),
@@ -359,6 +370,21 @@ impl Shard {
         all_arrived(
             &self.broker.recovered_peers,
             &self.broker.recovered_waker,
+            peers,
+        )
+        .await
+    }
+
+    /// Tells every other shard this one closed its connections, then waits until every
+    /// other shard did (see `flush_cursors_for_stop`).
+    pub(crate) async fn drain_barrier(&self) {
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            self.post(peer, ShardMsg::Drained);
+        }
+        let peers = self.mesh.shards() - 1;
+        all_arrived(
+            &self.broker.drained_peers,
+            &self.broker.drained_waker,
             peers,
         )
         .await
@@ -512,6 +538,7 @@ impl Shard {
                 resume,
                 end,
             } => self.on_shared_caught_up(from, (group, filter), request, found, resume, end),
+            ShardMsg::SharedHolds { holds } => self.on_shared_holds(from, holds),
             ShardMsg::SharedGap {
                 group,
                 filter,
@@ -519,6 +546,7 @@ impl Shard {
                 owner,
                 from: offset,
             } => self.on_shared_gap((group, filter), topic, owner, offset),
+            ShardMsg::Drained => arrived(&self.broker.drained_peers, &self.broker.drained_waker),
             ShardMsg::Flushed => arrived(&self.broker.flushed_peers, &self.broker.flushed_waker),
             ShardMsg::Recovered => {
                 arrived(&self.broker.recovered_peers, &self.broker.recovered_waker)

@@ -500,7 +500,9 @@ impl Shard {
                     slot.session.will = will.take();
                 }
             }
-            let shared = slot.session.outbound.take_shared();
+            // QoS 1 and what was not sent yet go to other members; a session that outlives
+            // the connection keeps its QoS 2 messages in flight (MQTT-4.8.2-4).
+            let shared = slot.session.outbound.take_shared(expiry > 0);
             (
                 will,
                 delayed,

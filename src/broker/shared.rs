@@ -4,7 +4,15 @@
 //! # Choosing a member
 //! A connected member with room in its queue (by count and bytes), round-robin; with no
 //! connected member here, another shard of the group (it may have one), else an offline
-//! persistent member with room.
+//! persistent member with room. Only a delivery not yet handed on (`hops == 0`) looks on
+//! another shard: one handed on stays with the members of the shard it reached, so it
+//! never bounces back to a shard whose last member just left (where it would find
+//! nobody); a shard with no member left hands it on (at most `SHARED_HOPS_MAX` times).
+//!
+//! # A member that leaves
+//! Its unacknowledged and queued deliveries go back to the group (`redistribute`), except
+//! a QoS 2 PUBLISH already sent to a session that outlives the connection: that one is
+//! completed with the same client when it reconnects (MQTT 5 [MQTT-4.8.2-4]).
 //!
 //! # When every member is full
 //! The message is kept for the group in a bounded **backlog** on this shard
@@ -21,8 +29,13 @@
 //! persistent member of the group on this shard (`lower_by_groups`, applied when cursors
 //! are logged) and the retention floor (`lower_to_backlogs`). After a `kill -9` each such
 //! member replays from its cursor, backlog messages included. A graceful stop gives the
-//! closing clean members' deliveries back to the group and then logs every persistent
-//! session's cursor once more (`flush_cursors_for_stop`), so the next start replays them.
+//! closing clean members' deliveries back to the group (possibly on another shard) and,
+//! once every shard has done so (`ShardMsg::Drained`), logs every persistent session's
+//! cursor once more (`flush_cursors_for_stop`), so the next start replays them.
+//! A clean member's queued and unacknowledged deliveries hold the persistent members'
+//! cursors here as a backlog does (`clean_member_holds`). The persistent members may all
+//! be on other shards: each cursor flush also sends this shard's holds there
+//! (`share_holds`, `ShardMsg::SharedHolds`), where they hold those members' cursors.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -245,11 +258,12 @@ impl Shard {
         let connected = |k: &SessionKey| sessions.get(k).is_some_and(|s| s.conn.is_some());
         let any_connected = members.iter().any(|(k, _)| connected(k));
         if !behind {
+            // Only a delivery not yet handed on looks for a connected member on another
+            // shard: one handed on stays with the members here (offline or full), so it
+            // never bounces back to a shard its last member has just left.
             let pick = if any_connected {
                 self.pick_member(key, members, &sessions, cost, true)
-            } else if hops < SHARED_HOPS_MAX
-                && self.other_group_shard(key, msg.topic.as_str()).is_some()
-            {
+            } else if hops == 0 && self.other_group_shard(key, msg.topic.as_str()).is_some() {
                 drop(sessions);
                 self.hand_on_shared(key, msg, hops);
                 return;
@@ -258,16 +272,29 @@ impl Shard {
             };
             if let Some((member, opts)) = pick {
                 let slot = sessions.get_mut(&member).expect("picked a present member");
-                // Only a first-hand delivery arrives in the owner's send order.
-                if let Some(pos) = msg.log.filter(|_| first_hand) {
-                    slot.session.replay.note(pos);
+                // Only a first-hand delivery arrives in the owner's send order; any other
+                // may lie below the member's logged cursor, which it now holds down.
+                match msg.log.filter(|_| first_hand) {
+                    Some(pos) => slot.session.replay.note(pos),
+                    None => slot.session.replay.touch(),
                 }
                 self.offer(slot, shared_delivery(&key.0, &opts, msg), now);
                 return;
             }
         }
-        if !has_members || msg.qos == QoS::AtMostOnce {
+        if msg.qos == QoS::AtMostOnce {
             self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
+            return;
+        }
+        if !has_members {
+            // The group's last member here left since the delivery was routed: another
+            // shard of the group keeps it, if there is one.
+            drop(sessions);
+            if hops < SHARED_HOPS_MAX {
+                self.hand_on_shared(key, msg, hops);
+            } else {
+                self.probe.messages_dropped_by_qos[msg.qos as usize].inc();
+            }
             return;
         }
         self.keep_for_group(key, msg);
@@ -648,15 +675,83 @@ impl Shard {
             .map(|g| Arc::clone(&g.filter))
     }
 
-    /// What every backlog here still has to deliver (empty without backlogs).
+    /// What every backlog here still has to deliver, what the clean members here hold for
+    /// their groups (see `clean_member_holds`), and what other shards said theirs hold
+    /// (`on_shared_holds`).
     pub(crate) fn backlog_holds(&self) -> BacklogHolds {
+        let mut holds = self.local_holds();
+        for remote in self.broker.remote_holds.borrow().values() {
+            holds.extend(remote.iter().cloned());
+        }
+        holds
+    }
+
+    /// What the backlogs and clean members of this shard hold for their groups.
+    fn local_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
-        self.broker
+        let mut holds: BacklogHolds = self
+            .broker
             .shared_backlogs
             .borrow()
             .values()
             .map(|b| (b.member_filter.clone(), b.lowest_by_owner(shards)))
-            .collect()
+            .collect();
+        holds.extend(self.clean_member_holds());
+        holds
+    }
+
+    /// Tells the other shards what this one's backlogs and clean members hold: the
+    /// group's persistent members may all be there, and only their cursors can bring
+    /// these messages back after a crash. Sent with every cursor flush while anything is
+    /// held, then once empty.
+    fn share_holds(&self, holds: &BacklogHolds) {
+        if holds.is_empty() && !self.broker.holds_shared.get() {
+            return;
+        }
+        self.broker.holds_shared.set(!holds.is_empty());
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            let holds = holds.clone();
+            self.post(peer, ShardMsg::SharedHolds { holds });
+        }
+    }
+
+    /// Another shard's holds (see `share_holds`), applied at the next cursor flush.
+    pub(crate) fn on_shared_holds(&self, from: usize, holds: BacklogHolds) {
+        let mut remote = self.broker.remote_holds.borrow_mut();
+        if holds.is_empty() {
+            remote.remove(&from);
+        } else {
+            remote.insert(from, holds);
+        }
+    }
+
+    /// A clean member's queued and unacknowledged shared deliveries are in no log of its
+    /// own: after a crash only a persistent member's cursor can bring them back, so they
+    /// hold down those of the group's persistent members here as a backlog does. Per
+    /// clean session holding any, each of its shared subscription keys with the lowest
+    /// offset per owner.
+    fn clean_member_holds(&self) -> BacklogHolds {
+        let shards = self.mesh.shards();
+        let mut holds = Vec::new();
+        for slot in self.broker.sessions.borrow().values() {
+            let s = &slot.session;
+            if s.logged || s.outbound.queued() + s.outbound.inflight() == 0 {
+                continue;
+            }
+            let mut lowest = vec![u64::MAX; shards];
+            s.outbound.lowest_shared(&mut lowest);
+            if lowest.iter().all(|&l| l == u64::MAX) {
+                continue;
+            }
+            let lowest: Vec<Option<u64>> = lowest
+                .into_iter()
+                .map(|l| (l != u64::MAX).then_some(l))
+                .collect();
+            for filter in s.subscriptions.keys().filter(|f| f.starts_with("$share/")) {
+                holds.push((filter.clone(), lowest.clone()));
+            }
+        }
+        holds
     }
 
     /// Retention: the logs must keep what any backlog has yet to deliver (`mins` per
@@ -672,15 +767,24 @@ impl Shard {
     }
 
     /// Marks the cursors of every member of a backlog that changed since the last
-    /// flush, so they are logged again with the backlog's holds.
+    /// flush, or of a group a clean member here or another shard holds deliveries for,
+    /// so they are logged again with those holds; and tells the other shards what this
+    /// one holds (see `share_holds`).
     pub(crate) fn touch_backlog_members(&self) {
-        let changed: Vec<String> = self
+        if self.mesh.shards() > 1 {
+            self.share_holds(&self.local_holds());
+        }
+        let mut changed: Vec<String> = self
             .broker
             .shared_backlogs
             .borrow_mut()
             .values_mut()
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
+        changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
+        for remote in self.broker.remote_holds.borrow().values() {
+            changed.extend(remote.iter().map(|(f, _)| f.clone()));
+        }
         if changed.is_empty() {
             return;
         }

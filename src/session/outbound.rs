@@ -187,6 +187,23 @@ impl Outbound {
         }
     }
 
+    /// Lowers `lowest[shard]` to the log offset of every delivery still queued or in
+    /// flight that was chosen for a shared group.
+    pub fn lowest_shared(&self, lowest: &mut [u64]) {
+        let held = self
+            .queue
+            .iter()
+            .chain(self.inflight.values().map(|e| &e.delivery));
+        for pos in held
+            .filter(|d| d.share_group.is_some())
+            .filter_map(|d| d.msg.log)
+        {
+            if let Some(l) = lowest.get_mut(usize::from(pos.shard)) {
+                *l = (*l).min(pos.offset);
+            }
+        }
+    }
+
     /// The log offsets of owner `shard` among the deliveries queued or in flight.
     pub fn held_offsets(&self, shard: u16) -> std::collections::HashSet<u64> {
         self.queue
@@ -616,14 +633,18 @@ impl Outbound {
     }
 
     /// Removes and returns every unacknowledged or queued delivery that was chosen for a
-    /// shared subscription group (to hand to another member), oldest first.
-    pub fn take_shared(&mut self) -> Vec<Delivery> {
+    /// shared subscription group (to hand to another member), oldest first. With
+    /// `keep_qos2`, QoS 2 PUBLISHes already sent stay: the session outlives its
+    /// connection, and their delivery is completed to this client when it reconnects
+    /// (MQTT 5.0 [MQTT-4.8.2-4]).
+    pub fn take_shared(&mut self, keep_qos2: bool) -> Vec<Delivery> {
         let mut inflight: Vec<(u64, u16)> = self
             .inflight
             .iter()
             .filter(|(_, e)| {
                 e.delivery.share_group.is_some()
                     && !matches!(e.state, AwaitState::Comp | AwaitState::Releasing)
+                    && !(keep_qos2 && e.state == AwaitState::Rec)
             })
             .map(|(pid, e)| (e.seq, *pid))
             .collect();

@@ -68,6 +68,10 @@ pub enum ShardMsg {
         /// The probe round being answered.
         seq: u64,
     },
+    /// The sending shard, stopping, closed its connections and sent what they gave back
+    /// to shared groups (the first stop barrier: no shard logs its final cursors before
+    /// every shard's `Drained`, see `flush_cursors_for_stop`).
+    Drained,
     /// The sending shard, stopping, logged its sessions' final cursors (the stop barrier).
     Flushed,
 
@@ -269,6 +273,15 @@ pub enum ShardMsg {
         resume: Option<u64>,
         /// Every record below this was read.
         end: u64,
+    },
+    /// What the sending shard's group backlogs and clean members hold for their groups
+    /// (`(member subscription key, lowest offset per owner)`), replacing the previous
+    /// such message: it holds down the receiver's persistent members' cursors too, so a
+    /// crash replays it to them (sent with each cursor flush while not empty, then once
+    /// empty).
+    SharedHolds {
+        /// The holds; empty: none any more.
+        holds: Vec<(String, Vec<Option<u64>>)>,
     },
     /// The last member of a group on the sending shard left while the group there still
     /// had messages to read from `owner`'s log: the receiver (another shard of the

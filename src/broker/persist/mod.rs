@@ -618,8 +618,25 @@ impl Shard {
     /// unacknowledged shared deliveries go back to the group (an offline persistent
     /// member's queue or the group's backlog) while the persistent members' logged
     /// cursors may already be past them, so every logged session's cursor is written
-    /// again, changed or not.
+    /// again, changed or not. Those deliveries may also go to another shard (the
+    /// group's members there, or its backlog there with the gaps of this one's), so no
+    /// shard logs its final cursors before every shard closed its connections and sent
+    /// them off (`ShardMsg::Drained`, within `limit`): the mesh keeps each link's order,
+    /// so what a peer sent before its `Drained` has been placed here by then.
     pub(crate) async fn flush_cursors_for_stop(&self, limit: Duration) {
+        if glommio::timer::timeout(limit, async {
+            self.drain_barrier().await;
+            Ok(())
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                shard = self.id,
+                "other shards did not close their connections in time: a restart may miss \
+                 some shared deliveries they gave back"
+            );
+        }
         for slot in self.broker.sessions.borrow_mut().values_mut() {
             if slot.session.logged {
                 slot.session.replay.touch();

@@ -1,0 +1,250 @@
+//! Shared subscriptions whose members sit on different shards: a member that leaves
+//! gives its unacknowledged deliveries back to the group, and no acknowledged message may
+//! be lost on the way, whatever the other members do (offline, on another shard).
+//!
+//! The kernel spreads connections over the shards' listeners (`SO_REUSEPORT`), so each
+//! test connects until a session lands where it needs it, read from the per-shard
+//! `shardmq_sessions_current` gauge.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::raw::*;
+use common::*;
+
+/// Silence after which a reader has everything it is going to get.
+const QUIET: Duration = Duration::from_secs(3);
+const FILTER: &str = "$share/g/leave/t";
+const TOPIC: &str = "leave/t";
+
+fn broker(shards: usize) -> Broker {
+    broker_in(shards, None)
+}
+
+fn broker_in(shards: usize, data_dir: Option<PathBuf>) -> Broker {
+    let env = [
+        ("SHARDMQ_INFLIGHT_COUNT_MAX", "4"),
+        ("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX", "8"),
+        ("SHARDMQ_SHARED_BACKLOG_MESSAGES_MAX", "16"),
+        ("SHARDMQ_FSYNC_POLICY", "always"),
+    ];
+    Broker::start_with(BrokerOptions {
+        shards,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        data_dir,
+        ..BrokerOptions::default()
+    })
+}
+
+/// Sessions per shard.
+fn sessions(broker: &Broker, shards: usize) -> Vec<f64> {
+    (0..shards)
+        .map(|s| {
+            broker
+                .metric(&format!("shardmq_sessions_current{{shard=\"{s}\"}}"))
+                .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+/// Connects (clean) clients with id `client_id` until one lands on a shard whose session
+/// count is not `avoid`'s, i.e. on the other one of two shards; returns it.
+fn clean_client_beside(broker: &Broker, v5: bool, client_id: &str, avoid: usize) -> Conn {
+    for _ in 0..64 {
+        let before = sessions(broker, 2);
+        let conn = Conn::client(broker.mqtt, v5, client_id);
+        let after = sessions(broker, 2);
+        if after[avoid] == before[avoid] {
+            return conn;
+        }
+        drop(conn);
+        // The clean session ends with its connection.
+        assert!(
+            eventually(Duration::from_secs(10), || sessions(broker, 2) == before),
+            "the clean session ended"
+        );
+    }
+    panic!("64 connections all landed on shard {avoid}");
+}
+
+/// Reads (and acknowledges) until nothing came for `QUIET`.
+fn read_all(conn: &mut Conn) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(p) = conn.try_publish(QUIET) {
+        got.push(String::from_utf8(p.payload).unwrap());
+    }
+    got
+}
+
+/// Publishes `n` QoS 1 messages to `TOPIC`, asserting each is acknowledged; returns
+/// their payloads.
+fn publish_acked(broker: &Broker, client_id: &str, n: usize) -> BTreeSet<String> {
+    let mut publ = Conn::client(broker.mqtt, true, client_id);
+    (0..n)
+        .map(|i| {
+            let payload = format!("m{i}");
+            let code = publ.publish(Publish::new(TOPIC, payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for {payload}");
+            payload
+        })
+        .collect()
+}
+
+/// Resumes the persistent member after the restart and asserts that, with what it (and
+/// the clean member) got before, every acknowledged message arrived.
+fn resume_and_assert_none_lost(
+    broker: &Broker,
+    connect: &Connect,
+    sent: &BTreeSet<String>,
+    mut got: Vec<String>,
+    when: &str,
+) {
+    let (mut member, ack) = Conn::connect(broker.mqtt, connect);
+    assert!(ack.session_present, "the persistent member was restored");
+    got.extend(read_all(&mut member));
+    let got: BTreeSet<String> = got.into_iter().collect();
+    let lost: Vec<&String> = sent.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost {when}: {lost:?}",
+        lost.len(),
+        sent.len()
+    );
+}
+
+/// A clean member on one shard holds the group's messages (its window and queue) while
+/// the only other member, persistent, is offline on the other shard. The clean member
+/// leaves: what it held goes back to the group, i.e. to the offline persistent member,
+/// which must get every acknowledged message when it returns.
+#[test]
+fn a_clean_member_leaving_gives_its_messages_to_an_offline_member_on_another_shard() {
+    let broker = broker(2);
+    let connect = Connect::v4("shards-persistent").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub(FILTER, 1);
+    let home = sessions(&broker, 2)
+        .iter()
+        .position(|&n| n == 1.0)
+        .expect("the persistent member's shard");
+    drop(member);
+    // Offline, still a member.
+    let mut clean = clean_client_beside(&broker, true, "shards-clean", home);
+    clean.sub(FILTER, 1);
+
+    // Fewer than the clean member's window and queue hold: all of them reach it.
+    let sent = publish_acked(&broker, "shards-pub", 10);
+    // It never acknowledged any of them, and leaves.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(clean);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(ack.session_present, "the persistent member was kept");
+    let got: BTreeSet<String> = read_all(&mut member).into_iter().collect();
+    let lost: Vec<&String> = sent.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost when the clean member left: {lost:?} \
+         (dropped by the broker: {})",
+        lost.len(),
+        sent.len(),
+        broker.metric_sum("shardmq_messages_dropped_total")
+    );
+}
+
+/// Like `mqtt_shared_backlog::a_graceful_stop_keeps_what_a_clean_member_held_for_the_group`,
+/// with the two members on different shards: at the stop the clean member's messages
+/// (its window, its queue and its shard's backlog of the group) go to the persistent
+/// member's shard, whose logged cursor is already past them.
+#[test]
+fn a_graceful_stop_keeps_what_a_clean_member_on_another_shard_held_for_the_group() {
+    let dir = temp_dir();
+    let start = || broker_in(2, Some(dir.path().to_path_buf()));
+    let mut broker = start();
+    let connect = Connect::v4("stop-shards-persistent").clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub(FILTER, 1);
+    let home = sessions(&broker, 2)
+        .iter()
+        .position(|&n| n == 1.0)
+        .expect("the persistent member's shard");
+    // A clean member that never reads: it holds its window and queue.
+    let mut clean = clean_client_beside(&broker, false, "stop-shards-clean", home);
+    clean.sub(FILTER, 1);
+    let reading = std::thread::spawn(move || read_all(&mut member));
+    let sent = publish_acked(&broker, "stop-shards-pub", 40);
+    let got = reading.join().unwrap();
+    assert!(got.len() < sent.len(), "the clean member holds some");
+    // The persistent member's cursor (past what the clean one holds) is logged.
+    std::thread::sleep(Duration::from_millis(600));
+    broker.signal(libc::SIGTERM);
+    assert!(
+        broker.wait_exit(Duration::from_secs(20)).is_some(),
+        "stopped"
+    );
+    drop(clean);
+
+    let broker = start();
+    resume_and_assert_none_lost(&broker, &connect, &sent, got, "at the stop");
+}
+
+/// `kill -9` while a clean member (on the persistent member's shard or the other one)
+/// holds the group's messages in its queue: they were never sent to any client, and the
+/// persistent member's logged cursor is past them, so only that cursor can bring them
+/// back at the next start.
+fn a_crash_keeps_what_a_clean_member_queued_for_the_group(shards: usize) {
+    let dir = temp_dir();
+    let start = || broker_in(shards, Some(dir.path().to_path_buf()));
+    let mut broker = start();
+    let connect = Connect::v4(&format!("crash-shards-persistent-{shards}")).clean(false);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub(FILTER, 1);
+    let clean_id = format!("crash-shards-clean-{shards}");
+    let mut clean = if shards == 1 {
+        Conn::client(broker.mqtt, false, &clean_id)
+    } else {
+        let home = sessions(&broker, 2)
+            .iter()
+            .position(|&n| n == 1.0)
+            .expect("the persistent member's shard");
+        clean_client_beside(&broker, false, &clean_id, home)
+    };
+    clean.sub(FILTER, 1);
+    clean.auto_ack = false;
+    let reading = std::thread::spawn(move || read_all(&mut member));
+    let sent = publish_acked(&broker, "crash-shards-pub", 40);
+    let mut got = reading.join().unwrap();
+    // What reached the clean client counts as delivered.
+    got.extend(
+        clean
+            .drain_publishes(Duration::from_millis(500))
+            .into_iter()
+            .map(|p| String::from_utf8(p.payload).unwrap()),
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("reaped");
+    drop(clean);
+
+    let broker = start();
+    let when = format!("at the crash ({shards} shards)");
+    resume_and_assert_none_lost(&broker, &connect, &sent, got, &when);
+}
+
+#[test]
+fn a_crash_keeps_what_a_clean_member_queued_for_the_group_on_one_shard() {
+    a_crash_keeps_what_a_clean_member_queued_for_the_group(1);
+}
+
+/// The clean member's shard has no persistent member of the group whose cursor its queue
+/// (or that shard's backlog of the group) could hold down: the other shard's must be.
+#[test]
+fn a_crash_keeps_what_a_clean_member_queued_for_the_group_on_another_shard() {
+    a_crash_keeps_what_a_clean_member_queued_for_the_group(2);
+}
