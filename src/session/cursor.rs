@@ -14,8 +14,10 @@
 //! there on. Once the queue has room the broker asks the owner to read the matching
 //! records from the gap on (`take_catch_ups`), a batch at a time; the answer says where
 //! the read stopped (`caught_up`). The gap closes when a read reached the log's end and
-//! no live message at or above that end was skipped meanwhile; live messages below it
-//! are then ignored (the read had them). So a slow subscriber costs the broker a bounded
+//! no live message at or above that end was skipped meanwhile; live messages in the
+//! range the reads covered are then ignored (the read had them), and the ones below it
+//! are queued when they come (a QoS 2 message waits for its fsync and can arrive after
+//! a later message opened the gap). So a slow subscriber costs the broker a bounded
 //! queue, not memory, and loses nothing that was logged.
 //!
 //! While the gap stays open (a read cut short, or refused by a full queue), the offsets
@@ -53,8 +55,11 @@ pub struct ReplayCursor {
     dirty: bool,
     /// Open gaps by owner shard.
     gaps: Vec<(u16, Gap)>,
-    /// Per owner shard: live messages below this were read from the log by a catch-up.
-    accept_from: Vec<u64>,
+    /// Per owner shard: live messages in this range of offsets were read from the log by
+    /// the catch-ups of a gap that closed. Only the range the reads covered: a message
+    /// below it may still be on its way (a QoS 2 message is fanned out only once durable,
+    /// after later QoS 0/1 ones) and must be queued when it comes.
+    accept_from: Vec<(u64, u64)>,
     /// The logged QoS 2 messages the client PUBREC'd, by `(owner shard, offset)`, with
     /// the packet id still awaiting PUBCOMP (0: completed): inserted at the PUBREC,
     /// restored at start from the `qos2_delivered` records above the cursors, and asked
@@ -129,9 +134,7 @@ impl ReplayCursor {
         if self
             .accept_from
             .get(usize::from(pos.shard))
-            .copied()
-            .unwrap_or(0)
-            > pos.offset
+            .is_some_and(|(lo, hi)| (*lo..*hi).contains(&pos.offset))
         {
             return Admit::FromLog;
         }
@@ -249,19 +252,28 @@ impl ReplayCursor {
             gap.from = at;
             return;
         }
+        // The floor is not raised to `end`: the reads covered only `gap.read`, and a
+        // message of the owner below it may not have reached the session yet. The
+        // floors of the live deliveries and the owner's watermarks move it on.
         if gap.skipped_max.is_some_and(|m| m >= end) {
-            // Everything below `end` was read; what was skipped since is read next.
+            // Everything the reads covered up to `end` was read; what was skipped since
+            // is read next.
             gap.from = end;
-            self.raise(usize::from(shard), end);
             return;
         }
+        let (lo, hi) = gap.read.unwrap_or((end, end));
         self.gaps.swap_remove(i);
         let s = usize::from(shard);
         if self.accept_from.len() <= s {
-            self.accept_from.resize(s + 1, 0);
+            self.accept_from.resize(s + 1, (0, 0));
         }
-        self.accept_from[s] = self.accept_from[s].max(end);
-        self.raise(s, end);
+        let (old_lo, old_hi) = self.accept_from[s];
+        // Ranges that touch are one; otherwise the newer read's range is kept.
+        self.accept_from[s] = if old_hi >= lo && old_lo <= hi && old_lo < old_hi {
+            (old_lo.min(lo), old_hi.max(hi))
+        } else {
+            (lo, hi)
+        };
     }
 
     fn gap_mut(&mut self, shard: u16) -> Option<&mut Gap> {
@@ -510,6 +522,7 @@ mod tests {
             "one read at a time"
         );
         // A live message beyond what the read will see is skipped while it runs.
+        cursor.note(pos(25));
         assert_eq!(cursor.admit(pos(25)), Admit::FromLog);
         cursor.caught_up(2, None, 22, None);
         assert!(cursor.has_gaps(), "25 was skipped after the read started");
@@ -520,7 +533,46 @@ mod tests {
         assert!(!cursor.has_gaps());
         assert_eq!(cursor.admit(pos(29)), Admit::FromLog, "the read had it");
         assert_eq!(cursor.admit(pos(30)), Admit::Queue);
+        assert_eq!(
+            cursor.admit(pos(9)),
+            Admit::Queue,
+            "below what the reads covered"
+        );
+        // The floor is what the owner said (the live deliveries' floors), not the end
+        // of the read: something below it may still be on its way.
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 26));
+        cursor.raise(2, 30);
         assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 30));
+    }
+
+    /// A QoS 2 message below the offset a gap opened at may be fanned out after the gap's
+    /// read reached the log's end (it waited for its fsync while a later QoS 1 message
+    /// overflowed the queue): once the gap closed it is still queued, and the cursor does
+    /// not claim it reached the session before it did.
+    #[test]
+    fn a_late_delivery_below_a_closed_gap_is_queued() {
+        let mut cursor = ReplayCursor::default();
+        let out = outbound();
+        let pos = |offset, floor| LogPos {
+            shard: 0,
+            offset,
+            floor,
+        };
+        // 105 (QoS 2) waits for its fsync; 110 (QoS 1) goes out first, floor 105.
+        cursor.note(pos(110, 105));
+        cursor.overflowed(pos(110, 105));
+        let mut ids = 0;
+        let asks = cursor.take_catch_ups(&mut ids);
+        assert_eq!(asks[0].from, 110);
+        cursor.caught_up(0, None, 200, None);
+        assert!(!cursor.has_gaps());
+        assert_eq!(cursor.take_changed(&out).unwrap()[0], (0, 105));
+        assert_eq!(cursor.admit(pos(105, 105)), Admit::Queue, "never read");
+        assert_eq!(
+            cursor.admit(pos(150, 105)),
+            Admit::FromLog,
+            "the read had it"
+        );
     }
 
     /// A QoS 2 message is fanned out live only once durable: a catch-up read cut short
