@@ -36,7 +36,8 @@
 //! (`released`) as live state: every path that hands a logged message to the session
 //! asks it first (`is_released`), and it moves with the session between shards. An
 //! entry goes only once it is below the cursors that are logged (backlog holds and gaps
-//! included), which no read for this session reaches. The set is bounded by
+//! included), which no read for this session reaches; a shared group's member keeps
+//! its entries up to the bound (a read of the group on another shard may reach lower). The set is bounded by
 //! `session_qos2_released_max`: past it the lowest completed entry is forgotten and
 //! counted (a read that still reached it would send that message again); exchanges
 //! awaiting PUBCOMP are bounded by the in-flight window and never forgotten.

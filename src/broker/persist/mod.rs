@@ -748,7 +748,15 @@ impl Shard {
 
 /// Forgets the session's QoS 2 releases below `cursors` (its cursors with the backlog
 /// holds) lowered to what its groups' members hold: no read reaches below that.
+///
+/// A member of a shared group keeps them all (up to `session_qos2_released_max`): a
+/// group's read on another shard starts where that shard's backlog gap is, which this
+/// shard learns only with that shard's next holds report, and a late delivery there
+/// can lower it below this session's cursor meanwhile.
 fn prune_released(members: &shared::MemberHolds, s: &mut Session, mut cursors: Vec<(u16, u64)>) {
+    if s.subscriptions.keys().any(|f| f.starts_with("$share/")) {
+        return;
+    }
     shared::lower_by_members(members, s, &mut cursors);
     s.replay.prune_released(&cursors);
 }
