@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
-use shardmq::shard::{DataDirLock, Outcome, Runtime};
+use shardmq::shard::{notify, DataDirLock, Outcome, Runtime};
 
 /// Every shard frees messages that another shard allocated (a publish is decoded on the
 /// publisher's shard and dropped on each subscriber's): glibc malloc serializes those frees
@@ -157,6 +157,10 @@ fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
         lock = %lock.path().display(),
         "shardmq ready"
     );
+    notify::ready(&format!(
+        "serving MQTT on {} with {} shards",
+        runtime.mqtt_addr, config.shards
+    ));
 
     let shutdown_started: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let mut trigger = runtime.shutdown_handle()?;
@@ -167,6 +171,7 @@ fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
             for signal in signals.forever() {
                 if started.set(Instant::now()).is_ok() {
                     tracing::info!(signal, "shutting down: no new connections, draining");
+                    notify::stopping("draining connections");
                     trigger.trigger();
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");
