@@ -64,6 +64,8 @@ pub struct Runtime {
     pub mqtt_addr: SocketAddr,
     /// The metrics address (port 0 resolved).
     pub metrics_addr: SocketAddr,
+    /// Every shard's counters, for reading from the main thread.
+    pub probes: Probes,
     shutdown: ShutdownHandle,
     events: mpsc::Receiver<Event>,
     running: usize,
@@ -168,6 +170,7 @@ impl Runtime {
         let mut runtime = Runtime {
             mqtt_addr,
             metrics_addr,
+            probes: probes.clone(),
             shutdown: ShutdownHandle {
                 senders: shutdown_senders,
             },
