@@ -8,13 +8,21 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
-use shardmq::shard::{DataDirLock, Outcome, Runtime};
+use shardmq::shard::{notify, DataDirLock, Outcome, Runtime};
 
 /// Every shard frees messages that another shard allocated (a publish is decoded on the
 /// publisher's shard and dropped on each subscriber's): glibc malloc serializes those frees
 /// on the allocating thread's arena lock, mimalloc hands them back without one.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The release and the git commit it was built from ("unknown" outside a checkout).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SHARDMQ_GIT_COMMIT"),
+    ")"
+);
 
 /// Exit status for configuration errors (and for command-line errors, as clap uses).
 const EXIT_CONFIG: u8 = 2;
@@ -26,7 +34,7 @@ const EXIT_FAILURE: u8 = 1;
 /// Settings come from embedded defaults, then the TOML file (--config or SHARDMQ_CONFIG),
 /// then SHARDMQ_<KEY> environment variables, then these flags.
 #[derive(Debug, Parser)]
-#[command(name = "shardmq", version, about)]
+#[command(name = "shardmq", version = VERSION, about)]
 struct Cli {
     /// TOML config file.
     #[arg(long, env = "SHARDMQ_CONFIG", value_name = "FILE")]
@@ -145,10 +153,12 @@ fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
         data_dir,
         ..config.clone()
     };
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGUSR1])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let runtime = Runtime::start(config, auth)?;
     tracing::info!(
+        version = VERSION,
         mqtt_listen = %runtime.mqtt_addr,
         metrics_listen = %runtime.metrics_addr,
         shards = config.shards,
@@ -157,16 +167,24 @@ fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
         lock = %lock.path().display(),
         "shardmq ready"
     );
+    notify::ready(&format!(
+        "serving MQTT on {} with {} shards",
+        runtime.mqtt_addr, config.shards
+    ));
 
     let shutdown_started: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
     let mut trigger = runtime.shutdown_handle()?;
     let started = Arc::clone(&shutdown_started);
+    let probes = runtime.probes.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                if started.set(Instant::now()).is_ok() {
+                if signal == libc::SIGUSR1 {
+                    shardmq::metrics::log_summary(&probes);
+                } else if started.set(Instant::now()).is_ok() {
                     tracing::info!(signal, "shutting down: no new connections, draining");
+                    notify::stopping("draining connections");
                     trigger.trigger();
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");

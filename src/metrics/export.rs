@@ -108,7 +108,10 @@ pub fn render(probes: &Probes) -> String {
     registry.register(
         "build",
         "Build information",
-        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("SHARDMQ_GIT_COMMIT")),
+        ]),
     );
     registry.register_collector(Box::new(ShardsCollector {
         probes: Arc::clone(probes),

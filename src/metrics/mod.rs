@@ -7,7 +7,9 @@
 mod export;
 mod http;
 mod probe;
+mod summary;
 
 pub use export::{render, Probes};
 pub use http::{serve, HealthCheck};
 pub use probe::{Counter, Gauge, Limit, ShardProbe, LIMITS};
+pub use summary::log_summary;

@@ -27,6 +27,49 @@ pub(super) struct Accepted {
     pub keep_alive_secs: u16,
     /// Session expiry from CONNECT (v5 DISCONNECT may not raise it from 0).
     pub expiry_secs: u32,
+    /// The client id the session has (assigned by the broker if the client sent none).
+    pub client_id: ByteStr,
+}
+
+/// A connection's peer address for a log line, looked up only when the line is written.
+pub(super) struct Peer<'a>(pub &'a Conn);
+
+impl std::fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SAFETY: a registered connection's descriptor stays open while its task runs
+        // (see `serve`), and this borrow ends with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0.fd) };
+        match socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+        {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// The protocol version as people write it, for log lines.
+pub(super) fn version(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::V31 => "3.1",
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5.0",
+    }
+}
+
+/// Logs a refused CONNECT, one line at info: refusals are what an operator looks for
+/// when a client "cannot connect".
+fn log_refused(shard: &Shard, conn: &Conn, client_id: &str, reason: &dyn std::fmt::Debug) {
+    tracing::info!(
+        shard = shard.id,
+        client_id,
+        peer = %Peer(conn),
+        protocol = version(conn.protocol.get()),
+        reason = ?reason,
+        "connection refused"
+    );
 }
 
 /// Reads the first packet, which must be a CONNECT; `None` if the connection must close
@@ -56,6 +99,7 @@ pub(super) async fn read_connect(
             Err(e) => {
                 shard.probe.protocol_errors_total.inc();
                 refuse_malformed(conn, level, &e);
+                log_refused(shard, conn, "", &format_args!("{e}"));
                 return None;
             }
         }
@@ -72,9 +116,11 @@ pub(super) async fn handshake(
     connect: Connect,
 ) -> Option<Accepted> {
     conn.protocol.set(connect.protocol);
+    let client_id = connect.client_id.clone();
     match accept(shard, conn, connect).await {
         Ok(accepted) => Some(accepted),
         Err(Some(reason)) => {
+            log_refused(shard, conn, client_id.as_str(), &reason);
             shard.probe.connections_refused_total.inc();
             send_connack(conn, false, reason, None, shard);
             None
@@ -176,7 +222,7 @@ async fn accept(
         conn,
         outcome.session_present,
         ReasonCode::Success,
-        assigned.then_some(client_id),
+        assigned.then(|| client_id.clone()),
         shard,
     );
     if v5 && expiry_secs != asked_secs {
@@ -185,9 +231,20 @@ async fn accept(
     }
     conn.send(&Packet::ConnAck(ack));
     shard.resume_delivery(outcome.key);
+    tracing::debug!(
+        shard = shard.id,
+        client_id = client_id.as_str(),
+        peer = %Peer(conn),
+        protocol = version(connect.protocol),
+        clean_start = connect.clean_start,
+        session_present = outcome.session_present,
+        keep_alive_secs = connect.keep_alive_secs,
+        "client connected"
+    );
     Ok(Accepted {
         keep_alive_secs: connect.keep_alive_secs,
         expiry_secs,
+        client_id,
     })
 }
 
@@ -206,6 +263,7 @@ pub(super) async fn check_credentials(shard: &Rc<Shard>, conn: &Conn, connect: &
     match checked {
         Ok(()) => true,
         Err(reason) => {
+            log_refused(shard, conn, connect.client_id.as_str(), &reason);
             shard.probe.connections_refused_total.inc();
             send_connack(conn, false, reason, None, shard);
             false

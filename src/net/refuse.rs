@@ -34,6 +34,8 @@ pub(super) async fn refuse(
     limit: Limit,
     _slot: RefusalSlot,
 ) {
+    // Before the client can go away: the log line names it.
+    let peer = stream.peer_addr().ok();
     let wait = REFUSE_WAIT.min(Duration::from_millis(shard.config.connect_timeout_ms));
     let level = glommio::timer::timeout(wait, async {
         let mut header = [0u8; HEADER_BYTES_MAX];
@@ -51,10 +53,12 @@ pub(super) async fn refuse(
     })
     .await;
     let Ok(Some(level)) = level else {
-        tracing::debug!(
+        tracing::info!(
             shard = shard.id,
+            peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
             limit = limit.key(),
-            "refused connection sent no CONNECT"
+            reason = "no CONNECT within the refusal wait",
+            "connection refused"
         );
         return;
     };
@@ -83,5 +87,11 @@ pub(super) async fn refuse(
         Ok(())
     })
     .await;
-    tracing::debug!(shard = shard.id, limit = limit.key(), "connection refused");
+    tracing::info!(
+        shard = shard.id,
+        peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
+        limit = limit.key(),
+        reason = ?ReasonCode::QuotaExceeded,
+        "connection refused"
+    );
 }

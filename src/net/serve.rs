@@ -129,6 +129,12 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
         return;
     };
     let ending = packet_loop(shard, conn, socket, &mut rbuf, &limits, &accepted).await;
+    tracing::debug!(
+        shard = shard.id,
+        client_id = accepted.client_id.as_str(),
+        ending = ?ending,
+        "client disconnected"
+    );
     let Some(key) = conn.session.get() else {
         return;
     };

@@ -9,6 +9,7 @@
 mod limits;
 mod mesh;
 mod msg;
+pub mod notify;
 mod quota;
 mod state;
 mod wakeup;
@@ -63,6 +64,8 @@ pub struct Runtime {
     pub mqtt_addr: SocketAddr,
     /// The metrics address (port 0 resolved).
     pub metrics_addr: SocketAddr,
+    /// Every shard's counters, for reading from the main thread.
+    pub probes: Probes,
     shutdown: ShutdownHandle,
     events: mpsc::Receiver<Event>,
     running: usize,
@@ -167,6 +170,7 @@ impl Runtime {
         let mut runtime = Runtime {
             mqtt_addr,
             metrics_addr,
+            probes: probes.clone(),
             shutdown: ShutdownHandle {
                 senders: shutdown_senders,
             },
@@ -404,6 +408,9 @@ async fn run_shard(
         })
         .detach();
     }
+    if metrics_task.is_some() {
+        spawn_watchdog(&shard);
+    }
     let _ = events.send(Event::Ready);
 
     crate::net::accept_loop(&shard, &listener).await;
@@ -424,6 +431,28 @@ async fn run_shard(
     drop(listener);
     tracing::debug!(shard = id, "shard stopped");
     Ok(())
+}
+
+/// On the metrics shard under a systemd watchdog: pings it after each ping round of every
+/// other shard over the mesh (see [`notify`]); a round that fails skips the ping.
+fn spawn_watchdog(shard: &Rc<Shard>) {
+    let Some(every) = notify::watchdog_interval() else {
+        return;
+    };
+    let shard = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        let pings = async {
+            loop {
+                match shard.check_health().await {
+                    Ok(()) => notify::watchdog(),
+                    Err(reason) => tracing::warn!(%reason, "systemd watchdog not pinged"),
+                }
+                glommio::timer::sleep(every).await;
+            }
+        };
+        futures_lite::future::or(pings, shard.shutdown.wait()).await;
+    })
+    .detach();
 }
 
 /// Opens (and recovers) this shard's WAL in `data_dir/shard-<id>`.
