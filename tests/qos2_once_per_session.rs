@@ -10,7 +10,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::raw::{Conn, Connect, Publish, Recv, PUBCOMP, PUBLISH, PUBREC, PUBREL};
+use common::raw::{
+    Conn, Connect, Prop, Publish, Recv, PUBCOMP, PUBLISH, PUBREC, PUBREL, P_RECEIVE_MAXIMUM,
+};
 use common::*;
 
 /// Silence after which a reader has everything it is going to get.
@@ -26,8 +28,8 @@ struct Tally {
     after_pubrel: Vec<String>,
     /// Packet id -> payload of the exchanges under way.
     open: HashMap<u16, String>,
-    /// A payload whose PUBLISH is not answered (its exchange stays open).
-    hold: Option<String>,
+    /// Payloads whose PUBLISH is not answered (their exchanges stay open).
+    hold: BTreeSet<String>,
 }
 
 impl Tally {
@@ -56,7 +58,7 @@ impl Tally {
                     if self.released.contains(&payload) {
                         self.after_pubrel.push(payload.clone());
                     }
-                    let hold = self.hold.as_ref() == Some(&payload);
+                    let hold = self.hold.contains(&payload);
                     self.open.insert(publish.pid, payload);
                     if !hold {
                         conn.ack(PUBREC, publish.pid);
@@ -73,6 +75,16 @@ impl Tally {
                 Recv::Timeout | Recv::Closed => return,
             }
         }
+    }
+
+    /// Answers the held exchanges (PUBREC) and holds nothing more.
+    fn release_held(&mut self, conn: &mut Conn) {
+        for (pid, payload) in &self.open {
+            if self.hold.contains(payload) {
+                conn.ack(PUBREC, *pid);
+            }
+        }
+        self.hold.clear();
     }
 
     /// A PUBLISH of `payload`. A resend with DUP of an exchange the client has not
@@ -132,6 +144,24 @@ fn small_queues(dir: &tempfile::TempDir, shards: usize) -> BrokerOptions {
     }
 }
 
+/// A one-shard broker logging in `dir` (fsync on every commit) with `inflight`
+/// deliveries in flight and 8 queued per session, and 16 in a shared group's backlog:
+/// a group whose members stop reading soon reads from the log.
+fn small_group(dir: &tempfile::TempDir, inflight: usize) -> Broker {
+    let inflight = inflight.to_string();
+    Broker::start_with(BrokerOptions {
+        shards: 1,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: env(&[
+            ("FSYNC_POLICY", "always"),
+            ("INFLIGHT_COUNT_MAX", &inflight),
+            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
+            ("SHARED_BACKLOG_MESSAGES_MAX", "16"),
+        ]),
+        ..BrokerOptions::default()
+    })
+}
+
 fn persistent(client: &str) -> Connect {
     Connect::v5(client).clean(false).session_expiry(3600)
 }
@@ -161,17 +191,7 @@ fn publish_qos2(
 #[test]
 fn a_shared_members_catch_up_never_repeats_what_it_completed() {
     let dir = temp_dir();
-    let broker = Broker::start_with(BrokerOptions {
-        shards: 1,
-        data_dir: Some(dir.path().to_path_buf()),
-        env: env(&[
-            ("FSYNC_POLICY", "always"),
-            ("INFLIGHT_COUNT_MAX", "4"),
-            ("SESSION_QUEUE_MESSAGES_MAX", "8"),
-            ("SHARED_BACKLOG_MESSAGES_MAX", "16"),
-        ]),
-        ..BrokerOptions::default()
-    });
+    let broker = small_group(&dir, 4);
     let filter = "$share/g/once/t";
     let (mut member, _) = Conn::connect(broker.mqtt, &persistent("once-member"));
     member.sub(filter, 2);
@@ -192,6 +212,61 @@ fn a_shared_members_catch_up_never_repeats_what_it_completed() {
     // the group, behind a full backlog, at offsets below the completed ones.
     drop(clean);
     std::thread::sleep(Duration::from_millis(300));
+    tally.read(&mut member, QUIET);
+    tally.assert_once(&sent);
+}
+
+/// A shared group's catch-up read errs low and can hand a member a message another
+/// member still holds; when that other member leaves, its copy goes back to the group.
+/// Here the persistent QoS 2 member has not yet PUBREC'd its copy (it holds the
+/// exchange open) and has room: the returning copy must not be queued beside it, or the
+/// member gets the message again under a new packet id once it completed the first.
+#[test]
+fn a_member_holding_a_message_never_gets_it_again_from_a_member_that_leaves() {
+    let dir = temp_dir();
+    let broker = small_group(&dir, 8);
+    let filter = "$share/g/twin/t";
+    let (mut member, _) = Conn::connect(broker.mqtt, &persistent("twin-member"));
+    member.sub(filter, 2);
+    // Two clean members that never answer; `holder` takes 4 at a time.
+    let holder_connect = Connect::v5("twin-holder").prop(P_RECEIVE_MAXIMUM, Prop::U16(4));
+    let (mut holder, _) = Conn::connect(broker.mqtt, &holder_connect);
+    holder.sub(filter, 2);
+    let mut leaver = Conn::client(broker.mqtt, true, "twin-leaver");
+    leaver.sub(filter, 2);
+    holder.auto_ack = false;
+    leaver.auto_ack = false;
+    let mut publ = Conn::client(broker.mqtt, true, "twin-pub");
+    // Every window and queue fills, then the backlog, then the log (a gap).
+    let sent = publish_qos2(&mut publ, 0..80, |_| "twin/t".to_string());
+    let held_by_holder: BTreeSet<String> = holder
+        .drain_publishes(Duration::from_millis(500))
+        .into_iter()
+        .map(|p| String::from_utf8(p.payload).unwrap())
+        .collect();
+    assert_eq!(held_by_holder.len(), 4, "the holder's window is full");
+    // One member leaves: its share goes back to the group behind the full backlog and
+    // lowers the gap to its first offset, so the catch-up read brings the holder's
+    // messages (above that offset) once more, to the persistent member.
+    leaver.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    // The persistent member takes everything it gets and completes it, except the
+    // holder's messages: those exchanges it keeps open.
+    let mut tally = Tally {
+        hold: held_by_holder.clone(),
+        ..Tally::default()
+    };
+    tally.read(&mut member, QUIET);
+    let open: Vec<&String> = tally.open.values().collect();
+    assert!(
+        !open.is_empty(),
+        "the catch-up read brought none of the holder's messages ({held_by_holder:?}) \
+         to the member"
+    );
+    // The holder leaves: its copies go back to the group, whose only member holds them.
+    holder.kill();
+    tally.read(&mut member, QUIET);
+    tally.release_held(&mut member);
     tally.read(&mut member, QUIET);
     tally.assert_once(&sent);
 }
@@ -280,7 +355,7 @@ fn completed_qos2_messages_above_an_open_exchange_do_not_come_again_after_a_grac
     let topic = |i: usize| format!("open/{}", i % 7);
     let mut publ = Conn::client(broker.mqtt, true, "once-open-pub");
     let mut tally = Tally {
-        hold: Some("m0".to_string()),
+        hold: ["m0".to_string()].into(),
         ..Tally::default()
     };
     let mut sent = Vec::new();
@@ -304,7 +379,7 @@ fn completed_qos2_messages_above_an_open_exchange_do_not_come_again_after_a_grac
         let (mut sub, ack) = Conn::connect(broker.mqtt, &session);
         assert!(ack.session_present, "the session was restored");
         if i == 5 {
-            tally.hold = None;
+            tally.hold.clear();
             tally.read(&mut sub, QUIET);
         } else {
             tally.read_n(&mut sub, 6);

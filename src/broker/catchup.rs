@@ -161,16 +161,9 @@ impl Shard {
         }
         let connected = slot.conn.is_some();
         let mut refused = None;
-        let held_set: std::collections::HashSet<u64> = if found.is_empty() {
-            Default::default()
-        } else {
-            slot.session.outbound.held_offsets(owner)
-        };
         for msg in found {
             let offset = msg.log.map_or(0, |p| p.offset);
-            if held_set.contains(&offset) {
-                continue;
-            }
+            // What the session holds or PUBREC'd is dropped (see `Session::had`).
             let Some(delivery) = replayed_delivery(&slot.session, msg)
                 .and_then(|d| self.settle_released(&mut slot.session, d))
             else {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::metrics::Limit;
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, GroupRoute, ShardSet};
-use crate::session::{Admit, Delivery, Enqueued, Message, QueueLimit, SubOptions};
+use crate::session::{Admit, Delivery, Enqueued, Had, Message, QueueLimit, SubOptions};
 use crate::shard::{AckTo, Shard, ShardMsg};
 
 use super::{SessionKey, SessionSlot};
@@ -241,18 +241,26 @@ impl Shard {
             .log
             .filter(|_| delivery.holds_cursor && delivery.share_group.is_none())
             .filter(|_| qos != QoS::AtMostOnce);
-        if let Some(pos) = delivery.msg.log.filter(|_| delivery.holds_cursor) {
-            // Handed to the session again (a shared pick of a re-read message, a
-            // redistribution): once PUBREC'd, never a PUBLISH again.
-            if slot.session.replay.released(pos).is_some() {
-                return;
-            }
+        // Handed to the session again (a shared pick of a re-read message, a
+        // redistribution, a live copy of what a read brought): once PUBREC'd, never a
+        // PUBLISH again; still held, never a second copy. A held one still counts as
+        // skipped for the session's gap, as it did before it was checked.
+        let had = delivery
+            .msg
+            .log
+            .filter(|_| delivery.holds_cursor)
+            .map_or(Had::No, |pos| slot.session.had(pos));
+        if matches!(had, Had::Released(_)) {
+            return;
         }
         if let Some(pos) = from_log {
             if slot.session.replay.admit(pos) == Admit::FromLog {
                 self.probe.deliveries_deferred_total.inc();
                 return;
             }
+        }
+        if had == Had::Held {
+            return;
         }
         let outbound = &mut slot.session.outbound;
         let full = outbound.full_by(delivery.msg.cost_bytes()).map(queue_limit);

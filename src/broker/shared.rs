@@ -45,7 +45,7 @@ use std::time::Instant;
 use crate::metrics::Limit;
 use crate::mqtt::{ByteStr, QoS};
 use crate::session::{Admit, CatchUp, Delivery, Enqueued, LogPos, Message, ReplayCursor};
-use crate::session::{Session, SubOptions};
+use crate::session::{Had, Session, SubOptions};
 use crate::shard::{Shard, ShardMsg};
 
 use super::catchup::CATCH_UP_MESSAGES_MAX;
@@ -380,8 +380,6 @@ impl Shard {
         let mut backlogs = self.broker.shared_backlogs.borrow_mut();
         let mut queued = false;
         let s = &mut slot.session;
-        // What the member holds, taken once a logged message comes by.
-        let mut held: Option<HashSet<(u16, u64)>> = None;
         // A shard has few groups; a session may have many subscriptions.
         for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
             let Some(opts) = s.subscriptions.get(&b.member_filter) else {
@@ -396,8 +394,7 @@ impl Shard {
                 if let Some(pos) = msg.log {
                     // A catch-up read errs low: what this member holds or PUBREC'd came
                     // through the group already and is not handed to it again.
-                    let held = held.get_or_insert_with(|| s.outbound.held_shared_positions());
-                    if held.contains(&(pos.shard, pos.offset)) || s.replay.released(pos).is_some() {
+                    if s.had(pos) != Had::No {
                         continue;
                     }
                 }

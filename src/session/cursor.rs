@@ -34,7 +34,9 @@
 //! sent as a PUBLISH again (it would take it as a new message once its exchange is
 //! over). So the cursor keeps the set of logged QoS 2 messages the client PUBREC'd
 //! (`released`) as live state: every path that hands a logged message to the session
-//! asks it first (`is_released`), and it moves with the session between shards. An
+//! asks it first, through the one check `Session::had` (which also refuses a message
+//! the session still holds, queued or in flight: a second copy would go out under a
+//! new packet id), and it moves with the session between shards. An
 //! entry goes only once it is below the cursors that are logged (backlog holds and gaps
 //! included), which no read for this session reaches; a shared group's member keeps
 //! its entries up to the bound (a read of the group on another shard may reach lower). The set is bounded by

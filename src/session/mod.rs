@@ -58,6 +58,17 @@ pub struct Will {
     pub delay_secs: u32,
 }
 
+/// Whether a session already has a logged message (see [`Session::had`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Had {
+    /// Not yet: it may be queued.
+    No,
+    /// Queued or in flight.
+    Held,
+    /// PUBREC'd by the client, with the packet id still awaiting PUBCOMP (0: completed).
+    Released(u16),
+}
+
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
@@ -123,5 +134,20 @@ impl Session {
     /// Whether the session outlives its connection.
     pub fn is_persistent(&self) -> bool {
         self.expiry_secs > 0
+    }
+
+    /// The once-per-session check, asked by every path that hands a logged message to
+    /// the session (live fan-out, a shared member's pick, a redistribution, a backlog
+    /// refill, a catch-up read, a replay): whether the session PUBREC'd it (it is never
+    /// sent as a PUBLISH again) or holds it, queued or in flight, by log position.
+    /// Reading the log errs low and a shared group can hand one message to two members,
+    /// whose copies both come back to the group: a second copy queued beside the first
+    /// would reach the client under a new packet id once it completed the first.
+    pub fn had(&self, pos: LogPos) -> Had {
+        match self.replay.released(pos) {
+            Some(pid) => Had::Released(pid),
+            None if self.outbound.holds(pos) => Had::Held,
+            None => Had::No,
+        }
     }
 }

@@ -127,6 +127,9 @@ pub struct Outbound {
     /// `(owner shard, offset, packet id)` of the QoS 2 deliveries that entered the sending
     /// state since the caller last drained them (reused: no allocation once warm).
     unlogged: Vec<(u16, u64, u16)>,
+    /// Per owner shard, one past the highest log offset that ever entered the queue or
+    /// the window: a message above it is held by neither (`holds` then looks no further).
+    entered_top: Vec<u64>,
 }
 
 /// A client acknowledged something it was never sent (or in the wrong state).
@@ -145,6 +148,7 @@ impl Outbound {
             next_pid: 1,
             next_seq: 0,
             unlogged: Vec::new(),
+            entered_top: Vec::new(),
         }
     }
 
@@ -204,21 +208,34 @@ impl Outbound {
         }
     }
 
-    /// The log offsets of owner `shard` among the deliveries queued or in flight.
-    pub fn held_offsets(&self, shard: u16) -> std::collections::HashSet<u64> {
-        self.queue
-            .iter()
-            .chain(self.inflight.values().map(|e| &e.delivery))
-            .filter_map(|d| d.msg.log.filter(|p| p.shard == shard).map(|p| p.offset))
-            .collect()
+    /// Whether a delivery of the logged message at `pos` is queued or in flight. A
+    /// message above every offset of its owner that ever entered is not looked for: the
+    /// live path, in the owner's order, costs one comparison; only a message handed
+    /// again (a re-read, a redistribution) scans the queue and the window.
+    pub fn holds(&self, pos: LogPos) -> bool {
+        let top = self
+            .entered_top
+            .get(usize::from(pos.shard))
+            .copied()
+            .unwrap_or(0);
+        pos.offset < top
+            && self
+                .queue
+                .iter()
+                .chain(self.inflight.values().map(|e| &e.delivery))
+                .filter_map(|d| d.msg.log)
+                .any(|p| p.shard == pos.shard && p.offset == pos.offset)
     }
 
-    /// The log positions `(owner shard, offset)` of the shared deliveries queued or in
-    /// flight.
-    pub fn held_shared_positions(&self) -> std::collections::HashSet<(u16, u64)> {
-        self.shared_held()
-            .map(|(_, p)| (p.shard, p.offset))
-            .collect()
+    /// A delivery entered the queue or the window (see `holds`).
+    fn entered(&mut self, delivery: &Delivery) {
+        let Some(pos) = delivery.msg.log else { return };
+        let owner = usize::from(pos.shard);
+        if self.entered_top.len() <= owner {
+            self.entered_top.resize(owner + 1, 0);
+        }
+        let top = &mut self.entered_top[owner];
+        *top = (*top).max(pos.offset + 1);
     }
 
     /// The shared deliveries queued or in flight: their group and log position.
@@ -244,6 +261,7 @@ impl Outbound {
             }
         }
         self.queue_bytes += cost;
+        self.entered(&delivery);
         self.queue.push_back(delivery);
         Enqueued::Queued
     }
@@ -499,6 +517,7 @@ impl Outbound {
     }
 
     fn restore_inflight(&mut self, delivery: Delivery, pid: u16, state: AwaitState) {
+        self.entered(&delivery);
         self.insert_inflight(pid, delivery, state, Instant::now(), true);
     }
 
@@ -989,6 +1008,40 @@ mod tests {
         out.lowest_unfinished(&mut lowest);
         assert_eq!(lowest[1], 42, "it holds the cursor");
         out.on_pubcomp(7).unwrap();
+    }
+
+    #[test]
+    fn holds_finds_a_message_queued_or_in_flight_until_it_completes() {
+        let mut out = Outbound::new(limits(100, 1));
+        let at = |shard, offset| LogPos {
+            shard,
+            offset,
+            floor: offset,
+        };
+        let logged = |pos| {
+            let mut d = delivery("t", QoS::ExactlyOnce);
+            Arc::get_mut(&mut d.msg).unwrap().log = Some(pos);
+            d
+        };
+        assert!(!out.holds(at(0, 5)), "nothing entered");
+        out.enqueue(logged(at(0, 5)), true);
+        out.enqueue(logged(at(0, 7)), true);
+        assert!(out.holds(at(0, 5)) && out.holds(at(0, 7)), "queued");
+        assert!(
+            !out.holds(at(0, 6)) && !out.holds(at(0, 8)),
+            "never entered"
+        );
+        assert!(!out.holds(at(1, 5)), "another owner's offset");
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        out.pump(&mut outlet(&mut buf), now);
+        assert!(out.holds(at(0, 5)), "in flight");
+        let pid = out.inflight.keys().copied().next().unwrap();
+        out.on_pubrec(pid, ReasonCode::Success, false, &mut outlet(&mut buf), now)
+            .unwrap();
+        out.on_pubcomp(pid).unwrap();
+        assert!(!out.holds(at(0, 5)), "completed: no longer held");
+        assert!(out.holds(at(0, 7)), "still queued");
     }
 
     #[test]

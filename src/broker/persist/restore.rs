@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::mqtt::ByteStr;
 use crate::mqtt::QoS;
 use crate::router::parse_filter;
-use crate::session::{subscribed_from, Delivery, LogPos, Session, Will, EXPIRY_NEVER};
+use crate::session::{subscribed_from, Delivery, Had, LogPos, Session, Will, EXPIRY_NEVER};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
 use super::super::shared::lower_by_groups;
@@ -295,7 +295,9 @@ impl Shard {
     /// hold that exchange already), and its PUBREL is resent on reconnect (MQTT 5 §4.4);
     /// completed, it is dropped. One that was in flight when the broker stopped
     /// (`qos2_sent`) goes back into the in-flight window under its old packet id, its
-    /// PUBLISH resent with DUP on reconnect. Any other delivery is returned, to be offered.
+    /// PUBLISH resent with DUP on reconnect. One the session still holds (queued or in
+    /// flight) is dropped too (see `Session::had`). Any other delivery is returned, to be
+    /// offered.
     pub(crate) fn settle_released(
         &self,
         session: &mut Session,
@@ -304,8 +306,8 @@ impl Shard {
         let Some(pos) = delivery.msg.log else {
             return Some(delivery);
         };
-        match session.replay.released(pos) {
-            None => match session.replay.take_sent(pos) {
+        match session.had(pos) {
+            Had::No => match session.replay.take_sent(pos) {
                 None => Some(delivery),
                 Some(pid) => match session.outbound.restore_sent(delivery, pid) {
                     Ok(()) => {
@@ -315,8 +317,8 @@ impl Shard {
                     Err(delivery) => Some(delivery),
                 },
             },
-            Some(0) => None,
-            Some(pid) => {
+            Had::Held | Had::Released(0) => None,
+            Had::Released(pid) => {
                 if session.outbound.restore_released(delivery, pid) {
                     self.probe.inflight_current.add(1);
                 }
