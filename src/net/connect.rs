@@ -60,14 +60,18 @@ pub(super) fn version(protocol: Protocol) -> &'static str {
 }
 
 /// Logs a refused CONNECT, one line at info: refusals are what an operator looks for
-/// when a client "cannot connect".
+/// when a client "cannot connect". Capped per shard (see `logcap`).
 fn log_refused(shard: &Shard, conn: &Conn, client_id: &str, reason: &dyn std::fmt::Debug) {
+    let Some(left_out) = shard.connections.admit_refusal_line() else {
+        return;
+    };
     tracing::info!(
         shard = shard.id,
         client_id,
         peer = %Peer(conn),
         protocol = version(conn.protocol.get()),
         reason = ?reason,
+        left_out,
         "connection refused"
     );
 }

@@ -10,6 +10,7 @@
 mod bounds;
 mod conn;
 mod connect;
+mod logcap;
 mod packets;
 mod refuse;
 mod room;
@@ -35,6 +36,8 @@ pub struct Connections {
     live: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Publishers waiting for room on a mesh link.
     turns: room::LinkTurns,
+    /// The cap on this shard's "connection refused" log lines.
+    refusals_logged: logcap::LineCap,
 }
 
 impl Connections {
@@ -53,6 +56,12 @@ impl Connections {
     /// The live connection with `token`.
     pub fn get(&self, token: u64) -> Option<Rc<Conn>> {
         self.live.borrow().get(&token).cloned()
+    }
+
+    /// Whether a "connection refused" line may be written now, and how many such lines
+    /// were left out before it (see `logcap`).
+    pub(super) fn admit_refusal_line(&self) -> Option<u64> {
+        self.refusals_logged.admit(Instant::now())
     }
 
     /// Number of live connections.

@@ -53,8 +53,12 @@ pub(super) async fn refuse(
     })
     .await;
     let Ok(Some(level)) = level else {
+        let Some(left_out) = shard.connections.admit_refusal_line() else {
+            return;
+        };
         tracing::info!(
             shard = shard.id,
+            left_out,
             peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
             limit = limit.key(),
             reason = "no CONNECT within the refusal wait",
@@ -87,8 +91,12 @@ pub(super) async fn refuse(
         Ok(())
     })
     .await;
+    let Some(left_out) = shard.connections.admit_refusal_line() else {
+        return;
+    };
     tracing::info!(
         shard = shard.id,
+        left_out,
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         limit = limit.key(),
         reason = ?ReasonCode::QuotaExceeded,
