@@ -117,10 +117,7 @@ impl Shard {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
             return;
         }
-        *self.broker.session_shadow.borrow_mut() = Some(SessionShadow::new(
-            sessions,
-            self.config.session_qos2_released_max,
-        ));
+        *self.broker.session_shadow.borrow_mut() = Some(SessionShadow::new(sessions));
     }
 
     /// Runs the floor reports and retention for this shard, if a limit is configured.
