@@ -59,6 +59,16 @@ fn restarted(
     (b, sub)
 }
 
+/// A new QoS 2 message on `q2/t` reaches `sub`.
+fn next_comes_as_usual(b: &Broker, sub: &mut Conn) {
+    let mut publ = Conn::client(b.mqtt, true, "q2-pub");
+    assert_eq!(publ.publish(Publish::new("q2/t", b"next", 2)), 0);
+    let next = sub
+        .try_publish(Duration::from_secs(10))
+        .expect("the next PUBLISH");
+    assert_eq!(next.payload, b"next");
+}
+
 /// A QoS 2 exchange that got its PUBREC but no PUBCOMP before the stop: after the restart
 /// the broker resends PUBREL under the same packet id (MQTT 5 §4.4), never the PUBLISH,
 /// and the exchange then completes.
@@ -99,12 +109,7 @@ fn released_qos2_then_restart(kill: bool, shards: usize) {
     );
     sub.ack(PUBCOMP, p.pid);
     // The exchange is over: the next message comes as usual.
-    let mut publ = Conn::client(b.mqtt, true, "q2-pub");
-    assert_eq!(publ.publish(Publish::new("q2/t", b"next", 2)), 0);
-    let next = sub
-        .try_publish(Duration::from_secs(10))
-        .expect("the next PUBLISH");
-    assert_eq!(next.payload, b"next");
+    next_comes_as_usual(&b, &mut sub);
 }
 
 #[test]
@@ -144,4 +149,69 @@ fn acked_qos1_is_not_delivered_again_after_sigterm() {
         "{} acknowledged QoS 1 messages delivered again after SIGTERM",
         again.len()
     );
+}
+
+/// More PUBREC'd exchanges than a restart replays at once: the rest come back with a
+/// catch-up read once the client is connected again, and each still gets its PUBREL
+/// then (not only those restored before the client came back). Without it those
+/// exchanges hold in-flight slots that nothing completes, and the session stops.
+#[test]
+fn released_qos2_past_the_replayed_window_gets_pubrel_after_kill_9() {
+    const N: usize = 12;
+    let dir = temp_dir();
+    let mut options = logged_options(&dir, 1);
+    options.env.extend([
+        ("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX".into(), "4".into()),
+        ("SHARDMQ_INFLIGHT_COUNT_MAX".into(), "16".into()),
+    ]);
+    let b = Broker::start_with(options.clone());
+    let session = Connect::v5("q2-rel-many").clean(false).session_expiry(3600);
+    let (mut sub, _) = Conn::connect(b.mqtt, &session);
+    sub.sub("q2/#", 2);
+    sub.auto_ack = false;
+    let mut publ = Conn::client(b.mqtt, true, "pub");
+    let mut pids = Vec::new();
+    for i in 0..N {
+        assert_eq!(
+            publ.publish(Publish::new("q2/t", format!("m{i}").as_bytes(), 2)),
+            0
+        );
+        let p = sub
+            .try_publish(Duration::from_secs(10))
+            .expect("the PUBLISH");
+        sub.ack(PUBREC, p.pid);
+        let rel = sub.expect_kind(PUBREL);
+        assert_eq!(u16::from_be_bytes([rel.body[0], rel.body[1]]), p.pid);
+        // No PUBCOMP: the client still holds the id.
+        pids.push(p.pid);
+    }
+    drop(sub);
+    drop(publ);
+    let (b, mut sub) = restarted(b, options, &session, true);
+    sub.auto_ack = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut releases = Vec::new();
+    while releases.len() < N {
+        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+            break;
+        };
+        match sub.recv(left) {
+            Recv::Packet(q) if q.kind == PUBLISH => {
+                panic!("a released message was sent again as a PUBLISH: {q:?}")
+            }
+            Recv::Packet(q) if q.kind == PUBREL => {
+                let pid = u16::from_be_bytes([q.body[0], q.body[1]]);
+                releases.push(pid);
+                sub.ack(PUBCOMP, pid);
+            }
+            Recv::Packet(_) => {}
+            Recv::Timeout | Recv::Closed => break,
+        }
+    }
+    releases.sort_unstable();
+    let mut expected = pids.clone();
+    expected.sort_unstable();
+    assert_eq!(releases, expected, "a PUBREL for every PUBREC'd exchange");
+    // The window is free again: the next message comes as usual.
+    next_comes_as_usual(&b, &mut sub);
 }

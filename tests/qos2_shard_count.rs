@@ -24,6 +24,25 @@ fn options(dir: &tempfile::TempDir, shards: usize) -> BrokerOptions {
     }
 }
 
+/// `options` with a session queue of `queue_max` messages and a window of `inflight_max`.
+fn limited(
+    dir: &tempfile::TempDir,
+    shards: usize,
+    queue_max: usize,
+    inflight_max: usize,
+) -> BrokerOptions {
+    let mut o = options(dir, shards);
+    o.env.push((
+        "SHARDMQ_SESSION_QUEUE_MESSAGES_MAX".into(),
+        queue_max.to_string(),
+    ));
+    o.env.push((
+        "SHARDMQ_INFLIGHT_COUNT_MAX".into(),
+        inflight_max.to_string(),
+    ));
+    o
+}
+
 /// SIGTERM, and the process is gone.
 fn sigterm(b: &mut Broker) {
     b.signal(libc::SIGTERM);
@@ -310,14 +329,7 @@ fn publisher_qos2_resend_is_delivered_once_across_a_change_from_two_shards_to_on
 #[test]
 fn a_full_window_is_resent_under_its_ids_after_a_change_from_two_shards_to_one() {
     let dir = temp_dir();
-    let with_limits = |shards| {
-        let mut o = options(&dir, shards);
-        o.env
-            .push(("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX".into(), "200".into()));
-        o.env
-            .push(("SHARDMQ_INFLIGHT_COUNT_MAX".into(), "32".into()));
-        o
-    };
+    let with_limits = |shards| limited(&dir, shards, 200, 32);
     let mut b = Broker::start_with(with_limits(2));
     let session = Connect::v4("q2-sc-full").clean(false);
     let (mut sub, _) = Conn::connect(b.mqtt, &session);
@@ -361,4 +373,108 @@ fn a_full_window_is_resent_under_its_ids_after_a_change_from_two_shards_to_one()
         wrong.len(),
         again.len()
     );
+}
+
+/// A shared group's members `p` (completes every QoS 2 message it gets) and `b` (never
+/// PUBRECs: its window and queue fill, and its cursor stays at its first message). The
+/// messages `p` completed are above `b`'s cursor, so the restart replays (and a layout
+/// change carries) them for `b`; what does not fit `b`'s queue, and what `b` holds when it
+/// leaves again, goes to the group, so to `p`. After SIGTERM and a restart with `to`
+/// shards, `p` must never get a message it completed as a PUBLISH again (MQTT 5 §4.3.3).
+/// Found by tests/nemesis.rs (seed 23: 11 repeats at a shared member after a change
+/// from one shard to two, up to 42 after a SIGTERM restart on two shards).
+///
+/// Open: recovery keeps only the releases at or above a session's cursor
+/// (`RecoveredSession::released_above_cursors`) and a layout change carries a release
+/// only with a message it carries for that session, while a shared member keeps its
+/// releases below its cursor live (`prune_released`). Keeping them across the restart
+/// too (recovery, the retention shadow and the layout change) makes these tests pass
+/// and removed the R repeats of seed 23, but every nemesis run of seed 41 with it lost
+/// thousands of messages (2,482 to 5,117) at a plain persistent subscriber that was
+/// offline across the last `kill -9`s on one shard (3 of 3 runs); without it, 1 of 3
+/// runs lost 2 messages at such a subscriber, so that loss is a defect of its own which
+/// the change seems to widen. The recovery part alone (no layout-change part) lost
+/// 6,666 in one run too. Its cause was not found, so the change is not applied.
+/// Ignored until then.
+fn shared_member_completed_across_restart(from: usize, to: usize) {
+    const COUNT: u32 = 80;
+    let dir = temp_dir();
+    let with_limits = |shards| limited(&dir, shards, 16, 8);
+    let filter = "$share/g/q2g/#";
+    let mut b = Broker::start_with(with_limits(from));
+    let p_session = Connect::v5("q2-sc-gp").clean(false).session_expiry(3600);
+    let b_session = Connect::v5("q2-sc-gb").clean(false).session_expiry(3600);
+    let (mut member_b, _) = Conn::connect(b.mqtt, &b_session);
+    member_b.auto_ack = false;
+    member_b.sub(filter, 2);
+    let (mut member_p, _) = Conn::connect(b.mqtt, &p_session);
+    member_p.sub(filter, 2);
+    let mut publ = Conn::client(b.mqtt, true, "q2-sc-gpub");
+    for i in 0..COUNT {
+        let topic = format!("q2g/t{}", i % 4);
+        assert_eq!(publ.publish(Publish::new(&topic, &i.to_be_bytes(), 2)), 0);
+    }
+    // `p` PUBRECs each PUBLISH and PUBCOMPs each PUBREL as it reads them.
+    let completed: HashSet<u32> = member_p
+        .drain_publishes(Duration::from_secs(2))
+        .iter()
+        .map(index)
+        .collect();
+    let held_by_b = member_b.drain_publishes(Duration::from_millis(200)).len();
+    assert!(
+        !completed.is_empty() && held_by_b > 0,
+        "both members got messages ({} and {held_by_b})",
+        completed.len()
+    );
+    // The PUBCOMPs are logged with the next cursors (every 200 ms, and at the stop).
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&mut b);
+    drop((member_p, member_b, publ));
+
+    let b = Broker::start_with(with_limits(to));
+    let (mut member_p, ack) = Conn::connect(b.mqtt, &p_session);
+    assert!(ack.session_present);
+    let mut again: Vec<u32> = Vec::new();
+    let mut collect = |p: &mut Conn, limit| {
+        for publish in p.drain_publishes(limit) {
+            let i = index(&publish);
+            if completed.contains(&i) {
+                again.push(i);
+            }
+        }
+    };
+    collect(&mut member_p, Duration::from_secs(2));
+    // `b` comes back and leaves: what it holds goes to the group's other member.
+    let (mut member_b, ack) = Conn::connect(b.mqtt, &b_session);
+    assert!(ack.session_present);
+    member_b.auto_ack = false;
+    let _ = member_b.drain_publishes(Duration::from_millis(500));
+    member_b.disconnect(0);
+    collect(&mut member_p, Duration::from_secs(3));
+    again.sort();
+    assert!(
+        again.is_empty(),
+        "after a restart from {from} to {to} shards, the shared member got {} of the {} QoS \
+         2 messages it had completed as a PUBLISH again: {again:?}",
+        again.len(),
+        completed.len()
+    );
+}
+
+#[test]
+#[ignore = "open defect: a restart forgets a shared member's QoS 2 releases below its cursor (see the doc comment of shared_member_completed_across_restart)"]
+fn a_shared_member_never_gets_what_it_completed_again_after_a_change_from_one_shard_to_two() {
+    shared_member_completed_across_restart(1, 2);
+}
+
+#[test]
+#[ignore = "open defect: a restart forgets a shared member's QoS 2 releases below its cursor (see the doc comment of shared_member_completed_across_restart)"]
+fn a_shared_member_never_gets_what_it_completed_again_after_a_change_from_two_shards_to_one() {
+    shared_member_completed_across_restart(2, 1);
+}
+
+#[test]
+#[ignore = "open defect: a restart forgets a shared member's QoS 2 releases below its cursor (see the doc comment of shared_member_completed_across_restart)"]
+fn a_shared_member_never_gets_what_it_completed_again_after_a_restart() {
+    shared_member_completed_across_restart(1, 1);
 }

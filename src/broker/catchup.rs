@@ -161,11 +161,13 @@ impl Shard {
         }
         let connected = slot.conn.is_some();
         let mut refused = None;
+        // Exchanges the read restored into the in-flight window (see below).
+        let mut restored = Vec::new();
         for msg in found {
             let offset = msg.log.map_or(0, |p| p.offset);
             // What the session holds or PUBREC'd is dropped (see `Session::had`).
             let Some(delivery) = replayed_delivery(&slot.session, msg)
-                .and_then(|d| self.settle_released(&mut slot.session, d))
+                .and_then(|d| self.settle_released_into(&mut slot.session, d, &mut restored))
             else {
                 continue;
             };
@@ -182,7 +184,22 @@ impl Shard {
             }
             self.probe.catch_up_messages_total.inc();
         }
+        let now = Instant::now();
+        // A restored exchange gets its PUBREL (or PUBLISH with DUP) on reconnect; one
+        // restored while the client is connected gets it now, or it would hold its
+        // in-flight slot for good (a v5 client resends nothing while connected).
+        if let Some(conn) = slot.conn.as_ref().filter(|c| c.session.get().is_some()) {
+            if !restored.is_empty() {
+                let outbound = &mut slot.session.outbound;
+                conn.with_outlet(usize::MAX, |outlet| {
+                    for pid in restored {
+                        outbound.resend_restored(pid, outlet, now);
+                    }
+                });
+                conn.wake_writer();
+            }
+        }
         slot.session.replay.caught_up(owner, resume, end, refused);
-        self.pump(slot, Instant::now());
+        self.pump(slot, now);
     }
 }

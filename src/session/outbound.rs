@@ -533,6 +533,14 @@ impl Outbound {
         Ok(())
     }
 
+    /// A connected session's exchange restored from the log (`restore_released`,
+    /// `restore_sent`) by a catch-up read: the reconnect that resends such exchanges is
+    /// over, so its PUBREL, or its PUBLISH with DUP, goes out now. Otherwise it would hold
+    /// an in-flight slot that no client ever completes.
+    pub fn resend_restored(&mut self, pid: u16, out: &mut Outlet<'_>, now: Instant) {
+        self.resend_one(pid, out, now, true);
+    }
+
     /// The logged QoS 2 messages sent (or sending) and not yet released, as `(owner
     /// shard, offset, packet id)`: logged again at a graceful stop (`qos2_sent`) so a
     /// restart resends them under the same ids.

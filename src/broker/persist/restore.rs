@@ -303,6 +303,19 @@ impl Shard {
         session: &mut Session,
         delivery: Delivery,
     ) -> Option<Delivery> {
+        self.settle_released_into(session, delivery, &mut Vec::new())
+    }
+
+    /// [`Shard::settle_released`], pushing the packet id of an exchange it restored into
+    /// the in-flight window onto `restored`: a session already connected has had its
+    /// reconnect's resends, so the caller sends that exchange's PUBREL (or PUBLISH with
+    /// DUP) itself (see `catchup`).
+    pub(crate) fn settle_released_into(
+        &self,
+        session: &mut Session,
+        delivery: Delivery,
+        restored: &mut Vec<u16>,
+    ) -> Option<Delivery> {
         let Some(pos) = delivery.msg.log else {
             return Some(delivery);
         };
@@ -312,6 +325,7 @@ impl Shard {
                 Some(pid) => match session.outbound.restore_sent(delivery, pid) {
                     Ok(()) => {
                         self.probe.inflight_current.add(1);
+                        restored.push(pid);
                         None
                     }
                     Err(delivery) => Some(delivery),
@@ -321,6 +335,7 @@ impl Shard {
             Had::Released(pid) => {
                 if session.outbound.restore_released(delivery, pid) {
                     self.probe.inflight_current.add(1);
+                    restored.push(pid);
                 }
                 None
             }
