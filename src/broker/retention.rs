@@ -117,7 +117,10 @@ impl Shard {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
             return;
         }
-        *self.broker.session_shadow.borrow_mut() = Some(SessionShadow::new(sessions));
+        *self.broker.session_shadow.borrow_mut() = Some(SessionShadow::new(
+            sessions,
+            self.config.session_qos2_released_max,
+        ));
     }
 
     /// Runs the floor reports and retention for this shard, if a limit is configured.

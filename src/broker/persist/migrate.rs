@@ -30,6 +30,12 @@
 //!   id at the new position follows the session's cursor, so the next start resends its
 //!   PUBREL, never its PUBLISH; one in flight at a graceful stop gets its `qos2_sent`
 //!   entry there, so it is resent with DUP under its old id;
+//! - a member of a shared group also gets a completed `qos2_delivered` entry (packet id
+//!   0) for every carried message it PUBREC'd and no longer wants itself (completed, or
+//!   below its cursor) but another session does: the group can still hand the message
+//!   to it (another member's replay that does not fit its queue, what a member leaving
+//!   held), and the next start keeps a member's releases below its cursor for that
+//!   (`RecoveredSession::released_kept`);
 //! - from a publisher, a QoS 2 packet id received and not released (per client and
 //!   packet id, held by the topic's owner, see `durable`) marks its message's
 //!   `publish_for` on the topic's new owner with the id and DUP, as the owner logs it.
@@ -217,6 +223,8 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
     let mut first: HashMap<(usize, usize), u64> = HashMap::new();
     // Per session: its QoS 2 exchanges at their new positions.
     let mut qos2: HashMap<usize, Qos2Entries> = HashMap::new();
+    // Per old position: the shared groups' members that PUBREC'd the message there.
+    let member_releases = member_releases(&old.sessions, &clients);
     for at in write_order(&old.pending) {
         let carried = &old.pending[&at];
         let names: Vec<&str> = carried
@@ -235,6 +243,13 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
                 entries.released.push((j as u16, offset, pid));
             } else if let Some(&pid) = s.sent.get(&at) {
                 entries.sent.push((j as u16, offset, pid));
+            }
+        }
+        // Carried for others: the group can still hand it to a member that completed it.
+        for &c in member_releases.get(&at).into_iter().flatten() {
+            if !carried.wanting.contains(&c) {
+                let entries = qos2.entry(c).or_default();
+                entries.released.push((j as u16, offset, 0));
             }
         }
     }
@@ -343,6 +358,25 @@ fn write_order(pending: &BTreeMap<(u16, u64), Carried>) -> Vec<(u16, u64)> {
             .expect("a head");
         order.push((shard, offset));
     }
+}
+
+/// Per old position, the sessions (by index in `clients`) that are members of a shared
+/// group and PUBREC'd the message there (see `RecoveredSession::released_kept`).
+fn member_releases(
+    sessions: &HashMap<String, RecoveredSession>,
+    clients: &[&String],
+) -> HashMap<(u16, u64), Vec<usize>> {
+    let mut by_position: HashMap<(u16, u64), Vec<usize>> = HashMap::new();
+    for (c, client) in clients.iter().enumerate() {
+        let s = &sessions[*client];
+        if !s.is_shared_member() {
+            continue;
+        }
+        for at in s.released_kept(usize::MAX).into_keys() {
+            by_position.entry(at).or_default().push(c);
+        }
+    }
+    by_position
 }
 
 /// A session's QoS 2 exchanges in the new layout: `(owner, offset, packet id)`.

@@ -144,6 +144,35 @@ impl RecoveredSession {
         self.above_cursors(&self.released)
     }
 
+    /// The logged releases recovery keeps: those a replay from the session's cursors can
+    /// still meet, and for a member of a shared group also the highest below them, as
+    /// completed, up to `max` entries in all. A member's own replay never reaches below its
+    /// cursor, but its group's deliveries do: another member's replay that does not fit
+    /// its queue, what another member leaves behind, a backlog read from a lower gap (see
+    /// `prune_released`, which keeps them live for the same reason). Below the cursor
+    /// an exchange is over (an open one holds the cursor down).
+    pub fn released_kept(&self, max: usize) -> HashMap<(u16, u64), u16> {
+        let mut kept = self.released_above_cursors();
+        if !self.is_shared_member() {
+            return kept;
+        }
+        let mut below: Vec<(u16, u64)> = self
+            .released
+            .keys()
+            .filter(|at| !kept.contains_key(at))
+            .copied()
+            .collect();
+        below.sort_unstable_by_key(|&(shard, offset)| std::cmp::Reverse((offset, shard)));
+        let room = max.saturating_sub(kept.len());
+        kept.extend(below.into_iter().take(room).map(|at| (at, 0)));
+        kept
+    }
+
+    /// Whether one of its subscriptions is a shared one (`$share/...`).
+    pub fn is_shared_member(&self) -> bool {
+        self.subscriptions.keys().any(|f| f.starts_with("$share/"))
+    }
+
     /// The logged in-flight QoS 2 packet ids a replay from the cursors can still meet.
     pub fn sent_above_cursors(&self) -> HashMap<(u16, u64), u16> {
         self.above_cursors(&self.sent)

@@ -127,7 +127,7 @@ impl Shard {
         session.attached_on = Some(self.id);
         session
             .replay
-            .restore_released(rec.released_above_cursors());
+            .restore_released(rec.released_kept(self.config.session_qos2_released_max));
         session.replay.restore_sent(rec.sent_above_cursors());
         for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);

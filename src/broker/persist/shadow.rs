@@ -21,7 +21,9 @@
 //! the originals. The segment goes only once the copies are durable.
 //!
 //! QoS 2 entries below the session's cursor are done (recovery ignores them): the shadow
-//! drops them at every `cursor` record, so it stays as small as the session's window.
+//! drops them at every `cursor` record, so it stays as small as the session's window; a
+//! shared group's member keeps them as completed up to `session_qos2_released_max`, as
+//! recovery does (`RecoveredSession::released_kept`).
 
 use std::collections::HashMap;
 
@@ -41,17 +43,21 @@ pub(crate) struct SessionShadow {
     since: HashMap<String, u64>,
     /// Armed wills: the offset and body of their `will` record.
     wills: HashMap<(String, WillConn), (u64, Vec<u8>)>,
+    /// `session_qos2_released_max`: a shared group's member keeps its releases below
+    /// its cursor up to it (see `RecoveredSession::released_kept`).
+    released_max: usize,
 }
 
 impl SessionShadow {
     /// The shadow of a log whose recovery rebuilt `sessions` (resting on records from
     /// offset 0 on: copied at the first deletion). The wills recovery found are marked
     /// done at start: none is armed.
-    pub(crate) fn new(sessions: &HashMap<String, RecoveredSession>) -> Self {
+    pub(crate) fn new(sessions: &HashMap<String, RecoveredSession>, released_max: usize) -> Self {
         SessionShadow {
             sessions: sessions.clone(),
             since: sessions.keys().map(|c| (c.clone(), 0)).collect(),
             wills: HashMap::new(),
+            released_max,
         }
     }
 
@@ -93,7 +99,7 @@ impl SessionShadow {
                 return;
             };
             if let Some(s) = self.sessions.get_mut(&client) {
-                s.released = s.released_above_cursors();
+                s.released = s.released_kept(self.released_max);
                 s.sent = s.sent_above_cursors();
             }
         }
@@ -191,7 +197,8 @@ impl RecoveredSession {
             v.sort_unstable();
             v
         };
-        for chunk in entries(self.released_above_cursors()).chunks(usize::from(u16::MAX)) {
+        // The shadow keeps a shared member's releases below its cursor, bounded.
+        for chunk in entries(self.released_kept(usize::MAX)).chunks(usize::from(u16::MAX)) {
             put(now_ms, SessionRecord::Qos2Delivered(chunk.to_vec()));
         }
         for chunk in entries(self.sent_above_cursors()).chunks(usize::from(u16::MAX)) {
