@@ -53,17 +53,7 @@ pub(super) async fn refuse(
     })
     .await;
     let Ok(Some(level)) = level else {
-        let Some(left_out) = shard.connections.admit_refusal_line() else {
-            return;
-        };
-        tracing::info!(
-            shard = shard.id,
-            left_out,
-            peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
-            limit = limit.key(),
-            reason = "no CONNECT within the refusal wait",
-            "connection refused"
-        );
+        log_refused(shard, peer, limit, &"no CONNECT within the refusal wait");
         return;
     };
     let protocol = if level == 5 {
@@ -91,6 +81,16 @@ pub(super) async fn refuse(
         Ok(())
     })
     .await;
+    log_refused(shard, peer, limit, &ReasonCode::QuotaExceeded);
+}
+
+/// One "connection refused" line at info, within the shard's cap (see `logcap`).
+fn log_refused(
+    shard: &Shard,
+    peer: Option<std::net::SocketAddr>,
+    limit: Limit,
+    reason: &dyn std::fmt::Debug,
+) {
     let Some(left_out) = shard.connections.admit_refusal_line() else {
         return;
     };
@@ -99,7 +99,7 @@ pub(super) async fn refuse(
         left_out,
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         limit = limit.key(),
-        reason = ?ReasonCode::QuotaExceeded,
+        reason = ?reason,
         "connection refused"
     );
 }
