@@ -66,11 +66,27 @@ dpkg-query -W -f='${Conffiles}\n' shardmq | grep -q /etc/shardmq/shardmq.toml ||
 grep -qx 'data_dir = "/var/lib/shardmq"' "$WORK/effective.toml" ||
     fail "the installed config's data_dir is not /var/lib/shardmq"
 
-for port in $MQTT_PORT $METRICS_PORT; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        fail "port $port is already in use: the packaged config listens there"
-    fi
-done
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [ "$SYSTEMD" = 1 ]; then
+    for port in $MQTT_PORT $METRICS_PORT; do
+        in_use "$port" && fail "port $port is already in use: the packaged config listens there"
+    done
+else
+    # Run directly, the broker takes its ports from the environment: other programs
+    # share this machine, so take ports nobody listens on.
+    free_port() {
+        local port
+        for _ in $(seq 1 100); do
+            port=$((20000 + RANDOM % 20000))
+            in_use "$port" || { echo "$port"; return 0; }
+        done
+        fail "no free port found"
+    }
+    MQTT_PORT=$(free_port)
+    METRICS_PORT=$(free_port)
+    [ "$MQTT_PORT" != "$METRICS_PORT" ] || METRICS_PORT=$(free_port)
+    export SHARDMQ_MQTT_LISTEN="127.0.0.1:$MQTT_PORT" SHARDMQ_METRICS_LISTEN="127.0.0.1:$METRICS_PORT"
+fi
 
 metrics() {
     exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT" || return 1
