@@ -3,12 +3,12 @@
 # ExecStart executable). Where the unit's /usr/bin/shardmq is not installed, verifies a
 # copy whose ExecStart points at $SHARDMQ_BIN (default: target/debug/shardmq).
 # Skips, saying so, where systemd-analyze is missing (apt-get install systemd), unless
-# SHARDMQ_VERIFY_UNIT_REQUIRED=1 (CI), where that fails.
+# CI_REQUIRE_SYSTEMD_ANALYZE=1 (CI), where that fails.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 unit="$root/dist/shardmq.service"
 if ! command -v systemd-analyze >/dev/null; then
-    if [[ ${SHARDMQ_VERIFY_UNIT_REQUIRED:-0} = 1 ]]; then
+    if [[ ${CI_REQUIRE_SYSTEMD_ANALYZE:-0} = 1 ]]; then
         echo "verify-unit: systemd-analyze not found (apt-get install systemd)" >&2
         exit 1
     fi
