@@ -248,3 +248,93 @@ fn a_crash_keeps_what_a_clean_member_queued_for_the_group_on_one_shard() {
 fn a_crash_keeps_what_a_clean_member_queued_for_the_group_on_another_shard() {
     a_crash_keeps_what_a_clean_member_queued_for_the_group(2);
 }
+
+/// A persistent member of a group is offline while more messages are acknowledged than
+/// its queue and the group's backlog hold; the broker restarts (SIGTERM) with the other
+/// `shards` count, which carries every message the member had not acknowledged into the
+/// new logs as records naming it. The member comes back, takes a window of them without
+/// acknowledging, and drops the connection: what it held goes back to the group, past
+/// the backlog's bound into the backlog's gap, which the group reads back from the log.
+/// When the member returns, every acknowledged message must reach it.
+fn member_leaving_after_shard_change(from: usize, to: usize) {
+    const TOPICS: usize = 8;
+    const COUNT: usize = 60;
+    let dir = temp_dir();
+    let start = |shards| {
+        Broker::start_with(BrokerOptions {
+            shards,
+            env: [
+                ("SHARDMQ_INFLIGHT_COUNT_MAX", "4"),
+                ("SHARDMQ_SESSION_QUEUE_MESSAGES_MAX", "8"),
+                ("SHARDMQ_SHARED_BACKLOG_MESSAGES_MAX", "2"),
+                ("SHARDMQ_FSYNC_POLICY", "always"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..BrokerOptions::default()
+        })
+    };
+    let filter = "$share/g/change/#";
+    let connect = Connect::v4(&format!("change-member-{from}-{to}")).clean(false);
+    let mut broker = start(from);
+    let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+    member.sub(filter, 1);
+    member.disconnect(0);
+    let mut publ = Conn::client(broker.mqtt, true, &format!("change-pub-{from}-{to}"));
+    let sent: BTreeSet<String> = (0..COUNT)
+        .map(|i| {
+            let payload = format!("m{i}");
+            let topic = format!("change/{}", i % TOPICS);
+            let code = publ.publish(Publish::new(&topic, payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for {payload}");
+            payload
+        })
+        .collect();
+    drop(publ);
+    std::thread::sleep(Duration::from_millis(600));
+    broker.signal(libc::SIGTERM);
+    assert!(
+        broker.wait_exit(Duration::from_secs(20)).is_some(),
+        "stopped"
+    );
+
+    let broker = start(to);
+    let layout = std::fs::read_to_string(dir.path().join("layout")).unwrap();
+    assert_eq!(
+        layout.trim(),
+        format!("shards = {to}"),
+        "the layout is the new one"
+    );
+    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(ack.session_present, "the persistent member was restored");
+    member.auto_ack = false;
+    let held = member.drain_publishes(Duration::from_millis(500));
+    assert!(!held.is_empty(), "the member got a window");
+    // Gone without acknowledging: its window and queue go back to the group.
+    drop(member);
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
+    assert!(ack.session_present, "the persistent member was kept");
+    let got: BTreeSet<String> = read_all(&mut member).into_iter().collect();
+    let lost: Vec<&String> = sent.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost after a change from {from} to {to} shards: \
+         {lost:?} (dropped by the broker: {})",
+        lost.len(),
+        sent.len(),
+        broker.metric_sum("shardmq_messages_dropped_total")
+    );
+}
+
+#[test]
+fn a_member_leaving_after_a_change_from_one_shard_to_two_loses_nothing() {
+    member_leaving_after_shard_change(1, 2);
+}
+
+#[test]
+fn a_member_leaving_after_a_change_from_two_shards_to_one_loses_nothing() {
+    member_leaving_after_shard_change(2, 1);
+}
