@@ -49,7 +49,7 @@ use crate::session::{Had, Session, SubOptions};
 use crate::shard::{Shard, ShardMsg};
 
 use super::catchup::CATCH_UP_MESSAGES_MAX;
-use super::persist::ReplayWant;
+use super::persist::{records, ReplayWant};
 use super::{GroupKey, SessionKey, SessionSlot};
 
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
@@ -445,8 +445,9 @@ impl Shard {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             let want = ReplayWant {
-                // No `publish_for` record names the empty client id.
-                client_id: ByteStr::from_static(""),
+                // A plain `publish` by the filter; a `publish_for` (a layout change's
+                // copy) where it names the group, as one of its members wanted it.
+                client_id: records::group_recipient(&format!("$share/{}/{}", key.0, key.1)).into(),
                 from,
                 filters: vec![(key.1.to_string(), 0)],
                 messages_max,

@@ -12,7 +12,8 @@
 //! 2. The old logs are recovered (CRC-checked, as at any start) and what is still live is
 //!    written into fresh logs of the new layout, each record on its new owner or home:
 //!    retained messages first, then every message a persistent session has not
-//!    acknowledged (one `publish_for` record naming the sessions that want it), then the
+//!    acknowledged (one `publish_for` record naming the sessions that want it and the
+//!    shared groups those of them that are members take it through), then the
 //!    sessions (open, subscriptions with their original times, detach with any delayed
 //!    will, cursors pointing at their own `publish_for` records, and their QoS 2
 //!    exchanges at the new positions, see below), then the wills of connections the
@@ -61,7 +62,7 @@ use crate::broker::durable::{
 };
 use crate::broker::{ArmedWills, RecoveredSession, ReplayWant, RECORD_PUBLISH};
 use crate::mqtt::{ByteStr, PacketId};
-use crate::router::{owner_of, parse_filter, TopicLimits};
+use crate::router::{filter_matches, owner_of, parse_filter, TopicLimits};
 use crate::session::{subscribed_from, Message};
 use crate::storage::{Offset, RecordKind, Wal, WalConfig};
 
@@ -225,14 +226,21 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
     let mut qos2: HashMap<usize, Qos2Entries> = HashMap::new();
     // Per old position: the shared groups' members that PUBREC'd the message there.
     let member_releases = member_releases(&old.sessions, &clients);
+    let groups = group_recipients(&old.sessions, &clients);
+    let mut names: Vec<&str> = Vec::new();
     for at in write_order(&old.pending) {
         let carried = &old.pending[&at];
-        let names: Vec<&str> = carried
-            .wanting
-            .iter()
-            .map(|&c| clients[c].as_str())
-            .collect();
         let msg = &carried.msg;
+        names.clear();
+        names.extend(carried.wanting.iter().map(|&c| clients[c].as_str()));
+        // The groups the wanting members take it through, each named once.
+        for &c in &carried.wanting {
+            for (recipient, filter) in &groups[c] {
+                if filter_matches(filter, msg.topic.as_str()) && !names.contains(&&**recipient) {
+                    names.push(recipient);
+                }
+            }
+        }
         let j = owner_of(msg.topic.as_str(), cfg.shards).0 as usize;
         let offset = append_publish(&wals[j], msg, Some(&names), carried.received).await?;
         for &c in &carried.wanting {
@@ -358,6 +366,36 @@ fn write_order(pending: &BTreeMap<(u16, u64), Carried>) -> Vec<(u16, u64)> {
             .expect("a head");
         order.push((shard, offset));
     }
+}
+
+/// Per session (by index in `clients`): for each of its shared subscriptions, the
+/// recipient naming the group in a `publish_for` (`records::group_recipient`) and the
+/// plain filter. A message carried for a member names its group too: the group may
+/// read it back from the new log (a backlog's gap, opened by a member's replay that did
+/// not fit its queue or by what a leaving member held), and that read takes the
+/// records naming the group, never those naming only sessions (see `shared`).
+fn group_recipients(
+    sessions: &HashMap<String, RecoveredSession>,
+    clients: &[&String],
+) -> Vec<Vec<(String, String)>> {
+    let limits = TopicLimits {
+        topic_bytes_max: usize::MAX,
+        topic_levels_max: usize::MAX,
+    };
+    clients
+        .iter()
+        .map(|client| {
+            sessions[*client]
+                .subscriptions
+                .keys()
+                .filter_map(|f| {
+                    let parsed = parse_filter(f, &limits).ok()?;
+                    parsed.share_group?;
+                    Some((records::group_recipient(f), parsed.filter.to_string()))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Per old position, the sessions (by index in `clients`) that are members of a shared

@@ -19,7 +19,10 @@
 //! and kind 8, `publish_for`, is written by an owner shard: `count u16 | client id ×
 //! count | a publish body (kind 1)`: a message for exactly those sessions, written when
 //! the shard layout changes (see `migrate`); like a `publish`, its PUBLISH carries DUP
-//! and the publisher's packet id when that QoS 2 id was received and not released. A `subscribe`'s offsets say, per owner
+//! and the publisher's packet id when that QoS 2 id was received and not released. Its
+//! recipients also name, by [`group_recipient`], every shared group one of those
+//! sessions takes the message through: the group reads it back too (its backlog's gap,
+//! see `shared`), as it reads a plain `publish`. A `subscribe`'s offsets say, per owner
 //! shard (by index), from which offset of its log the subscription wants messages; a
 //! record without them (written before they existed, or by a layout change, whose new
 //! logs start afresh) wants them from 0, bounded by the session's cursor. The record's
@@ -382,6 +385,13 @@ fn get_qos2_entries(body: &mut &[u8]) -> Option<Vec<(u16, u64, u16)>> {
         entries.push((get_u16(body)?, get_u64(body)?, get_u16(body)?));
     }
     Some(entries)
+}
+
+/// The recipient naming a shared group in a `publish_for` (`member_filter` is a member's
+/// subscription, `$share/<group>/<filter>`): U+0000 and the filter. No client id holds
+/// U+0000 (MQTT forbids it in every string), so no session takes it for its own.
+pub fn group_recipient(member_filter: &str) -> String {
+    format!("\0{member_filter}")
 }
 
 /// Prefix of a `publish_for` body: the recipients.
