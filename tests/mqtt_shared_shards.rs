@@ -96,6 +96,18 @@ fn publish_acked(broker: &Broker, client_id: &str, n: usize) -> BTreeSet<String>
         .collect()
 }
 
+/// Asserts that every acknowledged message (`sent`) is among those received (`got`).
+fn assert_none_lost(broker: &Broker, sent: &BTreeSet<String>, got: &BTreeSet<String>, when: &str) {
+    let lost: Vec<&String> = sent.difference(got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost {when}: {lost:?} (dropped by the broker: {})",
+        lost.len(),
+        sent.len(),
+        broker.metric_sum("shardmq_messages_dropped_total")
+    );
+}
+
 /// Resumes the persistent member after the restart and asserts that, with what it (and
 /// the clean member) got before, every acknowledged message arrived.
 fn resume_and_assert_none_lost(
@@ -147,15 +159,7 @@ fn a_clean_member_leaving_gives_its_messages_to_an_offline_member_on_another_sha
     let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
     assert!(ack.session_present, "the persistent member was kept");
     let got: BTreeSet<String> = read_all(&mut member).into_iter().collect();
-    let lost: Vec<&String> = sent.difference(&got).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged messages lost when the clean member left: {lost:?} \
-         (dropped by the broker: {})",
-        lost.len(),
-        sent.len(),
-        broker.metric_sum("shardmq_messages_dropped_total")
-    );
+    assert_none_lost(&broker, &sent, &got, "when the clean member left");
 }
 
 /// Like `mqtt_shared_backlog::a_graceful_stop_keeps_what_a_clean_member_held_for_the_group`,
@@ -318,15 +322,8 @@ fn member_leaving_after_shard_change(from: usize, to: usize) {
     let (mut member, ack) = Conn::connect(broker.mqtt, &connect);
     assert!(ack.session_present, "the persistent member was kept");
     let got: BTreeSet<String> = read_all(&mut member).into_iter().collect();
-    let lost: Vec<&String> = sent.difference(&got).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged messages lost after a change from {from} to {to} shards: \
-         {lost:?} (dropped by the broker: {})",
-        lost.len(),
-        sent.len(),
-        broker.metric_sum("shardmq_messages_dropped_total")
-    );
+    let when = format!("after a change from {from} to {to} shards");
+    assert_none_lost(&broker, &sent, &got, &when);
 }
 
 #[test]
