@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 STEP_SECS=20
 START_SECS=60
 MQTT_PORT=1883
-METRICS_PORT=9100
+METRICS_PORT=9883
 
 fail() {
     echo "package-check: FAIL: $*" >&2

@@ -123,7 +123,7 @@ fn defaults_print_without_any_config() {
     let (code, out, err) = run_shardmq(&["--print-config"], &[], dir.path());
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("mqtt_listen = \"127.0.0.1:1883\""), "{out}");
-    assert!(out.contains("metrics_listen = \"127.0.0.1:9100\""), "{out}");
+    assert!(out.contains("metrics_listen = \"127.0.0.1:9883\""), "{out}");
     assert!(out.contains("data_dir = \"./data\""), "{out}");
 }
 

@@ -187,7 +187,7 @@ impl Default for Config {
             shards: 0,
             cpus: Vec::new(),
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9883)),
             metrics_shard: 0,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
