@@ -45,6 +45,12 @@
 //! the client can refuse a write. With no rules at all and `acl_default = "allow"` no
 //! [`ClientAcl`] exists: the hot path has one `None` test.
 //!
+//! Deliveries are checked where they leave the session for the wire, so every path
+//! (live, retained, shared, queued offline, read back from the log) is covered for the
+//! client actually connected. A shared-subscription message refused to the member it
+//! was given to is not offered to another member. In-flight QoS 1/2 messages resent
+//! after a takeover were checked for the connection they were first sent to.
+//!
 //! The decision is per connection ([`ClientAcl`] holds the resolved rules): a later live
 //! reload builds a new [`Acl`], and each connection's `ClientAcl` again from it.
 
