@@ -40,13 +40,19 @@ fn config(settings: &str, rules: &str) -> String {
 
 fn start(config: &str) -> (Broker, tempfile::TempDir) {
     let dir = temp_dir();
+    let broker = start_in(&dir, config);
+    (broker, dir)
+}
+
+/// A broker with `config`, its data in `dir/data` (kept across restarts).
+fn start_in(dir: &tempfile::TempDir, config: &str) -> Broker {
     let file = dir.path().join("acl.toml");
     std::fs::write(&file, config).expect("write config");
-    let broker = Broker::start_with(BrokerOptions {
+    Broker::start_with(BrokerOptions {
         args: vec!["--config".into(), file.to_str().expect("utf-8").into()],
+        data_dir: Some(dir.path().join("data")),
         ..BrokerOptions::default()
-    });
-    (broker, dir)
+    })
 }
 
 /// alice may do anything but touch `secret/`; bob reads `public/`, owns `users/bob/`;
@@ -234,6 +240,64 @@ fn publish_denied_gets_0x87_and_is_not_delivered() {
     );
     alice.assert_no_publish(GRACE);
     assert_eq!(denied(&broker, "publish"), 4.0);
+}
+
+/// Topics a raw client receives until `marker` (within `WAIT`), then during `GRACE`.
+fn topics_through(conn: &mut Conn, marker: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    while !seen.iter().any(|t| t == marker) {
+        match conn.try_publish(WAIT) {
+            Some(p) => seen.push(p.topic),
+            None => panic!("{marker} never arrived; saw {seen:?}"),
+        }
+    }
+    seen.extend(conn.drain_publishes(GRACE).into_iter().map(|p| p.topic));
+    seen
+}
+
+#[test]
+fn queued_and_restored_sessions_are_checked_for_their_reader() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+    let config = config("acl_default = \"deny\"", RULES);
+    let mut broker = start_in(&dir, &config);
+    let persistent = || login(false, "bob-p", "bob").clean(false);
+    let (mut bob, _) = Conn::connect(broker.mqtt, &persistent());
+    bob.sub("#", 1);
+    drop(bob);
+    let (mut alice, _) = Conn::connect(broker.mqtt, &login(true, "alice-1", "alice"));
+    let publish_pair = |alice: &mut Conn, n: u32| {
+        let forbidden = format!("users/alice/{n}");
+        assert_eq!(alice.publish(Publish::new(&forbidden, b"no", 1)), 0);
+        let readable = format!("public/{n}");
+        assert_eq!(alice.publish(Publish::new(&readable, b"yes", 1)), 0);
+    };
+    // Queued while bob is offline.
+    publish_pair(&mut alice, 1);
+    let (mut bob, ack) = Conn::connect(broker.mqtt, &persistent());
+    assert!(ack.session_present);
+    let got = topics_through(&mut bob, "public/1");
+    assert!(
+        !got.iter().any(|t| t.starts_with("users/")),
+        "offline queue: {got:?}"
+    );
+    drop(bob);
+    // Published while bob is offline, then the broker restarts: the session and what it
+    // missed come back from the log.
+    publish_pair(&mut alice, 2);
+    drop(alice);
+    broker.signal(libc::SIGTERM);
+    assert!(broker.wait_exit(WAIT * 2).is_some(), "stopped");
+    drop(broker);
+    let broker = start_in(&dir, &config);
+    let (mut bob, ack) = Conn::connect(broker.mqtt, &persistent());
+    assert!(ack.session_present, "restored session");
+    let got = topics_through(&mut bob, "public/2");
+    assert!(
+        !got.iter().any(|t| t.starts_with("users/")),
+        "restored: {got:?}"
+    );
+    assert!(denied(&broker, "deliver") >= 1.0);
 }
 
 #[test]
