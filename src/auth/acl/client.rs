@@ -3,9 +3,10 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use super::pattern::{Resolved, Unusable};
-use super::{Access, Rule};
+use super::{Access, RuleGroup};
 
 /// Topics whose verdicts a connection remembers.
 pub const CACHE_SLOTS: usize = 32;
@@ -42,34 +43,59 @@ enum Action {
     Write,
 }
 
-/// The resolved rules of one client.
+/// The rules that apply to one client: shared groups, plus its own copies of the rules
+/// it fills `%u` / `%c` into.
 #[derive(Debug)]
 struct Rules {
-    denies: Vec<Resolved>,
-    /// Granting read, with whether the grant also reaches filters that merely overlap
-    /// it (`read`, `readwrite`) or only those within it (`subscribe`).
-    reads: Vec<(Resolved, bool)>,
-    writes: Vec<Resolved>,
+    groups: Vec<Arc<RuleGroup>>,
+    substituted: Vec<(Resolved, Access)>,
     /// A `deny` rule could not be resolved safely: everything is denied.
     deny_all: bool,
+    /// Some `deny` rule applies to this client.
+    has_deny: bool,
     default_allow: bool,
 }
 
 impl Rules {
+    /// Every applicable rule, resolved.
+    fn each(&self) -> impl Iterator<Item = (&Resolved, Access)> {
+        let shared = self.groups.iter().flat_map(|g| {
+            g.rules
+                .iter()
+                .filter_map(|r| Some((r.fixed.as_ref()?, r.access)))
+        });
+        shared.chain(self.substituted.iter().map(|(p, a)| (p, *a)))
+    }
+
     fn decide(&self, topic: &str, action: Action) -> bool {
-        if self.deny_all || self.denies.iter().any(|d| d.matches(topic)) {
+        if self.deny_all {
             return false;
         }
-        let granted = match action {
-            Action::Read => self.reads.iter().any(|(r, _)| r.matches(topic)),
-            Action::Write => self.writes.iter().any(|w| w.matches(topic)),
-        };
+        let mut granted = false;
+        for (pattern, access) in self.each() {
+            if access == Access::Deny {
+                if pattern.matches(topic) {
+                    return false;
+                }
+            } else if !granted && action.granted_by(access) && pattern.matches(topic) {
+                granted = true;
+            }
+        }
         granted || self.default_allow
     }
 
-    /// Whether no rule can refuse `action`: checks are then skipped.
+    /// Whether no rule can refuse anything: checks are then skipped.
     fn open(&self) -> bool {
-        !self.deny_all && self.denies.is_empty() && self.default_allow
+        !self.deny_all && !self.has_deny && self.default_allow
+    }
+}
+
+impl Action {
+    fn granted_by(self, access: Access) -> bool {
+        match self {
+            Action::Read => matches!(access, Access::Read | Access::ReadWrite | Access::Subscribe),
+            Action::Write => matches!(access, Access::Write | Access::ReadWrite),
+        }
     }
 }
 
@@ -88,42 +114,38 @@ pub struct ClientAcl {
 
 impl ClientAcl {
     pub(super) fn new(
-        rules: Vec<&Rule>,
+        groups: Vec<Arc<RuleGroup>>,
         username: Option<&str>,
         client_id: &str,
         default_allow: bool,
     ) -> Self {
-        let mut resolved = Rules {
-            denies: Vec::new(),
-            reads: Vec::new(),
-            writes: Vec::new(),
-            deny_all: false,
-            default_allow,
-        };
-        for rule in rules {
-            let pattern = match rule.pattern.resolve(username, client_id) {
-                Ok(p) => p,
+        let mut substituted = Vec::new();
+        let mut deny_all = false;
+        let placeholders = groups
+            .iter()
+            .flat_map(|g| g.rules.iter())
+            .filter(|r| r.fixed.is_none());
+        for rule in placeholders {
+            match rule.pattern.resolve(username, client_id) {
+                Ok(pattern) => substituted.push((pattern, rule.access)),
                 // A deny that cannot be applied safely denies everything; a grant that
                 // cannot is dropped. Either way the value never widens access.
-                Err(Unusable::Unsafe) if rule.access == Access::Deny => {
-                    resolved.deny_all = true;
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            match rule.access {
-                Access::Deny => resolved.denies.push(pattern),
-                Access::Read => resolved.reads.push((pattern, true)),
-                Access::Subscribe => resolved.reads.push((pattern, false)),
-                Access::Write => resolved.writes.push(pattern),
-                Access::ReadWrite => {
-                    resolved.writes.push(pattern.clone());
-                    resolved.reads.push((pattern, true));
-                }
+                Err(Unusable::Unsafe) if rule.access == Access::Deny => deny_all = true,
+                Err(_) => {}
             }
         }
+        let has_deny = groups.iter().any(|g| g.fixed_deny)
+            || substituted
+                .iter()
+                .any(|(_, access)| *access == Access::Deny);
         ClientAcl {
-            rules: resolved,
+            rules: Rules {
+                groups,
+                substituted,
+                deny_all,
+                has_deny,
+                default_allow,
+            },
             partial: HashSet::new(),
             settling: true,
             cache: None,
@@ -188,20 +210,22 @@ impl ClientAcl {
             return Coverage::Denied;
         }
         let filter = Resolved::filter(filter);
-        if rules.denies.iter().any(|d| d.covers(&filter)) {
-            return Coverage::Denied;
+        let (mut whole, mut some, mut partly_denied) =
+            (rules.default_allow, rules.default_allow, false);
+        for (pattern, access) in rules.each() {
+            match access {
+                Access::Deny if pattern.covers(&filter) => return Coverage::Denied,
+                Access::Deny => partly_denied |= pattern.overlaps(&filter),
+                Access::Write => {}
+                // `subscribe` reaches only filters within it; `read` any it overlaps.
+                _ if pattern.covers(&filter) => (whole, some) = (true, true),
+                Access::Read | Access::ReadWrite => some |= pattern.overlaps(&filter),
+                Access::Subscribe => {}
+            }
         }
-        let partly_denied = rules.denies.iter().any(|d| d.overlaps(&filter));
-        let whole = rules.default_allow || rules.reads.iter().any(|(r, _)| r.covers(&filter));
         if whole && !partly_denied {
-            return Coverage::Whole;
-        }
-        let some = whole
-            || rules
-                .reads
-                .iter()
-                .any(|(r, overlap)| *overlap && r.overlaps(&filter));
-        if some {
+            Coverage::Whole
+        } else if some {
             Coverage::Partial
         } else {
             Coverage::Denied

@@ -109,6 +109,17 @@ impl Pattern {
         })
     }
 
+    /// The pattern as it is for every client, if it names no placeholder.
+    pub(super) fn fixed(&self) -> Option<Resolved> {
+        let placeholder = self
+            .levels
+            .iter()
+            .any(|l| matches!(l, Level::User | Level::Client));
+        (!placeholder).then(|| Resolved {
+            levels: self.levels.clone(),
+        })
+    }
+
     /// The pattern for a client with `username` and `client_id`, or why a placeholder
     /// cannot be filled.
     pub(super) fn resolve(

@@ -359,3 +359,42 @@ fn mosquitto_file_errors_name_the_line() {
     let e = import_mosquitto("user a\ntopic read a/#/b\n").expect_err("bad topic");
     assert_eq!(e.line, 2);
 }
+
+#[test]
+fn connections_share_rules_without_placeholders() {
+    let acl = acl(
+        false,
+        vec![
+            rule(Who::Everyone, "read", "news/#"),
+            rule(Who::Everyone, "readwrite", "users/%u/#"),
+            rule(user("alice"), "write", "alerts/+"),
+        ],
+    );
+    let (mut a, mut b) = (alice(&acl), alice(&acl));
+    assert_eq!(
+        Arc::strong_count(&acl.everyone),
+        3,
+        "both connections hold the rules for every client, not copies"
+    );
+    assert_eq!(Arc::strong_count(&acl.users["alice"]), 3);
+    for c in [&mut a, &mut b] {
+        assert!(c.may_receive("news/x"));
+        assert!(
+            c.may_publish("users/alice/x"),
+            "placeholders are still filled"
+        );
+        assert!(!c.may_publish("users/bob/x"));
+        assert!(c.may_publish("alerts/fire"));
+        assert_eq!(c.subscribe("users/alice/#"), Coverage::Whole);
+    }
+}
+
+#[test]
+fn a_deny_that_does_not_apply_leaves_the_client_unchecked() {
+    // An anonymous client has no username: the deny drops out, nothing can refuse it.
+    let acl = acl(true, vec![rule(Who::Everyone, "deny", "users/%u/#")]);
+    let anon = acl.for_client(Identity::Anonymous, "x").expect("rules");
+    assert!(!anon.checks_deliveries());
+    let named = acl.for_client(Identity::User("bob"), "y").expect("rules");
+    assert!(named.checks_deliveries(), "bob's deny applies");
+}
