@@ -7,7 +7,7 @@
 //! | [`mqtt`] | the pure codec: packets of MQTT 3.1.1 and 5.0 to and from bytes, no I/O |
 //! | [`router`] | topic ownership, topic/filter rules, the subscription trie, the interest table |
 //! | [`session`] | a client's session: subscriptions, queue, in-flight window, will, expiry |
-//! | [`auth`] | who may connect: anonymous, API keys, users with hashed passwords |
+//! | [`auth`] | who may connect (anonymous, API keys, users with hashed passwords) and what they may do (topic ACLs, client-id ownership) |
 //! | [`storage`] | the per-shard WAL: DMA segments, group commit, fsync policies, recovery |
 //! | [`broker`] | one shard's MQTT logic: publish routing, fan-out, session claims, retained |
 //! | [`shard`] | the runtime: pinned executors, the channel mesh, per-shard state, shutdown |

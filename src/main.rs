@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use shardmq::auth::acl::{self, Acl, AclConfig, RuleSpec, Who};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
 use shardmq::shard::{notify, DataDirLock, Outcome, Runtime};
@@ -125,14 +126,15 @@ fn main() -> ExitCode {
     if let Err(e) = config.validate(&config::affinity_cpus()) {
         return config_error(e);
     }
-    if cli.print_config {
-        print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
-    }
+    // Users and ACL rules are checked before anything is printed or started.
     let auth = match authenticator(&config) {
         Ok(auth) => auth,
         Err(e) => return config_error(e),
     };
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     init_logging(&config);
     match run(&config, auth) {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,13 +223,65 @@ fn authenticator(config: &Config) -> Result<Arc<Authenticator>, config::ConfigEr
             })
             .collect(),
     };
-    Authenticator::new(&auth)
-        .map(Arc::new)
-        .map_err(|e| config::ConfigError {
-            key: "users".into(),
-            source: None,
-            reason: e.to_string(),
+    let authenticator = Authenticator::new(&auth).map_err(|e| config::ConfigError {
+        key: "users".into(),
+        source: None,
+        reason: e.to_string(),
+    })?;
+    Ok(Arc::new(authenticator.with_acl(authorization(config)?)))
+}
+
+/// The ACL from `[[acl]]` and `acl_file`; an error names the rule's key (`acl[2].topic`)
+/// or the file and line.
+fn authorization(config: &Config) -> Result<Acl, config::ConfigError> {
+    let error = |key: String, reason: String| config::ConfigError {
+        key,
+        source: None,
+        reason,
+    };
+    let mut rules: Vec<RuleSpec> = config
+        .acl
+        .iter()
+        .map(|r| RuleSpec {
+            who: match (&r.username, &r.client_id, r.anonymous) {
+                (Some(name), _, _) => Who::User(name.clone()),
+                (_, Some(id), _) => Who::ClientId(id.clone()),
+                (_, _, true) => Who::Anonymous,
+                _ => Who::Everyone,
+            },
+            topic: r.topic.clone(),
+            access: r.access.clone(),
         })
+        .collect();
+    let from_config = rules.len();
+    if !config.acl_file.as_os_str().is_empty() {
+        let path = config.acl_file.display();
+        let text = std::fs::read_to_string(&config.acl_file)
+            .map_err(|e| error("acl_file".into(), format!("cannot read {path}: {e}")))?;
+        let imported = acl::import_mosquitto(&text)
+            .map_err(|e| error("acl_file".into(), format!("{path}: {e}")))?;
+        rules.extend(imported);
+    }
+    let acl = Acl::new(&AclConfig {
+        rules,
+        default_allow: config.acl_default == config::AclDefault::Allow,
+        client_id_owner: match config.client_id_owner {
+            config::ClientIdOwner::Any => acl::ClientIdOwner::Any,
+            config::ClientIdOwner::Username => acl::ClientIdOwner::Username,
+            config::ClientIdOwner::UsernamePrefix => acl::ClientIdOwner::UsernamePrefix,
+        },
+        client_id_separator: config.client_id_separator.clone(),
+        usernames: config.users.iter().map(|u| u.username.clone()).collect(),
+    })
+    .map_err(|e| {
+        let key = match e.field {
+            "client_id_separator" => e.field.to_string(),
+            field if e.index < from_config => format!("acl[{}].{field}", e.index),
+            field => format!("acl_file (rule {}).{field}", e.index - from_config),
+        };
+        error(key, e.reason)
+    })?;
+    Ok(acl)
 }
 
 fn hash_password() -> ExitCode {

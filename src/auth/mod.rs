@@ -1,7 +1,8 @@
 //! Who may connect: anonymous clients, API keys and configured users.
 //!
 //! This module owns the CONNECT credential check. It is pure: no I/O, no
-//! executor, no other shardmq module; later it will also own topic ACLs. The one
+//! executor, no other shardmq module. It also owns authorization: which topics a client
+//! may use and which client ids ([`acl`]). The one
 //! thread it runs is the password-hashing thread (`queue`), so that slow hashes
 //! queue on a bounded queue of their own.
 //!
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 mod password;
 mod queue;
 
@@ -65,6 +67,17 @@ pub enum Principal {
         /// The user's name.
         username: String,
     },
+}
+
+impl Principal {
+    /// Who the connection is, for authorization.
+    pub fn identity(&self) -> acl::Identity<'_> {
+        match self {
+            Principal::Anonymous => acl::Identity::Anonymous,
+            Principal::ApiKey { .. } => acl::Identity::ApiKey,
+            Principal::User { username } => acl::Identity::User(username),
+        }
+    }
 }
 
 /// The outcome of a CONNECT credential check.
@@ -135,6 +148,8 @@ pub struct Authenticator {
     api_keys: Vec<Box<[u8]>>,
     /// (username, PHC hash), validated at construction; sorted by username.
     users: Vec<(String, String)>,
+    /// Topic rules and client-id ownership (allow everything unless set).
+    acl: acl::Acl,
 }
 
 impl Authenticator {
@@ -166,7 +181,19 @@ impl Authenticator {
             allow_anonymous: config.allow_anonymous,
             api_keys,
             users,
+            acl: acl::Acl::allow_all(),
         })
+    }
+
+    /// The same, with these authorization rules.
+    pub fn with_acl(mut self, acl: acl::Acl) -> Self {
+        self.acl = acl;
+        self
+    }
+
+    /// The authorization rules.
+    pub fn acl(&self) -> &acl::Acl {
+        &self.acl
     }
 
     /// Decides a CONNECT from its username and password fields.
@@ -271,6 +298,7 @@ impl fmt::Debug for Authenticator {
                 &format_args!("<{} redacted>", self.api_keys.len()),
             )
             .field("users", &names)
+            .field("acl_rules", &self.acl.rule_count())
             .finish()
     }
 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::metrics::Limit;
+use crate::metrics::{AclAction, Limit};
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, GroupRoute, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Had, Message, QueueLimit, SubOptions};
@@ -314,9 +314,30 @@ impl Shard {
         let before = slot.session.outbound.inflight();
         // A logged session's QoS 2 PUBLISH waits for its packet id to be logged.
         let log_qos2 = slot.session.logged && self.durable.get().is_some();
+        // Authorization: a connection with a partly readable subscription has each
+        // delivery checked on its way to the wire (see `auth::acl`).
+        let mut acl = conn.acl.borrow_mut();
+        let client_id = &slot.session.client_id;
+        let outbound = &mut slot.session.outbound;
         let pumped = conn.with_outlet(self.config.connection_out_bytes_max, |outlet| {
-            slot.session.outbound.pump_logged(outlet, now, log_qos2)
+            match acl.as_mut().filter(|acl| acl.checks_deliveries()) {
+                None => outbound.pump_logged(outlet, now, log_qos2),
+                Some(acl) => outbound.pump_admitting(outlet, now, log_qos2, |d| {
+                    let topic = d.msg.topic.as_str();
+                    let readable = acl.may_receive(topic);
+                    if !readable {
+                        tracing::debug!(
+                            client_id = client_id.as_str(),
+                            topic,
+                            "acl: delivery refused"
+                        );
+                    }
+                    readable
+                }),
+            }
         });
+        drop(acl);
+        self.probe.acl_denied(AclAction::Deliver, pumped.denied);
         self.hold_sends(&mut slot.session);
         if pumped.bytes > 0 {
             for (counter, n) in self

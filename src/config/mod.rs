@@ -73,6 +73,20 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// Static API keys, accepted as the CONNECT password (any username).
     pub api_keys: Vec<String>,
+    /// What an action no ACL rule decides gets (see `auth::acl`): `allow` (so a config
+    /// without rules behaves as before) or `deny`.
+    pub acl_default: AclDefault,
+    /// A mosquitto `acl_file` whose rules are added to the `[[acl]]` ones; empty = none.
+    pub acl_file: PathBuf,
+    /// A 3.1.1 PUBLISH the ACL refuses (3.1.1 has no refusal code): `drop` it (acked
+    /// and counted, as mosquitto does) or `disconnect` the client.
+    pub acl_publish_denied_v3: AclPublishDenied,
+    /// Which client ids a user may take: `any`, `username` (an id equal to a configured
+    /// username is that user's alone) or `username_prefix` (also the username followed
+    /// by `client_id_separator` and anything; the longest such user owns an id).
+    pub client_id_owner: ClientIdOwner,
+    /// What follows the username in the client ids `username_prefix` gives a user.
+    pub client_id_separator: String,
     /// Largest MQTT packet accepted (and announced to v5 clients), in bytes.
     pub max_packet_bytes: u32,
     /// A client must deliver its whole CONNECT within this time from accept (a deadline,
@@ -159,6 +173,60 @@ pub struct Config {
     /// Users with PHC password hashes (`shardmq hash-password` makes one). Last, because
     /// TOML writes arrays of tables after plain values.
     pub users: Vec<UserConfig>,
+    /// Authorization rules (`[[acl]]` tables), see `auth::acl` for the matching order.
+    pub acl: Vec<AclRuleConfig>,
+}
+
+/// One `[[acl]]` entry: who (at most one of `username`, `client_id`, `anonymous`; none =
+/// every client), a topic pattern (`%u` / `%c` as whole levels) and an access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleConfig {
+    /// The rule is for the user of this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The rule is for the client of this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The rule is for clients without credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
+    /// Topic pattern: a topic filter whose whole levels may be `%u` or `%c`.
+    pub topic: String,
+    /// `read`, `write`, `readwrite`, `subscribe` or `deny`.
+    pub access: String,
+}
+
+/// `acl_default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclDefault {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+}
+
+/// `acl_publish_denied_v3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclPublishDenied {
+    /// Acknowledge as usual, do not deliver, count.
+    Drop,
+    /// Close the connection.
+    Disconnect,
+}
+
+/// `client_id_owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIdOwner {
+    /// Any client may use any client id.
+    Any,
+    /// An id equal to a configured username is that user's.
+    Username,
+    /// So are ids that start with the username and `client_id_separator`.
+    UsernamePrefix,
 }
 
 /// One `[[users]]` entry.
@@ -202,6 +270,11 @@ impl Default for Config {
             connections_per_shard_max: 100_000,
             allow_anonymous: true,
             api_keys: Vec::new(),
+            acl_default: AclDefault::Allow,
+            acl_file: PathBuf::new(),
+            acl_publish_denied_v3: AclPublishDenied::Drop,
+            client_id_owner: ClientIdOwner::Any,
+            client_id_separator: "-".to_string(),
             max_packet_bytes: 1 << 20,
             connect_timeout_ms: 10_000,
             packet_read_timeout_ms: 30_000,
@@ -233,6 +306,7 @@ impl Default for Config {
             retention_ms: 0,
             retention_bytes: 0,
             users: Vec::new(),
+            acl: Vec::new(),
         }
     }
 }
@@ -392,6 +466,19 @@ impl Config {
                 "api_keys",
                 "every key must be at least 16 characters",
             ));
+        }
+        for (i, rule) in self.acl.iter().enumerate() {
+            let who = [
+                rule.username.is_some(),
+                rule.client_id.is_some(),
+                rule.anonymous,
+            ];
+            if who.iter().filter(|&&set| set).count() > 1 {
+                return Err(ConfigError::new(
+                    format!("acl[{i}]"),
+                    "set at most one of username, client_id and anonymous (none = every client)",
+                ));
+            }
         }
         if let Err(e) = self.fsync_policy.parse::<crate::storage::FsyncPolicy>() {
             return Err(ConfigError::new("fsync_policy", e.to_string()));

@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::probe::{Limit, Series, ShardProbe, SHARD_SERIES};
+use super::probe::{AclAction, Limit, Series, ShardProbe, SHARD_SERIES};
 
 /// All shards' probes, indexed by shard id. Shared by every shard thread.
 pub type Probes = Arc<[Arc<ShardProbe>]>;
@@ -31,6 +31,7 @@ impl Collector for ShardsCollector {
                 Series::Counter(_)
                 | Series::CounterByQos(_)
                 | Series::CounterByLimit(_)
+                | Series::CounterByAclAction(_)
                 | Series::WalCounter(_) => MetricType::Counter,
                 Series::Gauge(_) | Series::WalGauge(_) => MetricType::Gauge,
                 Series::WalHistogram(..) => MetricType::Histogram,
@@ -83,6 +84,13 @@ impl Collector for ShardsCollector {
                     Series::CounterByLimit(get) => {
                         for (limit, counter) in Limit::ALL.iter().zip(get(probe)) {
                             let labels = [("shard", shard.as_str()), ("limit", limit.key())];
+                            let family = metric.encode_family(&labels)?;
+                            ConstCounter::new(counter.get()).encode(family)?;
+                        }
+                    }
+                    Series::CounterByAclAction(get) => {
+                        for (action, counter) in AclAction::ALL.iter().zip(get(probe)) {
+                            let labels = [("shard", shard.as_str()), ("action", action.label())];
                             let family = metric.encode_family(&labels)?;
                             ConstCounter::new(counter.get()).encode(family)?;
                         }

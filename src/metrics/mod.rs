@@ -11,5 +11,5 @@ mod summary;
 
 pub use export::{render, Probes};
 pub use http::{serve, HealthCheck};
-pub use probe::{Counter, Gauge, Limit, ShardProbe, LIMITS};
+pub use probe::{AclAction, Counter, Gauge, Limit, ShardProbe, ACL_ACTIONS, LIMITS};
 pub use summary::log_summary;

@@ -180,6 +180,58 @@ const _: () = {
     }
 };
 
+/// What an authorization refusal refused, exported as
+/// `shardmq_acl_denied_total{action="<label>"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAction {
+    /// A CONNECT with a client id another user owns.
+    Connect,
+    /// A filter refused in SUBACK.
+    Subscribe,
+    /// A PUBLISH refused (v5 0x87) or dropped (3.1.1).
+    Publish,
+    /// A delivery not made: its reader may not read the topic.
+    Deliver,
+    /// A will dropped at CONNECT: its client may not publish to its topic.
+    Will,
+}
+
+impl AclAction {
+    /// Every action, in export order (index = `self as usize`).
+    pub const ALL: [AclAction; ACL_ACTIONS] = [
+        AclAction::Connect,
+        AclAction::Subscribe,
+        AclAction::Publish,
+        AclAction::Deliver,
+        AclAction::Will,
+    ];
+
+    /// The `action` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            AclAction::Connect => "connect",
+            AclAction::Subscribe => "subscribe",
+            AclAction::Publish => "publish",
+            AclAction::Deliver => "deliver",
+            AclAction::Will => "will",
+        }
+    }
+}
+
+/// How many ACL actions are counted.
+pub const ACL_ACTIONS: usize = 5;
+
+const _: () = {
+    let mut i = 0;
+    while i < ACL_ACTIONS {
+        assert!(
+            AclAction::ALL[i] as usize == i,
+            "AclAction::ALL is in declaration order"
+        );
+        i += 1;
+    }
+};
+
 /// Everything one shard counts about itself.
 #[derive(Debug, Default)]
 pub struct ShardProbe {
@@ -247,6 +299,8 @@ pub struct ShardProbe {
     pub protocol_errors_total: Counter,
     /// Times each configured limit was hit, by [`Limit`].
     pub limit_hits: [Counter; LIMITS],
+    /// Authorization refusals, by [`AclAction`].
+    pub acl_denied: [Counter; ACL_ACTIONS],
     /// The shard's WAL counters, once it is open.
     pub wal: OnceLock<Arc<WalStats>>,
 }
@@ -256,6 +310,14 @@ impl ShardProbe {
     #[inline]
     pub fn hit(&self, limit: Limit) {
         self.limit_hits[limit as usize].inc();
+    }
+
+    /// Counts `n` authorization refusals of `action`. Only the owning shard may call this.
+    #[inline]
+    pub fn acl_denied(&self, action: AclAction, n: u64) {
+        if n > 0 {
+            self.acl_denied[action as usize].add(n);
+        }
     }
 
     /// Counts `n` hits of `limit`. Only the owning shard may call this.
@@ -275,6 +337,8 @@ pub(crate) enum Series {
     CounterByQos(fn(&ShardProbe) -> &[Counter; 3]),
     /// A counter with a `limit` label (the config key), one value per [`Limit`].
     CounterByLimit(fn(&ShardProbe) -> &[Counter; LIMITS]),
+    /// A counter with an `action` label, one value per [`AclAction`].
+    CounterByAclAction(fn(&ShardProbe) -> &[Counter; ACL_ACTIONS]),
     /// A WAL counter.
     WalCounter(fn(&WalStats) -> &AtomicU64),
     /// A WAL gauge.
@@ -410,6 +474,11 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "limit_hits",
         "Times a configured limit was hit, by the limit's config key",
         Series::CounterByLimit(|p| &p.limit_hits),
+    ),
+    (
+        "acl_denied",
+        "Actions the ACL refused: connect (client id), subscribe, publish, deliver, will",
+        Series::CounterByAclAction(|p| &p.acl_denied),
     ),
     (
         "wills_published",

@@ -14,6 +14,7 @@ use std::task::{Poll, Waker};
 
 use bytes::BytesMut;
 
+use crate::auth::acl::ClientAcl;
 use crate::mqtt::{self, Ack, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
 use crate::session::Outlet;
 
@@ -32,6 +33,9 @@ pub struct Conn {
     pub session: Cell<Option<u64>>,
     /// Encoded packets waiting for the writer.
     pub out: RefCell<BytesMut>,
+    /// What this client may publish, subscribe to and receive (`None`: everything, no
+    /// rules configured). Set at CONNECT, before the session is attached.
+    pub acl: RefCell<Option<ClientAcl>>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
     /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
@@ -54,6 +58,7 @@ impl Conn {
             session: Cell::new(None),
             // Grows with the first output: an idle connection holds only its CONNACK's.
             out: RefCell::new(BytesMut::new()),
+            acl: RefCell::new(None),
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::auth::AuthDecision;
+use crate::auth::{AuthDecision, Principal};
 use crate::broker::SessionParams;
 use crate::metrics::Limit;
 use crate::mqtt::{
@@ -118,10 +118,11 @@ pub(super) async fn handshake(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     connect: Connect,
+    principal: Principal,
 ) -> Option<Accepted> {
     conn.protocol.set(connect.protocol);
     let client_id = connect.client_id.clone();
-    match accept(shard, conn, connect).await {
+    match accept(shard, conn, connect, &principal).await {
         Ok(accepted) => Some(accepted),
         Err(Some(reason)) => {
             log_refused(shard, conn, client_id.as_str(), &reason);
@@ -168,6 +169,7 @@ async fn accept(
     shard: &Rc<Shard>,
     conn: &Rc<Conn>,
     connect: Connect,
+    principal: &Principal,
 ) -> Result<Accepted, Option<ReasonCode>> {
     let v5 = connect.protocol == Protocol::V5;
     let (client_id, assigned) = if connect.client_id.is_empty() {
@@ -178,6 +180,13 @@ async fn accept(
     } else {
         (connect.client_id.clone(), false)
     };
+    // Authorization: a client id another user owns is refused; an id the broker
+    // assigned is new and nobody's. The rules are resolved for this client once.
+    let identity = principal.identity();
+    if !assigned && !super::acl::may_use_client_id(shard, identity, client_id.as_str()) {
+        return Err(Some(ReasonCode::NotAuthorized));
+    }
+    *conn.acl.borrow_mut() = shard.auth.acl().for_client(identity, client_id.as_str());
     let will = match connect.will {
         Some(w) => {
             validate_topic_name(w.topic.as_str(), &shard.topic_limits())
@@ -198,6 +207,7 @@ async fn accept(
         }
         None => None,
     };
+    let will = super::acl::permitted_will(shard, conn, will);
     let asked_secs = if v5 {
         connect.properties.session_expiry_interval_secs.unwrap_or(0)
     } else if connect.clean_start {
@@ -233,6 +243,7 @@ async fn accept(
         // v5 §3.2.2.3.2: the server states the interval it uses when it differs.
         ack.properties.session_expiry_interval_secs = Some(expiry_secs);
     }
+    super::acl::settle(shard, conn, outcome.key);
     conn.send(&Packet::ConnAck(ack));
     shard.resume_delivery(outcome.key);
     tracing::debug!(
@@ -252,11 +263,15 @@ async fn accept(
     })
 }
 
-/// Checks the CONNECT's credentials; if they do not pass, answers CONNACK with the
-/// reason and returns `false`. The caller keeps this under `connect_timeout_ms`: a
+/// Checks the CONNECT's credentials: who the client is, or, if they do not pass,
+/// answers CONNACK with the reason and returns `None`. The caller keeps this under `connect_timeout_ms`: a
 /// password check waits its turn on the hashing thread (see `auth::HashQueue`), and a
 /// client is not owed more of the broker's time than the connect deadline.
-pub(super) async fn check_credentials(shard: &Rc<Shard>, conn: &Conn, connect: &Connect) -> bool {
+pub(super) async fn check_credentials(
+    shard: &Rc<Shard>,
+    conn: &Conn,
+    connect: &Connect,
+) -> Option<Principal> {
     conn.protocol.set(connect.protocol);
     let checked =
         if connect.protocol == Protocol::V5 && connect.properties.authentication_method.is_some() {
@@ -265,17 +280,17 @@ pub(super) async fn check_credentials(shard: &Rc<Shard>, conn: &Conn, connect: &
             authenticate(shard, connect).await
         };
     match checked {
-        Ok(()) => true,
+        Ok(principal) => Some(principal),
         Err(reason) => {
             log_refused(shard, conn, connect.client_id.as_str(), &reason);
             shard.probe.connections_refused_total.inc();
             send_connack(conn, false, reason, None, shard);
-            false
+            None
         }
     }
 }
 
-async fn authenticate(shard: &Shard, connect: &Connect) -> Result<(), ReasonCode> {
+async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, ReasonCode> {
     let username = connect.username.as_ref().map(ByteStr::as_str);
     let password = connect.password.as_deref();
     let decision = if shard.auth.needs_slow_hash(username) {
@@ -297,7 +312,7 @@ async fn authenticate(shard: &Shard, connect: &Connect) -> Result<(), ReasonCode
         shard.auth.check(username, password)
     };
     match decision {
-        AuthDecision::Allowed { .. } => Ok(()),
+        AuthDecision::Allowed { principal } => Ok(principal),
         AuthDecision::BadCredentials => Err(ReasonCode::BadUserNameOrPassword),
         AuthDecision::NotAuthorized => Err(ReasonCode::NotAuthorized),
     }

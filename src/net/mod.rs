@@ -7,6 +7,7 @@
 //! keeps the listener open until its connections have drained: dropping a listener
 //! resets the connections still waiting in its backlog.
 
+mod acl;
 mod bounds;
 mod conn;
 mod connect;

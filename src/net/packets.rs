@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::acl::Coverage;
 use crate::metrics::Limit;
 use crate::mqtt::{
     Ack, ByteStr, Packet, Protocol, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
@@ -14,6 +15,7 @@ use crate::router::{parse_filter, validate_topic_name};
 use crate::session::{Message, SubOptions};
 use crate::shard::{AckTo, ConnRef, Shard};
 
+use super::acl::PublishDenied;
 use super::conn::Conn;
 use super::connect::Accepted;
 use super::serve::Ending;
@@ -114,6 +116,12 @@ async fn on_publish(
     }
     let qos = publish.qos;
     shard.probe.messages_received_by_qos[qos as usize].inc();
+    let pid = publish.packet_id.map(|p| p.get());
+    match super::acl::check_publish(shard, conn, publish.topic.as_str(), qos, pid) {
+        PublishDenied::No => {}
+        PublishDenied::Answered => return Flow::Continue,
+        PublishDenied::Close(ending) => return Flow::End(ending),
+    }
     let ack = match publish.packet_id {
         Some(pid) if qos != QoS::AtMostOnce => {
             let pid = pid.get();
@@ -311,6 +319,10 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
         if parsed.share_group.is_some() && options.no_local {
             return protocol_error(shard, conn, "no-local on a shared subscription");
         }
+        if super::acl::subscribe(shard, conn, filter) == Coverage::Denied {
+            codes.push(ReasonCode::NotAuthorized);
+            continue;
+        }
         let opts = SubOptions {
             qos: options.qos,
             no_local: options.no_local,
@@ -407,6 +419,9 @@ fn on_unsubscribe(shard: &Shard, conn: &Conn, unsub: Unsubscribe) -> Flow {
         .iter()
         .map(|f| f.as_str().to_string())
         .collect();
+    for filter in &filters {
+        super::acl::unsubscribe(conn, filter);
+    }
     let codes = shard.unsubscribe(key, &filters);
     conn.send(&Packet::UnsubAck(UnsubAck::new(unsub.packet_id, codes)));
     Flow::Continue

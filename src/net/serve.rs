@@ -108,11 +108,13 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
     // read: a client that trickles one byte at a time is dropped at the same moment as
     // one that sends nothing, and a password check waiting its turn is given up.
     let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
-    let connect = match glommio::timer::timeout(connect_timeout, async {
+    let (connect, principal) = match glommio::timer::timeout(connect_timeout, async {
         let connect = connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await;
         Ok(match connect {
-            Some(c) if connect::check_credentials(shard, conn, &c).await => Some(c),
-            _ => None,
+            Some(c) => connect::check_credentials(shard, conn, &c)
+                .await
+                .map(|principal| (c, principal)),
+            None => None,
         })
     })
     .await
@@ -125,7 +127,7 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
             return;
         }
     };
-    let Some(accepted) = connect::handshake(shard, conn, connect).await else {
+    let Some(accepted) = connect::handshake(shard, conn, connect, principal).await else {
         return;
     };
     let ending = packet_loop(shard, conn, socket, &mut rbuf, &limits, &accepted).await;

@@ -71,6 +71,8 @@ pub struct Pumped {
     pub sent_by_qos: [u64; 3],
     /// Messages dropped because their expiry passed while queued.
     pub expired: u64,
+    /// Messages dropped because the connection may not read their topic.
+    pub denied: u64,
     /// Messages discarded because they exceed the client's Maximum Packet Size, by QoS.
     pub oversized_by_qos: [u64; 3],
     /// Bytes encoded.
@@ -307,6 +309,22 @@ impl Outbound {
     /// is not written yet: it takes its packet id and waits in the sending state until
     /// its `qos2_sent` entry is durable (see the module docs, [`Outbound::drain_unlogged`]).
     pub fn pump_logged(&mut self, out: &mut Outlet<'_>, now: Instant, log_qos2: bool) -> Pumped {
+        self.pump_admitting(out, now, log_qos2, |_| true)
+    }
+
+    /// [`Outbound::pump_logged`], dropping each queued delivery that `admit` refuses
+    /// (counted in [`Pumped::denied`]): the connection's reader may not read its topic.
+    /// Every delivery reaches the wire through here first, whichever path queued it
+    /// (live, retained, shared, replayed or read back from the log), so this one check
+    /// covers them all, for the reader actually connected. A refused delivery is done
+    /// with for this session, as an expired one is.
+    pub fn pump_admitting(
+        &mut self,
+        out: &mut Outlet<'_>,
+        now: Instant,
+        log_qos2: bool,
+        mut admit: impl FnMut(&Delivery) -> bool,
+    ) -> Pumped {
         let mut pumped = Pumped::default();
         while out.buf.len() < out.buf_bytes_max {
             let Some(front) = self.queue.front() else {
@@ -320,6 +338,10 @@ impl Outbound {
             self.queue_bytes -= delivery.msg.cost_bytes();
             if delivery.msg.is_expired(now) {
                 pumped.expired += 1;
+                continue;
+            }
+            if !admit(&delivery) {
+                pumped.denied += 1;
                 continue;
             }
             let pid = if delivery.qos == QoS::AtMostOnce {
@@ -841,6 +863,25 @@ mod tests {
         out.pump(&mut outlet(&mut buf), now);
         assert_eq!(decoded(&mut buf).len(), 1);
         assert_eq!(out.queued(), 2);
+    }
+
+    #[test]
+    fn refused_deliveries_are_dropped_without_a_packet_id() {
+        let mut out = Outbound::new(limits(100, 10));
+        for topic in ["ok", "secret", "ok", "secret"] {
+            out.enqueue(delivery(topic, QoS::AtLeastOnce), true);
+        }
+        let mut buf = BytesMut::new();
+        let pumped = out.pump_admitting(&mut outlet(&mut buf), Instant::now(), false, |d| {
+            d.msg.topic.as_str() != "secret"
+        });
+        assert_eq!((pumped.denied, pumped.sent_by_qos[1]), (2, 2));
+        let sent = decoded(&mut buf);
+        assert_eq!(sent.len(), 2);
+        assert!(sent
+            .iter()
+            .all(|p| matches!(p, Packet::Publish(p) if p.topic.as_str() == "ok")));
+        assert_eq!((out.queued(), out.inflight()), (0, 2));
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! Where the connection tasks ask the ACL (`auth::acl`): the client id and the will at
+//! CONNECT, each PUBLISH and SUBSCRIBE filter. Deliveries are checked where they reach
+//! the wire (`Shard::pump`). Each refusal is counted in `shardmq_acl_denied_total` and
+//! logged at debug.
+
+use crate::auth::acl::{Coverage, Identity};
+use crate::config::AclPublishDenied;
+use crate::metrics::AclAction;
+use crate::mqtt::{Protocol, QoS, ReasonCode};
+use crate::session::Will;
+use crate::shard::Shard;
+
+use super::conn::Conn;
+use super::serve::Ending;
+
+/// Whether this client may use `client_id` (ownership, `client_id_owner`).
+pub(super) fn may_use_client_id(shard: &Shard, identity: Identity<'_>, client_id: &str) -> bool {
+    let allowed = shard.auth.acl().may_use_client_id(identity, client_id);
+    if !allowed {
+        shard.probe.acl_denied(AclAction::Connect, 1);
+        tracing::debug!(
+            client_id,
+            ?identity,
+            "acl: client id belongs to another user"
+        );
+    }
+    allowed
+}
+
+/// The will, if its client may publish to its topic; a will it may not is dropped (it
+/// would never be published).
+pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> Option<Will> {
+    let will = will?;
+    let mut acl = conn.acl.borrow_mut();
+    let Some(acl) = acl.as_mut() else {
+        return Some(will);
+    };
+    if acl.may_publish(will.topic.as_str()) {
+        return Some(will);
+    }
+    shard.probe.acl_denied(AclAction::Will, 1);
+    tracing::debug!(
+        token = conn.token,
+        topic = will.topic.as_str(),
+        "acl: will dropped"
+    );
+    None
+}
+
+/// Classifies the subscriptions a resumed session brought (see `ClientAcl::settle`).
+pub(super) fn settle(shard: &Shard, conn: &Conn, key: u64) {
+    let mut acl = conn.acl.borrow_mut();
+    let Some(acl) = acl.as_mut() else { return };
+    let sessions = shard.broker.sessions.borrow();
+    let filters = sessions.get(&key).into_iter();
+    acl.settle(filters.flat_map(|s| s.session.subscriptions.keys().map(String::as_str)));
+}
+
+/// What the outcome of a refused PUBLISH is.
+pub(super) enum PublishDenied {
+    /// Not refused.
+    No,
+    /// Refused and answered; read on.
+    Answered,
+    /// Refused; close the connection (3.1.1 with `acl_publish_denied_v3 = "disconnect"`).
+    Close(Ending),
+}
+
+/// Checks a PUBLISH; a refused one is answered as its protocol allows: v5 PUBACK/PUBREC
+/// 0x87 (QoS 0: dropped), 3.1.1 acked as usual and dropped, or the connection closed.
+pub(super) fn check_publish(
+    shard: &Shard,
+    conn: &Conn,
+    topic: &str,
+    qos: QoS,
+    packet_id: Option<u16>,
+) -> PublishDenied {
+    let allowed = conn
+        .acl
+        .borrow_mut()
+        .as_mut()
+        .is_none_or(|acl| acl.may_publish(topic));
+    if allowed {
+        return PublishDenied::No;
+    }
+    shard.probe.acl_denied(AclAction::Publish, 1);
+    tracing::debug!(token = conn.token, topic, "acl: publish refused");
+    let v5 = conn.protocol.get() == Protocol::V5;
+    if !v5 && shard.config.acl_publish_denied_v3 == AclPublishDenied::Disconnect {
+        conn.close(ReasonCode::NotAuthorized);
+        return PublishDenied::Close(Ending::Abnormal);
+    }
+    if let Some(pid) = packet_id.filter(|_| qos != QoS::AtMostOnce) {
+        // In receive order with the publishes before it, as every ack.
+        conn.expect_ack(pid, qos);
+        let reason = if v5 {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::Success
+        };
+        conn.complete_ack(pid, reason);
+    }
+    PublishDenied::Answered
+}
+
+/// What a SUBSCRIBE filter reaches for this client (everything without rules).
+pub(super) fn subscribe(shard: &Shard, conn: &Conn, filter: &str) -> Coverage {
+    let coverage = conn
+        .acl
+        .borrow_mut()
+        .as_mut()
+        .map_or(Coverage::Whole, |acl| acl.subscribe(filter));
+    if coverage == Coverage::Denied {
+        shard.probe.acl_denied(AclAction::Subscribe, 1);
+        tracing::debug!(token = conn.token, filter, "acl: subscription refused");
+    }
+    coverage
+}
+
+/// A subscription ended.
+pub(super) fn unsubscribe(conn: &Conn, filter: &str) {
+    if let Some(acl) = conn.acl.borrow_mut().as_mut() {
+        acl.unsubscribe(filter);
+    }
+}
