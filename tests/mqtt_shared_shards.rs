@@ -121,13 +121,7 @@ fn resume_and_assert_none_lost(
     assert!(ack.session_present, "the persistent member was restored");
     got.extend(read_all(&mut member));
     let got: BTreeSet<String> = got.into_iter().collect();
-    let lost: Vec<&String> = sent.difference(&got).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged messages lost {when}: {lost:?}",
-        lost.len(),
-        sent.len()
-    );
+    assert_none_lost(broker, sent, &got, when);
 }
 
 /// A clean member on one shard holds the group's messages (its window and queue) while
@@ -334,4 +328,75 @@ fn a_member_leaving_after_a_change_from_one_shard_to_two_loses_nothing() {
 #[test]
 fn a_member_leaving_after_a_change_from_two_shards_to_one_loses_nothing() {
     member_leaving_after_shard_change(2, 1);
+}
+
+/// `kill -9` within a cursor flush interval of a clean member on the other shard taking
+/// the group's messages into its queue (and its shard's backlog), while the group's
+/// persistent member reads on: that member's logged cursor follows the floors of the
+/// later messages it gets, so it must already be held down by what the other shard took,
+/// or nothing brings those messages back. Each cycle starts a fresh clean member (its
+/// first holds are the ones not yet reported) and kills the broker a little later each
+/// time, so some cycle falls between the persistent member's cursor flush and the
+/// report of the other shard's holds.
+#[test]
+fn a_crash_soon_after_a_clean_member_on_another_shard_took_messages_keeps_them() {
+    const CYCLES: u64 = 10;
+    let dir = temp_dir();
+    let start = || broker_in(2, Some(dir.path().to_path_buf()));
+    let connect = Connect::v4("window-persistent").clean(false);
+    let mut sent = BTreeSet::new();
+    let mut got = Vec::new();
+    let mut next = 0usize;
+    for cycle in 0..CYCLES {
+        let mut broker = start();
+        let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+        if cycle == 0 {
+            member.sub(FILTER, 1);
+        }
+        // What the restart replays to it comes now, before the clean member joins.
+        got.extend(
+            member
+                .drain_publishes(Duration::from_secs(1))
+                .into_iter()
+                .map(|p| String::from_utf8(p.payload).unwrap()),
+        );
+        let home = sessions(&broker, 2)
+            .iter()
+            .position(|&n| n == 1.0)
+            .expect("the persistent member's shard");
+        let mut clean = clean_client_beside(&broker, false, &format!("window-clean-{cycle}"), home);
+        clean.sub(FILTER, 1);
+        // It never acknowledges: its window and queue, then its shard's backlog, fill.
+        clean.auto_ack = false;
+        let reading = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while let Some(p) = member.try_publish(QUIET) {
+                got.push(String::from_utf8(p.payload).unwrap());
+            }
+            got
+        });
+        // Publishes for 100 to 370 ms, then the crash right after the last PUBACK.
+        let mut publ = Conn::client(broker.mqtt, true, &format!("window-pub-{cycle}"));
+        let until = std::time::Instant::now() + Duration::from_millis(100 + 30 * cycle);
+        while std::time::Instant::now() < until {
+            let payload = format!("m{next}");
+            next += 1;
+            let code = publ.publish(Publish::new(TOPIC, payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for {payload}");
+            sent.insert(payload);
+        }
+        broker.child.kill().expect("SIGKILL");
+        broker.child.wait().expect("reaped");
+        got.extend(reading.join().unwrap());
+        // What reached the clean client counts as delivered.
+        got.extend(
+            clean
+                .drain_publishes(Duration::from_millis(500))
+                .into_iter()
+                .map(|p| String::from_utf8(p.payload).unwrap()),
+        );
+    }
+    let broker = start();
+    let when = format!("in {CYCLES} crashes");
+    resume_and_assert_none_lost(&broker, &connect, &sent, got, &when);
 }

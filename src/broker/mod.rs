@@ -191,10 +191,16 @@ pub struct BrokerState {
     pub(crate) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
     /// Per group: what its members here had no room for (see `shared`).
     pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
-    /// Per other shard: what its backlogs and clean members hold for their groups
-    /// (`ShardMsg::SharedHolds`), and whether this shard's last such message held any.
-    pub(crate) remote_holds: RefCell<HashMap<usize, shared::BacklogHolds>>,
-    pub(crate) holds_shared: Cell<bool>,
+    /// Owner: the shared deliveries of this shard's log not yet confirmed, and what the
+    /// shards reported holding of it, per group (see `shared`, "Crash safety").
+    pub(crate) shared_sent: RefCell<shared::SentShared>,
+    /// Per owner shard: the shared deliveries received from it, and what the last
+    /// report to it said (see `shared`).
+    pub(crate) shared_received: RefCell<shared::ReceivedShared>,
+    /// Per owner shard: the group floors it posted here (`ShardMsg::SharedFloor`), by
+    /// member subscription key; and the keys whose floor changed since the last flush.
+    pub(crate) group_floors: RefCell<HashMap<usize, HashMap<String, u64>>>,
+    pub(crate) floors_changed: RefCell<Vec<String>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
     /// Home: session records waiting for WAL room, in order (see `persist`).
@@ -248,8 +254,10 @@ impl BrokerState {
             shared_scratch: Cell::new(Vec::new()),
             groups_scratch: Cell::new(Vec::new()),
             shared_backlogs: RefCell::new(HashMap::new()),
-            remote_holds: RefCell::new(HashMap::new()),
-            holds_shared: Cell::new(false),
+            shared_sent: RefCell::new(shared::SentShared::default()),
+            shared_received: RefCell::new(shared::ReceivedShared::default()),
+            group_floors: RefCell::new(HashMap::new()),
+            floors_changed: RefCell::new(Vec::new()),
             loopback: RefCell::new(VecDeque::new()),
             loopback_waker: Cell::new(None),
             session_log: persist::SessionLogQueue::default(),
@@ -441,7 +449,10 @@ impl Shard {
                 filter,
                 msg,
                 hops,
-            } => self.deliver_shared(group, filter, msg, hops),
+            } => {
+                self.count_shared_received(from, msg.log.map(|p| p.shard));
+                self.deliver_shared(group, filter, msg, hops)
+            }
             ShardMsg::InterestAdd {
                 filter,
                 group,
@@ -538,14 +549,32 @@ impl Shard {
                 resume,
                 end,
             } => self.on_shared_caught_up(from, (group, filter), request, found, resume, end),
-            ShardMsg::SharedHolds { holds } => self.on_shared_holds(from, holds),
+            ShardMsg::SharedHolds { received, holds } => {
+                self.on_shared_holds(from, received, holds)
+            }
+            ShardMsg::SharedFloor { floors } => self.on_shared_floor(from, floors),
+            ShardMsg::SharedReturn {
+                group,
+                filter,
+                msg,
+                hops,
+            } => self.on_shared_return(from, (group, filter), msg, hops),
+            ShardMsg::SharedGapReturn {
+                group,
+                filter,
+                topic,
+                from: offset,
+            } => self.on_shared_gap_return(from, (group, filter), topic, offset),
             ShardMsg::SharedGap {
                 group,
                 filter,
                 topic,
                 owner,
                 from: offset,
-            } => self.on_shared_gap((group, filter), topic, owner, offset),
+            } => {
+                self.count_shared_received(from, Some(owner));
+                self.on_shared_gap((group, filter), topic, owner, offset)
+            }
             ShardMsg::Drained => arrived(&self.broker.drained_peers, &self.broker.drained_waker),
             ShardMsg::Flushed => arrived(&self.broker.flushed_peers, &self.broker.flushed_waker),
             ShardMsg::Recovered => {

@@ -92,13 +92,12 @@ impl Shard {
         } in groups.drain(..)
         {
             let target = self.pick_group_shard(&group, &filter, &members);
-            let deliver = ShardMsg::DeliverShared {
-                group,
-                filter,
-                msg: Arc::clone(&msg),
-                hops: 0,
-            };
-            self.forward(target, deliver, may_wait).await;
+            if may_wait == MayWait::Yes && target != self.id {
+                self.mesh.room(target).await;
+            }
+            // No await from here to the send: the count of shared sends on the link is
+            // the order the target receives them in (see `shared`, "Crash safety").
+            self.send_shared(target, (group, filter), Arc::clone(&msg), 0);
         }
         self.broker.groups_scratch.replace(groups);
     }

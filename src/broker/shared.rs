@@ -33,9 +33,51 @@
 //! once every shard has done so (`ShardMsg::Drained`), logs every persistent session's
 //! cursor once more (`flush_cursors_for_stop`), so the next start replays them.
 //! A clean member's queued and unacknowledged deliveries hold the persistent members'
-//! cursors here as a backlog does (`clean_member_holds`). The persistent members may all
-//! be on other shards: each cursor flush also sends this shard's holds there
-//! (`share_holds`, `ShardMsg::SharedHolds`), where they hold those members' cursors.
+//! cursors here as a backlog does (`clean_member_holds`).
+//!
+//! The group's persistent members may all be on other shards. Then only their cursors
+//! can bring back what a backlog or clean member here holds, and they must be held down
+//! from the moment this shard takes a message, not from its next cursor flush. The
+//! **owner** of a message is the anchor of that coverage: it knows when it sends a shared
+//! delivery, and every shard's persistent members hear from it in its send order.
+//!
+//! - The owner tracks every shared delivery of its log it sends (`send_shared`, also to
+//!   itself), per group and target shard, with a per-link sequence number, as
+//!   *unconfirmed* (`SentShared`). Nobody else sends one: a shard that cannot keep a
+//!   logged delivery (no member left, none connected) gives it back to its owner
+//!   (`SharedReturn`), which sends it to another shard of the group as a fresh tracked
+//!   send; a group's last member leaving gives its backlog's gaps back the same way
+//!   (`SharedGapReturn`, then `SharedGap` from the owner, tracked at the gap's offset).
+//! - Every shard, with each cursor flush, reports to every owner (`report_holds`,
+//!   `ShardMsg::SharedHolds`) how many of its tracked deliveries it has received so far
+//!   and the lowest offset of its log each group's backlog and clean members here hold.
+//!   The count confirms the owner's sends up to it (the mesh delivers a link's messages
+//!   in order, so the n-th tracked send is the n-th received); the holds replace the
+//!   shard's previous report.
+//! - The owner's **group floor** is `G = min(unconfirmed offsets, reported holds)` (its
+//!   own holds come in its report to itself). When a send lowers G, the owner posts the
+//!   new G (`ShardMsg::SharedFloor`) to every other shard before it sends that message,
+//!   so before any later message on those links; when a report changes G it posts it
+//!   then (a rise may be late: that only keeps cursors lower). A persistent member logs
+//!   as its cursor for owner O `min(highest floor seen, lowest held, G seen from O)`
+//!   (`lower_by_groups` over `backlog_holds`; O's own members take O's G as it is).
+//!
+//! Why no message can slip under the cursors: say O sends offset m to shard B. Until
+//! then every floor or watermark O sent was at most m (m had not been sent). The send
+//! puts m in G, so if G was above m, the G message goes out first on every link; a
+//! member on shard C that sees a floor above m has seen G <= m by then. G stays <= m
+//! while m is unconfirmed, and B confirms it only in a report taken after m was placed:
+//! in a backlog or clean member here (the report holds it, G stays <= m), given back to
+//! the owner before the report (tracked again, on the same link, so handled first), or
+//! to a persistent member, whose own cursor is then at most m until the client
+//! acknowledges it (and all of its cursors logged meanwhile were capped by G <= m). A
+//! message moving inside B (a clean member leaving, a backlog refilling a member) is
+//! held by B all along. So after a `kill -9` some persistent member's logged cursor is at
+//! most m whenever m had not reached a client, and the replay brings it.
+//! The cost is one `SharedFloor` message per shard when a group's floor falls (a send
+//! after a quiet spell), a report per owner per flush while anything is unconfirmed or
+//! held, and cursors that lag a flush interval or two behind a shared group's traffic
+//! (a crash replays a little more; QoS 2 releases keep it once per session).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -78,7 +120,7 @@ impl GroupBacklog {
     fn new(key: &GroupKey, limits: (usize, usize), topic: ByteStr) -> Self {
         let (messages_max, bytes_max) = limits;
         GroupBacklog {
-            member_filter: format!("$share/{}/{}", key.0, key.1),
+            member_filter: member_filter(key),
             queue: VecDeque::new(),
             bytes: 0,
             messages_max,
@@ -594,25 +636,21 @@ impl Shard {
         let Some(mut b) = self.broker.shared_backlogs.borrow_mut().remove(&key) else {
             return;
         };
-        let next = self.other_group_shard(&key, b.topic.as_str());
+        // The gaps and messages go back to their owners, which give them to another
+        // shard of the group (see "Crash safety" in the module doc).
         for (owner, from) in b.replay.gaps().collect::<Vec<_>>() {
-            match next {
-                Some(to) => self.post(
-                    to,
-                    ShardMsg::SharedGap {
-                        group: Arc::clone(&key.0),
-                        filter: Arc::clone(&key.1),
-                        topic: b.topic.clone(),
-                        owner,
-                        from,
-                    },
-                ),
-                None => tracing::warn!(
-                    group = &*key.0,
-                    owner,
+            let owner = usize::from(owner);
+            if owner == self.id {
+                self.give_gap(self.id, key.clone(), b.topic.clone(), from);
+            } else {
+                let (group, filter) = key.clone();
+                let back = ShardMsg::SharedGapReturn {
+                    group,
+                    filter,
+                    topic: b.topic.clone(),
                     from,
-                    "a shared group's last member left with messages still in the log"
-                ),
+                };
+                self.post(owner, back);
             }
         }
         while let Some(msg) = b.pop() {
@@ -624,6 +662,11 @@ impl Shard {
     /// Another shard holding members of the group, if any (`topic` is one its filter
     /// matches).
     fn other_group_shard(&self, key: &GroupKey, topic: &str) -> Option<usize> {
+        self.group_shard_besides(key, topic, self.id)
+    }
+
+    /// A shard other than `besides` holding members of the group, if any.
+    fn group_shard_besides(&self, key: &GroupKey, topic: &str, besides: usize) -> Option<usize> {
         let mut route = self.broker.route.borrow_mut();
         self.broker.interest.borrow().route(topic, &mut route);
         route
@@ -631,10 +674,28 @@ impl Shard {
             .iter()
             .filter(|g| *g.group == *key.0 && *g.filter == *key.1)
             .flat_map(|g| g.shards.iter().map(|s| s.0 as usize))
-            .find(|&s| s != self.id)
+            .find(|&s| s != besides)
     }
 
+    /// Gives a delivery this shard cannot keep to another shard of the group. A logged
+    /// one goes back to its owner, which sends it on as a fresh shared delivery it
+    /// tracks (see "Crash safety" in the module doc).
     fn hand_on_shared(&self, key: &GroupKey, msg: Arc<Message>, hops: u8) {
+        if let Some(pos) = msg.log {
+            let owner = usize::from(pos.shard);
+            if owner == self.id {
+                self.resend_shared(self.id, key.clone(), msg, hops);
+            } else {
+                let back = ShardMsg::SharedReturn {
+                    group: Arc::clone(&key.0),
+                    filter: Arc::clone(&key.1),
+                    msg,
+                    hops,
+                };
+                self.post(owner, back);
+            }
+            return;
+        }
         match self.other_group_shard(key, msg.topic.as_str()) {
             Some(next) => self.post(
                 next,
@@ -674,12 +735,30 @@ impl Shard {
     }
 
     /// What every backlog here still has to deliver, what the clean members here hold for
-    /// their groups (see `clean_member_holds`), and what other shards said theirs hold
-    /// (`on_shared_holds`).
+    /// their groups (see `clean_member_holds`), and the group floors of every owner (this
+    /// one's as they are now, the others' as they posted them, see "Crash safety").
     pub(crate) fn backlog_holds(&self) -> BacklogHolds {
         let mut holds = self.local_holds();
-        for remote in self.broker.remote_holds.borrow().values() {
-            holds.extend(remote.iter().cloned());
+        let shards = self.mesh.shards();
+        let at = |owner: usize, floor: u64| {
+            let mut lowest = vec![None; shards.max(owner + 1)];
+            lowest[owner] = Some(floor);
+            lowest
+        };
+        for (key, g) in self.broker.shared_sent.borrow().groups.iter() {
+            let floor = g.floor();
+            if floor != u64::MAX {
+                holds.push((member_filter(key), at(self.id, floor)));
+            }
+        }
+        for (&owner, floors) in self.broker.group_floors.borrow().iter() {
+            if owner != self.id {
+                holds.extend(
+                    floors
+                        .iter()
+                        .map(|(f, &floor)| (f.clone(), at(owner, floor))),
+                );
+            }
         }
         holds
     }
@@ -698,28 +777,221 @@ impl Shard {
         holds
     }
 
-    /// Tells the other shards what this one's backlogs and clean members hold: the
-    /// group's persistent members may all be there, and only their cursors can bring
-    /// these messages back after a crash. Sent with every cursor flush while anything is
-    /// held, then once empty.
-    fn share_holds(&self, holds: &BacklogHolds) {
-        if holds.is_empty() && !self.broker.holds_shared.get() {
-            return;
+    /// Owner: sends a shared delivery of `msg` to `target` (this shard too), tracking it
+    /// when it is of this shard's log. The caller awaits nothing between choosing to send
+    /// and this call, so the tracked sends on a link are counted in the order the target
+    /// receives them.
+    pub(crate) fn send_shared(&self, target: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
+        if let Some(pos) = msg.log.filter(|p| usize::from(p.shard) == self.id) {
+            self.track_shared(target, &key, pos.offset);
         }
-        self.broker.holds_shared.set(!holds.is_empty());
-        for peer in self.all_shards().filter(|&p| p != self.id) {
-            let holds = holds.clone();
-            self.post(peer, ShardMsg::SharedHolds { holds });
+        let (group, filter) = key;
+        let deliver = ShardMsg::DeliverShared {
+            group,
+            filter,
+            msg,
+            hops,
+        };
+        self.post(target, deliver);
+    }
+
+    /// Owner: a shared delivery of `offset` (or a gap from it) goes to `target`. It is
+    /// unconfirmed until `target` reports having received it; if it lowers the group's
+    /// floor, every other shard learns so before any later message of this one.
+    fn track_shared(&self, target: usize, key: &GroupKey, offset: u64) {
+        let shards = self.mesh.shards();
+        let fell = {
+            let mut sent = self.broker.shared_sent.borrow_mut();
+            let sent = &mut *sent;
+            if sent.sent.len() < shards {
+                sent.sent.resize(shards, 0);
+            }
+            sent.sent[target] += 1;
+            let seq = sent.sent[target];
+            let g = match sent.groups.get_mut(key) {
+                Some(g) => g,
+                None => sent
+                    .groups
+                    .entry(key.clone())
+                    .or_insert_with(|| GroupSent::new(shards)),
+            };
+            g.unconfirmed[target].push_back((seq, offset));
+            let fell = offset < g.posted;
+            if fell {
+                g.posted = offset;
+            }
+            fell
+        };
+        if fell {
+            self.post_floors(vec![(member_filter(key), offset)]);
         }
     }
 
-    /// Another shard's holds (see `share_holds`), applied at the next cursor flush.
-    pub(crate) fn on_shared_holds(&self, from: usize, holds: BacklogHolds) {
-        let mut remote = self.broker.remote_holds.borrow_mut();
-        if holds.is_empty() {
-            remote.remove(&from);
-        } else {
-            remote.insert(from, holds);
+    /// Owner: posts changed group floors to every other shard (and marks the members
+    /// here, whose cursors take this shard's floors as they are at each flush).
+    fn post_floors(&self, floors: Vec<(String, u64)>) {
+        self.broker
+            .floors_changed
+            .borrow_mut()
+            .extend(floors.iter().map(|(f, _)| f.clone()));
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            let floors = floors.clone();
+            self.post(peer, ShardMsg::SharedFloor { floors });
+        }
+    }
+
+    /// Counts a shared delivery of `owner`'s log that `owner` itself sent here (the only
+    /// ones it tracks): the next report to it confirms them.
+    pub(crate) fn count_shared_received(&self, from: usize, owner: Option<u16>) {
+        if owner.map(usize::from) != Some(from) {
+            return;
+        }
+        let mut r = self.broker.shared_received.borrow_mut();
+        if r.received.len() <= from {
+            r.received.resize(from + 1, 0);
+        }
+        r.received[from] += 1;
+    }
+
+    /// Tells every owner, with each cursor flush, how many of its shared deliveries this
+    /// shard has received and what of its log the backlogs and clean members here hold
+    /// (`local`): only the group's persistent members can bring those back after a
+    /// crash, and the owner's floor holds their cursors down (see "Crash safety").
+    fn report_holds(&self, local: &BacklogHolds) {
+        let shards = self.mesh.shards();
+        let mut r = self.broker.shared_received.borrow_mut();
+        let r = &mut *r;
+        if r.received.len() < shards {
+            r.received.resize(shards, 0);
+        }
+        if r.reported.len() < shards {
+            r.reported.resize(shards, (0, false));
+        }
+        for owner in 0..shards {
+            let mut holds: Vec<(String, u64)> = Vec::new();
+            for (filter, lowest) in local {
+                let Some(Some(low)) = lowest.get(owner) else {
+                    continue;
+                };
+                match holds.iter_mut().find(|(f, _)| f == filter) {
+                    Some(held) => held.1 = held.1.min(*low),
+                    None => holds.push((filter.clone(), *low)),
+                }
+            }
+            let received = r.received[owner];
+            let (last_received, last_held) = r.reported[owner];
+            if received == last_received && holds.is_empty() && !last_held {
+                continue;
+            }
+            r.reported[owner] = (received, !holds.is_empty());
+            self.post(owner, ShardMsg::SharedHolds { received, holds });
+        }
+    }
+
+    /// Owner: a shard's report (see `report_holds`) confirms the shared deliveries it
+    /// received and replaces what it held; the group floors that changed go out.
+    pub(crate) fn on_shared_holds(&self, from: usize, received: u64, holds: Vec<(String, u64)>) {
+        let shards = self.mesh.shards();
+        let mut changed = Vec::new();
+        {
+            let mut sent = self.broker.shared_sent.borrow_mut();
+            for (filter, _) in &holds {
+                if let Some(key) = group_key(filter) {
+                    sent.groups
+                        .entry(key)
+                        .or_insert_with(|| GroupSent::new(shards));
+                }
+            }
+            sent.groups.retain(|key, g| {
+                if let Some(unconfirmed) = g.unconfirmed.get_mut(from) {
+                    while unconfirmed.front().is_some_and(|&(seq, _)| seq <= received) {
+                        unconfirmed.pop_front();
+                    }
+                }
+                if g.reported.len() <= from {
+                    g.reported.resize(from + 1, None);
+                }
+                g.reported[from] = holds
+                    .iter()
+                    .filter(|(f, _)| is_member_filter(f, key))
+                    .map(|&(_, low)| low)
+                    .min();
+                let floor = g.floor();
+                if floor != g.posted {
+                    g.posted = floor;
+                    changed.push((member_filter(key), floor));
+                }
+                // Nothing left to hold for the group: forget it (its floor went out).
+                floor != u64::MAX
+            });
+        }
+        if !changed.is_empty() {
+            self.post_floors(changed);
+        }
+    }
+
+    /// An owner's group floors (see `post_floors`), applied at the next cursor flush.
+    pub(crate) fn on_shared_floor(&self, owner: usize, floors: Vec<(String, u64)>) {
+        let mut all = self.broker.group_floors.borrow_mut();
+        let seen = all.entry(owner).or_default();
+        let mut changed = self.broker.floors_changed.borrow_mut();
+        for (filter, floor) in floors {
+            if floor == u64::MAX {
+                seen.remove(&filter);
+            } else {
+                seen.insert(filter.clone(), floor);
+            }
+            changed.push(filter);
+        }
+    }
+
+    /// Owner: a shard gave back a logged delivery it could not keep (`hand_on_shared`):
+    /// it goes to another shard of the group than that one, as a fresh tracked send.
+    pub(crate) fn on_shared_return(&self, from: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
+        self.resend_shared(from, key, msg, hops);
+    }
+
+    fn resend_shared(&self, from: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
+        match self.group_shard_besides(&key, msg.topic.as_str(), from) {
+            Some(next) => self.send_shared(next, key, msg, hops + 1),
+            None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
+        }
+    }
+
+    /// Owner: a shard's last member of the group left with the group's messages from
+    /// `offset` on still in this shard's log (`release_group`).
+    pub(crate) fn on_shared_gap_return(
+        &self,
+        from: usize,
+        key: GroupKey,
+        topic: ByteStr,
+        offset: u64,
+    ) {
+        self.give_gap(from, key, topic, offset);
+    }
+
+    /// Owner: another shard of the group than `from` reads the group's messages from
+    /// `offset` on (tracked like a shared delivery of `offset`).
+    fn give_gap(&self, from: usize, key: GroupKey, topic: ByteStr, offset: u64) {
+        match self.group_shard_besides(&key, topic.as_str(), from) {
+            Some(to) => {
+                self.track_shared(to, &key, offset);
+                let (group, filter) = key;
+                let gap = ShardMsg::SharedGap {
+                    group,
+                    filter,
+                    topic,
+                    owner: self.id as u16,
+                    from: offset,
+                };
+                self.post(to, gap);
+            }
+            None => tracing::warn!(
+                group = &*key.0,
+                owner = self.id,
+                from = offset,
+                "a shared group's last member left with messages still in the log"
+            ),
         }
     }
 
@@ -765,13 +1037,12 @@ impl Shard {
     }
 
     /// Marks the cursors of every member of a backlog that changed since the last
-    /// flush, or of a group a clean member here or another shard holds deliveries for,
-    /// so they are logged again with those holds; and tells the other shards what this
-    /// one holds (see `share_holds`).
+    /// flush, of a group a clean member here holds deliveries for, or of a group whose
+    /// floor changed, so they are logged again with those holds; and reports this
+    /// shard's holds to the owners (see `report_holds`).
     pub(crate) fn touch_backlog_members(&self) {
-        if self.mesh.shards() > 1 {
-            self.share_holds(&self.local_holds());
-        }
+        let local = self.local_holds();
+        self.report_holds(&local);
         let mut changed: Vec<String> = self
             .broker
             .shared_backlogs
@@ -780,9 +1051,7 @@ impl Shard {
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
         changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
-        for remote in self.broker.remote_holds.borrow().values() {
-            changed.extend(remote.iter().map(|(f, _)| f.clone()));
-        }
+        changed.append(&mut self.broker.floors_changed.borrow_mut());
         if changed.is_empty() {
             return;
         }
@@ -793,6 +1062,73 @@ impl Shard {
             }
         }
     }
+}
+
+/// Owner: the shared deliveries of this shard's log sent and not yet confirmed, and what
+/// the shards last reported holding of it, per group (see "Crash safety").
+#[derive(Debug, Default)]
+pub(crate) struct SentShared {
+    /// Per target shard: the tracked shared deliveries sent on the link so far.
+    sent: Vec<u64>,
+    groups: HashMap<GroupKey, GroupSent>,
+}
+
+/// One group's part of [`SentShared`].
+#[derive(Debug)]
+struct GroupSent {
+    /// Per target shard: `(link sequence number, offset)` sent and not yet confirmed.
+    unconfirmed: Vec<VecDeque<(u64, u64)>>,
+    /// Per shard: the lowest offset of this log its last report held for the group.
+    reported: Vec<Option<u64>>,
+    /// The floor last posted to the other shards (`u64::MAX`: none); equal to
+    /// [`GroupSent::floor`] whenever no call is under way.
+    posted: u64,
+}
+
+impl GroupSent {
+    fn new(shards: usize) -> Self {
+        GroupSent {
+            unconfirmed: vec![VecDeque::new(); shards],
+            reported: vec![None; shards],
+            posted: u64::MAX,
+        }
+    }
+
+    /// The group's floor: the lowest offset of this log it may still need that no
+    /// persistent member holds (`u64::MAX`: none).
+    fn floor(&self) -> u64 {
+        let unconfirmed = self.unconfirmed.iter().flatten().map(|&(_, offset)| offset);
+        let reported = self.reported.iter().flatten().copied();
+        unconfirmed.chain(reported).min().unwrap_or(u64::MAX)
+    }
+}
+
+/// Per owner shard: the shared deliveries received from it, and what the last report to
+/// it said (the count, and whether it held anything).
+#[derive(Debug, Default)]
+pub(crate) struct ReceivedShared {
+    received: Vec<u64>,
+    reported: Vec<(u64, bool)>,
+}
+
+/// `$share/<group>/<filter>`: a member's subscription key.
+fn member_filter(key: &GroupKey) -> String {
+    format!("$share/{}/{}", key.0, key.1)
+}
+
+/// Whether `member_filter` is the subscription key of the group `key`.
+fn is_member_filter(member_filter: &str, key: &GroupKey) -> bool {
+    member_filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.strip_prefix(&*key.0))
+        .and_then(|rest| rest.strip_prefix('/'))
+        == Some(&*key.1)
+}
+
+/// The group a member's subscription key names.
+fn group_key(member_filter: &str) -> Option<GroupKey> {
+    let (group, filter) = member_filter.strip_prefix("$share/")?.split_once('/')?;
+    Some((Arc::from(group), Arc::from(filter)))
 }
 
 /// Per group (by name), the lowest log offset per owner shard that a member on this

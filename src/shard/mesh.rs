@@ -172,6 +172,13 @@ impl Mesh {
 
     /// Queues `msg` for `peer`, waiting while that peer's outbox is full.
     pub async fn send(&self, peer: usize, msg: ShardMsg) {
+        self.room(peer).await;
+        self.push(peer, msg);
+    }
+
+    /// Waits while `peer`'s outbox is full; the caller then pushes one message without
+    /// awaiting anything in between (so what it counts is what the peer receives next).
+    pub async fn room(&self, peer: usize) {
         let outbox = &self.outboxes[peer];
         let mut parked = false;
         poll_fn(|cx| {
@@ -187,7 +194,6 @@ impl Mesh {
             Poll::Pending
         })
         .await;
-        self.push(peer, msg);
     }
 
     /// Stops all outboxes: queued messages are still sent, new ones are dropped.

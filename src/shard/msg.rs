@@ -40,7 +40,8 @@ impl ShardMsg {
         match self {
             ShardMsg::Publish { msg, .. }
             | ShardMsg::Deliver { msg }
-            | ShardMsg::DeliverShared { msg, .. } => msg.cost_bytes(),
+            | ShardMsg::DeliverShared { msg, .. }
+            | ShardMsg::SharedReturn { msg, .. } => msg.cost_bytes(),
             ShardMsg::RetainedReply { messages, .. }
             | ShardMsg::SharedCatchUpReply {
                 found: messages, ..
@@ -274,18 +275,54 @@ pub enum ShardMsg {
         /// Every record below this was read.
         end: u64,
     },
-    /// What the sending shard's group backlogs and clean members hold for their groups
-    /// (`(member subscription key, lowest offset per owner)`), replacing the previous
-    /// such message: it holds down the receiver's persistent members' cursors too, so a
-    /// crash replays it to them (sent with each cursor flush while not empty, then once
-    /// empty).
+    /// To an owner, with each cursor flush of the sending shard (see `broker::shared`,
+    /// "Crash safety"): how many shared deliveries of the owner's log (`DeliverShared`
+    /// and `SharedGap` sent by their owner) the sender has received so far, and what its
+    /// group backlogs and clean members hold of the owner's log now, replacing its
+    /// previous report.
     SharedHolds {
-        /// The holds; empty: none any more.
-        holds: Vec<(String, Vec<Option<u64>>)>,
+        /// Shared deliveries received from the owner so far (confirms the owner's sends).
+        received: u64,
+        /// `(member subscription key, lowest offset of the owner's log held)`.
+        holds: Vec<(String, u64)>,
     },
-    /// The last member of a group on the sending shard left while the group there still
-    /// had messages to read from `owner`'s log: the receiver (another shard of the
-    /// group) reads them instead.
+    /// From an owner: the lowest offset of its log a group may still need that no
+    /// persistent member holds, per member subscription key (`u64::MAX`: none). The
+    /// receiver's persistent members of the group log no cursor for the owner past it.
+    /// Sent before any later message of the owner's on the link when it falls.
+    SharedFloor {
+        /// `(member subscription key, floor)`.
+        floors: Vec<(String, u64)>,
+    },
+    /// A logged shared delivery the sender cannot keep (no member of the group left
+    /// there, or none connected): back to the message's owner, which sends it to another
+    /// shard of the group as a fresh shared delivery.
+    SharedReturn {
+        /// The group.
+        group: Arc<str>,
+        /// The group's filter.
+        filter: Arc<str>,
+        /// The message (logged by the receiver).
+        msg: Arc<Message>,
+        /// Shards it was handed on by so far.
+        hops: u8,
+    },
+    /// The last member of a group on the sender left while the group there still had
+    /// messages to read from the receiver's log, from `from` on: the receiver (their
+    /// owner) gives the read to another shard of the group (`SharedGap`).
+    SharedGapReturn {
+        /// The group.
+        group: Arc<str>,
+        /// The group's filter.
+        filter: Arc<str>,
+        /// A topic the filter matches.
+        topic: ByteStr,
+        /// The lowest offset not delivered.
+        from: u64,
+    },
+    /// From `owner` (see `SharedGapReturn`): the last member of a group on another shard
+    /// left while the group there still had messages to read from `owner`'s log: the
+    /// receiver (another shard of the group) reads them instead.
     SharedGap {
         /// The group.
         group: Arc<str>,
