@@ -164,6 +164,10 @@ struct Delivery {
     /// The raw client's packet id, and whether an earlier exchange of this message with the
     /// session had completed (PUBREL received): for explaining a duplicate.
     wire: Option<(u16, bool)>,
+    /// What the raw client saw of a QoS 2 PUBLISH beyond its packet id: whether DUP was set
+    /// and what the session held for that packet id when it came (for explaining a
+    /// duplicate); empty for other deliveries.
+    note: String,
     /// The session: the client id, plus the connection number for a clean session.
     session: String,
     id: MsgId,
@@ -294,6 +298,20 @@ impl World {
         qos: u8,
         payload: &[u8],
     ) {
+        self.delivered_noted(session, process, wire, String::new(), topic, qos, payload)
+    }
+    /// `delivered`, with `Delivery::note`.
+    #[allow(clippy::too_many_arguments)]
+    fn delivered_noted(
+        &self,
+        session: &str,
+        process: Option<u64>,
+        wire: Option<(u16, bool)>,
+        note: String,
+        topic: &str,
+        qos: u8,
+        payload: &[u8],
+    ) {
         let Some(id) = parse_payload(payload) else {
             self.violation(format!("{session}: a payload nobody sent: {payload:?}"));
             return;
@@ -302,6 +320,7 @@ impl World {
             at: tick(),
             process,
             wire,
+            note,
             session: session.to_string(),
             id,
             topic: topic.to_string(),
@@ -467,11 +486,21 @@ impl RawSubscriber {
             raw::PUBLISH => {
                 let publish = decode_publish(&p, self.spec.v5);
                 let mut after_pubrel = false;
+                let mut note = String::new();
                 if publish.qos == 2 {
                     if let Some(id) = parse_payload(&publish.payload) {
-                        if self.awaiting_rel.insert(publish.pid, id) == Some(id) {
+                        let held = self.awaiting_rel.insert(publish.pid, id);
+                        if held == Some(id) {
                             return;
                         }
+                        let dup = p.flags & 0x08 != 0;
+                        note = match held {
+                            Some(other) => format!(
+                                ", DUP {dup}, the packet id held {}:{} awaiting PUBREL",
+                                other.publisher, other.seq
+                            ),
+                            None => format!(", DUP {dup}, the packet id free"),
+                        };
                         if self.completed.contains(&id) {
                             // Not a resend of an unfinished exchange: its PUBREL had come.
                             self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
@@ -479,10 +508,11 @@ impl RawSubscriber {
                         }
                     }
                 }
-                self.world.delivered(
+                self.world.delivered_noted(
                     &self.session(),
                     self.process,
                     Some((publish.pid, after_pubrel)),
+                    note,
                     &publish.topic,
                     publish.qos,
                     &publish.payload,
@@ -1549,7 +1579,7 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
                             Some((pid, true)) => format!(
                                 " (packet id {pid}, after the PUBREL of an earlier exchange)"
                             ),
-                            Some((pid, false)) => format!(" (packet id {pid})"),
+                            Some((pid, false)) => format!(" (packet id {pid}{})", d.note),
                             None => String::new(),
                         }
                     ),
@@ -2039,6 +2069,9 @@ fn run(plan: Plan) {
     for (_, d) in dups.iter().filter(|(c, _)| *c != DupClass::Restart).take(2) {
         explain_between(&h, d);
     }
+    for (_, d) in dups.iter().filter(|(c, _)| *c == DupClass::Restart).take(2) {
+        explain_between(&h, d);
+    }
     // Tolerated classes: known open defects, shown loudly and still bounded.
     let bound = v.qos[2].required * TOLERATED_PER_MILLE / 1000;
     let mut untolerated = 0;
@@ -2220,6 +2253,7 @@ fn dup_classes_claim_only_what_the_history_shows() {
         topic: "nm/s/0".to_string(),
         qos: 2,
         wire: None,
+        note: String::new(),
     };
     let mut h = History::default();
     let plain = sent(Vec::new());
