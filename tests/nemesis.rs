@@ -18,8 +18,12 @@
 //!   without interruption (re-subscribing the same filter is no interruption, MQTT-3.8.4-3;
 //!   unsubscribing is) from before it was published until the end, and at least one member
 //!   of a shared group whose persistent member was subscribed so;
-//! - no session receives a QoS 2 message twice (a PUBLISH resent with the packet id of one
-//!   whose PUBREL has not come yet is the protocol's resend, not a second delivery);
+//! - no session receives a QoS 2 message twice. The raw client receives as MQTT §4.3.3
+//!   has it (`Qos2Receiver`): a PUBLISH under a packet id it PUBREC'd and whose PUBREL has
+//!   not come is not delivered again, and nothing else is held back: a message that comes
+//!   again under a new packet id, or under its old one after its PUBREL, is a second
+//!   delivery. Such a PUBLISH without DUP, or of another message than the one the id came
+//!   with (which the receiver thus drops), is a violation;
 //! - per session, publisher and topic, first deliveries come in publish order (QoS 1 may
 //!   repeat a message after a reconnect or crash; a repeat is not a first delivery);
 //! - retained state is the last acknowledged write (or a later unacknowledged one);
@@ -455,17 +459,88 @@ struct SubSpec {
     stream: u64,
 }
 
+/// A QoS 2 receiver's session state, as MQTT 5 §4.3.3 (and 3.1.1 §4.3.3) has it: the
+/// receiver keeps each packet id it PUBREC'd until that id's PUBREL comes, and a PUBLISH
+/// with such an id is acknowledged again and not delivered again; once the PUBREL came,
+/// a PUBLISH with the id is a new application message. Nothing else makes a PUBLISH a
+/// resend: a message that comes again under a new packet id, or under its old one after
+/// its PUBREL, is delivered again (a duplicate).
+#[derive(Default)]
+struct Qos2Receiver {
+    /// Packet ids PUBREC'd whose PUBREL has not come, with the message each came with.
+    awaiting_rel: HashMap<u16, MsgId>,
+    /// Messages whose PUBREL came.
+    completed: HashSet<MsgId>,
+    /// Per packet id, the message whose PUBREL freed it last (for explaining a duplicate).
+    freed_by: HashMap<u16, MsgId>,
+}
+
+/// What a QoS 2 receiver makes of a PUBLISH (`Qos2Receiver::publish`).
+#[derive(Debug, PartialEq, Eq)]
+enum Qos2Publish {
+    /// A new application message: delivered. `after_pubrel`: an earlier exchange of the
+    /// same message had completed; `note` says whether DUP was set and what the session
+    /// held for the packet id (for explaining a duplicate).
+    New { after_pubrel: bool, note: String },
+    /// The id awaits PUBREL and the message is the one it came with, DUP set: the
+    /// protocol's resend, not delivered again.
+    Resend,
+    /// The same, without DUP: not delivered again either (the receiver goes by the packet
+    /// id alone), but the sender must set DUP on a resend (MQTT-3.3.1-1).
+    ResendWithoutDup,
+    /// The id awaits PUBREL for this other message: the receiver takes the PUBLISH for a
+    /// resend of that one and delivers nothing; the sender gave an id in use to a new
+    /// message (MQTT-2.2.1-4), which the receiver loses.
+    IdHeld(MsgId),
+}
+
+impl Qos2Receiver {
+    /// A QoS 2 PUBLISH of `id` under `pid`, `dup` its DUP flag.
+    fn publish(&mut self, pid: u16, id: MsgId, dup: bool) -> Qos2Publish {
+        if let Some(&held) = self.awaiting_rel.get(&pid) {
+            return match (held == id, dup) {
+                (true, true) => Qos2Publish::Resend,
+                (true, false) => Qos2Publish::ResendWithoutDup,
+                (false, _) => Qos2Publish::IdHeld(held),
+            };
+        }
+        self.awaiting_rel.insert(pid, id);
+        let note = match self.freed_by.get(&pid) {
+            Some(f) => format!(
+                ", DUP {dup}, the packet id free since the PUBREL of {}:{}",
+                f.publisher, f.seq
+            ),
+            None => format!(", DUP {dup}, the packet id free"),
+        };
+        Qos2Publish::New {
+            after_pubrel: self.completed.contains(&id),
+            note,
+        }
+    }
+
+    /// A PUBREL for `pid`: its exchange completes and the id is free again.
+    fn pubrel(&mut self, pid: u16) {
+        if let Some(id) = self.awaiting_rel.remove(&pid) {
+            self.completed.insert(id);
+            self.freed_by.insert(pid, id);
+        }
+    }
+
+    /// The session state is gone (a clean start, or a session not present).
+    fn forget(&mut self) {
+        self.awaiting_rel.clear();
+        self.freed_by.clear();
+    }
+}
+
 /// A subscriber's session state, kept across connections of a persistent session.
 struct RawSubscriber {
     world: Arc<World>,
     spec: SubSpec,
     rng: Rng,
     conn: Option<Conn>,
-    /// QoS 2 packet ids PUBREC'd whose PUBREL has not come: a PUBLISH with one of them is
-    /// the broker's resend of a message already received.
-    awaiting_rel: HashMap<u16, MsgId>,
-    /// QoS 2 messages whose PUBREL came.
-    completed: HashSet<MsgId>,
+    /// The session's QoS 2 receiver state (kept across connections of a persistent session).
+    qos2: Qos2Receiver,
     subscribed: bool,
     connections: u64,
     /// The broker process of `conn` (`World::process_of`).
@@ -489,22 +564,43 @@ impl RawSubscriber {
                 let mut note = String::new();
                 if publish.qos == 2 {
                     if let Some(id) = parse_payload(&publish.payload) {
-                        let held = self.awaiting_rel.insert(publish.pid, id);
-                        if held == Some(id) {
-                            return;
-                        }
                         let dup = p.flags & 0x08 != 0;
-                        note = match held {
-                            Some(other) => format!(
-                                ", DUP {dup}, the packet id held {}:{} awaiting PUBREL",
-                                other.publisher, other.seq
-                            ),
-                            None => format!(", DUP {dup}, the packet id free"),
-                        };
-                        if self.completed.contains(&id) {
-                            // Not a resend of an unfinished exchange: its PUBREL had come.
-                            self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
-                            after_pubrel = true;
+                        match self.qos2.publish(publish.pid, id, dup) {
+                            Qos2Publish::Resend => return,
+                            Qos2Publish::ResendWithoutDup => {
+                                self.world.violation(format!(
+                                    "{}: {}:{} resent under packet id {} awaiting its PUBREL \
+                                     without DUP (MQTT-3.3.1-1)",
+                                    self.session(),
+                                    id.publisher,
+                                    id.seq,
+                                    publish.pid
+                                ));
+                                return;
+                            }
+                            Qos2Publish::IdHeld(held) => {
+                                self.world.violation(format!(
+                                    "{}: {}:{} came under packet id {} while {}:{} held it \
+                                     awaiting PUBREL (MQTT-2.2.1-4): a receiver drops it",
+                                    self.session(),
+                                    id.publisher,
+                                    id.seq,
+                                    publish.pid,
+                                    held.publisher,
+                                    held.seq
+                                ));
+                                return;
+                            }
+                            Qos2Publish::New {
+                                after_pubrel: after,
+                                note: n,
+                            } => {
+                                if after {
+                                    self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
+                                }
+                                after_pubrel = after;
+                                note = n;
+                            }
                         }
                     }
                 }
@@ -519,9 +615,7 @@ impl RawSubscriber {
                 );
             }
             raw::PUBREL => {
-                if let Some(id) = self.awaiting_rel.remove(&decode_ack(&p).0) {
-                    self.completed.insert(id);
-                }
+                self.qos2.pubrel(decode_ack(&p).0);
             }
             _ => {}
         }
@@ -579,14 +673,14 @@ impl RawSubscriber {
             &format!("connected, session present {}", ack.session_present),
         );
         if clean {
-            self.awaiting_rel.clear();
+            self.qos2.forget();
             self.subscribed = false;
         } else if !first && !ack.session_present {
             self.world.violation(format!(
                 "{}: persistent session not present on reconnect",
                 self.spec.name
             ));
-            self.awaiting_rel.clear();
+            self.qos2.forget();
             self.subscribed = false;
             self.world.unsubscribed(&self.spec.name, self.spec.filter);
         }
@@ -1854,8 +1948,7 @@ fn run(plan: Plan) {
                 world,
                 spec,
                 conn: None,
-                awaiting_rel: HashMap::new(),
-                completed: HashSet::new(),
+                qos2: Qos2Receiver::default(),
                 subscribed: false,
                 connections: 0,
                 process: None,
@@ -2321,4 +2414,78 @@ fn dup_classes_claim_only_what_the_history_shows() {
     );
     // The long run never tolerates O.
     assert!(std::panic::catch_unwind(|| DupClass::parse("O")).is_err());
+}
+
+/// The receiver holds back exactly what MQTT §4.3.3 does — a PUBLISH under a packet id
+/// PUBREC'd and not yet released — and nothing else: a message again under a new packet
+/// id, or under its own after its PUBREL, is delivered again (and the checker counts a
+/// duplicate of it).
+#[test]
+fn the_qos2_receiver_holds_back_only_a_publish_under_an_id_awaiting_pubrel() {
+    let m = |seq| MsgId { publisher: 0, seq };
+    let new = |r: &Qos2Publish| matches!(r, Qos2Publish::New { .. });
+    let mut r = Qos2Receiver::default();
+    assert!(new(&r.publish(7, m(1), false)));
+    // The resend under the id awaiting PUBREL: not delivered, with DUP or (a violation)
+    // without.
+    assert_eq!(r.publish(7, m(1), true), Qos2Publish::Resend);
+    assert_eq!(r.publish(7, m(1), false), Qos2Publish::ResendWithoutDup);
+    // Another message under the held id: the receiver drops it (a violation).
+    assert_eq!(r.publish(7, m(2), false), Qos2Publish::IdHeld(m(1)));
+    assert_eq!(r.publish(7, m(2), true), Qos2Publish::IdHeld(m(1)));
+    // The same message under a new id, DUP or not, while the first exchange is open: a
+    // second delivery.
+    assert!(new(&r.publish(8, m(1), true)));
+    // After the PUBREL the id is free: the same message under it again, even with DUP,
+    // is a new application message, and says its exchange had completed.
+    r.pubrel(7);
+    assert_eq!(
+        r.publish(7, m(1), true),
+        Qos2Publish::New {
+            after_pubrel: true,
+            note: ", DUP true, the packet id free since the PUBREL of 0:1".to_string()
+        }
+    );
+    // A forgotten session state holds nothing back.
+    r.forget();
+    assert!(new(&r.publish(8, m(1), true)));
+
+    // The checker counts each delivered one: two deliveries of one message are a
+    // duplicate, whatever the packet ids.
+    let mut h = History {
+        publishers: vec!["p".to_string()],
+        ..History::default()
+    };
+    h.sent.insert(
+        m(1),
+        Sent {
+            topic: "nm/s/0".to_string(),
+            qos: 2,
+            retain: false,
+            clear: false,
+            sent_at: 1,
+            acked_at: Some(2),
+            refused: false,
+            resent: false,
+            resends: Vec::new(),
+        },
+    );
+    let mut r = Qos2Receiver::default();
+    for (at, pid, dup) in [(10, 7, false), (11, 7, true), (12, 9, true)] {
+        if let Qos2Publish::New { after_pubrel, note } = r.publish(pid, m(1), dup) {
+            h.deliveries.push(Delivery {
+                at,
+                process: Some(0),
+                wire: Some((pid, after_pubrel)),
+                note,
+                session: "m".to_string(),
+                id: m(1),
+                topic: "nm/s/0".to_string(),
+                qos: 2,
+            });
+        }
+    }
+    let v = check(&h, &BTreeMap::new());
+    assert_eq!(v.qos[2].duplicates, 1, "the same message under a new id");
+    assert_eq!(v.qos2_duplicates.len(), 1);
 }
