@@ -2319,15 +2319,10 @@ fn long_run() {
     });
 }
 
-/// Each class is claimed only when the history shows its cause: a tolerated class cannot
-/// hide a duplicate of another kind.
-#[test]
-fn dup_classes_claim_only_what_the_history_shows() {
-    let id = MsgId {
-        publisher: 0,
-        seq: 1,
-    };
-    let sent = |resends: Vec<(u64, Option<u64>)>| Sent {
+/// An acknowledged QoS 2 message on `nm/s/0`, resent with its packet id at `resends`
+/// (tick, broker process), for the unit tests.
+fn acked_qos2(resends: Vec<(u64, Option<u64>)>) -> Sent {
+    Sent {
         topic: "nm/s/0".to_string(),
         qos: 2,
         retain: false,
@@ -2337,7 +2332,18 @@ fn dup_classes_claim_only_what_the_history_shows() {
         refused: false,
         resent: !resends.is_empty(),
         resends,
+    }
+}
+
+/// Each class is claimed only when the history shows its cause: a tolerated class cannot
+/// hide a duplicate of another kind.
+#[test]
+fn dup_classes_claim_only_what_the_history_shows() {
+    let id = MsgId {
+        publisher: 0,
+        seq: 1,
     };
+    let sent = acked_qos2;
     let again = |process: Option<u64>, at: u64| Delivery {
         at,
         process,
@@ -2456,20 +2462,7 @@ fn the_qos2_receiver_holds_back_only_a_publish_under_an_id_awaiting_pubrel() {
         publishers: vec!["p".to_string()],
         ..History::default()
     };
-    h.sent.insert(
-        m(1),
-        Sent {
-            topic: "nm/s/0".to_string(),
-            qos: 2,
-            retain: false,
-            clear: false,
-            sent_at: 1,
-            acked_at: Some(2),
-            refused: false,
-            resent: false,
-            resends: Vec::new(),
-        },
-    );
+    h.sent.insert(m(1), acked_qos2(Vec::new()));
     let mut r = Qos2Receiver::default();
     for (at, pid, dup) in [(10, 7, false), (11, 7, true), (12, 9, true)] {
         if let Qos2Publish::New { after_pubrel, note } = r.publish(pid, m(1), dup) {
