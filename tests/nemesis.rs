@@ -526,9 +526,11 @@ impl Qos2Receiver {
         }
     }
 
-    /// The session state is gone (a clean start, or a session not present).
+    /// The session state is gone (a clean start, or a session not present): what comes
+    /// next belongs to a new session.
     fn forget(&mut self) {
         self.awaiting_rel.clear();
+        self.completed.clear();
         self.freed_by.clear();
     }
 }
@@ -2452,9 +2454,16 @@ fn the_qos2_receiver_holds_back_only_a_publish_under_an_id_awaiting_pubrel() {
             note: ", DUP true, the packet id free since the PUBREL of 0:1".to_string()
         }
     );
-    // A forgotten session state holds nothing back.
+    // A forgotten session state holds nothing back, and a new session has completed
+    // nothing yet.
     r.forget();
-    assert!(new(&r.publish(8, m(1), true)));
+    assert_eq!(
+        r.publish(7, m(1), true),
+        Qos2Publish::New {
+            after_pubrel: false,
+            note: ", DUP true, the packet id free".to_string()
+        }
+    );
 
     // The checker counts each delivered one: two deliveries of one message are a
     // duplicate, whatever the packet ids.
