@@ -558,6 +558,15 @@ impl RawSubscriber {
         }
     }
 
+    /// Which broker process sent what is read now, and when (for a violation's line).
+    fn sender_now(&self) -> String {
+        format!(
+            " (from broker {} at tick {})",
+            self.process.map_or("?".to_string(), |p| p.to_string()),
+            tick()
+        )
+    }
+
     fn handle(&mut self, p: raw::Packet) {
         match p.kind {
             raw::PUBLISH => {
@@ -572,24 +581,26 @@ impl RawSubscriber {
                             Qos2Publish::ResendWithoutDup => {
                                 self.world.violation(format!(
                                     "{}: {}:{} resent under packet id {} awaiting its PUBREL \
-                                     without DUP (MQTT-3.3.1-1)",
+                                     without DUP (MQTT-3.3.1-1){}",
                                     self.session(),
                                     id.publisher,
                                     id.seq,
-                                    publish.pid
+                                    publish.pid,
+                                    self.sender_now()
                                 ));
                                 return;
                             }
                             Qos2Publish::IdHeld(held) => {
                                 self.world.violation(format!(
                                     "{}: {}:{} came under packet id {} while {}:{} held it \
-                                     awaiting PUBREL (MQTT-2.2.1-4): a receiver drops it",
+                                     awaiting PUBREL (MQTT-2.2.1-4): a receiver drops it{}",
                                     self.session(),
                                     id.publisher,
                                     id.seq,
                                     publish.pid,
                                     held.publisher,
-                                    held.seq
+                                    held.seq,
+                                    self.sender_now()
                                 ));
                                 return;
                             }
