@@ -18,8 +18,12 @@
 //!   without interruption (re-subscribing the same filter is no interruption, MQTT-3.8.4-3;
 //!   unsubscribing is) from before it was published until the end, and at least one member
 //!   of a shared group whose persistent member was subscribed so;
-//! - no session receives a QoS 2 message twice (a PUBLISH resent with the packet id of one
-//!   whose PUBREL has not come yet is the protocol's resend, not a second delivery);
+//! - no session receives a QoS 2 message twice. The raw client receives as MQTT §4.3.3
+//!   has it (`Qos2Receiver`): a PUBLISH under a packet id it PUBREC'd and whose PUBREL has
+//!   not come is not delivered again, and nothing else is held back: a message that comes
+//!   again under a new packet id, or under its old one after its PUBREL, is a second
+//!   delivery. Such a PUBLISH without DUP, or of another message than the one the id came
+//!   with (which the receiver thus drops), is a violation;
 //! - per session, publisher and topic, first deliveries come in publish order (QoS 1 may
 //!   repeat a message after a reconnect or crash; a repeat is not a first delivery);
 //! - retained state is the last acknowledged write (or a later unacknowledged one);
@@ -164,6 +168,10 @@ struct Delivery {
     /// The raw client's packet id, and whether an earlier exchange of this message with the
     /// session had completed (PUBREL received): for explaining a duplicate.
     wire: Option<(u16, bool)>,
+    /// What the raw client saw of a QoS 2 PUBLISH beyond its packet id: whether DUP was set
+    /// and what the session held for that packet id when it came (for explaining a
+    /// duplicate); empty for other deliveries.
+    note: String,
     /// The session: the client id, plus the connection number for a clean session.
     session: String,
     id: MsgId,
@@ -294,6 +302,20 @@ impl World {
         qos: u8,
         payload: &[u8],
     ) {
+        self.delivered_noted(session, process, wire, String::new(), topic, qos, payload)
+    }
+    /// `delivered`, with `Delivery::note`.
+    #[allow(clippy::too_many_arguments)]
+    fn delivered_noted(
+        &self,
+        session: &str,
+        process: Option<u64>,
+        wire: Option<(u16, bool)>,
+        note: String,
+        topic: &str,
+        qos: u8,
+        payload: &[u8],
+    ) {
         let Some(id) = parse_payload(payload) else {
             self.violation(format!("{session}: a payload nobody sent: {payload:?}"));
             return;
@@ -302,6 +324,7 @@ impl World {
             at: tick(),
             process,
             wire,
+            note,
             session: session.to_string(),
             id,
             topic: topic.to_string(),
@@ -436,17 +459,90 @@ struct SubSpec {
     stream: u64,
 }
 
+/// A QoS 2 receiver's session state, as MQTT 5 §4.3.3 (and 3.1.1 §4.3.3) has it: the
+/// receiver keeps each packet id it PUBREC'd until that id's PUBREL comes, and a PUBLISH
+/// with such an id is acknowledged again and not delivered again; once the PUBREL came,
+/// a PUBLISH with the id is a new application message. Nothing else makes a PUBLISH a
+/// resend: a message that comes again under a new packet id, or under its old one after
+/// its PUBREL, is delivered again (a duplicate).
+#[derive(Default)]
+struct Qos2Receiver {
+    /// Packet ids PUBREC'd whose PUBREL has not come, with the message each came with.
+    awaiting_rel: HashMap<u16, MsgId>,
+    /// Messages whose PUBREL came.
+    completed: HashSet<MsgId>,
+    /// Per packet id, the message whose PUBREL freed it last (for explaining a duplicate).
+    freed_by: HashMap<u16, MsgId>,
+}
+
+/// What a QoS 2 receiver makes of a PUBLISH (`Qos2Receiver::publish`).
+#[derive(Debug, PartialEq, Eq)]
+enum Qos2Publish {
+    /// A new application message: delivered. `after_pubrel`: an earlier exchange of the
+    /// same message had completed; `note` says whether DUP was set and what the session
+    /// held for the packet id (for explaining a duplicate).
+    New { after_pubrel: bool, note: String },
+    /// The id awaits PUBREL and the message is the one it came with, DUP set: the
+    /// protocol's resend, not delivered again.
+    Resend,
+    /// The same, without DUP: not delivered again either (the receiver goes by the packet
+    /// id alone), but the sender must set DUP on a resend (MQTT-3.3.1-1).
+    ResendWithoutDup,
+    /// The id awaits PUBREL for this other message: the receiver takes the PUBLISH for a
+    /// resend of that one and delivers nothing; the sender gave an id in use to a new
+    /// message (MQTT-2.2.1-4), which the receiver loses.
+    IdHeld(MsgId),
+}
+
+impl Qos2Receiver {
+    /// A QoS 2 PUBLISH of `id` under `pid`, `dup` its DUP flag.
+    fn publish(&mut self, pid: u16, id: MsgId, dup: bool) -> Qos2Publish {
+        if let Some(&held) = self.awaiting_rel.get(&pid) {
+            return match (held == id, dup) {
+                (true, true) => Qos2Publish::Resend,
+                (true, false) => Qos2Publish::ResendWithoutDup,
+                (false, _) => Qos2Publish::IdHeld(held),
+            };
+        }
+        self.awaiting_rel.insert(pid, id);
+        let note = match self.freed_by.get(&pid) {
+            Some(f) => format!(
+                ", DUP {dup}, the packet id free since the PUBREL of {}:{}",
+                f.publisher, f.seq
+            ),
+            None => format!(", DUP {dup}, the packet id free"),
+        };
+        Qos2Publish::New {
+            after_pubrel: self.completed.contains(&id),
+            note,
+        }
+    }
+
+    /// A PUBREL for `pid`: its exchange completes and the id is free again.
+    fn pubrel(&mut self, pid: u16) {
+        if let Some(id) = self.awaiting_rel.remove(&pid) {
+            self.completed.insert(id);
+            self.freed_by.insert(pid, id);
+        }
+    }
+
+    /// The session state is gone (a clean start, or a session not present): what comes
+    /// next belongs to a new session.
+    fn forget(&mut self) {
+        self.awaiting_rel.clear();
+        self.completed.clear();
+        self.freed_by.clear();
+    }
+}
+
 /// A subscriber's session state, kept across connections of a persistent session.
 struct RawSubscriber {
     world: Arc<World>,
     spec: SubSpec,
     rng: Rng,
     conn: Option<Conn>,
-    /// QoS 2 packet ids PUBREC'd whose PUBREL has not come: a PUBLISH with one of them is
-    /// the broker's resend of a message already received.
-    awaiting_rel: HashMap<u16, MsgId>,
-    /// QoS 2 messages whose PUBREL came.
-    completed: HashSet<MsgId>,
+    /// The session's QoS 2 receiver state (kept across connections of a persistent session).
+    qos2: Qos2Receiver,
     subscribed: bool,
     connections: u64,
     /// The broker process of `conn` (`World::process_of`).
@@ -462,36 +558,77 @@ impl RawSubscriber {
         }
     }
 
+    /// Which broker process sent what is read now, and when (for a violation's line).
+    fn sender_now(&self) -> String {
+        format!(
+            " (from broker {} at tick {})",
+            self.process.map_or("?".to_string(), |p| p.to_string()),
+            tick()
+        )
+    }
+
     fn handle(&mut self, p: raw::Packet) {
         match p.kind {
             raw::PUBLISH => {
                 let publish = decode_publish(&p, self.spec.v5);
                 let mut after_pubrel = false;
+                let mut note = String::new();
                 if publish.qos == 2 {
                     if let Some(id) = parse_payload(&publish.payload) {
-                        if self.awaiting_rel.insert(publish.pid, id) == Some(id) {
-                            return;
-                        }
-                        if self.completed.contains(&id) {
-                            // Not a resend of an unfinished exchange: its PUBREL had come.
-                            self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
-                            after_pubrel = true;
+                        let dup = p.flags & 0x08 != 0;
+                        match self.qos2.publish(publish.pid, id, dup) {
+                            Qos2Publish::Resend => return,
+                            Qos2Publish::ResendWithoutDup => {
+                                self.world.violation(format!(
+                                    "{}: {}:{} resent under packet id {} awaiting its PUBREL \
+                                     without DUP (MQTT-3.3.1-1){}",
+                                    self.session(),
+                                    id.publisher,
+                                    id.seq,
+                                    publish.pid,
+                                    self.sender_now()
+                                ));
+                                return;
+                            }
+                            Qos2Publish::IdHeld(held) => {
+                                self.world.violation(format!(
+                                    "{}: {}:{} came under packet id {} while {}:{} held it \
+                                     awaiting PUBREL (MQTT-2.2.1-4): a receiver drops it{}",
+                                    self.session(),
+                                    id.publisher,
+                                    id.seq,
+                                    publish.pid,
+                                    held.publisher,
+                                    held.seq,
+                                    self.sender_now()
+                                ));
+                                return;
+                            }
+                            Qos2Publish::New {
+                                after_pubrel: after,
+                                note: n,
+                            } => {
+                                if after {
+                                    self.world.hist.lock().unwrap().qos2_after_pubrel += 1;
+                                }
+                                after_pubrel = after;
+                                note = n;
+                            }
                         }
                     }
                 }
-                self.world.delivered(
+                self.world.delivered_noted(
                     &self.session(),
                     self.process,
                     Some((publish.pid, after_pubrel)),
+                    note,
                     &publish.topic,
                     publish.qos,
                     &publish.payload,
                 );
             }
             raw::PUBREL => {
-                if let Some(id) = self.awaiting_rel.remove(&decode_ack(&p).0) {
-                    self.completed.insert(id);
-                }
+                self.qos2.pubrel(decode_ack(&p).0);
             }
             _ => {}
         }
@@ -549,14 +686,14 @@ impl RawSubscriber {
             &format!("connected, session present {}", ack.session_present),
         );
         if clean {
-            self.awaiting_rel.clear();
+            self.qos2.forget();
             self.subscribed = false;
         } else if !first && !ack.session_present {
             self.world.violation(format!(
                 "{}: persistent session not present on reconnect",
                 self.spec.name
             ));
-            self.awaiting_rel.clear();
+            self.qos2.forget();
             self.subscribed = false;
             self.world.unsubscribed(&self.spec.name, self.spec.filter);
         }
@@ -1549,7 +1686,7 @@ fn check(h: &History, retained: &BTreeMap<String, Option<MsgId>>) -> Verdict {
                             Some((pid, true)) => format!(
                                 " (packet id {pid}, after the PUBREL of an earlier exchange)"
                             ),
-                            Some((pid, false)) => format!(" (packet id {pid})"),
+                            Some((pid, false)) => format!(" (packet id {pid}{})", d.note),
                             None => String::new(),
                         }
                     ),
@@ -1824,8 +1961,7 @@ fn run(plan: Plan) {
                 world,
                 spec,
                 conn: None,
-                awaiting_rel: HashMap::new(),
-                completed: HashSet::new(),
+                qos2: Qos2Receiver::default(),
                 subscribed: false,
                 connections: 0,
                 process: None,
@@ -2039,6 +2175,9 @@ fn run(plan: Plan) {
     for (_, d) in dups.iter().filter(|(c, _)| *c != DupClass::Restart).take(2) {
         explain_between(&h, d);
     }
+    for (_, d) in dups.iter().filter(|(c, _)| *c == DupClass::Restart).take(2) {
+        explain_between(&h, d);
+    }
     // Tolerated classes: known open defects, shown loudly and still bounded.
     let bound = v.qos[2].required * TOLERATED_PER_MILLE / 1000;
     let mut untolerated = 0;
@@ -2193,15 +2332,10 @@ fn long_run() {
     });
 }
 
-/// Each class is claimed only when the history shows its cause: a tolerated class cannot
-/// hide a duplicate of another kind.
-#[test]
-fn dup_classes_claim_only_what_the_history_shows() {
-    let id = MsgId {
-        publisher: 0,
-        seq: 1,
-    };
-    let sent = |resends: Vec<(u64, Option<u64>)>| Sent {
+/// An acknowledged QoS 2 message on `nm/s/0`, resent with its packet id at `resends`
+/// (tick, broker process), for the unit tests.
+fn acked_qos2(resends: Vec<(u64, Option<u64>)>) -> Sent {
+    Sent {
         topic: "nm/s/0".to_string(),
         qos: 2,
         retain: false,
@@ -2211,7 +2345,18 @@ fn dup_classes_claim_only_what_the_history_shows() {
         refused: false,
         resent: !resends.is_empty(),
         resends,
+    }
+}
+
+/// Each class is claimed only when the history shows its cause: a tolerated class cannot
+/// hide a duplicate of another kind.
+#[test]
+fn dup_classes_claim_only_what_the_history_shows() {
+    let id = MsgId {
+        publisher: 0,
+        seq: 1,
     };
+    let sent = acked_qos2;
     let again = |process: Option<u64>, at: u64| Delivery {
         at,
         process,
@@ -2220,6 +2365,7 @@ fn dup_classes_claim_only_what_the_history_shows() {
         topic: "nm/s/0".to_string(),
         qos: 2,
         wire: None,
+        note: String::new(),
     };
     let mut h = History::default();
     let plain = sent(Vec::new());
@@ -2287,4 +2433,72 @@ fn dup_classes_claim_only_what_the_history_shows() {
     );
     // The long run never tolerates O.
     assert!(std::panic::catch_unwind(|| DupClass::parse("O")).is_err());
+}
+
+/// The receiver holds back exactly what MQTT §4.3.3 does — a PUBLISH under a packet id
+/// PUBREC'd and not yet released — and nothing else: a message again under a new packet
+/// id, or under its own after its PUBREL, is delivered again (and the checker counts a
+/// duplicate of it).
+#[test]
+fn the_qos2_receiver_holds_back_only_a_publish_under_an_id_awaiting_pubrel() {
+    let m = |seq| MsgId { publisher: 0, seq };
+    let new = |r: &Qos2Publish| matches!(r, Qos2Publish::New { .. });
+    let mut r = Qos2Receiver::default();
+    assert!(new(&r.publish(7, m(1), false)));
+    // The resend under the id awaiting PUBREL: not delivered, with DUP or (a violation)
+    // without.
+    assert_eq!(r.publish(7, m(1), true), Qos2Publish::Resend);
+    assert_eq!(r.publish(7, m(1), false), Qos2Publish::ResendWithoutDup);
+    // Another message under the held id: the receiver drops it (a violation).
+    assert_eq!(r.publish(7, m(2), false), Qos2Publish::IdHeld(m(1)));
+    assert_eq!(r.publish(7, m(2), true), Qos2Publish::IdHeld(m(1)));
+    // The same message under a new id, DUP or not, while the first exchange is open: a
+    // second delivery.
+    assert!(new(&r.publish(8, m(1), true)));
+    // After the PUBREL the id is free: the same message under it again, even with DUP,
+    // is a new application message, and says its exchange had completed.
+    r.pubrel(7);
+    assert_eq!(
+        r.publish(7, m(1), true),
+        Qos2Publish::New {
+            after_pubrel: true,
+            note: ", DUP true, the packet id free since the PUBREL of 0:1".to_string()
+        }
+    );
+    // A forgotten session state holds nothing back, and a new session has completed
+    // nothing yet.
+    r.forget();
+    assert_eq!(
+        r.publish(7, m(1), true),
+        Qos2Publish::New {
+            after_pubrel: false,
+            note: ", DUP true, the packet id free".to_string()
+        }
+    );
+
+    // The checker counts each delivered one: two deliveries of one message are a
+    // duplicate, whatever the packet ids.
+    let mut h = History {
+        publishers: vec!["p".to_string()],
+        ..History::default()
+    };
+    h.sent.insert(m(1), acked_qos2(Vec::new()));
+    let mut r = Qos2Receiver::default();
+    for (at, pid, dup) in [(10, 7, false), (11, 7, true), (12, 9, true)] {
+        if let Qos2Publish::New { after_pubrel, note } = r.publish(pid, m(1), dup) {
+            h.deliveries.push(Delivery {
+                at,
+                process: Some(0),
+                wire: Some((pid, after_pubrel)),
+                note,
+                session: "m".to_string(),
+                id: m(1),
+                topic: "nm/s/0".to_string(),
+                qos: 2,
+            });
+        }
+    }
+    let v = check(&h, &BTreeMap::new());
+    assert_eq!(v.qos[2].duplicates, 1, "the same message under a new id");
+    assert_eq!(v.qos2_duplicates.len(), 1);
 }

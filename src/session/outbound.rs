@@ -19,6 +19,22 @@
 //! writes the PUBLISH. A reconnect gives the entries still sending to the caller again
 //! (their first record may be on its way from the shard the session left). QoS 0/1,
 //! unlogged messages and sessions that are not logged go out at once, as before.
+//!
+//! # Recovered exchanges keep their packet ids
+//! After a restart an exchange recovered from the log (sent and not PUBREC'd, or
+//! PUBREC'd and awaiting PUBCOMP) comes back into the window only when a replay or a
+//! catch-up read meets its message, which can be long after the client reconnected and
+//! other messages went out. Its packet id is the client's all along: the client may hold
+//! it awaiting PUBREL. So such an id is *reserved* ([`Outbound::reserve`]) from the start
+//! until its exchange is restored: no other message takes it. Given to another message,
+//! the recovered exchange could not come back under it and went out again under a new
+//! id, or, once that other exchange had completed, under its own id after the client had
+//! freed it with the other one's PUBREL: a second message either way. A reservation of an
+//! exchange sent and not PUBREC'd also ends when the cursor passes its message (as its
+//! `qos2_sent` entry does: nothing reads it for the session again); one awaiting PUBCOMP
+//! ends only when restored (the client holds that id until it gets its PUBREL). They
+//! are bounded by the in-flight window at the stop; with none, allocating an id costs
+//! one emptiness check more.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -132,6 +148,18 @@ pub struct Outbound {
     /// Per owner shard, one past the highest log offset that ever entered the queue or
     /// the window: a message above it is held by neither (`holds` then looks no further).
     entered_top: Vec<u64>,
+    /// Packet ids of exchanges recovered from the log and not yet back in the window, with
+    /// their message's `(owner shard, offset)` and whether the client PUBREC'd it (see
+    /// "Recovered exchanges keep their packet ids"): no other message takes them.
+    reserved: HashMap<u16, Reserved>,
+}
+
+/// A packet id kept for a recovered exchange (see [`Outbound::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reserved {
+    at: (u16, u64),
+    /// PUBREC'd (awaiting PUBCOMP): kept until restored, whatever the cursor.
+    released: bool,
 }
 
 /// A client acknowledged something it was never sent (or in the wrong state).
@@ -151,6 +179,49 @@ impl Outbound {
             next_seq: 0,
             unlogged: Vec::new(),
             entered_top: Vec::new(),
+            reserved: HashMap::new(),
+        }
+    }
+
+    /// At start: the exchange of the logged message at `at` (`(owner shard, offset)`) was
+    /// open under `pid` when the broker stopped, PUBREC'd (`released`, awaiting PUBCOMP)
+    /// or sent and not PUBREC'd. No other message takes `pid` until the exchange is
+    /// restored (`restore_released`, `restore_sent`); see "Recovered exchanges keep their
+    /// packet ids".
+    pub fn reserve(&mut self, pid: u16, at: (u16, u64), released: bool) {
+        if pid != 0 {
+            self.reserved.insert(pid, Reserved { at, released });
+        }
+    }
+
+    /// Ends the reservations of exchanges sent and not PUBREC'd whose message is below
+    /// `cursors` (`(owner shard, offset)`): no read brings it to the session again (its
+    /// `qos2_sent` entry goes likewise).
+    pub fn unreserve_below(&mut self, cursors: &[(u16, u64)]) {
+        if self.reserved.is_empty() {
+            return;
+        }
+        self.reserved.retain(|_, r| {
+            r.released
+                || cursors
+                    .iter()
+                    .all(|&(shard, cursor)| shard != r.at.0 || r.at.1 >= cursor)
+        });
+    }
+
+    /// Whether `pid` may take the recovered exchange of the message at `at`: free, not
+    /// reserved for another one. Ends its reservation if so.
+    fn take_reserved(&mut self, pid: u16, at: Option<(u16, u64)>) -> bool {
+        if pid == 0 || self.inflight.contains_key(&pid) {
+            return false;
+        }
+        match self.reserved.get(&pid) {
+            Some(r) if Some(r.at) != at => false,
+            Some(_) => {
+                self.reserved.remove(&pid);
+                true
+            }
+            None => true,
         }
     }
 
@@ -448,13 +519,15 @@ impl Outbound {
 
     fn allocate_pid(&mut self) -> PacketId {
         assert!(
-            self.inflight.len() < usize::from(u16::MAX),
+            self.inflight.len() + self.reserved.len() < usize::from(u16::MAX),
             "packet ids exhausted"
         );
         loop {
             let pid = self.next_pid;
             self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
-            if !self.inflight.contains_key(&pid) {
+            if !self.inflight.contains_key(&pid)
+                && (self.reserved.is_empty() || !self.reserved.contains_key(&pid))
+            {
                 return PacketId::new(pid).expect("never zero");
             }
         }
@@ -529,9 +602,11 @@ impl Outbound {
 
     /// After a restart: the exchange `pid` of `delivery` had its release logged but no
     /// PUBCOMP; it waits for PUBCOMP again and its PUBREL (never its PUBLISH) is resent
-    /// on reconnect. False (nothing changed) if `pid` is taken.
+    /// on reconnect. False (nothing changed) if `pid` is taken (in flight, or reserved for
+    /// another recovered exchange).
     pub fn restore_released(&mut self, delivery: Delivery, pid: u16) -> bool {
-        if pid == 0 || self.inflight.contains_key(&pid) {
+        let at = delivery.msg.log.map(|p| (p.shard, p.offset));
+        if !self.take_reserved(pid, at) {
             return false;
         }
         self.restore_inflight(delivery, pid, AwaitState::Comp);
@@ -546,9 +621,11 @@ impl Outbound {
     /// After a restart: the QoS 2 `delivery` was in flight under `pid` when the broker
     /// stopped (`qos2_sent`); it waits for PUBREC under that id again, and its PUBLISH is
     /// resent with DUP on reconnect, so a client that already holds the id recognises
-    /// it. Hands the delivery back (nothing changed) if `pid` is taken.
+    /// it. Hands the delivery back (nothing changed) if `pid` is taken (in flight, or
+    /// reserved for another recovered exchange).
     pub fn restore_sent(&mut self, delivery: Delivery, pid: u16) -> Result<(), Delivery> {
-        if pid == 0 || delivery.qos != QoS::ExactlyOnce || self.inflight.contains_key(&pid) {
+        let at = delivery.msg.log.map(|p| (p.shard, p.offset));
+        if delivery.qos != QoS::ExactlyOnce || !self.take_reserved(pid, at) {
             return Err(delivery);
         }
         self.restore_inflight(delivery, pid, AwaitState::Rec);
@@ -721,6 +798,7 @@ impl Outbound {
         self.queue_bytes = 0;
         self.inflight.clear();
         self.unlogged.clear();
+        self.reserved.clear();
     }
 }
 
@@ -1057,6 +1135,64 @@ mod tests {
         out.lowest_unfinished(&mut lowest);
         assert_eq!(lowest[1], 42, "it holds the cursor");
         out.on_pubcomp(7).unwrap();
+    }
+
+    #[test]
+    fn a_recovered_exchange_keeps_its_id_until_it_is_restored() {
+        let logged = |offset: u64| {
+            let mut d = delivery("two", QoS::ExactlyOnce);
+            Arc::get_mut(&mut d.msg).unwrap().log = Some(LogPos {
+                shard: 0,
+                offset,
+                floor: offset,
+            });
+            d
+        };
+        let mut out = Outbound::new(limits(100, 10));
+        out.reserve(2, (0, 10), false);
+        out.reserve(3, (0, 11), true);
+        // Fresh messages skip both reserved ids.
+        for _ in 0..3 {
+            out.enqueue(delivery("one", QoS::AtLeastOnce), true);
+        }
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        out.pump(&mut outlet(&mut buf), now);
+        let ids: Vec<u16> = decoded(&mut buf)
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.packet_id.unwrap().get(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 4, 5]);
+        // Only the exchange it was kept for takes a reserved id.
+        let Err(other) = out.restore_sent(logged(12), 2) else {
+            panic!("id 2 is kept for the message at offset 10")
+        };
+        assert!(!out.restore_released(other, 3));
+        assert!(out.restore_sent(logged(10), 2).is_ok());
+        assert!(out.restore_released(logged(11), 3));
+        out.on_puback(1).unwrap();
+        out.on_puback(4).unwrap();
+        out.on_puback(5).unwrap();
+        // A cursor past a message sent and not PUBREC'd ends its id's reservation; one
+        // awaiting PUBCOMP keeps it.
+        let mut out = Outbound::new(limits(100, 10));
+        out.reserve(1, (0, 10), false);
+        out.reserve(2, (0, 11), true);
+        out.unreserve_below(&[(0, 20)]);
+        out.enqueue(delivery("one", QoS::AtLeastOnce), true);
+        out.enqueue(delivery("one", QoS::AtLeastOnce), true);
+        out.pump(&mut outlet(&mut buf), now);
+        let ids: Vec<u16> = decoded(&mut buf)
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => p.packet_id.map(|id| id.get()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 3]);
     }
 
     #[test]

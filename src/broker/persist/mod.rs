@@ -610,6 +610,7 @@ impl Shard {
                         Vec::new()
                     };
                     let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
+                    s.outbound.unreserve_below(&cursors);
                     shared::lower_by_groups(&holds, s, &mut cursors);
                     if s.replay.released_len() > 0 && !cursors.is_empty() {
                         prune_released(&members, s, cursors.clone());

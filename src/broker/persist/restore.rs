@@ -125,10 +125,19 @@ impl Shard {
         );
         session.logged = true;
         session.attached_on = Some(self.id);
-        session
-            .replay
-            .restore_released(rec.released_kept(self.config.session_qos2_released_max));
-        session.replay.restore_sent(rec.sent_above_cursors());
+        let released = rec.released_kept(self.config.session_qos2_released_max);
+        let sent = rec.sent_above_cursors();
+        // Their exchanges come back into the window only when a replay or catch-up read
+        // meets them: until then no other message takes their ids (see
+        // `Outbound::reserve`).
+        for (&at, &pid) in &released {
+            session.outbound.reserve(pid, at, true);
+        }
+        for (&at, &pid) in &sent {
+            session.outbound.reserve(pid, at, false);
+        }
+        session.replay.restore_released(released);
+        session.replay.restore_sent(sent);
         for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter.clone(), *opts);
             session.subscribed_from.insert(filter.clone(), from.clone());
@@ -275,6 +284,7 @@ impl Shard {
                 let s = &mut slot.session;
                 s.replay.touch();
                 let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
+                s.outbound.unreserve_below(&cursors);
                 lower_by_groups(&holds, s, &mut cursors);
                 cursors
             };
