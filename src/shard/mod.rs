@@ -314,6 +314,13 @@ async fn run_shard(
     } = shared;
     // First of all: every later step may wait on another shard.
     wakeup::spawn();
+    // The executor runs this shard's first task: a start stuck before this line is stuck
+    // in the executor or the ring setup, not in the broker.
+    tracing::debug!(
+        shard = id,
+        cpu = unsafe { libc::sched_getcpu() },
+        "shard executor running; recovering the WAL"
+    );
     let (wal, mut recovered) = open_wal(id, &config).await?;
     let _ = probes[id].wal.set(wal.stats());
     tracing::debug!(shard = id, "joining the mesh");

@@ -68,6 +68,14 @@ pub(crate) async fn recover(
         let scan = scan_frames(&mut scanner, first, body_bytes_max, &mut visit).await?;
         records += scan.meta.end.0 - first.0;
         expected = Some(scan.meta.end);
+        // How far a slow or stuck recovery got, and how fast the disk answers.
+        tracing::debug!(
+            segment = %path.display(),
+            records = scan.meta.end.0 - first.0,
+            stop = scan.stop.as_str(),
+            since_start_ms = started.elapsed().as_millis() as u64,
+            "WAL segment scanned"
+        );
         if scan.stop != StopReason::Zeroed && !last {
             return Err(corrupt(path, scan.stop_pos, scan.stop.as_str()));
         }

@@ -103,7 +103,10 @@ impl Broker {
             .env("SHARDMQ_DATA_DIR", &data_dir)
             .env("SHARDMQ_LOG_FORMAT", "json")
             // The runtime's start-up steps at debug: a stuck start then shows where it stopped.
-            .env("SHARDMQ_LOG_LEVEL", "info,shardmq::shard=debug")
+            .env(
+                "SHARDMQ_LOG_LEVEL",
+                "info,shardmq::shard=debug,shardmq::storage::recovery=debug",
+            )
             // Below START_TIMEOUT, so a stuck start ends with the broker's own error.
             .env("SHARDMQ_START_TIMEOUT_MS", "12000")
             .args(&options.args)
