@@ -59,6 +59,8 @@ impl Shard {
                 from,
                 filters: self.filters_with_since(s, shard),
                 messages_max: room.min(CATCH_UP_MESSAGES_MAX),
+                // The started exchanges came back with the replay at start.
+                exact: Vec::new(),
             };
             self.post(usize::from(shard), ShardMsg::CatchUp { want, request });
         }

@@ -493,6 +493,7 @@ impl Shard {
                 from,
                 filters: vec![(key.1.to_string(), 0)],
                 messages_max,
+                exact: Vec::new(),
             };
             let Some((_, scan)) = shard.read_durable(want).await else {
                 return;

@@ -349,6 +349,12 @@ impl ReplayCursor {
         self.sent = sent;
     }
 
+    /// Whether the QoS 2 message at `pos` was in flight (sent, not PUBREC'd) when the
+    /// broker stopped and has not been met by a read since.
+    pub fn sent_at(&self, pos: LogPos) -> bool {
+        !self.sent.is_empty() && self.sent.contains_key(&(pos.shard, pos.offset))
+    }
+
     /// The packet id the QoS 2 message at `pos` was in flight under when the broker
     /// stopped, if logged. Asked once per replayed message; the answer is forgotten.
     pub fn take_sent(&mut self, pos: LogPos) -> Option<u16> {

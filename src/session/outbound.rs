@@ -22,19 +22,23 @@
 //!
 //! # Recovered exchanges keep their packet ids
 //! After a restart an exchange recovered from the log (sent and not PUBREC'd, or
-//! PUBREC'd and awaiting PUBCOMP) comes back into the window only when a replay or a
-//! catch-up read meets its message, which can be long after the client reconnected and
-//! other messages went out. Its packet id is the client's all along: the client may hold
-//! it awaiting PUBREL. So such an id is *reserved* ([`Outbound::reserve`]) from the start
-//! until its exchange is restored: no other message takes it. Given to another message,
-//! the recovered exchange could not come back under it and went out again under a new
-//! id, or, once that other exchange had completed, under its own id after the client had
-//! freed it with the other one's PUBREL: a second message either way. A reservation of an
-//! exchange sent and not PUBREC'd also ends when the cursor passes its message (as its
-//! `qos2_sent` entry does: nothing reads it for the session again); one awaiting PUBCOMP
-//! ends only when restored (the client holds that id until it gets its PUBREL). They
-//! are bounded by the in-flight window at the stop; with none, allocating an id costs
-//! one emptiness check more.
+//! PUBREC'd and awaiting PUBCOMP) comes back into the window when a read meets its
+//! message: the replay at start reads every exchange sent and not PUBREC'd by its offset,
+//! whatever the session's subscriptions now and however far past its queue's worth
+//! (`ReplayWant::exact`), so the client gets it again under its id with DUP when it
+//! reconnects, even if it unsubscribed meanwhile ([MQTT-3.10.4-3]) or a shared group
+//! gave the message to another member ([MQTT-4.8.2-4]); one awaiting PUBCOMP comes back
+//! with the replay or a catch-up read. Its packet id is the client's all along: the
+//! client may hold it awaiting PUBREL. So such an id is *reserved*
+//! ([`Outbound::reserve`]) from the start until its exchange is restored: no other
+//! message takes it. Given to another message, the recovered exchange could not come
+//! back under it and went out again under a new id, or, once that other exchange had
+//! completed, under its own id after the client had freed it with the other one's
+//! PUBREL: a second message either way; and a client that still held the id dropped the
+//! other message as a resend (a loss). A reservation whose message no read brings back
+//! (cut off from the log) lasts as long as the session in this process. They are bounded
+//! by the in-flight window at the stop; with none, allocating an id costs one emptiness
+//! check more.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -158,7 +162,7 @@ pub struct Outbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Reserved {
     at: (u16, u64),
-    /// PUBREC'd (awaiting PUBCOMP): kept until restored, whatever the cursor.
+    /// PUBREC'd (awaiting PUBCOMP), else sent and not PUBREC'd.
     released: bool,
 }
 
@@ -192,21 +196,6 @@ impl Outbound {
         if pid != 0 {
             self.reserved.insert(pid, Reserved { at, released });
         }
-    }
-
-    /// Ends the reservations of exchanges sent and not PUBREC'd whose message is below
-    /// `cursors` (`(owner shard, offset)`): no read brings it to the session again (its
-    /// `qos2_sent` entry goes likewise).
-    pub fn unreserve_below(&mut self, cursors: &[(u16, u64)]) {
-        if self.reserved.is_empty() {
-            return;
-        }
-        self.reserved.retain(|_, r| {
-            r.released
-                || cursors
-                    .iter()
-                    .all(|&(shard, cursor)| shard != r.at.0 || r.at.1 >= cursor)
-        });
     }
 
     /// Whether `pid` may take the recovered exchange of the message at `at`: free, not
@@ -1176,12 +1165,10 @@ mod tests {
         out.on_puback(1).unwrap();
         out.on_puback(4).unwrap();
         out.on_puback(5).unwrap();
-        // A cursor past a message sent and not PUBREC'd ends its id's reservation; one
-        // awaiting PUBCOMP keeps it.
+        // Whatever the cursor, a reserved id stays the recovered exchange's.
         let mut out = Outbound::new(limits(100, 10));
         out.reserve(1, (0, 10), false);
         out.reserve(2, (0, 11), true);
-        out.unreserve_below(&[(0, 20)]);
         out.enqueue(delivery("one", QoS::AtLeastOnce), true);
         out.enqueue(delivery("one", QoS::AtLeastOnce), true);
         out.pump(&mut outlet(&mut buf), now);
@@ -1192,7 +1179,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(ids, vec![1, 3]);
+        assert_eq!(ids, vec![3, 4]);
     }
 
     #[test]

@@ -482,6 +482,7 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
                         .collect(),
                     // Offline and one-off: carry everything over, not just a queue's worth.
                     messages_max: usize::MAX,
+                    exact: s.sent_offsets_on(*i as u16),
                 }
             })
             .collect();

@@ -178,6 +178,18 @@ impl RecoveredSession {
         self.above_cursors(&self.sent)
     }
 
+    /// The offsets of `owner`'s log (ascending) of the exchanges in `sent_above_cursors`.
+    pub fn sent_offsets_on(&self, owner: u16) -> Vec<u64> {
+        let mut offsets: Vec<u64> = self
+            .sent_above_cursors()
+            .into_keys()
+            .filter(|&(shard, _)| shard == owner)
+            .map(|(_, offset)| offset)
+            .collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
     fn above_cursors(&self, ids: &HashMap<(u16, u64), u16>) -> HashMap<(u16, u64), u16> {
         ids.iter()
             .filter(|((shard, offset), _)| *offset >= self.cursors.get(shard).copied().unwrap_or(0))
@@ -306,6 +318,11 @@ pub struct ReplayWant {
     pub filters: Vec<(String, u64)>,
     /// At most this many messages (the session's queue bound).
     pub messages_max: usize,
+    /// Offsets of this log (ascending) whose messages the session takes whatever its
+    /// filters and `messages_max`: those of the QoS 2 exchanges it had started when the
+    /// broker stopped, which are completed with it under their packet ids (see
+    /// "Recovered exchanges keep their packet ids" in `session::outbound`).
+    pub exact: Vec<u64>,
 }
 
 /// A session record on its way into the home's log.
@@ -610,7 +627,6 @@ impl Shard {
                         Vec::new()
                     };
                     let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
-                    s.outbound.unreserve_below(&cursors);
                     shared::lower_by_groups(&holds, s, &mut cursors);
                     if s.replay.released_len() > 0 && !cursors.is_empty() {
                         prune_released(&members, s, cursors.clone());

@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
+use crate::mqtt::QoS;
 use crate::session::{Delivery, Message, Session};
 use crate::shard::{Shard, ShardMsg};
 use crate::storage::{Offset, RecordRef, Wal};
 
-use super::super::durable::decode_any_publish;
+use super::super::durable::{decode_any_publish, decode_any_publish_even_expired};
 use super::ReplayWant;
 use crate::router::filter_matches;
 
@@ -104,9 +105,17 @@ pub async fn scan_for_replay(
             None => w.from,
         })
         .collect();
+    // The started exchanges are read wherever they lie, up to the highest of them.
+    let exact_low = wants.iter().filter_map(|w| w.exact.first().copied()).min();
+    let exact_top = wants.iter().filter_map(|w| w.exact.last().copied()).max();
+    let exact_at = |offset: u64| {
+        exact_top.is_some_and(|top| offset <= top)
+            && wants.iter().any(|w| w.exact.binary_search(&offset).is_ok())
+    };
     let lowest = starts
         .iter()
         .copied()
+        .chain(exact_low)
         .min()
         .unwrap_or(0)
         .max(wal.first_offset().0);
@@ -118,18 +127,31 @@ pub async fn scan_for_replay(
     // Past the last record handed to the visitor: a read that fails midway has served
     // everything below it.
     let mut visited = next;
-    while next.0 < end && resume.iter().any(Option::is_none) {
+    let exact_ahead = |at: u64| exact_top.is_some_and(|top| at <= top);
+    while next.0 < end && (resume.iter().any(Option::is_none) || exact_ahead(next.0)) {
         let read = wal.read_from(next, REPLAY_READ_BYTES, |record| {
             visited = Offset(record.offset.0 + 1);
+            let offset = record.offset.0;
             // Decode only what some want may still take.
-            if record.offset.0 >= end || resume.iter().all(Option::is_some) {
+            let exact = exact_at(offset);
+            if offset >= end || (resume.iter().all(Option::is_some) && !exact) {
                 return;
             }
-            let Some((recipients, msg)) = decode_any_publish(&record, shard) else {
+            // A started exchange is completed even if its message expired since.
+            let decoded = if exact {
+                decode_any_publish_even_expired(&record, shard)
+            } else {
+                decode_any_publish(&record, shard)
+            };
+            let Some((recipients, msg)) = decoded else {
                 return;
             };
             let msg = Arc::new(msg);
             for (i, want) in wants.iter().enumerate() {
+                if exact && want.exact.binary_search(&offset).is_ok() {
+                    found.push((i as u32, Arc::clone(&msg)));
+                    continue;
+                }
                 if resume[i].is_some()
                     || record.offset.0 < starts[i]
                     || !wanted(want, &recipients, &record, &msg)
@@ -204,15 +226,28 @@ pub(crate) fn replayed_delivery(session: &Session, msg: Arc<Message>) -> Option<
         if !filter_matches(plain, msg.topic.as_str()) || (own && opts.no_local) {
             continue;
         }
-        qos = Some(qos.map_or(opts.qos, |q: crate::mqtt::QoS| q.max(opts.qos)));
+        qos = Some(qos.map_or(opts.qos, |q: QoS| q.max(opts.qos)));
         all_rap &= opts.retain_as_published;
         ids.extend(opts.subscription_id);
         if let Some(g) = share {
             group = Some(Arc::<str>::from(g));
         }
     }
+    let Some(qos) = qos else {
+        // A QoS 2 exchange the session had started when the broker stopped is completed
+        // with it, though it no longer subscribes ([MQTT-3.10.4-3]).
+        let started = msg.log.is_some_and(|pos| session.replay.sent_at(pos));
+        return started.then(|| Delivery {
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share_group: None,
+            holds_cursor: true,
+            msg,
+        });
+    };
     Some(Delivery {
-        qos: qos?.min(msg.qos),
+        qos: qos.min(msg.qos),
         retain: msg.retain && all_rap,
         subscription_ids: ids,
         share_group: group,
@@ -302,6 +337,7 @@ pub(super) mod tests {
             from,
             filters: vec![("t".to_string(), since)],
             messages_max: usize::MAX,
+            exact: Vec::new(),
         }
     }
 
@@ -326,6 +362,45 @@ pub(super) mod tests {
                 let expected: Vec<String> = (5..20).map(payload).collect();
                 assert_eq!(payloads(&scan), expected, "records 5.. whatever their time");
                 assert_eq!((scan.end, scan.resume[0], scan.failed), (20, None, false));
+            });
+    }
+
+    #[test]
+    fn started_exchanges_are_read_past_the_queue_bound_and_whatever_the_filters() {
+        let dir = disk_tempdir();
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async move {
+                let (wal, _) = Wal::open(config(dir.path()), |_| {}).await.expect("open");
+                append_publishes(&wal, 30, |i| 1_000 + i).await;
+                // A queue's worth of three from 2, and the exchanges at 1 (below where
+                // the filters start), 12 and 25 whatever the bound.
+                let bounded = ReplayWant {
+                    messages_max: 3,
+                    exact: vec![1, 12, 25],
+                    ..want(0, 2)
+                };
+                // A session that no longer subscribes: only its exchange at 20.
+                let unsubscribed = ReplayWant {
+                    filters: Vec::new(),
+                    exact: vec![20],
+                    ..want(0, 0)
+                };
+                let scan = scan_for_replay(&wal, 0, &[bounded, unsubscribed], None).await;
+                let got: Vec<(u32, String)> = scan
+                    .found
+                    .iter()
+                    .map(|(i, m)| (*i, String::from_utf8(m.payload.to_vec()).unwrap()))
+                    .collect();
+                let expected: Vec<(u32, String)> = [(0, 1), (0, 2), (0, 3), (0, 4), (0, 12)]
+                    .into_iter()
+                    .chain([(1, 20), (0, 25)])
+                    .map(|(i, n)| (i, payload(n)))
+                    .collect();
+                assert_eq!(got, expected);
+                assert_eq!(scan.resume, vec![Some(5), None]);
+                assert!(!scan.failed);
             });
     }
 

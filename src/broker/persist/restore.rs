@@ -203,6 +203,7 @@ impl Shard {
                         })
                         .collect(),
                     messages_max: self.config.session_queue_messages_max,
+                    exact: rec.sent_offsets_on(owner as u16),
                 })
                 .collect();
             self.post(owner, ShardMsg::Replay { id, wants });
@@ -284,7 +285,6 @@ impl Shard {
                 let s = &mut slot.session;
                 s.replay.touch();
                 let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
-                s.outbound.unreserve_below(&cursors);
                 lower_by_groups(&holds, s, &mut cursors);
                 cursors
             };
