@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running broker process; killed (SIGKILL) on drop if still running.
+/// How much of a broker's log a failing test prints.
+const BROKER_LOG_TAIL_LINES: usize = 60;
+
 pub struct Broker {
     pub child: Child,
     pub mqtt: SocketAddr,
@@ -223,6 +226,18 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failing test shows what the broker said last.
+            let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(BROKER_LOG_TAIL_LINES)..];
+            eprintln!(
+                "broker log (last {} of {} lines):\n{}",
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
