@@ -27,6 +27,7 @@ mod retention;
 mod sessions;
 mod shared;
 mod subscribe;
+pub mod sys;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};

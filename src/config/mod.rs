@@ -153,6 +153,10 @@ pub struct Config {
     /// 3.1.1 redelivery while connected: retries per message before waiting for a
     /// reconnect.
     pub max_retries: u32,
+    /// Publish the broker's figures under `$SYS/broker/...` every this many seconds
+    /// (retained; 0 = never, the default: they are retained messages like any, logged
+    /// and counted against the retained bounds).
+    pub sys_interval_secs: u64,
     /// Pending output per connection beyond which deliveries stay queued in the session
     /// (QoS 0 is dropped): the bound for a subscriber that reads slowly. At twice it the
     /// connection is not read: replies to a client that never reads cannot pile up.
@@ -298,6 +302,7 @@ impl Default for Config {
             topic_levels_max: 128,
             retry_backoff_ms: 5_000,
             max_retries: 5,
+            sys_interval_secs: 0,
             connection_out_bytes_max: 1 << 20,
             fsync_policy: "always".to_string(),
             segment_bytes: 64 << 20,

@@ -4,6 +4,7 @@
 //! logged at debug.
 
 use crate::auth::acl::{Coverage, Identity};
+use crate::broker::sys::is_sys_topic;
 use crate::config::AclPublishDenied;
 use crate::metrics::AclAction;
 use crate::mqtt::{Protocol, QoS, ReasonCode};
@@ -31,11 +32,13 @@ pub(super) fn may_use_client_id(shard: &Shard, identity: Identity<'_>, client_id
 /// would never be published).
 pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> Option<Will> {
     let will = will?;
-    let mut acl = conn.acl.borrow_mut();
-    let Some(acl) = acl.as_mut() else {
-        return Some(will);
-    };
-    if acl.may_publish(will.topic.as_str()) {
+    let allowed = !is_sys_topic(will.topic.as_str())
+        && conn
+            .acl
+            .borrow_mut()
+            .as_mut()
+            .is_none_or(|acl| acl.may_publish(will.topic.as_str()));
+    if allowed {
         return Some(will);
     }
     shard.probe.acl_denied(AclAction::Will, 1);
@@ -75,11 +78,13 @@ pub(super) fn check_publish(
     qos: QoS,
     packet_id: Option<u16>,
 ) -> PublishDenied {
-    let allowed = conn
-        .acl
-        .borrow_mut()
-        .as_mut()
-        .is_none_or(|acl| acl.may_publish(topic));
+    // `$SYS` is the broker's own (see `broker::sys`), whatever the rules.
+    let allowed = !is_sys_topic(topic)
+        && conn
+            .acl
+            .borrow_mut()
+            .as_mut()
+            .is_none_or(|acl| acl.may_publish(topic));
     if allowed {
         return PublishDenied::No;
     }

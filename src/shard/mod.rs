@@ -376,6 +376,7 @@ async fn run_shard(
     shard.spawn_sent_log();
     shard.spawn_retention();
     shard.spawn_watermarks();
+    shard.spawn_sys();
 
     let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
