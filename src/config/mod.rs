@@ -96,6 +96,24 @@ pub struct Config {
     /// (a deadline for the whole packet, not a per-read timeout, and whatever the
     /// keep-alive): a client cannot hold a partial packet's buffer by trickling bytes.
     pub packet_read_timeout_ms: u64,
+    /// Longest keep-alive a client may use, in seconds (0 = no cap). A v5 client asking
+    /// for more (or for none) is told this one (Server Keep Alive); a 3.1.1 client, which
+    /// cannot be told, as `max_keepalive_v3` says.
+    pub max_keepalive_secs: u16,
+    /// A 3.1.1 client asking for a keep-alive over `max_keepalive_secs` (or none):
+    /// `refuse` (CONNACK 2, identifier rejected, as mosquitto does) or `clamp` (the broker
+    /// uses the cap; a client that stays silent longer is disconnected).
+    pub max_keepalive_v3: KeepaliveOverMax,
+    /// PUBLISH packets per second one connection may send (0 = no limit); beyond it the
+    /// broker stops reading that client until it is back under (nothing is dropped).
+    pub client_publish_rate_max: u32,
+    /// PUBLISH bytes (whole packets) per second one connection may send (0 = no limit),
+    /// enforced like `client_publish_rate_max`.
+    pub client_publish_bytes_rate_max: u64,
+    /// New connections per second from one source address (0 = no limit); beyond it a
+    /// connection is closed at accept, before the broker reads anything from it. Each
+    /// shard keeps its own share (rounded up) of this rate.
+    pub connections_per_source_rate_max: u32,
     /// Most bytes of user properties (names and values) in one PUBLISH or will; a
     /// publish over it is refused (v5: 0x97 Quota exceeded). They are stored, queued and
     /// forwarded with the message.
@@ -221,6 +239,16 @@ pub enum AclPublishDenied {
     Disconnect,
 }
 
+/// `max_keepalive_v3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepaliveOverMax {
+    /// CONNACK return code 2 (identifier rejected), and close.
+    Refuse,
+    /// Use the cap.
+    Clamp,
+}
+
 /// `client_id_owner`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -282,6 +310,11 @@ impl Default for Config {
             max_packet_bytes: 1 << 20,
             connect_timeout_ms: 10_000,
             packet_read_timeout_ms: 30_000,
+            max_keepalive_secs: 0,
+            max_keepalive_v3: KeepaliveOverMax::Refuse,
+            client_publish_rate_max: 0,
+            client_publish_bytes_rate_max: 0,
+            connections_per_source_rate_max: 0,
             user_properties_bytes_max: 64 << 10,
             auth_hash_queue_max: 32,
             receive_maximum: 1024,

@@ -112,6 +112,16 @@ pub enum Limit {
     /// A completed QoS 2 delivery a session forgot it had completed:
     /// `session_qos2_released_max`.
     SessionQos2ReleasedMax,
+    /// A keep-alive over `max_keepalive_secs` (or 0) capped (v5, 3.1.1 with `clamp`) or
+    /// refused (3.1.1 with `refuse`).
+    MaxKeepaliveSecs,
+    /// A client's reader paused: its PUBLISHes ran over `client_publish_rate_max`.
+    ClientPublishRateMax,
+    /// A client's reader paused: its PUBLISH bytes ran over `client_publish_bytes_rate_max`.
+    ClientPublishBytesRateMax,
+    /// A connection closed at accept: its source address opened more than
+    /// `connections_per_source_rate_max` in the last second.
+    ConnectionsPerSourceRateMax,
 }
 
 impl Limit {
@@ -137,6 +147,10 @@ impl Limit {
         Limit::SessionsMax,
         Limit::Qos2IdsPerShardMax,
         Limit::SessionQos2ReleasedMax,
+        Limit::MaxKeepaliveSecs,
+        Limit::ClientPublishRateMax,
+        Limit::ClientPublishBytesRateMax,
+        Limit::ConnectionsPerSourceRateMax,
     ];
 
     /// The config key of the limit, used as the `limit` label.
@@ -162,12 +176,16 @@ impl Limit {
             Limit::SessionsMax => "sessions_max",
             Limit::Qos2IdsPerShardMax => "qos2_ids_per_shard_max",
             Limit::SessionQos2ReleasedMax => "session_qos2_released_max",
+            Limit::MaxKeepaliveSecs => "max_keepalive_secs",
+            Limit::ClientPublishRateMax => "client_publish_rate_max",
+            Limit::ClientPublishBytesRateMax => "client_publish_bytes_rate_max",
+            Limit::ConnectionsPerSourceRateMax => "connections_per_source_rate_max",
         }
     }
 }
 
 /// How many limits are counted.
-pub const LIMITS: usize = 20;
+pub const LIMITS: usize = 24;
 
 const _: () = {
     let mut i = 0;

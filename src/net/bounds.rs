@@ -15,7 +15,19 @@
 //! - **User properties are bounded per PUBLISH** (`user_properties_bytes_max`): they are
 //!   stored and queued with the message. A publish over it is refused (v5 0x97 Quota
 //!   exceeded in PUBACK/PUBREC; QoS 0 is dropped) before it reaches any shard state.
+//! - **A publisher has a rate** (`client_publish_rate_max` packets and
+//!   `client_publish_bytes_rate_max` bytes per second): [`PublishRate`] is a token bucket
+//!   holding one second's worth. Once a PUBLISH puts the bucket in debt, the connection's
+//!   next packet waits (buffered or not) until the rate has paid it, and the socket is not
+//!   read meanwhile (TCP pushes back on the client): nothing is ever dropped.
+//! - **A source address has a connection rate** (`connections_per_source_rate_max`, each
+//!   shard its share): [`SourceRate`] keeps a token bucket per address that connected in
+//!   the last second; a connection over it is closed at accept, before anything is read
+//!   or any task spawned, so a reconnect storm or a CONNECT flood from one host costs an
+//!   accept and a close each, and the clients already connected keep their shard.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Limit;
@@ -129,4 +141,185 @@ pub(super) fn refused(shard: &Shard, conn: &Conn, packet: &Packet) -> bool {
         conn.complete_ack(pid.get(), ReasonCode::QuotaExceeded);
     }
     true
+}
+
+/// A connection's PUBLISH token buckets (see the module docs). Spending costs a
+/// subtraction per packet; the clock is read once per read of the socket.
+pub(super) struct PublishRate {
+    /// (tokens now, tokens per second) for packets, then bytes; a rate of 0 is no limit.
+    buckets: [(f64, f64); 2],
+    refilled: Instant,
+}
+
+impl PublishRate {
+    /// The buckets for these limits, full; `None` if neither is set.
+    pub(super) fn new(packets_per_sec: u32, bytes_per_sec: u64) -> Option<Self> {
+        if packets_per_sec == 0 && bytes_per_sec == 0 {
+            return None;
+        }
+        let rates = [f64::from(packets_per_sec), bytes_per_sec as f64];
+        Some(PublishRate {
+            buckets: rates.map(|r| (r, r)),
+            refilled: Instant::now(),
+        })
+    }
+
+    /// One PUBLISH of `bytes` (the whole packet) was read. Returns whether a bucket is
+    /// in debt now (then [`publish_room`] waits before the next packet).
+    pub(super) fn spend(&mut self, bytes: usize) -> bool {
+        self.buckets[0].0 -= 1.0;
+        self.buckets[1].0 -= bytes as f64;
+        self.buckets
+            .iter()
+            .any(|&(tokens, rate)| rate > 0.0 && tokens < 0.0)
+    }
+
+    /// Refills the buckets for the time gone by; if one is in debt, how long reading must
+    /// wait for it to be paid, and which limit that is.
+    pub(super) fn debt(&mut self, now: Instant) -> Option<(Duration, Limit)> {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        let mut wait = None;
+        let limits = [
+            Limit::ClientPublishRateMax,
+            Limit::ClientPublishBytesRateMax,
+        ];
+        for ((tokens, rate), limit) in self.buckets.iter_mut().zip(limits) {
+            if *rate == 0.0 {
+                continue;
+            }
+            *tokens = (*tokens + elapsed * *rate).min(*rate);
+            if *tokens < 0.0 {
+                let pay = Duration::from_secs_f64(-*tokens / *rate);
+                if wait.is_none_or(|(w, _)| pay > w) {
+                    wait = Some((pay, limit));
+                }
+            }
+        }
+        wait
+    }
+}
+
+/// Pauses reading `rate`'s connection while its bucket is in debt (counted once per
+/// pause as a hit of the limit that holds it).
+pub(super) async fn publish_room(shard: &Shard, rate: &mut Option<PublishRate>) {
+    let Some(rate) = rate.as_mut() else { return };
+    while let Some((wait, limit)) = rate.debt(Instant::now()) {
+        shard.probe.hit(limit);
+        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// Per source address, the connections it may still open now (see the module docs).
+pub(super) struct SourceRate {
+    /// This shard's share of `connections_per_source_rate_max`, per second.
+    per_sec: f64,
+    /// Addresses seen in about the last second: (tokens, refilled at).
+    sources: HashMap<IpAddr, (f64, Instant)>,
+    /// Size of `sources` after its last sweep; it is swept when it doubles.
+    swept_len: usize,
+}
+
+impl SourceRate {
+    /// The limiter for a process-wide `per_sec` over `shards` shards; `None` without one.
+    pub(super) fn new(per_sec: u32, shards: usize) -> Option<Self> {
+        (per_sec > 0).then(|| SourceRate {
+            per_sec: f64::from(per_sec.div_ceil(shards.max(1) as u32)),
+            sources: HashMap::new(),
+            swept_len: 0,
+        })
+    }
+
+    /// Whether `source` may open a connection at `now` (and takes its token if so).
+    pub(super) fn admit(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.sources.len() >= 2 * self.swept_len.max(512) {
+            // Addresses quiet for a second are full again: forget them.
+            self.sources
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(1));
+            self.swept_len = self.sources.len();
+        }
+        let per_sec = self.per_sec;
+        let (tokens, at) = self.sources.entry(source).or_insert((per_sec, now));
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * per_sec).min(per_sec);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_its_share_of_the_connection_rate() {
+        assert!(SourceRate::new(0, 2).is_none());
+        // 5 per second over 2 shards: 3 here.
+        let mut rate = SourceRate::new(5, 2).expect("a limit");
+        let now = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let admitted = (0..10).filter(|_| rate.admit(a, now)).count();
+        assert_eq!(admitted, 3);
+        assert!(rate.admit(b, now), "another address has its own");
+        assert!(!rate.admit(a, now + Duration::from_millis(100)));
+        assert!(
+            rate.admit(a, now + Duration::from_millis(400)),
+            "a token back"
+        );
+        // Many addresses: the quiet ones are forgotten.
+        for i in 0..2_000u32 {
+            rate.admit(IpAddr::from(i.to_be_bytes()), now);
+        }
+        let later = now + Duration::from_secs(2);
+        for i in 0..2_000u32 {
+            rate.admit(IpAddr::from((i + 10_000).to_be_bytes()), later);
+        }
+        assert!(
+            rate.sources.len() < 3_000,
+            "{} remembered",
+            rate.sources.len()
+        );
+    }
+
+    #[test]
+    fn a_publisher_in_debt_waits_for_its_rate_to_pay_it() {
+        assert!(PublishRate::new(0, 0).is_none());
+        let mut rate = PublishRate::new(100, 0).expect("a limit");
+        let start = rate.refilled;
+        // A second's worth goes at once (the burst).
+        for _ in 0..100 {
+            rate.spend(1_000_000);
+        }
+        assert_eq!(rate.debt(start), None);
+        // Fifty more: half a second of debt, paid by half a second.
+        for _ in 0..50 {
+            rate.spend(10);
+        }
+        let (wait, limit) = rate.debt(start).expect("in debt");
+        assert_eq!(limit, Limit::ClientPublishRateMax);
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        assert_eq!(rate.debt(start + Duration::from_millis(500)), None);
+        // A minute idle saves up one second's worth, no more.
+        let later = start + Duration::from_secs(60);
+        assert_eq!(rate.debt(later), None);
+        for _ in 0..150 {
+            rate.spend(10);
+        }
+        let (wait, _) = rate.debt(later).expect("no more than a second is saved up");
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn the_byte_rate_holds_big_packets() {
+        let mut rate = PublishRate::new(0, 1_000).expect("a limit");
+        let start = rate.refilled;
+        rate.spend(3_000);
+        let (wait, limit) = rate.debt(start).expect("in debt");
+        assert_eq!(limit, Limit::ClientPublishBytesRateMax);
+        assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6, "{wait:?}");
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthDecision, Principal};
 use crate::broker::SessionParams;
+use crate::config::KeepaliveOverMax;
 use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Protocol, ReasonCode,
@@ -152,6 +153,26 @@ fn refuse_malformed(conn: &Conn, level: Option<u8>, e: &DecodeError) {
     }
 }
 
+/// The keep-alive the broker holds a client to: its own, or `max_keepalive_secs` when it
+/// asks for more or for none (0). `None`: refuse it (3.1.1 with `max_keepalive_v3 =
+/// "refuse"`, which cannot be told another value).
+fn capped_keep_alive(shard: &Shard, v5: bool, asked: u16) -> Option<u16> {
+    let cap = shard.config.max_keepalive_secs;
+    if cap == 0 || (asked != 0 && asked <= cap) {
+        return Some(asked);
+    }
+    shard.probe.hit(Limit::MaxKeepaliveSecs);
+    if !v5 && shard.config.max_keepalive_v3 == KeepaliveOverMax::Refuse {
+        tracing::debug!(
+            asked,
+            cap,
+            "3.1.1 keep-alive over max_keepalive_secs refused"
+        );
+        return None;
+    }
+    Some(cap)
+}
+
 /// The protocol level byte of a CONNECT at the front of `raw`, if visible.
 pub(super) fn connect_level(raw: &[u8]) -> Option<u8> {
     if raw.first()? >> 4 != 1 {
@@ -172,6 +193,8 @@ async fn accept(
     principal: &Principal,
 ) -> Result<Accepted, Option<ReasonCode>> {
     let v5 = connect.protocol == Protocol::V5;
+    let keep_alive_secs = capped_keep_alive(shard, v5, connect.keep_alive_secs)
+        .ok_or(Some(ReasonCode::ClientIdentifierNotValid))?;
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if !v5 && !connect.clean_start {
             return Err(Some(ReasonCode::ClientIdentifierNotValid));
@@ -239,6 +262,10 @@ async fn accept(
         assigned.then(|| client_id.clone()),
         shard,
     );
+    if v5 && keep_alive_secs != connect.keep_alive_secs {
+        // v5 §3.2.2.3.14: the client uses the Server Keep Alive instead of its own.
+        ack.properties.server_keep_alive_secs = Some(keep_alive_secs);
+    }
     if v5 && expiry_secs != asked_secs {
         // v5 §3.2.2.3.2: the server states the interval it uses when it differs.
         ack.properties.session_expiry_interval_secs = Some(expiry_secs);
@@ -253,11 +280,11 @@ async fn accept(
         protocol = version(connect.protocol),
         clean_start = connect.clean_start,
         session_present = outcome.session_present,
-        keep_alive_secs = connect.keep_alive_secs,
+        keep_alive_secs,
         "client connected"
     );
     Ok(Accepted {
-        keep_alive_secs: connect.keep_alive_secs,
+        keep_alive_secs,
         expiry_secs,
         client_id,
     })

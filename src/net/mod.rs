@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 
+use crate::metrics::Limit;
 use crate::mqtt::ReasonCode;
 use crate::shard::{Refused, Shard};
 
@@ -98,6 +99,24 @@ impl Connections {
     }
 }
 
+/// Whether the source of `stream` is within `connections_per_source_rate_max`.
+fn source_admitted(
+    shard: &Shard,
+    sources: &mut Option<bounds::SourceRate>,
+    stream: &glommio::net::TcpStream,
+) -> bool {
+    let Some(sources) = sources.as_mut() else {
+        return true;
+    };
+    match stream.peer_addr() {
+        Ok(peer) => sources.admit(peer.ip(), Instant::now()),
+        Err(e) => {
+            tracing::debug!(shard = shard.id, error = %e, "accepted a connection without a peer");
+            false
+        }
+    }
+}
+
 /// Accepts connections until the shard starts shutting down.
 ///
 /// A connection over `connections_max` or `connections_per_shard_max` is refused: its
@@ -108,9 +127,17 @@ impl Connections {
 /// refusals are already in progress the connection is closed at once, before any
 /// CONNECT: a flood of connections over the limit costs at most that many small tasks.
 pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    let mut sources = bounds::SourceRate::new(
+        shard.config.connections_per_source_rate_max,
+        shard.mesh.shards(),
+    );
     let accept = async {
         loop {
             match listener.accept().await {
+                Ok(stream) if !source_admitted(shard, &mut sources, &stream) => {
+                    shard.probe.hit(Limit::ConnectionsPerSourceRateMax);
+                    drop(stream);
+                }
                 Ok(stream) => match shard.admit_connection() {
                     Ok(slot) => {
                         let shard = Rc::clone(shard);

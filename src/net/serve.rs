@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
-use crate::mqtt::{self, DecodeLimits, ReasonCode};
+use crate::mqtt::{self, DecodeLimits, Packet, ReasonCode};
 use crate::shard::{ConnectionSlot, Shard};
 
 use super::bounds::{self, PacketClock};
@@ -163,6 +163,10 @@ async fn packet_loop(
         (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let mut clock = PacketClock::new(shard.config.packet_read_timeout_ms, keep_alive_limit);
     let mut state = packets::ConnState::new(accepted);
+    let mut rate = bounds::PublishRate::new(
+        shard.config.client_publish_rate_max,
+        shard.config.client_publish_bytes_rate_max,
+    );
     loop {
         // Decode and handle everything already buffered before reading again.
         let mut decoded = false;
@@ -170,6 +174,7 @@ async fn packet_loop(
             if conn.closing().is_some() {
                 return Ending::ByServer;
             }
+            let buffered = rbuf.buf.len();
             match mqtt::decode_copying_small_publish(
                 &mut rbuf.buf,
                 Some(protocol),
@@ -178,12 +183,19 @@ async fn packet_loop(
             ) {
                 Ok(Some(packet)) => {
                     decoded = true;
+                    let indebted = match (rate.as_mut(), &packet) {
+                        (Some(rate), Packet::Publish(_)) => rate.spend(buffered - rbuf.buf.len()),
+                        _ => false,
+                    };
                     if bounds::refused(shard, conn, &packet) {
                         continue;
                     }
                     match packets::handle(shard, conn, &mut state, packet).await {
                         Flow::Continue => {}
                         Flow::End(ending) => return ending,
+                    }
+                    if indebted {
+                        bounds::publish_room(shard, &mut rate).await;
                     }
                 }
                 Ok(None) => break,
