@@ -1,4 +1,4 @@
-//! MQTT 5.0 message features: message expiry, client topic aliases, forwarded
+//! MQTT 5.0 message features: message expiry, topic aliases both ways, forwarded
 //! properties, and the client's Receive Maximum.
 
 mod common;
@@ -65,6 +65,61 @@ fn client_topic_alias_is_resolved_for_subscribers() {
             (t.as_str(), &b"use"[..])
         );
     }
+}
+
+/// (topic, alias) of each PUBLISH `sub` gets within `QUIET` after the last.
+fn topics_and_aliases(sub: &mut Conn) -> Vec<(String, Option<u16>)> {
+    sub.drain_publishes(QUIET)
+        .into_iter()
+        .map(|p| (p.topic, p.props.u16(P_TOPIC_ALIAS)))
+        .collect()
+}
+
+#[test]
+fn the_broker_uses_topic_aliases_towards_a_client_that_allows_them() {
+    let broker = Broker::start();
+    // The client allows two aliases.
+    let allows = Connect::v5("alias-out").prop(P_TOPIC_ALIAS_MAXIMUM, Prop::U16(2));
+    let (mut sub, _) = Conn::connect(broker.mqtt, &allows);
+    sub.sub("aout/#", 1);
+    let (mut plain, _) = Conn::connect(broker.mqtt, &Connect::v5("alias-none"));
+    plain.sub("aout/#", 1);
+    let mut publ = Conn::client(broker.mqtt, true, "alias-out-pub");
+    for t in ["aout/a", "aout/a", "aout/b", "aout/a", "aout/c", "aout/b"] {
+        assert_eq!(publ.publish(Publish::new(t, b"x", 1)), 0);
+    }
+    let got = topics_and_aliases(&mut sub);
+    let expected: Vec<(String, Option<u16>)> = [
+        ("aout/a", 1),
+        ("", 1),
+        ("aout/b", 2),
+        ("", 1),
+        // Both taken: "b" was used longest ago and gives its alias to "c".
+        ("aout/c", 2),
+        ("aout/b", 1),
+    ]
+    .iter()
+    .map(|(t, a)| (t.to_string(), Some(*a)))
+    .collect();
+    assert_eq!(got, expected);
+    // A client that allows none gets every topic in full.
+    let none = topics_and_aliases(&mut plain);
+    assert_eq!(none.len(), 6);
+    assert!(
+        none.iter()
+            .all(|(t, a)| t.starts_with("aout/") && a.is_none()),
+        "{none:?}"
+    );
+
+    // A new connection starts afresh: the topic comes in full again.
+    drop(sub);
+    let (mut again, _) = Conn::connect(broker.mqtt, &allows);
+    again.sub("aout/#", 1);
+    assert_eq!(publ.publish(Publish::new("aout/c", b"y", 1)), 0);
+    assert_eq!(
+        topics_and_aliases(&mut again),
+        vec![("aout/c".to_string(), Some(1))]
+    );
 }
 
 #[test]

@@ -160,7 +160,8 @@ pub struct Config {
     /// a resend, also after a restart, be delivered once); beyond it the oldest is
     /// forgotten.
     pub qos2_ids_per_shard_max: usize,
-    /// Topic aliases a v5 client may set per connection (0 disables them).
+    /// Topic aliases per v5 connection, each way: a client may set this many, and the
+    /// broker uses up to this many (and the client's Topic Alias Maximum) towards it.
     pub topic_alias_max: u16,
     /// Longest topic name or filter, in bytes.
     pub topic_bytes_max: usize,

@@ -82,6 +82,7 @@ impl Publish {
             properties: &self.properties,
             message_expiry_interval_secs: self.properties.message_expiry_interval_secs,
             subscription_identifiers: &self.properties.subscription_identifiers,
+            topic_alias: None,
             payload: &self.payload,
         }
     }
@@ -108,6 +109,9 @@ pub struct PublishView<'a> {
     pub message_expiry_interval_secs: Option<u32>,
     /// Subscription Identifiers to send.
     pub subscription_identifiers: &'a [u32],
+    /// Topic Alias to send (with an empty `topic` once the client knows it), replacing
+    /// any of `properties`.
+    pub topic_alias: Option<u16>,
     /// Application payload.
     pub payload: &'a Bytes,
 }
@@ -118,6 +122,7 @@ impl PublishView<'_> {
             base: self.properties,
             message_expiry_interval_secs: self.message_expiry_interval_secs,
             subscription_identifiers: self.subscription_identifiers,
+            topic_alias: self.topic_alias,
         }
     }
 

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 
 use crate::auth::acl::ClientAcl;
 use crate::mqtt::{self, Ack, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
-use crate::session::Outlet;
+use crate::session::{Outlet, TopicAliases};
 
 /// One client connection, as the shard sees it.
 pub struct Conn {
@@ -36,6 +36,8 @@ pub struct Conn {
     /// What this client may publish, subscribe to and receive (`None`: everything, no
     /// rules configured). Set at CONNECT, before the session is attached.
     pub acl: RefCell<Option<ClientAcl>>,
+    /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
+    pub aliases: RefCell<Option<TopicAliases>>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
     /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
@@ -59,6 +61,7 @@ impl Conn {
             // Grows with the first output: an idle connection holds only its CONNACK's.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
+            aliases: RefCell::new(None),
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),
@@ -84,11 +87,13 @@ impl Conn {
     /// `buf_bytes_max` pending bytes (`usize::MAX`: acks and resends, which must go out).
     pub fn with_outlet<R>(&self, buf_bytes_max: usize, f: impl FnOnce(&mut Outlet<'_>) -> R) -> R {
         let mut buf = self.out.borrow_mut();
+        let mut aliases = self.aliases.borrow_mut();
         let mut outlet = Outlet {
             buf: &mut buf,
             protocol: self.protocol.get(),
             packet_bytes_max: self.packet_bytes_max.get(),
             buf_bytes_max,
+            aliases: aliases.as_mut(),
         };
         f(&mut outlet)
     }

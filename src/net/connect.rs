@@ -11,7 +11,7 @@ use crate::mqtt::{
     self, ByteStr, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Protocol, ReasonCode,
 };
 use crate::router::validate_topic_name;
-use crate::session::{Will, EXPIRY_NEVER};
+use crate::session::{TopicAliases, Will, EXPIRY_NEVER};
 use crate::shard::Shard;
 
 use super::conn::Conn;
@@ -241,6 +241,15 @@ async fn accept(
     let expiry_secs = asked_secs.min(shard.config.session_expiry_max_secs);
     if let Some(max) = connect.properties.maximum_packet_size_bytes {
         conn.packet_bytes_max.set(max as usize);
+    }
+    // The aliases the client allows, up to as many as the broker allows it.
+    let aliases = connect
+        .properties
+        .topic_alias_maximum
+        .unwrap_or(0)
+        .min(shard.config.topic_alias_max);
+    if v5 && aliases > 0 {
+        *conn.aliases.borrow_mut() = Some(TopicAliases::new(aliases));
     }
     let outcome = shard
         .connect_session(

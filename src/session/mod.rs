@@ -20,7 +20,7 @@ use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 pub use cursor::{Admit, CatchUp, ReplayCursor};
 pub use message::{Delivery, LogPos, Message};
 pub use outbound::{
-    Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, UnknownPacketId,
+    Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, TopicAliases, UnknownPacketId,
 };
 
 /// Session expiry interval meaning "never expires".

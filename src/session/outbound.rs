@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::mqtt::{self, Ack, Packet, PacketId, Protocol, PublishView, QoS, ReasonCode};
+use crate::mqtt::{self, Ack, ByteStr, Packet, PacketId, Protocol, PublishView, QoS, ReasonCode};
 
 use super::message::{Delivery, LogPos};
 
@@ -71,6 +71,73 @@ pub struct Outlet<'a> {
     /// Stop moving messages into `buf` beyond this many pending bytes: the socket is
     /// slower than the publishers, and queued messages stay accounted in the queue.
     pub buf_bytes_max: usize,
+    /// The connection's topic aliases towards the client, if it allows them (v5).
+    pub aliases: Option<&'a mut TopicAliases>,
+}
+
+/// The topic aliases a connection uses towards its v5 client (which allows up to its
+/// Topic Alias Maximum): the first PUBLISH of a topic carries the topic and a new alias,
+/// later ones the alias and an empty topic. When every alias is taken the one used
+/// longest ago is given to the new topic. Per connection: a reconnect starts afresh, as
+/// the client's side does (MQTT 5 §3.3.2.3.4).
+#[derive(Debug)]
+pub struct TopicAliases {
+    max: u16,
+    /// Topic → (alias, when last used, by `clock`).
+    by_topic: HashMap<ByteStr, (u16, u64)>,
+    clock: u64,
+    /// The lowest alias never given out.
+    next: u16,
+    /// Aliases given up again (their PUBLISH did not go out).
+    free: Vec<u16>,
+}
+
+impl TopicAliases {
+    /// Aliases 1..=`max`.
+    pub fn new(max: u16) -> Self {
+        TopicAliases {
+            max,
+            by_topic: HashMap::with_capacity(usize::from(max)),
+            clock: 0,
+            next: 1,
+            free: Vec::new(),
+        }
+    }
+
+    /// The alias for `topic`, and whether it is new (the PUBLISH must carry the topic).
+    /// A new one is only remembered by [`TopicAliases::sent`], once its PUBLISH went out.
+    fn alias_for(&mut self, topic: &ByteStr) -> (u16, bool) {
+        self.clock += 1;
+        if let Some((alias, used)) = self.by_topic.get_mut(topic) {
+            *used = self.clock;
+            return (*alias, false);
+        }
+        if let Some(alias) = self.free.pop() {
+            return (alias, true);
+        }
+        if self.next <= self.max {
+            self.next += 1;
+            return (self.next - 1, true);
+        }
+        let oldest = self
+            .by_topic
+            .iter()
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(t, (alias, _))| (t.clone(), *alias));
+        let (topic, alias) = oldest.expect("max > 0 aliases are in use");
+        self.by_topic.remove(&topic);
+        (alias, true)
+    }
+
+    /// The PUBLISH that gave `topic` the new `alias` went out.
+    fn sent(&mut self, topic: &ByteStr, alias: u16) {
+        self.by_topic.insert(topic.clone(), (alias, self.clock));
+    }
+
+    /// The PUBLISH that was to give out the new `alias` did not go out.
+    fn unused(&mut self, alias: u16) {
+        self.free.push(alias);
+    }
 }
 
 /// What happened to a message offered to the queue.
@@ -807,16 +874,35 @@ fn encode_publish(
     out: &mut Outlet<'_>,
     now: Instant,
 ) -> Option<usize> {
-    let publish = publish_view(delivery, pid, dup, now);
+    let mut publish = publish_view(delivery, pid, dup, now);
+    let topic = &delivery.msg.topic;
+    let alias = out.aliases.as_deref_mut().map(|a| a.alias_for(topic));
+    if let Some((alias, new)) = alias {
+        publish.topic_alias = Some(alias);
+        if !new {
+            publish.topic = &NO_TOPIC;
+        }
+    }
     let mark = out.buf.len();
     match publish.encode(out.protocol, out.buf) {
-        Ok(n) if n <= out.packet_bytes_max => Some(n),
+        Ok(n) if n <= out.packet_bytes_max => {
+            if let (Some((alias, true)), Some(aliases)) = (alias, out.aliases.as_deref_mut()) {
+                aliases.sent(topic, alias);
+            }
+            Some(n)
+        }
         _ => {
             out.buf.truncate(mark);
+            if let (Some((alias, true)), Some(aliases)) = (alias, out.aliases.as_deref_mut()) {
+                aliases.unused(alias);
+            }
             None
         }
     }
 }
+
+/// The topic of a PUBLISH that names it by an alias the client knows.
+static NO_TOPIC: ByteStr = ByteStr::from_static("");
 
 fn publish_view<'a>(
     delivery: &'a Delivery,
@@ -835,6 +921,7 @@ fn publish_view<'a>(
         properties: &msg.properties,
         message_expiry_interval_secs: msg.remaining_expiry_secs(now),
         subscription_identifiers: &delivery.subscription_ids,
+        topic_alias: None,
         payload: &msg.payload,
     }
 }
@@ -888,7 +975,58 @@ mod tests {
             protocol: Protocol::V5,
             packet_bytes_max: 1 << 20,
             buf_bytes_max: 1 << 20,
+            aliases: None,
         }
+    }
+
+    #[test]
+    fn topic_aliases_name_a_topic_once_and_reuse_the_least_recent() {
+        let mut aliases = TopicAliases::new(2);
+        let mut buf = BytesMut::new();
+        let mut send = |topic: &'static str, max_bytes: usize, buf: &mut BytesMut| {
+            let mut out = Outlet {
+                packet_bytes_max: max_bytes,
+                aliases: Some(&mut aliases),
+                ..outlet(buf)
+            };
+            encode_publish(
+                &delivery(topic, QoS::AtMostOnce),
+                None,
+                false,
+                &mut out,
+                Instant::now(),
+            )
+        };
+        for topic in ["a", "b", "a", "c", "b", "b"] {
+            assert!(send(topic, 1 << 20, &mut buf).is_some());
+        }
+        // Too big for the client: not sent, and its new alias is not taken.
+        assert!(send("a-very-long-topic-name", 20, &mut buf).is_none());
+        assert!(send("d", 1 << 20, &mut buf).is_some());
+        let sent: Vec<(String, Option<u16>)> = decoded(&mut buf)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let expected = [
+            ("a", 1),
+            ("b", 2),
+            ("", 1),
+            // Both taken, "b" used longest ago: its alias goes to "c".
+            ("c", 2),
+            // "b" again takes the alias of "a", now the least recent.
+            ("b", 1),
+            ("", 1),
+            // The oversized topic took none; "c" is the least recent.
+            ("d", 2),
+        ];
+        let expected: Vec<(String, Option<u16>)> = expected
+            .iter()
+            .map(|(t, a)| (t.to_string(), Some(*a)))
+            .collect();
+        assert_eq!(sent, expected);
     }
 
     fn decoded(buf: &mut BytesMut) -> Vec<Packet> {

@@ -321,6 +321,7 @@ impl Properties for PublishProperties {
             base: self,
             message_expiry_interval_secs: self.message_expiry_interval_secs,
             subscription_identifiers: &self.subscription_identifiers,
+            topic_alias: None,
         }
         .each(f);
     }
@@ -334,6 +335,7 @@ pub(crate) struct PublishOverlay<'a> {
     pub base: &'a PublishProperties,
     pub message_expiry_interval_secs: Option<u32>,
     pub subscription_identifiers: &'a [u32],
+    pub topic_alias: Option<u16>,
 }
 
 impl Properties for PublishOverlay<'_> {
@@ -346,7 +348,7 @@ impl Properties for PublishOverlay<'_> {
             MESSAGE_EXPIRY_INTERVAL,
             self.message_expiry_interval_secs
         );
-        emit!(f, U16, TOPIC_ALIAS, base.topic_alias);
+        emit!(f, U16, TOPIC_ALIAS, self.topic_alias.or(base.topic_alias));
         emit!(f, Str, RESPONSE_TOPIC, &base.response_topic);
         emit!(f, Bin, CORRELATION_DATA, &base.correlation_data);
         for &id in self.subscription_identifiers {
