@@ -97,7 +97,7 @@ use super::persist::{records, ReplayWant};
 use super::{GroupKey, SessionKey, SessionSlot};
 
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
-const SHARED_HOPS_MAX: u8 = 2;
+pub(crate) const SHARED_HOPS_MAX: u8 = 2;
 
 /// A group's messages on this shard that no member had room for.
 #[derive(Debug)]
