@@ -82,6 +82,14 @@ fn read_all(conn: &mut Conn) -> Vec<String> {
     got
 }
 
+/// The payloads of what comes within `limit` (acknowledged if `auto_ack`).
+fn payloads_within(conn: &mut Conn, limit: Duration) -> Vec<String> {
+    conn.drain_publishes(limit)
+        .into_iter()
+        .map(|p| String::from_utf8(p.payload).unwrap())
+        .collect()
+}
+
 /// Publishes `n` QoS 1 messages to `TOPIC`, asserting each is acknowledged; returns
 /// their payloads.
 fn publish_acked(broker: &Broker, client_id: &str, n: usize) -> BTreeSet<String> {
@@ -219,12 +227,7 @@ fn a_crash_keeps_what_a_clean_member_queued_for_the_group(shards: usize) {
     let sent = publish_acked(&broker, "crash-shards-pub", 40);
     let mut got = reading.join().unwrap();
     // What reached the clean client counts as delivered.
-    got.extend(
-        clean
-            .drain_publishes(Duration::from_millis(500))
-            .into_iter()
-            .map(|p| String::from_utf8(p.payload).unwrap()),
-    );
+    got.extend(payloads_within(&mut clean, Duration::from_millis(500)));
     std::thread::sleep(Duration::from_millis(600));
     broker.child.kill().expect("SIGKILL");
     broker.child.wait().expect("reaped");
@@ -354,12 +357,7 @@ fn a_crash_soon_after_a_clean_member_on_another_shard_took_messages_keeps_them()
             member.sub(FILTER, 1);
         }
         // What the restart replays to it comes now, before the clean member joins.
-        got.extend(
-            member
-                .drain_publishes(Duration::from_secs(1))
-                .into_iter()
-                .map(|p| String::from_utf8(p.payload).unwrap()),
-        );
+        got.extend(payloads_within(&mut member, Duration::from_secs(1)));
         let home = sessions(&broker, 2)
             .iter()
             .position(|&n| n == 1.0)
@@ -389,12 +387,7 @@ fn a_crash_soon_after_a_clean_member_on_another_shard_took_messages_keeps_them()
         broker.child.wait().expect("reaped");
         got.extend(reading.join().unwrap());
         // What reached the clean client counts as delivered.
-        got.extend(
-            clean
-                .drain_publishes(Duration::from_millis(500))
-                .into_iter()
-                .map(|p| String::from_utf8(p.payload).unwrap()),
-        );
+        got.extend(payloads_within(&mut clean, Duration::from_millis(500)));
     }
     let broker = start();
     let when = format!("in {CYCLES} crashes");
@@ -430,12 +423,7 @@ fn a_graceful_stop_keeps_what_a_persistent_member_held_while_the_other_shards_me
             member.sub(filter, 1);
         } else {
             // What the restart brings it, read and acknowledged.
-            got.extend(
-                member
-                    .drain_publishes(Duration::from_secs(1))
-                    .into_iter()
-                    .map(|p| String::from_utf8(p.payload).unwrap()),
-            );
+            got.extend(payloads_within(&mut member, Duration::from_secs(1)));
         }
         let home = sessions(&broker, 2)
             .iter()
@@ -471,12 +459,7 @@ fn a_graceful_stop_keeps_what_a_persistent_member_held_while_the_other_shards_me
             broker.wait_exit(Duration::from_secs(20)).is_some(),
             "stopped"
         );
-        got.extend(
-            clean
-                .drain_publishes(Duration::from_millis(100))
-                .into_iter()
-                .map(|p| String::from_utf8(p.payload).unwrap()),
-        );
+        got.extend(payloads_within(&mut clean, Duration::from_millis(100)));
         drop(member);
     }
     let broker = start();
