@@ -82,6 +82,14 @@ fn read_all(conn: &mut Conn) -> Vec<String> {
     got
 }
 
+/// The payloads of what comes within `limit` (acknowledged if `auto_ack`).
+fn payloads_within(conn: &mut Conn, limit: Duration) -> Vec<String> {
+    conn.drain_publishes(limit)
+        .into_iter()
+        .map(|p| String::from_utf8(p.payload).unwrap())
+        .collect()
+}
+
 /// Publishes `n` QoS 1 messages to `TOPIC`, asserting each is acknowledged; returns
 /// their payloads.
 fn publish_acked(broker: &Broker, client_id: &str, n: usize) -> BTreeSet<String> {
@@ -219,12 +227,7 @@ fn a_crash_keeps_what_a_clean_member_queued_for_the_group(shards: usize) {
     let sent = publish_acked(&broker, "crash-shards-pub", 40);
     let mut got = reading.join().unwrap();
     // What reached the clean client counts as delivered.
-    got.extend(
-        clean
-            .drain_publishes(Duration::from_millis(500))
-            .into_iter()
-            .map(|p| String::from_utf8(p.payload).unwrap()),
-    );
+    got.extend(payloads_within(&mut clean, Duration::from_millis(500)));
     std::thread::sleep(Duration::from_millis(600));
     broker.child.kill().expect("SIGKILL");
     broker.child.wait().expect("reaped");
@@ -354,12 +357,7 @@ fn a_crash_soon_after_a_clean_member_on_another_shard_took_messages_keeps_them()
             member.sub(FILTER, 1);
         }
         // What the restart replays to it comes now, before the clean member joins.
-        got.extend(
-            member
-                .drain_publishes(Duration::from_secs(1))
-                .into_iter()
-                .map(|p| String::from_utf8(p.payload).unwrap()),
-        );
+        got.extend(payloads_within(&mut member, Duration::from_secs(1)));
         let home = sessions(&broker, 2)
             .iter()
             .position(|&n| n == 1.0)
@@ -389,14 +387,82 @@ fn a_crash_soon_after_a_clean_member_on_another_shard_took_messages_keeps_them()
         broker.child.wait().expect("reaped");
         got.extend(reading.join().unwrap());
         // What reached the clean client counts as delivered.
-        got.extend(
-            clean
-                .drain_publishes(Duration::from_millis(500))
-                .into_iter()
-                .map(|p| String::from_utf8(p.payload).unwrap()),
-        );
+        got.extend(payloads_within(&mut clean, Duration::from_millis(500)));
     }
     let broker = start();
     let when = format!("in {CYCLES} crashes");
+    resume_and_assert_none_lost(&broker, &connect, &sent, got, &when);
+}
+
+/// A graceful stop while the group's only persistent member holds unacknowledged
+/// messages (its window and queue, nothing in its shard's backlog) on one shard and a
+/// clean member is connected on the other. The stop closes both connections at once:
+/// the persistent member's shard, with no connected member left, hands what it held on
+/// through each message's owner while it may still count the other shard as one of the
+/// group's. The owner, which has seen the clean member leave, finds no shard of the
+/// group besides the one that handed the message on, which still has the (now offline)
+/// persistent member: the message must go back to it, not be dropped (MQTT 5 §4.8.2).
+/// Topics on both shards, several stops: the close order is the shards' own.
+#[test]
+fn a_graceful_stop_keeps_what_a_persistent_member_held_while_the_other_shards_member_left() {
+    const STOPS: usize = 6;
+    const TOPICS: usize = 8;
+    // The member's window and queue (see `broker_in`): none goes to the backlog.
+    const HELD: usize = 12;
+    let filter = "$share/g/stop/#";
+    let dir = temp_dir();
+    let start = || broker_in(2, Some(dir.path().to_path_buf()));
+    let connect = Connect::v4("stop-held-persistent").clean(false);
+    let mut sent = BTreeSet::new();
+    let mut got = Vec::new();
+    let mut next = 0usize;
+    for stop in 0..STOPS {
+        let mut broker = start();
+        let (mut member, _) = Conn::connect(broker.mqtt, &connect);
+        if stop == 0 {
+            member.sub(filter, 1);
+        } else {
+            // What the restart brings it, read and acknowledged.
+            got.extend(payloads_within(&mut member, Duration::from_secs(1)));
+        }
+        let home = sessions(&broker, 2)
+            .iter()
+            .position(|&n| n == 1.0)
+            .expect("the persistent member's shard");
+        // It acknowledges nothing from now on and holds every message.
+        member.auto_ack = false;
+        let mut publ = Conn::client(broker.mqtt, true, &format!("stop-held-pub-{stop}"));
+        for _ in 0..HELD {
+            let payload = format!("m{next}");
+            let topic = format!("stop/{}", next % TOPICS);
+            next += 1;
+            let code = publ.publish(Publish::new(&topic, payload.as_bytes(), 1));
+            assert_eq!(code, 0, "PUBACK for {payload}");
+            sent.insert(payload);
+        }
+        publ.disconnect(0);
+        assert!(
+            eventually(Duration::from_secs(10), || sessions(&broker, 2)
+                .iter()
+                .sum::<f64>()
+                == 1.0),
+            "the publisher's clean session ended"
+        );
+        // Joins after the messages: it gets none of them, and the stop ends it.
+        let mut clean =
+            clean_client_beside(&broker, true, &format!("stop-held-clean-{stop}"), home);
+        clean.sub(filter, 1);
+        // Cursors and the shards' holds reports are logged.
+        std::thread::sleep(Duration::from_millis(600));
+        broker.signal(libc::SIGTERM);
+        assert!(
+            broker.wait_exit(Duration::from_secs(20)).is_some(),
+            "stopped"
+        );
+        got.extend(payloads_within(&mut clean, Duration::from_millis(100)));
+        drop(member);
+    }
+    let broker = start();
+    let when = format!("in {STOPS} graceful stops");
     resume_and_assert_none_lost(&broker, &connect, &sent, got, &when);
 }

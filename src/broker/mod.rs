@@ -385,18 +385,26 @@ impl Shard {
     }
 
     /// Tells every other shard this one closed its connections, then waits until every
-    /// other shard did (see `flush_cursors_for_stop`).
+    /// other shard did (see `flush_cursors_for_stop`), in `DRAIN_ROUNDS` rounds: what a
+    /// closing member gave back may travel further than one link (to the message's
+    /// owner, from there to another shard of the group, and, handed on, once more each),
+    /// and each round covers one more of those links. A shard posts its next round's
+    /// `Drained` only once every peer's current one arrived, so no shard is two rounds
+    /// ahead of another: the count reaching `round * peers` means every peer has
+    /// finished that round, and what it posted before it has been handled here.
     pub(crate) async fn drain_barrier(&self) {
-        for peer in self.all_shards().filter(|&p| p != self.id) {
-            self.post(peer, ShardMsg::Drained);
-        }
         let peers = self.mesh.shards() - 1;
-        all_arrived(
-            &self.broker.drained_peers,
-            &self.broker.drained_waker,
-            peers,
-        )
-        .await
+        for round in 1..=DRAIN_ROUNDS {
+            for peer in self.all_shards().filter(|&p| p != self.id) {
+                self.post(peer, ShardMsg::Drained);
+            }
+            all_arrived(
+                &self.broker.drained_peers,
+                &self.broker.drained_waker,
+                round * peers,
+            )
+            .await
+        }
     }
 
     /// Waits until every other shard sent `Flushed` (see `flush_cursors_for_stop`).
@@ -590,6 +598,11 @@ impl Shard {
         }
     }
 }
+
+/// Rounds of the first stop barrier (see `drain_barrier`): a shared delivery given back
+/// goes to its owner and from there to a shard of the group, at most `SHARED_HOPS_MAX`
+/// times.
+const DRAIN_ROUNDS: usize = 2 * shared::SHARED_HOPS_MAX as usize;
 
 /// A peer reached a barrier (`count` of them so far, `waker` the waiting task).
 fn arrived(count: &Cell<usize>, waker: &Cell<Option<Waker>>) {

@@ -46,8 +46,10 @@
 //!   *unconfirmed* (`SentShared`). Nobody else sends one: a shard that cannot keep a
 //!   logged delivery (no member left, none connected) gives it back to its owner
 //!   (`SharedReturn`), which sends it to another shard of the group as a fresh tracked
-//!   send; a group's last member leaving gives its backlog's gaps back the same way
-//!   (`SharedGapReturn`, then `SharedGap` from the owner, tracked at the gap's offset).
+//!   send (or back, handed on, to the shard that gave it, if that still has members:
+//!   its view of the group's shards may have been older than the owner's); a group's
+//!   last member leaving gives its backlog's gaps back the same way (`SharedGapReturn`,
+//!   then `SharedGap` from the owner, tracked at the gap's offset).
 //! - Every shard, with each cursor flush, reports to every owner (`report_holds`,
 //!   `ShardMsg::SharedHolds`) how many of its tracked deliveries it has received so far
 //!   and the lowest offset of its log each group's backlog and clean members here hold.
@@ -95,7 +97,7 @@ use super::persist::{records, ReplayWant};
 use super::{GroupKey, SessionKey, SessionSlot};
 
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
-const SHARED_HOPS_MAX: u8 = 2;
+pub(crate) const SHARED_HOPS_MAX: u8 = 2;
 
 /// A group's messages on this shard that no member had room for.
 #[derive(Debug)]
@@ -663,19 +665,33 @@ impl Shard {
     /// Another shard holding members of the group, if any (`topic` is one its filter
     /// matches).
     fn other_group_shard(&self, key: &GroupKey, topic: &str) -> Option<usize> {
-        self.group_shard_besides(key, topic, self.id)
+        self.group_shard_besides(key, topic, self.id, false)
     }
 
-    /// A shard other than `besides` holding members of the group, if any.
-    fn group_shard_besides(&self, key: &GroupKey, topic: &str, besides: usize) -> Option<usize> {
+    /// A shard other than `besides` holding members of the group, if any; else, if
+    /// `or_besides`, `besides` itself while it holds members of the group.
+    fn group_shard_besides(
+        &self,
+        key: &GroupKey,
+        topic: &str,
+        besides: usize,
+        or_besides: bool,
+    ) -> Option<usize> {
         let mut route = self.broker.route.borrow_mut();
         self.broker.interest.borrow().route(topic, &mut route);
-        route
+        let shards = route
             .groups
             .iter()
             .filter(|g| *g.group == *key.0 && *g.filter == *key.1)
-            .flat_map(|g| g.shards.iter().map(|s| s.0 as usize))
-            .find(|&s| s != besides)
+            .flat_map(|g| g.shards.iter().map(|s| s.0 as usize));
+        let mut holds_besides = false;
+        for shard in shards {
+            if shard != besides {
+                return Some(shard);
+            }
+            holds_besides = true;
+        }
+        (or_besides && holds_besides).then_some(besides)
     }
 
     /// Gives a delivery this shard cannot keep to another shard of the group. A logged
@@ -952,8 +968,15 @@ impl Shard {
         self.resend_shared(from, key, msg, hops);
     }
 
+    /// Another shard of the group than `from`, else `from` itself while it still holds
+    /// members of the group. `from` hands a delivery on when it sees no connected member
+    /// of its own and another shard of the group, and that view may be older than this
+    /// one: the other shard's last member may have left meanwhile (a graceful stop
+    /// closes every connection at once). The members `from` still has (a persistent one
+    /// offline is still a member, MQTT 5 §4.8.2) then keep it: it comes back handed on,
+    /// so `from` does not look further (see `place_shared`).
     fn resend_shared(&self, from: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
-        match self.group_shard_besides(&key, msg.topic.as_str(), from) {
+        match self.group_shard_besides(&key, msg.topic.as_str(), from, true) {
             Some(next) => self.send_shared(next, key, msg, hops + 1),
             None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
         }
@@ -974,7 +997,7 @@ impl Shard {
     /// Owner: another shard of the group than `from` reads the group's messages from
     /// `offset` on (tracked like a shared delivery of `offset`).
     fn give_gap(&self, from: usize, key: GroupKey, topic: ByteStr, offset: u64) {
-        match self.group_shard_besides(&key, topic.as_str(), from) {
+        match self.group_shard_besides(&key, topic.as_str(), from, false) {
             Some(to) => {
                 self.track_shared(to, &key, offset);
                 let (group, filter) = key;

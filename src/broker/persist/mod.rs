@@ -668,7 +668,9 @@ impl Shard {
     /// group's members there, or its backlog there with the gaps of this one's), so no
     /// shard logs its final cursors before every shard closed its connections and sent
     /// them off (`ShardMsg::Drained`, within `limit`): the mesh keeps each link's order,
-    /// so what a peer sent before its `Drained` has been placed here by then.
+    /// so what a peer sent before its `Drained` has been placed here by then, and the
+    /// barrier's rounds cover the owner's sends on of what it got back (see
+    /// `drain_barrier`).
     pub(crate) async fn flush_cursors_for_stop(&self, limit: Duration) {
         if glommio::timer::timeout(limit, async {
             self.drain_barrier().await;
