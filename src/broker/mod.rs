@@ -19,6 +19,7 @@
 //! matching subscription identifier; it is sent as retained only if every matching
 //! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
 
+mod admin;
 mod catchup;
 mod durable;
 pub mod persist;
@@ -40,6 +41,7 @@ use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
 use crate::session::{Message, Session, SubOptions};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
+pub use admin::{AdminAnswer, AdminQuery};
 pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
 pub use persist::{ArmedWills, RecoveredSession, ReplayWant};
 pub use sessions::{ConnectOutcome, SessionParams};
@@ -119,6 +121,8 @@ pub enum Reply {
         /// Per session: where the replay stopped short (more than its queue holds).
         resume: Vec<Option<u64>>,
     },
+    /// A shard's answer to an admin query.
+    Admin(AdminAnswer),
 }
 
 struct Wait {
@@ -580,6 +584,8 @@ impl Shard {
             ShardMsg::Recovered => {
                 arrived(&self.broker.recovered_peers, &self.broker.recovered_waker)
             }
+            ShardMsg::AdminQuery { id, query } => self.on_admin_query(from, id, query).await,
+            ShardMsg::AdminReply { id, answer } => self.broker.reply(id, Reply::Admin(answer)),
             ShardMsg::SessionGone { client_id, conn } => {
                 let mut registry = self.broker.registry.borrow_mut();
                 if registry.get(&client_id) == Some(&conn) {

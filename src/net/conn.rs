@@ -15,7 +15,7 @@ use std::task::{Poll, Waker};
 use bytes::BytesMut;
 
 use crate::auth::acl::ClientAcl;
-use crate::mqtt::{self, Ack, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
+use crate::mqtt::{self, Ack, ByteStr, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
 use crate::session::Outlet;
 
 /// One client connection, as the shard sees it.
@@ -36,6 +36,8 @@ pub struct Conn {
     /// What this client may publish, subscribe to and receive (`None`: everything, no
     /// rules configured). Set at CONNECT, before the session is attached.
     pub acl: RefCell<Option<ClientAcl>>,
+    /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
+    pub connected_as: RefCell<(Option<ByteStr>, u16)>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
     /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
@@ -59,6 +61,7 @@ impl Conn {
             // Grows with the first output: an idle connection holds only its CONNACK's.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
+            connected_as: RefCell::new((None, 0)),
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),
@@ -98,6 +101,17 @@ impl Conn {
         if let Some(w) = self.writer.take() {
             w.wake();
         }
+    }
+
+    /// The client's address, looked up now (`None` once the socket is gone).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        // SAFETY: a registered connection's descriptor stays open while its task runs
+        // (see `serve`), and this borrow ends with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
     }
 
     /// Bytes waiting for the writer.
