@@ -19,21 +19,22 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Admin API base URL (default: http://<metrics_listen> of the config).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     url: Option<String>,
     /// Bearer token (default: admin_key of the config).
     #[arg(
         long,
+        global = true,
         env = "SHARDMQ_ADMIN_KEY",
         hide_env_values = true,
         value_name = "KEY"
     )]
     key: Option<String>,
     /// Print the API's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// Items per request (the listing follows every page).
-    #[arg(long, default_value_t = 500, value_name = "N")]
+    #[arg(long, global = true, default_value_t = 500, value_name = "N")]
     page: usize,
     #[command(subcommand)]
     command: AdminCommand,
