@@ -23,10 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn start(shards: usize, settings: &[(&str, &str)], data_dir: Option<std::path::PathBuf>) -> Broker {
     Broker::start_with(BrokerOptions {
         shards,
-        env: settings
-            .iter()
-            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
-            .collect(),
+        env: common::settings_env(settings),
         data_dir,
         ..BrokerOptions::default()
     })
@@ -102,6 +99,22 @@ impl Mqtt {
         expiry_secs: u32,
         clean: bool,
     ) -> Mqtt {
+        Mqtt::connect_seeing(addr, id, user, expiry_secs, clean).0
+    }
+
+    /// Connects (resuming any session) and returns whether the broker had one.
+    fn session_present(addr: SocketAddr, id: &str) -> (Mqtt, bool) {
+        Mqtt::connect_seeing(addr, id, None, 600, false)
+    }
+
+    /// The client, and whether its CONNACK said a session was present.
+    fn connect_seeing(
+        addr: SocketAddr,
+        id: &str,
+        user: Option<&str>,
+        expiry_secs: u32,
+        clean: bool,
+    ) -> (Mqtt, bool) {
         let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_start(clean);
@@ -132,39 +145,6 @@ impl Mqtt {
                     }
                 };
                 if tx.send(seen).is_err() {
-                    return;
-                }
-            }
-        });
-        let mqtt = Mqtt { client, seen };
-        match mqtt.next() {
-            Seen::ConnAck { .. } => {}
-            other => panic!("{id}: expected CONNACK, saw {other:?}"),
-        }
-        mqtt
-    }
-
-    /// Connects and returns whether the broker had a session.
-    fn session_present(addr: SocketAddr, id: &str) -> (Mqtt, bool) {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_clean_start(false);
-        opts.set_connect_properties(ConnectProperties {
-            session_expiry_interval: Some(600),
-            ..ConnectProperties::new()
-        });
-        let (client, mut connection) = Client::new(opts, 64);
-        let (tx, seen) = mpsc::channel();
-        std::thread::spawn(move || {
-            for event in connection.iter() {
-                let seen = match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => Seen::ConnAck {
-                        session_present: ack.session_present,
-                    },
-                    Ok(_) => continue,
-                    Err(_) => Seen::Closed,
-                };
-                let closed = matches!(seen, Seen::Closed);
-                if tx.send(seen).is_err() || closed {
                     return;
                 }
             }

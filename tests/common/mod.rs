@@ -303,13 +303,18 @@ pub fn broker_with_shards(shards: usize, settings: &[(&str, &str)]) -> Broker {
 pub fn broker_on(shards: usize, settings: &[(&str, &str)], args: Vec<String>) -> Broker {
     Broker::start_with(BrokerOptions {
         shards,
-        env: settings
-            .iter()
-            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
-            .collect(),
+        env: settings_env(settings),
         args,
         ..BrokerOptions::default()
     })
+}
+
+/// `("KEY", value)` settings as the broker's `SHARDMQ_KEY` environment variables.
+pub fn settings_env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
+        .collect()
 }
 
 /// `n` distinct names `{prefix}-{i}`; with 2 shards, 8 or more spread over both by hash.
