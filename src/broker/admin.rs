@@ -1,11 +1,14 @@
 //! The admin API's shard side: listings and actions over the data every shard holds.
 //!
 //! The metrics shard serves `/admin/...` (see `metrics::admin`) and asks the shards over
-//! the mesh, one shard and one page at a time: a shard answers a page by one pass over
-//! its own table, keeping only the `limit` smallest keys past the cursor, so a listing
-//! of 100,000 sessions costs each shard bounded work per request and never a message
-//! or a copy per session. Pages go shard by shard in key order: the cursor is
-//! `(shard, last key)`, stable across requests while the tables do not change.
+//! the mesh, one shard and one page at a time. A shard answers a page of clients,
+//! sessions or subscriptions by walking its ordered client-id index from the cursor,
+//! looking at no more than `SCAN_MAX` entries: a listing of 100,000 sessions costs each
+//! shard bounded work per request, never a pass over every session nor a message per
+//! session. Retained topics have no ordered index: a page of them is one pass over the
+//! shard's retained index keeping the `limit` smallest topics past the cursor. Pages go
+//! shard by shard in key order: the cursor is `(shard, last key)`, stable across
+//! requests while the tables do not change.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -43,12 +46,12 @@ pub enum AdminQuery {
 /// A shard's answer to an [`AdminQuery`].
 #[derive(Debug)]
 pub enum AdminAnswer {
-    /// `(key, item)` in key order; `more`: items past the last one remain.
+    /// Items in key order.
     Page {
         /// The items.
-        rows: Vec<(String, Value)>,
-        /// Whether this shard has more past the last row.
-        more: bool,
+        rows: Vec<Value>,
+        /// Where this shard's next page starts (the last key looked at), if it has more.
+        resume: Option<String>,
     },
     /// Whether the action found what it acts on here.
     Done(bool),
@@ -56,6 +59,17 @@ pub enum AdminAnswer {
 
 /// Separates client id and filter in a subscription's key (MQTT strings have no NUL).
 const KEY_SEP: char = '\0';
+
+/// Most index entries one page looks at (sessions, or sessions plus subscriptions).
+const SCAN_MAX: usize = 10_000;
+
+/// The cursor past `(client, filter)`, or past every subscription of `client`.
+fn subscription_cursor((client, filter): (&str, Option<&str>)) -> String {
+    match filter {
+        Some(filter) => format!("{client}{KEY_SEP}{filter}"),
+        None => client.to_string(),
+    }
+}
 
 /// The `limit` smallest keys of those offered, and how many were offered.
 struct Smallest<K, T> {
@@ -102,12 +116,6 @@ impl<K: Ord, T> Smallest<K, T> {
         self.heap.push(ByKey(key, item));
         if self.heap.len() > self.limit {
             self.heap.pop();
-        }
-    }
-
-    fn offer(&mut self, key: K, item: T) {
-        if self.admits(|top| key < *top) {
-            self.keep(key, item);
         }
     }
 
@@ -164,106 +172,128 @@ impl Shard {
     pub(crate) async fn on_admin_query(self: &Rc<Self>, from: usize, id: u64, query: AdminQuery) {
         let answer = match query {
             AdminQuery::Page { list, after, limit } => {
-                let (rows, more) = self.admin_page(list, after.as_deref(), limit);
-                AdminAnswer::Page { rows, more }
+                let (rows, resume) = self.admin_page(list, after.as_deref(), limit);
+                AdminAnswer::Page { rows, resume }
             }
             AdminQuery::Act(action) => AdminAnswer::Done(self.admin_act(action).await),
         };
         self.post(from, ShardMsg::AdminReply { id, answer });
     }
 
+    /// One page past `after`: at most `limit` items, after looking at no more than
+    /// `SCAN_MAX` entries (so a page of connected clients among many offline sessions
+    /// may come back short), and where the next page starts if this shard has more.
+    /// Walks the ordered index from the cursor: no pass over every session.
     fn admin_page(
         &self,
         list: AdminList,
         after: Option<&str>,
         limit: usize,
-    ) -> (Vec<(String, Value)>, bool) {
-        let sessions = self.broker.sessions.borrow();
-        let past = |key: &str| after.is_none_or(|a| key > a);
-        match list {
-            AdminList::Clients | AdminList::Sessions => {
-                let mut page = Smallest::new(limit);
-                for slot in sessions.values() {
-                    let key = slot.session.client_id.as_str();
-                    if past(key) && (list == AdminList::Sessions || slot.conn.is_some()) {
-                        page.offer(key, slot);
-                    }
-                }
-                let (rows, more) = page.finish();
-                let rows = rows
-                    .into_iter()
-                    .map(|(key, slot)| {
-                        let row = match list {
-                            AdminList::Clients => self.client_row(slot),
-                            _ => self.session_row(slot),
-                        };
-                        (key.to_string(), row)
-                    })
-                    .collect();
-                (rows, more)
-            }
-            AdminList::Subscriptions => {
-                let after = after.map(|a| a.split_once(KEY_SEP).unwrap_or((a, "")));
-                let mut page = Smallest::new(limit);
-                for slot in sessions.values() {
-                    let client = slot.session.client_id.as_str();
-                    if after.is_some_and(|(c, _)| client < c) {
-                        continue;
-                    }
-                    for (filter, options) in &slot.session.subscriptions {
-                        let key = (client, filter.as_str());
-                        if after.is_none_or(|a| key > a) {
-                            page.offer(key, options);
-                        }
-                    }
-                }
-                let (rows, more) = page.finish();
-                let rows = rows
-                    .into_iter()
-                    .map(|((client, filter), options)| {
-                        let (group, plain) = split_share(filter);
-                        let row = json!({
-                            "client_id": client,
-                            "filter": plain,
-                            "share_group": group,
-                            "qos": options.qos as u8,
-                            "no_local": options.no_local,
-                            "retain_as_published": options.retain_as_published,
-                            "shard": self.id,
-                        });
-                        (format!("{client}{KEY_SEP}{filter}"), row)
-                    })
-                    .collect();
-                (rows, more)
-            }
-            AdminList::Retained => {
-                drop(sessions);
-                let now = Instant::now();
-                let mut page = Smallest::new(limit);
-                self.broker.retained.borrow().for_each(|topic, msg| {
-                    if past(topic)
-                        && !msg.is_expired(now)
-                        && page.admits(|top: &String| topic < top.as_str())
-                    {
-                        page.keep(topic.to_string(), Arc::clone(msg));
-                    }
-                });
-                let (rows, more) = page.finish();
-                let rows = rows
-                    .into_iter()
-                    .map(|(topic, msg)| {
-                        let row = json!({
-                            "topic": topic,
-                            "payload_bytes": msg.payload.len(),
-                            "qos": msg.qos as u8,
-                            "shard": self.id,
-                        });
-                        (topic, row)
-                    })
-                    .collect();
-                (rows, more)
-            }
+    ) -> (Vec<Value>, Option<String>) {
+        if list == AdminList::Retained {
+            return self.retained_page(after, limit);
         }
+        let sessions = self.broker.sessions.borrow();
+        let by_client = self.broker.by_client.borrow();
+        let slot_of = |client: &str| by_client.get(client).and_then(|k| sessions.get(k));
+        let full = |rows: &Vec<Value>, scanned: usize| rows.len() >= limit || scanned >= SCAN_MAX;
+        let mut rows = Vec::new();
+        let mut scanned = 0;
+        if list != AdminList::Subscriptions {
+            let mut last: Option<&ByteStr> = None;
+            for client in by_client.after(after) {
+                if let Some(last) = last.filter(|_| full(&rows, scanned)) {
+                    return (rows, Some(last.to_string()));
+                }
+                scanned += 1;
+                last = Some(client);
+                let Some(slot) = slot_of(client) else {
+                    continue;
+                };
+                if list == AdminList::Sessions {
+                    rows.push(self.session_row(slot));
+                } else if slot.conn.is_some() {
+                    rows.push(self.client_row(slot));
+                }
+            }
+            return (rows, None);
+        }
+        // A subscription cursor is `client\0filter` (past that one) or `client` (past
+        // every subscription of the client).
+        let (after_client, after_filter) = match after.map(|a| a.split_once(KEY_SEP)) {
+            Some(Some((c, f))) => (Some(c), Some(f)),
+            Some(None) => (after, None),
+            None => (None, None),
+        };
+        let within = after_client.filter(|_| after_filter.is_some());
+        let clients = within
+            .into_iter()
+            .chain(by_client.after(after_client).map(|c| c.as_str()));
+        let mut last: Option<(&str, Option<&str>)> = None;
+        for client in clients {
+            if let Some(last) = last.filter(|_| full(&rows, scanned)) {
+                return (rows, Some(subscription_cursor(last)));
+            }
+            let Some(slot) = slot_of(client) else {
+                continue;
+            };
+            let mut filters: Vec<_> = slot.session.subscriptions.iter().collect();
+            filters.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let skip_to = after_filter.filter(|_| Some(client) == within);
+            for (filter, options) in filters {
+                if skip_to.is_some_and(|f| filter.as_str() <= f) {
+                    continue;
+                }
+                if let Some(last) = last.filter(|_| full(&rows, scanned)) {
+                    return (rows, Some(subscription_cursor(last)));
+                }
+                scanned += 1;
+                last = Some((client, Some(filter)));
+                let (group, plain) = split_share(filter);
+                rows.push(json!({
+                    "client_id": client,
+                    "filter": plain,
+                    "share_group": group,
+                    "qos": options.qos as u8,
+                    "no_local": options.no_local,
+                    "retain_as_published": options.retain_as_published,
+                    "shard": self.id,
+                }));
+            }
+            scanned += 1;
+            last = Some((client, None));
+        }
+        (rows, None)
+    }
+
+    /// A page of this shard's retained topics: one pass over its retained index, keeping
+    /// the `limit` smallest topics past the cursor (the index has no order of its own).
+    fn retained_page(&self, after: Option<&str>, limit: usize) -> (Vec<Value>, Option<String>) {
+        let now = Instant::now();
+        let mut page = Smallest::new(limit);
+        self.broker.retained.borrow().for_each(|topic, msg| {
+            let past = after.is_none_or(|a| topic > a);
+            if past && !msg.is_expired(now) && page.admits(|top: &String| topic < top.as_str()) {
+                page.keep(topic.to_string(), Arc::clone(msg));
+            }
+        });
+        let (found, more) = page.finish();
+        let resume = found
+            .last()
+            .filter(|_| more)
+            .map(|(topic, _)| topic.clone());
+        let rows = found
+            .into_iter()
+            .map(|(topic, msg)| {
+                json!({
+                    "topic": topic,
+                    "payload_bytes": msg.payload.len(),
+                    "qos": msg.qos as u8,
+                    "shard": self.id,
+                })
+            })
+            .collect();
+        (rows, resume)
     }
 
     fn client_row(&self, slot: &SessionSlot) -> Value {
@@ -395,28 +425,34 @@ impl AdminBackend for Shard {
             let shards = self.mesh.shards();
             let (mut shard, mut after) = from.unwrap_or((0, String::new()));
             let mut items = Vec::new();
-            let mut last = None;
-            while shard < shards && items.len() < limit {
+            while shard < shards {
+                if items.len() >= limit {
+                    // Full where a shard ended: the next page starts at the next shard.
+                    return AdminPage {
+                        items,
+                        next: Some((shard, String::new())),
+                    };
+                }
                 let query = AdminQuery::Page {
                     list,
                     after: (!after.is_empty()).then(|| std::mem::take(&mut after)),
                     limit: limit - items.len(),
                 };
-                let AdminAnswer::Page { rows, more } = self.ask_admin(shard, query).await else {
+                let AdminAnswer::Page { rows, resume } = self.ask_admin(shard, query).await else {
                     break;
                 };
-                if let Some((key, _)) = rows.last() {
-                    last = Some((shard, key.clone()));
+                items.extend(rows);
+                if let Some(resume) = resume {
+                    // One bounded answer per request: the rest of this shard is the next page.
+                    return AdminPage {
+                        items,
+                        next: Some((shard, resume)),
+                    };
                 }
-                items.extend(rows.into_iter().map(|(_, row)| row));
-                if more {
-                    break;
-                }
+                after.clear();
                 shard += 1;
             }
-            // A full page may end where a shard does: the next one then starts empty.
-            let next = last.filter(|_| items.len() >= limit && shard < shards);
-            AdminPage { items, next }
+            AdminPage { items, next: None }
         })
     }
 

@@ -68,6 +68,51 @@ pub struct MemberKey {
 /// its last two with the last one.
 pub(crate) type FloorReports = (u8, Option<(u64, u64)>);
 
+/// This shard's sessions by client id: a hash map for lookups, and the ids in order for
+/// the admin API's pages (a page starts where the last ended without a pass over every
+/// session). Kept in step on connect, restore and removal only, never per message.
+#[derive(Default)]
+pub struct ByClient {
+    keys: HashMap<ByteStr, SessionKey>,
+    order: std::collections::BTreeSet<ByteStr>,
+}
+
+impl ByClient {
+    /// The session of `client_id`.
+    pub fn get<Q>(&self, client_id: &Q) -> Option<&SessionKey>
+    where
+        ByteStr: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.keys.get(client_id)
+    }
+
+    /// Indexes `client_id`'s session; returns the one it replaces.
+    pub fn insert(&mut self, client_id: ByteStr, key: SessionKey) -> Option<SessionKey> {
+        let replaced = self.keys.insert(client_id.clone(), key);
+        if replaced.is_none() {
+            self.order.insert(client_id);
+        }
+        replaced
+    }
+
+    /// Forgets `client_id`.
+    pub fn remove(&mut self, client_id: &str) -> Option<SessionKey> {
+        let removed = self.keys.remove(client_id);
+        if removed.is_some() {
+            self.order.remove(client_id);
+        }
+        removed
+    }
+
+    /// Client ids after `after` (all with `None`), in order.
+    pub fn after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a ByteStr> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.order.range::<str, _>((from, Unbounded))
+    }
+}
+
 /// A session and where it is connected.
 pub struct SessionSlot {
     /// The session state.
@@ -134,7 +179,7 @@ struct Wait {
 /// All broker state of one shard. Borrowed only briefly, never across `.await`.
 pub struct BrokerState {
     pub(crate) sessions: RefCell<HashMap<SessionKey, SessionSlot>>,
-    pub(crate) by_client: RefCell<HashMap<ByteStr, SessionKey>>,
+    pub(crate) by_client: RefCell<ByClient>,
     next_session: Cell<SessionKey>,
     pub(crate) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
     pub(crate) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
@@ -225,7 +270,7 @@ impl BrokerState {
     pub fn new() -> Self {
         BrokerState {
             sessions: RefCell::new(HashMap::new()),
-            by_client: RefCell::new(HashMap::new()),
+            by_client: RefCell::new(ByClient::default()),
             next_session: Cell::new(1),
             trie: RefCell::new(SubscriptionTrie::new()),
             shared: RefCell::new(SubscriptionTrie::new()),
