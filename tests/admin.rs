@@ -4,8 +4,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -35,19 +34,9 @@ fn admin_broker(shards: usize) -> Broker {
 
 /// One HTTP request; `(status, body as JSON, or as a string if it is not JSON)`.
 fn http(addr: SocketAddr, method: &str, target: &str, key: Option<&str>) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).expect("connect metrics");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
     let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(
-        stream,
-        "{method} {target} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1;
-    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into()));
+    let (status, body) = common::http_request(addr, method, target, &auth);
+    let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
     (status, value)
 }
 
