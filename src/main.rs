@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+mod admin_client;
+
 use clap::{Parser, Subcommand};
 use shardmq::auth::acl::{self, Acl, AclConfig, RuleSpec, Who};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
@@ -72,6 +74,9 @@ struct Cli {
 enum Command {
     /// Read a password from standard input and print its argon2id hash for `[[users]]`.
     HashPassword,
+    /// List and act on clients, sessions, subscriptions and retained messages of a
+    /// running broker through its admin API (`admin_key` or `admin_localhost_only`).
+    Admin(admin_client::AdminArgs),
 }
 
 impl Cli {
@@ -123,6 +128,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return config_error(e),
     };
+    if let Some(Command::Admin(args)) = &cli.command {
+        return match admin_client::run(args, config.metrics_listen, &config.admin_key) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardmq admin: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
     if let Err(e) = config.validate(&config::affinity_cpus()) {
         return config_error(e);
     }

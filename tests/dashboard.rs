@@ -108,6 +108,12 @@ fn every_series_the_dashboard_queries_is_exported() {
     }
     let (status, body) = broker.http_get("/metrics");
     assert_eq!(status, 200);
+    // The QoS 1 and QoS 2 publish each waited for their ack once.
+    assert_eq!(
+        broker.metric_sum("shardmq_publish_ack_seconds_count"),
+        2.0,
+        "{body}"
+    );
     let have = exported(&body);
     let missing: Vec<&String> = wanted.difference(&have).collect();
     assert!(

@@ -19,6 +19,7 @@
 //! matching subscription identifier; it is sent as retained only if every matching
 //! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
 
+mod admin;
 mod catchup;
 mod durable;
 pub mod persist;
@@ -41,6 +42,7 @@ use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
 use crate::session::{Message, Session, SubOptions};
 use crate::shard::{ConnRef, Shard, ShardMsg};
 
+pub use admin::{AdminAnswer, AdminQuery};
 pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
 pub use persist::{ArmedWills, RecoveredSession, ReplayWant};
 pub use sessions::{ConnectOutcome, SessionParams};
@@ -66,6 +68,51 @@ pub struct MemberKey {
 /// An owner's record of one shard's floor reports: how many it sent, and the lowest of
 /// its last two with the last one.
 pub(crate) type FloorReports = (u8, Option<(u64, u64)>);
+
+/// This shard's sessions by client id: a hash map for lookups, and the ids in order for
+/// the admin API's pages (a page starts where the last ended without a pass over every
+/// session). Kept in step on connect, restore and removal only, never per message.
+#[derive(Default)]
+pub struct ByClient {
+    keys: HashMap<ByteStr, SessionKey>,
+    order: std::collections::BTreeSet<ByteStr>,
+}
+
+impl ByClient {
+    /// The session of `client_id`.
+    pub fn get<Q>(&self, client_id: &Q) -> Option<&SessionKey>
+    where
+        ByteStr: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.keys.get(client_id)
+    }
+
+    /// Indexes `client_id`'s session; returns the one it replaces.
+    pub fn insert(&mut self, client_id: ByteStr, key: SessionKey) -> Option<SessionKey> {
+        let replaced = self.keys.insert(client_id.clone(), key);
+        if replaced.is_none() {
+            self.order.insert(client_id);
+        }
+        replaced
+    }
+
+    /// Forgets `client_id`.
+    pub fn remove(&mut self, client_id: &str) -> Option<SessionKey> {
+        let removed = self.keys.remove(client_id);
+        if removed.is_some() {
+            self.order.remove(client_id);
+        }
+        removed
+    }
+
+    /// Client ids after `after` (all with `None`), in order.
+    pub fn after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a ByteStr> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.order.range::<str, _>((from, Unbounded))
+    }
+}
 
 /// A session and where it is connected.
 pub struct SessionSlot {
@@ -120,6 +167,8 @@ pub enum Reply {
         /// Per session: where the replay stopped short (more than its queue holds).
         resume: Vec<Option<u64>>,
     },
+    /// A shard's answer to an admin query.
+    Admin(AdminAnswer),
 }
 
 struct Wait {
@@ -131,7 +180,7 @@ struct Wait {
 /// All broker state of one shard. Borrowed only briefly, never across `.await`.
 pub struct BrokerState {
     pub(crate) sessions: RefCell<HashMap<SessionKey, SessionSlot>>,
-    pub(crate) by_client: RefCell<HashMap<ByteStr, SessionKey>>,
+    pub(crate) by_client: RefCell<ByClient>,
     next_session: Cell<SessionKey>,
     pub(crate) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
     pub(crate) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
@@ -222,7 +271,7 @@ impl BrokerState {
     pub fn new() -> Self {
         BrokerState {
             sessions: RefCell::new(HashMap::new()),
-            by_client: RefCell::new(HashMap::new()),
+            by_client: RefCell::new(ByClient::default()),
             next_session: Cell::new(1),
             trie: RefCell::new(SubscriptionTrie::new()),
             shared: RefCell::new(SubscriptionTrie::new()),
@@ -589,6 +638,8 @@ impl Shard {
             ShardMsg::Recovered => {
                 arrived(&self.broker.recovered_peers, &self.broker.recovered_waker)
             }
+            ShardMsg::AdminQuery { id, query } => self.on_admin_query(from, id, query).await,
+            ShardMsg::AdminReply { id, answer } => self.broker.reply(id, Reply::Admin(answer)),
             ShardMsg::SessionGone { client_id, conn } => {
                 let mut registry = self.broker.registry.borrow_mut();
                 if registry.get(&client_id) == Some(&conn) {

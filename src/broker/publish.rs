@@ -186,7 +186,7 @@ impl Shard {
                     .insert(ack.packet_id, owner as u16);
             }
         }
-        conn.complete_ack(ack.packet_id, reason);
+        conn.complete_ack(ack.packet_id, reason, &self.probe.publish_ack_latency.0);
     }
 
     /// Delivers `msg` to every local session with a matching plain subscription.

@@ -38,6 +38,12 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// Which shard serves the metrics endpoint.
     pub metrics_shard: usize,
+    /// Bearer token for the admin API on `metrics_listen` (`/admin/...`); empty = no key.
+    /// The API is off unless this or `admin_localhost_only` is set.
+    pub admin_key: String,
+    /// Serve the admin API to loopback peers only (with `admin_key` set, they need the
+    /// key too); with neither set the API is off.
+    pub admin_localhost_only: bool,
     /// Directory for the lock file and the per-shard WAL directories.
     pub data_dir: PathBuf,
     /// Log filter (`tracing` directive syntax, e.g. `info` or `shardmq=debug`).
@@ -290,6 +296,8 @@ impl Default for Config {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9883)),
             metrics_shard: 0,
+            admin_key: String::new(),
+            admin_localhost_only: false,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
@@ -500,6 +508,12 @@ impl Config {
             "connection_out_bytes_max",
             self.connection_out_bytes_max as u64,
         )?;
+        if !self.admin_key.is_empty() && self.admin_key.len() < 16 {
+            return Err(ConfigError::new(
+                "admin_key",
+                "must be at least 16 characters (or empty: no key)",
+            ));
+        }
         if self.api_keys.iter().any(|k| k.len() < 16) {
             return Err(ConfigError::new(
                 "api_keys",
@@ -628,6 +642,11 @@ impl Config {
         };
         Config {
             api_keys: vec![REDACTED.to_string(); self.api_keys.len()],
+            admin_key: if self.admin_key.is_empty() {
+                String::new()
+            } else {
+                REDACTED.to_string()
+            },
             users: self.users.iter().map(user).collect(),
             ..self.clone()
         }

@@ -34,7 +34,7 @@ impl Collector for ShardsCollector {
                 | Series::CounterByAclAction(_)
                 | Series::WalCounter(_) => MetricType::Counter,
                 Series::Gauge(_) | Series::WalGauge(_) => MetricType::Gauge,
-                Series::WalHistogram(..) => MetricType::Histogram,
+                Series::WalHistogram(..) | Series::Histogram(..) => MetricType::Histogram,
             };
             let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
             for (shard, probe) in self.probes.iter().enumerate() {
@@ -64,22 +64,12 @@ impl Collector for ShardsCollector {
                     }
                     Series::WalHistogram(get, scale) => {
                         let Some(wal) = probe.wal.get() else { continue };
-                        let histogram = get(wal);
-                        let buckets: Vec<(f64, u64)> = histogram
-                            .bounds()
-                            .iter()
-                            .map(|&b| b as f64 * scale)
-                            .chain(std::iter::once(f64::INFINITY))
-                            .zip(histogram.bucket_counts())
-                            .collect();
                         let labels = [("shard", shard.as_str())];
-                        let mut family = metric.encode_family(&labels)?;
-                        family.encode_histogram::<()>(
-                            histogram.sum() as f64 * scale,
-                            histogram.count(),
-                            &buckets,
-                            None,
-                        )?;
+                        encode_histogram(metric.encode_family(&labels)?, get(wal), *scale)?;
+                    }
+                    Series::Histogram(get, scale) => {
+                        let labels = [("shard", shard.as_str())];
+                        encode_histogram(metric.encode_family(&labels)?, get(probe), *scale)?;
                     }
                     Series::CounterByLimit(get) => {
                         for (limit, counter) in Limit::ALL.iter().zip(get(probe)) {
@@ -108,6 +98,27 @@ impl Collector for ShardsCollector {
         }
         Ok(())
     }
+}
+
+/// One shard's histogram, its bounds scaled to the exported unit.
+fn encode_histogram(
+    mut family: prometheus_client::encoding::MetricEncoder<'_>,
+    histogram: &crate::storage::Histogram,
+    scale: f64,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = histogram
+        .bounds()
+        .iter()
+        .map(|&b| b as f64 * scale)
+        .chain(std::iter::once(f64::INFINITY))
+        .zip(histogram.bucket_counts())
+        .collect();
+    family.encode_histogram::<()>(
+        histogram.sum() as f64 * scale,
+        histogram.count(),
+        &buckets,
+        None,
+    )
 }
 
 /// Renders the whole exposition: build info, then every per-shard series.

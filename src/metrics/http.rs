@@ -1,4 +1,5 @@
-//! The HTTP endpoint of the metrics shard: `GET /metrics` and `GET /health`.
+//! The HTTP endpoint of the metrics shard: `GET /metrics`, `GET /health` and the admin
+//! API under `/admin/` (see `admin`).
 //!
 //! One request per connection (`Connection: close`): scrapes are rare and small, and this
 //! keeps the server free of per-connection state. Requests are parsed with `httparse`;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::admin::{self, AdminAccess, AdminBackend, AdminRequest};
 use super::export::{render, Probes};
 
 const REQUEST_BYTES_MAX: usize = 8 << 10;
@@ -21,11 +23,21 @@ const HEADERS_MAX: usize = 32;
 /// Answers whether every shard is alive; `Err` carries the reason for a 503.
 pub type HealthCheck = Rc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>>>>>;
 
+/// What the admin API serves, and to whom.
+#[derive(Clone)]
+pub struct Admin {
+    /// Gathers the data and performs the actions.
+    pub backend: Rc<dyn AdminBackend>,
+    /// Who may use it.
+    pub access: Rc<AdminAccess>,
+}
+
 /// Serves until `stop` resolves.
 pub async fn serve(
     listener: TcpListener,
     probes: Probes,
     health: HealthCheck,
+    admin: Admin,
     stop: impl Future<Output = ()>,
 ) {
     let accept_loop = async {
@@ -34,9 +46,10 @@ pub async fn serve(
                 Ok(stream) => {
                     let probes = probes.clone();
                     let health = Rc::clone(&health);
+                    let admin = admin.clone();
                     glommio::spawn_local(async move {
                         let served = glommio::timer::timeout(REQUEST_TIMEOUT, async {
-                            Ok(handle(stream, &probes, &health).await)
+                            Ok(handle(stream, &probes, &health, &admin).await)
                         })
                         .await;
                         if let Ok(Err(e)) = served {
@@ -59,10 +72,11 @@ async fn handle(
     mut stream: TcpStream,
     probes: &Probes,
     health: &HealthCheck,
+    admin: &Admin,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; REQUEST_BYTES_MAX];
     let mut filled = 0;
-    let (method, path) = loop {
+    let (method, path, authorization) = loop {
         let n = stream.read(&mut buf[filled..]).await?;
         if n == 0 {
             return Ok(());
@@ -72,9 +86,15 @@ async fn handle(
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf[..filled]) {
             Ok(httparse::Status::Complete(_)) => {
+                let authorization = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .map(|h| h.value.to_vec());
                 break (
                     request.method.unwrap_or("").to_string(),
                     request.path.unwrap_or("").to_string(),
+                    authorization,
                 );
             }
             Ok(httparse::Status::Partial) if filled < buf.len() => continue,
@@ -94,11 +114,22 @@ async fn handle(
             }
         }
     };
+    let (path, query) = path.split_once('?').unwrap_or((&path, ""));
+    if path.starts_with("/admin/") {
+        let request = AdminRequest {
+            method: &method,
+            path,
+            query,
+            authorization: authorization.as_deref(),
+            peer: stream.peer_addr().ok(),
+        };
+        let (status, body) = admin::handle(&*admin.backend, &admin.access, &request).await;
+        return respond_with(&mut stream, status, "application/json", &body, false).await;
+    }
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
         return respond_with(&mut stream, 405, "text/plain", "only GET and HEAD\n", false).await;
     }
-    let path = path.split('?').next().unwrap_or("");
     match path {
         "/metrics" => {
             let body = render(probes);
@@ -143,6 +174,8 @@ async fn respond_with(
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",

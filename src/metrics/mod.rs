@@ -4,12 +4,14 @@
 //! Subsystems count in their own probe structs, each written only by its shard; this
 //! module only reads and exports them.
 
+pub mod admin;
 mod export;
 mod http;
 mod probe;
 mod summary;
 
+pub use admin::{AdminAccess, AdminAction, AdminBackend, AdminList, AdminPage};
 pub use export::{render, Probes};
-pub use http::{serve, HealthCheck};
+pub use http::{serve, Admin, HealthCheck};
 pub use probe::{AclAction, Counter, Gauge, Limit, ShardProbe, ACL_ACTIONS, LIMITS};
 pub use summary::log_summary;

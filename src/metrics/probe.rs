@@ -321,6 +321,24 @@ pub struct ShardProbe {
     pub acl_denied: [Counter; ACL_ACTIONS],
     /// The shard's WAL counters, once it is open.
     pub wal: OnceLock<Arc<WalStats>>,
+    /// From a QoS 1/2 PUBLISH read to its PUBACK/PUBREC queued for the client.
+    pub publish_ack_latency: AckLatency,
+}
+
+/// Upper bounds (inclusive, microseconds) of the publish-to-ack latency buckets, plus +Inf.
+pub const ACK_LATENCY_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// Publish-to-ack latency in microseconds, buckets [`ACK_LATENCY_BOUNDS_US`].
+#[derive(Debug)]
+pub struct AckLatency(pub Histogram);
+
+impl Default for AckLatency {
+    fn default() -> Self {
+        AckLatency(Histogram::new(&ACK_LATENCY_BOUNDS_US))
+    }
 }
 
 impl ShardProbe {
@@ -363,6 +381,8 @@ pub(crate) enum Series {
     WalGauge(fn(&WalStats) -> f64),
     /// A WAL histogram, with a scale from its native unit to the exported one.
     WalHistogram(fn(&WalStats) -> &Histogram, f64),
+    /// A shard histogram, with a scale from its native unit to the exported one.
+    Histogram(fn(&ShardProbe) -> &Histogram, f64),
 }
 
 /// The exported per-shard series: name (without the `shardmq_` prefix and, for
@@ -557,6 +577,12 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "wal_fsync_seconds",
         "fdatasync latency",
         Series::WalHistogram(|w| &w.fsync_latency_us, 1e-6),
+    ),
+    (
+        "publish_ack_seconds",
+        "From a QoS 1/2 PUBLISH read to its PUBACK/PUBREC queued (the owner accepted it, \
+         logged as the fsync policy requires)",
+        Series::Histogram(|p| &p.publish_ack_latency.0, 1e-6),
     ),
     (
         "wal_group_commit_records",

@@ -103,7 +103,7 @@ pub(super) fn check_publish(
         } else {
             ReasonCode::Success
         };
-        conn.complete_ack(pid, reason);
+        conn.complete_ack(pid, reason, &shard.probe.publish_ack_latency.0);
     }
     PublishDenied::Answered
 }

@@ -138,7 +138,11 @@ pub(super) fn refused(shard: &Shard, conn: &Conn, packet: &Packet) -> bool {
         // In receive order with the publishes before it; a refused QoS 2 publish leaves
         // no state behind (PUBREC with an error code ends its flow).
         conn.expect_ack(pid.get(), publish.qos);
-        conn.complete_ack(pid.get(), ReasonCode::QuotaExceeded);
+        conn.complete_ack(
+            pid.get(),
+            ReasonCode::QuotaExceeded,
+            &shard.probe.publish_ack_latency.0,
+        );
     }
     true
 }

@@ -12,11 +12,18 @@ use std::future::poll_fn;
 use std::os::fd::RawFd;
 use std::task::{Poll, Waker};
 
+use std::time::Instant;
+
 use bytes::BytesMut;
 
 use crate::auth::acl::ClientAcl;
-use crate::mqtt::{self, Ack, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
+use crate::mqtt::{self, Ack, ByteStr, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
 use crate::session::{Outlet, TopicAliases};
+use crate::storage::Histogram;
+
+/// A publish awaiting its ack: packet id, QoS, the owner's verdict once known, and when
+/// it was read.
+type PendingAck = (u16, QoS, Option<ReasonCode>, Instant);
 
 /// One client connection, as the shard sees it.
 pub struct Conn {
@@ -38,6 +45,8 @@ pub struct Conn {
     pub acl: RefCell<Option<ClientAcl>>,
     /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
     pub aliases: RefCell<Option<TopicAliases>>,
+    /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
+    pub connected_as: RefCell<(Option<ByteStr>, u16)>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
     /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
@@ -46,7 +55,8 @@ pub struct Conn {
     writer_ended: Cell<bool>,
     /// QoS 1/2 publishes from this client in receive order, `true` once the owner shard
     /// accepted them: acks go out in receive order, as MQTT requires.
-    acks: RefCell<VecDeque<(u16, QoS, Option<ReasonCode>)>>,
+    /// With each, when it was read (for `shardmq_publish_ack_seconds`).
+    acks: RefCell<VecDeque<PendingAck>>,
 }
 
 impl Conn {
@@ -62,6 +72,7 @@ impl Conn {
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
             aliases: RefCell::new(None),
+            connected_as: RefCell::new((None, 0)),
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),
@@ -105,6 +116,17 @@ impl Conn {
         }
     }
 
+    /// The client's address, looked up now (`None` once the socket is gone).
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        // SAFETY: a registered connection's descriptor stays open while its task runs
+        // (see `serve`), and this borrow ends with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+    }
+
     /// Bytes waiting for the writer.
     pub fn pending_bytes(&self) -> usize {
         self.out.borrow().len()
@@ -135,7 +157,10 @@ impl Conn {
 
     /// Records a QoS 1/2 publish in receive order, awaiting its owner's verdict.
     pub fn expect_ack(&self, packet_id: u16, qos: QoS) {
-        self.acks.borrow_mut().push_back((packet_id, qos, None));
+        let read_at = Instant::now();
+        self.acks
+            .borrow_mut()
+            .push_back((packet_id, qos, None, read_at));
     }
 
     /// Whether a QoS 2 publish with `packet_id` still awaits its owner's verdict.
@@ -143,7 +168,7 @@ impl Conn {
         self.acks
             .borrow()
             .iter()
-            .any(|&(pid, qos, r)| pid == packet_id && qos == QoS::ExactlyOnce && r.is_none())
+            .any(|&(pid, qos, r, _)| pid == packet_id && qos == QoS::ExactlyOnce && r.is_none())
     }
 
     /// Publishes received but not yet accepted by their owner shard.
@@ -151,18 +176,22 @@ impl Conn {
         self.acks.borrow().len()
     }
 
-    /// The owner shard decided on `packet_id`: send every ack that is now due, in order.
-    pub fn complete_ack(&self, packet_id: u16, reason: ReasonCode) {
+    /// The owner shard decided on `packet_id`: send every ack that is now due, in order,
+    /// recording how long each publish waited for it in `latency` (microseconds).
+    pub fn complete_ack(&self, packet_id: u16, reason: ReasonCode, latency: &Histogram) {
         let mut acks = self.acks.borrow_mut();
         if let Some(entry) = acks
             .iter_mut()
-            .find(|(pid, _, r)| *pid == packet_id && r.is_none())
+            .find(|(pid, _, r, _)| *pid == packet_id && r.is_none())
         {
             entry.2 = Some(reason);
         }
         let mut sent = false;
-        while let Some(&(pid, qos, Some(reason))) = acks.front() {
+        let mut now = None;
+        while let Some(&(pid, qos, Some(reason), read_at)) = acks.front() {
             acks.pop_front();
+            let now = *now.get_or_insert_with(Instant::now);
+            latency.record(now.saturating_duration_since(read_at).as_micros() as u64);
             if reason.is_error() && self.protocol.get() != Protocol::V5 {
                 // 3.1.1 cannot refuse a publish: an ack would claim a durability that
                 // does not exist, so the connection closes instead (the client resends).

@@ -37,14 +37,7 @@ pub(super) struct Peer<'a>(pub &'a Conn);
 
 impl std::fmt::Display for Peer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // SAFETY: a registered connection's descriptor stays open while its task runs
-        // (see `serve`), and this borrow ends with the call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0.fd) };
-        match socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-        {
+        match self.0.peer_addr() {
             Some(addr) => write!(f, "{addr}"),
             None => f.write_str("unknown"),
         }
@@ -52,7 +45,7 @@ impl std::fmt::Display for Peer<'_> {
 }
 
 /// The protocol version as people write it, for log lines.
-pub(super) fn version(protocol: Protocol) -> &'static str {
+pub(crate) fn version(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::V31 => "3.1",
         Protocol::V311 => "3.1.1",
@@ -210,6 +203,7 @@ async fn accept(
         return Err(Some(ReasonCode::NotAuthorized));
     }
     *conn.acl.borrow_mut() = shard.auth.acl().for_client(identity, client_id.as_str());
+    *conn.connected_as.borrow_mut() = (connect.username.clone(), keep_alive_secs);
     let will = match connect.will {
         Some(w) => {
             validate_topic_name(w.topic.as_str(), &shard.topic_limits())

@@ -30,6 +30,7 @@ use crate::mqtt::ReasonCode;
 use crate::shard::{Refused, Shard};
 
 pub use conn::Conn;
+pub(crate) use connect::version as protocol_version;
 
 /// The live connections of one shard, by token.
 #[derive(Default)]

@@ -142,7 +142,7 @@ async fn on_publish(
                 if accepted {
                     // Accepted, durable and forwarded already: only answer again (exactly once).
                     conn.expect_ack(pid, qos);
-                    conn.complete_ack(pid, ReasonCode::Success);
+                    conn.complete_ack(pid, ReasonCode::Success, &shard.probe.publish_ack_latency.0);
                     return Flow::Continue;
                 }
             }

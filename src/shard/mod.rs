@@ -403,7 +403,15 @@ async fn run_shard(
                 let shard = Rc::clone(&checker);
                 Box::pin(async move { shard.check_health().await })
             });
-            crate::metrics::serve(listener, probes, health, shard.shutdown.wait()).await;
+            let admin = crate::metrics::Admin {
+                backend: Rc::clone(&shard) as Rc<dyn crate::metrics::AdminBackend>,
+                access: Rc::new(crate::metrics::AdminAccess {
+                    key: shard.config.admin_key.clone(),
+                    localhost_only: shard.config.admin_localhost_only,
+                }),
+            };
+            let stop = shard.shutdown.wait();
+            crate::metrics::serve(listener, probes, health, admin, stop).await;
         })
     });
     {

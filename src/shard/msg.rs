@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::broker::ReplayWant;
+use crate::broker::{AdminAnswer, AdminQuery, ReplayWant};
 use crate::mqtt::{ByteStr, ReasonCode};
 use crate::session::{Message, Session};
 
@@ -354,6 +354,20 @@ pub enum ShardMsg {
         client_id: ByteStr,
         /// The released packet id.
         packet_id: u16,
+    },
+    /// From the metrics shard: one page of an admin listing, or an admin action.
+    AdminQuery {
+        /// Request id to answer with.
+        id: u64,
+        /// What is asked.
+        query: AdminQuery,
+    },
+    /// Answer to `AdminQuery`.
+    AdminReply {
+        /// The request id.
+        id: u64,
+        /// The page, or whether the action found its target.
+        answer: AdminAnswer,
     },
     /// A session ended on the sending shard (to the home shard's registry).
     SessionGone {

@@ -29,7 +29,8 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [u64]) -> Self {
+    /// Empty, with buckets up to each of `bounds` (inclusive) and one above them.
+    pub fn new(bounds: &'static [u64]) -> Self {
         Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -38,7 +39,8 @@ impl Histogram {
         }
     }
 
-    pub(crate) fn record(&self, value: u64) {
+    /// Counts `value`. Only the owning shard may call this.
+    pub fn record(&self, value: u64) {
         let idx = self.bounds.partition_point(|b| *b < value);
         bump(&self.buckets[idx], 1);
         bump(&self.sum, value);

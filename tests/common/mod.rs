@@ -248,13 +248,18 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, "")
+}
+
+/// One request with `headers` (each line ending in CRLF) on its own connection.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect metrics");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -318,13 +323,18 @@ pub fn broker_with_shards(shards: usize, settings: &[(&str, &str)]) -> Broker {
 pub fn broker_on(shards: usize, settings: &[(&str, &str)], args: Vec<String>) -> Broker {
     Broker::start_with(BrokerOptions {
         shards,
-        env: settings
-            .iter()
-            .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
-            .collect(),
+        env: settings_env(settings),
         args,
         ..BrokerOptions::default()
     })
+}
+
+/// `("KEY", value)` settings as the broker's `SHARDMQ_KEY` environment variables.
+pub fn settings_env(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|(k, v)| (format!("SHARDMQ_{k}"), v.to_string()))
+        .collect()
 }
 
 /// `n` distinct names `{prefix}-{i}`; with 2 shards, 8 or more spread over both by hash.
