@@ -196,3 +196,88 @@ fn log_failed(shard: &Shard, peer: Option<SocketAddr>, reason: &dyn std::fmt::Di
         "TLS handshake failed"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+    fn cert(cn: Option<&str>, sans: Vec<SanType>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn identity_is_the_common_name_else_the_first_dns_or_email_san() {
+        let dns = || SanType::DnsName("device-7.example".try_into().unwrap());
+        let ip = SanType::IpAddress([10, 0, 0, 1].into());
+        let mail = SanType::Rfc822Name("ops@example.org".try_into().unwrap());
+        assert_eq!(
+            identity(&cert(Some("alice"), vec![dns()])).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            identity(&cert(None, vec![ip.clone(), dns()])).as_deref(),
+            Some("device-7.example")
+        );
+        assert_eq!(
+            identity(&cert(Some(""), vec![mail])).as_deref(),
+            Some("ops@example.org")
+        );
+        assert_eq!(identity(&cert(None, vec![ip])), None);
+    }
+
+    #[test]
+    fn a_missing_or_wrong_file_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM").unwrap();
+        let config = Config {
+            mqtts_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tls_cert_file: dir.path().join("missing.pem"),
+            tls_key_file: garbage.clone(),
+            ..Config::default()
+        };
+        assert_eq!(server_config(&config).unwrap_err().key, "tls_cert_file");
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert_file = dir.path().join("cert.pem");
+        std::fs::write(&cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        let config = Config {
+            tls_cert_file: cert_file.clone(),
+            ..config
+        };
+        assert_eq!(server_config(&config).unwrap_err().key, "tls_key_file");
+        let other_key = dir.path().join("other.key");
+        std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let config = Config {
+            tls_key_file: other_key,
+            ..config
+        };
+        assert_eq!(server_config(&config).unwrap_err().key, "tls_key_file");
+        let key_file = dir.path().join("cert.key");
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let config = Config {
+            tls_key_file: key_file,
+            tls_ca_file: garbage,
+            ..config
+        };
+        assert_eq!(server_config(&config).unwrap_err().key, "tls_ca_file");
+        let config = Config {
+            tls_ca_file: cert_file,
+            ..config
+        };
+        assert!(server_config(&config).unwrap().is_some());
+        let off = Config {
+            mqtts_listen: None,
+            ..config
+        };
+        assert!(server_config(&off).unwrap().is_none());
+    }
+}
