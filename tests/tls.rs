@@ -261,6 +261,26 @@ fn expect_message(rx: &mpsc::Receiver<Seen>, topic: &str, payload: &[u8]) -> rum
     }
 }
 
+/// The connected `client` (subscribed to `t/#`) still gets its own publish to `topic`.
+fn still_served(client: &rumqttc::Client, rx: &mpsc::Receiver<Seen>, topic: &str) {
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, b"ok".to_vec())
+        .unwrap();
+    expect_message(rx, topic, b"ok");
+}
+
+/// Opens a TCP connection to `addr`, writes `first`, and reads until the broker closes
+/// it (at most `WAIT`): how long that took and what was read.
+fn until_closed(addr: SocketAddr, first: &[u8]) -> (Duration, Vec<u8>) {
+    let mut raw = TcpStream::connect(addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(first).expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    (started.elapsed(), answer)
+}
+
 /// A publish over TLS reaches a subscriber over TLS at QoS 0 and QoS 1, and one from the
 /// plain listener does too: both listeners feed the same broker.
 #[test]
@@ -403,10 +423,7 @@ fn wrong_ca_and_expired_client_certificates_are_refused() {
         "the log names both reasons:\n{}",
         broker.log()
     );
-    alice
-        .publish("t/still", rumqttc::QoS::AtLeastOnce, false, b"ok".to_vec())
-        .unwrap();
-    expect_message(&rx, "t/still", b"ok");
+    still_served(&alice, &rx, "t/still");
 }
 
 /// An MQTT CONNECT in plaintext to the TLS port is closed without a CONNACK; a TLS
@@ -422,25 +439,14 @@ fn plaintext_mqtt_to_the_tls_port_is_closed() {
     let connect = [
         0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'p',
     ];
-    let mut raw = TcpStream::connect(tls).expect("connect");
-    raw.set_read_timeout(Some(WAIT)).unwrap();
-    raw.write_all(&connect).expect("write CONNECT");
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    let _ = raw.read_to_end(&mut answer);
-    assert!(
-        started.elapsed() < WAIT,
-        "the plaintext connection stayed open"
-    );
+    let (open, answer) = until_closed(tls, &connect);
+    assert!(open < WAIT, "the plaintext connection stayed open");
     assert!(
         answer.first() != Some(&0x20),
         "plaintext got an MQTT answer: {answer:?}"
     );
 
-    client
-        .publish("t/after", rumqttc::QoS::AtLeastOnce, false, b"ok".to_vec())
-        .unwrap();
-    expect_message(&rx, "t/after", b"ok");
+    still_served(&client, &rx, "t/after");
 }
 
 /// A handshake that stops halfway (a record header, then nothing) is closed at
@@ -452,18 +458,9 @@ fn a_stalled_handshake_is_closed_after_connect_timeout() {
     let tls = broker.mqtts.expect("mqtts_listen");
     let (client, rx) = subscriber(&pki, tls, "tls-sub", None, "t/#");
 
-    let stall = |first: &[u8]| {
-        let mut raw = TcpStream::connect(tls).expect("connect");
-        raw.set_read_timeout(Some(WAIT)).unwrap();
-        raw.write_all(first).expect("write");
-        let started = Instant::now();
-        let mut sink = Vec::new();
-        let _ = raw.read_to_end(&mut sink);
-        started.elapsed()
-    };
     // A handshake record header announcing 512 bytes that never come; then nothing at all.
     for first in [&[0x16u8, 0x03, 0x01, 0x02, 0x00][..], &[][..]] {
-        let open = stall(first);
+        let (open, _) = until_closed(tls, first);
         assert!(
             open >= Duration::from_millis(800) && open < Duration::from_secs(5),
             "a stalled handshake ({first:?}) was closed after {open:?}, not at connect_timeout_ms"
@@ -475,10 +472,7 @@ fn a_stalled_handshake_is_closed_after_connect_timeout() {
         "both stalls counted as connect timeouts"
     );
 
-    client
-        .publish("t/after", rumqttc::QoS::AtLeastOnce, false, b"ok".to_vec())
-        .unwrap();
-    expect_message(&rx, "t/after", b"ok");
+    still_served(&client, &rx, "t/after");
 }
 
 /// Whether `tool` runs here; in CI (CI set) its absence fails the test instead.
