@@ -582,3 +582,48 @@ fn openssl_negotiates_tls12_and_tls13() {
         );
     }
 }
+
+/// With `metrics_tls`, `/health` and `/metrics` answer over HTTPS (checked with
+/// `openssl s_client`, verifying the chain) and plain HTTP gets no answer.
+#[test]
+fn metrics_over_tls() {
+    if !have("openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let broker = start(&pki, "metrics_tls = true", "");
+    let request = "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &broker.metrics.to_string(),
+            "-CAfile",
+        ])
+        .arg(&pki.ca)
+        // -ign_eof: read the answer after the request's end of input.
+        .args(["-verify_return_error", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    s_client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.as_bytes())
+        .expect("write request");
+    let out = s_client.wait_with_output().expect("s_client output");
+    let response = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK") && response.contains("shardmq_"),
+        "no metrics over TLS:\n{response}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, answer) = until_closed(broker.metrics, request.as_bytes());
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
+        "plain HTTP was answered on the TLS metrics port"
+    );
+}

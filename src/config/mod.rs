@@ -56,6 +56,9 @@ pub struct Config {
     /// DNS or e-mail SAN), instead of a CONNECT username and password (mosquitto's
     /// option of the same name). Needs `tls_require_certificate`.
     pub use_identity_as_username: bool,
+    /// Serve `metrics_listen` over TLS (HTTPS) with the same certificate, key and
+    /// client-certificate settings as `mqtts_listen`.
+    pub metrics_tls: bool,
     /// Directory for the lock file and the per-shard WAL directories.
     pub data_dir: PathBuf,
     /// Log filter (`tracing` directive syntax, e.g. `info` or `shardmq=debug`).
@@ -281,6 +284,7 @@ impl Default for Config {
             tls_ca_file: PathBuf::new(),
             tls_require_certificate: false,
             use_identity_as_username: false,
+            metrics_tls: false,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
@@ -541,12 +545,17 @@ impl Config {
                     "must differ from mqtt_listen and metrics_listen",
                 ));
             }
+        }
+        if self.mqtts_listen.is_some() || self.metrics_tls {
             for (key, path) in [
                 ("tls_cert_file", &self.tls_cert_file),
                 ("tls_key_file", &self.tls_key_file),
             ] {
                 if !set(path) {
-                    return Err(ConfigError::new(key, "required when mqtts_listen is set"));
+                    return Err(ConfigError::new(
+                        key,
+                        "required with mqtts_listen or metrics_tls",
+                    ));
                 }
             }
         }
@@ -753,6 +762,14 @@ mod tests {
         };
         assert_eq!(
             tls.clone().validate(&cpus).unwrap_err().key,
+            "tls_cert_file"
+        );
+        let metrics_only = Config {
+            metrics_tls: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            metrics_only.clone().validate(&cpus).unwrap_err().key,
             "tls_cert_file"
         );
         let tls = Config {

@@ -9,8 +9,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
+use glommio::net::TcpListener;
 
 use super::export::{render, Probes};
 
@@ -21,9 +22,10 @@ const HEADERS_MAX: usize = 32;
 /// Answers whether every shard is alive; `Err` carries the reason for a 503.
 pub type HealthCheck = Rc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>>>>>;
 
-/// Serves until `stop` resolves.
+/// Serves until `stop` resolves; over TLS (`metrics_tls`) when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     probes: Probes,
     health: HealthCheck,
     stop: impl Future<Output = ()>,
@@ -34,9 +36,17 @@ pub async fn serve(
                 Ok(stream) => {
                     let probes = probes.clone();
                     let health = Rc::clone(&health);
+                    let tls = tls.clone();
                     glommio::spawn_local(async move {
+                        // The TLS handshake counts against the request's time limit.
                         let served = glommio::timer::timeout(REQUEST_TIMEOUT, async {
-                            Ok(handle(stream, &probes, &health).await)
+                            Ok(match tls {
+                                None => handle(stream, &probes, &health).await,
+                                Some(tls) => match tls.accept(stream).await {
+                                    Ok(stream) => handle(stream, &probes, &health).await,
+                                    Err(e) => Err(e),
+                                },
+                            })
                         })
                         .await;
                         if let Ok(Err(e)) = served {
@@ -56,7 +66,7 @@ pub async fn serve(
 }
 
 async fn handle(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     probes: &Probes,
     health: &HealthCheck,
 ) -> std::io::Result<()> {
@@ -134,7 +144,7 @@ async fn handle(
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 async fn respond_with(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     status: u16,
     content_type: &str,
     body: &str,

@@ -29,10 +29,10 @@ use super::socket::Socket;
 /// The TLS settings every shard's TLS listener shares.
 pub type ServerTls = Arc<ServerConfig>;
 
-/// The server configuration for `mqtts_listen`, or `None` when it is not set. Errors
-/// name the key whose file is missing or wrong.
+/// The server configuration for `mqtts_listen` and `metrics_tls`, or `None` when neither
+/// is set. Errors name the key whose file is missing or wrong.
 pub fn server_config(config: &Config) -> Result<Option<ServerTls>, ConfigError> {
-    if config.mqtts_listen.is_none() {
+    if config.mqtts_listen.is_none() && !config.metrics_tls {
         return Ok(None);
     }
     let certs = read_certs("tls_cert_file", &config.tls_cert_file)?;

@@ -398,13 +398,15 @@ async fn run_shard(
 
     let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
-    let tls_listener = match (config.mqtts_listen, tls) {
+    let tls = tls.map(futures_rustls::TlsAcceptor::from);
+    let tls_listener = match (config.mqtts_listen, &tls) {
         (Some(addr), Some(tls)) => Some((
             bind_listener(addr).map_err(|e| format!("binding mqtts_listen {addr}: {e}"))?,
-            futures_rustls::TlsAcceptor::from(tls),
+            tls.clone(),
         )),
         _ => None,
     };
+    let metrics_tls = tls.filter(|_| config.metrics_tls);
     let metrics = if id == config.metrics_shard {
         Some(
             bind_listener(config.metrics_listen)
@@ -428,7 +430,8 @@ async fn run_shard(
                 let shard = Rc::clone(&checker);
                 Box::pin(async move { shard.check_health().await })
             });
-            crate::metrics::serve(listener, probes, health, shard.shutdown.wait()).await;
+            crate::metrics::serve(listener, metrics_tls, probes, health, shard.shutdown.wait())
+                .await;
         })
     });
     {
