@@ -627,3 +627,45 @@ fn metrics_over_tls() {
         "plain HTTP was answered on the TLS metrics port"
     );
 }
+
+/// A connection the broker ends (here after the client's DISCONNECT) ends with a TLS
+/// close_notify, which a TLS client tells from a truncated stream.
+#[test]
+fn the_broker_ends_a_tls_connection_with_close_notify() {
+    if !have("openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let broker = start(&pki, "", "");
+    let tls = broker.mqtts.expect("mqtts_listen");
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-connect", &tls.to_string(), "-CAfile"])
+        .arg(&pki.ca)
+        .args(["-verify_return_error", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    // CONNECT (3.1.1, client id "c"), then DISCONNECT.
+    let packets = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c', 0xe0, 0,
+    ];
+    s_client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&packets)
+        .expect("write");
+    let out = s_client.wait_with_output().expect("s_client output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.stdout,
+        [0x20, 2, 0, 0],
+        "CONNACK, then the end; {stderr}"
+    );
+    assert!(
+        !stderr.to_lowercase().contains("unexpected eof"),
+        "the stream ended without close_notify:\n{stderr}"
+    );
+}

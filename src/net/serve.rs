@@ -259,11 +259,16 @@ async fn packet_loop(
     }
 }
 
+/// How long a TLS connection's close_notify may wait for room in the socket.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(100);
+
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
+    let mut failed = false;
     while let Some(chunk) = conn.next_output().await {
         // The output moved here: a reader paused on it may fill it again meanwhile.
         conn.output_drained(false);
         if socket.write_all(&chunk).await.is_err() {
+            failed = true;
             break;
         }
         drop(chunk);
@@ -273,6 +278,9 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
         }
     }
     conn.output_drained(true);
+    if !failed {
+        socket.close_notify(CLOSE_NOTIFY_WAIT).await;
+    }
     // Everything is written (glommio's stream has no buffer of its own to flush): end
     // the reader too (it may be parked in a read). `socket` holds the descriptor open,
     // so it cannot name another connection's socket.

@@ -82,6 +82,17 @@ impl Socket {
         }
     }
 
+    /// TLS: tells the peer the stream ends here (close_notify), waiting at most `limit`
+    /// for the socket to take it, so a client sees a clean end rather than a truncation.
+    /// Plain TCP: nothing.
+    pub(super) async fn close_notify(&self, limit: Duration) {
+        if let Socket::Tls(s) = self {
+            s.borrow_mut().get_mut().1.send_close_notify();
+            let flushed = poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_flush(cx));
+            let _ = glommio::timer::timeout(limit, async { Ok(flushed.await) }).await;
+        }
+    }
+
     /// Ends both directions of the socket: a read parked on it returns end of stream. The
     /// descriptor stays open until the last handle drops.
     pub(super) fn shutdown(&self) {
