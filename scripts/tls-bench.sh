@@ -7,8 +7,10 @@
 # made here by openssl, TLS 1.3 negotiated); the same workload (config/bench/p2p.toml:
 # 4 publishers -> 4 subscribers, 256 B, unlimited rate) runs once against the plain port
 # ("shardmq") and once against the TLS port ("shardmq-tls", shardmq-bench --tls-ca),
-# each on a fresh broker, in alternating order per repeat (default 3). The machine is
-# shared and noisy: compare the ratio within one run.
+# each on a fresh broker, in alternating order per repeat (default 3). When mosquitto is
+# installed (apt-get install mosquitto), the same pair runs against it too ("mosquitto",
+# "mosquitto-tls": one plain and one TLS listener with the same certificate; --no-mosquitto
+# leaves it out). The machine is shared and noisy: compare the ratios within one run.
 #
 # Writes target/bench-results/tls-<date>/: runs.csv, peers-medians.csv, peers.md and the
 # raw JSON reports. --quick: 1 repeat of 2 s, to prove the script works.
@@ -21,9 +23,11 @@ args="$*"
 repeats=3
 duration=5
 shards=2
+peers=mosquitto
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) repeats=1 duration=2 ;;
+        --no-mosquitto) peers= ;;
         --repeats) repeats=$2; shift ;;
         --duration) duration=$2; shift ;;
         --shards) shards=$2; shift ;;
@@ -33,6 +37,10 @@ while [[ $# -gt 0 ]]; do
 done
 (( repeats >= 1 && duration >= 1 )) || die "repeats and duration must be >= 1"
 command -v openssl >/dev/null || die "openssl makes the test certificates: apt-get install openssl"
+if [[ -n $peers ]] && ! command -v mosquitto >/dev/null; then
+    echo "mosquitto is not installed: measuring shardmq only (apt-get install mosquitto)" >&2
+    peers=
+fi
 
 begin_results tls
 meta_lines "$0 $args" >"$out/meta.txt"
@@ -47,20 +55,51 @@ openssl req "${ec[@]}" -keyout "$pki/server.key" -out "$pki/server.csr" \
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$pki/server.ext"
 openssl x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
     -CAcreateserial -out "$pki/server.pem" -days 2 -extfile "$pki/server.ext" 2>/dev/null
+# A throwaway key: mosquitto started as root reads it after dropping to its own user.
+chmod 644 "$pki/server.key"
 export SHARDMQ_MQTTS_LISTEN=127.0.0.1:0
 export SHARDMQ_TLS_CERT_FILE=$pki/server.pem SHARDMQ_TLS_KEY_FILE=$pki/server.key
 
+# mosquitto with a plain listener on $BROKER_PORT and a TLS one on $TLS_PORT.
+start_mosquitto_tls() {
+    new_broker_dir mosquitto
+    BROKER_PORT=$(free_port)
+    TLS_PORT=$(free_port)
+    cat >"$BROKER_DIR/mosquitto.conf" <<CONF
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+log_dest stderr
+log_type error
+listener $BROKER_PORT 127.0.0.1
+listener $TLS_PORT 127.0.0.1
+certfile $pki/server.pem
+keyfile $pki/server.key
+CONF
+    mosquitto -c "$BROKER_DIR/mosquitto.conf" >"$BROKER_DIR/broker.log" 2>&1 &
+    BROKER_PID=$!
+    wait_port "$BROKER_PORT"
+    wait_port "$TLS_PORT"
+}
+
 for r in $(seq "$repeats"); do
-    order="plain tls"
-    (( r % 2 == 0 )) && order="tls plain"
-    for which in $order; do
-        start_shardmq "$shards"
-        system=shardmq
+    order="shardmq:plain shardmq:tls"
+    [[ -n $peers ]] && order+=" mosquitto:plain mosquitto:tls"
+    (( r % 2 == 0 )) && order=$(tr ' ' '\n' <<<"$order" | tac | tr '\n' ' ')
+    for run in $order; do
+        broker=${run%%:*} which=${run##*:}
         tls=()
-        if [[ $which == tls ]]; then
-            system=shardmq-tls
-            BROKER_PORT=$(grep -o '"mqtts_listen":"[^"]*"' "$BROKER_DIR/broker.log" | head -1 |
+        if [[ $broker == shardmq ]]; then
+            start_shardmq "$shards"
+            TLS_PORT=$(grep -o '"mqtts_listen":"[^"]*"' "$BROKER_DIR/broker.log" | head -1 |
                 sed 's/.*:\([0-9]*\)"$/\1/')
+        else
+            start_mosquitto_tls
+        fi
+        system=$broker
+        if [[ $which == tls ]]; then
+            system=$broker-tls
+            BROKER_PORT=$TLS_PORT
             tls=(--tls-ca "$pki/ca.pem")
         fi
         echo "== repeat $r: $system p2p shards=$shards"
