@@ -583,6 +583,28 @@ fn openssl_negotiates_tls12_and_tls13() {
     }
 }
 
+/// `openssl s_client` to `addr`, verifying the chain against the test CA, with `input`
+/// on its standard input; it reads until the server closes.
+fn s_client(pki: &Pki, addr: SocketAddr, input: &[u8]) -> std::process::Output {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+        .arg(&pki.ca)
+        // -ign_eof: read the answer after the end of the input.
+        .args(["-verify_return_error", "-quiet", "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to s_client");
+    child.wait_with_output().expect("s_client output")
+}
+
 /// With `metrics_tls`, `/health` and `/metrics` answer over HTTPS (checked with
 /// `openssl s_client`, verifying the chain) and plain HTTP gets no answer.
 #[test]
@@ -593,28 +615,7 @@ fn metrics_over_tls() {
     let pki = Pki::new();
     let broker = start(&pki, "metrics_tls = true", "");
     let request = "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
-    let mut s_client = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &broker.metrics.to_string(),
-            "-CAfile",
-        ])
-        .arg(&pki.ca)
-        // -ign_eof: read the answer after the request's end of input.
-        .args(["-verify_return_error", "-quiet", "-ign_eof"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client");
-    s_client
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(request.as_bytes())
-        .expect("write request");
-    let out = s_client.wait_with_output().expect("s_client output");
+    let out = s_client(&pki, broker.metrics, request.as_bytes());
     let response = String::from_utf8_lossy(&out.stdout);
     assert!(
         response.starts_with("HTTP/1.1 200 OK") && response.contains("shardmq_"),
@@ -638,26 +639,11 @@ fn the_broker_ends_a_tls_connection_with_close_notify() {
     let pki = Pki::new();
     let broker = start(&pki, "", "");
     let tls = broker.mqtts.expect("mqtts_listen");
-    let mut s_client = Command::new("openssl")
-        .args(["s_client", "-connect", &tls.to_string(), "-CAfile"])
-        .arg(&pki.ca)
-        .args(["-verify_return_error", "-quiet", "-ign_eof"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client");
     // CONNECT (3.1.1, client id "c"), then DISCONNECT.
     let packets = [
         0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c', 0xe0, 0,
     ];
-    s_client
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&packets)
-        .expect("write");
-    let out = s_client.wait_with_output().expect("s_client output");
+    let out = s_client(&pki, tls, &packets);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.stdout,
