@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use shardmq::auth::acl::{self, Acl, AclConfig, RuleSpec, Who};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
+use shardmq::net::tls::ServerTls;
 use shardmq::shard::{notify, DataDirLock, Outcome, Runtime};
 
 /// Every shard frees messages that another shard allocated (a publish is decoded on the
@@ -145,12 +146,17 @@ fn main() -> ExitCode {
         Ok(auth) => auth,
         Err(e) => return config_error(e),
     };
+    // So are the TLS certificate and key.
+    let tls = match shardmq::net::tls::server_config(&config) {
+        Ok(tls) => tls,
+        Err(e) => return config_error(e),
+    };
     if cli.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    match run(&config, auth) {
+    match run(&config, auth, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             tracing::error!(%reason, "shardmq stopped with an error");
@@ -159,7 +165,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
+fn run(config: &Config, auth: Arc<Authenticator>, tls: Option<ServerTls>) -> Result<(), String> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     // The WAL opens its directories through io_uring, which needs absolute paths; and an
     // absolute path in the logs says exactly where the data is.
@@ -172,11 +178,12 @@ fn run(config: &Config, auth: Arc<Authenticator>) -> Result<(), String> {
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGUSR1])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let runtime = Runtime::start(config, auth)?;
+    let runtime = Runtime::start(config, auth, tls)?;
     tracing::info!(
         version = VERSION,
         mqtt_listen = %runtime.mqtt_addr,
         metrics_listen = %runtime.metrics_addr,
+        mqtts_listen = %runtime.mqtts_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         shards = config.shards,
         cpus = ?config.cpus,
         data_dir = %config.data_dir.display(),

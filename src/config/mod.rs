@@ -44,6 +44,27 @@ pub struct Config {
     /// Serve the admin API to loopback peers only (with `admin_key` set, they need the
     /// key too); with neither set the API is off.
     pub admin_localhost_only: bool,
+    /// MQTT over TLS listener address (conventionally port 8883), bound by every shard
+    /// like `mqtt_listen`; unset = no TLS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// The server's certificate chain (PEM, leaf first) for `mqtts_listen`.
+    pub tls_cert_file: PathBuf,
+    /// The server certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: PathBuf,
+    /// CA certificates (PEM) that sign client certificates; empty = clients are not
+    /// asked for one. A client certificate the CA did not sign is refused.
+    pub tls_ca_file: PathBuf,
+    /// With `tls_ca_file`: every TLS client must present a valid certificate (otherwise
+    /// one is only checked if presented).
+    pub tls_require_certificate: bool,
+    /// A TLS client is the user its certificate names (the subject CN, else its first
+    /// DNS or e-mail SAN), instead of a CONNECT username and password (mosquitto's
+    /// option of the same name). Needs `tls_require_certificate`.
+    pub use_identity_as_username: bool,
+    /// Serve `metrics_listen` over TLS (HTTPS) with the same certificate, key and
+    /// client-certificate settings as `mqtts_listen`.
+    pub metrics_tls: bool,
     /// Directory for the lock file and the per-shard WAL directories.
     pub data_dir: PathBuf,
     /// Log filter (`tracing` directive syntax, e.g. `info` or `shardmq=debug`).
@@ -298,6 +319,13 @@ impl Default for Config {
             metrics_shard: 0,
             admin_key: String::new(),
             admin_localhost_only: false,
+            mqtts_listen: None,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
+            tls_require_certificate: false,
+            use_identity_as_username: false,
+            metrics_tls: false,
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
@@ -423,6 +451,7 @@ impl Config {
                 "must differ from mqtt_listen",
             ));
         }
+        self.validate_tls()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("data_dir", "must not be empty"));
         }
@@ -554,6 +583,45 @@ impl Config {
             return Err(ConfigError::new(
                 "io_memory_bytes",
                 "must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS keys hang together; the files themselves are read by `net::tls`.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if let Some(addr) = self.mqtts_listen {
+            if addr.port() != 0 && (addr == self.mqtt_listen || addr == self.metrics_listen) {
+                return Err(ConfigError::new(
+                    "mqtts_listen",
+                    "must differ from mqtt_listen and metrics_listen",
+                ));
+            }
+        }
+        if self.mqtts_listen.is_some() || self.metrics_tls {
+            for (key, path) in [
+                ("tls_cert_file", &self.tls_cert_file),
+                ("tls_key_file", &self.tls_key_file),
+            ] {
+                if !set(path) {
+                    return Err(ConfigError::new(
+                        key,
+                        "required with mqtts_listen or metrics_tls",
+                    ));
+                }
+            }
+        }
+        if self.tls_require_certificate && !set(&self.tls_ca_file) {
+            return Err(ConfigError::new(
+                "tls_require_certificate",
+                "needs tls_ca_file (the CA that signs client certificates)",
+            ));
+        }
+        if self.use_identity_as_username && !self.tls_require_certificate {
+            return Err(ConfigError::new(
+                "use_identity_as_username",
+                "needs tls_require_certificate = true (and tls_ca_file)",
             ));
         }
         Ok(())
@@ -741,6 +809,68 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "metrics_shard");
+    }
+
+    #[test]
+    fn tls_keys_hang_together() {
+        let cpus = [0, 1];
+        let tls = Config {
+            mqtts_listen: Some("127.0.0.1:8883".parse().unwrap()),
+            ..Config::default()
+        };
+        assert_eq!(
+            tls.clone().validate(&cpus).unwrap_err().key,
+            "tls_cert_file"
+        );
+        let metrics_only = Config {
+            metrics_tls: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            metrics_only.clone().validate(&cpus).unwrap_err().key,
+            "tls_cert_file"
+        );
+        let tls = Config {
+            tls_cert_file: "cert.pem".into(),
+            ..tls
+        };
+        assert_eq!(tls.clone().validate(&cpus).unwrap_err().key, "tls_key_file");
+        let tls = Config {
+            tls_key_file: "key.pem".into(),
+            ..tls
+        };
+        tls.clone().validate(&cpus).unwrap();
+        let same_port = Config {
+            mqtts_listen: Some(tls.mqtt_listen),
+            ..tls.clone()
+        };
+        assert_eq!(
+            same_port.clone().validate(&cpus).unwrap_err().key,
+            "mqtts_listen"
+        );
+        let require = Config {
+            tls_require_certificate: true,
+            ..tls.clone()
+        };
+        assert_eq!(
+            require.clone().validate(&cpus).unwrap_err().key,
+            "tls_require_certificate"
+        );
+        let identity = Config {
+            use_identity_as_username: true,
+            tls_ca_file: "ca.pem".into(),
+            ..tls
+        };
+        assert_eq!(
+            identity.clone().validate(&cpus).unwrap_err().key,
+            "use_identity_as_username"
+        );
+        Config {
+            tls_require_certificate: true,
+            ..identity
+        }
+        .validate(&cpus)
+        .unwrap();
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
+use glommio::net::TcpListener;
 
 use super::admin::{self, AdminAccess, AdminBackend, AdminRequest};
 use super::export::{render, Probes};
@@ -32,9 +33,10 @@ pub struct Admin {
     pub access: Rc<AdminAccess>,
 }
 
-/// Serves until `stop` resolves.
+/// Serves until `stop` resolves; over TLS (`metrics_tls`) when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     probes: Probes,
     health: HealthCheck,
     admin: Admin,
@@ -47,9 +49,21 @@ pub async fn serve(
                     let probes = probes.clone();
                     let health = Rc::clone(&health);
                     let admin = admin.clone();
+                    let tls = tls.clone();
                     glommio::spawn_local(async move {
+                        // The TLS handshake counts against the request's time limit.
                         let served = glommio::timer::timeout(REQUEST_TIMEOUT, async {
-                            Ok(handle(stream, &probes, &health, &admin).await)
+                            // The admin API's localhost check needs the TCP peer.
+                            let peer = stream.peer_addr().ok();
+                            Ok(match tls {
+                                None => handle(stream, peer, &probes, &health, &admin).await,
+                                Some(tls) => match tls.accept(stream).await {
+                                    Ok(stream) => {
+                                        handle(stream, peer, &probes, &health, &admin).await
+                                    }
+                                    Err(e) => Err(e),
+                                },
+                            })
                         })
                         .await;
                         if let Ok(Err(e)) = served {
@@ -69,7 +83,8 @@ pub async fn serve(
 }
 
 async fn handle(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer: Option<std::net::SocketAddr>,
     probes: &Probes,
     health: &HealthCheck,
     admin: &Admin,
@@ -121,7 +136,7 @@ async fn handle(
             path,
             query,
             authorization: authorization.as_deref(),
-            peer: stream.peer_addr().ok(),
+            peer,
         };
         let (status, body) = admin::handle(&*admin.backend, &admin.access, &request).await;
         return respond_with(&mut stream, status, "application/json", &body, false).await;
@@ -165,7 +180,7 @@ async fn handle(
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 async fn respond_with(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     status: u16,
     content_type: &str,
     body: &str,

@@ -293,19 +293,24 @@ async fn accept(
     })
 }
 
-/// Checks the CONNECT's credentials: who the client is, or, if they do not pass,
-/// answers CONNACK with the reason and returns `None`. The caller keeps this under `connect_timeout_ms`: a
+/// Checks the CONNECT's credentials (or takes `identity`, the user a verified client
+/// certificate names): who the client is, or, if they do not pass, answers CONNACK with the reason and returns `None`. The caller keeps this under `connect_timeout_ms`: a
 /// password check waits its turn on the hashing thread (see `auth::HashQueue`), and a
 /// client is not owed more of the broker's time than the connect deadline.
 pub(super) async fn check_credentials(
     shard: &Rc<Shard>,
     conn: &Conn,
     connect: &Connect,
+    identity: Option<String>,
 ) -> Option<Principal> {
     conn.protocol.set(connect.protocol);
     let checked =
         if connect.protocol == Protocol::V5 && connect.properties.authentication_method.is_some() {
             Err(ReasonCode::BadAuthenticationMethod)
+        } else if let Some(username) = identity {
+            // `use_identity_as_username`: the verified certificate is the credential;
+            // the CONNECT's username and password are not looked at (as in mosquitto).
+            Ok(Principal::User { username })
         } else {
             authenticate(shard, connect).await
         };

@@ -17,6 +17,7 @@ mod refuse;
 mod room;
 mod serve;
 mod socket;
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -124,10 +125,15 @@ fn source_admitted(
 /// CONNECT is read (briefly) so it can be answered CONNACK 0x97 Quota exceeded — the v5
 /// code for an administrative limit; 0x9F Connection rate exceeded is about rates, 0x89
 /// Server busy about transient load — or, for 3.1.1, return code 3 (server
-/// unavailable). When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
+/// unavailable). On the TLS listener (`tls` set) such a connection is closed at once:
+/// answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
 /// refusals are already in progress the connection is closed at once, before any
 /// CONNECT: a flood of connections over the limit costs at most that many small tasks.
-pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+pub async fn accept_loop(
+    shard: &Rc<Shard>,
+    listener: &TcpListener,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     let mut sources = bounds::SourceRate::new(
         shard.config.connections_per_source_rate_max,
         shard.mesh.shards(),
@@ -142,19 +148,20 @@ pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
                 Ok(stream) => match shard.admit_connection() {
                     Ok(slot) => {
                         let shard = Rc::clone(shard);
-                        glommio::spawn_local(
-                            async move { serve::serve(shard, stream, slot).await },
-                        )
+                        let tls = tls.clone();
+                        glommio::spawn_local(async move {
+                            serve::serve(shard, stream, slot, tls).await
+                        })
                         .detach();
                     }
-                    Err(Refused::Answer(limit, slot)) => {
+                    Err(Refused::Answer(limit, slot)) if tls.is_none() => {
                         let shard = Rc::clone(shard);
                         glommio::spawn_local(async move {
                             refuse::refuse(&shard, stream, limit, slot).await
                         })
                         .detach();
                     }
-                    Err(Refused::Close(limit)) => {
+                    Err(Refused::Answer(limit, _) | Refused::Close(limit)) => {
                         tracing::debug!(
                             shard = shard.id,
                             limit = limit.key(),

@@ -1,9 +1,11 @@
 //! The life of one connection: CONNECT, the packet loop, and cleanup; plus its writer.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
@@ -15,6 +17,7 @@ use super::conn::Conn;
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
 use super::socket::Socket;
+use super::tls;
 
 /// Bytes read from the socket per wake-up at most.
 pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
@@ -72,34 +75,59 @@ pub(super) enum Ending {
 }
 
 /// Serves one admitted connection; `_slot` keeps it counted against the connection
-/// limits until it is gone.
-pub(super) async fn serve(shard: Rc<Shard>, stream: TcpStream, _slot: ConnectionSlot) {
-    let socket = Socket::new(stream);
-    let conn = shard.connections.register(socket.fd());
+/// limits until it is gone. With `tls`, the connection is first a TLS handshake.
+pub(super) async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    _slot: ConnectionSlot,
+    tls: Option<TlsAcceptor>,
+) {
+    // The connect deadline runs from here, through the TLS handshake to the CONNECT.
+    let accepted_at = Instant::now();
+    let conn = shard.connections.register(stream.as_raw_fd());
     shard.probe.connections_accepted_total.inc();
     shard.probe.connections_current.add(1);
-    let _ = socket.set_nodelay(true);
-
-    // The writer task shares the socket: reading and writing never wait for each other
-    // (see `socket`), and the connection costs one descriptor.
-    let writer = glommio::spawn_local(write_loop(
-        Rc::clone(&shard),
-        Rc::clone(&conn),
-        socket.clone(),
-    ));
-    read_side(&shard, &conn, &socket).await;
-    conn.close(ReasonCode::Success);
-    writer.await;
-    // `conn.fd` must stay this socket's descriptor while the connection is registered
-    // (shutdown paths use it). This is the last handle on the socket (the writer's went
-    // with its task), so the descriptor closes only after unregistering.
-    shard.connections.unregister(conn.token);
-    drop(socket);
+    let _ = stream.set_nodelay(true);
+    let opened = match tls {
+        None => Some(tls::Opened {
+            socket: Socket::plain(stream),
+            identity: None,
+        }),
+        // A failed handshake drops the stream; nothing awaits between that and
+        // unregistering, so `conn.fd` never names someone else's descriptor.
+        Some(acceptor) => tls::handshake(&shard, &acceptor, stream, accepted_at).await,
+    };
+    if let Some(tls::Opened { socket, identity }) = opened {
+        // The writer task shares the socket: reading and writing never wait for each
+        // other (see `socket`), and the connection costs one descriptor.
+        let writer = glommio::spawn_local(write_loop(
+            Rc::clone(&shard),
+            Rc::clone(&conn),
+            socket.clone(),
+        ));
+        read_side(&shard, &conn, &socket, accepted_at, identity).await;
+        conn.close(ReasonCode::Success);
+        writer.await;
+        // `conn.fd` must stay this socket's descriptor while the connection is
+        // registered (shutdown paths use it). This is the last handle on the socket (the
+        // writer's went with its task), so the descriptor closes only after
+        // unregistering.
+        shard.connections.unregister(conn.token);
+        drop(socket);
+    } else {
+        shard.connections.unregister(conn.token);
+    }
     shard.probe.connections_current.add(-1);
     shard.probe.connections_closed_total.inc();
 }
 
-async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
+async fn read_side(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    socket: &Socket,
+    accepted_at: Instant,
+    identity: Option<String>,
+) {
     let limits = DecodeLimits {
         packet_bytes_max: shard.config.max_packet_bytes,
     };
@@ -107,11 +135,12 @@ async fn read_side(shard: &Rc<Shard>, conn: &Rc<Conn>, socket: &Socket) {
     // A deadline for the whole CONNECT and its credential check from accept, not per
     // read: a client that trickles one byte at a time is dropped at the same moment as
     // one that sends nothing, and a password check waiting its turn is given up.
-    let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms);
+    let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms)
+        .saturating_sub(accepted_at.elapsed());
     let (connect, principal) = match glommio::timer::timeout(connect_timeout, async {
         let connect = connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await;
         Ok(match connect {
-            Some(c) => connect::check_credentials(shard, conn, &c)
+            Some(c) => connect::check_credentials(shard, conn, &c, identity)
                 .await
                 .map(|principal| (c, principal)),
             None => None,
@@ -242,11 +271,16 @@ async fn packet_loop(
     }
 }
 
+/// How long a TLS connection's close_notify may wait for room in the socket.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(100);
+
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
+    let mut failed = false;
     while let Some(chunk) = conn.next_output().await {
         // The output moved here: a reader paused on it may fill it again meanwhile.
         conn.output_drained(false);
         if socket.write_all(&chunk).await.is_err() {
+            failed = true;
             break;
         }
         drop(chunk);
@@ -256,6 +290,9 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
         }
     }
     conn.output_drained(true);
+    if !failed {
+        socket.close_notify(CLOSE_NOTIFY_WAIT).await;
+    }
     // Everything is written (glommio's stream has no buffer of its own to flush): end
     // the reader too (it may be parked in a read). `socket` holds the descriptor open,
     // so it cannot name another connection's socket.

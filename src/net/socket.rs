@@ -16,48 +16,81 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 /// A handle on a connection's socket; clones share the one descriptor, which closes when
 /// the last clone drops.
+///
+/// Over TLS the rustls session sits beside the stream in the same cell: a read may
+/// only read (futures-rustls writes nothing from `poll_read` but a last alert on a
+/// fatal error) and a write only writes, so each task still waits on its own direction.
+/// Plain TCP pays one branch per read or write for the choice.
 #[derive(Clone)]
-pub(super) struct Socket(Rc<RefCell<TcpStream>>);
+pub(super) enum Socket {
+    Plain(Rc<RefCell<TcpStream>>),
+    Tls(Rc<RefCell<TlsStream<TcpStream>>>),
+}
 
 impl Socket {
-    pub(super) fn new(stream: TcpStream) -> Self {
-        Socket(Rc::new(RefCell::new(stream)))
+    pub(super) fn plain(stream: TcpStream) -> Self {
+        Socket::Plain(Rc::new(RefCell::new(stream)))
+    }
+
+    pub(super) fn tls(stream: TlsStream<TcpStream>) -> Self {
+        Socket::Tls(Rc::new(RefCell::new(stream)))
+    }
+
+    /// Runs `f` on the TCP stream underneath.
+    fn with_tcp<R>(&self, f: impl FnOnce(&TcpStream) -> R) -> R {
+        match self {
+            Socket::Plain(s) => f(&s.borrow()),
+            Socket::Tls(s) => f(s.borrow().get_ref().0),
+        }
     }
 
     /// The descriptor; valid while any clone of this handle lives.
     pub(super) fn fd(&self) -> RawFd {
-        self.0.borrow().as_raw_fd()
-    }
-
-    pub(super) fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.0.borrow().set_nodelay(on).map_err(Into::into)
+        self.with_tcp(|s| s.as_raw_fd())
     }
 
     /// Makes reads fail with `TimedOut` after `limit` without data (`None`: never). Writes
     /// are not affected: the write direction has its own timer.
     pub(super) fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
-        self.0.borrow().set_read_timeout(limit).map_err(Into::into)
+        self.with_tcp(|s| s.set_read_timeout(limit).map_err(Into::into))
     }
 
     /// Reads once into `buf`: the bytes read, 0 at end of stream.
     pub(super) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
+        match self {
+            Socket::Plain(s) => {
+                poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf)).await
+            }
+            Socket::Tls(s) => poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf)).await,
+        }
     }
 
     /// Writes all of `buf`, in as few syscalls as the socket's buffer allows.
-    pub(super) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let n = poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+    pub(super) async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Socket::Plain(s) => write_all(s, buf).await,
+            Socket::Tls(s) => {
+                write_all(s, buf).await?;
+                // rustls may keep the last records of `buf` until flushed.
+                poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_flush(cx)).await
             }
-            buf = &buf[n..];
         }
-        Ok(())
+    }
+
+    /// TLS: tells the peer the stream ends here (close_notify), waiting at most `limit`
+    /// for the socket to take it, so a client sees a clean end rather than a truncation.
+    /// Plain TCP: nothing.
+    pub(super) async fn close_notify(&self, limit: Duration) {
+        if let Socket::Tls(s) = self {
+            s.borrow_mut().get_mut().1.send_close_notify();
+            let flushed = poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_flush(cx));
+            let _ = glommio::timer::timeout(limit, async { Ok(flushed.await) }).await;
+        }
     }
 
     /// Ends both directions of the socket: a read parked on it returns end of stream. The
@@ -66,4 +99,15 @@ impl Socket {
         // SAFETY: shutdown(2) on the descriptor this handle keeps open; it only ends I/O.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
     }
+}
+
+async fn write_all<S: AsyncWrite + Unpin>(stream: &RefCell<S>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, buf)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }

@@ -28,6 +28,7 @@ use crate::broker::persist::migrate::MigrationConfig;
 use crate::broker::Recovered;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
+use crate::net::tls::ServerTls;
 use crate::storage::{Wal, WalConfig};
 
 /// How long a shard runs tasks before it reaps io_uring completions and timers again.
@@ -64,6 +65,8 @@ pub struct Runtime {
     pub mqtt_addr: SocketAddr,
     /// The metrics address (port 0 resolved).
     pub metrics_addr: SocketAddr,
+    /// The MQTT over TLS address, if configured (port 0 resolved).
+    pub mqtts_addr: Option<SocketAddr>,
     /// Every shard's counters, for reading from the main thread.
     pub probes: Probes,
     shutdown: ShutdownHandle,
@@ -83,11 +86,20 @@ pub enum Outcome {
 }
 
 impl Runtime {
-    /// Starts every shard and waits until all are serving.
-    pub fn start(config: &Config, auth: Arc<Authenticator>) -> Result<Runtime, String> {
+    /// Starts every shard and waits until all are serving; `tls` serves `mqtts_listen`.
+    pub fn start(
+        config: &Config,
+        auth: Arc<Authenticator>,
+        tls: Option<ServerTls>,
+    ) -> Result<Runtime, String> {
         let mqtt_claim = claim_port("mqtt_listen", config.mqtt_listen)?;
         let metrics_claim = claim_port("metrics_listen", config.metrics_listen)?;
+        let mqtts_claim = match config.mqtts_listen {
+            Some(addr) if tls.is_some() => Some(claim_port("mqtts_listen", addr)?),
+            _ => None,
+        };
         let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
+        let mqtts_addr = mqtts_claim.as_ref().map(|c| c.addr);
         let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
         crate::broker::persist::migrate::prepare_layout(&MigrationConfig {
             data_dir: config.data_dir.clone(),
@@ -108,6 +120,7 @@ impl Runtime {
         let config = Arc::new(Config {
             mqtt_listen: mqtt_addr,
             metrics_listen: metrics_addr,
+            mqtts_listen: mqtts_addr,
             ..config.clone()
         });
         let probes: Probes = (0..config.shards)
@@ -133,6 +146,7 @@ impl Runtime {
                 events_tx.clone(),
                 (Arc::clone(&auth), Arc::clone(&hashing)),
             );
+            let tls = tls.clone();
             let quota = Quota::new(Arc::clone(&process_connections));
             let cpu = config.cpus[id];
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -149,6 +163,7 @@ impl Runtime {
                         probes,
                         auth,
                         quota,
+                        tls,
                     };
                     run_shard(id, config, setup, stop, shard_events, shared)
                 })
@@ -170,6 +185,7 @@ impl Runtime {
         let mut runtime = Runtime {
             mqtt_addr,
             metrics_addr,
+            mqtts_addr,
             probes: probes.clone(),
             shutdown: ShutdownHandle {
                 senders: shutdown_senders,
@@ -211,7 +227,7 @@ impl Runtime {
             }
         }
         // Every shard listens now; the reservations can go.
-        drop((mqtt_claim, metrics_claim));
+        drop((mqtt_claim, metrics_claim, mqtts_claim));
         Ok(runtime)
     }
 
@@ -297,6 +313,8 @@ struct SharedState {
     /// Credentials and the password-hashing queue.
     auth: (Arc<Authenticator>, Arc<HashQueue>),
     quota: Quota,
+    /// The TLS settings for `mqtts_listen`, if it is set.
+    tls: Option<ServerTls>,
 }
 
 async fn run_shard(
@@ -311,6 +329,7 @@ async fn run_shard(
         probes,
         auth,
         quota,
+        tls,
     } = shared;
     // First of all: every later step may wait on another shard.
     wakeup::spawn();
@@ -380,6 +399,15 @@ async fn run_shard(
 
     let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
+    let tls = tls.map(futures_rustls::TlsAcceptor::from);
+    let tls_listener = match (config.mqtts_listen, &tls) {
+        (Some(addr), Some(tls)) => Some((
+            bind_listener(addr).map_err(|e| format!("binding mqtts_listen {addr}: {e}"))?,
+            tls.clone(),
+        )),
+        _ => None,
+    };
+    let metrics_tls = tls.filter(|_| config.metrics_tls);
     let metrics = if id == config.metrics_shard {
         Some(
             bind_listener(config.metrics_listen)
@@ -411,7 +439,7 @@ async fn run_shard(
                 }),
             };
             let stop = shard.shutdown.wait();
-            crate::metrics::serve(listener, probes, health, admin, stop).await;
+            crate::metrics::serve(listener, metrics_tls, probes, health, admin, stop).await;
         })
     });
     {
@@ -429,7 +457,12 @@ async fn run_shard(
     }
     let _ = events.send(Event::Ready);
 
-    crate::net::accept_loop(&shard, &listener).await;
+    futures_lite::future::zip(crate::net::accept_loop(&shard, &listener, None), async {
+        if let Some((listener, acceptor)) = &tls_listener {
+            crate::net::accept_loop(&shard, listener, Some(acceptor.clone())).await;
+        }
+    })
+    .await;
     let drain = Duration::from_millis(config.shutdown_timeout_ms * 8 / 10);
     shard.connections.drain(drain).await;
     // What the closed connections acknowledged is not sent again after the restart.

@@ -23,6 +23,8 @@ pub struct Broker {
     pub child: Child,
     pub mqtt: SocketAddr,
     pub metrics: SocketAddr,
+    /// The MQTT over TLS address, when `mqtts_listen` is set.
+    pub mqtts: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Keeps the temp dir alive when the harness made it.
     _temp: Option<tempfile::TempDir>,
@@ -147,6 +149,7 @@ impl Broker {
                 return Ok(Broker {
                     mqtt: addr("mqtt_listen"),
                     metrics: addr("metrics_listen"),
+                    mqtts: v["mqtts_listen"].as_str().and_then(|a| a.parse().ok()),
                     child,
                     data_dir,
                     _temp: temp,

@@ -1,9 +1,13 @@
 //! Command line and workload file: one set of optional keys, read from a TOML workload file
 //! and overridden by the command line, then resolved with defaults into [`Params`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Parser;
+use futures_rustls::rustls::pki_types::pem::PemObject;
+use futures_rustls::rustls::pki_types::CertificateDer;
+use futures_rustls::rustls::{self, ClientConfig, RootCertStore};
 use serde::{Deserialize, Serialize};
 use shardmq::mqtt::{Protocol, QoS};
 
@@ -109,6 +113,10 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub broker_pid: Option<u32>,
+    /// Connect over TLS, trusting the CA certificates (PEM) in this file; the server
+    /// certificate must name `--host`.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -144,6 +152,7 @@ impl Args {
             json: self.json.or(base.json),
             warmup_secs: self.warmup_secs.or(base.warmup_secs),
             broker_pid: self.broker_pid.or(base.broker_pid),
+            tls_ca: self.tls_ca.or(base.tls_ca),
         }
     }
 }
@@ -157,6 +166,8 @@ pub enum ConfigError {
     Parse(PathBuf, toml::de::Error),
     /// A value is out of range.
     Invalid(&'static str),
+    /// The TLS CA file cannot be used.
+    Tls(String),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -165,6 +176,7 @@ impl std::fmt::Display for ConfigError {
             Self::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
             Self::Parse(p, e) => write!(f, "bad workload {}: {e}", p.display()),
             Self::Invalid(what) => write!(f, "invalid option: {what}"),
+            Self::Tls(why) => write!(f, "--tls-ca: {why}"),
         }
     }
 }
@@ -215,6 +227,10 @@ pub struct Params {
     pub json: bool,
     pub warmup_secs: u64,
     pub broker_pid: Option<u32>,
+    pub tls_ca: Option<PathBuf>,
+    /// The client TLS settings made from `tls_ca`.
+    #[serde(skip)]
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Params {
@@ -265,6 +281,7 @@ impl Params {
             Some(n) => Stop::Count(n),
             None => Stop::DurationSecs(a.duration_secs.unwrap_or(5)),
         };
+        let tls = a.tls_ca.as_deref().map(client_tls).transpose()?;
         Ok(Params {
             host,
             port: a.port.unwrap_or(1883),
@@ -295,6 +312,8 @@ impl Params {
             json: a.json.unwrap_or(false),
             warmup_secs: a.warmup_secs.unwrap_or(0),
             broker_pid: a.broker_pid,
+            tls_ca: a.tls_ca,
+            tls,
         })
     }
 
@@ -344,6 +363,22 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
         }
     }
     levels.next().is_none()
+}
+
+/// TLS 1.2/1.3 client settings (rustls with ring, as the broker) trusting the CAs in `ca`.
+fn client_tls(ca: &Path) -> Result<Arc<ClientConfig>, ConfigError> {
+    let tls = |e: &dyn std::fmt::Display| ConfigError::Tls(format!("{}: {e}", ca.display()));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| tls(&e))? {
+        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! with a timeout, before the measured phase; the caller then switches the socket to
 //! non-blocking and drives it from its poll loop.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +14,7 @@ use shardmq::mqtt::{
 };
 
 use crate::config::Params;
+use futures_rustls::rustls;
 
 /// How long connecting and each handshake step may take.
 const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -59,11 +61,104 @@ impl From<EncodeError> for BenchError {
     }
 }
 
+/// A connection to the broker: plain TCP, or TLS over it (`--tls-ca`).
+///
+/// Over TLS, `write` hands bytes to rustls and writes what it can of the records;
+/// records left over are written by `flush` (and by the next `write`), so a
+/// non-blocking caller polls for POLLOUT while [`wants_write`](Self::wants_write).
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::ClientConnection>, TcpStream),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) | Stream::Tls(_, s) => s,
+        }
+    }
+
+    /// Switches the socket to non-blocking mode (or back).
+    pub fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        self.tcp().set_nonblocking(on)
+    }
+
+    /// Shuts the socket down.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        self.tcp().shutdown(how)
+    }
+
+    /// TLS records are waiting to be written.
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Stream::Tls(tls, _) if tls.wants_write())
+    }
+
+    /// Writes pending TLS records until done or the socket is full.
+    fn push(tls: &mut rustls::ClientConnection, tcp: &mut TcpStream) -> std::io::Result<()> {
+        while tls.wants_write() {
+            tls.write_tls(tcp)?;
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.tcp().as_raw_fd()
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (tls, tcp) = match self {
+            Stream::Plain(s) => return s.read(buf),
+            Stream::Tls(tls, tcp) => (tls, tcp),
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            if tls.read_tls(tcp)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets()
+                .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (tls, tcp) = match self {
+            Stream::Plain(s) => return s.write(buf),
+            Stream::Tls(tls, tcp) => (tls, tcp),
+        };
+        Stream::push(tls, tcp)?;
+        let n = tls.writer().write(buf)?;
+        if n == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        match Stream::push(tls, tcp) {
+            Err(e) if e.kind() != ErrorKind::WouldBlock => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(tls, tcp) => Stream::push(tls, tcp),
+        }
+    }
+}
+
 /// A connected, accepted MQTT session.
 #[derive(Debug)]
 pub struct Session {
     /// The socket, still blocking.
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read past the last decoded packet.
     pub rbuf: BytesMut,
     /// The broker's CONNACK.
@@ -89,13 +184,26 @@ pub fn connect_from(
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| BenchError::Refused(format!("{} does not resolve", p.host)))?;
-    let mut stream = match source {
+    let mut tcp = match source {
         None => TcpStream::connect_timeout(&addr, timeout)?,
         Some(ip) => tcp_connect_from(ip, addr, timeout)?,
     };
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut stream = match &p.tls {
+        None => Stream::Plain(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(p.host.clone())
+                .map_err(|e| BenchError::Refused(format!("TLS server name {}: {e}", p.host)))?;
+            let mut tls = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
+                .map_err(|e| BenchError::Refused(format!("TLS: {e}")))?;
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp)?;
+            }
+            Stream::Tls(Box::new(tls), tcp)
+        }
+    };
     let connect = Connect {
         protocol: p.protocol,
         clean_start: true,
@@ -109,6 +217,7 @@ pub fn connect_from(
     let mut out = BytesMut::new();
     mqtt::encode(&Packet::Connect(connect), p.protocol, &mut out)?;
     stream.write_all(&out)?;
+    stream.flush()?;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     match read_packet(&mut stream, &mut rbuf, p.protocol)? {
         Packet::ConnAck(ack) if !ack.reason.is_error() => Ok(Session {
@@ -172,6 +281,7 @@ pub fn subscribe(
     let mut out = BytesMut::new();
     mqtt::encode(&Packet::Subscribe(sub), protocol, &mut out)?;
     s.stream.write_all(&out)?;
+    s.stream.flush()?;
     match read_packet(&mut s.stream, &mut s.rbuf, protocol)? {
         Packet::SubAck(ack) if ack.reason_codes.iter().all(|r| !r.is_error()) => Ok(()),
         Packet::SubAck(ack) => Err(BenchError::Refused(format!(
@@ -187,7 +297,7 @@ pub fn subscribe(
 
 /// Reads (blocking) until one whole packet is decoded.
 pub fn read_packet(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     rbuf: &mut BytesMut,
     protocol: Protocol,
 ) -> Result<Packet, BenchError> {

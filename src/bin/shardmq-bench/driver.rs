@@ -103,7 +103,7 @@ enum Role {
 }
 
 struct Conn {
-    stream: std::net::TcpStream,
+    stream: conn::Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     role: Role,
@@ -272,7 +272,8 @@ fn drive(
             shared.last_send_ns.fetch_max(last_sent, Ordering::Relaxed);
         }
         for (pfd, c) in pollfds.iter_mut().zip(conns.iter()) {
-            pfd.events = libc::POLLIN | if c.wbuf.is_empty() { 0 } else { libc::POLLOUT };
+            let writing = !c.wbuf.is_empty() || c.stream.wants_write();
+            pfd.events = libc::POLLIN | if writing { libc::POLLOUT } else { 0 };
             pfd.revents = 0;
         }
         crate::sys::ppoll(&mut pollfds, wait_ns)?;
@@ -394,7 +395,13 @@ fn flush(c: &mut Conn) -> Result<(), BenchError> {
     if c.wbuf.is_empty() {
         c.wbuf.clear();
     }
-    Ok(())
+    // TLS: records rustls holds beyond what the socket took.
+    match c.stream.flush() {
+        Err(e) if e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::Interrupted => {
+            Err(e.into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Drains the socket, handles every whole packet; returns deliveries counted.
