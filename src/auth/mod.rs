@@ -191,6 +191,11 @@ impl Authenticator {
         self
     }
 
+    /// How many users are configured.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// The authorization rules.
     pub fn acl(&self) -> &acl::Acl {
         &self.acl
@@ -243,6 +248,25 @@ impl Authenticator {
     /// hash runs; it may be true when an API key then matches first.
     pub fn needs_slow_hash(&self, username: Option<&str>) -> bool {
         username.is_some() && !self.users.is_empty()
+    }
+
+    /// After a reload (`self` new, `previous` what `principal` was admitted by): whether
+    /// the connection may stay. As mosquitto does on reload, a connection whose
+    /// credentials no longer hold is refused: an anonymous one once `allow_anonymous` is
+    /// off, a user's once the user is gone or its password hash changed, an API key's
+    /// once that key is gone. The password itself is not kept, so the hash is compared.
+    pub fn still_admits(&self, principal: &Principal, previous: &Authenticator) -> bool {
+        match principal {
+            Principal::Anonymous => self.allow_anonymous,
+            Principal::User { username } => {
+                let now = self.user_hash(username);
+                now.is_some() && now == previous.user_hash(username)
+            }
+            Principal::ApiKey { index } => previous
+                .api_keys
+                .get(*index)
+                .is_some_and(|key| self.find_api_key(key).is_some()),
+        }
     }
 
     /// Compares `password` with every key in constant time; the first match wins.

@@ -16,7 +16,7 @@ use super::serve::Ending;
 
 /// Whether this client may use `client_id` (ownership, `client_id_owner`).
 pub(super) fn may_use_client_id(shard: &Shard, identity: Identity<'_>, client_id: &str) -> bool {
-    let allowed = shard.auth.acl().may_use_client_id(identity, client_id);
+    let allowed = shard.auth().acl().may_use_client_id(identity, client_id);
     if !allowed {
         shard.probe.acl_denied(AclAction::Connect, 1);
         tracing::debug!(
@@ -51,7 +51,7 @@ pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> 
 }
 
 /// Classifies the subscriptions a resumed session brought (see `ClientAcl::settle`).
-pub(super) fn settle(shard: &Shard, conn: &Conn, key: u64) {
+pub(crate) fn settle(shard: &Shard, conn: &Conn, key: u64) {
     let mut acl = conn.acl.borrow_mut();
     let Some(acl) = acl.as_mut() else { return };
     let sessions = shard.broker.sessions.borrow();
