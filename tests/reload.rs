@@ -11,31 +11,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use common::raw::{disconnect_reason, Conn, Connect, Publish, Recv, DISCONNECT, PINGRESP, WAIT};
 use common::{eventually, run_shardmq, temp_dir, Broker, BrokerOptions};
 
 /// How long a message that must not arrive is given to arrive anyway.
 const GRACE: Duration = Duration::from_millis(700);
 
-/// A PHC hash with cheap parameters, so a debug broker checks passwords in microseconds;
-/// the same one for the same password (a changed hash would end the user's connections).
-fn cheap_hash(password: &str) -> String {
+/// `common::cheap_hash`, but the same one for the same password: a changed hash would
+/// end the user's connections at a reload.
+fn same_hash(password: &str) -> String {
     static HASHES: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
     let mut hashes = HASHES.lock().unwrap();
     let hash = hashes
         .entry(password.to_string())
-        .or_insert_with(|| fresh_hash(password));
+        .or_insert_with(|| common::cheap_hash(password));
     hash.clone()
-}
-
-fn fresh_hash(password: &str) -> String {
-    let params = Params::new(64, 1, 1, None).expect("params");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
 }
 
 /// `settings`, then these users (password = name + "-pw"), then `rules`.
@@ -44,7 +34,7 @@ fn config(settings: &str, users: &[&str], rules: &str) -> String {
     for name in users {
         text.push_str(&format!(
             "\n[[users]]\nusername = \"{name}\"\npassword_hash = \"{}\"\n",
-            cheap_hash(&format!("{name}-pw"))
+            same_hash(&format!("{name}-pw"))
         ));
     }
     text + rules

@@ -255,13 +255,16 @@ impl Authenticator {
     /// credentials no longer hold is refused: an anonymous one once `allow_anonymous` is
     /// off, a user's once the user is gone or its password hash changed, an API key's
     /// once that key is gone. The password itself is not kept, so the hash is compared.
+    /// A user named by a client certificate stays: the TLS session was verified once.
     pub fn still_admits(&self, principal: &Principal, previous: &Authenticator) -> bool {
         match principal {
             Principal::Anonymous => self.allow_anonymous,
-            Principal::User { username } => {
-                let now = self.user_hash(username);
-                now.is_some() && now == previous.user_hash(username)
-            }
+            // Not a user before: named by a verified client certificate
+            // (`use_identity_as_username`), which a reload does not check again.
+            Principal::User { username } => match previous.user_hash(username) {
+                None => true,
+                before => self.user_hash(username) == before,
+            },
             Principal::ApiKey { index } => previous
                 .api_keys
                 .get(*index)
@@ -522,6 +525,35 @@ mod tests {
             assert!(!text.contains("secret"), "{text}");
             assert!(!text.contains("argon2"), "{text}");
         }
+    }
+
+    #[test]
+    fn reload_keeps_only_connections_whose_credentials_still_hold() {
+        let before = config(true);
+        let old = Authenticator::new(&before).expect("valid");
+        let mut after = before.clone();
+        after.allow_anonymous = false;
+        after.users.remove(1);
+        after.api_keys.remove(0);
+        let new = Authenticator::new(&after).expect("valid");
+        let user = |name: &str| Principal::User {
+            username: name.into(),
+        };
+        assert!(new.still_admits(&user("alice"), &old), "unchanged user");
+        assert!(!new.still_admits(&user("bob"), &old), "removed user");
+        assert!(!new.still_admits(&Principal::Anonymous, &old));
+        assert!(!new.still_admits(&Principal::ApiKey { index: 0 }, &old));
+        assert!(
+            new.still_admits(&Principal::ApiKey { index: 1 }, &old),
+            "a kept key, moved to another index"
+        );
+        assert!(
+            new.still_admits(&user("cert-cn"), &old),
+            "named by a client certificate"
+        );
+        after.users[0].password_hash = quick_hash("new-pw");
+        let changed = Authenticator::new(&after).expect("valid");
+        assert!(!changed.still_admits(&user("alice"), &old), "hash changed");
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub(crate) fn settle(shard: &Shard, conn: &Conn, key: u64) {
     acl.settle(filters.flat_map(|s| s.session.subscriptions.keys().map(String::as_str)));
 }
 
+/// Classifies again, under rules a reload swapped in while they were being added, the
+/// filters a SUBSCRIBE granted (the reload's pass did not find them in the session yet).
+pub(super) fn settle_added<'a>(conn: &Conn, filters: impl Iterator<Item = &'a str>) {
+    if let Some(acl) = conn.acl.borrow_mut().as_mut() {
+        acl.settle(filters);
+    }
+}
+
 /// What the outcome of a refused PUBLISH is.
 pub(super) enum PublishDenied {
     /// Not refused.

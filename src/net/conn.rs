@@ -47,6 +47,9 @@ pub struct Conn {
     /// Who the client authenticated as and its client id, set at CONNECT: a reload
     /// checks the credentials again and rebuilds `acl` from them.
     pub who: RefCell<Option<(Principal, ByteStr)>>,
+    /// How many reloads rebuilt `acl`: a SUBSCRIBE that waited on its WAL write while
+    /// one did classifies its filters again under the new rules.
+    pub acl_epoch: Cell<u32>,
     /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
     pub aliases: RefCell<Option<TopicAliases>>,
     /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
@@ -76,6 +79,7 @@ impl Conn {
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
             who: RefCell::new(None),
+            acl_epoch: Cell::new(0),
             aliases: RefCell::new(None),
             connected_as: RefCell::new((None, 0)),
             writer: Cell::new(None),

@@ -1,6 +1,7 @@
 //! The CONNECT handshake: validation, authentication, the session claim, CONNACK.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthDecision, Principal};
@@ -349,6 +350,14 @@ async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, Rea
         auth.check(username, password)
     };
     match decision {
+        // A reload while the hash ran: the credentials must hold under the new settings
+        // too (the reload's pass over connections did not see this one yet).
+        AuthDecision::Allowed { principal }
+            if !Arc::ptr_eq(&auth, &shard.auth.borrow())
+                && !shard.auth().still_admits(&principal, &auth) =>
+        {
+            Err(ReasonCode::BadUserNameOrPassword)
+        }
         AuthDecision::Allowed { principal } => Ok(principal),
         AuthDecision::BadCredentials => Err(ReasonCode::BadUserNameOrPassword),
         AuthDecision::NotAuthorized => Err(ReasonCode::NotAuthorized),

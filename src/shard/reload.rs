@@ -84,6 +84,7 @@ impl Shard {
                 .acl()
                 .for_client(principal.identity(), client_id.as_str());
             *conn.acl.borrow_mut() = acl;
+            conn.acl_epoch.set(conn.acl_epoch.get().wrapping_add(1));
             if let Some(key) = conn.session.get() {
                 crate::net::settle_acl(self, &conn, key);
             }
