@@ -338,3 +338,36 @@ fn a_new_certificate_is_served_to_new_connections() {
     assert!(broker.log().contains("tls_key_file"), "{}", broker.log());
     assert_eq!(served_cn(tls, &ca_pem), "second");
 }
+
+/// Only the mosquitto-format `acl_file` changes (the config file does not): the reload
+/// reads it again, and bob's existing `#` subscription narrows to what it now grants.
+#[test]
+fn a_changed_acl_file_alone_is_reloaded() {
+    let dir = temp_dir();
+    let acl_file = dir.path().join("broker.acl");
+    let grants =
+        |bob: &str| format!("user alice\ntopic readwrite #\n\nuser bob\ntopic read {bob}\n");
+    std::fs::write(&acl_file, grants("#")).unwrap();
+    let settings = format!("acl_default = \"deny\"\nacl_file = {acl_file:?}");
+    let broker = start(dir.path(), &config(&settings, &["alice", "bob"], ""));
+    let (mut bob, _) = Conn::connect(broker.mqtt, &login("bob-1", "bob"));
+    assert_eq!(bob.subscribe_with(&[("#", 1)], Default::default()), vec![1]);
+    let (mut alice, _) = Conn::connect(broker.mqtt, &login("alice-1", "alice"));
+    assert_eq!(alice.publish(Publish::new("private/a", b"1", 1)), 0);
+    assert_eq!(bob.expect_publish().topic, "private/a", "readable before");
+
+    std::fs::write(&acl_file, grants("public/#")).unwrap();
+    broker.signal(libc::SIGHUP);
+    wait_reloads(&broker, "ok", 1.0);
+    for topic in ["private/b", "public/marker"] {
+        assert_eq!(alice.publish(Publish::new(topic, b"2", 1)), 0);
+    }
+    let seen: Vec<String> = bob
+        .drain_publishes(GRACE)
+        .into_iter()
+        .map(|p| p.topic)
+        .collect();
+    assert_eq!(seen, vec!["public/marker"], "private/ no more");
+    let codes = bob.subscribe_with(&[("private/#", 1)], Default::default());
+    assert_eq!(codes, vec![0x87]);
+}
