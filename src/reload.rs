@@ -32,6 +32,10 @@ const RELOADABLE: &[&str] = &[
     "tls_require_certificate",
 ];
 
+/// How long a shard may take to put a reload in force before the main thread stops
+/// waiting for it (it still will: the settings are in `Live`).
+const SHARD_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Index of each result in `shardmq_config_reloads_total` (see `metrics::RELOAD_RESULTS`).
 const OK: usize = 0;
 const FAILED: usize = 1;
@@ -61,8 +65,14 @@ impl Reloader {
                 let acl_rules = snapshot.auth.acl().rule_count();
                 let tls = snapshot.tls.is_some();
                 self.live.replace(snapshot);
-                shards.reload();
-                probes[0].config_reloads[OK].inc();
+                let applied = shards.reload(SHARD_ACK_TIMEOUT);
+                if applied < probes.len() {
+                    tracing::warn!(
+                        applied,
+                        shards = probes.len(),
+                        "reload: some shards did not confirm the new settings in time"
+                    );
+                }
                 tracing::info!(
                     users,
                     acl_rules,
@@ -71,14 +81,15 @@ impl Reloader {
                     "configuration reloaded: users, API keys, ACL and TLS files in force for \
                      new operations; existing connections checked again"
                 );
+                probes[0].config_reloads[OK].inc();
             }
             Err(e) => {
-                probes[0].config_reloads[FAILED].inc();
                 tracing::error!(
                     key = e.key.as_str(),
                     error = %e,
                     "reload refused: the previous settings stay in force"
                 );
+                probes[0].config_reloads[FAILED].inc();
             }
         }
     }

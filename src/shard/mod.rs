@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::auth::HashQueue;
@@ -304,9 +304,20 @@ impl ShutdownHandle {
         self.send(1);
     }
 
-    /// Tells every shard to swap in the settings now in the process's [`Live`].
-    pub fn reload(&mut self) {
+    /// Tells every shard to swap in the settings now in the process's [`Live`] and waits
+    /// (at most `limit` each) until it has; returns how many shards did.
+    pub fn reload(&mut self, limit: Duration) -> usize {
+        use std::io::Read;
         self.send(RELOAD);
+        let mut done = 0;
+        for sender in &mut self.senders {
+            let mut byte = [0u8; 1];
+            let _ = sender.set_read_timeout(Some(limit));
+            if matches!(sender.read(&mut byte), Ok(1) if byte[0] == RELOAD) {
+                done += 1;
+            }
+        }
+        done
     }
 
     fn send(&mut self, byte: u8) {
@@ -467,6 +478,8 @@ async fn run_shard(
                     closed = done.closed,
                     "reload applied"
                 );
+                // The main thread counts the reload once every shard has it in force.
+                let _ = stop.write_all(&[RELOAD]).await;
             }
             shard.shutdown.trigger();
         })
