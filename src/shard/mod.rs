@@ -4,7 +4,8 @@
 //! shard and returns once every shard has joined the mesh and bound its listeners. Each
 //! shard owns its data outright; shards interact only through [`ShardMsg`] batches.
 //! Shutdown reaches each shard through its own socket pair (a byte, or the main thread
-//! going away), so a signal never has to touch shard state from another thread.
+//! going away), so a signal never has to touch shard state from another thread; so does
+//! a reload (`reload`), which the shard answers on the same socket once applied.
 
 mod limits;
 mod mesh;
