@@ -6,13 +6,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 mod admin_client;
+mod reload;
 
 use clap::{Parser, Subcommand};
 use shardmq::auth::acl::{self, Acl, AclConfig, RuleSpec, Who};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
-use shardmq::net::tls::ServerTls;
-use shardmq::shard::{notify, DataDirLock, Outcome, Runtime};
+use shardmq::shard::{notify, DataDirLock, Live, Outcome, Runtime, Snapshot};
 
 /// Every shard frees messages that another shard allocated (a publish is decoded on the
 /// publisher's shard and dropped on each subscriber's): glibc malloc serializes those frees
@@ -78,6 +78,9 @@ enum Command {
     /// List and act on clients, sessions, subscriptions and retained messages of a
     /// running broker through its admin API (`admin_key` or `admin_localhost_only`).
     Admin(admin_client::AdminArgs),
+    /// Make the running broker (the one holding the config's `data_dir`) read its config
+    /// again: sends it SIGHUP, as `kill -HUP` would. See the broker's log for the outcome.
+    Reload,
 }
 
 impl Cli {
@@ -125,10 +128,26 @@ fn main() -> ExitCode {
     if let Some(Command::HashPassword) = cli.command {
         return hash_password();
     }
-    let mut config = match cli.sources().and_then(|s| config::load(&s)) {
+    let sources = match cli.sources() {
+        Ok(sources) => sources,
+        Err(e) => return config_error(e),
+    };
+    let mut config = match config::load(&sources) {
         Ok(config) => config,
         Err(e) => return config_error(e),
     };
+    if let Some(Command::Reload) = &cli.command {
+        return match reload::signal_running(&config.data_dir) {
+            Ok(pid) => {
+                println!("sent SIGHUP to shardmq (pid {pid}); its log says whether the reload was applied");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardmq reload: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
     if let Some(Command::Admin(args)) = &cli.command {
         return match admin_client::run(args, config.metrics_listen, &config.admin_key) {
             Ok(()) => ExitCode::SUCCESS,
@@ -156,7 +175,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    match run(&config, auth, tls) {
+    let reloader = reload::Reloader {
+        sources,
+        started: config.clone(),
+        live: Live::new(Snapshot { auth, tls }),
+    };
+    match run(&config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             tracing::error!(%reason, "shardmq stopped with an error");
@@ -165,7 +189,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config, auth: Arc<Authenticator>, tls: Option<ServerTls>) -> Result<(), String> {
+fn run(config: &Config, reloader: reload::Reloader) -> Result<(), String> {
     let lock = DataDirLock::acquire(&config.data_dir)?;
     // The WAL opens its directories through io_uring, which needs absolute paths; and an
     // absolute path in the logs says exactly where the data is.
@@ -175,10 +199,14 @@ fn run(config: &Config, auth: Arc<Authenticator>, tls: Option<ServerTls>) -> Res
         data_dir,
         ..config.clone()
     };
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGUSR1])
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let runtime = Runtime::start(config, auth, tls)?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let runtime = Runtime::start(config, std::sync::Arc::clone(&reloader.live))?;
     tracing::info!(
         version = VERSION,
         mqtt_listen = %runtime.mqtt_addr,
@@ -205,6 +233,10 @@ fn run(config: &Config, auth: Arc<Authenticator>, tls: Option<ServerTls>) -> Res
             for signal in signals.forever() {
                 if signal == libc::SIGUSR1 {
                     shardmq::metrics::log_summary(&probes);
+                } else if signal == libc::SIGHUP {
+                    if started.get().is_none() {
+                        reloader.reload(&mut trigger, &probes);
+                    }
                 } else if started.set(Instant::now()).is_ok() {
                     tracing::info!(signal, "shutting down: no new connections, draining");
                     notify::stopping("draining connections");
@@ -231,7 +263,8 @@ fn run(config: &Config, auth: Arc<Authenticator>, tls: Option<ServerTls>) -> Res
     }
 }
 
-fn authenticator(config: &Config) -> Result<Arc<Authenticator>, config::ConfigError> {
+/// Users, API keys and the ACL from `config`; an error names the key (or file) at fault.
+pub(crate) fn authenticator(config: &Config) -> Result<Arc<Authenticator>, config::ConfigError> {
     let auth = AuthConfig {
         allow_anonymous: config.allow_anonymous,
         api_keys: config.api_keys.clone(),

@@ -8,23 +8,11 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use common::raw::{Conn, Connect, Props, Publish, Will, PUBACK, PUBREC, WAIT};
-use common::{eventually, run_shardmq, temp_dir, Broker, BrokerOptions};
+use common::{cheap_hash, eventually, run_shardmq, temp_dir, Broker, BrokerOptions};
 
 /// How long a message that must not arrive is given to arrive anyway.
 const GRACE: Duration = Duration::from_millis(700);
-
-/// A PHC hash with cheap parameters (the broker reads them from the hash), so a debug
-/// broker checks passwords in microseconds.
-fn cheap_hash(password: &str) -> String {
-    let params = Params::new(64, 1, 1, None).expect("params");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string()
-}
 
 /// Users alice, bob and carol (password = name + "-pw") and these settings and rules.
 fn config(settings: &str, rules: &str) -> String {

@@ -191,6 +191,11 @@ impl Authenticator {
         self
     }
 
+    /// How many users are configured.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// The authorization rules.
     pub fn acl(&self) -> &acl::Acl {
         &self.acl
@@ -243,6 +248,28 @@ impl Authenticator {
     /// hash runs; it may be true when an API key then matches first.
     pub fn needs_slow_hash(&self, username: Option<&str>) -> bool {
         username.is_some() && !self.users.is_empty()
+    }
+
+    /// After a reload (`self` new, `previous` what `principal` was admitted by): whether
+    /// the connection may stay. As mosquitto does on reload, a connection whose
+    /// credentials no longer hold is refused: an anonymous one once `allow_anonymous` is
+    /// off, a user's once the user is gone or its password hash changed, an API key's
+    /// once that key is gone. The password itself is not kept, so the hash is compared.
+    /// A user named by a client certificate stays: the TLS session was verified once.
+    pub fn still_admits(&self, principal: &Principal, previous: &Authenticator) -> bool {
+        match principal {
+            Principal::Anonymous => self.allow_anonymous,
+            // Not a user before: named by a verified client certificate
+            // (`use_identity_as_username`), which a reload does not check again.
+            Principal::User { username } => match previous.user_hash(username) {
+                None => true,
+                before => self.user_hash(username) == before,
+            },
+            Principal::ApiKey { index } => previous
+                .api_keys
+                .get(*index)
+                .is_some_and(|key| self.find_api_key(key).is_some()),
+        }
     }
 
     /// Compares `password` with every key in constant time; the first match wins.
@@ -498,6 +525,35 @@ mod tests {
             assert!(!text.contains("secret"), "{text}");
             assert!(!text.contains("argon2"), "{text}");
         }
+    }
+
+    #[test]
+    fn reload_keeps_only_connections_whose_credentials_still_hold() {
+        let before = config(true);
+        let old = Authenticator::new(&before).expect("valid");
+        let mut after = before.clone();
+        after.allow_anonymous = false;
+        after.users.remove(1);
+        after.api_keys.remove(0);
+        let new = Authenticator::new(&after).expect("valid");
+        let user = |name: &str| Principal::User {
+            username: name.into(),
+        };
+        assert!(new.still_admits(&user("alice"), &old), "unchanged user");
+        assert!(!new.still_admits(&user("bob"), &old), "removed user");
+        assert!(!new.still_admits(&Principal::Anonymous, &old));
+        assert!(!new.still_admits(&Principal::ApiKey { index: 0 }, &old));
+        assert!(
+            new.still_admits(&Principal::ApiKey { index: 1 }, &old),
+            "a kept key, moved to another index"
+        );
+        assert!(
+            new.still_admits(&user("cert-cn"), &old),
+            "named by a client certificate"
+        );
+        after.users[0].password_hash = quick_hash("new-pw");
+        let changed = Authenticator::new(&after).expect("valid");
+        assert!(!changed.still_admits(&user("alice"), &old), "hash changed");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct HashQueue {
 
 #[derive(Debug)]
 struct Job {
+    /// The credentials in force when the check was asked for (a reload may swap them).
+    auth: Arc<Authenticator>,
     username: Option<String>,
     password: Option<Vec<u8>>,
     verdict: Arc<OnceLock<AuthDecision>>,
@@ -45,8 +47,8 @@ impl Pending {
 pub struct QueueFull;
 
 impl HashQueue {
-    /// Starts the hashing thread for `auth` with room for `queue_max` waiting checks.
-    pub fn start(auth: Arc<Authenticator>, queue_max: usize) -> std::io::Result<Self> {
+    /// Starts the hashing thread with room for `queue_max` waiting checks.
+    pub fn start(queue_max: usize) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_max);
         std::thread::Builder::new()
             .name("shardmq-auth".into())
@@ -55,21 +57,25 @@ impl HashQueue {
                     if Arc::strong_count(&job.verdict) == 1 {
                         continue; // nobody waits for it any more
                     }
-                    let decision = auth.check(job.username.as_deref(), job.password.as_deref());
+                    let decision = job
+                        .auth
+                        .check(job.username.as_deref(), job.password.as_deref());
                     let _ = job.verdict.set(decision);
                 }
             })?;
         Ok(HashQueue { jobs })
     }
 
-    /// Queues a check of these credentials, or refuses if the queue is full.
+    /// Queues a check of these credentials against `auth`, or refuses if the queue is full.
     pub fn submit(
         &self,
+        auth: &Arc<Authenticator>,
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> Result<Pending, QueueFull> {
         let verdict = Arc::new(OnceLock::new());
         let job = Job {
+            auth: Arc::clone(auth),
             username: username.map(str::to_owned),
             password: password.map(<[u8]>::to_vec),
             verdict: Arc::clone(&verdict),
@@ -98,12 +104,13 @@ mod tests {
             }],
         })
         .unwrap();
-        let queue = HashQueue::start(Arc::new(auth), 1).unwrap();
+        let auth = Arc::new(auth);
+        let queue = HashQueue::start(1).unwrap();
         let mut pending = Vec::new();
         let mut full = 0;
         for i in 0..8 {
             let password: &[u8] = if i == 0 { b"pw" } else { b"wrong" };
-            match queue.submit(Some("u"), Some(password)) {
+            match queue.submit(&auth, Some("u"), Some(password)) {
                 Ok(p) => pending.push(p),
                 Err(QueueFull) => full += 1,
             }

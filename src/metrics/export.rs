@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::probe::{AclAction, Limit, Series, ShardProbe, SHARD_SERIES};
+use super::probe::{AclAction, Limit, Series, ShardProbe, RELOAD_RESULTS, SHARD_SERIES};
 
 /// All shards' probes, indexed by shard id. Shared by every shard thread.
 pub type Probes = Arc<[Arc<ShardProbe>]>;
@@ -32,6 +32,7 @@ impl Collector for ShardsCollector {
                 | Series::CounterByQos(_)
                 | Series::CounterByLimit(_)
                 | Series::CounterByAclAction(_)
+                | Series::ReloadsByResult(_)
                 | Series::WalCounter(_) => MetricType::Counter,
                 Series::Gauge(_) | Series::WalGauge(_) => MetricType::Gauge,
                 Series::WalHistogram(..) | Series::Histogram(..) => MetricType::Histogram,
@@ -85,6 +86,14 @@ impl Collector for ShardsCollector {
                             ConstCounter::new(counter.get()).encode(family)?;
                         }
                     }
+                    Series::ReloadsByResult(get) if shard == "0" => {
+                        for (result, counter) in RELOAD_RESULTS.iter().zip(get(probe)) {
+                            let labels = [("result", *result)];
+                            let family = metric.encode_family(&labels)?;
+                            ConstCounter::new(counter.get()).encode(family)?;
+                        }
+                    }
+                    Series::ReloadsByResult(_) => {}
                     Series::CounterByQos(get) => {
                         for (qos, counter) in get(probe).iter().enumerate() {
                             let qos = qos.to_string();

@@ -33,10 +33,11 @@ pub struct Admin {
     pub access: Rc<AdminAccess>,
 }
 
-/// Serves until `stop` resolves; over TLS (`metrics_tls`) when `tls` is given.
+/// Serves until `stop` resolves; over TLS (`metrics_tls`) when `tls` gives an acceptor
+/// (asked at each accept: a reload may swap the certificate).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: impl Fn() -> Option<TlsAcceptor>,
     probes: Probes,
     health: HealthCheck,
     admin: Admin,
@@ -49,7 +50,7 @@ pub async fn serve(
                     let probes = probes.clone();
                     let health = Rc::clone(&health);
                     let admin = admin.clone();
-                    let tls = tls.clone();
+                    let tls = tls();
                     glommio::spawn_local(async move {
                         // The TLS handshake counts against the request's time limit.
                         let served = glommio::timer::timeout(REQUEST_TIMEOUT, async {

@@ -13,5 +13,7 @@ mod summary;
 pub use admin::{AdminAccess, AdminAction, AdminBackend, AdminList, AdminPage};
 pub use export::{render, Probes};
 pub use http::{serve, Admin, HealthCheck};
-pub use probe::{AclAction, Counter, Gauge, Limit, ShardProbe, ACL_ACTIONS, LIMITS};
+pub use probe::{
+    AclAction, Counter, Gauge, Limit, ShardProbe, ACL_ACTIONS, LIMITS, RELOAD_RESULTS,
+};
 pub use summary::log_summary;

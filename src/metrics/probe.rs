@@ -214,6 +214,9 @@ pub enum AclAction {
     Will,
 }
 
+/// The `result` labels of `shardmq_config_reloads_total`, by index.
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
+
 impl AclAction {
     /// Every action, in export order (index = `self as usize`).
     pub const ALL: [AclAction; ACL_ACTIONS] = [
@@ -319,6 +322,9 @@ pub struct ShardProbe {
     pub limit_hits: [Counter; LIMITS],
     /// Authorization refusals, by [`AclAction`].
     pub acl_denied: [Counter; ACL_ACTIONS],
+    /// Configuration reloads (SIGHUP), applied and refused: counted by the main thread
+    /// on shard 0's probe only, exported without a shard label.
+    pub config_reloads: [Counter; 2],
     /// The shard's WAL counters, once it is open.
     pub wal: OnceLock<Arc<WalStats>>,
     /// From a QoS 1/2 PUBLISH read to its PUBACK/PUBREC queued for the client.
@@ -375,6 +381,9 @@ pub(crate) enum Series {
     CounterByLimit(fn(&ShardProbe) -> &[Counter; LIMITS]),
     /// A counter with an `action` label, one value per [`AclAction`].
     CounterByAclAction(fn(&ShardProbe) -> &[Counter; ACL_ACTIONS]),
+    /// A process-wide counter kept on shard 0's probe, with a `result` label (`ok`,
+    /// `failed`) and no `shard` label.
+    ReloadsByResult(fn(&ShardProbe) -> &[Counter; 2]),
     /// A WAL counter.
     WalCounter(fn(&WalStats) -> &AtomicU64),
     /// A WAL gauge.
@@ -517,6 +526,11 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "acl_denied",
         "Actions the ACL refused: connect (client id), subscribe, publish, deliver, will",
         Series::CounterByAclAction(|p| &p.acl_denied),
+    ),
+    (
+        "config_reloads",
+        "Configuration reloads (SIGHUP, `shardmq reload`): ok, or failed and the old settings kept",
+        Series::ReloadsByResult(|p| &p.config_reloads),
     ),
     (
         "wills_published",

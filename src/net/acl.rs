@@ -16,7 +16,7 @@ use super::serve::Ending;
 
 /// Whether this client may use `client_id` (ownership, `client_id_owner`).
 pub(super) fn may_use_client_id(shard: &Shard, identity: Identity<'_>, client_id: &str) -> bool {
-    let allowed = shard.auth.acl().may_use_client_id(identity, client_id);
+    let allowed = shard.auth().acl().may_use_client_id(identity, client_id);
     if !allowed {
         shard.probe.acl_denied(AclAction::Connect, 1);
         tracing::debug!(
@@ -51,12 +51,20 @@ pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> 
 }
 
 /// Classifies the subscriptions a resumed session brought (see `ClientAcl::settle`).
-pub(super) fn settle(shard: &Shard, conn: &Conn, key: u64) {
+pub(crate) fn settle(shard: &Shard, conn: &Conn, key: u64) {
     let mut acl = conn.acl.borrow_mut();
     let Some(acl) = acl.as_mut() else { return };
     let sessions = shard.broker.sessions.borrow();
     let filters = sessions.get(&key).into_iter();
     acl.settle(filters.flat_map(|s| s.session.subscriptions.keys().map(String::as_str)));
+}
+
+/// Classifies again, under rules a reload swapped in while they were being added, the
+/// filters a SUBSCRIBE granted (the reload's pass did not find them in the session yet).
+pub(super) fn settle_added<'a>(conn: &Conn, filters: impl Iterator<Item = &'a str>) {
+    if let Some(acl) = conn.acl.borrow_mut().as_mut() {
+        acl.settle(filters);
+    }
 }
 
 /// What the outcome of a refused PUBLISH is.

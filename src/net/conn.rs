@@ -17,6 +17,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::auth::acl::ClientAcl;
+use crate::auth::Principal;
 use crate::mqtt::{self, Ack, ByteStr, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
 use crate::session::{Outlet, TopicAliases};
 use crate::storage::Histogram;
@@ -43,6 +44,12 @@ pub struct Conn {
     /// What this client may publish, subscribe to and receive (`None`: everything, no
     /// rules configured). Set at CONNECT, before the session is attached.
     pub acl: RefCell<Option<ClientAcl>>,
+    /// Who the client authenticated as and its client id, set at CONNECT: a reload
+    /// checks the credentials again and rebuilds `acl` from them.
+    pub who: RefCell<Option<(Principal, ByteStr)>>,
+    /// How many reloads rebuilt `acl`: a SUBSCRIBE that waited on its WAL write while
+    /// one did classifies its filters again under the new rules.
+    pub acl_epoch: Cell<u32>,
     /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
     pub aliases: RefCell<Option<TopicAliases>>,
     /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
@@ -71,6 +78,8 @@ impl Conn {
             // Grows with the first output: an idle connection holds only its CONNACK's.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
+            who: RefCell::new(None),
+            acl_epoch: Cell::new(0),
             aliases: RefCell::new(None),
             connected_as: RefCell::new((None, 0)),
             writer: Cell::new(None),

@@ -1,6 +1,7 @@
 //! The CONNECT handshake: validation, authentication, the session claim, CONNACK.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthDecision, Principal};
@@ -202,7 +203,8 @@ async fn accept(
     if !assigned && !super::acl::may_use_client_id(shard, identity, client_id.as_str()) {
         return Err(Some(ReasonCode::NotAuthorized));
     }
-    *conn.acl.borrow_mut() = shard.auth.acl().for_client(identity, client_id.as_str());
+    *conn.acl.borrow_mut() = shard.auth().acl().for_client(identity, client_id.as_str());
+    *conn.who.borrow_mut() = Some((principal.clone(), client_id.clone()));
     *conn.connected_as.borrow_mut() = (connect.username.clone(), keep_alive_secs);
     let will = match connect.will {
         Some(w) => {
@@ -328,10 +330,11 @@ pub(super) async fn check_credentials(
 async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, ReasonCode> {
     let username = connect.username.as_ref().map(ByteStr::as_str);
     let password = connect.password.as_deref();
-    let decision = if shard.auth.needs_slow_hash(username) {
+    let auth = shard.auth();
+    let decision = if auth.needs_slow_hash(username) {
         // Password hashing costs milliseconds: it runs on its own thread, after the
         // checks queued before it; a full queue is a busy server, not a wrong password.
-        let Ok(pending) = shard.hashing.submit(username, password) else {
+        let Ok(pending) = shard.hashing.submit(&auth, username, password) else {
             shard.probe.hit(Limit::AuthHashQueueMax);
             return Err(ReasonCode::ServerBusy);
         };
@@ -344,9 +347,17 @@ async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, Rea
             poll = (poll * 2).min(HASH_POLL_MAX);
         }
     } else {
-        shard.auth.check(username, password)
+        auth.check(username, password)
     };
     match decision {
+        // A reload while the hash ran: the credentials must hold under the new settings
+        // too (the reload's pass over connections did not see this one yet).
+        AuthDecision::Allowed { principal }
+            if !Arc::ptr_eq(&auth, &shard.auth.borrow())
+                && !shard.auth().still_admits(&principal, &auth) =>
+        {
+            Err(ReasonCode::BadUserNameOrPassword)
+        }
         AuthDecision::Allowed { principal } => Ok(principal),
         AuthDecision::BadCredentials => Err(ReasonCode::BadUserNameOrPassword),
         AuthDecision::NotAuthorized => Err(ReasonCode::NotAuthorized),

@@ -30,6 +30,7 @@ use crate::metrics::Limit;
 use crate::mqtt::ReasonCode;
 use crate::shard::{Refused, Shard};
 
+pub(crate) use acl::settle as settle_acl;
 pub use conn::Conn;
 pub(crate) use connect::version as protocol_version;
 
@@ -55,6 +56,11 @@ impl Connections {
 
     fn unregister(&self, token: u64) {
         self.live.borrow_mut().remove(&token);
+    }
+
+    /// Every live connection.
+    pub fn all(&self) -> Vec<Rc<Conn>> {
+        self.live.borrow().values().cloned().collect()
     }
 
     /// The live connection with `token`.
@@ -129,11 +135,7 @@ fn source_admitted(
 /// answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
 /// refusals are already in progress the connection is closed at once, before any
 /// CONNECT: a flood of connections over the limit costs at most that many small tasks.
-pub async fn accept_loop(
-    shard: &Rc<Shard>,
-    listener: &TcpListener,
-    tls: Option<futures_rustls::TlsAcceptor>,
-) {
+pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, tls: bool) {
     let mut sources = bounds::SourceRate::new(
         shard.config.connections_per_source_rate_max,
         shard.mesh.shards(),
@@ -148,13 +150,14 @@ pub async fn accept_loop(
                 Ok(stream) => match shard.admit_connection() {
                     Ok(slot) => {
                         let shard = Rc::clone(shard);
-                        let tls = tls.clone();
+                        // The acceptor in force now: a reload swaps it for new connections.
+                        let tls = tls.then(|| shard.tls.borrow().clone()).flatten();
                         glommio::spawn_local(async move {
                             serve::serve(shard, stream, slot, tls).await
                         })
                         .detach();
                     }
-                    Err(Refused::Answer(limit, slot)) if tls.is_none() => {
+                    Err(Refused::Answer(limit, slot)) if !tls => {
                         let shard = Rc::clone(shard);
                         glommio::spawn_local(async move {
                             refuse::refuse(&shard, stream, limit, slot).await

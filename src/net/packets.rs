@@ -307,6 +307,7 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
     let mut codes = Vec::with_capacity(sub.filters.len());
     let mut wanted: Vec<(String, SubOptions)> = Vec::with_capacity(sub.filters.len());
     let mut quota = SubscriptionQuota::of(shard, key);
+    let acl_epoch = conn.acl_epoch.get();
     for f in &sub.filters {
         let (filter, options) = (f.0.as_str(), f.1);
         let parsed = match parse_filter(filter, &limits) {
@@ -350,6 +351,9 @@ async fn on_subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, sub: Subscribe) -> Flo
         conn.wake_writer();
         return Flow::Continue;
     };
+    if conn.acl_epoch.get() != acl_epoch {
+        super::acl::settle_added(conn, added.iter().map(|(filter, ..)| filter.as_str()));
+    }
     conn.send(&Packet::SubAck(SubAck::new(sub.packet_id, codes)));
     for (filter, opts, is_new) in added {
         shard.send_retained(key, &filter, opts, is_new).await;

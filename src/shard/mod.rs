@@ -4,13 +4,15 @@
 //! shard and returns once every shard has joined the mesh and bound its listeners. Each
 //! shard owns its data outright; shards interact only through [`ShardMsg`] batches.
 //! Shutdown reaches each shard through its own socket pair (a byte, or the main thread
-//! going away), so a signal never has to touch shard state from another thread.
+//! going away), so a signal never has to touch shard state from another thread; so does
+//! a reload (`reload`), which the shard answers on the same socket once applied.
 
 mod limits;
 mod mesh;
 mod msg;
 pub mod notify;
 mod quota;
+mod reload;
 mod state;
 mod wakeup;
 
@@ -20,15 +22,14 @@ use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
-use crate::auth::{Authenticator, HashQueue};
+use crate::auth::HashQueue;
 use crate::broker::persist::migrate::MigrationConfig;
 use crate::broker::Recovered;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
-use crate::net::tls::ServerTls;
 use crate::storage::{Wal, WalConfig};
 
 /// How long a shard runs tasks before it reaps io_uring completions and timers again.
@@ -50,6 +51,7 @@ pub use quota::{
     ConnectionSlot, Quota, RefusalSlot, Refused, RetainedAdmission, RetainedReservation,
     REFUSING_MAX,
 };
+pub use reload::{Live, Resettled, Snapshot};
 pub use state::{Shard, Shutdown, HEALTH_TIMEOUT};
 
 /// What a shard thread reports to the main thread.
@@ -86,12 +88,10 @@ pub enum Outcome {
 }
 
 impl Runtime {
-    /// Starts every shard and waits until all are serving; `tls` serves `mqtts_listen`.
-    pub fn start(
-        config: &Config,
-        auth: Arc<Authenticator>,
-        tls: Option<ServerTls>,
-    ) -> Result<Runtime, String> {
+    /// Starts every shard and waits until all are serving under the settings of `live`
+    /// (its TLS settings serve `mqtts_listen`).
+    pub fn start(config: &Config, live: Arc<Live>) -> Result<Runtime, String> {
+        let tls = live.current().tls.clone();
         let mqtt_claim = claim_port("mqtt_listen", config.mqtt_listen)?;
         let metrics_claim = claim_port("metrics_listen", config.metrics_listen)?;
         let mqtts_claim = match config.mqtts_listen {
@@ -129,7 +129,7 @@ impl Runtime {
         let setup = MeshSetup::new(config.shards, config.mesh_channel_batches_max);
         let (events_tx, events) = mpsc::channel();
         let process_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let hashing = HashQueue::start(Arc::clone(&auth), config.auth_hash_queue_max)
+        let hashing = HashQueue::start(config.auth_hash_queue_max)
             .map(Arc::new)
             .map_err(|e| format!("cannot start the password-hashing thread: {e}"))?;
         let mut shutdown_senders = Vec::with_capacity(config.shards);
@@ -144,9 +144,8 @@ impl Runtime {
                 probes.clone(),
                 setup.clone(),
                 events_tx.clone(),
-                (Arc::clone(&auth), Arc::clone(&hashing)),
+                (Arc::clone(&live), Arc::clone(&hashing)),
             );
-            let tls = tls.clone();
             let quota = Quota::new(Arc::clone(&process_connections));
             let cpu = config.cpus[id];
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -163,7 +162,6 @@ impl Runtime {
                         probes,
                         auth,
                         quota,
-                        tls,
                     };
                     run_shard(id, config, setup, stop, shard_events, shared)
                 })
@@ -297,12 +295,36 @@ pub struct ShutdownHandle {
     senders: Vec<std::os::unix::net::UnixStream>,
 }
 
+/// The control byte that tells a shard to swap in the settings in force (any other
+/// byte: stop).
+const RELOAD: u8 = 2;
+
 impl ShutdownHandle {
     /// Tells every shard to stop accepting and drain.
     pub fn trigger(&mut self) {
+        self.send(1);
+    }
+
+    /// Tells every shard to swap in the settings now in the process's [`Live`] and waits
+    /// (at most `limit` each) until it has; returns how many shards did.
+    pub fn reload(&mut self, limit: Duration) -> usize {
+        use std::io::Read;
+        self.send(RELOAD);
+        let mut done = 0;
+        for sender in &mut self.senders {
+            let mut byte = [0u8; 1];
+            let _ = sender.set_read_timeout(Some(limit));
+            if matches!(sender.read(&mut byte), Ok(1) if byte[0] == RELOAD) {
+                done += 1;
+            }
+        }
+        done
+    }
+
+    fn send(&mut self, byte: u8) {
         use std::io::Write;
         for sender in &mut self.senders {
-            let _ = sender.write_all(&[1]);
+            let _ = sender.write_all(&[byte]);
         }
     }
 }
@@ -310,11 +332,9 @@ impl ShutdownHandle {
 /// What a shard shares with the others: counters, credentials, the connection count.
 struct SharedState {
     probes: Probes,
-    /// Credentials and the password-hashing queue.
-    auth: (Arc<Authenticator>, Arc<HashQueue>),
+    /// Credentials, ACL and TLS settings in force, and the password-hashing queue.
+    auth: (Arc<Live>, Arc<HashQueue>),
     quota: Quota,
-    /// The TLS settings for `mqtts_listen`, if it is set.
-    tls: Option<ServerTls>,
 }
 
 async fn run_shard(
@@ -329,7 +349,6 @@ async fn run_shard(
         probes,
         auth,
         quota,
-        tls,
     } = shared;
     // First of all: every later step may wait on another shard.
     wakeup::spawn();
@@ -399,15 +418,14 @@ async fn run_shard(
 
     let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
-    let tls = tls.map(futures_rustls::TlsAcceptor::from);
-    let tls_listener = match (config.mqtts_listen, &tls) {
-        (Some(addr), Some(tls)) => Some((
-            bind_listener(addr).map_err(|e| format!("binding mqtts_listen {addr}: {e}"))?,
-            tls.clone(),
-        )),
+    let tls = shard.tls.borrow().is_some();
+    let tls_listener = match config.mqtts_listen {
+        Some(addr) if tls => {
+            Some(bind_listener(addr).map_err(|e| format!("binding mqtts_listen {addr}: {e}"))?)
+        }
         _ => None,
     };
-    let metrics_tls = tls.filter(|_| config.metrics_tls);
+    let metrics_tls = tls && config.metrics_tls;
     let metrics = if id == config.metrics_shard {
         Some(
             bind_listener(config.metrics_listen)
@@ -439,15 +457,31 @@ async fn run_shard(
                 }),
             };
             let stop = shard.shutdown.wait();
-            crate::metrics::serve(listener, metrics_tls, probes, health, admin, stop).await;
+            let acceptor = Rc::clone(&shard);
+            let tls = move || metrics_tls.then(|| acceptor.tls.borrow().clone()).flatten();
+            crate::metrics::serve(listener, tls, probes, health, admin, stop).await;
         })
     });
     {
         let shard = Rc::clone(&shard);
         glommio::spawn_local(async move {
             let mut byte = [0u8; 1];
-            // A byte, EOF (main thread gone) or an error all mean: stop.
-            let _ = stop.read(&mut byte).await;
+            // RELOAD swaps in the settings in force; any other byte, EOF (main thread
+            // gone) or an error means: stop.
+            while let Ok(1) = stop.read(&mut byte).await {
+                if byte[0] != RELOAD {
+                    break;
+                }
+                let done = shard.reload();
+                tracing::debug!(
+                    shard = shard.id,
+                    kept = done.kept,
+                    closed = done.closed,
+                    "reload applied"
+                );
+                // The main thread counts the reload once every shard has it in force.
+                let _ = stop.write_all(&[RELOAD]).await;
+            }
             shard.shutdown.trigger();
         })
         .detach();
@@ -457,9 +491,9 @@ async fn run_shard(
     }
     let _ = events.send(Event::Ready);
 
-    futures_lite::future::zip(crate::net::accept_loop(&shard, &listener, None), async {
-        if let Some((listener, acceptor)) = &tls_listener {
-            crate::net::accept_loop(&shard, listener, Some(acceptor.clone())).await;
+    futures_lite::future::zip(crate::net::accept_loop(&shard, &listener, false), async {
+        if let Some(listener) = &tls_listener {
+            crate::net::accept_loop(&shard, listener, true).await;
         }
     })
     .await;

@@ -18,6 +18,7 @@ use crate::net::Connections;
 use super::mesh::{Batch, Mesh};
 use super::msg::{batch_cost_bytes, ShardMsg};
 use super::quota::Quota;
+use super::reload::Live;
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,8 +41,13 @@ pub struct Shard {
     pub connections: Connections,
     /// Sessions, subscriptions, retained messages and routing state of this shard.
     pub broker: BrokerState,
-    /// Who may connect (shared read-only by every shard and the hashing thread).
-    pub auth: Arc<Authenticator>,
+    /// Who may connect and the ACL, as of this shard's last reload (see `reload`).
+    pub auth: RefCell<Arc<Authenticator>>,
+    /// The TLS acceptor for new connections on `mqtts_listen` (and the metrics
+    /// listener with `metrics_tls`), as of the last reload.
+    pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
+    /// The settings in force for the whole process; a reload replaces them.
+    pub live: Arc<Live>,
     /// The password-hashing thread's queue (one per process).
     pub hashing: Arc<HashQueue>,
     /// The connection and retained-topic limits this shard enforces.
@@ -54,16 +60,22 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// The credentials and ACL in force.
+    pub fn auth(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth.borrow())
+    }
+
     /// A shard with no connections yet.
     pub fn new(
         id: usize,
         config: Arc<Config>,
         mesh: Rc<Mesh>,
         probes: Probes,
-        (auth, hashing): (Arc<Authenticator>, Arc<HashQueue>),
+        (live, hashing): (Arc<Live>, Arc<HashQueue>),
         quota: Quota,
     ) -> Rc<Self> {
         let shards = mesh.shards();
+        let snapshot = live.current();
         Rc::new(Shard {
             id,
             config,
@@ -73,7 +85,9 @@ impl Shard {
             shutdown: Shutdown::default(),
             connections: Connections::default(),
             broker: BrokerState::new(),
-            auth,
+            auth: RefCell::new(Arc::clone(&snapshot.auth)),
+            tls: RefCell::new(snapshot.tls.clone().map(futures_rustls::TlsAcceptor::from)),
+            live,
             hashing,
             quota,
             durable: OnceCell::new(),

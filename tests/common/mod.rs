@@ -345,6 +345,18 @@ pub fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
+/// A PHC hash with cheap parameters (the broker reads them from the hash), so a debug
+/// broker checks passwords in microseconds.
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    let params = Params::new(64, 1, 1, None).expect("params");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("hash")
+        .to_string()
+}
+
 /// An argon2id PHC hash of `password`, made by `shardmq hash-password`.
 pub fn hash_password(password: &str) -> String {
     let mut child = shardmq()

@@ -54,8 +54,9 @@
 //! The decision is per connection. A [`ClientAcl`] shares the rule groups that apply to
 //! it (every client, anonymous, its username, its client id) with every other connection
 //! and copies only the rules it fills `%u` / `%c` into, so 1,000 rules without
-//! placeholders cost a connection a few pointers, not a copy each. A later live
-//! reload builds a new [`Acl`], and each connection's `ClientAcl` again from it.
+//! placeholders cost a connection a few pointers, not a copy each. A live reload
+//! (SIGHUP) builds a new [`Acl`], and each connection's `ClientAcl` again from it, its
+//! session's subscriptions classified again (see `shard::reload`).
 
 mod client;
 mod mosquitto;
