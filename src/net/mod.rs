@@ -18,6 +18,7 @@ mod room;
 mod serve;
 mod socket;
 pub mod tls;
+mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -101,6 +102,19 @@ impl Connections {
     }
 }
 
+/// What a listener's connections speak underneath MQTT.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP (`mqtt_listen`).
+    Tcp,
+    /// TLS (`mqtts_listen`).
+    Tls(futures_rustls::TlsAcceptor),
+    /// WebSocket (`ws_listen`).
+    Ws,
+    /// WebSocket over TLS (`wss_listen`).
+    Wss(futures_rustls::TlsAcceptor),
+}
+
 /// Whether the source of `stream` is within `connections_per_source_rate_max`.
 fn source_admitted(
     shard: &Shard,
@@ -125,15 +139,11 @@ fn source_admitted(
 /// CONNECT is read (briefly) so it can be answered CONNACK 0x97 Quota exceeded — the v5
 /// code for an administrative limit; 0x9F Connection rate exceeded is about rates, 0x89
 /// Server busy about transient load — or, for 3.1.1, return code 3 (server
-/// unavailable). On the TLS listener (`tls` set) such a connection is closed at once:
-/// answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
+/// unavailable). On the TLS and WebSocket listeners such a connection is closed at
+/// once: answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
 /// refusals are already in progress the connection is closed at once, before any
 /// CONNECT: a flood of connections over the limit costs at most that many small tasks.
-pub async fn accept_loop(
-    shard: &Rc<Shard>,
-    listener: &TcpListener,
-    tls: Option<futures_rustls::TlsAcceptor>,
-) {
+pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, transport: Transport) {
     let mut sources = bounds::SourceRate::new(
         shard.config.connections_per_source_rate_max,
         shard.mesh.shards(),
@@ -148,13 +158,13 @@ pub async fn accept_loop(
                 Ok(stream) => match shard.admit_connection() {
                     Ok(slot) => {
                         let shard = Rc::clone(shard);
-                        let tls = tls.clone();
+                        let transport = transport.clone();
                         glommio::spawn_local(async move {
-                            serve::serve(shard, stream, slot, tls).await
+                            serve::serve(shard, stream, slot, transport).await
                         })
                         .detach();
                     }
-                    Err(Refused::Answer(limit, slot)) if tls.is_none() => {
+                    Err(Refused::Answer(limit, slot)) if matches!(transport, Transport::Tcp) => {
                         let shard = Rc::clone(shard);
                         glommio::spawn_local(async move {
                             refuse::refuse(&shard, stream, limit, slot).await
