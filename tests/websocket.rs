@@ -5,9 +5,20 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::{self, Message, WebSocket};
+use common::raw::{frame, put_bin, put_str};
 use common::{Broker, BrokerOptions};
+use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, SanType};
+
+/// How long anything that must happen may take.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// A paho-mqtt client script: `MODE PORT PATH CA ...`. Modes:
 /// - `pubsub COUNT SIZE`: one websockets client subscribes (QoS 1) to `ws/t`, another
@@ -146,4 +157,399 @@ fn paho_publishes_and_subscribes_over_websocket() {
         .expect("python3");
     let stdout = assert_ran(&out, "paho over ws");
     assert!(stdout.contains("got 20"), "{stdout}");
+}
+
+/// A rumqttc 3.1.1 client over plain TCP, and the (topic, payload) of what it receives.
+fn tcp_client(addr: SocketAddr, id: &str) -> (rumqttc::Client, mpsc::Receiver<(String, Vec<u8>)>) {
+    use rumqttc::{Event, Packet};
+    let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(opts, 64);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// A subscription made, its SUBACK through: rumqttc's events say nothing of it here,
+/// so a message to itself proves it.
+fn subscribed(
+    client: &rumqttc::Client,
+    rx: &mpsc::Receiver<(String, Vec<u8>)>,
+    filter: &str,
+    probe: &str,
+) {
+    client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        client
+            .publish(probe, rumqttc::QoS::AtMostOnce, false, b"probe".to_vec())
+            .unwrap();
+        if let Ok((topic, _)) = rx.recv_timeout(Duration::from_millis(200)) {
+            if topic == probe {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "no subscription to {filter}");
+    }
+}
+
+/// A message from a TCP client reaches a WebSocket client, and one from the WebSocket
+/// client reaches the TCP client.
+#[test]
+fn tcp_and_websocket_clients_reach_each_other() {
+    if !have_paho() {
+        return;
+    }
+    let broker = ws_broker(&[]);
+    let port = broker.ws.expect("ws_listen resolved").port();
+    let mut echo = paho_command("echo", port, "-", &["3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(echo.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let (tcp, rx) = tcp_client(broker.mqtt, "tcp-side");
+    subscribed(&tcp, &rx, "out/#", "out/probe");
+    for i in 0..3 {
+        let payload = format!("from tcp {i}").into_bytes();
+        tcp.publish(
+            format!("in/{i}"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.clone(),
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (topic, got) = rx.recv_timeout(left).expect("the echo over WebSocket");
+            if topic == format!("out/{i}") {
+                assert_eq!(got, payload);
+                break;
+            }
+        }
+    }
+    let out = echo.wait_with_output().expect("echo output");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        out.status.success(),
+        "paho echo failed: {}\n{rest:?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signs: (CA path, cert path, key path).
+fn server_pki(dir: &std::path::Path) -> (String, String, String) {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name.push(DnType::CommonName, "ws test CA");
+    ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let key = KeyPair::generate().unwrap();
+    let server = server.signed_by(&key, &ca, &ca_key).unwrap();
+    let path = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    (
+        path("ca.pem", ca.pem()),
+        path("server.pem", server.pem()),
+        path("server.key", key.serialize_pem()),
+    )
+}
+
+/// paho over wss (TLS underneath, the broker's certificate checked against the test
+/// CA): QoS 0 and 1, messages of 100 kB.
+#[test]
+fn paho_over_websocket_over_tls() {
+    if !have_paho() {
+        return;
+    }
+    let dir = common::temp_dir();
+    let (ca, cert, key) = server_pki(dir.path());
+    let broker = ws_broker(&[
+        ("wss_listen", "127.0.0.1:0"),
+        ("tls_cert_file", &cert),
+        ("tls_key_file", &key),
+    ]);
+    let port = broker.wss.expect("wss_listen resolved").port();
+    let out = paho_command("pubsub", port, &ca, &["6", "100000"])
+        .output()
+        .expect("python3");
+    let stdout = assert_ran(&out, "paho over wss");
+    assert!(stdout.contains("got 6"), "{stdout}");
+}
+
+/// Sends an HTTP request to `addr` and returns the status line of the answer.
+fn http_status(addr: SocketAddr, request: &str) -> String {
+    let mut raw = TcpStream::connect(addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+fn upgrade_request(path: &str, protocol: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    )
+}
+
+/// The wrong path is answered 404, a plain HTTP request 426, an upgrade offering no MQTT
+/// subprotocol 400; `mqtt` and `mqttv3.1` are both accepted, `mqtt` chosen first.
+#[test]
+fn wrong_path_plain_http_and_other_subprotocols_are_refused() {
+    let broker = ws_broker(&[]);
+    let ws = broker.ws.expect("ws_listen resolved");
+    let status = http_status(ws, &upgrade_request("/other", "mqtt"));
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    let status = http_status(ws, "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 426"), "{status}");
+    let status = http_status(ws, &upgrade_request("/mqtt", "chat"));
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    for (offered, chosen) in [("mqttv3.1, mqtt", "mqtt"), ("mqttv3.1", "mqttv3.1")] {
+        let (_client, response) = ws_client(ws, offered);
+        assert_eq!(
+            response.headers()["sec-websocket-protocol"],
+            chosen,
+            "offered {offered}"
+        );
+    }
+}
+
+/// A client that stalls in the HTTP upgrade is closed at `connect_timeout_ms`.
+#[test]
+fn a_stalled_upgrade_is_closed_at_the_connect_timeout() {
+    let broker = ws_broker(&[("connect_timeout_ms", "500")]);
+    let ws = broker.ws.expect("ws_listen resolved");
+    let mut raw = TcpStream::connect(ws).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert!(
+        common::eventually(WAIT, || broker.metric_sum("shardmq_connect_timeouts_total")
+            >= 1.0),
+        "the stall counted as a connect timeout"
+    );
+}
+
+/// A WebSocket client that frames MQTT bytes as a test says.
+struct WsClient {
+    ws: WebSocket<TcpStream>,
+    /// Bytes received and not yet taken as packets.
+    buf: Vec<u8>,
+}
+
+fn ws_client(
+    addr: SocketAddr,
+    protocol: &str,
+) -> (WsClient, tungstenite::handshake::client::Response) {
+    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (ws, response) = tungstenite::client(request, stream).expect("WebSocket upgrade");
+    (
+        WsClient {
+            ws,
+            buf: Vec::new(),
+        },
+        response,
+    )
+}
+
+impl WsClient {
+    /// Sends each of `frames` as one binary frame.
+    fn send(&mut self, frames: &[&[u8]]) {
+        for bytes in frames {
+            self.ws
+                .send(Message::Binary(bytes.to_vec().into()))
+                .unwrap();
+        }
+    }
+
+    /// The next whole MQTT packet: its first byte and its body.
+    fn packet(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if let Some((header, len)) = packet_header(&self.buf) {
+                if self.buf.len() >= header + len {
+                    let body = self.buf[header..header + len].to_vec();
+                    let first = self.buf[0];
+                    self.buf.drain(..header + len);
+                    return (first, body);
+                }
+            }
+            match self.ws.read().expect("a frame") {
+                Message::Binary(data) => self.buf.extend_from_slice(&data),
+                Message::Pong(_) | Message::Ping(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// The fixed header's length and the remaining length, once both are in `buf`.
+fn packet_header(buf: &[u8]) -> Option<(usize, usize)> {
+    let (mut len, mut shift) = (0usize, 0);
+    for (i, byte) in buf.iter().enumerate().skip(1).take(4) {
+        len |= usize::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return Some((i + 1, len));
+        }
+    }
+    None
+}
+
+/// A 3.1.1 CONNECT with a clean session, and a QoS 0 will when `will` is given.
+fn connect(id: &str, will: Option<(&str, &[u8])>) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, "MQTT");
+    body.push(4);
+    body.push(if will.is_some() { 0x06 } else { 0x02 });
+    body.extend_from_slice(&30u16.to_be_bytes());
+    put_str(&mut body, id);
+    if let Some((topic, message)) = will {
+        put_str(&mut body, topic);
+        put_bin(&mut body, message);
+    }
+    frame(1, 0, &body)
+}
+
+fn subscribe(filter: &str) -> Vec<u8> {
+    let mut body = 1u16.to_be_bytes().to_vec();
+    put_str(&mut body, filter);
+    body.push(0);
+    frame(8, 2, &body)
+}
+
+fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, topic);
+    body.extend_from_slice(payload);
+    frame(3, 0, &body)
+}
+
+/// The payload of a QoS 0 PUBLISH body on `topic`.
+fn payload_of(topic: &str, (first, body): (u8, Vec<u8>)) -> Vec<u8> {
+    assert_eq!(first >> 4, 3, "a PUBLISH");
+    let mut expected = Vec::new();
+    put_str(&mut expected, topic);
+    assert_eq!(&body[..expected.len()], &expected[..], "on {topic}");
+    body[expected.len()..].to_vec()
+}
+
+/// MQTT packets are one byte stream across frames: CONNECT and SUBSCRIBE in one frame,
+/// a 300 kB PUBLISH over frames of 1,000 bytes whose last also holds the start of the
+/// next PUBLISH (same topic: order is kept per topic), whose end comes alone; a ping
+/// is answered with its pong.
+#[test]
+fn packets_span_frames_and_frames_hold_several_packets() {
+    let broker = ws_broker(&[]);
+    let ws = broker.ws.expect("ws_listen resolved");
+    let (mut sub, _) = ws_client(ws, "mqtt");
+    sub.send(&[&[connect("raw-sub", None), subscribe("big/#")].concat()]);
+    assert_eq!(sub.packet().0, 0x20, "CONNACK");
+    assert_eq!(sub.packet().0, 0x90, "SUBACK");
+
+    let (mut publisher, _) = ws_client(ws, "mqtt");
+    publisher.send(&[&connect("raw-pub", None)]);
+    assert_eq!(publisher.packet().0, 0x20, "CONNACK");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let stream = [publish("big/t", &big), publish("big/t", b"small")].concat();
+    let split = stream.len() - 4;
+    let mut frames: Vec<&[u8]> = stream[..split].chunks(1000).collect();
+    frames.push(&stream[split..]);
+    publisher.send(&frames);
+
+    assert_eq!(payload_of("big/t", sub.packet()), big);
+    assert_eq!(payload_of("big/t", sub.packet()), b"small");
+
+    sub.ws
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    loop {
+        match sub.ws.read().expect("the pong") {
+            Message::Pong(data) => {
+                assert_eq!(&data[..], b"are you there");
+                break;
+            }
+            Message::Binary(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A close frame from the client ends the connection as a TCP close does: the will is
+/// published, unless DISCONNECT came first. A text frame ends the connection.
+#[test]
+fn a_close_frame_publishes_the_will_unless_disconnect_came_first() {
+    let broker = ws_broker(&[]);
+    let ws = broker.ws.expect("ws_listen resolved");
+    let (tcp, rx) = tcp_client(broker.mqtt, "will-watcher");
+    subscribed(&tcp, &rx, "will/#", "will/probe");
+
+    let (mut polite, _) = ws_client(ws, "mqtt");
+    polite.send(&[&connect("polite", Some(("will/polite", b"gone")))]);
+    assert_eq!(polite.packet().0, 0x20, "CONNACK");
+    polite.send(&[&frame(14, 0, &[])]);
+    let _ = polite.ws.close(None);
+
+    let (mut abrupt, _) = ws_client(ws, "mqtt");
+    abrupt.send(&[&connect("abrupt", Some(("will/abrupt", b"gone")))]);
+    assert_eq!(abrupt.packet().0, 0x20, "CONNACK");
+    abrupt.ws.close(None).unwrap();
+    // The broker answers the close frame, then ends the connection.
+    loop {
+        match abrupt.ws.read() {
+            Ok(Message::Close(_)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("not a clean close: {e}"),
+        }
+    }
+    let (topic, payload) = rx.recv_timeout(WAIT).expect("the will");
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("will/abrupt", &b"gone"[..])
+    );
+
+    let (mut texter, _) = ws_client(ws, "mqtt");
+    texter.send(&[&connect("texter", Some(("will/texter", b"gone")))]);
+    assert_eq!(texter.packet().0, 0x20, "CONNACK");
+    texter.ws.send(Message::Text("not MQTT".into())).unwrap();
+    let (topic, _) = rx.recv_timeout(WAIT).expect("the text frame's will");
+    assert_eq!(topic, "will/texter", "and never will/polite");
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
 }
