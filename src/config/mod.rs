@@ -809,6 +809,45 @@ mod tests {
     }
 
     #[test]
+    fn websocket_listeners_are_checked() {
+        let cpus = vec![0];
+        let ws = Config {
+            ws_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Config::default()
+        };
+        ws.clone().validate(&cpus).unwrap();
+        let same = Config {
+            wss_listen: ws.ws_listen,
+            ..ws.clone()
+        };
+        assert_eq!(same.clone().validate(&cpus).unwrap_err().key, "wss_listen");
+        let on_mqtt = Config {
+            ws_listen: Some(ws.mqtt_listen),
+            ..ws.clone()
+        };
+        assert_eq!(on_mqtt.clone().validate(&cpus).unwrap_err().key, "ws_listen");
+        let wss = Config {
+            wss_listen: Some("127.0.0.1:8081".parse().unwrap()),
+            ..ws.clone()
+        };
+        assert_eq!(
+            wss.clone().validate(&cpus).unwrap_err().key,
+            "tls_cert_file"
+        );
+        let wss = Config {
+            tls_cert_file: "cert.pem".into(),
+            tls_key_file: "key.pem".into(),
+            ..wss
+        };
+        wss.clone().validate(&cpus).unwrap();
+        let path = Config {
+            ws_path: "mqtt".into(),
+            ..wss
+        };
+        assert_eq!(path.clone().validate(&cpus).unwrap_err().key, "ws_path");
+    }
+
+    #[test]
     fn shards_are_bounded_by_what_the_router_can_address() {
         let cpus: Vec<usize> = (0..=SHARDS_MAX).collect();
         let mut config = Config {
