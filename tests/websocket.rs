@@ -1,6 +1,6 @@
 //! MQTT over WebSocket, black-box: a real broker with `ws_listen` (and `wss_listen` over
 //! TLS), driven by independent clients: paho-mqtt (Python) with its websockets transport,
-//! a plain-TCP rumqttc client beside it, and a tungstenite client that frames MQTT bytes
+//! MQTT.js (Node), a plain-TCP rumqttc client beside them, and a tungstenite client that frames MQTT bytes
 //! its own way (one packet over several frames, several packets in one frame).
 
 mod common;
@@ -552,4 +552,79 @@ fn a_close_frame_publishes_the_will_unless_disconnect_came_first() {
     let (topic, _) = rx.recv_timeout(WAIT).expect("the text frame's will");
     assert_eq!(topic, "will/texter", "and never will/polite");
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+}
+
+/// An MQTT.js script (Node, npm `mqtt`): a v5 client and a 3.1.1 client over ws, the
+/// first subscribed (QoS 1) to `js/t`, the second publishing QoS 0 and 1 messages and a
+/// 200 kB one there; prints `got N` once the first has them all.
+const MQTTJS: &str = r#"
+const mqtt = require("mqtt");
+const url = "ws://127.0.0.1:" + process.env.WS_PORT + "/mqtt";
+const fail = (why) => { console.error(why); process.exit(1); };
+setTimeout(() => fail("timed out"), 10000);
+const big = "b".repeat(200000);
+const sent = ["zero", "one", big];
+const got = [];
+const sub = mqtt.connect(url, { clientId: "js-sub", protocolVersion: 5 });
+sub.on("error", (e) => fail("subscriber: " + e));
+sub.on("message", (topic, payload, packet) => {
+    got.push([payload.toString(), packet.qos]);
+    if (got.length < sent.length) return;
+    sent.forEach((p, i) => {
+        if (got[i][0] !== p) fail("message " + i + ": " + got[i][0].length + " bytes");
+        if (got[i][1] !== Math.min(i, 1)) fail("message " + i + ": QoS " + got[i][1]);
+    });
+    console.log("got " + got.length);
+    sub.end(false, {}, () => pub.end(false, {}, () => process.exit(0)));
+});
+let pub;
+sub.on("connect", () => sub.subscribe("js/t", { qos: 1 }, (err) => {
+    if (err) fail("subscribe: " + err);
+    pub = mqtt.connect(url, { clientId: "js-pub", protocolVersion: 4 });
+    pub.on("error", (e) => fail("publisher: " + e));
+    pub.on("connect", () => sent.forEach((p, i) => pub.publish("js/t", p, { qos: Math.min(i, 1) })));
+}));
+"#;
+
+/// Where .ci/run installs MQTT.js (`npm install --prefix target/node mqtt`).
+fn node_modules() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node/node_modules")
+}
+
+/// Whether Node runs here with MQTT.js; in CI (CI set) their absence fails the test.
+fn have_mqttjs() -> bool {
+    let found = Command::new("node")
+        .args(["-e", "require('mqtt')"])
+        .env("NODE_PATH", node_modules())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "node with MQTT.js is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: node or MQTT.js missing (npm install --prefix target/node mqtt)");
+    }
+    found
+}
+
+/// MQTT.js, the browsers' MQTT client, over ws: v5 and 3.1.1, QoS 0 and 1, 200 kB.
+#[test]
+fn mqttjs_publishes_and_subscribes_over_websocket() {
+    if !have_mqttjs() {
+        return;
+    }
+    let broker = ws_broker(&[]);
+    let port = broker.ws.expect("ws_listen resolved").port();
+    let out = Command::new("node")
+        .args(["-e", MQTTJS])
+        .env("NODE_PATH", node_modules())
+        .env("WS_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("node");
+    let stdout = assert_ran(&out, "MQTT.js over ws");
+    assert!(stdout.contains("got 3"), "{stdout}");
 }

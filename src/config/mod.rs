@@ -825,7 +825,10 @@ mod tests {
             ws_listen: Some(ws.mqtt_listen),
             ..ws.clone()
         };
-        assert_eq!(on_mqtt.clone().validate(&cpus).unwrap_err().key, "ws_listen");
+        assert_eq!(
+            on_mqtt.clone().validate(&cpus).unwrap_err().key,
+            "ws_listen"
+        );
         let wss = Config {
             wss_listen: Some("127.0.0.1:8081".parse().unwrap()),
             ..ws.clone()
