@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -627,4 +628,109 @@ fn mqttjs_publishes_and_subscribes_over_websocket() {
         .expect("node");
     let stdout = assert_ran(&out, "MQTT.js over ws");
     assert!(stdout.contains("got 3"), "{stdout}");
+}
+
+/// The headless browser the example page is checked with, if installed; in CI (CI set)
+/// its absence fails the test.
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            Command::new(name)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+    }
+    found
+}
+
+/// examples/web/index.html in headless Chromium subscribes over ws and shows messages
+/// live: what it lists (it publishes its list to a report topic) is what was sent.
+#[test]
+fn the_example_web_page_shows_messages_live() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    if !have_mqttjs() {
+        return;
+    }
+    let broker = ws_broker(&[]);
+    let ws = broker.ws.expect("ws_listen resolved");
+    let (tcp, rx) = tcp_client(broker.mqtt, "web-watcher");
+    subscribed(&tcp, &rx, "web/report", "web/report");
+
+    let dir = common::temp_dir();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("examples/web/index.html"),
+        dir.path().join("index.html"),
+    )
+    .unwrap();
+    std::fs::copy(
+        node_modules().join("mqtt/dist/mqtt.min.js"),
+        dir.path().join("mqtt.min.js"),
+    )
+    .unwrap();
+    let page = format!(
+        "file://{}/index.html?url=ws://{ws}/mqtt&topic=demo/%23&report=web/report",
+        dir.path().display()
+    );
+    let mut chromium = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(&page)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: the renderer and helper processes end with it.
+        .process_group(0)
+        .spawn()
+        .expect("chromium");
+    let report = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, got)) = rx.recv_timeout(left) else {
+                return false;
+            };
+            if got == want.as_bytes() {
+                return true;
+            }
+        }
+    };
+    let subscribed = report("subscribed");
+    if subscribed {
+        for (topic, payload) in [("demo/a", "hello"), ("demo/b", "world")] {
+            tcp.publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+            )
+            .unwrap();
+        }
+    }
+    let shown = subscribed && report("demo/a: hello\ndemo/b: world");
+    // SAFETY: kill(2) on the process group this test started for the browser.
+    unsafe { libc::kill(-(chromium.id() as i32), libc::SIGKILL) };
+    let _ = chromium.wait();
+    assert!(subscribed, "the page never subscribed");
+    assert!(shown, "the page did not show both messages");
 }
