@@ -98,10 +98,10 @@ elif mode == "echo":
     print("echoed %d" % len(done), flush=True)
 "#;
 
-/// Whether paho-mqtt imports here; in CI (CI set) its absence fails the test instead.
-fn have_paho() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
+/// Whether `check` runs and succeeds here; in CI (CI set) a failure fails the test,
+/// elsewhere it is skipped with `hint` (how to install what is missing).
+fn tool_present(check: &mut Command, what: &str, hint: &str) -> bool {
+    let found = check
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -109,11 +109,20 @@ fn have_paho() -> bool {
     if !found {
         assert!(
             std::env::var_os("CI").is_none(),
-            "python3 with paho-mqtt is not installed; .ci/run installs it"
+            "{what} is not installed; .ci/run installs it"
         );
-        eprintln!("SKIPPED: python3 with paho-mqtt is not installed (pip install paho-mqtt)");
+        eprintln!("SKIPPED: {what} is not installed ({hint})");
     }
     found
+}
+
+/// Whether paho-mqtt imports here.
+fn have_paho() -> bool {
+    tool_present(
+        Command::new("python3").args(["-c", "import paho.mqtt.client"]),
+        "python3 with paho-mqtt",
+        "pip install paho-mqtt",
+    )
 }
 
 fn paho_command(mode: &str, port: u16, ca: &str, rest: &[&str]) -> Command {
@@ -592,23 +601,15 @@ fn node_modules() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node/node_modules")
 }
 
-/// Whether Node runs here with MQTT.js; in CI (CI set) their absence fails the test.
+/// Whether Node runs here with MQTT.js.
 fn have_mqttjs() -> bool {
-    let found = Command::new("node")
-        .args(["-e", "require('mqtt')"])
-        .env("NODE_PATH", node_modules())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "node with MQTT.js is not installed; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: node or MQTT.js missing (npm install --prefix target/node mqtt)");
-    }
-    found
+    tool_present(
+        Command::new("node")
+            .args(["-e", "require('mqtt')"])
+            .env("NODE_PATH", node_modules()),
+        "node with MQTT.js",
+        "npm install --prefix target/node mqtt",
+    )
 }
 
 /// MQTT.js, the browsers' MQTT client, over ws: v5 and 3.1.1, QoS 0 and 1, 200 kB.
@@ -630,37 +631,20 @@ fn mqttjs_publishes_and_subscribes_over_websocket() {
     assert!(stdout.contains("got 3"), "{stdout}");
 }
 
-/// The headless browser the example page is checked with, if installed; in CI (CI set)
-/// its absence fails the test.
-fn chromium() -> Option<&'static str> {
-    let found = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| {
-            Command::new(name)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is not installed; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
-    }
-    found
+/// Whether headless Chromium (Debian's `chromium`) is here to check the example page.
+fn have_chromium() -> bool {
+    tool_present(
+        Command::new("chromium").arg("--version"),
+        "chromium",
+        "apt-get install chromium",
+    )
 }
 
 /// examples/web/index.html in headless Chromium subscribes over ws and shows messages
 /// live: what it lists (it publishes its list to a report topic) is what was sent.
 #[test]
 fn the_example_web_page_shows_messages_live() {
-    let Some(browser) = chromium() else {
-        return;
-    };
-    if !have_mqttjs() {
+    if !have_chromium() || !have_mqttjs() {
         return;
     }
     let broker = ws_broker(&[]);
@@ -684,7 +668,7 @@ fn the_example_web_page_shows_messages_live() {
         "file://{}/index.html?url=ws://{ws}/mqtt&topic=demo/%23&report=web/report",
         dir.path().display()
     );
-    let mut chromium = Command::new(browser)
+    let mut chromium = Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
