@@ -212,6 +212,8 @@ fn run(config: &Config, reloader: reload::Reloader) -> Result<(), String> {
         mqtt_listen = %runtime.mqtt_addr,
         metrics_listen = %runtime.metrics_addr,
         mqtts_listen = %runtime.mqtts_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        ws_listen = %runtime.ws_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        wss_listen = %runtime.wss_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         shards = config.shards,
         cpus = ?config.cpus,
         data_dir = %config.data_dir.display(),

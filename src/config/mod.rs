@@ -65,6 +65,16 @@ pub struct Config {
     /// Serve `metrics_listen` over TLS (HTTPS) with the same certificate, key and
     /// client-certificate settings as `mqtts_listen`.
     pub metrics_tls: bool,
+    /// MQTT over WebSocket listener address (mosquitto users' conventional port is 8080;
+    /// 9001 is as common), bound by every shard like `mqtt_listen`; unset = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS (conventionally 8081 or 443), with the `tls_*`
+    /// settings of `mqtts_listen`; unset = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss_listen: Option<SocketAddr>,
+    /// The HTTP path a WebSocket client upgrades on; any other path is answered 404.
+    pub ws_path: String,
     /// Directory for the lock file and the per-shard WAL directories.
     pub data_dir: PathBuf,
     /// Log filter (`tracing` directive syntax, e.g. `info` or `shardmq=debug`).
@@ -326,6 +336,9 @@ impl Default for Config {
             tls_require_certificate: false,
             use_identity_as_username: false,
             metrics_tls: false,
+            ws_listen: None,
+            wss_listen: None,
+            ws_path: "/mqtt".to_string(),
             data_dir: PathBuf::from("./data"),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
@@ -591,15 +604,29 @@ impl Config {
     /// The TLS keys hang together; the files themselves are read by `net::tls`.
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let set = |p: &PathBuf| !p.as_os_str().is_empty();
-        if let Some(addr) = self.mqtts_listen {
-            if addr.port() != 0 && (addr == self.mqtt_listen || addr == self.metrics_listen) {
+        let extra = [
+            ("mqtts_listen", self.mqtts_listen),
+            ("ws_listen", self.ws_listen),
+            ("wss_listen", self.wss_listen),
+        ];
+        for (i, (key, addr)) in extra.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                continue;
+            };
+            if addr == self.mqtt_listen
+                || addr == self.metrics_listen
+                || extra[..i].iter().any(|(_, other)| *other == Some(addr))
+            {
                 return Err(ConfigError::new(
-                    "mqtts_listen",
-                    "must differ from mqtt_listen and metrics_listen",
+                    *key,
+                    "must differ from every other listener address",
                 ));
             }
         }
-        if self.mqtts_listen.is_some() || self.metrics_tls {
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::new("ws_path", "must start with '/'"));
+        }
+        if self.mqtts_listen.is_some() || self.wss_listen.is_some() || self.metrics_tls {
             for (key, path) in [
                 ("tls_cert_file", &self.tls_cert_file),
                 ("tls_key_file", &self.tls_key_file),
@@ -607,7 +634,7 @@ impl Config {
                 if !set(path) {
                     return Err(ConfigError::new(
                         key,
-                        "required with mqtts_listen or metrics_tls",
+                        "required with mqtts_listen, wss_listen or metrics_tls",
                     ));
                 }
             }
@@ -779,6 +806,48 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "shards");
+    }
+
+    #[test]
+    fn websocket_listeners_are_checked() {
+        let cpus = vec![0];
+        let ws = Config {
+            ws_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Config::default()
+        };
+        ws.clone().validate(&cpus).unwrap();
+        let same = Config {
+            wss_listen: ws.ws_listen,
+            ..ws.clone()
+        };
+        assert_eq!(same.clone().validate(&cpus).unwrap_err().key, "wss_listen");
+        let on_mqtt = Config {
+            ws_listen: Some(ws.mqtt_listen),
+            ..ws.clone()
+        };
+        assert_eq!(
+            on_mqtt.clone().validate(&cpus).unwrap_err().key,
+            "ws_listen"
+        );
+        let wss = Config {
+            wss_listen: Some("127.0.0.1:8081".parse().unwrap()),
+            ..ws.clone()
+        };
+        assert_eq!(
+            wss.clone().validate(&cpus).unwrap_err().key,
+            "tls_cert_file"
+        );
+        let wss = Config {
+            tls_cert_file: "cert.pem".into(),
+            tls_key_file: "key.pem".into(),
+            ..wss
+        };
+        wss.clone().validate(&cpus).unwrap();
+        let path = Config {
+            ws_path: "mqtt".into(),
+            ..wss
+        };
+        assert_eq!(path.clone().validate(&cpus).unwrap_err().key, "ws_path");
     }
 
     #[test]

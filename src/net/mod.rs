@@ -18,6 +18,7 @@ mod room;
 mod serve;
 mod socket;
 pub mod tls;
+mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -107,6 +108,33 @@ impl Connections {
     }
 }
 
+/// What a listener speaks underneath MQTT. A TLS listener takes the acceptor in force at
+/// each accept: a reload swaps it for new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    /// `mqtt_listen`.
+    Tcp,
+    /// `mqtts_listen`.
+    Tls,
+    /// `ws_listen`.
+    Ws,
+    /// `wss_listen`.
+    Wss,
+}
+
+/// What one connection speaks underneath MQTT.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP (`mqtt_listen`).
+    Tcp,
+    /// TLS (`mqtts_listen`).
+    Tls(futures_rustls::TlsAcceptor),
+    /// WebSocket (`ws_listen`).
+    Ws,
+    /// WebSocket over TLS (`wss_listen`).
+    Wss(futures_rustls::TlsAcceptor),
+}
+
 /// Whether the source of `stream` is within `connections_per_source_rate_max`.
 fn source_admitted(
     shard: &Shard,
@@ -131,11 +159,11 @@ fn source_admitted(
 /// CONNECT is read (briefly) so it can be answered CONNACK 0x97 Quota exceeded — the v5
 /// code for an administrative limit; 0x9F Connection rate exceeded is about rates, 0x89
 /// Server busy about transient load — or, for 3.1.1, return code 3 (server
-/// unavailable). On the TLS listener (`tls` set) such a connection is closed at once:
-/// answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
+/// unavailable). On the TLS and WebSocket listeners such a connection is closed at
+/// once: answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::shard::REFUSING_MAX) such
 /// refusals are already in progress the connection is closed at once, before any
 /// CONNECT: a flood of connections over the limit costs at most that many small tasks.
-pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, tls: bool) {
+pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, kind: Listening) {
     let mut sources = bounds::SourceRate::new(
         shard.config.connections_per_source_rate_max,
         shard.mesh.shards(),
@@ -151,13 +179,23 @@ pub async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, tls: bool) {
                     Ok(slot) => {
                         let shard = Rc::clone(shard);
                         // The acceptor in force now: a reload swaps it for new connections.
-                        let tls = tls.then(|| shard.tls.borrow().clone()).flatten();
+                        let tls = || shard.tls.borrow().clone();
+                        let transport = match kind {
+                            Listening::Tcp => Some(Transport::Tcp),
+                            Listening::Ws => Some(Transport::Ws),
+                            Listening::Tls => tls().map(Transport::Tls),
+                            Listening::Wss => tls().map(Transport::Wss),
+                        };
+                        let Some(transport) = transport else {
+                            drop(stream);
+                            continue;
+                        };
                         glommio::spawn_local(async move {
-                            serve::serve(shard, stream, slot, tls).await
+                            serve::serve(shard, stream, slot, transport).await
                         })
                         .detach();
                     }
-                    Err(Refused::Answer(limit, slot)) if !tls => {
+                    Err(Refused::Answer(limit, slot)) if kind == Listening::Tcp => {
                         let shard = Rc::clone(shard);
                         glommio::spawn_local(async move {
                             refuse::refuse(&shard, stream, limit, slot).await

@@ -5,7 +5,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
@@ -17,7 +16,7 @@ use super::conn::Conn;
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
 use super::socket::Socket;
-use super::tls;
+use super::{tls, ws, Transport};
 
 /// Bytes read from the socket per wake-up at most.
 pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
@@ -75,29 +74,25 @@ pub(super) enum Ending {
 }
 
 /// Serves one admitted connection; `_slot` keeps it counted against the connection
-/// limits until it is gone. With `tls`, the connection is first a TLS handshake.
+/// limits until it is gone. Over TLS or WebSocket the connection first goes through
+/// their handshakes.
 pub(super) async fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
     _slot: ConnectionSlot,
-    tls: Option<TlsAcceptor>,
+    transport: Transport,
 ) {
-    // The connect deadline runs from here, through the TLS handshake to the CONNECT.
+    // The connect deadline runs from here, through the TLS handshake and the WebSocket
+    // upgrade to the CONNECT.
     let accepted_at = Instant::now();
     let conn = shard.connections.register(stream.as_raw_fd());
     shard.probe.connections_accepted_total.inc();
     shard.probe.connections_current.add(1);
     let _ = stream.set_nodelay(true);
-    let opened = match tls {
-        None => Some(tls::Opened {
-            socket: Socket::plain(stream),
-            identity: None,
-        }),
-        // A failed handshake drops the stream; nothing awaits between that and
-        // unregistering, so `conn.fd` never names someone else's descriptor.
-        Some(acceptor) => tls::handshake(&shard, &acceptor, stream, accepted_at).await,
-    };
-    if let Some(tls::Opened { socket, identity }) = opened {
+    // A failed handshake drops the stream; nothing awaits between that and
+    // unregistering, so `conn.fd` never names someone else's descriptor.
+    let opened = open(&shard, stream, transport, accepted_at).await;
+    if let Some((socket, identity)) = opened {
         // The writer task shares the socket: reading and writing never wait for each
         // other (see `socket`), and the connection costs one descriptor.
         let writer = glommio::spawn_local(write_loop(
@@ -119,6 +114,34 @@ pub(super) async fn serve(
     }
     shard.probe.connections_current.add(-1);
     shard.probe.connections_closed_total.inc();
+}
+
+/// The MQTT byte stream of a connection on a `transport` listener, after the handshakes
+/// it needs, and the user a TLS client certificate names.
+async fn open(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    transport: Transport,
+    accepted_at: Instant,
+) -> Option<(Socket, Option<String>)> {
+    match transport {
+        Transport::Tcp => Some((Socket::plain(stream), None)),
+        Transport::Tls(acceptor) => {
+            let (stream, identity) = tls::handshake(shard, &acceptor, stream, accepted_at).await?;
+            Some((Socket::tls(stream), identity))
+        }
+        Transport::Ws => {
+            let peer = stream.peer_addr().ok();
+            let conn = ws::upgrade(shard, stream, peer, accepted_at).await?;
+            Some((Socket::ws(conn), None))
+        }
+        Transport::Wss(acceptor) => {
+            let peer = stream.peer_addr().ok();
+            let (stream, identity) = tls::handshake(shard, &acceptor, stream, accepted_at).await?;
+            let conn = ws::upgrade(shard, stream, peer, accepted_at).await?;
+            Some((Socket::wss(conn), identity))
+        }
+    }
 }
 
 async fn read_side(
@@ -279,11 +302,10 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
     while let Some(chunk) = conn.next_output().await {
         // The output moved here: a reader paused on it may fill it again meanwhile.
         conn.output_drained(false);
-        if socket.write_all(&chunk).await.is_err() {
+        if socket.write_all(chunk).await.is_err() {
             failed = true;
             break;
         }
-        drop(chunk);
         // The buffer drained: move more of the session's queue onto the wire.
         if let Some(key) = conn.session.get() {
             shard.on_drained(key);

@@ -15,9 +15,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
+
+use super::ws::WsConn;
 
 /// A handle on a connection's socket; clones share the one descriptor, which closes when
 /// the last clone drops.
@@ -26,10 +29,16 @@ use glommio::net::TcpStream;
 /// only read (futures-rustls writes nothing from `poll_read` but a last alert on a
 /// fatal error) and a write only writes, so each task still waits on its own direction.
 /// Plain TCP pays one branch per read or write for the choice.
+///
+/// Over WebSocket the framing sits there too, and the same holds: the framing layer
+/// keeps a waker per direction, and a pong or close reply the reader queues goes out
+/// with the writer's next flush or the reader's next read.
 #[derive(Clone)]
 pub(super) enum Socket {
     Plain(Rc<RefCell<TcpStream>>),
     Tls(Rc<RefCell<TlsStream<TcpStream>>>),
+    Ws(Rc<RefCell<WsConn<TcpStream>>>),
+    Wss(Rc<RefCell<WsConn<TlsStream<TcpStream>>>>),
 }
 
 impl Socket {
@@ -41,11 +50,21 @@ impl Socket {
         Socket::Tls(Rc::new(RefCell::new(stream)))
     }
 
+    pub(super) fn ws(conn: WsConn<TcpStream>) -> Self {
+        Socket::Ws(Rc::new(RefCell::new(conn)))
+    }
+
+    pub(super) fn wss(conn: WsConn<TlsStream<TcpStream>>) -> Self {
+        Socket::Wss(Rc::new(RefCell::new(conn)))
+    }
+
     /// Runs `f` on the TCP stream underneath.
     fn with_tcp<R>(&self, f: impl FnOnce(&TcpStream) -> R) -> R {
         match self {
             Socket::Plain(s) => f(&s.borrow()),
             Socket::Tls(s) => f(s.borrow().get_ref().0),
+            Socket::Ws(s) => f(s.borrow().get_ref()),
+            Socket::Wss(s) => f(s.borrow().get_ref().get_ref().0),
         }
     }
 
@@ -67,30 +86,51 @@ impl Socket {
                 poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf)).await
             }
             Socket::Tls(s) => poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf)).await,
+            Socket::Ws(s) => poll_fn(|cx| s.borrow_mut().poll_read(cx, buf)).await,
+            Socket::Wss(s) => poll_fn(|cx| s.borrow_mut().poll_read(cx, buf)).await,
         }
     }
 
-    /// Writes all of `buf`, in as few syscalls as the socket's buffer allows.
-    pub(super) async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+    /// Writes all of `chunk`, in as few syscalls as the socket's buffer allows; over
+    /// WebSocket as one binary frame.
+    pub(super) async fn write_all(&self, chunk: BytesMut) -> io::Result<()> {
         match self {
-            Socket::Plain(s) => write_all(s, buf).await,
+            Socket::Plain(s) => write_all(s, &chunk).await,
             Socket::Tls(s) => {
-                write_all(s, buf).await?;
+                write_all(s, &chunk).await?;
                 // rustls may keep the last records of `buf` until flushed.
                 poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_flush(cx)).await
+            }
+            Socket::Ws(s) => {
+                let mut chunk = Some(chunk);
+                poll_fn(|cx| s.borrow_mut().poll_send(cx, &mut chunk)).await
+            }
+            Socket::Wss(s) => {
+                let mut chunk = Some(chunk);
+                poll_fn(|cx| s.borrow_mut().poll_send(cx, &mut chunk)).await
             }
         }
     }
 
-    /// TLS: tells the peer the stream ends here (close_notify), waiting at most `limit`
-    /// for the socket to take it, so a client sees a clean end rather than a truncation.
-    /// Plain TCP: nothing.
+    /// TLS: tells the peer the stream ends here (close_notify); WebSocket: sends a close
+    /// frame (or the reply to the client's); waiting at most `limit` for the socket to
+    /// take it, so a client sees a clean end rather than a truncation. Plain TCP: nothing.
     pub(super) async fn close_notify(&self, limit: Duration) {
-        if let Socket::Tls(s) = self {
-            s.borrow_mut().get_mut().1.send_close_notify();
-            let flushed = poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_flush(cx));
-            let _ = glommio::timer::timeout(limit, async { Ok(flushed.await) }).await;
-        }
+        let closed = async {
+            match self {
+                Socket::Plain(_) => {}
+                Socket::Tls(s) => close_tls(s).await,
+                Socket::Ws(s) => {
+                    let _ = poll_fn(|cx| s.borrow_mut().poll_close(cx)).await;
+                }
+                Socket::Wss(s) => {
+                    let _ = poll_fn(|cx| s.borrow_mut().poll_close(cx)).await;
+                    close_tls_in(s, |c| c.get_mut()).await;
+                }
+            }
+            Ok(())
+        };
+        let _ = glommio::timer::timeout(limit, closed).await;
     }
 
     /// Ends both directions of the socket: a read parked on it returns end of stream. The
@@ -99,6 +139,16 @@ impl Socket {
         // SAFETY: shutdown(2) on the descriptor this handle keeps open; it only ends I/O.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
     }
+}
+
+async fn close_tls(s: &RefCell<TlsStream<TcpStream>>) {
+    close_tls_in(s, |s| s).await
+}
+
+/// Sends close_notify on the TLS stream `get` finds in `s` and flushes it.
+async fn close_tls_in<T>(s: &RefCell<T>, get: impl Fn(&mut T) -> &mut TlsStream<TcpStream>) {
+    get(&mut s.borrow_mut()).get_mut().1.send_close_notify();
+    let _ = poll_fn(|cx| Pin::new(get(&mut s.borrow_mut())).poll_flush(cx)).await;
 }
 
 async fn write_all<S: AsyncWrite + Unpin>(stream: &RefCell<S>, mut buf: &[u8]) -> io::Result<()> {

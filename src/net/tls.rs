@@ -4,7 +4,8 @@
 //! rustls runs over glommio's `TcpStream` through futures-io (`futures-rustls`). The
 //! handshake happens before the connection's tasks start, under the connection's
 //! `connect_timeout_ms` deadline; after it the stream is one more [`Socket`] kind and
-//! the packet loop is the same as for plain TCP.
+//! the packet loop is the same as for plain TCP (`wss_listen` puts WebSocket on top
+//! first, see `ws`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +18,7 @@ use futures_rustls::rustls::pki_types::pem::PemObject;
 use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use futures_rustls::rustls::server::WebPkiClientVerifier;
 use futures_rustls::rustls::{self, RootCertStore, ServerConfig};
+use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
@@ -24,15 +26,13 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::Limit;
 use crate::shard::Shard;
 
-use super::socket::Socket;
-
 /// The TLS settings every shard's TLS listener shares.
 pub type ServerTls = Arc<ServerConfig>;
 
-/// The server configuration for `mqtts_listen` and `metrics_tls`, or `None` when neither
+/// The server configuration for `mqtts_listen`, `wss_listen` and `metrics_tls`, or `None` when neither
 /// is set. Errors name the key whose file is missing or wrong.
 pub fn server_config(config: &Config) -> Result<Option<ServerTls>, ConfigError> {
-    if config.mqtts_listen.is_none() && !config.metrics_tls {
+    if config.mqtts_listen.is_none() && config.wss_listen.is_none() && !config.metrics_tls {
         return Ok(None);
     }
     let certs = read_certs("tls_cert_file", &config.tls_cert_file)?;
@@ -101,22 +101,16 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
     Ok(certs)
 }
 
-/// A connection on the TLS listener after its handshake.
-pub(super) struct Opened {
-    pub socket: Socket,
-    /// The user its certificate names, with `use_identity_as_username`.
-    pub identity: Option<String>,
-}
-
 /// Runs the TLS handshake of a connection accepted at `accepted_at`, within the
 /// connection's `connect_timeout_ms`. `None` (the socket closed) if it failed, stalled,
-/// or `use_identity_as_username` finds no name in the client's certificate.
+/// or `use_identity_as_username` finds no name in the client's certificate. Beside
+/// the stream: the user its certificate names, with `use_identity_as_username`.
 pub(super) async fn handshake(
     shard: &Rc<Shard>,
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     accepted_at: Instant,
-) -> Option<Opened> {
+) -> Option<(TlsStream<TcpStream>, Option<String>)> {
     // Looked up now: a failed handshake's log line names the peer, and by then the
     // socket is gone.
     let peer = stream.peer_addr().ok();
@@ -153,10 +147,7 @@ pub(super) async fn handshake(
     } else {
         None
     };
-    Some(Opened {
-        socket: Socket::tls(stream),
-        identity,
-    })
+    Some((stream, identity))
 }
 
 /// The name a client certificate gives its holder: the subject's common name, else its

@@ -30,6 +30,7 @@ use crate::broker::persist::migrate::MigrationConfig;
 use crate::broker::Recovered;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
+use crate::net::Listening;
 use crate::storage::{Wal, WalConfig};
 
 /// How long a shard runs tasks before it reaps io_uring completions and timers again.
@@ -69,6 +70,10 @@ pub struct Runtime {
     pub metrics_addr: SocketAddr,
     /// The MQTT over TLS address, if configured (port 0 resolved).
     pub mqtts_addr: Option<SocketAddr>,
+    /// The MQTT over WebSocket address, if configured (port 0 resolved).
+    pub ws_addr: Option<SocketAddr>,
+    /// The MQTT over WebSocket over TLS address, if configured (port 0 resolved).
+    pub wss_addr: Option<SocketAddr>,
     /// Every shard's counters, for reading from the main thread.
     pub probes: Probes,
     shutdown: ShutdownHandle,
@@ -98,8 +103,18 @@ impl Runtime {
             Some(addr) if tls.is_some() => Some(claim_port("mqtts_listen", addr)?),
             _ => None,
         };
+        let ws_claim = match config.ws_listen {
+            Some(addr) => Some(claim_port("ws_listen", addr)?),
+            None => None,
+        };
+        let wss_claim = match config.wss_listen {
+            Some(addr) if tls.is_some() => Some(claim_port("wss_listen", addr)?),
+            _ => None,
+        };
         let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
         let mqtts_addr = mqtts_claim.as_ref().map(|c| c.addr);
+        let ws_addr = ws_claim.as_ref().map(|c| c.addr);
+        let wss_addr = wss_claim.as_ref().map(|c| c.addr);
         let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
         crate::broker::persist::migrate::prepare_layout(&MigrationConfig {
             data_dir: config.data_dir.clone(),
@@ -121,6 +136,8 @@ impl Runtime {
             mqtt_listen: mqtt_addr,
             metrics_listen: metrics_addr,
             mqtts_listen: mqtts_addr,
+            ws_listen: ws_addr,
+            wss_listen: wss_addr,
             ..config.clone()
         });
         let probes: Probes = (0..config.shards)
@@ -184,6 +201,8 @@ impl Runtime {
             mqtt_addr,
             metrics_addr,
             mqtts_addr,
+            ws_addr,
+            wss_addr,
             probes: probes.clone(),
             shutdown: ShutdownHandle {
                 senders: shutdown_senders,
@@ -419,12 +438,20 @@ async fn run_shard(
     let listener = bind_listener(config.mqtt_listen)
         .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
     let tls = shard.tls.borrow().is_some();
-    let tls_listener = match config.mqtts_listen {
-        Some(addr) if tls => {
-            Some(bind_listener(addr).map_err(|e| format!("binding mqtts_listen {addr}: {e}"))?)
+    // Beside mqtt_listen: each listener that is configured, with what it speaks (the TLS
+    // ones only with certificates loaded at start).
+    let mut listeners = Vec::new();
+    for (key, addr, kind) in [
+        ("mqtts_listen", config.mqtts_listen, Listening::Tls),
+        ("ws_listen", config.ws_listen, Listening::Ws),
+        ("wss_listen", config.wss_listen, Listening::Wss),
+    ] {
+        let usable = tls || kind == Listening::Ws;
+        if let Some(addr) = addr.filter(|_| usable) {
+            let listener = bind_listener(addr).map_err(|e| format!("binding {key} {addr}: {e}"))?;
+            listeners.push((Rc::new(listener), kind));
         }
-        _ => None,
-    };
+    }
     let metrics_tls = tls && config.metrics_tls;
     let metrics = if id == config.metrics_shard {
         Some(
@@ -491,12 +518,20 @@ async fn run_shard(
     }
     let _ = events.send(Event::Ready);
 
-    futures_lite::future::zip(crate::net::accept_loop(&shard, &listener, false), async {
-        if let Some(listener) = &tls_listener {
-            crate::net::accept_loop(&shard, listener, true).await;
-        }
-    })
-    .await;
+    let others = listeners
+        .iter()
+        .map(|(listener, kind)| {
+            let shard = Rc::clone(&shard);
+            let (listener, kind) = (Rc::clone(listener), *kind);
+            glommio::spawn_local(
+                async move { crate::net::accept_loop(&shard, &listener, kind).await },
+            )
+        })
+        .collect::<Vec<_>>();
+    crate::net::accept_loop(&shard, &listener, Listening::Tcp).await;
+    for task in others {
+        task.await;
+    }
     let drain = Duration::from_millis(config.shutdown_timeout_ms * 8 / 10);
     shard.connections.drain(drain).await;
     // What the closed connections acknowledged is not sent again after the restart.

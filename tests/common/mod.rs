@@ -25,6 +25,9 @@ pub struct Broker {
     pub metrics: SocketAddr,
     /// The MQTT over TLS address, when `mqtts_listen` is set.
     pub mqtts: Option<SocketAddr>,
+    /// The MQTT over WebSocket addresses, when `ws_listen` / `wss_listen` are set.
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Keeps the temp dir alive when the harness made it.
     _temp: Option<tempfile::TempDir>,
@@ -150,6 +153,8 @@ impl Broker {
                     mqtt: addr("mqtt_listen"),
                     metrics: addr("metrics_listen"),
                     mqtts: v["mqtts_listen"].as_str().and_then(|a| a.parse().ok()),
+                    ws: v["ws_listen"].as_str().and_then(|a| a.parse().ok()),
+                    wss: v["wss_listen"].as_str().and_then(|a| a.parse().ok()),
                     child,
                     data_dir,
                     _temp: temp,
