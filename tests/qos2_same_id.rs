@@ -310,3 +310,72 @@ fn a_recovered_exchange_is_completed_after_its_client_unsubscribes() {
 fn a_shared_members_recovered_exchange_is_completed_after_it_unsubscribes() {
     recovered_id_stays_reserved_until_its_exchange_is_back("$share/g/q2/#", true);
 }
+
+/// A retained QoS 2 message sent to a persistent subscriber when it subscribes is an
+/// exchange like any: the client holds its packet id from the PUBLISH on. Its log
+/// position lies below the session's cursor (the subscription began at the log's end),
+/// so nothing may drop its `qos2_sent` entry for being below the cursor: after `kill -9`
+/// it is resent under its id with DUP, and no other message takes that id first.
+#[test]
+fn a_retained_message_in_flight_keeps_its_packet_id_across_kill_9() {
+    let dir = temp_dir();
+    let options = BrokerOptions {
+        shards: 2,
+        data_dir: Some(dir.path().to_path_buf()),
+        env: vec![("SHARDMQ_FSYNC_POLICY".into(), "always".into())],
+        ..BrokerOptions::default()
+    };
+    let b = Broker::start_with(options.clone());
+    let mut publ = Conn::client(b.mqtt, true, "q2-ret-pub");
+    assert_eq!(
+        publ.publish(Publish::new("q2r/kept", b"retained", 2).retain(true)),
+        0
+    );
+    drop(publ);
+    let session = Connect::v5("q2-ret-sub").clean(false).session_expiry(3600);
+    let (mut sub, _) = Conn::connect(b.mqtt, &session);
+    sub.auto_ack = false;
+    sub.sub("q2r/#", 2);
+    let first = sub
+        .try_publish(Duration::from_secs(10))
+        .expect("the retained message on subscribe");
+    assert_eq!(first.payload, b"retained");
+    // Later messages of the same owner are acknowledged, so the session's cursor there
+    // moves past them, and past the retained message's position.
+    let mut publ = Conn::client(b.mqtt, true, "q2-ret-pub1");
+    for i in 0..3u8 {
+        assert_eq!(publ.publish(Publish::new("q2r/kept", &[b'a' + i], 1)), 0);
+        let p = sub.try_publish(Duration::from_secs(10)).expect("live");
+        sub.ack(common::raw::PUBACK, p.pid);
+    }
+    // The cursor is logged every 200 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    drop(publ);
+    let (b, mut sub) = restarted(b, sub, options, &session, true);
+    let mut publ = Conn::client(b.mqtt, true, "q2-ret-pub2");
+    for i in 0..5u8 {
+        assert_eq!(publ.publish(Publish::new("q2r/new", &[i], 2)), 0);
+    }
+    let again = sub.drain_publishes(Duration::from_secs(3));
+    let seen: Vec<(String, u16, bool)> = again
+        .iter()
+        .map(|p| {
+            (
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.pid,
+                p.dup,
+            )
+        })
+        .collect();
+    let under_its_id: Vec<&(String, u16, bool)> = seen
+        .iter()
+        .filter(|(_, pid, _)| *pid == first.pid)
+        .collect();
+    assert!(
+        under_its_id
+            .iter()
+            .all(|(payload, _, dup)| payload == "retained" && *dup),
+        "id {} held for the retained message went to another message: {seen:?}",
+        first.pid
+    );
+}

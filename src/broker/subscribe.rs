@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::mqtt::ReasonCode;
+use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{Delivery, SubOptions};
 use crate::shard::{Shard, ShardMsg};
@@ -350,12 +350,19 @@ impl Shard {
             return;
         };
         for msg in messages {
+            let qos = opts.qos.min(msg.qos);
+            // A replay never brings a retained copy back (it lies below where the
+            // subscription began), so it does not hold the cursor; except a QoS 2 one to a
+            // logged session: once sent, its exchange is completed under its packet id
+            // after a restart too, and its `qos2_sent` entry lasts only while the cursor
+            // is not past its message (see "Recovered exchanges keep their packet ids").
+            let holds_cursor = qos == QoS::ExactlyOnce && slot.session.logged && msg.log.is_some();
             let delivery = Delivery {
-                qos: opts.qos.min(msg.qos),
+                qos,
                 retain: true,
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 share_group: None,
-                holds_cursor: false,
+                holds_cursor,
                 msg,
             };
             self.offer(slot, delivery, now);
