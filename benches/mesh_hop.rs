@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
+use shardmq::broker::ShardMsg;
 use shardmq::metrics::ShardProbe;
 use shardmq::mqtt::{ByteStr, PublishProperties, QoS};
+use shardmq::runtime::{Batch, Mesh, MeshSetup};
 use shardmq::session::{LogPos, Message};
-use shardmq::shard::{Batch, Mesh, MeshSetup, ShardMsg};
 
 const MESSAGES_DEFAULT: u64 = 2_000_000;
 /// Batches a mesh channel holds, as the broker's default `mesh_channel_batches_max`.
@@ -107,7 +108,7 @@ fn message(offset: u64) -> Arc<Message> {
 
 /// Runs one case; returns the time from the first send to the last receive.
 fn run_case(path: Path, messages: u64, cpus: [usize; 2]) -> Duration {
-    let raw = MeshBuilder::<Batch, _>::full(2, CHANNEL_BATCHES);
+    let raw = MeshBuilder::<Batch<ShardMsg>, _>::full(2, CHANNEL_BATCHES);
     let setup = MeshSetup::new(2, CHANNEL_BATCHES);
     // Both sides pass it once joined, so the clock starts with the mesh up on both ends.
     let ready = Arc::new(Barrier::new(2));
@@ -171,7 +172,7 @@ impl Side {
 
     async fn raw(
         self,
-        builder: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
+        builder: MeshBuilder<Batch<ShardMsg>, glommio::channels::channel_mesh::Full>,
         batch: usize,
     ) -> Option<Duration> {
         let (senders, mut receivers) = builder.join().await.expect("mesh join");
@@ -183,7 +184,7 @@ impl Side {
             let mut sent = 0u64;
             while sent < self.messages {
                 let n = (self.messages - sent).min(batch as u64) as usize;
-                let items: Batch = (0..n as u64)
+                let items: Batch<ShardMsg> = (0..n as u64)
                     .map(|i| ShardMsg::Deliver {
                         msg: Arc::clone(&ring[((sent + i) % RING_MESSAGES as u64) as usize]),
                     })
@@ -205,7 +206,7 @@ impl Side {
         }
     }
 
-    async fn shard(self, setup: MeshSetup, batch: usize) -> Option<Duration> {
+    async fn shard(self, setup: MeshSetup<ShardMsg>, batch: usize) -> Option<Duration> {
         let probe = Arc::new(ShardProbe::default());
         let mut joined = Mesh::join(setup, self.me, batch, probe)
             .await

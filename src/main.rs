@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 use shardmq::auth::acl::{self, Acl, AclConfig, RuleSpec, Who};
 use shardmq::auth::{AuthConfig, Authenticator, UserEntry};
 use shardmq::config::{self, Config, ConfigSources, LogFormat};
-use shardmq::shard::{notify, DataDirLock, Live, Outcome, Runtime, Snapshot};
+use shardmq::runtime::{notify, DataDirLock, Outcome};
+use shardmq::server::{Live, Server, Snapshot};
 
 /// Every shard frees messages that another shard allocated (a publish is decoded on the
 /// publisher's shard and dropped on each subscriber's): glibc malloc serializes those frees
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     // So are the TLS certificate and key.
-    let tls = match shardmq::net::tls::server_config(&config) {
+    let tls = match shardmq::door::mqtt::tls::server_config(&config) {
         Ok(tls) => tls,
         Err(e) => return config_error(e),
     };
@@ -206,7 +207,7 @@ fn run(config: &Config, reloader: reload::Reloader) -> Result<(), String> {
         libc::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let runtime = Runtime::start(config, std::sync::Arc::clone(&reloader.live))?;
+    let runtime = Server::start(config, std::sync::Arc::clone(&reloader.live))?;
     tracing::info!(
         version = VERSION,
         mqtt_listen = %runtime.mqtt_addr,

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use shardmq::config::{self, Config, ConfigSources};
 use shardmq::metrics::Probes;
-use shardmq::shard::{Live, ShutdownHandle, Snapshot};
+use shardmq::runtime::ShutdownHandle;
+use shardmq::server::{Live, Snapshot};
 
 /// The config keys a reload applies; any other key changed in the file needs a restart.
 const RELOADABLE: &[&str] = &[
@@ -99,7 +100,7 @@ impl Reloader {
         let mut config = config::load(&self.sources)?;
         config.validate(&config::affinity_cpus())?;
         let auth = crate::authenticator(&config)?;
-        let tls = shardmq::net::tls::server_config(&config)?;
+        let tls = shardmq::door::mqtt::tls::server_config(&config)?;
         let started_tls = self.live.current().tls.is_some();
         let tls = match (started_tls, tls) {
             (true, Some(tls)) => Some(tls),

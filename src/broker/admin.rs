@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::broker::{Broker, ShardMsg};
 use crate::metrics::{AdminAction, AdminBackend, AdminList, AdminPage};
 use crate::mqtt::{ByteStr, QoS, ReasonCode};
 use crate::router::owner_of;
 use crate::session::Message;
-use crate::shard::{Shard, ShardMsg};
 
 use super::publish::MayWait;
 use super::{Reply, SessionSlot};
@@ -132,7 +132,7 @@ impl<K: Ord, T> Smallest<K, T> {
     }
 }
 
-impl Shard {
+impl Broker {
     /// Asks shard `to` (this one included) and waits for its answer.
     async fn ask_admin(&self, to: usize, query: AdminQuery) -> AdminAnswer {
         let mut query = Some(query);
@@ -147,7 +147,7 @@ impl Shard {
         shards: std::ops::Range<usize>,
         mut query: impl FnMut(usize) -> AdminQuery,
     ) -> Vec<AdminAnswer> {
-        let id = self.broker.open_request(shards.len());
+        let id = self.state.open_request(shards.len());
         for to in shards {
             self.post(
                 to,
@@ -157,7 +157,7 @@ impl Shard {
                 },
             );
         }
-        self.broker
+        self.state
             .replies(id)
             .await
             .into_iter()
@@ -193,8 +193,8 @@ impl Shard {
         if list == AdminList::Retained {
             return self.retained_page(after, limit);
         }
-        let sessions = self.broker.sessions.borrow();
-        let by_client = self.broker.by_client.borrow();
+        let sessions = self.state.sessions.borrow();
+        let by_client = self.state.by_client.borrow();
         let slot_of = |client: &str| by_client.get(client).and_then(|k| sessions.get(k));
         let full = |rows: &Vec<Value>, scanned: usize| rows.len() >= limit || scanned >= SCAN_MAX;
         let mut rows = Vec::new();
@@ -271,7 +271,7 @@ impl Shard {
     fn retained_page(&self, after: Option<&str>, limit: usize) -> (Vec<Value>, Option<String>) {
         let now = Instant::now();
         let mut page = Smallest::new(limit);
-        self.broker.retained.borrow().for_each(|topic, msg| {
+        self.state.retained.borrow().for_each(|topic, msg| {
             let past = after.is_none_or(|a| topic > a);
             if past && !msg.is_expired(now) && page.admits(|top: &String| topic < top.as_str()) {
                 page.keep(topic.to_string(), Arc::clone(msg));
@@ -302,8 +302,8 @@ impl Shard {
         json!({
             "client_id": slot.session.client_id.as_str(),
             "user": user.as_ref().map(ByteStr::as_str),
-            "peer": conn.and_then(|c| c.peer_addr()).map(|a| a.to_string()),
-            "protocol": crate::net::protocol_version(slot.session.protocol),
+            "peer": conn.and_then(|c| c.peer).map(|a| a.to_string()),
+            "protocol": slot.session.protocol.version(),
             "shard": self.id,
             "keep_alive_secs": keep_alive,
             "inflight": slot.session.outbound.inflight(),
@@ -316,7 +316,7 @@ impl Shard {
         json!({
             "client_id": slot.session.client_id.as_str(),
             "connected": slot.conn.is_some(),
-            "protocol": crate::net::protocol_version(slot.session.protocol),
+            "protocol": slot.session.protocol.version(),
             "shard": self.id,
             "expiry_secs": (expiry != crate::session::EXPIRY_NEVER).then_some(expiry),
             "subscriptions": slot.session.subscriptions.len(),
@@ -349,7 +349,7 @@ impl Shard {
                 match found {
                     Some(Some(())) => {
                         let key = self
-                            .broker
+                            .state
                             .by_client
                             .borrow()
                             .get(client_id.as_str())
@@ -365,7 +365,7 @@ impl Shard {
             }
             AdminAction::DeleteRetained { topic } => {
                 let held = self
-                    .broker
+                    .state
                     .retained
                     .borrow()
                     .get(&topic)
@@ -400,8 +400,8 @@ impl Shard {
         client_id: &str,
         f: impl FnOnce(&mut SessionSlot) -> R,
     ) -> Option<R> {
-        let key = *self.broker.by_client.borrow().get(client_id)?;
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let key = *self.state.by_client.borrow().get(client_id)?;
+        let mut sessions = self.state.sessions.borrow_mut();
         sessions.get_mut(&key).map(f)
     }
 }
@@ -414,7 +414,7 @@ fn split_share(filter: &str) -> (Option<&str>, &str) {
         .map_or((None, filter), |(group, plain)| (Some(group), plain))
 }
 
-impl AdminBackend for Shard {
+impl AdminBackend for Broker {
     fn list<'a>(
         &'a self,
         list: AdminList,

@@ -15,10 +15,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{ByteStr, QoS};
 use crate::router::parse_filter;
 use crate::session::{subscribed_from, CatchUp, Message, ReplayCursor, Session};
-use crate::shard::{Shard, ShardMsg};
 use crate::storage::Offset;
 
 use super::persist::{replayed_delivery, scan_for_replay, ReplayScan, ReplayWant};
@@ -30,7 +30,7 @@ pub const CATCH_UP_MESSAGES_MAX: usize = 1024;
 /// How long an owner holds back the answer of a failed catch-up read (the retry pace).
 pub const CATCH_UP_RETRY_MS: u64 = 1000;
 
-impl Shard {
+impl Broker {
     /// After a pump: if the session has gaps and its queue room again, asks the owners.
     pub(crate) fn request_catch_ups(&self, slot: &mut SessionSlot) {
         let s = &mut slot.session;
@@ -68,9 +68,9 @@ impl Shard {
 
     /// The catch-up reads `replay` is ready to ask for, numbered by this shard.
     pub(crate) fn take_catch_ups(&self, replay: &mut ReplayCursor) -> Vec<CatchUp> {
-        let mut next = self.broker.next_catch_up.get();
+        let mut next = self.state.next_catch_up.get();
         let asks = replay.take_catch_ups(&mut next);
-        self.broker.next_catch_up.set(next);
+        self.state.next_catch_up.set(next);
         asks
     }
 
@@ -150,10 +150,10 @@ impl Shard {
         resume: Option<u64>,
         end: u64,
     ) {
-        let Some(key) = self.broker.by_client.borrow().get(&client_id).copied() else {
+        let Some(key) = self.state.by_client.borrow().get(&client_id).copied() else {
             return;
         };
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };

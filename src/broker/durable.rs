@@ -46,12 +46,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 
+use crate::broker::{AckTo, Broker, RetainedAdmission, ShardMsg};
 use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
 use crate::session::{LogPos, Message};
-use crate::shard::{AckTo, RetainedAdmission, Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
 use super::persist::{self, unix_ms};
@@ -578,7 +578,7 @@ impl Recovered {
     }
 }
 
-impl Shard {
+impl Broker {
     /// Logs `msg` if it must be, then fans it out and schedules its acknowledgement:
     /// QoS 1 reaches subscribers at once (a crash only duplicates, which QoS 1 allows),
     /// QoS 2 only once durable (or a crash plus the publisher's resend would deliver it

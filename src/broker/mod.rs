@@ -19,14 +19,19 @@
 //! matching subscription identifier; it is sent as retained only if every matching
 //! subscription has retain-as-published set (v5 §3.3.4 leaves the choice to the server).
 
+mod acks;
 mod admin;
 mod catchup;
 mod durable;
+mod msg;
 pub mod persist;
 mod publish;
+mod quota;
 mod retention;
 mod sessions;
+mod shard;
 mod shared;
+mod start;
 mod subscribe;
 pub mod sys;
 
@@ -39,13 +44,18 @@ use std::task::{Poll, Waker};
 
 use crate::mqtt::ByteStr;
 use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
+use crate::session::Link;
 use crate::session::{Message, Session, SubOptions};
-use crate::shard::{ConnRef, Shard, ShardMsg};
 
+pub use acks::ClientAck;
 pub use admin::{AdminAnswer, AdminQuery};
 pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
+pub use msg::{AckTo, ConnRef, ShardMsg};
 pub use persist::{ArmedWills, RecoveredSession, ReplayWant};
+pub use quota::{RetainedAdmission, RetainedReservation};
 pub use sessions::{ConnectOutcome, SessionParams};
+pub use shard::{Broker, HEALTH_TIMEOUT};
+pub use start::{prepare_layout, Recovery};
 
 /// Key of a session in its shard's tables.
 pub type SessionKey = u64;
@@ -119,7 +129,7 @@ pub struct SessionSlot {
     /// The session state.
     pub session: Session,
     /// The live connection, if any.
-    pub conn: Option<Rc<crate::net::Conn>>,
+    pub conn: Option<Rc<Link>>,
     /// The last connection that held it (for registry bookkeeping).
     pub last_conn: ConnRef,
     /// Bumped on every (re)attach; timers compare it to know they are stale.
@@ -178,31 +188,31 @@ struct Wait {
 }
 
 /// All broker state of one shard. Borrowed only briefly, never across `.await`.
-pub struct BrokerState {
-    pub(crate) sessions: RefCell<HashMap<SessionKey, SessionSlot>>,
-    pub(crate) by_client: RefCell<ByClient>,
+pub struct State {
+    sessions: RefCell<HashMap<SessionKey, SessionSlot>>,
+    by_client: RefCell<ByClient>,
     next_session: Cell<SessionKey>,
-    pub(crate) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
-    pub(crate) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
-    pub(crate) interest: RefCell<InterestTable>,
+    trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
+    shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
+    interest: RefCell<InterestTable>,
     /// Local subscriber count per `(group, filter)`: interest changes at 0 <-> 1.
-    pub(crate) interest_counts: RefCell<HashMap<InterestKey, usize>>,
-    pub(crate) retained: RefCell<RetainedIndex<Arc<Message>>>,
+    interest_counts: RefCell<HashMap<InterestKey, usize>>,
+    retained: RefCell<RetainedIndex<Arc<Message>>>,
     /// Retained topics whose message is a `retained_copy`: the version (original publish
     /// offset) it carries. Cleared by every new retained store of the topic.
-    pub(crate) retained_versions: RefCell<HashMap<String, u64>>,
-    pub(crate) registry: RefCell<HashMap<ByteStr, ConnRef>>,
+    retained_versions: RefCell<HashMap<String, u64>>,
+    registry: RefCell<HashMap<ByteStr, ConnRef>>,
     /// Home shard: client ids whose session this shard's log holds (open, not ended).
-    pub(crate) persisted: RefCell<HashSet<String>>,
+    persisted: RefCell<HashSet<String>>,
     /// Owner: per reporting shard, how many floor reports it sent and the lowest of its
     /// last two with the last one (see `retention`).
-    pub(crate) floor_reports: RefCell<Vec<FloorReports>>,
+    floor_reports: RefCell<Vec<FloorReports>>,
     /// Numbers catch-up reads.
-    pub(crate) next_catch_up: Cell<u64>,
+    next_catch_up: Cell<u64>,
     /// Per owner shard, the highest watermark it sent here: every record of its log
     /// below it had been sent to this shard before. A new subscription holds it until
     /// the owners answered where their logs end (see `Shard::subscribe`).
-    pub(crate) heard_floors: RefCell<Vec<u64>>,
+    heard_floors: RefCell<Vec<u64>>,
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
     recovered_waker: Cell<Option<Waker>>,
@@ -214,62 +224,62 @@ pub struct BrokerState {
     flushed_waker: Cell<Option<Waker>>,
     /// QoS 2 exchanges whose PUBREL waits for its `qos2_delivered` record, and whether a
     /// task logging them is scheduled.
-    pub(crate) releasing: RefCell<Vec<persist::Releasing>>,
-    pub(crate) releasing_scheduled: Cell<bool>,
+    releasing: RefCell<Vec<persist::Releasing>>,
+    releasing_scheduled: Cell<bool>,
     /// QoS 2 deliveries whose PUBLISH waits for its `qos2_sent` record (`persist::sent`).
-    pub(crate) sending: persist::SendLog,
+    sending: persist::SendLog,
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
-    pub(crate) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
+    claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
     /// Sessions a takeover left in place (indexed, offline) for a newer connection on
     /// this same shard, by client id, until that connection's claim resumes them.
-    pub(crate) parked: RefCell<HashMap<ByteStr, SessionKey>>,
+    parked: RefCell<HashMap<ByteStr, SessionKey>>,
     waits: RefCell<HashMap<u64, Wait>>,
     next_request: Cell<u64>,
     /// Round-robin over a group's members on this shard.
-    pub(crate) group_cursor: RefCell<HashMap<GroupKey, usize>>,
+    group_cursor: RefCell<HashMap<GroupKey, usize>>,
     /// Owner: round-robin over the shards holding a group's members. Apart from
     /// `group_cursor`: a shard that is both would otherwise step it twice per message
     /// and, with two members, always pick the same one.
-    pub(crate) group_shard_cursor: RefCell<HashMap<GroupKey, usize>>,
-    pub(crate) route: RefCell<Route>,
+    group_shard_cursor: RefCell<HashMap<GroupKey, usize>>,
+    route: RefCell<Route>,
     /// Reused per delivery so matching allocates nothing once warm.
-    pub(crate) match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
     /// A spare buffer for a publish's group routes while it is fanned out.
-    pub(crate) groups_scratch: Cell<Vec<crate::router::GroupRoute>>,
+    groups_scratch: Cell<Vec<crate::router::GroupRoute>>,
     /// The same for a shared delivery's members.
-    pub(crate) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
     /// Per group: what its members here had no room for (see `shared`).
-    pub(crate) shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
+    shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
     /// Owner: the shared deliveries of this shard's log not yet confirmed, and what the
     /// shards reported holding of it, per group (see `shared`, "Crash safety").
-    pub(crate) shared_sent: RefCell<shared::SentShared>,
+    shared_sent: RefCell<shared::SentShared>,
     /// Per owner shard: the shared deliveries received from it, and what the last
     /// report to it said (see `shared`).
-    pub(crate) shared_received: RefCell<shared::ReceivedShared>,
+    shared_received: RefCell<shared::ReceivedShared>,
     /// Per owner shard: the group floors it posted here (`ShardMsg::SharedFloor`), by
     /// member subscription key; and the keys whose floor changed since the last flush.
-    pub(crate) group_floors: RefCell<HashMap<usize, HashMap<String, u64>>>,
-    pub(crate) floors_changed: RefCell<Vec<String>>,
+    group_floors: RefCell<HashMap<usize, HashMap<String, u64>>>,
+    floors_changed: RefCell<Vec<String>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
     /// Home: session records waiting for WAL room, in order (see `persist`).
-    pub(crate) session_log: persist::SessionLogQueue,
+    session_log: persist::SessionLogQueue,
     /// Home, with retention on: what recovery would rebuild from its session records
     /// (see `persist::SessionShadow`).
-    pub(crate) session_shadow: RefCell<Option<persist::SessionShadow>>,
+    session_shadow: RefCell<Option<persist::SessionShadow>>,
 }
 
-impl Default for BrokerState {
+impl Default for State {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl BrokerState {
+impl State {
     /// Empty state for one shard.
     pub fn new() -> Self {
-        BrokerState {
+        State {
             sessions: RefCell::new(HashMap::new()),
             by_client: RefCell::new(ByClient::default()),
             next_session: Cell::new(1),
@@ -367,12 +377,12 @@ impl BrokerState {
     }
 }
 
-impl Shard {
+impl Broker {
     /// Sends `msg` to shard `to`: over the mesh, or through the loopback for this shard.
     pub(crate) fn post(&self, to: usize, msg: ShardMsg) {
         if to == self.id {
-            self.broker.loopback.borrow_mut().push_back(msg);
-            if let Some(w) = self.broker.loopback_waker.take() {
+            self.state.loopback.borrow_mut().push_back(msg);
+            if let Some(w) = self.state.loopback_waker.take() {
                 w.wake();
             }
         } else {
@@ -394,10 +404,10 @@ impl Shard {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             loop {
-                let next = poll_fn(|cx| match shard.broker.loopback.borrow_mut().pop_front() {
+                let next = poll_fn(|cx| match shard.state.loopback.borrow_mut().pop_front() {
                     Some(msg) => Poll::Ready(msg),
                     None => {
-                        shard.broker.loopback_waker.set(Some(cx.waker().clone()));
+                        shard.state.loopback_waker.set(Some(cx.waker().clone()));
                         Poll::Pending
                     }
                 })
@@ -426,8 +436,8 @@ impl Shard {
             self.post(peer, ShardMsg::Recovered);
         }
         all_arrived(
-            &self.broker.recovered_peers,
-            &self.broker.recovered_waker,
+            &self.state.recovered_peers,
+            &self.state.recovered_waker,
             peers,
         )
         .await
@@ -448,8 +458,8 @@ impl Shard {
                 self.post(peer, ShardMsg::Drained);
             }
             all_arrived(
-                &self.broker.drained_peers,
-                &self.broker.drained_waker,
+                &self.state.drained_peers,
+                &self.state.drained_waker,
                 round * peers,
             )
             .await
@@ -459,26 +469,21 @@ impl Shard {
     /// Waits until every other shard sent `Flushed` (see `flush_cursors_for_stop`).
     pub(crate) async fn stop_barrier(&self) {
         let peers = self.mesh.shards() - 1;
-        all_arrived(
-            &self.broker.flushed_peers,
-            &self.broker.flushed_waker,
-            peers,
-        )
-        .await
+        all_arrived(&self.state.flushed_peers, &self.state.flushed_waker, peers).await
     }
 
     /// A PUBREC of a logged session's QoS 2 message: its PUBREL goes out once the
     /// release is durable at the session's home. Releases arriving meanwhile form one
     /// batch (one record per client, one wait).
     pub(crate) fn hold_release(self: &Rc<Self>, releasing: persist::Releasing) {
-        self.broker.releasing.borrow_mut().push(releasing);
-        if self.broker.releasing_scheduled.replace(true) {
+        self.state.releasing.borrow_mut().push(releasing);
+        if self.state.releasing_scheduled.replace(true) {
             return;
         }
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            shard.broker.releasing_scheduled.set(false);
-            let batch = std::mem::take(&mut *shard.broker.releasing.borrow_mut());
+            shard.state.releasing_scheduled.set(false);
+            let batch = std::mem::take(&mut *shard.state.releasing.borrow_mut());
             shard.log_releases(batch).await;
         })
         .detach();
@@ -516,7 +521,7 @@ impl Shard {
                 group,
                 ack_id,
             } => {
-                self.broker.interest.borrow_mut().add(
+                self.state.interest.borrow_mut().add(
                     &filter,
                     group.as_deref(),
                     crate::router::ShardId(from as u16),
@@ -526,26 +531,26 @@ impl Shard {
                 }
             }
             ShardMsg::InterestRemove { filter, group } => {
-                self.broker.interest.borrow_mut().remove(
+                self.state.interest.borrow_mut().remove(
                     &filter,
                     group.as_deref(),
                     crate::router::ShardId(from as u16),
                 );
             }
-            ShardMsg::Ack { id } => self.broker.reply(id, Reply::Ack),
+            ShardMsg::Ack { id } => self.state.reply(id, Reply::Ack),
             ShardMsg::LogEndQuery { id } => {
                 let end = self.log_end();
                 self.post(from, ShardMsg::LogEnd { id, end });
             }
             ShardMsg::LogEnd { id, end } => {
-                self.broker.reply(id, Reply::LogEnd { shard: from, end })
+                self.state.reply(id, Reply::LogEnd { shard: from, end })
             }
             ShardMsg::RetainedQuery { filter, id } => {
                 let messages = self.retained_matching(&filter);
                 self.post(from, ShardMsg::RetainedReply { id, messages });
             }
             ShardMsg::RetainedReply { id, messages } => {
-                self.broker.reply(id, Reply::Retained(messages));
+                self.state.reply(id, Reply::Retained(messages));
             }
             ShardMsg::Claim {
                 client_id,
@@ -561,19 +566,19 @@ impl Shard {
                 id,
             } => self.take_over(client_id, old, to, clean_start, id),
             ShardMsg::SessionHandover { id, session } => {
-                self.broker.reply(id, Reply::Handover(session));
+                self.state.reply(id, Reply::Handover(session));
             }
             ShardMsg::SessionLog { kind, body, ack_id } => {
                 self.on_session_log(from, kind, body, ack_id).await
             }
-            ShardMsg::LogDone { id, ok } => self.broker.reply(id, Reply::Logged(ok)),
+            ShardMsg::LogDone { id, ok } => self.state.reply(id, Reply::Logged(ok)),
             ShardMsg::Replay { id, wants } => self.on_replay(from, id, wants).await,
             ShardMsg::ReplayReply {
                 id,
                 end,
                 found,
                 resume,
-            } => self.broker.reply(
+            } => self.state.reply(
                 id,
                 Reply::Replayed {
                     shard: from,
@@ -633,15 +638,15 @@ impl Shard {
                 self.count_shared_received(from, Some(owner));
                 self.on_shared_gap((group, filter), topic, owner, offset)
             }
-            ShardMsg::Drained => arrived(&self.broker.drained_peers, &self.broker.drained_waker),
-            ShardMsg::Flushed => arrived(&self.broker.flushed_peers, &self.broker.flushed_waker),
+            ShardMsg::Drained => arrived(&self.state.drained_peers, &self.state.drained_waker),
+            ShardMsg::Flushed => arrived(&self.state.flushed_peers, &self.state.flushed_waker),
             ShardMsg::Recovered => {
-                arrived(&self.broker.recovered_peers, &self.broker.recovered_waker)
+                arrived(&self.state.recovered_peers, &self.state.recovered_waker)
             }
             ShardMsg::AdminQuery { id, query } => self.on_admin_query(from, id, query).await,
-            ShardMsg::AdminReply { id, answer } => self.broker.reply(id, Reply::Admin(answer)),
+            ShardMsg::AdminReply { id, answer } => self.state.reply(id, Reply::Admin(answer)),
             ShardMsg::SessionGone { client_id, conn } => {
-                let mut registry = self.broker.registry.borrow_mut();
+                let mut registry = self.state.registry.borrow_mut();
                 if registry.get(&client_id) == Some(&conn) {
                     registry.remove(&client_id);
                 }

@@ -5,11 +5,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::broker::{AckTo, Broker, ShardMsg};
 use crate::metrics::{AclAction, Limit};
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, GroupRoute, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Had, Message, QueueLimit, SubOptions};
-use crate::shard::{AckTo, Shard, ShardMsg};
 
 use super::{SessionKey, SessionSlot};
 
@@ -27,7 +27,7 @@ pub(crate) enum MayWait {
     No,
 }
 
-impl Shard {
+impl Broker {
     /// Routes a client's publish to the topic's owner: a direct call when this shard owns
     /// the topic, otherwise one mesh message (batched with others of this tick). Waits
     /// while the owner's outbox is full, which stops this connection's reader: that is
@@ -66,12 +66,12 @@ impl Shard {
         // The groups leave the route for a spare buffer (the sends below may wait, and
         // other publishes reuse the route meanwhile); both buffers keep their capacity.
         let (shards, mut groups) = {
-            let mut route = self.broker.route.borrow_mut();
-            self.broker
+            let mut route = self.state.route.borrow_mut();
+            self.state
                 .interest
                 .borrow()
                 .route(msg.topic.as_str(), &mut route);
-            let spare = self.broker.groups_scratch.take();
+            let spare = self.state.groups_scratch.take();
             (route.shards, std::mem::replace(&mut route.groups, spare))
         };
         for shard in shards.iter() {
@@ -99,7 +99,7 @@ impl Shard {
             // the order the target receives them in (see `shared`, "Crash safety").
             self.send_shared(target, (group, filter), Arc::clone(&msg), 0);
         }
-        self.broker.groups_scratch.replace(groups);
+        self.state.groups_scratch.replace(groups);
     }
 
     async fn forward(&self, to: usize, msg: ShardMsg, may_wait: MayWait) {
@@ -110,7 +110,7 @@ impl Shard {
     }
 
     fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
-        let mut cursors = self.broker.group_shard_cursor.borrow_mut();
+        let mut cursors = self.state.group_shard_cursor.borrow_mut();
         let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
         let n = members.len().max(1);
         let pick = members
@@ -122,10 +122,10 @@ impl Shard {
     }
 
     pub(crate) fn store_retained(&self, msg: &Arc<Message>) {
-        let mut retained = self.broker.retained.borrow_mut();
+        let mut retained = self.state.retained.borrow_mut();
         let before = retained.len();
         // A new state of the topic: its version is its own offset again.
-        self.broker
+        self.state
             .retained_versions
             .borrow_mut()
             .remove(msg.topic.as_str());
@@ -146,7 +146,7 @@ impl Shard {
         let now = Instant::now();
         let mut found = Vec::new();
         let mut expired = Vec::new();
-        self.broker
+        self.state
             .retained
             .borrow()
             .for_each_matching(filter, |topic, msg| {
@@ -157,8 +157,8 @@ impl Shard {
                 }
             });
         if !expired.is_empty() {
-            let mut retained = self.broker.retained.borrow_mut();
-            let mut versions = self.broker.retained_versions.borrow_mut();
+            let mut retained = self.state.retained.borrow_mut();
+            let mut versions = self.state.retained_versions.borrow_mut();
             for topic in &expired {
                 let removed = retained.remove(topic).map_or(0, |m| m.cost_bytes());
                 self.quota.retained_bytes_changed(0, removed);
@@ -175,18 +175,20 @@ impl Shard {
     /// its turn comes. An accepted QoS 2 id now awaits PUBREL in the session: a refused
     /// one is free for the client's next message.
     pub(crate) fn publish_done(&self, owner: usize, ack: AckTo, reason: ReasonCode) {
-        let Some(conn) = self.connections.get(ack.conn.token) else {
+        let Some(conn) = self.link(ack.conn.token) else {
             return;
         };
         if ack.exactly_once && reason == ReasonCode::Success {
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             if let Some(slot) = conn.session.get().and_then(|k| sessions.get_mut(&k)) {
                 slot.session
                     .awaiting_pubrel
                     .insert(ack.packet_id, owner as u16);
             }
         }
-        conn.complete_ack(ack.packet_id, reason, &self.probe.publish_ack_latency.0);
+        conn.complete_ack(ack.packet_id, reason, |us| {
+            self.probe.publish_ack_latency.0.record(us)
+        });
     }
 
     /// Delivers `msg` to every local session with a matching plain subscription.
@@ -196,20 +198,20 @@ impl Shard {
             self.probe.messages_expired_total.inc();
             return;
         }
-        let mut matches = self.broker.match_scratch.take();
+        let mut matches = self.state.match_scratch.take();
         matches.clear();
-        self.broker
+        self.state
             .trie
             .borrow()
             .for_each_match(msg.topic.as_str(), |_, key, opts| {
                 matches.push((*key, *opts))
             });
         if matches.is_empty() {
-            self.broker.match_scratch.replace(matches);
+            self.state.match_scratch.replace(matches);
             return;
         }
         matches.sort_unstable_by_key(|(key, _)| *key);
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         for same in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same[0].0;
             let Some(slot) = sessions.get_mut(&key) else {
@@ -224,7 +226,7 @@ impl Shard {
             self.offer(slot, delivery, now);
         }
         drop(sessions);
-        self.broker.match_scratch.replace(matches);
+        self.state.match_scratch.replace(matches);
     }
 
     /// Gives one delivery to a session: queue it, and if connected, move what fits onto
@@ -373,7 +375,7 @@ impl Shard {
 
     /// A connection's output drained: move more of its session's queue onto the wire.
     pub(crate) fn on_drained(&self, key: SessionKey) {
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         if let Some(slot) = sessions.get_mut(&key) {
             if slot.session.outbound.queued() > 0 {
                 self.pump(slot, Instant::now());

@@ -40,8 +40,9 @@ use std::time::Duration;
 
 use bytes::BufMut;
 
+use crate::broker::{Broker, ShardMsg};
+use crate::runtime::spawn_every;
 use crate::session::{LogPos, Message};
-use crate::shard::{Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef};
 
 use super::durable::{
@@ -107,7 +108,7 @@ impl Recovered {
     }
 }
 
-impl Shard {
+impl Broker {
     /// With retention on, starts the shadow of this home's session records from what
     /// recovery rebuilt (see `keep_session_records`).
     pub(crate) fn shadow_session_records(
@@ -117,7 +118,7 @@ impl Shard {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
             return;
         }
-        *self.broker.session_shadow.borrow_mut() = Some(SessionShadow::new(
+        *self.state.session_shadow.borrow_mut() = Some(SessionShadow::new(
             sessions,
             self.config.session_qos2_released_max,
         ));
@@ -128,15 +129,14 @@ impl Shard {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
             return;
         }
-        let shard = Rc::clone(self);
-        glommio::spawn_local(async move {
-            while !shard.shutdown.is_stopping() {
-                glommio::timer::sleep(Duration::from_millis(RETENTION_TICK_MS)).await;
+        spawn_every(
+            Duration::from_millis(RETENTION_TICK_MS),
+            self,
+            |shard| async move {
                 shard.report_floors();
                 shard.apply_floor().await;
-            }
-        })
-        .detach();
+            },
+        );
     }
 
     /// Owner: tells every shard, every `WATERMARK_MS`, that every record of this log
@@ -144,33 +144,31 @@ impl Shard {
     /// it lets the cursors of sessions that receive nothing from this log advance, so
     /// an idle persistent session does not hold the log (or a replay) back forever.
     pub(crate) fn spawn_watermarks(self: &Rc<Self>) {
-        let shard = Rc::clone(self);
-        glommio::spawn_local(async move {
-            while !shard.shutdown.is_stopping() {
-                glommio::timer::sleep(Duration::from_millis(WATERMARK_MS)).await;
-                let Some(durable) = shard.durable.get() else {
-                    return;
-                };
+        if self.durable.get().is_none() {
+            return;
+        }
+        spawn_every(Duration::from_millis(WATERMARK_MS), self, |shard| {
+            if let Some(durable) = shard.durable.get() {
                 let watermark = durable.sent_watermark();
                 for peer in shard.all_shards() {
                     shard.post(peer, ShardMsg::Watermark { watermark });
                 }
             }
-        })
-        .detach();
+            std::future::ready(())
+        });
     }
 
     /// Every record of `owner`'s log below `watermark` that any session here wanted has
     /// reached it (the channel is in order).
     pub(crate) fn on_watermark(&self, owner: usize, watermark: u64) {
         {
-            let mut heard = self.broker.heard_floors.borrow_mut();
+            let mut heard = self.state.heard_floors.borrow_mut();
             if heard.len() <= owner {
                 heard.resize(owner + 1, 0);
             }
             heard[owner] = heard[owner].max(watermark);
         }
-        for slot in self.broker.sessions.borrow_mut().values_mut() {
+        for slot in self.state.sessions.borrow_mut().values_mut() {
             if slot.session.logged {
                 slot.session.replay.raise_quietly(owner, watermark);
             }
@@ -181,7 +179,7 @@ impl Shard {
     fn report_floors(&self) {
         let shards = self.mesh.shards();
         let mut mins = vec![u64::MAX; shards];
-        for slot in self.broker.sessions.borrow().values() {
+        for slot in self.state.sessions.borrow().values() {
             let s = &slot.session;
             if !(s.logged || s.replay.has_gaps()) {
                 continue;
@@ -199,7 +197,7 @@ impl Shard {
 
     /// Owner: a shard's report of the lowest cursor its sessions hold here.
     pub(crate) fn on_retention_floor(&self, from: usize, floor: u64) {
-        let mut reports = self.broker.floor_reports.borrow_mut();
+        let mut reports = self.state.floor_reports.borrow_mut();
         if reports.len() < self.mesh.shards() {
             reports.resize(self.mesh.shards(), (0, None));
         }
@@ -210,7 +208,7 @@ impl Shard {
 
     /// The floor every shard's last two reports allow; `None` until each sent two.
     fn sessions_floor(&self) -> Option<u64> {
-        let reports = self.broker.floor_reports.borrow();
+        let reports = self.state.floor_reports.borrow();
         if reports.len() < self.mesh.shards() || reports.iter().any(|(n, _)| *n < 2) {
             return None;
         }
@@ -233,7 +231,7 @@ impl Shard {
         let limit = candidate.0.min(sessions_floor);
         let pinned: Vec<Arc<Message>> = {
             let mut found = Vec::new();
-            self.broker
+            self.state
                 .retained
                 .borrow()
                 .for_each(|_, msg: &Arc<Message>| {
@@ -255,12 +253,12 @@ impl Shard {
                         offset,
                         floor: offset + 1,
                     });
-                    let mut retained = self.broker.retained.borrow_mut();
+                    let mut retained = self.state.retained.borrow_mut();
                     // Replaced meanwhile by a newer retained message: keep that one.
                     let current = retained.get(msg.topic.as_str()).map(Arc::clone);
                     if current.is_some_and(|c| Arc::ptr_eq(&c, &msg)) {
                         retained.insert(msg.topic.as_str(), Arc::new(copy));
-                        self.broker
+                        self.state
                             .retained_versions
                             .borrow_mut()
                             .insert(msg.topic.as_str().to_string(), version);
@@ -277,7 +275,7 @@ impl Shard {
             return;
         }
         let mut floor = sessions_floor;
-        self.broker
+        self.state
             .retained
             .borrow()
             .for_each(|_, msg: &Arc<Message>| {
@@ -291,7 +289,7 @@ impl Shard {
     /// Writes again, and waits until durable, every live session's records and every
     /// armed will that lie below `limit` (see the module docs).
     async fn keep_session_records(&self, limit: u64) -> Result<(), crate::storage::WalError> {
-        let (sessions, wills) = match self.broker.session_shadow.borrow().as_ref() {
+        let (sessions, wills) = match self.state.session_shadow.borrow().as_ref() {
             Some(shadow) => shadow.due(limit),
             None => return Ok(()),
         };
@@ -332,7 +330,7 @@ impl Shard {
         done: impl Fn(&mut SessionShadow, u64),
     ) -> Result<Option<u64>, crate::storage::WalError> {
         let durable = self.durable.get().expect("checked by the caller");
-        let body_of = || self.broker.session_shadow.borrow().as_ref().and_then(&body);
+        let body_of = || self.state.session_shadow.borrow().as_ref().and_then(&body);
         loop {
             let Some(len) = body_of().map(|b| b.len()) else {
                 return Ok(None);
@@ -343,7 +341,7 @@ impl Shard {
             };
             match durable.wal.append(kind, unix_ms(), &[&bytes[..]]) {
                 Ok(offset) => {
-                    if let Some(shadow) = self.broker.session_shadow.borrow_mut().as_mut() {
+                    if let Some(shadow) = self.state.session_shadow.borrow_mut().as_mut() {
                         done(shadow, offset.0);
                     }
                     return Ok(Some(offset.0));
@@ -358,7 +356,7 @@ impl Shard {
     /// The version of a retained message in the index: the offset of its original
     /// publish (a copy's is remembered in `retained_versions`).
     fn retained_version(&self, msg: &Message) -> u64 {
-        let copied = self.broker.retained_versions.borrow();
+        let copied = self.state.retained_versions.borrow();
         match copied.get(msg.topic.as_str()) {
             Some(version) => *version,
             None => msg.log.map_or(0, |p| p.offset),
@@ -380,7 +378,7 @@ impl Shard {
         // No await from here to the append: no newer state of the topic can be logged
         // between this check and the copy.
         let current = self
-            .broker
+            .state
             .retained
             .borrow()
             .get(msg.topic.as_str())

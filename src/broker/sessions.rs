@@ -5,11 +5,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::broker::{Broker, ConnRef, ShardMsg};
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
-use crate::net::Conn;
 use crate::router::owner_of;
+use crate::runtime::spawn_every;
+use crate::session::Link;
 use crate::session::{Message, OutboundLimits, Session, Will};
-use crate::shard::{ConnRef, Shard, ShardMsg};
 
 use super::persist::records::{SessionRecord, WillConn, WillRecord};
 use super::{Reply, SessionKey, SessionSlot};
@@ -39,7 +40,7 @@ pub struct ConnectOutcome {
     pub key: SessionKey,
 }
 
-impl Shard {
+impl Broker {
     /// Limits every new session gets.
     pub(crate) fn outbound_limits(&self) -> OutboundLimits {
         OutboundLimits {
@@ -58,7 +59,7 @@ impl Shard {
     /// connected or offline); a resumed one never is, since it adds none to the process.
     pub(crate) async fn connect_session(
         self: &Rc<Self>,
-        conn: &Rc<Conn>,
+        conn: &Rc<Link>,
         params: SessionParams,
     ) -> Result<ConnectOutcome, Option<ReasonCode>> {
         let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
@@ -66,9 +67,9 @@ impl Shard {
             shard: self.id,
             token: conn.token,
         };
-        let id = self.broker.open_request(1);
+        let id = self.state.open_request(1);
         let claim_key = (params.client_id.clone(), conn.token);
-        self.broker
+        self.state
             .claims
             .borrow_mut()
             .insert(claim_key.clone(), None);
@@ -81,14 +82,14 @@ impl Shard {
                 id,
             },
         );
-        let previous = match self.broker.replies(id).await.pop() {
+        let previous = match self.state.replies(id).await.pop() {
             Some(Reply::Handover(session)) => session,
             _ => None,
         };
-        let parked = self.broker.parked.borrow_mut().remove(&params.client_id);
-        let superseded = self.broker.claims.borrow_mut().remove(&claim_key).flatten();
+        let parked = self.state.parked.borrow_mut().remove(&params.client_id);
+        let superseded = self.state.claims.borrow_mut().remove(&claim_key).flatten();
         // Left in place by a takeover on this shard (see `take_over`).
-        let parked = parked.filter(|k| self.broker.sessions.borrow().contains_key(k));
+        let parked = parked.filter(|k| self.state.sessions.borrow().contains_key(k));
         let previous = match (previous, parked) {
             (None, Some(key)) if superseded.is_none() => {
                 let (client_id, armed) = (params.client_id.clone(), params.will.clone());
@@ -116,7 +117,7 @@ impl Shard {
             return Err(None);
         }
         let resumed = previous.is_some() && !params.clean_start;
-        if !resumed && self.broker.sessions.borrow().len() >= self.config.sessions_per_shard_max() {
+        if !resumed && self.state.sessions.borrow().len() >= self.config.sessions_per_shard_max() {
             self.probe.hit(crate::metrics::Limit::SessionsMax);
             // The claim made this connection the id's holder at home: let go of it.
             self.post(
@@ -168,7 +169,7 @@ impl Shard {
                 false,
             );
         }
-        let key = self.broker.new_session_key();
+        let key = self.state.new_session_key();
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
             .iter()
@@ -177,11 +178,11 @@ impl Shard {
         self.probe
             .inflight_current
             .add(session.outbound.inflight() as i64);
-        self.broker
+        self.state
             .by_client
             .borrow_mut()
             .insert(params.client_id, key);
-        self.broker.sessions.borrow_mut().insert(
+        self.state.sessions.borrow_mut().insert(
             key,
             SessionSlot {
                 session,
@@ -198,7 +199,7 @@ impl Shard {
             }
         }
         for ack in acks {
-            self.broker.replies(ack).await;
+            self.state.replies(ack).await;
         }
         self.log_armed_will(&client_id, me, armed).await;
         conn.session.set(Some(key));
@@ -230,7 +231,7 @@ impl Shard {
     /// After CONNACK: resend what was in flight, then send what queued while offline.
     pub(crate) fn resume_delivery(&self, key: SessionKey) {
         let now = Instant::now();
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };
@@ -255,7 +256,7 @@ impl Shard {
             self.end_logged_at_home(&client_id);
         }
         let previous = self
-            .broker
+            .state
             .registry
             .borrow_mut()
             .insert(client_id.clone(), conn);
@@ -285,7 +286,7 @@ impl Shard {
         id: u64,
     ) {
         if let Some(pending) = self
-            .broker
+            .state
             .claims
             .borrow_mut()
             .get_mut(&(client_id.clone(), old.token))
@@ -307,7 +308,7 @@ impl Shard {
             }
             return;
         }
-        let key = self.broker.by_client.borrow().get(&client_id).copied();
+        let key = self.state.by_client.borrow().get(&client_id).copied();
         let Some(key) = key else {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
             return;
@@ -352,7 +353,7 @@ impl Shard {
     /// false (nothing done) for a session that does not carry on.
     fn park(self: &Rc<Self>, client_id: &ByteStr, key: SessionKey, to: ConnRef) -> bool {
         let (old_conn, will) = {
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return false;
             };
@@ -383,7 +384,7 @@ impl Shard {
         if let Some(will) = will.filter(|w| was_live && w.delay_secs == 0) {
             self.publish_will(client_id, will);
         }
-        self.broker
+        self.state
             .parked
             .borrow_mut()
             .insert(client_id.clone(), key);
@@ -393,7 +394,7 @@ impl Shard {
     /// Attaches the session a takeover left in place (`park`) to `conn`.
     fn resume_in_place(
         self: &Rc<Self>,
-        conn: &Rc<Conn>,
+        conn: &Rc<Link>,
         key: SessionKey,
         params: SessionParams,
     ) -> ConnectOutcome {
@@ -402,7 +403,7 @@ impl Shard {
             token: conn.token,
         };
         let open = {
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             let slot = sessions.get_mut(&key).expect("checked by the caller");
             let s = &mut slot.session;
             s.protocol = params.protocol;
@@ -434,13 +435,13 @@ impl Shard {
     /// Takes a session out of this shard's tables (subscriptions, interest, indexes).
     fn remove_session(&self, key: SessionKey) -> SessionSlot {
         let mut slot = self
-            .broker
+            .state
             .sessions
             .borrow_mut()
             .remove(&key)
             .expect("session key from by_client");
         {
-            let mut by_client = self.broker.by_client.borrow_mut();
+            let mut by_client = self.state.by_client.borrow_mut();
             if by_client.get(&slot.session.client_id) == Some(&key) {
                 by_client.remove(&slot.session.client_id);
             }
@@ -465,7 +466,7 @@ impl Shard {
         expiry_secs: Option<u32>,
     ) {
         let (due_will, delayed, expiry, epoch, shared, client, armed) = {
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return;
             };
@@ -538,7 +539,7 @@ impl Shard {
 
     /// Ends a session for good and tells its home shard.
     pub(crate) fn end_session(self: &Rc<Self>, key: SessionKey) {
-        if !self.broker.sessions.borrow().contains_key(&key) {
+        if !self.state.sessions.borrow().contains_key(&key) {
             return;
         }
         let mut slot = self.remove_session(key);
@@ -561,7 +562,7 @@ impl Shard {
     }
 
     fn still_offline(&self, key: SessionKey, epoch: u64) -> bool {
-        self.broker
+        self.state
             .sessions
             .borrow()
             .get(&key)
@@ -585,7 +586,7 @@ impl Shard {
         key: SessionKey,
         elapsed_ms: u64,
     ) -> Option<(ByteStr, SessionRecord)> {
-        let sessions = self.broker.sessions.borrow();
+        let sessions = self.state.sessions.borrow();
         let slot = sessions.get(&key).filter(|s| s.session.logged)?;
         let expiry_secs = match slot.session.expiry_secs {
             crate::session::EXPIRY_NEVER => crate::session::EXPIRY_NEVER,
@@ -618,7 +619,7 @@ impl Shard {
                 return;
             }
             let due = {
-                let mut sessions = shard.broker.sessions.borrow_mut();
+                let mut sessions = shard.state.sessions.borrow_mut();
                 sessions.get_mut(&key).and_then(|s| {
                     s.session
                         .will
@@ -657,26 +658,22 @@ impl Shard {
     }
 }
 
-impl Shard {
+impl Broker {
     /// 3.1.1 has no flow control for the server's sends, so unacknowledged QoS 1/2
     /// messages are resent while the client stays connected, backing off exponentially
     /// (`retry_backoff_ms`, `max_retries`). v5 forbids resending except on reconnect.
     pub(crate) fn spawn_redelivery(self: &Rc<Self>) {
-        let shard = Rc::clone(self);
         let backoff = Duration::from_millis(self.config.retry_backoff_ms);
         let tick = (backoff / 2).max(Duration::from_millis(50));
-        glommio::spawn_local(async move {
-            while !shard.shutdown.is_stopping() {
-                glommio::timer::sleep(tick).await;
-                shard.redeliver_due(backoff);
-            }
-        })
-        .detach();
+        spawn_every(tick, self, move |shard| {
+            shard.redeliver_due(backoff);
+            std::future::ready(())
+        });
     }
 
     fn redeliver_due(&self, backoff: Duration) {
         let now = Instant::now();
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         for slot in sessions.values_mut() {
             let Some(conn) = &slot.conn else { continue };
             if slot.session.protocol == Protocol::V5 || slot.session.outbound.inflight() == 0 {

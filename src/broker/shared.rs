@@ -86,11 +86,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::broker::{Broker, ShardMsg};
 use crate::metrics::Limit;
 use crate::mqtt::{ByteStr, QoS};
 use crate::session::{Admit, CatchUp, Delivery, Enqueued, LogPos, Message, ReplayCursor};
 use crate::session::{Had, Session, SubOptions};
-use crate::shard::{Shard, ShardMsg};
 
 use super::catchup::CATCH_UP_MESSAGES_MAX;
 use super::persist::{records, ReplayWant};
@@ -206,7 +206,7 @@ fn shared_delivery(group: &Arc<str>, opts: &SubOptions, msg: Arc<Message>) -> De
     }
 }
 
-impl Shard {
+impl Broker {
     fn backlog_limits(&self) -> (usize, usize) {
         (
             self.config.shared_backlog_messages_max,
@@ -240,12 +240,12 @@ impl Shard {
             self.probe.messages_expired_total.inc();
             return;
         }
-        let mut members = self.broker.shared_scratch.take();
+        let mut members = self.state.shared_scratch.take();
         members.clear();
         // A member going offline stays one: with no other, the group keeps the message
         // for it.
         let mut leaving_stays = false;
-        self.broker
+        self.state
             .shared
             .borrow()
             .for_each_match(msg.topic.as_str(), |f, key, opts| {
@@ -265,7 +265,7 @@ impl Shard {
         };
         let key = (group, filter);
         self.place_shared(&key, msg, place, &members, now);
-        self.broker.shared_scratch.replace(members);
+        self.state.shared_scratch.replace(members);
     }
 
     fn place_shared(
@@ -282,7 +282,7 @@ impl Shard {
             has_members,
         } = place;
         let behind = {
-            let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+            let mut backlogs = self.state.shared_backlogs.borrow_mut();
             match backlogs.get_mut(key) {
                 None => false,
                 Some(b) => {
@@ -298,7 +298,7 @@ impl Shard {
             }
         };
         let cost = msg.cost_bytes();
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         let connected = |k: &SessionKey| sessions.get(k).is_some_and(|s| s.conn.is_some());
         let any_connected = members.iter().any(|(k, _)| connected(k));
         if !behind {
@@ -367,7 +367,7 @@ impl Shard {
             return None;
         }
         let start = {
-            let mut cursors = self.broker.group_cursor.borrow_mut();
+            let mut cursors = self.state.group_cursor.borrow_mut();
             let cursor = match cursors.get_mut(key) {
                 Some(c) => c,
                 None => cursors.entry(key.clone()).or_insert(0),
@@ -385,7 +385,7 @@ impl Shard {
     /// No member has room: keep `msg` in the group's backlog, or past its bound leave it
     /// to the owner's log.
     fn keep_for_group(&self, key: &GroupKey, msg: Arc<Message>) {
-        let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+        let mut backlogs = self.state.shared_backlogs.borrow_mut();
         let b = match backlogs.get_mut(key) {
             Some(b) => b,
             None => backlogs.entry(key.clone()).or_insert_with(|| {
@@ -418,10 +418,10 @@ impl Shard {
     /// while it has room, and asks for the groups' catch-up reads once the backlogs are
     /// half empty. Returns whether anything was queued.
     pub(crate) fn refill_from_backlogs(&self, slot: &mut SessionSlot) -> bool {
-        if self.broker.shared_backlogs.borrow().is_empty() || slot.conn.is_none() {
+        if self.state.shared_backlogs.borrow().is_empty() || slot.conn.is_none() {
             return false;
         }
-        let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+        let mut backlogs = self.state.shared_backlogs.borrow_mut();
         let mut queued = false;
         let s = &mut slot.session;
         // A shard has few groups; a session may have many subscriptions.
@@ -525,7 +525,7 @@ impl Shard {
         end: u64,
     ) {
         {
-            let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+            let mut backlogs = self.state.shared_backlogs.borrow_mut();
             let Some(b) = backlogs.get_mut(&key) else {
                 return;
             };
@@ -562,7 +562,7 @@ impl Shard {
     /// Another shard's last member of the group left with messages still in `owner`'s
     /// log: read them here.
     pub(crate) fn on_shared_gap(&self, key: GroupKey, topic: ByteStr, owner: u16, from: u64) {
-        let mut backlogs = self.broker.shared_backlogs.borrow_mut();
+        let mut backlogs = self.state.shared_backlogs.borrow_mut();
         let b = backlogs
             .entry(key.clone())
             .or_insert_with(|| GroupBacklog::new(&key, self.backlog_limits(), topic));
@@ -581,7 +581,7 @@ impl Shard {
     /// backlog and asks for the group's catch-up reads).
     fn pump_group_members(&self, key: &GroupKey) {
         let Some(member_filter) = self
-            .broker
+            .state
             .shared_backlogs
             .borrow()
             .get(key)
@@ -590,7 +590,7 @@ impl Shard {
             return;
         };
         let now = Instant::now();
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         for slot in sessions.values_mut().filter(|s| s.conn.is_some()) {
             if slot.session.subscriptions.contains_key(&member_filter) {
                 self.pump(slot, now);
@@ -602,11 +602,11 @@ impl Shard {
     /// member here, the backlog's offsets become gaps of its own cursor, so a session
     /// that moves reads them from the logs on its new shard.
     pub(crate) fn leave_groups(&self, slot: &mut SessionSlot) {
-        let backlogs = self.broker.shared_backlogs.borrow();
+        let backlogs = self.state.shared_backlogs.borrow();
         if backlogs.is_empty() {
             return;
         }
-        let counts = self.broker.interest_counts.borrow();
+        let counts = self.state.interest_counts.borrow();
         let s = &mut slot.session;
         for (key, b) in backlogs.iter() {
             if !s.subscriptions.contains_key(&b.member_filter) {
@@ -635,8 +635,8 @@ impl Shard {
     /// The group's last member on this shard left: its backlog goes to another shard of
     /// the group, or, with none left anywhere, is dropped (and counted).
     pub(crate) fn release_group(&self, key: GroupKey) {
-        self.broker.group_cursor.borrow_mut().remove(&key);
-        let Some(mut b) = self.broker.shared_backlogs.borrow_mut().remove(&key) else {
+        self.state.group_cursor.borrow_mut().remove(&key);
+        let Some(mut b) = self.state.shared_backlogs.borrow_mut().remove(&key) else {
             return;
         };
         // The gaps and messages go back to their owners, which give them to another
@@ -677,8 +677,8 @@ impl Shard {
         besides: usize,
         or_besides: bool,
     ) -> Option<usize> {
-        let mut route = self.broker.route.borrow_mut();
-        self.broker.interest.borrow().route(topic, &mut route);
+        let mut route = self.state.route.borrow_mut();
+        self.state.interest.borrow().route(topic, &mut route);
         let shards = route
             .groups
             .iter()
@@ -742,8 +742,8 @@ impl Shard {
     }
 
     fn find_group_filter(&self, group: &Arc<str>, topic: &str) -> Option<Arc<str>> {
-        let mut route = self.broker.route.borrow_mut();
-        self.broker.interest.borrow().route(topic, &mut route);
+        let mut route = self.state.route.borrow_mut();
+        self.state.interest.borrow().route(topic, &mut route);
         route
             .groups
             .iter()
@@ -762,13 +762,13 @@ impl Shard {
             lowest[owner] = Some(floor);
             lowest
         };
-        for (key, g) in self.broker.shared_sent.borrow().groups.iter() {
+        for (key, g) in self.state.shared_sent.borrow().groups.iter() {
             let floor = g.floor();
             if floor != u64::MAX {
                 holds.push((member_filter(key), at(self.id, floor)));
             }
         }
-        for (&owner, floors) in self.broker.group_floors.borrow().iter() {
+        for (&owner, floors) in self.state.group_floors.borrow().iter() {
             if owner != self.id {
                 holds.extend(
                     floors
@@ -784,7 +784,7 @@ impl Shard {
     fn local_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
         let mut holds: BacklogHolds = self
-            .broker
+            .state
             .shared_backlogs
             .borrow()
             .values()
@@ -818,7 +818,7 @@ impl Shard {
     fn track_shared(&self, target: usize, key: &GroupKey, offset: u64) {
         let shards = self.mesh.shards();
         let fell = {
-            let mut sent = self.broker.shared_sent.borrow_mut();
+            let mut sent = self.state.shared_sent.borrow_mut();
             let sent = &mut *sent;
             if sent.sent.len() < shards {
                 sent.sent.resize(shards, 0);
@@ -847,7 +847,7 @@ impl Shard {
     /// Owner: posts changed group floors to every other shard (and marks the members
     /// here, whose cursors take this shard's floors as they are at each flush).
     fn post_floors(&self, floors: Vec<(String, u64)>) {
-        self.broker
+        self.state
             .floors_changed
             .borrow_mut()
             .extend(floors.iter().map(|(f, _)| f.clone()));
@@ -863,7 +863,7 @@ impl Shard {
         if owner.map(usize::from) != Some(from) {
             return;
         }
-        let mut r = self.broker.shared_received.borrow_mut();
+        let mut r = self.state.shared_received.borrow_mut();
         if r.received.len() <= from {
             r.received.resize(from + 1, 0);
         }
@@ -876,7 +876,7 @@ impl Shard {
     /// crash, and the owner's floor holds their cursors down (see "Crash safety").
     fn report_holds(&self, local: &BacklogHolds) {
         let shards = self.mesh.shards();
-        let mut r = self.broker.shared_received.borrow_mut();
+        let mut r = self.state.shared_received.borrow_mut();
         let r = &mut *r;
         if r.received.len() < shards {
             r.received.resize(shards, 0);
@@ -911,7 +911,7 @@ impl Shard {
         let shards = self.mesh.shards();
         let mut changed = Vec::new();
         {
-            let mut sent = self.broker.shared_sent.borrow_mut();
+            let mut sent = self.state.shared_sent.borrow_mut();
             for (filter, _) in &holds {
                 if let Some(key) = group_key(filter) {
                     sent.groups
@@ -949,9 +949,9 @@ impl Shard {
 
     /// An owner's group floors (see `post_floors`), applied at the next cursor flush.
     pub(crate) fn on_shared_floor(&self, owner: usize, floors: Vec<(String, u64)>) {
-        let mut all = self.broker.group_floors.borrow_mut();
+        let mut all = self.state.group_floors.borrow_mut();
         let seen = all.entry(owner).or_default();
-        let mut changed = self.broker.floors_changed.borrow_mut();
+        let mut changed = self.state.floors_changed.borrow_mut();
         for (filter, floor) in floors {
             if floor == u64::MAX {
                 seen.remove(&filter);
@@ -1027,7 +1027,7 @@ impl Shard {
     fn clean_member_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
         let mut holds = Vec::new();
-        for slot in self.broker.sessions.borrow().values() {
+        for slot in self.state.sessions.borrow().values() {
             let s = &slot.session;
             if s.logged || s.outbound.queued() + s.outbound.inflight() == 0 {
                 continue;
@@ -1068,18 +1068,18 @@ impl Shard {
         let local = self.local_holds();
         self.report_holds(&local);
         let mut changed: Vec<String> = self
-            .broker
+            .state
             .shared_backlogs
             .borrow_mut()
             .values_mut()
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
         changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
-        changed.append(&mut self.broker.floors_changed.borrow_mut());
+        changed.append(&mut self.state.floors_changed.borrow_mut());
         if changed.is_empty() {
             return;
         }
-        for slot in self.broker.sessions.borrow_mut().values_mut() {
+        for slot in self.state.sessions.borrow_mut().values_mut() {
             let s = &mut slot.session;
             if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
                 s.replay.touch();

@@ -18,15 +18,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{Delivery, SubOptions};
-use crate::shard::{Shard, ShardMsg};
 
 use super::persist::records::SessionRecord;
 use super::{MemberKey, Reply, SessionKey};
 
-impl Shard {
+impl Broker {
     pub(crate) fn topic_limits(&self) -> TopicLimits {
         TopicLimits {
             topic_bytes_max: self.config.topic_bytes_max,
@@ -47,21 +47,18 @@ impl Shard {
         let filter: Arc<str> = Arc::from(parsed.filter);
         match &group {
             None => {
-                self.broker.trie.borrow_mut().insert(&filter, key, opts);
+                self.state.trie.borrow_mut().insert(&filter, key, opts);
             }
             Some(g) => {
                 let member = MemberKey {
                     group: g.clone(),
                     session: key,
                 };
-                self.broker
-                    .shared
-                    .borrow_mut()
-                    .insert(&filter, member, opts);
+                self.state.shared.borrow_mut().insert(&filter, member, opts);
             }
         }
         let first = {
-            let mut counts = self.broker.interest_counts.borrow_mut();
+            let mut counts = self.state.interest_counts.borrow_mut();
             let count = counts.entry((group.clone(), filter.clone())).or_insert(0);
             *count += 1;
             *count == 1
@@ -70,7 +67,7 @@ impl Shard {
         if !first {
             return None;
         }
-        self.broker
+        self.state
             .interest
             .borrow_mut()
             .add(&filter, group.as_deref(), ShardId(self.id as u16));
@@ -78,7 +75,7 @@ impl Shard {
         if peers == 0 {
             return None;
         }
-        let id = self.broker.open_request(peers);
+        let id = self.state.open_request(peers);
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(
                 peer,
@@ -99,7 +96,7 @@ impl Shard {
         };
         match parsed.share_group {
             None => {
-                self.broker
+                self.state
                     .trie
                     .borrow_mut()
                     .insert(parsed.filter, key, opts);
@@ -109,7 +106,7 @@ impl Shard {
                     group: Arc::from(g),
                     session: key,
                 };
-                self.broker
+                self.state
                     .shared
                     .borrow_mut()
                     .insert(parsed.filter, member, opts);
@@ -125,18 +122,13 @@ impl Shard {
         let group: Option<Arc<str>> = parsed.share_group.map(Arc::from);
         let filter: Arc<str> = Arc::from(parsed.filter);
         let removed = match &group {
-            None => self
-                .broker
-                .trie
-                .borrow_mut()
-                .remove(&filter, &key)
-                .is_some(),
+            None => self.state.trie.borrow_mut().remove(&filter, &key).is_some(),
             Some(g) => {
                 let member = MemberKey {
                     group: g.clone(),
                     session: key,
                 };
-                self.broker
+                self.state
                     .shared
                     .borrow_mut()
                     .remove(&filter, &member)
@@ -148,7 +140,7 @@ impl Shard {
         }
         self.probe.subscriptions_current.add(-1);
         let last = {
-            let mut counts = self.broker.interest_counts.borrow_mut();
+            let mut counts = self.state.interest_counts.borrow_mut();
             let k = (group.clone(), filter.clone());
             let count = counts
                 .get_mut(&k)
@@ -162,7 +154,7 @@ impl Shard {
             }
         };
         if last {
-            self.broker.interest.borrow_mut().remove(
+            self.state.interest.borrow_mut().remove(
                 &filter,
                 group.as_deref(),
                 ShardId(self.id as u16),
@@ -196,7 +188,7 @@ impl Shard {
         let mut begun = Vec::new();
         for (filter, opts) in filters {
             let existed = {
-                let mut sessions = self.broker.sessions.borrow_mut();
+                let mut sessions = self.state.sessions.borrow_mut();
                 let Some(slot) = sessions.get_mut(&key) else {
                     break;
                 };
@@ -207,7 +199,7 @@ impl Shard {
                 // owner's log end, asked below; until the answers come it holds the
                 // last watermark each owner sent here, which is never past that end.
                 if !s.subscribed_from.contains_key(&filter) {
-                    let heard = self.broker.heard_floors.borrow().clone();
+                    let heard = self.state.heard_floors.borrow().clone();
                     s.subscribed_from.insert(filter.clone(), heard);
                     begun.push(filter.clone());
                 }
@@ -225,14 +217,14 @@ impl Shard {
         // Asked after the interest changes above, on the same links: see `ask_log_ends`.
         let ends = (!begun.is_empty()).then(|| self.ask_log_ends());
         for ack in acks {
-            self.broker.replies(ack).await;
+            self.state.replies(ack).await;
         }
         let ends = match ends {
             Some(asked) => Some(self.log_ends(asked).await),
             None => None,
         };
         let (logged_as, records) = {
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return Some(added);
             };
@@ -281,7 +273,7 @@ impl Shard {
         if peers == 0 {
             return (local, None);
         }
-        let id = self.broker.open_request(peers);
+        let id = self.state.open_request(peers);
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(peer, ShardMsg::LogEndQuery { id });
         }
@@ -293,7 +285,7 @@ impl Shard {
         let mut ends = vec![0; self.mesh.shards()];
         ends[self.id] = local;
         if let Some(id) = id {
-            for reply in self.broker.replies(id).await {
+            for reply in self.state.replies(id).await {
                 if let Reply::LogEnd { shard, end } = reply {
                     ends[shard] = end;
                 }
@@ -326,7 +318,7 @@ impl Shard {
         } else {
             vec![owner_of(plain, self.mesh.shards()).0 as usize]
         };
-        let id = self.broker.open_request(targets.len());
+        let id = self.state.open_request(targets.len());
         let filter_arc: Arc<str> = Arc::from(plain);
         for shard in targets {
             self.post(
@@ -338,14 +330,14 @@ impl Shard {
             );
         }
         let mut messages = Vec::new();
-        for reply in self.broker.replies(id).await {
+        for reply in self.state.replies(id).await {
             if let Reply::Retained(found) = reply {
                 messages.extend(found);
             }
         }
         messages.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
         let now = Instant::now();
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };
@@ -375,7 +367,7 @@ impl Shard {
             .iter()
             .map(|filter| {
                 let logged_as = {
-                    let mut sessions = self.broker.sessions.borrow_mut();
+                    let mut sessions = self.state.sessions.borrow_mut();
                     sessions.get_mut(&key).and_then(|slot| {
                         let s = &mut slot.session;
                         s.subscriptions.remove(filter)?;

@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::broker::Broker;
 use crate::metrics::ShardProbe;
 use crate::mqtt::{ByteStr, PublishProperties, QoS};
+use crate::runtime::spawn_every;
 use crate::session::Message;
-use crate::shard::Shard;
 
 /// Who `$SYS` messages come from (never a client id: clients may not use `$`).
 const PUBLISHER: &str = "$SYS";
@@ -96,7 +97,7 @@ fn figures(probes: &[Arc<ShardProbe>], uptime: Duration) -> Figures {
     ]
 }
 
-impl Shard {
+impl Broker {
     /// On the metrics shard, with `sys_interval_secs` > 0: publishes the `$SYS` figures
     /// at once and then every interval, each only when it changed.
     pub(crate) fn spawn_sys(self: &Rc<Self>) {
@@ -104,22 +105,24 @@ impl Shard {
         if interval.is_zero() || self.id != self.config.metrics_shard {
             return;
         }
-        let shard = Rc::clone(self);
         let started = Instant::now();
-        glommio::spawn_local(async move {
-            let mut last: Figures = Default::default();
-            while !shard.shutdown.is_stopping() {
-                let now = figures(&shard.probes, started.elapsed());
-                for ((topic, value), before) in TOPICS.iter().zip(now).zip(last.iter_mut()) {
-                    if value != *before {
-                        shard.publish_sys(topic, &value);
-                        *before = value;
-                    }
-                }
-                glommio::timer::sleep(interval).await;
+        let mut last: Figures = Default::default();
+        self.publish_changed_sys(started, &mut last);
+        spawn_every(interval, self, move |shard| {
+            shard.publish_changed_sys(started, &mut last);
+            std::future::ready(())
+        });
+    }
+
+    /// Publishes each `$SYS` figure that changed since `last`.
+    fn publish_changed_sys(self: &Rc<Self>, started: Instant, last: &mut Figures) {
+        let now = figures(&self.probes, started.elapsed());
+        for ((topic, value), before) in TOPICS.iter().zip(now).zip(last.iter_mut()) {
+            if value != *before {
+                self.publish_sys(topic, &value);
+                *before = value;
             }
-        })
-        .detach();
+        }
     }
 
     fn publish_sys(self: &Rc<Self>, topic: &'static str, value: &str) {

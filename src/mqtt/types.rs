@@ -15,6 +15,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The version as people write it: "3.1", "3.1.1" or "5.0".
+    pub const fn version(self) -> &'static str {
+        match self {
+            Protocol::V31 => "3.1",
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5.0",
+        }
+    }
+
     /// The protocol level byte of CONNECT.
     pub const fn level(self) -> u8 {
         match self {

@@ -8,6 +8,7 @@
 //! into an [`Outlet`] the connection owns.
 
 mod cursor;
+mod link;
 mod message;
 mod outbound;
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 
 pub use cursor::{Admit, CatchUp, ReplayCursor};
+pub use link::Link;
 pub use message::{Delivery, LogPos, Message};
 pub use outbound::{
     Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, TopicAliases, UnknownPacketId,

@@ -85,10 +85,11 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
 use crate::router::owner_of;
+use crate::runtime::spawn_every;
 use crate::session::{Session, SubOptions, Will};
-use crate::shard::{Shard, ShardMsg};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
 use super::{shared, Reply};
@@ -397,7 +398,7 @@ pub fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-impl Shard {
+impl Broker {
     fn home_of(&self, client_id: &str) -> usize {
         owner_of(client_id, self.mesh.shards()).0 as usize
     }
@@ -421,7 +422,7 @@ impl Shard {
         wait: bool,
     ) -> Option<u64> {
         let (kind, body) = record;
-        let ack_id = wait.then(|| self.broker.open_request(1));
+        let ack_id = wait.then(|| self.state.open_request(1));
         self.post(
             self.home_of(client_id),
             ShardMsg::SessionLog {
@@ -444,7 +445,7 @@ impl Shard {
         let kind = RecordKind(kind);
         if kind == records::RECORD_SESSION_OPEN || kind == records::RECORD_SESSION_END {
             if let Some((client, _)) = records::decode(kind, &body) {
-                let mut persisted = self.broker.persisted.borrow_mut();
+                let mut persisted = self.state.persisted.borrow_mut();
                 if kind == records::RECORD_SESSION_OPEN {
                     persisted.insert(client);
                 } else {
@@ -472,11 +473,7 @@ impl Shard {
             }
             return false;
         };
-        match self
-            .broker
-            .session_log
-            .append_or_queue(&durable.wal, record)
-        {
+        match self.state.session_log.append_or_queue(&durable.wal, record) {
             Some((record, result)) => {
                 self.session_logged(record, result);
                 false
@@ -489,7 +486,7 @@ impl Shard {
         let Some(durable) = self.durable.get() else {
             return;
         };
-        let log = &self.broker.session_log;
+        let log = &self.state.session_log;
         log.drain(&durable.wal, |record, result| {
             self.session_logged(record, result)
         })
@@ -500,7 +497,7 @@ impl Shard {
     fn session_logged(self: &Rc<Self>, record: SessionAppend, result: Result<Offset, WalError>) {
         let offset = match result {
             Ok(offset) => {
-                if let Some(shadow) = self.broker.session_shadow.borrow_mut().as_mut() {
+                if let Some(shadow) = self.state.session_shadow.borrow_mut().as_mut() {
                     shadow.note(offset.0, record.kind, unix_ms(), &record.body);
                 }
                 offset
@@ -534,7 +531,7 @@ impl Shard {
             self.log_session_record(client_id, records::encode_will(client_id, record), wait);
         match ack_id {
             Some(id) => matches!(
-                self.broker.replies(id).await.pop(),
+                self.state.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             ),
             None => true,
@@ -551,12 +548,7 @@ impl Shard {
     /// Home shard, on a clean-start claim: the old session ends here, in the log's order,
     /// before the new connection can log anything of its own.
     pub(crate) fn end_logged_at_home(self: &Rc<Self>, client_id: &ByteStr) {
-        if !self
-            .broker
-            .persisted
-            .borrow_mut()
-            .remove(client_id.as_str())
-        {
+        if !self.state.persisted.borrow_mut().remove(client_id.as_str()) {
             return;
         }
         let (kind, body) = records::encode(client_id.as_str(), &SessionRecord::End);
@@ -576,14 +568,10 @@ impl Shard {
     /// Logs the replay cursors of every logged session that changed, every
     /// `CURSOR_FLUSH_MS`.
     pub(crate) fn spawn_cursor_flush(self: &Rc<Self>) {
-        let shard = Rc::clone(self);
-        glommio::spawn_local(async move {
-            while !shard.shutdown.is_stopping() {
-                glommio::timer::sleep(Duration::from_millis(CURSOR_FLUSH_MS)).await;
-                shard.flush_cursors(false);
-            }
-        })
-        .detach();
+        spawn_every(Duration::from_millis(CURSOR_FLUSH_MS), self, |shard| {
+            shard.flush_cursors(false);
+            std::future::ready(())
+        });
     }
 
     /// Logs the changed cursors (and QoS 2 completions) of every logged session; with
@@ -599,7 +587,7 @@ impl Shard {
             Vec<(u16, u64, u16)>,
         );
         let changed: Vec<Changed> = {
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             let members = if sessions
                 .values()
                 .any(|s| s.session.replay.released_len() > 0)
@@ -685,7 +673,7 @@ impl Shard {
                  some shared deliveries they gave back"
             );
         }
-        for slot in self.broker.sessions.borrow_mut().values_mut() {
+        for slot in self.state.sessions.borrow_mut().values_mut() {
             if slot.session.logged {
                 slot.session.replay.touch();
             }
@@ -693,7 +681,7 @@ impl Shard {
         let waits = self.flush_cursors(true);
         let flushed = async {
             for id in waits {
-                self.broker.replies(id).await;
+                self.state.replies(id).await;
             }
             for peer in self.all_shards().filter(|&p| p != self.id) {
                 self.post(peer, ShardMsg::Flushed);
@@ -733,7 +721,7 @@ impl Shard {
         let mut ok = true;
         for id in waits {
             ok &= matches!(
-                self.broker.replies(id).await.pop(),
+                self.state.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             );
         }
@@ -743,9 +731,9 @@ impl Shard {
             tracing::error!(shard = self.id, "a QoS 2 release could not be logged");
         }
         let now = std::time::Instant::now();
-        let mut sessions = self.broker.sessions.borrow_mut();
+        let mut sessions = self.state.sessions.borrow_mut();
         for r in batch {
-            let Some(key) = self.broker.by_client.borrow().get(&r.client_id).copied() else {
+            let Some(key) = self.state.by_client.borrow().get(&r.client_id).copied() else {
                 continue;
             };
             let Some(slot) = sessions.get_mut(&key) else {
@@ -786,7 +774,7 @@ impl Shard {
         }
         match wait {
             Some(id) => matches!(
-                self.broker.replies(id).await.pop(),
+                self.state.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             ),
             None => true,

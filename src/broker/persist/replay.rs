@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::QoS;
 use crate::session::{Delivery, Message, Session};
-use crate::shard::{Shard, ShardMsg};
 use crate::storage::{Offset, RecordRef, Wal};
 
 use super::super::durable::{decode_any_publish, decode_any_publish_even_expired};
@@ -20,7 +20,7 @@ use crate::router::filter_matches;
 /// Bytes read per step while replaying (bounds one read buffer).
 const REPLAY_READ_BYTES: usize = 4 << 20;
 
-impl Shard {
+impl Broker {
     /// Owner shard: reads its log from the lowest wanted offset and answers with the
     /// messages each session wants.
     pub(crate) async fn on_replay(&self, from: usize, id: u64, wants: Vec<ReplayWant>) {

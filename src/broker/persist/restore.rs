@@ -9,11 +9,11 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
+use crate::broker::{Broker, ConnRef, ShardMsg};
 use crate::mqtt::ByteStr;
 use crate::mqtt::QoS;
 use crate::router::parse_filter;
 use crate::session::{subscribed_from, Delivery, Had, LogPos, Session, Will, EXPIRY_NEVER};
-use crate::shard::{ConnRef, Shard, ShardMsg};
 
 use super::super::shared::lower_by_groups;
 use super::super::{Reply, SessionSlot};
@@ -21,7 +21,7 @@ use super::records::{self, SessionRecord, WillRecord};
 use super::replay::replayed_delivery;
 use super::{unix_ms, ArmedWills, RecoveredSession, ReplayWant};
 
-impl Shard {
+impl Broker {
     /// Home shard at start: rebuilds its persistent sessions (offline, on this shard),
     /// indexes their subscriptions and replays what each had not acknowledged. Returns
     /// the wills that fell due while the broker was down, or with the crash (`cut`: the
@@ -75,7 +75,7 @@ impl Shard {
             if let Some(will) = rec.will {
                 let left_ms = u64::from(will.delay_secs.min(rec.expiry_secs)) * 1000;
                 let due = left_ms <= offline_ms;
-                if let Some(slot) = self.broker.sessions.borrow_mut().get_mut(&key) {
+                if let Some(slot) = self.state.sessions.borrow_mut().get_mut(&key) {
                     slot.session.will = (!due).then(|| will.clone());
                 }
                 if due || will_from_cut.contains(client_id.as_str()) {
@@ -142,24 +142,24 @@ impl Shard {
             session.subscriptions.insert(filter.clone(), *opts);
             session.subscribed_from.insert(filter.clone(), from.clone());
         }
-        let key = self.broker.new_session_key();
+        let key = self.state.new_session_key();
         let me = ConnRef {
             shard: self.id,
             token: 0,
         };
-        self.broker
+        self.state
             .by_client
             .borrow_mut()
             .insert(client_id.clone(), key);
-        self.broker
+        self.state
             .registry
             .borrow_mut()
             .insert(client_id.clone(), me);
-        self.broker
+        self.state
             .persisted
             .borrow_mut()
             .insert(client_id.as_str().to_string());
-        self.broker.sessions.borrow_mut().insert(
+        self.state.sessions.borrow_mut().insert(
             key,
             SessionSlot {
                 session,
@@ -181,13 +181,13 @@ impl Shard {
             }
         }
         for ack in acks {
-            self.broker.replies(ack).await;
+            self.state.replies(ack).await;
         }
         if restored.is_empty() {
             return;
         }
         let shards = self.mesh.shards();
-        let id = self.broker.open_request(shards);
+        let id = self.state.open_request(shards);
         for owner in 0..shards {
             let wants = restored
                 .iter()
@@ -209,7 +209,7 @@ impl Shard {
             self.post(owner, ShardMsg::Replay { id, wants });
         }
         let now = Instant::now();
-        for reply in self.broker.replies(id).await {
+        for reply in self.state.replies(id).await {
             let Reply::Replayed {
                 shard,
                 end,
@@ -219,7 +219,7 @@ impl Shard {
             else {
                 continue;
             };
-            let mut sessions = self.broker.sessions.borrow_mut();
+            let mut sessions = self.state.sessions.borrow_mut();
             // Shared deliveries a member has no room for, in offset order.
             let mut for_groups: Vec<(u64, Delivery)> = Vec::new();
             let mut spilled = HashSet::new();
@@ -278,7 +278,7 @@ impl Shard {
         let mut waits = Vec::new();
         for (key, client_id, ..) in restored {
             let cursors = {
-                let mut sessions = self.broker.sessions.borrow_mut();
+                let mut sessions = self.state.sessions.borrow_mut();
                 let Some(slot) = sessions.get_mut(key) else {
                     continue;
                 };
@@ -357,7 +357,7 @@ impl Shard {
         let mut all = true;
         for id in waits {
             all &= matches!(
-                self.broker.replies(id).await.pop(),
+                self.state.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             );
         }

@@ -40,9 +40,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+use crate::broker::Broker;
 use crate::mqtt::{ByteStr, QoS};
 use crate::session::Session;
-use crate::shard::Shard;
 
 use super::records::SessionRecord;
 
@@ -68,14 +68,14 @@ pub struct SendLog {
     waker: Cell<Option<Waker>>,
 }
 
-impl Shard {
+impl Broker {
     /// After a pump of `session`: its deliveries that entered the sending state join the
     /// batch of the task logging them.
     pub(crate) fn hold_sends(&self, session: &mut Session) {
         if !session.outbound.has_unlogged() {
             return;
         }
-        let log = &self.broker.sending;
+        let log = &self.state.sending;
         let mut batch = log.batch.borrow_mut();
         for (shard, offset, pid) in session.outbound.drain_unlogged() {
             batch.push(Sending {
@@ -97,15 +97,15 @@ impl Shard {
         glommio::spawn_local(async move {
             loop {
                 poll_fn(|cx| {
-                    if shard.broker.sending.batch.borrow().is_empty() {
-                        shard.broker.sending.waker.set(Some(cx.waker().clone()));
+                    if shard.state.sending.batch.borrow().is_empty() {
+                        shard.state.sending.waker.set(Some(cx.waker().clone()));
                         Poll::Pending
                     } else {
                         Poll::Ready(())
                     }
                 })
                 .await;
-                let log = &shard.broker.sending;
+                let log = &shard.state.sending;
                 let mut batch = std::mem::replace(&mut *log.batch.borrow_mut(), log.spare.take());
                 shard.log_sends(&mut batch).await;
                 batch.clear();
@@ -121,7 +121,7 @@ impl Shard {
         // Stable: each session's entries keep their send order.
         batch.sort_by(|a, b| a.client_id.as_str().cmp(b.client_id.as_str()));
         let mut waits = Vec::new();
-        let mut entries = self.broker.sending.entries.take();
+        let mut entries = self.state.sending.entries.take();
         for run in batch.chunk_by(|a, b| a.client_id == b.client_id) {
             entries.clear();
             entries.extend(run.iter().map(|s| (s.at.0, s.at.1, s.pid)));
@@ -132,7 +132,7 @@ impl Shard {
             };
             entries = back;
         }
-        self.broker.sending.entries.set(entries);
+        self.state.sending.entries.set(entries);
         if !self.all_logged(waits).await {
             tracing::error!(
                 shard = self.id,
@@ -146,8 +146,8 @@ impl Shard {
     /// logged.
     fn send_logged(&self, batch: &[Sending]) {
         let now = Instant::now();
-        let mut sessions = self.broker.sessions.borrow_mut();
-        let by_client = self.broker.by_client.borrow();
+        let mut sessions = self.state.sessions.borrow_mut();
+        let by_client = self.state.by_client.borrow();
         let (mut sent, mut bytes) = (0, 0);
         for s in batch {
             let Some(slot) = by_client

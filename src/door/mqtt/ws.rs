@@ -24,8 +24,8 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, Stream};
 use futures_sink::Sink;
 
+use super::Door;
 use crate::metrics::Limit;
-use crate::shard::Shard;
 
 /// The subprotocols a client may ask for, best first: `mqtt` (MQTT 3.1.1 and 5.0) and
 /// `mqttv3.1`, which many 3.1-era clients (and some current ones) still send.
@@ -114,9 +114,9 @@ fn io_error(e: WsError) -> io::Error {
 /// before they are buffered whole. The framing layer's read buffer, allocated up front
 /// for every connection, is one read chunk rather than its default 128 KiB, so an idle
 /// WebSocket client costs about what a TCP one does.
-fn ws_config(shard: &Shard) -> WebSocketConfig {
+fn ws_config(door: &Door) -> WebSocketConfig {
     let chunk = super::serve::READ_CHUNK_BYTES;
-    let max = (shard.config.max_packet_bytes as usize).saturating_add(chunk);
+    let max = (door.config.max_packet_bytes as usize).saturating_add(chunk);
     WebSocketConfig::default()
         .read_buffer_size(chunk)
         .max_message_size(Some(max))
@@ -130,15 +130,15 @@ fn ws_config(shard: &Shard) -> WebSocketConfig {
 // The callback's error type is the framing crate's HTTP response, large as it is.
 #[allow(clippy::result_large_err)]
 pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     mut stream: S,
     peer: Option<SocketAddr>,
     accepted_at: Instant,
 ) -> Option<WsConn<S>> {
-    let limit = Duration::from_millis(shard.config.connect_timeout_ms);
+    let limit = Duration::from_millis(door.config.connect_timeout_ms);
     let left = limit.saturating_sub(accepted_at.elapsed());
-    let path = shard.config.ws_path.as_str();
-    let config = ws_config(shard);
+    let path = door.config.ws_path.as_str();
+    let config = ws_config(door);
     let upgraded = glommio::timer::timeout(left, async {
         // On `&mut stream`, so a refused request can still be answered here.
         let handshake = async_tungstenite::accept_hdr_async_with_config(
@@ -163,17 +163,13 @@ pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     match upgraded {
         Ok(Ok(())) => {}
         Ok(Err(())) => {
-            log_failed(shard, peer, "WebSocket upgrade refused");
+            log_failed(door, peer, "WebSocket upgrade refused");
             return None;
         }
         Err(_) => {
-            shard.probe.connect_timeouts_total.inc();
-            shard.probe.hit(Limit::ConnectTimeoutMs);
-            log_failed(
-                shard,
-                peer,
-                "no WebSocket upgrade within connect_timeout_ms",
-            );
+            door.probe.connect_timeouts_total.inc();
+            door.probe.hit(Limit::ConnectTimeoutMs);
+            log_failed(door, peer, "no WebSocket upgrade within connect_timeout_ms");
             return None;
         }
     }
@@ -257,12 +253,11 @@ fn error_response(status: StatusCode, body: &str) -> ErrorResponse {
 }
 
 /// One "WebSocket upgrade failed" line at info, within the shard's cap on refusal lines.
-fn log_failed(shard: &Shard, peer: Option<SocketAddr>, reason: &str) {
-    let Some(left_out) = shard.connections.admit_refusal_line() else {
+fn log_failed(door: &Door, peer: Option<SocketAddr>, reason: &str) {
+    let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(
-        shard = shard.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         reason,
         left_out,

@@ -1,103 +1,127 @@
-//! One shard's state and its life: join the mesh, bind the listener, serve, drain, stop.
+//! [`Broker`]: one shard's broker, the one value that owns this shard's broker state and
+//! log, and its health check over the mesh.
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::future::poll_fn;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::ConnectedReceiver;
 
-use crate::auth::{Authenticator, HashQueue};
-use crate::broker::{BrokerState, Durability};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
-use crate::net::Connections;
+use crate::runtime::{batch_cost_bytes, Batch, Mesh, Shutdown};
+use crate::session::Link;
 
-use super::mesh::{Batch, Mesh};
-use super::msg::{batch_cost_bytes, ShardMsg};
-use super::quota::Quota;
-use super::reload::Live;
+use super::msg::ShardMsg;
+use super::quota::RetainedQuota;
+use super::{Durability, State};
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Everything a shard owns. Lives in an `Rc` on its executor; never crosses threads.
-pub struct Shard {
+/// One shard's broker: sessions, subscriptions, retained messages, shared groups and the
+/// log of this shard, and its end of the mesh. Lives in an `Rc` on its executor; never
+/// crosses threads. The doors reach it through its methods; its state is its own.
+pub struct Broker {
     /// This shard's id (index into `cpus`, `probes`, the mesh).
     pub id: usize,
     /// The process configuration.
     pub config: Arc<Config>,
     /// This shard's end of the mesh.
-    pub mesh: Rc<Mesh>,
+    pub mesh: Rc<Mesh<ShardMsg>>,
     /// This shard's counters.
     pub probe: Arc<ShardProbe>,
-    /// Every shard's counters (read only, for the metrics endpoint).
+    /// Every shard's counters (read only, for the metrics endpoint and `$SYS`).
     pub probes: Probes,
     /// Set once when the shard starts shutting down.
     pub shutdown: Shutdown,
-    /// Live client connections on this shard.
-    pub connections: Connections,
     /// Sessions, subscriptions, retained messages and routing state of this shard.
-    pub broker: BrokerState,
-    /// Who may connect and the ACL, as of this shard's last reload (see `reload`).
-    pub auth: RefCell<Arc<Authenticator>>,
-    /// The TLS acceptor for new connections on `mqtts_listen` (and the metrics
-    /// listener with `metrics_tls`), as of the last reload.
-    pub tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
-    /// The settings in force for the whole process; a reload replaces them.
-    pub live: Arc<Live>,
-    /// The password-hashing thread's queue (one per process).
-    pub hashing: Arc<HashQueue>,
-    /// The connection and retained-topic limits this shard enforces.
-    pub quota: Quota,
+    pub(super) state: State,
+    /// Who may connect and the ACL, as of this shard's last reload.
+    auth: RefCell<Arc<Authenticator>>,
+    /// The retained-topic limits this shard enforces as an owner.
+    pub(super) quota: RetainedQuota,
     /// This shard's WAL, set once at start after recovery.
-    pub durable: OnceCell<Durability>,
+    pub(super) durable: OnceCell<Durability>,
+    /// The links of the connections on this shard, by token: where the acks of their
+    /// publishes go.
+    links: RefCell<HashMap<u64, Rc<Link>>>,
     health_seq: Cell<u64>,
     /// Last ping round each shard answered.
     pongs: RefCell<Vec<u64>>,
 }
 
-impl Shard {
+impl AsRef<Shutdown> for Broker {
+    fn as_ref(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+impl Broker {
     /// The credentials and ACL in force.
     pub fn auth(&self) -> Arc<Authenticator> {
         Arc::clone(&self.auth.borrow())
     }
 
-    /// A shard with no connections yet.
+    /// Puts `auth` in force; returns the credentials it replaces.
+    pub fn replace_auth(&self, auth: Arc<Authenticator>) -> Arc<Authenticator> {
+        std::mem::replace(&mut *self.auth.borrow_mut(), auth)
+    }
+
+    /// A broker with no sessions yet, on shard `id`'s end of the mesh.
     pub fn new(
         id: usize,
         config: Arc<Config>,
-        mesh: Rc<Mesh>,
+        mesh: Rc<Mesh<ShardMsg>>,
         probes: Probes,
-        (live, hashing): (Arc<Live>, Arc<HashQueue>),
-        quota: Quota,
+        auth: Arc<Authenticator>,
     ) -> Rc<Self> {
         let shards = mesh.shards();
-        let snapshot = live.current();
-        Rc::new(Shard {
+        Rc::new(Broker {
             id,
             config,
             probe: Arc::clone(&probes[id]),
             probes,
             mesh,
             shutdown: Shutdown::default(),
-            connections: Connections::default(),
-            broker: BrokerState::new(),
-            auth: RefCell::new(Arc::clone(&snapshot.auth)),
-            tls: RefCell::new(snapshot.tls.clone().map(futures_rustls::TlsAcceptor::from)),
-            live,
-            hashing,
-            quota,
+            state: State::new(),
+            auth: RefCell::new(auth),
+            quota: RetainedQuota::default(),
             durable: OnceCell::new(),
+            links: RefCell::new(HashMap::new()),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
         })
     }
 
+    /// A connection opened on this shard: the acks of its publishes go to `link`.
+    pub fn link_opened(&self, link: &Rc<Link>) {
+        self.links.borrow_mut().insert(link.token, Rc::clone(link));
+    }
+
+    /// The connection of `token` closed.
+    pub fn link_closed(&self, token: u64) {
+        self.links.borrow_mut().remove(&token);
+    }
+
+    /// The link of the live connection `token`.
+    pub(super) fn link(&self, token: u64) -> Option<Rc<Link>> {
+        self.links.borrow().get(&token).cloned()
+    }
+
+    /// Whether this shard's WAL is open (always, once serving).
+    pub fn is_durable(&self) -> bool {
+        self.durable.get().is_some()
+    }
+
     /// Runs one receiving task per peer, dispatching each batch message by message.
-    pub fn spawn_receivers(self: &Rc<Self>, inbound: Vec<(usize, ConnectedReceiver<Batch>)>) {
+    pub fn spawn_receivers(
+        self: &Rc<Self>,
+        inbound: Vec<(usize, ConnectedReceiver<Batch<ShardMsg>>)>,
+    ) {
         for (from, rx) in inbound {
             let shard = Rc::clone(self);
             glommio::spawn_local(async move {
@@ -162,44 +186,5 @@ impl Shard {
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-    }
-}
-
-/// A one-way latch: false until shutdown starts, then true forever.
-#[derive(Default)]
-pub struct Shutdown {
-    stopping: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
-}
-
-impl Shutdown {
-    /// Starts shutdown (idempotent) and wakes every waiter.
-    pub fn trigger(&self) {
-        if !self.stopping.replace(true) {
-            for waker in self.waiters.borrow_mut().drain(..) {
-                waker.wake();
-            }
-        }
-    }
-
-    /// Whether shutdown has started.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
-    }
-
-    /// Resolves once shutdown has started. For a handful of long-lived waiters (accept
-    /// loops, the metrics server), not per connection.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.stopping.get() {
-                return Poll::Ready(());
-            }
-            let mut waiters = self.waiters.borrow_mut();
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
     }
 }

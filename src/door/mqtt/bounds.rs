@@ -30,9 +30,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use super::Door;
 use crate::metrics::Limit;
 use crate::mqtt::{self, Packet, QoS, ReasonCode};
-use crate::shard::Shard;
 
 use super::conn::Conn;
 use super::socket::Socket;
@@ -110,39 +110,37 @@ impl PacketClock {
 
 /// Waits while `conn` has more output pending than its replies may take (see the module
 /// docs); counted as a `connection_out_bytes_max` hit.
-pub(super) async fn output_room(shard: &Shard, conn: &Conn) {
-    let bytes_max = shard.config.connection_out_bytes_max.saturating_mul(2);
-    if conn.pending_bytes() >= bytes_max {
-        shard.probe.hit(Limit::ConnectionOutBytesMax);
-        conn.output_below(bytes_max).await;
+pub(super) async fn output_room(door: &Door, conn: &Conn) {
+    let bytes_max = door.config.connection_out_bytes_max.saturating_mul(2);
+    if conn.link.pending_bytes() >= bytes_max {
+        door.probe.hit(Limit::ConnectionOutBytesMax);
+        conn.link.output_below(bytes_max).await;
     }
 }
 
 /// Whether `packet` is refused for exceeding a per-packet bound; if so it has been
 /// answered and counted, and must not be handled.
-pub(super) fn refused(shard: &Shard, conn: &Conn, packet: &Packet) -> bool {
+pub(super) fn refused(door: &Door, conn: &Conn, packet: &Packet) -> bool {
     let Packet::Publish(publish) = packet else {
         return false;
     };
     let user_bytes = mqtt::user_properties_bytes(&publish.properties.user_properties);
-    if user_bytes <= shard.config.user_properties_bytes_max {
+    if user_bytes <= door.config.user_properties_bytes_max {
         return false;
     }
-    shard.probe.hit(Limit::UserPropertiesBytesMax);
-    tracing::debug!(
-        token = conn.token,
+    door.probe.hit(Limit::UserPropertiesBytesMax);
+    tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token,
         user_bytes,
         "publish refused: user properties over user_properties_bytes_max"
     );
     if let (Some(pid), true) = (publish.packet_id, publish.qos != QoS::AtMostOnce) {
         // In receive order with the publishes before it; a refused QoS 2 publish leaves
         // no state behind (PUBREC with an error code ends its flow).
-        conn.expect_ack(pid.get(), publish.qos);
-        conn.complete_ack(
-            pid.get(),
-            ReasonCode::QuotaExceeded,
-            &shard.probe.publish_ack_latency.0,
-        );
+        conn.link.expect_ack(pid.get(), publish.qos);
+        conn.link
+            .complete_ack(pid.get(), ReasonCode::QuotaExceeded, |us| {
+                door.probe.publish_ack_latency.0.record(us)
+            });
     }
     true
 }
@@ -206,10 +204,10 @@ impl PublishRate {
 
 /// Pauses reading `rate`'s connection while its bucket is in debt (counted once per
 /// pause as a hit of the limit that holds it).
-pub(super) async fn publish_room(shard: &Shard, rate: &mut Option<PublishRate>) {
+pub(super) async fn publish_room(door: &Door, rate: &mut Option<PublishRate>) {
     let Some(rate) = rate.as_mut() else { return };
     while let Some((wait, limit)) = rate.debt(Instant::now()) {
-        shard.probe.hit(limit);
+        door.probe.hit(limit);
         glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
     }
 }

@@ -3,24 +3,27 @@
 //! the wire (`Shard::pump`). Each refusal is counted in `shardmq_acl_denied_total` and
 //! logged at debug.
 
+use super::Door;
 use crate::auth::acl::{Coverage, Identity};
 use crate::broker::sys::is_sys_topic;
 use crate::config::AclPublishDenied;
 use crate::metrics::AclAction;
 use crate::mqtt::{Protocol, QoS, ReasonCode};
 use crate::session::Will;
-use crate::shard::Shard;
 
 use super::conn::Conn;
 use super::serve::Ending;
 
 /// Whether this client may use `client_id` (ownership, `client_id_owner`).
-pub(super) fn may_use_client_id(shard: &Shard, identity: Identity<'_>, client_id: &str) -> bool {
-    let allowed = shard.auth().acl().may_use_client_id(identity, client_id);
+pub(super) fn may_use_client_id(door: &Door, identity: Identity<'_>, client_id: &str) -> bool {
+    let allowed = door
+        .broker
+        .auth()
+        .acl()
+        .may_use_client_id(identity, client_id);
     if !allowed {
-        shard.probe.acl_denied(AclAction::Connect, 1);
-        tracing::debug!(
-            client_id,
+        door.probe.acl_denied(AclAction::Connect, 1);
+        tracing::debug!(target: super::CONNECTION_LOG, client_id,
             ?identity,
             "acl: client id belongs to another user"
         );
@@ -30,10 +33,11 @@ pub(super) fn may_use_client_id(shard: &Shard, identity: Identity<'_>, client_id
 
 /// The will, if its client may publish to its topic; a will it may not is dropped (it
 /// would never be published).
-pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> Option<Will> {
+pub(super) fn permitted_will(door: &Door, conn: &Conn, will: Option<Will>) -> Option<Will> {
     let will = will?;
     let allowed = !is_sys_topic(will.topic.as_str())
         && conn
+            .link
             .acl
             .borrow_mut()
             .as_mut()
@@ -41,9 +45,8 @@ pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> 
     if allowed {
         return Some(will);
     }
-    shard.probe.acl_denied(AclAction::Will, 1);
-    tracing::debug!(
-        token = conn.token,
+    door.probe.acl_denied(AclAction::Will, 1);
+    tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token,
         topic = will.topic.as_str(),
         "acl: will dropped"
     );
@@ -51,18 +54,16 @@ pub(super) fn permitted_will(shard: &Shard, conn: &Conn, will: Option<Will>) -> 
 }
 
 /// Classifies the subscriptions a resumed session brought (see `ClientAcl::settle`).
-pub(crate) fn settle(shard: &Shard, conn: &Conn, key: u64) {
-    let mut acl = conn.acl.borrow_mut();
+pub(crate) fn settle(door: &Door, conn: &Conn, key: u64) {
+    let mut acl = conn.link.acl.borrow_mut();
     let Some(acl) = acl.as_mut() else { return };
-    let sessions = shard.broker.sessions.borrow();
-    let filters = sessions.get(&key).into_iter();
-    acl.settle(filters.flat_map(|s| s.session.subscriptions.keys().map(String::as_str)));
+    door.broker.with_filters(key, |filters| acl.settle(filters));
 }
 
 /// Classifies again, under rules a reload swapped in while they were being added, the
 /// filters a SUBSCRIBE granted (the reload's pass did not find them in the session yet).
 pub(super) fn settle_added<'a>(conn: &Conn, filters: impl Iterator<Item = &'a str>) {
-    if let Some(acl) = conn.acl.borrow_mut().as_mut() {
+    if let Some(acl) = conn.link.acl.borrow_mut().as_mut() {
         acl.settle(filters);
     }
 }
@@ -80,7 +81,7 @@ pub(super) enum PublishDenied {
 /// Checks a PUBLISH; a refused one is answered as its protocol allows: v5 PUBACK/PUBREC
 /// 0x87 (QoS 0: dropped), 3.1.1 acked as usual and dropped, or the connection closed.
 pub(super) fn check_publish(
-    shard: &Shard,
+    door: &Door,
     conn: &Conn,
     topic: &str,
     qos: QoS,
@@ -89,6 +90,7 @@ pub(super) fn check_publish(
     // `$SYS` is the broker's own (see `broker::sys`), whatever the rules.
     let allowed = !is_sys_topic(topic)
         && conn
+            .link
             .acl
             .borrow_mut()
             .as_mut()
@@ -96,43 +98,46 @@ pub(super) fn check_publish(
     if allowed {
         return PublishDenied::No;
     }
-    shard.probe.acl_denied(AclAction::Publish, 1);
-    tracing::debug!(token = conn.token, topic, "acl: publish refused");
-    let v5 = conn.protocol.get() == Protocol::V5;
-    if !v5 && shard.config.acl_publish_denied_v3 == AclPublishDenied::Disconnect {
-        conn.close(ReasonCode::NotAuthorized);
+    door.probe.acl_denied(AclAction::Publish, 1);
+    tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token, topic, "acl: publish refused");
+    let v5 = conn.link.protocol.get() == Protocol::V5;
+    if !v5 && door.config.acl_publish_denied_v3 == AclPublishDenied::Disconnect {
+        conn.link.close(ReasonCode::NotAuthorized);
         return PublishDenied::Close(Ending::Abnormal);
     }
     if let Some(pid) = packet_id.filter(|_| qos != QoS::AtMostOnce) {
         // In receive order with the publishes before it, as every ack.
-        conn.expect_ack(pid, qos);
+        conn.link.expect_ack(pid, qos);
         let reason = if v5 {
             ReasonCode::NotAuthorized
         } else {
             ReasonCode::Success
         };
-        conn.complete_ack(pid, reason, &shard.probe.publish_ack_latency.0);
+        conn.link.complete_ack(pid, reason, |us| {
+            door.probe.publish_ack_latency.0.record(us)
+        });
     }
     PublishDenied::Answered
 }
 
 /// What a SUBSCRIBE filter reaches for this client (everything without rules).
-pub(super) fn subscribe(shard: &Shard, conn: &Conn, filter: &str) -> Coverage {
+pub(super) fn subscribe(door: &Door, conn: &Conn, filter: &str) -> Coverage {
     let coverage = conn
+        .link
         .acl
         .borrow_mut()
         .as_mut()
         .map_or(Coverage::Whole, |acl| acl.subscribe(filter));
     if coverage == Coverage::Denied {
-        shard.probe.acl_denied(AclAction::Subscribe, 1);
-        tracing::debug!(token = conn.token, filter, "acl: subscription refused");
+        door.probe.acl_denied(AclAction::Subscribe, 1);
+        tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token, filter, "acl: subscription refused");
     }
     coverage
 }
 
 /// A subscription ended.
 pub(super) fn unsubscribe(conn: &Conn, filter: &str) {
-    if let Some(acl) = conn.acl.borrow_mut().as_mut() {
+    if let Some(acl) = conn.link.acl.borrow_mut().as_mut() {
         acl.unsubscribe(filter);
     }
 }

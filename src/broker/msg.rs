@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::broker::{AdminAnswer, AdminQuery, ReplayWant};
 use crate::mqtt::{ByteStr, ReasonCode};
+use crate::runtime::MeshMessage;
 use crate::session::{Message, Session};
+
+use super::{AdminAnswer, AdminQuery, ReplayWant};
 
 /// Identifies one connection on one shard: `(shard, connection token)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,10 +35,10 @@ pub struct AckTo {
     pub resend: bool,
 }
 
-impl ShardMsg {
+impl MeshMessage for ShardMsg {
     /// Bytes this message keeps alive while it travels: what the mesh's per-link
     /// bound (`mesh_link_bytes_max`) counts.
-    pub fn cost_bytes(&self) -> usize {
+    fn cost_bytes(&self) -> usize {
         match self {
             ShardMsg::Publish { msg, .. }
             | ShardMsg::Deliver { msg }
@@ -49,11 +51,6 @@ impl ShardMsg {
             _ => 64,
         }
     }
-}
-
-/// The bytes a batch keeps alive while it travels.
-pub fn batch_cost_bytes(batch: &[ShardMsg]) -> usize {
-    batch.iter().map(ShardMsg::cost_bytes).sum()
 }
 
 /// One message from one shard to another; the sender's id travels with the batch.

@@ -9,7 +9,9 @@ use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
 use crate::mqtt::{self, DecodeLimits, Packet, ReasonCode};
-use crate::shard::{ConnectionSlot, Shard};
+use crate::runtime::ConnectionSlot;
+
+use super::Door;
 
 use super::bounds::{self, PacketClock};
 use super::conn::Conn;
@@ -77,7 +79,7 @@ pub(super) enum Ending {
 /// limits until it is gone. Over TLS or WebSocket the connection first goes through
 /// their handshakes.
 pub(super) async fn serve(
-    shard: Rc<Shard>,
+    door: Rc<Door>,
     stream: TcpStream,
     _slot: ConnectionSlot,
     transport: Transport,
@@ -85,41 +87,41 @@ pub(super) async fn serve(
     // The connect deadline runs from here, through the TLS handshake and the WebSocket
     // upgrade to the CONNECT.
     let accepted_at = Instant::now();
-    let conn = shard.connections.register(stream.as_raw_fd());
-    shard.probe.connections_accepted_total.inc();
-    shard.probe.connections_current.add(1);
+    let conn = door.register(stream.as_raw_fd(), stream.peer_addr().ok());
+    door.probe.connections_accepted_total.inc();
+    door.probe.connections_current.add(1);
     let _ = stream.set_nodelay(true);
     // A failed handshake drops the stream; nothing awaits between that and
     // unregistering, so `conn.fd` never names someone else's descriptor.
-    let opened = open(&shard, stream, transport, accepted_at).await;
+    let opened = open(&door, stream, transport, accepted_at).await;
     if let Some((socket, identity)) = opened {
         // The writer task shares the socket: reading and writing never wait for each
         // other (see `socket`), and the connection costs one descriptor.
         let writer = glommio::spawn_local(write_loop(
-            Rc::clone(&shard),
+            Rc::clone(&door),
             Rc::clone(&conn),
             socket.clone(),
         ));
-        read_side(&shard, &conn, &socket, accepted_at, identity).await;
-        conn.close(ReasonCode::Success);
+        read_side(&door, &conn, &socket, accepted_at, identity).await;
+        conn.link.close(ReasonCode::Success);
         writer.await;
         // `conn.fd` must stay this socket's descriptor while the connection is
         // registered (shutdown paths use it). This is the last handle on the socket (the
         // writer's went with its task), so the descriptor closes only after
         // unregistering.
-        shard.connections.unregister(conn.token);
+        door.unregister(conn.link.token);
         drop(socket);
     } else {
-        shard.connections.unregister(conn.token);
+        door.unregister(conn.link.token);
     }
-    shard.probe.connections_current.add(-1);
-    shard.probe.connections_closed_total.inc();
+    door.probe.connections_current.add(-1);
+    door.probe.connections_closed_total.inc();
 }
 
 /// The MQTT byte stream of a connection on a `transport` listener, after the handshakes
 /// it needs, and the user a TLS client certificate names.
 async fn open(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     stream: TcpStream,
     transport: Transport,
     accepted_at: Instant,
@@ -127,43 +129,43 @@ async fn open(
     match transport {
         Transport::Tcp => Some((Socket::plain(stream), None)),
         Transport::Tls(acceptor) => {
-            let (stream, identity) = tls::handshake(shard, &acceptor, stream, accepted_at).await?;
+            let (stream, identity) = tls::handshake(door, &acceptor, stream, accepted_at).await?;
             Some((Socket::tls(stream), identity))
         }
         Transport::Ws => {
             let peer = stream.peer_addr().ok();
-            let conn = ws::upgrade(shard, stream, peer, accepted_at).await?;
+            let conn = ws::upgrade(door, stream, peer, accepted_at).await?;
             Some((Socket::ws(conn), None))
         }
         Transport::Wss(acceptor) => {
             let peer = stream.peer_addr().ok();
-            let (stream, identity) = tls::handshake(shard, &acceptor, stream, accepted_at).await?;
-            let conn = ws::upgrade(shard, stream, peer, accepted_at).await?;
+            let (stream, identity) = tls::handshake(door, &acceptor, stream, accepted_at).await?;
+            let conn = ws::upgrade(door, stream, peer, accepted_at).await?;
             Some((Socket::wss(conn), identity))
         }
     }
 }
 
 async fn read_side(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     conn: &Rc<Conn>,
     socket: &Socket,
     accepted_at: Instant,
     identity: Option<String>,
 ) {
     let limits = DecodeLimits {
-        packet_bytes_max: shard.config.max_packet_bytes,
+        packet_bytes_max: door.config.max_packet_bytes,
     };
     let mut rbuf = ReadBuf::new();
     // A deadline for the whole CONNECT and its credential check from accept, not per
     // read: a client that trickles one byte at a time is dropped at the same moment as
     // one that sends nothing, and a password check waiting its turn is given up.
-    let connect_timeout = Duration::from_millis(shard.config.connect_timeout_ms)
-        .saturating_sub(accepted_at.elapsed());
+    let connect_timeout =
+        Duration::from_millis(door.config.connect_timeout_ms).saturating_sub(accepted_at.elapsed());
     let (connect, principal) = match glommio::timer::timeout(connect_timeout, async {
-        let connect = connect::read_connect(shard, conn, socket, &mut rbuf, &limits).await;
+        let connect = connect::read_connect(door, conn, socket, &mut rbuf, &limits).await;
         Ok(match connect {
-            Some(c) => connect::check_credentials(shard, conn, &c, identity)
+            Some(c) => connect::check_credentials(door, conn, &c, identity)
                 .await
                 .map(|principal| (c, principal)),
             None => None,
@@ -174,56 +176,55 @@ async fn read_side(
         Ok(Some(connect)) => connect,
         Ok(None) => return,
         Err(_) => {
-            shard.probe.connect_timeouts_total.inc();
-            shard.probe.hit(Limit::ConnectTimeoutMs);
+            door.probe.connect_timeouts_total.inc();
+            door.probe.hit(Limit::ConnectTimeoutMs);
             return;
         }
     };
-    let Some(accepted) = connect::handshake(shard, conn, connect, principal).await else {
+    let Some(accepted) = connect::handshake(door, conn, connect, principal).await else {
         return;
     };
-    let ending = packet_loop(shard, conn, socket, &mut rbuf, &limits, &accepted).await;
-    tracing::debug!(
-        shard = shard.id,
+    let ending = packet_loop(door, conn, socket, &mut rbuf, &limits, &accepted).await;
+    tracing::debug!(target: super::CONNECTION_LOG, shard = door.id,
         client_id = accepted.client_id.as_str(),
         ending = ?ending,
         "client disconnected"
     );
-    let Some(key) = conn.session.get() else {
+    let Some(key) = conn.link.session.get() else {
         return;
     };
-    conn.session.set(None);
+    conn.link.session.set(None);
     match ending {
-        Ending::Normal { expiry_secs } => shard.detach_session(key, false, expiry_secs),
-        Ending::WithWill { expiry_secs } => shard.detach_session(key, true, expiry_secs),
-        Ending::Abnormal => shard.detach_session(key, true, None),
-        Ending::ByServer => shard.detach_session(key, false, None),
+        Ending::Normal { expiry_secs } => door.broker.detach_session(key, false, expiry_secs),
+        Ending::WithWill { expiry_secs } => door.broker.detach_session(key, true, expiry_secs),
+        Ending::Abnormal => door.broker.detach_session(key, true, None),
+        Ending::ByServer => door.broker.detach_session(key, false, None),
     }
 }
 
 async fn packet_loop(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     conn: &Rc<Conn>,
     socket: &Socket,
     rbuf: &mut ReadBuf,
     limits: &DecodeLimits,
     accepted: &Accepted,
 ) -> Ending {
-    let protocol = conn.protocol.get();
+    let protocol = conn.link.protocol.get();
     let keep_alive = accepted.keep_alive_secs;
     let keep_alive_limit =
         (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let mut clock = PacketClock::new(shard.config.packet_read_timeout_ms, keep_alive_limit);
+    let mut clock = PacketClock::new(door.config.packet_read_timeout_ms, keep_alive_limit);
     let mut state = packets::ConnState::new(accepted);
     let mut rate = bounds::PublishRate::new(
-        shard.config.client_publish_rate_max,
-        shard.config.client_publish_bytes_rate_max,
+        door.config.client_publish_rate_max,
+        door.config.client_publish_bytes_rate_max,
     );
     loop {
         // Decode and handle everything already buffered before reading again.
         let mut decoded = false;
         loop {
-            if conn.closing().is_some() {
+            if conn.link.closing().is_some() {
                 return Ending::ByServer;
             }
             let buffered = rbuf.buf.len();
@@ -239,22 +240,22 @@ async fn packet_loop(
                         (Some(rate), Packet::Publish(_)) => rate.spend(buffered - rbuf.buf.len()),
                         _ => false,
                     };
-                    if bounds::refused(shard, conn, &packet) {
+                    if bounds::refused(door, conn, &packet) {
                         continue;
                     }
-                    match packets::handle(shard, conn, &mut state, packet).await {
+                    match packets::handle(door, conn, &mut state, packet).await {
                         Flow::Continue => {}
                         Flow::End(ending) => return ending,
                     }
                     if indebted {
-                        bounds::publish_room(shard, &mut rate).await;
+                        bounds::publish_room(door, &mut rate).await;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!(token = conn.token, error = %e, "malformed packet");
-                    shard.probe.protocol_errors_total.inc();
-                    conn.close(e.reason_code());
+                    tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token, error = %e, "malformed packet");
+                    door.probe.protocol_errors_total.inc();
+                    conn.link.close(e.reason_code());
                     return Ending::Abnormal;
                 }
             }
@@ -264,13 +265,13 @@ async fn packet_loop(
         // the preemption timer, and subscribers' output would pile up undelivered.
         futures_lite::future::yield_now().await;
         // Backpressure: stop reading while too many publishes await their owner shard.
-        let receive_maximum = usize::from(shard.config.receive_maximum);
-        if conn.acks_pending() >= receive_maximum {
-            shard.probe.hit(Limit::ReceiveMaximum);
-            conn.acks_below(receive_maximum).await;
+        let receive_maximum = usize::from(door.config.receive_maximum);
+        if conn.link.acks_pending() >= receive_maximum {
+            door.probe.hit(Limit::ReceiveMaximum);
+            conn.link.acks_below(receive_maximum).await;
         }
-        bounds::output_room(shard, conn).await;
-        if conn.closing().is_some() {
+        bounds::output_room(door, conn).await;
+        if conn.link.closing().is_some() {
             return Ending::ByServer;
         }
         let partial = clock.before_read(socket, decoded, !rbuf.buf.is_empty());
@@ -278,15 +279,15 @@ async fn packet_loop(
         clock.after_read(partial);
         match result {
             Ok(0) => return Ending::Abnormal,
-            Ok(n) => shard.probe.bytes_received_total.add(n as u64),
+            Ok(n) => door.probe.bytes_received_total.add(n as u64),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     if clock.expired() {
-                        shard.probe.hit(Limit::PacketReadTimeoutMs);
+                        door.probe.hit(Limit::PacketReadTimeoutMs);
                     } else {
-                        shard.probe.keep_alive_timeouts_total.inc();
+                        door.probe.keep_alive_timeouts_total.inc();
                     }
-                    conn.close(ReasonCode::KeepAliveTimeout);
+                    conn.link.close(ReasonCode::KeepAliveTimeout);
                 }
                 return Ending::Abnormal;
             }
@@ -297,21 +298,21 @@ async fn packet_loop(
 /// How long a TLS connection's close_notify may wait for room in the socket.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(100);
 
-async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, socket: Socket) {
+async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) {
     let mut failed = false;
-    while let Some(chunk) = conn.next_output().await {
+    while let Some(chunk) = conn.link.next_output().await {
         // The output moved here: a reader paused on it may fill it again meanwhile.
-        conn.output_drained(false);
+        conn.link.output_drained(false);
         if socket.write_all(chunk).await.is_err() {
             failed = true;
             break;
         }
         // The buffer drained: move more of the session's queue onto the wire.
-        if let Some(key) = conn.session.get() {
-            shard.on_drained(key);
+        if let Some(key) = conn.link.session.get() {
+            door.broker.on_drained(key);
         }
     }
-    conn.output_drained(true);
+    conn.link.output_drained(true);
     if !failed {
         socket.close_notify(CLOSE_NOTIFY_WAIT).await;
     }

@@ -1,5 +1,8 @@
 //! The channel mesh between shards: typed messages, batched per peer per tick.
 //!
+//! Generic over the message type: the runtime carries whatever its users exchange
+//! ([`MeshMessage`]) and knows nothing of what it means.
+//!
 //! Producers push messages into a per-peer outbox; one sender task per peer (glommio
 //! forbids two tasks sending on one `ConnectedSender`) wakes after the producers of the
 //! current tick have run and ships everything queued as one batch. A hop therefore costs
@@ -21,15 +24,24 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 
 use crate::metrics::ShardProbe;
 
-use super::msg::{batch_cost_bytes, ShardMsg};
+/// What travels over the mesh: owned data that crosses threads, and says what it keeps
+/// alive while it travels (what the per-link bound counts).
+pub trait MeshMessage: Send + 'static {
+    /// Bytes this message keeps alive in transit.
+    fn cost_bytes(&self) -> usize;
+}
 
 /// One batch of messages from one shard to another.
-pub type Batch = Vec<ShardMsg>;
+pub type Batch<M> = Vec<M>;
+
+/// The bytes a batch keeps alive while it travels.
+pub fn batch_cost_bytes<M: MeshMessage>(batch: &[M]) -> usize {
+    batch.iter().map(M::cost_bytes).sum()
+}
 
 /// Builder shared by all shards before they start; cloned into each shard's thread.
-#[derive(Clone)]
-pub struct MeshSetup {
-    builder: MeshBuilder<Batch, Full>,
+pub struct MeshSetup<M: Send> {
+    builder: MeshBuilder<Batch<M>, Full>,
     /// `executor_ids[shard]`, written by each shard before joining, so that mesh peer
     /// indices (ordered by glommio executor id) can be mapped to shard ids.
     executor_ids: Arc<Vec<AtomicUsize>>,
@@ -38,7 +50,18 @@ pub struct MeshSetup {
     shards: usize,
 }
 
-impl MeshSetup {
+impl<M: Send> Clone for MeshSetup<M> {
+    fn clone(&self) -> Self {
+        MeshSetup {
+            builder: self.builder.clone(),
+            executor_ids: Arc::clone(&self.executor_ids),
+            link_bytes: Arc::clone(&self.link_bytes),
+            shards: self.shards,
+        }
+    }
+}
+
+impl<M: MeshMessage> MeshSetup<M> {
     /// A mesh for `shards` peers with channels of `channel_batches_max` batches.
     pub fn new(shards: usize, channel_batches_max: usize) -> Self {
         MeshSetup {
@@ -51,9 +74,9 @@ impl MeshSetup {
 }
 
 /// A shard's end of the mesh.
-pub struct Mesh {
+pub struct Mesh<M> {
     me: usize,
-    outboxes: Vec<Outbox>,
+    outboxes: Vec<Outbox<M>>,
     outbox_messages_max: usize,
     batch_messages_max: usize,
     probe: Arc<ShardProbe>,
@@ -62,10 +85,9 @@ pub struct Mesh {
     link_bytes: Arc<Vec<AtomicUsize>>,
 }
 
-#[derive(Default)]
-struct Outbox {
+struct Outbox<M> {
     /// A ring, so that taking a batch off the front never moves what stays queued.
-    queue: RefCell<VecDeque<ShardMsg>>,
+    queue: RefCell<VecDeque<M>>,
     /// The sender task, parked while the outbox is empty.
     sender_waker: Cell<Option<Waker>>,
     /// Producers parked while the outbox is full.
@@ -77,28 +99,40 @@ struct Outbox {
     closed: Cell<bool>,
 }
 
+impl<M> Default for Outbox<M> {
+    fn default() -> Self {
+        Outbox {
+            queue: RefCell::new(VecDeque::new()),
+            sender_waker: Cell::new(None),
+            producer_wakers: RefCell::new(Vec::new()),
+            admitted: Cell::new(0),
+            closed: Cell::new(false),
+        }
+    }
+}
+
 /// What a joined shard gets: its mesh handle and one receiving stream per peer.
-pub struct Joined {
+pub struct Joined<M: Send> {
     /// The sending side.
-    pub mesh: Rc<Mesh>,
+    pub mesh: Rc<Mesh<M>>,
     /// `(peer shard id, receiver)` for every other shard.
     pub inbound: Vec<(
         usize,
-        glommio::channels::shared_channel::ConnectedReceiver<Batch>,
+        glommio::channels::shared_channel::ConnectedReceiver<Batch<M>>,
     )>,
 }
 
-impl Mesh {
+impl<M: MeshMessage> Mesh<M> {
     /// Joins the mesh as shard `me`; waits until every shard has joined. Spawns the
     /// per-peer sender tasks on the current executor.
     pub async fn join(
-        setup: MeshSetup,
+        setup: MeshSetup<M>,
         me: usize,
         batch_messages_max: usize,
         probe: Arc<ShardProbe>,
-    ) -> std::io::Result<Joined> {
+    ) -> std::io::Result<Joined<M>> {
         setup.executor_ids[me].store(glommio::executor().id(), Ordering::Release);
-        let (senders, mut receivers): (Senders<Batch>, Receivers<Batch>) = setup
+        let (senders, mut receivers): (Senders<Batch<M>>, Receivers<Batch<M>>) = setup
             .builder
             .join()
             .await
@@ -155,7 +189,7 @@ impl Mesh {
 
     /// Queues `msg` for `peer` without waiting. For control traffic whose volume is
     /// bounded by its cause (interest changes, pings); data goes through [`Mesh::send`].
-    pub fn push(&self, peer: usize, msg: ShardMsg) {
+    pub fn push(&self, peer: usize, msg: M) {
         assert_ne!(
             peer, self.me,
             "a shard does not message itself over the mesh"
@@ -171,7 +205,7 @@ impl Mesh {
     }
 
     /// Queues `msg` for `peer`, waiting while that peer's outbox is full.
-    pub async fn send(&self, peer: usize, msg: ShardMsg) {
+    pub async fn send(&self, peer: usize, msg: M) {
         self.room(peer).await;
         self.push(peer, msg);
     }
@@ -227,7 +261,7 @@ impl Mesh {
 
     async fn sender_task(
         self: Rc<Self>,
-        senders: Rc<Senders<Batch>>,
+        senders: Rc<Senders<Batch<M>>>,
         peer_index: usize,
         peer: usize,
     ) {
@@ -244,7 +278,7 @@ impl Mesh {
                 }
                 // One allocation of the batch's exact size; the ring keeps its capacity.
                 let take = queue.len().min(self.batch_messages_max);
-                Poll::Ready(Some(queue.drain(..take).collect::<Batch>()))
+                Poll::Ready(Some(queue.drain(..take).collect::<Batch<M>>()))
             })
             .await;
             let Some(batch) = batch else { break };

@@ -1,15 +1,18 @@
-//! The connection handle shared between a connection's tasks and its shard.
+//! The link between a session and the connection it is attached to: what the broker
+//! sees of a connection, without its socket.
 //!
-//! A connection runs as two tasks sharing its one socket descriptor (see
-//! `net::socket`): the reader decodes and handles packets, the writer flushes the output
-//! buffer. Everything the shard wants to send to the client — acks, deliveries,
-//! DISCONNECT — is encoded into `out` and the writer is woken; it writes everything
-//! pending in one syscall per wake-up.
+//! A door's connection task owns the socket; the broker reaches the client only through
+//! this handle. Everything the broker wants to send — acks, deliveries, DISCONNECT — is
+//! encoded into `out` and the writer is woken; the door's writer task takes what is
+//! pending (`next_output`) and writes it in one syscall per wake-up. The link also keeps
+//! the protocol state of the connection that the broker and the door share: the acks
+//! owed to the publisher in receive order, the topic aliases towards the client, and
+//! what the client may receive (its `ClientAcl`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::os::fd::RawFd;
+use std::net::SocketAddr;
 use std::task::{Poll, Waker};
 
 use std::time::Instant;
@@ -17,22 +20,20 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use crate::auth::acl::ClientAcl;
-use crate::auth::Principal;
 use crate::mqtt::{self, Ack, ByteStr, Disconnect, Packet, PacketId, Protocol, QoS, ReasonCode};
-use crate::session::{Outlet, TopicAliases};
-use crate::storage::Histogram;
+
+use super::{Outlet, TopicAliases};
 
 /// A publish awaiting its ack: packet id, QoS, the owner's verdict once known, and when
 /// it was read.
 type PendingAck = (u16, QoS, Option<ReasonCode>, Instant);
 
-/// One client connection, as the shard sees it.
-pub struct Conn {
+/// One client connection, as the broker sees it.
+pub struct Link {
     /// Unique on this shard for the process lifetime.
     pub token: u64,
-    /// The socket, shared by both tasks and open while the connection is registered;
-    /// `shutdown(2)` on it ends both tasks.
-    pub fd: RawFd,
+    /// The client's address, as accepted (`None` if the socket had none).
+    pub peer: Option<SocketAddr>,
     /// Protocol from CONNECT (3.1.1 until then).
     pub protocol: Cell<Protocol>,
     /// The client's Maximum Packet Size (v5), else the protocol limit.
@@ -44,12 +45,6 @@ pub struct Conn {
     /// What this client may publish, subscribe to and receive (`None`: everything, no
     /// rules configured). Set at CONNECT, before the session is attached.
     pub acl: RefCell<Option<ClientAcl>>,
-    /// Who the client authenticated as and its client id, set at CONNECT: a reload
-    /// checks the credentials again and rebuilds `acl` from them.
-    pub who: RefCell<Option<(Principal, ByteStr)>>,
-    /// How many reloads rebuilt `acl`: a SUBSCRIBE that waited on its WAL write while
-    /// one did classifies its filters again under the new rules.
-    pub acl_epoch: Cell<u32>,
     /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
     pub aliases: RefCell<Option<TopicAliases>>,
     /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
@@ -66,20 +61,18 @@ pub struct Conn {
     acks: RefCell<VecDeque<PendingAck>>,
 }
 
-impl Conn {
-    /// A handle for a freshly accepted socket.
-    pub fn new(token: u64, fd: RawFd) -> Self {
-        Conn {
+impl Link {
+    /// A handle for a freshly accepted connection from `peer`.
+    pub fn new(token: u64, peer: Option<SocketAddr>) -> Self {
+        Link {
             token,
-            fd,
+            peer,
             protocol: Cell::new(Protocol::V311),
             packet_bytes_max: Cell::new(mqtt::PACKET_BYTES_LIMIT),
             session: Cell::new(None),
             // Grows with the first output: an idle connection holds only its CONNACK's.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
-            who: RefCell::new(None),
-            acl_epoch: Cell::new(0),
             aliases: RefCell::new(None),
             connected_as: RefCell::new((None, 0)),
             writer: Cell::new(None),
@@ -123,17 +116,6 @@ impl Conn {
         if let Some(w) = self.writer.take() {
             w.wake();
         }
-    }
-
-    /// The client's address, looked up now (`None` once the socket is gone).
-    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        // SAFETY: a registered connection's descriptor stays open while its task runs
-        // (see `serve`), and this borrow ends with the call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
     }
 
     /// Bytes waiting for the writer.
@@ -186,8 +168,8 @@ impl Conn {
     }
 
     /// The owner shard decided on `packet_id`: send every ack that is now due, in order,
-    /// recording how long each publish waited for it in `latency` (microseconds).
-    pub fn complete_ack(&self, packet_id: u16, reason: ReasonCode, latency: &Histogram) {
+    /// telling `latency` how long each publish waited for it (microseconds).
+    pub fn complete_ack(&self, packet_id: u16, reason: ReasonCode, latency: impl Fn(u64)) {
         let mut acks = self.acks.borrow_mut();
         if let Some(entry) = acks
             .iter_mut()
@@ -200,7 +182,7 @@ impl Conn {
         while let Some(&(pid, qos, Some(reason), read_at)) = acks.front() {
             acks.pop_front();
             let now = *now.get_or_insert_with(Instant::now);
-            latency.record(now.saturating_duration_since(read_at).as_micros() as u64);
+            latency(now.saturating_duration_since(read_at).as_micros() as u64);
             if reason.is_error() && self.protocol.get() != Protocol::V5 {
                 // 3.1.1 cannot refuse a publish: an ack would claim a durability that
                 // does not exist, so the connection closes instead (the client resends).

@@ -12,7 +12,9 @@ use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
 use crate::mqtt::{self, ConnAck, Packet, Protocol, ReasonCode};
-use crate::shard::{RefusalSlot, Shard};
+use crate::runtime::RefusalSlot;
+
+use super::Door;
 
 use super::connect::connect_level;
 
@@ -29,14 +31,14 @@ const HEADER_BYTES_MAX: usize = 64;
 /// Answers a connection refused for `limit` and closes it; `_slot` counts it among the
 /// refusals in progress until then.
 pub(super) async fn refuse(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     mut stream: TcpStream,
     limit: Limit,
     _slot: RefusalSlot,
 ) {
     // Before the client can go away: the log line names it.
     let peer = stream.peer_addr().ok();
-    let wait = REFUSE_WAIT.min(Duration::from_millis(shard.config.connect_timeout_ms));
+    let wait = REFUSE_WAIT.min(Duration::from_millis(door.config.connect_timeout_ms));
     let level = glommio::timer::timeout(wait, async {
         let mut header = [0u8; HEADER_BYTES_MAX];
         let mut filled = 0;
@@ -53,7 +55,7 @@ pub(super) async fn refuse(
     })
     .await;
     let Ok(Some(level)) = level else {
-        log_refused(shard, peer, limit, &"no CONNECT within the refusal wait");
+        log_refused(door, peer, limit, &"no CONNECT within the refusal wait");
         return;
     };
     let protocol = if level == 5 {
@@ -81,21 +83,20 @@ pub(super) async fn refuse(
         Ok(())
     })
     .await;
-    log_refused(shard, peer, limit, &ReasonCode::QuotaExceeded);
+    log_refused(door, peer, limit, &ReasonCode::QuotaExceeded);
 }
 
 /// One "connection refused" line at info, within the shard's cap (see `logcap`).
 fn log_refused(
-    shard: &Shard,
+    door: &Door,
     peer: Option<std::net::SocketAddr>,
     limit: Limit,
     reason: &dyn std::fmt::Debug,
 ) {
-    let Some(left_out) = shard.connections.admit_refusal_line() else {
+    let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(
-        shard = shard.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
         left_out,
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         limit = limit.key(),

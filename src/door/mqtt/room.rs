@@ -14,8 +14,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::Door;
 use crate::metrics::Limit;
-use crate::shard::Shard;
 
 use super::conn::Conn;
 
@@ -46,28 +46,28 @@ impl Drop for Place<'_> {
 /// Only publishes wait: a subscriber's acks and pings go on, or its deliveries would
 /// stall with the link. Mesh receivers never wait here, or two shards waiting on each
 /// other's links would deadlock.
-pub(super) async fn mesh_room(shard: &Shard, conn: &Conn) {
-    let bytes_max = shard.config.mesh_link_bytes_max;
-    let turns = &shard.connections.turns;
+pub(super) async fn mesh_room(door: &Door, conn: &Conn) {
+    let bytes_max = door.config.mesh_link_bytes_max;
+    let turns = &door.connections.turns;
     let nobody_waits = turns.waiting.borrow().is_empty();
-    let holds_turn = turns.turn.get() == Some(conn.token);
-    if (nobody_waits || holds_turn) && !shard.mesh.backlogged(bytes_max) {
+    let holds_turn = turns.turn.get() == Some(conn.link.token);
+    if (nobody_waits || holds_turn) && !door.broker.mesh.backlogged(bytes_max) {
         return;
     }
-    shard.probe.hit(Limit::MeshLinkBytesMax);
-    turns.waiting.borrow_mut().push_back(conn.token);
+    door.probe.hit(Limit::MeshLinkBytesMax);
+    turns.waiting.borrow_mut().push_back(conn.link.token);
     let _place = Place {
         turns,
-        token: conn.token,
+        token: conn.link.token,
     };
     loop {
         glommio::timer::sleep(POLL).await;
-        if conn.closing().is_some() {
+        if conn.link.closing().is_some() {
             return;
         }
-        let at_head = turns.waiting.borrow().front() == Some(&conn.token);
-        if at_head && !shard.mesh.backlogged(bytes_max) {
-            turns.turn.set(Some(conn.token));
+        let at_head = turns.waiting.borrow().front() == Some(&conn.link.token);
+        if at_head && !door.broker.mesh.backlogged(bytes_max) {
+            turns.turn.set(Some(conn.link.token));
             return;
         }
     }

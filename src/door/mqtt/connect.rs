@@ -4,6 +4,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Door;
 use crate::auth::{AuthDecision, Principal};
 use crate::broker::SessionParams;
 use crate::config::KeepaliveOverMax;
@@ -13,7 +14,6 @@ use crate::mqtt::{
 };
 use crate::router::validate_topic_name;
 use crate::session::{TopicAliases, Will, EXPIRY_NEVER};
-use crate::shard::Shard;
 
 use super::conn::Conn;
 use super::serve::ReadBuf;
@@ -38,33 +38,23 @@ pub(super) struct Peer<'a>(pub &'a Conn);
 
 impl std::fmt::Display for Peer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.peer_addr() {
+        match self.0.link.peer {
             Some(addr) => write!(f, "{addr}"),
             None => f.write_str("unknown"),
         }
     }
 }
 
-/// The protocol version as people write it, for log lines.
-pub(crate) fn version(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::V31 => "3.1",
-        Protocol::V311 => "3.1.1",
-        Protocol::V5 => "5.0",
-    }
-}
-
 /// Logs a refused CONNECT, one line at info: refusals are what an operator looks for
 /// when a client "cannot connect". Capped per shard (see `logcap`).
-fn log_refused(shard: &Shard, conn: &Conn, client_id: &str, reason: &dyn std::fmt::Debug) {
-    let Some(left_out) = shard.connections.admit_refusal_line() else {
+fn log_refused(door: &Door, conn: &Conn, client_id: &str, reason: &dyn std::fmt::Debug) {
+    let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(
-        shard = shard.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
         client_id,
         peer = %Peer(conn),
-        protocol = version(conn.protocol.get()),
+        protocol = conn.link.protocol.get().version(),
         reason = ?reason,
         left_out,
         "connection refused"
@@ -75,7 +65,7 @@ fn log_refused(shard: &Shard, conn: &Conn, client_id: &str, reason: &dyn std::fm
 /// (a malformed CONNECT is answered first where the protocol allows). The caller puts
 /// the whole of this under `connect_timeout_ms`, however slowly the bytes come.
 pub(super) async fn read_connect(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     conn: &Rc<Conn>,
     socket: &Socket,
     rbuf: &mut ReadBuf,
@@ -87,18 +77,18 @@ pub(super) async fn read_connect(
         match mqtt::decode(&mut rbuf.buf, None, limits) {
             Ok(Some(Packet::Connect(connect))) => return Some(connect),
             Ok(Some(other)) => {
-                tracing::debug!(token = conn.token, packet = ?other.packet_type(), "first packet is not CONNECT");
-                shard.probe.protocol_errors_total.inc();
+                tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token, packet = ?other.packet_type(), "first packet is not CONNECT");
+                door.probe.protocol_errors_total.inc();
                 return None;
             }
             Ok(None) => match rbuf.read_from(socket).await {
                 Ok(0) | Err(_) => return None,
-                Ok(n) => shard.probe.bytes_received_total.add(n as u64),
+                Ok(n) => door.probe.bytes_received_total.add(n as u64),
             },
             Err(e) => {
-                shard.probe.protocol_errors_total.inc();
+                door.probe.protocol_errors_total.inc();
                 refuse_malformed(conn, level, &e);
-                log_refused(shard, conn, "", &format_args!("{e}"));
+                log_refused(door, conn, "", &format_args!("{e}"));
                 return None;
             }
         }
@@ -110,19 +100,19 @@ pub(super) async fn read_connect(
 /// deadline: this is the broker's own work, and abandoning a session claim halfway
 /// would leave it dangling.
 pub(super) async fn handshake(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     conn: &Rc<Conn>,
     connect: Connect,
     principal: Principal,
 ) -> Option<Accepted> {
-    conn.protocol.set(connect.protocol);
+    conn.link.protocol.set(connect.protocol);
     let client_id = connect.client_id.clone();
-    match accept(shard, conn, connect, &principal).await {
+    match accept(door, conn, connect, &principal).await {
         Ok(accepted) => Some(accepted),
         Err(Some(reason)) => {
-            log_refused(shard, conn, client_id.as_str(), &reason);
-            shard.probe.connections_refused_total.inc();
-            send_connack(conn, false, reason, None, shard);
+            log_refused(door, conn, client_id.as_str(), &reason);
+            door.probe.connections_refused_total.inc();
+            send_connack(conn, false, reason, None, door);
             None
         }
         Err(None) => None,
@@ -134,31 +124,31 @@ pub(super) async fn handshake(
 fn refuse_malformed(conn: &Conn, level: Option<u8>, e: &DecodeError) {
     if let DecodeError::UnsupportedProtocolLevel { .. } = e {
         // Unknown level: answer in 3.1.1 form, return code 1 (unacceptable version).
-        conn.protocol.set(Protocol::V311);
-        conn.send(&Packet::ConnAck(ConnAck::new(
+        conn.link.protocol.set(Protocol::V311);
+        conn.link.send(&Packet::ConnAck(ConnAck::new(
             false,
             ReasonCode::UnsupportedProtocolVersion,
         )));
         return;
     }
     if level == Some(5) {
-        conn.protocol.set(Protocol::V5);
-        conn.send(&Packet::ConnAck(ConnAck::new(false, e.reason_code())));
+        conn.link.protocol.set(Protocol::V5);
+        conn.link
+            .send(&Packet::ConnAck(ConnAck::new(false, e.reason_code())));
     }
 }
 
 /// The keep-alive the broker holds a client to: its own, or `max_keepalive_secs` when it
 /// asks for more or for none (0). `None`: refuse it (3.1.1 with `max_keepalive_v3 =
 /// "refuse"`, which cannot be told another value).
-fn capped_keep_alive(shard: &Shard, v5: bool, asked: u16) -> Option<u16> {
-    let cap = shard.config.max_keepalive_secs;
+fn capped_keep_alive(door: &Door, v5: bool, asked: u16) -> Option<u16> {
+    let cap = door.config.max_keepalive_secs;
     if cap == 0 || (asked != 0 && asked <= cap) {
         return Some(asked);
     }
-    shard.probe.hit(Limit::MaxKeepaliveSecs);
-    if !v5 && shard.config.max_keepalive_v3 == KeepaliveOverMax::Refuse {
-        tracing::debug!(
-            asked,
+    door.probe.hit(Limit::MaxKeepaliveSecs);
+    if !v5 && door.config.max_keepalive_v3 == KeepaliveOverMax::Refuse {
+        tracing::debug!(target: super::CONNECTION_LOG, asked,
             cap,
             "3.1.1 keep-alive over max_keepalive_secs refused"
         );
@@ -181,38 +171,42 @@ pub(super) fn connect_level(raw: &[u8]) -> Option<u8> {
 }
 
 async fn accept(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     conn: &Rc<Conn>,
     connect: Connect,
     principal: &Principal,
 ) -> Result<Accepted, Option<ReasonCode>> {
     let v5 = connect.protocol == Protocol::V5;
-    let keep_alive_secs = capped_keep_alive(shard, v5, connect.keep_alive_secs)
+    let keep_alive_secs = capped_keep_alive(door, v5, connect.keep_alive_secs)
         .ok_or(Some(ReasonCode::ClientIdentifierNotValid))?;
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if !v5 && !connect.clean_start {
             return Err(Some(ReasonCode::ClientIdentifierNotValid));
         }
-        (assigned_client_id(shard, conn), true)
+        (assigned_client_id(door, conn), true)
     } else {
         (connect.client_id.clone(), false)
     };
     // Authorization: a client id another user owns is refused; an id the broker
     // assigned is new and nobody's. The rules are resolved for this client once.
     let identity = principal.identity();
-    if !assigned && !super::acl::may_use_client_id(shard, identity, client_id.as_str()) {
+    if !assigned && !super::acl::may_use_client_id(door, identity, client_id.as_str()) {
         return Err(Some(ReasonCode::NotAuthorized));
     }
-    *conn.acl.borrow_mut() = shard.auth().acl().for_client(identity, client_id.as_str());
+    *conn.link.acl.borrow_mut() = door
+        .broker
+        .auth()
+        .acl()
+        .for_client(identity, client_id.as_str());
     *conn.who.borrow_mut() = Some((principal.clone(), client_id.clone()));
-    *conn.connected_as.borrow_mut() = (connect.username.clone(), keep_alive_secs);
+    *conn.link.connected_as.borrow_mut() = (connect.username.clone(), keep_alive_secs);
     let will = match connect.will {
         Some(w) => {
-            validate_topic_name(w.topic.as_str(), &shard.topic_limits())
+            validate_topic_name(w.topic.as_str(), &door.broker.topic_limits())
                 .map_err(|_| Some(ReasonCode::TopicNameInvalid))?;
             let user_bytes = mqtt::user_properties_bytes(&w.properties.user_properties);
-            if user_bytes > shard.config.user_properties_bytes_max {
-                shard.probe.hit(Limit::UserPropertiesBytesMax);
+            if user_bytes > door.config.user_properties_bytes_max {
+                door.probe.hit(Limit::UserPropertiesBytesMax);
                 return Err(Some(ReasonCode::QuotaExceeded));
             }
             Some(Will {
@@ -226,7 +220,7 @@ async fn accept(
         }
         None => None,
     };
-    let will = super::acl::permitted_will(shard, conn, will);
+    let will = super::acl::permitted_will(door, conn, will);
     let asked_secs = if v5 {
         connect.properties.session_expiry_interval_secs.unwrap_or(0)
     } else if connect.clean_start {
@@ -234,22 +228,23 @@ async fn accept(
     } else {
         EXPIRY_NEVER
     };
-    let expiry_secs = asked_secs.min(shard.config.session_expiry_max_secs);
+    let expiry_secs = asked_secs.min(door.config.session_expiry_max_secs);
     if let Some(max) = connect.properties.maximum_packet_size_bytes {
-        conn.packet_bytes_max.set(max as usize);
+        conn.link.packet_bytes_max.set(max as usize);
     }
     // The aliases the client allows, up to as many as the broker allows it.
     let aliases = connect
         .properties
         .topic_alias_maximum
         .unwrap_or(0)
-        .min(shard.config.topic_alias_max);
+        .min(door.config.topic_alias_max);
     if v5 && aliases > 0 {
-        *conn.aliases.borrow_mut() = Some(TopicAliases::new(aliases));
+        *conn.link.aliases.borrow_mut() = Some(TopicAliases::new(aliases));
     }
-    let outcome = shard
+    let outcome = door
+        .broker
         .connect_session(
-            conn,
+            &conn.link,
             SessionParams {
                 client_id: client_id.clone(),
                 protocol: connect.protocol,
@@ -265,7 +260,7 @@ async fn accept(
         outcome.session_present,
         ReasonCode::Success,
         assigned.then(|| client_id.clone()),
-        shard,
+        door,
     );
     if v5 && keep_alive_secs != connect.keep_alive_secs {
         // v5 §3.2.2.3.14: the client uses the Server Keep Alive instead of its own.
@@ -275,14 +270,13 @@ async fn accept(
         // v5 §3.2.2.3.2: the server states the interval it uses when it differs.
         ack.properties.session_expiry_interval_secs = Some(expiry_secs);
     }
-    super::acl::settle(shard, conn, outcome.key);
-    conn.send(&Packet::ConnAck(ack));
-    shard.resume_delivery(outcome.key);
-    tracing::debug!(
-        shard = shard.id,
+    super::acl::settle(door, conn, outcome.key);
+    conn.link.send(&Packet::ConnAck(ack));
+    door.broker.resume_delivery(outcome.key);
+    tracing::debug!(target: super::CONNECTION_LOG, shard = door.id,
         client_id = client_id.as_str(),
         peer = %Peer(conn),
-        protocol = version(connect.protocol),
+        protocol = connect.protocol.version(),
         clean_start = connect.clean_start,
         session_present = outcome.session_present,
         keep_alive_secs,
@@ -300,12 +294,12 @@ async fn accept(
 /// password check waits its turn on the hashing thread (see `auth::HashQueue`), and a
 /// client is not owed more of the broker's time than the connect deadline.
 pub(super) async fn check_credentials(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     conn: &Conn,
     connect: &Connect,
     identity: Option<String>,
 ) -> Option<Principal> {
-    conn.protocol.set(connect.protocol);
+    conn.link.protocol.set(connect.protocol);
     let checked =
         if connect.protocol == Protocol::V5 && connect.properties.authentication_method.is_some() {
             Err(ReasonCode::BadAuthenticationMethod)
@@ -314,28 +308,28 @@ pub(super) async fn check_credentials(
             // the CONNECT's username and password are not looked at (as in mosquitto).
             Ok(Principal::User { username })
         } else {
-            authenticate(shard, connect).await
+            authenticate(door, connect).await
         };
     match checked {
         Ok(principal) => Some(principal),
         Err(reason) => {
-            log_refused(shard, conn, connect.client_id.as_str(), &reason);
-            shard.probe.connections_refused_total.inc();
-            send_connack(conn, false, reason, None, shard);
+            log_refused(door, conn, connect.client_id.as_str(), &reason);
+            door.probe.connections_refused_total.inc();
+            send_connack(conn, false, reason, None, door);
             None
         }
     }
 }
 
-async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, ReasonCode> {
+async fn authenticate(door: &Door, connect: &Connect) -> Result<Principal, ReasonCode> {
     let username = connect.username.as_ref().map(ByteStr::as_str);
     let password = connect.password.as_deref();
-    let auth = shard.auth();
+    let auth = door.broker.auth();
     let decision = if auth.needs_slow_hash(username) {
         // Password hashing costs milliseconds: it runs on its own thread, after the
         // checks queued before it; a full queue is a busy server, not a wrong password.
-        let Ok(pending) = shard.hashing.submit(&auth, username, password) else {
-            shard.probe.hit(Limit::AuthHashQueueMax);
+        let Ok(pending) = door.hashing.submit(&auth, username, password) else {
+            door.probe.hit(Limit::AuthHashQueueMax);
             return Err(ReasonCode::ServerBusy);
         };
         let mut poll = Duration::from_millis(1);
@@ -353,8 +347,8 @@ async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, Rea
         // A reload while the hash ran: the credentials must hold under the new settings
         // too (the reload's pass over connections did not see this one yet).
         AuthDecision::Allowed { principal }
-            if !Arc::ptr_eq(&auth, &shard.auth.borrow())
-                && !shard.auth().still_admits(&principal, &auth) =>
+            if !Arc::ptr_eq(&auth, &door.broker.auth())
+                && !door.broker.auth().still_admits(&principal, &auth) =>
         {
             Err(ReasonCode::BadUserNameOrPassword)
         }
@@ -364,15 +358,15 @@ async fn authenticate(shard: &Shard, connect: &Connect) -> Result<Principal, Rea
     }
 }
 
-fn assigned_client_id(shard: &Shard, conn: &Conn) -> ByteStr {
+fn assigned_client_id(door: &Door, conn: &Conn) -> ByteStr {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_nanos();
     ByteStr::from(format!(
         "shardmq-{}-{}-{:x}",
-        shard.id,
-        conn.token,
+        door.id,
+        conn.link.token,
         nanos & 0xffff_ffff
     ))
 }
@@ -382,14 +376,14 @@ fn send_connack(
     session_present: bool,
     reason: ReasonCode,
     assigned: Option<ByteStr>,
-    shard: &Shard,
+    door: &Door,
 ) {
-    conn.send(&Packet::ConnAck(connack(
+    conn.link.send(&Packet::ConnAck(connack(
         conn,
         session_present,
         reason,
         assigned,
-        shard,
+        door,
     )));
 }
 
@@ -398,15 +392,15 @@ fn connack(
     session_present: bool,
     reason: ReasonCode,
     assigned: Option<ByteStr>,
-    shard: &Shard,
+    door: &Door,
 ) -> ConnAck {
     let mut ack = ConnAck::new(session_present, reason);
-    if conn.protocol.get() == Protocol::V5 {
+    if conn.link.protocol.get() == Protocol::V5 {
         let p = &mut ack.properties;
         p.assigned_client_identifier = assigned;
-        p.receive_maximum = Some(shard.config.receive_maximum);
-        p.maximum_packet_size_bytes = Some(shard.config.max_packet_bytes);
-        p.topic_alias_maximum = Some(shard.config.topic_alias_max);
+        p.receive_maximum = Some(door.config.receive_maximum);
+        p.maximum_packet_size_bytes = Some(door.config.max_packet_bytes);
+        p.topic_alias_maximum = Some(door.config.topic_alias_max);
         p.retain_available = Some(true);
         p.wildcard_subscription_available = Some(true);
         p.subscription_identifiers_available = Some(true);

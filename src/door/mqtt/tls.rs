@@ -22,9 +22,9 @@ use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
+use super::Door;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Limit;
-use crate::shard::Shard;
 
 /// The TLS settings every shard's TLS listener shares.
 pub type ServerTls = Arc<ServerConfig>;
@@ -106,7 +106,7 @@ fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Co
 /// or `use_identity_as_username` finds no name in the client's certificate. Beside
 /// the stream: the user its certificate names, with `use_identity_as_username`.
 pub(super) async fn handshake(
-    shard: &Rc<Shard>,
+    door: &Rc<Door>,
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     accepted_at: Instant,
@@ -114,7 +114,7 @@ pub(super) async fn handshake(
     // Looked up now: a failed handshake's log line names the peer, and by then the
     // socket is gone.
     let peer = stream.peer_addr().ok();
-    let limit = Duration::from_millis(shard.config.connect_timeout_ms);
+    let limit = Duration::from_millis(door.config.connect_timeout_ms);
     let accepted = glommio::timer::timeout(limit.saturating_sub(accepted_at.elapsed()), async {
         Ok(acceptor.accept(stream).await)
     })
@@ -122,17 +122,17 @@ pub(super) async fn handshake(
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            log_failed(shard, peer, &e);
+            log_failed(door, peer, &e);
             return None;
         }
         Err(_) => {
-            shard.probe.connect_timeouts_total.inc();
-            shard.probe.hit(Limit::ConnectTimeoutMs);
-            log_failed(shard, peer, &"no handshake within connect_timeout_ms");
+            door.probe.connect_timeouts_total.inc();
+            door.probe.hit(Limit::ConnectTimeoutMs);
+            log_failed(door, peer, &"no handshake within connect_timeout_ms");
             return None;
         }
     };
-    let identity = if shard.config.use_identity_as_username {
+    let identity = if door.config.use_identity_as_username {
         let named = stream
             .get_ref()
             .1
@@ -140,7 +140,7 @@ pub(super) async fn handshake(
             .and_then(|chain| chain.first())
             .and_then(identity);
         if named.is_none() {
-            log_failed(shard, peer, &"client certificate names no CN or SAN");
+            log_failed(door, peer, &"client certificate names no CN or SAN");
             return None;
         }
         named
@@ -175,12 +175,11 @@ pub(super) fn identity(cert: &CertificateDer<'_>) -> Option<String> {
 /// One "TLS handshake failed" line at info, within the shard's cap on refusal lines: a
 /// wrong CA, an expired certificate or plaintext on the TLS port is what an operator
 /// looks for when a client "cannot connect".
-fn log_failed(shard: &Shard, peer: Option<SocketAddr>, reason: &dyn std::fmt::Display) {
-    let Some(left_out) = shard.connections.admit_refusal_line() else {
+fn log_failed(door: &Door, peer: Option<SocketAddr>, reason: &dyn std::fmt::Display) {
+    let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(
-        shard = shard.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         reason = %reason,
         left_out,

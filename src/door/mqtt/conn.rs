@@ -1,0 +1,41 @@
+//! A client connection as the MQTT door holds it: the socket and who authenticated on
+//! it, around the [`Link`] the broker sees.
+//!
+//! A connection runs as two tasks sharing its one socket descriptor (see `socket`): the
+//! reader decodes and handles packets, the writer flushes what the broker and the reader
+//! encoded into the link's output buffer.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+
+use crate::auth::Principal;
+use crate::mqtt::ByteStr;
+use crate::session::Link;
+
+/// One client connection on this shard.
+pub struct Conn {
+    /// What the broker sees of it: output, acks, topic aliases, ACL.
+    pub link: Rc<Link>,
+    /// The socket, shared by both tasks and open while the connection is registered;
+    /// `shutdown(2)` on it ends both tasks.
+    pub fd: RawFd,
+    /// Who the client authenticated as and its client id, set at CONNECT: a reload
+    /// checks the credentials again and rebuilds the link's ACL from them.
+    pub who: RefCell<Option<(Principal, ByteStr)>>,
+    /// How many reloads rebuilt the ACL: a SUBSCRIBE that waited on its WAL write while
+    /// one did classifies its filters again under the new rules.
+    pub acl_epoch: Cell<u32>,
+}
+
+impl Conn {
+    /// A handle for a freshly accepted socket from `peer`.
+    pub fn new(token: u64, fd: RawFd, peer: Option<std::net::SocketAddr>) -> Self {
+        Conn {
+            link: Rc::new(Link::new(token, peer)),
+            fd,
+            who: RefCell::new(None),
+            acl_epoch: Cell::new(0),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The broker process, wired: the runtime's shards, on each a [`Broker`] and its doors,
+//! and the metrics endpoint on the metrics shard.
+//!
+//! [`Server::start`] claims the ports, moves the data dir into this shard count's layout,
+//! starts the runtime and returns once every shard serves. On each shard, [`run_shard`]
+//! reads the WAL, joins the mesh, starts the broker (recovery, the start barrier), opens
+//! the MQTT door on each configured listener, answers reloads and, at shutdown, closes
+//! the doors before the broker logs its last cursors.
+//!
+//! May use every module below it; nothing uses it but the daemon (`src/main.rs`).
+
+mod reload;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::HashQueue;
+use crate::broker::{self, Broker, Recovery, ShardMsg};
+use crate::config::Config;
+use crate::door::mqtt::{Door, Listening};
+use crate::metrics::{Probes, ShardProbe};
+use crate::runtime::{
+    bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, ConnectionQuota,
+    Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle, FDS_PER_CONNECTION,
+};
+
+pub use crate::door::mqtt::Resettled;
+pub use reload::{Live, Snapshot};
+
+/// The log target of a shard's start and stop.
+const SHARD_LOG: &str = "shardmq::shard";
+
+/// The running broker, as seen from the main thread.
+pub struct Server {
+    /// The MQTT address every shard listens on (port 0 resolved).
+    pub mqtt_addr: SocketAddr,
+    /// The metrics address (port 0 resolved).
+    pub metrics_addr: SocketAddr,
+    /// The MQTT over TLS address, if configured (port 0 resolved).
+    pub mqtts_addr: Option<SocketAddr>,
+    /// The MQTT over WebSocket address, if configured (port 0 resolved).
+    pub ws_addr: Option<SocketAddr>,
+    /// The MQTT over WebSocket over TLS address, if configured (port 0 resolved).
+    pub wss_addr: Option<SocketAddr>,
+    /// Every shard's counters, for reading from the main thread.
+    pub probes: Probes,
+    runtime: Runtime,
+}
+
+/// What every shard shares: the configuration with its ports resolved, the counters,
+/// the settings in force, the password-hashing thread and the process's connection count.
+#[derive(Clone)]
+struct Shared {
+    config: Arc<Config>,
+    probes: Probes,
+    mesh: MeshSetup<ShardMsg>,
+    live: Arc<Live>,
+    hashing: Arc<HashQueue>,
+    process_connections: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Starts every shard and waits until all are serving under the settings of `live`
+    /// (its TLS settings serve `mqtts_listen`).
+    pub fn start(config: &Config, live: Arc<Live>) -> Result<Server, String> {
+        let tls = live.current().tls.clone();
+        let mqtt_claim = claim_port("mqtt_listen", config.mqtt_listen)?;
+        let metrics_claim = claim_port("metrics_listen", config.metrics_listen)?;
+        let mqtts_claim = match config.mqtts_listen {
+            Some(addr) if tls.is_some() => Some(claim_port("mqtts_listen", addr)?),
+            _ => None,
+        };
+        let ws_claim = match config.ws_listen {
+            Some(addr) => Some(claim_port("ws_listen", addr)?),
+            None => None,
+        };
+        let wss_claim = match config.wss_listen {
+            Some(addr) if tls.is_some() => Some(claim_port("wss_listen", addr)?),
+            _ => None,
+        };
+        let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
+        let mqtts_addr = mqtts_claim.as_ref().map(|c| c.addr);
+        let ws_addr = ws_claim.as_ref().map(|c| c.addr);
+        let wss_addr = wss_claim.as_ref().map(|c| c.addr);
+        let io_memory = io_memory_per_shard(config.shards, config.io_memory_bytes)?;
+        broker::prepare_layout(config, io_memory)?;
+        let fd_connections = raise_nofile_limit();
+        if fd_connections < config.connections_max as u64 {
+            tracing::warn!(
+                connections = fd_connections,
+                connections_max = config.connections_max,
+                "RLIMIT_NOFILE allows fewer client connections than connections_max \
+                 ({FDS_PER_CONNECTION} descriptor each); beyond it accept fails and backs off. \
+                 Raise it: `ulimit -n`, LimitNOFILE= in a systemd unit, --ulimit nofile= for a container"
+            );
+        }
+        let config = Arc::new(Config {
+            mqtt_listen: mqtt_addr,
+            metrics_listen: metrics_addr,
+            mqtts_listen: mqtts_addr,
+            ws_listen: ws_addr,
+            wss_listen: wss_addr,
+            ..config.clone()
+        });
+        let probes: Probes = (0..config.shards)
+            .map(|_| Arc::new(ShardProbe::default()))
+            .collect();
+        let shared = Shared {
+            config: Arc::clone(&config),
+            probes: probes.clone(),
+            mesh: MeshSetup::new(config.shards, config.mesh_channel_batches_max),
+            live,
+            hashing: HashQueue::start(config.auth_hash_queue_max)
+                .map(Arc::new)
+                .map_err(|e| format!("cannot start the password-hashing thread: {e}"))?,
+            process_connections: Arc::new(AtomicUsize::new(0)),
+        };
+        let runtime = Runtime::start(&config, io_memory, move |start| run_shard(start, shared))?;
+        // Every shard listens now; the reservations can go.
+        drop((mqtt_claim, metrics_claim, mqtts_claim, ws_claim, wss_claim));
+        Ok(Server {
+            mqtt_addr,
+            metrics_addr,
+            mqtts_addr,
+            ws_addr,
+            wss_addr,
+            probes,
+            runtime,
+        })
+    }
+
+    /// Tells every shard to stop accepting and drain. Idempotent.
+    pub fn request_shutdown(&mut self) {
+        self.runtime.request_shutdown();
+    }
+
+    /// A handle the signal thread can use to start shutdown or a reload.
+    pub fn shutdown_handle(&self) -> Result<ShutdownHandle, String> {
+        self.runtime.shutdown_handle()
+    }
+
+    /// Blocks until every shard has stopped (see [`Runtime::wait`]).
+    pub fn wait(
+        self,
+        shutdown_started: impl Fn() -> Option<Instant>,
+        deadline_after_shutdown: Duration,
+    ) -> Outcome {
+        self.runtime.wait(shutdown_started, deadline_after_shutdown)
+    }
+}
+
+/// One shard's life: recover, join the mesh, start the broker, open the doors, serve
+/// until asked to stop, close the doors, stop the broker.
+async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
+    let ShardStart {
+        id,
+        mut control,
+        ready,
+    } = start;
+    let config = Arc::clone(&shared.config);
+    // The executor runs this shard's first task: a start stuck before this line is stuck
+    // in the executor or the ring setup, not in the broker.
+    tracing::debug!(
+        target: SHARD_LOG,
+        shard = id,
+        cpu = unsafe { libc::sched_getcpu() },
+        "shard executor running; recovering the WAL"
+    );
+    let recovery = Recovery::open(id, &config).await?;
+    let _ = shared.probes[id].wal.set(recovery.wal_stats());
+    tracing::debug!(target: SHARD_LOG, shard = id, "joining the mesh");
+    let joined = Mesh::join(
+        shared.mesh.clone(),
+        id,
+        config.mesh_batch_messages_max,
+        Arc::clone(&shared.probes[id]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let snapshot = shared.live.current();
+    let broker = Broker::new(
+        id,
+        Arc::clone(&config),
+        Rc::clone(&joined.mesh),
+        shared.probes.clone(),
+        Arc::clone(&snapshot.auth),
+    );
+    tracing::debug!(target: SHARD_LOG, shard = id, "joined the mesh");
+    broker.start(recovery, joined.inbound).await;
+
+    let quota = ConnectionQuota::new(
+        Arc::clone(&shared.process_connections),
+        Arc::clone(&config),
+        Arc::clone(&broker.probe),
+    );
+    let door = Door::new(
+        Rc::clone(&broker),
+        quota,
+        Arc::clone(&shared.hashing),
+        snapshot.tls.clone(),
+    );
+    let listener = bind_listener(config.mqtt_listen)
+        .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
+    let tls = snapshot.tls.is_some();
+    // Beside mqtt_listen: each listener that is configured, with what it speaks (the TLS
+    // ones only with certificates loaded at start).
+    let mut listeners = Vec::new();
+    for (key, addr, kind) in [
+        ("mqtts_listen", config.mqtts_listen, Listening::Tls),
+        ("ws_listen", config.ws_listen, Listening::Ws),
+        ("wss_listen", config.wss_listen, Listening::Wss),
+    ] {
+        let usable = tls || kind == Listening::Ws;
+        if let Some(addr) = addr.filter(|_| usable) {
+            let listener = bind_listener(addr).map_err(|e| format!("binding {key} {addr}: {e}"))?;
+            listeners.push((Rc::new(listener), kind));
+        }
+    }
+    let metrics = if id == config.metrics_shard {
+        Some(
+            bind_listener(config.metrics_listen)
+                .map_err(|e| format!("binding metrics_listen {}: {e}", config.metrics_listen))?,
+        )
+    } else {
+        None
+    };
+    tracing::debug!(
+        target: SHARD_LOG,
+        shard = id,
+        cpu = unsafe { libc::sched_getcpu() },
+        "shard serving"
+    );
+
+    let metrics_task = metrics.map(|listener| spawn_metrics(&door, listener, tls));
+    {
+        let (broker, door, live) = (
+            Rc::clone(&broker),
+            Rc::clone(&door),
+            Arc::clone(&shared.live),
+        );
+        glommio::spawn_local(async move {
+            while control.next().await == Request::Reload {
+                let done = reload::apply(&live.current(), &broker, &door);
+                tracing::debug!(
+                    shard = broker.id,
+                    kept = done.kept,
+                    closed = done.closed,
+                    "reload applied"
+                );
+                control.reloaded().await;
+            }
+            broker.shutdown.trigger();
+        })
+        .detach();
+    }
+    if metrics_task.is_some() {
+        spawn_watchdog(&broker);
+    }
+    ready.ready();
+
+    let others = listeners
+        .iter()
+        .map(|(listener, kind)| {
+            let door = Rc::clone(&door);
+            let (listener, kind) = (Rc::clone(listener), *kind);
+            glommio::spawn_local(async move { door.accept_loop(&listener, kind).await })
+        })
+        .collect::<Vec<_>>();
+    door.accept_loop(&listener, Listening::Tcp).await;
+    for task in others {
+        task.await;
+    }
+    door.drain(Duration::from_millis(config.shutdown_timeout_ms * 8 / 10))
+        .await;
+    broker
+        .stop(Duration::from_millis(config.shutdown_timeout_ms / 10))
+        .await;
+    if let Some(task) = metrics_task {
+        task.await;
+    }
+    drop(listener);
+    tracing::debug!(target: SHARD_LOG, shard = id, "shard stopped");
+    Ok(())
+}
+
+/// Serves `/metrics`, `/health` and the admin API on `listener` (over TLS with
+/// `metrics_tls` and certificates in force).
+fn spawn_metrics(
+    door: &Rc<Door>,
+    listener: glommio::net::TcpListener,
+    tls: bool,
+) -> glommio::Task<()> {
+    let door = Rc::clone(door);
+    let metrics_tls = tls && door.broker.config.metrics_tls;
+    glommio::spawn_local(async move {
+        let broker = Rc::clone(&door.broker);
+        let probes = broker.probes.clone();
+        let checker = Rc::clone(&broker);
+        let health: crate::metrics::HealthCheck = Rc::new(move || {
+            let broker = Rc::clone(&checker);
+            Box::pin(async move { broker.check_health().await })
+        });
+        let admin = crate::metrics::Admin {
+            backend: Rc::clone(&broker) as Rc<dyn crate::metrics::AdminBackend>,
+            access: Rc::new(crate::metrics::AdminAccess {
+                key: broker.config.admin_key.clone(),
+                localhost_only: broker.config.admin_localhost_only,
+            }),
+        };
+        let stop = broker.shutdown.wait();
+        let acceptor = Rc::clone(&door);
+        let tls = move || metrics_tls.then(|| acceptor.tls()).flatten();
+        crate::metrics::serve(listener, tls, probes, health, admin, stop).await;
+    })
+}
+
+/// On the metrics shard under a systemd watchdog: pings it after each ping round of every
+/// other shard over the mesh (see [`notify`]); a round that fails skips the ping.
+fn spawn_watchdog(broker: &Rc<Broker>) {
+    let Some(every) = notify::watchdog_interval() else {
+        return;
+    };
+    let broker = Rc::clone(broker);
+    glommio::spawn_local(async move {
+        let pings = async {
+            loop {
+                match broker.check_health().await {
+                    Ok(()) => notify::watchdog(),
+                    Err(reason) => tracing::warn!(%reason, "systemd watchdog not pinged"),
+                }
+                glommio::timer::sleep(every).await;
+            }
+        };
+        futures_lite::future::or(pings, broker.shutdown.wait()).await;
+    })
+    .detach();
+}
