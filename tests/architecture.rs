@@ -21,8 +21,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("router",  &[]),
     // who may connect and what they may do: API keys, users, topic ACLs
     ("auth",    &[]),
-    // a client's session: subscriptions, queue, in-flight window, will, expiry
-    ("session", &["mqtt"]),
+    // a client's session: subscriptions, queue, in-flight window, will, expiry; the link to
+    // its connection (output, acks owed, what the client may receive under its ACL)
+    ("session", &["mqtt", "auth"]),
     // settings: defaults < TOML file < env < CLI flags, and their validation
     ("config",  &["router", "storage"]),
     // per-shard single-writer probes, `/metrics` and `/health`
@@ -31,7 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("fuzzing", &["mqtt", "storage"]),
     // process bootstrap, pinned executors, the generic mesh, timers, shutdown (no broker, no sockets)
     ("runtime", &["config", "metrics"]),
-    // one shard's MQTT logic: publish routing, fan-out, session claims, retained
+    // one Broker per shard: sessions, subscriptions, retained, shared groups, the log, routing
     ("broker",  &["runtime", "session", "router", "storage", "auth", "mqtt", "config", "metrics"]),
     // the protocol doors: listeners and connection tasks (door::mqtt, later door::kafka)
     ("door",    &["broker", "runtime", "session", "router", "storage", "auth", "mqtt", "config", "metrics"]),
