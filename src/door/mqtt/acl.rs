@@ -12,7 +12,7 @@ use crate::mqtt::{Protocol, QoS, ReasonCode};
 use crate::session::Will;
 
 use super::conn::Conn;
-use super::serve::Ending;
+use super::conn::Ending;
 
 /// Whether this client may use `client_id` (ownership, `client_id_owner`).
 pub(super) fn may_use_client_id(door: &Door, identity: Identity<'_>, client_id: &str) -> bool {

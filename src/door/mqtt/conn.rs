@@ -39,3 +39,23 @@ impl Conn {
         }
     }
 }
+
+/// How a connection ended, for the will and the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// DISCONNECT 0x00 (or 3.1.1 DISCONNECT): no will.
+    Normal { expiry_secs: Option<u32> },
+    /// DISCONNECT with any reason but 0x00 (0x04, or an error): publish the will.
+    WithWill { expiry_secs: Option<u32> },
+    /// Network error, keep-alive timeout, protocol error: publish the will.
+    Abnormal,
+    /// The server closed it (shutdown or takeover): no will from here.
+    ByServer,
+}
+
+/// Bytes read from the socket per wake-up at most.
+pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
+/// Bytes a connection's first read asks for. A read that fills its chunk doubles the
+/// next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads in big batches
+/// while an idle connection keeps a buffer this small.
+pub(super) const READ_CHUNK_MIN_BYTES: usize = 1 << 10;

@@ -16,8 +16,7 @@ use crate::router::validate_topic_name;
 use crate::session::{TopicAliases, Will, EXPIRY_NEVER};
 
 use super::conn::Conn;
-use super::serve::ReadBuf;
-use super::socket::Socket;
+use super::socket::{ReadBuf, Socket};
 
 /// The longest wait between two looks at a queued password check (a check itself takes
 /// milliseconds).

@@ -19,8 +19,8 @@ use super::Door;
 
 use super::acl::PublishDenied;
 use super::conn::Conn;
+use super::conn::Ending;
 use super::connect::Accepted;
-use super::serve::Ending;
 
 /// Whether the packet loop goes on.
 pub(super) enum Flow {

@@ -4,7 +4,6 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
@@ -14,66 +13,17 @@ use crate::runtime::ConnectionSlot;
 use super::Door;
 
 use super::bounds::{self, PacketClock};
-use super::conn::Conn;
+use super::conn::{Conn, Ending, READ_CHUNK_BYTES};
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
-use super::socket::Socket;
+use super::socket::{ReadBuf, Socket};
 use super::{tls, ws, Transport};
-
-/// Bytes read from the socket per wake-up at most.
-pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
-/// Bytes a connection's first read asks for. A read that fills its chunk doubles the
-/// next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads in big batches
-/// while an idle connection keeps a buffer this small.
-pub(super) const READ_CHUNK_MIN_BYTES: usize = 1 << 10;
 
 /// A PUBLISH smaller than this is copied out of the read buffer (see
 /// [`mqtt::decode_copying_small_publish`]): a queued message then keeps at most about
 /// twice its size alive, never a read buffer for a few bytes. A copy this small costs
 /// less than the rest of a publish's handling.
 const COPY_PUBLISH_BELOW_BYTES: usize = READ_CHUNK_BYTES;
-
-/// A connection's inbound bytes and how much the next read asks for.
-pub(super) struct ReadBuf {
-    /// Bytes read and not yet decoded.
-    pub buf: BytesMut,
-    chunk_bytes: usize,
-}
-
-impl ReadBuf {
-    fn new() -> Self {
-        ReadBuf {
-            buf: BytesMut::with_capacity(READ_CHUNK_MIN_BYTES),
-            chunk_bytes: READ_CHUNK_MIN_BYTES,
-        }
-    }
-
-    /// Reads once into the spare end of the buffer.
-    pub(super) async fn read_from(&mut self, socket: &Socket) -> std::io::Result<usize> {
-        let filled = self.buf.len();
-        self.buf.resize(filled + self.chunk_bytes, 0);
-        let result = socket.read(&mut self.buf[filled..]).await;
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(filled + n);
-        if n == self.chunk_bytes {
-            self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
-        }
-        result
-    }
-}
-
-/// How a connection ended, for the will and the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ending {
-    /// DISCONNECT 0x00 (or 3.1.1 DISCONNECT): no will.
-    Normal { expiry_secs: Option<u32> },
-    /// DISCONNECT with any reason but 0x00 (0x04, or an error): publish the will.
-    WithWill { expiry_secs: Option<u32> },
-    /// Network error, keep-alive timeout, protocol error: publish the will.
-    Abnormal,
-    /// The server closed it (shutdown or takeover): no will from here.
-    ByServer,
-}
 
 /// Serves one admitted connection; `_slot` keeps it counted against the connection
 /// limits until it is gone. Over TLS or WebSocket the connection first goes through

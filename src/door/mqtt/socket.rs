@@ -20,6 +20,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
+use super::conn::{READ_CHUNK_BYTES, READ_CHUNK_MIN_BYTES};
 use super::ws::WsConn;
 
 /// A handle on a connection's socket; clones share the one descriptor, which closes when
@@ -160,4 +161,33 @@ async fn write_all<S: AsyncWrite + Unpin>(stream: &RefCell<S>, mut buf: &[u8]) -
         buf = &buf[n..];
     }
     Ok(())
+}
+
+/// A connection's inbound bytes and how much the next read asks for.
+pub(super) struct ReadBuf {
+    /// Bytes read and not yet decoded.
+    pub buf: BytesMut,
+    chunk_bytes: usize,
+}
+
+impl ReadBuf {
+    pub(super) fn new() -> Self {
+        ReadBuf {
+            buf: BytesMut::with_capacity(READ_CHUNK_MIN_BYTES),
+            chunk_bytes: READ_CHUNK_MIN_BYTES,
+        }
+    }
+
+    /// Reads once into the spare end of the buffer.
+    pub(super) async fn read_from(&mut self, socket: &Socket) -> std::io::Result<usize> {
+        let filled = self.buf.len();
+        self.buf.resize(filled + self.chunk_bytes, 0);
+        let result = socket.read(&mut self.buf[filled..]).await;
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(filled + n);
+        if n == self.chunk_bytes {
+            self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
+        }
+        result
+    }
 }

@@ -115,7 +115,7 @@ fn io_error(e: WsError) -> io::Error {
 /// for every connection, is one read chunk rather than its default 128 KiB, so an idle
 /// WebSocket client costs about what a TCP one does.
 fn ws_config(door: &Door) -> WebSocketConfig {
-    let chunk = super::serve::READ_CHUNK_BYTES;
+    let chunk = super::conn::READ_CHUNK_BYTES;
     let max = (door.config.max_packet_bytes as usize).saturating_add(chunk);
     WebSocketConfig::default()
         .read_buffer_size(chunk)
