@@ -17,6 +17,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glommio::net::TcpListener;
+
 use crate::auth::HashQueue;
 use crate::broker::{self, Broker, Recovery, ShardMsg};
 use crate::config::Config;
@@ -24,7 +26,8 @@ use crate::door::mqtt::{Door, Listening};
 use crate::metrics::{Probes, ShardProbe};
 use crate::runtime::{
     bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, ConnectionQuota,
-    Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle, FDS_PER_CONNECTION,
+    Control, Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle,
+    FDS_PER_CONNECTION,
 };
 
 pub use crate::door::mqtt::Resettled;
@@ -155,42 +158,10 @@ impl Server {
 /// One shard's life: recover, join the mesh, start the broker, open the doors, serve
 /// until asked to stop, close the doors, stop the broker.
 async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
-    let ShardStart {
-        id,
-        mut control,
-        ready,
-    } = start;
+    let ShardStart { id, control, ready } = start;
     let config = Arc::clone(&shared.config);
-    // The executor runs this shard's first task: a start stuck before this line is stuck
-    // in the executor or the ring setup, not in the broker.
-    tracing::debug!(
-        target: SHARD_LOG,
-        shard = id,
-        cpu = unsafe { libc::sched_getcpu() },
-        "shard executor running; recovering the WAL"
-    );
-    let recovery = Recovery::open(id, &config).await?;
-    let _ = shared.probes[id].wal.set(recovery.wal_stats());
-    tracing::debug!(target: SHARD_LOG, shard = id, "joining the mesh");
-    let joined = Mesh::join(
-        shared.mesh.clone(),
-        id,
-        config.mesh_batch_messages_max,
-        Arc::clone(&shared.probes[id]),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let broker = start_broker(id, &shared).await?;
     let snapshot = shared.live.current();
-    let broker = Broker::new(
-        id,
-        Arc::clone(&config),
-        Rc::clone(&joined.mesh),
-        shared.probes.clone(),
-        Arc::clone(&snapshot.auth),
-    );
-    tracing::debug!(target: SHARD_LOG, shard = id, "joined the mesh");
-    broker.start(recovery, joined.inbound).await;
-
     let quota = ConnectionQuota::new(
         Arc::clone(&shared.process_connections),
         Arc::clone(&config),
@@ -202,74 +173,32 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
         Arc::clone(&shared.hashing),
         snapshot.tls.clone(),
     );
-    let listener = bind_listener(config.mqtt_listen)
-        .map_err(|e| format!("binding mqtt_listen {}: {e}", config.mqtt_listen))?;
     let tls = snapshot.tls.is_some();
-    // Beside mqtt_listen: each listener that is configured, with what it speaks (the TLS
-    // ones only with certificates loaded at start).
-    let mut listeners = Vec::new();
-    for (key, addr, kind) in [
-        ("mqtts_listen", config.mqtts_listen, Listening::Tls),
-        ("ws_listen", config.ws_listen, Listening::Ws),
-        ("wss_listen", config.wss_listen, Listening::Wss),
-    ] {
-        let usable = tls || kind == Listening::Ws;
-        if let Some(addr) = addr.filter(|_| usable) {
-            let listener = bind_listener(addr).map_err(|e| format!("binding {key} {addr}: {e}"))?;
-            listeners.push((Rc::new(listener), kind));
-        }
-    }
-    let metrics = if id == config.metrics_shard {
-        Some(
-            bind_listener(config.metrics_listen)
-                .map_err(|e| format!("binding metrics_listen {}: {e}", config.metrics_listen))?,
-        )
-    } else {
-        None
-    };
+    let listeners = Listeners::bind(id, &config, tls)?;
     tracing::debug!(
         target: SHARD_LOG,
         shard = id,
         cpu = unsafe { libc::sched_getcpu() },
         "shard serving"
     );
-
-    let metrics_task = metrics.map(|listener| spawn_metrics(&door, listener, tls));
-    {
-        let (broker, door, live) = (
-            Rc::clone(&broker),
-            Rc::clone(&door),
-            Arc::clone(&shared.live),
-        );
-        glommio::spawn_local(async move {
-            while control.next().await == Request::Reload {
-                let done = reload::apply(&live.current(), &broker, &door);
-                tracing::debug!(
-                    shard = broker.id,
-                    kept = done.kept,
-                    closed = done.closed,
-                    "reload applied"
-                );
-                control.reloaded().await;
-            }
-            broker.shutdown.trigger();
-        })
-        .detach();
-    }
+    let metrics_task = listeners
+        .metrics
+        .map(|listener| spawn_metrics(&door, listener, tls));
+    spawn_control(control, &broker, &door, Arc::clone(&shared.live));
     if metrics_task.is_some() {
         spawn_watchdog(&broker);
     }
     ready.ready();
 
     let others = listeners
+        .others
         .iter()
         .map(|(listener, kind)| {
-            let door = Rc::clone(&door);
-            let (listener, kind) = (Rc::clone(listener), *kind);
+            let (door, listener, kind) = (Rc::clone(&door), Rc::clone(listener), *kind);
             glommio::spawn_local(async move { door.accept_loop(&listener, kind).await })
         })
         .collect::<Vec<_>>();
-    door.accept_loop(&listener, Listening::Tcp).await;
+    door.accept_loop(&listeners.mqtt, Listening::Tcp).await;
     for task in others {
         task.await;
     }
@@ -281,9 +210,104 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
     if let Some(task) = metrics_task {
         task.await;
     }
-    drop(listener);
+    // Only now: dropping a listener resets the connections still in its backlog.
+    drop((listeners.mqtt, listeners.others));
     tracing::debug!(target: SHARD_LOG, shard = id, "shard stopped");
     Ok(())
+}
+
+/// Reads shard `id`'s WAL, joins the mesh and starts the broker: returns once every
+/// shard has recovered (the start barrier).
+async fn start_broker(id: usize, shared: &Shared) -> Result<Rc<Broker>, String> {
+    let config = &shared.config;
+    // The executor runs this shard's first task: a start stuck before this line is stuck
+    // in the executor or the ring setup, not in the broker.
+    tracing::debug!(
+        target: SHARD_LOG,
+        shard = id,
+        cpu = unsafe { libc::sched_getcpu() },
+        "shard executor running; recovering the WAL"
+    );
+    let recovery = Recovery::open(id, config).await?;
+    let _ = shared.probes[id].wal.set(recovery.wal_stats());
+    tracing::debug!(target: SHARD_LOG, shard = id, "joining the mesh");
+    let joined = Mesh::join(
+        shared.mesh.clone(),
+        id,
+        config.mesh_batch_messages_max,
+        Arc::clone(&shared.probes[id]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let broker = Broker::new(
+        id,
+        Arc::clone(config),
+        Rc::clone(&joined.mesh),
+        shared.probes.clone(),
+        Arc::clone(&shared.live.current().auth),
+    );
+    tracing::debug!(target: SHARD_LOG, shard = id, "joined the mesh");
+    broker.start(recovery, joined.inbound).await;
+    Ok(broker)
+}
+
+/// A shard's listeners: `mqtt_listen`, the other MQTT listeners configured (the TLS
+/// ones only with certificates loaded at start), and `metrics_listen` on the metrics
+/// shard.
+struct Listeners {
+    mqtt: TcpListener,
+    others: Vec<(Rc<TcpListener>, Listening)>,
+    metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    fn bind(id: usize, config: &Config, tls: bool) -> Result<Listeners, String> {
+        let bind = |key: &str, addr: SocketAddr| {
+            bind_listener(addr).map_err(|e| format!("binding {key} {addr}: {e}"))
+        };
+        let mqtt = bind("mqtt_listen", config.mqtt_listen)?;
+        let mut others = Vec::new();
+        for (key, addr, kind) in [
+            ("mqtts_listen", config.mqtts_listen, Listening::Tls),
+            ("ws_listen", config.ws_listen, Listening::Ws),
+            ("wss_listen", config.wss_listen, Listening::Wss),
+        ] {
+            let usable = tls || kind == Listening::Ws;
+            if let Some(addr) = addr.filter(|_| usable) {
+                others.push((Rc::new(bind(key, addr)?), kind));
+            }
+        }
+        let metrics = if id == config.metrics_shard {
+            Some(bind("metrics_listen", config.metrics_listen)?)
+        } else {
+            None
+        };
+        Ok(Listeners {
+            mqtt,
+            others,
+            metrics,
+        })
+    }
+}
+
+/// Answers the main thread: a reload puts the settings now in `live` in force on the
+/// broker and the door; anything else starts this shard's shutdown.
+fn spawn_control(mut control: Control, broker: &Rc<Broker>, door: &Rc<Door>, live: Arc<Live>) {
+    let (broker, door) = (Rc::clone(broker), Rc::clone(door));
+    glommio::spawn_local(async move {
+        while control.next().await == Request::Reload {
+            let done = reload::apply(&live.current(), &broker, &door);
+            tracing::debug!(
+                shard = broker.id,
+                kept = done.kept,
+                closed = done.closed,
+                "reload applied"
+            );
+            control.reloaded().await;
+        }
+        broker.shutdown.trigger();
+    })
+    .detach();
 }
 
 /// Serves `/metrics`, `/health` and the admin API on `listener` (over TLS with
