@@ -9,11 +9,10 @@ use crate::broker::{Broker, ConnRef, ShardMsg};
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
 use crate::router::owner_of;
 use crate::runtime::spawn_every;
-use crate::session::Link;
-use crate::session::{Message, OutboundLimits, Session, Will};
+use crate::session::{Link, Message, OutboundLimits, Session, Will};
 
 use super::persist::records::{SessionRecord, WillConn, WillRecord};
-use super::{Reply, SessionKey, SessionSlot};
+use super::{Reply, SessionKey, SessionSlot, Superseded};
 
 /// What a CONNECT asks of its session.
 pub struct SessionParams {
@@ -38,6 +37,16 @@ pub struct ConnectOutcome {
     pub session_present: bool,
     /// The session's key on this shard.
     pub key: SessionKey,
+}
+
+/// What a claim of a client id at its home shard found (see `claim`).
+struct Claimed {
+    /// The session handed over from the shard that held it, if any.
+    previous: Option<Box<Session>>,
+    /// A session a takeover left in place on this shard for this connection.
+    parked: Option<SessionKey>,
+    /// A newer connection that took the id over while the claim was in flight.
+    superseded: Option<Superseded>,
 }
 
 impl Broker {
@@ -67,31 +76,9 @@ impl Broker {
             shard: self.id,
             token: conn.token,
         };
-        let id = self.state.open_request(1);
-        let claim_key = (params.client_id.clone(), conn.token);
-        self.state
-            .claims
-            .borrow_mut()
-            .insert(claim_key.clone(), None);
-        self.post(
-            home,
-            ShardMsg::Claim {
-                client_id: params.client_id.clone(),
-                conn: me,
-                clean_start: params.clean_start,
-                id,
-            },
-        );
-        let previous = match self.state.replies(id).await.pop() {
-            Some(Reply::Handover(session)) => session,
-            _ => None,
-        };
-        let parked = self.state.parked.borrow_mut().remove(&params.client_id);
-        let superseded = self.state.claims.borrow_mut().remove(&claim_key).flatten();
-        // Left in place by a takeover on this shard (see `take_over`).
-        let parked = parked.filter(|k| self.state.sessions.borrow().contains_key(k));
-        let previous = match (previous, parked) {
-            (None, Some(key)) if superseded.is_none() => {
+        let claimed = self.claim(&params, me, home).await;
+        let previous = match (claimed.previous, claimed.parked) {
+            (None, Some(key)) if claimed.superseded.is_none() => {
                 let (client_id, armed) = (params.client_id.clone(), params.will.clone());
                 let outcome = self.resume_in_place(conn, key, params);
                 // Logged before the CONNACK, as for any connection with a will.
@@ -101,7 +88,7 @@ impl Broker {
             (None, Some(key)) => Some(Box::new(self.remove_session(key).session)),
             (previous, _) => previous,
         };
-        if let Some(newer) = superseded {
+        if let Some(newer) = claimed.superseded {
             // A newer connection with this id won while the claim was in flight: this one
             // never gets its session; the session goes straight on to the newer one.
             conn.close(ReasonCode::SessionTakenOver);
@@ -129,11 +116,65 @@ impl Broker {
             );
             return Err(Some(ReasonCode::QuotaExceeded));
         }
+        let (client_id, armed) = (params.client_id.clone(), params.will.clone());
+        let (session, present) = self.session_for(previous, params);
+        let key = self.attach(session, conn, me).await;
+        // Logged before the CONNACK, so that a crash cannot lose it.
+        self.log_armed_will(&client_id, me, armed).await;
+        conn.session.set(Some(key));
+        Ok(ConnectOutcome {
+            session_present: present,
+            key,
+        })
+    }
+
+    /// Claims the client id at its `home` shard for connection `me` and waits for the
+    /// answer: the session handed over (if any), one a takeover left in place on this
+    /// shard, and a newer connection that won the id meanwhile.
+    async fn claim(&self, params: &SessionParams, me: ConnRef, home: usize) -> Claimed {
+        let id = self.state.open_request(1);
+        let claim_key = (params.client_id.clone(), me.token);
+        self.state
+            .claims
+            .borrow_mut()
+            .insert(claim_key.clone(), None);
+        self.post(
+            home,
+            ShardMsg::Claim {
+                client_id: params.client_id.clone(),
+                conn: me,
+                clean_start: params.clean_start,
+                id,
+            },
+        );
+        let previous = match self.state.replies(id).await.pop() {
+            Some(Reply::Handover(session)) => session,
+            _ => None,
+        };
+        let parked = self.state.parked.borrow_mut().remove(&params.client_id);
+        let superseded = self.state.claims.borrow_mut().remove(&claim_key).flatten();
+        // Left in place by a takeover on this shard (see `take_over`).
+        let parked = parked.filter(|k| self.state.sessions.borrow().contains_key(k));
+        Claimed {
+            previous,
+            parked,
+            superseded,
+        }
+    }
+
+    /// The session a connection with `params` gets: `previous` resumed (unless clean
+    /// start) or a new one, with the connection's settings and will; a persistent one is
+    /// logged as open. Returns it and whether it was present.
+    fn session_for(
+        &self,
+        previous: Option<Box<Session>>,
+        params: SessionParams,
+    ) -> (Session, bool) {
         let (mut session, present) = match previous {
             Some(session) if !params.clean_start => (*session, true),
             _ => (
                 Session::new(
-                    params.client_id.clone(),
+                    params.client_id,
                     params.protocol,
                     params.expiry_secs,
                     self.outbound_limits(),
@@ -143,7 +184,7 @@ impl Broker {
         };
         // Catch-up reads asked for by a shard the session left are answered there, and
         // deliveries on their way to it, or sent while it was out of the trie and the
-        // interest table (from `take_over` until it is indexed again below), found
+        // interest table (from `take_over` until it is indexed again in `attach`), found
         // nobody: every owner's log is read from the floor. (A session taken over on its
         // own shard stays in place instead, see `park`, unless a newer claim won.)
         session.replay.forget_requests();
@@ -153,9 +194,6 @@ impl Broker {
         session.attached_on = Some(self.id);
         session.protocol = params.protocol;
         session.expiry_secs = params.expiry_secs;
-        // Logged before the CONNACK (below), so that a crash cannot lose it.
-        let armed = params.will.clone();
-        let client_id = params.client_id.clone();
         session.will = params.will;
         session.outbound.set_client_receive_max(params.receive_max);
         if session.is_persistent() {
@@ -169,6 +207,12 @@ impl Broker {
                 false,
             );
         }
+        (session, present)
+    }
+
+    /// Indexes `session` on this shard, attached to `conn`, with its subscriptions in the
+    /// trie and the interest table (waiting until the peers have them); returns its key.
+    async fn attach(&self, session: Session, conn: &Rc<Link>, me: ConnRef) -> SessionKey {
         let key = self.state.new_session_key();
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
@@ -181,7 +225,7 @@ impl Broker {
         self.state
             .by_client
             .borrow_mut()
-            .insert(params.client_id, key);
+            .insert(session.client_id.clone(), key);
         self.state.sessions.borrow_mut().insert(
             key,
             SessionSlot {
@@ -201,12 +245,7 @@ impl Broker {
         for ack in acks {
             self.state.replies(ack).await;
         }
-        self.log_armed_will(&client_id, me, armed).await;
-        conn.session.set(Some(key));
-        Ok(ConnectOutcome {
-            session_present: present,
-            key,
-        })
+        key
     }
 
     /// Logs the will of connection `me` (if it has one) and waits until it is durable,
