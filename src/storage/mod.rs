@@ -76,16 +76,17 @@ mod policy;
 mod recovery;
 mod retention;
 mod segment;
+mod state;
 mod stats;
 mod wal;
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub use frame::StopReason;
 pub use policy::{FsyncPolicy, FsyncPolicyParseError, BATCH_ALIAS_RECORDS, PERIODIC_ALIAS_MS};
+pub use recovery::RecoveryReport;
 pub use stats::{Histogram, WalStats, FSYNC_LATENCY_BOUNDS_US, GROUP_RECORDS_BOUNDS};
 pub use wal::Wal;
 
@@ -141,26 +142,6 @@ impl WalConfig {
             retention_bytes: None,
         }
     }
-}
-
-/// What recovery found when opening a WAL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Valid records visited.
-    pub records: u64,
-    /// Segments kept.
-    pub segments: u32,
-    /// Torn tails cut off (0 or 1: only the last segment may have one).
-    pub torn_records: u64,
-    /// Non-zero bytes cut off with the torn tail.
-    pub torn_bytes: u64,
-    /// Why the scan of the last segment stopped, if not at a clean end (a zeroed frame
-    /// header with non-zero bytes after it is `Zeroed` here).
-    pub torn_reason: Option<StopReason>,
-    /// How long the scan took.
-    pub duration: Duration,
-    /// The offset the next append gets.
-    pub next_offset: Offset,
 }
 
 /// Failures of WAL operations.

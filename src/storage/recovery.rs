@@ -1,11 +1,31 @@
 //! Opening a WAL: scan every segment, hand valid records to the caller, cut a torn tail.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::frame::{self, Decoded, SegmentHeader, StopReason};
 use super::segment::{self, align_down, align_up, Scanner, SegmentMeta};
-use super::{Offset, RecordRef, RecoveryReport, WalError};
+use super::{Offset, RecordRef, WalError};
+
+/// What recovery found when opening a WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Valid records visited.
+    pub records: u64,
+    /// Segments kept.
+    pub segments: u32,
+    /// Torn tails cut off (0 or 1: only the last segment may have one).
+    pub torn_records: u64,
+    /// Non-zero bytes cut off with the torn tail.
+    pub torn_bytes: u64,
+    /// Why the scan of the last segment stopped, if not at a clean end (a zeroed frame
+    /// header with non-zero bytes after it is `Zeroed` here).
+    pub torn_reason: Option<StopReason>,
+    /// How long the scan took.
+    pub duration: Duration,
+    /// The offset the next append gets.
+    pub next_offset: Offset,
+}
 
 /// What recovery leaves for the writer.
 pub(crate) struct Recovered {
