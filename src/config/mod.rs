@@ -5,6 +5,12 @@
 //! tables; the merged document is then deserialized once, strictly
 //! (`deny_unknown_fields`), and validated. Every error names the key and where its value
 //! came from, and the binary exits with status 2 on any of them.
+//!
+//! Owns: [`Config`] (every key, its default and what it means), loading and merging the
+//! layers, and the checks of [`Config::validate`] with their [`ConfigError`]s.
+//!
+//! May use: `router` (the shard bound `SHARDS_MAX`) and `storage` (to parse
+//! `fsync_policy` as a `FsyncPolicy`); no other shardmq module.
 
 mod layers;
 

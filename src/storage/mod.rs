@@ -7,6 +7,12 @@
 //! opaque records — a kind byte, a caller-supplied timestamp and a body — under offsets
 //! that only grow. It knows nothing of MQTT: the broker encodes its own fields into the body.
 //!
+//! # What it may use
+//! No other shardmq module. Inside, imports point one way: `wal` (the handle) uses
+//! `committer` (the group-commit task), `recovery` and `state` (what the handle and the
+//! task share); `committer` uses `state`; below them `segment`, `retention`, `hints`,
+//! `stats`, `policy` and `frame` (the on-disk record format) use none of those.
+//!
 //! # On-disk format (version 1)
 //! `dir/` holds segment files named by the offset of their first record, zero-padded to
 //! 20 digits: `00000000000000000042.log`. A segment is:
