@@ -48,12 +48,7 @@ pub(crate) async fn recover(
     mut visit: impl FnMut(RecordRef<'_>),
 ) -> Result<Recovered, WalError> {
     let started = Instant::now();
-    std::fs::create_dir_all(dir)?;
-    let spare = dir.join(segment::SPARE_FILE_NAME);
-    if spare.exists() {
-        std::fs::remove_file(&spare)?;
-    }
-    segment::prime_iopoll_probe(dir).await?;
+    prepare_dir(dir).await?;
     let boot = current_boot();
     let same_boot = boot.is_some() && boot == last_boot(dir);
     let files = segment::list_segments(dir)?;
@@ -75,16 +70,7 @@ pub(crate) async fn recover(
             SegmentHeader::Zeroed => return Err(corrupt(path, 0, "segment header is zeroed")),
             SegmentHeader::Invalid(why) => return Err(corrupt(path, 0, why)),
         };
-        if first != *name_offset {
-            return Err(corrupt(path, 0, "header offset differs from the file name"));
-        }
-        if let Some(want) = expected.filter(|want| *want != first) {
-            return Err(corrupt(
-                path,
-                0,
-                &format!("gap: expected first offset {}", want.0),
-            ));
-        }
+        check_continues(path, first, *name_offset, expected)?;
         let scan = scan_frames(&mut scanner, first, body_bytes_max, &mut visit).await?;
         records += scan.meta.end.0 - first.0;
         expected = Some(scan.meta.end);
@@ -128,6 +114,40 @@ pub(crate) async fn recover(
         segments: kept,
         report,
     })
+}
+
+/// Makes `dir` ready to scan: creates it if missing, removes a spare segment that was
+/// still being prepared, and opens the iopoll probe before any segment (see the module
+/// docs of `storage`).
+async fn prepare_dir(dir: &Path) -> Result<(), WalError> {
+    std::fs::create_dir_all(dir)?;
+    let spare = dir.join(segment::SPARE_FILE_NAME);
+    if spare.exists() {
+        std::fs::remove_file(&spare)?;
+    }
+    segment::prime_iopoll_probe(dir).await?;
+    Ok(())
+}
+
+/// A segment whose header names `first` must be named by that offset too, and start
+/// where the previous one ended (`expected`, none for the first segment).
+fn check_continues(
+    path: &Path,
+    first: Offset,
+    name_offset: Offset,
+    expected: Option<Offset>,
+) -> Result<(), WalError> {
+    if first != name_offset {
+        return Err(corrupt(path, 0, "header offset differs from the file name"));
+    }
+    if let Some(want) = expected.filter(|want| *want != first) {
+        return Err(corrupt(
+            path,
+            0,
+            &format!("gap: expected first offset {}", want.0),
+        ));
+    }
+    Ok(())
 }
 
 /// The file in a WAL directory naming the boot in which the WAL was last recovered.
