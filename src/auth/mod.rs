@@ -1,10 +1,11 @@
 //! Who may connect: anonymous clients, API keys and configured users.
 //!
-//! This module owns the CONNECT credential check. It is pure: no I/O, no
-//! executor, no other shardmq module. It also owns authorization: which topics a client
-//! may use and which client ids ([`acl`]). The one
-//! thread it runs is the password-hashing thread (`queue`), so that slow hashes
-//! queue on a bounded queue of their own.
+//! Owns: the CONNECT credential check; authorization, that is which topics a client may
+//! use and which client ids ([`acl`]); and the password-hashing thread (`queue`), the one
+//! thread it runs, so that slow hashes queue on a bounded queue of their own. Otherwise
+//! pure: no I/O, no executor.
+//!
+//! May use: no other shardmq module.
 //!
 //! Decisions:
 //! - An API key is presented as the CONNECT password, with any username or none

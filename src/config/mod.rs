@@ -5,6 +5,12 @@
 //! tables; the merged document is then deserialized once, strictly
 //! (`deny_unknown_fields`), and validated. Every error names the key and where its value
 //! came from, and the binary exits with status 2 on any of them.
+//!
+//! Owns: [`Config`] (every key, its default and what it means), loading and merging the
+//! layers, and the checks of [`Config::validate`] with their [`ConfigError`]s.
+//!
+//! May use: `router` (the shard bound `SHARDS_MAX`) and `storage` (to parse
+//! `fsync_policy` as a `FsyncPolicy`); no other shardmq module.
 
 mod layers;
 
@@ -434,7 +440,25 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Checks what types alone cannot; resolves `shards = 0` against the CPUs available.
+    /// The first failing check is reported; the checks run in this order.
     pub fn validate(&mut self, available_cpus: &[usize]) -> Result<(), ConfigError> {
+        self.resolve_shards(available_cpus)?;
+        self.check_listeners()?;
+        self.check_tls()?;
+        self.check_process()?;
+        self.check_mesh()?;
+        self.check_connection_limits()?;
+        self.check_session_limits()?;
+        self.check_topic_limits()?;
+        self.check_delivery_limits()?;
+        self.check_credentials()?;
+        self.check_wal()?;
+        self.check_io_memory()
+    }
+
+    /// Resolves `shards = 0`, then checks the shard count, the CPUs they are pinned to
+    /// and the metrics shard.
+    fn resolve_shards(&mut self, available_cpus: &[usize]) -> Result<(), ConfigError> {
         if self.shards == 0 {
             self.shards = if self.cpus.is_empty() {
                 available_cpus.len().max(1)
@@ -448,7 +472,7 @@ impl Config {
                 format!("{} is more than the supported {SHARDS_MAX}", self.shards),
             ));
         }
-        self.validate_cpus(available_cpus)?;
+        self.resolve_cpus(available_cpus)?;
         if self.metrics_shard >= self.shards {
             return Err(ConfigError::new(
                 "metrics_shard",
@@ -458,152 +482,17 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Every listener has an address of its own, and the WebSocket path is a path.
+    fn check_listeners(&self) -> Result<(), ConfigError> {
         if self.mqtt_listen == self.metrics_listen && self.mqtt_listen.port() != 0 {
             return Err(ConfigError::new(
                 "metrics_listen",
                 "must differ from mqtt_listen",
             ));
         }
-        self.validate_tls()?;
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("data_dir", "must not be empty"));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return Err(ConfigError::new(
-                "log_level",
-                format!("`{}` is not a log filter: {e}", self.log_level),
-            ));
-        }
-        positive("shutdown_timeout_ms", self.shutdown_timeout_ms)?;
-        positive(
-            "mesh_channel_batches_max",
-            self.mesh_channel_batches_max as u64,
-        )?;
-        positive(
-            "mesh_batch_messages_max",
-            self.mesh_batch_messages_max as u64,
-        )?;
-        positive("mesh_link_bytes_max", self.mesh_link_bytes_max as u64)?;
-        if self.mesh_channel_batches_max < 16 {
-            return Err(ConfigError::new(
-                "mesh_channel_batches_max",
-                "must be at least 16: small mesh channels can deadlock under contention",
-            ));
-        }
-        if self.max_packet_bytes < 64 || self.max_packet_bytes > 268_435_460 {
-            return Err(ConfigError::new(
-                "max_packet_bytes",
-                "must be between 64 and 268435460 (the MQTT maximum)",
-            ));
-        }
-        positive("connections_max", self.connections_max as u64)?;
-        positive(
-            "connections_per_shard_max",
-            self.connections_per_shard_max as u64,
-        )?;
-        positive("connect_timeout_ms", self.connect_timeout_ms)?;
-        positive("packet_read_timeout_ms", self.packet_read_timeout_ms)?;
-        positive("auth_hash_queue_max", self.auth_hash_queue_max as u64)?;
-        positive("receive_maximum", u64::from(self.receive_maximum))?;
-        positive("inflight_count_max", self.inflight_count_max as u64)?;
-        if self.inflight_count_max > usize::from(u16::MAX) {
-            return Err(ConfigError::new(
-                "inflight_count_max",
-                "must be at most 65535",
-            ));
-        }
-        positive(
-            "session_queue_messages_max",
-            self.session_queue_messages_max as u64,
-        )?;
-        positive(
-            "session_queue_bytes_max",
-            self.session_queue_bytes_max as u64,
-        )?;
-        positive(
-            "session_qos2_released_max",
-            self.session_qos2_released_max as u64,
-        )?;
-        positive(
-            "shared_backlog_messages_max",
-            self.shared_backlog_messages_max as u64,
-        )?;
-        positive(
-            "shared_backlog_bytes_max",
-            self.shared_backlog_bytes_max as u64,
-        )?;
-        positive(
-            "subscriptions_per_session_max",
-            self.subscriptions_per_session_max as u64,
-        )?;
-        positive("retained_messages_max", self.retained_messages_max as u64)?;
-        positive("retained_bytes_max", self.retained_bytes_max as u64)?;
-        positive("sessions_max", self.sessions_max as u64)?;
-        positive("qos2_ids_per_shard_max", self.qos2_ids_per_shard_max as u64)?;
-        positive("topic_bytes_max", self.topic_bytes_max as u64)?;
-        if self.topic_bytes_max > 65_535 {
-            return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
-        }
-        positive("topic_levels_max", self.topic_levels_max as u64)?;
-        positive("retry_backoff_ms", self.retry_backoff_ms)?;
-        positive(
-            "connection_out_bytes_max",
-            self.connection_out_bytes_max as u64,
-        )?;
-        if !self.admin_key.is_empty() && self.admin_key.len() < 16 {
-            return Err(ConfigError::new(
-                "admin_key",
-                "must be at least 16 characters (or empty: no key)",
-            ));
-        }
-        if self.api_keys.iter().any(|k| k.len() < 16) {
-            return Err(ConfigError::new(
-                "api_keys",
-                "every key must be at least 16 characters",
-            ));
-        }
-        for (i, rule) in self.acl.iter().enumerate() {
-            let who = [
-                rule.username.is_some(),
-                rule.client_id.is_some(),
-                rule.anonymous,
-            ];
-            if who.iter().filter(|&&set| set).count() > 1 {
-                return Err(ConfigError::new(
-                    format!("acl[{i}]"),
-                    "set at most one of username, client_id and anonymous (none = every client)",
-                ));
-            }
-        }
-        if let Err(e) = self.fsync_policy.parse::<crate::storage::FsyncPolicy>() {
-            return Err(ConfigError::new("fsync_policy", e.to_string()));
-        }
-        if self.segment_bytes < (1 << 20) {
-            return Err(ConfigError::new(
-                "segment_bytes",
-                "must be at least 1048576",
-            ));
-        }
-        if self.wal_buffer_bytes < (64 << 10)
-            || self.wal_buffer_bytes < self.max_packet_bytes as usize * 2
-        {
-            return Err(ConfigError::new(
-                "wal_buffer_bytes",
-                "must be at least 65536 and twice max_packet_bytes",
-            ));
-        }
-        if self.io_memory_bytes < (64 << 10) {
-            return Err(ConfigError::new(
-                "io_memory_bytes",
-                "must be at least 65536",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The TLS keys hang together; the files themselves are read by `net::tls`.
-    fn validate_tls(&self) -> Result<(), ConfigError> {
-        let set = |p: &PathBuf| !p.as_os_str().is_empty();
         let extra = [
             ("mqtts_listen", self.mqtts_listen),
             ("ws_listen", self.ws_listen),
@@ -626,6 +515,12 @@ impl Config {
         if !self.ws_path.starts_with('/') {
             return Err(ConfigError::new("ws_path", "must start with '/'"));
         }
+        Ok(())
+    }
+
+    /// The TLS keys hang together; the files themselves are read by `net::tls`.
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
         if self.mqtts_listen.is_some() || self.wss_listen.is_some() || self.metrics_tls {
             for (key, path) in [
                 ("tls_cert_file", &self.tls_cert_file),
@@ -654,7 +549,191 @@ impl Config {
         Ok(())
     }
 
-    fn validate_cpus(&mut self, available_cpus: &[usize]) -> Result<(), ConfigError> {
+    /// Process-wide settings: where data lives, what is logged, how long shutdown takes.
+    fn check_process(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::new(
+                "log_level",
+                format!("`{}` is not a log filter: {e}", self.log_level),
+            ));
+        }
+        positive("shutdown_timeout_ms", self.shutdown_timeout_ms)
+    }
+
+    /// The channels between shards.
+    fn check_mesh(&self) -> Result<(), ConfigError> {
+        positive_each(&[
+            (
+                "mesh_channel_batches_max",
+                self.mesh_channel_batches_max as u64,
+            ),
+            (
+                "mesh_batch_messages_max",
+                self.mesh_batch_messages_max as u64,
+            ),
+            ("mesh_link_bytes_max", self.mesh_link_bytes_max as u64),
+        ])?;
+        if self.mesh_channel_batches_max < 16 {
+            return Err(ConfigError::new(
+                "mesh_channel_batches_max",
+                "must be at least 16: small mesh channels can deadlock under contention",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What one connection, and all of them together, may send and hold open.
+    fn check_connection_limits(&self) -> Result<(), ConfigError> {
+        if self.max_packet_bytes < 64 || self.max_packet_bytes > 268_435_460 {
+            return Err(ConfigError::new(
+                "max_packet_bytes",
+                "must be between 64 and 268435460 (the MQTT maximum)",
+            ));
+        }
+        positive_each(&[
+            ("connections_max", self.connections_max as u64),
+            (
+                "connections_per_shard_max",
+                self.connections_per_shard_max as u64,
+            ),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("packet_read_timeout_ms", self.packet_read_timeout_ms),
+            ("auth_hash_queue_max", self.auth_hash_queue_max as u64),
+            ("receive_maximum", u64::from(self.receive_maximum)),
+            ("inflight_count_max", self.inflight_count_max as u64),
+        ])?;
+        if self.inflight_count_max > usize::from(u16::MAX) {
+            return Err(ConfigError::new(
+                "inflight_count_max",
+                "must be at most 65535",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What sessions, shared groups and retained messages may hold.
+    fn check_session_limits(&self) -> Result<(), ConfigError> {
+        positive_each(&[
+            (
+                "session_queue_messages_max",
+                self.session_queue_messages_max as u64,
+            ),
+            (
+                "session_queue_bytes_max",
+                self.session_queue_bytes_max as u64,
+            ),
+            (
+                "session_qos2_released_max",
+                self.session_qos2_released_max as u64,
+            ),
+            (
+                "shared_backlog_messages_max",
+                self.shared_backlog_messages_max as u64,
+            ),
+            (
+                "shared_backlog_bytes_max",
+                self.shared_backlog_bytes_max as u64,
+            ),
+            (
+                "subscriptions_per_session_max",
+                self.subscriptions_per_session_max as u64,
+            ),
+            ("retained_messages_max", self.retained_messages_max as u64),
+            ("retained_bytes_max", self.retained_bytes_max as u64),
+            ("sessions_max", self.sessions_max as u64),
+            ("qos2_ids_per_shard_max", self.qos2_ids_per_shard_max as u64),
+        ])
+    }
+
+    /// Topic names and filters: bytes (an MQTT string holds at most 65535) and levels.
+    fn check_topic_limits(&self) -> Result<(), ConfigError> {
+        positive("topic_bytes_max", self.topic_bytes_max as u64)?;
+        if self.topic_bytes_max > 65_535 {
+            return Err(ConfigError::new("topic_bytes_max", "must be at most 65535"));
+        }
+        positive("topic_levels_max", self.topic_levels_max as u64)
+    }
+
+    /// How deliveries go out: the 3.1.1 retry backoff and the pending-output bound.
+    fn check_delivery_limits(&self) -> Result<(), ConfigError> {
+        positive_each(&[
+            ("retry_backoff_ms", self.retry_backoff_ms),
+            (
+                "connection_out_bytes_max",
+                self.connection_out_bytes_max as u64,
+            ),
+        ])
+    }
+
+    /// Admin key, API keys and the shape of each ACL rule.
+    fn check_credentials(&self) -> Result<(), ConfigError> {
+        if !self.admin_key.is_empty() && self.admin_key.len() < 16 {
+            return Err(ConfigError::new(
+                "admin_key",
+                "must be at least 16 characters (or empty: no key)",
+            ));
+        }
+        if self.api_keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::new(
+                "api_keys",
+                "every key must be at least 16 characters",
+            ));
+        }
+        for (i, rule) in self.acl.iter().enumerate() {
+            let who = [
+                rule.username.is_some(),
+                rule.client_id.is_some(),
+                rule.anonymous,
+            ];
+            if who.iter().filter(|&&set| set).count() > 1 {
+                return Err(ConfigError::new(
+                    format!("acl[{i}]"),
+                    "set at most one of username, client_id and anonymous (none = every client)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fsync policy and the WAL's sizes; the buffer must hold the largest packet.
+    fn check_wal(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.fsync_policy.parse::<crate::storage::FsyncPolicy>() {
+            return Err(ConfigError::new("fsync_policy", e.to_string()));
+        }
+        if self.segment_bytes < (1 << 20) {
+            return Err(ConfigError::new(
+                "segment_bytes",
+                "must be at least 1048576",
+            ));
+        }
+        if self.wal_buffer_bytes < (64 << 10)
+            || self.wal_buffer_bytes < self.max_packet_bytes as usize * 2
+        {
+            return Err(ConfigError::new(
+                "wal_buffer_bytes",
+                "must be at least 65536 and twice max_packet_bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// io_uring registered buffer memory per shard.
+    fn check_io_memory(&self) -> Result<(), ConfigError> {
+        if self.io_memory_bytes < (64 << 10) {
+            return Err(ConfigError::new(
+                "io_memory_bytes",
+                "must be at least 65536",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pins shards to CPUs: the first `shards` of the affinity mask, or the listed ones,
+    /// which must exist in it once each.
+    fn resolve_cpus(&mut self, available_cpus: &[usize]) -> Result<(), ConfigError> {
         if self.cpus.is_empty() {
             if self.shards > available_cpus.len() {
                 return Err(ConfigError::new(
@@ -753,6 +832,13 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
         return Err(ConfigError::new(key, "must be greater than 0"));
     }
     Ok(())
+}
+
+/// `positive` for each `(key, value)`, in order: the first zero is reported.
+fn positive_each(limits: &[(&str, u64)]) -> Result<(), ConfigError> {
+    limits
+        .iter()
+        .try_for_each(|&(key, value)| positive(key, value))
 }
 
 /// CPUs this process may run on, ascending.

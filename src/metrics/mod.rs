@@ -1,8 +1,12 @@
 //! Metrics: per-shard probes (single-writer counters) and the HTTP endpoint that the
 //! designated metrics shard serves (`/metrics` in Prometheus text format, `/health`).
 //!
-//! Subsystems count in their own probe structs, each written only by its shard; this
-//! module only reads and exports them.
+//! Owns: the per-shard probe ([`ShardProbe`], counters and gauges each written only by
+//! its shard), their Prometheus export, the metrics listener's HTTP server with the admin
+//! API (`/admin/...`, served through [`AdminBackend`]) and the SIGUSR1 summary. The WAL
+//! counts in its own `storage::WalStats`; this module only reads and exports those.
+//!
+//! May use: `storage` (to read `WalStats` and its histograms); no other shardmq module.
 
 pub mod admin;
 mod export;

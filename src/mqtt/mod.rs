@@ -1,6 +1,10 @@
 //! The MQTT codec: packet types and their encode/decode for MQTT 3.1 (level 3, "MQIsdp"),
-//! 3.1.1 (level 4) and 5.0 (level 5). Pure: bytes in, packets out and back; no I/O, no other
-//! shardmq module, only the `bytes` crate.
+//! 3.1.1 (level 4) and 5.0 (level 5).
+//!
+//! Owns: every packet type, reason code and v5 property set, and the wire format of each.
+//! Pure: bytes in, packets out and back; no I/O, no executor.
+//!
+//! May use: no other shardmq module (only the `bytes` crate).
 //!
 //! Decisions:
 //! - Zero copy: [`decode`] splits the whole packet off the read buffer and every topic,

@@ -8,8 +8,10 @@
 //! - the per-shard [`SubscriptionTrie`], the replicated [`InterestTable`] and the
 //!   owner's [`RetainedIndex`].
 //!
-//! It is pure: no I/O, no executor, no other shardmq module. Every structure is
-//! owned by exactly one shard (they use `Rc`, so they are deliberately `!Send`).
+//! It is pure: no I/O, no executor. Every structure is owned by exactly one shard
+//! (they use `Rc`, so they are deliberately `!Send`).
+//!
+//! May use: no other shardmq module.
 //!
 //! Decisions:
 //! - All three tries key children by the level string in a hash map and keep

@@ -6,6 +6,9 @@
 //! PUBREL, the will, and the expiry. The whole struct is `Send` so a takeover on another
 //! shard can move it there over the mesh. Nothing here does I/O: packets are encoded
 //! into an [`Outlet`] the connection owns.
+//!
+//! May use: `mqtt` (the packets, QoS and properties it encodes and keeps); no other
+//! shardmq module.
 
 mod cursor;
 mod link;

@@ -19,8 +19,8 @@ use glommio::timer::Timer;
 
 use super::retention::{self, RetentionLimits};
 use super::segment::{self, align_up};
+use super::state::{Pending, Poison, Shared, Spare, State};
 use super::stats::WalStats;
-use super::wal::{Pending, Poison, Shared, Spare, State};
 use super::{FsyncPolicy, Offset, WalConfig, WalError};
 
 /// Starts preparing the next segment file in the background.

@@ -7,6 +7,12 @@
 //! opaque records — a kind byte, a caller-supplied timestamp and a body — under offsets
 //! that only grow. It knows nothing of MQTT: the broker encodes its own fields into the body.
 //!
+//! # What it may use
+//! No other shardmq module. Inside, imports point one way: `wal` (the handle) uses
+//! `committer` (the group-commit task), `recovery` and `state` (what the handle and the
+//! task share); `committer` uses `state`; below them `segment`, `retention`, `hints`,
+//! `stats`, `policy` and `frame` (the on-disk record format) use none of those.
+//!
 //! # On-disk format (version 1)
 //! `dir/` holds segment files named by the offset of their first record, zero-padded to
 //! 20 digits: `00000000000000000042.log`. A segment is:
@@ -76,16 +82,17 @@ mod policy;
 mod recovery;
 mod retention;
 mod segment;
+mod state;
 mod stats;
 mod wal;
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub use frame::StopReason;
 pub use policy::{FsyncPolicy, FsyncPolicyParseError, BATCH_ALIAS_RECORDS, PERIODIC_ALIAS_MS};
+pub use recovery::RecoveryReport;
 pub use stats::{Histogram, WalStats, FSYNC_LATENCY_BOUNDS_US, GROUP_RECORDS_BOUNDS};
 pub use wal::Wal;
 
@@ -141,26 +148,6 @@ impl WalConfig {
             retention_bytes: None,
         }
     }
-}
-
-/// What recovery found when opening a WAL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Valid records visited.
-    pub records: u64,
-    /// Segments kept.
-    pub segments: u32,
-    /// Torn tails cut off (0 or 1: only the last segment may have one).
-    pub torn_records: u64,
-    /// Non-zero bytes cut off with the torn tail.
-    pub torn_bytes: u64,
-    /// Why the scan of the last segment stopped, if not at a clean end (a zeroed frame
-    /// header with non-zero bytes after it is `Zeroed` here).
-    pub torn_reason: Option<StopReason>,
-    /// How long the scan took.
-    pub duration: Duration,
-    /// The offset the next append gets.
-    pub next_offset: Offset,
 }
 
 /// Failures of WAL operations.

@@ -1,11 +1,31 @@
 //! Opening a WAL: scan every segment, hand valid records to the caller, cut a torn tail.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::frame::{self, Decoded, SegmentHeader, StopReason};
 use super::segment::{self, align_down, align_up, Scanner, SegmentMeta};
-use super::{Offset, RecordRef, RecoveryReport, WalError};
+use super::{Offset, RecordRef, WalError};
+
+/// What recovery found when opening a WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Valid records visited.
+    pub records: u64,
+    /// Segments kept.
+    pub segments: u32,
+    /// Torn tails cut off (0 or 1: only the last segment may have one).
+    pub torn_records: u64,
+    /// Non-zero bytes cut off with the torn tail.
+    pub torn_bytes: u64,
+    /// Why the scan of the last segment stopped, if not at a clean end (a zeroed frame
+    /// header with non-zero bytes after it is `Zeroed` here).
+    pub torn_reason: Option<StopReason>,
+    /// How long the scan took.
+    pub duration: Duration,
+    /// The offset the next append gets.
+    pub next_offset: Offset,
+}
 
 /// What recovery leaves for the writer.
 pub(crate) struct Recovered {
@@ -28,12 +48,7 @@ pub(crate) async fn recover(
     mut visit: impl FnMut(RecordRef<'_>),
 ) -> Result<Recovered, WalError> {
     let started = Instant::now();
-    std::fs::create_dir_all(dir)?;
-    let spare = dir.join(segment::SPARE_FILE_NAME);
-    if spare.exists() {
-        std::fs::remove_file(&spare)?;
-    }
-    segment::prime_iopoll_probe(dir).await?;
+    prepare_dir(dir).await?;
     let boot = current_boot();
     let same_boot = boot.is_some() && boot == last_boot(dir);
     let files = segment::list_segments(dir)?;
@@ -55,16 +70,7 @@ pub(crate) async fn recover(
             SegmentHeader::Zeroed => return Err(corrupt(path, 0, "segment header is zeroed")),
             SegmentHeader::Invalid(why) => return Err(corrupt(path, 0, why)),
         };
-        if first != *name_offset {
-            return Err(corrupt(path, 0, "header offset differs from the file name"));
-        }
-        if let Some(want) = expected.filter(|want| *want != first) {
-            return Err(corrupt(
-                path,
-                0,
-                &format!("gap: expected first offset {}", want.0),
-            ));
-        }
+        check_continues(path, first, *name_offset, expected)?;
         let scan = scan_frames(&mut scanner, first, body_bytes_max, &mut visit).await?;
         records += scan.meta.end.0 - first.0;
         expected = Some(scan.meta.end);
@@ -108,6 +114,40 @@ pub(crate) async fn recover(
         segments: kept,
         report,
     })
+}
+
+/// Makes `dir` ready to scan: creates it if missing, removes a spare segment that was
+/// still being prepared, and opens the iopoll probe before any segment (see the module
+/// docs of `storage`).
+async fn prepare_dir(dir: &Path) -> Result<(), WalError> {
+    std::fs::create_dir_all(dir)?;
+    let spare = dir.join(segment::SPARE_FILE_NAME);
+    if spare.exists() {
+        std::fs::remove_file(&spare)?;
+    }
+    segment::prime_iopoll_probe(dir).await?;
+    Ok(())
+}
+
+/// A segment whose header names `first` must be named by that offset too, and start
+/// where the previous one ended (`expected`, none for the first segment).
+fn check_continues(
+    path: &Path,
+    first: Offset,
+    name_offset: Offset,
+    expected: Option<Offset>,
+) -> Result<(), WalError> {
+    if first != name_offset {
+        return Err(corrupt(path, 0, "header offset differs from the file name"));
+    }
+    if let Some(want) = expected.filter(|want| *want != first) {
+        return Err(corrupt(
+            path,
+            0,
+            &format!("gap: expected first offset {}", want.0),
+        ));
+    }
+    Ok(())
 }
 
 /// The file in a WAL directory naming the boot in which the WAL was last recovered.
