@@ -5,9 +5,11 @@
 //! outbound queue and QoS 1/2 in-flight window, the inbound QoS 2 packet ids awaiting
 //! PUBREL, the will, and the expiry. The whole struct is `Send` so a takeover on another
 //! shard can move it there over the mesh. Nothing here does I/O: packets are encoded
-//! into an [`Outlet`] the connection owns.
+//! into an [`Outlet`] over the output buffer of the session's [`Link`], the broker's
+//! handle on the connection the session is attached to (the door owns the socket).
 //!
-//! May use: `mqtt` (the packets, QoS and properties it encodes and keeps); no other
+//! May use: `mqtt` (the packets, QoS and properties it encodes and keeps) and `auth`
+//! (the client's ACL a link carries, checked where deliveries reach the wire); no other
 //! shardmq module.
 
 mod cursor;
