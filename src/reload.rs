@@ -1,7 +1,7 @@
 //! Live reload, the main thread's side: on SIGHUP the config is read again from the same
 //! sources the broker started with (file, environment captured at start, flags), the
 //! users, API keys, ACL and TLS files are checked and built once, and only then handed to
-//! the shards (see `shard::reload`). A bad file is refused, named in the log line, and
+//! the shards (see `server::reload`). A bad file is refused, named in the log line, and
 //! the old settings stay in force. Keys that only a restart can change are logged and
 //! ignored.
 //!

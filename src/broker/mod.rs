@@ -9,7 +9,7 @@
 //! - a **session** lives on the shard of its current or last connection, and moves (as
 //!   a boxed value over the mesh) when the client reconnects elsewhere.
 //!
-//! Every cross-shard step is a [`ShardMsg`] sent through [`Shard::post`], which batches per
+//! Every cross-shard step is a [`ShardMsg`] sent through `Broker::post`, which batches per
 //! peer per tick; messages to this shard itself go through a loopback queue so every path
 //! has the same ordering. The publish hot path skips the loopback when the publisher's
 //! shard owns the topic.
@@ -211,7 +211,7 @@ pub struct State {
     next_catch_up: Cell<u64>,
     /// Per owner shard, the highest watermark it sent here: every record of its log
     /// below it had been sent to this shard before. A new subscription holds it until
-    /// the owners answered where their logs end (see `Shard::subscribe`).
+    /// the owners answered where their logs end (see `Broker::subscribe`).
     heard_floors: RefCell<Vec<u64>>,
     /// Peers that finished their recovery (the start barrier).
     recovered_peers: Cell<usize>,
@@ -390,7 +390,7 @@ impl Broker {
         }
     }
 
-    /// Like [`Shard::post`], waiting while the peer's outbox is full (data traffic).
+    /// Like [`Broker::post`], waiting while the peer's outbox is full (data traffic).
     pub(crate) async fn post_data(&self, to: usize, msg: ShardMsg) {
         if to == self.id {
             self.post(to, msg);
@@ -424,7 +424,7 @@ impl Broker {
         let peers = self.mesh.shards() - 1;
         // Ahead of `Recovered` in each channel: sessions follow this log from its end,
         // and a subscription made as soon as a shard serves holds it until its exact
-        // start is answered (see `Shard::subscribe`), not 0.
+        // start is answered (see `Broker::subscribe`), not 0.
         if let Some(durable) = self.durable.get() {
             let watermark = durable.sent_watermark();
             self.on_watermark(self.id, watermark);

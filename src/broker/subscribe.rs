@@ -280,7 +280,7 @@ impl Broker {
         (local, Some(id))
     }
 
-    /// The answers to [`Shard::ask_log_ends`], per owner shard.
+    /// The answers to [`Broker::ask_log_ends`], per owner shard.
     async fn log_ends(&self, (local, id): (u64, Option<u64>)) -> Vec<u64> {
         let mut ends = vec![0; self.mesh.shards()];
         ends[self.id] = local;

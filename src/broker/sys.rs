@@ -6,7 +6,7 @@
 //! from the broker itself, through the ordinary publish path: a subscriber gets the
 //! latest values at once, the ACL decides who may read them (`read $SYS/#`), and a
 //! wildcard filter that does not begin with `$SYS` never matches them (MQTT-4.7.2-1).
-//! Clients may not publish there (see `net::acl::check_publish`).
+//! Clients may not publish there (see `door::mqtt::acl::check_publish`).
 //!
 //! | topic | value |
 //! |---|---|

@@ -247,7 +247,7 @@ impl ShutdownHandle {
         self.send(1);
     }
 
-    /// Tells every shard to swap in the settings now in the process's [`Live`] and waits
+    /// Tells every shard to swap in the settings now in the process's `Live` and waits
     /// (at most `limit` each) until it has; returns how many shards did.
     pub fn reload(&mut self, limit: Duration) -> usize {
         use std::io::Read;

@@ -2,7 +2,7 @@
 //! and the metrics endpoint on the metrics shard.
 //!
 //! [`Server::start`] claims the ports, moves the data dir into this shard count's layout,
-//! starts the runtime and returns once every shard serves. On each shard, [`run_shard`]
+//! starts the runtime and returns once every shard serves. On each shard, `run_shard`
 //! reads the WAL, joins the mesh, starts the broker (recovery, the start barrier), opens
 //! the MQTT door on each configured listener, answers reloads and, at shutdown, closes
 //! the doors before the broker logs its last cursors.

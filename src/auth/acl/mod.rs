@@ -56,7 +56,7 @@
 //! and copies only the rules it fills `%u` / `%c` into, so 1,000 rules without
 //! placeholders cost a connection a few pointers, not a copy each. A live reload
 //! (SIGHUP) builds a new [`Acl`], and each connection's `ClientAcl` again from it, its
-//! session's subscriptions classified again (see `shard::reload`).
+//! session's subscriptions classified again (see `server::reload`).
 
 mod client;
 mod mosquitto;

@@ -102,7 +102,7 @@ pub type ArmedWills = HashMap<(String, WillConn), Will>;
 pub const CURSOR_FLUSH_MS: u64 = 200;
 
 /// A QoS 2 exchange whose PUBREC arrived and whose PUBREL waits for its
-/// `qos2_delivered` record (see `Shard::log_releases`).
+/// `qos2_delivered` record (see `Broker::log_releases`).
 #[derive(Debug)]
 pub struct Releasing {
     /// The session's client id.
@@ -414,7 +414,7 @@ impl Broker {
         self.log_session_record(client_id, records::encode(client_id, record), wait)
     }
 
-    /// Sends an encoded record to `client_id`'s home (see [`Shard::log_session`]).
+    /// Sends an encoded record to `client_id`'s home (see [`Broker::log_session`]).
     pub(crate) fn log_session_record(
         &self,
         client_id: &str,

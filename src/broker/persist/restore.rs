@@ -316,7 +316,7 @@ impl Broker {
         self.settle_released_into(session, delivery, &mut Vec::new())
     }
 
-    /// [`Shard::settle_released`], pushing the packet id of an exchange it restored into
+    /// [`Broker::settle_released`], pushing the packet id of an exchange it restored into
     /// the in-flight window onto `restored`: a session already connected has had its
     /// reconnect's resends, so the caller sends that exchange's PUBREL (or PUBLISH with
     /// DUP) itself (see `catchup`).

@@ -6,9 +6,9 @@
 //! the PUBLISH is written:
 //!
 //! 1. A pump of a logged session gives a logged QoS 2 delivery its packet id and window
-//!    slot and leaves it *sending* (`Outbound::pump_logged`); `Shard::hold_sends` moves
+//!    slot and leaves it *sending* (`Outbound::pump_logged`); `Broker::hold_sends` moves
 //!    its `(owner shard, offset, packet id)` into this shard's batch ([`SendLog`]).
-//! 2. One task per shard (`Shard::spawn_sent_log`) takes the whole batch, appends one
+//! 2. One task per shard (`Broker::spawn_sent_log`) takes the whole batch, appends one
 //!    `qos2_sent` record per session (every id it was given since the last batch) to the
 //!    session's home log, through the home's ordered queue like every session record,
 //!    and waits for the homes' group commits.

@@ -1,6 +1,6 @@
 //! Where the connection tasks ask the ACL (`auth::acl`): the client id and the will at
 //! CONNECT, each PUBLISH and SUBSCRIBE filter. Deliveries are checked where they reach
-//! the wire (`Shard::pump`). Each refusal is counted in `shardmq_acl_denied_total` and
+//! the wire (`Broker::pump`). Each refusal is counted in `shardmq_acl_denied_total` and
 //! logged at debug.
 
 use super::Door;

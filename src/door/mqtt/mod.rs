@@ -1,6 +1,6 @@
 //! The MQTT door: the per-shard accept loop, the connection tasks, and the table of live
 //! connections. It turns packets into broker calls and the broker's deliveries (written
-//! into each connection's [`Link`]) into bytes on the socket, nothing more.
+//! into each connection's [`Link`](crate::session::Link)) into bytes on the socket, nothing more.
 //!
 //! May use: `broker`, `runtime` and the ground floor. One [`Door`] per shard.
 //!

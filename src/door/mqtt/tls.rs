@@ -3,7 +3,7 @@
 //!
 //! rustls runs over glommio's `TcpStream` through futures-io (`futures-rustls`). The
 //! handshake happens before the connection's tasks start, under the connection's
-//! `connect_timeout_ms` deadline; after it the stream is one more [`Socket`] kind and
+//! `connect_timeout_ms` deadline; after it the stream is one more `Socket` kind and
 //! the packet loop is the same as for plain TCP (`wss_listen` puts WebSocket on top
 //! first, see `ws`).
 
