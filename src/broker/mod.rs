@@ -1,5 +1,11 @@
-//! The MQTT broker logic of one shard: sessions, subscriptions, retained messages and the
-//! routing of publishes between shards.
+//! The broker of one shard: a [`Broker`] owns this shard's sessions, subscriptions,
+//! retained messages, shared groups and log, and routes publishes between shards over
+//! its own mesh messages ([`ShardMsg`]). It knows no socket: a session reaches its
+//! connection through a [`Link`], and the doors call its methods (open or take over a
+//! session, publish, subscribe, acknowledge) in broker terms.
+//!
+//! May use: `runtime` (the mesh, timers, shutdown) and the ground floor (`session`,
+//! `router`, `storage`, `auth`, `mqtt`, `config`, `metrics`); never a door.
 //!
 //! Ownership (see DESIGN.md):
 //! - a topic's **owner** shard (`owner_of(topic)`) assigns offsets, keeps the retained

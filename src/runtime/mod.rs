@@ -76,7 +76,7 @@ pub enum Outcome {
 impl Runtime {
     /// Starts one executor per shard, pinned to `config.cpus[id]` with `io_memory` bytes
     /// of locked memory each, runs `shard_main` on each, and waits (at most
-    /// `start_timeout_ms`) until every shard called [`ShardStart::ready`].
+    /// `start_timeout_ms`) until every shard called [`Ready::ready`].
     pub fn start<F, Fut>(
         config: &Config,
         io_memory: usize,
@@ -92,42 +92,15 @@ impl Runtime {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair()
                 .map_err(|e| format!("cannot create shutdown socket: {e}"))?;
             control_senders.push(ours);
-            let theirs = theirs.into_raw_fd();
-            let (shard_main, ready) = (shard_main.clone(), events_tx.clone());
             let cpu = config.cpus[id];
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-                .name(&format!("shard-{id}"))
-                .io_memory(io_memory)
-                // File ops (rename, remove) share the blocking pool; keep it off this CPU's
-                // executor thread so it can never stall the ring.
-                .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-                .preempt_timer(PREEMPT_TIMER)
-                .spawn(move || {
-                    // SAFETY: the fd came from into_raw_fd above and is owned only here.
-                    let control = unsafe { glommio::net::UnixStream::from_raw_fd(theirs) };
-                    // First of all: every later step may wait on another shard.
-                    wakeup::spawn();
-                    shard_main(ShardStart {
-                        id,
-                        control: Control { stream: control },
-                        ready: Ready(ready),
-                    })
-                })
-                .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
-            let events_tx = events_tx.clone();
-            std::thread::Builder::new()
-                .name(format!("shard-{id}-join"))
-                .spawn(move || {
-                    let result = match handle.join() {
-                        Ok(result) => result,
-                        Err(e) => Err(format!("shard {id} crashed: {e}")),
-                    };
-                    let _ = events_tx.send(Event::Exited(id, result));
-                })
-                .map_err(|e| format!("cannot start joiner thread: {e}"))?;
+            let start = PendingStart {
+                id,
+                control: theirs,
+                events: events_tx.clone(),
+            };
+            spawn_shard(start, cpu, io_memory, shard_main.clone())?;
         }
         drop(events_tx);
-
         let mut runtime = Runtime {
             shutdown: ShutdownHandle {
                 senders: control_senders,
@@ -135,20 +108,27 @@ impl Runtime {
             events,
             running: config.shards,
         };
+        runtime.wait_ready(config)?;
+        Ok(runtime)
+    }
+
+    /// Waits until every shard is ready, or one failed, or `start_timeout_ms` passed (the
+    /// shards are then told to stop).
+    fn wait_ready(&mut self, config: &Config) -> Result<(), String> {
         let mut ready = 0;
         let deadline = (config.start_timeout_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(config.start_timeout_ms));
         while ready < config.shards {
             let event = match deadline {
-                Some(at) => runtime
+                Some(at) => self
                     .events
                     .recv_timeout(at.saturating_duration_since(Instant::now()))
                     .map_err(|e| e == mpsc::RecvTimeoutError::Timeout),
-                None => runtime.events.recv().map_err(|_| false),
+                None => self.events.recv().map_err(|_| false),
             };
             match event {
                 Err(true) => {
-                    runtime.request_shutdown();
+                    self.request_shutdown();
                     return Err(format!(
                         "{} of {} shards not serving after start_timeout_ms = {}: a shard is \
                          stuck (the log above says how far each got); exiting so a supervisor \
@@ -160,15 +140,15 @@ impl Runtime {
                 }
                 Ok(Event::Ready) => ready += 1,
                 Ok(Event::Exited(id, result)) => {
-                    runtime.running -= 1;
-                    runtime.request_shutdown();
+                    self.running -= 1;
+                    self.request_shutdown();
                     let reason = result.err().unwrap_or_else(|| "exited early".into());
                     return Err(format!("shard {id} failed to start: {reason}"));
                 }
                 Err(false) => return Err("every shard exited during start".into()),
             }
         }
-        Ok(runtime)
+        Ok(())
     }
 
     /// Tells every shard to stop accepting and drain. Idempotent.
@@ -269,6 +249,65 @@ impl ShutdownHandle {
             let _ = sender.write_all(&[byte]);
         }
     }
+}
+
+/// A shard about to start: its id, the runtime's end of its control socket pair, and
+/// where it reports.
+struct PendingStart {
+    id: usize,
+    control: std::os::unix::net::UnixStream,
+    events: mpsc::Sender<Event>,
+}
+
+/// Starts shard `start.id`'s executor thread on `cpu` running `shard_main`, and a thread
+/// that reports when it exits.
+fn spawn_shard<F, Fut>(
+    start: PendingStart,
+    cpu: usize,
+    io_memory: usize,
+    shard_main: F,
+) -> Result<(), String>
+where
+    F: FnOnce(ShardStart) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + 'static,
+{
+    let PendingStart {
+        id,
+        control,
+        events,
+    } = start;
+    let control = control.into_raw_fd();
+    let ready = events.clone();
+    let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(&format!("shard-{id}"))
+        .io_memory(io_memory)
+        // File ops (rename, remove) share the blocking pool; keep it off this CPU's
+        // executor thread so it can never stall the ring.
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+        .preempt_timer(PREEMPT_TIMER)
+        .spawn(move || {
+            // SAFETY: the fd came from into_raw_fd above and is owned only here.
+            let control = unsafe { glommio::net::UnixStream::from_raw_fd(control) };
+            // First of all: every later step may wait on another shard.
+            wakeup::spawn();
+            shard_main(ShardStart {
+                id,
+                control: Control { stream: control },
+                ready: Ready(ready),
+            })
+        })
+        .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
+    std::thread::Builder::new()
+        .name(format!("shard-{id}-join"))
+        .spawn(move || {
+            let result = match handle.join() {
+                Ok(result) => result,
+                Err(e) => Err(format!("shard {id} crashed: {e}")),
+            };
+            let _ = events.send(Event::Exited(id, result));
+        })
+        .map_err(|e| format!("cannot start joiner thread: {e}"))?;
+    Ok(())
 }
 
 /// What a shard's main gets from the runtime.
