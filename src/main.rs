@@ -167,7 +167,7 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     // So are the TLS certificate and key.
-    let tls = match shardmq::door::mqtt::tls::server_config(&config) {
+    let tls = match shardmq::door::tls::server_config(&config) {
         Ok(tls) => tls,
         Err(e) => return config_error(e),
     };

@@ -100,7 +100,7 @@ impl Reloader {
         let mut config = config::load(&self.sources)?;
         config.validate(&config::affinity_cpus())?;
         let auth = crate::authenticator(&config)?;
-        let tls = shardmq::door::mqtt::tls::server_config(&config)?;
+        let tls = shardmq::door::tls::server_config(&config)?;
         let started_tls = self.live.current().tls.is_some();
         let tls = match (started_tls, tls) {
             (true, Some(tls)) => Some(tls),

@@ -30,7 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &["storage"]),
     // (hidden) the decoders' contract checks that the fuzz targets run
     ("fuzzing", &["mqtt", "storage"]),
-    // process bootstrap, pinned executors, the generic mesh, timers, shutdown (no broker, no sockets)
+    // process bootstrap (ports, rlimits), pinned executors, the generic mesh, timers, shutdown; no broker, no connections
     ("runtime", &["config", "metrics"]),
     // one Broker per shard: sessions, subscriptions, retained, shared groups, the log, routing
     ("broker",  &["runtime", "session", "router", "storage", "auth", "mqtt", "config", "metrics"]),

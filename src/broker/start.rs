@@ -14,15 +14,11 @@ use std::time::Duration;
 use glommio::channels::shared_channel::ConnectedReceiver;
 
 use crate::config::Config;
-use crate::runtime::Batch;
+use crate::runtime::{Batch, SHARD_LOG};
 use crate::storage::{Wal, WalConfig};
 
 use super::persist::migrate::MigrationConfig;
 use super::{ArmedWills, Broker, Durability, Recovered, RecoveredSession, ShardMsg};
-
-/// The log target of a shard's start and stop (`SHARDMQ_LOG_LEVEL=info,shardmq::shard=debug`
-/// shows how far each shard got).
-pub const SHARD_LOG: &str = "shardmq::shard";
 
 /// A shard's WAL, opened and read, before the shard joins the mesh.
 pub struct Recovery {

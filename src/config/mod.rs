@@ -518,7 +518,7 @@ impl Config {
         Ok(())
     }
 
-    /// The TLS keys hang together; the files themselves are read by `door::mqtt::tls`.
+    /// The TLS keys hang together; the files themselves are read by `door::tls`.
     fn check_tls(&self) -> Result<(), ConfigError> {
         let set = |p: &PathBuf| !p.as_os_str().is_empty();
         if self.mqtts_listen.is_some() || self.wss_listen.is_some() || self.metrics_tls {

@@ -6,3 +6,4 @@
 //! and the ground floor, and is wired per shard in `server`.
 
 pub mod mqtt;
+pub mod tls;

@@ -39,6 +39,10 @@ use crate::config::Config;
 /// `wakeup`, which bounds it.)
 const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
+/// The log target of a shard's start and stop (`SHARDMQ_LOG_LEVEL=info,shardmq::shard=debug`
+/// shows how far each shard got).
+pub const SHARD_LOG: &str = "shardmq::shard";
+
 pub use every::spawn_every;
 pub use limits::{
     bind_listener, claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,

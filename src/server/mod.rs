@@ -27,14 +27,11 @@ use crate::metrics::{Probes, ShardProbe};
 use crate::runtime::{
     bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, ConnectionQuota,
     Control, Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle,
-    FDS_PER_CONNECTION,
+    FDS_PER_CONNECTION, SHARD_LOG,
 };
 
 pub use crate::door::mqtt::Resettled;
 pub use reload::{Live, Snapshot};
-
-/// The log target of a shard's start and stop.
-const SHARD_LOG: &str = "shardmq::shard";
 
 /// The running broker, as seen from the main thread.
 pub struct Server {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::auth::Authenticator;
 use crate::broker::Broker;
-use crate::door::mqtt::tls::ServerTls;
 use crate::door::mqtt::{Door, Resettled};
+use crate::door::tls::ServerTls;
 
 /// The settings a reload replaces.
 #[derive(Debug)]

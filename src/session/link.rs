@@ -55,9 +55,9 @@ pub struct Link {
     closing: Cell<Option<ReasonCode>>,
     /// Set when the writer task ended: output will never drain again.
     writer_ended: Cell<bool>,
-    /// QoS 1/2 publishes from this client in receive order, `true` once the owner shard
-    /// accepted them: acks go out in receive order, as MQTT requires.
-    /// With each, when it was read (for `shardmq_publish_ack_seconds`).
+    /// QoS 1/2 publishes from this client in receive order, each with the owner shard's
+    /// verdict once known: acks go out in receive order, as MQTT requires. With each,
+    /// when it was read (for `shardmq_publish_ack_seconds`).
     acks: RefCell<VecDeque<PendingAck>>,
 }
 

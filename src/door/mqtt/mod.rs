@@ -20,7 +20,7 @@ mod refuse;
 mod room;
 mod serve;
 mod socket;
-pub mod tls;
+mod tls;
 mod ws;
 
 use std::cell::{Cell, RefCell};
@@ -80,7 +80,7 @@ impl Door {
         broker: Rc<Broker>,
         quota: Rc<ConnectionQuota>,
         hashing: Arc<HashQueue>,
-        tls: Option<tls::ServerTls>,
+        tls: Option<crate::door::tls::ServerTls>,
     ) -> Rc<Self> {
         Rc::new(Door {
             id: broker.id,
@@ -100,7 +100,7 @@ impl Door {
     }
 
     /// Puts `tls` in force for new connections.
-    pub fn set_tls(&self, tls: Option<tls::ServerTls>) {
+    pub fn set_tls(&self, tls: Option<crate::door::tls::ServerTls>) {
         *self.tls.borrow_mut() = tls.map(futures_rustls::TlsAcceptor::from);
     }
 
@@ -274,17 +274,17 @@ fn source_admitted(
     }
 }
 
-///
-/// A connection over `connections_max` or `connections_per_shard_max` is refused: its
-/// CONNECT is read (briefly) so it can be answered CONNACK 0x97 Quota exceeded — the v5
-/// code for an administrative limit; 0x9F Connection rate exceeded is about rates, 0x89
-/// Server busy about transient load — or, for 3.1.1, return code 3 (server
-/// unavailable). On the TLS and WebSocket listeners such a connection is closed at
-/// once: answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::runtime::REFUSING_MAX) such
-/// refusals are already in progress the connection is closed at once, before any
-/// CONNECT: a flood of connections over the limit costs at most that many small tasks.
 impl Door {
     /// Accepts connections until the shard starts shutting down.
+    ///
+    /// A connection over `connections_max` or `connections_per_shard_max` is refused: its
+    /// CONNECT is read (briefly) so it can be answered CONNACK 0x97 Quota exceeded — the v5
+    /// code for an administrative limit; 0x9F Connection rate exceeded is about rates, 0x89
+    /// Server busy about transient load — or, for 3.1.1, return code 3 (server
+    /// unavailable). On the TLS and WebSocket listeners such a connection is closed at
+    /// once: answering would first cost the broker a handshake. When more than [`REFUSING_MAX`](crate::runtime::REFUSING_MAX) such
+    /// refusals are already in progress the connection is closed at once, before any
+    /// CONNECT: a flood of connections over the limit costs at most that many small tasks.
     pub async fn accept_loop(self: &Rc<Self>, listener: &TcpListener, kind: Listening) {
         let door = self;
         let mut sources = bounds::SourceRate::new(
