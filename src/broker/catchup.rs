@@ -108,7 +108,7 @@ impl Broker {
     /// Owner: scans this shard's log for `want`, only as far as it is as durable as the
     /// fsync policy promises. `None` without a log.
     pub(crate) async fn read_durable(&self, want: ReplayWant) -> Option<(ReplayWant, ReplayScan)> {
-        let durable = self.durable.get()?;
+        let durable = self.log.get()?;
         let appended = durable.wal.next_offset().0;
         let durable_up_to = match appended {
             0 => Some(0),

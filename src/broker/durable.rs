@@ -85,15 +85,16 @@ struct Pending {
     deferred: Option<Arc<Message>>,
 }
 
-/// One shard's WAL and the acknowledgements waiting on it.
-pub struct Durability {
+/// This shard's log: its WAL, the publishes and acknowledgements waiting on durability,
+/// and the QoS 2 ids received and not yet released.
+pub struct ShardLog {
     /// The shard's WAL.
     pub wal: Wal,
     pending: RefCell<VecDeque<Pending>>,
     waker: Cell<Option<Waker>>,
     scratch: RefCell<BytesMut>,
     /// Logged publishes whose fan-out has not finished, in offset order, with a done
-    /// mark (see [`Durability::floor_for`]).
+    /// mark (see [`ShardLog::floor_for`]).
     unsent: RefCell<VecDeque<(u64, bool)>>,
     /// QoS 2 publishes logged here whose publisher has not released the packet id, by
     /// that id: the offset of the copy logged (see the module docs).
@@ -106,7 +107,7 @@ pub struct Durability {
     resent_first: RefCell<HashSet<ReceivedId>>,
 }
 
-/// What [`Durability::log`] did with a publish.
+/// What [`ShardLog::log`] did with a publish.
 pub enum Logged {
     /// Appended at this offset.
     At(Offset),
@@ -115,10 +116,10 @@ pub enum Logged {
     CopyAt(Offset),
 }
 
-impl Durability {
+impl ShardLog {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> Self {
-        Durability {
+        ShardLog {
             wal,
             pending: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
@@ -138,7 +139,7 @@ impl Durability {
         received: HashMap<(ByteStr, u16), ReceivedAt>,
         received_max: usize,
     ) -> Self {
-        let mut durable = Durability::new(wal);
+        let mut durable = ShardLog::new(wal);
         durable.received_max = received_max;
         let order = received.iter().map(|(id, at)| (at.0, id.clone())).collect();
         durable.received_order.replace(order);
@@ -277,7 +278,7 @@ impl Durability {
 }
 
 /// The offset of the copy of a QoS 2 publish logged already, if the owner holds its id.
-fn first_copy(durable: &Durability, msg: &Message, ack: Option<&AckTo>) -> Option<Offset> {
+fn first_copy(durable: &ShardLog, msg: &Message, ack: Option<&AckTo>) -> Option<Offset> {
     let ack = ack.filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)?;
     durable.logged_copy(msg, ack.packet_id, ack.resend)
 }
@@ -589,7 +590,7 @@ impl Broker {
         ack: Option<AckTo>,
         may_wait: MayWait,
     ) {
-        if let Some(durable) = self.durable.get() {
+        if let Some(durable) = self.log.get() {
             if let Some(first) = first_copy(durable, &msg, ack.as_ref()) {
                 // Logged (and fanned out, or about to be) already: answer once it is durable.
                 durable.push(Pending {
@@ -617,7 +618,7 @@ impl Broker {
             .as_ref()
             .filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)
             .map(|a| (a.packet_id, a.resend));
-        let Some(durable) = self.durable.get().filter(|_| must_log) else {
+        let Some(durable) = self.log.get().filter(|_| must_log) else {
             self.fan_out(msg, may_wait).await;
             self.confirm(ack, ReasonCode::Success);
             return;
@@ -677,7 +678,7 @@ impl Broker {
     /// Fans out a logged message already stamped with its floor, then marks it sent.
     async fn fan_out_logged(
         self: &Rc<Self>,
-        durable: &Durability,
+        durable: &ShardLog,
         msg: Arc<Message>,
         may_wait: MayWait,
     ) {
@@ -728,7 +729,7 @@ impl Broker {
     /// On the owner: the publisher released `packet_id`; a later publish with it is a
     /// new message, also after a restart (the release is logged).
     pub(crate) fn qos2_released(self: &Rc<Self>, client_id: ByteStr, packet_id: u16) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             return;
         };
         let id = (client_id, packet_id);
@@ -742,7 +743,7 @@ impl Broker {
                 // Rare; logged late rather than never (a stale id could take a resend).
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {
-                    let Some(durable) = shard.durable.get() else {
+                    let Some(durable) = shard.log.get() else {
                         return;
                     };
                     let appended = match durable.wal.reserve(body.len()).await {
@@ -771,7 +772,7 @@ impl Broker {
     pub(crate) fn spawn_durability(self: &Rc<Self>) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            let Some(durable) = shard.durable.get() else { return };
+            let Some(durable) = shard.log.get() else { return };
             loop {
                 let target = poll_fn(|cx| match durable.pending.borrow().back() {
                     Some(p) => Poll::Ready(p.offset),

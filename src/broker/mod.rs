@@ -49,7 +49,7 @@ use crate::session::{Message, Session, SubOptions};
 
 pub use acks::ClientAck;
 pub use admin::{AdminAnswer, AdminQuery};
-pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
+pub use durable::{decode_publish, Recovered, ShardLog, RECORD_PUBLISH};
 pub use msg::{AckTo, ConnRef, ShardMsg};
 pub use persist::{ArmedWills, RecoveredSession, ReplayWant};
 pub use quota::{RetainedAdmission, RetainedReservation};
@@ -425,7 +425,7 @@ impl Broker {
         // Ahead of `Recovered` in each channel: sessions follow this log from its end,
         // and a subscription made as soon as a shard serves holds it until its exact
         // start is answered (see `Shard::subscribe`), not 0.
-        if let Some(durable) = self.durable.get() {
+        if let Some(durable) = self.log.get() {
             let watermark = durable.sent_watermark();
             self.on_watermark(self.id, watermark);
             for peer in self.all_shards().filter(|&p| p != self.id) {

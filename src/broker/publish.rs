@@ -60,7 +60,7 @@ impl Broker {
     /// Sends `msg` to every shard with matching interest (this one by a direct call) and
     /// to one shard per matching shared-subscription group.
     pub(crate) async fn fan_out(self: &Rc<Self>, msg: Arc<Message>, may_wait: MayWait) {
-        if msg.retain && self.durable.get().is_none() {
+        if msg.retain && self.log.get().is_none() {
             self.store_retained(&msg);
         }
         // The groups leave the route for a spare buffer (the sends below may wait, and
@@ -314,7 +314,7 @@ impl Broker {
         let Some(conn) = &slot.conn else { return };
         let before = slot.session.outbound.inflight();
         // A logged session's QoS 2 PUBLISH waits for its packet id to be logged.
-        let log_qos2 = slot.session.logged && self.durable.get().is_some();
+        let log_qos2 = slot.session.logged && self.log.get().is_some();
         // Authorization: a connection with a partly readable subscription has each
         // delivery checked on its way to the wire (see `auth::acl`).
         let mut acl = conn.acl.borrow_mut();

@@ -144,11 +144,11 @@ impl Broker {
     /// it lets the cursors of sessions that receive nothing from this log advance, so
     /// an idle persistent session does not hold the log (or a replay) back forever.
     pub(crate) fn spawn_watermarks(self: &Rc<Self>) {
-        if self.durable.get().is_none() {
+        if self.log.get().is_none() {
             return;
         }
         spawn_every(Duration::from_millis(WATERMARK_MS), self, |shard| {
-            if let Some(durable) = shard.durable.get() {
+            if let Some(durable) = shard.log.get() {
                 let watermark = durable.sent_watermark();
                 for peer in shard.all_shards() {
                     shard.post(peer, ShardMsg::Watermark { watermark });
@@ -219,7 +219,7 @@ impl Broker {
     }
 
     async fn apply_floor(&self) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             return;
         };
         let Some(sessions_floor) = self.sessions_floor() else {
@@ -293,7 +293,7 @@ impl Broker {
             Some(shadow) => shadow.due(limit),
             None => return Ok(()),
         };
-        let durable = self.durable.get().expect("checked by the caller");
+        let durable = self.log.get().expect("checked by the caller");
         let mut last = None;
         for client in sessions {
             let copy = |shadow: &SessionShadow| shadow.copy_of(&client, unix_ms());
@@ -329,7 +329,7 @@ impl Broker {
         body: impl Fn(&SessionShadow) -> Option<Vec<u8>>,
         done: impl Fn(&mut SessionShadow, u64),
     ) -> Result<Option<u64>, crate::storage::WalError> {
-        let durable = self.durable.get().expect("checked by the caller");
+        let durable = self.log.get().expect("checked by the caller");
         let body_of = || self.state.session_shadow.borrow().as_ref().and_then(&body);
         loop {
             let Some(len) = body_of().map(|b| b.len()) else {
@@ -371,7 +371,7 @@ impl Broker {
         msg: &Arc<Message>,
         version: u64,
     ) -> Result<Option<u64>, crate::storage::WalError> {
-        let durable = self.durable.get().expect("checked by the caller");
+        let durable = self.log.get().expect("checked by the caller");
         let publish = as_publish(msg);
         let body_len = 8 + publish_body_len(msg, &publish)?;
         durable.wal.reserve(body_len).await?;

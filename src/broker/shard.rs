@@ -17,7 +17,7 @@ use crate::session::Link;
 
 use super::msg::ShardMsg;
 use super::quota::RetainedQuota;
-use super::{Durability, State};
+use super::{ShardLog, State};
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,8 +44,9 @@ pub struct Broker {
     auth: RefCell<Arc<Authenticator>>,
     /// The retained-topic limits this shard enforces as an owner.
     pub(super) quota: RetainedQuota,
-    /// This shard's WAL, set once at start after recovery.
-    pub(super) durable: OnceCell<Durability>,
+    /// This shard's log (WAL, what waits on durability, QoS 2 receive state), set once
+    /// at start after recovery.
+    pub(super) log: OnceCell<ShardLog>,
     /// The links of the connections on this shard, by token: where the acks of their
     /// publishes go.
     links: RefCell<HashMap<u64, Rc<Link>>>,
@@ -90,7 +91,7 @@ impl Broker {
             state: State::new(),
             auth: RefCell::new(auth),
             quota: RetainedQuota::default(),
-            durable: OnceCell::new(),
+            log: OnceCell::new(),
             links: RefCell::new(HashMap::new()),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
@@ -114,7 +115,7 @@ impl Broker {
 
     /// Whether this shard's WAL is open (always, once serving).
     pub fn is_durable(&self) -> bool {
-        self.durable.get().is_some()
+        self.log.get().is_some()
     }
 
     /// Runs one receiving task per peer, dispatching each batch message by message.

@@ -18,7 +18,7 @@ use crate::runtime::Batch;
 use crate::storage::{Wal, WalConfig};
 
 use super::persist::migrate::MigrationConfig;
-use super::{ArmedWills, Broker, Durability, Recovered, RecoveredSession, ShardMsg};
+use super::{ArmedWills, Broker, Recovered, RecoveredSession, ShardLog, ShardMsg};
 
 /// The log target of a shard's start and stop (`SHARDMQ_LOG_LEVEL=info,shardmq::shard=debug`
 /// shows how far each shard got).
@@ -69,7 +69,7 @@ impl Broker {
         self.shadow_session_records(&recovered.sessions);
         // The WAL is in place before any peer's request (a replay) can arrive.
         let received = std::mem::take(&mut recovered.received);
-        let _ = self.durable.set(Durability::with_received(
+        let _ = self.log.set(ShardLog::with_received(
             wal,
             received,
             self.config.qos2_ids_per_shard_max,
@@ -109,7 +109,7 @@ impl Broker {
     /// this shard's end of the mesh.
     pub async fn stop(self: &Rc<Self>, flush: Duration) {
         self.flush_cursors_for_stop(flush).await;
-        if let Some(durable) = self.durable.get() {
+        if let Some(durable) = self.log.get() {
             if let Err(e) = durable.wal.sync_all().await {
                 tracing::error!(target: SHARD_LOG, shard = self.id, error = %e, "final WAL sync failed");
             }

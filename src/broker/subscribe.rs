@@ -257,7 +257,7 @@ impl Broker {
 
     /// The offset this shard's next log record gets (0 without a log).
     pub(crate) fn log_end(&self) -> u64 {
-        self.durable.get().map_or(0, |d| d.wal.next_offset().0)
+        self.log.get().map_or(0, |d| d.wal.next_offset().0)
     }
 
     /// Asks every owner where its log ends, for subscriptions that begin now: this

@@ -571,7 +571,7 @@ async fn append_publish(
     received: Option<u16>,
 ) -> Result<u64, String> {
     let mut publish = as_publish(msg);
-    // As the owner logs a client's QoS 2 publish (see `Durability::log`).
+    // As the owner logs a client's QoS 2 publish (see `ShardLog::log`).
     if let Some(pid) = received.and_then(PacketId::new) {
         publish.dup = true;
         publish.packet_id = Some(pid);

@@ -467,7 +467,7 @@ impl Broker {
     /// Appends a session record in arrival order (see [`SessionLogQueue`]). Returns
     /// true if it was queued behind a full buffer: a drain must run.
     fn append_session_record(self: &Rc<Self>, record: SessionAppend) -> bool {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             if let Some((from, id)) = record.reply {
                 self.post(from, ShardMsg::LogDone { id, ok: true });
             }
@@ -483,7 +483,7 @@ impl Broker {
     }
 
     async fn drain_session_log(self: &Rc<Self>) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             return;
         };
         let log = &self.state.session_log;
@@ -515,7 +515,7 @@ impl Broker {
         };
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            let Some(durable) = shard.durable.get() else {
+            let Some(durable) = shard.log.get() else {
                 return;
             };
             let ok = durable.wal.wait_durable(offset).await.is_ok();

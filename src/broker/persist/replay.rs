@@ -24,7 +24,7 @@ impl Broker {
     /// Owner shard: reads its log from the lowest wanted offset and answers with the
     /// messages each session wants.
     pub(crate) async fn on_replay(&self, from: usize, id: u64, wants: Vec<ReplayWant>) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             let resume = vec![None; wants.len()];
             let found = Vec::new();
             self.post(

@@ -14,10 +14,10 @@ mod acl;
 mod bounds;
 mod conn;
 mod connect;
+mod link_room;
 mod logcap;
 mod packets;
 mod refuse;
-mod room;
 mod serve;
 mod socket;
 pub mod tls;
@@ -167,7 +167,7 @@ pub struct Connections {
     next_token: Cell<u64>,
     live: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Publishers waiting for room on a mesh link.
-    turns: room::LinkTurns,
+    turns: link_room::LinkTurns,
     /// The cap on this shard's "connection refused" log lines.
     refusals_logged: logcap::LineCap,
 }
