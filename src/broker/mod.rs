@@ -60,11 +60,23 @@ pub use start::{prepare_layout, Recovery};
 /// Key of a session in its shard's tables.
 pub type SessionKey = u64;
 
-/// `(share group, filter)`: one line of the interest table.
-pub type InterestKey = (Option<Arc<str>>, Arc<str>);
+/// One line of the interest table: a filter, with its share group if it is shared.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InterestKey {
+    /// The share group, `None` for a plain subscription.
+    pub group: Option<Arc<str>>,
+    /// The topic filter.
+    pub filter: Arc<str>,
+}
 
-/// `(group, filter)` of a shared subscription, for round-robin cursors.
-pub type GroupKey = (Arc<str>, Arc<str>);
+/// A shared subscription's group and filter, for round-robin cursors and backlogs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    /// The share group.
+    pub group: Arc<str>,
+    /// The topic filter.
+    pub filter: Arc<str>,
+}
 
 /// Key of a shared subscription member: the group and the session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,9 +87,16 @@ pub struct MemberKey {
     pub session: SessionKey,
 }
 
-/// An owner's record of one shard's floor reports: how many it sent, and the lowest of
-/// its last two with the last one.
-pub(crate) type FloorReports = (u8, Option<(u64, u64)>);
+/// An owner's record of one shard's floor reports.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct FloorReports {
+    /// How many reports the shard sent (saturating).
+    pub(crate) sent: u8,
+    /// The lowest of its last two reports (of the only one, after the first).
+    pub(crate) lowest_of_last_two: u64,
+    /// Its last report.
+    pub(crate) last: u64,
+}
 
 /// This shard's sessions by client id: a hash map for lookups, and the ids in order for
 /// the admin API's pages (a page starts where the last ended without a pass over every
@@ -603,7 +622,13 @@ impl Broker {
                 from: offset,
                 messages_max,
                 request,
-            } => self.on_shared_catch_up(from, (group, filter), offset, messages_max, request),
+            } => self.on_shared_catch_up(
+                from,
+                GroupKey { group, filter },
+                offset,
+                messages_max,
+                request,
+            ),
             ShardMsg::SharedCatchUpReply {
                 group,
                 filter,
@@ -611,7 +636,14 @@ impl Broker {
                 found,
                 resume,
                 end,
-            } => self.on_shared_caught_up(from, (group, filter), request, found, resume, end),
+            } => self.on_shared_caught_up(
+                from,
+                GroupKey { group, filter },
+                request,
+                found,
+                resume,
+                end,
+            ),
             ShardMsg::SharedHolds { received, holds } => {
                 self.on_shared_holds(from, received, holds)
             }
@@ -621,13 +653,13 @@ impl Broker {
                 filter,
                 msg,
                 hops,
-            } => self.on_shared_return(from, (group, filter), msg, hops),
+            } => self.on_shared_return(from, GroupKey { group, filter }, msg, hops),
             ShardMsg::SharedGapReturn {
                 group,
                 filter,
                 topic,
                 from: offset,
-            } => self.on_shared_gap_return(from, (group, filter), topic, offset),
+            } => self.on_shared_gap_return(from, GroupKey { group, filter }, topic, offset),
             ShardMsg::SharedGap {
                 group,
                 filter,
@@ -636,7 +668,7 @@ impl Broker {
                 from: offset,
             } => {
                 self.count_shared_received(from, Some(owner));
-                self.on_shared_gap((group, filter), topic, owner, offset)
+                self.on_shared_gap(GroupKey { group, filter }, topic, owner, offset)
             }
             ShardMsg::Drained => arrived(&self.state.drained_peers, &self.state.drained_waker),
             ShardMsg::Flushed => arrived(&self.state.flushed_peers, &self.state.flushed_waker),

@@ -11,7 +11,7 @@ use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, GroupRoute, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Had, Message, QueueLimit, SubOptions};
 
-use super::{SessionKey, SessionSlot};
+use super::{GroupKey, SessionKey, SessionSlot};
 
 /// Whether a fan-out may wait for room in a peer's outbox.
 ///
@@ -97,7 +97,7 @@ impl Broker {
             }
             // No await from here to the send: the count of shared sends on the link is
             // the order the target receives them in (see `shared`, "Crash safety").
-            self.send_shared(target, (group, filter), Arc::clone(&msg), 0);
+            self.send_shared(target, GroupKey { group, filter }, Arc::clone(&msg), 0);
         }
         self.state.groups_scratch.replace(groups);
     }
@@ -111,7 +111,11 @@ impl Broker {
 
     fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
         let mut cursors = self.state.group_shard_cursor.borrow_mut();
-        let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
+        let key = GroupKey {
+            group: group.clone(),
+            filter: filter.clone(),
+        };
+        let cursor = cursors.entry(key).or_insert(0);
         let n = members.len().max(1);
         let pick = members
             .iter()

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::BufMut;
 
-use crate::broker::{Broker, ShardMsg};
+use crate::broker::{Broker, FloorReports, ShardMsg};
 use crate::runtime::spawn_every;
 use crate::session::{LogPos, Message};
 use crate::storage::{Offset, RecordKind, RecordRef};
@@ -199,23 +199,25 @@ impl Broker {
     pub(crate) fn on_retention_floor(&self, from: usize, floor: u64) {
         let mut reports = self.state.floor_reports.borrow_mut();
         if reports.len() < self.mesh.shards() {
-            reports.resize(self.mesh.shards(), (0, None));
+            reports.resize(self.mesh.shards(), FloorReports::default());
         }
-        let (count, last) = reports[from];
-        let lowest = last.map_or(floor, |(_, current)| current.min(floor));
-        reports[from] = (count.saturating_add(1), Some((lowest, floor)));
+        let r = &mut reports[from];
+        r.lowest_of_last_two = if r.sent == 0 {
+            floor
+        } else {
+            r.last.min(floor)
+        };
+        r.last = floor;
+        r.sent = r.sent.saturating_add(1);
     }
 
     /// The floor every shard's last two reports allow; `None` until each sent two.
     fn sessions_floor(&self) -> Option<u64> {
         let reports = self.state.floor_reports.borrow();
-        if reports.len() < self.mesh.shards() || reports.iter().any(|(n, _)| *n < 2) {
+        if reports.len() < self.mesh.shards() || reports.iter().any(|r| r.sent < 2) {
             return None;
         }
-        reports
-            .iter()
-            .map(|(_, r)| r.map_or(0, |(two_lowest, _)| two_lowest))
-            .min()
+        reports.iter().map(|r| r.lowest_of_last_two).min()
     }
 
     async fn apply_floor(&self) {

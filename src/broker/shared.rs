@@ -94,7 +94,7 @@ use crate::session::{Had, Session, SubOptions};
 
 use super::catchup::CATCH_UP_MESSAGES_MAX;
 use super::persist::{records, ReplayWant};
-use super::{GroupKey, SessionKey, SessionSlot};
+use super::{GroupKey, InterestKey, SessionKey, SessionSlot};
 
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
 pub(crate) const SHARED_HOPS_MAX: u8 = 2;
@@ -263,7 +263,7 @@ impl Broker {
             first_hand: hops == 0 && leaving.is_none(),
             has_members: leaving_stays || !members.is_empty(),
         };
-        let key = (group, filter);
+        let key = GroupKey { group, filter };
         self.place_shared(&key, msg, place, &members, now);
         self.state.shared_scratch.replace(members);
     }
@@ -322,7 +322,7 @@ impl Broker {
                     Some(pos) => slot.session.replay.note(pos),
                     None => slot.session.replay.touch(),
                 }
-                self.offer(slot, shared_delivery(&key.0, &opts, msg), now);
+                self.offer(slot, shared_delivery(&key.group, &opts, msg), now);
                 return;
             }
         }
@@ -443,7 +443,10 @@ impl Broker {
                     }
                 }
                 let qos = msg.qos;
-                match s.outbound.enqueue(shared_delivery(&key.0, opts, msg), true) {
+                match s
+                    .outbound
+                    .enqueue(shared_delivery(&key.group, opts, msg), true)
+                {
                     Enqueued::Queued => queued = true,
                     Enqueued::DroppedQos0 | Enqueued::DroppedFull => {
                         self.probe.messages_dropped_by_qos[qos as usize].inc()
@@ -467,8 +470,8 @@ impl Broker {
         } in self.take_catch_ups(&mut b.replay)
         {
             let ask = ShardMsg::SharedCatchUp {
-                group: Arc::clone(&key.0),
-                filter: Arc::clone(&key.1),
+                group: Arc::clone(&key.group),
+                filter: Arc::clone(&key.filter),
                 from,
                 messages_max: room.min(CATCH_UP_MESSAGES_MAX),
                 request,
@@ -491,16 +494,20 @@ impl Broker {
             let want = ReplayWant {
                 // A plain `publish` by the filter; a `publish_for` (a layout change's
                 // copy) where it names the group, as one of its members wanted it.
-                client_id: records::group_recipient(&format!("$share/{}/{}", key.0, key.1)).into(),
+                client_id: records::group_recipient(&format!(
+                    "$share/{}/{}",
+                    key.group, key.filter
+                ))
+                .into(),
                 from,
-                filters: vec![(key.1.to_string(), 0)],
+                filters: vec![(key.filter.to_string(), 0)],
                 messages_max,
                 exact: Vec::new(),
             };
             let Some((_, scan)) = shard.read_durable(want).await else {
                 return;
             };
-            let (group, filter) = key;
+            let GroupKey { group, filter } = key;
             let reply = ShardMsg::SharedCatchUpReply {
                 group,
                 filter,
@@ -612,7 +619,10 @@ impl Broker {
             if !s.subscriptions.contains_key(&b.member_filter) {
                 continue;
             }
-            let interest = (Some(Arc::clone(&key.0)), Arc::clone(&key.1));
+            let interest = InterestKey {
+                group: Some(Arc::clone(&key.group)),
+                filter: Arc::clone(&key.filter),
+            };
             if counts.get(&interest).copied().unwrap_or(0) > 1 {
                 continue;
             }
@@ -646,7 +656,7 @@ impl Broker {
             if owner == self.id {
                 self.give_gap(self.id, key.clone(), b.topic.clone(), from);
             } else {
-                let (group, filter) = key.clone();
+                let GroupKey { group, filter } = key.clone();
                 let back = ShardMsg::SharedGapReturn {
                     group,
                     filter,
@@ -682,7 +692,7 @@ impl Broker {
         let shards = route
             .groups
             .iter()
-            .filter(|g| *g.group == *key.0 && *g.filter == *key.1)
+            .filter(|g| *g.group == *key.group && *g.filter == *key.filter)
             .flat_map(|g| g.shards.iter().map(|s| s.0 as usize));
         let mut holds_besides = false;
         for shard in shards {
@@ -704,8 +714,8 @@ impl Broker {
                 self.resend_shared(self.id, key.clone(), msg, hops);
             } else {
                 let back = ShardMsg::SharedReturn {
-                    group: Arc::clone(&key.0),
-                    filter: Arc::clone(&key.1),
+                    group: Arc::clone(&key.group),
+                    filter: Arc::clone(&key.filter),
                     msg,
                     hops,
                 };
@@ -717,8 +727,8 @@ impl Broker {
             Some(next) => self.post(
                 next,
                 ShardMsg::DeliverShared {
-                    group: Arc::clone(&key.0),
-                    filter: Arc::clone(&key.1),
+                    group: Arc::clone(&key.group),
+                    filter: Arc::clone(&key.filter),
                     msg,
                     hops: hops + 1,
                 },
@@ -802,7 +812,7 @@ impl Broker {
         if let Some(pos) = msg.log.filter(|p| usize::from(p.shard) == self.id) {
             self.track_shared(target, &key, pos.offset);
         }
-        let (group, filter) = key;
+        let GroupKey { group, filter } = key;
         let deliver = ShardMsg::DeliverShared {
             group,
             filter,
@@ -1000,7 +1010,7 @@ impl Broker {
         match self.group_shard_besides(&key, topic.as_str(), from, false) {
             Some(to) => {
                 self.track_shared(to, &key, offset);
-                let (group, filter) = key;
+                let GroupKey { group, filter } = key;
                 let gap = ShardMsg::SharedGap {
                     group,
                     filter,
@@ -1011,7 +1021,7 @@ impl Broker {
                 self.post(to, gap);
             }
             None => tracing::warn!(
-                group = &*key.0,
+                group = &*key.group,
                 owner = self.id,
                 from = offset,
                 "a shared group's last member left with messages still in the log"
@@ -1137,22 +1147,25 @@ pub(crate) struct ReceivedShared {
 
 /// `$share/<group>/<filter>`: a member's subscription key.
 fn member_filter(key: &GroupKey) -> String {
-    format!("$share/{}/{}", key.0, key.1)
+    format!("$share/{}/{}", key.group, key.filter)
 }
 
 /// Whether `member_filter` is the subscription key of the group `key`.
 fn is_member_filter(member_filter: &str, key: &GroupKey) -> bool {
     member_filter
         .strip_prefix("$share/")
-        .and_then(|rest| rest.strip_prefix(&*key.0))
+        .and_then(|rest| rest.strip_prefix(&*key.group))
         .and_then(|rest| rest.strip_prefix('/'))
-        == Some(&*key.1)
+        == Some(&*key.filter)
 }
 
 /// The group a member's subscription key names.
 fn group_key(member_filter: &str) -> Option<GroupKey> {
     let (group, filter) = member_filter.strip_prefix("$share/")?.split_once('/')?;
-    Some((Arc::from(group), Arc::from(filter)))
+    Some(GroupKey {
+        group: Arc::from(group),
+        filter: Arc::from(filter),
+    })
 }
 
 /// Per group (by name), the lowest log offset per owner shard that a member on this

@@ -24,7 +24,7 @@ use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{Delivery, SubOptions};
 
 use super::persist::records::SessionRecord;
-use super::{MemberKey, Reply, SessionKey};
+use super::{GroupKey, InterestKey, MemberKey, Reply, SessionKey};
 
 impl Broker {
     pub(crate) fn topic_limits(&self) -> TopicLimits {
@@ -59,7 +59,12 @@ impl Broker {
         }
         let first = {
             let mut counts = self.state.interest_counts.borrow_mut();
-            let count = counts.entry((group.clone(), filter.clone())).or_insert(0);
+            let count = counts
+                .entry(InterestKey {
+                    group: group.clone(),
+                    filter: filter.clone(),
+                })
+                .or_insert(0);
             *count += 1;
             *count == 1
         };
@@ -141,7 +146,10 @@ impl Broker {
         self.probe.subscriptions_current.add(-1);
         let last = {
             let mut counts = self.state.interest_counts.borrow_mut();
-            let k = (group.clone(), filter.clone());
+            let k = InterestKey {
+                group: group.clone(),
+                filter: filter.clone(),
+            };
             let count = counts
                 .get_mut(&k)
                 .expect("indexed subscriptions are counted");
@@ -169,7 +177,7 @@ impl Broker {
                 );
             }
             if let Some(group) = group {
-                self.release_group((group, filter));
+                self.release_group(GroupKey { group, filter });
             }
         }
     }
