@@ -51,6 +51,7 @@ use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
+use crate::router::ShardId;
 use crate::session::{LogPos, Message};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
@@ -405,7 +406,7 @@ pub(crate) fn as_publish(msg: &Message) -> Publish {
 
 /// Decodes a publish record of shard `shard`'s log back into a message; `None` if it is
 /// not one or has expired.
-pub fn decode_publish(record: &RecordRef<'_>, shard: u16) -> Option<Message> {
+pub fn decode_publish(record: &RecordRef<'_>, shard: ShardId) -> Option<Message> {
     if record.kind != RECORD_PUBLISH {
         return None;
     }
@@ -417,7 +418,7 @@ pub fn decode_publish(record: &RecordRef<'_>, shard: u16) -> Option<Message> {
 pub(crate) fn decode_publish_body(
     record: &RecordRef<'_>,
     body: &[u8],
-    shard: u16,
+    shard: ShardId,
 ) -> Option<Message> {
     decode_publish_body_even_expired(record, body, shard)
         .filter(|msg| !msg.is_expired(Instant::now()))
@@ -428,7 +429,7 @@ pub(crate) fn decode_publish_body(
 pub(crate) fn decode_publish_body_even_expired(
     record: &RecordRef<'_>,
     mut body: &[u8],
-    shard: u16,
+    shard: ShardId,
 ) -> Option<Message> {
     if body.len() < 2 {
         return None;
@@ -474,7 +475,7 @@ pub(crate) fn decode_publish_body_even_expired(
 /// and the message.
 pub(crate) fn decode_any_publish(
     record: &RecordRef<'_>,
-    shard: u16,
+    shard: ShardId,
 ) -> Option<(Option<Vec<String>>, Message)> {
     decode_any_publish_even_expired(record, shard)
         .filter(|(_, msg)| !msg.is_expired(Instant::now()))
@@ -483,7 +484,7 @@ pub(crate) fn decode_any_publish(
 /// Like `decode_any_publish`, but an expired message is returned too, expiring now.
 pub(crate) fn decode_any_publish_even_expired(
     record: &RecordRef<'_>,
-    shard: u16,
+    shard: ShardId,
 ) -> Option<(Option<Vec<String>>, Message)> {
     if record.kind == RECORD_PUBLISH {
         return Some((
@@ -506,7 +507,7 @@ pub(crate) fn decode_any_publish_even_expired(
 #[derive(Default)]
 pub struct Recovered {
     /// This shard's id (the owner of the publish records).
-    pub shard: u16,
+    pub shard: ShardId,
     /// Last retained publish per topic (an empty payload means cleared, an expired one
     /// that it expired): the one with the highest version, see `keep_retained`.
     pub retained: HashMap<String, Arc<Message>>,
@@ -635,7 +636,7 @@ impl Broker {
                 return;
             }
             Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "WAL append failed; publish refused");
+                tracing::error!(shard = self.id.index(), error = %e, "WAL append failed; publish refused");
                 self.confirm(ack, wal_reason(&e));
                 return;
             }
@@ -651,7 +652,7 @@ impl Broker {
         // `make_mut` would copy the message): the floor of a message sent now is known
         // now; a deferred one gets its floor when it is sent.
         Arc::make_mut(&mut msg).log = Some(LogPos {
-            shard: self.id as u16,
+            shard: self.id,
             offset: offset.0,
             floor: if defer {
                 0
@@ -695,13 +696,13 @@ impl Broker {
         self: &Rc<Self>,
         client_id: ByteStr,
         packet_id: u16,
-        owner: Option<u16>,
+        owner: Option<ShardId>,
     ) {
         let owners = match owner {
-            Some(o) => usize::from(o)..usize::from(o) + 1,
-            None => self.all_shards(),
+            Some(o) => o.index()..o.index() + 1,
+            None => 0..self.mesh.shards(),
         };
-        for to in owners {
+        for to in owners.map(ShardId::from_index) {
             if to == self.id {
                 // At once, not through the loopback: a new publish with this id may follow.
                 self.qos2_released(client_id.clone(), packet_id);
@@ -751,12 +752,14 @@ impl Broker {
                         Err(e) => Err(e),
                     };
                     if let Err(e) = appended {
-                        tracing::warn!(shard = shard.id, error = %e, "QoS 2 release not logged");
+                        tracing::warn!(shard = shard.id.index(), error = %e, "QoS 2 release not logged");
                     }
                 })
                 .detach();
             }
-            Err(e) => tracing::warn!(shard = self.id, error = %e, "QoS 2 release not logged"),
+            Err(e) => {
+                tracing::warn!(shard = self.id.index(), error = %e, "QoS 2 release not logged")
+            }
             Ok(_) => {}
         }
     }
@@ -810,7 +813,7 @@ impl Broker {
                     }
                 }
                 if let Err(e) = result {
-                    tracing::error!(shard = shard.id, error = %e, "WAL failed; no further publish is acknowledged");
+                    tracing::error!(shard = shard.id.index(), error = %e, "WAL failed; no further publish is acknowledged");
                 }
                 glommio::yield_if_needed().await;
             }

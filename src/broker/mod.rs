@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use crate::mqtt::ByteStr;
-use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
+use crate::router::{InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
 use crate::session::Link;
 use crate::session::{Message, Session, SubOptions};
 
@@ -181,14 +181,14 @@ pub enum Reply {
     /// An owner's log end, for a new subscription (see `subscribe`).
     LogEnd {
         /// The owner shard.
-        shard: usize,
+        shard: ShardId,
         /// The offset its next record gets.
         end: u64,
     },
     /// What an owner replayed for restored sessions.
     Replayed {
         /// The owner shard.
-        shard: usize,
+        shard: ShardId,
         /// The owner's log end when it read it.
         end: u64,
         /// `(index of the session in the request, message)`.
@@ -278,7 +278,7 @@ pub struct State {
     shared_received: RefCell<shared::ReceivedShared>,
     /// Per owner shard: the group floors it posted here (`ShardMsg::SharedFloor`), by
     /// member subscription key; and the keys whose floor changed since the last flush.
-    group_floors: RefCell<HashMap<usize, HashMap<String, u64>>>,
+    group_floors: RefCell<HashMap<ShardId, HashMap<String, u64>>>,
     floors_changed: RefCell<Vec<String>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
@@ -398,23 +398,23 @@ impl State {
 
 impl Broker {
     /// Sends `msg` to shard `to`: over the mesh, or through the loopback for this shard.
-    pub(crate) fn post(&self, to: usize, msg: ShardMsg) {
+    pub(crate) fn post(&self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
             self.state.loopback.borrow_mut().push_back(msg);
             if let Some(w) = self.state.loopback_waker.take() {
                 w.wake();
             }
         } else {
-            self.mesh.push(to, msg);
+            self.mesh.push(to.index(), msg);
         }
     }
 
     /// Like [`Shard::post`], waiting while the peer's outbox is full (data traffic).
-    pub(crate) async fn post_data(&self, to: usize, msg: ShardMsg) {
+    pub(crate) async fn post_data(&self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
             self.post(to, msg);
         } else {
-            self.mesh.send(to, msg).await;
+            self.mesh.send(to.index(), msg).await;
         }
     }
 
@@ -509,12 +509,12 @@ impl Broker {
     }
 
     /// Every shard id, this one included.
-    pub(crate) fn all_shards(&self) -> std::ops::Range<usize> {
-        0..self.mesh.shards()
+    pub(crate) fn all_shards(&self) -> impl ExactSizeIterator<Item = ShardId> + Clone {
+        ShardId::all(self.mesh.shards())
     }
 
     /// Broker messages from the mesh or the loopback.
-    pub(crate) async fn handle_broker(self: &Rc<Self>, from: usize, msg: ShardMsg) {
+    pub(crate) async fn handle_broker(self: &Rc<Self>, from: ShardId, msg: ShardMsg) {
         match msg {
             ShardMsg::Ping { .. } | ShardMsg::Pong { .. } => {}
             ShardMsg::Publish { msg, ack } => {
@@ -540,21 +540,19 @@ impl Broker {
                 group,
                 ack_id,
             } => {
-                self.state.interest.borrow_mut().add(
-                    &filter,
-                    group.as_deref(),
-                    crate::router::ShardId(from as u16),
-                );
+                self.state
+                    .interest
+                    .borrow_mut()
+                    .add(&filter, group.as_deref(), from);
                 if let Some(id) = ack_id {
                     self.post(from, ShardMsg::Ack { id });
                 }
             }
             ShardMsg::InterestRemove { filter, group } => {
-                self.state.interest.borrow_mut().remove(
-                    &filter,
-                    group.as_deref(),
-                    crate::router::ShardId(from as u16),
-                );
+                self.state
+                    .interest
+                    .borrow_mut()
+                    .remove(&filter, group.as_deref(), from);
             }
             ShardMsg::Ack { id } => self.state.reply(id, Reply::Ack),
             ShardMsg::LogEndQuery { id } => {

@@ -41,6 +41,7 @@ use std::time::Duration;
 use bytes::BufMut;
 
 use crate::broker::{Broker, FloorReports, ShardMsg};
+use crate::router::ShardId;
 use crate::runtime::spawn_every;
 use crate::session::{LogPos, Message};
 use crate::storage::{Offset, RecordKind, RecordRef};
@@ -160,13 +161,14 @@ impl Broker {
 
     /// Every record of `owner`'s log below `watermark` that any session here wanted has
     /// reached it (the channel is in order).
-    pub(crate) fn on_watermark(&self, owner: usize, watermark: u64) {
+    pub(crate) fn on_watermark(&self, owner: ShardId, watermark: u64) {
         {
             let mut heard = self.state.heard_floors.borrow_mut();
-            if heard.len() <= owner {
-                heard.resize(owner + 1, 0);
+            let o = owner.index();
+            if heard.len() <= o {
+                heard.resize(o + 1, 0);
             }
-            heard[owner] = heard[owner].max(watermark);
+            heard[o] = heard[o].max(watermark);
         }
         for slot in self.state.sessions.borrow_mut().values_mut() {
             if slot.session.logged {
@@ -190,18 +192,18 @@ impl Broker {
             }
         }
         self.lower_to_backlogs(&mut mins);
-        for (owner, floor) in mins.into_iter().enumerate() {
+        for (owner, floor) in self.all_shards().zip(mins) {
             self.post(owner, ShardMsg::RetentionFloor { floor });
         }
     }
 
     /// Owner: a shard's report of the lowest cursor its sessions hold here.
-    pub(crate) fn on_retention_floor(&self, from: usize, floor: u64) {
+    pub(crate) fn on_retention_floor(&self, from: ShardId, floor: u64) {
         let mut reports = self.state.floor_reports.borrow_mut();
         if reports.len() < self.mesh.shards() {
             reports.resize(self.mesh.shards(), FloorReports::default());
         }
-        let r = &mut reports[from];
+        let r = &mut reports[from.index()];
         r.lowest_of_last_two = if r.sent == 0 {
             floor
         } else {
@@ -251,7 +253,7 @@ impl Broker {
                 Ok(Some(offset)) => {
                     let mut copy = (*msg).clone();
                     copy.log = Some(LogPos {
-                        shard: self.id as u16,
+                        shard: self.id,
                         offset,
                         floor: offset + 1,
                     });
@@ -267,13 +269,13 @@ impl Broker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(shard = self.id, error = %e, "a retained message could not be written again; its segment stays");
+                    tracing::warn!(shard = self.id.index(), error = %e, "a retained message could not be written again; its segment stays");
                     return;
                 }
             }
         }
         if let Err(e) = self.keep_session_records(limit).await {
-            tracing::warn!(shard = self.id, error = %e, "session records could not be written again; their segment stays");
+            tracing::warn!(shard = self.id.index(), error = %e, "session records could not be written again; their segment stays");
             return;
         }
         let mut floor = sessions_floor;

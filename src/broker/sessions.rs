@@ -62,7 +62,7 @@ impl Broker {
         conn: &Rc<Link>,
         params: SessionParams,
     ) -> Result<ConnectOutcome, Option<ReasonCode>> {
-        let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
+        let home = owner_of(params.client_id.as_str(), self.mesh.shards());
         let me = ConnRef {
             shard: self.id,
             token: conn.token,
@@ -221,7 +221,7 @@ impl Broker {
         };
         if !self.log_will(client_id.as_str(), &record, true).await {
             tracing::warn!(
-                shard = self.id,
+                shard = self.id.index(),
                 client = client_id.as_str(),
                 "a will could not be logged: a crash would lose it"
             );
@@ -551,7 +551,7 @@ impl Broker {
         if slot.session.logged {
             self.log_session(slot.session.client_id.as_str(), &SessionRecord::End, false);
         }
-        let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards()).0 as usize;
+        let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards());
         self.post(
             home,
             ShardMsg::SessionGone {
@@ -695,7 +695,7 @@ impl Broker {
 /// The connection a logged will belongs to.
 fn will_conn(conn: ConnRef) -> WillConn {
     WillConn {
-        shard: conn.shard as u16,
+        shard: conn.shard,
         token: conn.token,
     }
 }

@@ -75,7 +75,7 @@ impl Broker {
         self.state
             .interest
             .borrow_mut()
-            .add(&filter, group.as_deref(), ShardId(self.id as u16));
+            .add(&filter, group.as_deref(), self.id);
         let peers = self.mesh.shards() - 1;
         if peers == 0 {
             return None;
@@ -162,11 +162,10 @@ impl Broker {
             }
         };
         if last {
-            self.state.interest.borrow_mut().remove(
-                &filter,
-                group.as_deref(),
-                ShardId(self.id as u16),
-            );
+            self.state
+                .interest
+                .borrow_mut()
+                .remove(&filter, group.as_deref(), self.id);
             for peer in self.all_shards().filter(|&p| p != self.id) {
                 self.post(
                     peer,
@@ -291,11 +290,11 @@ impl Broker {
     /// The answers to [`Shard::ask_log_ends`], per owner shard.
     async fn log_ends(&self, (local, id): (u64, Option<u64>)) -> Vec<u64> {
         let mut ends = vec![0; self.mesh.shards()];
-        ends[self.id] = local;
+        ends[self.id.index()] = local;
         if let Some(id) = id {
             for reply in self.state.replies(id).await {
                 if let Reply::LogEnd { shard, end } = reply {
-                    ends[shard] = end;
+                    ends[shard.index()] = end;
                 }
             }
         }
@@ -321,10 +320,10 @@ impl Broker {
             return;
         }
         let plain = parsed.filter;
-        let targets: Vec<usize> = if plain.contains(['+', '#']) {
+        let targets: Vec<ShardId> = if plain.contains(['+', '#']) {
             self.all_shards().collect()
         } else {
-            vec![owner_of(plain, self.mesh.shards()).0 as usize]
+            vec![owner_of(plain, self.mesh.shards())]
         };
         let id = self.state.open_request(targets.len());
         let filter_arc: Arc<str> = Arc::from(plain);

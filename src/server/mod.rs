@@ -22,6 +22,7 @@ use crate::broker::{self, Broker, Recovery, ShardMsg};
 use crate::config::Config;
 use crate::door::mqtt::{Door, Listening};
 use crate::metrics::{Probes, ShardProbe};
+use crate::router::ShardId;
 use crate::runtime::{
     bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, ConnectionQuota,
     Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle, FDS_PER_CONNECTION,
@@ -169,7 +170,9 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
         cpu = unsafe { libc::sched_getcpu() },
         "shard executor running; recovering the WAL"
     );
-    let recovery = Recovery::open(id, &config).await?;
+    // The runtime numbers its shards with plain indices; the broker knows them by id.
+    let shard = ShardId::from_index(id);
+    let recovery = Recovery::open(shard, &config).await?;
     let _ = shared.probes[id].wal.set(recovery.wal_stats());
     tracing::debug!(target: SHARD_LOG, shard = id, "joining the mesh");
     let joined = Mesh::join(
@@ -182,7 +185,7 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let snapshot = shared.live.current();
     let broker = Broker::new(
-        id,
+        shard,
         Arc::clone(&config),
         Rc::clone(&joined.mesh),
         shared.probes.clone(),
@@ -245,7 +248,7 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
             while control.next().await == Request::Reload {
                 let done = reload::apply(&live.current(), &broker, &door);
                 tracing::debug!(
-                    shard = broker.id,
+                    shard = broker.id.index(),
                     kept = done.kept,
                     closed = done.closed,
                     "reload applied"
