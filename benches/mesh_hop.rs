@@ -21,6 +21,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use shardmq::broker::ShardMsg;
 use shardmq::metrics::ShardProbe;
 use shardmq::mqtt::{ByteStr, PublishProperties, QoS};
+use shardmq::router::ShardId;
 use shardmq::runtime::{Batch, Mesh, MeshSetup};
 use shardmq::session::{LogPos, Message};
 
@@ -99,7 +100,7 @@ fn message(offset: u64) -> Arc<Message> {
         publisher: ByteStr::from_static("bench-publisher"),
         expires_at: None,
         log: Some(LogPos {
-            shard: 0,
+            shard: ShardId(0),
             offset,
             floor: offset + 1,
         }),

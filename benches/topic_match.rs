@@ -36,7 +36,7 @@ fn main() {
         let mut interest = InterestTable::new();
         for (i, f) in filters.iter().enumerate() {
             trie.insert(f, i as u64, 1);
-            interest.add(f, None, ShardId((i % 2) as u16));
+            interest.add(f, None, ShardId::from_index(i % 2));
         }
         let topics: Vec<String> = (0..1024)
             .map(|i| format!("site/{}/dev/{}/temp", (i * 7) % 97, (i * 7919) % n))

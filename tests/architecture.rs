@@ -22,8 +22,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // who may connect and what they may do: API keys, users, topic ACLs
     ("auth",    &[]),
     // a client's session: subscriptions, queue, in-flight window, will, expiry; the link to
-    // its connection (output, acks owed, what the client may receive under its ACL)
-    ("session", &["mqtt", "auth"]),
+    // its connection (output, acks owed, what the client may receive under its ACL); its
+    // replay cursors are per owner shard (router's ShardId)
+    ("session", &["mqtt", "auth", "router"]),
     // settings: defaults < TOML file < env < CLI flags, and their validation
     ("config",  &["router", "storage"]),
     // per-shard single-writer probes, `/metrics` and `/health`

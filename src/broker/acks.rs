@@ -35,7 +35,7 @@ impl Broker {
         let slot = sessions.get_mut(&key)?;
         let before = slot.session.outbound.inflight();
         // A logged session's QoS 2 release is logged before its PUBREL (see `hold_release`).
-        let logged = slot.session.logged && self.durable.get().is_some();
+        let logged = slot.session.logged && self.log.get().is_some();
         let mut held = None;
         let known = match kind {
             ClientAck::PubAck => slot.session.outbound.on_puback(pid).is_ok(),

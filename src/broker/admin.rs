@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::broker::{Broker, ShardMsg};
 use crate::metrics::{AdminAction, AdminBackend, AdminList, AdminPage};
 use crate::mqtt::{ByteStr, QoS, ReasonCode};
-use crate::router::owner_of;
+use crate::router::{owner_of, ShardId};
 use crate::session::Message;
 
 use super::publish::MayWait;
@@ -134,18 +134,20 @@ impl<K: Ord, T> Smallest<K, T> {
 
 impl Broker {
     /// Asks shard `to` (this one included) and waits for its answer.
-    async fn ask_admin(&self, to: usize, query: AdminQuery) -> AdminAnswer {
+    async fn ask_admin(&self, to: ShardId, query: AdminQuery) -> AdminAnswer {
         let mut query = Some(query);
-        self.ask_admin_all(to..to + 1, move |_| query.take().expect("asked once"))
-            .await
-            .pop()
-            .unwrap_or(AdminAnswer::Done(false))
+        self.ask_admin_all(std::iter::once(to), move |_| {
+            query.take().expect("asked once")
+        })
+        .await
+        .pop()
+        .unwrap_or(AdminAnswer::Done(false))
     }
 
     async fn ask_admin_all(
         &self,
-        shards: std::ops::Range<usize>,
-        mut query: impl FnMut(usize) -> AdminQuery,
+        shards: impl ExactSizeIterator<Item = ShardId>,
+        mut query: impl FnMut(ShardId) -> AdminQuery,
     ) -> Vec<AdminAnswer> {
         let id = self.state.open_request(shards.len());
         for to in shards {
@@ -169,7 +171,7 @@ impl Broker {
     }
 
     /// Answers an admin query from shard `from`.
-    pub(crate) async fn on_admin_query(self: &Rc<Self>, from: usize, id: u64, query: AdminQuery) {
+    pub(crate) async fn on_admin_query(self: &Rc<Self>, from: ShardId, id: u64, query: AdminQuery) {
         let answer = match query {
             AdminQuery::Page { list, after, limit } => {
                 let (rows, resume) = self.admin_page(list, after.as_deref(), limit);
@@ -438,7 +440,9 @@ impl AdminBackend for Broker {
                     after: (!after.is_empty()).then(|| std::mem::take(&mut after)),
                     limit: limit - items.len(),
                 };
-                let AdminAnswer::Page { rows, resume } = self.ask_admin(shard, query).await else {
+                let AdminAnswer::Page { rows, resume } =
+                    self.ask_admin(ShardId::from_index(shard), query).await
+                else {
                     break;
                 };
                 items.extend(rows);
@@ -463,7 +467,7 @@ impl AdminBackend for Broker {
         Box::pin(async move {
             match action {
                 AdminAction::DeleteRetained { ref topic } => {
-                    let owner = owner_of(topic, self.mesh.shards()).0 as usize;
+                    let owner = owner_of(topic, self.mesh.shards());
                     matches!(
                         self.ask_admin(owner, AdminQuery::Act(action)).await,
                         AdminAnswer::Done(true)

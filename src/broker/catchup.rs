@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{ByteStr, QoS};
-use crate::router::parse_filter;
+use crate::router::{parse_filter, ShardId};
 use crate::session::{subscribed_from, CatchUp, Message, ReplayCursor, Session};
 use crate::storage::Offset;
 
@@ -62,7 +62,7 @@ impl Broker {
                 // The started exchanges came back with the replay at start.
                 exact: Vec::new(),
             };
-            self.post(usize::from(shard), ShardMsg::CatchUp { want, request });
+            self.post(shard, ShardMsg::CatchUp { want, request });
         }
     }
 
@@ -75,7 +75,7 @@ impl Broker {
     }
 
     /// The session's plain filters, each with the offset of `owner`'s log it began at.
-    fn filters_with_since(&self, s: &Session, owner: u16) -> Vec<(String, u64)> {
+    fn filters_with_since(&self, s: &Session, owner: ShardId) -> Vec<(String, u64)> {
         s.subscriptions
             .keys()
             .filter_map(|full| {
@@ -87,7 +87,7 @@ impl Broker {
     }
 
     /// Owner: reads what `want` asks for from the durable part of this shard's log.
-    pub(crate) fn on_catch_up(self: &Rc<Self>, from: usize, want: ReplayWant, request: u64) {
+    pub(crate) fn on_catch_up(self: &Rc<Self>, from: ShardId, want: ReplayWant, request: u64) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             let Some((want, scan)) = shard.read_durable(want).await else {
@@ -108,7 +108,7 @@ impl Broker {
     /// Owner: scans this shard's log for `want`, only as far as it is as durable as the
     /// fsync policy promises. `None` without a log.
     pub(crate) async fn read_durable(&self, want: ReplayWant) -> Option<(ReplayWant, ReplayScan)> {
-        let durable = self.durable.get()?;
+        let durable = self.log.get()?;
         let appended = durable.wal.next_offset().0;
         let durable_up_to = match appended {
             0 => Some(0),
@@ -123,14 +123,14 @@ impl Broker {
         let scan = match durable_up_to {
             Some(stop) => {
                 let wants = std::slice::from_ref(&want);
-                scan_for_replay(&durable.wal, self.id as u16, wants, Some(stop)).await
+                scan_for_replay(&durable.wal, self.id, wants, Some(stop)).await
             }
             // A poisoned log serves nothing more; the gap stays where it was.
             None => ReplayScan::failed_at(want.from, 1),
         };
         if scan.failed {
             tracing::warn!(
-                shard = self.id,
+                shard = self.id.index(),
                 client_id = want.client_id.as_str(),
                 from = scan.end,
                 "a catch-up read failed; its gap stays open and is read again"
@@ -143,7 +143,7 @@ impl Broker {
     /// The session's shard: queues what a catch-up read brought.
     pub(crate) fn on_caught_up(
         &self,
-        owner: usize,
+        owner: ShardId,
         client_id: ByteStr,
         request: u64,
         found: Vec<Arc<Message>>,
@@ -157,7 +157,6 @@ impl Broker {
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };
-        let owner = owner as u16;
         if !slot.session.replay.is_current(owner, request) {
             return;
         }

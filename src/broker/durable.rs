@@ -51,6 +51,7 @@ use crate::metrics::Limit;
 use crate::mqtt::{
     self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
+use crate::router::ShardId;
 use crate::session::{LogPos, Message};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
@@ -85,15 +86,16 @@ struct Pending {
     deferred: Option<Arc<Message>>,
 }
 
-/// One shard's WAL and the acknowledgements waiting on it.
-pub struct Durability {
+/// This shard's log: its WAL, the publishes and acknowledgements waiting on durability,
+/// and the QoS 2 ids received and not yet released.
+pub struct ShardLog {
     /// The shard's WAL.
     pub wal: Wal,
     pending: RefCell<VecDeque<Pending>>,
     waker: Cell<Option<Waker>>,
     scratch: RefCell<BytesMut>,
     /// Logged publishes whose fan-out has not finished, in offset order, with a done
-    /// mark (see [`Durability::floor_for`]).
+    /// mark (see [`ShardLog::floor_for`]).
     unsent: RefCell<VecDeque<(u64, bool)>>,
     /// QoS 2 publishes logged here whose publisher has not released the packet id, by
     /// that id: the offset of the copy logged (see the module docs).
@@ -106,7 +108,7 @@ pub struct Durability {
     resent_first: RefCell<HashSet<ReceivedId>>,
 }
 
-/// What [`Durability::log`] did with a publish.
+/// What [`ShardLog::log`] did with a publish.
 pub enum Logged {
     /// Appended at this offset.
     At(Offset),
@@ -115,10 +117,10 @@ pub enum Logged {
     CopyAt(Offset),
 }
 
-impl Durability {
+impl ShardLog {
     /// Wraps an opened WAL.
     pub fn new(wal: Wal) -> Self {
-        Durability {
+        ShardLog {
             wal,
             pending: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
@@ -138,7 +140,7 @@ impl Durability {
         received: HashMap<(ByteStr, u16), ReceivedAt>,
         received_max: usize,
     ) -> Self {
-        let mut durable = Durability::new(wal);
+        let mut durable = ShardLog::new(wal);
         durable.received_max = received_max;
         let order = received.iter().map(|(id, at)| (at.0, id.clone())).collect();
         durable.received_order.replace(order);
@@ -277,7 +279,7 @@ impl Durability {
 }
 
 /// The offset of the copy of a QoS 2 publish logged already, if the owner holds its id.
-fn first_copy(durable: &Durability, msg: &Message, ack: Option<&AckTo>) -> Option<Offset> {
+fn first_copy(durable: &ShardLog, msg: &Message, ack: Option<&AckTo>) -> Option<Offset> {
     let ack = ack.filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)?;
     durable.logged_copy(msg, ack.packet_id, ack.resend)
 }
@@ -404,7 +406,7 @@ pub(crate) fn as_publish(msg: &Message) -> Publish {
 
 /// Decodes a publish record of shard `shard`'s log back into a message; `None` if it is
 /// not one or has expired.
-pub fn decode_publish(record: &RecordRef<'_>, shard: u16) -> Option<Message> {
+pub fn decode_publish(record: &RecordRef<'_>, shard: ShardId) -> Option<Message> {
     if record.kind != RECORD_PUBLISH {
         return None;
     }
@@ -416,7 +418,7 @@ pub fn decode_publish(record: &RecordRef<'_>, shard: u16) -> Option<Message> {
 pub(crate) fn decode_publish_body(
     record: &RecordRef<'_>,
     body: &[u8],
-    shard: u16,
+    shard: ShardId,
 ) -> Option<Message> {
     decode_publish_body_even_expired(record, body, shard)
         .filter(|msg| !msg.is_expired(Instant::now()))
@@ -427,7 +429,7 @@ pub(crate) fn decode_publish_body(
 pub(crate) fn decode_publish_body_even_expired(
     record: &RecordRef<'_>,
     mut body: &[u8],
-    shard: u16,
+    shard: ShardId,
 ) -> Option<Message> {
     if body.len() < 2 {
         return None;
@@ -473,7 +475,7 @@ pub(crate) fn decode_publish_body_even_expired(
 /// and the message.
 pub(crate) fn decode_any_publish(
     record: &RecordRef<'_>,
-    shard: u16,
+    shard: ShardId,
 ) -> Option<(Option<Vec<String>>, Message)> {
     decode_any_publish_even_expired(record, shard)
         .filter(|(_, msg)| !msg.is_expired(Instant::now()))
@@ -482,7 +484,7 @@ pub(crate) fn decode_any_publish(
 /// Like `decode_any_publish`, but an expired message is returned too, expiring now.
 pub(crate) fn decode_any_publish_even_expired(
     record: &RecordRef<'_>,
-    shard: u16,
+    shard: ShardId,
 ) -> Option<(Option<Vec<String>>, Message)> {
     if record.kind == RECORD_PUBLISH {
         return Some((
@@ -505,7 +507,7 @@ pub(crate) fn decode_any_publish_even_expired(
 #[derive(Default)]
 pub struct Recovered {
     /// This shard's id (the owner of the publish records).
-    pub shard: u16,
+    pub shard: ShardId,
     /// Last retained publish per topic (an empty payload means cleared, an expired one
     /// that it expired): the one with the highest version, see `keep_retained`.
     pub retained: HashMap<String, Arc<Message>>,
@@ -589,7 +591,7 @@ impl Broker {
         ack: Option<AckTo>,
         may_wait: MayWait,
     ) {
-        if let Some(durable) = self.durable.get() {
+        if let Some(durable) = self.log.get() {
             if let Some(first) = first_copy(durable, &msg, ack.as_ref()) {
                 // Logged (and fanned out, or about to be) already: answer once it is durable.
                 durable.push(Pending {
@@ -617,7 +619,7 @@ impl Broker {
             .as_ref()
             .filter(|a| a.exactly_once && msg.qos == QoS::ExactlyOnce)
             .map(|a| (a.packet_id, a.resend));
-        let Some(durable) = self.durable.get().filter(|_| must_log) else {
+        let Some(durable) = self.log.get().filter(|_| must_log) else {
             self.fan_out(msg, may_wait).await;
             self.confirm(ack, ReasonCode::Success);
             return;
@@ -634,7 +636,7 @@ impl Broker {
                 return;
             }
             Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "WAL append failed; publish refused");
+                tracing::error!(shard = self.id.index(), error = %e, "WAL append failed; publish refused");
                 self.confirm(ack, wal_reason(&e));
                 return;
             }
@@ -650,7 +652,7 @@ impl Broker {
         // `make_mut` would copy the message): the floor of a message sent now is known
         // now; a deferred one gets its floor when it is sent.
         Arc::make_mut(&mut msg).log = Some(LogPos {
-            shard: self.id as u16,
+            shard: self.id,
             offset: offset.0,
             floor: if defer {
                 0
@@ -677,7 +679,7 @@ impl Broker {
     /// Fans out a logged message already stamped with its floor, then marks it sent.
     async fn fan_out_logged(
         self: &Rc<Self>,
-        durable: &Durability,
+        durable: &ShardLog,
         msg: Arc<Message>,
         may_wait: MayWait,
     ) {
@@ -694,13 +696,13 @@ impl Broker {
         self: &Rc<Self>,
         client_id: ByteStr,
         packet_id: u16,
-        owner: Option<u16>,
+        owner: Option<ShardId>,
     ) {
         let owners = match owner {
-            Some(o) => usize::from(o)..usize::from(o) + 1,
-            None => self.all_shards(),
+            Some(o) => o.index()..o.index() + 1,
+            None => 0..self.mesh.shards(),
         };
-        for to in owners {
+        for to in owners.map(ShardId::from_index) {
             if to == self.id {
                 // At once, not through the loopback: a new publish with this id may follow.
                 self.qos2_released(client_id.clone(), packet_id);
@@ -728,7 +730,7 @@ impl Broker {
     /// On the owner: the publisher released `packet_id`; a later publish with it is a
     /// new message, also after a restart (the release is logged).
     pub(crate) fn qos2_released(self: &Rc<Self>, client_id: ByteStr, packet_id: u16) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             return;
         };
         let id = (client_id, packet_id);
@@ -742,7 +744,7 @@ impl Broker {
                 // Rare; logged late rather than never (a stale id could take a resend).
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {
-                    let Some(durable) = shard.durable.get() else {
+                    let Some(durable) = shard.log.get() else {
                         return;
                     };
                     let appended = match durable.wal.reserve(body.len()).await {
@@ -750,12 +752,14 @@ impl Broker {
                         Err(e) => Err(e),
                     };
                     if let Err(e) = appended {
-                        tracing::warn!(shard = shard.id, error = %e, "QoS 2 release not logged");
+                        tracing::warn!(shard = shard.id.index(), error = %e, "QoS 2 release not logged");
                     }
                 })
                 .detach();
             }
-            Err(e) => tracing::warn!(shard = self.id, error = %e, "QoS 2 release not logged"),
+            Err(e) => {
+                tracing::warn!(shard = self.id.index(), error = %e, "QoS 2 release not logged")
+            }
             Ok(_) => {}
         }
     }
@@ -771,7 +775,7 @@ impl Broker {
     pub(crate) fn spawn_durability(self: &Rc<Self>) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            let Some(durable) = shard.durable.get() else { return };
+            let Some(durable) = shard.log.get() else { return };
             loop {
                 let target = poll_fn(|cx| match durable.pending.borrow().back() {
                     Some(p) => Poll::Ready(p.offset),
@@ -809,7 +813,7 @@ impl Broker {
                     }
                 }
                 if let Err(e) = result {
-                    tracing::error!(shard = shard.id, error = %e, "WAL failed; no further publish is acknowledged");
+                    tracing::error!(shard = shard.id.index(), error = %e, "WAL failed; no further publish is acknowledged");
                 }
                 glommio::yield_if_needed().await;
             }

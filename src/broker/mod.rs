@@ -49,13 +49,13 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use crate::mqtt::ByteStr;
-use crate::router::{InterestTable, RetainedIndex, Route, SubscriptionTrie};
+use crate::router::{InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
 use crate::session::Link;
 use crate::session::{Message, Session, SubOptions};
 
 pub use acks::ClientAck;
 pub use admin::{AdminAnswer, AdminQuery};
-pub use durable::{decode_publish, Durability, Recovered, RECORD_PUBLISH};
+pub use durable::{decode_publish, Recovered, ShardLog, RECORD_PUBLISH};
 pub use msg::{AckTo, ConnRef, ShardMsg};
 pub use persist::{ArmedWills, RecoveredSession, ReplayWant};
 pub use quota::{RetainedAdmission, RetainedReservation};
@@ -66,11 +66,23 @@ pub use start::{prepare_layout, Recovery};
 /// Key of a session in its shard's tables.
 pub type SessionKey = u64;
 
-/// `(share group, filter)`: one line of the interest table.
-pub type InterestKey = (Option<Arc<str>>, Arc<str>);
+/// One line of the interest table: a filter, with its share group if it is shared.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InterestKey {
+    /// The share group, `None` for a plain subscription.
+    pub group: Option<Arc<str>>,
+    /// The topic filter.
+    pub filter: Arc<str>,
+}
 
-/// `(group, filter)` of a shared subscription, for round-robin cursors.
-pub type GroupKey = (Arc<str>, Arc<str>);
+/// A shared subscription's group and filter, for round-robin cursors and backlogs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    /// The share group.
+    pub group: Arc<str>,
+    /// The topic filter.
+    pub filter: Arc<str>,
+}
 
 /// Key of a shared subscription member: the group and the session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,9 +93,16 @@ pub struct MemberKey {
     pub session: SessionKey,
 }
 
-/// An owner's record of one shard's floor reports: how many it sent, and the lowest of
-/// its last two with the last one.
-pub(crate) type FloorReports = (u8, Option<(u64, u64)>);
+/// An owner's record of one shard's floor reports.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct FloorReports {
+    /// How many reports the shard sent (saturating).
+    pub(crate) sent: u8,
+    /// The lowest of its last two reports (of the only one, after the first).
+    pub(crate) lowest_of_last_two: u64,
+    /// Its last report.
+    pub(crate) last: u64,
+}
 
 /// This shard's sessions by client id: a hash map for lookups, and the ids in order for
 /// the admin API's pages (a page starts where the last ended without a pass over every
@@ -168,14 +187,14 @@ pub enum Reply {
     /// An owner's log end, for a new subscription (see `subscribe`).
     LogEnd {
         /// The owner shard.
-        shard: usize,
+        shard: ShardId,
         /// The offset its next record gets.
         end: u64,
     },
     /// What an owner replayed for restored sessions.
     Replayed {
         /// The owner shard.
-        shard: usize,
+        shard: ShardId,
         /// The owner's log end when it read it.
         end: u64,
         /// `(index of the session in the request, message)`.
@@ -265,7 +284,7 @@ pub struct State {
     shared_received: RefCell<shared::ReceivedShared>,
     /// Per owner shard: the group floors it posted here (`ShardMsg::SharedFloor`), by
     /// member subscription key; and the keys whose floor changed since the last flush.
-    group_floors: RefCell<HashMap<usize, HashMap<String, u64>>>,
+    group_floors: RefCell<HashMap<ShardId, HashMap<String, u64>>>,
     floors_changed: RefCell<Vec<String>>,
     loopback: RefCell<VecDeque<ShardMsg>>,
     loopback_waker: Cell<Option<Waker>>,
@@ -385,23 +404,23 @@ impl State {
 
 impl Broker {
     /// Sends `msg` to shard `to`: over the mesh, or through the loopback for this shard.
-    pub(crate) fn post(&self, to: usize, msg: ShardMsg) {
+    pub(crate) fn post(&self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
             self.state.loopback.borrow_mut().push_back(msg);
             if let Some(w) = self.state.loopback_waker.take() {
                 w.wake();
             }
         } else {
-            self.mesh.push(to, msg);
+            self.mesh.push(to.index(), msg);
         }
     }
 
     /// Like [`Broker::post`], waiting while the peer's outbox is full (data traffic).
-    pub(crate) async fn post_data(&self, to: usize, msg: ShardMsg) {
+    pub(crate) async fn post_data(&self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
             self.post(to, msg);
         } else {
-            self.mesh.send(to, msg).await;
+            self.mesh.send(to.index(), msg).await;
         }
     }
 
@@ -431,7 +450,7 @@ impl Broker {
         // Ahead of `Recovered` in each channel: sessions follow this log from its end,
         // and a subscription made as soon as a shard serves holds it until its exact
         // start is answered (see `Broker::subscribe`), not 0.
-        if let Some(durable) = self.durable.get() {
+        if let Some(durable) = self.log.get() {
             let watermark = durable.sent_watermark();
             self.on_watermark(self.id, watermark);
             for peer in self.all_shards().filter(|&p| p != self.id) {
@@ -496,12 +515,12 @@ impl Broker {
     }
 
     /// Every shard id, this one included.
-    pub(crate) fn all_shards(&self) -> std::ops::Range<usize> {
-        0..self.mesh.shards()
+    pub(crate) fn all_shards(&self) -> impl ExactSizeIterator<Item = ShardId> + Clone {
+        ShardId::all(self.mesh.shards())
     }
 
     /// Broker messages from the mesh or the loopback.
-    pub(crate) async fn handle_broker(self: &Rc<Self>, from: usize, msg: ShardMsg) {
+    pub(crate) async fn handle_broker(self: &Rc<Self>, from: ShardId, msg: ShardMsg) {
         match msg {
             ShardMsg::Ping { .. } | ShardMsg::Pong { .. } => {}
             ShardMsg::Publish { msg, ack } => {
@@ -527,21 +546,19 @@ impl Broker {
                 group,
                 ack_id,
             } => {
-                self.state.interest.borrow_mut().add(
-                    &filter,
-                    group.as_deref(),
-                    crate::router::ShardId(from as u16),
-                );
+                self.state
+                    .interest
+                    .borrow_mut()
+                    .add(&filter, group.as_deref(), from);
                 if let Some(id) = ack_id {
                     self.post(from, ShardMsg::Ack { id });
                 }
             }
             ShardMsg::InterestRemove { filter, group } => {
-                self.state.interest.borrow_mut().remove(
-                    &filter,
-                    group.as_deref(),
-                    crate::router::ShardId(from as u16),
-                );
+                self.state
+                    .interest
+                    .borrow_mut()
+                    .remove(&filter, group.as_deref(), from);
             }
             ShardMsg::Ack { id } => self.state.reply(id, Reply::Ack),
             ShardMsg::LogEndQuery { id } => {
@@ -609,7 +626,13 @@ impl Broker {
                 from: offset,
                 messages_max,
                 request,
-            } => self.on_shared_catch_up(from, (group, filter), offset, messages_max, request),
+            } => self.on_shared_catch_up(
+                from,
+                GroupKey { group, filter },
+                offset,
+                messages_max,
+                request,
+            ),
             ShardMsg::SharedCatchUpReply {
                 group,
                 filter,
@@ -617,7 +640,14 @@ impl Broker {
                 found,
                 resume,
                 end,
-            } => self.on_shared_caught_up(from, (group, filter), request, found, resume, end),
+            } => self.on_shared_caught_up(
+                from,
+                GroupKey { group, filter },
+                request,
+                found,
+                resume,
+                end,
+            ),
             ShardMsg::SharedHolds { received, holds } => {
                 self.on_shared_holds(from, received, holds)
             }
@@ -627,13 +657,13 @@ impl Broker {
                 filter,
                 msg,
                 hops,
-            } => self.on_shared_return(from, (group, filter), msg, hops),
+            } => self.on_shared_return(from, GroupKey { group, filter }, msg, hops),
             ShardMsg::SharedGapReturn {
                 group,
                 filter,
                 topic,
                 from: offset,
-            } => self.on_shared_gap_return(from, (group, filter), topic, offset),
+            } => self.on_shared_gap_return(from, GroupKey { group, filter }, topic, offset),
             ShardMsg::SharedGap {
                 group,
                 filter,
@@ -642,7 +672,7 @@ impl Broker {
                 from: offset,
             } => {
                 self.count_shared_received(from, Some(owner));
-                self.on_shared_gap((group, filter), topic, owner, offset)
+                self.on_shared_gap(GroupKey { group, filter }, topic, owner, offset)
             }
             ShardMsg::Drained => arrived(&self.state.drained_peers, &self.state.drained_waker),
             ShardMsg::Flushed => arrived(&self.state.flushed_peers, &self.state.flushed_waker),

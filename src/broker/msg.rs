@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::mqtt::{ByteStr, ReasonCode};
+use crate::router::ShardId;
 use crate::runtime::MeshMessage;
 use crate::session::{Message, Session};
 
@@ -13,7 +14,7 @@ use super::{AdminAnswer, AdminQuery, ReplayWant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnRef {
     /// The shard the connection lives on.
-    pub shard: usize,
+    pub shard: ShardId,
     /// The connection's token, unique on that shard for the process lifetime.
     pub token: u64,
 }
@@ -328,7 +329,7 @@ pub enum ShardMsg {
         /// A topic the filter matches (to find the group's shards later).
         topic: ByteStr,
         /// The owner shard whose log holds them.
-        owner: u16,
+        owner: ShardId,
         /// The lowest offset not delivered.
         from: u64,
     },

@@ -8,10 +8,10 @@ use std::time::Instant;
 use crate::broker::{AckTo, Broker, ShardMsg};
 use crate::metrics::{AclAction, Limit};
 use crate::mqtt::{QoS, ReasonCode};
-use crate::router::{owner_of, GroupRoute, ShardSet};
+use crate::router::{owner_of, GroupRoute, ShardId, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Had, Message, QueueLimit, SubOptions};
 
-use super::{SessionKey, SessionSlot};
+use super::{GroupKey, SessionKey, SessionSlot};
 
 /// Whether a fan-out may wait for room in a peer's outbox.
 ///
@@ -33,7 +33,7 @@ impl Broker {
     /// while the owner's outbox is full, which stops this connection's reader: that is
     /// the publisher's backpressure.
     pub(crate) async fn route_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
-        let owner = owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize;
+        let owner = owner_of(msg.topic.as_str(), self.mesh.shards());
         if owner == self.id {
             self.accept_publish(msg, ack, MayWait::Yes).await;
         } else {
@@ -50,7 +50,7 @@ impl Broker {
         may_wait: MayWait,
     ) {
         debug_assert_eq!(
-            owner_of(msg.topic.as_str(), self.mesh.shards()).0 as usize,
+            owner_of(msg.topic.as_str(), self.mesh.shards()),
             self.id,
             "publish routed to a shard that does not own its topic"
         );
@@ -60,7 +60,7 @@ impl Broker {
     /// Sends `msg` to every shard with matching interest (this one by a direct call) and
     /// to one shard per matching shared-subscription group.
     pub(crate) async fn fan_out(self: &Rc<Self>, msg: Arc<Message>, may_wait: MayWait) {
-        if msg.retain && self.durable.get().is_none() {
+        if msg.retain && self.log.get().is_none() {
             self.store_retained(&msg);
         }
         // The groups leave the route for a spare buffer (the sends below may wait, and
@@ -75,7 +75,6 @@ impl Broker {
             (route.shards, std::mem::replace(&mut route.groups, spare))
         };
         for shard in shards.iter() {
-            let shard = shard.0 as usize;
             if shard == self.id {
                 self.deliver_local(&msg);
             } else {
@@ -93,30 +92,31 @@ impl Broker {
         {
             let target = self.pick_group_shard(&group, &filter, &members);
             if may_wait == MayWait::Yes && target != self.id {
-                self.mesh.room(target).await;
+                self.mesh.room(target.index()).await;
             }
             // No await from here to the send: the count of shared sends on the link is
             // the order the target receives them in (see `shared`, "Crash safety").
-            self.send_shared(target, (group, filter), Arc::clone(&msg), 0);
+            self.send_shared(target, GroupKey { group, filter }, Arc::clone(&msg), 0);
         }
         self.state.groups_scratch.replace(groups);
     }
 
-    async fn forward(&self, to: usize, msg: ShardMsg, may_wait: MayWait) {
+    async fn forward(&self, to: ShardId, msg: ShardMsg, may_wait: MayWait) {
         match may_wait {
             MayWait::Yes => self.post_data(to, msg).await,
             MayWait::No => self.post(to, msg),
         }
     }
 
-    fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> usize {
+    fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> ShardId {
         let mut cursors = self.state.group_shard_cursor.borrow_mut();
-        let cursor = cursors.entry((group.clone(), filter.clone())).or_insert(0);
+        let key = GroupKey {
+            group: group.clone(),
+            filter: filter.clone(),
+        };
+        let cursor = cursors.entry(key).or_insert(0);
         let n = members.len().max(1);
-        let pick = members
-            .iter()
-            .nth(*cursor % n)
-            .map_or(self.id, |s| s.0 as usize);
+        let pick = members.iter().nth(*cursor % n).unwrap_or(self.id);
         *cursor = cursor.wrapping_add(1);
         pick
     }
@@ -174,16 +174,14 @@ impl Broker {
     /// On the publisher's shard: the owner (shard `owner`) decided; send the ack when
     /// its turn comes. An accepted QoS 2 id now awaits PUBREL in the session: a refused
     /// one is free for the client's next message.
-    pub(crate) fn publish_done(&self, owner: usize, ack: AckTo, reason: ReasonCode) {
+    pub(crate) fn publish_done(&self, owner: ShardId, ack: AckTo, reason: ReasonCode) {
         let Some(conn) = self.link(ack.conn.token) else {
             return;
         };
         if ack.exactly_once && reason == ReasonCode::Success {
             let mut sessions = self.state.sessions.borrow_mut();
             if let Some(slot) = conn.session.get().and_then(|k| sessions.get_mut(&k)) {
-                slot.session
-                    .awaiting_pubrel
-                    .insert(ack.packet_id, owner as u16);
+                slot.session.awaiting_pubrel.insert(ack.packet_id, owner);
             }
         }
         conn.complete_ack(ack.packet_id, reason, |us| {
@@ -314,7 +312,7 @@ impl Broker {
         let Some(conn) = &slot.conn else { return };
         let before = slot.session.outbound.inflight();
         // A logged session's QoS 2 PUBLISH waits for its packet id to be logged.
-        let log_qos2 = slot.session.logged && self.durable.get().is_some();
+        let log_qos2 = slot.session.logged && self.log.get().is_some();
         // Authorization: a connection with a partly readable subscription has each
         // delivery checked on its way to the wire (see `auth::acl`).
         let mut acl = conn.acl.borrow_mut();

@@ -40,7 +40,8 @@ use std::time::Duration;
 
 use bytes::BufMut;
 
-use crate::broker::{Broker, ShardMsg};
+use crate::broker::{Broker, FloorReports, ShardMsg};
+use crate::router::ShardId;
 use crate::runtime::spawn_every;
 use crate::session::{LogPos, Message};
 use crate::storage::{Offset, RecordKind, RecordRef};
@@ -144,11 +145,11 @@ impl Broker {
     /// it lets the cursors of sessions that receive nothing from this log advance, so
     /// an idle persistent session does not hold the log (or a replay) back forever.
     pub(crate) fn spawn_watermarks(self: &Rc<Self>) {
-        if self.durable.get().is_none() {
+        if self.log.get().is_none() {
             return;
         }
         spawn_every(Duration::from_millis(WATERMARK_MS), self, |shard| {
-            if let Some(durable) = shard.durable.get() {
+            if let Some(durable) = shard.log.get() {
                 let watermark = durable.sent_watermark();
                 for peer in shard.all_shards() {
                     shard.post(peer, ShardMsg::Watermark { watermark });
@@ -160,13 +161,14 @@ impl Broker {
 
     /// Every record of `owner`'s log below `watermark` that any session here wanted has
     /// reached it (the channel is in order).
-    pub(crate) fn on_watermark(&self, owner: usize, watermark: u64) {
+    pub(crate) fn on_watermark(&self, owner: ShardId, watermark: u64) {
         {
             let mut heard = self.state.heard_floors.borrow_mut();
-            if heard.len() <= owner {
-                heard.resize(owner + 1, 0);
+            let o = owner.index();
+            if heard.len() <= o {
+                heard.resize(o + 1, 0);
             }
-            heard[owner] = heard[owner].max(watermark);
+            heard[o] = heard[o].max(watermark);
         }
         for slot in self.state.sessions.borrow_mut().values_mut() {
             if slot.session.logged {
@@ -190,36 +192,38 @@ impl Broker {
             }
         }
         self.lower_to_backlogs(&mut mins);
-        for (owner, floor) in mins.into_iter().enumerate() {
+        for (owner, floor) in self.all_shards().zip(mins) {
             self.post(owner, ShardMsg::RetentionFloor { floor });
         }
     }
 
     /// Owner: a shard's report of the lowest cursor its sessions hold here.
-    pub(crate) fn on_retention_floor(&self, from: usize, floor: u64) {
+    pub(crate) fn on_retention_floor(&self, from: ShardId, floor: u64) {
         let mut reports = self.state.floor_reports.borrow_mut();
         if reports.len() < self.mesh.shards() {
-            reports.resize(self.mesh.shards(), (0, None));
+            reports.resize(self.mesh.shards(), FloorReports::default());
         }
-        let (count, last) = reports[from];
-        let lowest = last.map_or(floor, |(_, current)| current.min(floor));
-        reports[from] = (count.saturating_add(1), Some((lowest, floor)));
+        let r = &mut reports[from.index()];
+        r.lowest_of_last_two = if r.sent == 0 {
+            floor
+        } else {
+            r.last.min(floor)
+        };
+        r.last = floor;
+        r.sent = r.sent.saturating_add(1);
     }
 
     /// The floor every shard's last two reports allow; `None` until each sent two.
     fn sessions_floor(&self) -> Option<u64> {
         let reports = self.state.floor_reports.borrow();
-        if reports.len() < self.mesh.shards() || reports.iter().any(|(n, _)| *n < 2) {
+        if reports.len() < self.mesh.shards() || reports.iter().any(|r| r.sent < 2) {
             return None;
         }
-        reports
-            .iter()
-            .map(|(_, r)| r.map_or(0, |(two_lowest, _)| two_lowest))
-            .min()
+        reports.iter().map(|r| r.lowest_of_last_two).min()
     }
 
     async fn apply_floor(&self) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             return;
         };
         let Some(sessions_floor) = self.sessions_floor() else {
@@ -249,7 +253,7 @@ impl Broker {
                 Ok(Some(offset)) => {
                     let mut copy = (*msg).clone();
                     copy.log = Some(LogPos {
-                        shard: self.id as u16,
+                        shard: self.id,
                         offset,
                         floor: offset + 1,
                     });
@@ -265,13 +269,13 @@ impl Broker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(shard = self.id, error = %e, "a retained message could not be written again; its segment stays");
+                    tracing::warn!(shard = self.id.index(), error = %e, "a retained message could not be written again; its segment stays");
                     return;
                 }
             }
         }
         if let Err(e) = self.keep_session_records(limit).await {
-            tracing::warn!(shard = self.id, error = %e, "session records could not be written again; their segment stays");
+            tracing::warn!(shard = self.id.index(), error = %e, "session records could not be written again; their segment stays");
             return;
         }
         let mut floor = sessions_floor;
@@ -293,7 +297,7 @@ impl Broker {
             Some(shadow) => shadow.due(limit),
             None => return Ok(()),
         };
-        let durable = self.durable.get().expect("checked by the caller");
+        let durable = self.log.get().expect("checked by the caller");
         let mut last = None;
         for client in sessions {
             let copy = |shadow: &SessionShadow| shadow.copy_of(&client, unix_ms());
@@ -329,7 +333,7 @@ impl Broker {
         body: impl Fn(&SessionShadow) -> Option<Vec<u8>>,
         done: impl Fn(&mut SessionShadow, u64),
     ) -> Result<Option<u64>, crate::storage::WalError> {
-        let durable = self.durable.get().expect("checked by the caller");
+        let durable = self.log.get().expect("checked by the caller");
         let body_of = || self.state.session_shadow.borrow().as_ref().and_then(&body);
         loop {
             let Some(len) = body_of().map(|b| b.len()) else {
@@ -371,7 +375,7 @@ impl Broker {
         msg: &Arc<Message>,
         version: u64,
     ) -> Result<Option<u64>, crate::storage::WalError> {
-        let durable = self.durable.get().expect("checked by the caller");
+        let durable = self.log.get().expect("checked by the caller");
         let publish = as_publish(msg);
         let body_len = 8 + publish_body_len(msg, &publish)?;
         durable.wal.reserve(body_len).await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, ConnRef, ShardMsg};
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
-use crate::router::owner_of;
+use crate::router::{owner_of, ShardId};
 use crate::runtime::spawn_every;
 use crate::session::{Link, Message, OutboundLimits, Session, Will};
 
@@ -71,7 +71,7 @@ impl Broker {
         conn: &Rc<Link>,
         params: SessionParams,
     ) -> Result<ConnectOutcome, Option<ReasonCode>> {
-        let home = owner_of(params.client_id.as_str(), self.mesh.shards()).0 as usize;
+        let home = owner_of(params.client_id.as_str(), self.mesh.shards());
         let me = ConnRef {
             shard: self.id,
             token: conn.token,
@@ -131,7 +131,7 @@ impl Broker {
     /// Claims the client id at its `home` shard for connection `me` and waits for the
     /// answer: the session handed over (if any), one a takeover left in place on this
     /// shard, and a newer connection that won the id meanwhile.
-    async fn claim(&self, params: &SessionParams, me: ConnRef, home: usize) -> Claimed {
+    async fn claim(&self, params: &SessionParams, me: ConnRef, home: ShardId) -> Claimed {
         let id = self.state.open_request(1);
         let claim_key = (params.client_id.clone(), me.token);
         self.state
@@ -260,7 +260,7 @@ impl Broker {
         };
         if !self.log_will(client_id.as_str(), &record, true).await {
             tracing::warn!(
-                shard = self.id,
+                shard = self.id.index(),
                 client = client_id.as_str(),
                 "a will could not be logged: a crash would lose it"
             );
@@ -590,7 +590,7 @@ impl Broker {
         if slot.session.logged {
             self.log_session(slot.session.client_id.as_str(), &SessionRecord::End, false);
         }
-        let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards()).0 as usize;
+        let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards());
         self.post(
             home,
             ShardMsg::SessionGone {
@@ -734,7 +734,7 @@ impl Broker {
 /// The connection a logged will belongs to.
 fn will_conn(conn: ConnRef) -> WillConn {
     WillConn {
-        shard: conn.shard as u16,
+        shard: conn.shard,
         token: conn.token,
     }
 }

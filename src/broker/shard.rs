@@ -12,12 +12,13 @@ use glommio::channels::shared_channel::ConnectedReceiver;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
+use crate::router::ShardId;
 use crate::runtime::{batch_cost_bytes, Batch, Mesh, Shutdown};
 use crate::session::Link;
 
 use super::msg::ShardMsg;
 use super::quota::RetainedQuota;
-use super::{Durability, State};
+use super::{ShardLog, State};
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -26,8 +27,8 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// log of this shard, and its end of the mesh. Lives in an `Rc` on its executor; never
 /// crosses threads. The doors reach it through its methods; its state is its own.
 pub struct Broker {
-    /// This shard's id (index into `cpus`, `probes`, the mesh).
-    pub id: usize,
+    /// This shard's id (its index into `cpus`, `probes`, the mesh).
+    pub id: ShardId,
     /// The process configuration.
     pub config: Arc<Config>,
     /// This shard's end of the mesh.
@@ -44,8 +45,9 @@ pub struct Broker {
     auth: RefCell<Arc<Authenticator>>,
     /// The retained-topic limits this shard enforces as an owner.
     pub(super) quota: RetainedQuota,
-    /// This shard's WAL, set once at start after recovery.
-    pub(super) durable: OnceCell<Durability>,
+    /// This shard's log (WAL, what waits on durability, QoS 2 receive state), set once
+    /// at start after recovery.
+    pub(super) log: OnceCell<ShardLog>,
     /// The links of the connections on this shard, by token: where the acks of their
     /// publishes go.
     links: RefCell<HashMap<u64, Rc<Link>>>,
@@ -73,7 +75,7 @@ impl Broker {
 
     /// A broker with no sessions yet, on shard `id`'s end of the mesh.
     pub fn new(
-        id: usize,
+        id: ShardId,
         config: Arc<Config>,
         mesh: Rc<Mesh<ShardMsg>>,
         probes: Probes,
@@ -83,14 +85,14 @@ impl Broker {
         Rc::new(Broker {
             id,
             config,
-            probe: Arc::clone(&probes[id]),
+            probe: Arc::clone(&probes[id.index()]),
             probes,
             mesh,
             shutdown: Shutdown::default(),
             state: State::new(),
             auth: RefCell::new(auth),
             quota: RetainedQuota::default(),
-            durable: OnceCell::new(),
+            log: OnceCell::new(),
             links: RefCell::new(HashMap::new()),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
@@ -114,15 +116,19 @@ impl Broker {
 
     /// Whether this shard's WAL is open (always, once serving).
     pub fn is_durable(&self) -> bool {
-        self.durable.get().is_some()
+        self.log.get().is_some()
     }
 
     /// Runs one receiving task per peer, dispatching each batch message by message.
+    ///
+    /// The runtime's mesh knows its peers by index; this is where the broker names the
+    /// sender with its [`ShardId`] (and [`Broker::post`] where it gives an index back).
     pub fn spawn_receivers(
         self: &Rc<Self>,
         inbound: Vec<(usize, ConnectedReceiver<Batch<ShardMsg>>)>,
     ) {
-        for (from, rx) in inbound {
+        for (peer, rx) in inbound {
+            let from = ShardId::from_index(peer);
             let shard = Rc::clone(self);
             glommio::spawn_local(async move {
                 while let Some(batch) = rx.recv().await {
@@ -135,7 +141,7 @@ impl Broker {
                     for msg in batch {
                         shard.handle(from, msg).await;
                     }
-                    shard.mesh.handled(from, bytes);
+                    shard.mesh.handled(peer, bytes);
                     // While batches keep arriving every await above is ready at once and
                     // this task never hands the CPU back: the shard would stop reaping
                     // socket readiness (and serving its other connections) for as long as
@@ -148,12 +154,12 @@ impl Broker {
     }
 
     /// Handles one message from shard `from` (possibly this shard, via the loopback).
-    pub(crate) async fn handle(self: &Rc<Self>, from: usize, msg: ShardMsg) {
+    pub(crate) async fn handle(self: &Rc<Self>, from: ShardId, msg: ShardMsg) {
         match msg {
-            ShardMsg::Ping { seq } => self.mesh.push(from, ShardMsg::Pong { seq }),
+            ShardMsg::Ping { seq } => self.mesh.push(from.index(), ShardMsg::Pong { seq }),
             ShardMsg::Pong { seq } => {
                 let mut pongs = self.pongs.borrow_mut();
-                pongs[from] = pongs[from].max(seq);
+                pongs[from.index()] = pongs[from.index()].max(seq);
             }
             other => self.handle_broker(from, other).await,
         }
@@ -164,13 +170,14 @@ impl Broker {
     pub async fn check_health(&self) -> Result<(), String> {
         let seq = self.health_seq.get() + 1;
         self.health_seq.set(seq);
-        for peer in (0..self.mesh.shards()).filter(|&p| p != self.id) {
-            self.mesh.push(peer, ShardMsg::Ping { seq });
+        for peer in self.all_shards().filter(|&p| p != self.id) {
+            self.mesh.push(peer.index(), ShardMsg::Ping { seq });
         }
         let started = Instant::now();
         loop {
-            let silent: Vec<usize> = (0..self.mesh.shards())
-                .filter(|&p| p != self.id && self.pongs.borrow()[p] < seq)
+            let silent: Vec<ShardId> = self
+                .all_shards()
+                .filter(|&p| p != self.id && self.pongs.borrow()[p.index()] < seq)
                 .collect();
             if silent.is_empty() {
                 return Ok(());

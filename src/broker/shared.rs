@@ -89,12 +89,13 @@ use std::time::Instant;
 use crate::broker::{Broker, ShardMsg};
 use crate::metrics::Limit;
 use crate::mqtt::{ByteStr, QoS};
+use crate::router::ShardId;
 use crate::session::{Admit, CatchUp, Delivery, Enqueued, LogPos, Message, ReplayCursor};
 use crate::session::{Had, Session, SubOptions};
 
 use super::catchup::CATCH_UP_MESSAGES_MAX;
 use super::persist::{records, ReplayWant};
-use super::{GroupKey, SessionKey, SessionSlot};
+use super::{GroupKey, InterestKey, SessionKey, SessionSlot};
 
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
 pub(crate) const SHARED_HOPS_MAX: u8 = 2;
@@ -171,7 +172,7 @@ impl GroupBacklog {
             .iter()
             .filter_map(|m| m.log.map(|p| (p.shard, p.offset)));
         for (owner, offset) in queued.chain(self.replay.gaps()) {
-            if let Some(low) = lowest.get_mut(usize::from(owner)) {
+            if let Some(low) = lowest.get_mut(owner.index()) {
                 *low = Some(low.map_or(offset, |l: u64| l.min(offset)));
             }
         }
@@ -263,7 +264,7 @@ impl Broker {
             first_hand: hops == 0 && leaving.is_none(),
             has_members: leaving_stays || !members.is_empty(),
         };
-        let key = (group, filter);
+        let key = GroupKey { group, filter };
         self.place_shared(&key, msg, place, &members, now);
         self.state.shared_scratch.replace(members);
     }
@@ -322,7 +323,7 @@ impl Broker {
                     Some(pos) => slot.session.replay.note(pos),
                     None => slot.session.replay.touch(),
                 }
-                self.offer(slot, shared_delivery(&key.0, &opts, msg), now);
+                self.offer(slot, shared_delivery(&key.group, &opts, msg), now);
                 return;
             }
         }
@@ -443,7 +444,10 @@ impl Broker {
                     }
                 }
                 let qos = msg.qos;
-                match s.outbound.enqueue(shared_delivery(&key.0, opts, msg), true) {
+                match s
+                    .outbound
+                    .enqueue(shared_delivery(&key.group, opts, msg), true)
+                {
                     Enqueued::Queued => queued = true,
                     Enqueued::DroppedQos0 | Enqueued::DroppedFull => {
                         self.probe.messages_dropped_by_qos[qos as usize].inc()
@@ -467,20 +471,20 @@ impl Broker {
         } in self.take_catch_ups(&mut b.replay)
         {
             let ask = ShardMsg::SharedCatchUp {
-                group: Arc::clone(&key.0),
-                filter: Arc::clone(&key.1),
+                group: Arc::clone(&key.group),
+                filter: Arc::clone(&key.filter),
                 from,
                 messages_max: room.min(CATCH_UP_MESSAGES_MAX),
                 request,
             };
-            self.post(usize::from(shard), ask);
+            self.post(shard, ask);
         }
     }
 
     /// Owner: reads a group's records from the durable part of this shard's log.
     pub(crate) fn on_shared_catch_up(
         self: &Rc<Self>,
-        to: usize,
+        to: ShardId,
         key: GroupKey,
         from: u64,
         messages_max: usize,
@@ -491,16 +495,20 @@ impl Broker {
             let want = ReplayWant {
                 // A plain `publish` by the filter; a `publish_for` (a layout change's
                 // copy) where it names the group, as one of its members wanted it.
-                client_id: records::group_recipient(&format!("$share/{}/{}", key.0, key.1)).into(),
+                client_id: records::group_recipient(&format!(
+                    "$share/{}/{}",
+                    key.group, key.filter
+                ))
+                .into(),
                 from,
-                filters: vec![(key.1.to_string(), 0)],
+                filters: vec![(key.filter.to_string(), 0)],
                 messages_max,
                 exact: Vec::new(),
             };
             let Some((_, scan)) = shard.read_durable(want).await else {
                 return;
             };
-            let (group, filter) = key;
+            let GroupKey { group, filter } = key;
             let reply = ShardMsg::SharedCatchUpReply {
                 group,
                 filter,
@@ -517,7 +525,7 @@ impl Broker {
     /// The group's shard: keeps what a catch-up read brought and offers it to members.
     pub(crate) fn on_shared_caught_up(
         &self,
-        owner: usize,
+        owner: ShardId,
         key: GroupKey,
         request: u64,
         found: Vec<Arc<Message>>,
@@ -529,7 +537,6 @@ impl Broker {
             let Some(b) = backlogs.get_mut(&key) else {
                 return;
             };
-            let owner = owner as u16;
             if !b.replay.is_current(owner, request) {
                 return;
             }
@@ -561,7 +568,7 @@ impl Broker {
 
     /// Another shard's last member of the group left with messages still in `owner`'s
     /// log: read them here.
-    pub(crate) fn on_shared_gap(&self, key: GroupKey, topic: ByteStr, owner: u16, from: u64) {
+    pub(crate) fn on_shared_gap(&self, key: GroupKey, topic: ByteStr, owner: ShardId, from: u64) {
         let mut backlogs = self.state.shared_backlogs.borrow_mut();
         let b = backlogs
             .entry(key.clone())
@@ -612,18 +619,17 @@ impl Broker {
             if !s.subscriptions.contains_key(&b.member_filter) {
                 continue;
             }
-            let interest = (Some(Arc::clone(&key.0)), Arc::clone(&key.1));
+            let interest = InterestKey {
+                group: Some(Arc::clone(&key.group)),
+                filter: Arc::clone(&key.filter),
+            };
             if counts.get(&interest).copied().unwrap_or(0) > 1 {
                 continue;
             }
-            for (owner, offset) in b
-                .lowest_by_owner(self.mesh.shards())
-                .into_iter()
-                .enumerate()
-            {
+            for (owner, offset) in self.all_shards().zip(b.lowest_by_owner(self.mesh.shards())) {
                 if let Some(offset) = offset {
                     s.replay.overflowed(LogPos {
-                        shard: owner as u16,
+                        shard: owner,
                         offset,
                         floor: offset,
                     });
@@ -642,11 +648,10 @@ impl Broker {
         // The gaps and messages go back to their owners, which give them to another
         // shard of the group (see "Crash safety" in the module doc).
         for (owner, from) in b.replay.gaps().collect::<Vec<_>>() {
-            let owner = usize::from(owner);
             if owner == self.id {
                 self.give_gap(self.id, key.clone(), b.topic.clone(), from);
             } else {
-                let (group, filter) = key.clone();
+                let GroupKey { group, filter } = key.clone();
                 let back = ShardMsg::SharedGapReturn {
                     group,
                     filter,
@@ -664,7 +669,7 @@ impl Broker {
 
     /// Another shard holding members of the group, if any (`topic` is one its filter
     /// matches).
-    fn other_group_shard(&self, key: &GroupKey, topic: &str) -> Option<usize> {
+    fn other_group_shard(&self, key: &GroupKey, topic: &str) -> Option<ShardId> {
         self.group_shard_besides(key, topic, self.id, false)
     }
 
@@ -674,16 +679,16 @@ impl Broker {
         &self,
         key: &GroupKey,
         topic: &str,
-        besides: usize,
+        besides: ShardId,
         or_besides: bool,
-    ) -> Option<usize> {
+    ) -> Option<ShardId> {
         let mut route = self.state.route.borrow_mut();
         self.state.interest.borrow().route(topic, &mut route);
         let shards = route
             .groups
             .iter()
-            .filter(|g| *g.group == *key.0 && *g.filter == *key.1)
-            .flat_map(|g| g.shards.iter().map(|s| s.0 as usize));
+            .filter(|g| *g.group == *key.group && *g.filter == *key.filter)
+            .flat_map(|g| g.shards.iter());
         let mut holds_besides = false;
         for shard in shards {
             if shard != besides {
@@ -699,13 +704,13 @@ impl Broker {
     /// tracks (see "Crash safety" in the module doc).
     fn hand_on_shared(&self, key: &GroupKey, msg: Arc<Message>, hops: u8) {
         if let Some(pos) = msg.log {
-            let owner = usize::from(pos.shard);
+            let owner = pos.shard;
             if owner == self.id {
                 self.resend_shared(self.id, key.clone(), msg, hops);
             } else {
                 let back = ShardMsg::SharedReturn {
-                    group: Arc::clone(&key.0),
-                    filter: Arc::clone(&key.1),
+                    group: Arc::clone(&key.group),
+                    filter: Arc::clone(&key.filter),
                     msg,
                     hops,
                 };
@@ -717,8 +722,8 @@ impl Broker {
             Some(next) => self.post(
                 next,
                 ShardMsg::DeliverShared {
-                    group: Arc::clone(&key.0),
-                    filter: Arc::clone(&key.1),
+                    group: Arc::clone(&key.group),
+                    filter: Arc::clone(&key.filter),
                     msg,
                     hops: hops + 1,
                 },
@@ -757,9 +762,9 @@ impl Broker {
     pub(crate) fn backlog_holds(&self) -> BacklogHolds {
         let mut holds = self.local_holds();
         let shards = self.mesh.shards();
-        let at = |owner: usize, floor: u64| {
-            let mut lowest = vec![None; shards.max(owner + 1)];
-            lowest[owner] = Some(floor);
+        let at = |owner: ShardId, floor: u64| {
+            let mut lowest = vec![None; shards.max(owner.index() + 1)];
+            lowest[owner.index()] = Some(floor);
             lowest
         };
         for (key, g) in self.state.shared_sent.borrow().groups.iter() {
@@ -798,11 +803,11 @@ impl Broker {
     /// when it is of this shard's log. The caller awaits nothing between choosing to send
     /// and this call, so the tracked sends on a link are counted in the order the target
     /// receives them.
-    pub(crate) fn send_shared(&self, target: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
-        if let Some(pos) = msg.log.filter(|p| usize::from(p.shard) == self.id) {
+    pub(crate) fn send_shared(&self, target: ShardId, key: GroupKey, msg: Arc<Message>, hops: u8) {
+        if let Some(pos) = msg.log.filter(|p| p.shard == self.id) {
             self.track_shared(target, &key, pos.offset);
         }
-        let (group, filter) = key;
+        let GroupKey { group, filter } = key;
         let deliver = ShardMsg::DeliverShared {
             group,
             filter,
@@ -815,7 +820,7 @@ impl Broker {
     /// Owner: a shared delivery of `offset` (or a gap from it) goes to `target`. It is
     /// unconfirmed until `target` reports having received it; if it lowers the group's
     /// floor, every other shard learns so before any later message of this one.
-    fn track_shared(&self, target: usize, key: &GroupKey, offset: u64) {
+    fn track_shared(&self, target: ShardId, key: &GroupKey, offset: u64) {
         let shards = self.mesh.shards();
         let fell = {
             let mut sent = self.state.shared_sent.borrow_mut();
@@ -823,8 +828,8 @@ impl Broker {
             if sent.sent.len() < shards {
                 sent.sent.resize(shards, 0);
             }
-            sent.sent[target] += 1;
-            let seq = sent.sent[target];
+            sent.sent[target.index()] += 1;
+            let seq = sent.sent[target.index()];
             let g = match sent.groups.get_mut(key) {
                 Some(g) => g,
                 None => sent
@@ -832,7 +837,7 @@ impl Broker {
                     .entry(key.clone())
                     .or_insert_with(|| GroupSent::new(shards)),
             };
-            g.unconfirmed[target].push_back((seq, offset));
+            g.unconfirmed[target.index()].push_back((seq, offset));
             let fell = offset < g.posted;
             if fell {
                 g.posted = offset;
@@ -859,11 +864,12 @@ impl Broker {
 
     /// Counts a shared delivery of `owner`'s log that `owner` itself sent here (the only
     /// ones it tracks): the next report to it confirms them.
-    pub(crate) fn count_shared_received(&self, from: usize, owner: Option<u16>) {
-        if owner.map(usize::from) != Some(from) {
+    pub(crate) fn count_shared_received(&self, from: ShardId, owner: Option<ShardId>) {
+        if owner != Some(from) {
             return;
         }
         let mut r = self.state.shared_received.borrow_mut();
+        let from = from.index();
         if r.received.len() <= from {
             r.received.resize(from + 1, 0);
         }
@@ -884,10 +890,10 @@ impl Broker {
         if r.reported.len() < shards {
             r.reported.resize(shards, (0, false));
         }
-        for owner in 0..shards {
+        for owner in ShardId::all(shards) {
             let mut holds: Vec<(String, u64)> = Vec::new();
             for (filter, lowest) in local {
-                let Some(Some(low)) = lowest.get(owner) else {
+                let Some(Some(low)) = lowest.get(owner.index()) else {
                     continue;
                 };
                 match holds.iter_mut().find(|(f, _)| f == filter) {
@@ -895,19 +901,19 @@ impl Broker {
                     None => holds.push((filter.clone(), *low)),
                 }
             }
-            let received = r.received[owner];
-            let (last_received, last_held) = r.reported[owner];
+            let received = r.received[owner.index()];
+            let (last_received, last_held) = r.reported[owner.index()];
             if received == last_received && holds.is_empty() && !last_held {
                 continue;
             }
-            r.reported[owner] = (received, !holds.is_empty());
+            r.reported[owner.index()] = (received, !holds.is_empty());
             self.post(owner, ShardMsg::SharedHolds { received, holds });
         }
     }
 
     /// Owner: a shard's report (see `report_holds`) confirms the shared deliveries it
     /// received and replaces what it held; the group floors that changed go out.
-    pub(crate) fn on_shared_holds(&self, from: usize, received: u64, holds: Vec<(String, u64)>) {
+    pub(crate) fn on_shared_holds(&self, from: ShardId, received: u64, holds: Vec<(String, u64)>) {
         let shards = self.mesh.shards();
         let mut changed = Vec::new();
         {
@@ -920,15 +926,15 @@ impl Broker {
                 }
             }
             sent.groups.retain(|key, g| {
-                if let Some(unconfirmed) = g.unconfirmed.get_mut(from) {
+                if let Some(unconfirmed) = g.unconfirmed.get_mut(from.index()) {
                     while unconfirmed.front().is_some_and(|&(seq, _)| seq <= received) {
                         unconfirmed.pop_front();
                     }
                 }
-                if g.reported.len() <= from {
-                    g.reported.resize(from + 1, None);
+                if g.reported.len() <= from.index() {
+                    g.reported.resize(from.index() + 1, None);
                 }
-                g.reported[from] = holds
+                g.reported[from.index()] = holds
                     .iter()
                     .filter(|(f, _)| is_member_filter(f, key))
                     .map(|&(_, low)| low)
@@ -948,7 +954,7 @@ impl Broker {
     }
 
     /// An owner's group floors (see `post_floors`), applied at the next cursor flush.
-    pub(crate) fn on_shared_floor(&self, owner: usize, floors: Vec<(String, u64)>) {
+    pub(crate) fn on_shared_floor(&self, owner: ShardId, floors: Vec<(String, u64)>) {
         let mut all = self.state.group_floors.borrow_mut();
         let seen = all.entry(owner).or_default();
         let mut changed = self.state.floors_changed.borrow_mut();
@@ -964,7 +970,13 @@ impl Broker {
 
     /// Owner: a shard gave back a logged delivery it could not keep (`hand_on_shared`):
     /// it goes to another shard of the group than that one, as a fresh tracked send.
-    pub(crate) fn on_shared_return(&self, from: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
+    pub(crate) fn on_shared_return(
+        &self,
+        from: ShardId,
+        key: GroupKey,
+        msg: Arc<Message>,
+        hops: u8,
+    ) {
         self.resend_shared(from, key, msg, hops);
     }
 
@@ -975,7 +987,7 @@ impl Broker {
     /// closes every connection at once). The members `from` still has (a persistent one
     /// offline is still a member, MQTT 5 §4.8.2) then keep it: it comes back handed on,
     /// so `from` does not look further (see `place_shared`).
-    fn resend_shared(&self, from: usize, key: GroupKey, msg: Arc<Message>, hops: u8) {
+    fn resend_shared(&self, from: ShardId, key: GroupKey, msg: Arc<Message>, hops: u8) {
         match self.group_shard_besides(&key, msg.topic.as_str(), from, true) {
             Some(next) => self.send_shared(next, key, msg, hops + 1),
             None => self.probe.messages_dropped_by_qos[msg.qos as usize].inc(),
@@ -986,7 +998,7 @@ impl Broker {
     /// `offset` on still in this shard's log (`release_group`).
     pub(crate) fn on_shared_gap_return(
         &self,
-        from: usize,
+        from: ShardId,
         key: GroupKey,
         topic: ByteStr,
         offset: u64,
@@ -996,23 +1008,23 @@ impl Broker {
 
     /// Owner: another shard of the group than `from` reads the group's messages from
     /// `offset` on (tracked like a shared delivery of `offset`).
-    fn give_gap(&self, from: usize, key: GroupKey, topic: ByteStr, offset: u64) {
+    fn give_gap(&self, from: ShardId, key: GroupKey, topic: ByteStr, offset: u64) {
         match self.group_shard_besides(&key, topic.as_str(), from, false) {
             Some(to) => {
                 self.track_shared(to, &key, offset);
-                let (group, filter) = key;
+                let GroupKey { group, filter } = key;
                 let gap = ShardMsg::SharedGap {
                     group,
                     filter,
                     topic,
-                    owner: self.id as u16,
+                    owner: self.id,
                     from: offset,
                 };
                 self.post(to, gap);
             }
             None => tracing::warn!(
-                group = &*key.0,
-                owner = self.id,
+                group = &*key.group,
+                owner = self.id.index(),
                 from = offset,
                 "a shared group's last member left with messages still in the log"
             ),
@@ -1137,22 +1149,25 @@ pub(crate) struct ReceivedShared {
 
 /// `$share/<group>/<filter>`: a member's subscription key.
 fn member_filter(key: &GroupKey) -> String {
-    format!("$share/{}/{}", key.0, key.1)
+    format!("$share/{}/{}", key.group, key.filter)
 }
 
 /// Whether `member_filter` is the subscription key of the group `key`.
 fn is_member_filter(member_filter: &str, key: &GroupKey) -> bool {
     member_filter
         .strip_prefix("$share/")
-        .and_then(|rest| rest.strip_prefix(&*key.0))
+        .and_then(|rest| rest.strip_prefix(&*key.group))
         .and_then(|rest| rest.strip_prefix('/'))
-        == Some(&*key.1)
+        == Some(&*key.filter)
 }
 
 /// The group a member's subscription key names.
 fn group_key(member_filter: &str) -> Option<GroupKey> {
     let (group, filter) = member_filter.strip_prefix("$share/")?.split_once('/')?;
-    Some((Arc::from(group), Arc::from(filter)))
+    Some(GroupKey {
+        group: Arc::from(group),
+        filter: Arc::from(filter),
+    })
 }
 
 /// Per group (by name), the lowest log offset per owner shard that a member on this
@@ -1171,7 +1186,7 @@ pub(crate) fn member_holds<'a>(sessions: impl Iterator<Item = &'a Session>) -> M
                 Some(l) => l,
                 None => holds.entry(Arc::clone(group)).or_default(),
             };
-            let owner = usize::from(pos.shard);
+            let owner = pos.shard.index();
             if lowest.len() <= owner {
                 lowest.resize(owner + 1, u64::MAX);
             }
@@ -1183,7 +1198,7 @@ pub(crate) fn member_holds<'a>(sessions: impl Iterator<Item = &'a Session>) -> M
 
 /// Lowers `cursors` to what the other members of the session's groups hold (see
 /// [`MemberHolds`]): the bound below which its QoS 2 releases can go.
-pub(crate) fn lower_by_members(holds: &MemberHolds, s: &Session, cursors: &mut [(u16, u64)]) {
+pub(crate) fn lower_by_members(holds: &MemberHolds, s: &Session, cursors: &mut [(ShardId, u64)]) {
     if holds.is_empty() {
         return;
     }
@@ -1196,7 +1211,7 @@ pub(crate) fn lower_by_members(holds: &MemberHolds, s: &Session, cursors: &mut [
             continue;
         };
         for (owner, cursor) in cursors.iter_mut() {
-            if let Some(low) = lowest.get(usize::from(*owner)) {
+            if let Some(low) = lowest.get(owner.index()) {
                 *cursor = (*cursor).min(*low);
             }
         }
@@ -1205,13 +1220,13 @@ pub(crate) fn lower_by_members(holds: &MemberHolds, s: &Session, cursors: &mut [
 
 /// Before logging a session's cursors: every group backlog the session is a member of
 /// holds them down to what it has yet to deliver.
-pub(crate) fn lower_by_groups(holds: &BacklogHolds, s: &Session, cursors: &mut [(u16, u64)]) {
+pub(crate) fn lower_by_groups(holds: &BacklogHolds, s: &Session, cursors: &mut [(ShardId, u64)]) {
     for (member_filter, lowest) in holds {
         if !s.subscriptions.contains_key(member_filter) {
             continue;
         }
         for (owner, cursor) in cursors.iter_mut() {
-            if let Some(Some(low)) = lowest.get(usize::from(*owner)) {
+            if let Some(Some(low)) = lowest.get(owner.index()) {
                 *cursor = (*cursor).min(*low);
             }
         }

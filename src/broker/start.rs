@@ -14,11 +14,12 @@ use std::time::Duration;
 use glommio::channels::shared_channel::ConnectedReceiver;
 
 use crate::config::Config;
+use crate::router::ShardId;
 use crate::runtime::{Batch, SHARD_LOG};
 use crate::storage::{Wal, WalConfig};
 
 use super::persist::migrate::MigrationConfig;
-use super::{ArmedWills, Broker, Durability, Recovered, RecoveredSession, ShardMsg};
+use super::{ArmedWills, Broker, Recovered, RecoveredSession, ShardLog, ShardMsg};
 
 /// A shard's WAL, opened and read, before the shard joins the mesh.
 pub struct Recovery {
@@ -28,7 +29,7 @@ pub struct Recovery {
 
 impl Recovery {
     /// Opens (and recovers) shard `id`'s WAL in `data_dir/shard-<id>`.
-    pub async fn open(id: usize, config: &Config) -> Result<Recovery, String> {
+    pub async fn open(id: ShardId, config: &Config) -> Result<Recovery, String> {
         let (wal, recovered) = open_wal(id, config).await?;
         Ok(Recovery { wal, recovered })
     }
@@ -65,7 +66,7 @@ impl Broker {
         self.shadow_session_records(&recovered.sessions);
         // The WAL is in place before any peer's request (a replay) can arrive.
         let received = std::mem::take(&mut recovered.received);
-        let _ = self.durable.set(Durability::with_received(
+        let _ = self.log.set(ShardLog::with_received(
             wal,
             received,
             self.config.qos2_ids_per_shard_max,
@@ -76,15 +77,15 @@ impl Broker {
         let (sessions, armed_wills) = install_recovered(self, recovered);
         let restored = sessions.len();
         let due_wills = self.restore_sessions(sessions, armed_wills).await;
-        tracing::debug!(target: SHARD_LOG, shard = self.id, "sessions restored; waiting for every shard");
+        tracing::debug!(target: SHARD_LOG, shard = self.id.index(), "sessions restored; waiting for every shard");
         // No shard serves before every shard has rebuilt its sessions and replayed their
         // messages: a live publish can then never overtake a replay.
         self.recovered_barrier().await;
-        tracing::debug!(target: SHARD_LOG, shard = self.id, "every shard recovered");
+        tracing::debug!(target: SHARD_LOG, shard = self.id.index(), "every shard recovered");
         if restored > 0 {
             tracing::info!(
                 target: SHARD_LOG,
-                shard = self.id,
+                shard = self.id.index(),
                 sessions = restored,
                 "persistent sessions restored"
             );
@@ -105,9 +106,9 @@ impl Broker {
     /// this shard's end of the mesh.
     pub async fn stop(self: &Rc<Self>, flush: Duration) {
         self.flush_cursors_for_stop(flush).await;
-        if let Some(durable) = self.durable.get() {
+        if let Some(durable) = self.log.get() {
             if let Err(e) = durable.wal.sync_all().await {
-                tracing::error!(target: SHARD_LOG, shard = self.id, error = %e, "final WAL sync failed");
+                tracing::error!(target: SHARD_LOG, shard = self.id.index(), error = %e, "final WAL sync failed");
             }
         }
         self.mesh.close();
@@ -115,12 +116,12 @@ impl Broker {
 }
 
 /// Opens (and recovers) this shard's WAL in `data_dir/shard-<id>`.
-async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String> {
+async fn open_wal(id: ShardId, config: &Config) -> Result<(Wal, Recovered), String> {
     let dir = config.data_dir.join(format!("shard-{id}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let wal_config = wal_config(config, dir.clone())?;
     let mut recovered = Recovered {
-        shard: id as u16,
+        shard: id,
         ..Recovered::default()
     };
     let (wal, report) = Wal::open(wal_config, |record| recovered.visit(record))
@@ -128,18 +129,18 @@ async fn open_wal(id: usize, config: &Config) -> Result<(Wal, Recovered), String
         .map_err(|e| format!("opening the WAL in {}: {e}", dir.display()))?;
     if recovered.damaged > 0 {
         tracing::error!(
-            shard = id,
+            shard = id.index(),
             records = recovered.damaged,
             "WAL session records with a valid CRC did not decode; they were skipped"
         );
     }
     if report.torn_records > 0 {
-        tracing::warn!(shard = id, torn_records = report.torn_records, torn_bytes = report.torn_bytes,
+        tracing::warn!(shard = id.index(), torn_records = report.torn_records, torn_bytes = report.torn_bytes,
             reason = ?report.torn_reason, "WAL had a torn tail (cut at the last intact record)");
     }
     tracing::info!(
         target: SHARD_LOG,
-        shard = id,
+        shard = id.index(),
         records = report.records,
         segments = report.segments,
         publishes = recovered.publishes,
@@ -205,7 +206,7 @@ fn install_recovered(
         let limit = crate::metrics::Limit::RetainedBytesMax;
         shard.probe.hits(limit, over_bytes);
         tracing::warn!(
-            shard = shard.id,
+            shard = shard.id.index(),
             dropped = over_bytes,
             bytes_share,
             "more retained bytes in the WAL than retained_bytes_max allows; some not restored"
@@ -216,7 +217,7 @@ fn install_recovered(
             .probe
             .hits(crate::metrics::Limit::RetainedMessagesMax, over_share);
         tracing::warn!(
-            shard = shard.id,
+            shard = shard.id.index(),
             dropped = over_share,
             share,
             "more retained topics in the WAL than retained_messages_max allows; some not restored"

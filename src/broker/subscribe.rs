@@ -24,7 +24,7 @@ use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{Delivery, SubOptions};
 
 use super::persist::records::SessionRecord;
-use super::{MemberKey, Reply, SessionKey};
+use super::{GroupKey, InterestKey, MemberKey, Reply, SessionKey};
 
 impl Broker {
     pub(crate) fn topic_limits(&self) -> TopicLimits {
@@ -59,7 +59,12 @@ impl Broker {
         }
         let first = {
             let mut counts = self.state.interest_counts.borrow_mut();
-            let count = counts.entry((group.clone(), filter.clone())).or_insert(0);
+            let count = counts
+                .entry(InterestKey {
+                    group: group.clone(),
+                    filter: filter.clone(),
+                })
+                .or_insert(0);
             *count += 1;
             *count == 1
         };
@@ -70,7 +75,7 @@ impl Broker {
         self.state
             .interest
             .borrow_mut()
-            .add(&filter, group.as_deref(), ShardId(self.id as u16));
+            .add(&filter, group.as_deref(), self.id);
         let peers = self.mesh.shards() - 1;
         if peers == 0 {
             return None;
@@ -141,7 +146,10 @@ impl Broker {
         self.probe.subscriptions_current.add(-1);
         let last = {
             let mut counts = self.state.interest_counts.borrow_mut();
-            let k = (group.clone(), filter.clone());
+            let k = InterestKey {
+                group: group.clone(),
+                filter: filter.clone(),
+            };
             let count = counts
                 .get_mut(&k)
                 .expect("indexed subscriptions are counted");
@@ -154,11 +162,10 @@ impl Broker {
             }
         };
         if last {
-            self.state.interest.borrow_mut().remove(
-                &filter,
-                group.as_deref(),
-                ShardId(self.id as u16),
-            );
+            self.state
+                .interest
+                .borrow_mut()
+                .remove(&filter, group.as_deref(), self.id);
             for peer in self.all_shards().filter(|&p| p != self.id) {
                 self.post(
                     peer,
@@ -169,7 +176,7 @@ impl Broker {
                 );
             }
             if let Some(group) = group {
-                self.release_group((group, filter));
+                self.release_group(GroupKey { group, filter });
             }
         }
     }
@@ -257,7 +264,7 @@ impl Broker {
 
     /// The offset this shard's next log record gets (0 without a log).
     pub(crate) fn log_end(&self) -> u64 {
-        self.durable.get().map_or(0, |d| d.wal.next_offset().0)
+        self.log.get().map_or(0, |d| d.wal.next_offset().0)
     }
 
     /// Asks every owner where its log ends, for subscriptions that begin now: this
@@ -283,11 +290,11 @@ impl Broker {
     /// The answers to [`Broker::ask_log_ends`], per owner shard.
     async fn log_ends(&self, (local, id): (u64, Option<u64>)) -> Vec<u64> {
         let mut ends = vec![0; self.mesh.shards()];
-        ends[self.id] = local;
+        ends[self.id.index()] = local;
         if let Some(id) = id {
             for reply in self.state.replies(id).await {
                 if let Reply::LogEnd { shard, end } = reply {
-                    ends[shard] = end;
+                    ends[shard.index()] = end;
                 }
             }
         }
@@ -313,10 +320,10 @@ impl Broker {
             return;
         }
         let plain = parsed.filter;
-        let targets: Vec<usize> = if plain.contains(['+', '#']) {
+        let targets: Vec<ShardId> = if plain.contains(['+', '#']) {
             self.all_shards().collect()
         } else {
-            vec![owner_of(plain, self.mesh.shards()).0 as usize]
+            vec![owner_of(plain, self.mesh.shards())]
         };
         let id = self.state.open_request(targets.len());
         let filter_arc: Arc<str> = Arc::from(plain);

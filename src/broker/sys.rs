@@ -102,7 +102,7 @@ impl Broker {
     /// at once and then every interval, each only when it changed.
     pub(crate) fn spawn_sys(self: &Rc<Self>) {
         let interval = Duration::from_secs(self.config.sys_interval_secs);
-        if interval.is_zero() || self.id != self.config.metrics_shard {
+        if interval.is_zero() || self.id.index() != self.config.metrics_shard {
             return;
         }
         let started = Instant::now();

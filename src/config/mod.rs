@@ -950,7 +950,7 @@ mod tests {
         };
         config.validate(&cpus).unwrap();
         // The highest shard a valid config can have fits the router's shard sets.
-        let last = crate::router::ShardId((config.shards - 1) as u16);
+        let last = crate::router::ShardId::from_index(config.shards - 1);
         let mut set = crate::router::ShardSet::new();
         set.insert(last);
         assert!(set.contains(last));

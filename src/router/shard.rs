@@ -9,20 +9,61 @@ const SET_WORDS: usize = SHARDS_MAX / 64;
 const _: () = assert!(SHARDS_MAX % 64 == 0);
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize + 1);
 
-/// The index of a shard (one pinned executor), `0..shards`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The index of a shard (one pinned executor), `0..shards`: the one type of a shard id in
+/// the crate. A `u16`, as the WAL records store it (their encoding converts with
+/// [`ShardId::to_wal`] and [`ShardId::from_wal`]). The runtime knows nothing of routing and
+/// numbers its shards and mesh peers with plain `usize` indices: the server names its shard
+/// with [`ShardId::from_index`] when it starts the broker, the broker names a mesh sender
+/// the same way, and [`ShardId::index`] gives the index back for the mesh and for tables
+/// with one entry per shard.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
 pub struct ShardId(pub u16);
 
 impl ShardId {
-    /// The shard's index as a `usize`.
+    /// The shard with this index.
+    ///
+    /// # Panics
+    /// If `index` is [`SHARDS_MAX`] or more (a shard count above it is rejected at
+    /// startup).
+    pub fn from_index(index: usize) -> Self {
+        assert!(index < SHARDS_MAX, "shard {index} beyond SHARDS_MAX");
+        // index < SHARDS_MAX <= u16::MAX + 1, checked at compile time above.
+        ShardId(index as u16)
+    }
+
+    /// The shard's index as a `usize`, for tables with one entry per shard.
     pub fn index(self) -> usize {
         usize::from(self.0)
+    }
+
+    /// The shards `0..shards`, in order.
+    pub fn all(shards: usize) -> impl ExactSizeIterator<Item = ShardId> + Clone {
+        (0..shards).map(ShardId::from_index)
+    }
+
+    /// The shard id as a WAL record stores it.
+    pub fn to_wal(self) -> u16 {
+        self.0
+    }
+
+    /// The shard id a WAL record stored.
+    pub fn from_wal(raw: u16) -> Self {
+        ShardId(raw)
     }
 }
 
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// As the bare index, like the plain integers shard ids were: logs and messages that
+/// print a shard id with `{:?}` read as before.
+impl fmt::Debug for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -138,9 +179,7 @@ impl Iterator for ShardSetIter {
             if *w != 0 {
                 let bit = w.trailing_zeros() as usize;
                 *w &= *w - 1; // clear the lowest set bit
-                let index = self.word * 64 + bit;
-                // index < SHARDS_MAX <= u16::MAX + 1, checked at compile time above.
-                return Some(ShardId(index as u16));
+                return Some(ShardId::from_index(self.word * 64 + bit));
             }
             self.word += 1;
         }
@@ -173,9 +212,8 @@ pub fn owner_of(topic: &str, shards: usize) -> ShardId {
         (1..=SHARDS_MAX).contains(&shards),
         "shard count {shards} outside 1..={SHARDS_MAX}"
     );
-    let index = stable_hash(topic.as_bytes()) % shards as u64;
-    // index < shards <= SHARDS_MAX, which fits u16 (compile-time check above).
-    ShardId(index as u16)
+    // Below `shards`, so it fits a usize on every platform.
+    ShardId::from_index((stable_hash(topic.as_bytes()) % shards as u64) as usize)
 }
 
 #[cfg(test)]
@@ -202,7 +240,7 @@ mod tests {
         assert_eq!(owner_of("anything", 1), ShardId(0));
         assert_eq!(
             owner_of("foobar", 7),
-            ShardId((0x8594_4171_f739_67e8u64 % 7) as u16)
+            ShardId::from_index((0x8594_4171_f739_67e8u64 % 7) as usize)
         );
     }
 
@@ -243,6 +281,6 @@ mod tests {
     #[test]
     #[should_panic]
     fn shard_set_rejects_out_of_range() {
-        ShardSet::new().insert(ShardId(SHARDS_MAX as u16));
+        ShardSet::new().insert(ShardId(u16::try_from(SHARDS_MAX).unwrap()));
     }
 }

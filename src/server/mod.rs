@@ -24,6 +24,7 @@ use crate::broker::{self, Broker, Recovery, ShardMsg};
 use crate::config::Config;
 use crate::door::mqtt::{Door, Listening};
 use crate::metrics::{Probes, ShardProbe};
+use crate::router::ShardId;
 use crate::runtime::{
     bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, ConnectionQuota,
     Control, Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle,
@@ -225,7 +226,9 @@ async fn start_broker(id: usize, shared: &Shared) -> Result<Rc<Broker>, String> 
         cpu = unsafe { libc::sched_getcpu() },
         "shard executor running; recovering the WAL"
     );
-    let recovery = Recovery::open(id, config).await?;
+    // The runtime numbers its shards with plain indices; the broker knows them by id.
+    let shard = ShardId::from_index(id);
+    let recovery = Recovery::open(shard, config).await?;
     let _ = shared.probes[id].wal.set(recovery.wal_stats());
     tracing::debug!(target: SHARD_LOG, shard = id, "joining the mesh");
     let joined = Mesh::join(
@@ -237,7 +240,7 @@ async fn start_broker(id: usize, shared: &Shared) -> Result<Rc<Broker>, String> 
     .await
     .map_err(|e| e.to_string())?;
     let broker = Broker::new(
-        id,
+        shard,
         Arc::clone(config),
         Rc::clone(&joined.mesh),
         shared.probes.clone(),
@@ -295,7 +298,7 @@ fn spawn_control(mut control: Control, broker: &Rc<Broker>, door: &Rc<Door>, liv
         while control.next().await == Request::Reload {
             let done = reload::apply(&live.current(), &broker, &door);
             tracing::debug!(
-                shard = broker.id,
+                shard = broker.id.index(),
                 kept = done.kept,
                 closed = done.closed,
                 "reload applied"

@@ -46,6 +46,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::router::ShardId;
+
 use super::message::LogPos;
 use super::outbound::Outbound;
 
@@ -57,7 +59,7 @@ pub struct ReplayCursor {
     /// Changed since the last `take_changed`.
     dirty: bool,
     /// Open gaps by owner shard.
-    gaps: Vec<(u16, Gap)>,
+    gaps: Vec<(ShardId, Gap)>,
     /// Per owner shard: live messages in this range of offsets were read from the log by
     /// the catch-ups of a gap that closed. Only the range the reads covered: a message
     /// below it may still be on its way (a QoS 2 message is fanned out only once durable,
@@ -70,13 +72,13 @@ pub struct ReplayCursor {
     /// picks and backlog refills, catch-up reads, replay), which never sends one of them
     /// as a PUBLISH again. Pruned only below the logged cursors (`prune_released`): no
     /// read for this session reaches below them. See "QoS 2: once per session".
-    released: BTreeMap<(u16, u64), u16>,
+    released: BTreeMap<(ShardId, u64), u16>,
     /// Restored at start: QoS 2 messages that were in flight (sent, not PUBREC'd) when the
     /// broker stopped, with their packet id; a replay or catch-up read that returns one
     /// resends it under that id (`qos2_sent`).
-    sent: HashMap<(u16, u64), u16>,
+    sent: HashMap<(ShardId, u64), u16>,
     /// PUBCOMPs of logged messages not yet logged (`qos2_delivered` with id 0).
-    completed: Vec<(u16, u64)>,
+    completed: Vec<(ShardId, u64)>,
 }
 
 /// Logged messages of one owner the session must read back from the log.
@@ -108,7 +110,7 @@ pub enum Admit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatchUp {
     /// The owner shard.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Read from this offset.
     pub from: u64,
     /// The request id, echoed in the answer.
@@ -118,16 +120,17 @@ pub struct CatchUp {
 impl ReplayCursor {
     /// A delivery of a logged message arrived in the owner's send order.
     pub fn note(&mut self, pos: LogPos) {
-        self.raise(usize::from(pos.shard), pos.floor);
+        self.raise(pos.shard, pos.floor);
     }
 
     /// Everything of owner `shard` below `floor` has reached the session.
-    pub fn raise(&mut self, shard: usize, floor: u64) {
-        if self.floors.len() <= shard {
-            self.floors.resize(shard + 1, 0);
+    pub fn raise(&mut self, shard: ShardId, floor: u64) {
+        let s = shard.index();
+        if self.floors.len() <= s {
+            self.floors.resize(s + 1, 0);
         }
-        if floor > self.floors[shard] {
-            self.floors[shard] = floor;
+        if floor > self.floors[s] {
+            self.floors[s] = floor;
         }
         self.dirty = true;
     }
@@ -136,7 +139,7 @@ impl ReplayCursor {
     pub fn admit(&mut self, pos: LogPos) -> Admit {
         if self
             .accept_from
-            .get(usize::from(pos.shard))
+            .get(pos.shard.index())
             .is_some_and(|(lo, hi)| (*lo..*hi).contains(&pos.offset))
         {
             return Admit::FromLog;
@@ -182,10 +185,10 @@ impl ReplayCursor {
     /// so every owner's messages from the floor on are read from the log (deliveries the
     /// session already holds are not queued twice).
     pub fn moved(&mut self, shards: usize) {
-        for shard in 0..shards {
-            let floor = self.floors.get(shard).copied().unwrap_or(0);
+        for shard in ShardId::all(shards) {
+            let floor = self.floors.get(shard.index()).copied().unwrap_or(0);
             self.overflowed(LogPos {
-                shard: shard as u16,
+                shard,
                 offset: floor,
                 floor,
             });
@@ -198,7 +201,7 @@ impl ReplayCursor {
     }
 
     /// The open gaps: `(owner shard, lowest offset not queued)`.
-    pub fn gaps(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+    pub fn gaps(&self) -> impl Iterator<Item = (ShardId, u64)> + '_ {
         self.gaps.iter().map(|(shard, gap)| (*shard, gap.from))
     }
 
@@ -230,7 +233,7 @@ impl ReplayCursor {
     }
 
     /// Whether `request` is the read under way for `shard`.
-    pub fn is_current(&self, shard: u16, request: u64) -> bool {
+    pub fn is_current(&self, shard: ShardId, request: u64) -> bool {
         self.gaps
             .iter()
             .any(|(s, g)| *s == shard && g.request == Some(request))
@@ -239,7 +242,13 @@ impl ReplayCursor {
     /// A catch-up read of `shard` answered: it stopped at `resume` (the first matching
     /// record it did not return) or read everything up to the log's `end`; `refused` is
     /// the first returned message the queue had no room for.
-    pub fn caught_up(&mut self, shard: u16, resume: Option<u64>, end: u64, refused: Option<u64>) {
+    pub fn caught_up(
+        &mut self,
+        shard: ShardId,
+        resume: Option<u64>,
+        end: u64,
+        refused: Option<u64>,
+    ) {
         self.dirty = true;
         let Some(i) = self.gaps.iter().position(|(s, _)| *s == shard) else {
             return;
@@ -266,7 +275,7 @@ impl ReplayCursor {
         }
         let (lo, hi) = gap.read.unwrap_or((end, end));
         self.gaps.swap_remove(i);
-        let s = usize::from(shard);
+        let s = shard.index();
         if self.accept_from.len() <= s {
             self.accept_from.resize(s + 1, (0, 0));
         }
@@ -279,7 +288,7 @@ impl ReplayCursor {
         };
     }
 
-    fn gap_mut(&mut self, shard: u16) -> Option<&mut Gap> {
+    fn gap_mut(&mut self, shard: ShardId) -> Option<&mut Gap> {
         self.gaps
             .iter_mut()
             .find(|(s, _)| *s == shard)
@@ -287,7 +296,7 @@ impl ReplayCursor {
     }
 
     /// At start: the logged releases of this session at or above its cursors.
-    pub fn restore_released(&mut self, released: HashMap<(u16, u64), u16>) {
+    pub fn restore_released(&mut self, released: HashMap<(ShardId, u64), u16>) {
         self.released = released.into_iter().collect();
     }
 
@@ -323,12 +332,12 @@ impl ReplayCursor {
 
     /// Forgets the releases below `cursors` (the cursors as logged, backlog holds
     /// included): nothing below them is read for this session again.
-    pub fn prune_released(&mut self, cursors: &[(u16, u64)]) {
+    pub fn prune_released(&mut self, cursors: &[(ShardId, u64)]) {
         if self.released.is_empty() {
             return;
         }
         for &(shard, cursor) in cursors {
-            let below: Vec<(u16, u64)> = self
+            let below: Vec<(ShardId, u64)> = self
                 .released
                 .range((shard, 0)..(shard, cursor))
                 .map(|(at, _)| *at)
@@ -345,7 +354,7 @@ impl ReplayCursor {
     }
 
     /// At start: the logged in-flight QoS 2 packet ids at or above the cursors.
-    pub fn restore_sent(&mut self, sent: HashMap<(u16, u64), u16>) {
+    pub fn restore_sent(&mut self, sent: HashMap<(ShardId, u64), u16>) {
         self.sent = sent;
     }
 
@@ -378,13 +387,13 @@ impl ReplayCursor {
     }
 
     /// The completions to log now (see `completed`).
-    pub fn take_completed(&mut self) -> Vec<(u16, u64)> {
+    pub fn take_completed(&mut self) -> Vec<(ShardId, u64)> {
         std::mem::take(&mut self.completed)
     }
 
     /// Like `raise`, but marks the cursor changed only if the floor rose.
-    pub fn raise_quietly(&mut self, shard: usize, floor: u64) {
-        if self.floors.get(shard).copied().unwrap_or(0) < floor {
+    pub fn raise_quietly(&mut self, shard: ShardId, floor: u64) {
+        if self.floors.get(shard.index()).copied().unwrap_or(0) < floor {
             self.raise(shard, floor);
         }
     }
@@ -396,7 +405,7 @@ impl ReplayCursor {
 
     /// The cursors `(owner shard, offset)` if anything changed since the last call, for
     /// every owner the session has heard of (a 0 replaces an older, higher cursor).
-    pub fn take_changed(&mut self, outbound: &Outbound) -> Option<Vec<(u16, u64)>> {
+    pub fn take_changed(&mut self, outbound: &Outbound) -> Option<Vec<(ShardId, u64)>> {
         if !self.dirty {
             return None;
         }
@@ -404,13 +413,13 @@ impl ReplayCursor {
         let current = self.current(outbound);
         if !self.sent.is_empty() {
             self.sent
-                .retain(|(s, offset), _| current.get(usize::from(*s)).is_none_or(|c| offset >= c));
+                .retain(|(s, offset), _| current.get(s.index()).is_none_or(|c| offset >= c));
         }
         Some(
             current
                 .into_iter()
                 .enumerate()
-                .map(|(s, c)| (s as u16, c))
+                .map(|(s, c)| (ShardId::from_index(s), c))
                 .collect(),
         )
     }
@@ -420,7 +429,7 @@ impl ReplayCursor {
         let mut lowest = self.floors.clone();
         outbound.lowest_unfinished(&mut lowest);
         for (shard, gap) in &self.gaps {
-            let s = usize::from(*shard);
+            let s = shard.index();
             if lowest.len() <= s {
                 lowest.resize(s + 1, 0);
             }
@@ -440,7 +449,7 @@ mod tests {
     use crate::mqtt::{ByteStr, PublishProperties, QoS};
     use crate::session::{Delivery, Message, OutboundLimits};
 
-    fn delivery(shard: u16, offset: u64, floor: u64) -> Delivery {
+    fn delivery(shard: ShardId, offset: u64, floor: u64) -> Delivery {
         Delivery {
             msg: Arc::new(Message {
                 topic: ByteStr::from_static("t"),
@@ -478,24 +487,33 @@ mod tests {
         let mut out = outbound();
         assert_eq!(cursor.take_changed(&out), None, "nothing happened yet");
         for (offset, floor) in [(4, 5), (7, 8)] {
-            let d = delivery(1, offset, floor);
+            let d = delivery(ShardId(1), offset, floor);
             cursor.note(d.msg.log.unwrap());
             out.enqueue(d, false);
         }
-        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 0), (1, 4)]));
+        assert_eq!(
+            cursor.take_changed(&out),
+            Some(vec![(ShardId(0), 0), (ShardId(1), 4)])
+        );
         assert_eq!(cursor.take_changed(&out), None, "unchanged since");
         // A deferred record below arrives later: the floor (3) holds the cursor back.
-        let d = delivery(1, 9, 3);
+        let d = delivery(ShardId(1), 9, 3);
         cursor.note(d.msg.log.unwrap());
-        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 0), (1, 4)]));
+        assert_eq!(
+            cursor.take_changed(&out),
+            Some(vec![(ShardId(0), 0), (ShardId(1), 4)])
+        );
         let mut out = outbound();
-        cursor.touch();
-        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 0), (1, 8)]));
-        out.enqueue(delivery(0, 2, 3), false);
         cursor.touch();
         assert_eq!(
             cursor.take_changed(&out),
-            Some(vec![(0, 0), (1, 8)]),
+            Some(vec![(ShardId(0), 0), (ShardId(1), 8)])
+        );
+        out.enqueue(delivery(ShardId(0), 2, 3), false);
+        cursor.touch();
+        assert_eq!(
+            cursor.take_changed(&out),
+            Some(vec![(ShardId(0), 0), (ShardId(1), 8)]),
             "owner 0 never raised a floor: its cursor stays 0"
         );
     }
@@ -505,7 +523,7 @@ mod tests {
         let mut cursor = ReplayCursor::default();
         let out = outbound();
         let pos = |offset| LogPos {
-            shard: 2,
+            shard: ShardId(2),
             offset,
             floor: offset + 1,
         };
@@ -515,13 +533,13 @@ mod tests {
             cursor.note(pos(o));
             assert_eq!(cursor.admit(pos(o)), Admit::FromLog, "behind the gap");
         }
-        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 10));
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (ShardId(2), 10));
         let mut ids = 0;
         let asks = cursor.take_catch_ups(&mut ids);
         assert_eq!(
             asks,
             vec![CatchUp {
-                shard: 2,
+                shard: ShardId(2),
                 from: 10,
                 request: 1
             }]
@@ -533,12 +551,12 @@ mod tests {
         // A live message beyond what the read will see is skipped while it runs.
         cursor.note(pos(25));
         assert_eq!(cursor.admit(pos(25)), Admit::FromLog);
-        cursor.caught_up(2, None, 22, None);
+        cursor.caught_up(ShardId(2), None, 22, None);
         assert!(cursor.has_gaps(), "25 was skipped after the read started");
-        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 22));
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (ShardId(2), 22));
         let asks = cursor.take_catch_ups(&mut ids);
         assert_eq!(asks[0].from, 22);
-        cursor.caught_up(2, None, 30, None);
+        cursor.caught_up(ShardId(2), None, 30, None);
         assert!(!cursor.has_gaps());
         assert_eq!(cursor.admit(pos(29)), Admit::FromLog, "the read had it");
         assert_eq!(cursor.admit(pos(30)), Admit::Queue);
@@ -549,9 +567,9 @@ mod tests {
         );
         // The floor is what the owner said (the live deliveries' floors), not the end
         // of the read: something below it may still be on its way.
-        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 26));
-        cursor.raise(2, 30);
-        assert_eq!(cursor.take_changed(&out).unwrap()[2], (2, 30));
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (ShardId(2), 26));
+        cursor.raise(ShardId(2), 30);
+        assert_eq!(cursor.take_changed(&out).unwrap()[2], (ShardId(2), 30));
     }
 
     /// A QoS 2 message below the offset a gap opened at may be fanned out after the gap's
@@ -563,7 +581,7 @@ mod tests {
         let mut cursor = ReplayCursor::default();
         let out = outbound();
         let pos = |offset, floor| LogPos {
-            shard: 0,
+            shard: ShardId(0),
             offset,
             floor,
         };
@@ -573,9 +591,9 @@ mod tests {
         let mut ids = 0;
         let asks = cursor.take_catch_ups(&mut ids);
         assert_eq!(asks[0].from, 110);
-        cursor.caught_up(0, None, 200, None);
+        cursor.caught_up(ShardId(0), None, 200, None);
         assert!(!cursor.has_gaps());
-        assert_eq!(cursor.take_changed(&out).unwrap()[0], (0, 105));
+        assert_eq!(cursor.take_changed(&out).unwrap()[0], (ShardId(0), 105));
         assert_eq!(cursor.admit(pos(105, 105)), Admit::Queue, "never read");
         assert_eq!(
             cursor.admit(pos(150, 105)),
@@ -590,7 +608,7 @@ mod tests {
     fn a_live_delivery_a_read_already_brought_is_left_to_the_log() {
         let mut cursor = ReplayCursor::default();
         let pos = |offset| LogPos {
-            shard: 1,
+            shard: ShardId(1),
             offset,
             floor: offset + 1,
         };
@@ -599,14 +617,14 @@ mod tests {
         let ask = cursor.take_catch_ups(&mut next);
         assert_eq!(ask[0].from, 10);
         // The read brought 10..20 and stopped there (its batch was full).
-        cursor.caught_up(1, Some(20), 40, None);
+        cursor.caught_up(ShardId(1), Some(20), 40, None);
         assert_eq!(cursor.admit(pos(15)), Admit::FromLog, "read already");
         assert_eq!(cursor.admit(pos(25)), Admit::FromLog, "for the next read");
         assert_eq!(cursor.admit(pos(5)), Admit::Queue, "below what was read");
         // The next read continues from 20; a refusal at 30 keeps 20..30 read.
         let ask = cursor.take_catch_ups(&mut next);
         assert_eq!(ask[0].from, 20);
-        cursor.caught_up(1, None, 40, Some(30));
+        cursor.caught_up(ShardId(1), None, 40, Some(30));
         assert_eq!(cursor.admit(pos(12)), Admit::FromLog);
         assert_eq!(cursor.admit(pos(22)), Admit::FromLog);
         assert_eq!(cursor.admit(pos(9)), Admit::Queue);
@@ -616,16 +634,16 @@ mod tests {
     fn a_read_cut_short_or_refused_resumes_there() {
         let mut cursor = ReplayCursor::default();
         let pos = LogPos {
-            shard: 0,
+            shard: ShardId(0),
             offset: 5,
             floor: 6,
         };
         cursor.overflowed(pos);
         let mut ids = 0;
         cursor.take_catch_ups(&mut ids);
-        cursor.caught_up(0, Some(40), 100, None);
+        cursor.caught_up(ShardId(0), Some(40), 100, None);
         assert_eq!(cursor.take_catch_ups(&mut ids)[0].from, 40);
-        cursor.caught_up(0, None, 100, Some(70));
+        cursor.caught_up(ShardId(0), None, 100, Some(70));
         assert_eq!(cursor.take_catch_ups(&mut ids)[0].from, 70);
         cursor.forget_requests();
         assert_eq!(
@@ -643,31 +661,35 @@ mod tests {
             offset,
             floor: offset + 1,
         };
-        assert_eq!(cursor.released(pos(0, 5)), None);
-        assert_eq!(cursor.pubrec(pos(0, 5), 7, 3), 0);
-        assert_eq!(cursor.pubrec(pos(1, 2), 8, 3), 0);
-        assert_eq!(cursor.released(pos(0, 5)), Some(7), "awaiting PUBCOMP");
-        cursor.completed(pos(0, 5), false);
-        assert_eq!(cursor.released(pos(0, 5)), Some(0), "completed");
+        assert_eq!(cursor.released(pos(ShardId(0), 5)), None);
+        assert_eq!(cursor.pubrec(pos(ShardId(0), 5), 7, 3), 0);
+        assert_eq!(cursor.pubrec(pos(ShardId(1), 2), 8, 3), 0);
         assert_eq!(
-            cursor.released(pos(0, 5)),
+            cursor.released(pos(ShardId(0), 5)),
+            Some(7),
+            "awaiting PUBCOMP"
+        );
+        cursor.completed(pos(ShardId(0), 5), false);
+        assert_eq!(cursor.released(pos(ShardId(0), 5)), Some(0), "completed");
+        assert_eq!(
+            cursor.released(pos(ShardId(0), 5)),
             Some(0),
             "asked again: still known"
         );
         assert!(cursor.take_completed().is_empty(), "not logged");
         // Only what no read reaches any more goes.
-        cursor.prune_released(&[(0, 5), (1, 2)]);
+        cursor.prune_released(&[(ShardId(0), 5), (ShardId(1), 2)]);
         assert_eq!(cursor.released_len(), 2);
-        cursor.prune_released(&[(0, 6)]);
-        assert_eq!(cursor.released(pos(0, 5)), None);
-        assert_eq!(cursor.released(pos(1, 2)), Some(8));
+        cursor.prune_released(&[(ShardId(0), 6)]);
+        assert_eq!(cursor.released(pos(ShardId(0), 5)), None);
+        assert_eq!(cursor.released(pos(ShardId(1), 2)), Some(8));
         // Past the bound the lowest completed one goes, never one awaiting PUBCOMP.
         for (offset, pid) in [(10, 0), (11, 0)] {
-            assert_eq!(cursor.pubrec(pos(0, offset), pid, 3), 0);
+            assert_eq!(cursor.pubrec(pos(ShardId(0), offset), pid, 3), 0);
         }
-        assert_eq!(cursor.pubrec(pos(0, 12), 9, 3), 1);
-        assert_eq!(cursor.released(pos(0, 10)), None);
-        assert_eq!(cursor.released(pos(1, 2)), Some(8));
+        assert_eq!(cursor.pubrec(pos(ShardId(0), 12), 9, 3), 1);
+        assert_eq!(cursor.released(pos(ShardId(0), 10)), None);
+        assert_eq!(cursor.released(pos(ShardId(1), 2)), Some(8));
         assert_eq!(cursor.released_len(), 3);
     }
 
@@ -675,10 +697,10 @@ mod tests {
     fn retained_copies_do_not_hold_the_cursor() {
         let mut cursor = ReplayCursor::default();
         let mut out = outbound();
-        cursor.raise(0, 50);
-        let mut d = delivery(0, 10, 11);
+        cursor.raise(ShardId(0), 50);
+        let mut d = delivery(ShardId(0), 10, 11);
         d.holds_cursor = false;
         out.enqueue(d, false);
-        assert_eq!(cursor.take_changed(&out), Some(vec![(0, 50)]));
+        assert_eq!(cursor.take_changed(&out), Some(vec![(ShardId(0), 50)]));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::mqtt::{self, ByteStr, PublishProperties, QoS};
+use crate::router::ShardId;
 
 /// An application message after its owner shard accepted it. Immutable and shared by
 /// `Arc` with every shard and session that delivers it: the payload is never copied
@@ -36,7 +37,7 @@ pub struct Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogPos {
     /// The owner shard whose log holds the record.
-    pub shard: u16,
+    pub shard: ShardId,
     /// The record's offset in that log.
     pub offset: u64,
     /// Every record of the owner below this offset (other than this one) had been sent

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
+use crate::router::ShardId;
 
 pub use cursor::{Admit, CatchUp, ReplayCursor};
 pub use link::Link;
@@ -93,7 +94,7 @@ pub struct Session {
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids the owner accepted (durable), awaiting PUBREL, with the
     /// owner shard that logged each (told of the PUBREL).
-    pub awaiting_pubrel: HashMap<u16, u16>,
+    pub awaiting_pubrel: HashMap<u16, ShardId>,
     /// Where each subscription began, per owner shard: the log offset from which it
     /// wants messages (see [`subscribed_from`]). A read from the log returns only records
     /// at or past it for the subscription that matches them. A log position, not a
@@ -102,7 +103,7 @@ pub struct Session {
     /// Where a replay after a restart would start, per owner shard.
     pub replay: ReplayCursor,
     /// The shard the session was last attached on.
-    pub attached_on: Option<usize>,
+    pub attached_on: Option<ShardId>,
     /// Whether the home shard's log holds this session (it was persistent when it
     /// connected); its changes are then logged too.
     pub logged: bool,
@@ -111,8 +112,8 @@ pub struct Session {
 /// The offset of `owner`'s log from which a subscription that began at `from` (per
 /// owner shard, as in [`Session::subscribed_from`]) wants messages; 0 for an owner it
 /// has no position for.
-pub fn subscribed_from(from: &[u64], owner: u16) -> u64 {
-    from.get(usize::from(owner)).copied().unwrap_or(0)
+pub fn subscribed_from(from: &[u64], owner: ShardId) -> u64 {
+    from.get(owner.index()).copied().unwrap_or(0)
 }
 
 impl Session {

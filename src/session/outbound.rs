@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::mqtt::{self, Ack, ByteStr, Packet, PacketId, Protocol, PublishView, QoS, ReasonCode};
+use crate::router::ShardId;
 
 use super::message::{Delivery, LogPos};
 
@@ -215,7 +216,7 @@ pub struct Outbound {
     next_seq: u64,
     /// `(owner shard, offset, packet id)` of the QoS 2 deliveries that entered the sending
     /// state since the caller last drained them (reused: no allocation once warm).
-    unlogged: Vec<(u16, u64, u16)>,
+    unlogged: Vec<(ShardId, u64, u16)>,
     /// Per owner shard, one past the highest log offset that ever entered the queue or
     /// the window: a message above it is held by neither (`holds` then looks no further).
     entered_top: Vec<u64>,
@@ -228,7 +229,7 @@ pub struct Outbound {
 /// A packet id kept for a recovered exchange (see [`Outbound::reserve`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Reserved {
-    at: (u16, u64),
+    at: (ShardId, u64),
     /// PUBREC'd (awaiting PUBCOMP), else sent and not PUBREC'd.
     released: bool,
 }
@@ -259,7 +260,7 @@ impl Outbound {
     /// or sent and not PUBREC'd. No other message takes `pid` until the exchange is
     /// restored (`restore_released`, `restore_sent`); see "Recovered exchanges keep their
     /// packet ids".
-    pub fn reserve(&mut self, pid: u16, at: (u16, u64), released: bool) {
+    pub fn reserve(&mut self, pid: u16, at: (ShardId, u64), released: bool) {
         if pid != 0 {
             self.reserved.insert(pid, Reserved { at, released });
         }
@@ -267,7 +268,7 @@ impl Outbound {
 
     /// Whether `pid` may take the recovered exchange of the message at `at`: free, not
     /// reserved for another one. Ends its reservation if so.
-    fn take_reserved(&mut self, pid: u16, at: Option<(u16, u64)>) -> bool {
+    fn take_reserved(&mut self, pid: u16, at: Option<(ShardId, u64)>) -> bool {
         if pid == 0 || self.inflight.contains_key(&pid) {
             return false;
         }
@@ -314,7 +315,7 @@ impl Outbound {
             .chain(self.inflight.values().map(|e| &e.delivery));
         for d in held.filter(|d| d.holds_cursor) {
             let Some(pos) = d.msg.log else { continue };
-            if let Some(l) = lowest.get_mut(usize::from(pos.shard)) {
+            if let Some(l) = lowest.get_mut(pos.shard.index()) {
                 *l = (*l).min(pos.offset);
             }
         }
@@ -331,7 +332,7 @@ impl Outbound {
             .filter(|d| d.share_group.is_some())
             .filter_map(|d| d.msg.log)
         {
-            if let Some(l) = lowest.get_mut(usize::from(pos.shard)) {
+            if let Some(l) = lowest.get_mut(pos.shard.index()) {
                 *l = (*l).min(pos.offset);
             }
         }
@@ -344,7 +345,7 @@ impl Outbound {
     pub fn holds(&self, pos: LogPos) -> bool {
         let top = self
             .entered_top
-            .get(usize::from(pos.shard))
+            .get(pos.shard.index())
             .copied()
             .unwrap_or(0);
         pos.offset < top
@@ -359,7 +360,7 @@ impl Outbound {
     /// A delivery entered the queue or the window (see `holds`).
     fn entered(&mut self, delivery: &Delivery) {
         let Some(pos) = delivery.msg.log else { return };
-        let owner = usize::from(pos.shard);
+        let owner = pos.shard.index();
         if self.entered_top.len() <= owner {
             self.entered_top.resize(owner + 1, 0);
         }
@@ -541,7 +542,7 @@ impl Outbound {
     /// The `(owner shard, offset, packet id)` of the QoS 2 deliveries waiting in the
     /// sending state for their `qos2_sent` entry, in send order, each given out once (a
     /// reconnect gives the ones still sending again).
-    pub fn drain_unlogged(&mut self) -> std::vec::Drain<'_, (u16, u64, u16)> {
+    pub fn drain_unlogged(&mut self) -> std::vec::Drain<'_, (ShardId, u64, u16)> {
         self.unlogged.drain(..)
     }
 
@@ -553,7 +554,7 @@ impl Outbound {
     pub fn logged_sent(
         &mut self,
         pid: u16,
-        at: (u16, u64),
+        at: (ShardId, u64),
         out: Option<&mut Outlet<'_>>,
         now: Instant,
     ) -> Option<usize> {
@@ -636,7 +637,7 @@ impl Outbound {
     pub fn release(
         &mut self,
         pid: u16,
-        at: (u16, u64),
+        at: (ShardId, u64),
         out: Option<&mut Outlet<'_>>,
         now: Instant,
     ) -> bool {
@@ -699,7 +700,7 @@ impl Outbound {
     /// The logged QoS 2 messages sent (or sending) and not yet released, as `(owner
     /// shard, offset, packet id)`: logged again at a graceful stop (`qos2_sent`) so a
     /// restart resends them under the same ids.
-    pub fn inflight_qos2(&self) -> Vec<(u16, u64, u16)> {
+    pub fn inflight_qos2(&self) -> Vec<(ShardId, u64, u16)> {
         self.inflight
             .iter()
             .filter(|(_, e)| {
@@ -1217,7 +1218,7 @@ mod tests {
         let mut out = Outbound::new(limits(100, 10));
         let mut d = delivery("two", QoS::ExactlyOnce);
         let pos = LogPos {
-            shard: 1,
+            shard: ShardId(1),
             offset: 42,
             floor: 43,
         };
@@ -1244,8 +1245,8 @@ mod tests {
             buf.is_empty(),
             "a 3.1.1 resend sends no PUBLISH while releasing"
         );
-        assert!(!out.release(pid, (1, 41), Some(&mut outlet(&mut buf)), now));
-        assert!(out.release(pid, (1, 42), Some(&mut outlet(&mut buf)), now));
+        assert!(!out.release(pid, (ShardId(1), 41), Some(&mut outlet(&mut buf)), now));
+        assert!(out.release(pid, (ShardId(1), 42), Some(&mut outlet(&mut buf)), now));
         assert!(matches!(decoded(&mut buf)[..], [Packet::PubRel(_)]));
         out.on_pubcomp(pid).unwrap();
         assert_eq!(out.inflight(), 0);
@@ -1269,15 +1270,15 @@ mod tests {
         let logged = |offset: u64| {
             let mut d = delivery("two", QoS::ExactlyOnce);
             Arc::get_mut(&mut d.msg).unwrap().log = Some(LogPos {
-                shard: 0,
+                shard: ShardId(0),
                 offset,
                 floor: offset,
             });
             d
         };
         let mut out = Outbound::new(limits(100, 10));
-        out.reserve(2, (0, 10), false);
-        out.reserve(3, (0, 11), true);
+        out.reserve(2, (ShardId(0), 10), false);
+        out.reserve(3, (ShardId(0), 11), true);
         // Fresh messages skip both reserved ids.
         for _ in 0..3 {
             out.enqueue(delivery("one", QoS::AtLeastOnce), true);
@@ -1305,8 +1306,8 @@ mod tests {
         out.on_puback(5).unwrap();
         // Whatever the cursor, a reserved id stays the recovered exchange's.
         let mut out = Outbound::new(limits(100, 10));
-        out.reserve(1, (0, 10), false);
-        out.reserve(2, (0, 11), true);
+        out.reserve(1, (ShardId(0), 10), false);
+        out.reserve(2, (ShardId(0), 11), true);
         out.enqueue(delivery("one", QoS::AtLeastOnce), true);
         out.enqueue(delivery("one", QoS::AtLeastOnce), true);
         out.pump(&mut outlet(&mut buf), now);
@@ -1333,25 +1334,28 @@ mod tests {
             Arc::get_mut(&mut d.msg).unwrap().log = Some(pos);
             d
         };
-        assert!(!out.holds(at(0, 5)), "nothing entered");
-        out.enqueue(logged(at(0, 5)), true);
-        out.enqueue(logged(at(0, 7)), true);
-        assert!(out.holds(at(0, 5)) && out.holds(at(0, 7)), "queued");
+        assert!(!out.holds(at(ShardId(0), 5)), "nothing entered");
+        out.enqueue(logged(at(ShardId(0), 5)), true);
+        out.enqueue(logged(at(ShardId(0), 7)), true);
         assert!(
-            !out.holds(at(0, 6)) && !out.holds(at(0, 8)),
+            out.holds(at(ShardId(0), 5)) && out.holds(at(ShardId(0), 7)),
+            "queued"
+        );
+        assert!(
+            !out.holds(at(ShardId(0), 6)) && !out.holds(at(ShardId(0), 8)),
             "never entered"
         );
-        assert!(!out.holds(at(1, 5)), "another owner's offset");
+        assert!(!out.holds(at(ShardId(1), 5)), "another owner's offset");
         let mut buf = BytesMut::new();
         let now = Instant::now();
         out.pump(&mut outlet(&mut buf), now);
-        assert!(out.holds(at(0, 5)), "in flight");
+        assert!(out.holds(at(ShardId(0), 5)), "in flight");
         let pid = out.inflight.keys().copied().next().unwrap();
         out.on_pubrec(pid, ReasonCode::Success, false, &mut outlet(&mut buf), now)
             .unwrap();
         out.on_pubcomp(pid).unwrap();
-        assert!(!out.holds(at(0, 5)), "completed: no longer held");
-        assert!(out.holds(at(0, 7)), "still queued");
+        assert!(!out.holds(at(ShardId(0), 5)), "completed: no longer held");
+        assert!(out.holds(at(ShardId(0), 7)), "still queued");
     }
 
     #[test]
@@ -1360,7 +1364,7 @@ mod tests {
         let logged = |topic, offset| {
             let mut d = delivery(topic, QoS::ExactlyOnce);
             Arc::get_mut(&mut d.msg).unwrap().log = Some(LogPos {
-                shard: 1,
+                shard: ShardId(1),
                 offset,
                 floor: offset,
             });
@@ -1378,7 +1382,7 @@ mod tests {
             "only QoS 1 goes out before the ids are logged: {sent:?}"
         );
         assert_eq!(out.inflight(), 3, "the QoS 2 ones hold their window slots");
-        let ids: Vec<(u16, u64, u16)> = out.drain_unlogged().collect();
+        let ids: Vec<(ShardId, u64, u16)> = out.drain_unlogged().collect();
         assert_eq!(ids.len(), 2);
         assert_eq!((ids[0].1, ids[1].1), (10, 11), "in send order");
         assert!(!out.has_unlogged(), "given out once");
@@ -1397,13 +1401,18 @@ mod tests {
         // Logged: the PUBLISH goes out under its id, without DUP, once.
         let (_, offset, pid) = ids[0];
         assert!(out
-            .logged_sent(pid, (1, offset + 1), Some(&mut outlet(&mut buf)), now)
+            .logged_sent(
+                pid,
+                (ShardId(1), offset + 1),
+                Some(&mut outlet(&mut buf)),
+                now
+            )
             .is_none());
         assert!(out
-            .logged_sent(pid, (1, offset), Some(&mut outlet(&mut buf)), now)
+            .logged_sent(pid, (ShardId(1), offset), Some(&mut outlet(&mut buf)), now)
             .is_some());
         assert!(out
-            .logged_sent(pid, (1, offset), Some(&mut outlet(&mut buf)), now)
+            .logged_sent(pid, (ShardId(1), offset), Some(&mut outlet(&mut buf)), now)
             .is_none());
         let sent = decoded(&mut buf);
         assert!(
@@ -1413,7 +1422,9 @@ mod tests {
         );
         // Logged while offline: the reconnect sends it the first time, without DUP.
         let (_, offset, pid) = ids[1];
-        assert!(out.logged_sent(pid, (1, offset), None, now).is_none());
+        assert!(out
+            .logged_sent(pid, (ShardId(1), offset), None, now)
+            .is_none());
         out.resend_all(&mut outlet(&mut buf), now);
         let again = decoded(&mut buf);
         assert!(

@@ -62,7 +62,7 @@ use crate::broker::durable::{
 };
 use crate::broker::{ArmedWills, RecoveredSession, ReplayWant, RECORD_PUBLISH};
 use crate::mqtt::{ByteStr, PacketId};
-use crate::router::{filter_matches, owner_of, parse_filter, TopicLimits};
+use crate::router::{filter_matches, owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{subscribed_from, Message};
 use crate::storage::{Offset, RecordKind, Wal, WalConfig};
 
@@ -151,7 +151,7 @@ pub fn prepare_layout(cfg: &MigrationConfig) -> Result<Option<MigrationReport>, 
 /// removes partial output of an earlier rewrite.
 fn move_old_logs(dir: &Path, mig: &Path, from: usize) -> Result<(), String> {
     if !mig.join("moved").exists() {
-        for i in 0..from {
+        for i in ShardId::all(from) {
             let (old, moved) = (shard_dir(dir, i), shard_dir(mig, i));
             if old.exists() && !moved.exists() {
                 std::fs::rename(&old, &moved).map_err(|e| io_error(&old, e))?;
@@ -182,7 +182,7 @@ struct OldState {
     /// Messages to carry over by their old position: each unacknowledged one with the
     /// sessions that want it, and each a publisher's QoS 2 packet id received and not
     /// released names (its id), whether a session still wants it or not.
-    pending: BTreeMap<(u16, u64), Carried>,
+    pending: BTreeMap<(ShardId, u64), Carried>,
 }
 
 /// One message of the old logs written into the new layout.
@@ -204,7 +204,7 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
         c
     };
     let mut wals = Vec::with_capacity(cfg.shards);
-    for j in 0..cfg.shards {
+    for j in ShardId::all(cfg.shards) {
         let config = wal_config(cfg, &cfg.data_dir, j);
         let (wal, _) = Wal::open(config, |_| {})
             .await
@@ -216,12 +216,12 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
         if msg.payload.is_empty() || msg.is_expired(std::time::Instant::now()) {
             continue;
         }
-        let j = owner_of(topic, cfg.shards).0 as usize;
-        append_publish(&wals[j], msg, None, None).await?;
+        let j = owner_of(topic, cfg.shards);
+        append_publish(&wals[j.index()], msg, None, None).await?;
         retained += 1;
     }
     // first[(client, new owner)]: offset of the first record replayed for it there.
-    let mut first: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut first: HashMap<(usize, ShardId), u64> = HashMap::new();
     // Per session: its QoS 2 exchanges at their new positions.
     let mut qos2: HashMap<usize, Qos2Entries> = HashMap::new();
     // Per old position: the shared groups' members that PUBREC'd the message there.
@@ -241,30 +241,30 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
                 }
             }
         }
-        let j = owner_of(msg.topic.as_str(), cfg.shards).0 as usize;
-        let offset = append_publish(&wals[j], msg, Some(&names), carried.received).await?;
+        let j = owner_of(msg.topic.as_str(), cfg.shards);
+        let offset = append_publish(&wals[j.index()], msg, Some(&names), carried.received).await?;
         for &c in &carried.wanting {
             first.entry((c, j)).or_insert(offset);
             let s = &old.sessions[clients[c]];
             let entries = qos2.entry(c).or_default();
             if let Some(&pid) = s.released.get(&at) {
-                entries.released.push((j as u16, offset, pid));
+                entries.released.push((j, offset, pid));
             } else if let Some(&pid) = s.sent.get(&at) {
-                entries.sent.push((j as u16, offset, pid));
+                entries.sent.push((j, offset, pid));
             }
         }
         // Carried for others: the group can still hand it to a member that completed it.
         for &c in member_releases.get(&at).into_iter().flatten() {
             if !carried.wanting.contains(&c) {
                 let entries = qos2.entry(c).or_default();
-                entries.released.push((j as u16, offset, 0));
+                entries.released.push((j, offset, 0));
             }
         }
     }
     let ends: Vec<u64> = wals.iter().map(|w| w.next_offset().0).collect();
     for (c, client) in clients.iter().enumerate() {
         let s = &old.sessions[*client];
-        let home = &wals[owner_of(client, cfg.shards).0 as usize];
+        let home = &wals[owner_of(client, cfg.shards).index()];
         let now = unix_ms();
         let open = SessionRecord::Open {
             expiry_secs: s.expiry_secs,
@@ -288,8 +288,8 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
             };
             append_session(home, client, &detach, at).await?;
         }
-        let cursors = (0..cfg.shards)
-            .map(|j| (j as u16, first.get(&(c, j)).copied().unwrap_or(ends[j])))
+        let cursors = ShardId::all(cfg.shards)
+            .map(|j| (j, first.get(&(c, j)).copied().unwrap_or(ends[j.index()])))
             .collect();
         append_session(home, client, &SessionRecord::Cursor(cursors), now).await?;
         // Releases first: the restart reads them in this order, as it would have read
@@ -305,7 +305,7 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
         }
     }
     for ((client, conn), will) in &old.wills {
-        let home = &wals[owner_of(client, cfg.shards).0 as usize];
+        let home = &wals[owner_of(client, cfg.shards).index()];
         let record = WillRecord::Armed {
             conn: *conn,
             will: Box::new(will.clone()),
@@ -313,7 +313,7 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
         let (kind, body) = records::encode_will(client, &record);
         append(home, kind, unix_ms(), &body).await?;
     }
-    for (j, wal) in wals.into_iter().enumerate() {
+    for (j, wal) in ShardId::all(cfg.shards).zip(wals) {
         wal.close()
             .await
             .map_err(|e| format!("syncing the new log of shard {j}: {e}"))?;
@@ -335,11 +335,11 @@ async fn rewrite(cfg: &MigrationConfig, from: usize) -> Result<MigrationReport, 
 /// wants from another: it is the first it wants from its log, and is written among the
 /// first of the new one. The next message is the head (of every old log's rest) that
 /// some session wants earliest, counted in that session's own messages of its log.
-fn write_order(pending: &BTreeMap<(u16, u64), Carried>) -> Vec<(u16, u64)> {
+fn write_order(pending: &BTreeMap<(ShardId, u64), Carried>) -> Vec<(ShardId, u64)> {
     // rank[at]: the fewest messages of its old log a wanting session wants before it.
-    let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
+    let mut seen: HashMap<(usize, ShardId), usize> = HashMap::new();
     // Per old log: its messages' offsets in order, each with its rank.
-    let mut logs: BTreeMap<u16, VecDeque<(u64, usize)>> = BTreeMap::new();
+    let mut logs: BTreeMap<ShardId, VecDeque<(u64, usize)>> = BTreeMap::new();
     for (&at, carried) in pending {
         let mut rank = usize::MAX;
         for &c in &carried.wanting {
@@ -403,8 +403,8 @@ fn group_recipients(
 fn member_releases(
     sessions: &HashMap<String, RecoveredSession>,
     clients: &[&String],
-) -> HashMap<(u16, u64), Vec<usize>> {
-    let mut by_position: HashMap<(u16, u64), Vec<usize>> = HashMap::new();
+) -> HashMap<(ShardId, u64), Vec<usize>> {
+    let mut by_position: HashMap<(ShardId, u64), Vec<usize>> = HashMap::new();
     for (c, client) in clients.iter().enumerate() {
         let s = &sessions[*client];
         if !s.is_shared_member() {
@@ -421,9 +421,9 @@ fn member_releases(
 #[derive(Default)]
 struct Qos2Entries {
     /// PUBREC'd, awaiting PUBCOMP (`qos2_delivered`).
-    released: Vec<(u16, u64, u16)>,
+    released: Vec<(ShardId, u64, u16)>,
     /// Sent, not PUBREC'd at the stop (`qos2_sent`).
-    sent: Vec<(u16, u64, u16)>,
+    sent: Vec<(ShardId, u64, u16)>,
 }
 
 /// Entries per `qos2_delivered` / `qos2_sent` record (its count is a u16).
@@ -434,13 +434,13 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
     let mut logs = Vec::new();
     // Per old shard: the QoS 2 ids received there and not released.
     let mut received = Vec::new();
-    for i in 0..from {
+    for i in ShardId::all(from) {
         let dir = shard_dir(mig, i);
         if !dir.exists() {
             continue;
         }
         let mut rec = Recovered {
-            shard: i as u16,
+            shard: i,
             ..Recovered::default()
         };
         let (wal, _) = Wal::open(wal_config(cfg, mig, i), |r| rec.visit(r))
@@ -471,22 +471,22 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
                 let s = &old.sessions[*client];
                 ReplayWant {
                     client_id: records::client_id(client),
-                    from: s.cursors.get(&(*i as u16)).copied().unwrap_or(0),
+                    from: s.cursors.get(i).copied().unwrap_or(0),
                     filters: s
                         .subscriptions
                         .iter()
                         .filter_map(|(f, (_, from))| {
                             let plain = parse_filter(f, &limits).ok()?.filter.to_string();
-                            Some((plain, subscribed_from(from, *i as u16)))
+                            Some((plain, subscribed_from(from, *i)))
                         })
                         .collect(),
                     // Offline and one-off: carry everything over, not just a queue's worth.
                     messages_max: usize::MAX,
-                    exact: s.sent_offsets_on(*i as u16),
+                    exact: s.sent_offsets_on(*i),
                 }
             })
             .collect();
-        let scan = scan_for_replay(wal, *i as u16, &wants, None).await;
+        let scan = scan_for_replay(wal, *i, &wants, None).await;
         if scan.failed {
             return Err(format!(
                 "the old log of shard {i} could not be read past offset {}",
@@ -496,12 +496,12 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
         for (c, msg) in scan.found {
             let offset = msg.log.map_or(0, |p| p.offset);
             let s = &old.sessions[clients[c as usize]];
-            if s.released.get(&(*i as u16, offset)) == Some(&0) {
+            if s.released.get(&(*i, offset)) == Some(&0) {
                 // Its PUBCOMP was logged: the session is done with it.
                 continue;
             }
             old.pending
-                .entry((*i as u16, offset))
+                .entry((*i, offset))
                 .or_insert_with(|| Carried {
                     msg,
                     wanting: Vec::new(),
@@ -512,7 +512,7 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
         }
     }
     for ((i, wal), ids) in logs.iter().zip(received) {
-        carry_received(&mut old.pending, wal, *i as u16, ids).await?;
+        carry_received(&mut old.pending, wal, *i, ids).await?;
     }
     for (i, wal) in logs {
         wal.close()
@@ -527,9 +527,9 @@ async fn read_old(cfg: &MigrationConfig, mig: &Path, from: usize) -> Result<OldS
 /// the new owner of their topic must still know the id, or the publisher's resend after
 /// the restart would be taken as a new message (see `durable`).
 async fn carry_received(
-    pending: &mut BTreeMap<(u16, u64), Carried>,
+    pending: &mut BTreeMap<(ShardId, u64), Carried>,
     wal: &Wal,
-    shard: u16,
+    shard: ShardId,
     ids: HashMap<(ByteStr, u16), ReceivedAt>,
 ) -> Result<(), String> {
     for ((publisher, pid), (offset, _)) in ids {
@@ -571,7 +571,7 @@ async fn append_publish(
     received: Option<u16>,
 ) -> Result<u64, String> {
     let mut publish = as_publish(msg);
-    // As the owner logs a client's QoS 2 publish (see `Durability::log`).
+    // As the owner logs a client's QoS 2 publish (see `ShardLog::log`).
     if let Some(pid) = received.and_then(PacketId::new) {
         publish.dup = true;
         publish.packet_id = Some(pid);
@@ -613,14 +613,14 @@ async fn append(
         .map_err(|e| format!("writing the new layout: {e}"))
 }
 
-fn wal_config(cfg: &MigrationConfig, parent: &Path, shard: usize) -> WalConfig {
+fn wal_config(cfg: &MigrationConfig, parent: &Path, shard: ShardId) -> WalConfig {
     WalConfig {
         dir: shard_dir(parent, shard),
         ..cfg.wal.clone()
     }
 }
 
-fn shard_dir(parent: &Path, shard: usize) -> PathBuf {
+fn shard_dir(parent: &Path, shard: ShardId) -> PathBuf {
     parent.join(format!("shard-{shard}"))
 }
 
@@ -746,7 +746,7 @@ mod tests {
         while next < wal.next_offset() {
             next = wal
                 .read_from(next, 1 << 20, |r: RecordRef<'_>| {
-                    if let Some((to, m)) = decode_any_publish_even_expired(&r, 0) {
+                    if let Some((to, m)) = decode_any_publish_even_expired(&r, ShardId(0)) {
                         let payload = String::from_utf8(m.payload.to_vec()).unwrap();
                         out.insert(payload, (r.offset.0, to.unwrap_or_default()));
                     }
@@ -770,13 +770,13 @@ mod tests {
             .expect("executor")
             .run(async move {
                 let mut wals = Vec::new();
-                for i in 0..2 {
+                for i in ShardId::all(2) {
                     let (wal, _) = Wal::open(wal_config(&old, &mig, i), |_| {})
                         .await
                         .expect("open");
                     wals.push(wal);
                 }
-                let on = |topic: &str| owner_of(topic, 2).0 as usize;
+                let on = |topic: &str| owner_of(topic, 2);
                 // (topic, payload, publisher, received packet id)
                 let msgs = [
                     ("t/a", "done", "p", None),
@@ -790,10 +790,12 @@ mod tests {
                 for (topic, payload, publisher, pid) in msgs {
                     let j = on(topic);
                     let m = message(topic, payload, publisher);
-                    let offset = append_publish(&wals[j], &m, None, pid).await.unwrap();
-                    at.insert(payload, (j as u16, offset));
+                    let offset = append_publish(&wals[j.index()], &m, None, pid)
+                        .await
+                        .unwrap();
+                    at.insert(payload, (j, offset));
                 }
-                let home = &wals[owner_of("s", 2).0 as usize];
+                let home = &wals[owner_of("s", 2).index()];
                 let opts = SubOptions {
                     qos: QoS::ExactlyOnce,
                     no_local: false,
@@ -838,7 +840,7 @@ mod tests {
             .expect("executor")
             .run(async move {
                 let mut rec = Recovered::default();
-                let (wal, _) = Wal::open(wal_config(&new, &data, 0), |r| rec.visit(r))
+                let (wal, _) = Wal::open(wal_config(&new, &data, ShardId(0)), |r| rec.visit(r))
                     .await
                     .expect("open");
                 let found = publishes(&wal).await;
@@ -847,7 +849,7 @@ mod tests {
                     "a completed message is not carried"
                 );
                 let s = &rec.sessions["s"];
-                let pos = |p: &str| (0u16, found[p].0);
+                let pos = |p: &str| (ShardId(0), found[p].0);
                 assert_eq!(
                     s.released,
                     HashMap::from([(pos("released"), 7)]),

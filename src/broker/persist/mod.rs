@@ -87,7 +87,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{ByteStr, Protocol, ReasonCode};
-use crate::router::owner_of;
+use crate::router::{owner_of, ShardId};
 use crate::runtime::spawn_every;
 use crate::session::{Session, SubOptions, Will};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
@@ -110,7 +110,7 @@ pub struct Releasing {
     /// The exchange's packet id.
     pub pid: u16,
     /// The message's `(owner shard, offset)`.
-    pub at: (u16, u64),
+    pub at: (ShardId, u64),
 }
 
 /// A session as its home's log describes it.
@@ -129,19 +129,19 @@ pub struct RecoveredSession {
     /// offset it wants messages from; see `Session::subscribed_from`).
     pub subscriptions: HashMap<String, (SubOptions, Vec<u64>)>,
     /// Replay cursor per owner shard.
-    pub cursors: HashMap<u16, u64>,
+    pub cursors: HashMap<ShardId, u64>,
     /// Logged QoS 2 releases by `(owner shard, offset)`: the packet id awaiting PUBCOMP,
     /// or 0 once completed (see `records`, `qos2_delivered`).
-    pub released: HashMap<(u16, u64), u16>,
+    pub released: HashMap<(ShardId, u64), u16>,
     /// QoS 2 messages sent under a packet id and not PUBREC'd when the broker stopped, by
     /// `(owner shard, offset)` (see `records`, `qos2_sent`, and `sent`): resent under that
     /// id.
-    pub sent: HashMap<(u16, u64), u16>,
+    pub sent: HashMap<(ShardId, u64), u16>,
 }
 
 impl RecoveredSession {
     /// The logged releases a replay from the session's cursors can still meet.
-    pub fn released_above_cursors(&self) -> HashMap<(u16, u64), u16> {
+    pub fn released_above_cursors(&self) -> HashMap<(ShardId, u64), u16> {
         self.above_cursors(&self.released)
     }
 
@@ -152,12 +152,12 @@ impl RecoveredSession {
     /// its queue, what another member leaves behind, a backlog read from a lower gap (see
     /// `prune_released`, which keeps them live for the same reason). Below the cursor
     /// an exchange is over (an open one holds the cursor down).
-    pub fn released_kept(&self, max: usize) -> HashMap<(u16, u64), u16> {
+    pub fn released_kept(&self, max: usize) -> HashMap<(ShardId, u64), u16> {
         let mut kept = self.released_above_cursors();
         if !self.is_shared_member() {
             return kept;
         }
-        let mut below: Vec<(u16, u64)> = self
+        let mut below: Vec<(ShardId, u64)> = self
             .released
             .keys()
             .filter(|at| !kept.contains_key(at))
@@ -175,12 +175,12 @@ impl RecoveredSession {
     }
 
     /// The logged in-flight QoS 2 packet ids a replay from the cursors can still meet.
-    pub fn sent_above_cursors(&self) -> HashMap<(u16, u64), u16> {
+    pub fn sent_above_cursors(&self) -> HashMap<(ShardId, u64), u16> {
         self.above_cursors(&self.sent)
     }
 
     /// The offsets of `owner`'s log (ascending) of the exchanges in `sent_above_cursors`.
-    pub fn sent_offsets_on(&self, owner: u16) -> Vec<u64> {
+    pub fn sent_offsets_on(&self, owner: ShardId) -> Vec<u64> {
         let mut offsets: Vec<u64> = self
             .sent_above_cursors()
             .into_keys()
@@ -191,7 +191,7 @@ impl RecoveredSession {
         offsets
     }
 
-    fn above_cursors(&self, ids: &HashMap<(u16, u64), u16>) -> HashMap<(u16, u64), u16> {
+    fn above_cursors(&self, ids: &HashMap<(ShardId, u64), u16>) -> HashMap<(ShardId, u64), u16> {
         ids.iter()
             .filter(|((shard, offset), _)| *offset >= self.cursors.get(shard).copied().unwrap_or(0))
             .map(|(k, pid)| (*k, *pid))
@@ -333,7 +333,7 @@ pub(crate) struct SessionAppend {
     /// Record body.
     pub body: Vec<u8>,
     /// Who to answer once it is durable: `(shard, request id)`.
-    pub reply: Option<(usize, u64)>,
+    pub reply: Option<(ShardId, u64)>,
 }
 
 /// A home's session records waiting for room in its WAL buffer, in arrival order.
@@ -399,8 +399,8 @@ pub fn unix_ms() -> u64 {
 }
 
 impl Broker {
-    fn home_of(&self, client_id: &str) -> usize {
-        owner_of(client_id, self.mesh.shards()).0 as usize
+    fn home_of(&self, client_id: &str) -> ShardId {
+        owner_of(client_id, self.mesh.shards())
     }
 
     /// Sends a session record to the client's home shard; with `wait`, returns a
@@ -437,7 +437,7 @@ impl Broker {
     /// Home shard: appends a session record; answers `LogDone` once durable if asked.
     pub(crate) async fn on_session_log(
         self: &Rc<Self>,
-        from: usize,
+        from: ShardId,
         kind: u8,
         body: Vec<u8>,
         ack_id: Option<u64>,
@@ -467,7 +467,7 @@ impl Broker {
     /// Appends a session record in arrival order (see [`SessionLogQueue`]). Returns
     /// true if it was queued behind a full buffer: a drain must run.
     fn append_session_record(self: &Rc<Self>, record: SessionAppend) -> bool {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             if let Some((from, id)) = record.reply {
                 self.post(from, ShardMsg::LogDone { id, ok: true });
             }
@@ -483,7 +483,7 @@ impl Broker {
     }
 
     async fn drain_session_log(self: &Rc<Self>) {
-        let Some(durable) = self.durable.get() else {
+        let Some(durable) = self.log.get() else {
             return;
         };
         let log = &self.state.session_log;
@@ -503,7 +503,7 @@ impl Broker {
                 offset
             }
             Err(e) => {
-                tracing::error!(shard = self.id, error = %e, "session record not logged");
+                tracing::error!(shard = self.id.index(), error = %e, "session record not logged");
                 if let Some((from, id)) = record.reply {
                     self.post(from, ShardMsg::LogDone { id, ok: false });
                 }
@@ -515,7 +515,7 @@ impl Broker {
         };
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            let Some(durable) = shard.durable.get() else {
+            let Some(durable) = shard.log.get() else {
                 return;
             };
             let ok = durable.wal.wait_durable(offset).await.is_ok();
@@ -582,9 +582,9 @@ impl Broker {
         let holds = self.backlog_holds();
         type Changed = (
             ByteStr,
-            Vec<(u16, u64)>,
-            Vec<(u16, u64)>,
-            Vec<(u16, u64, u16)>,
+            Vec<(ShardId, u64)>,
+            Vec<(ShardId, u64)>,
+            Vec<(ShardId, u64, u16)>,
         );
         let changed: Vec<Changed> = {
             let mut sessions = self.state.sessions.borrow_mut();
@@ -668,7 +668,7 @@ impl Broker {
         .is_err()
         {
             tracing::warn!(
-                shard = self.id,
+                shard = self.id.index(),
                 "other shards did not close their connections in time: a restart may miss \
                  some shared deliveries they gave back"
             );
@@ -696,7 +696,7 @@ impl Broker {
         .is_err()
         {
             tracing::warn!(
-                shard = self.id,
+                shard = self.id.index(),
                 "final cursors not confirmed in time: a restart may send some messages again"
             );
         }
@@ -706,7 +706,7 @@ impl Broker {
     /// shard, offset)`, batched per client) and, once that is durable at the homes,
     /// sends their PUBRELs.
     pub(crate) async fn log_releases(&self, batch: Vec<Releasing>) {
-        let mut per_client: HashMap<&ByteStr, Vec<(u16, u64, u16)>> = HashMap::new();
+        let mut per_client: HashMap<&ByteStr, Vec<(ShardId, u64, u16)>> = HashMap::new();
         for r in &batch {
             per_client
                 .entry(&r.client_id)
@@ -728,7 +728,10 @@ impl Broker {
         if !ok {
             // The exchange goes on (the client would wait forever otherwise); only a crash
             // before the home's log recovers can then send its PUBLISH again.
-            tracing::error!(shard = self.id, "a QoS 2 release could not be logged");
+            tracing::error!(
+                shard = self.id.index(),
+                "a QoS 2 release could not be logged"
+            );
         }
         let now = std::time::Instant::now();
         let mut sessions = self.state.sessions.borrow_mut();
@@ -789,7 +792,11 @@ impl Broker {
 /// group's read on another shard starts where that shard's backlog gap is, which this
 /// shard learns only with that shard's next holds report, and a late delivery there
 /// can lower it below this session's cursor meanwhile.
-fn prune_released(members: &shared::MemberHolds, s: &mut Session, mut cursors: Vec<(u16, u64)>) {
+fn prune_released(
+    members: &shared::MemberHolds,
+    s: &mut Session,
+    mut cursors: Vec<(ShardId, u64)>,
+) {
     if s.subscriptions.keys().any(|f| f.starts_with("$share/")) {
         return;
     }
@@ -798,9 +805,11 @@ fn prune_released(members: &shared::MemberHolds, s: &mut Session, mut cursors: V
 }
 
 /// A session's replay cursors now, as `(owner shard, offset)`.
-fn current_cursors(s: &Session) -> Vec<(u16, u64)> {
+fn current_cursors(s: &Session) -> Vec<(ShardId, u64)> {
     let current = s.replay.current(&s.outbound).into_iter().enumerate();
-    current.map(|(shard, c)| (shard as u16, c)).collect()
+    current
+        .map(|(shard, c)| (ShardId::from_index(shard), c))
+        .collect()
 }
 
 /// Why a SUBACK refuses filters whose `subscribe` record could not be made durable.
@@ -860,7 +869,7 @@ mod tests {
                 "the old session opens"
             );
             // Fill the group-commit buffer (no await: the committer cannot drain it).
-            let filler = record("filler", &SessionRecord::Cursor(vec![(0, 1)]));
+            let filler = record("filler", &SessionRecord::Cursor(vec![(ShardId(0), 1)]));
             let mut last = None;
             while let Ok(offset) = wal.append(filler.kind, unix_ms(), &[&filler.body[..]]) {
                 last = Some(offset);

@@ -60,6 +60,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::mqtt::{self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS};
+use crate::router::ShardId;
 use crate::session::{SubOptions, Will};
 use crate::storage::RecordKind;
 
@@ -96,7 +97,7 @@ pub const RECORD_WILL_DONE: RecordKind = RecordKind(11);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WillConn {
     /// The shard the connection is on.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Its token there.
     pub token: u64,
 }
@@ -128,7 +129,7 @@ pub fn encode_will(client_id: &str, record: &WillRecord) -> (RecordKind, Vec<u8>
     let mut b = BytesMut::with_capacity(32 + client_id.len());
     put_str(&mut b, client_id);
     let (WillRecord::Armed { conn, .. } | WillRecord::Done { conn }) = record;
-    b.put_u16_le(conn.shard);
+    put_shard(&mut b, conn.shard);
     b.put_u64_le(conn.token);
     match record {
         WillRecord::Armed { will, .. } => {
@@ -144,7 +145,7 @@ pub fn encode_will(client_id: &str, record: &WillRecord) -> (RecordKind, Vec<u8>
 pub fn decode_will_record(kind: RecordKind, mut body: &[u8]) -> Option<(String, WillRecord)> {
     let client = get_str(&mut body)?;
     let conn = WillConn {
-        shard: get_u16(&mut body)?,
+        shard: get_shard(&mut body)?,
         token: get_u64(&mut body)?,
     };
     let record = match kind {
@@ -195,11 +196,11 @@ pub enum SessionRecord {
         filter: String,
     },
     /// `cursor`.
-    Cursor(Vec<(u16, u64)>),
+    Cursor(Vec<(ShardId, u64)>),
     /// `qos2_delivered`: `(owner shard, offset, packet id awaiting PUBCOMP or 0)`.
-    Qos2Delivered(Vec<(u16, u64, u16)>),
+    Qos2Delivered(Vec<(ShardId, u64, u16)>),
     /// `qos2_sent`: `(owner shard, offset, packet id)` sent, awaiting PUBREC.
-    Qos2Sent(Vec<(u16, u64, u16)>),
+    Qos2Sent(Vec<(ShardId, u64, u16)>),
 }
 
 /// Whether `kind` is one of the session records.
@@ -254,7 +255,7 @@ pub fn encode(client_id: &str, record: &SessionRecord) -> (RecordKind, Vec<u8>) 
         SessionRecord::Cursor(cursors) => {
             b.put_u16_le(cursors.len() as u16);
             for (shard, offset) in cursors {
-                b.put_u16_le(*shard);
+                put_shard(&mut b, *shard);
                 b.put_u64_le(*offset);
             }
             RECORD_CURSOR
@@ -357,7 +358,7 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
             let n = get_u16(&mut body)?;
             let mut cursors = Vec::with_capacity(usize::from(n));
             for _ in 0..n {
-                cursors.push((get_u16(&mut body)?, get_u64(&mut body)?));
+                cursors.push((get_shard(&mut body)?, get_u64(&mut body)?));
             }
             SessionRecord::Cursor(cursors)
         }
@@ -369,20 +370,20 @@ pub fn decode(kind: RecordKind, mut body: &[u8]) -> Option<(String, SessionRecor
 }
 
 /// The body of a `qos2_delivered` or `qos2_sent` record after the client id.
-fn put_qos2_entries(b: &mut BytesMut, entries: &[(u16, u64, u16)]) {
+fn put_qos2_entries(b: &mut BytesMut, entries: &[(ShardId, u64, u16)]) {
     b.put_u16_le(entries.len() as u16);
     for (shard, offset, pid) in entries {
-        b.put_u16_le(*shard);
+        put_shard(b, *shard);
         b.put_u64_le(*offset);
         b.put_u16_le(*pid);
     }
 }
 
-fn get_qos2_entries(body: &mut &[u8]) -> Option<Vec<(u16, u64, u16)>> {
+fn get_qos2_entries(body: &mut &[u8]) -> Option<Vec<(ShardId, u64, u16)>> {
     let n = get_u16(body)?;
     let mut entries = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
-        entries.push((get_u16(body)?, get_u64(body)?, get_u16(body)?));
+        entries.push((get_shard(body)?, get_u64(body)?, get_u16(body)?));
     }
     Some(entries)
 }
@@ -452,6 +453,15 @@ fn get_u8(b: &mut &[u8]) -> Option<u8> {
 
 fn get_u16(b: &mut &[u8]) -> Option<u16> {
     (b.remaining() >= 2).then(|| b.get_u16_le())
+}
+
+/// A shard id in a record: its `u16`, little-endian.
+fn put_shard(b: &mut BytesMut, shard: ShardId) {
+    b.put_u16_le(shard.to_wal());
+}
+
+fn get_shard(b: &mut &[u8]) -> Option<ShardId> {
+    get_u16(b).map(ShardId::from_wal)
 }
 
 fn get_u32(b: &mut &[u8]) -> Option<u32> {
@@ -542,18 +552,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match round_trip(SessionRecord::Qos2Delivered(vec![
-            (0, 5, 7),
-            (3, u64::MAX, 0),
+            (ShardId(0), 5, 7),
+            (ShardId(3), u64::MAX, 0),
         ])) {
-            SessionRecord::Qos2Delivered(e) => assert_eq!(e, vec![(0, 5, 7), (3, u64::MAX, 0)]),
+            SessionRecord::Qos2Delivered(e) => {
+                assert_eq!(e, vec![(ShardId(0), 5, 7), (ShardId(3), u64::MAX, 0)])
+            }
             other => panic!("{other:?}"),
         }
-        match round_trip(SessionRecord::Qos2Sent(vec![(1, 6, 65535)])) {
-            SessionRecord::Qos2Sent(e) => assert_eq!(e, vec![(1, 6, 65535)]),
+        match round_trip(SessionRecord::Qos2Sent(vec![(ShardId(1), 6, 65535)])) {
+            SessionRecord::Qos2Sent(e) => assert_eq!(e, vec![(ShardId(1), 6, 65535)]),
             other => panic!("{other:?}"),
         }
-        match round_trip(SessionRecord::Cursor(vec![(0, 5), (3, u64::MAX)])) {
-            SessionRecord::Cursor(c) => assert_eq!(c, vec![(0, 5), (3, u64::MAX)]),
+        match round_trip(SessionRecord::Cursor(vec![
+            (ShardId(0), 5),
+            (ShardId(3), u64::MAX),
+        ])) {
+            SessionRecord::Cursor(c) => {
+                assert_eq!(c, vec![(ShardId(0), 5), (ShardId(3), u64::MAX)])
+            }
             other => panic!("{other:?}"),
         }
         match round_trip(SessionRecord::Open {
@@ -608,7 +625,7 @@ mod tests {
     #[test]
     fn will_records_round_trip_and_a_cut_body_is_refused() {
         let conn = WillConn {
-            shard: 3,
+            shard: ShardId(3),
             token: u64::MAX - 1,
         };
         let will = Will {
@@ -691,18 +708,25 @@ mod tests {
         let mut sessions = opened();
         visit(
             &mut sessions,
-            SessionRecord::Qos2Delivered(vec![(0, 5, 1), (0, 9, 2), (1, 3, 3)]),
+            SessionRecord::Qos2Delivered(vec![
+                (ShardId(0), 5, 1),
+                (ShardId(0), 9, 2),
+                (ShardId(1), 3, 3),
+            ]),
         );
         // 9 completed; id 1 used again: its earlier exchange (5) completed too.
         visit(
             &mut sessions,
-            SessionRecord::Qos2Delivered(vec![(0, 9, 0), (0, 12, 1)]),
+            SessionRecord::Qos2Delivered(vec![(ShardId(0), 9, 0), (ShardId(0), 12, 1)]),
         );
-        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 6), (1, 4)]));
+        visit(
+            &mut sessions,
+            SessionRecord::Cursor(vec![(ShardId(0), 6), (ShardId(1), 4)]),
+        );
         let released = sessions["c"].released_above_cursors();
         assert_eq!(
             released,
-            std::collections::HashMap::from([((0, 9), 0), ((0, 12), 1)]),
+            std::collections::HashMap::from([((ShardId(0), 9), 0), ((ShardId(0), 12), 1)]),
             "below the cursor nothing is replayed; 9 is done, 12 awaits PUBCOMP under 1"
         );
         visit(&mut sessions, SessionRecord::End);
@@ -712,24 +736,42 @@ mod tests {
     #[test]
     fn logged_inflight_ids_survive_recovery_until_pubrec_reuse_or_the_cursor() {
         let mut sessions = opened();
-        visit(&mut sessions, SessionRecord::Qos2Delivered(vec![(0, 2, 9)]));
         visit(
             &mut sessions,
-            SessionRecord::Qos2Sent(vec![(0, 2, 9), (0, 5, 1), (0, 7, 2), (0, 8, 3), (1, 1, 4)]),
+            SessionRecord::Qos2Delivered(vec![(ShardId(0), 2, 9)]),
+        );
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Sent(vec![
+                (ShardId(0), 2, 9),
+                (ShardId(0), 5, 1),
+                (ShardId(0), 7, 2),
+                (ShardId(0), 8, 3),
+                (ShardId(1), 1, 4),
+            ]),
         );
         // 7 was PUBREC'd; id 3 went to another message (8's exchange ended); 1/1 is below
         // the cursor.
-        visit(&mut sessions, SessionRecord::Qos2Delivered(vec![(0, 7, 2)]));
-        visit(&mut sessions, SessionRecord::Qos2Sent(vec![(0, 11, 3)]));
-        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 2), (1, 2)]));
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Delivered(vec![(ShardId(0), 7, 2)]),
+        );
+        visit(
+            &mut sessions,
+            SessionRecord::Qos2Sent(vec![(ShardId(0), 11, 3)]),
+        );
+        visit(
+            &mut sessions,
+            SessionRecord::Cursor(vec![(ShardId(0), 2), (ShardId(1), 2)]),
+        );
         let s = &sessions["c"];
         assert_eq!(
             s.sent_above_cursors(),
-            std::collections::HashMap::from([((0, 5), 1), ((0, 11), 3)]),
+            std::collections::HashMap::from([((ShardId(0), 5), 1), ((ShardId(0), 11), 3)]),
         );
         assert_eq!(
             s.released_above_cursors(),
-            std::collections::HashMap::from([((0, 2), 9), ((0, 7), 2)]),
+            std::collections::HashMap::from([((ShardId(0), 2), 9), ((ShardId(0), 7), 2)]),
             "a logged PUBREC wins over the in-flight id of the same message"
         );
     }
@@ -743,26 +785,29 @@ mod tests {
             let pid = (offset % 7 + 1) as u16;
             visit(
                 &mut sessions,
-                SessionRecord::Qos2Sent(vec![(0, offset, pid)]),
+                SessionRecord::Qos2Sent(vec![(ShardId(0), offset, pid)]),
             );
             if offset % 100 != 99 {
                 visit(
                     &mut sessions,
-                    SessionRecord::Qos2Delivered(vec![(0, offset, pid)]),
+                    SessionRecord::Qos2Delivered(vec![(ShardId(0), offset, pid)]),
                 );
                 visit(
                     &mut sessions,
-                    SessionRecord::Qos2Delivered(vec![(0, offset, 0)]),
+                    SessionRecord::Qos2Delivered(vec![(ShardId(0), offset, 0)]),
                 );
             }
         }
         // 99, 199, ... were never PUBREC'd (a refusing PUBREC): superseded by their id's
         // next use, or by the cursor.
         assert!(sessions["c"].sent.len() <= 7, "bounded by the ids in use");
-        visit(&mut sessions, SessionRecord::Cursor(vec![(0, 950)]));
+        visit(
+            &mut sessions,
+            SessionRecord::Cursor(vec![(ShardId(0), 950)]),
+        );
         assert_eq!(
             sessions["c"].sent,
-            std::collections::HashMap::from([((0, 999), (999 % 7 + 1) as u16)]),
+            std::collections::HashMap::from([((ShardId(0), 999), (999 % 7 + 1) as u16)]),
             "below the cursor the session holds nothing in flight"
         );
     }

@@ -15,7 +15,7 @@ use crate::storage::{Offset, RecordRef, Wal};
 
 use super::super::durable::{decode_any_publish, decode_any_publish_even_expired};
 use super::ReplayWant;
-use crate::router::filter_matches;
+use crate::router::{filter_matches, ShardId};
 
 /// Bytes read per step while replaying (bounds one read buffer).
 const REPLAY_READ_BYTES: usize = 4 << 20;
@@ -23,8 +23,8 @@ const REPLAY_READ_BYTES: usize = 4 << 20;
 impl Broker {
     /// Owner shard: reads its log from the lowest wanted offset and answers with the
     /// messages each session wants.
-    pub(crate) async fn on_replay(&self, from: usize, id: u64, wants: Vec<ReplayWant>) {
-        let Some(durable) = self.durable.get() else {
+    pub(crate) async fn on_replay(&self, from: ShardId, id: u64, wants: Vec<ReplayWant>) {
+        let Some(durable) = self.log.get() else {
             let resume = vec![None; wants.len()];
             let found = Vec::new();
             self.post(
@@ -38,10 +38,10 @@ impl Broker {
             );
             return;
         };
-        let scan = scan_for_replay(&durable.wal, self.id as u16, &wants, None).await;
+        let scan = scan_for_replay(&durable.wal, self.id, &wants, None).await;
         tracing::info!(
-            shard = self.id,
-            to = from,
+            shard = self.id.index(),
+            to = from.index(),
             messages = scan.found.len(),
             "replayed for persistent sessions"
         );
@@ -88,7 +88,7 @@ impl ReplayScan {
 /// (or its end) and returns the messages each want asks for.
 pub async fn scan_for_replay(
     wal: &Wal,
-    shard: u16,
+    shard: ShardId,
     wants: &[ReplayWant],
     stop: Option<u64>,
 ) -> ReplayScan {
@@ -169,13 +169,18 @@ pub async fn scan_for_replay(
         match read.await {
             Ok(after) if after > next => next = after.min(Offset(end)),
             Ok(_) => {
-                tracing::error!(shard, at = next.0, end, "replay found no record to read");
+                tracing::error!(
+                    shard = shard.index(),
+                    at = next.0,
+                    end,
+                    "replay found no record to read"
+                );
                 failed = true;
                 break;
             }
             Err(e) => {
                 next = next.max(visited).min(Offset(end));
-                tracing::error!(shard, at = next.0, error = %e, "replay could not read the log");
+                tracing::error!(shard = shard.index(), at = next.0, error = %e, "replay could not read the log");
                 failed = true;
                 break;
             }
@@ -358,7 +363,7 @@ pub(super) mod tests {
                 let (wal, _) = Wal::open(config(dir.path()), |_| {}).await.expect("open");
                 // The clock stepped back after record 9: later records are stamped older.
                 append_publishes(&wal, 20, |i| if i < 10 { 2_000 + i } else { 1_000 + i }).await;
-                let scan = scan_for_replay(&wal, 0, &[want(0, 5)], None).await;
+                let scan = scan_for_replay(&wal, ShardId(0), &[want(0, 5)], None).await;
                 let expected: Vec<String> = (5..20).map(payload).collect();
                 assert_eq!(payloads(&scan), expected, "records 5.. whatever their time");
                 assert_eq!((scan.end, scan.resume[0], scan.failed), (20, None, false));
@@ -387,7 +392,7 @@ pub(super) mod tests {
                     exact: vec![20],
                     ..want(0, 0)
                 };
-                let scan = scan_for_replay(&wal, 0, &[bounded, unsubscribed], None).await;
+                let scan = scan_for_replay(&wal, ShardId(0), &[bounded, unsubscribed], None).await;
                 let got: Vec<(u32, String)> = scan
                     .found
                     .iter()
@@ -429,7 +434,7 @@ pub(super) mod tests {
                 bytes[at] ^= 0xff;
                 std::fs::write(&segment, &bytes).unwrap();
 
-                let scan = scan_for_replay(&wal, 0, &[want(0, 0)], None).await;
+                let scan = scan_for_replay(&wal, ShardId(0), &[want(0, 0)], None).await;
                 let expected: Vec<String> = (0..50).map(payload).collect();
                 assert_eq!(payloads(&scan), expected, "served up to the damage");
                 assert!(scan.failed, "the read stopped before the log's end");
@@ -439,13 +444,13 @@ pub(super) mod tests {
                 // read asks for 50 on: nothing after the damage is given up.
                 let mut cursor = ReplayCursor::default();
                 cursor.overflowed(LogPos {
-                    shard: 0,
+                    shard: ShardId(0),
                     offset: 0,
                     floor: 0,
                 });
                 let mut ids = 0;
                 cursor.take_catch_ups(&mut ids);
-                cursor.caught_up(0, scan.resume[0], scan.end, None);
+                cursor.caught_up(ShardId(0), scan.resume[0], scan.end, None);
                 assert!(cursor.has_gaps(), "a failed read does not close the gap");
                 assert_eq!(cursor.take_catch_ups(&mut ids)[0].from, 50);
                 wal.close().await.expect("close");

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::broker::{Broker, ConnRef, ShardMsg};
 use crate::mqtt::ByteStr;
 use crate::mqtt::QoS;
-use crate::router::parse_filter;
+use crate::router::{parse_filter, ShardId};
 use crate::session::{subscribed_from, Delivery, Had, LogPos, Session, Will, EXPIRY_NEVER};
 
 use super::super::shared::lower_by_groups;
@@ -104,7 +104,7 @@ impl Broker {
         }
         if !self.all_logged(waits).await {
             tracing::error!(
-                shard = self.id,
+                shard = self.id.index(),
                 "what became of a will could not be logged: a crash may publish it again"
             );
         }
@@ -188,22 +188,22 @@ impl Broker {
         }
         let shards = self.mesh.shards();
         let id = self.state.open_request(shards);
-        for owner in 0..shards {
+        for owner in ShardId::all(shards) {
             let wants = restored
                 .iter()
                 .map(|(_, client_id, rec, _)| ReplayWant {
                     client_id: client_id.clone(),
-                    from: rec.cursors.get(&(owner as u16)).copied().unwrap_or(0),
+                    from: rec.cursors.get(&owner).copied().unwrap_or(0),
                     filters: rec
                         .subscriptions
                         .iter()
                         .filter_map(|(f, (_, from))| {
                             let plain = parse_filter(f, &self.topic_limits()).ok()?.filter;
-                            Some((plain.to_string(), subscribed_from(from, owner as u16)))
+                            Some((plain.to_string(), subscribed_from(from, owner)))
                         })
                         .collect(),
                     messages_max: self.config.session_queue_messages_max,
-                    exact: rec.sent_offsets_on(owner as u16),
+                    exact: rec.sent_offsets_on(owner),
                 })
                 .collect();
             self.post(owner, ShardMsg::Replay { id, wants });
@@ -254,7 +254,7 @@ impl Broker {
                 if let Some(offset) = resume {
                     // More than the queue holds: the rest is read from the log later.
                     slot.session.replay.overflowed(LogPos {
-                        shard: shard as u16,
+                        shard,
                         offset,
                         floor: offset,
                     });
@@ -293,7 +293,7 @@ impl Broker {
         }
         if !self.all_logged(waits).await {
             tracing::error!(
-                shard = self.id,
+                shard = self.id.index(),
                 "a restored session's cursor could not be logged"
             );
         }

@@ -42,6 +42,7 @@ use std::time::Instant;
 
 use crate::broker::Broker;
 use crate::mqtt::{ByteStr, QoS};
+use crate::router::ShardId;
 use crate::session::Session;
 
 use super::records::SessionRecord;
@@ -53,7 +54,7 @@ struct Sending {
     client_id: ByteStr,
     pid: u16,
     /// The message's `(owner shard, offset)`.
-    at: (u16, u64),
+    at: (ShardId, u64),
 }
 
 /// A shard's QoS 2 deliveries waiting for their `qos2_sent` records, and the logging
@@ -64,7 +65,7 @@ pub struct SendLog {
     /// The previous batch's buffer, reused.
     spare: Cell<Vec<Sending>>,
     /// Per session, the entries of one record, reused.
-    entries: Cell<Vec<(u16, u64, u16)>>,
+    entries: Cell<Vec<(ShardId, u64, u16)>>,
     waker: Cell<Option<Waker>>,
 }
 
@@ -135,7 +136,7 @@ impl Broker {
         self.state.sending.entries.set(entries);
         if !self.all_logged(waits).await {
             tracing::error!(
-                shard = self.id,
+                shard = self.id.index(),
                 "a QoS 2 packet id could not be logged: a crash may resend its PUBLISH under a new id"
             );
         }

@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 
+use crate::router::ShardId;
 use crate::storage::{Offset, RecordKind, RecordRef};
 
 use super::records::{
@@ -185,14 +186,14 @@ impl RecoveredSession {
                 },
             );
         }
-        let mut cursors: Vec<(u16, u64)> = self.cursors.iter().map(|(s, o)| (*s, *o)).collect();
+        let mut cursors: Vec<(ShardId, u64)> = self.cursors.iter().map(|(s, o)| (*s, *o)).collect();
         cursors.sort_unstable();
         if !cursors.is_empty() {
             put(now_ms, SessionRecord::Cursor(cursors));
         }
         // Releases first: a `qos2_sent` entry never shares a key or a packet id with one.
-        let entries = |ids: HashMap<(u16, u64), u16>| {
-            let mut v: Vec<(u16, u64, u16)> =
+        let entries = |ids: HashMap<(ShardId, u64), u16>| {
+            let mut v: Vec<(ShardId, u64, u16)> =
                 ids.into_iter().map(|((s, o), p)| (s, o, p)).collect();
             v.sort_unstable();
             v
@@ -289,9 +290,13 @@ mod tests {
                 from: vec![],
             },
             SessionRecord::Unsubscribe { filter: "b".into() },
-            SessionRecord::Qos2Delivered(vec![(0, 2, 9), (0, 6, 3), (1, 8, 0)]),
-            SessionRecord::Qos2Sent(vec![(1, 9, 5), (0, 11, 3)]),
-            SessionRecord::Cursor(vec![(0, 5), (1, 7)]),
+            SessionRecord::Qos2Delivered(vec![
+                (ShardId(0), 2, 9),
+                (ShardId(0), 6, 3),
+                (ShardId(1), 8, 0),
+            ]),
+            SessionRecord::Qos2Sent(vec![(ShardId(1), 9, 5), (ShardId(0), 11, 3)]),
+            SessionRecord::Cursor(vec![(ShardId(0), 5), (ShardId(1), 7)]),
             SessionRecord::Detach {
                 expiry_secs: 120,
                 will: None,

@@ -50,7 +50,7 @@ fn log_refused(door: &Door, conn: &Conn, client_id: &str, reason: &dyn std::fmt:
     let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id.index(),
         client_id,
         peer = %Peer(conn),
         protocol = conn.link.protocol.get().version(),
@@ -272,7 +272,7 @@ async fn accept(
     super::acl::settle(door, conn, outcome.key);
     conn.link.send(&Packet::ConnAck(ack));
     door.broker.resume_delivery(outcome.key);
-    tracing::debug!(target: super::CONNECTION_LOG, shard = door.id,
+    tracing::debug!(target: super::CONNECTION_LOG, shard = door.id.index(),
         client_id = client_id.as_str(),
         peer = %Peer(conn),
         protocol = connect.protocol.version(),

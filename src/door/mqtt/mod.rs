@@ -14,10 +14,10 @@ mod acl;
 mod bounds;
 mod conn;
 mod connect;
+mod link_room;
 mod logcap;
 mod packets;
 mod refuse;
-mod room;
 mod serve;
 mod socket;
 mod tls;
@@ -36,6 +36,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::metrics::{Limit, ShardProbe};
 use crate::mqtt::ReasonCode;
+use crate::router::ShardId;
 use crate::runtime::{ConnectionQuota, Refused};
 
 pub use conn::Conn;
@@ -49,7 +50,7 @@ pub struct Door {
     /// The shard's broker.
     pub broker: Rc<Broker>,
     /// This shard's id.
-    pub id: usize,
+    pub id: ShardId,
     /// The process configuration.
     pub config: Arc<Config>,
     /// This shard's counters.
@@ -118,7 +119,7 @@ impl Door {
                 continue; // still in CONNECT: it reads the new settings itself
             };
             if !auth.still_admits(&principal, previous) {
-                tracing::info!(target: CONNECTION_LOG, shard = self.id,
+                tracing::info!(target: CONNECTION_LOG, shard = self.id.index(),
                     client_id = client_id.as_str(),
                     ?principal,
                     "reload: credentials no longer valid, closing the connection"
@@ -167,7 +168,7 @@ pub struct Connections {
     next_token: Cell<u64>,
     live: RefCell<HashMap<u64, Rc<Conn>>>,
     /// Publishers waiting for room on a mesh link.
-    turns: room::LinkTurns,
+    turns: link_room::LinkTurns,
     /// The cap on this shard's "connection refused" log lines.
     refusals_logged: logcap::LineCap,
 }
@@ -268,7 +269,7 @@ fn source_admitted(
     match stream.peer_addr() {
         Ok(peer) => sources.admit(peer.ip(), Instant::now()),
         Err(e) => {
-            tracing::debug!(target: CONNECTION_LOG, shard = door.id, error = %e, "accepted a connection without a peer");
+            tracing::debug!(target: CONNECTION_LOG, shard = door.id.index(), error = %e, "accepted a connection without a peer");
             false
         }
     }
@@ -326,7 +327,7 @@ impl Door {
                             .detach();
                         }
                         Err(Refused::Answer(limit, _) | Refused::Close(limit)) => {
-                            tracing::debug!(target: CONNECTION_LOG, shard = door.id,
+                            tracing::debug!(target: CONNECTION_LOG, shard = door.id.index(),
                                 limit = limit.key(),
                                 "connection closed at accept"
                             );
@@ -335,7 +336,7 @@ impl Door {
                     },
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(target: CONNECTION_LOG, shard = door.id, error = %e, "accept failed");
+                        tracing::warn!(target: CONNECTION_LOG, shard = door.id.index(), error = %e, "accept failed");
                         glommio::timer::sleep(Duration::from_millis(50)).await;
                     }
                 }

@@ -182,7 +182,7 @@ async fn on_publish(
         expires_at,
         log: None,
     });
-    super::room::mesh_room(door, conn).await;
+    super::link_room::wait_for_mesh_room(door, conn).await;
     door.broker.route_publish(msg, ack).await;
     Flow::Continue
 }

@@ -96,7 +96,7 @@ fn log_refused(
     let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id.index(),
         left_out,
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         limit = limit.key(),

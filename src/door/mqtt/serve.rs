@@ -135,7 +135,7 @@ async fn read_side(
         return;
     };
     let ending = packet_loop(door, conn, socket, &mut rbuf, &limits, &accepted).await;
-    tracing::debug!(target: super::CONNECTION_LOG, shard = door.id,
+    tracing::debug!(target: super::CONNECTION_LOG, shard = door.id.index(),
         client_id = accepted.client_id.as_str(),
         ending = ?ending,
         "client disconnected"

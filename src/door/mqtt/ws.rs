@@ -257,7 +257,7 @@ fn log_failed(door: &Door, peer: Option<SocketAddr>, reason: &str) {
     let Some(left_out) = door.connections.admit_refusal_line() else {
         return;
     };
-    tracing::info!(target: super::CONNECTION_LOG, shard = door.id,
+    tracing::info!(target: super::CONNECTION_LOG, shard = door.id.index(),
         peer = %peer.map_or_else(|| "unknown".into(), |a| a.to_string()),
         reason,
         left_out,

@@ -46,7 +46,7 @@ impl Drop for Place<'_> {
 /// Only publishes wait: a subscriber's acks and pings go on, or its deliveries would
 /// stall with the link. Mesh receivers never wait here, or two shards waiting on each
 /// other's links would deadlock.
-pub(super) async fn mesh_room(door: &Door, conn: &Conn) {
+pub(super) async fn wait_for_mesh_room(door: &Door, conn: &Conn) {
     let bytes_max = door.config.mesh_link_bytes_max;
     let turns = &door.connections.turns;
     let nobody_waits = turns.waiting.borrow().is_empty();
