@@ -31,7 +31,7 @@ impl Broker {
     pub fn client_ack(self: &Rc<Self>, key: SessionKey, ack: Ack, kind: ClientAck) -> Option<bool> {
         let pid = ack.packet_id.get();
         let now = Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         let slot = sessions.get_mut(&key)?;
         let before = slot.session.outbound.inflight();
         // A logged session's QoS 2 release is logged before its PUBREL (see `hold_release`).
@@ -101,7 +101,7 @@ impl Broker {
     /// id is free again and the owner forgets it. Returns the PUBCOMP's reason, or `None`
     /// if the session is gone.
     pub fn client_pubrel(self: &Rc<Self>, key: SessionKey, packet_id: u16) -> Option<ReasonCode> {
-        let (client_id, owner) = self.state.sessions.borrow_mut().get_mut(&key).map(|slot| {
+        let (client_id, owner) = self.sessions.slots.borrow_mut().get_mut(&key).map(|slot| {
             let owner = slot.session.awaiting_pubrel.remove(&packet_id);
             (slot.session.client_id.clone(), owner)
         })?;
@@ -117,14 +117,14 @@ impl Broker {
     /// awaits its PUBREL (a resend is then only answered again); `None` if the session is
     /// gone.
     pub fn awaits_pubrel(&self, key: SessionKey, packet_id: u16) -> Option<bool> {
-        let sessions = self.state.sessions.borrow();
+        let sessions = self.sessions.slots.borrow();
         let slot = sessions.get(&key)?;
         Some(slot.session.awaiting_pubrel.contains_key(&packet_id))
     }
 
     /// The client id of session `key`.
     pub fn client_id_of(&self, key: SessionKey) -> Option<ByteStr> {
-        let sessions = self.state.sessions.borrow();
+        let sessions = self.sessions.slots.borrow();
         sessions
             .get(&key)
             .map(|slot| slot.session.client_id.clone())
@@ -132,7 +132,7 @@ impl Broker {
 
     /// How many subscriptions session `key` holds.
     pub fn subscription_count(&self, key: SessionKey) -> usize {
-        let sessions = self.state.sessions.borrow();
+        let sessions = self.sessions.slots.borrow();
         sessions
             .get(&key)
             .map_or(0, |s| s.session.subscriptions.len())
@@ -140,7 +140,7 @@ impl Broker {
 
     /// Whether session `key` holds a subscription to `filter`.
     pub fn subscribes_to(&self, key: SessionKey, filter: &str) -> bool {
-        let sessions = self.state.sessions.borrow();
+        let sessions = self.sessions.slots.borrow();
         sessions
             .get(&key)
             .is_some_and(|s| s.session.subscriptions.contains_key(filter))
@@ -152,7 +152,7 @@ impl Broker {
         key: SessionKey,
         f: impl FnOnce(&mut dyn Iterator<Item = &str>) -> R,
     ) -> R {
-        let sessions = self.state.sessions.borrow();
+        let sessions = self.sessions.slots.borrow();
         let mut filters = sessions
             .get(&key)
             .into_iter()

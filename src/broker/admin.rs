@@ -149,7 +149,7 @@ impl Broker {
         shards: impl ExactSizeIterator<Item = ShardId>,
         mut query: impl FnMut(ShardId) -> AdminQuery,
     ) -> Vec<AdminAnswer> {
-        let id = self.state.open_request(shards.len());
+        let id = self.requests.open(shards.len());
         for to in shards {
             self.post(
                 to,
@@ -159,7 +159,7 @@ impl Broker {
                 },
             );
         }
-        self.state
+        self.requests
             .replies(id)
             .await
             .into_iter()
@@ -195,8 +195,8 @@ impl Broker {
         if list == AdminList::Retained {
             return self.retained_page(after, limit);
         }
-        let sessions = self.state.sessions.borrow();
-        let by_client = self.state.by_client.borrow();
+        let sessions = self.sessions.slots.borrow();
+        let by_client = self.sessions.by_client.borrow();
         let slot_of = |client: &str| by_client.get(client).and_then(|k| sessions.get(k));
         let full = |rows: &Vec<Value>, scanned: usize| rows.len() >= limit || scanned >= SCAN_MAX;
         let mut rows = Vec::new();
@@ -273,7 +273,7 @@ impl Broker {
     fn retained_page(&self, after: Option<&str>, limit: usize) -> (Vec<Value>, Option<String>) {
         let now = Instant::now();
         let mut page = Smallest::new(limit);
-        self.state.retained.borrow().for_each(|topic, msg| {
+        self.retained.index.borrow().for_each(|topic, msg| {
             let past = after.is_none_or(|a| topic > a);
             if past && !msg.is_expired(now) && page.admits(|top: &String| topic < top.as_str()) {
                 page.keep(topic.to_string(), Arc::clone(msg));
@@ -351,7 +351,7 @@ impl Broker {
                 match found {
                     Some(Some(())) => {
                         let key = self
-                            .state
+                            .sessions
                             .by_client
                             .borrow()
                             .get(client_id.as_str())
@@ -367,8 +367,8 @@ impl Broker {
             }
             AdminAction::DeleteRetained { topic } => {
                 let held = self
-                    .state
                     .retained
+                    .index
                     .borrow()
                     .get(&topic)
                     .is_some_and(|m| !m.is_expired(Instant::now()));
@@ -402,8 +402,8 @@ impl Broker {
         client_id: &str,
         f: impl FnOnce(&mut SessionSlot) -> R,
     ) -> Option<R> {
-        let key = *self.state.by_client.borrow().get(client_id)?;
-        let mut sessions = self.state.sessions.borrow_mut();
+        let key = *self.sessions.by_client.borrow().get(client_id)?;
+        let mut sessions = self.sessions.slots.borrow_mut();
         sessions.get_mut(&key).map(f)
     }
 }

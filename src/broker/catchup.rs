@@ -68,9 +68,9 @@ impl Broker {
 
     /// The catch-up reads `replay` is ready to ask for, numbered by this shard.
     pub(crate) fn take_catch_ups(&self, replay: &mut ReplayCursor) -> Vec<CatchUp> {
-        let mut next = self.state.next_catch_up.get();
+        let mut next = self.requests.next_catch_up.get();
         let asks = replay.take_catch_ups(&mut next);
-        self.state.next_catch_up.set(next);
+        self.requests.next_catch_up.set(next);
         asks
     }
 
@@ -150,10 +150,10 @@ impl Broker {
         resume: Option<u64>,
         end: u64,
     ) {
-        let Some(key) = self.state.by_client.borrow().get(&client_id).copied() else {
+        let Some(key) = self.sessions.by_client.borrow().get(&client_id).copied() else {
             return;
         };
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };

@@ -38,20 +38,20 @@ mod sessions;
 mod shard;
 mod shared;
 mod start;
+mod state;
 mod subscribe;
 pub mod sys;
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
 use crate::mqtt::ByteStr;
-use crate::router::{InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
+use crate::router::ShardId;
 use crate::session::Link;
-use crate::session::{Message, Session, SubOptions};
+use crate::session::{Message, Session};
 
 pub use acks::ClientAck;
 pub use admin::{AdminAnswer, AdminQuery};
@@ -206,208 +206,12 @@ pub enum Reply {
     Admin(AdminAnswer),
 }
 
-struct Wait {
-    remaining: usize,
-    replies: Vec<Reply>,
-    waker: Option<Waker>,
-}
-
-/// All broker state of one shard. Borrowed only briefly, never across `.await`.
-pub struct State {
-    sessions: RefCell<HashMap<SessionKey, SessionSlot>>,
-    by_client: RefCell<ByClient>,
-    next_session: Cell<SessionKey>,
-    trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
-    shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
-    interest: RefCell<InterestTable>,
-    /// Local subscriber count per `(group, filter)`: interest changes at 0 <-> 1.
-    interest_counts: RefCell<HashMap<InterestKey, usize>>,
-    retained: RefCell<RetainedIndex<Arc<Message>>>,
-    /// Retained topics whose message is a `retained_copy`: the version (original publish
-    /// offset) it carries. Cleared by every new retained store of the topic.
-    retained_versions: RefCell<HashMap<String, u64>>,
-    registry: RefCell<HashMap<ByteStr, ConnRef>>,
-    /// Home shard: client ids whose session this shard's log holds (open, not ended).
-    persisted: RefCell<HashSet<String>>,
-    /// Owner: per reporting shard, how many floor reports it sent and the lowest of its
-    /// last two with the last one (see `retention`).
-    floor_reports: RefCell<Vec<FloorReports>>,
-    /// Numbers catch-up reads.
-    next_catch_up: Cell<u64>,
-    /// Per owner shard, the highest watermark it sent here: every record of its log
-    /// below it had been sent to this shard before. A new subscription holds it until
-    /// the owners answered where their logs end (see `Broker::subscribe`).
-    heard_floors: RefCell<Vec<u64>>,
-    /// Peers that finished their recovery (the start barrier).
-    recovered_peers: Cell<usize>,
-    recovered_waker: Cell<Option<Waker>>,
-    /// Peers that closed their connections while stopping (the first stop barrier).
-    drained_peers: Cell<usize>,
-    drained_waker: Cell<Option<Waker>>,
-    /// Peers that logged their final cursors while stopping (the stop barrier).
-    flushed_peers: Cell<usize>,
-    flushed_waker: Cell<Option<Waker>>,
-    /// QoS 2 exchanges whose PUBREL waits for its `qos2_delivered` record, and whether a
-    /// task logging them is scheduled.
-    releasing: RefCell<Vec<persist::Releasing>>,
-    releasing_scheduled: Cell<bool>,
-    /// QoS 2 deliveries whose PUBLISH waits for its `qos2_sent` record (`persist::sent`).
-    sending: persist::SendLog,
-    /// Claims sent from this shard and not yet answered, by (client id, connection
-    /// token); a takeover arriving meanwhile is parked here until the claim resolves.
-    claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
-    /// Sessions a takeover left in place (indexed, offline) for a newer connection on
-    /// this same shard, by client id, until that connection's claim resumes them.
-    parked: RefCell<HashMap<ByteStr, SessionKey>>,
-    waits: RefCell<HashMap<u64, Wait>>,
-    next_request: Cell<u64>,
-    /// Round-robin over a group's members on this shard.
-    group_cursor: RefCell<HashMap<GroupKey, usize>>,
-    /// Owner: round-robin over the shards holding a group's members. Apart from
-    /// `group_cursor`: a shard that is both would otherwise step it twice per message
-    /// and, with two members, always pick the same one.
-    group_shard_cursor: RefCell<HashMap<GroupKey, usize>>,
-    route: RefCell<Route>,
-    /// Reused per delivery so matching allocates nothing once warm.
-    match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
-    /// A spare buffer for a publish's group routes while it is fanned out.
-    groups_scratch: Cell<Vec<crate::router::GroupRoute>>,
-    /// The same for a shared delivery's members.
-    shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
-    /// Per group: what its members here had no room for (see `shared`).
-    shared_backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
-    /// Owner: the shared deliveries of this shard's log not yet confirmed, and what the
-    /// shards reported holding of it, per group (see `shared`, "Crash safety").
-    shared_sent: RefCell<shared::SentShared>,
-    /// Per owner shard: the shared deliveries received from it, and what the last
-    /// report to it said (see `shared`).
-    shared_received: RefCell<shared::ReceivedShared>,
-    /// Per owner shard: the group floors it posted here (`ShardMsg::SharedFloor`), by
-    /// member subscription key; and the keys whose floor changed since the last flush.
-    group_floors: RefCell<HashMap<ShardId, HashMap<String, u64>>>,
-    floors_changed: RefCell<Vec<String>>,
-    loopback: RefCell<VecDeque<ShardMsg>>,
-    loopback_waker: Cell<Option<Waker>>,
-    /// Home: session records waiting for WAL room, in order (see `persist`).
-    session_log: persist::SessionLogQueue,
-    /// Home, with retention on: what recovery would rebuild from its session records
-    /// (see `persist::SessionShadow`).
-    session_shadow: RefCell<Option<persist::SessionShadow>>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl State {
-    /// Empty state for one shard.
-    pub fn new() -> Self {
-        State {
-            sessions: RefCell::new(HashMap::new()),
-            by_client: RefCell::new(ByClient::default()),
-            next_session: Cell::new(1),
-            trie: RefCell::new(SubscriptionTrie::new()),
-            shared: RefCell::new(SubscriptionTrie::new()),
-            interest: RefCell::new(InterestTable::new()),
-            interest_counts: RefCell::new(HashMap::new()),
-            retained: RefCell::new(RetainedIndex::new()),
-            retained_versions: RefCell::new(HashMap::new()),
-            registry: RefCell::new(HashMap::new()),
-            persisted: RefCell::new(HashSet::new()),
-            floor_reports: RefCell::new(Vec::new()),
-            next_catch_up: Cell::new(0),
-            heard_floors: RefCell::new(Vec::new()),
-            recovered_peers: Cell::new(0),
-            recovered_waker: Cell::new(None),
-            drained_peers: Cell::new(0),
-            drained_waker: Cell::new(None),
-            flushed_peers: Cell::new(0),
-            flushed_waker: Cell::new(None),
-            releasing: RefCell::new(Vec::new()),
-            releasing_scheduled: Cell::new(false),
-            sending: persist::SendLog::default(),
-            claims: RefCell::new(HashMap::new()),
-            parked: RefCell::new(HashMap::new()),
-            waits: RefCell::new(HashMap::new()),
-            next_request: Cell::new(1),
-            group_cursor: RefCell::new(HashMap::new()),
-            group_shard_cursor: RefCell::new(HashMap::new()),
-            route: RefCell::new(Route::default()),
-            match_scratch: Cell::new(Vec::new()),
-            shared_scratch: Cell::new(Vec::new()),
-            groups_scratch: Cell::new(Vec::new()),
-            shared_backlogs: RefCell::new(HashMap::new()),
-            shared_sent: RefCell::new(shared::SentShared::default()),
-            shared_received: RefCell::new(shared::ReceivedShared::default()),
-            group_floors: RefCell::new(HashMap::new()),
-            floors_changed: RefCell::new(Vec::new()),
-            loopback: RefCell::new(VecDeque::new()),
-            loopback_waker: Cell::new(None),
-            session_log: persist::SessionLogQueue::default(),
-            session_shadow: RefCell::new(None),
-        }
-    }
-
-    pub(crate) fn new_session_key(&self) -> SessionKey {
-        let key = self.next_session.get();
-        self.next_session.set(key + 1);
-        key
-    }
-
-    /// Opens a request expecting `replies` answers.
-    pub(crate) fn open_request(&self, replies: usize) -> u64 {
-        let id = self.next_request.get();
-        self.next_request.set(id + 1);
-        self.waits.borrow_mut().insert(
-            id,
-            Wait {
-                remaining: replies,
-                replies: Vec::with_capacity(replies),
-                waker: None,
-            },
-        );
-        id
-    }
-
-    /// Records one answer to request `id`.
-    pub(crate) fn reply(&self, id: u64, reply: Reply) {
-        let mut waits = self.waits.borrow_mut();
-        let Some(wait) = waits.get_mut(&id) else {
-            return;
-        };
-        wait.replies.push(reply);
-        wait.remaining = wait.remaining.saturating_sub(1);
-        if wait.remaining == 0 {
-            if let Some(w) = wait.waker.take() {
-                w.wake();
-            }
-        }
-    }
-
-    /// Waits for every answer to request `id`.
-    pub(crate) async fn replies(&self, id: u64) -> Vec<Reply> {
-        poll_fn(|cx| {
-            let mut waits = self.waits.borrow_mut();
-            let wait = waits.get_mut(&id).expect("request was opened");
-            if wait.remaining == 0 {
-                let wait = waits.remove(&id).expect("present");
-                return Poll::Ready(wait.replies);
-            }
-            wait.waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-}
-
 impl Broker {
     /// Sends `msg` to shard `to`: over the mesh, or through the loopback for this shard.
     pub(crate) fn post(&self, to: ShardId, msg: ShardMsg) {
         if to == self.id {
-            self.state.loopback.borrow_mut().push_back(msg);
-            if let Some(w) = self.state.loopback_waker.take() {
+            self.loopback.queue.borrow_mut().push_back(msg);
+            if let Some(w) = self.loopback.waker.take() {
                 w.wake();
             }
         } else {
@@ -429,10 +233,10 @@ impl Broker {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             loop {
-                let next = poll_fn(|cx| match shard.state.loopback.borrow_mut().pop_front() {
+                let next = poll_fn(|cx| match shard.loopback.queue.borrow_mut().pop_front() {
                     Some(msg) => Poll::Ready(msg),
                     None => {
-                        shard.state.loopback_waker.set(Some(cx.waker().clone()));
+                        shard.loopback.waker.set(Some(cx.waker().clone()));
                         Poll::Pending
                     }
                 })
@@ -460,12 +264,7 @@ impl Broker {
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(peer, ShardMsg::Recovered);
         }
-        all_arrived(
-            &self.state.recovered_peers,
-            &self.state.recovered_waker,
-            peers,
-        )
-        .await
+        self.barriers.recovered.reached(peers).await
     }
 
     /// Tells every other shard this one closed its connections, then waits until every
@@ -482,33 +281,28 @@ impl Broker {
             for peer in self.all_shards().filter(|&p| p != self.id) {
                 self.post(peer, ShardMsg::Drained);
             }
-            all_arrived(
-                &self.state.drained_peers,
-                &self.state.drained_waker,
-                round * peers,
-            )
-            .await
+            self.barriers.drained.reached(round * peers).await
         }
     }
 
     /// Waits until every other shard sent `Flushed` (see `flush_cursors_for_stop`).
     pub(crate) async fn stop_barrier(&self) {
         let peers = self.mesh.shards() - 1;
-        all_arrived(&self.state.flushed_peers, &self.state.flushed_waker, peers).await
+        self.barriers.flushed.reached(peers).await
     }
 
     /// A PUBREC of a logged session's QoS 2 message: its PUBREL goes out once the
     /// release is durable at the session's home. Releases arriving meanwhile form one
     /// batch (one record per client, one wait).
     pub(crate) fn hold_release(self: &Rc<Self>, releasing: persist::Releasing) {
-        self.state.releasing.borrow_mut().push(releasing);
-        if self.state.releasing_scheduled.replace(true) {
+        self.qos2.releasing.borrow_mut().push(releasing);
+        if self.qos2.releasing_scheduled.replace(true) {
             return;
         }
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
-            shard.state.releasing_scheduled.set(false);
-            let batch = std::mem::take(&mut *shard.state.releasing.borrow_mut());
+            shard.qos2.releasing_scheduled.set(false);
+            let batch = std::mem::take(&mut *shard.qos2.releasing.borrow_mut());
             shard.log_releases(batch).await;
         })
         .detach();
@@ -546,7 +340,7 @@ impl Broker {
                 group,
                 ack_id,
             } => {
-                self.state
+                self.subs
                     .interest
                     .borrow_mut()
                     .add(&filter, group.as_deref(), from);
@@ -555,25 +349,25 @@ impl Broker {
                 }
             }
             ShardMsg::InterestRemove { filter, group } => {
-                self.state
+                self.subs
                     .interest
                     .borrow_mut()
                     .remove(&filter, group.as_deref(), from);
             }
-            ShardMsg::Ack { id } => self.state.reply(id, Reply::Ack),
+            ShardMsg::Ack { id } => self.requests.reply(id, Reply::Ack),
             ShardMsg::LogEndQuery { id } => {
                 let end = self.log_end();
                 self.post(from, ShardMsg::LogEnd { id, end });
             }
             ShardMsg::LogEnd { id, end } => {
-                self.state.reply(id, Reply::LogEnd { shard: from, end })
+                self.requests.reply(id, Reply::LogEnd { shard: from, end })
             }
             ShardMsg::RetainedQuery { filter, id } => {
                 let messages = self.retained_matching(&filter);
                 self.post(from, ShardMsg::RetainedReply { id, messages });
             }
             ShardMsg::RetainedReply { id, messages } => {
-                self.state.reply(id, Reply::Retained(messages));
+                self.requests.reply(id, Reply::Retained(messages));
             }
             ShardMsg::Claim {
                 client_id,
@@ -589,19 +383,19 @@ impl Broker {
                 id,
             } => self.take_over(client_id, old, to, clean_start, id),
             ShardMsg::SessionHandover { id, session } => {
-                self.state.reply(id, Reply::Handover(session));
+                self.requests.reply(id, Reply::Handover(session));
             }
             ShardMsg::SessionLog { kind, body, ack_id } => {
                 self.on_session_log(from, kind, body, ack_id).await
             }
-            ShardMsg::LogDone { id, ok } => self.state.reply(id, Reply::Logged(ok)),
+            ShardMsg::LogDone { id, ok } => self.requests.reply(id, Reply::Logged(ok)),
             ShardMsg::Replay { id, wants } => self.on_replay(from, id, wants).await,
             ShardMsg::ReplayReply {
                 id,
                 end,
                 found,
                 resume,
-            } => self.state.reply(
+            } => self.requests.reply(
                 id,
                 Reply::Replayed {
                     shard: from,
@@ -674,15 +468,13 @@ impl Broker {
                 self.count_shared_received(from, Some(owner));
                 self.on_shared_gap(GroupKey { group, filter }, topic, owner, offset)
             }
-            ShardMsg::Drained => arrived(&self.state.drained_peers, &self.state.drained_waker),
-            ShardMsg::Flushed => arrived(&self.state.flushed_peers, &self.state.flushed_waker),
-            ShardMsg::Recovered => {
-                arrived(&self.state.recovered_peers, &self.state.recovered_waker)
-            }
+            ShardMsg::Drained => self.barriers.drained.arrived(),
+            ShardMsg::Flushed => self.barriers.flushed.arrived(),
+            ShardMsg::Recovered => self.barriers.recovered.arrived(),
             ShardMsg::AdminQuery { id, query } => self.on_admin_query(from, id, query).await,
-            ShardMsg::AdminReply { id, answer } => self.state.reply(id, Reply::Admin(answer)),
+            ShardMsg::AdminReply { id, answer } => self.requests.reply(id, Reply::Admin(answer)),
             ShardMsg::SessionGone { client_id, conn } => {
-                let mut registry = self.state.registry.borrow_mut();
+                let mut registry = self.sessions.holders.borrow_mut();
                 if registry.get(&client_id) == Some(&conn) {
                     registry.remove(&client_id);
                 }
@@ -695,23 +487,3 @@ impl Broker {
 /// goes to its owner and from there to a shard of the group, at most `SHARED_HOPS_MAX`
 /// times.
 const DRAIN_ROUNDS: usize = 2 * shared::SHARED_HOPS_MAX as usize;
-
-/// A peer reached a barrier (`count` of them so far, `waker` the waiting task).
-fn arrived(count: &Cell<usize>, waker: &Cell<Option<Waker>>) {
-    count.set(count.get() + 1);
-    if let Some(w) = waker.take() {
-        w.wake();
-    }
-}
-
-/// Resolves once `peers` peers reached the barrier (see `arrived`).
-async fn all_arrived(count: &Cell<usize>, waker: &Cell<Option<Waker>>, peers: usize) {
-    poll_fn(|cx| {
-        if count.get() >= peers {
-            return Poll::Ready(());
-        }
-        waker.set(Some(cx.waker().clone()));
-        Poll::Pending
-    })
-    .await
-}

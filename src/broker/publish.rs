@@ -66,12 +66,12 @@ impl Broker {
         // The groups leave the route for a spare buffer (the sends below may wait, and
         // other publishes reuse the route meanwhile); both buffers keep their capacity.
         let (shards, mut groups) = {
-            let mut route = self.state.route.borrow_mut();
-            self.state
+            let mut route = self.subs.route.borrow_mut();
+            self.subs
                 .interest
                 .borrow()
                 .route(msg.topic.as_str(), &mut route);
-            let spare = self.state.groups_scratch.take();
+            let spare = self.subs.groups_scratch.take();
             (route.shards, std::mem::replace(&mut route.groups, spare))
         };
         for shard in shards.iter() {
@@ -98,7 +98,7 @@ impl Broker {
             // the order the target receives them in (see `shared`, "Crash safety").
             self.send_shared(target, GroupKey { group, filter }, Arc::clone(&msg), 0);
         }
-        self.state.groups_scratch.replace(groups);
+        self.subs.groups_scratch.replace(groups);
     }
 
     async fn forward(&self, to: ShardId, msg: ShardMsg, may_wait: MayWait) {
@@ -109,7 +109,7 @@ impl Broker {
     }
 
     fn pick_group_shard(&self, group: &Arc<str>, filter: &Arc<str>, members: &ShardSet) -> ShardId {
-        let mut cursors = self.state.group_shard_cursor.borrow_mut();
+        let mut cursors = self.groups.shard_cursor.borrow_mut();
         let key = GroupKey {
             group: group.clone(),
             filter: filter.clone(),
@@ -122,11 +122,11 @@ impl Broker {
     }
 
     pub(crate) fn store_retained(&self, msg: &Arc<Message>) {
-        let mut retained = self.state.retained.borrow_mut();
+        let mut retained = self.retained.index.borrow_mut();
         let before = retained.len();
         // A new state of the topic: its version is its own offset again.
-        self.state
-            .retained_versions
+        self.retained
+            .versions
             .borrow_mut()
             .remove(msg.topic.as_str());
         let (added, replaced) = if msg.payload.is_empty() {
@@ -146,8 +146,8 @@ impl Broker {
         let now = Instant::now();
         let mut found = Vec::new();
         let mut expired = Vec::new();
-        self.state
-            .retained
+        self.retained
+            .index
             .borrow()
             .for_each_matching(filter, |topic, msg| {
                 if msg.is_expired(now) {
@@ -157,8 +157,8 @@ impl Broker {
                 }
             });
         if !expired.is_empty() {
-            let mut retained = self.state.retained.borrow_mut();
-            let mut versions = self.state.retained_versions.borrow_mut();
+            let mut retained = self.retained.index.borrow_mut();
+            let mut versions = self.retained.versions.borrow_mut();
             for topic in &expired {
                 let removed = retained.remove(topic).map_or(0, |m| m.cost_bytes());
                 self.quota.retained_bytes_changed(0, removed);
@@ -179,7 +179,7 @@ impl Broker {
             return;
         };
         if ack.exactly_once && reason == ReasonCode::Success {
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             if let Some(slot) = conn.session.get().and_then(|k| sessions.get_mut(&k)) {
                 slot.session.awaiting_pubrel.insert(ack.packet_id, owner);
             }
@@ -196,20 +196,20 @@ impl Broker {
             self.probe.messages_expired_total.inc();
             return;
         }
-        let mut matches = self.state.match_scratch.take();
+        let mut matches = self.subs.match_scratch.take();
         matches.clear();
-        self.state
+        self.subs
             .trie
             .borrow()
             .for_each_match(msg.topic.as_str(), |_, key, opts| {
                 matches.push((*key, *opts))
             });
         if matches.is_empty() {
-            self.state.match_scratch.replace(matches);
+            self.subs.match_scratch.replace(matches);
             return;
         }
         matches.sort_unstable_by_key(|(key, _)| *key);
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         for same in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same[0].0;
             let Some(slot) = sessions.get_mut(&key) else {
@@ -224,7 +224,7 @@ impl Broker {
             self.offer(slot, delivery, now);
         }
         drop(sessions);
-        self.state.match_scratch.replace(matches);
+        self.subs.match_scratch.replace(matches);
     }
 
     /// Gives one delivery to a session: queue it, and if connected, move what fits onto
@@ -373,7 +373,7 @@ impl Broker {
 
     /// A connection's output drained: move more of its session's queue onto the wire.
     pub(crate) fn on_drained(&self, key: SessionKey) {
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         if let Some(slot) = sessions.get_mut(&key) {
             if slot.session.outbound.queued() > 0 {
                 self.pump(slot, Instant::now());

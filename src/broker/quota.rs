@@ -84,7 +84,7 @@ impl Broker {
         }
         let quota = &self.quota;
         let (stored, known_bytes) = {
-            let retained = self.state.retained.borrow();
+            let retained = self.retained.index.borrow();
             let known = retained.get(msg.topic.as_str()).map(|m| m.cost_bytes());
             (retained.len(), known)
         };

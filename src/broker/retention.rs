@@ -119,7 +119,7 @@ impl Broker {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
             return;
         }
-        *self.state.session_shadow.borrow_mut() = Some(SessionShadow::new(
+        *self.session_log.shadow.borrow_mut() = Some(SessionShadow::new(
             sessions,
             self.config.session_qos2_released_max,
         ));
@@ -163,14 +163,14 @@ impl Broker {
     /// reached it (the channel is in order).
     pub(crate) fn on_watermark(&self, owner: ShardId, watermark: u64) {
         {
-            let mut heard = self.state.heard_floors.borrow_mut();
+            let mut heard = self.retention.heard_floors.borrow_mut();
             let o = owner.index();
             if heard.len() <= o {
                 heard.resize(o + 1, 0);
             }
             heard[o] = heard[o].max(watermark);
         }
-        for slot in self.state.sessions.borrow_mut().values_mut() {
+        for slot in self.sessions.slots.borrow_mut().values_mut() {
             if slot.session.logged {
                 slot.session.replay.raise_quietly(owner, watermark);
             }
@@ -181,7 +181,7 @@ impl Broker {
     fn report_floors(&self) {
         let shards = self.mesh.shards();
         let mut mins = vec![u64::MAX; shards];
-        for slot in self.state.sessions.borrow().values() {
+        for slot in self.sessions.slots.borrow().values() {
             let s = &slot.session;
             if !(s.logged || s.replay.has_gaps()) {
                 continue;
@@ -199,7 +199,7 @@ impl Broker {
 
     /// Owner: a shard's report of the lowest cursor its sessions hold here.
     pub(crate) fn on_retention_floor(&self, from: ShardId, floor: u64) {
-        let mut reports = self.state.floor_reports.borrow_mut();
+        let mut reports = self.retention.floor_reports.borrow_mut();
         if reports.len() < self.mesh.shards() {
             reports.resize(self.mesh.shards(), FloorReports::default());
         }
@@ -215,7 +215,7 @@ impl Broker {
 
     /// The floor every shard's last two reports allow; `None` until each sent two.
     fn sessions_floor(&self) -> Option<u64> {
-        let reports = self.state.floor_reports.borrow();
+        let reports = self.retention.floor_reports.borrow();
         if reports.len() < self.mesh.shards() || reports.iter().any(|r| r.sent < 2) {
             return None;
         }
@@ -235,8 +235,8 @@ impl Broker {
         let limit = candidate.0.min(sessions_floor);
         let pinned: Vec<Arc<Message>> = {
             let mut found = Vec::new();
-            self.state
-                .retained
+            self.retained
+                .index
                 .borrow()
                 .for_each(|_, msg: &Arc<Message>| {
                     if msg.log.is_some_and(|p| p.offset < limit) {
@@ -257,13 +257,13 @@ impl Broker {
                         offset,
                         floor: offset + 1,
                     });
-                    let mut retained = self.state.retained.borrow_mut();
+                    let mut retained = self.retained.index.borrow_mut();
                     // Replaced meanwhile by a newer retained message: keep that one.
                     let current = retained.get(msg.topic.as_str()).map(Arc::clone);
                     if current.is_some_and(|c| Arc::ptr_eq(&c, &msg)) {
                         retained.insert(msg.topic.as_str(), Arc::new(copy));
-                        self.state
-                            .retained_versions
+                        self.retained
+                            .versions
                             .borrow_mut()
                             .insert(msg.topic.as_str().to_string(), version);
                     }
@@ -279,8 +279,8 @@ impl Broker {
             return;
         }
         let mut floor = sessions_floor;
-        self.state
-            .retained
+        self.retained
+            .index
             .borrow()
             .for_each(|_, msg: &Arc<Message>| {
                 if let Some(p) = msg.log {
@@ -293,7 +293,7 @@ impl Broker {
     /// Writes again, and waits until durable, every live session's records and every
     /// armed will that lie below `limit` (see the module docs).
     async fn keep_session_records(&self, limit: u64) -> Result<(), crate::storage::WalError> {
-        let (sessions, wills) = match self.state.session_shadow.borrow().as_ref() {
+        let (sessions, wills) = match self.session_log.shadow.borrow().as_ref() {
             Some(shadow) => shadow.due(limit),
             None => return Ok(()),
         };
@@ -334,7 +334,7 @@ impl Broker {
         done: impl Fn(&mut SessionShadow, u64),
     ) -> Result<Option<u64>, crate::storage::WalError> {
         let durable = self.log.get().expect("checked by the caller");
-        let body_of = || self.state.session_shadow.borrow().as_ref().and_then(&body);
+        let body_of = || self.session_log.shadow.borrow().as_ref().and_then(&body);
         loop {
             let Some(len) = body_of().map(|b| b.len()) else {
                 return Ok(None);
@@ -345,7 +345,7 @@ impl Broker {
             };
             match durable.wal.append(kind, unix_ms(), &[&bytes[..]]) {
                 Ok(offset) => {
-                    if let Some(shadow) = self.state.session_shadow.borrow_mut().as_mut() {
+                    if let Some(shadow) = self.session_log.shadow.borrow_mut().as_mut() {
                         done(shadow, offset.0);
                     }
                     return Ok(Some(offset.0));
@@ -360,7 +360,7 @@ impl Broker {
     /// The version of a retained message in the index: the offset of its original
     /// publish (a copy's is remembered in `retained_versions`).
     fn retained_version(&self, msg: &Message) -> u64 {
-        let copied = self.state.retained_versions.borrow();
+        let copied = self.retained.versions.borrow();
         match copied.get(msg.topic.as_str()) {
             Some(version) => *version,
             None => msg.log.map_or(0, |p| p.offset),
@@ -382,8 +382,8 @@ impl Broker {
         // No await from here to the append: no newer state of the topic can be logged
         // between this check and the copy.
         let current = self
-            .state
             .retained
+            .index
             .borrow()
             .get(msg.topic.as_str())
             .cloned();

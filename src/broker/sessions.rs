@@ -104,7 +104,7 @@ impl Broker {
             return Err(None);
         }
         let resumed = previous.is_some() && !params.clean_start;
-        if !resumed && self.state.sessions.borrow().len() >= self.config.sessions_per_shard_max() {
+        if !resumed && self.sessions.slots.borrow().len() >= self.config.sessions_per_shard_max() {
             self.probe.hit(crate::metrics::Limit::SessionsMax);
             // The claim made this connection the id's holder at home: let go of it.
             self.post(
@@ -132,9 +132,9 @@ impl Broker {
     /// answer: the session handed over (if any), one a takeover left in place on this
     /// shard, and a newer connection that won the id meanwhile.
     async fn claim(&self, params: &SessionParams, me: ConnRef, home: ShardId) -> Claimed {
-        let id = self.state.open_request(1);
+        let id = self.requests.open(1);
         let claim_key = (params.client_id.clone(), me.token);
-        self.state
+        self.sessions
             .claims
             .borrow_mut()
             .insert(claim_key.clone(), None);
@@ -147,14 +147,19 @@ impl Broker {
                 id,
             },
         );
-        let previous = match self.state.replies(id).await.pop() {
+        let previous = match self.requests.replies(id).await.pop() {
             Some(Reply::Handover(session)) => session,
             _ => None,
         };
-        let parked = self.state.parked.borrow_mut().remove(&params.client_id);
-        let superseded = self.state.claims.borrow_mut().remove(&claim_key).flatten();
+        let parked = self.sessions.parked.borrow_mut().remove(&params.client_id);
+        let superseded = self
+            .sessions
+            .claims
+            .borrow_mut()
+            .remove(&claim_key)
+            .flatten();
         // Left in place by a takeover on this shard (see `take_over`).
-        let parked = parked.filter(|k| self.state.sessions.borrow().contains_key(k));
+        let parked = parked.filter(|k| self.sessions.slots.borrow().contains_key(k));
         Claimed {
             previous,
             parked,
@@ -213,7 +218,7 @@ impl Broker {
     /// Indexes `session` on this shard, attached to `conn`, with its subscriptions in the
     /// trie and the interest table (waiting until the peers have them); returns its key.
     async fn attach(&self, session: Session, conn: &Rc<Link>, me: ConnRef) -> SessionKey {
-        let key = self.state.new_session_key();
+        let key = self.sessions.new_key();
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
             .iter()
@@ -222,11 +227,11 @@ impl Broker {
         self.probe
             .inflight_current
             .add(session.outbound.inflight() as i64);
-        self.state
+        self.sessions
             .by_client
             .borrow_mut()
             .insert(session.client_id.clone(), key);
-        self.state.sessions.borrow_mut().insert(
+        self.sessions.slots.borrow_mut().insert(
             key,
             SessionSlot {
                 session,
@@ -243,7 +248,7 @@ impl Broker {
             }
         }
         for ack in acks {
-            self.state.replies(ack).await;
+            self.requests.replies(ack).await;
         }
         key
     }
@@ -270,7 +275,7 @@ impl Broker {
     /// After CONNACK: resend what was in flight, then send what queued while offline.
     pub(crate) fn resume_delivery(&self, key: SessionKey) {
         let now = Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };
@@ -295,8 +300,8 @@ impl Broker {
             self.end_logged_at_home(&client_id);
         }
         let previous = self
-            .state
-            .registry
+            .sessions
+            .holders
             .borrow_mut()
             .insert(client_id.clone(), conn);
         match previous {
@@ -325,7 +330,7 @@ impl Broker {
         id: u64,
     ) {
         if let Some(pending) = self
-            .state
+            .sessions
             .claims
             .borrow_mut()
             .get_mut(&(client_id.clone(), old.token))
@@ -347,7 +352,7 @@ impl Broker {
             }
             return;
         }
-        let key = self.state.by_client.borrow().get(&client_id).copied();
+        let key = self.sessions.by_client.borrow().get(&client_id).copied();
         let Some(key) = key else {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
             return;
@@ -392,7 +397,7 @@ impl Broker {
     /// false (nothing done) for a session that does not carry on.
     fn park(self: &Rc<Self>, client_id: &ByteStr, key: SessionKey, to: ConnRef) -> bool {
         let (old_conn, will) = {
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return false;
             };
@@ -423,7 +428,7 @@ impl Broker {
         if let Some(will) = will.filter(|w| was_live && w.delay_secs == 0) {
             self.publish_will(client_id, will);
         }
-        self.state
+        self.sessions
             .parked
             .borrow_mut()
             .insert(client_id.clone(), key);
@@ -442,7 +447,7 @@ impl Broker {
             token: conn.token,
         };
         let open = {
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             let slot = sessions.get_mut(&key).expect("checked by the caller");
             let s = &mut slot.session;
             s.protocol = params.protocol;
@@ -474,13 +479,13 @@ impl Broker {
     /// Takes a session out of this shard's tables (subscriptions, interest, indexes).
     fn remove_session(&self, key: SessionKey) -> SessionSlot {
         let mut slot = self
-            .state
             .sessions
+            .slots
             .borrow_mut()
             .remove(&key)
             .expect("session key from by_client");
         {
-            let mut by_client = self.state.by_client.borrow_mut();
+            let mut by_client = self.sessions.by_client.borrow_mut();
             if by_client.get(&slot.session.client_id) == Some(&key) {
                 by_client.remove(&slot.session.client_id);
             }
@@ -505,7 +510,7 @@ impl Broker {
         expiry_secs: Option<u32>,
     ) {
         let (due_will, delayed, expiry, epoch, shared, client, armed) = {
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return;
             };
@@ -578,7 +583,7 @@ impl Broker {
 
     /// Ends a session for good and tells its home shard.
     pub(crate) fn end_session(self: &Rc<Self>, key: SessionKey) {
-        if !self.state.sessions.borrow().contains_key(&key) {
+        if !self.sessions.slots.borrow().contains_key(&key) {
             return;
         }
         let mut slot = self.remove_session(key);
@@ -601,8 +606,8 @@ impl Broker {
     }
 
     fn still_offline(&self, key: SessionKey, epoch: u64) -> bool {
-        self.state
-            .sessions
+        self.sessions
+            .slots
             .borrow()
             .get(&key)
             .is_some_and(|s| s.conn.is_none() && s.epoch == epoch)
@@ -625,7 +630,7 @@ impl Broker {
         key: SessionKey,
         elapsed_ms: u64,
     ) -> Option<(ByteStr, SessionRecord)> {
-        let sessions = self.state.sessions.borrow();
+        let sessions = self.sessions.slots.borrow();
         let slot = sessions.get(&key).filter(|s| s.session.logged)?;
         let expiry_secs = match slot.session.expiry_secs {
             crate::session::EXPIRY_NEVER => crate::session::EXPIRY_NEVER,
@@ -658,7 +663,7 @@ impl Broker {
                 return;
             }
             let due = {
-                let mut sessions = shard.state.sessions.borrow_mut();
+                let mut sessions = shard.sessions.slots.borrow_mut();
                 sessions.get_mut(&key).and_then(|s| {
                     s.session
                         .will
@@ -712,7 +717,7 @@ impl Broker {
 
     fn redeliver_due(&self, backoff: Duration) {
         let now = Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         for slot in sessions.values_mut() {
             let Some(conn) = &slot.conn else { continue };
             if slot.session.protocol == Protocol::V5 || slot.session.outbound.inflight() == 0 {

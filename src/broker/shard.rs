@@ -18,7 +18,11 @@ use crate::session::Link;
 
 use super::msg::ShardMsg;
 use super::quota::RetainedQuota;
-use super::{ShardLog, State};
+use super::state::{
+    Barriers, Loopback, Qos2Log, Requests, Retained, RetentionState, SessionLog, Sessions,
+    SharedGroups, Subscriptions,
+};
+use super::ShardLog;
 
 /// How long `/health` waits for every shard to answer a ping over the mesh.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,8 +43,26 @@ pub struct Broker {
     pub probes: Probes,
     /// Set once when the shard starts shutting down.
     pub shutdown: Shutdown,
-    /// Sessions, subscriptions, retained messages and routing state of this shard.
-    pub(super) state: State,
+    /// The session registry.
+    pub(super) sessions: Sessions,
+    /// What the sessions here subscribe to, and the interest table.
+    pub(super) subs: Subscriptions,
+    /// The retained messages of the topics this shard owns.
+    pub(super) retained: Retained,
+    /// Shared subscription groups.
+    pub(super) groups: SharedGroups,
+    /// Requests to other shards awaiting their answers.
+    pub(super) requests: Requests,
+    /// The start and stop barriers.
+    pub(super) barriers: Barriers,
+    /// Messages this shard posts to itself.
+    pub(super) loopback: Loopback,
+    /// Floor reports and watermarks (see `retention`).
+    pub(super) retention: RetentionState,
+    /// QoS 2 deliveries waiting for their records.
+    pub(super) qos2: Qos2Log,
+    /// Home: the session records of this shard's log.
+    pub(super) session_log: SessionLog,
     /// Who may connect and the ACL, as of this shard's last reload.
     auth: RefCell<Arc<Authenticator>>,
     /// The retained-topic limits this shard enforces as an owner.
@@ -89,7 +111,16 @@ impl Broker {
             probes,
             mesh,
             shutdown: Shutdown::default(),
-            state: State::new(),
+            sessions: Sessions::new(),
+            subs: Subscriptions::default(),
+            retained: Retained::default(),
+            groups: SharedGroups::default(),
+            requests: Requests::new(),
+            barriers: Barriers::default(),
+            loopback: Loopback::default(),
+            retention: RetentionState::default(),
+            qos2: Qos2Log::default(),
+            session_log: SessionLog::default(),
             auth: RefCell::new(auth),
             quota: RetainedQuota::default(),
             log: OnceCell::new(),

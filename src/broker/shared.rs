@@ -241,12 +241,12 @@ impl Broker {
             self.probe.messages_expired_total.inc();
             return;
         }
-        let mut members = self.state.shared_scratch.take();
+        let mut members = self.subs.shared_scratch.take();
         members.clear();
         // A member going offline stays one: with no other, the group keeps the message
         // for it.
         let mut leaving_stays = false;
-        self.state
+        self.subs
             .shared
             .borrow()
             .for_each_match(msg.topic.as_str(), |f, key, opts| {
@@ -266,7 +266,7 @@ impl Broker {
         };
         let key = GroupKey { group, filter };
         self.place_shared(&key, msg, place, &members, now);
-        self.state.shared_scratch.replace(members);
+        self.subs.shared_scratch.replace(members);
     }
 
     fn place_shared(
@@ -283,7 +283,7 @@ impl Broker {
             has_members,
         } = place;
         let behind = {
-            let mut backlogs = self.state.shared_backlogs.borrow_mut();
+            let mut backlogs = self.groups.backlogs.borrow_mut();
             match backlogs.get_mut(key) {
                 None => false,
                 Some(b) => {
@@ -299,7 +299,7 @@ impl Broker {
             }
         };
         let cost = msg.cost_bytes();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         let connected = |k: &SessionKey| sessions.get(k).is_some_and(|s| s.conn.is_some());
         let any_connected = members.iter().any(|(k, _)| connected(k));
         if !behind {
@@ -368,7 +368,7 @@ impl Broker {
             return None;
         }
         let start = {
-            let mut cursors = self.state.group_cursor.borrow_mut();
+            let mut cursors = self.groups.cursor.borrow_mut();
             let cursor = match cursors.get_mut(key) {
                 Some(c) => c,
                 None => cursors.entry(key.clone()).or_insert(0),
@@ -386,7 +386,7 @@ impl Broker {
     /// No member has room: keep `msg` in the group's backlog, or past its bound leave it
     /// to the owner's log.
     fn keep_for_group(&self, key: &GroupKey, msg: Arc<Message>) {
-        let mut backlogs = self.state.shared_backlogs.borrow_mut();
+        let mut backlogs = self.groups.backlogs.borrow_mut();
         let b = match backlogs.get_mut(key) {
             Some(b) => b,
             None => backlogs.entry(key.clone()).or_insert_with(|| {
@@ -419,10 +419,10 @@ impl Broker {
     /// while it has room, and asks for the groups' catch-up reads once the backlogs are
     /// half empty. Returns whether anything was queued.
     pub(crate) fn refill_from_backlogs(&self, slot: &mut SessionSlot) -> bool {
-        if self.state.shared_backlogs.borrow().is_empty() || slot.conn.is_none() {
+        if self.groups.backlogs.borrow().is_empty() || slot.conn.is_none() {
             return false;
         }
-        let mut backlogs = self.state.shared_backlogs.borrow_mut();
+        let mut backlogs = self.groups.backlogs.borrow_mut();
         let mut queued = false;
         let s = &mut slot.session;
         // A shard has few groups; a session may have many subscriptions.
@@ -533,7 +533,7 @@ impl Broker {
         end: u64,
     ) {
         {
-            let mut backlogs = self.state.shared_backlogs.borrow_mut();
+            let mut backlogs = self.groups.backlogs.borrow_mut();
             let Some(b) = backlogs.get_mut(&key) else {
                 return;
             };
@@ -569,7 +569,7 @@ impl Broker {
     /// Another shard's last member of the group left with messages still in `owner`'s
     /// log: read them here.
     pub(crate) fn on_shared_gap(&self, key: GroupKey, topic: ByteStr, owner: ShardId, from: u64) {
-        let mut backlogs = self.state.shared_backlogs.borrow_mut();
+        let mut backlogs = self.groups.backlogs.borrow_mut();
         let b = backlogs
             .entry(key.clone())
             .or_insert_with(|| GroupBacklog::new(&key, self.backlog_limits(), topic));
@@ -588,8 +588,8 @@ impl Broker {
     /// backlog and asks for the group's catch-up reads).
     fn pump_group_members(&self, key: &GroupKey) {
         let Some(member_filter) = self
-            .state
-            .shared_backlogs
+            .groups
+            .backlogs
             .borrow()
             .get(key)
             .map(|b| b.member_filter.clone())
@@ -597,7 +597,7 @@ impl Broker {
             return;
         };
         let now = Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         for slot in sessions.values_mut().filter(|s| s.conn.is_some()) {
             if slot.session.subscriptions.contains_key(&member_filter) {
                 self.pump(slot, now);
@@ -609,11 +609,11 @@ impl Broker {
     /// member here, the backlog's offsets become gaps of its own cursor, so a session
     /// that moves reads them from the logs on its new shard.
     pub(crate) fn leave_groups(&self, slot: &mut SessionSlot) {
-        let backlogs = self.state.shared_backlogs.borrow();
+        let backlogs = self.groups.backlogs.borrow();
         if backlogs.is_empty() {
             return;
         }
-        let counts = self.state.interest_counts.borrow();
+        let counts = self.subs.interest_counts.borrow();
         let s = &mut slot.session;
         for (key, b) in backlogs.iter() {
             if !s.subscriptions.contains_key(&b.member_filter) {
@@ -641,8 +641,8 @@ impl Broker {
     /// The group's last member on this shard left: its backlog goes to another shard of
     /// the group, or, with none left anywhere, is dropped (and counted).
     pub(crate) fn release_group(&self, key: GroupKey) {
-        self.state.group_cursor.borrow_mut().remove(&key);
-        let Some(mut b) = self.state.shared_backlogs.borrow_mut().remove(&key) else {
+        self.groups.cursor.borrow_mut().remove(&key);
+        let Some(mut b) = self.groups.backlogs.borrow_mut().remove(&key) else {
             return;
         };
         // The gaps and messages go back to their owners, which give them to another
@@ -682,8 +682,8 @@ impl Broker {
         besides: ShardId,
         or_besides: bool,
     ) -> Option<ShardId> {
-        let mut route = self.state.route.borrow_mut();
-        self.state.interest.borrow().route(topic, &mut route);
+        let mut route = self.subs.route.borrow_mut();
+        self.subs.interest.borrow().route(topic, &mut route);
         let shards = route
             .groups
             .iter()
@@ -747,8 +747,8 @@ impl Broker {
     }
 
     fn find_group_filter(&self, group: &Arc<str>, topic: &str) -> Option<Arc<str>> {
-        let mut route = self.state.route.borrow_mut();
-        self.state.interest.borrow().route(topic, &mut route);
+        let mut route = self.subs.route.borrow_mut();
+        self.subs.interest.borrow().route(topic, &mut route);
         route
             .groups
             .iter()
@@ -767,13 +767,13 @@ impl Broker {
             lowest[owner.index()] = Some(floor);
             lowest
         };
-        for (key, g) in self.state.shared_sent.borrow().groups.iter() {
+        for (key, g) in self.groups.sent.borrow().groups.iter() {
             let floor = g.floor();
             if floor != u64::MAX {
                 holds.push((member_filter(key), at(self.id, floor)));
             }
         }
-        for (&owner, floors) in self.state.group_floors.borrow().iter() {
+        for (&owner, floors) in self.groups.floors.borrow().iter() {
             if owner != self.id {
                 holds.extend(
                     floors
@@ -789,8 +789,8 @@ impl Broker {
     fn local_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
         let mut holds: BacklogHolds = self
-            .state
-            .shared_backlogs
+            .groups
+            .backlogs
             .borrow()
             .values()
             .map(|b| (b.member_filter.clone(), b.lowest_by_owner(shards)))
@@ -823,7 +823,7 @@ impl Broker {
     fn track_shared(&self, target: ShardId, key: &GroupKey, offset: u64) {
         let shards = self.mesh.shards();
         let fell = {
-            let mut sent = self.state.shared_sent.borrow_mut();
+            let mut sent = self.groups.sent.borrow_mut();
             let sent = &mut *sent;
             if sent.sent.len() < shards {
                 sent.sent.resize(shards, 0);
@@ -852,7 +852,7 @@ impl Broker {
     /// Owner: posts changed group floors to every other shard (and marks the members
     /// here, whose cursors take this shard's floors as they are at each flush).
     fn post_floors(&self, floors: Vec<(String, u64)>) {
-        self.state
+        self.groups
             .floors_changed
             .borrow_mut()
             .extend(floors.iter().map(|(f, _)| f.clone()));
@@ -868,7 +868,7 @@ impl Broker {
         if owner != Some(from) {
             return;
         }
-        let mut r = self.state.shared_received.borrow_mut();
+        let mut r = self.groups.received.borrow_mut();
         let from = from.index();
         if r.received.len() <= from {
             r.received.resize(from + 1, 0);
@@ -882,7 +882,7 @@ impl Broker {
     /// crash, and the owner's floor holds their cursors down (see "Crash safety").
     fn report_holds(&self, local: &BacklogHolds) {
         let shards = self.mesh.shards();
-        let mut r = self.state.shared_received.borrow_mut();
+        let mut r = self.groups.received.borrow_mut();
         let r = &mut *r;
         if r.received.len() < shards {
             r.received.resize(shards, 0);
@@ -917,7 +917,7 @@ impl Broker {
         let shards = self.mesh.shards();
         let mut changed = Vec::new();
         {
-            let mut sent = self.state.shared_sent.borrow_mut();
+            let mut sent = self.groups.sent.borrow_mut();
             for (filter, _) in &holds {
                 if let Some(key) = group_key(filter) {
                     sent.groups
@@ -955,9 +955,9 @@ impl Broker {
 
     /// An owner's group floors (see `post_floors`), applied at the next cursor flush.
     pub(crate) fn on_shared_floor(&self, owner: ShardId, floors: Vec<(String, u64)>) {
-        let mut all = self.state.group_floors.borrow_mut();
+        let mut all = self.groups.floors.borrow_mut();
         let seen = all.entry(owner).or_default();
-        let mut changed = self.state.floors_changed.borrow_mut();
+        let mut changed = self.groups.floors_changed.borrow_mut();
         for (filter, floor) in floors {
             if floor == u64::MAX {
                 seen.remove(&filter);
@@ -1039,7 +1039,7 @@ impl Broker {
     fn clean_member_holds(&self) -> BacklogHolds {
         let shards = self.mesh.shards();
         let mut holds = Vec::new();
-        for slot in self.state.sessions.borrow().values() {
+        for slot in self.sessions.slots.borrow().values() {
             let s = &slot.session;
             if s.logged || s.outbound.queued() + s.outbound.inflight() == 0 {
                 continue;
@@ -1080,18 +1080,18 @@ impl Broker {
         let local = self.local_holds();
         self.report_holds(&local);
         let mut changed: Vec<String> = self
-            .state
-            .shared_backlogs
+            .groups
+            .backlogs
             .borrow_mut()
             .values_mut()
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
         changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
-        changed.append(&mut self.state.floors_changed.borrow_mut());
+        changed.append(&mut self.groups.floors_changed.borrow_mut());
         if changed.is_empty() {
             return;
         }
-        for slot in self.state.sessions.borrow_mut().values_mut() {
+        for slot in self.sessions.slots.borrow_mut().values_mut() {
             let s = &mut slot.session;
             if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
                 s.replay.touch();

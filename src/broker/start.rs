@@ -173,7 +173,7 @@ fn install_recovered(
     shard: &Broker,
     recovered: Recovered,
 ) -> (HashMap<String, RecoveredSession>, ArmedWills) {
-    let mut retained = shard.state.retained.borrow_mut();
+    let mut retained = shard.retained.index.borrow_mut();
     let share = shard.config.retained_messages_per_shard_max();
     let bytes_share = shard.config.retained_bytes_per_shard_max();
     let (mut over_share, mut over_bytes) = (0u64, 0u64);
@@ -195,7 +195,7 @@ fn install_recovered(
         // A copy's version is not its own offset: remember it for the next copy.
         if let Some(&version) = recovered.retained_versions.get(&topic) {
             if msg.log.is_none_or(|p| p.offset != version) {
-                let mut versions = shard.state.retained_versions.borrow_mut();
+                let mut versions = shard.retained.versions.borrow_mut();
                 versions.insert(topic.clone(), version);
             }
         }

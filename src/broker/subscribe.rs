@@ -47,18 +47,18 @@ impl Broker {
         let filter: Arc<str> = Arc::from(parsed.filter);
         match &group {
             None => {
-                self.state.trie.borrow_mut().insert(&filter, key, opts);
+                self.subs.trie.borrow_mut().insert(&filter, key, opts);
             }
             Some(g) => {
                 let member = MemberKey {
                     group: g.clone(),
                     session: key,
                 };
-                self.state.shared.borrow_mut().insert(&filter, member, opts);
+                self.subs.shared.borrow_mut().insert(&filter, member, opts);
             }
         }
         let first = {
-            let mut counts = self.state.interest_counts.borrow_mut();
+            let mut counts = self.subs.interest_counts.borrow_mut();
             let count = counts
                 .entry(InterestKey {
                     group: group.clone(),
@@ -72,7 +72,7 @@ impl Broker {
         if !first {
             return None;
         }
-        self.state
+        self.subs
             .interest
             .borrow_mut()
             .add(&filter, group.as_deref(), self.id);
@@ -80,7 +80,7 @@ impl Broker {
         if peers == 0 {
             return None;
         }
-        let id = self.state.open_request(peers);
+        let id = self.requests.open(peers);
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(
                 peer,
@@ -101,17 +101,14 @@ impl Broker {
         };
         match parsed.share_group {
             None => {
-                self.state
-                    .trie
-                    .borrow_mut()
-                    .insert(parsed.filter, key, opts);
+                self.subs.trie.borrow_mut().insert(parsed.filter, key, opts);
             }
             Some(g) => {
                 let member = MemberKey {
                     group: Arc::from(g),
                     session: key,
                 };
-                self.state
+                self.subs
                     .shared
                     .borrow_mut()
                     .insert(parsed.filter, member, opts);
@@ -127,13 +124,13 @@ impl Broker {
         let group: Option<Arc<str>> = parsed.share_group.map(Arc::from);
         let filter: Arc<str> = Arc::from(parsed.filter);
         let removed = match &group {
-            None => self.state.trie.borrow_mut().remove(&filter, &key).is_some(),
+            None => self.subs.trie.borrow_mut().remove(&filter, &key).is_some(),
             Some(g) => {
                 let member = MemberKey {
                     group: g.clone(),
                     session: key,
                 };
-                self.state
+                self.subs
                     .shared
                     .borrow_mut()
                     .remove(&filter, &member)
@@ -145,7 +142,7 @@ impl Broker {
         }
         self.probe.subscriptions_current.add(-1);
         let last = {
-            let mut counts = self.state.interest_counts.borrow_mut();
+            let mut counts = self.subs.interest_counts.borrow_mut();
             let k = InterestKey {
                 group: group.clone(),
                 filter: filter.clone(),
@@ -162,7 +159,7 @@ impl Broker {
             }
         };
         if last {
-            self.state
+            self.subs
                 .interest
                 .borrow_mut()
                 .remove(&filter, group.as_deref(), self.id);
@@ -195,7 +192,7 @@ impl Broker {
         let mut begun = Vec::new();
         for (filter, opts) in filters {
             let existed = {
-                let mut sessions = self.state.sessions.borrow_mut();
+                let mut sessions = self.sessions.slots.borrow_mut();
                 let Some(slot) = sessions.get_mut(&key) else {
                     break;
                 };
@@ -206,7 +203,7 @@ impl Broker {
                 // owner's log end, asked below; until the answers come it holds the
                 // last watermark each owner sent here, which is never past that end.
                 if !s.subscribed_from.contains_key(&filter) {
-                    let heard = self.state.heard_floors.borrow().clone();
+                    let heard = self.retention.heard_floors.borrow().clone();
                     s.subscribed_from.insert(filter.clone(), heard);
                     begun.push(filter.clone());
                 }
@@ -224,14 +221,14 @@ impl Broker {
         // Asked after the interest changes above, on the same links: see `ask_log_ends`.
         let ends = (!begun.is_empty()).then(|| self.ask_log_ends());
         for ack in acks {
-            self.state.replies(ack).await;
+            self.requests.replies(ack).await;
         }
         let ends = match ends {
             Some(asked) => Some(self.log_ends(asked).await),
             None => None,
         };
         let (logged_as, records) = {
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
                 return Some(added);
             };
@@ -280,7 +277,7 @@ impl Broker {
         if peers == 0 {
             return (local, None);
         }
-        let id = self.state.open_request(peers);
+        let id = self.requests.open(peers);
         for peer in self.all_shards().filter(|&p| p != self.id) {
             self.post(peer, ShardMsg::LogEndQuery { id });
         }
@@ -292,7 +289,7 @@ impl Broker {
         let mut ends = vec![0; self.mesh.shards()];
         ends[self.id.index()] = local;
         if let Some(id) = id {
-            for reply in self.state.replies(id).await {
+            for reply in self.requests.replies(id).await {
                 if let Reply::LogEnd { shard, end } = reply {
                     ends[shard.index()] = end;
                 }
@@ -325,7 +322,7 @@ impl Broker {
         } else {
             vec![owner_of(plain, self.mesh.shards())]
         };
-        let id = self.state.open_request(targets.len());
+        let id = self.requests.open(targets.len());
         let filter_arc: Arc<str> = Arc::from(plain);
         for shard in targets {
             self.post(
@@ -337,14 +334,14 @@ impl Broker {
             );
         }
         let mut messages = Vec::new();
-        for reply in self.state.replies(id).await {
+        for reply in self.requests.replies(id).await {
             if let Reply::Retained(found) = reply {
                 messages.extend(found);
             }
         }
         messages.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
         let now = Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
             return;
         };
@@ -374,7 +371,7 @@ impl Broker {
             .iter()
             .map(|filter| {
                 let logged_as = {
-                    let mut sessions = self.state.sessions.borrow_mut();
+                    let mut sessions = self.sessions.slots.borrow_mut();
                     sessions.get_mut(&key).and_then(|slot| {
                         let s = &mut slot.session;
                         s.subscriptions.remove(filter)?;

@@ -422,7 +422,7 @@ impl Broker {
         wait: bool,
     ) -> Option<u64> {
         let (kind, body) = record;
-        let ack_id = wait.then(|| self.state.open_request(1));
+        let ack_id = wait.then(|| self.requests.open(1));
         self.post(
             self.home_of(client_id),
             ShardMsg::SessionLog {
@@ -445,7 +445,7 @@ impl Broker {
         let kind = RecordKind(kind);
         if kind == records::RECORD_SESSION_OPEN || kind == records::RECORD_SESSION_END {
             if let Some((client, _)) = records::decode(kind, &body) {
-                let mut persisted = self.state.persisted.borrow_mut();
+                let mut persisted = self.sessions.persisted.borrow_mut();
                 if kind == records::RECORD_SESSION_OPEN {
                     persisted.insert(client);
                 } else {
@@ -473,7 +473,7 @@ impl Broker {
             }
             return false;
         };
-        match self.state.session_log.append_or_queue(&durable.wal, record) {
+        match self.session_log.queue.append_or_queue(&durable.wal, record) {
             Some((record, result)) => {
                 self.session_logged(record, result);
                 false
@@ -486,7 +486,7 @@ impl Broker {
         let Some(durable) = self.log.get() else {
             return;
         };
-        let log = &self.state.session_log;
+        let log = &self.session_log.queue;
         log.drain(&durable.wal, |record, result| {
             self.session_logged(record, result)
         })
@@ -497,7 +497,7 @@ impl Broker {
     fn session_logged(self: &Rc<Self>, record: SessionAppend, result: Result<Offset, WalError>) {
         let offset = match result {
             Ok(offset) => {
-                if let Some(shadow) = self.state.session_shadow.borrow_mut().as_mut() {
+                if let Some(shadow) = self.session_log.shadow.borrow_mut().as_mut() {
                     shadow.note(offset.0, record.kind, unix_ms(), &record.body);
                 }
                 offset
@@ -531,7 +531,7 @@ impl Broker {
             self.log_session_record(client_id, records::encode_will(client_id, record), wait);
         match ack_id {
             Some(id) => matches!(
-                self.state.replies(id).await.pop(),
+                self.requests.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             ),
             None => true,
@@ -548,7 +548,12 @@ impl Broker {
     /// Home shard, on a clean-start claim: the old session ends here, in the log's order,
     /// before the new connection can log anything of its own.
     pub(crate) fn end_logged_at_home(self: &Rc<Self>, client_id: &ByteStr) {
-        if !self.state.persisted.borrow_mut().remove(client_id.as_str()) {
+        if !self
+            .sessions
+            .persisted
+            .borrow_mut()
+            .remove(client_id.as_str())
+        {
             return;
         }
         let (kind, body) = records::encode(client_id.as_str(), &SessionRecord::End);
@@ -587,7 +592,7 @@ impl Broker {
             Vec<(ShardId, u64, u16)>,
         );
         let changed: Vec<Changed> = {
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             let members = if sessions
                 .values()
                 .any(|s| s.session.replay.released_len() > 0)
@@ -673,7 +678,7 @@ impl Broker {
                  some shared deliveries they gave back"
             );
         }
-        for slot in self.state.sessions.borrow_mut().values_mut() {
+        for slot in self.sessions.slots.borrow_mut().values_mut() {
             if slot.session.logged {
                 slot.session.replay.touch();
             }
@@ -681,7 +686,7 @@ impl Broker {
         let waits = self.flush_cursors(true);
         let flushed = async {
             for id in waits {
-                self.state.replies(id).await;
+                self.requests.replies(id).await;
             }
             for peer in self.all_shards().filter(|&p| p != self.id) {
                 self.post(peer, ShardMsg::Flushed);
@@ -721,7 +726,7 @@ impl Broker {
         let mut ok = true;
         for id in waits {
             ok &= matches!(
-                self.state.replies(id).await.pop(),
+                self.requests.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             );
         }
@@ -734,9 +739,9 @@ impl Broker {
             );
         }
         let now = std::time::Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
+        let mut sessions = self.sessions.slots.borrow_mut();
         for r in batch {
-            let Some(key) = self.state.by_client.borrow().get(&r.client_id).copied() else {
+            let Some(key) = self.sessions.by_client.borrow().get(&r.client_id).copied() else {
                 continue;
             };
             let Some(slot) = sessions.get_mut(&key) else {
@@ -777,7 +782,7 @@ impl Broker {
         }
         match wait {
             Some(id) => matches!(
-                self.state.replies(id).await.pop(),
+                self.requests.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             ),
             None => true,

@@ -75,7 +75,7 @@ impl Broker {
             if let Some(will) = rec.will {
                 let left_ms = u64::from(will.delay_secs.min(rec.expiry_secs)) * 1000;
                 let due = left_ms <= offline_ms;
-                if let Some(slot) = self.state.sessions.borrow_mut().get_mut(&key) {
+                if let Some(slot) = self.sessions.slots.borrow_mut().get_mut(&key) {
                     slot.session.will = (!due).then(|| will.clone());
                 }
                 if due || will_from_cut.contains(client_id.as_str()) {
@@ -142,24 +142,24 @@ impl Broker {
             session.subscriptions.insert(filter.clone(), *opts);
             session.subscribed_from.insert(filter.clone(), from.clone());
         }
-        let key = self.state.new_session_key();
+        let key = self.sessions.new_key();
         let me = ConnRef {
             shard: self.id,
             token: 0,
         };
-        self.state
+        self.sessions
             .by_client
             .borrow_mut()
             .insert(client_id.clone(), key);
-        self.state
-            .registry
+        self.sessions
+            .holders
             .borrow_mut()
             .insert(client_id.clone(), me);
-        self.state
+        self.sessions
             .persisted
             .borrow_mut()
             .insert(client_id.as_str().to_string());
-        self.state.sessions.borrow_mut().insert(
+        self.sessions.slots.borrow_mut().insert(
             key,
             SessionSlot {
                 session,
@@ -181,13 +181,13 @@ impl Broker {
             }
         }
         for ack in acks {
-            self.state.replies(ack).await;
+            self.requests.replies(ack).await;
         }
         if restored.is_empty() {
             return;
         }
         let shards = self.mesh.shards();
-        let id = self.state.open_request(shards);
+        let id = self.requests.open(shards);
         for owner in ShardId::all(shards) {
             let wants = restored
                 .iter()
@@ -209,7 +209,7 @@ impl Broker {
             self.post(owner, ShardMsg::Replay { id, wants });
         }
         let now = Instant::now();
-        for reply in self.state.replies(id).await {
+        for reply in self.requests.replies(id).await {
             let Reply::Replayed {
                 shard,
                 end,
@@ -219,7 +219,7 @@ impl Broker {
             else {
                 continue;
             };
-            let mut sessions = self.state.sessions.borrow_mut();
+            let mut sessions = self.sessions.slots.borrow_mut();
             // Shared deliveries a member has no room for, in offset order.
             let mut for_groups: Vec<(u64, Delivery)> = Vec::new();
             let mut spilled = HashSet::new();
@@ -278,7 +278,7 @@ impl Broker {
         let mut waits = Vec::new();
         for (key, client_id, ..) in restored {
             let cursors = {
-                let mut sessions = self.state.sessions.borrow_mut();
+                let mut sessions = self.sessions.slots.borrow_mut();
                 let Some(slot) = sessions.get_mut(key) else {
                     continue;
                 };
@@ -357,7 +357,7 @@ impl Broker {
         let mut all = true;
         for id in waits {
             all &= matches!(
-                self.state.replies(id).await.pop(),
+                self.requests.replies(id).await.pop(),
                 Some(Reply::Logged(true))
             );
         }

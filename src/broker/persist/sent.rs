@@ -76,7 +76,7 @@ impl Broker {
         if !session.outbound.has_unlogged() {
             return;
         }
-        let log = &self.state.sending;
+        let log = &self.qos2.sending;
         let mut batch = log.batch.borrow_mut();
         for (shard, offset, pid) in session.outbound.drain_unlogged() {
             batch.push(Sending {
@@ -98,15 +98,15 @@ impl Broker {
         glommio::spawn_local(async move {
             loop {
                 poll_fn(|cx| {
-                    if shard.state.sending.batch.borrow().is_empty() {
-                        shard.state.sending.waker.set(Some(cx.waker().clone()));
+                    if shard.qos2.sending.batch.borrow().is_empty() {
+                        shard.qos2.sending.waker.set(Some(cx.waker().clone()));
                         Poll::Pending
                     } else {
                         Poll::Ready(())
                     }
                 })
                 .await;
-                let log = &shard.state.sending;
+                let log = &shard.qos2.sending;
                 let mut batch = std::mem::replace(&mut *log.batch.borrow_mut(), log.spare.take());
                 shard.log_sends(&mut batch).await;
                 batch.clear();
@@ -122,7 +122,7 @@ impl Broker {
         // Stable: each session's entries keep their send order.
         batch.sort_by(|a, b| a.client_id.as_str().cmp(b.client_id.as_str()));
         let mut waits = Vec::new();
-        let mut entries = self.state.sending.entries.take();
+        let mut entries = self.qos2.sending.entries.take();
         for run in batch.chunk_by(|a, b| a.client_id == b.client_id) {
             entries.clear();
             entries.extend(run.iter().map(|s| (s.at.0, s.at.1, s.pid)));
@@ -133,7 +133,7 @@ impl Broker {
             };
             entries = back;
         }
-        self.state.sending.entries.set(entries);
+        self.qos2.sending.entries.set(entries);
         if !self.all_logged(waits).await {
             tracing::error!(
                 shard = self.id.index(),
@@ -147,8 +147,8 @@ impl Broker {
     /// logged.
     fn send_logged(&self, batch: &[Sending]) {
         let now = Instant::now();
-        let mut sessions = self.state.sessions.borrow_mut();
-        let by_client = self.state.by_client.borrow();
+        let mut sessions = self.sessions.slots.borrow_mut();
+        let by_client = self.sessions.by_client.borrow();
         let (mut sent, mut bytes) = (0, 0);
         for s in batch {
             let Some(slot) = by_client

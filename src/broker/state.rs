@@ -1,0 +1,261 @@
+//! The parts of a shard's broker state, each owned by the [`Broker`](super::Broker) and
+//! reached only from inside `broker`. Every part is borrowed briefly, never across an
+//! `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use crate::mqtt::ByteStr;
+use crate::router::{GroupRoute, InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
+use crate::session::{Message, SubOptions};
+
+use super::msg::{ConnRef, ShardMsg};
+use super::{
+    persist, shared, ByClient, FloorReports, GroupKey, InterestKey, MemberKey, Reply, SessionKey,
+    SessionSlot, Superseded,
+};
+
+/// The session registry: this shard's sessions, the claims of client ids in flight, and
+/// (as a home shard) who holds each client id.
+pub(super) struct Sessions {
+    /// Every session on this shard, connected or offline.
+    pub(super) slots: RefCell<HashMap<SessionKey, SessionSlot>>,
+    /// The same, by client id.
+    pub(super) by_client: RefCell<ByClient>,
+    next_key: Cell<SessionKey>,
+    /// Home shard: the connection holding each client id.
+    pub(super) holders: RefCell<HashMap<ByteStr, ConnRef>>,
+    /// Home shard: client ids whose session this shard's log holds (open, not ended).
+    pub(super) persisted: RefCell<HashSet<String>>,
+    /// Claims sent from this shard and not yet answered, by (client id, connection
+    /// token); a takeover arriving meanwhile is parked here until the claim resolves.
+    pub(super) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
+    /// Sessions a takeover left in place (indexed, offline) for a newer connection on
+    /// this same shard, by client id, until that connection's claim resumes them.
+    pub(super) parked: RefCell<HashMap<ByteStr, SessionKey>>,
+}
+
+impl Sessions {
+    pub(super) fn new() -> Self {
+        Sessions {
+            slots: RefCell::new(HashMap::new()),
+            by_client: RefCell::new(ByClient::default()),
+            next_key: Cell::new(1),
+            holders: RefCell::new(HashMap::new()),
+            persisted: RefCell::new(HashSet::new()),
+            claims: RefCell::new(HashMap::new()),
+            parked: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// A key no session on this shard had before.
+    pub(super) fn new_key(&self) -> SessionKey {
+        let key = self.next_key.get();
+        self.next_key.set(key + 1);
+        key
+    }
+}
+
+/// What the sessions here subscribe to: the trie of plain filters, the trie of shared
+/// members, this shard's replica of the interest table and its own counts in it, and the
+/// scratch space matching reuses.
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    pub(super) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
+    pub(super) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
+    pub(super) interest: RefCell<InterestTable>,
+    /// Local subscriber count per `(group, filter)`: interest changes at 0 <-> 1.
+    pub(super) interest_counts: RefCell<HashMap<InterestKey, usize>>,
+    pub(super) route: RefCell<Route>,
+    /// Reused per delivery so matching allocates nothing once warm.
+    pub(super) match_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+    /// A spare buffer for a publish's group routes while it is fanned out.
+    pub(super) groups_scratch: Cell<Vec<GroupRoute>>,
+    /// The same for a shared delivery's members.
+    pub(super) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+}
+
+/// The retained messages of the topics this shard owns.
+#[derive(Default)]
+pub(super) struct Retained {
+    pub(super) index: RefCell<RetainedIndex<Arc<Message>>>,
+    /// Retained topics whose message is a `retained_copy`: the version (original publish
+    /// offset) it carries. Cleared by every new retained store of the topic.
+    pub(super) versions: RefCell<HashMap<String, u64>>,
+}
+
+/// Shared subscription groups: round-robin cursors, backlogs, and the bookkeeping that
+/// keeps a shared delivery from being lost across shards (see `shared`).
+#[derive(Default)]
+pub(super) struct SharedGroups {
+    /// Round-robin over a group's members on this shard.
+    pub(super) cursor: RefCell<HashMap<GroupKey, usize>>,
+    /// Owner: round-robin over the shards holding a group's members. Apart from
+    /// `cursor`: a shard that is both would otherwise step it twice per message and,
+    /// with two members, always pick the same one.
+    pub(super) shard_cursor: RefCell<HashMap<GroupKey, usize>>,
+    /// Per group: what its members here had no room for.
+    pub(super) backlogs: RefCell<HashMap<GroupKey, shared::GroupBacklog>>,
+    /// Owner: the shared deliveries of this shard's log not yet confirmed, and what the
+    /// shards reported holding of it, per group ("Crash safety").
+    pub(super) sent: RefCell<shared::SentShared>,
+    /// Per owner shard: the shared deliveries received from it, and what the last
+    /// report to it said.
+    pub(super) received: RefCell<shared::ReceivedShared>,
+    /// Per owner shard: the group floors it posted here (`ShardMsg::SharedFloor`), by
+    /// member subscription key; and the keys whose floor changed since the last flush.
+    pub(super) floors: RefCell<HashMap<ShardId, HashMap<String, u64>>>,
+    pub(super) floors_changed: RefCell<Vec<String>>,
+}
+
+/// Requests this shard sent to others (or to itself) and the answers they gather.
+pub(super) struct Requests {
+    waits: RefCell<HashMap<u64, Wait>>,
+    next_id: Cell<u64>,
+    /// Numbers catch-up reads.
+    pub(super) next_catch_up: Cell<u64>,
+}
+
+struct Wait {
+    remaining: usize,
+    replies: Vec<Reply>,
+    waker: Option<Waker>,
+}
+
+impl Requests {
+    pub(super) fn new() -> Self {
+        Requests {
+            waits: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            next_catch_up: Cell::new(0),
+        }
+    }
+
+    /// Opens a request expecting `replies` answers.
+    pub(super) fn open(&self, replies: usize) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.waits.borrow_mut().insert(
+            id,
+            Wait {
+                remaining: replies,
+                replies: Vec::with_capacity(replies),
+                waker: None,
+            },
+        );
+        id
+    }
+
+    /// Records one answer to request `id`.
+    pub(super) fn reply(&self, id: u64, reply: Reply) {
+        let mut waits = self.waits.borrow_mut();
+        let Some(wait) = waits.get_mut(&id) else {
+            return;
+        };
+        wait.replies.push(reply);
+        wait.remaining = wait.remaining.saturating_sub(1);
+        if wait.remaining == 0 {
+            if let Some(w) = wait.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Waits for every answer to request `id`.
+    pub(super) async fn replies(&self, id: u64) -> Vec<Reply> {
+        poll_fn(|cx| {
+            let mut waits = self.waits.borrow_mut();
+            let wait = waits.get_mut(&id).expect("request was opened");
+            if wait.remaining == 0 {
+                let wait = waits.remove(&id).expect("present");
+                return Poll::Ready(wait.replies);
+            }
+            wait.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// How many peers reached each barrier of a shard's life: recovered (start), drained
+/// (first stop barrier), flushed (stop barrier).
+#[derive(Default)]
+pub(super) struct Barriers {
+    pub(super) recovered: Barrier,
+    pub(super) drained: Barrier,
+    pub(super) flushed: Barrier,
+}
+
+/// Peers that reached one barrier, and the task waiting for them.
+#[derive(Default)]
+pub(super) struct Barrier {
+    count: Cell<usize>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Barrier {
+    /// One more peer reached the barrier.
+    pub(super) fn arrived(&self) {
+        self.count.set(self.count.get() + 1);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once `peers` peers reached it.
+    pub(super) async fn reached(&self, peers: usize) {
+        poll_fn(|cx| {
+            if self.count.get() >= peers {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Messages this shard posts to itself, handled in order by the loopback task.
+#[derive(Default)]
+pub(super) struct Loopback {
+    pub(super) queue: RefCell<VecDeque<ShardMsg>>,
+    pub(super) waker: Cell<Option<Waker>>,
+}
+
+/// Retention as an owner and as a subscriber's shard: the floor reports received, and
+/// the watermarks heard from each owner.
+#[derive(Default)]
+pub(super) struct RetentionState {
+    /// Owner: per reporting shard, how many floor reports it sent and the lowest of its
+    /// last two with the last one (see `retention`).
+    pub(super) floor_reports: RefCell<Vec<FloorReports>>,
+    /// Per owner shard, the highest watermark it sent here: every record of its log
+    /// below it had been sent to this shard before. A new subscription holds it until
+    /// the owners answered where their logs end (see `Broker::subscribe`).
+    pub(super) heard_floors: RefCell<Vec<u64>>,
+}
+
+/// QoS 2 deliveries waiting for their records: PUBRELs for `qos2_delivered`, PUBLISHes
+/// for `qos2_sent` (see `persist::sent`).
+#[derive(Default)]
+pub(super) struct Qos2Log {
+    /// QoS 2 exchanges whose PUBREL waits for its `qos2_delivered` record, and whether a
+    /// task logging them is scheduled.
+    pub(super) releasing: RefCell<Vec<persist::Releasing>>,
+    pub(super) releasing_scheduled: Cell<bool>,
+    /// QoS 2 deliveries whose PUBLISH waits for its `qos2_sent` record.
+    pub(super) sending: persist::SendLog,
+}
+
+/// Home: the session records of this shard's log.
+#[derive(Default)]
+pub(super) struct SessionLog {
+    /// Session records waiting for WAL room, in order (see `persist`).
+    pub(super) queue: persist::SessionLogQueue,
+    /// With retention on: what recovery would rebuild from its session records (see
+    /// `persist::SessionShadow`).
+    pub(super) shadow: RefCell<Option<persist::SessionShadow>>,
+}
