@@ -21,11 +21,10 @@ use crate::router::{parse_filter, ShardId};
 use crate::session::{subscribed_from, CatchUp, Message, ReplayCursor, Session};
 use crate::storage::Offset;
 
-use super::persist::{replayed_delivery, scan_for_replay, ReplayScan, ReplayWant};
+use super::persist::{
+    replayed_delivery, scan_for_replay, ReplayScan, ReplayWant, CATCH_UP_MESSAGES_MAX,
+};
 use super::SessionSlot;
-
-/// Most messages one catch-up read returns.
-pub const CATCH_UP_MESSAGES_MAX: usize = 1024;
 
 /// How long an owner holds back the answer of a failed catch-up read (the retry pace).
 pub const CATCH_UP_RETRY_MS: u64 = 1000;

@@ -29,6 +29,7 @@ mod acks;
 mod admin;
 mod catchup;
 mod durable;
+mod holds;
 mod msg;
 pub mod persist;
 mod publish;

@@ -75,7 +75,7 @@ mod sent;
 mod shadow;
 
 pub(crate) use replay::replayed_delivery;
-pub use replay::{scan_for_replay, ReplayScan};
+pub use replay::{scan_for_replay, ReplayScan, CATCH_UP_MESSAGES_MAX};
 pub use sent::SendLog;
 pub use shadow::visit_session_copy;
 pub(crate) use shadow::SessionShadow;
@@ -92,7 +92,8 @@ use crate::runtime::spawn_every;
 use crate::session::{Session, SubOptions, Will};
 use crate::storage::{Offset, RecordKind, RecordRef, Wal, WalError};
 
-use super::{shared, Reply};
+use super::holds::{self, MemberHolds};
+use super::Reply;
 use records::{SessionRecord, WillConn, WillRecord};
 
 /// Wills of connections logged without their `will_done`, by client id and connection.
@@ -597,9 +598,9 @@ impl Broker {
                 .values()
                 .any(|s| s.session.replay.released_len() > 0)
             {
-                shared::member_holds(sessions.values().map(|s| &s.session))
+                holds::member_holds(sessions.values().map(|s| &s.session))
             } else {
-                shared::MemberHolds::new()
+                MemberHolds::new()
             };
             sessions
                 .values_mut()
@@ -609,7 +610,7 @@ impl Broker {
                         // Its releases too go once nothing can read them again.
                         if s.replay.released_len() > 0 {
                             let mut cursors = current_cursors(s);
-                            shared::lower_by_groups(&holds, s, &mut cursors);
+                            holds::lower_by_groups(&holds, s, &mut cursors);
                             prune_released(&members, s, cursors);
                         }
                         return None;
@@ -620,7 +621,7 @@ impl Broker {
                         Vec::new()
                     };
                     let mut cursors = s.replay.take_changed(&s.outbound).unwrap_or_default();
-                    shared::lower_by_groups(&holds, s, &mut cursors);
+                    holds::lower_by_groups(&holds, s, &mut cursors);
                     if s.replay.released_len() > 0 && !cursors.is_empty() {
                         prune_released(&members, s, cursors.clone());
                     }
@@ -797,15 +798,11 @@ impl Broker {
 /// group's read on another shard starts where that shard's backlog gap is, which this
 /// shard learns only with that shard's next holds report, and a late delivery there
 /// can lower it below this session's cursor meanwhile.
-fn prune_released(
-    members: &shared::MemberHolds,
-    s: &mut Session,
-    mut cursors: Vec<(ShardId, u64)>,
-) {
+fn prune_released(members: &MemberHolds, s: &mut Session, mut cursors: Vec<(ShardId, u64)>) {
     if s.subscriptions.keys().any(|f| f.starts_with("$share/")) {
         return;
     }
-    shared::lower_by_members(members, s, &mut cursors);
+    holds::lower_by_members(members, s, &mut cursors);
     s.replay.prune_released(&cursors);
 }
 

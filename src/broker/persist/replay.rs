@@ -17,6 +17,9 @@ use super::super::durable::{decode_any_publish, decode_any_publish_even_expired}
 use super::ReplayWant;
 use crate::router::{filter_matches, ShardId};
 
+/// Most messages one catch-up read returns.
+pub const CATCH_UP_MESSAGES_MAX: usize = 1024;
+
 /// Bytes read per step while replaying (bounds one read buffer).
 const REPLAY_READ_BYTES: usize = 4 << 20;
 

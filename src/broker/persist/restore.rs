@@ -15,7 +15,7 @@ use crate::mqtt::QoS;
 use crate::router::{parse_filter, ShardId};
 use crate::session::{subscribed_from, Delivery, Had, LogPos, Session, Will, EXPIRY_NEVER};
 
-use super::super::shared::lower_by_groups;
+use super::super::holds::lower_by_groups;
 use super::super::{Reply, SessionSlot};
 use super::records::{self, SessionRecord, WillRecord};
 use super::replay::replayed_delivery;
