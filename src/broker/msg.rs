@@ -49,7 +49,42 @@ impl MeshMessage for ShardMsg {
             | ShardMsg::SharedCatchUpReply {
                 found: messages, ..
             } => messages.iter().map(|m| m.cost_bytes()).sum::<usize>() + 64,
-            _ => 64,
+            // Control traffic: small, bounded by its cause. Listed one by one so that a
+            // new variant carrying messages cannot slip past the link bound at 64 bytes.
+            // (Replay and catch-up answers carry messages and still count 64: each
+            // answers one bounded read this shard asked for.)
+            ShardMsg::Ping { .. }
+            | ShardMsg::Pong { .. }
+            | ShardMsg::Drained
+            | ShardMsg::Flushed
+            | ShardMsg::PublishDone { .. }
+            | ShardMsg::Qos2Released { .. }
+            | ShardMsg::InterestAdd { .. }
+            | ShardMsg::InterestRemove { .. }
+            | ShardMsg::Ack { .. }
+            | ShardMsg::LogEndQuery { .. }
+            | ShardMsg::LogEnd { .. }
+            | ShardMsg::RetainedQuery { .. }
+            | ShardMsg::Claim { .. }
+            | ShardMsg::Takeover { .. }
+            | ShardMsg::SessionHandover { .. }
+            | ShardMsg::SessionLog { .. }
+            | ShardMsg::LogDone { .. }
+            | ShardMsg::Replay { .. }
+            | ShardMsg::ReplayReply { .. }
+            | ShardMsg::CatchUp { .. }
+            | ShardMsg::CatchUpReply { .. }
+            | ShardMsg::SharedCatchUp { .. }
+            | ShardMsg::SharedHolds { .. }
+            | ShardMsg::SharedFloor { .. }
+            | ShardMsg::SharedGapReturn { .. }
+            | ShardMsg::SharedGap { .. }
+            | ShardMsg::RetentionFloor { .. }
+            | ShardMsg::Watermark { .. }
+            | ShardMsg::Recovered
+            | ShardMsg::AdminQuery { .. }
+            | ShardMsg::AdminReply { .. }
+            | ShardMsg::SessionGone { .. } => 64,
         }
     }
 }

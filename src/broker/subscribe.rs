@@ -24,6 +24,7 @@ use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{Delivery, SubOptions};
 
 use super::persist::records::SessionRecord;
+use super::persist::SUBSCRIBE_NOT_LOGGED;
 use super::{GroupKey, InterestKey, MemberKey, Reply, SessionKey};
 
 impl Broker {
@@ -180,13 +181,13 @@ impl Broker {
 
     /// Subscribes session `key` to validated filters; returns once every peer knows (and,
     /// for a persistent session, once the subscriptions are durable at its home), so the
-    /// caller can send SUBACK. `None`: the home could not log them; they were removed
-    /// again and the SUBACK must refuse them.
+    /// caller can send SUBACK with what was added. `Err(reason)`: the home could not log
+    /// them; they were removed again and the SUBACK refuses them with `reason`.
     pub(crate) async fn subscribe(
         self: &Rc<Self>,
         key: SessionKey,
         filters: Vec<(String, SubOptions)>,
-    ) -> Option<Vec<(String, SubOptions, bool)>> {
+    ) -> Result<Vec<(String, SubOptions, bool)>, ReasonCode> {
         let mut acks = Vec::new();
         let mut added = Vec::with_capacity(filters.len());
         let mut begun = Vec::new();
@@ -230,7 +231,7 @@ impl Broker {
         let (logged_as, records) = {
             let mut sessions = self.sessions.slots.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
-                return Some(added);
+                return Ok(added);
             };
             let s = &mut slot.session;
             if let Some(ends) = ends {
@@ -253,10 +254,10 @@ impl Broker {
             if !self.log_subscriptions(client.as_str(), &records).await {
                 let filters: Vec<String> = records.into_iter().map(|(f, ..)| f).collect();
                 self.unsubscribe(key, &filters);
-                return None;
+                return Err(SUBSCRIBE_NOT_LOGGED);
             }
         }
-        Some(added)
+        Ok(added)
     }
 
     /// The offset this shard's next log record gets (0 without a log).

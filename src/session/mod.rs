@@ -8,9 +8,9 @@
 //! into an [`Outlet`] over the output buffer of the session's [`Link`], the broker's
 //! handle on the connection the session is attached to (the door owns the socket).
 //!
-//! May use: `mqtt` (the packets, QoS and properties it encodes and keeps) and `auth`
-//! (the client's ACL a link carries, checked where deliveries reach the wire); no other
-//! shardmq module.
+//! May use: `mqtt` (the packets, QoS and properties it encodes and keeps), `auth` (the
+//! client's ACL a link carries, checked where deliveries reach the wire) and `router`
+//! (`ShardId`, the one type of a shard id); no other shardmq module.
 
 mod cursor;
 mod link;

@@ -256,18 +256,21 @@ async fn on_subscribe(door: &Rc<Door>, conn: &Rc<Conn>, sub: Subscribe) -> Flow 
         codes.push(granted_code(opts.qos));
         wanted.push((filter.to_string(), opts));
     }
-    let Some(added) = door.broker.subscribe(key, wanted).await else {
-        // The subscriptions could not be made durable: refuse every one that was valid.
-        for code in codes
-            .iter_mut()
-            .filter(|c| **c != ReasonCode::TopicFilterInvalid)
-        {
-            *code = crate::broker::persist::SUBSCRIBE_NOT_LOGGED;
+    let added = match door.broker.subscribe(key, wanted).await {
+        Ok(added) => added,
+        Err(refused) => {
+            // The subscriptions could not be made durable: refuse every one that was valid.
+            for code in codes
+                .iter_mut()
+                .filter(|c| **c != ReasonCode::TopicFilterInvalid)
+            {
+                *code = refused;
+            }
+            conn.link
+                .send(&Packet::SubAck(SubAck::new(sub.packet_id, codes)));
+            conn.link.wake_writer();
+            return Flow::Continue;
         }
-        conn.link
-            .send(&Packet::SubAck(SubAck::new(sub.packet_id, codes)));
-        conn.link.wake_writer();
-        return Flow::Continue;
     };
     if conn.acl_epoch.get() != acl_epoch {
         super::acl::settle_added(conn, added.iter().map(|(filter, ..)| filter.as_str()));
