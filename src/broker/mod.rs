@@ -7,6 +7,17 @@
 //! May use: `runtime` (the mesh, timers, shutdown) and the ground floor (`session`,
 //! `router`, `storage`, `auth`, `mqtt`, `config`, `metrics`); never a door.
 //!
+//! What a door calls, all `pub` on [`Broker`]:
+//! - connections: `link_opened` / `link_closed` (where a connection's acks go);
+//! - sessions: `connect_session` (claim, take over or open), `resume_delivery` once the
+//!   CONNACK is out, `detach_session` when the connection ends, `on_drained` when its
+//!   output drained;
+//! - publish: `route_publish` (its verdict comes back through the link, in order);
+//! - subscribe: `subscribe`, `send_retained`, `unsubscribe`, `topic_limits`, and the
+//!   session's filters (`subscription_count`, `subscribes_to`, `with_filters`);
+//! - acknowledgements from the client: `client_ack`, `client_pubrel`, `awaits_pubrel`;
+//! - the process: `auth` / `replace_auth`, `start` / `stop`, `check_health`.
+//!
 //! Ownership (see DESIGN.md):
 //! - a topic's **owner** shard (`owner_of(topic)`) assigns offsets, keeps the retained
 //!   message, and fans each publish out to the shards whose interest table entries match;

@@ -32,7 +32,7 @@ impl Broker {
     /// the topic, otherwise one mesh message (batched with others of this tick). Waits
     /// while the owner's outbox is full, which stops this connection's reader: that is
     /// the publisher's backpressure.
-    pub(crate) async fn route_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
+    pub async fn route_publish(self: &Rc<Self>, msg: Arc<Message>, ack: Option<AckTo>) {
         let owner = owner_of(msg.topic.as_str(), self.mesh.shards());
         if owner == self.id {
             self.accept_publish(msg, ack, MayWait::Yes).await;
@@ -372,7 +372,7 @@ impl Broker {
     }
 
     /// A connection's output drained: move more of its session's queue onto the wire.
-    pub(crate) fn on_drained(&self, key: SessionKey) {
+    pub fn on_drained(&self, key: SessionKey) {
         let mut sessions = self.sessions.slots.borrow_mut();
         if let Some(slot) = sessions.get_mut(&key) {
             if slot.session.outbound.queued() > 0 {

@@ -66,7 +66,7 @@ impl Broker {
     /// the client id over meanwhile (this one is closed already). A new session is
     /// refused when this shard holds its share of `sessions_max` (every session on it,
     /// connected or offline); a resumed one never is, since it adds none to the process.
-    pub(crate) async fn connect_session(
+    pub async fn connect_session(
         self: &Rc<Self>,
         conn: &Rc<Link>,
         params: SessionParams,
@@ -273,7 +273,7 @@ impl Broker {
     }
 
     /// After CONNACK: resend what was in flight, then send what queued while offline.
-    pub(crate) fn resume_delivery(&self, key: SessionKey) {
+    pub fn resume_delivery(&self, key: SessionKey) {
         let now = Instant::now();
         let mut sessions = self.sessions.slots.borrow_mut();
         let Some(slot) = sessions.get_mut(&key) else {
@@ -503,7 +503,7 @@ impl Broker {
 
     /// The connection of session `key` ended. `will` says whether its will is due
     /// (abnormal close, or DISCONNECT 0x04); `expiry_secs` may update the interval.
-    pub(crate) fn detach_session(
+    pub fn detach_session(
         self: &Rc<Self>,
         key: SessionKey,
         publish_will: bool,

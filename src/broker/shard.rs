@@ -153,7 +153,7 @@ impl Broker {
     /// Runs one receiving task per peer, dispatching each batch message by message.
     ///
     /// The runtime's mesh knows its peers by index; this is where the broker names the
-    /// sender with its [`ShardId`] (and [`Broker::post`] where it gives an index back).
+    /// sender with its [`ShardId`] (and `Broker::post` where it gives an index back).
     pub fn spawn_receivers(
         self: &Rc<Self>,
         inbound: Vec<(usize, ConnectedReceiver<Batch<ShardMsg>>)>,

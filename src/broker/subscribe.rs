@@ -28,7 +28,8 @@ use super::persist::SUBSCRIBE_NOT_LOGGED;
 use super::{GroupKey, InterestKey, MemberKey, Reply, SessionKey};
 
 impl Broker {
-    pub(crate) fn topic_limits(&self) -> TopicLimits {
+    /// The limits a topic name or filter must keep (`topic_bytes_max`, `topic_levels_max`).
+    pub fn topic_limits(&self) -> TopicLimits {
         TopicLimits {
             topic_bytes_max: self.config.topic_bytes_max,
             topic_levels_max: self.config.topic_levels_max,
@@ -183,7 +184,7 @@ impl Broker {
     /// for a persistent session, once the subscriptions are durable at its home), so the
     /// caller can send SUBACK with what was added. `Err(reason)`: the home could not log
     /// them; they were removed again and the SUBACK refuses them with `reason`.
-    pub(crate) async fn subscribe(
+    pub async fn subscribe(
         self: &Rc<Self>,
         key: SessionKey,
         filters: Vec<(String, SubOptions)>,
@@ -301,7 +302,7 @@ impl Broker {
 
     /// Sends the retained messages a new subscription asks for (retain handling 0, or 1
     /// for a subscription that did not exist; never for shared subscriptions).
-    pub(crate) async fn send_retained(
+    pub async fn send_retained(
         self: &Rc<Self>,
         key: SessionKey,
         filter: &str,
@@ -367,7 +368,7 @@ impl Broker {
     }
 
     /// Unsubscribes; per filter, whether a subscription existed.
-    pub(crate) fn unsubscribe(&self, key: SessionKey, filters: &[String]) -> Vec<ReasonCode> {
+    pub fn unsubscribe(&self, key: SessionKey, filters: &[String]) -> Vec<ReasonCode> {
         filters
             .iter()
             .map(|filter| {
