@@ -15,8 +15,11 @@
 //! - publish: `route_publish` (its verdict comes back through the link, in order);
 //! - subscribe: `subscribe`, `send_retained`, `unsubscribe`, `topic_limits`, and the
 //!   session's filters (`subscription_count`, `subscribes_to`, `with_filters`);
-//! - acknowledgements from the client: `client_ack`, `client_pubrel`, `awaits_pubrel`;
-//! - the process: `auth` / `replace_auth`, `start` / `stop`, `check_health`.
+//! - acknowledgements from the client: `client_ack`, `client_pubrel`, `awaits_pubrel`,
+//!   and `client_id_of` (the publisher of a message);
+//! - the process: `auth` / `replace_auth`, `start` / `stop`, `check_health`, and the
+//!   public fields `id`, `config`, `probe`, `mesh` (its backlog, the shard count) and
+//!   `shutdown`; `sys::is_sys_topic` says which topics are the broker's own.
 //!
 //! Ownership (see DESIGN.md):
 //! - a topic's **owner** shard (`owner_of(topic)`) assigns offsets, keeps the retained
