@@ -116,6 +116,7 @@ impl Broker {
     /// Whether the QoS 2 publish `packet_id` of session `key`'s client was accepted and
     /// awaits its PUBREL (a resend is then only answered again); `None` if the session is
     /// gone.
+    #[inline]
     pub fn awaits_pubrel(&self, key: SessionKey, packet_id: u16) -> Option<bool> {
         let sessions = self.sessions.slots.borrow();
         let slot = sessions.get(&key)?;
@@ -123,6 +124,7 @@ impl Broker {
     }
 
     /// The client id of session `key`.
+    #[inline]
     pub fn client_id_of(&self, key: SessionKey) -> Option<ByteStr> {
         let sessions = self.sessions.slots.borrow();
         sessions
