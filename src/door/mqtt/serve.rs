@@ -43,7 +43,11 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     // A failed handshake drops the stream; nothing awaits between that and
     // unregistering, so `conn.fd` never names someone else's descriptor.
-    let opened = open(&door, stream, transport, accepted_at).await;
+    // Boxed, like the CONNECT phase below: a connection's task is as large as the
+    // largest state it can be in, and the handshakes' states (TLS, WebSocket: 7 KB)
+    // would otherwise stay part of every connection for its whole life. One allocation
+    // per connection, freed once it serves.
+    let opened = Box::pin(open(&door, stream, transport, accepted_at)).await;
     if let Some((socket, identity)) = opened {
         // The writer task shares the socket: reading and writing never wait for each
         // other (see `socket`), and the connection costs one descriptor.
@@ -112,7 +116,7 @@ async fn read_side(
     // one that sends nothing, and a password check waiting its turn is given up.
     let connect_timeout =
         Duration::from_millis(door.config.connect_timeout_ms).saturating_sub(accepted_at.elapsed());
-    let (connect, principal) = match glommio::timer::timeout(connect_timeout, async {
+    let (connect, principal) = match Box::pin(glommio::timer::timeout(connect_timeout, async {
         let connect = connect::read_connect(door, conn, socket, &mut rbuf, &limits).await;
         Ok(match connect {
             Some(c) => connect::check_credentials(door, conn, &c, identity)
@@ -120,7 +124,7 @@ async fn read_side(
                 .map(|principal| (c, principal)),
             None => None,
         })
-    })
+    }))
     .await
     {
         Ok(Some(connect)) => connect,
@@ -131,7 +135,7 @@ async fn read_side(
             return;
         }
     };
-    let Some(accepted) = connect::handshake(door, conn, connect, principal).await else {
+    let Some(accepted) = Box::pin(connect::handshake(door, conn, connect, principal)).await else {
         return;
     };
     let ending = packet_loop(door, conn, socket, &mut rbuf, &limits, &accepted).await;
