@@ -87,3 +87,86 @@ fn unacked_messages_of_a_leaving_member_go_to_another() {
     assert_eq!(got, want);
     stayer.assert_no_publish(QUIET);
 }
+
+/// A new connection with the member's client id ends its session before the broker has
+/// read the old connection's close (a client that reconnects at once): its unacknowledged
+/// messages still go to the remaining member. For a 3.1.1 clean session, and for a v5
+/// session with an expiry that the new connection ends by clean start.
+#[test]
+fn unacked_messages_of_a_session_ended_by_a_new_connection_go_to_another() {
+    let broker = Broker::start();
+    for (case, old) in [
+        ("v4-clean", Connect::v4("share-taken-v4")),
+        (
+            "v5-expiry",
+            Connect::v5("share-taken-v5").session_expiry(600),
+        ),
+    ] {
+        let filter = format!("$share/k/taken/{case}/#");
+        let (mut leaver, _) = Conn::connect(broker.mqtt, &old);
+        leaver.sub(&filter, 1);
+        leaver.auto_ack = false;
+        let mut stayer = Conn::client(broker.mqtt, true, &format!("share-taken-stayer-{case}"));
+        stayer.sub(&filter, 1);
+        let mut publ = Conn::client(broker.mqtt, false, &format!("share-taken-pub-{case}"));
+        let topics = names(&format!("taken/{case}/t"), 8);
+        for t in &topics {
+            publ.publish(Publish::new(t, t.as_bytes(), 1));
+        }
+        // Round-robin: the stayer takes half, the leaver holds the other half unacked.
+        let held = leaver.drain_publishes(Duration::from_secs(2));
+        assert!(!held.is_empty(), "{case}: the leaver was given messages");
+        // The old connection stays open: the new one's CONNECT ends the session first.
+        let renewed = Connect {
+            clean: true,
+            props: Props::new(),
+            ..old.clone()
+        };
+        let (mut newer, ack) = Conn::connect(broker.mqtt, &renewed);
+        assert!(!ack.session_present, "{case}: clean start");
+        // Its own half, then the leaver's.
+        let mut got: Vec<String> = stayer
+            .drain_publishes(Duration::from_secs(3))
+            .into_iter()
+            .map(|m| m.topic)
+            .collect();
+        got.sort();
+        let mut want = topics.clone();
+        want.sort();
+        assert_eq!(got, want, "{case}: the stayer got every message, once");
+        newer.assert_no_publish(QUIET);
+        drop(leaver);
+    }
+}
+
+/// A persistent member that stays offline holds what its group had no connected member
+/// for; when its session expires, that goes to a member that joined meanwhile.
+#[test]
+fn messages_held_by_an_expiring_offline_member_go_to_another() {
+    let broker = Broker::start();
+    let filter = "$share/x/expiring/#";
+    let (mut member, _) = Conn::connect(
+        broker.mqtt,
+        &Connect::v5("share-expiring").clean(true).session_expiry(2),
+    );
+    member.sub(filter, 1);
+    member.disconnect(0);
+    let mut publ = Conn::client(broker.mqtt, false, "share-expiring-pub");
+    let topics = names("expiring/t", 6);
+    for t in &topics {
+        publ.publish(Publish::new(t, t.as_bytes(), 1));
+    }
+    let mut stayer = Conn::client(broker.mqtt, true, "share-expiring-stayer");
+    stayer.sub(filter, 1);
+    // Queued for the offline member until its session ends, 2 s after it left.
+    let mut got: Vec<String> = stayer
+        .expect_publishes(topics.len())
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    got.sort();
+    let mut want = topics.clone();
+    want.sort();
+    assert_eq!(got, want);
+    stayer.assert_no_publish(QUIET);
+}

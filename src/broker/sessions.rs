@@ -93,7 +93,15 @@ impl Broker {
             // never gets its session; the session goes straight on to the newer one.
             conn.close(ReasonCode::SessionTakenOver);
             self.probe.sessions_taken_over_total.inc();
-            let session = previous.filter(|s| !newer.clean_start && s.is_persistent());
+            let session = match previous {
+                Some(s) if !newer.clean_start && s.is_persistent() => Some(s),
+                Some(mut ended) => {
+                    self.give_back_shared(&mut ended, None);
+                    self.release_all_qos2(&mut ended);
+                    None
+                }
+                None => None,
+            };
             self.post(
                 newer.to.shard,
                 ShardMsg::SessionHandover {
@@ -384,6 +392,9 @@ impl Broker {
         }
         let keep = !clean_start && slot.session.is_persistent();
         if !keep {
+            // The session ends here, possibly before its connection's close was read:
+            // what it holds for its groups goes to other members, as at a detach.
+            self.give_back_shared(&mut slot.session, Some(key));
             self.release_all_qos2(&mut slot.session);
         }
         let session = keep.then(|| Box::new(slot.session));
@@ -587,6 +598,8 @@ impl Broker {
             return;
         }
         let mut slot = self.remove_session(key);
+        // An offline member may hold deliveries its groups had no connected member for.
+        self.give_back_shared(&mut slot.session, Some(key));
         self.release_all_qos2(&mut slot.session);
         if let Some(will) = slot.session.will.take() {
             // A delayed will is due when the session ends, whichever comes first.

@@ -12,7 +12,10 @@
 //! # A member that leaves
 //! Its unacknowledged and queued deliveries go back to the group (`redistribute`), except
 //! a QoS 2 PUBLISH already sent to a session that outlives the connection: that one is
-//! completed with the same client when it reconnects (MQTT 5 [MQTT-4.8.2-4]).
+//! completed with the same client when it reconnects (MQTT 5 [MQTT-4.8.2-4]). So do
+//! those of a session that ends otherwise (`give_back_shared`): taken over by a clean
+//! start or a new connection to a non-persistent session (which may come before the old
+//! connection's close is read), expired or deleted while offline.
 //!
 //! # When every member is full
 //! The message is kept for the group in a bounded **backlog** on this shard
@@ -91,7 +94,7 @@ use crate::metrics::Limit;
 use crate::mqtt::{ByteStr, QoS};
 use crate::router::ShardId;
 use crate::session::{Admit, CatchUp, Delivery, Enqueued, LogPos, Message, ReplayCursor};
-use crate::session::{Had, SubOptions};
+use crate::session::{Had, Session, SubOptions};
 
 use super::holds::BacklogHolds;
 use super::persist::{records, ReplayWant, CATCH_UP_MESSAGES_MAX};
@@ -739,6 +742,17 @@ impl Broker {
                 Some(filter) => self.deliver_shared_except(group, filter, d.msg, 0, leaving),
                 None => self.probe.messages_dropped_by_qos[d.qos as usize].inc(),
             }
+        }
+    }
+
+    /// A session that ends gives what it holds for its groups to other members: its
+    /// unacknowledged and queued deliveries, except a QoS 2 PUBLISH a persistent session
+    /// already sent, which goes to no other client ([MQTT-4.8.2-5]; the caller releases
+    /// it). `key` is the session's key on this shard, if it had one.
+    pub(crate) fn give_back_shared(&self, session: &mut Session, key: Option<SessionKey>) {
+        let shared = session.outbound.take_shared(session.is_persistent());
+        if !shared.is_empty() {
+            self.redistribute(shared, key);
         }
     }
 
