@@ -36,7 +36,7 @@ use crate::config::Config;
 /// drained got 1,024 messages per 100 ms beside a flooding publisher. At 2 ms the same
 /// subscriber keeps up; the price is one non-blocking `io_uring_enter` per 2 ms of busy
 /// time. (A short timer makes glommio 0.9's park-with-runnable-work more likely; see
-/// `wakeup`, which bounds it.)
+/// `wakeup`, which ends such a park within its period.)
 const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
 /// The log target of a shard's start and stop (`SHARDMQ_LOG_LEVEL=info,shardmq::shard=debug`
@@ -51,6 +51,7 @@ pub use limits::{
 pub use mesh::{batch_cost_bytes, Batch, Joined, Mesh, MeshMessage, MeshSetup};
 pub use quota::{ConnectionQuota, ConnectionSlot, RefusalSlot, Refused, REFUSING_MAX};
 pub use shutdown::Shutdown;
+pub use wakeup::spawn as spawn_executor;
 
 /// What a shard thread reports to the main thread.
 #[derive(Debug)]
@@ -282,36 +283,42 @@ where
     } = start;
     let control = control.into_raw_fd();
     let ready = events.clone();
-    let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-        .name(&format!("shard-{id}"))
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .io_memory(io_memory)
         // File ops (rename, remove) share the blocking pool; keep it off this CPU's
         // executor thread so it can never stall the ring.
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-        .preempt_timer(PREEMPT_TIMER)
-        .spawn(move || {
-            // SAFETY: the fd came from into_raw_fd above and is owned only here.
-            let control = unsafe { glommio::net::UnixStream::from_raw_fd(control) };
-            // First of all: every later step may wait on another shard.
-            wakeup::spawn();
-            shard_main(ShardStart {
-                id,
-                control: Control { stream: control },
-                ready: Ready(ready),
-            })
+        .preempt_timer(PREEMPT_TIMER);
+    let handle = spawn_executor(builder, format!("shard-{id}"), move || {
+        // SAFETY: the fd came from into_raw_fd above and is owned only here.
+        let control = unsafe { glommio::net::UnixStream::from_raw_fd(control) };
+        shard_main(ShardStart {
+            id,
+            control: Control { stream: control },
+            ready: Ready(ready),
         })
-        .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
+    })
+    .map_err(|e| format!("cannot start shard {id} on CPU {cpu}: {e}"))?;
     std::thread::Builder::new()
         .name(format!("shard-{id}-join"))
         .spawn(move || {
             let result = match handle.join() {
-                Ok(result) => result,
-                Err(e) => Err(format!("shard {id} crashed: {e}")),
+                Ok(result) => result.and_then(|r| r),
+                Err(panic) => Err(format!("shard {id} crashed: {}", panic_message(&*panic))),
             };
             let _ = events.send(Event::Exited(id, result));
         })
         .map_err(|e| format!("cannot start joiner thread: {e}"))?;
     Ok(())
+}
+
+/// The message a thread panicked with, if it was text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "a panic without a message",
+    }
 }
 
 /// What a shard's main gets from the runtime.

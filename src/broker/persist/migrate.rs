@@ -132,13 +132,13 @@ pub fn prepare_layout(cfg: &MigrationConfig) -> Result<Option<MigrationReport>, 
     );
     move_old_logs(dir, &mig, from)?;
     let job = cfg.clone();
-    let report = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("migrate")
-        .io_memory(cfg.io_memory_bytes)
-        .spawn(move || async move { rewrite(&job, from).await })
-        .map_err(|e| format!("cannot start the migration executor: {e}"))?
-        .join()
-        .map_err(|e| format!("the migration failed: {e}"))??;
+    let builder = LocalExecutorBuilder::new(Placement::Unbound).io_memory(cfg.io_memory_bytes);
+    let report = crate::runtime::spawn_executor(builder, "migrate".into(), move || async move {
+        rewrite(&job, from).await
+    })
+    .map_err(|e| format!("cannot start the migration executor: {e}"))?
+    .join()
+    .map_err(|_| "the migration executor panicked".to_string())???;
     write_file(&mig.join("done"), &format!("{}\n", cfg.shards))?;
     sync_dir(&mig)?;
     write_layout(dir, cfg.shards)?;
