@@ -81,3 +81,45 @@ fn a_connection_flood_leaves_the_broker_responsive() {
 }
 
 const WAIT_CLOSED: Duration = Duration::from_secs(10);
+
+/// Held connections opened at a set rate, each with a subscription and a 2 s keep-alive:
+/// the broker answers every PINGREQ of every one of them while they are held, counts
+/// their subscriptions, and the report says how fast they were accepted.
+#[test]
+fn held_connections_at_a_set_rate_are_pinged_and_subscribed() {
+    const HELD: usize = 200;
+    const RATE: usize = 400;
+    let broker = Broker::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(broker.mqtt.port().to_string())
+        .args(["--flood", "0", "--flood-hold", &HELD.to_string()])
+        .args(["--flood-rate", &RATE.to_string(), "--flood-subscribe"])
+        .args(["--flood-keep-alive-secs", "2", "--hold-secs", "5"])
+        .args(["--threads", "2", "--source-ips", "2", "--json"])
+        .arg("--broker-pid")
+        .arg(broker.child.id().to_string())
+        .output()
+        .expect("run shardmq-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {stderr}\n{}",
+        broker.log()
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
+    let r = &report["result"];
+    assert_eq!(r["held"].as_u64(), Some(HELD as u64), "{r}");
+    assert_eq!(r["subscribed"].as_bool(), Some(true), "{r}");
+    // Pings every second over a 5 s hold: rounds at 1, 2, 3 and 4 s.
+    assert_eq!(r["pings"].as_u64(), Some(4 * HELD as u64), "{r}");
+    assert_eq!(r["pings_failed"].as_u64(), Some(0), "{r}");
+    // Opened at the set rate: 200 at 400/s take about half a second, not a few ms.
+    let rate = r["hold_accepts_per_sec"].as_f64().unwrap();
+    assert!(
+        rate > 0.0 && rate <= RATE as f64 * 1.1,
+        "accept rate {rate}: {r}"
+    );
+    assert!(r["broker_cpu_percent_held"].as_f64().is_some(), "{r}");
+}

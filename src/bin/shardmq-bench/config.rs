@@ -90,6 +90,17 @@ pub struct Args {
     /// Flood mode: how many connections to hold idle (default: as many as the burst).
     #[arg(long)]
     pub flood_hold: Option<usize>,
+    /// Flood mode: the held connections' keep-alive, seconds; while held, each sends a
+    /// PINGREQ every half of it (0: no keep-alive, no pings).
+    #[arg(long)]
+    pub flood_keep_alive_secs: Option<u16>,
+    /// Flood mode: open the held connections at this many per second in all (0: as fast
+    /// as the broker accepts them).
+    #[arg(long)]
+    pub flood_rate: Option<u64>,
+    /// Flood mode: each held connection subscribes (QoS 1) to a topic of its own.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub flood_subscribe: Option<bool>,
     /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, ...
     /// (loopback brokers only), for when one address runs short of ephemeral ports.
     #[arg(long)]
@@ -145,6 +156,9 @@ impl Args {
             hold_secs: self.hold_secs.or(base.hold_secs),
             flood: self.flood.or(base.flood),
             flood_hold: self.flood_hold.or(base.flood_hold),
+            flood_keep_alive_secs: self.flood_keep_alive_secs.or(base.flood_keep_alive_secs),
+            flood_subscribe: self.flood_subscribe.or(base.flood_subscribe),
+            flood_rate: self.flood_rate.or(base.flood_rate),
             source_ips: self.source_ips.or(base.source_ips),
             probe_interval_ms: self.probe_interval_ms.or(base.probe_interval_ms),
             threads: self.threads.or(base.threads),
@@ -219,6 +233,9 @@ pub struct Params {
     pub hold_secs: u64,
     pub flood: Option<usize>,
     pub flood_hold: Option<usize>,
+    pub flood_keep_alive_secs: u16,
+    pub flood_subscribe: bool,
+    pub flood_rate: u64,
     pub source_ips: u8,
     pub probe_interval_ms: u64,
     pub threads: usize,
@@ -305,6 +322,9 @@ impl Params {
             hold_secs: a.hold_secs.unwrap_or(0),
             flood: a.flood,
             flood_hold: a.flood_hold,
+            flood_keep_alive_secs: a.flood_keep_alive_secs.unwrap_or(0),
+            flood_subscribe: a.flood_subscribe.unwrap_or(false),
+            flood_rate: a.flood_rate.unwrap_or(0),
             source_ips,
             probe_interval_ms: a.probe_interval_ms.unwrap_or(100),
             threads,

@@ -3,7 +3,12 @@
 //! held idle, while a probe client keeps timing a full round trip (connect, subscribe,
 //! QoS 1 publish to itself, receive, disconnect). Reports the probe's latency in each phase,
 //! and with `--broker-pid` the broker's RSS before and after the idle connections, hence
-//! the broker's memory per idle connection.
+//! the broker's memory per idle connection, and its CPU while they are held.
+//!
+//! The held connections open at `--flood-rate` per second (default: as fast as accepted),
+//! from `--source-ips` loopback addresses, with keep-alive `--flood-keep-alive-secs` (each
+//! then sends a PINGREQ every half of it while held) and, with `--flood-subscribe`, one
+//! QoS 1 subscription each.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,6 +46,18 @@ pub struct FloodReport {
     pub held: usize,
     pub hold_failed: usize,
     pub hold_open_secs: f64,
+    /// Held connections accepted (CONNACK, and SUBACK with `--flood-subscribe`) per second
+    /// while they were opened.
+    pub hold_accepts_per_sec: f64,
+    /// Keep-alive of the held connections, seconds (0: no pings).
+    pub keep_alive_secs: u16,
+    /// PINGREQs answered and not answered while held.
+    pub pings: u64,
+    pub pings_failed: u64,
+    /// Whether each held connection had a subscription.
+    pub subscribed: bool,
+    /// Broker CPU while every held connection was open, in % of one CPU.
+    pub broker_cpu_percent_held: Option<f64>,
     pub first_error: Option<String>,
     /// Broker RSS before the flood (bytes).
     pub broker_rss_start_bytes: Option<u64>,
@@ -125,9 +142,15 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
         "shardmq-bench flood: {held} idle connections open in {hold_open_secs:.2} s; holding {} s",
         p.hold_secs
     );
-    std::thread::sleep(Duration::from_secs(p.hold_secs));
+    let cpu_start = p.broker_pid.and_then(sys::process_cpu_secs);
+    let mut sessions = hold.sessions;
+    let (pings, pings_failed) = hold_for(&p, &mut sessions, Duration::from_secs(p.hold_secs));
+    let cpu_held = match (cpu_start, p.broker_pid.and_then(sys::process_cpu_secs)) {
+        (Some(a), Some(b)) if p.hold_secs > 0 => Some((b - a) * 100.0 / p.hold_secs as f64),
+        _ => None,
+    };
     let rss_held = rss();
-    close_all(&p, hold.sessions);
+    close_all(&p, sessions);
     probe.phase.store(2, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(2));
     let rss_after = rss();
@@ -150,6 +173,16 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
         held,
         hold_failed: hold.failed,
         hold_open_secs,
+        hold_accepts_per_sec: if hold_open_secs > 0.0 {
+            held as f64 / hold_open_secs
+        } else {
+            0.0
+        },
+        keep_alive_secs: p.flood_keep_alive_secs,
+        pings,
+        pings_failed,
+        subscribed: p.flood_subscribe,
+        broker_cpu_percent_held: cpu_held,
         first_error: burst.first_error.or(hold.first_error),
         broker_rss_start_bytes: rss_start,
         broker_rss_after_burst_bytes: rss_after_burst,
@@ -198,9 +231,15 @@ fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) ->
                     failed: 0,
                     first_error: None,
                 };
+                let started = Instant::now();
                 for k in (t..n).step_by(p.threads) {
+                    if keep == Keep::Yes && p.flood_rate > 0 {
+                        let due = Duration::from_secs_f64(k as f64 / p.flood_rate as f64);
+                        std::thread::sleep(due.saturating_sub(started.elapsed()));
+                    }
                     let source = p.source_of(offset + k);
-                    match conn::connect_from(&p, &format!("{name}-{k}"), 0, source) {
+                    let client_id = format!("{name}-{k}");
+                    match open_one(&p, &client_id, source, keep) {
                         Ok(s) => {
                             opened.connected += 1;
                             match keep {
@@ -233,6 +272,59 @@ fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) ->
         }
     }
     all
+}
+
+/// Opens one connection; a held one gets the flood's keep-alive and, if asked, its own
+/// subscription.
+fn open_one(
+    p: &Params,
+    client_id: &str,
+    source: Option<std::net::IpAddr>,
+    keep: Keep,
+) -> Result<Session, BenchError> {
+    if keep == Keep::No {
+        return conn::connect_from(p, client_id, 0, source);
+    }
+    let mut s = conn::connect_from(p, client_id, p.flood_keep_alive_secs, source)?;
+    if p.flood_subscribe {
+        let topic = format!("flood/idle/{client_id}");
+        conn::subscribe(&mut s, p.protocol, &topic, QoS::AtLeastOnce)?;
+    }
+    Ok(s)
+}
+
+/// Holds the connections open for `hold`; with a keep-alive, pings each one every half
+/// of it and reads the answer. Returns (pings answered, pings not answered).
+fn hold_for(p: &Params, sessions: &mut [Session], hold: Duration) -> (u64, u64) {
+    let started = Instant::now();
+    if p.flood_keep_alive_secs == 0 {
+        std::thread::sleep(hold);
+        return (0, 0);
+    }
+    let every = Duration::from_millis(u64::from(p.flood_keep_alive_secs) * 500);
+    let mut ping = BytesMut::new();
+    let _ = mqtt::encode(&Packet::PingReq, p.protocol, &mut ping);
+    let (mut answered, mut failed) = (0, 0);
+    let mut round = 1u32;
+    loop {
+        let due = every * round;
+        if due >= hold {
+            break;
+        }
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
+        for s in sessions.iter_mut() {
+            let _ = s.stream.write_all(&ping);
+        }
+        for s in sessions.iter_mut() {
+            match conn::read_packet(&mut s.stream, &mut s.rbuf, p.protocol) {
+                Ok(Packet::PingResp) => answered += 1,
+                _ => failed += 1,
+            }
+        }
+        round += 1;
+    }
+    std::thread::sleep(hold.saturating_sub(started.elapsed()));
+    (answered, failed)
 }
 
 fn close_all(p: &Params, sessions: Vec<Session>) {
@@ -328,6 +420,17 @@ pub fn print_text(r: &FloodReport) {
             r.broker_bytes_per_idle_connection.unwrap_or(0)
         );
     }
+    println!(
+        "  held connections accepted at {:.0}/s; keep-alive {} s, {} pings answered, {} not; \
+         subscribed: {}; broker CPU while held: {}",
+        r.hold_accepts_per_sec,
+        r.keep_alive_secs,
+        r.pings,
+        r.pings_failed,
+        r.subscribed,
+        r.broker_cpu_percent_held
+            .map_or("-".to_string(), |c| format!("{c:.2} % of a CPU"))
+    );
     for phase in &r.probe {
         let l = &phase.round_trips;
         println!(

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Idle connections, side by side: N connections (default 15000) opened at RATE per second
+# (default 5000) from 16 loopback source addresses and held idle for HOLD seconds (default
+# 35) with keep-alive KEEPALIVE (default 60: each sends a PINGREQ every 30 s), against
+# shardmq with 2 shards, shardmq with 1 and mosquitto, over MQTT 3.1.1 and 5.0, without and
+# with one QoS 1 subscription per connection. A probe client times round trips
+# throughout. Prints one table: accept rate, broker RSS per idle connection, broker CPU
+# while they are held, pings answered, probe p99 while held.
+#
+#   scripts/idle-conns.sh [N] [HOLD_SECS]
+#
+# Environment: RATE, KEEPALIVE, SYSTEMS (default "shardmq shardmq-1 mosquitto"),
+# VERSIONS (default "4 5"). Each run starts a fresh broker. Needs RLIMIT_NOFILE of about
+# N + 300 for the broker and for the generator (each is its own process). Results:
+# target/bench-results/idle-conns-<date>/ (one JSON report per run, and report.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+help_if_asked "$@"
+
+n=${1:-15000}
+hold=${2:-35}
+rate=${RATE:-5000}
+keepalive=${KEEPALIVE:-60}
+need=$(( n + 300 ))
+(( $(ulimit -Hn) >= need )) || ulimit -Hn "$need" 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
+(( $(ulimit -n) >= need )) || die "RLIMIT_NOFILE is $(ulimit -n); $need needed for $n connections"
+
+cargo build --release --bins 2>&1 | grep -E '^(error|warning)' || true
+out=target/bench-results/idle-conns-$(date -u +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+meta_lines "scripts/idle-conns.sh $n $hold (RATE=$rate KEEPALIVE=$keepalive)" >"$out/meta.txt"
+trap stop_broker EXIT
+for system in ${SYSTEMS:-shardmq shardmq-1 mosquitto}; do
+    for version in ${VERSIONS:-4 5}; do
+        for sub in no yes; do
+            case $system in
+                shardmq) start_shardmq 2 ;;
+                shardmq-1) start_shardmq 1 ;;
+                mosquitto) start_mosquitto ;;
+                *) die "unknown system $system" ;;
+            esac
+            name="$system-v$version-sub-$sub"
+            echo "== $name: $n idle connections, held $hold s"
+            args=(--port "$BROKER_PORT" --version "$version" --flood 0 --flood-hold "$n"
+                  --flood-rate "$rate" --flood-keep-alive-secs "$keepalive" --hold-secs "$hold"
+                  --threads 2 --source-ips 16 --probe-interval-ms 200
+                  --broker-pid "$BROKER_PID" --json)
+            [[ $sub == yes ]] && args+=(--flood-subscribe)
+            "$BENCH_BIN" "${args[@]}" >"$out/$name.json"
+            stop_broker
+        done
+    done
+done
+python3 - "$out" <<'PY' | tee "$out/report.md"
+import glob, json, os, sys
+rows = []
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    r = json.load(open(path))["result"]
+    held = next(p for p in r["probe"] if p["phase"] == "hold")["round_trips"]
+    rows.append((os.path.basename(path)[:-5], r["held"], r["hold_accepts_per_sec"],
+                 r["broker_bytes_per_idle_connection"], r["broker_cpu_percent_held"],
+                 r["pings"], r["pings_failed"], held["p99_us"]))
+print("| run | held | accepted/s | broker RSS per connection | broker CPU while held | pings answered / failed | probe p99 while held |")
+print("|---|---|---|---|---|---|---|")
+for name, h, acc, rss, cpu, pings, failed, p99 in rows:
+    print(f"| {name} | {h:,} | {acc:,.0f} | {rss:,} B | {cpu:.2f} % | {pings:,} / {failed} | {p99 / 1000:.1f} ms |")
+PY
