@@ -12,10 +12,6 @@ use std::path::{Path, PathBuf};
 pub const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 /// glommio registers the io_memory pool with each of its rings.
 const IO_MEMORY_REGISTRATIONS: u64 = 3;
-/// What a shard's three io_uring rings lock on kernels before 5.12, which charge ring
-/// memory to RLIMIT_MEMLOCK (later ones charge the memory cgroup): per ring, 64-byte
-/// submission entries and twice as many 16-byte completion entries.
-const RINGS_LOCKED_BYTES: u64 = 3 * (super::RING_DEPTH as u64) * (64 + 2 * 16);
 /// Below this, registered buffers are not worth having; glommio falls back to plain ones.
 const IO_MEMORY_MIN_BYTES: u64 = 64 << 10;
 
@@ -241,7 +237,7 @@ fn hex_ip_is(ip_hex: &str, addr: SocketAddr) -> bool {
 }
 
 /// Checks RLIMIT_MEMLOCK (raising the soft limit to the hard one if that helps) and
-/// returns the io_memory each shard can register within it, after its rings.
+/// returns the io_memory each shard can register within it.
 pub fn io_memory_per_shard(shards: usize, io_memory_bytes: usize) -> Result<usize, String> {
     let Some(limit) = soft_raised_to_hard(libc::RLIMIT_MEMLOCK) else {
         return Ok(io_memory_bytes);
@@ -264,8 +260,7 @@ pub fn io_memory_per_shard(shards: usize, io_memory_bytes: usize) -> Result<usiz
         // root has CAP_IPC_LOCK: registration is not charged against the limit.
         return Ok(io_memory_bytes);
     }
-    let per_shard = (limit.rlim_cur / shards.max(1) as u64).saturating_sub(RINGS_LOCKED_BYTES)
-        / IO_MEMORY_REGISTRATIONS;
+    let per_shard = limit.rlim_cur / shards.max(1) as u64 / IO_MEMORY_REGISTRATIONS;
     Ok((io_memory_bytes as u64)
         .min(per_shard)
         .max(IO_MEMORY_MIN_BYTES) as usize)

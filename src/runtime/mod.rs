@@ -47,7 +47,38 @@ const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 /// broker's idle CPU. At 4,096 (8,192 CQ entries: 256 buckets) the walk is 32 times
 /// shorter and the idle CPU half (PERF.md, "Idle connections side by side"); the rings
 /// cost about 3 MB more per shard.
+///
+/// A process without CAP_IPC_LOCK has its rings charged to RLIMIT_MEMLOCK, and a ring
+/// that does not fit fails the shard's start (while a buffer registration that does not
+/// fit only falls back to plain buffers); the rings of a process that just exited are
+/// released a moment after it. Under a finite limit (8 MB by default for a user) the deep
+/// rings would take most of it and a quick restart could fail, so there the shards keep
+/// glommio's default depth ([`SMALL_RING_DEPTH`]). The packaged unit sets
+/// `LimitMEMLOCK=infinity`.
 const RING_DEPTH: usize = 4096;
+
+/// The ring depth under a finite RLIMIT_MEMLOCK without CAP_IPC_LOCK (glommio's default).
+const SMALL_RING_DEPTH: usize = 128;
+
+/// [`RING_DEPTH`] when locked memory is no constraint (root, or RLIMIT_MEMLOCK
+/// unlimited), else [`SMALL_RING_DEPTH`].
+fn ring_depth() -> usize {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return RING_DEPTH;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    if read && limit.rlim_cur == libc::RLIM_INFINITY {
+        RING_DEPTH
+    } else {
+        SMALL_RING_DEPTH
+    }
+}
 
 /// The log target of a shard's start and stop (`SHARDMQ_LOG_LEVEL=info,shardmq::shard=debug`
 /// shows how far each shard got).
@@ -299,7 +330,7 @@ where
         // executor thread so it can never stall the ring.
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .preempt_timer(PREEMPT_TIMER)
-        .ring_depth(RING_DEPTH);
+        .ring_depth(ring_depth());
     let handle = spawn_executor(builder, format!("shard-{id}"), move || {
         // SAFETY: the fd came from into_raw_fd above and is owned only here.
         let control = unsafe { glommio::net::UnixStream::from_raw_fd(control) };
