@@ -12,6 +12,17 @@ use common::*;
 
 const QUIET: Duration = Duration::from_millis(800);
 
+/// The topics of `received`, sorted: which messages arrived, whatever their order.
+fn sorted_topics(received: Vec<Publish>) -> Vec<String> {
+    sorted(&received.into_iter().map(|m| m.topic).collect::<Vec<_>>())
+}
+
+fn sorted(topics: &[String]) -> Vec<String> {
+    let mut topics = topics.to_vec();
+    topics.sort();
+    topics
+}
+
 #[test]
 fn each_message_goes_to_exactly_one_member() {
     let broker = Broker::start();
@@ -76,15 +87,10 @@ fn unacked_messages_of_a_leaving_member_go_to_another() {
     let mut stayer = Conn::client(broker.mqtt, false, "share-stayer");
     stayer.sub("$share/h/handoff/#", 1);
     leaver.kill();
-    let mut got: Vec<String> = stayer
-        .expect_publishes(held.len())
-        .into_iter()
-        .map(|m| m.topic)
-        .collect();
-    got.sort();
-    let mut want = topics.clone();
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(
+        sorted_topics(stayer.expect_publishes(held.len())),
+        sorted(&topics)
+    );
     stayer.assert_no_publish(QUIET);
 }
 
@@ -125,15 +131,11 @@ fn unacked_messages_of_a_session_ended_by_a_new_connection_go_to_another() {
         let (mut newer, ack) = Conn::connect(broker.mqtt, &renewed);
         assert!(!ack.session_present, "{case}: clean start");
         // Its own half, then the leaver's.
-        let mut got: Vec<String> = stayer
-            .drain_publishes(Duration::from_secs(3))
-            .into_iter()
-            .map(|m| m.topic)
-            .collect();
-        got.sort();
-        let mut want = topics.clone();
-        want.sort();
-        assert_eq!(got, want, "{case}: the stayer got every message, once");
+        assert_eq!(
+            sorted_topics(stayer.drain_publishes(Duration::from_secs(3))),
+            sorted(&topics),
+            "{case}: the stayer got every message, once"
+        );
         newer.assert_no_publish(QUIET);
         drop(leaver);
     }
@@ -159,14 +161,9 @@ fn messages_held_by_an_expiring_offline_member_go_to_another() {
     let mut stayer = Conn::client(broker.mqtt, true, "share-expiring-stayer");
     stayer.sub(filter, 1);
     // Queued for the offline member until its session ends, 2 s after it left.
-    let mut got: Vec<String> = stayer
-        .expect_publishes(topics.len())
-        .into_iter()
-        .map(|m| m.topic)
-        .collect();
-    got.sort();
-    let mut want = topics.clone();
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(
+        sorted_topics(stayer.expect_publishes(topics.len())),
+        sorted(&topics)
+    );
     stayer.assert_no_publish(QUIET);
 }

@@ -96,8 +96,7 @@ impl Broker {
             let session = match previous {
                 Some(s) if !newer.clean_start && s.is_persistent() => Some(s),
                 Some(mut ended) => {
-                    self.give_back_shared(&mut ended, None);
-                    self.release_all_qos2(&mut ended);
+                    self.let_go(&mut ended, None);
                     None
                 }
                 None => None,
@@ -394,8 +393,7 @@ impl Broker {
         if !keep {
             // The session ends here, possibly before its connection's close was read:
             // what it holds for its groups goes to other members, as at a detach.
-            self.give_back_shared(&mut slot.session, Some(key));
-            self.release_all_qos2(&mut slot.session);
+            self.let_go(&mut slot.session, Some(key));
         }
         let session = keep.then(|| Box::new(slot.session));
         self.post(to.shard, ShardMsg::SessionHandover { id, session });
@@ -592,6 +590,14 @@ impl Broker {
         }
     }
 
+    /// A session that ends (taken over, superseded, expired, deleted) lets go of what it
+    /// held for others: its shared deliveries go back to their groups, its QoS 2 ids
+    /// awaiting PUBREL are released. `key` is its key on this shard, if it had one.
+    fn let_go(self: &Rc<Self>, session: &mut Session, key: Option<SessionKey>) {
+        self.give_back_shared(session, key);
+        self.release_all_qos2(session);
+    }
+
     /// Ends a session for good and tells its home shard.
     pub(crate) fn end_session(self: &Rc<Self>, key: SessionKey) {
         if !self.sessions.slots.borrow().contains_key(&key) {
@@ -599,8 +605,7 @@ impl Broker {
         }
         let mut slot = self.remove_session(key);
         // An offline member may hold deliveries its groups had no connected member for.
-        self.give_back_shared(&mut slot.session, Some(key));
-        self.release_all_qos2(&mut slot.session);
+        self.let_go(&mut slot.session, Some(key));
         if let Some(will) = slot.session.will.take() {
             // A delayed will is due when the session ends, whichever comes first.
             self.publish_will(&slot.session.client_id, will);

@@ -747,8 +747,8 @@ impl Broker {
 
     /// A session that ends gives what it holds for its groups to other members: its
     /// unacknowledged and queued deliveries, except a QoS 2 PUBLISH a persistent session
-    /// already sent, which goes to no other client ([MQTT-4.8.2-5]; the caller releases
-    /// it). `key` is the session's key on this shard, if it had one.
+    /// already sent, which goes to no other client ([MQTT-4.8.2-5]; `Broker::let_go`
+    /// releases it). `key` is the session's key on this shard, if it had one.
     pub(crate) fn give_back_shared(&self, session: &mut Session, key: Option<SessionKey>) {
         let shared = session.outbound.take_shared(session.is_persistent());
         if !shared.is_empty() {

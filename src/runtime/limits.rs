@@ -266,6 +266,15 @@ pub fn io_memory_per_shard(shards: usize, io_memory_bytes: usize) -> Result<usiz
         .max(IO_MEMORY_MIN_BYTES) as usize)
 }
 
+/// Whether locked memory is no constraint for io_uring: root (CAP_IPC_LOCK: nothing is
+/// charged) or RLIMIT_MEMLOCK unlimited (after raising the soft limit to the hard one).
+pub fn memlock_unconstrained() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || soft_raised_to_hard(libc::RLIMIT_MEMLOCK)
+        .is_some_and(|limit| limit.rlim_cur == libc::RLIM_INFINITY)
+}
+
 /// Raises the soft limit of `resource` to its hard limit if it is lower; returns the
 /// limit in force, or `None` if it cannot be read.
 fn soft_raised_to_hard(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {

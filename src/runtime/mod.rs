@@ -63,17 +63,7 @@ const SMALL_RING_DEPTH: usize = 128;
 /// [`RING_DEPTH`] when locked memory is no constraint (root, or RLIMIT_MEMLOCK
 /// unlimited), else [`SMALL_RING_DEPTH`].
 fn ring_depth() -> usize {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return RING_DEPTH;
-    }
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given.
-    let read = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
-    if read && limit.rlim_cur == libc::RLIM_INFINITY {
+    if limits::memlock_unconstrained() {
         RING_DEPTH
     } else {
         SMALL_RING_DEPTH
