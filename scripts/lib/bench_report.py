@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns shardmq-bench JSON reports into CSV rows, medians, markdown tables and an SVG chart.
 
-Used by scripts/shard-scaling.sh and scripts/compare-peers.sh:
+Used by scripts/shard-scaling.sh, scripts/compare-peers.sh and scripts/light-load.sh:
 
     bench_report.py row JSON CSV SYSTEM WORKLOAD MODE REPEAT SHARDS
     bench_report.py half-rate JSON FAN      per-publisher rate for half the delivered rate
@@ -9,6 +9,7 @@ Used by scripts/shard-scaling.sh and scripts/compare-peers.sh:
     bench_report.py peers CSV OUTDIR        medians per (workload, system), ratios to shardmq
     bench_report.py fio JSON                one line from fio's JSON: syncs/s and latency
     bench_report.py targets PEERS_DIR SCALING_DIR   the issue's targets against the medians
+    bench_report.py light CSV OUTDIR        medians per (offered rate, system), table, SVG
 
 Standard library only: it runs on a bare machine without network.
 """
@@ -330,12 +331,106 @@ def peers(args):
     write_table(outdir, "peers.md", lines)
 
 
+# --- light load ----------------------------------------------------------------------
+
+def light(args):
+    path, outdir = args
+    rows = load(path)
+    groups = group(rows, "mode", "system")
+    rates, systems = [], []
+    for rate, system in groups:
+        if rate not in rates:
+            rates.append(rate)
+        if system not in systems:
+            systems.append(system)
+    rates.sort(key=lambda r: math.inf if r == "max" else int(r))
+    lines = ["| offered msg/s | broker | delivered msg/s | broker CPU µs per delivery, median "
+             "(min–max) | ÷ mosquitto | p50 µs | p99 µs | runs |",
+             "|---|---|---|---|---|---|---|---|"]
+    series = {s: [] for s in systems}
+    for rate in rates:
+        peer = groups.get((rate, "mosquitto"))
+        peer_cpu = med(peer, "broker_us_per_msg")[0] if peer else None
+        for system in systems:
+            rs = groups.get((rate, system))
+            if not rs:
+                continue
+            cpu = med(rs, "broker_us_per_msg")
+            p50, p99 = med(rs, "p50_us")[0], med(rs, "p99_us")[0]
+            ratio = f"{cpu[0] / peer_cpu:.2f}" if peer_cpu else "—"
+            label = "max" if rate == "max" else f"{int(rate):,}"
+            lines.append(f"| {label} | {system} | {fmt_rate(med(rs, 'delivered_msgs_s'))} | "
+                         f"{fmt_us(cpu)} | {ratio} | {p50:,.0f} | {p99:,.0f} | {len(rs)} |")
+            series[system].append((rates.index(rate), cpu[0], p99))
+    write_table(outdir, "light.md", lines)
+    labels = ["max" if r == "max" else f"{int(r) // 1000}k" for r in rates]
+    with open(os.path.join(outdir, "light-load.svg"), "w") as f:
+        f.write(light_svg(series, labels))
+
+
+def light_svg(series, labels):
+    """Two panels: broker CPU µs per delivery and p99 latency against the offered rate."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    width, height, pad = 900, 400, 60
+    panel_w = (width - 3 * pad) / 2
+    panels = [("broker CPU µs per delivery", 1, lambda v: f"{v:.1f}"),
+              ("p99 latency, µs (log scale)", 2, lambda v: f"{v:,.0f}")]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">'
+           f'p2p at fixed offered rates (medians)</text>']
+    for p, (title, idx, label) in enumerate(panels):
+        x0 = pad + p * (panel_w + pad)
+        y0, y1 = 50, height - pad
+        values = [pt[idx] for pts in series.values() for pt in pts if pt[idx] == pt[idx]]
+        top = max(values) * 1.15 if values else 1.0
+        log = idx == 2
+        low = max(min(values) / 1.5, 1.0) if values else 1.0
+
+        def ypos(v):
+            if log:
+                v = max(v, low)
+                return y1 - (y1 - y0) * math.log(v / low) / math.log(top / low)
+            return y1 - (y1 - y0) * v / top
+
+        out.append(f'<text x="{x0 + panel_w / 2}" y="{y0 - 8}" text-anchor="middle">{title}</text>')
+        out.append(f'<line x1="{x0}" y1="{y1}" x2="{x0 + panel_w}" y2="{y1}" stroke="black"/>')
+        out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>')
+        for t in range(5):
+            v = low * (top / low) ** (t / 4) if log else top * t / 4
+            y = ypos(v)
+            out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + panel_w}" y2="{y:.1f}" stroke="#ddd"/>')
+            out.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{label(v)}</text>')
+
+        def xpos(i):
+            return x0 + panel_w * (i + 0.5) / len(labels)
+
+        for i, name in enumerate(labels):
+            out.append(f'<text x="{xpos(i):.1f}" y="{y1 + 16}" text-anchor="middle">{name}</text>')
+        out.append(f'<text x="{x0 + panel_w / 2}" y="{y1 + 34}" text-anchor="middle">'
+                   f'offered msg/s</text>')
+        for i, (name, pts) in enumerate(sorted(series.items())):
+            c = colors[i % len(colors)]
+            coords = [(xpos(pt[0]), ypos(pt[idx])) for pt in pts if pt[idx] == pt[idx]]
+            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
+                       + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + '"/>')
+            for x, y in coords:
+                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{c}"/>')
+            if p == 0:
+                out.append(f'<text x="{x0 + panel_w - 8}" y="{y0 + 16 + 16 * i}" '
+                           f'text-anchor="end" fill="{c}">{name}</text>')
+    out.append("</svg>\n")
+    return "\n".join(out)
+
+
 def main():
     if len(sys.argv) < 2:
         fail(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     commands = {"row": (row, 7), "half-rate": (half_rate, 2), "scaling": (scaling, 2),
-                "peers": (peers, 2), "fio": (fio, 1), "targets": (targets, 2)}
+                "peers": (peers, 2), "fio": (fio, 1), "targets": (targets, 2),
+                "light": (light, 2)}
     if cmd not in commands or len(args) != commands[cmd][1]:
         fail(__doc__)
     commands[cmd][0](args)

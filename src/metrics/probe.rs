@@ -262,6 +262,8 @@ pub struct ShardProbe {
     pub connections_accepted_total: Counter,
     /// Connections closed since start (by either side).
     pub connections_closed_total: Counter,
+    /// Times this shard slept between turns at light load (`wake_coalesce_us`).
+    pub naps_total: Counter,
     /// Batches this shard sent to other shards.
     pub mesh_batches_sent_total: Counter,
     /// Messages inside those batches.
@@ -411,6 +413,11 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "connections_closed",
         "Client connections closed",
         Series::Counter(|p| &p.connections_closed_total),
+    ),
+    (
+        "naps",
+        "Times the shard slept between turns at light load instead of parking (wake_coalesce_us)",
+        Series::Counter(|p| &p.naps_total),
     ),
     (
         "mesh_batches_sent",

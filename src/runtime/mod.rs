@@ -7,7 +7,7 @@
 //! ([`ShardStart::control`]: a byte, or the main thread going away), so a signal never
 //! has to touch shard state from another thread. Beside that, the runtime offers what
 //! every shard needs and no shard owns: the channel mesh (generic over its message),
-//! the shutdown latch, periodic tasks, the connection quota and process bootstrap
+//! the shutdown latch, periodic tasks, light-load naps, the connection quota and process bootstrap
 //! (ports, rlimits, locked memory).
 //!
 //! May use: `config`, `metrics`. It knows neither the broker nor its protocols.
@@ -15,6 +15,7 @@
 mod every;
 mod limits;
 mod mesh;
+mod nap;
 pub mod notify;
 mod quota;
 mod shutdown;
@@ -80,6 +81,7 @@ pub use limits::{
     FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
 };
 pub use mesh::{batch_cost_bytes, Batch, Joined, Mesh, MeshMessage, MeshSetup};
+pub use nap::spawn as spawn_naps;
 pub use quota::{ConnectionQuota, ConnectionSlot, RefusalSlot, Refused, REFUSING_MAX};
 pub use shutdown::Shutdown;
 pub use wakeup::spawn as spawn_executor;

@@ -26,9 +26,9 @@ use crate::door::mqtt::{Door, Listening};
 use crate::metrics::{Probes, ShardProbe};
 use crate::router::ShardId;
 use crate::runtime::{
-    bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, ConnectionQuota,
-    Control, Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart, ShutdownHandle,
-    FDS_PER_CONNECTION, SHARD_LOG,
+    bind_listener, claim_port, io_memory_per_shard, notify, raise_nofile_limit, spawn_naps,
+    ConnectionQuota, Control, Mesh, MeshSetup, Outcome, Request, Runtime, ShardStart,
+    ShutdownHandle, FDS_PER_CONNECTION, SHARD_LOG,
 };
 
 pub use crate::door::mqtt::Resettled;
@@ -186,6 +186,10 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
     if metrics_task.is_some() {
         spawn_watchdog(&broker);
     }
+    spawn_naps(
+        Duration::from_micros(config.wake_coalesce_us),
+        Arc::clone(&broker.probe),
+    );
     ready.ready();
 
     let others = listeners
