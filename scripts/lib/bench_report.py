@@ -243,19 +243,26 @@ def scaling(args):
         f.write(scaling_svg(series))
 
 
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def svg_open(width, height, title):
+    """The opening lines of a chart: the element, a white ground and the title."""
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'font-family="sans-serif" font-size="12">',
+            f'<rect width="{width}" height="{height}" fill="white"/>',
+            f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">{title}</text>']
+
+
 def scaling_svg(series):
     """Two panels side by side: delivered msg/s and broker CPU µs/msg against shards."""
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    colors = COLORS
     width, height, pad = 900, 380, 60
     panel_w = (width - 3 * pad) / 2
     max_shards = max(s for pts in series.values() for s, _, _ in pts)
     panels = [("delivered msg/s", 1, lambda v: f"{v / 1000:,.0f}k"),
               ("broker CPU µs per delivered msg", 2, lambda v: f"{v:.1f}")]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">'
-           f'shardmq shard scaling (medians)</text>']
+    out = svg_open(width, height, "shardmq shard scaling (medians)")
     for p, (title, idx, label) in enumerate(panels):
         x0 = pad + p * (panel_w + pad)
         y0, y1 = 50, height - pad
@@ -370,16 +377,12 @@ def light(args):
 
 def light_svg(series, labels):
     """Two panels: broker CPU µs per delivery and p99 latency against the offered rate."""
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    colors = COLORS
     width, height, pad = 900, 400, 60
     panel_w = (width - 3 * pad) / 2
     panels = [("broker CPU µs per delivery", 1, lambda v: f"{v:.1f}"),
               ("p99 latency, µs (log scale)", 2, lambda v: f"{v:,.0f}")]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">'
-           f'p2p at fixed offered rates (medians)</text>']
+    out = svg_open(width, height, "p2p at fixed offered rates (medians)")
     for p, (title, idx, label) in enumerate(panels):
         x0 = pad + p * (panel_w + pad)
         y0, y1 = 50, height - pad
