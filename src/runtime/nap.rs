@@ -12,13 +12,16 @@
 //!
 //! Whether napping pays depends on the load and the machine, so the nap task measures it.
 //! A parked shard counts its wake-ups over a [`WINDOW`]; once they are many (more than
-//! half as many as naps would fit), it naps for one window and compares the thread's CPU
-//! time per second of the two windows. It keeps napping only while that costs at least
-//! [`SAVING_PERCENT_MIN`] less than parking, measures a parked window again every
+//! half as many as naps would fit), it naps for one window and compares the two windows'
+//! thread CPU time per unit of work (messages received, delivered and passed over the
+//! mesh). It keeps napping only while that costs at least [`SAVING_PERCENT_MIN`] less
+//! than parking and gets at least [`WORK_KEPT_PERCENT_MIN`] of parking's work per second
+//! done (a flood must not be slowed down), measures a parked window again every
 //! [`RECHECK`] (the load may have changed), and after a nap window that did not pay waits
-//! a [`RECHECK`] before it tries again. Naps come only after a turn whose work took less
-//! than a nap, so a busy shard never naps. An idle shard parks as before, and a message
-//! waits at most one nap longer.
+//! before it tries again, twice as long after each further one (up to [`BACKOFF_MAX`]).
+//! Naps come only after a turn whose work took less than a nap and handled fewer than
+//! [`BUSY_TURN_WORK`] messages, so a busy shard never naps, and not while a mesh link to or from the shard backs up (under a flood a
+//! napping shard would hold its peers back). An idle shard parks as before, and a message waits at most one nap longer.
 
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
@@ -28,25 +31,42 @@ use std::time::{Duration, Instant};
 use glommio::timer::Timer;
 use glommio::{Latency, Shares};
 
-use crate::metrics::ShardProbe;
+use crate::metrics::{Counter, ShardProbe};
 
 /// How long each measurement of parking or napping lasts.
 const WINDOW: Duration = Duration::from_millis(50);
 
 /// How often a napping shard measures parking again, and how long a shard whose nap did
-/// not pay parks before it tries again.
+/// not pay parks before it tries again (doubling up to [`BACKOFF_MAX`] while trials do
+/// not pay).
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// How much less CPU per second a nap window must cost than the parked window before it,
-/// in percent, for the shard to keep napping.
-const SAVING_PERCENT_MIN: u64 = 10;
+/// Units of work (see [`work_done`]) in one turn from which the shard takes no nap after
+/// it: batches this big form without napping.
+const BUSY_TURN_WORK: u64 = 128;
+
+/// Work per second (see [`work_done`]) from which a parked shard tries no naps: near
+/// saturation a trial that slows it for a window leaves a queue that a flood never lets
+/// drain, and batches form without napping anyway.
+const TRIAL_WORK_PER_SEC_MAX: u64 = 1_000_000;
+
+/// Longest wait between trials that did not pay.
+const BACKOFF_MAX: Duration = Duration::from_secs(32);
+
+/// How much less CPU per unit of work a nap window must cost than the parked window
+/// before it, in percent, for the shard to keep napping.
+const SAVING_PERCENT_MIN: u128 = 10;
+
+/// How much of the parked window's work per second a nap window must do, in percent.
+const WORK_KEPT_PERCENT_MIN: u128 = 90;
 
 /// Timer slack of a napping shard's thread, ns.
 const NAP_TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
 /// Spawns the nap task on the current executor, in a task queue of its own; each nap is
-/// counted in `probe`. `nap` zero: no task.
-pub fn spawn(nap: Duration, probe: Arc<ShardProbe>) {
+/// counted in `probe`, and no nap is taken while `backed_up` says work is queueing up
+/// elsewhere for this shard (a peer's mesh link). `nap` zero: no task.
+pub fn spawn(nap: Duration, probe: Arc<ShardProbe>, backed_up: impl Fn() -> bool + 'static) {
     if nap.is_zero() {
         return;
     }
@@ -58,33 +78,41 @@ pub fn spawn(nap: Duration, probe: Arc<ShardProbe>) {
         Latency::NotImportant,
         "light-load-nap",
     );
-    glommio::spawn_local_into(run(nap, probe), queue)
+    glommio::spawn_local_into(run(nap, probe, backed_up), queue)
         .expect("the nap task queue was just created")
         .detach();
 }
 
-async fn run(nap: Duration, probe: Arc<ShardProbe>) {
+async fn run(nap: Duration, probe: Arc<ShardProbe>, backed_up: impl Fn() -> bool) {
     // Wake-ups per window from which napping may pay: half as many as naps would fit.
     let wakes_min = (WINDOW.as_nanos() / nap.as_nanos() / 2) as u64;
+    let mut backoff = RECHECK;
     loop {
-        let parked = park_for(WINDOW).await;
-        if parked.wakes <= wakes_min {
+        let parked = park_for(WINDOW, &probe).await;
+        if parked.wakes <= wakes_min
+            || parked.work == 0
+            || parked.work_per_sec() > TRIAL_WORK_PER_SEC_MAX
+        {
             continue;
         }
-        let mut napped = nap_for(WINDOW, nap, &probe).await;
+        let mut napped = nap_for(WINDOW, nap, &probe, &backed_up).await;
         if !pays(&napped, &parked) {
-            glommio::timer::sleep(RECHECK).await;
+            // A trial that does not pay costs up to a window of slower work: under a
+            // load where napping never pays, try less and less often.
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
+        backoff = RECHECK;
         // Napping pays: go on, and look at parking again now and then.
         loop {
-            let recent = nap_for(RECHECK, nap, &probe).await;
+            let recent = nap_for(RECHECK, nap, &probe, &backed_up).await;
             napped = if recent.wall >= WINDOW {
                 recent
             } else {
                 napped
             };
-            let parked = park_for(WINDOW).await;
+            let parked = park_for(WINDOW, &probe).await;
             if !pays(&napped, &parked) {
                 break;
             }
@@ -100,53 +128,91 @@ struct Usage {
     wall: Duration,
     /// Voluntary context switches: parks (and naps).
     wakes: u64,
+    /// Units of work done: messages received, delivered, sent and received over the mesh.
+    work: u64,
 }
 
 impl Usage {
-    /// CPU time per second of wall time, in nanoseconds.
-    fn cpu_per_sec(&self) -> u64 {
-        (self.cpu.as_nanos() * 1_000_000_000 / self.wall.as_nanos().max(1)) as u64
+    fn work_per_sec(&self) -> u64 {
+        (u128::from(self.work) * 1_000_000_000 / self.wall.as_nanos().max(1)) as u64
     }
 }
 
-/// Whether `napped` cost at least [`SAVING_PERCENT_MIN`] less CPU per second than
-/// `parked`.
+/// Whether `napped` cost at least [`SAVING_PERCENT_MIN`] less CPU per unit of work than
+/// `parked` while doing at least [`WORK_KEPT_PERCENT_MIN`] of its work per second.
 fn pays(napped: &Usage, parked: &Usage) -> bool {
-    napped.cpu_per_sec() * 100 <= parked.cpu_per_sec() * (100 - SAVING_PERCENT_MIN)
-}
-
-/// Where the thread stands: CPU time, voluntary switches, the time.
-fn mark() -> (Duration, u64, Instant) {
-    (thread_cpu(), voluntary_switches(), Instant::now())
-}
-
-fn since(start: (Duration, u64, Instant)) -> Usage {
-    let (cpu, wakes, at) = start;
-    Usage {
-        cpu: thread_cpu().saturating_sub(cpu),
-        wall: at.elapsed(),
-        wakes: voluntary_switches().saturating_sub(wakes),
+    if napped.work == 0 || parked.work == 0 {
+        return false;
     }
+    let (nw, pw) = (u128::from(napped.work), u128::from(parked.work));
+    let (nc, pc) = (napped.cpu.as_nanos(), parked.cpu.as_nanos());
+    let (nt, pt) = (napped.wall.as_nanos().max(1), parked.wall.as_nanos().max(1));
+    // nc / nw <= pc / pw * (1 - saving), and nw / nt >= pw / pt * kept.
+    let cheaper = nc * pw * 100 <= pc * nw * (100 - SAVING_PERCENT_MIN);
+    let kept = nw * pt * 100 >= pw * nt * WORK_KEPT_PERCENT_MIN;
+    cheaper && kept
+}
+
+/// Where the shard stands at the start of a window.
+struct Mark {
+    cpu: Duration,
+    wakes: u64,
+    work: u64,
+    at: Instant,
+}
+
+fn mark(probe: &ShardProbe) -> Mark {
+    Mark {
+        cpu: thread_cpu(),
+        wakes: voluntary_switches(),
+        work: work_done(probe),
+        at: Instant::now(),
+    }
+}
+
+fn since(start: &Mark, probe: &ShardProbe) -> Usage {
+    Usage {
+        cpu: thread_cpu().saturating_sub(start.cpu),
+        wall: start.at.elapsed(),
+        wakes: voluntary_switches().saturating_sub(start.wakes),
+        work: work_done(probe).saturating_sub(start.work),
+    }
+}
+
+/// Messages this shard has received from clients, delivered, and sent and received over
+/// the mesh: what its CPU time is spent on.
+fn work_done(probe: &ShardProbe) -> u64 {
+    let by_qos = |counters: &[Counter; 3]| -> u64 { counters.iter().map(|c| c.get()).sum() };
+    by_qos(&probe.messages_received_by_qos)
+        + by_qos(&probe.messages_delivered_by_qos)
+        + probe.mesh_messages_sent_total.get()
+        + probe.mesh_messages_received_total.get()
 }
 
 /// Lets the shard park as glommio does for `window`, and measures it.
-async fn park_for(window: Duration) -> Usage {
-    let start = mark();
+async fn park_for(window: Duration, probe: &ShardProbe) -> Usage {
+    let start = mark(probe);
     glommio::timer::sleep(window).await;
-    since(start)
+    since(&start, probe)
 }
 
 /// Naps between turns for `window` (ending early once turns come up empty for a whole
 /// nap's worth of them), and measures it.
-async fn nap_for(window: Duration, nap: Duration, probe: &ShardProbe) -> Usage {
-    let start = mark();
-    let mut last_work = start.2;
-    let mut yielded_at = start.2;
+async fn nap_for(
+    window: Duration,
+    nap: Duration,
+    probe: &ShardProbe,
+    backed_up: &impl Fn() -> bool,
+) -> Usage {
+    let start = mark(probe);
+    let mut last_work = start.at;
+    let mut yielded_at = start.at;
+    let mut work_at_yield = start.work;
     // Resets the counters, so the first turn counts from here.
     let _ = glommio::executor().executor_stats();
     loop {
         let now = Instant::now();
-        if now - start.2 >= window {
+        if now - start.at >= window {
             break;
         }
         // One of the tasks counted is this one.
@@ -156,15 +222,19 @@ async fn nap_for(window: Duration, nap: Duration, probe: &ShardProbe) -> Usage {
             // Nothing to do for a while: parking costs nothing then.
             break;
         }
-        // A turn that took as long as a nap had work enough: nap only after short ones.
-        if now - yielded_at < nap {
+        // A turn that took as long as a nap, or handled a batch this big, had work
+        // enough: nap only after short, small ones, and not while a peer's messages back
+        // up on the way here.
+        let turn_work = work_done(probe).saturating_sub(work_at_yield);
+        if now - yielded_at < nap && turn_work < BUSY_TURN_WORK && !backed_up() {
             std::thread::sleep(nap);
             probe.naps_total.inc();
         }
         yielded_at = Instant::now();
+        work_at_yield = work_done(probe);
         next_turn().await;
     }
-    since(start)
+    since(&start, probe)
 }
 
 /// CPU time this thread has used.
