@@ -22,6 +22,8 @@
 # --tolerate (or SHARDMQ_NEMESIS_TOLERATE) lists QoS 2 duplicate classes of known open
 # defects that do not fail the run unless they exceed 5% of the required QoS 2
 # deliveries; class O is never tolerated. By default nothing is tolerated.
+# SHARDMQ_NEMESIS_WAKE_COALESCE_US=US runs the broker with that `wake_coalesce_us` (the
+# shards nap between turns at light load), default 0 (off, the broker's default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh

@@ -44,6 +44,7 @@
 //! runs short fixed-seed runs, tolerating every QoS 2 duplicate class within the bound; `scripts/nemesis.sh CYCLES SEED` runs
 //! the long one (`long_run`, with `SHARDMQ_NEMESIS_CYCLES`, `SHARDMQ_NEMESIS_SEED` and
 //! `SHARDMQ_NEMESIS_TOLERATE`, empty by default: strict) in release mode.
+//! `SHARDMQ_NEMESIS_WAKE_COALESCE_US` runs the broker with that `wake_coalesce_us`.
 //! `SHARDMQ_NEMESIS_DUMP=FILE` writes every duplicate and loss of a run to FILE.
 
 mod common;
@@ -1198,6 +1199,9 @@ struct Plan {
     /// QoS 2 duplicate classes that do not fail the run (known open defects), each still
     /// bounded by `TOLERATED_PER_MILLE`; `DupClass::Other` is never among them.
     tolerate: Vec<DupClass>,
+    /// The broker's `wake_coalesce_us` (0: off, its default): the same checks while the
+    /// shards nap between turns.
+    wake_coalesce_us: u64,
 }
 
 struct Restart {
@@ -1215,6 +1219,7 @@ struct Nemesis {
     restarts: Vec<Restart>,
     rss_max: u64,
     rss_bound: u64,
+    wake_coalesce_us: u64,
 }
 
 /// Two free ports (held together while chosen, so they differ).
@@ -1264,6 +1269,10 @@ impl Nemesis {
         env.push((
             "SHARDMQ_START_TIMEOUT_MS".into(),
             START_TIMEOUT_MS.to_string(),
+        ));
+        env.push((
+            "SHARDMQ_WAKE_COALESCE_US".into(),
+            self.wake_coalesce_us.to_string(),
         ));
         let options = BrokerOptions {
             shards: self.shards,
@@ -1902,8 +1911,9 @@ fn run(plan: Plan) {
     quiet_client_panics();
     let seed = plan.seed;
     eprintln!(
-        "nemesis: SHARDMQ_NEMESIS_SEED={seed} cycles {} faults {:?} disk {} tolerate {:?}",
-        plan.cycles, plan.faults, plan.disk, plan.tolerate
+        "nemesis: SHARDMQ_NEMESIS_SEED={seed} cycles {} faults {:?} disk {} tolerate {:?} \
+         wake_coalesce_us {}",
+        plan.cycles, plan.faults, plan.disk, plan.tolerate, plan.wake_coalesce_us
     );
     let world = Arc::new(World {
         seed,
@@ -1931,6 +1941,7 @@ fn run(plan: Plan) {
         restarts: Vec::new(),
         rss_max: 0,
         rss_bound: 0,
+        wake_coalesce_us: plan.wake_coalesce_us,
     };
     n.start(None, None);
 
@@ -2263,6 +2274,7 @@ fn short_run(seed: u64, faults: &'static [Fault], cycles: u64, disk: bool) {
             DupClass::Resend,
             DupClass::Other,
         ],
+        wake_coalesce_us: 0,
     });
 }
 
@@ -2329,6 +2341,7 @@ fn long_run() {
             .filter(|c| !c.trim().is_empty())
             .map(DupClass::parse)
             .collect(),
+        wake_coalesce_us: env("SHARDMQ_NEMESIS_WAKE_COALESCE_US").unwrap_or(0),
     });
 }
 
