@@ -254,6 +254,16 @@ def svg_open(width, height, title):
             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="15">{title}</text>']
 
 
+def svg_panel(out, x0, y0, y1, panel_w, title, ticks):
+    """A panel's title, axes and grid; `ticks` holds (y, label) pairs."""
+    out.append(f'<text x="{x0 + panel_w / 2}" y="{y0 - 8}" text-anchor="middle">{title}</text>')
+    out.append(f'<line x1="{x0}" y1="{y1}" x2="{x0 + panel_w}" y2="{y1}" stroke="black"/>')
+    out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>')
+    for y, text in ticks:
+        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + panel_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
+
+
 def scaling_svg(series):
     """Two panels side by side: delivered msg/s and broker CPU µs/msg against shards."""
     colors = COLORS
@@ -267,14 +277,8 @@ def scaling_svg(series):
         x0 = pad + p * (panel_w + pad)
         y0, y1 = 50, height - pad
         top = max(v[idx] for pts in series.values() for v in pts) * 1.15 or 1.0
-        out.append(f'<text x="{x0 + panel_w / 2}" y="{y0 - 8}" text-anchor="middle">{title}</text>')
-        out.append(f'<line x1="{x0}" y1="{y1}" x2="{x0 + panel_w}" y2="{y1}" stroke="black"/>')
-        out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>')
-        for t in range(5):
-            v = top * t / 4
-            y = y1 - (y1 - y0) * t / 4
-            out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + panel_w}" y2="{y:.1f}" stroke="#ddd"/>')
-            out.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{label(v)}</text>')
+        svg_panel(out, x0, y0, y1, panel_w, title,
+                  [(y1 - (y1 - y0) * t / 4, label(top * t / 4)) for t in range(5)])
 
         def xpos(s):
             return x0 + panel_w * (s - 0.5) / max_shards
@@ -397,14 +401,8 @@ def light_svg(series, labels):
                 return y1 - (y1 - y0) * math.log(v / low) / math.log(top / low)
             return y1 - (y1 - y0) * v / top
 
-        out.append(f'<text x="{x0 + panel_w / 2}" y="{y0 - 8}" text-anchor="middle">{title}</text>')
-        out.append(f'<line x1="{x0}" y1="{y1}" x2="{x0 + panel_w}" y2="{y1}" stroke="black"/>')
-        out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>')
-        for t in range(5):
-            v = low * (top / low) ** (t / 4) if log else top * t / 4
-            y = ypos(v)
-            out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + panel_w}" y2="{y:.1f}" stroke="#ddd"/>')
-            out.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{label(v)}</text>')
+        tick_values = [low * (top / low) ** (t / 4) if log else top * t / 4 for t in range(5)]
+        svg_panel(out, x0, y0, y1, panel_w, title, [(ypos(v), label(v)) for v in tick_values])
 
         def xpos(i):
             return x0 + panel_w * (i + 0.5) / len(labels)
