@@ -7,8 +7,8 @@
 //! ([`ShardStart::control`]: a byte, or the main thread going away), so a signal never
 //! has to touch shard state from another thread. Beside that, the runtime offers what
 //! every shard needs and no shard owns: the channel mesh (generic over its message),
-//! the shutdown latch, periodic tasks, light-load naps, the connection quota and process bootstrap
-//! (ports, rlimits, locked memory).
+//! the shutdown latch, periodic tasks, light-load naps, the connection quota and
+//! process bootstrap (ports, rlimits, locked memory).
 //!
 //! May use: `config`, `metrics`. It knows neither the broker nor its protocols.
 

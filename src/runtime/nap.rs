@@ -20,8 +20,9 @@
 //! [`RECHECK`] (the load may have changed), and after a nap window that did not pay waits
 //! before it tries again, twice as long after each further one (up to [`BACKOFF_MAX`]).
 //! Naps come only after a turn whose work took less than a nap and handled fewer than
-//! [`BUSY_TURN_WORK`] messages, so a busy shard never naps, and not while a mesh link to or from the shard backs up (under a flood a
-//! napping shard would hold its peers back). An idle shard parks as before, and a message waits at most one nap longer.
+//! [`BUSY_TURN_WORK`] messages, so a busy shard never naps, and not while a mesh link to
+//! or from the shard backs up (under a flood a napping shard would hold its peers back).
+//! An idle shard parks as before, and a message waits at most one nap longer.
 
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
@@ -196,8 +197,8 @@ async fn park_for(window: Duration, probe: &ShardProbe) -> Usage {
     since(&start, probe)
 }
 
-/// Naps between turns for `window` (ending early once turns come up empty for a whole
-/// nap's worth of them), and measures it.
+/// Naps between turns for `window` (ending early once turns have come up empty for a
+/// [`WINDOW`]), and measures it.
 async fn nap_for(
     window: Duration,
     nap: Duration,

@@ -153,12 +153,12 @@ impl Server {
     }
 }
 
-/// One shard's life: recover, join the mesh, start the broker, open the doors, serve
-/// until asked to stop, close the doors, stop the broker.
 /// Bytes in transit on a mesh link to or from a shard from which it takes no light-load
 /// nap: a few hundred messages, far above what light load keeps in flight.
 const NAP_LINK_BYTES_MAX: usize = 64 << 10;
 
+/// One shard's life: recover, join the mesh, start the broker, open the doors, serve
+/// until asked to stop, close the doors, stop the broker.
 async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
     let ShardStart { id, control, ready } = start;
     let config = Arc::clone(&shared.config);
