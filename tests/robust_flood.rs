@@ -17,21 +17,51 @@ const PROBE_MAX: Duration = Duration::from_secs(3);
 /// Broker memory per idle connection that the test tolerates (measured: see PERF.md).
 const IDLE_CONNECTION_BYTES_MAX: u64 = 64 << 10;
 
-#[test]
-fn a_connection_flood_leaves_the_broker_responsive() {
-    let broker = Broker::start();
-    let started = Instant::now();
-    let bench = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
+/// Starts `shardmq-bench` against `broker` with `args` (a flood mode), a JSON report and
+/// the broker's pid for its memory and CPU figures.
+fn spawn_flood(broker: &Broker, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
         .args(["--host", "127.0.0.1", "--port"])
         .arg(broker.mqtt.port().to_string())
-        .args(["--flood", &CONNECTIONS.to_string(), "--hold-secs", "3"])
-        .args(["--threads", "2", "--source-ips", "4", "--json"])
-        .arg("--broker-pid")
+        .args(args)
+        .args(["--threads", "2", "--json", "--broker-pid"])
         .arg(broker.child.id().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run shardmq-bench");
+        .expect("run shardmq-bench")
+}
+
+/// Waits for the bench, asserts it succeeded and returns its report's `result`.
+fn flood_result(broker: &Broker, bench: std::process::Child) -> serde_json::Value {
+    let out = bench.wait_with_output().expect("bench output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {stderr}\n{}",
+        broker.log()
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
+    report["result"].clone()
+}
+
+#[test]
+fn a_connection_flood_leaves_the_broker_responsive() {
+    let broker = Broker::start();
+    let started = Instant::now();
+    let connections = CONNECTIONS.to_string();
+    let bench = spawn_flood(
+        &broker,
+        &[
+            "--flood",
+            &connections,
+            "--hold-secs",
+            "3",
+            "--source-ips",
+            "4",
+        ],
+    );
     // While the idle connections are held, the broker counts them.
     assert!(
         eventually(Duration::from_secs(60), || broker
@@ -40,12 +70,7 @@ fn a_connection_flood_leaves_the_broker_responsive() {
         "the idle connections never all arrived\n{}",
         broker.log()
     );
-    let out = bench.wait_with_output().expect("bench output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
-    let r = &report["result"];
+    let r = &flood_result(&broker, bench);
     eprintln!("{r:#}");
     assert_eq!(
         r["burst_connected"].as_u64(),
@@ -90,19 +115,25 @@ fn held_connections_at_a_set_rate_are_pinged_and_subscribed() {
     const HELD: usize = 200;
     const RATE: usize = 400;
     let broker = Broker::start();
-    let bench = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
-        .args(["--host", "127.0.0.1", "--port"])
-        .arg(broker.mqtt.port().to_string())
-        .args(["--flood", "0", "--flood-hold", &HELD.to_string()])
-        .args(["--flood-rate", &RATE.to_string(), "--flood-subscribe"])
-        .args(["--flood-keep-alive-secs", "2", "--hold-secs", "5"])
-        .args(["--threads", "2", "--source-ips", "2", "--json"])
-        .arg("--broker-pid")
-        .arg(broker.child.id().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run shardmq-bench");
+    let (held, rate) = (HELD.to_string(), RATE.to_string());
+    let bench = spawn_flood(
+        &broker,
+        &[
+            "--flood",
+            "0",
+            "--flood-hold",
+            &held,
+            "--flood-rate",
+            &rate,
+            "--flood-subscribe",
+            "--flood-keep-alive-secs",
+            "2",
+            "--hold-secs",
+            "5",
+            "--source-ips",
+            "2",
+        ],
+    );
     // While they are held, the broker has a subscription for each.
     assert!(
         eventually(Duration::from_secs(15), || broker
@@ -111,16 +142,7 @@ fn held_connections_at_a_set_rate_are_pinged_and_subscribed() {
         "the held connections' subscriptions never all arrived\n{}",
         broker.log()
     );
-    let out = bench.wait_with_output().expect("bench output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed: {stderr}\n{}",
-        broker.log()
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
-    let r = &report["result"];
+    let r = &flood_result(&broker, bench);
     assert_eq!(r["held"].as_u64(), Some(HELD as u64), "{r}");
     // Pings every second over a 5 s hold: rounds at 1, 2, 3 and 4 s.
     assert_eq!(r["pings"].as_u64(), Some(4 * HELD as u64), "{r}");
