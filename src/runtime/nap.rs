@@ -61,6 +61,9 @@ const SAVING_PERCENT_MIN: u128 = 10;
 /// How much of the parked window's work per second a nap window must do, in percent.
 const WORK_KEPT_PERCENT_MIN: u128 = 90;
 
+/// The timer that marks the executor's next turn: expired by then, never waited for.
+const TURN_TIMER: Duration = Duration::from_micros(1);
+
 /// Timer slack of a napping shard's thread, ns.
 const NAP_TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
@@ -209,6 +212,7 @@ async fn nap_for(
     let mut last_work = start.at;
     let mut yielded_at = start.at;
     let mut work_at_yield = start.work;
+    let mut turn = Timer::new(TURN_TIMER);
     // Resets the counters, so the first turn counts from here.
     let _ = glommio::executor().executor_stats();
     loop {
@@ -233,7 +237,8 @@ async fn nap_for(
         }
         yielded_at = Instant::now();
         work_at_yield = work_done(probe);
-        next_turn().await;
+        turn.reset(TURN_TIMER);
+        next_turn(&mut turn).await;
     }
     since(&start, probe)
 }
@@ -260,21 +265,19 @@ fn voluntary_switches() -> u64 {
     u64::try_from(usage.ru_nvcsw).unwrap_or(0)
 }
 
-/// Returns on the executor's next turn: once it has reaped completions, timers and
-/// channel messages again.
-async fn next_turn() {
-    let mut timer: Option<Timer> = None;
+/// Returns on the executor's next turn (once it has reaped completions, timers and
+/// channel messages again): `timer`, just set to [`TURN_TIMER`], fires there.
+async fn next_turn(timer: &mut Timer) {
     let mut waited = false;
     poll_fn(|cx| loop {
-        let t = timer.get_or_insert_with(|| Timer::new(Duration::from_micros(1)));
-        match std::pin::Pin::new(&mut *t).poll(cx) {
+        match std::pin::Pin::new(&mut *timer).poll(cx) {
             Poll::Pending => {
                 waited = true;
                 return Poll::Pending;
             }
             Poll::Ready(_) if waited => return Poll::Ready(()),
-            // Expired before its first poll: arm another, so a turn really passes.
-            Poll::Ready(_) => timer = None,
+            // Expired before its first poll: set it again, so a turn really passes.
+            Poll::Ready(_) => timer.reset(TURN_TIMER),
         }
     })
     .await
