@@ -7,8 +7,9 @@
 # by its PID ($BROKER_PID); its data dir ($BROKER_DIR) lives under target/ (the real
 # disk: tmpfs would silently turn O_DIRECT off) and is removed when it stops.
 
-BENCH_BIN=target/release/shardmq-bench
-BROKER_BIN=target/release/shardmq
+# BROKER_BIN and BENCH_BIN may name other builds (an A/B run of two commits).
+BENCH_BIN=${BENCH_BIN:-target/release/shardmq-bench}
+BROKER_BIN=${BROKER_BIN:-target/release/shardmq}
 REPORT_PY=scripts/lib/bench_report.py
 BROKER_PID=
 BROKER_PORT=
