@@ -80,7 +80,7 @@ pub(super) async fn read_connect(
                 door.probe.protocol_errors_total.inc();
                 return None;
             }
-            Ok(None) => match rbuf.read_from(socket).await {
+            Ok(None) => match rbuf.read_from(socket, &door.read_scratch).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => door.probe.bytes_received_total.add(n as u64),
             },

@@ -64,6 +64,8 @@ pub struct Door {
     /// The TLS acceptor for new connections on `mqtts_listen` / `wss_listen` (and the
     /// metrics listener with `metrics_tls`), as of the last reload.
     tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
+    /// Where the reads of connections without a buffer of their own land.
+    read_scratch: socket::ReadScratch,
 }
 
 /// What one shard did with a reload.
@@ -92,6 +94,7 @@ impl Door {
             quota,
             hashing,
             tls: RefCell::new(tls.map(futures_rustls::TlsAcceptor::from)),
+            read_scratch: socket::ReadScratch::new(),
         })
     }
 

@@ -229,7 +229,7 @@ async fn packet_loop(
             return Ending::ByServer;
         }
         let partial = clock.before_read(socket, decoded, !rbuf.buf.is_empty());
-        let result = rbuf.read_from(socket).await;
+        let result = rbuf.read_from(socket, &door.read_scratch).await;
         clock.after_read(partial);
         match result {
             Ok(0) => return Ending::Abnormal,

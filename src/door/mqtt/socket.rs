@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -80,15 +81,15 @@ impl Socket {
         self.with_tcp(|s| s.set_read_timeout(limit).map_err(Into::into))
     }
 
-    /// Reads once into `buf`: the bytes read, 0 at end of stream.
-    pub(super) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads once into `buf`: the bytes read, 0 at end of stream. `buf` is used only
+    /// while this call runs: glommio waits for readiness with a poll and copies nothing
+    /// into a buffer that is held across the wait, so each poll may name another buffer.
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self {
-            Socket::Plain(s) => {
-                poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf)).await
-            }
-            Socket::Tls(s) => poll_fn(|cx| Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf)).await,
-            Socket::Ws(s) => poll_fn(|cx| s.borrow_mut().poll_read(cx, buf)).await,
-            Socket::Wss(s) => poll_fn(|cx| s.borrow_mut().poll_read(cx, buf)).await,
+            Socket::Plain(s) => Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(&mut *s.borrow_mut()).poll_read(cx, buf),
+            Socket::Ws(s) => s.borrow_mut().poll_read(cx, buf),
+            Socket::Wss(s) => s.borrow_mut().poll_read(cx, buf),
         }
     }
 
@@ -163,7 +164,24 @@ async fn write_all<S: AsyncWrite + Unpin>(stream: &RefCell<S>, mut buf: &[u8]) -
     Ok(())
 }
 
+/// Where a read lands while its connection holds no buffer: one per shard, borrowed only
+/// inside a single poll.
+pub(super) struct ReadScratch(RefCell<Box<[u8]>>);
+
+impl ReadScratch {
+    pub(super) fn new() -> Self {
+        ReadScratch(RefCell::new(vec![0; READ_CHUNK_BYTES].into_boxed_slice()))
+    }
+}
+
 /// A connection's inbound bytes and how much the next read asks for.
+///
+/// A connection that waits for its client holds no buffer: when a read finds the socket
+/// empty and nothing half-decoded is buffered, the buffer is let go. The wait itself
+/// needs none (see [`Socket::poll_read`]); the read that follows lands in the shard's
+/// [`ReadScratch`] and what it brought is copied into a buffer of just that size. A
+/// connection whose socket keeps having bytes (a busy publisher) never waits, keeps its
+/// buffer and reads straight into it, in chunks that double up to [`READ_CHUNK_BYTES`].
 pub(super) struct ReadBuf {
     /// Bytes read and not yet decoded.
     pub buf: BytesMut,
@@ -173,21 +191,47 @@ pub(super) struct ReadBuf {
 impl ReadBuf {
     pub(super) fn new() -> Self {
         ReadBuf {
-            buf: BytesMut::with_capacity(READ_CHUNK_MIN_BYTES),
+            buf: BytesMut::new(),
             chunk_bytes: READ_CHUNK_MIN_BYTES,
         }
     }
 
-    /// Reads once into the spare end of the buffer.
-    pub(super) async fn read_from(&mut self, socket: &Socket) -> std::io::Result<usize> {
-        let filled = self.buf.len();
-        self.buf.resize(filled + self.chunk_bytes, 0);
-        let result = socket.read(&mut self.buf[filled..]).await;
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(filled + n);
-        if n == self.chunk_bytes {
-            self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
-        }
-        result
+    /// Reads once, into the spare end of the buffer or, without one, through `scratch`.
+    pub(super) async fn read_from(
+        &mut self,
+        socket: &Socket,
+        scratch: &ReadScratch,
+    ) -> io::Result<usize> {
+        poll_fn(|cx| {
+            if self.buf.capacity() == 0 {
+                let mut landing = scratch.0.borrow_mut();
+                let read = socket.poll_read(cx, &mut landing);
+                if let Poll::Ready(Ok(n)) = read {
+                    self.buf.extend_from_slice(&landing[..n]);
+                    if n == landing.len() {
+                        self.chunk_bytes = READ_CHUNK_BYTES;
+                    }
+                }
+                return read;
+            }
+            let filled = self.buf.len();
+            self.buf.resize(filled + self.chunk_bytes, 0);
+            let read = socket.poll_read(cx, &mut self.buf[filled..]);
+            match read {
+                Poll::Ready(Ok(n)) => {
+                    self.buf.truncate(filled + n);
+                    if n == self.chunk_bytes {
+                        self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
+                    }
+                }
+                Poll::Pending if filled == 0 => {
+                    self.buf = BytesMut::new();
+                    self.chunk_bytes = READ_CHUNK_MIN_BYTES;
+                }
+                _ => self.buf.truncate(filled),
+            }
+            read
+        })
+        .await
     }
 }
