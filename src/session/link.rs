@@ -24,6 +24,10 @@ use crate::mqtt::{self, Ack, ByteStr, Disconnect, Packet, PacketId, Protocol, Qo
 
 use super::{Outlet, TopicAliases};
 
+/// Output of at least this size is written as a batch, leaving its buffer's spare
+/// capacity to the next (see [`Link::next_output`]).
+const OUT_KEEP_FROM_BYTES: usize = 4 << 10;
+
 /// A publish awaiting its ack: packet id, QoS, the owner's verdict once known, and when
 /// it was read.
 type PendingAck = (u16, QoS, Option<ReasonCode>, Instant);
@@ -256,7 +260,17 @@ impl Link {
         poll_fn(|cx| {
             let mut out = self.out.borrow_mut();
             if !out.is_empty() {
-                return Poll::Ready(Some(out.split()));
+                // A small chunk takes the buffer with it, freed once written: a connection
+                // that sends now and then (an idle client's PINGRESP, one delivery at a
+                // time) holds no output buffer between writes. A batch leaves the spare
+                // capacity behind for the next one, so a busy connection keeps reusing
+                // one buffer instead of growing a new one per write.
+                let chunk = if out.len() < OUT_KEEP_FROM_BYTES {
+                    std::mem::take(&mut *out)
+                } else {
+                    out.split()
+                };
+                return Poll::Ready(Some(chunk));
             }
             if self.closing.get().is_some() {
                 return Poll::Ready(None);
