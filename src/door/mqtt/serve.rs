@@ -175,44 +175,23 @@ async fn packet_loop(
         door.config.client_publish_bytes_rate_max,
     );
     loop {
-        // Decode and handle everything already buffered before reading again.
+        // Decode and handle everything already buffered before reading again. Boxed, once
+        // per read: handling a packet may wait (a publish for mesh room or its owner, a
+        // subscription for the WAL), and those states are most of what a connection's
+        // task would otherwise hold for its whole life, idle or not. A busy connection
+        // handles all the packets of one read in one box.
         let mut decoded = false;
-        loop {
-            if conn.link.closing().is_some() {
-                return Ending::ByServer;
+        if !rbuf.buf.is_empty() {
+            let handled = Box::pin(handle_buffered(
+                door, conn, rbuf, limits, protocol, &mut state, &mut rate,
+            ));
+            match handled.await {
+                Ok(any) => decoded = any,
+                Err(ending) => return ending,
             }
-            let buffered = rbuf.buf.len();
-            match mqtt::decode_copying_small_publish(
-                &mut rbuf.buf,
-                Some(protocol),
-                limits,
-                COPY_PUBLISH_BELOW_BYTES,
-            ) {
-                Ok(Some(packet)) => {
-                    decoded = true;
-                    let indebted = match (rate.as_mut(), &packet) {
-                        (Some(rate), Packet::Publish(_)) => rate.spend(buffered - rbuf.buf.len()),
-                        _ => false,
-                    };
-                    if bounds::refused(door, conn, &packet) {
-                        continue;
-                    }
-                    match packets::handle(door, conn, &mut state, packet).await {
-                        Flow::Continue => {}
-                        Flow::End(ending) => return ending,
-                    }
-                    if indebted {
-                        bounds::publish_room(door, &mut rate).await;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token, error = %e, "malformed packet");
-                    door.probe.protocol_errors_total.inc();
-                    conn.link.close(e.reason_code());
-                    return Ending::Abnormal;
-                }
-            }
+        }
+        if conn.link.closing().is_some() {
+            return Ending::ByServer;
         }
         // Let the other tasks of this shard (writers above all) run before reading more:
         // a publisher whose socket never runs dry would otherwise keep the executor until
@@ -244,6 +223,56 @@ async fn packet_loop(
                     conn.link.close(ReasonCode::KeepAliveTimeout);
                 }
                 return Ending::Abnormal;
+            }
+        }
+    }
+}
+
+/// Decodes and handles every complete packet in `rbuf`: whether any was decoded, or how
+/// the connection ends.
+async fn handle_buffered(
+    door: &Rc<Door>,
+    conn: &Rc<Conn>,
+    rbuf: &mut ReadBuf,
+    limits: &DecodeLimits,
+    protocol: mqtt::Protocol,
+    state: &mut packets::ConnState,
+    rate: &mut Option<bounds::PublishRate>,
+) -> Result<bool, Ending> {
+    let mut decoded = false;
+    loop {
+        if conn.link.closing().is_some() {
+            return Err(Ending::ByServer);
+        }
+        let buffered = rbuf.buf.len();
+        match mqtt::decode_copying_small_publish(
+            &mut rbuf.buf,
+            Some(protocol),
+            limits,
+            COPY_PUBLISH_BELOW_BYTES,
+        ) {
+            Ok(Some(packet)) => {
+                decoded = true;
+                let indebted = match (rate.as_mut(), &packet) {
+                    (Some(rate), Packet::Publish(_)) => rate.spend(buffered - rbuf.buf.len()),
+                    _ => false,
+                };
+                if bounds::refused(door, conn, &packet) {
+                    continue;
+                }
+                if let Flow::End(ending) = packets::handle(door, conn, state, packet).await {
+                    return Err(ending);
+                }
+                if indebted {
+                    bounds::publish_room(door, rate).await;
+                }
+            }
+            Ok(None) => return Ok(decoded),
+            Err(e) => {
+                tracing::debug!(target: super::CONNECTION_LOG, token = conn.link.token, error = %e, "malformed packet");
+                door.probe.protocol_errors_total.inc();
+                conn.link.close(e.reason_code());
+                return Err(Ending::Abnormal);
             }
         }
     }
