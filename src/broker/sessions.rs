@@ -206,7 +206,7 @@ impl Broker {
         session.attached_on = Some(self.id);
         session.protocol = params.protocol;
         session.expiry_secs = params.expiry_secs;
-        session.will = params.will;
+        session.will = params.will.map(Box::new);
         session.outbound.set_client_receive_max(params.receive_max);
         if session.is_persistent() {
             session.logged = true;
@@ -240,12 +240,12 @@ impl Broker {
             .insert(session.client_id.clone(), key);
         self.sessions.slots.borrow_mut().insert(
             key,
-            SessionSlot {
+            Box::new(SessionSlot {
                 session,
                 conn: Some(Rc::clone(conn)),
                 last_conn: me,
                 epoch: conn.token,
-            },
+            }),
         );
         self.probe.sessions_current.add(1);
         let mut acks = Vec::new();
@@ -386,7 +386,7 @@ impl Broker {
             // is published when the session ends here.
             let session_ends = clean_start || !slot.session.is_persistent();
             if session_ends || (was_live && will.delay_secs == 0) {
-                self.publish_will(&slot.session.client_id, will);
+                self.publish_will(&slot.session.client_id, *will);
             }
         }
         let keep = !clean_start && slot.session.is_persistent();
@@ -435,7 +435,7 @@ impl Broker {
         // The session carries on: a delayed will is cancelled, an immediate one of a
         // connection that ended without DISCONNECT is due (as in `take_over`).
         if let Some(will) = will.filter(|w| was_live && w.delay_secs == 0) {
-            self.publish_will(client_id, will);
+            self.publish_will(client_id, *will);
         }
         self.sessions
             .parked
@@ -461,7 +461,7 @@ impl Broker {
             let s = &mut slot.session;
             s.protocol = params.protocol;
             s.expiry_secs = params.expiry_secs;
-            s.will = params.will;
+            s.will = params.will.map(Box::new);
             s.outbound.set_client_receive_max(params.receive_max);
             slot.conn = Some(Rc::clone(conn));
             slot.last_conn = me;
@@ -486,7 +486,7 @@ impl Broker {
     }
 
     /// Takes a session out of this shard's tables (subscriptions, interest, indexes).
-    fn remove_session(&self, key: SessionKey) -> SessionSlot {
+    fn remove_session(&self, key: SessionKey) -> Box<SessionSlot> {
         let mut slot = self
             .sessions
             .slots
@@ -571,7 +571,7 @@ impl Broker {
             self.redistribute(shared, Some(key));
         }
         if let Some(will) = due_will {
-            self.publish_will(&client, will);
+            self.publish_will(&client, *will);
         }
         if let Some(delay) = delayed {
             self.schedule_will_ms(key, epoch, u64::from(delay) * 1000);
@@ -608,7 +608,7 @@ impl Broker {
         self.let_go(&mut slot.session, Some(key));
         if let Some(will) = slot.session.will.take() {
             // A delayed will is due when the session ends, whichever comes first.
-            self.publish_will(&slot.session.client_id, will);
+            self.publish_will(&slot.session.client_id, *will);
         }
         if slot.session.logged {
             self.log_session(slot.session.client_id.as_str(), &SessionRecord::End, false);
@@ -656,7 +656,7 @@ impl Broker {
         };
         let record = SessionRecord::Detach {
             expiry_secs,
-            will: slot.session.will.clone(),
+            will: slot.session.will.as_deref().cloned(),
         };
         Some((slot.session.client_id.clone(), record))
     }
@@ -690,7 +690,7 @@ impl Broker {
                 })
             };
             if let Some((client, will)) = due {
-                shard.publish_will(&client, will);
+                shard.publish_will(&client, *will);
                 // The will is out: a restart must not publish it again.
                 shard.log_detach(key, ms);
             }

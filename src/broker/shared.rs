@@ -358,7 +358,7 @@ impl Broker {
         &self,
         key: &GroupKey,
         members: &[(SessionKey, SubOptions)],
-        sessions: &HashMap<SessionKey, SessionSlot>,
+        sessions: &HashMap<SessionKey, Box<SessionSlot>>,
         cost: usize,
         connected_only: bool,
     ) -> Option<(SessionKey, SubOptions)> {

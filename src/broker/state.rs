@@ -22,7 +22,7 @@ use super::{
 /// (as a home shard) who holds each client id.
 pub(super) struct Sessions {
     /// Every session on this shard, connected or offline.
-    pub(super) slots: RefCell<HashMap<SessionKey, SessionSlot>>,
+    pub(super) slots: RefCell<HashMap<SessionKey, Box<SessionSlot>>>,
     /// The same, by client id.
     pub(super) by_client: RefCell<ByClient>,
     next_key: Cell<SessionKey>,

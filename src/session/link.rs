@@ -48,9 +48,9 @@ pub struct Link {
     pub out: RefCell<BytesMut>,
     /// What this client may publish, subscribe to and receive (`None`: everything, no
     /// rules configured). Set at CONNECT, before the session is attached.
-    pub acl: RefCell<Option<ClientAcl>>,
+    pub acl: RefCell<Option<Box<ClientAcl>>>,
     /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
-    pub aliases: RefCell<Option<TopicAliases>>,
+    pub aliases: RefCell<Option<Box<TopicAliases>>>,
     /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
     pub connected_as: RefCell<(Option<ByteStr>, u16)>,
     writer: Cell<Option<Waker>>,
@@ -110,7 +110,7 @@ impl Link {
             protocol: self.protocol.get(),
             packet_bytes_max: self.packet_bytes_max.get(),
             buf_bytes_max,
-            aliases: aliases.as_mut(),
+            aliases: aliases.as_deref_mut(),
         };
         f(&mut outlet)
     }

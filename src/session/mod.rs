@@ -89,7 +89,7 @@ pub struct Session {
     /// Subscriptions by full filter (including any `$share/<group>/` prefix).
     pub subscriptions: HashMap<String, SubOptions>,
     /// The will of the current connection.
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// Outbound queue and in-flight window.
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids the owner accepted (durable), awaiting PUBREL, with the

@@ -76,7 +76,7 @@ impl Broker {
                 let left_ms = u64::from(will.delay_secs.min(rec.expiry_secs)) * 1000;
                 let due = left_ms <= offline_ms;
                 if let Some(slot) = self.sessions.slots.borrow_mut().get_mut(&key) {
-                    slot.session.will = (!due).then(|| will.clone());
+                    slot.session.will = (!due).then(|| Box::new(will.clone()));
                 }
                 if due || will_from_cut.contains(client_id.as_str()) {
                     // The session's record now says whether a will still waits in it.
@@ -161,12 +161,12 @@ impl Broker {
             .insert(client_id.as_str().to_string());
         self.sessions.slots.borrow_mut().insert(
             key,
-            SessionSlot {
+            Box::new(SessionSlot {
                 session,
                 conn: None,
                 last_conn: me,
                 epoch: 0,
-            },
+            }),
         );
         self.probe.sessions_current.add(1);
         key

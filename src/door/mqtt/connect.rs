@@ -196,7 +196,8 @@ async fn accept(
         .broker
         .auth()
         .acl()
-        .for_client(identity, client_id.as_str());
+        .for_client(identity, client_id.as_str())
+        .map(Box::new);
     *conn.who.borrow_mut() = Some((principal.clone(), client_id.clone()));
     *conn.link.connected_as.borrow_mut() = (connect.username.clone(), keep_alive_secs);
     let will = match connect.will {
@@ -238,7 +239,7 @@ async fn accept(
         .unwrap_or(0)
         .min(door.config.topic_alias_max);
     if v5 && aliases > 0 {
-        *conn.link.aliases.borrow_mut() = Some(TopicAliases::new(aliases));
+        *conn.link.aliases.borrow_mut() = Some(Box::new(TopicAliases::new(aliases)));
     }
     let outcome = door
         .broker

@@ -134,7 +134,7 @@ impl Door {
             let acl = auth
                 .acl()
                 .for_client(principal.identity(), client_id.as_str());
-            *conn.link.acl.borrow_mut() = acl;
+            *conn.link.acl.borrow_mut() = acl.map(Box::new);
             conn.acl_epoch.set(conn.acl_epoch.get().wrapping_add(1));
             if let Some(key) = conn.link.session.get() {
                 acl::settle(self, &conn, key);
