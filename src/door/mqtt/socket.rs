@@ -224,10 +224,9 @@ impl ReadBuf {
                         self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
                     }
                 }
-                Poll::Pending if filled == 0 => {
-                    self.buf = BytesMut::new();
-                    self.chunk_bytes = READ_CHUNK_MIN_BYTES;
-                }
+                // The chunk size learned stays: a busy publisher whose socket ran dry
+                // for a moment reads big again at once.
+                Poll::Pending if filled == 0 => self.buf = BytesMut::new(),
                 _ => self.buf.truncate(filled),
             }
             read
