@@ -204,6 +204,9 @@ impl ReadBuf {
     ) -> io::Result<usize> {
         poll_fn(|cx| {
             if self.buf.capacity() == 0 {
+                // Emptied by decoding, it may still share the allocation its last
+                // packets were cut from: let that go too.
+                self.buf = BytesMut::new();
                 let mut landing = scratch.0.borrow_mut();
                 let read = socket.poll_read(cx, &mut landing);
                 if let Poll::Ready(Ok(n)) = read {
