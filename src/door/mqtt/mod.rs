@@ -317,10 +317,8 @@ impl Door {
                                 drop(stream);
                                 continue;
                             };
-                            glommio::spawn_local(async move {
-                                serve::serve(door, stream, slot, transport).await
-                            })
-                            .detach();
+                            glommio::spawn_local(serve::serve(door, stream, slot, transport))
+                                .detach();
                         }
                         Err(Refused::Answer(limit, slot)) if kind == Listening::Tcp => {
                             let door = Rc::clone(door);

@@ -25,15 +25,19 @@ use super::{tls, ws, Transport};
 /// less than the rest of a publish's handling.
 const COPY_PUBLISH_BELOW_BYTES: usize = READ_CHUNK_BYTES;
 
-/// Serves one admitted connection; `_slot` keeps it counted against the connection
+/// Serves one admitted connection; `slot` keeps it counted against the connection
 /// limits until it is gone. Over TLS or WebSocket the connection first goes through
 /// their handshakes.
-pub(super) async fn serve(
+///
+/// Not an `async fn`: a future keeps its arguments for its whole life, and the stream
+/// (120 B) would stay part of every connection's task after the handshakes took it.
+/// The stream goes straight into the boxed opening phase instead.
+pub(super) fn serve(
     door: Rc<Door>,
     stream: TcpStream,
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
     transport: Transport,
-) {
+) -> impl std::future::Future<Output = ()> {
     // The connect deadline runs from here, through the TLS handshake and the WebSocket
     // upgrade to the CONNECT.
     let accepted_at = Instant::now();
@@ -47,35 +51,38 @@ pub(super) async fn serve(
     // largest state it can be in, and the handshakes' states (TLS, WebSocket: 7 KB)
     // would otherwise stay part of every connection for its whole life. One allocation
     // per connection, freed once it serves.
-    let opened = Box::pin(open(&door, stream, transport, accepted_at)).await;
-    if let Some((socket, identity)) = opened {
-        // The writer task shares the socket: reading and writing never wait for each
-        // other (see `socket`), and the connection costs one descriptor.
-        let writer = glommio::spawn_local(write_loop(
-            Rc::clone(&door),
-            Rc::clone(&conn),
-            socket.clone(),
-        ));
-        read_side(&door, &conn, &socket, accepted_at, identity).await;
-        conn.link.close(ReasonCode::Success);
-        writer.await;
-        // `conn.fd` must stay this socket's descriptor while the connection is
-        // registered (shutdown paths use it). This is the last handle on the socket (the
-        // writer's went with its task), so the descriptor closes only after
-        // unregistering.
-        door.unregister(conn.link.token);
-        drop(socket);
-    } else {
-        door.unregister(conn.link.token);
+    let opened = Box::pin(open(Rc::clone(&door), stream, transport, accepted_at));
+    async move {
+        let _slot = slot;
+        if let Some((socket, identity)) = opened.await {
+            // The writer task shares the socket: reading and writing never wait for each
+            // other (see `socket`), and the connection costs one descriptor.
+            let writer = glommio::spawn_local(write_loop(
+                Rc::clone(&door),
+                Rc::clone(&conn),
+                socket.clone(),
+            ));
+            read_side(&door, &conn, &socket, accepted_at, identity).await;
+            conn.link.close(ReasonCode::Success);
+            writer.await;
+            // `conn.fd` must stay this socket's descriptor while the connection is
+            // registered (shutdown paths use it). This is the last handle on the socket
+            // (the writer's went with its task), so the descriptor closes only after
+            // unregistering.
+            door.unregister(conn.link.token);
+            drop(socket);
+        } else {
+            door.unregister(conn.link.token);
+        }
+        door.probe.connections_current.add(-1);
+        door.probe.connections_closed_total.inc();
     }
-    door.probe.connections_current.add(-1);
-    door.probe.connections_closed_total.inc();
 }
 
 /// The MQTT byte stream of a connection on a `transport` listener, after the handshakes
 /// it needs, and the user a TLS client certificate names.
 async fn open(
-    door: &Rc<Door>,
+    door: Rc<Door>,
     stream: TcpStream,
     transport: Transport,
     accepted_at: Instant,
@@ -83,18 +90,18 @@ async fn open(
     match transport {
         Transport::Tcp => Some((Socket::plain(stream), None)),
         Transport::Tls(acceptor) => {
-            let (stream, identity) = tls::handshake(door, &acceptor, stream, accepted_at).await?;
+            let (stream, identity) = tls::handshake(&door, &acceptor, stream, accepted_at).await?;
             Some((Socket::tls(stream), identity))
         }
         Transport::Ws => {
             let peer = stream.peer_addr().ok();
-            let conn = ws::upgrade(door, stream, peer, accepted_at).await?;
+            let conn = ws::upgrade(&door, stream, peer, accepted_at).await?;
             Some((Socket::ws(conn), None))
         }
         Transport::Wss(acceptor) => {
             let peer = stream.peer_addr().ok();
-            let (stream, identity) = tls::handshake(door, &acceptor, stream, accepted_at).await?;
-            let conn = ws::upgrade(door, stream, peer, accepted_at).await?;
+            let (stream, identity) = tls::handshake(&door, &acceptor, stream, accepted_at).await?;
+            let conn = ws::upgrade(&door, stream, peer, accepted_at).await?;
             Some((Socket::wss(conn), identity))
         }
     }
