@@ -1,8 +1,9 @@
 //! The subscription trie of one shard: filter -> (subscriber key -> options).
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
+use std::sync::OnceLock;
 
 use super::split_level;
 
@@ -31,22 +32,114 @@ struct Node<K, V> {
     /// Literal children by level. Hashed with aHash: a lookup per level per publish is the
     /// hottest part of matching, and SipHash cost several times as much; aHash is still
     /// keyed per process, so clients cannot choose colliding topic levels.
-    literal: HashMap<Box<str>, Node<K, V>, ahash::RandomState>,
+    literal: HashMap<Box<str>, Node<K, V>, LevelKeys>,
     plus: Option<Box<Node<K, V>>>,
     hash: Option<Box<Node<K, V>>>,
     /// The full filter ending at this node; set while `subscribers` is non-empty.
     filter: Option<Rc<str>>,
-    subscribers: HashMap<K, V>,
+    subscribers: Subscribers<K, V>,
 }
 
-impl<K, V> Node<K, V> {
+/// The aHash keys of every level table: drawn once per process, so a table costs no
+/// 32 bytes of keys of its own (a trie has a table in every node, and most nodes are
+/// one device's own filter).
+#[derive(Clone, Copy, Default)]
+struct LevelKeys;
+
+impl BuildHasher for LevelKeys {
+    type Hasher = ahash::AHasher;
+
+    fn build_hasher(&self) -> ahash::AHasher {
+        static KEYS: OnceLock<ahash::RandomState> = OnceLock::new();
+        KEYS.get_or_init(ahash::RandomState::new).build_hasher()
+    }
+}
+
+/// Up to this many subscribers of one filter live in a vector, more in a hash map.
+const FEW_SUBSCRIBERS_MAX: usize = 8;
+
+/// The subscribers of one filter. Most filters have one or a few (a device's own
+/// topic): those sit in a vector of exactly their size, scanned, where a hash map
+/// would allocate room for four at least and carry its own keys. A filter many
+/// subscribe to moves to a hash map for good.
+enum Subscribers<K, V> {
+    Few(Vec<(K, V)>),
+    // Boxed so that a node pays for the vector's 24 bytes, not a map's 48.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<K, V>>),
+}
+
+impl<K: Eq + Hash, V> Subscribers<K, V> {
+    fn len(&self) -> usize {
+        match self {
+            Subscribers::Few(few) => few.len(),
+            Subscribers::Many(many) => many.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self {
+            Subscribers::Few(few) => few.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            Subscribers::Many(many) => many.get_mut(key),
+        }
+    }
+
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self {
+            Subscribers::Few(few) => {
+                if let Some((_, held)) = few.iter_mut().find(|(k, _)| *k == key) {
+                    return Some(std::mem::replace(held, value));
+                }
+                if few.len() < FEW_SUBSCRIBERS_MAX {
+                    few.reserve_exact(1);
+                    few.push((key, value));
+                } else {
+                    let mut many: HashMap<K, V> = few.drain(..).collect();
+                    many.insert(key, value);
+                    *self = Subscribers::Many(Box::new(many));
+                }
+                None
+            }
+            Subscribers::Many(many) => many.insert(key, value),
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        match self {
+            Subscribers::Few(few) => {
+                let at = few.iter().position(|(k, _)| k == key)?;
+                let (_, value) = few.swap_remove(at);
+                if few.is_empty() {
+                    *few = Vec::new();
+                }
+                Some(value)
+            }
+            Subscribers::Many(many) => many.remove(key),
+        }
+    }
+}
+
+impl<K, V> Subscribers<K, V> {
+    fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        match self {
+            Subscribers::Few(few) => few.iter().for_each(|(k, v)| f(k, v)),
+            Subscribers::Many(many) => many.iter().for_each(|(k, v)| f(k, v)),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V> Node<K, V> {
     fn new() -> Self {
         Self {
             literal: HashMap::default(),
             plus: None,
             hash: None,
             filter: None,
-            subscribers: HashMap::new(),
+            subscribers: Subscribers::Few(Vec::new()),
         }
     }
 
@@ -215,9 +308,8 @@ fn remove_at<K: Eq + Hash, V>(node: &mut Node<K, V>, rest: Option<&str>, key: &K
 
 fn emit<K, V>(node: &Node<K, V>, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
     if let Some(filter) = &node.filter {
-        for (key, value) in &node.subscribers {
-            f(filter, key, value);
-        }
+        node.subscribers
+            .for_each(|key, value| f(filter, key, value));
     }
 }
 
@@ -297,6 +389,34 @@ pub(crate) mod tests {
         assert_eq!(trie.remove("a/+", &2), Some(1));
         assert_eq!(trie.remove("#", &3), Some(9));
         assert!(trie.is_empty());
+        assert!(trie.root.is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
+    fn a_filter_outgrows_its_few_subscribers_and_keeps_them_all() {
+        let mut trie = SubscriptionTrie::new();
+        let n = FEW_SUBSCRIBERS_MAX as u32 * 3;
+        for key in 0..n {
+            assert_eq!(trie.insert("a/b", key, 0u8), None);
+            assert_eq!(
+                trie.insert("a/b", key, key as u8),
+                Some(0),
+                "replaced in place"
+            );
+            assert_eq!(trie.subscriber_count("a/b"), key as usize + 1);
+        }
+        trie.insert("a/+", 0, 1);
+        *trie.get_mut("a/b", &(n - 1)).expect("present") = 200;
+        let got = matches(&trie, "a/b");
+        assert_eq!(got.len(), n as usize + 1);
+        assert!(got.contains(&("a/b".into(), n - 1, 200)));
+        assert!(got.contains(&("a/b".into(), 3, 3)));
+        for key in 0..n {
+            assert!(trie.remove("a/b", &key).is_some());
+            assert_eq!(trie.subscriber_count("a/b"), (n - key - 1) as usize);
+        }
+        assert_eq!(trie.len(), 1);
+        assert_eq!(trie.remove("a/+", &0), Some(1));
         assert!(trie.root.is_empty(), "empty nodes are pruned");
     }
 
