@@ -74,7 +74,8 @@ impl Link {
             protocol: Cell::new(Protocol::V311),
             packet_bytes_max: Cell::new(mqtt::PACKET_BYTES_LIMIT),
             session: Cell::new(None),
-            // Grows with the first output: an idle connection holds only its CONNACK's.
+            // Grows with output and goes with a small chunk (see `next_output`): an idle
+            // connection holds none.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
             aliases: RefCell::new(None),

@@ -55,7 +55,7 @@ pub(super) enum Ending {
 
 /// Bytes read from the socket per wake-up at most.
 pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
-/// Bytes a connection's first read asks for. A read that fills its chunk doubles the
-/// next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads in big batches
-/// while an idle connection keeps a buffer this small.
+/// Bytes a connection's first read into its own buffer asks for. A read that fills its
+/// chunk doubles the next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads
+/// in big batches; an idle connection holds no buffer at all (see `socket::ReadBuf`).
 pub(super) const READ_CHUNK_MIN_BYTES: usize = 1 << 10;
