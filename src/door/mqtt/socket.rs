@@ -179,7 +179,8 @@ impl ReadScratch {
 /// A connection that waits for its client holds no buffer: when a read finds the socket
 /// empty and nothing half-decoded is buffered, the buffer is let go. The wait itself
 /// needs none (see [`Socket::poll_read`]); the read that follows lands in the shard's
-/// [`ReadScratch`] and what it brought is copied into a buffer of just that size. A
+/// [`ReadScratch`], asking for the connection's learned chunk as a read into its own
+/// buffer would, and what it brought is copied into a buffer of just that size. A
 /// connection whose socket keeps having bytes (a busy publisher) never waits, keeps its
 /// buffer and reads straight into it, in chunks that double up to [`READ_CHUNK_BYTES`].
 pub(super) struct ReadBuf {
@@ -208,11 +209,11 @@ impl ReadBuf {
                 // packets were cut from: let that go too.
                 self.buf = BytesMut::new();
                 let mut landing = scratch.0.borrow_mut();
-                let read = socket.poll_read(cx, &mut landing);
+                let read = socket.poll_read(cx, &mut landing[..self.chunk_bytes]);
                 if let Poll::Ready(Ok(n)) = read {
                     self.buf.extend_from_slice(&landing[..n]);
-                    if n == landing.len() {
-                        self.chunk_bytes = READ_CHUNK_BYTES;
+                    if n == self.chunk_bytes {
+                        self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
                     }
                 }
                 return read;
