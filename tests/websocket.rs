@@ -564,6 +564,70 @@ fn a_close_frame_publishes_the_will_unless_disconnect_came_first() {
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
 }
 
+/// A client that sends DISCONNECT and only then its close frame (as MQTT.js and paho
+/// do) gets a clean closing handshake: the broker answers DISCONNECT with its close
+/// frame and waits for the client's before shutting the socket, so the late close frame
+/// meets an open socket, not a reset. The same when the broker ends the connection.
+#[test]
+fn disconnect_then_a_late_close_frame_ends_cleanly() {
+    let broker = ws_broker(&[]);
+    let ws = broker.ws.expect("ws_listen resolved");
+    for round in 0..3 {
+        let (mut client, _) = ws_client(ws, "mqtt");
+        client.send(&[&connect(&format!("late-close-{round}"), None)]);
+        assert_eq!(client.packet().0, 0x20, "CONNACK");
+        client.send(&[&frame(14, 0, &[])]);
+        // The broker's close frame is on its way or here by now.
+        std::thread::sleep(Duration::from_millis(100));
+        client.ws.close(None).expect("the close frame is sent");
+        loop {
+            match client.ws.read() {
+                Ok(Message::Close(_)) => {}
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("round {round}: not a clean close: {e}"),
+            }
+        }
+        // A reset that came after the last read would show here.
+        std::thread::sleep(Duration::from_millis(50));
+        let socket = client.ws.get_ref();
+        assert!(
+            socket.take_error().unwrap().is_none(),
+            "round {round}: the broker reset the socket"
+        );
+        let mut rest = [0u8; 16];
+        match (&*socket).read(&mut rest) {
+            Ok(0) => {}
+            other => panic!("round {round}: after the close, {other:?}"),
+        }
+    }
+
+    // The broker ends a connection itself (a takeover): the old connection's reader is
+    // still waiting for bytes, sees the client's close reply and only then the socket
+    // is shut.
+    let (mut old, _) = ws_client(ws, "mqtt");
+    old.send(&[&connect("taken-over", None)]);
+    assert_eq!(old.packet().0, 0x20, "CONNACK");
+    let (mut new, _) = ws_client(ws, "mqtt");
+    new.send(&[&connect("taken-over", None)]);
+    assert_eq!(new.packet().0, 0x20, "the new connection's CONNACK");
+    std::thread::sleep(Duration::from_millis(100));
+    loop {
+        // Reading the broker's close frame queues the reply, sent with the next read.
+        match old.ws.read() {
+            Ok(Message::Close(_)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("taken over: not a clean close: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        old.ws.get_ref().take_error().unwrap().is_none(),
+        "taken over: the broker reset the socket"
+    );
+}
+
 /// An MQTT.js script (Node, npm `mqtt`): a v5 client and a 3.1.1 client over ws, the
 /// first subscribed (QoS 1) to `js/t`, the second publishing QoS 0 and 1 messages and a
 /// 200 kB one there; prints `got N` once the first has them all.

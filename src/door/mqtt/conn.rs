@@ -26,6 +26,9 @@ pub struct Conn {
     /// How many reloads rebuilt the ACL: a SUBSCRIBE that waited on its WAL write while
     /// one did classifies its filters again under the new rules.
     pub acl_epoch: Cell<u32>,
+    /// Whether the reader task still reads the socket: once it stopped, the writer may
+    /// read the client's last bytes itself (a WebSocket close reply).
+    pub reading: Cell<bool>,
 }
 
 impl Conn {
@@ -36,6 +39,7 @@ impl Conn {
             fd,
             who: RefCell::new(None),
             acl_epoch: Cell::new(0),
+            reading: Cell::new(true),
         }
     }
 }

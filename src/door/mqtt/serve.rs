@@ -63,6 +63,7 @@ pub(super) fn serve(
                 socket.clone(),
             ));
             read_side(&door, &conn, &socket, accepted_at, identity).await;
+            conn.reading.set(false);
             conn.link.close(ReasonCode::Success);
             writer.await;
             // `conn.fd` must stay this socket's descriptor while the connection is
@@ -287,6 +288,28 @@ async fn handle_buffered(
 
 /// How long a TLS connection's close_notify may wait for room in the socket.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(100);
+/// How long a WebSocket connection waits for the client's close frame after sending its
+/// own, before the socket is shut regardless.
+const WS_CLOSE_REPLY_WAIT: Duration = Duration::from_millis(500);
+/// How often the writer looks whether a reader still parked on a WebSocket has seen the
+/// client's close frame.
+const WS_CLOSE_TICK: Duration = Duration::from_millis(5);
+
+/// Waits (at most [`WS_CLOSE_REPLY_WAIT`]) for the client's WebSocket close frame, so
+/// the socket is not shut under a client still sending it: a client whose close frame
+/// meets a closed socket sees a reset (`EPIPE`) instead of a clean close. A reader that
+/// stopped (it read a DISCONNECT) left the frame unread: the writer reads it. A reader
+/// still parked (the broker ended the connection) reads it itself and stops.
+async fn await_close_reply(conn: &Conn, socket: &Socket) {
+    if !conn.reading.get() {
+        socket.read_until_closed(WS_CLOSE_REPLY_WAIT).await;
+        return;
+    }
+    let deadline = Instant::now() + WS_CLOSE_REPLY_WAIT;
+    while conn.reading.get() && Instant::now() < deadline {
+        glommio::timer::sleep(WS_CLOSE_TICK).await;
+    }
+}
 
 async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) {
     let mut failed = false;
@@ -305,6 +328,9 @@ async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) {
     conn.link.output_drained(true);
     if !failed {
         socket.close_notify(CLOSE_NOTIFY_WAIT).await;
+        if socket.is_websocket() {
+            await_close_reply(&conn, &socket).await;
+        }
     }
     // Everything is written (glommio's stream has no buffer of its own to flush): end
     // the reader too (it may be parked in a read). `socket` holds the descriptor open,

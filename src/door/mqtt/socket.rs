@@ -135,6 +135,28 @@ impl Socket {
         let _ = glommio::timer::timeout(limit, closed).await;
     }
 
+    /// Whether the connection speaks WebSocket, whose close is a handshake: the client
+    /// answers the broker's close frame with its own (or sent one first).
+    pub(super) fn is_websocket(&self) -> bool {
+        matches!(self, Socket::Ws(_) | Socket::Wss(_))
+    }
+
+    /// Reads and drops what the client still sends until it closes (a WebSocket close
+    /// frame or the end of the stream) or `limit` passes. Only while no other task reads
+    /// this socket: the framing layer keeps one waker for reading.
+    pub(super) async fn read_until_closed(&self, limit: Duration) {
+        let drained = async {
+            let mut sink = [0u8; 256];
+            while let Ok(n) = poll_fn(|cx| self.poll_read(cx, &mut sink)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        let _ = glommio::timer::timeout(limit, drained).await;
+    }
+
     /// Ends both directions of the socket: a read parked on it returns end of stream. The
     /// descriptor stays open until the last handle drops.
     pub(super) fn shutdown(&self) {
