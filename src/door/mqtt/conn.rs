@@ -23,9 +23,11 @@ pub struct Conn {
     /// Who the client authenticated as and its client id, set at CONNECT: a reload
     /// checks the credentials again and rebuilds the link's ACL from them.
     pub who: RefCell<Option<(Principal, ByteStr)>>,
-    /// How many reloads rebuilt the ACL: a SUBSCRIBE that waited on its WAL write while
-    /// one did classifies its filters again under the new rules.
-    pub acl_epoch: Cell<u32>,
+    /// How many reloads rebuilt the ACL (wrapping): a SUBSCRIBE that waited on its WAL
+    /// write while one did classifies its filters again under the new rules. 16 bits
+    /// leave room for `reading` beside the descriptor; 65,536 reloads during one
+    /// SUBSCRIBE's write would be needed to miss one.
+    pub acl_epoch: Cell<u16>,
     /// Whether the reader task still reads the socket: once it stopped, the writer may
     /// read the client's last bytes itself (a WebSocket close reply).
     pub reading: Cell<bool>,
