@@ -240,12 +240,37 @@ pub struct Config {
     pub retention_ms: u64,
     /// Delete the oldest WAL segments while a shard's log is larger; 0 = no limit.
     pub retention_bytes: u64,
+    /// Kafka protocol listener address, on every shard like `mqtt_listen` (off when
+    /// unset; Kafka's conventional port is 9092). Serves the topics of `kafka_topics`.
+    pub kafka_listen: Option<SocketAddr>,
     /// Users with PHC password hashes (`shardmq hash-password` makes one). Last, because
     /// TOML writes arrays of tables after plain values.
     pub users: Vec<UserConfig>,
     /// Authorization rules (`[[acl]]` tables), see `auth::acl` for the matching order.
     pub acl: Vec<AclRuleConfig>,
+    /// The topics the Kafka door serves (`[[kafka_topics]]` tables).
+    pub kafka_topics: Vec<KafkaTopicConfig>,
 }
+
+/// One `[[kafka_topics]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTopicConfig {
+    /// The topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+    pub name: String,
+    /// Partitions, 1 to [`KAFKA_PARTITIONS_MAX`]. Adding partitions later keeps the
+    /// existing ones where they are; removing some drops them from service.
+    pub partitions: u32,
+    /// Batches older than this are dropped; unset: `retention_ms`; 0: kept by age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
+    /// A partition keeps at most about this many bytes; unset or 0: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_bytes: Option<u64>,
+}
+
+/// Most partitions a Kafka topic may have.
+pub const KAFKA_PARTITIONS_MAX: u32 = 1024;
 
 /// One `[[acl]]` entry: who (at most one of `username`, `client_id`, `anonymous`; none =
 /// every client), a topic pattern (`%u` / `%c` as whole levels) and an access.
@@ -408,7 +433,9 @@ impl Default for Config {
             log_qos0: false,
             retention_ms: 0,
             retention_bytes: 0,
+            kafka_listen: None,
             users: Vec::new(),
+            kafka_topics: Vec::new(),
             acl: Vec::new(),
         }
     }
@@ -462,7 +489,43 @@ impl Config {
         self.check_delivery_limits()?;
         self.check_credentials()?;
         self.check_wal()?;
+        self.check_kafka()?;
         self.check_io_memory()
+    }
+
+    /// Kafka topic names are valid Kafka names, each once, with 1 to
+    /// [`KAFKA_PARTITIONS_MAX`] partitions.
+    fn check_kafka(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for topic in &self.kafka_topics {
+            let name = &topic.name;
+            let key = || format!("kafka_topics.{name}");
+            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if name.is_empty()
+                || name.len() > 249
+                || name == "."
+                || name == ".."
+                || !name.chars().all(legal)
+            {
+                return Err(ConfigError::new(
+                    "kafka_topics.name",
+                    format!("{name:?}: a Kafka topic name is 1 to 249 of a-z A-Z 0-9 . _ - (not . or ..)"),
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(ConfigError::new(
+                    "kafka_topics.name",
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+            if !(1..=KAFKA_PARTITIONS_MAX).contains(&topic.partitions) {
+                return Err(ConfigError::new(
+                    format!("{}.partitions", key()),
+                    format!("{} is outside 1..={KAFKA_PARTITIONS_MAX}", topic.partitions),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Resolves `shards = 0`, then checks the shard count, the CPUs they are pinned to
@@ -506,6 +569,7 @@ impl Config {
             ("mqtts_listen", self.mqtts_listen),
             ("ws_listen", self.ws_listen),
             ("wss_listen", self.wss_listen),
+            ("kafka_listen", self.kafka_listen),
         ];
         for (i, (key, addr)) in extra.iter().enumerate() {
             let Some(addr) = addr.filter(|a| a.port() != 0) else {
@@ -949,6 +1013,60 @@ mod tests {
             ..wss
         };
         assert_eq!(path.clone().validate(&cpus).unwrap_err().key, "ws_path");
+    }
+
+    #[test]
+    fn kafka_listener_and_topics_are_checked() {
+        let cpus = vec![0];
+        let topic = |name: &str, partitions: u32| KafkaTopicConfig {
+            name: name.into(),
+            partitions,
+            retention_ms: None,
+            retention_bytes: None,
+        };
+        let good = Config {
+            kafka_listen: Some("127.0.0.1:9092".parse().unwrap()),
+            kafka_topics: vec![topic("telemetry", 4), topic("a.b_c-1", 1)],
+            ..Config::default()
+        };
+        good.clone().validate(&cpus).unwrap();
+        let on_mqtt = Config {
+            kafka_listen: Some(good.mqtt_listen),
+            ..good.clone()
+        };
+        assert_eq!(
+            on_mqtt.clone().validate(&cpus).unwrap_err().key,
+            "kafka_listen"
+        );
+        for bad in ["", ".", "..", "has space", "slash/ed", &"x".repeat(250)] {
+            let named = Config {
+                kafka_topics: vec![topic(bad, 1)],
+                ..good.clone()
+            };
+            assert_eq!(
+                named.clone().validate(&cpus).unwrap_err().key,
+                "kafka_topics.name",
+                "{bad:?}"
+            );
+        }
+        let twice = Config {
+            kafka_topics: vec![topic("t", 1), topic("t", 2)],
+            ..good.clone()
+        };
+        assert_eq!(
+            twice.clone().validate(&cpus).unwrap_err().key,
+            "kafka_topics.name"
+        );
+        for partitions in [0, KAFKA_PARTITIONS_MAX + 1] {
+            let sized = Config {
+                kafka_topics: vec![topic("t", partitions)],
+                ..good.clone()
+            };
+            assert_eq!(
+                sized.clone().validate(&cpus).unwrap_err().key,
+                "kafka_topics.t.partitions"
+            );
+        }
     }
 
     #[test]
