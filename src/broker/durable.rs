@@ -524,11 +524,20 @@ pub struct Recovered {
     pub damaged: u64,
     /// QoS 2 packet ids logged here and not released (see the module docs).
     pub received: HashMap<(ByteStr, u16), ReceivedAt>,
+    /// Kafka batches, in log order (see `kafka`).
+    pub kafka: Vec<super::kafka::RecoveredBatch>,
 }
 
 impl Recovered {
     /// Visits one record during WAL recovery.
     pub fn visit(&mut self, record: RecordRef<'_>) {
+        if record.kind == super::kafka::RECORD_KAFKA_BATCH {
+            match super::kafka::decode_record(&record) {
+                Some(batch) => self.kafka.push(batch),
+                None => self.damaged += 1,
+            }
+            return;
+        }
         if self.visit_retained_copy(&record) {
             return;
         }

@@ -44,6 +44,7 @@ mod admin;
 mod catchup;
 mod durable;
 mod holds;
+pub mod kafka;
 mod msg;
 pub mod persist;
 mod publish;
@@ -191,6 +192,8 @@ pub struct Superseded {
 /// Replies a request can gather.
 #[derive(Debug)]
 pub enum Reply {
+    /// A Kafka partition owner's answer.
+    Kafka(kafka::KafkaAnswer),
     /// A plain completion.
     Ack,
     /// Retained messages.
@@ -488,6 +491,8 @@ impl Broker {
             ShardMsg::Recovered => self.barriers.recovered.arrived(),
             ShardMsg::AdminQuery { id, query } => self.on_admin_query(from, id, query).await,
             ShardMsg::AdminReply { id, answer } => self.requests.reply(id, Reply::Admin(answer)),
+            ShardMsg::Kafka { id, request } => self.on_kafka_request(from, id, request),
+            ShardMsg::KafkaReply { id, answer } => self.requests.reply(id, Reply::Kafka(answer)),
             ShardMsg::SessionGone { client_id, conn } => {
                 let mut registry = self.sessions.holders.borrow_mut();
                 if registry.get(&client_id) == Some(&conn) {

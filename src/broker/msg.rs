@@ -8,6 +8,7 @@ use crate::router::ShardId;
 use crate::runtime::MeshMessage;
 use crate::session::{Message, Session};
 
+use super::kafka::{KafkaAnswer, KafkaRequest};
 use super::{AdminAnswer, AdminQuery, ReplayWant};
 
 /// Identifies one connection on one shard: `(shard, connection token)`.
@@ -49,6 +50,8 @@ impl MeshMessage for ShardMsg {
             | ShardMsg::SharedCatchUpReply {
                 found: messages, ..
             } => messages.iter().map(|m| m.cost_bytes()).sum::<usize>() + 64,
+            ShardMsg::Kafka { request, .. } => request.cost_bytes(),
+            ShardMsg::KafkaReply { answer, .. } => answer.cost_bytes(),
             // Control traffic: small, bounded by its cause. Listed one by one so that a
             // new variant carrying messages cannot slip past the link bound at 64 bytes.
             // (Replay and catch-up answers carry messages and still count 64: each
@@ -408,5 +411,19 @@ pub enum ShardMsg {
         client_id: ByteStr,
         /// The connection it belonged to last.
         conn: ConnRef,
+    },
+    /// A request of the Kafka door for partitions this shard owns.
+    Kafka {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// What is asked.
+        request: KafkaRequest,
+    },
+    /// Answer to `Kafka`.
+    KafkaReply {
+        /// The request being answered.
+        id: u64,
+        /// The answer.
+        answer: KafkaAnswer,
     },
 }

@@ -226,6 +226,8 @@ impl Broker {
         let Some(durable) = self.log.get() else {
             return;
         };
+        // Kafka partitions drop what their topics' retention lets go first.
+        let kafka_floor = self.kafka_retention(unix_ms());
         let Some(sessions_floor) = self.sessions_floor() else {
             return;
         };
@@ -278,7 +280,7 @@ impl Broker {
             tracing::warn!(shard = self.id.index(), error = %e, "session records could not be written again; their segment stays");
             return;
         }
-        let mut floor = sessions_floor;
+        let mut floor = sessions_floor.min(kafka_floor);
         self.retained
             .index
             .borrow()

@@ -70,6 +70,8 @@ pub struct Broker {
     /// This shard's log (WAL, what waits on durability, QoS 2 receive state), set once
     /// at start after recovery.
     pub(super) log: OnceCell<ShardLog>,
+    /// The Kafka partitions this shard owns.
+    pub(super) kafka: super::kafka::KafkaLog,
     /// The links of the connections on this shard, by token: where the acks of their
     /// publishes go.
     links: RefCell<HashMap<u64, Rc<Link>>>,
@@ -104,6 +106,7 @@ impl Broker {
         auth: Arc<Authenticator>,
     ) -> Rc<Self> {
         let shards = mesh.shards();
+        let kafka = super::kafka::KafkaLog::new(&config, id, shards);
         Rc::new(Broker {
             id,
             config,
@@ -124,6 +127,7 @@ impl Broker {
             auth: RefCell::new(auth),
             quota: RetainedQuota::default(),
             log: OnceCell::new(),
+            kafka,
             links: RefCell::new(HashMap::new()),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),

@@ -48,6 +48,7 @@ pub fn prepare_layout(config: &Config, io_memory_bytes: usize) -> Result<(), Str
         shards: config.shards,
         wal: wal_config(config, config.data_dir.clone())?,
         io_memory_bytes,
+        kafka: config.kafka_listen.is_some() && !config.kafka_topics.is_empty(),
     })?;
     Ok(())
 }
@@ -62,6 +63,7 @@ impl Broker {
         inbound: Vec<(usize, ConnectedReceiver<Batch<ShardMsg>>)>,
     ) {
         let Recovery { wal, mut recovered } = recovery;
+        self.kafka.recover(std::mem::take(&mut recovered.kafka));
         // Before any peer's session record can arrive (see `retention`).
         self.shadow_session_records(&recovered.sessions);
         // The WAL is in place before any peer's request (a replay) can arrive.

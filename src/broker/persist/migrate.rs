@@ -99,7 +99,15 @@ pub struct MigrationConfig {
     pub wal: WalConfig,
     /// io_uring registered memory for the migration's executor.
     pub io_memory_bytes: usize,
+    /// Whether this run serves Kafka topics: the data dir is then marked as holding
+    /// Kafka partitions (see [`KAFKA_MARKER`]).
+    pub kafka: bool,
 }
+
+/// A file in the data dir that says its logs may hold Kafka partitions. Their records
+/// are not carried into another layout yet, so a change of the shard count is refused
+/// before anything moves.
+pub const KAFKA_MARKER: &str = "kafka-partitions";
 
 /// Brings `data_dir` to the configured layout, rewriting the logs if the shard count
 /// changed (see the module docs). Runs before the shards start, on its own executor.
@@ -115,8 +123,19 @@ pub fn prepare_layout(cfg: &MigrationConfig) -> Result<Option<MigrationReport>, 
         read_count(&mig.join("from"))?
     } else {
         match read_layout(dir)? {
-            None => return write_layout(dir, cfg.shards).map(|_| None),
-            Some(n) if n == cfg.shards => return Ok(None),
+            None => {
+                write_layout(dir, cfg.shards)?;
+                return mark_kafka(cfg).map(|()| None);
+            }
+            Some(n) if n == cfg.shards => return mark_kafka(cfg).map(|()| None),
+            Some(n) if dir.join(KAFKA_MARKER).exists() => {
+                return Err(format!(
+                    "the data dir was written by {n} shards and holds Kafka partitions ({}): \
+                     changing the shard count would move them, which is not supported yet; \
+                     run with shards = {n}",
+                    dir.join(KAFKA_MARKER).display()
+                ));
+            }
             Some(n) => {
                 std::fs::create_dir_all(&mig).map_err(|e| io_error(&mig, e))?;
                 write_file(&mig.join("from"), &format!("{n}\n"))?;
@@ -145,6 +164,19 @@ pub fn prepare_layout(cfg: &MigrationConfig) -> Result<Option<MigrationReport>, 
     remove_dir(&mig)?;
     tracing::info!(?report, "logs rewritten for the new shard count");
     Ok(Some(report))
+}
+
+/// Writes [`KAFKA_MARKER`] (durably) when this run serves Kafka topics.
+fn mark_kafka(cfg: &MigrationConfig) -> Result<(), String> {
+    let marker = cfg.data_dir.join(KAFKA_MARKER);
+    if !cfg.kafka || marker.exists() {
+        return Ok(());
+    }
+    write_file(
+        &marker,
+        "Kafka partitions live in these logs; keep the shard count.\n",
+    )?;
+    sync_dir(&cfg.data_dir)
 }
 
 /// Step 1: every old `shard-<i>` into `migrating/`, then the `moved` marker; after it,
@@ -723,6 +755,7 @@ mod tests {
                 retention_bytes: None,
             },
             io_memory_bytes: 1 << 20,
+            kafka: false,
         }
     }
 

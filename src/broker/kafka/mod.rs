@@ -1,0 +1,748 @@
+//! Kafka partitions in the shards' logs: what the Kafka door calls.
+//!
+//! A topic of `kafka_topics` has partitions; partition `p` of topic `t` is owned by
+//! shard `(stable_hash(t) + p) mod shards`, so a topic's partitions spread over the
+//! shards. The owner keeps each batch a producer sends as one record of its WAL
+//! (`kafka_batch`, kind 30), stamped with the partition offset of its first record —
+//! offsets are dense per partition, as Kafka's are — and otherwise stored as sent
+//! (compressed batches stay compressed). Its [`Partition`] index says which WAL record
+//! holds which offsets, so a fetch reads the WAL from its batch on, not from the start.
+//!
+//! Durability: a produce with `acks` 1 or all is answered once its batches are as
+//! durable as `fsync_policy` promises (the same wait as an MQTT QoS 1 PUBACK), and
+//! consumers only see offsets that far (the high watermark). With one copy of the log,
+//! `acks = all` and `acks = 1` promise the same. At start the owner rebuilds the index
+//! from its WAL; everything recovered is durable.
+//!
+//! Retention: each retention tick, a partition drops its batches older than the topic's
+//! `retention_ms` and beyond its `retention_bytes` (never the last: it carries the end
+//! offset over a restart), and the shard's log keeps every segment from the oldest batch
+//! still kept on (see `retention`).
+//!
+//! A request for a partition another shard owns travels the mesh
+//! (`ShardMsg::Kafka`/`KafkaReply`); the owner answers. A fetch that finds fewer bytes
+//! than it wants asks the owners to tell it when any of its partitions grows (a watch),
+//! for at most its wait, then reads again.
+//!
+//! Body of a `kafka_batch` record: `partition u32 LE | topic length u16 LE | topic |
+//! the batch`, its `baseOffset` set to the partition offset.
+
+pub mod batch;
+mod partition;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::Config;
+use crate::router::{stable_hash, ShardId};
+use crate::storage::{Offset, RecordKind, RecordRef, WalError};
+
+use super::persist::unix_ms;
+use super::{Broker, Reply, ShardMsg};
+
+pub use batch::BatchError;
+pub use partition::{BatchEntry, Partition};
+
+/// A Kafka record batch in the owner's log (see the module docs).
+pub const RECORD_KAFKA_BATCH: RecordKind = RecordKind(30);
+
+/// The longest a fetch may wait for data, whatever the client asks.
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// A topic the Kafka door serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaTopic {
+    /// Its name.
+    pub name: Arc<str>,
+    /// How many partitions it has.
+    pub partitions: u32,
+    /// Batches older than this (ms) are dropped; `None`: kept by age.
+    pub retention_ms: Option<u64>,
+    /// A partition keeps at most about this many bytes; `None`: no bound.
+    pub retention_bytes: Option<u64>,
+}
+
+/// The topics of a configuration.
+pub fn topics_of(config: &Config) -> Vec<KafkaTopic> {
+    config
+        .kafka_topics
+        .iter()
+        .map(|t| KafkaTopic {
+            name: Arc::from(t.name.as_str()),
+            partitions: t.partitions,
+            retention_ms: t
+                .retention_ms
+                .or(Some(config.retention_ms))
+                .filter(|&ms| ms > 0),
+            retention_bytes: t.retention_bytes.filter(|&b| b > 0),
+        })
+        .collect()
+}
+
+/// The shard that owns `partition` of `topic` among `shards`.
+pub fn partition_owner(topic: &str, partition: u32, shards: usize) -> ShardId {
+    let spread = stable_hash(topic.as_bytes()).wrapping_add(u64::from(partition));
+    ShardId::from_index((spread % shards as u64) as usize)
+}
+
+/// Why a Kafka request on a partition failed; the door maps each to its error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaError {
+    /// No such topic or partition.
+    UnknownTopicOrPartition,
+    /// A produced batch is damaged (see [`BatchError`]).
+    Batch(BatchError),
+    /// A batch larger than the log takes in one record.
+    RecordTooLarge,
+    /// A fetch or lookup outside the offsets kept.
+    OffsetOutOfRange,
+    /// The log failed (a full disk, a failed write); nothing was acknowledged.
+    Storage,
+}
+
+/// One partition's part of a fetch.
+#[derive(Debug, Clone)]
+pub struct FetchWant {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: u32,
+    /// The first offset wanted.
+    pub offset: i64,
+    /// Bytes of batches wanted at most (at least one batch is served if any).
+    pub max_bytes: u32,
+}
+
+/// One partition's answer to a fetch.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// Why nothing was read, if so.
+    pub error: Option<KafkaError>,
+    /// Where consumers may read up to.
+    pub high_watermark: i64,
+    /// The first offset kept.
+    pub log_start: i64,
+    /// Whole batches from the one holding the offset asked for on.
+    pub records: Bytes,
+}
+
+/// An offset lookup (Kafka's ListOffsets) of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    /// The first offset kept.
+    Earliest,
+    /// The offset the next record gets (the high watermark).
+    Latest,
+    /// The first batch with a record stamped at or after this time (ms).
+    Time(i64),
+    /// The batch with the newest timestamp.
+    NewestTimestamp,
+}
+
+/// A request to the shard owning the partitions it names.
+#[derive(Debug)]
+pub enum KafkaRequest {
+    /// Append the batches of `records` to a partition.
+    Produce {
+        /// The topic.
+        topic: Arc<str>,
+        /// The partition.
+        partition: u32,
+        /// One or more record batches, as the producer sent them.
+        records: Bytes,
+    },
+    /// Read partitions.
+    Fetch {
+        /// What to read.
+        wants: Vec<FetchWant>,
+    },
+    /// Answer once any of these partitions has offsets at or past the one given (or
+    /// after `wait`).
+    Watch {
+        /// `(topic, partition, offset)`.
+        wants: Vec<(Arc<str>, u32, i64)>,
+        /// How long at most.
+        wait: Duration,
+    },
+    /// Look an offset up.
+    Offset {
+        /// The topic.
+        topic: Arc<str>,
+        /// The partition.
+        partition: u32,
+        /// Which offset.
+        query: OffsetQuery,
+    },
+}
+
+/// An owner's answer to a [`KafkaRequest`].
+#[derive(Debug)]
+pub enum KafkaAnswer {
+    /// The first offset given to the batches, once durable.
+    Produced(Result<i64, KafkaError>),
+    /// One answer per want, in order.
+    Fetched(Vec<Fetched>),
+    /// A watched partition grew, or the wait ended.
+    Watched,
+    /// `(offset, timestamp)`; timestamp -1 when the lookup has none.
+    Offset(Result<(i64, i64), KafkaError>),
+}
+
+impl KafkaRequest {
+    /// Bytes it keeps alive on the mesh.
+    pub(crate) fn cost_bytes(&self) -> usize {
+        match self {
+            KafkaRequest::Produce { records, .. } => records.len() + 64,
+            _ => 64,
+        }
+    }
+}
+
+impl KafkaAnswer {
+    /// Bytes it keeps alive on the mesh.
+    pub(crate) fn cost_bytes(&self) -> usize {
+        match self {
+            KafkaAnswer::Fetched(parts) => {
+                parts.iter().map(|f| f.records.len()).sum::<usize>() + 64
+            }
+            _ => 64,
+        }
+    }
+}
+
+type PartitionKey = (Arc<str>, u32);
+
+/// The Kafka partitions this shard owns.
+#[derive(Default)]
+pub(crate) struct KafkaLog {
+    topics: HashMap<Arc<str>, KafkaTopic>,
+    partitions: RefCell<HashMap<PartitionKey, Partition>>,
+}
+
+/// A batch read back from the log at start.
+#[derive(Debug)]
+pub struct RecoveredBatch {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// Where it is.
+    pub entry: BatchEntry,
+}
+
+/// Reads a `kafka_batch` record's header; `None` if the body is not one.
+pub fn decode_record(record: &RecordRef<'_>) -> Option<RecoveredBatch> {
+    let (partition, topic, batch) = split_body(record.body)?;
+    let header = batch::check_stored(batch)?;
+    Some(RecoveredBatch {
+        topic: topic.to_string(),
+        partition,
+        entry: BatchEntry {
+            base: batch::base_offset(batch),
+            records: header.records,
+            wal: record.offset.0,
+            max_timestamp_ms: header.max_timestamp_ms,
+            logged_ms: record.timestamp_ms,
+            bytes: u32::try_from(batch.len()).ok()?,
+        },
+    })
+}
+
+fn split_body(body: &[u8]) -> Option<(u32, &str, &[u8])> {
+    let partition = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
+    let len = usize::from(u16::from_le_bytes(body.get(4..6)?.try_into().ok()?));
+    let topic = std::str::from_utf8(body.get(6..6 + len)?).ok()?;
+    Some((partition, topic, &body[6 + len..]))
+}
+
+fn body_prefix(topic: &str, partition: u32) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(6 + topic.len());
+    prefix.extend_from_slice(&partition.to_le_bytes());
+    prefix.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    prefix.extend_from_slice(topic.as_bytes());
+    prefix
+}
+
+fn storage_error(e: &WalError) -> KafkaError {
+    match e {
+        WalError::RecordTooLarge { .. } => KafkaError::RecordTooLarge,
+        _ => KafkaError::Storage,
+    }
+}
+
+impl KafkaLog {
+    /// The partitions of `config` this shard owns (`id` of `shards`), empty until
+    /// [`KafkaLog::recover`].
+    pub(crate) fn new(config: &Config, id: ShardId, shards: usize) -> Self {
+        let topics: HashMap<Arc<str>, KafkaTopic> = topics_of(config)
+            .into_iter()
+            .map(|t| (Arc::clone(&t.name), t))
+            .collect();
+        let mut partitions = HashMap::new();
+        for topic in topics.values() {
+            for p in 0..topic.partitions {
+                if partition_owner(&topic.name, p, shards) == id {
+                    partitions.insert((Arc::clone(&topic.name), p), Partition::default());
+                }
+            }
+        }
+        KafkaLog {
+            topics,
+            partitions: RefCell::new(partitions),
+        }
+    }
+
+    /// Fills the partitions from the batches the log held at start (in log order).
+    /// Batches of topics or partitions no longer configured are left out: they are not
+    /// served, and their segments go with retention.
+    pub(crate) fn recover(&self, recovered: Vec<RecoveredBatch>) {
+        let mut partitions = self.partitions.borrow_mut();
+        for batch in recovered {
+            let key: PartitionKey = (Arc::from(batch.topic.as_str()), batch.partition);
+            if let Some(partition) = partitions.get_mut(&key) {
+                partition.recover(batch.entry);
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// The topics the Kafka door serves.
+    pub fn kafka_topics(&self) -> Vec<KafkaTopic> {
+        let mut topics: Vec<KafkaTopic> = self.kafka.topics.values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    fn kafka_partition_known(&self, topic: &str, partition: u32) -> bool {
+        self.kafka
+            .topics
+            .get(topic)
+            .is_some_and(|t| partition < t.partitions)
+    }
+
+    fn kafka_owner(&self, topic: &str, partition: u32) -> ShardId {
+        partition_owner(topic, partition, self.mesh.shards())
+    }
+
+    /// Sends `request` to shard `to` and waits for its answer.
+    async fn ask_kafka(&self, to: ShardId, request: KafkaRequest) -> KafkaAnswer {
+        let id = self.requests.open(1);
+        self.post(to, ShardMsg::Kafka { id, request });
+        match self.requests.replies(id).await.pop() {
+            Some(Reply::Kafka(answer)) => answer,
+            _ => KafkaAnswer::Produced(Err(KafkaError::Storage)),
+        }
+    }
+
+    /// Appends the record batches of `records` to `partition` of `topic` and returns the
+    /// offset of the first record once they are as durable as the fsync policy promises.
+    pub async fn kafka_produce(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: u32,
+        records: Bytes,
+    ) -> Result<i64, KafkaError> {
+        if !self.kafka_partition_known(&topic, partition) {
+            return Err(KafkaError::UnknownTopicOrPartition);
+        }
+        let owner = self.kafka_owner(&topic, partition);
+        if owner == self.id {
+            return self.kafka_append(&topic, partition, records).await;
+        }
+        let request = KafkaRequest::Produce {
+            topic,
+            partition,
+            records,
+        };
+        match self.ask_kafka(owner, request).await {
+            KafkaAnswer::Produced(result) => result,
+            _ => Err(KafkaError::Storage),
+        }
+    }
+
+    /// Reads every partition of `wants` (answers in the same order). When the batches
+    /// found come to fewer than `min_bytes`, waits up to `wait` for more and reads again.
+    pub async fn kafka_fetch(
+        self: &Rc<Self>,
+        wants: Vec<FetchWant>,
+        wait: Duration,
+        min_bytes: usize,
+    ) -> Vec<Fetched> {
+        let deadline = Instant::now() + wait.min(FETCH_WAIT_MAX);
+        loop {
+            let found = self.kafka_read_all(&wants).await;
+            let bytes: usize = found.iter().map(|f| f.records.len()).sum();
+            let now = Instant::now();
+            if bytes >= min_bytes.max(1)
+                || now >= deadline
+                || found.iter().all(|f| f.error.is_some())
+            {
+                return found;
+            }
+            // Wait for any partition to grow past what was read, then read again.
+            let mut by_owner: HashMap<ShardId, Vec<(Arc<str>, u32, i64)>> = HashMap::new();
+            for (want, got) in wants.iter().zip(&found) {
+                if got.error.is_none() {
+                    by_owner
+                        .entry(self.kafka_owner(&want.topic, want.partition))
+                        .or_default()
+                        .push((
+                            Arc::clone(&want.topic),
+                            want.partition,
+                            got.high_watermark.max(want.offset),
+                        ));
+                }
+            }
+            // One answer ends the wait: the first owner whose partition grew (or whose
+            // wait ended). The later answers find the request gone and are dropped.
+            let id = self.requests.open(1);
+            for (owner, watched) in by_owner {
+                let request = KafkaRequest::Watch {
+                    wants: watched,
+                    wait: deadline - now,
+                };
+                self.post(owner, ShardMsg::Kafka { id, request });
+            }
+            let _ = self.requests.replies(id).await;
+        }
+    }
+
+    async fn kafka_read_all(self: &Rc<Self>, wants: &[FetchWant]) -> Vec<Fetched> {
+        let mut found: Vec<Fetched> = vec![Fetched::default(); wants.len()];
+        let mut remote: HashMap<ShardId, Vec<usize>> = HashMap::new();
+        for (i, want) in wants.iter().enumerate() {
+            if !self.kafka_partition_known(&want.topic, want.partition) {
+                found[i].error = Some(KafkaError::UnknownTopicOrPartition);
+                continue;
+            }
+            let owner = self.kafka_owner(&want.topic, want.partition);
+            if owner == self.id {
+                found[i] = self.kafka_read(want).await;
+            } else {
+                remote.entry(owner).or_default().push(i);
+            }
+        }
+        // Ask every other owner at once, then collect.
+        let asked: Vec<(Vec<usize>, u64)> = remote
+            .into_iter()
+            .map(|(owner, indices)| {
+                let id = self.requests.open(1);
+                let request = KafkaRequest::Fetch {
+                    wants: indices.iter().map(|&i| wants[i].clone()).collect(),
+                };
+                self.post(owner, ShardMsg::Kafka { id, request });
+                (indices, id)
+            })
+            .collect();
+        for (indices, id) in asked {
+            let answer = self.requests.replies(id).await.pop();
+            let Some(Reply::Kafka(KafkaAnswer::Fetched(parts))) = answer else {
+                for i in indices {
+                    found[i].error = Some(KafkaError::Storage);
+                }
+                continue;
+            };
+            for (i, part) in indices.into_iter().zip(parts) {
+                found[i] = part;
+            }
+        }
+        found
+    }
+
+    /// Looks an offset of `partition` of `topic` up: `(offset, timestamp)`.
+    pub async fn kafka_offset(
+        self: &Rc<Self>,
+        topic: Arc<str>,
+        partition: u32,
+        query: OffsetQuery,
+    ) -> Result<(i64, i64), KafkaError> {
+        if !self.kafka_partition_known(&topic, partition) {
+            return Err(KafkaError::UnknownTopicOrPartition);
+        }
+        let owner = self.kafka_owner(&topic, partition);
+        if owner == self.id {
+            return self.kafka_lookup(&topic, partition, query);
+        }
+        let request = KafkaRequest::Offset {
+            topic,
+            partition,
+            query,
+        };
+        match self.ask_kafka(owner, request).await {
+            KafkaAnswer::Offset(result) => result,
+            _ => Err(KafkaError::Storage),
+        }
+    }
+
+    /// Owner: a request from shard `from` (this one included). Appends and watches wait,
+    /// so they run as tasks of their own: the mesh receiver never waits on them.
+    pub(crate) fn on_kafka_request(self: &Rc<Self>, from: ShardId, id: u64, request: KafkaRequest) {
+        let broker = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let answer = match request {
+                KafkaRequest::Produce {
+                    topic,
+                    partition,
+                    records,
+                } => KafkaAnswer::Produced(broker.kafka_append(&topic, partition, records).await),
+                KafkaRequest::Fetch { wants } => {
+                    let mut parts = Vec::with_capacity(wants.len());
+                    for want in &wants {
+                        parts.push(broker.kafka_read(want).await);
+                    }
+                    KafkaAnswer::Fetched(parts)
+                }
+                KafkaRequest::Watch { wants, wait } => {
+                    broker.kafka_watch(&wants, wait).await;
+                    KafkaAnswer::Watched
+                }
+                KafkaRequest::Offset {
+                    topic,
+                    partition,
+                    query,
+                } => KafkaAnswer::Offset(broker.kafka_lookup(&topic, partition, query)),
+            };
+            broker.post(from, ShardMsg::KafkaReply { id, answer });
+        })
+        .detach();
+    }
+
+    /// Owner: appends the batches, then waits until they are durable.
+    async fn kafka_append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+    ) -> Result<i64, KafkaError> {
+        let headers = batch::split(&records).map_err(KafkaError::Batch)?;
+        let Some(log) = self.log.get() else {
+            return Err(KafkaError::Storage);
+        };
+        let key: PartitionKey = (Arc::from(topic), partition);
+        let prefix = body_prefix(topic, partition);
+        let mut first = None;
+        let mut last = None;
+        let mut at = 0;
+        for header in headers {
+            let sent = &records[at..at + header.bytes];
+            at += header.bytes;
+            log.wal
+                .reserve(prefix.len() + sent.len())
+                .await
+                .map_err(|e| storage_error(&e))?;
+            // No await from here to the append: the offsets given are the log's order.
+            let mut partitions = self.kafka.partitions.borrow_mut();
+            let part = partitions
+                .get_mut(&key)
+                .ok_or(KafkaError::UnknownTopicOrPartition)?;
+            let base = part.next();
+            let now = unix_ms();
+            let base_bytes = base.to_be_bytes();
+            let leader_epoch = 0i32.to_be_bytes();
+            let parts: [&[u8]; 5] = [
+                &prefix,
+                &base_bytes,
+                &sent[8..12],
+                &leader_epoch,
+                &sent[16..],
+            ];
+            let wal = log
+                .wal
+                .append(RECORD_KAFKA_BATCH, now, &parts)
+                .map_err(|e| storage_error(&e))?;
+            let entry = BatchEntry {
+                base,
+                records: header.records,
+                wal: wal.0,
+                max_timestamp_ms: header.max_timestamp_ms,
+                logged_ms: now,
+                bytes: header.bytes as u32,
+            };
+            part.push(entry);
+            first.get_or_insert(base);
+            last = Some((wal, entry.end()));
+        }
+        let (Some(first), Some((wal, end))) = (first, last) else {
+            return Err(KafkaError::Batch(BatchError::Invalid));
+        };
+        log.wal
+            .wait_durable(wal)
+            .await
+            .map_err(|e| storage_error(&e))?;
+        if let Some(part) = self.kafka.partitions.borrow_mut().get_mut(&key) {
+            part.durable_to(end);
+        }
+        Ok(first)
+    }
+
+    /// Owner: reads one partition from the batch holding `want.offset`, up to the high
+    /// watermark, jumping over the log's other records batch by batch.
+    async fn kafka_read(&self, want: &FetchWant) -> Fetched {
+        let key: PartitionKey = (Arc::clone(&want.topic), want.partition);
+        let (high_watermark, log_start, next) = {
+            let partitions = self.kafka.partitions.borrow();
+            let Some(part) = partitions.get(&key) else {
+                return Fetched {
+                    error: Some(KafkaError::UnknownTopicOrPartition),
+                    ..Fetched::default()
+                };
+            };
+            (part.high_watermark(), part.log_start(), part.next())
+        };
+        let mut fetched = Fetched {
+            high_watermark,
+            log_start,
+            ..Fetched::default()
+        };
+        if want.offset < log_start || want.offset > next {
+            fetched.error = Some(KafkaError::OffsetOutOfRange);
+            return fetched;
+        }
+        let Some(log) = self.log.get() else {
+            fetched.error = Some(KafkaError::Storage);
+            return fetched;
+        };
+        let max_bytes = want.max_bytes as usize;
+        let mut out = BytesMut::new();
+        let mut offset = want.offset;
+        while offset < high_watermark && (out.is_empty() || out.len() < max_bytes) {
+            // The next batch to read, looked up again each round: retention may drop
+            // batches while the log is read.
+            let from = {
+                let partitions = self.kafka.partitions.borrow();
+                let Some(part) = partitions.get(&key) else {
+                    break;
+                };
+                let Some(entry) = part.find(offset).and_then(|i| part.entry(i)) else {
+                    break;
+                };
+                entry.wal
+            };
+            let budget = max_bytes.saturating_sub(out.len()).max(1);
+            let read = log
+                .wal
+                .read_from(Offset(from), budget, |record| {
+                    if record.kind != RECORD_KAFKA_BATCH
+                        || (!out.is_empty() && out.len() >= max_bytes)
+                    {
+                        return;
+                    }
+                    let Some((p, t, stored)) = split_body(record.body) else {
+                        return;
+                    };
+                    if p != want.partition || t != &*want.topic {
+                        return;
+                    }
+                    let Some(header) = batch::check_stored(stored) else {
+                        return;
+                    };
+                    let base = batch::base_offset(stored);
+                    let end = base + i64::from(header.records);
+                    if end <= offset || base >= high_watermark {
+                        return;
+                    }
+                    out.extend_from_slice(stored);
+                    offset = end;
+                })
+                .await;
+            match read {
+                Ok(_) => {}
+                Err(WalError::NotRetained { .. }) if !out.is_empty() => break,
+                Err(WalError::NotRetained { .. }) => {
+                    fetched.error = Some(KafkaError::OffsetOutOfRange);
+                    return fetched;
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id.index(), topic = &*want.topic, partition = want.partition, error = %e, "reading a Kafka partition failed");
+                    fetched.error = Some(KafkaError::Storage);
+                    return fetched;
+                }
+            }
+            // A read that found nothing of this partition past `offset` ends it.
+            let partitions = self.kafka.partitions.borrow();
+            let next_entry = partitions
+                .get(&key)
+                .and_then(|p| p.find(offset).and_then(|i| p.entry(i)).map(|e| e.wal));
+            if next_entry.is_none_or(|wal| wal <= from) {
+                break;
+            }
+        }
+        fetched.records = out.freeze();
+        fetched
+    }
+
+    /// Owner: waits until any of `wants` has offsets at or past the one given, or
+    /// `wait` passes.
+    async fn kafka_watch(&self, wants: &[(Arc<str>, u32, i64)], wait: Duration) {
+        let grown = poll_fn(|cx| {
+            let mut partitions = self.kafka.partitions.borrow_mut();
+            for (topic, partition, offset) in wants {
+                if let Some(part) = partitions.get_mut(&(Arc::clone(topic), *partition)) {
+                    if part.high_watermark() > *offset {
+                        return Poll::Ready(());
+                    }
+                    part.wait(cx.waker());
+                } else {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        });
+        let stop = self.shutdown.wait();
+        let _ = glommio::timer::timeout(wait, async {
+            futures_lite::future::or(grown, stop).await;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Owner: one offset lookup.
+    fn kafka_lookup(
+        &self,
+        topic: &str,
+        partition: u32,
+        query: OffsetQuery,
+    ) -> Result<(i64, i64), KafkaError> {
+        let partitions = self.kafka.partitions.borrow();
+        let part = partitions
+            .get(&(Arc::from(topic), partition))
+            .ok_or(KafkaError::UnknownTopicOrPartition)?;
+        Ok(match query {
+            OffsetQuery::Earliest => (part.log_start(), -1),
+            OffsetQuery::Latest => (part.high_watermark(), -1),
+            OffsetQuery::Time(ts) => part
+                .offset_for_time(ts)
+                .filter(|(offset, _)| *offset < part.high_watermark())
+                .unwrap_or((-1, -1)),
+            OffsetQuery::NewestTimestamp => part
+                .newest_timestamp()
+                .filter(|(offset, _)| *offset < part.high_watermark())
+                .unwrap_or((-1, -1)),
+        })
+    }
+
+    /// Retention tick: drops batches past their topic's limits; returns the lowest WAL
+    /// offset a partition still needs (`u64::MAX`: none).
+    pub(crate) fn kafka_retention(&self, now_ms: u64) -> u64 {
+        let mut partitions = self.kafka.partitions.borrow_mut();
+        let mut floor = u64::MAX;
+        for ((topic, _), part) in partitions.iter_mut() {
+            if let Some(spec) = self.kafka.topics.get(topic) {
+                let before = spec.retention_ms.map(|ms| now_ms.saturating_sub(ms));
+                part.trim(before, spec.retention_bytes);
+            }
+            if let Some(wal) = part.oldest_wal() {
+                floor = floor.min(wal);
+            }
+        }
+        floor
+    }
+}

@@ -1,0 +1,266 @@
+//! One Kafka partition on its owner shard: which of the shard's log records hold its
+//! batches, under which partition offsets.
+//!
+//! The records themselves stay in the WAL; the partition keeps one small entry per
+//! batch (its first offset, its record count, where in the WAL it is, its newest
+//! timestamp, its size), oldest first. A fetch finds its batch by binary search and
+//! reads the WAL from there, jumping from batch to batch over whatever else the log
+//! holds between them; a lookup by time is the same search on the timestamps.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+/// Where one batch of the partition is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEntry {
+    /// Its first record's partition offset.
+    pub base: i64,
+    /// How many records (offsets) it holds.
+    pub records: u32,
+    /// Its record's offset in the shard's WAL.
+    pub wal: u64,
+    /// Its newest record's timestamp as the producer set it (ms).
+    pub max_timestamp_ms: i64,
+    /// When the broker logged it (ms): what retention by time goes by.
+    pub logged_ms: u64,
+    /// Its size in bytes.
+    pub bytes: u32,
+}
+
+impl BatchEntry {
+    /// The offset after its last record.
+    pub fn end(&self) -> i64 {
+        self.base + i64::from(self.records)
+    }
+}
+
+/// The partition's batches and offsets on its owner.
+#[derive(Debug, Default)]
+pub struct Partition {
+    entries: VecDeque<BatchEntry>,
+    /// The first offset still kept (Kafka's log start offset).
+    log_start: i64,
+    /// The offset the next record gets (Kafka's log end offset).
+    next: i64,
+    /// Offsets below this are as durable as the fsync policy promises: what consumers
+    /// may read (Kafka's high watermark).
+    durable: i64,
+    /// Bytes of the batches kept.
+    bytes: u64,
+    /// Fetches waiting for the high watermark to move.
+    waiters: Vec<Waker>,
+}
+
+impl Partition {
+    /// The first offset still kept.
+    pub fn log_start(&self) -> i64 {
+        self.log_start
+    }
+
+    /// The offset the next record gets.
+    pub fn next(&self) -> i64 {
+        self.next
+    }
+
+    /// Where consumers may read up to.
+    pub fn high_watermark(&self) -> i64 {
+        self.durable
+    }
+
+    /// Bytes kept.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Records a batch appended at the end (its `base` must be [`Partition::next`]).
+    pub fn push(&mut self, entry: BatchEntry) {
+        debug_assert_eq!(
+            entry.base, self.next,
+            "batches are appended in offset order"
+        );
+        self.next = entry.end();
+        self.bytes += u64::from(entry.bytes);
+        self.entries.push_back(entry);
+    }
+
+    /// Records a batch read back at start: recovery meets them in log order, and all
+    /// of them are durable.
+    pub fn recover(&mut self, entry: BatchEntry) {
+        if self.entries.is_empty() && self.next == 0 {
+            self.log_start = entry.base;
+        }
+        if entry.base < self.next {
+            // A batch the log holds twice cannot happen (offsets are assigned once);
+            // keep the first.
+            return;
+        }
+        self.next = entry.end();
+        self.durable = self.next;
+        self.bytes += u64::from(entry.bytes);
+        self.entries.push_back(entry);
+    }
+
+    /// Offsets below `end` are durable now: wakes the fetches waiting for them.
+    pub fn durable_to(&mut self, end: i64) {
+        if end > self.durable {
+            self.durable = end.min(self.next);
+            for waker in self.waiters.drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Wakes `waker` when the high watermark moves.
+    pub fn wait(&mut self, waker: &Waker) {
+        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
+            self.waiters.push(waker.clone());
+        }
+    }
+
+    /// The index of the batch holding `offset`, if it is kept and written.
+    pub fn find(&self, offset: i64) -> Option<usize> {
+        if offset < self.log_start || offset >= self.next {
+            return None;
+        }
+        let after = self.entries.partition_point(|e| e.base <= offset);
+        after.checked_sub(1)
+    }
+
+    /// The batch at `index`.
+    pub fn entry(&self, index: usize) -> Option<&BatchEntry> {
+        self.entries.get(index)
+    }
+
+    /// The index of the first batch whose WAL record is at or after `wal`.
+    pub fn first_at_or_after_wal(&self, wal: u64) -> usize {
+        self.entries.partition_point(|e| e.wal < wal)
+    }
+
+    /// The first offset of the first batch holding a record stamped `timestamp_ms` or
+    /// later, with that batch's newest timestamp (Kafka's lookup by time works on batch
+    /// timestamps the same way); `None` when every batch is older.
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
+        // Producer timestamps need not rise with offsets: the first batch that
+        // qualifies, in offset order.
+        self.entries
+            .iter()
+            .find(|e| e.max_timestamp_ms >= timestamp_ms)
+            .map(|e| (e.base, e.max_timestamp_ms))
+    }
+
+    /// The offset and timestamp of the batch with the newest timestamp.
+    pub fn newest_timestamp(&self) -> Option<(i64, i64)> {
+        self.entries
+            .iter()
+            .max_by_key(|e| (e.max_timestamp_ms, std::cmp::Reverse(e.base)))
+            .map(|e| (e.base, e.max_timestamp_ms))
+    }
+
+    /// Drops the oldest batches logged before `before_ms` (`None`: none for age) and as
+    /// many more as keep at most `bytes_max` bytes (`None`: no bound); never one not yet
+    /// durable, and never the last: the log keeps the partition's end offset in it, so
+    /// offsets never restart after a restart. Returns how many went.
+    pub fn trim(&mut self, before_ms: Option<u64>, bytes_max: Option<u64>) -> usize {
+        let mut dropped = 0;
+        while let Some(first) = self.entries.front() {
+            let old = before_ms.is_some_and(|t| first.logged_ms < t);
+            let over = bytes_max.is_some_and(|max| self.bytes > max);
+            if !(old || over) || first.end() > self.durable || self.entries.len() == 1 {
+                break;
+            }
+            self.bytes -= u64::from(first.bytes);
+            self.log_start = first.end();
+            self.entries.pop_front();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// The WAL offset of the oldest batch kept: what the shard's log must keep.
+    pub fn oldest_wal(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.wal)
+    }
+
+    /// Batches kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(base: i64, records: u32, wal: u64, ts: i64) -> BatchEntry {
+        BatchEntry {
+            base,
+            records,
+            wal,
+            max_timestamp_ms: ts,
+            logged_ms: ts as u64,
+            bytes: 100,
+        }
+    }
+
+    fn three() -> Partition {
+        let mut p = Partition::default();
+        p.push(entry(0, 3, 10, 1_000));
+        p.push(entry(3, 1, 15, 900));
+        p.push(entry(4, 5, 40, 3_000));
+        p
+    }
+
+    #[test]
+    fn offsets_find_their_batch() {
+        let mut p = three();
+        assert_eq!(p.next(), 9);
+        assert_eq!(p.high_watermark(), 0, "nothing durable yet");
+        p.durable_to(9);
+        assert_eq!(
+            (0..9).map(|o| p.find(o).unwrap()).collect::<Vec<_>>(),
+            [0, 0, 0, 1, 2, 2, 2, 2, 2]
+        );
+        assert_eq!(p.find(9), None);
+        assert_eq!(p.find(-1), None);
+        assert_eq!(p.first_at_or_after_wal(11), 1);
+        assert_eq!(p.first_at_or_after_wal(41), 3);
+    }
+
+    #[test]
+    fn lookup_by_time_takes_the_first_batch_in_offset_order() {
+        let p = three();
+        assert_eq!(p.offset_for_time(0), Some((0, 1_000)));
+        assert_eq!(p.offset_for_time(950), Some((0, 1_000)));
+        assert_eq!(p.offset_for_time(1_001), Some((4, 3_000)));
+        assert_eq!(p.offset_for_time(3_001), None);
+        assert_eq!(p.newest_timestamp(), Some((4, 3_000)));
+    }
+
+    #[test]
+    fn trimming_moves_the_log_start_and_spares_what_is_not_durable() {
+        let mut p = three();
+        p.durable_to(4);
+        assert_eq!(p.trim(Some(10_000), None), 2, "the third is not durable");
+        assert_eq!((p.log_start(), p.oldest_wal()), (4, Some(40)));
+        assert_eq!(p.find(3), None, "below the log start");
+        p.durable_to(9);
+        assert_eq!(p.trim(None, Some(0)), 0, "the last batch stays");
+        assert_eq!((p.log_start(), p.next(), p.len()), (4, 9, 1));
+        assert_eq!(p.bytes(), 100);
+    }
+
+    #[test]
+    fn recovery_rebuilds_from_the_first_batch_kept() {
+        let mut p = Partition::default();
+        p.recover(entry(7, 2, 100, 5));
+        p.recover(entry(9, 1, 120, 6));
+        assert_eq!((p.log_start(), p.next(), p.high_watermark()), (7, 10, 10));
+        assert_eq!(p.find(8), Some(0));
+        assert_eq!(p.len(), 2);
+    }
+}
