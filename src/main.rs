@@ -215,6 +215,7 @@ fn run(config: &Config, reloader: reload::Reloader) -> Result<(), String> {
         mqtts_listen = %runtime.mqtts_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         ws_listen = %runtime.ws_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         wss_listen = %runtime.wss_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        kafka_listen = %runtime.kafka_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         shards = config.shards,
         cpus = ?config.cpus,
         data_dir = %config.data_dir.display(),

@@ -4,7 +4,8 @@
 //! [`Server::start`] claims the ports, moves the data dir into this shard count's layout,
 //! starts the runtime and returns once every shard serves. On each shard, `run_shard`
 //! reads the WAL, joins the mesh, starts the broker (recovery, the start barrier), opens
-//! the MQTT door on each configured listener, answers reloads and, at shutdown, closes
+//! the MQTT door on each configured listener (and the Kafka door on `kafka_listen`),
+//! answers reloads and, at shutdown, closes
 //! the doors before the broker logs its last cursors.
 //!
 //! May use every module below it; nothing uses it but the daemon (`src/main.rs`).
@@ -22,6 +23,7 @@ use glommio::net::TcpListener;
 use crate::auth::HashQueue;
 use crate::broker::{self, Broker, Recovery, ShardMsg};
 use crate::config::Config;
+use crate::door::kafka::KafkaDoor;
 use crate::door::mqtt::{Door, Listening};
 use crate::metrics::{Probes, ShardProbe};
 use crate::router::ShardId;
@@ -46,6 +48,8 @@ pub struct Server {
     pub ws_addr: Option<SocketAddr>,
     /// The MQTT over WebSocket over TLS address, if configured (port 0 resolved).
     pub wss_addr: Option<SocketAddr>,
+    /// The Kafka protocol address, if configured (port 0 resolved).
+    pub kafka_addr: Option<SocketAddr>,
     /// Every shard's counters, for reading from the main thread.
     pub probes: Probes,
     runtime: Runtime,
@@ -82,7 +86,12 @@ impl Server {
             Some(addr) if tls.is_some() => Some(claim_port("wss_listen", addr)?),
             _ => None,
         };
+        let kafka_claim = match config.kafka_listen {
+            Some(addr) => Some(claim_port("kafka_listen", addr)?),
+            None => None,
+        };
         let (mqtt_addr, metrics_addr) = (mqtt_claim.addr, metrics_claim.addr);
+        let kafka_addr = kafka_claim.as_ref().map(|c| c.addr);
         let mqtts_addr = mqtts_claim.as_ref().map(|c| c.addr);
         let ws_addr = ws_claim.as_ref().map(|c| c.addr);
         let wss_addr = wss_claim.as_ref().map(|c| c.addr);
@@ -104,6 +113,7 @@ impl Server {
             mqtts_listen: mqtts_addr,
             ws_listen: ws_addr,
             wss_listen: wss_addr,
+            kafka_listen: kafka_addr,
             ..config.clone()
         });
         let probes: Probes = (0..config.shards)
@@ -121,13 +131,21 @@ impl Server {
         };
         let runtime = Runtime::start(&config, io_memory, move |start| run_shard(start, shared))?;
         // Every shard listens now; the reservations can go.
-        drop((mqtt_claim, metrics_claim, mqtts_claim, ws_claim, wss_claim));
+        drop((
+            mqtt_claim,
+            metrics_claim,
+            mqtts_claim,
+            ws_claim,
+            wss_claim,
+            kafka_claim,
+        ));
         Ok(Server {
             mqtt_addr,
             metrics_addr,
             mqtts_addr,
             ws_addr,
             wss_addr,
+            kafka_addr,
             probes,
             runtime,
         })
@@ -169,6 +187,9 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
         Arc::clone(&config),
         Arc::clone(&broker.probe),
     );
+    let kafka = config
+        .kafka_listen
+        .map(|listen| KafkaDoor::new(Rc::clone(&broker), Rc::clone(&quota), listen));
     let door = Door::new(
         Rc::clone(&broker),
         quota,
@@ -206,12 +227,27 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
             glommio::spawn_local(async move { door.accept_loop(&listener, kind).await })
         })
         .collect::<Vec<_>>();
+    let kafka_task = kafka
+        .as_ref()
+        .zip(listeners.kafka.as_ref())
+        .map(|(kafka, listener)| {
+            let (kafka, listener) = (Rc::clone(kafka), Rc::clone(listener));
+            glommio::spawn_local(async move { kafka.accept_loop(&listener).await })
+        });
     door.accept_loop(&listeners.mqtt, Listening::Tcp).await;
     for task in others {
         task.await;
     }
-    door.drain(Duration::from_millis(config.shutdown_timeout_ms * 8 / 10))
-        .await;
+    if let Some(task) = kafka_task {
+        task.await;
+    }
+    let drain = Duration::from_millis(config.shutdown_timeout_ms * 8 / 10);
+    match &kafka {
+        Some(kafka) => {
+            futures_lite::future::zip(door.drain(drain), kafka.drain(drain)).await;
+        }
+        None => door.drain(drain).await,
+    }
     broker
         .stop(Duration::from_millis(config.shutdown_timeout_ms / 10))
         .await;
@@ -219,7 +255,7 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
         task.await;
     }
     // Only now: dropping a listener resets the connections still in its backlog.
-    drop((listeners.mqtt, listeners.others));
+    drop((listeners.mqtt, listeners.others, listeners.kafka));
     tracing::debug!(target: SHARD_LOG, shard = id, "shard stopped");
     Ok(())
 }
@@ -267,6 +303,7 @@ async fn start_broker(id: usize, shared: &Shared) -> Result<Rc<Broker>, String> 
 struct Listeners {
     mqtt: TcpListener,
     others: Vec<(Rc<TcpListener>, Listening)>,
+    kafka: Option<Rc<TcpListener>>,
     metrics: Option<TcpListener>,
 }
 
@@ -287,6 +324,10 @@ impl Listeners {
                 others.push((Rc::new(bind(key, addr)?), kind));
             }
         }
+        let kafka = match config.kafka_listen {
+            Some(addr) => Some(Rc::new(bind("kafka_listen", addr)?)),
+            None => None,
+        };
         let metrics = if id == config.metrics_shard {
             Some(bind("metrics_listen", config.metrics_listen)?)
         } else {
@@ -295,6 +336,7 @@ impl Listeners {
         Ok(Listeners {
             mqtt,
             others,
+            kafka,
             metrics,
         })
     }

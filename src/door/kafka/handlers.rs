@@ -1,0 +1,424 @@
+//! One Kafka request to broker calls and its response.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::ResponseError;
+
+use crate::broker::kafka::{BatchError, FetchWant, Fetched, KafkaError, KafkaTopic, OffsetQuery};
+
+use super::{framed, key_and_version, KafkaDoor, KAFKA_LOG};
+
+/// The APIs served and their versions: what ApiVersions lists.
+const SERVED: [(ApiKey, i16, i16); 5] = [
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+/// The one broker clients see.
+const NODE: BrokerId = BrokerId(0);
+
+/// What clients are told the cluster is called.
+const CLUSTER_ID: &str = "shardmq";
+
+/// The answer to one request frame: `Ok(None)` when none is due (a produce with
+/// acks 0), `Err` with the reason when the connection must close.
+pub(super) async fn handle(
+    door: &Rc<KafkaDoor>,
+    local: Option<SocketAddr>,
+    frame: Bytes,
+) -> Result<Option<BytesMut>, &'static str> {
+    let Some((key, version)) = key_and_version(&frame) else {
+        return Err(refused(door, "a frame too short for a request header"));
+    };
+    let Ok(api) = ApiKey::try_from(key) else {
+        return Err(refused(door, "an unknown API key"));
+    };
+    let served = SERVED.iter().find(|(k, _, _)| *k == api);
+    if api == ApiKey::ApiVersions && served.is_some_and(|&(_, _, max)| version > max) {
+        // A client newer than this broker: answered at version 0 with the versions
+        // served, so it can pick one (KIP-511).
+        return Ok(api_versions_unsupported(&frame));
+    }
+    let Some(&(_, min, max)) = served else {
+        return Err(refused(door, "an API this broker does not serve"));
+    };
+    if !(min..=max).contains(&version) {
+        return Err(refused(door, "an API version this broker does not serve"));
+    }
+    let mut body = frame;
+    let Ok(header) = RequestHeader::decode(&mut body, api.request_header_version(version)) else {
+        return Err(refused(door, "a request header that does not decode"));
+    };
+    let reply = Reply {
+        correlation_id: header.correlation_id,
+        response_header_version: api.response_header_version(version),
+        version,
+    };
+    let response = match api {
+        ApiKey::ApiVersions => {
+            let Ok(_) = ApiVersionsRequest::decode(&mut body, version) else {
+                return Err(refused(door, "an ApiVersions request that does not decode"));
+            };
+            reply.encode(&api_versions(0))
+        }
+        ApiKey::Metadata => {
+            let Ok(request) = MetadataRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a Metadata request that does not decode"));
+            };
+            reply.encode(&metadata(door, local, request, version))
+        }
+        ApiKey::Produce => {
+            let Ok(request) = ProduceRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a Produce request that does not decode"));
+            };
+            let acks = request.acks;
+            let response = produce(door, request).await;
+            if acks == 0 {
+                return Ok(None);
+            }
+            reply.encode(&response)
+        }
+        ApiKey::Fetch => {
+            let Ok(request) = FetchRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a Fetch request that does not decode"));
+            };
+            reply.encode(&fetch(door, request, version).await)
+        }
+        ApiKey::ListOffsets => {
+            let Ok(request) = ListOffsetsRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a ListOffsets request that does not decode"));
+            };
+            reply.encode(&list_offsets(door, request, version).await)
+        }
+        _ => None,
+    };
+    response.map(Some).ok_or("a response that does not encode")
+}
+
+/// Counts a request the connection is closed for; returns why.
+fn refused(door: &KafkaDoor, why: &'static str) -> &'static str {
+    door.broker.probe.protocol_errors_total.inc();
+    tracing::debug!(target: KAFKA_LOG, shard = door.broker.id.index(), why, "request refused");
+    why
+}
+
+struct Reply {
+    correlation_id: i32,
+    response_header_version: i16,
+    version: i16,
+}
+
+impl Reply {
+    fn encode<M: Encodable>(&self, message: &M) -> Option<BytesMut> {
+        framed(|out| {
+            let header = ResponseHeader::default().with_correlation_id(self.correlation_id);
+            header.encode(out, self.response_header_version).is_ok()
+                && message.encode(out, self.version).is_ok()
+        })
+    }
+}
+
+fn code(error: Option<KafkaError>) -> i16 {
+    let Some(error) = error else {
+        return 0;
+    };
+    match error {
+        KafkaError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        KafkaError::Batch(BatchError::Corrupt) => ResponseError::CorruptMessage,
+        KafkaError::Batch(BatchError::OldFormat) => ResponseError::UnsupportedForMessageFormat,
+        KafkaError::Batch(BatchError::Invalid | BatchError::Transactional) => {
+            ResponseError::InvalidRecord
+        }
+        KafkaError::RecordTooLarge => ResponseError::MessageTooLarge,
+        KafkaError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+        KafkaError::Storage => ResponseError::KafkaStorageError,
+    }
+    .code()
+}
+
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(
+            SERVED
+                .iter()
+                .map(|&(key, min, max)| {
+                    ApiVersion::default()
+                        .with_api_key(key as i16)
+                        .with_min_version(min)
+                        .with_max_version(max)
+                })
+                .collect(),
+        )
+}
+
+/// ApiVersions at a version above those served: UNSUPPORTED_VERSION and the list, in
+/// version 0 (header v0), which every client reads.
+fn api_versions_unsupported(frame: &Bytes) -> Option<BytesMut> {
+    let correlation_id = i32::from_be_bytes(frame.get(4..8)?.try_into().ok()?);
+    let reply = Reply {
+        correlation_id,
+        response_header_version: 0,
+        version: 0,
+    };
+    reply.encode(&api_versions(ResponseError::UnsupportedVersion.code()))
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn metadata(
+    door: &KafkaDoor,
+    local: Option<SocketAddr>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let advertised = match (door.listen.ip().is_unspecified(), local) {
+        (true, Some(local)) => SocketAddr::new(local.ip(), door.listen.port()),
+        _ => door.listen,
+    };
+    let topics = door.broker.kafka_topics();
+    let wanted: Vec<String> = match &request.topics {
+        // Version 0 has no null: an empty list means every topic there.
+        None => topics.iter().map(|t| t.name.to_string()).collect(),
+        Some(list) if list.is_empty() && version == 0 => {
+            topics.iter().map(|t| t.name.to_string()).collect()
+        }
+        Some(list) => list
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.as_str().to_string()))
+            .collect(),
+    };
+    let described = wanted
+        .iter()
+        .map(
+            |name| match topics.iter().find(|t| &*t.name == name.as_str()) {
+                Some(topic) => describe_topic(topic, version),
+                None => MetadataResponseTopic::default()
+                    .with_name(Some(topic_name(name)))
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+            },
+        )
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(NODE)
+            .with_host(StrBytes::from_string(advertised.ip().to_string()))
+            .with_port(i32::from(advertised.port()))])
+        .with_cluster_id((version >= 2).then(|| StrBytes::from_static_str(CLUSTER_ID)))
+        .with_controller_id(NODE)
+        .with_topics(described)
+}
+
+fn describe_topic(topic: &KafkaTopic, version: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.name)))
+        .with_partitions(
+            (0..topic.partitions)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p as i32)
+                        .with_leader_id(NODE)
+                        .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                        .with_replica_nodes(vec![NODE])
+                        .with_isr_nodes(vec![NODE])
+                })
+                .collect(),
+        )
+}
+
+/// Appends every partition's batches, all partitions at once.
+async fn produce(door: &Rc<KafkaDoor>, request: ProduceRequest) -> ProduceResponse {
+    let refusal = if request.transactional_id.is_some() {
+        // Transactions are not served.
+        Some(ResponseError::TransactionalIdAuthorizationFailed.code())
+    } else if !matches!(request.acks, -1..=1) {
+        Some(ResponseError::InvalidRequiredAcks.code())
+    } else {
+        None
+    };
+    let mut pending = Vec::new();
+    for topic in request.topic_data {
+        let name: Arc<str> = Arc::from(topic.name.as_str());
+        let mut partitions = Vec::new();
+        for data in topic.partition_data {
+            let index = data.index;
+            let task = match (refusal, u32::try_from(index), data.records) {
+                (Some(code), _, _) => Err(code),
+                (None, Ok(partition), Some(records)) => {
+                    let broker = Rc::clone(&door.broker);
+                    let topic = Arc::clone(&name);
+                    Ok(glommio::spawn_local(async move {
+                        broker.kafka_produce(topic, partition, records).await
+                    }))
+                }
+                (None, Err(_), _) => Err(ResponseError::UnknownTopicOrPartition.code()),
+                (None, Ok(_), None) => Err(ResponseError::InvalidRecord.code()),
+            };
+            partitions.push((index, task));
+        }
+        pending.push((topic.name, partitions));
+    }
+    let mut responses = Vec::with_capacity(pending.len());
+    for (name, partitions) in pending {
+        let mut answered = Vec::with_capacity(partitions.len());
+        for (index, task) in partitions {
+            let (error_code, base_offset) = match task {
+                Err(code) => (code, -1),
+                Ok(task) => match task.await {
+                    Ok(base) => (0, base),
+                    Err(e) => (code(Some(e)), -1),
+                },
+            };
+            answered.push(
+                PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_error_code(error_code)
+                    .with_base_offset(base_offset)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1),
+            );
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(answered),
+        );
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+// The codec refuses to encode a field its version lacks unless it holds the field's
+// default: fields of later versions are set only where the version has them.
+
+async fn fetch(door: &Rc<KafkaDoor>, request: FetchRequest, version: i16) -> FetchResponse {
+    let mut wants = Vec::new();
+    let mut shape = Vec::new();
+    for topic in &request.topics {
+        let name: Arc<str> = Arc::from(topic.topic.as_str());
+        let mut indices = Vec::new();
+        for p in &topic.partitions {
+            indices.push(p.partition);
+            wants.push(FetchWant {
+                topic: Arc::clone(&name),
+                partition: u32::try_from(p.partition).unwrap_or(u32::MAX),
+                offset: p.fetch_offset,
+                max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
+            });
+        }
+        shape.push((topic.topic.clone(), indices));
+    }
+    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let mut found = door
+        .broker
+        .kafka_fetch(wants, wait, min_bytes)
+        .await
+        .into_iter();
+    // The response's own bound: once it is reached, later partitions send no records
+    // (the first batch found is always sent, as Kafka does).
+    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(usize::MAX);
+    let mut total = 0usize;
+    let responses = shape
+        .into_iter()
+        .map(|(topic, indices)| {
+            let partitions = indices
+                .into_iter()
+                .map(|index| {
+                    let Fetched {
+                        error,
+                        high_watermark,
+                        log_start,
+                        mut records,
+                    } = found.next().unwrap_or_default();
+                    if total > 0 && total + records.len() > max_bytes {
+                        records = Bytes::new();
+                    }
+                    total += records.len();
+                    PartitionData::default()
+                        .with_partition_index(index)
+                        .with_error_code(code(error))
+                        .with_high_watermark(high_watermark)
+                        .with_last_stable_offset(high_watermark)
+                        .with_log_start_offset(if version >= 5 { log_start } else { -1 })
+                        .with_aborted_transactions(Some(Vec::new()))
+                        .with_preferred_read_replica(BrokerId(-1))
+                        .with_records(Some(records))
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default().with_responses(responses)
+}
+
+async fn list_offsets(
+    door: &Rc<KafkaDoor>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name: Arc<str> = Arc::from(topic.name.as_str());
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in topic.partitions {
+            let query = match p.timestamp {
+                -2 => OffsetQuery::Earliest,
+                -1 => OffsetQuery::Latest,
+                -3 => OffsetQuery::NewestTimestamp,
+                ts => OffsetQuery::Time(ts),
+            };
+            let answer = match u32::try_from(p.partition_index) {
+                Ok(partition) => {
+                    door.broker
+                        .kafka_offset(Arc::clone(&name), partition, query)
+                        .await
+                }
+                Err(_) => Err(KafkaError::UnknownTopicOrPartition),
+            };
+            let (error, (offset, timestamp)) = match answer {
+                Ok(found) => (None, found),
+                Err(e) => (Some(e), (-1, -1)),
+            };
+            partitions.push(
+                ListOffsetsPartitionResponse::default()
+                    .with_partition_index(p.partition_index)
+                    .with_error_code(code(error))
+                    .with_offset(offset)
+                    .with_timestamp(timestamp)
+                    .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+            );
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,214 @@
+//! The Kafka door: the Kafka wire protocol over the shards' logs (see `broker::kafka`).
+//!
+//! Each shard accepts on its own SO_REUSEPORT `kafka_listen` socket, like the MQTT door,
+//! so a client's connection lands on any shard; a request for a partition another shard
+//! owns is forwarded over the mesh by the broker. To clients the whole process is one
+//! Kafka broker (node 0) leading every partition.
+//!
+//! The codec is the `kafka-protocol` crate. Served (client versions from Kafka 2.1 on):
+//! ApiVersions 0–3, Metadata 1–12, Produce 3–9 (record batches v2; acks 0, 1 and all),
+//! Fetch 4–12 (long poll, many partitions; no fetch sessions: every fetch is full) and
+//! ListOffsets 1–7. A connection asking for another API or version, or sending a frame
+//! that does not decode, is closed — what a Kafka broker does — and nothing else is
+//! affected.
+//!
+//! Requests on one connection are answered in order, one at a time; the partitions of
+//! one produce are appended concurrently, so they share the log's group commits.
+
+mod handlers;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::broker::Broker;
+use crate::runtime::{ConnectionQuota, ConnectionSlot};
+
+/// The log target of Kafka connection events.
+pub const KAFKA_LOG: &str = "shardmq::kafka";
+
+/// A connection that sends no request for this long is closed (Kafka's
+/// `connections.max.idle.ms` default).
+const IDLE_MAX: Duration = Duration::from_secs(600);
+
+/// The Kafka door of one shard.
+pub struct KafkaDoor {
+    broker: Rc<Broker>,
+    quota: Rc<ConnectionQuota>,
+    /// The address clients are told to connect to (`kafka_listen`, resolved).
+    listen: SocketAddr,
+    /// Largest request accepted: a bigger frame closes the connection unread.
+    request_bytes_max: usize,
+    /// Live connections: their sockets, cut at the end of a drain.
+    live: RefCell<HashMap<u64, RawFd>>,
+    next_token: Cell<u64>,
+}
+
+impl KafkaDoor {
+    /// The Kafka door of `broker`'s shard, listening on `listen`.
+    pub fn new(broker: Rc<Broker>, quota: Rc<ConnectionQuota>, listen: SocketAddr) -> Rc<Self> {
+        let request_bytes_max = broker.config.max_packet_bytes as usize;
+        Rc::new(KafkaDoor {
+            broker,
+            quota,
+            listen,
+            request_bytes_max,
+            live: RefCell::new(HashMap::new()),
+            next_token: Cell::new(0),
+        })
+    }
+
+    /// Accepts connections until the shard starts shutting down. A connection over the
+    /// connection limits is closed at once.
+    pub async fn accept_loop(self: &Rc<Self>, listener: &TcpListener) {
+        let accept = async {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => match self.quota.admit() {
+                        Ok(slot) => {
+                            glommio::spawn_local(serve(Rc::clone(self), stream, slot)).detach();
+                        }
+                        Err(_) => {
+                            tracing::debug!(target: KAFKA_LOG, shard = self.broker.id.index(), "connection over the limits closed at accept");
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(target: KAFKA_LOG, shard = self.broker.id.index(), error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
+        futures_lite::future::or(accept, self.broker.shutdown.wait()).await;
+    }
+
+    /// After shutdown began: waits up to `limit` for the connections to finish the
+    /// request they are in, then cuts the rest.
+    pub async fn drain(&self, limit: Duration) {
+        let started = Instant::now();
+        while !self.live.borrow().is_empty() && started.elapsed() < limit {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        for fd in self.live.borrow().values() {
+            // SAFETY: shutdown(2) on a socket a live connection task still owns; it only
+            // ends I/O, the task closes the descriptor.
+            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+        }
+        let cut = Instant::now();
+        while !self.live.borrow().is_empty() && cut.elapsed() < Duration::from_secs(1) {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Serves one connection until the client closes it, sends something it must be
+/// closed for, or the shard stops.
+async fn serve(door: Rc<KafkaDoor>, stream: TcpStream, slot: ConnectionSlot) {
+    let _slot = slot;
+    let token = door.next_token.get() + 1;
+    door.next_token.set(token);
+    door.live.borrow_mut().insert(token, stream.as_raw_fd());
+    let probe = &door.broker.probe;
+    probe.connections_accepted_total.inc();
+    probe.connections_current.add(1);
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(IDLE_MAX));
+    let peer = stream.peer_addr().ok();
+    let local = stream.local_addr().ok();
+    let mut conn = Connection {
+        door: &door,
+        stream,
+        local,
+    };
+    let ending = conn.run().await;
+    tracing::debug!(target: KAFKA_LOG, shard = door.broker.id.index(), ?peer, ending, "connection closed");
+    drop(conn);
+    door.live.borrow_mut().remove(&token);
+    probe.connections_current.add(-1);
+    probe.connections_closed_total.inc();
+}
+
+struct Connection<'a> {
+    door: &'a Rc<KafkaDoor>,
+    stream: TcpStream,
+    /// The address the client reached: what Metadata advertises when `kafka_listen`
+    /// is a wildcard address.
+    local: Option<SocketAddr>,
+}
+
+impl Connection<'_> {
+    async fn run(&mut self) -> &'static str {
+        let broker = Rc::clone(&self.door.broker);
+        loop {
+            let next = async { Some(self.read_frame().await) };
+            let stop = async {
+                broker.shutdown.wait().await;
+                None
+            };
+            let frame = match futures_lite::future::or(next, stop).await {
+                None => return "the shard is stopping",
+                Some(Ok(frame)) => frame,
+                Some(Err(why)) => return why,
+            };
+            let response = match handlers::handle(self.door, self.local, frame).await {
+                Ok(Some(response)) => response,
+                Ok(None) => continue,
+                Err(why) => return why,
+            };
+            if self.stream.write_all(&response).await.is_err() {
+                return "write failed";
+            }
+        }
+    }
+
+    /// The next request frame (without its size).
+    async fn read_frame(&mut self) -> Result<Bytes, &'static str> {
+        let mut size = [0u8; 4];
+        match self.stream.read_exact(&mut size).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err("closed by the client")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err("idle"),
+            Err(_) => return Err("read failed"),
+        }
+        let size = i32::from_be_bytes(size);
+        let Ok(size) = usize::try_from(size) else {
+            return Err("a negative frame size");
+        };
+        if size > self.door.request_bytes_max {
+            self.door.broker.probe.protocol_errors_total.inc();
+            return Err("a frame over the request size limit (max_packet_bytes)");
+        }
+        let mut frame = BytesMut::zeroed(size);
+        if self.stream.read_exact(&mut frame).await.is_err() {
+            return Err("the connection ended inside a frame");
+        }
+        Ok(frame.freeze())
+    }
+}
+
+/// Frames `encode`'s output: the size, then what it wrote (`None` if it failed).
+fn framed(encode: impl FnOnce(&mut BytesMut) -> bool) -> Option<BytesMut> {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_i32(0);
+    if !encode(&mut out) {
+        return None;
+    }
+    let size = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    Some(out)
+}
+
+/// The API key and version at the start of a request frame.
+fn key_and_version(frame: &Bytes) -> Option<(i16, i16)> {
+    let mut head = frame.get(..4)?;
+    Some((head.get_i16(), head.get_i16()))
+}
