@@ -28,6 +28,8 @@ pub struct Broker {
     /// The MQTT over WebSocket addresses, when `ws_listen` / `wss_listen` are set.
     pub ws: Option<SocketAddr>,
     pub wss: Option<SocketAddr>,
+    /// The Kafka protocol address, when `kafka_listen` is set.
+    pub kafka: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Keeps the temp dir alive when the harness made it.
     _temp: Option<tempfile::TempDir>,
@@ -155,6 +157,7 @@ impl Broker {
                     mqtts: v["mqtts_listen"].as_str().and_then(|a| a.parse().ok()),
                     ws: v["ws_listen"].as_str().and_then(|a| a.parse().ok()),
                     wss: v["wss_listen"].as_str().and_then(|a| a.parse().ok()),
+                    kafka: v["kafka_listen"].as_str().and_then(|a| a.parse().ok()),
                     child,
                     data_dir,
                     _temp: temp,

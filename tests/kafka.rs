@@ -1,0 +1,531 @@
+//! The Kafka door, black-box: a real broker with `kafka_listen` and `kafka_topics`,
+//! driven by kcat (librdkafka, Debian's `kcat`) and by hand-made frames for bad input.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Broker, BrokerOptions};
+
+/// How long anything that must happen may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Whether kcat is here; under CI its absence fails the test.
+fn have_kcat() -> bool {
+    let found = Command::new("kcat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kcat is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: kcat is not installed (apt-get install kcat)");
+    }
+    found
+}
+
+/// A broker serving `telemetry` (4 partitions) and `audit` (1) over Kafka, in
+/// `data_dir` (a fresh one when `None`).
+fn kafka_broker(
+    shards: usize,
+    data_dir: Option<std::path::PathBuf>,
+) -> (Broker, tempfile::TempDir) {
+    kafka_broker_with(shards, data_dir, "", &[])
+}
+
+/// [`kafka_broker`] with more of the config file (`extra`, after the topics) and
+/// settings (`SHARDMQ_*` names without the prefix) in the environment.
+fn kafka_broker_with(
+    shards: usize,
+    data_dir: Option<std::path::PathBuf>,
+    extra: &str,
+    settings: &[(&str, &str)],
+) -> (Broker, tempfile::TempDir) {
+    let dir = common::temp_dir();
+    let config = dir.path().join("shardmq.toml");
+    let topics = "kafka_listen = \"127.0.0.1:0\"\n\
+                  [[kafka_topics]]\nname = \"telemetry\"\npartitions = 4\n\
+                  [[kafka_topics]]\nname = \"audit\"\npartitions = 1\n";
+    std::fs::write(&config, format!("{topics}{extra}")).unwrap();
+    let broker = Broker::start_with(BrokerOptions {
+        shards,
+        args: vec!["--config".into(), config.display().to_string()],
+        env: common::settings_env(settings),
+        data_dir,
+        ..BrokerOptions::default()
+    });
+    (broker, dir)
+}
+
+fn kcat(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Produces `key:value` lines with acks=all; fails on any delivery error.
+fn produce(addr: SocketAddr, topic: &str, lines: &[String]) {
+    let input = lines.join("\n") + "\n";
+    let out = kcat(
+        addr,
+        &[
+            "-P",
+            "-t",
+            topic,
+            "-K:",
+            "-X",
+            "acks=all",
+            "-X",
+            "message.timeout.ms=10000",
+        ],
+        Some(&input),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Delivery failed"), "{stderr}");
+}
+
+/// Everything in `topic` from the beginning: `(partition, offset, key, value)`.
+fn consume_all(addr: SocketAddr, topic: &str) -> Vec<(u32, i64, String, String)> {
+    let out = kcat(
+        addr,
+        &[
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o %k %s\\n",
+        ],
+        None,
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let mut next = || parts.next().expect("four fields").to_string();
+            (
+                next().parse().unwrap(),
+                next().parse().unwrap(),
+                next(),
+                next(),
+            )
+        })
+        .collect()
+}
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}-key-{i}:{prefix}-value-{i}"))
+        .collect()
+}
+
+/// Per partition, its offsets are 0, 1, 2, … with no gap, in the order produced.
+fn assert_dense(records: &[(u32, i64, String, String)]) {
+    let mut by_partition: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for (p, o, _, _) in records {
+        by_partition.entry(*p).or_default().push(*o);
+    }
+    for (p, offsets) in by_partition {
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(offsets, expected, "partition {p}");
+    }
+}
+
+/// kcat lists the topics, produces keyed records with acks=all (spread over the
+/// partitions by key, each partition owned by one of two shards) and reads every one
+/// back once, in offset order with dense offsets; a consumer from an offset gets the
+/// rest of its partition; an offset lookup by time finds the first batch at or after it.
+#[test]
+fn kcat_produces_and_consumes_across_partitions_and_shards() {
+    if !have_kcat() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker(2, None);
+    let addr = broker.kafka.expect("kafka_listen resolved");
+
+    let listing = kcat(addr, &["-L", "-J"], None);
+    let meta: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let topics: BTreeMap<String, usize> = meta["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["topic"].as_str().unwrap().to_string(),
+                t["partitions"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        BTreeMap::from([("audit".to_string(), 1), ("telemetry".to_string(), 4)])
+    );
+
+    let sent = lines("t", 400);
+    produce(addr, "telemetry", &sent);
+    let got = consume_all(addr, "telemetry");
+    assert_eq!(got.len(), sent.len(), "every record, once");
+    let pairs: BTreeSet<String> = got.iter().map(|(_, _, k, v)| format!("{k}:{v}")).collect();
+    assert_eq!(pairs, sent.iter().cloned().collect::<BTreeSet<_>>());
+    let partitions: BTreeSet<u32> = got.iter().map(|r| r.0).collect();
+    assert_eq!(partitions.len(), 4, "keys spread over every partition");
+    assert_dense(&got);
+    // Within a partition, records keep the order they were produced in.
+    for p in 0..4 {
+        let values: Vec<usize> = got
+            .iter()
+            .filter(|r| r.0 == p)
+            .map(|r| r.3.rsplit('-').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: {values:?}"
+        );
+    }
+
+    // From offset 5 of partition 0: the rest of it.
+    let in_zero: Vec<&(u32, i64, String, String)> = got.iter().filter(|r| r.0 == 0).collect();
+    let tail = kcat(
+        addr,
+        &[
+            "-C",
+            "-t",
+            "telemetry",
+            "-p",
+            "0",
+            "-o",
+            "5",
+            "-e",
+            "-q",
+            "-f",
+            "%o %s\\n",
+        ],
+        None,
+    );
+    let tail: Vec<String> = String::from_utf8(tail.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let expected: Vec<String> = in_zero[5..]
+        .iter()
+        .map(|r| format!("{} {}", r.1, r.3))
+        .collect();
+    assert_eq!(tail, expected);
+
+    // By time: before everything is offset 0; after everything there is none (-1).
+    let query = |spec: &str| {
+        let out = kcat(addr, &["-Q", "-t", spec], None);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        query("audit:0:0").contains("offset -1"),
+        "an empty partition"
+    );
+    assert!(query("telemetry:0:1").contains("offset 0"));
+    let far_future = "telemetry:0:9999999999999";
+    assert!(query(far_future).contains("offset -1"));
+}
+
+/// What the broker acknowledged (acks=all, fsync_policy always) is there after kill -9
+/// and a restart, at the same offsets, and new records continue the offsets.
+#[test]
+fn acknowledged_records_survive_kill_9() {
+    if !have_kcat() {
+        return;
+    }
+    let data = common::temp_dir();
+    let (mut broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let addr = broker.kafka.unwrap();
+    let first = lines("a", 300);
+    produce(addr, "telemetry", &first);
+    produce(addr, "audit", &lines("audit", 20));
+    let before = consume_all(addr, "telemetry");
+    assert_eq!(before.len(), 300);
+
+    broker.signal(libc::SIGKILL);
+    assert!(broker.wait_exit(WAIT).is_some(), "killed");
+    let (broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let addr = broker.kafka.unwrap();
+    assert_eq!(
+        consume_all(addr, "telemetry"),
+        before,
+        "the same records at the same offsets"
+    );
+    assert_eq!(consume_all(addr, "audit").len(), 20);
+
+    produce(addr, "telemetry", &lines("b", 100));
+    let after = consume_all(addr, "telemetry");
+    assert_eq!(after.len(), 400);
+    assert_dense(&after);
+}
+
+/// A hand-made Produce v3 request for `topic`/`partition` with `records`.
+fn produce_v3(correlation_id: i32, topic: &str, partition: i32, records: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&0i16.to_be_bytes()); // Produce
+    body.extend_from_slice(&3i16.to_be_bytes());
+    body.extend_from_slice(&correlation_id.to_be_bytes());
+    body.extend_from_slice(&4i16.to_be_bytes());
+    body.extend_from_slice(b"test");
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // no transactional id
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // acks all
+    body.extend_from_slice(&5000i32.to_be_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&partition.to_be_bytes());
+    body.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    body.extend_from_slice(records);
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// One record batch (magic 2) holding one record with `value`, CRC-32C right.
+fn record_batch(value: &[u8]) -> Vec<u8> {
+    // Record: attributes, timestamp delta, offset delta, key -1, value, no headers; the
+    // varints zigzag-encoded.
+    let mut record = vec![0u8, 0, 0, 1];
+    record.push((value.len() as u8) << 1);
+    record.extend_from_slice(value);
+    record.push(0);
+    let mut records = vec![(record.len() as u8) << 1];
+    records.extend_from_slice(&record);
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+    b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&1i32.to_be_bytes());
+    b.extend_from_slice(&records);
+    let length = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Sends `frame` and reads one response frame: its bytes after the correlation id.
+fn exchange(stream: &mut TcpStream, frame: &[u8]) -> Vec<u8> {
+    stream.write_all(frame).unwrap();
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("a response");
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).unwrap();
+    body[4..].to_vec()
+}
+
+/// The error code and base offset of a one-partition Produce v3 response.
+fn produce_answer(response: &[u8]) -> (i16, i64) {
+    // topics count, name, partitions count, index, then error code and base offset.
+    let name_len = i16::from_be_bytes([response[4], response[5]]) as usize;
+    let at = 6 + name_len + 4 + 4;
+    let code = i16::from_be_bytes([response[at], response[at + 1]]);
+    let base = i64::from_be_bytes(response[at + 2..at + 10].try_into().unwrap());
+    (code, base)
+}
+
+/// Whether the broker closed `stream` (a read returns end of stream or a reset).
+fn closed(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+/// Bad input: a batch with a bad CRC gets CORRUPT_MESSAGE and stores nothing, an
+/// unknown partition UNKNOWN_TOPIC_OR_PARTITION; an unknown API key, a frame over the
+/// size limit and a header that does not decode close that connection only — the
+/// others, and kcat, go on.
+#[test]
+fn bad_input_gets_its_error_or_a_closed_connection_and_nothing_else() {
+    if !have_kcat() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker(2, None);
+    let addr = broker.kafka.unwrap();
+    let mut good = TcpStream::connect(addr).unwrap();
+    good.set_read_timeout(Some(WAIT)).unwrap();
+
+    let batch = record_batch(b"kept");
+    let (code, base) = produce_answer(&exchange(&mut good, &produce_v3(1, "audit", 0, &batch)));
+    assert_eq!((code, base), (0, 0), "a good batch is stored at offset 0");
+    let mut bad = batch.clone();
+    let last = bad.len() - 2;
+    bad[last] ^= 0xff;
+    let (code, _) = produce_answer(&exchange(&mut good, &produce_v3(2, "audit", 0, &bad)));
+    assert_eq!(code, 2, "CORRUPT_MESSAGE");
+    let (code, _) = produce_answer(&exchange(&mut good, &produce_v3(3, "audit", 7, &batch)));
+    assert_eq!(code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    let (code, _) = produce_answer(&exchange(&mut good, &produce_v3(4, "nowhere", 0, &batch)));
+    assert_eq!(code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+
+    let mut unknown_key = TcpStream::connect(addr).unwrap();
+    unknown_key
+        .write_all(&[0, 0, 0, 8, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1])
+        .unwrap();
+    assert!(
+        closed(&mut unknown_key),
+        "an unknown API key closes the connection"
+    );
+
+    let mut oversized = TcpStream::connect(addr).unwrap();
+    oversized.write_all(&i32::MAX.to_be_bytes()).unwrap();
+    assert!(
+        closed(&mut oversized),
+        "a frame over the limit closes the connection"
+    );
+
+    let mut garbled = TcpStream::connect(addr).unwrap();
+    // Produce v3 whose client id claims more bytes than the frame has.
+    garbled
+        .write_all(&[0, 0, 0, 10, 0, 0, 0, 3, 0, 0, 0, 9, 0x7f, 0])
+        .unwrap();
+    assert!(
+        closed(&mut garbled),
+        "a header that does not decode closes the connection"
+    );
+
+    // The first connection and the topic are untouched: one record, the good one.
+    let (code, base) = produce_answer(&exchange(&mut good, &produce_v3(5, "audit", 0, &batch)));
+    assert_eq!((code, base), (0, 1));
+    let all = consume_all(addr, "audit");
+    let values: Vec<&str> = all.iter().map(|r| r.3.as_str()).collect();
+    assert_eq!(values, ["kept", "kept"]);
+}
+
+/// Partitions stay on the shards that own them: with Kafka data in the logs, a start
+/// with another shard count is refused before anything moves, with the reason, and the
+/// old count still serves every record.
+#[test]
+fn a_shard_count_change_is_refused_while_kafka_partitions_live_in_the_logs() {
+    if !have_kcat() {
+        return;
+    }
+    let data = common::temp_dir();
+    let (mut broker, dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    produce(broker.kafka.unwrap(), "telemetry", &lines("kept", 50));
+    broker.signal(libc::SIGTERM);
+    assert!(broker.wait_exit(WAIT).is_some_and(|s| s.success()));
+
+    let refused = Broker::try_start(BrokerOptions {
+        shards: 1,
+        args: vec![
+            "--config".into(),
+            dir.path().join("shardmq.toml").display().to_string(),
+        ],
+        data_dir: Some(data.path().to_path_buf()),
+        ..BrokerOptions::default()
+    });
+    let Err((status, log)) = refused else {
+        panic!("a start with another shard count must be refused");
+    };
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("holds Kafka partitions"), "{log}");
+
+    let (broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    assert_eq!(consume_all(broker.kafka.unwrap(), "telemetry").len(), 50);
+}
+
+/// A topic's retention drops its old batches: the partition's first offset moves up,
+/// the log's segments that held only them are deleted, and a consumer from the
+/// beginning starts at the first offset kept. A topic without retention keeps all.
+#[test]
+fn retention_by_age_drops_old_batches_and_their_segments() {
+    if !have_kcat() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker_with(
+        1,
+        None,
+        "[[kafka_topics]]\nname = \"short\"\npartitions = 1\nretention_ms = 1000\n",
+        &[("SEGMENT_BYTES", "1048576"), ("RETENTION_BYTES", "1")],
+    );
+    let addr = broker.kafka.unwrap();
+    let value = "v".repeat(1000);
+    let bulk: Vec<String> = (0..3000).map(|i| format!("k{i}:{value}")).collect();
+    produce(addr, "short", &bulk);
+    produce(addr, "audit", &lines("kept-forever", 3));
+    let earliest = || {
+        let out = kcat(addr, &["-Q", "-t", "short:0:-2"], None);
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.rsplit("offset ")
+            .next()
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(earliest(), 0);
+    let segments = broker.metric_sum("shardmq_wal_segments");
+    assert!(segments >= 3.0, "3 MB in 1 MB segments: {segments}");
+    // Past the age and a few retention rounds: the first offset moves up and the
+    // segments below it go (the audit records sit in the newest segment).
+    assert!(
+        common::eventually(Duration::from_secs(20), || earliest() > 0
+            && broker.metric_sum("shardmq_wal_segments") <= 2.0),
+        "earliest {}, segments {}",
+        earliest(),
+        broker.metric_sum("shardmq_wal_segments")
+    );
+    let first = earliest();
+    let left = consume_all(addr, "short");
+    assert_eq!(
+        left.first().map(|r| r.1),
+        Some(first),
+        "served from the first offset kept"
+    );
+    assert_eq!(
+        left.last().map(|r| r.1),
+        Some(2999),
+        "the newest batch stays"
+    );
+    assert_eq!(consume_all(addr, "audit").len(), 3);
+}
