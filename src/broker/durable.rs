@@ -526,6 +526,8 @@ pub struct Recovered {
     pub received: HashMap<(ByteStr, u16), ReceivedAt>,
     /// Kafka batches, in log order (see `kafka`).
     pub kafka: Vec<super::kafka::RecoveredBatch>,
+    /// Kafka consumer groups' commits, in log order.
+    pub kafka_commits: super::kafka::RecoveredCommits,
 }
 
 impl Recovered {
@@ -534,6 +536,15 @@ impl Recovered {
         if record.kind == super::kafka::RECORD_KAFKA_BATCH {
             match super::kafka::decode_record(&record) {
                 Some(batch) => self.kafka.push(batch),
+                None => self.damaged += 1,
+            }
+            return;
+        }
+        if record.kind == super::kafka::RECORD_KAFKA_OFFSETS {
+            match super::kafka::decode_commits(&record) {
+                Some((group, entries)) => {
+                    self.kafka_commits.push((group, entries, record.offset.0))
+                }
                 None => self.damaged += 1,
             }
             return;

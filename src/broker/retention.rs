@@ -128,6 +128,17 @@ impl Broker {
     /// Runs the floor reports and retention for this shard, if a limit is configured.
     pub(crate) fn spawn_retention(self: &Rc<Self>) {
         if self.config.retention_ms == 0 && self.config.retention_bytes == 0 {
+            // The log keeps every segment; Kafka topics with a retention of their own
+            // still drop their old batches from what they serve.
+            if self.kafka_has_retention() {
+                spawn_every(
+                    Duration::from_millis(RETENTION_TICK_MS),
+                    self,
+                    |shard| async move {
+                        shard.kafka_retention(unix_ms());
+                    },
+                );
+            }
             return;
         }
         spawn_every(
@@ -275,6 +286,10 @@ impl Broker {
                     return;
                 }
             }
+        }
+        if let Err(e) = self.kafka_keep_commits(limit).await {
+            tracing::warn!(shard = self.id.index(), error = %e, "Kafka group commits could not be written again; their segment stays");
+            return;
         }
         if let Err(e) = self.keep_session_records(limit).await {
             tracing::warn!(shard = self.id.index(), error = %e, "session records could not be written again; their segment stays");

@@ -64,6 +64,7 @@ impl Broker {
     ) {
         let Recovery { wal, mut recovered } = recovery;
         self.kafka.recover(std::mem::take(&mut recovered.kafka));
+        self.recover_commits(std::mem::take(&mut recovered.kafka_commits));
         // Before any peer's session record can arrive (see `retention`).
         self.shadow_session_records(&recovered.sessions);
         // The WAL is in place before any peer's request (a replay) can arrive.
@@ -99,6 +100,7 @@ impl Broker {
         self.spawn_cursor_flush();
         self.spawn_sent_log();
         self.spawn_retention();
+        self.spawn_group_ticks();
         self.spawn_watermarks();
         self.spawn_sys();
     }

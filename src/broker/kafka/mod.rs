@@ -28,6 +28,8 @@
 //! the batch`, its `baseOffset` set to the partition offset.
 
 pub mod batch;
+pub mod group;
+mod groups;
 mod partition;
 
 use std::cell::RefCell;
@@ -48,7 +50,11 @@ use super::persist::unix_ms;
 use super::{Broker, Reply, ShardMsg};
 
 pub use batch::BatchError;
-pub use partition::{BatchEntry, Partition};
+pub use groups::{
+    coordinator_of, decode_commits, GroupAnswer, GroupCall, GroupInfo, RecoveredCommits,
+    RECORD_KAFKA_OFFSETS,
+};
+pub use partition::{BatchEntry, Partition, Sequence};
 
 /// A Kafka record batch in the owner's log (see the module docs).
 pub const RECORD_KAFKA_BATCH: RecordKind = RecordKind(30);
@@ -105,6 +111,10 @@ pub enum KafkaError {
     OffsetOutOfRange,
     /// The log failed (a full disk, a failed write); nothing was acknowledged.
     Storage,
+    /// An idempotent producer's batch after a gap in its sequence numbers.
+    OutOfOrderSequence,
+    /// A batch from an idempotent producer fenced by a newer epoch of its id.
+    InvalidProducerEpoch,
 }
 
 /// One partition's part of a fetch.
@@ -171,6 +181,15 @@ pub enum KafkaRequest {
         /// How long at most.
         wait: Duration,
     },
+    /// A consumer group call, on the group's coordinator.
+    Group {
+        /// The group.
+        group: Arc<str>,
+        /// The call.
+        call: GroupCall,
+    },
+    /// The groups this shard coordinates.
+    ListGroups,
     /// Look an offset up.
     Offset {
         /// The topic.
@@ -193,6 +212,10 @@ pub enum KafkaAnswer {
     Watched,
     /// `(offset, timestamp)`; timestamp -1 when the lookup has none.
     Offset(Result<(i64, i64), KafkaError>),
+    /// A group call's answer.
+    Group(GroupAnswer),
+    /// The groups a shard coordinates.
+    Groups(Vec<(Arc<str>, group::GroupState)>),
 }
 
 impl KafkaRequest {
@@ -224,6 +247,10 @@ type PartitionKey = (Arc<str>, u32);
 pub(crate) struct KafkaLog {
     topics: HashMap<Arc<str>, KafkaTopic>,
     partitions: RefCell<HashMap<PartitionKey, Partition>>,
+    /// The consumer groups this shard coordinates.
+    groups: RefCell<HashMap<Arc<str>, group::Group>>,
+    /// The last idempotent producer id given out here.
+    last_producer_id: std::cell::Cell<i64>,
 }
 
 /// A batch read back from the log at start.
@@ -235,6 +262,8 @@ pub struct RecoveredBatch {
     pub partition: u32,
     /// Where it is.
     pub entry: BatchEntry,
+    /// An idempotent producer's `(id, epoch, first sequence)`.
+    pub producer: Option<(i64, i16, i32)>,
 }
 
 /// Reads a `kafka_batch` record's header; `None` if the body is not one.
@@ -252,6 +281,11 @@ pub fn decode_record(record: &RecordRef<'_>) -> Option<RecoveredBatch> {
             logged_ms: record.timestamp_ms,
             bytes: u32::try_from(batch.len()).ok()?,
         },
+        producer: (header.producer_id >= 0).then_some((
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence,
+        )),
     })
 }
 
@@ -296,6 +330,8 @@ impl KafkaLog {
         KafkaLog {
             topics,
             partitions: RefCell::new(partitions),
+            groups: RefCell::new(HashMap::new()),
+            last_producer_id: std::cell::Cell::new(0),
         }
     }
 
@@ -307,7 +343,18 @@ impl KafkaLog {
         for batch in recovered {
             let key: PartitionKey = (Arc::from(batch.topic.as_str()), batch.partition);
             if let Some(partition) = partitions.get_mut(&key) {
-                partition.recover(batch.entry);
+                let entry = batch.entry;
+                partition.recover(entry);
+                if let Some((producer, epoch, first)) = batch.producer {
+                    partition.record_sequence(
+                        producer,
+                        epoch,
+                        first,
+                        entry.records,
+                        entry.base,
+                        entry.logged_ms,
+                    );
+                }
             }
         }
     }
@@ -509,6 +556,10 @@ impl Broker {
                     partition,
                     query,
                 } => KafkaAnswer::Offset(broker.kafka_lookup(&topic, partition, query)),
+                KafkaRequest::Group { group, call } => {
+                    KafkaAnswer::Group(broker.on_group_call(group, call).await)
+                }
+                KafkaRequest::ListGroups => KafkaAnswer::Groups(broker.kafka_groups_here()),
             };
             broker.post(from, ShardMsg::KafkaReply { id, answer });
         })
@@ -543,6 +594,32 @@ impl Broker {
             let part = partitions
                 .get_mut(&key)
                 .ok_or(KafkaError::UnknownTopicOrPartition)?;
+            let idempotent = header.producer_id >= 0;
+            if idempotent {
+                let (producer, epoch, seq) = (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                );
+                match part.check_sequence(producer, epoch, seq, header.records) {
+                    Sequence::Next => {}
+                    Sequence::Duplicate(offset) => {
+                        // A resend of a batch already here: answered with its offset,
+                        // once it is durable, and not appended again.
+                        let Some(entry) = part.find(offset).and_then(|i| part.entry(i)).copied()
+                        else {
+                            return Err(KafkaError::OutOfOrderSequence);
+                        };
+                        first.get_or_insert(offset);
+                        if last.is_none_or(|(wal, _)| wal < Offset(entry.wal)) {
+                            last = Some((Offset(entry.wal), entry.end()));
+                        }
+                        continue;
+                    }
+                    Sequence::OutOfOrder => return Err(KafkaError::OutOfOrderSequence),
+                    Sequence::StaleEpoch => return Err(KafkaError::InvalidProducerEpoch),
+                }
+            }
             let base = part.next();
             let now = unix_ms();
             let base_bytes = base.to_be_bytes();
@@ -567,6 +644,16 @@ impl Broker {
                 bytes: header.bytes as u32,
             };
             part.push(entry);
+            if idempotent {
+                part.record_sequence(
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                    header.records,
+                    base,
+                    now,
+                );
+            }
             first.get_or_insert(base);
             last = Some((wal, entry.end()));
         }
@@ -727,6 +814,28 @@ impl Broker {
                 .filter(|(offset, _)| *offset < part.high_watermark())
                 .unwrap_or((-1, -1)),
         })
+    }
+
+    /// A producer id for an idempotent producer (InitProducerId), unique across shards
+    /// and restarts: the time in µs times the shard bound, plus this shard's index,
+    /// never below the last one given.
+    pub fn kafka_producer_id(&self) -> i64 {
+        let shards = crate::router::SHARDS_MAX as i64;
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let from_clock = micros * shards + self.id.index() as i64;
+        let id = from_clock.max(self.kafka.last_producer_id.get() + shards);
+        self.kafka.last_producer_id.set(id);
+        id
+    }
+
+    /// Whether any Kafka topic has a retention limit.
+    pub(crate) fn kafka_has_retention(&self) -> bool {
+        self.kafka
+            .topics
+            .values()
+            .any(|t| t.retention_ms.is_some() || t.retention_bytes.is_some())
     }
 
     /// Retention tick: drops batches past their topic's limits; returns the lowest WAL

@@ -7,8 +7,51 @@
 //! reads the WAL from there, jumping from batch to batch over whatever else the log
 //! holds between them; a lookup by time is the same search on the timestamps.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
+
+/// Batches per idempotent producer remembered to answer a resend (Kafka keeps five:
+/// a producer has at most five requests in flight).
+const RECENT_BATCHES: usize = 5;
+/// Idempotent producers a partition remembers; past it the least recently seen go.
+pub const PRODUCERS_MAX: usize = 4096;
+
+/// What an idempotent producer's batch is, against what the partition saw from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// The next batch: append it.
+    Next,
+    /// A resend of a batch already appended at this offset: answer with it.
+    Duplicate(i64),
+    /// A gap or a batch from the past not remembered: OUT_OF_ORDER_SEQUENCE_NUMBER.
+    OutOfOrder,
+    /// An older epoch than the producer's: INVALID_PRODUCER_EPOCH (a fenced producer).
+    StaleEpoch,
+}
+
+/// An idempotent producer's last batches in one partition.
+#[derive(Debug, Default)]
+struct ProducerState {
+    epoch: i16,
+    /// `(first sequence, last sequence, first offset)`, oldest first.
+    recent: VecDeque<(i32, i32, i64)>,
+    /// When it was last seen (ms), for eviction.
+    seen_ms: u64,
+}
+
+/// The sequence after `seq` (they wrap from `i32::MAX` to 0).
+fn after(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+/// The last sequence of a batch of `records` from `first`.
+fn last_of(first: i32, records: u32) -> i32 {
+    ((i64::from(first) + i64::from(records) - 1) % (i64::from(i32::MAX) + 1)) as i32
+}
 
 /// Where one batch of the partition is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +92,8 @@ pub struct Partition {
     bytes: u64,
     /// Fetches waiting for the high watermark to move.
     waiters: Vec<Waker>,
+    /// Idempotent producers' sequences, by producer id.
+    producers: HashMap<i64, ProducerState>,
 }
 
 impl Partition {
@@ -98,6 +143,69 @@ impl Partition {
         self.durable = self.next;
         self.bytes += u64::from(entry.bytes);
         self.entries.push_back(entry);
+    }
+
+    /// Checks an idempotent producer's batch (`first` sequence, `records` of them)
+    /// against what this partition saw from it.
+    pub fn check_sequence(&self, producer: i64, epoch: i16, first: i32, records: u32) -> Sequence {
+        let Some(state) = self.producers.get(&producer) else {
+            // Unknown (new, or its state went with retention): any start is taken.
+            return Sequence::Next;
+        };
+        if epoch < state.epoch {
+            return Sequence::StaleEpoch;
+        }
+        if epoch > state.epoch {
+            return if first == 0 {
+                Sequence::Next
+            } else {
+                Sequence::OutOfOrder
+            };
+        }
+        let last = last_of(first, records);
+        if let Some(&(_, _, offset)) = state
+            .recent
+            .iter()
+            .find(|&&(f, l, _)| f == first && l == last)
+        {
+            return Sequence::Duplicate(offset);
+        }
+        match state.recent.back() {
+            Some(&(_, prev_last, _)) if first == after(prev_last) => Sequence::Next,
+            None => Sequence::Next,
+            _ => Sequence::OutOfOrder,
+        }
+    }
+
+    /// Records an idempotent producer's batch appended at `offset`.
+    pub fn record_sequence(
+        &mut self,
+        producer: i64,
+        epoch: i16,
+        first: i32,
+        records: u32,
+        offset: i64,
+        now_ms: u64,
+    ) {
+        if !self.producers.contains_key(&producer) && self.producers.len() >= PRODUCERS_MAX {
+            // The least recently seen tenth goes (rarely: one scan per 400 new ones).
+            let mut seen: Vec<u64> = self.producers.values().map(|p| p.seen_ms).collect();
+            seen.sort_unstable();
+            let cut = seen[PRODUCERS_MAX / 10];
+            self.producers.retain(|_, p| p.seen_ms > cut);
+        }
+        let state = self.producers.entry(producer).or_default();
+        if epoch != state.epoch {
+            state.epoch = epoch;
+            state.recent.clear();
+        }
+        if state.recent.len() == RECENT_BATCHES {
+            state.recent.pop_front();
+        }
+        state
+            .recent
+            .push_back((first, last_of(first, records), offset));
+        state.seen_ms = state.seen_ms.max(now_ms);
     }
 
     /// Offsets below `end` are durable now: wakes the fetches waiting for them.
@@ -252,6 +360,61 @@ mod tests {
         assert_eq!(p.trim(None, Some(0)), 0, "the last batch stays");
         assert_eq!((p.log_start(), p.next(), p.len()), (4, 9, 1));
         assert_eq!(p.bytes(), 100);
+    }
+
+    #[test]
+    fn idempotent_sequences_take_the_next_answer_resends_and_refuse_gaps() {
+        let mut p = Partition::default();
+        assert_eq!(
+            p.check_sequence(7, 0, 0, 3),
+            Sequence::Next,
+            "a new producer"
+        );
+        p.record_sequence(7, 0, 0, 3, 100, 1);
+        assert_eq!(p.check_sequence(7, 0, 3, 2), Sequence::Next);
+        p.record_sequence(7, 0, 3, 2, 103, 2);
+        assert_eq!(p.check_sequence(7, 0, 0, 3), Sequence::Duplicate(100));
+        assert_eq!(p.check_sequence(7, 0, 3, 2), Sequence::Duplicate(103));
+        assert_eq!(
+            p.check_sequence(7, 0, 6, 1),
+            Sequence::OutOfOrder,
+            "sequence 5 is missing"
+        );
+        assert_eq!(
+            p.check_sequence(7, 0, 1, 2),
+            Sequence::OutOfOrder,
+            "overlaps"
+        );
+        // A new epoch starts at 0; the old one is fenced.
+        assert_eq!(p.check_sequence(7, 1, 4, 1), Sequence::OutOfOrder);
+        assert_eq!(p.check_sequence(7, 1, 0, 1), Sequence::Next);
+        p.record_sequence(7, 1, 0, 1, 105, 3);
+        assert_eq!(p.check_sequence(7, 0, 5, 1), Sequence::StaleEpoch);
+        // Sequences wrap.
+        p.record_sequence(9, 0, i32::MAX - 1, 2, 200, 4);
+        assert_eq!(p.check_sequence(9, 0, 0, 1), Sequence::Next);
+        // Only the last five batches are remembered.
+        for i in 0..6 {
+            p.record_sequence(11, 0, i, 1, 300 + i64::from(i), 5);
+        }
+        assert_eq!(p.check_sequence(11, 0, 0, 1), Sequence::OutOfOrder);
+        assert_eq!(p.check_sequence(11, 0, 1, 1), Sequence::Duplicate(301));
+    }
+
+    #[test]
+    fn producers_past_the_bound_lose_the_least_recently_seen() {
+        let mut p = Partition::default();
+        for id in 0..PRODUCERS_MAX as i64 {
+            p.record_sequence(id, 0, 0, 1, id, id as u64);
+        }
+        p.record_sequence(-5, 0, 0, 1, 0, u64::MAX);
+        assert!(p.producers.len() < PRODUCERS_MAX);
+        assert!(p.producers.contains_key(&-5));
+        assert!(!p.producers.contains_key(&0), "the oldest went");
+        assert!(
+            p.producers.contains_key(&(PRODUCERS_MAX as i64 - 1)),
+            "the newest stayed"
+        );
     }
 
     #[test]
