@@ -16,28 +16,41 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, FetchRequest,
+    FetchResponse, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    InitProducerIdResponse, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId,
+    RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use crate::broker::kafka::{BatchError, FetchWant, Fetched, KafkaError, KafkaTopic, OffsetQuery};
 
-use super::{framed, key_and_version, KafkaDoor, KAFKA_LOG};
+use super::{framed, groups, key_and_version, KafkaDoor, KAFKA_LOG};
 
 /// The APIs served and their versions: what ApiVersions lists.
-const SERVED: [(ApiKey, i16, i16); 5] = [
+const SERVED: [(ApiKey, i16, i16); 15] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The one broker clients see.
-const NODE: BrokerId = BrokerId(0);
+pub(super) const NODE: BrokerId = BrokerId(0);
 
 /// What clients are told the cluster is called.
 const CLUSTER_ID: &str = "shardmq";
@@ -47,6 +60,7 @@ const CLUSTER_ID: &str = "shardmq";
 pub(super) async fn handle(
     door: &Rc<KafkaDoor>,
     local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
     frame: Bytes,
 ) -> Result<Option<BytesMut>, &'static str> {
     let Some((key, version)) = key_and_version(&frame) else {
@@ -112,6 +126,79 @@ pub(super) async fn handle(
             };
             reply.encode(&list_offsets(door, request, version).await)
         }
+        ApiKey::FindCoordinator => {
+            let Ok(request) = FindCoordinatorRequest::decode(&mut body, version) else {
+                return Err(refused(
+                    door,
+                    "a FindCoordinator request that does not decode",
+                ));
+            };
+            reply.encode(&groups::find_coordinator(door, local, request, version))
+        }
+        ApiKey::JoinGroup => {
+            let Ok(request) = JoinGroupRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a JoinGroup request that does not decode"));
+            };
+            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+            reply.encode(&groups::join(door, client_id, peer, request, version).await)
+        }
+        ApiKey::SyncGroup => {
+            let Ok(request) = SyncGroupRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a SyncGroup request that does not decode"));
+            };
+            reply.encode(&groups::sync(door, request, version).await)
+        }
+        ApiKey::Heartbeat => {
+            let Ok(request) = HeartbeatRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a Heartbeat request that does not decode"));
+            };
+            reply.encode(&groups::heartbeat(door, request).await)
+        }
+        ApiKey::LeaveGroup => {
+            let Ok(request) = LeaveGroupRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a LeaveGroup request that does not decode"));
+            };
+            reply.encode(&groups::leave(door, request, version).await)
+        }
+        ApiKey::OffsetCommit => {
+            let Ok(request) = OffsetCommitRequest::decode(&mut body, version) else {
+                return Err(refused(
+                    door,
+                    "an OffsetCommit request that does not decode",
+                ));
+            };
+            reply.encode(&groups::offset_commit(door, request).await)
+        }
+        ApiKey::OffsetFetch => {
+            let Ok(request) = OffsetFetchRequest::decode(&mut body, version) else {
+                return Err(refused(door, "an OffsetFetch request that does not decode"));
+            };
+            reply.encode(&groups::offset_fetch(door, request).await)
+        }
+        ApiKey::DescribeGroups => {
+            let Ok(request) = DescribeGroupsRequest::decode(&mut body, version) else {
+                return Err(refused(
+                    door,
+                    "a DescribeGroups request that does not decode",
+                ));
+            };
+            reply.encode(&groups::describe_groups(door, request).await)
+        }
+        ApiKey::ListGroups => {
+            let Ok(_) = ListGroupsRequest::decode(&mut body, version) else {
+                return Err(refused(door, "a ListGroups request that does not decode"));
+            };
+            reply.encode(&groups::list_groups(door, version).await)
+        }
+        ApiKey::InitProducerId => {
+            let Ok(request) = InitProducerIdRequest::decode(&mut body, version) else {
+                return Err(refused(
+                    door,
+                    "an InitProducerId request that does not decode",
+                ));
+            };
+            reply.encode(&init_producer_id(door, request))
+        }
         _ => None,
     };
     response.map(Some).ok_or("a response that does not encode")
@@ -154,8 +241,29 @@ fn code(error: Option<KafkaError>) -> i16 {
         KafkaError::RecordTooLarge => ResponseError::MessageTooLarge,
         KafkaError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         KafkaError::Storage => ResponseError::KafkaStorageError,
+        KafkaError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber,
+        KafkaError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch,
     }
     .code()
+}
+
+/// A producer id for an idempotent producer, or a new epoch of its own (KIP-360).
+/// Transactions are not served: a transactional id is refused.
+fn init_producer_id(door: &KafkaDoor, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let response = InitProducerIdResponse::default();
+    if request.transactional_id.is_some() {
+        return response
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    let (id, epoch) = match (request.producer_id.0, request.producer_epoch) {
+        (id, epoch) if id >= 0 && (0..i16::MAX).contains(&epoch) => (id, epoch + 1),
+        _ => (door.broker.kafka_producer_id(), 0),
+    };
+    response
+        .with_producer_id(ProducerId(id))
+        .with_producer_epoch(epoch)
 }
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -196,10 +304,7 @@ fn metadata(
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
-    let advertised = match (door.listen.ip().is_unspecified(), local) {
-        (true, Some(local)) => SocketAddr::new(local.ip(), door.listen.port()),
-        _ => door.listen,
-    };
+    let advertised = advertised(door, local);
     let topics = door.broker.kafka_topics();
     let wanted: Vec<String> = match &request.topics {
         // Version 0 has no null: an empty list means every topic there.
@@ -231,6 +336,15 @@ fn metadata(
         .with_cluster_id((version >= 2).then(|| StrBytes::from_static_str(CLUSTER_ID)))
         .with_controller_id(NODE)
         .with_topics(described)
+}
+
+/// The address clients are told to connect to: `kafka_listen`, or for a wildcard
+/// address the one this client reached.
+pub(super) fn advertised(door: &KafkaDoor, local: Option<SocketAddr>) -> SocketAddr {
+    match (door.listen.ip().is_unspecified(), local) {
+        (true, Some(local)) => SocketAddr::new(local.ip(), door.listen.port()),
+        _ => door.listen,
+    }
 }
 
 fn describe_topic(topic: &KafkaTopic, version: i16) -> MetadataResponseTopic {

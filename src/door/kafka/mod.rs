@@ -15,6 +15,7 @@
 //! Requests on one connection are answered in order, one at a time; the partitions of
 //! one produce are appended concurrently, so they share the log's group commits.
 
+mod groups;
 mod handlers;
 
 use std::cell::{Cell, RefCell};
@@ -126,6 +127,7 @@ async fn serve(door: Rc<KafkaDoor>, stream: TcpStream, slot: ConnectionSlot) {
         door: &door,
         stream,
         local,
+        peer,
     };
     let ending = conn.run().await;
     tracing::debug!(target: KAFKA_LOG, shard = door.broker.id.index(), ?peer, ending, "connection closed");
@@ -141,6 +143,8 @@ struct Connection<'a> {
     /// The address the client reached: what Metadata advertises when `kafka_listen`
     /// is a wildcard address.
     local: Option<SocketAddr>,
+    /// The client's address (what DescribeGroups shows as its host).
+    peer: Option<SocketAddr>,
 }
 
 impl Connection<'_> {
@@ -157,7 +161,7 @@ impl Connection<'_> {
                 Some(Ok(frame)) => frame,
                 Some(Err(why)) => return why,
             };
-            let response = match handlers::handle(self.door, self.local, frame).await {
+            let response = match handlers::handle(self.door, self.local, self.peer, frame).await {
                 Ok(Some(response)) => response,
                 Ok(None) => continue,
                 Err(why) => return why,
