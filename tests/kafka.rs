@@ -32,6 +32,133 @@ fn have_kcat() -> bool {
     found
 }
 
+/// Whether kafka-python (PyPI `kafka-python`, a pure-Python client) imports here;
+/// under CI its absence fails the test.
+fn have_kafka_python() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import kafka"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kafka-python is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: kafka-python is not installed (pip install kafka-python)");
+    }
+    found
+}
+
+/// Runs the kafka-python script `PY` in `mode` against `addr`; its stdout.
+fn python(addr: SocketAddr, mode: &str, rest: &[&str]) -> String {
+    let out = Command::new("python3")
+        .args(["-c", PY, mode, &addr.to_string()])
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "kafka-python {mode}: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// kafka-python scripts: `MODE BROKER ...`.
+/// - `group TOPIC N`: two consumers of group `pyg` split TOPIC's partitions; the second
+///   leaves and the first takes them all; prints the assignments and then `read N`
+///   once the first has read N records (from the group's committed offsets on), and
+///   commits them.
+/// - `commit TOPIC N`: one consumer of group `pyc` reads N records and commits
+///   synchronously; prints `committed N`.
+/// - `resume TOPIC`: group `pyc` reads what is left after its committed offsets (until
+///   a second passes without a record); prints `first OFFSETS` (per partition, the
+///   offset of its first record) and `rest N`.
+/// - `idempotent TOPIC N`: an idempotent producer (acks all) sends N records.
+const PY: &str = r#"
+import sys, time
+from kafka import KafkaConsumer, KafkaProducer
+
+mode, broker = sys.argv[1], sys.argv[2]
+
+def consumer(group):
+    return KafkaConsumer(bootstrap_servers=broker, group_id=group, auto_offset_reset="earliest",
+                         enable_auto_commit=False, session_timeout_ms=6000,
+                         heartbeat_interval_ms=500, consumer_timeout_ms=1000)
+
+def parts(c):
+    return sorted(tp.partition for tp in c.assignment())
+
+def until(cond, what, limit=30):
+    end = time.time() + limit
+    while not cond():
+        if time.time() > end:
+            sys.exit("timed out waiting for " + what)
+
+if mode == "group":
+    topic, n = sys.argv[3], int(sys.argv[4])
+    a = consumer("pyg"); a.subscribe([topic])
+    until(lambda: a.poll(timeout_ms=100) is not None and len(a.assignment()) == 4, "a alone")
+    a.seek_to_beginning()
+    b = consumer("pyg"); b.subscribe([topic])
+    def split():
+        a.poll(timeout_ms=50); b.poll(timeout_ms=50)
+        return len(a.assignment()) + len(b.assignment()) == 4 and a.assignment() and b.assignment()
+    until(split, "the split")
+    print("split", parts(a), parts(b))
+    b.close()
+    until(lambda: a.poll(timeout_ms=100) is not None and len(a.assignment()) == 4, "a again")
+    print("after", parts(a))
+    a.seek_to_beginning()
+    seen = set()
+    def read():
+        for records in a.poll(timeout_ms=200).values():
+            for r in records:
+                seen.add((r.partition, r.offset))
+        return len(seen) >= n
+    until(read, "the records")
+    a.commit()
+    print("read", len(seen))
+    a.close()
+elif mode == "commit":
+    topic, n = sys.argv[3], int(sys.argv[4])
+    c = consumer("pyc"); c.subscribe([topic])
+    got = 0
+    def read():
+        global got
+        for records in c.poll(timeout_ms=200, max_records=n - got).values():
+            got += len(records)
+        return got >= n
+    until(read, "the records")
+    c.commit()
+    print("committed", got)
+    c.close()
+elif mode == "resume":
+    topic = sys.argv[3]
+    c = consumer("pyc"); c.subscribe([topic])
+    first, rest = {}, 0
+    for r in c:
+        first.setdefault(r.partition, r.offset)
+        rest += 1
+    print("first", sorted(first.items()))
+    print("rest", rest)
+    c.close()
+elif mode == "idempotent":
+    topic, n = sys.argv[3], int(sys.argv[4])
+    p = KafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
+    sent = [p.send(topic, key=b"k%d" % (i % 7), value=b"idem-%d" % i) for i in range(n)]
+    p.flush()
+    for f in sent:
+        f.get(timeout=10)
+    p.close()
+    print("sent", n)
+"#;
+
 /// A broker serving `telemetry` (4 partitions) and `audit` (1) over Kafka, in
 /// `data_dir` (a fresh one when `None`).
 fn kafka_broker(
@@ -60,7 +187,6 @@ fn kafka_broker_with(
         args: vec!["--config".into(), config.display().to_string()],
         env: common::settings_env(settings),
         data_dir,
-        ..BrokerOptions::default()
     });
     (broker, dir)
 }
@@ -135,7 +261,7 @@ fn consume_all(addr: SocketAddr, topic: &str) -> Vec<(u32, i64, String, String)>
         ],
         None,
     );
-    String::from_utf8(out.stdout)
+    let mut records = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|line| {
@@ -148,7 +274,11 @@ fn consume_all(addr: SocketAddr, topic: &str) -> Vec<(u32, i64, String, String)>
                 next(),
             )
         })
-        .collect()
+        .collect::<Vec<_>>();
+    // kcat interleaves partitions as their fetches return: by partition and offset (a
+    // sort, not a set: a record served twice must show).
+    records.sort();
+    records
 }
 
 fn lines(prefix: &str, n: usize) -> Vec<String> {
@@ -323,6 +453,11 @@ fn produce_v3(correlation_id: i32, topic: &str, partition: i32, records: &[u8]) 
 
 /// One record batch (magic 2) holding one record with `value`, CRC-32C right.
 fn record_batch(value: &[u8]) -> Vec<u8> {
+    record_batch_from(value, -1, -1, -1)
+}
+
+/// [`record_batch`] from an idempotent producer: its id, epoch and the sequence.
+fn record_batch_from(value: &[u8], producer_id: i64, epoch: i16, sequence: i32) -> Vec<u8> {
     // Record: attributes, timestamp delta, offset delta, key -1, value, no headers; the
     // varints zigzag-encoded.
     let mut record = vec![0u8, 0, 0, 1];
@@ -341,9 +476,9 @@ fn record_batch(value: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&0i32.to_be_bytes());
     b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
     b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes());
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&epoch.to_be_bytes());
+    b.extend_from_slice(&sequence.to_be_bytes());
     b.extend_from_slice(&1i32.to_be_bytes());
     b.extend_from_slice(&records);
     let length = (b.len() - 12) as i32;
@@ -381,9 +516,10 @@ fn closed(stream: &mut TcpStream) -> bool {
 }
 
 /// Bad input: a batch with a bad CRC gets CORRUPT_MESSAGE and stores nothing, an
-/// unknown partition UNKNOWN_TOPIC_OR_PARTITION; an unknown API key, a frame over the
-/// size limit and a header that does not decode close that connection only — the
-/// others, and kcat, go on.
+/// unknown partition UNKNOWN_TOPIC_OR_PARTITION, an idempotent producer's resend its
+/// first offset and a gap in its sequence OUT_OF_ORDER_SEQUENCE_NUMBER; an unknown API
+/// key, a frame over the size limit and a header that does not decode close that
+/// connection only — the others, and kcat, go on.
 #[test]
 fn bad_input_gets_its_error_or_a_closed_connection_and_nothing_else() {
     if !have_kcat() {
@@ -436,9 +572,32 @@ fn bad_input_gets_its_error_or_a_closed_connection_and_nothing_else() {
     // The first connection and the topic are untouched: one record, the good one.
     let (code, base) = produce_answer(&exchange(&mut good, &produce_v3(5, "audit", 0, &batch)));
     assert_eq!((code, base), (0, 1));
+
+    // An idempotent producer's resend is answered with the first copy's offset and not
+    // stored again; a gap in its sequence is OUT_OF_ORDER_SEQUENCE_NUMBER, an older
+    // epoch INVALID_PRODUCER_EPOCH.
+    let seq0 = record_batch_from(b"once", 77, 3, 0);
+    let (code, base) = produce_answer(&exchange(&mut good, &produce_v3(6, "audit", 0, &seq0)));
+    assert_eq!((code, base), (0, 2));
+    let (code, base) = produce_answer(&exchange(&mut good, &produce_v3(7, "audit", 0, &seq0)));
+    assert_eq!(
+        (code, base),
+        (0, 2),
+        "the resend gets the first copy's offset"
+    );
+    let gap = record_batch_from(b"gap", 77, 3, 5);
+    let (code, _) = produce_answer(&exchange(&mut good, &produce_v3(8, "audit", 0, &gap)));
+    assert_eq!(code, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let fenced = record_batch_from(b"fenced", 77, 2, 1);
+    let (code, _) = produce_answer(&exchange(&mut good, &produce_v3(9, "audit", 0, &fenced)));
+    assert_eq!(code, 47, "INVALID_PRODUCER_EPOCH");
+    let seq1 = record_batch_from(b"twice", 77, 3, 1);
+    let (code, base) = produce_answer(&exchange(&mut good, &produce_v3(10, "audit", 0, &seq1)));
+    assert_eq!((code, base), (0, 3));
+
     let all = consume_all(addr, "audit");
     let values: Vec<&str> = all.iter().map(|r| r.3.as_str()).collect();
-    assert_eq!(values, ["kept", "kept"]);
+    assert_eq!(values, ["kept", "kept", "once", "twice"]);
 }
 
 /// Partitions stay on the shards that own them: with Kafka data in the logs, a start
@@ -528,4 +687,90 @@ fn retention_by_age_drops_old_batches_and_their_segments() {
         "the newest batch stays"
     );
     assert_eq!(consume_all(addr, "audit").len(), 3);
+}
+
+/// kcat's consumer group (the high-level consumer of librdkafka): the first run reads
+/// everything and commits; a second run of the same group starts at the commits.
+#[test]
+fn kcat_group_consumers_resume_from_their_commits() {
+    if !have_kcat() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker(2, None);
+    let addr = broker.kafka.unwrap();
+    produce(addr, "telemetry", &lines("g", 120));
+    let group_read = || {
+        let out = kcat(
+            addr,
+            &[
+                "-G",
+                "kcat-group",
+                "telemetry",
+                "-e",
+                "-q",
+                "-f",
+                "%p %o\\n",
+                "-X",
+                "auto.offset.reset=earliest",
+                "-X",
+                "enable.auto.commit=true",
+                "-X",
+                "auto.commit.interval.ms=100",
+            ],
+            None,
+        );
+        String::from_utf8(out.stdout).unwrap().lines().count()
+    };
+    assert_eq!(group_read(), 120, "the first run reads everything");
+    produce(addr, "telemetry", &lines("h", 30));
+    assert_eq!(
+        group_read(),
+        30,
+        "the second run only what came after the commits"
+    );
+}
+
+/// kafka-python, a client independent of librdkafka: two consumers of one group split
+/// the partitions, and when one leaves the other takes them all and reads everything;
+/// an idempotent producer's records arrive once each with dense offsets.
+#[test]
+fn kafka_python_group_rebalances_when_a_member_leaves() {
+    if !have_kcat() || !have_kafka_python() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker(2, None);
+    let addr = broker.kafka.unwrap();
+    assert!(python(addr, "idempotent", &["telemetry", "200"]).contains("sent 200"));
+    let all = consume_all(addr, "telemetry");
+    assert_eq!(all.len(), 200, "each record once");
+    assert_dense(&all);
+    let out = python(addr, "group", &["telemetry", "200"]);
+    let split = out.lines().find(|l| l.starts_with("split")).expect(&out);
+    assert!(
+        split.contains("[0, 1]") || split.contains("[0, 2]") || split.contains("[0, 3]"),
+        "{out}"
+    );
+    assert!(out.contains("after [0, 1, 2, 3]"), "{out}");
+    assert!(out.contains("read 200"), "{out}");
+}
+
+/// Offsets committed by a consumer group (kafka-python, synchronous commit) are there
+/// after kill -9: the group resumes right after them.
+#[test]
+fn committed_offsets_survive_kill_9() {
+    if !have_kcat() || !have_kafka_python() {
+        return;
+    }
+    let data = common::temp_dir();
+    let (mut broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let addr = broker.kafka.unwrap();
+    produce(addr, "audit", &lines("c", 100));
+    assert!(python(addr, "commit", &["audit", "60"]).contains("committed 60"));
+    broker.signal(libc::SIGKILL);
+    assert!(broker.wait_exit(WAIT).is_some());
+
+    let (broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let out = python(broker.kafka.unwrap(), "resume", &["audit"]);
+    assert!(out.contains("first [(0, 60)]"), "{out}");
+    assert!(out.contains("rest 40"), "{out}");
 }
