@@ -13,6 +13,11 @@ pub fn wal_frame_check(data: &[u8]) {
     crate::storage::check::frame_check(data);
 }
 
+/// The Kafka request decoder's check: see `door::kafka::check`.
+pub fn kafka_request_check(data: &[u8]) {
+    crate::door::kafka::check::request_check(data);
+}
+
 /// Named inputs of one fuzz target.
 pub type Seeds = Vec<(String, Vec<u8>)>;
 
@@ -22,6 +27,7 @@ pub fn seed_corpus() -> Vec<(&'static str, Seeds)> {
     vec![
         ("mqtt_decode", crate::mqtt::check::seeds()),
         ("wal_frame", crate::storage::check::seeds()),
+        ("kafka_request", crate::door::kafka::check::seeds()),
     ]
 }
 
@@ -30,6 +36,7 @@ pub fn check_for(target: &str) -> Option<fn(&[u8])> {
     match target {
         "mqtt_decode" => Some(mqtt_decode_check),
         "wal_frame" => Some(wal_frame_check),
+        "kafka_request" => Some(kafka_request_check),
         _ => None,
     }
 }

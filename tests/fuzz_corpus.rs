@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use shardmq::fuzzing::{check_for, seed_corpus};
 
-const TARGETS: [&str; 2] = ["mqtt_decode", "wal_frame"];
+const TARGETS: [&str; 3] = ["mqtt_decode", "wal_frame", "kafka_request"];
 const SEED_PREFIX: &str = "seed-";
 
 fn fuzz_dir() -> PathBuf {

@@ -16,12 +16,10 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, FetchRequest,
-    FetchResponse, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
-    InitProducerIdResponse, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId,
-    RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, RequestKind,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -55,6 +53,60 @@ pub(super) const NODE: BrokerId = BrokerId(0);
 /// What clients are told the cluster is called.
 const CLUSTER_ID: &str = "shardmq";
 
+/// A request frame, decoded. Returned once per request and matched at once: its size
+/// costs a move, boxing it an allocation per request.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Decoded {
+    /// A request this broker serves, at a version it serves.
+    Request {
+        /// Its header.
+        header: RequestHeader,
+        /// Its API.
+        api: ApiKey,
+        /// Its version.
+        version: i16,
+        /// Its body.
+        request: RequestKind,
+    },
+    /// ApiVersions at a version newer than served: answered at version 0 (KIP-511).
+    NewerApiVersions {
+        /// The request's correlation id.
+        correlation_id: i32,
+    },
+}
+
+/// Decodes a request frame (without its size): `Err` with the reason the connection
+/// is closed for when the API, the version, the header or the body is not one served.
+pub fn decode(frame: Bytes) -> Result<Decoded, &'static str> {
+    let (key, version) = key_and_version(&frame).ok_or("a frame too short for a request header")?;
+    let api = ApiKey::try_from(key).map_err(|_| "an unknown API key")?;
+    let served = SERVED.iter().find(|(k, _, _)| *k == api);
+    if api == ApiKey::ApiVersions && served.is_some_and(|&(_, _, max)| version > max) {
+        let correlation_id = frame
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_be_bytes)
+            .ok_or("a frame too short for a request header")?;
+        return Ok(Decoded::NewerApiVersions { correlation_id });
+    }
+    let &(_, min, max) = served.ok_or("an API this broker does not serve")?;
+    if !(min..=max).contains(&version) {
+        return Err("an API version this broker does not serve");
+    }
+    let mut body = frame;
+    let header = RequestHeader::decode(&mut body, api.request_header_version(version))
+        .map_err(|_| "a request header that does not decode")?;
+    let request = RequestKind::decode(api, &mut body, version)
+        .map_err(|_| "a request body that does not decode")?;
+    Ok(Decoded::Request {
+        header,
+        api,
+        version,
+        request,
+    })
+}
+
 /// The answer to one request frame: `Ok(None)` when none is due (a produce with
 /// acks 0), `Err` with the reason when the connection must close.
 pub(super) async fn handle(
@@ -63,50 +115,27 @@ pub(super) async fn handle(
     peer: Option<SocketAddr>,
     frame: Bytes,
 ) -> Result<Option<BytesMut>, &'static str> {
-    let Some((key, version)) = key_and_version(&frame) else {
-        return Err(refused(door, "a frame too short for a request header"));
-    };
-    let Ok(api) = ApiKey::try_from(key) else {
-        return Err(refused(door, "an unknown API key"));
-    };
-    let served = SERVED.iter().find(|(k, _, _)| *k == api);
-    if api == ApiKey::ApiVersions && served.is_some_and(|&(_, _, max)| version > max) {
-        // A client newer than this broker: answered at version 0 with the versions
-        // served, so it can pick one (KIP-511).
-        return Ok(api_versions_unsupported(&frame));
-    }
-    let Some(&(_, min, max)) = served else {
-        return Err(refused(door, "an API this broker does not serve"));
-    };
-    if !(min..=max).contains(&version) {
-        return Err(refused(door, "an API version this broker does not serve"));
-    }
-    let mut body = frame;
-    let Ok(header) = RequestHeader::decode(&mut body, api.request_header_version(version)) else {
-        return Err(refused(door, "a request header that does not decode"));
+    let (header, api, version, request) = match decode(frame) {
+        Ok(Decoded::Request {
+            header,
+            api,
+            version,
+            request,
+        }) => (header, api, version, request),
+        Ok(Decoded::NewerApiVersions { correlation_id }) => {
+            return Ok(api_versions_unsupported(correlation_id));
+        }
+        Err(why) => return Err(refused(door, why)),
     };
     let reply = Reply {
         correlation_id: header.correlation_id,
         response_header_version: api.response_header_version(version),
         version,
     };
-    let response = match api {
-        ApiKey::ApiVersions => {
-            let Ok(_) = ApiVersionsRequest::decode(&mut body, version) else {
-                return Err(refused(door, "an ApiVersions request that does not decode"));
-            };
-            reply.encode(&api_versions(0))
-        }
-        ApiKey::Metadata => {
-            let Ok(request) = MetadataRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a Metadata request that does not decode"));
-            };
-            reply.encode(&metadata(door, local, request, version))
-        }
-        ApiKey::Produce => {
-            let Ok(request) = ProduceRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a Produce request that does not decode"));
-            };
+    let response = match request {
+        RequestKind::ApiVersions(_) => reply.encode(&api_versions(0)),
+        RequestKind::Metadata(request) => reply.encode(&metadata(door, local, request, version)),
+        RequestKind::Produce(request) => {
             let acks = request.acks;
             let response = produce(door, request).await;
             if acks == 0 {
@@ -114,91 +143,36 @@ pub(super) async fn handle(
             }
             reply.encode(&response)
         }
-        ApiKey::Fetch => {
-            let Ok(request) = FetchRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a Fetch request that does not decode"));
-            };
-            reply.encode(&fetch(door, request, version).await)
-        }
-        ApiKey::ListOffsets => {
-            let Ok(request) = ListOffsetsRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a ListOffsets request that does not decode"));
-            };
+        RequestKind::Fetch(request) => reply.encode(&fetch(door, request, version).await),
+        RequestKind::ListOffsets(request) => {
             reply.encode(&list_offsets(door, request, version).await)
         }
-        ApiKey::FindCoordinator => {
-            let Ok(request) = FindCoordinatorRequest::decode(&mut body, version) else {
-                return Err(refused(
-                    door,
-                    "a FindCoordinator request that does not decode",
-                ));
-            };
+        RequestKind::FindCoordinator(request) => {
             reply.encode(&groups::find_coordinator(door, local, request, version))
         }
-        ApiKey::JoinGroup => {
-            let Ok(request) = JoinGroupRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a JoinGroup request that does not decode"));
-            };
+        RequestKind::JoinGroup(request) => {
             let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
             reply.encode(&groups::join(door, client_id, peer, request, version).await)
         }
-        ApiKey::SyncGroup => {
-            let Ok(request) = SyncGroupRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a SyncGroup request that does not decode"));
-            };
+        RequestKind::SyncGroup(request) => {
             reply.encode(&groups::sync(door, request, version).await)
         }
-        ApiKey::Heartbeat => {
-            let Ok(request) = HeartbeatRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a Heartbeat request that does not decode"));
-            };
-            reply.encode(&groups::heartbeat(door, request).await)
-        }
-        ApiKey::LeaveGroup => {
-            let Ok(request) = LeaveGroupRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a LeaveGroup request that does not decode"));
-            };
+        RequestKind::Heartbeat(request) => reply.encode(&groups::heartbeat(door, request).await),
+        RequestKind::LeaveGroup(request) => {
             reply.encode(&groups::leave(door, request, version).await)
         }
-        ApiKey::OffsetCommit => {
-            let Ok(request) = OffsetCommitRequest::decode(&mut body, version) else {
-                return Err(refused(
-                    door,
-                    "an OffsetCommit request that does not decode",
-                ));
-            };
+        RequestKind::OffsetCommit(request) => {
             reply.encode(&groups::offset_commit(door, request).await)
         }
-        ApiKey::OffsetFetch => {
-            let Ok(request) = OffsetFetchRequest::decode(&mut body, version) else {
-                return Err(refused(door, "an OffsetFetch request that does not decode"));
-            };
+        RequestKind::OffsetFetch(request) => {
             reply.encode(&groups::offset_fetch(door, request).await)
         }
-        ApiKey::DescribeGroups => {
-            let Ok(request) = DescribeGroupsRequest::decode(&mut body, version) else {
-                return Err(refused(
-                    door,
-                    "a DescribeGroups request that does not decode",
-                ));
-            };
+        RequestKind::DescribeGroups(request) => {
             reply.encode(&groups::describe_groups(door, request).await)
         }
-        ApiKey::ListGroups => {
-            let Ok(_) = ListGroupsRequest::decode(&mut body, version) else {
-                return Err(refused(door, "a ListGroups request that does not decode"));
-            };
-            reply.encode(&groups::list_groups(door, version).await)
-        }
-        ApiKey::InitProducerId => {
-            let Ok(request) = InitProducerIdRequest::decode(&mut body, version) else {
-                return Err(refused(
-                    door,
-                    "an InitProducerId request that does not decode",
-                ));
-            };
-            reply.encode(&init_producer_id(door, request))
-        }
+        RequestKind::ListGroups(_) => reply.encode(&groups::list_groups(door, version).await),
+        RequestKind::InitProducerId(request) => reply.encode(&init_producer_id(door, request)),
+        // `decode` lets through only what SERVED lists.
         _ => None,
     };
     response.map(Some).ok_or("a response that does not encode")
@@ -284,8 +258,7 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
 
 /// ApiVersions at a version above those served: UNSUPPORTED_VERSION and the list, in
 /// version 0 (header v0), which every client reads.
-fn api_versions_unsupported(frame: &Bytes) -> Option<BytesMut> {
-    let correlation_id = i32::from_be_bytes(frame.get(4..8)?.try_into().ok()?);
+fn api_versions_unsupported(correlation_id: i32) -> Option<BytesMut> {
     let reply = Reply {
         correlation_id,
         response_header_version: 0,

@@ -15,8 +15,12 @@
 //! Requests on one connection are answered in order, one at a time; the partitions of
 //! one produce are appended concurrently, so they share the log's group commits.
 
+#[doc(hidden)]
+pub mod check;
 mod groups;
 mod handlers;
+
+pub use handlers::{decode, Decoded};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
