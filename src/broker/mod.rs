@@ -17,6 +17,9 @@
 //!   session's filters (`subscription_count`, `subscribes_to`, `with_filters`);
 //! - acknowledgements from the client: `client_ack`, `client_pubrel`, `awaits_pubrel`,
 //!   and `client_id_of` (the publisher of a message);
+//! - Kafka partitions and groups (see `kafka`): `kafka_topics`, `kafka_produce`,
+//!   `kafka_fetch`, `kafka_offset`, `kafka_group` (a group call on its coordinator),
+//!   `kafka_list_groups` and `kafka_producer_id`;
 //! - the process: `auth` / `replace_auth`, `start` / `stop`, `check_health`, and the
 //!   public fields `id`, `config`, `probe`, `mesh` (its backlog, the shard count) and
 //!   `shutdown`; `sys::is_sys_topic` says which topics are the broker's own.
