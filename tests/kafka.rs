@@ -338,6 +338,32 @@ fn kcat_produces_and_consumes_across_partitions_and_shards() {
     let partitions: BTreeSet<u32> = got.iter().map(|r| r.0).collect();
     assert_eq!(partitions.len(), 4, "keys spread over every partition");
     assert_dense(&got);
+    // Fetches far smaller than the data (a few batches each) still read it all.
+    let small = kcat(
+        addr,
+        &[
+            "-C",
+            "-t",
+            "telemetry",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o\\n",
+            "-X",
+            "fetch.max.bytes=2000",
+            "-X",
+            "message.max.bytes=2000",
+            "-X",
+            "max.partition.fetch.bytes=1000",
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8(small.stdout).unwrap().lines().count(),
+        sent.len()
+    );
     // Within a partition, records keep the order they were produced in.
     for p in 0..4 {
         let values: Vec<usize> = got

@@ -55,7 +55,14 @@ pub enum GroupError {
     InconsistentProtocol,
     /// A session timeout outside what the broker allows.
     InvalidSessionTimeout,
+    /// The group has [`MEMBERS_MAX`] members, or its coordinator [`GROUPS_MAX`] groups.
+    Full,
 }
+
+/// Members one group may have.
+pub const MEMBERS_MAX: usize = 1000;
+/// Groups one coordinator shard keeps.
+pub const GROUPS_MAX: usize = 10_000;
 
 /// A member's join, as the client sent it.
 #[derive(Debug, Clone)]
@@ -225,6 +232,11 @@ impl Group {
             if *kind != params.protocol_type || (!self.members.is_empty() && !shared) {
                 return Err((GroupError::InconsistentProtocol, member_id.to_string()));
             }
+        }
+        if !self.members.contains_key(member_id)
+            && self.members.len() + self.pending.len() >= MEMBERS_MAX
+        {
+            return Err((GroupError::Full, member_id.to_string()));
         }
         let member_id = if member_id.is_empty() {
             self.next_member += 1;
@@ -646,6 +658,29 @@ mod tests {
             .unwrap();
         assert!(g.tick(now + Duration::from_secs(42)));
         assert_eq!(g.state(), GroupState::Empty);
+    }
+
+    #[test]
+    fn a_group_takes_at_most_members_max_members() {
+        let now = Instant::now();
+        let mut g = Group::default();
+        for i in 0..MEMBERS_MAX {
+            g.join("", params(&format!("c{i}"), &["range"]), false, 0, now)
+                .unwrap();
+        }
+        assert_eq!(
+            g.join("", params("one-more", &["range"]), false, 0, now)
+                .unwrap_err()
+                .0,
+            GroupError::Full
+        );
+        assert_eq!(
+            g.join("", params("one-more", &["range"]), true, 0, now)
+                .unwrap_err()
+                .0,
+            GroupError::Full,
+            "no member id is handed out either"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! per partition `topic length u16 LE | topic | partition u32 LE | offset i64 LE |
 //! metadata length u16 LE | metadata`.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use crate::router::{owner_of, ShardId};
 use crate::storage::{RecordKind, RecordRef, WalError};
 
-use super::group::{Committed, GroupError, GroupState, JoinParams, JoinResult};
+use super::group::{Committed, Group, GroupError, GroupState, JoinParams, JoinResult, GROUPS_MAX};
 use super::{KafkaAnswer, KafkaRequest};
 use crate::broker::persist::unix_ms;
 use crate::broker::Broker;
@@ -130,6 +131,17 @@ pub enum GroupAnswer {
 /// Commits read back at start: `(group, entries, record offset)`, in log order.
 pub type RecoveredCommits = Vec<(String, Vec<LoggedCommit>, u64)>;
 
+/// `group`, made if it is new and the coordinator keeps fewer than [`GROUPS_MAX`].
+fn with_group<'a>(
+    groups: &'a mut HashMap<Arc<str>, Group>,
+    group: &Arc<str>,
+) -> Option<&'a mut Group> {
+    if !groups.contains_key(group) && groups.len() >= GROUPS_MAX {
+        return None;
+    }
+    Some(groups.entry(Arc::clone(group)).or_default())
+}
+
 /// The coordinator of `group` among `shards`.
 pub fn coordinator_of(group: &str, shards: usize) -> ShardId {
     owner_of(&format!("kafka-group/{group}"), shards)
@@ -215,13 +227,10 @@ impl Broker {
                 require_known_id,
             } => {
                 let wait = params.rebalance_timeout + Duration::from_secs(5);
-                let joined = groups().entry(Arc::clone(&group)).or_default().join(
-                    &member_id,
-                    params,
-                    require_known_id,
-                    self.id.index(),
-                    now,
-                );
+                let joined = match with_group(&mut groups(), &group) {
+                    Some(g) => g.join(&member_id, params, require_known_id, self.id.index(), now),
+                    None => Err((GroupError::Full, member_id)),
+                };
                 let (member, round) = match joined {
                     Ok(joined) => joined,
                     Err(e) => return GroupAnswer::Joined(Err(e)),
@@ -376,7 +385,7 @@ impl Broker {
     ) -> Result<(), Option<GroupError>> {
         {
             let mut groups = self.kafka.groups.borrow_mut();
-            let g = groups.entry(Arc::clone(group)).or_default();
+            let g = with_group(&mut groups, group).ok_or(Some(GroupError::Full))?;
             g.may_commit(member_id, generation).map_err(Some)?;
         }
         let Some(log) = self.log.get() else {

@@ -62,6 +62,11 @@ pub const RECORD_KAFKA_BATCH: RecordKind = RecordKind(30);
 /// The longest a fetch may wait for data, whatever the client asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 
+/// The most record bytes one fetch reads, whatever the client asks (Kafka's
+/// `fetch.max.bytes` default is 50 MB): what one request may hold in memory, plus at
+/// most one batch per owner shard beyond it.
+pub const FETCH_BYTES_MAX: usize = 32 << 20;
+
 /// A topic the Kafka door serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaTopic {
@@ -172,6 +177,8 @@ pub enum KafkaRequest {
     Fetch {
         /// What to read.
         wants: Vec<FetchWant>,
+        /// Bytes of batches to read at most, in all (at least one batch).
+        budget: usize,
     },
     /// Answer once any of these partitions has offsets at or past the one given (or
     /// after `wait`).
@@ -415,17 +422,21 @@ impl Broker {
         }
     }
 
-    /// Reads every partition of `wants` (answers in the same order). When the batches
-    /// found come to fewer than `min_bytes`, waits up to `wait` for more and reads again.
+    /// Reads every partition of `wants` (answers in the same order), at most
+    /// `max_bytes` of batches in all (and [`FETCH_BYTES_MAX`]; every owner serves at
+    /// least one batch). When the batches found come to fewer than `min_bytes`, waits up
+    /// to `wait` for more and reads again.
     pub async fn kafka_fetch(
         self: &Rc<Self>,
         wants: Vec<FetchWant>,
         wait: Duration,
         min_bytes: usize,
+        max_bytes: usize,
     ) -> Vec<Fetched> {
         let deadline = Instant::now() + wait.min(FETCH_WAIT_MAX);
+        let max_bytes = max_bytes.min(FETCH_BYTES_MAX);
         loop {
-            let found = self.kafka_read_all(&wants).await;
+            let found = self.kafka_read_all(&wants, max_bytes).await;
             let bytes: usize = found.iter().map(|f| f.records.len()).sum();
             let now = Instant::now();
             if bytes >= min_bytes.max(1)
@@ -462,33 +473,46 @@ impl Broker {
         }
     }
 
-    async fn kafka_read_all(self: &Rc<Self>, wants: &[FetchWant]) -> Vec<Fetched> {
+    async fn kafka_read_all(
+        self: &Rc<Self>,
+        wants: &[FetchWant],
+        max_bytes: usize,
+    ) -> Vec<Fetched> {
         let mut found: Vec<Fetched> = vec![Fetched::default(); wants.len()];
-        let mut remote: HashMap<ShardId, Vec<usize>> = HashMap::new();
+        let mut by_owner: HashMap<ShardId, Vec<usize>> = HashMap::new();
         for (i, want) in wants.iter().enumerate() {
             if !self.kafka_partition_known(&want.topic, want.partition) {
                 found[i].error = Some(KafkaError::UnknownTopicOrPartition);
                 continue;
             }
             let owner = self.kafka_owner(&want.topic, want.partition);
-            if owner == self.id {
-                found[i] = self.kafka_read(want).await;
-            } else {
-                remote.entry(owner).or_default().push(i);
-            }
+            by_owner.entry(owner).or_default().push(i);
         }
-        // Ask every other owner at once, then collect.
-        let asked: Vec<(Vec<usize>, u64)> = remote
+        // Each owner gets its share of the bytes.
+        let budget = (max_bytes / by_owner.len().max(1)).max(1);
+        let local = by_owner.remove(&self.id);
+        // Ask every other owner at once, read here meanwhile, then collect.
+        let asked: Vec<(Vec<usize>, u64)> = by_owner
             .into_iter()
             .map(|(owner, indices)| {
                 let id = self.requests.open(1);
                 let request = KafkaRequest::Fetch {
                     wants: indices.iter().map(|&i| wants[i].clone()).collect(),
+                    budget,
                 };
                 self.post(owner, ShardMsg::Kafka { id, request });
                 (indices, id)
             })
             .collect();
+        if let Some(indices) = local {
+            let mine: Vec<FetchWant> = indices.iter().map(|&i| wants[i].clone()).collect();
+            for (i, part) in indices
+                .into_iter()
+                .zip(self.kafka_read_many(&mine, budget).await)
+            {
+                found[i] = part;
+            }
+        }
         for (indices, id) in asked {
             let answer = self.requests.replies(id).await.pop();
             let Some(Reply::Kafka(KafkaAnswer::Fetched(parts))) = answer else {
@@ -540,12 +564,8 @@ impl Broker {
                     partition,
                     records,
                 } => KafkaAnswer::Produced(broker.kafka_append(&topic, partition, records).await),
-                KafkaRequest::Fetch { wants } => {
-                    let mut parts = Vec::with_capacity(wants.len());
-                    for want in &wants {
-                        parts.push(broker.kafka_read(want).await);
-                    }
-                    KafkaAnswer::Fetched(parts)
+                KafkaRequest::Fetch { wants, budget } => {
+                    KafkaAnswer::Fetched(broker.kafka_read_many(&wants, budget).await)
                 }
                 KafkaRequest::Watch { wants, wait } => {
                     broker.kafka_watch(&wants, wait).await;
@@ -668,6 +688,45 @@ impl Broker {
             part.durable_to(end);
         }
         Ok(first)
+    }
+
+    /// Owner: reads `wants` in order, `budget` bytes of batches in all: a partition
+    /// read once the budget is spent only tells where it stands (no records), except
+    /// that the first batch found is always served.
+    async fn kafka_read_many(&self, wants: &[FetchWant], budget: usize) -> Vec<Fetched> {
+        let mut left = budget;
+        let mut parts = Vec::with_capacity(wants.len());
+        for want in wants {
+            let mut want = want.clone();
+            let served_some = left < budget;
+            if served_some {
+                want.max_bytes = want.max_bytes.min(u32::try_from(left).unwrap_or(u32::MAX));
+            }
+            let part = if served_some && left == 0 {
+                self.kafka_position(&want)
+            } else {
+                self.kafka_read(&want).await
+            };
+            left = left.saturating_sub(part.records.len());
+            parts.push(part);
+        }
+        parts
+    }
+
+    /// Owner: where a partition stands, without reading it.
+    fn kafka_position(&self, want: &FetchWant) -> Fetched {
+        let partitions = self.kafka.partitions.borrow();
+        match partitions.get(&(Arc::clone(&want.topic), want.partition)) {
+            Some(part) => Fetched {
+                high_watermark: part.high_watermark(),
+                log_start: part.log_start(),
+                ..Fetched::default()
+            },
+            None => Fetched {
+                error: Some(KafkaError::UnknownTopicOrPartition),
+                ..Fetched::default()
+            },
+        }
     }
 
     /// Owner: reads one partition from the batch holding `want.offset`, up to the high

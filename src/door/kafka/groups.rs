@@ -42,6 +42,7 @@ fn group_code(error: GroupError) -> i16 {
         GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
         GroupError::InconsistentProtocol => ResponseError::InconsistentGroupProtocol,
         GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::Full => ResponseError::GroupMaxSizeReached,
     }
     .code()
 }
@@ -248,13 +249,25 @@ pub(super) async fn offset_commit(
     door: &Rc<KafkaDoor>,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
+    // Only partitions that exist are committed: a group holds at most one offset per
+    // partition served.
+    let topics = door.broker.kafka_topics();
+    let known = |topic: &str, partition: i32| {
+        topics
+            .iter()
+            .any(|t| &*t.name == topic && u32::try_from(partition).is_ok_and(|p| p < t.partitions))
+    };
     let mut offsets = Vec::new();
     for topic in &request.topics {
         let name: Arc<str> = Arc::from(topic.name.as_str());
-        for p in &topic.partitions {
+        for p in topic
+            .partitions
+            .iter()
+            .filter(|p| known(&name, p.partition_index))
+        {
             offsets.push((
                 Arc::clone(&name),
-                u32::try_from(p.partition_index).unwrap_or(u32::MAX),
+                p.partition_index as u32,
                 p.committed_offset,
                 p.committed_metadata
                     .as_ref()
@@ -263,6 +276,7 @@ pub(super) async fn offset_commit(
             ));
         }
     }
+    let nothing = offsets.is_empty();
     let call = GroupCall::Commit {
         member_id: request.member_id.to_string(),
         generation: request.generation_id_or_member_epoch,
@@ -270,6 +284,8 @@ pub(super) async fn offset_commit(
     };
     let code = if !valid_group(&request.group_id) {
         ResponseError::InvalidGroupId.code()
+    } else if nothing {
+        0
     } else {
         let group = Arc::from(request.group_id.as_str());
         match door.broker.kafka_group(group, call).await {
@@ -286,6 +302,11 @@ pub(super) async fn offset_commit(
                 .partitions
                 .iter()
                 .map(|p| {
+                    let code = if known(&topic.name, p.partition_index) {
+                        code
+                    } else {
+                        ResponseError::UnknownTopicOrPartition.code()
+                    };
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(code)

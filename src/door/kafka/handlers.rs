@@ -420,14 +420,14 @@ async fn fetch(door: &Rc<KafkaDoor>, request: FetchRequest, version: i16) -> Fet
     }
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0);
     let mut found = door
         .broker
-        .kafka_fetch(wants, wait, min_bytes)
+        .kafka_fetch(wants, wait, min_bytes, max_bytes)
         .await
         .into_iter();
     // The response's own bound: once it is reached, later partitions send no records
     // (the first batch found is always sent, as Kafka does).
-    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(usize::MAX);
     let mut total = 0usize;
     let responses = shape
         .into_iter()
