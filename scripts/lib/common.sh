@@ -66,7 +66,7 @@ new_broker_dir() {
 # start_shardmq [SHARDS [FSYNC_POLICY]]: the release broker on free loopback ports (MQTT
 # in $BROKER_PORT, metrics host:port in $BROKER_METRICS) with a fresh data dir; an empty
 # or missing argument leaves the broker's default. Other SHARDMQ_* settings come from the
-# caller's environment. Returns once the broker logged that it is ready (at most 20 s).
+# caller's environment, command-line arguments (e.g. `--config FILE`) from $BROKER_ARGS. Returns once the broker logged that it is ready (at most 20 s).
 start_shardmq() {
     local shards=${1:-} policy=${2:-} log
     new_broker_dir shardmq
@@ -77,7 +77,7 @@ start_shardmq() {
         SHARDMQ_DATA_DIR="$BROKER_DIR" SHARDMQ_LOG_FORMAT=json \
         SHARDMQ_LOG_LEVEL="${SHARDMQ_LOG_LEVEL:-info}" \
         ${shards:+SHARDMQ_SHARDS="$shards"} ${policy:+SHARDMQ_FSYNC_POLICY="$policy"} \
-        "$BROKER_BIN" >"$log" 2>&1 &
+        "$BROKER_BIN" ${BROKER_ARGS:-} >"$log" 2>&1 &
     BROKER_PID=$!
     for _ in $(seq 200); do
         grep -q 'shardmq ready' "$log" && break
