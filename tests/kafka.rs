@@ -16,39 +16,21 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Whether kcat is here; under CI its absence fails the test.
 fn have_kcat() -> bool {
-    let found = Command::new("kcat")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kcat is not installed; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: kcat is not installed (apt-get install kcat)");
-    }
-    found
+    common::tool_present(
+        Command::new("kcat").arg("-V"),
+        "kcat",
+        "apt-get install kcat",
+    )
 }
 
 /// Whether kafka-python (PyPI `kafka-python`, a pure-Python client) imports here;
 /// under CI its absence fails the test.
 fn have_kafka_python() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import kafka"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kafka-python is not installed; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: kafka-python is not installed (pip install kafka-python)");
-    }
-    found
+    common::tool_present(
+        Command::new("python3").args(["-c", "import kafka"]),
+        "kafka-python",
+        "pip install kafka-python",
+    )
 }
 
 /// Runs the kafka-python script `PY` in `mode` against `addr`; its stdout.

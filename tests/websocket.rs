@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::{self, Message, WebSocket};
 use common::raw::{frame, put_bin, put_str};
-use common::{Broker, BrokerOptions};
+use common::{tool_present, Broker, BrokerOptions};
 use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, SanType};
 
 /// How long anything that must happen may take.
@@ -97,24 +97,6 @@ elif mode == "echo":
     c.disconnect()
     print("echoed %d" % len(done), flush=True)
 "#;
-
-/// Whether `check` runs and succeeds here; in CI (CI set) a failure fails the test,
-/// elsewhere it is skipped with `hint` (how to install what is missing).
-fn tool_present(check: &mut Command, what: &str, hint: &str) -> bool {
-    let found = check
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{what} is not installed; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {what} is not installed ({hint})");
-    }
-    found
-}
 
 /// Whether paho-mqtt imports here.
 fn have_paho() -> bool {

@@ -412,3 +412,21 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }
+
+/// Whether `check` runs and succeeds here; in CI (CI set) a failure fails the test,
+/// elsewhere it is skipped with `hint` (how to install what is missing).
+pub fn tool_present(check: &mut Command, what: &str, hint: &str) -> bool {
+    let found = check
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: {what} is not installed ({hint})");
+    }
+    found
+}

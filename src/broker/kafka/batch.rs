@@ -102,14 +102,19 @@ pub fn check(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     if count <= 0 || last_delta != count - 1 {
         return Err(BatchError::Invalid);
     }
-    Ok(BatchHeader {
+    Ok(header(bytes, total, count))
+}
+
+/// The header of the batch at the start of `bytes`, `total` bytes with `count` records.
+fn header(bytes: &[u8], total: usize, count: i32) -> BatchHeader {
+    BatchHeader {
         bytes: total,
         records: count as u32,
         max_timestamp_ms: i64_at(bytes, MAX_TIMESTAMP_AT),
         producer_id: i64_at(bytes, PRODUCER_ID_AT),
         producer_epoch: i16_at(bytes, PRODUCER_EPOCH_AT),
         base_sequence: i32_at(bytes, BASE_SEQUENCE_AT),
-    })
+    }
 }
 
 /// The header of a batch the log holds (checked when it was produced; the log's own CRC
@@ -123,14 +128,7 @@ pub fn check_stored(bytes: &[u8]) -> Option<BatchHeader> {
     if total != bytes.len() || count <= 0 {
         return None;
     }
-    Some(BatchHeader {
-        bytes: total,
-        records: count as u32,
-        max_timestamp_ms: i64_at(bytes, MAX_TIMESTAMP_AT),
-        producer_id: i64_at(bytes, PRODUCER_ID_AT),
-        producer_epoch: i16_at(bytes, PRODUCER_EPOCH_AT),
-        base_sequence: i32_at(bytes, BASE_SEQUENCE_AT),
-    })
+    Some(header(bytes, total, count))
 }
 
 /// Checks every batch of a produced record set: their headers in order. Bytes after the
@@ -161,41 +159,46 @@ pub fn base_offset(batch: &[u8]) -> i64 {
     i64_at(batch, 0)
 }
 
+/// A batch of `count` minimal records (no key, a one-byte value) at `max_ts`, as a
+/// producer frames it, its CRC right: for tests and the fuzz seeds.
+#[doc(hidden)]
+pub fn example(count: i32, max_ts: i64) -> Vec<u8> {
+    let mut records = Vec::new();
+    for i in 0..count {
+        // length, attributes, timestampDelta, offsetDelta, key -1, value len 1, value,
+        // headers 0: varints (zigzag).
+        let body = [0u8, 0, (i as u8) << 1, 1, 2, b'v', 0];
+        records.push((body.len() as u8) << 1);
+        records.extend_from_slice(&body);
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // length, set below
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(count - 1).to_be_bytes());
+    b.extend_from_slice(&max_ts.to_be_bytes());
+    b.extend_from_slice(&max_ts.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(&records);
+    let length = (b.len() - LENGTH_FROM) as i32;
+    b[8..12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&b[CRC_FROM..]);
+    b[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A batch of `count` minimal records (no key, a one-byte value) at `max_ts`, as a
-    /// producer frames it; its CRC is right.
-    pub(crate) fn batch(count: i32, max_ts: i64) -> Vec<u8> {
-        let mut records = Vec::new();
-        for i in 0..count {
-            // length, attributes, timestampDelta, offsetDelta, key -1, value len 1, value,
-            // headers 0: varints (zigzag).
-            let body = [0u8, 0, (i as u8) << 1, 1, 2, b'v', 0];
-            records.push((body.len() as u8) << 1);
-            records.extend_from_slice(&body);
-        }
-        let mut b = Vec::new();
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes()); // length, set below
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.push(2);
-        b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(count - 1).to_be_bytes());
-        b.extend_from_slice(&max_ts.to_be_bytes());
-        b.extend_from_slice(&max_ts.to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&count.to_be_bytes());
-        b.extend_from_slice(&records);
-        let length = (b.len() - LENGTH_FROM) as i32;
-        b[8..12].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32c::crc32c(&b[CRC_FROM..]);
-        b[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
-        b
+    fn batch(count: i32, max_ts: i64) -> Vec<u8> {
+        example(count, max_ts)
     }
 
     #[test]

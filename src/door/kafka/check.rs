@@ -6,7 +6,7 @@
 //! batch checks the owner runs, and a set they accept is split into batches that cover
 //! it exactly, each with at least one record.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, FetchRequest, JoinGroupRequest, MetadataRequest,
@@ -54,36 +54,6 @@ fn frame<M: Encodable>(api: ApiKey, version: i16, body: &M) -> Vec<u8> {
         .expect("the header encodes");
     body.encode(&mut out, version).expect("the body encodes");
     out.to_vec()
-}
-
-/// One valid record batch of `count` records (CRC right), for the Produce seeds.
-fn valid_batch(count: i32) -> Vec<u8> {
-    let mut records = Vec::new();
-    for i in 0..count {
-        let body = [0u8, 0, (i as u8) << 1, 1, 2, b'v', 0];
-        records.push((body.len() as u8) << 1);
-        records.extend_from_slice(&body);
-    }
-    let mut b = BytesMut::new();
-    b.put_i64(0);
-    b.put_i32(0);
-    b.put_i32(0);
-    b.put_u8(2);
-    b.put_u32(0);
-    b.put_i16(0);
-    b.put_i32(count - 1);
-    b.put_i64(1_700_000_000_000);
-    b.put_i64(1_700_000_000_000);
-    b.put_i64(-1);
-    b.put_i16(-1);
-    b.put_i32(-1);
-    b.put_i32(count);
-    b.extend_from_slice(&records);
-    let length = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&length.to_be_bytes());
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.to_vec()
 }
 
 /// Named seed inputs: a request of several served APIs at their lowest and highest
@@ -136,10 +106,14 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     for version in [3, 9] {
         seeds.push((
             format!("produce_v{version}_one_batch"),
-            frame(ApiKey::Produce, version, &produce(valid_batch(3))),
+            frame(
+                ApiKey::Produce,
+                version,
+                &produce(batch::example(3, 1_700_000_000_000)),
+            ),
         ));
     }
-    let two = [valid_batch(1), valid_batch(2)].concat();
+    let two = [batch::example(1, 1), batch::example(2, 2)].concat();
     seeds.push((
         "produce_v3_two_batches".into(),
         frame(ApiKey::Produce, 3, &produce(two)),
