@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 mod admin_client;
+mod kafka_client;
 mod reload;
 
 use clap::{Parser, Subcommand};
@@ -82,6 +83,14 @@ enum Command {
     /// Make the running broker (the one holding the config's `data_dir`) read its config
     /// again: sends it SIGHUP, as `kill -HUP` would. See the broker's log for the outcome.
     Reload,
+    /// Kafka topics of a running broker (its `kafka_listen`, or --bootstrap).
+    Topics(kafka_client::TopicsArgs),
+    /// Kafka consumer groups of a running broker: members, committed offsets, lag.
+    Groups(kafka_client::GroupsArgs),
+    /// Produce each line of standard input as a Kafka record (acks all).
+    Produce(kafka_client::ProduceArgs),
+    /// Print a Kafka topic's records.
+    Consume(kafka_client::ConsumeArgs),
 }
 
 impl Cli {
@@ -145,6 +154,23 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("shardmq reload: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
+    let kafka = config.kafka_listen;
+    let kafka_command = match &cli.command {
+        Some(Command::Topics(args)) => Some(("topics", kafka_client::topics(args, kafka))),
+        Some(Command::Groups(args)) => Some(("groups", kafka_client::groups(args, kafka))),
+        Some(Command::Produce(args)) => Some(("produce", kafka_client::produce(args, kafka))),
+        Some(Command::Consume(args)) => Some(("consume", kafka_client::consume(args, kafka))),
+        _ => None,
+    };
+    if let Some((name, result)) = kafka_command {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardmq {name}: {e}");
                 ExitCode::from(EXIT_FAILURE)
             }
         };

@@ -43,7 +43,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 /// Entries of `src/` that belong to the binaries, not to the library.
-const BINARY_ENTRIES: &[&str] = &["main.rs", "reload.rs", "admin_client.rs", "bin"];
+const BINARY_ENTRIES: &[&str] = &[
+    "main.rs",
+    "reload.rs",
+    "admin_client.rs",
+    "kafka_client.rs",
+    "bin",
+];
 
 const HOW_TO_FIX: &str = "\
 To fix an edge, move the code down: put what both sides need into the lower module (or let
