@@ -868,3 +868,183 @@ fn the_cli_produces_consumes_and_describes() {
         "the group resumes after its commits"
     );
 }
+
+/// Runs kcat and returns whether it succeeded and its stderr (for runs that must fail).
+fn kcat_outcome(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kcat");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// With `allow_anonymous = false` a Kafka client must authenticate with SASL PLAIN as
+/// a configured user (or with an API key as the password); the topic ACL applies, a
+/// Kafka topic name checked as an MQTT topic: a reader fetches but may not produce and
+/// sees only its topics; no credentials or a wrong password get nothing.
+#[test]
+fn sasl_plain_authenticates_users_and_api_keys_and_the_acl_applies() {
+    if !have_kcat() {
+        return;
+    }
+    let extra = format!(
+        "[[users]]\nusername = \"writer\"\npassword_hash = \"{}\"\n\
+         [[users]]\nusername = \"reader\"\npassword_hash = \"{}\"\n\
+         [[acl]]\nusername = \"writer\"\ntopic = \"#\"\naccess = \"readwrite\"\n\
+         [[acl]]\nusername = \"reader\"\ntopic = \"telemetry\"\naccess = \"read\"\n",
+        common::cheap_hash("w-secret"),
+        common::cheap_hash("r-secret"),
+    );
+    let (broker, _dir) = kafka_broker_with(
+        2,
+        None,
+        &extra,
+        &[
+            ("ALLOW_ANONYMOUS", "false"),
+            ("API_KEYS", "the-api-key-of-the-test"),
+            ("ACL_DEFAULT", "deny"),
+        ],
+    );
+    let addr = broker.kafka.unwrap();
+    let sasl = |user: &str, password: &str| {
+        vec![
+            "-X".to_string(),
+            "security.protocol=SASL_PLAINTEXT".to_string(),
+            "-X".to_string(),
+            "sasl.mechanisms=PLAIN".to_string(),
+            "-X".to_string(),
+            format!("sasl.username={user}"),
+            "-X".to_string(),
+            format!("sasl.password={password}"),
+        ]
+    };
+    let with = |creds: &[String], args: &[&str]| {
+        let mut all: Vec<&str> = creds.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        kcat_outcome(addr, &all)
+    };
+    let listing = |creds: &[String]| with(creds, &["-L", "-m", "5"]);
+
+    let (ok, _) = listing(&[]);
+    assert!(!ok, "no credentials: nothing served");
+    let (ok, err) = listing(&sasl("writer", "wrong"));
+    assert!(!ok && err.contains("uthentication"), "{err}");
+    let (ok, err) = listing(&sasl("anyone", "the-api-key-of-the-test"));
+    assert!(ok, "an API key as the password: {err}");
+
+    let writer = sasl("writer", "w-secret");
+    let reader = sasl("reader", "r-secret");
+    let mut produce_args: Vec<String> = writer.clone();
+    produce_args.extend(["-P", "-t", "telemetry", "-K:"].map(String::from));
+    let mut child = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(&produce_args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines("s", 10).join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("ailed"), "{err}");
+
+    let consume = [
+        "-C",
+        "-t",
+        "telemetry",
+        "-o",
+        "beginning",
+        "-e",
+        "-q",
+        "-f",
+        "%s\\n",
+    ];
+    let out = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(&reader)
+        .args(consume)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        10,
+        "the reader reads"
+    );
+
+    let out = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(&reader)
+        .args(["-L", "-J"])
+        .output()
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = meta["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["telemetry"],
+        "the reader sees only what it may read"
+    );
+
+    let mut child = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(&reader)
+        .args(["-P", "-t", "telemetry", "-X", "message.timeout.ms=5000"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"refused\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("uthorization"),
+        "the reader may not produce: {err}"
+    );
+    assert_eq!(
+        consume_all_as(addr, &writer, "telemetry"),
+        10,
+        "nothing was added"
+    );
+}
+
+/// How many records `topic` holds, read with `creds`.
+fn consume_all_as(addr: SocketAddr, creds: &[String], topic: &str) -> usize {
+    let out = Command::new("kcat")
+        .arg("-b")
+        .arg(addr.to_string())
+        .args(creds)
+        .args(["-C", "-t", topic, "-o", "beginning", "-e", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}

@@ -187,9 +187,14 @@ async fn run_shard(start: ShardStart, shared: Shared) -> Result<(), String> {
         Arc::clone(&config),
         Arc::clone(&broker.probe),
     );
-    let kafka = config
-        .kafka_listen
-        .map(|listen| KafkaDoor::new(Rc::clone(&broker), Rc::clone(&quota), listen));
+    let kafka = config.kafka_listen.map(|listen| {
+        KafkaDoor::new(
+            Rc::clone(&broker),
+            Rc::clone(&quota),
+            Arc::clone(&shared.hashing),
+            listen,
+        )
+    });
     let door = Door::new(
         Rc::clone(&broker),
         quota,

@@ -32,6 +32,7 @@ use crate::broker::kafka::group::{GroupError, JoinParams};
 use crate::broker::kafka::{GroupAnswer, GroupCall};
 
 use super::handlers::{advertised, NODE};
+use super::sasl::ConnAuth;
 use super::KafkaDoor;
 
 fn group_code(error: GroupError) -> i16 {
@@ -247,6 +248,7 @@ pub(super) async fn leave(
 
 pub(super) async fn offset_commit(
     door: &Rc<KafkaDoor>,
+    auth: &mut ConnAuth,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     // Only partitions that exist are committed: a group holds at most one offset per
@@ -257,8 +259,14 @@ pub(super) async fn offset_commit(
             .iter()
             .any(|t| &*t.name == topic && u32::try_from(partition).is_ok_and(|p| p < t.partitions))
     };
+    // Committing needs read access to the topic, as in Kafka.
+    let readable: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|t| auth.may_read(door, &t.name))
+        .collect();
     let mut offsets = Vec::new();
-    for topic in &request.topics {
+    for (topic, _) in request.topics.iter().zip(&readable).filter(|(_, r)| **r) {
         let name: Arc<str> = Arc::from(topic.name.as_str());
         for p in topic
             .partitions
@@ -297,12 +305,15 @@ pub(super) async fn offset_commit(
     let topics = request
         .topics
         .into_iter()
-        .map(|topic| {
+        .zip(readable)
+        .map(|(topic, readable)| {
             let partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
-                    let code = if known(&topic.name, p.partition_index) {
+                    let code = if !readable {
+                        ResponseError::TopicAuthorizationFailed.code()
+                    } else if known(&topic.name, p.partition_index) {
                         code
                     } else {
                         ResponseError::UnknownTopicOrPartition.code()

@@ -26,10 +26,11 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::kafka::{BatchError, FetchWant, Fetched, KafkaError, KafkaTopic, OffsetQuery};
 
+use super::sasl::{ConnAuth, Gate};
 use super::{framed, groups, key_and_version, KafkaDoor, KAFKA_LOG};
 
 /// The APIs served and their versions: what ApiVersions lists.
-const SERVED: [(ApiKey, i16, i16); 15] = [
+const SERVED: [(ApiKey, i16, i16); 17] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -45,6 +46,8 @@ const SERVED: [(ApiKey, i16, i16); 15] = [
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The one broker clients see.
@@ -107,14 +110,22 @@ pub fn decode(frame: Bytes) -> Result<Decoded, &'static str> {
     })
 }
 
-/// The answer to one request frame: `Ok(None)` when none is due (a produce with
-/// acks 0), `Err` with the reason when the connection must close.
+/// What one request frame comes to.
+pub(super) struct Handled {
+    /// The response, if one is due (none to a produce with acks 0).
+    pub response: Option<BytesMut>,
+    /// Close the connection once it is written (a failed authentication).
+    pub close: bool,
+}
+
+/// The answer to one request frame, or (`Err`) the reason the connection must close.
 pub(super) async fn handle(
     door: &Rc<KafkaDoor>,
+    auth: &mut ConnAuth,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     frame: Bytes,
-) -> Result<Option<BytesMut>, &'static str> {
+) -> Result<Handled, &'static str> {
     let (header, api, version, request) = match decode(frame) {
         Ok(Decoded::Request {
             header,
@@ -123,35 +134,63 @@ pub(super) async fn handle(
             request,
         }) => (header, api, version, request),
         Ok(Decoded::NewerApiVersions { correlation_id }) => {
-            return Ok(api_versions_unsupported(correlation_id));
+            return Ok(Handled {
+                response: api_versions_unsupported(correlation_id),
+                close: false,
+            });
         }
         Err(why) => return Err(refused(door, why)),
     };
+    let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+    let sasl = matches!(
+        request,
+        RequestKind::ApiVersions(_)
+            | RequestKind::SaslHandshake(_)
+            | RequestKind::SaslAuthenticate(_)
+    );
+    if !sasl && matches!(auth.gate(door, client_id), Gate::Refuse) {
+        return Err(refused(door, "a request before SASL authentication"));
+    }
     let reply = Reply {
         correlation_id: header.correlation_id,
         response_header_version: api.response_header_version(version),
         version,
     };
+    let mut close = false;
     let response = match request {
         RequestKind::ApiVersions(_) => reply.encode(&api_versions(0)),
-        RequestKind::Metadata(request) => reply.encode(&metadata(door, local, request, version)),
+        RequestKind::SaslHandshake(request) => {
+            reply.encode(&auth.handshake(&request.mechanism, version == 0))
+        }
+        RequestKind::SaslAuthenticate(request) => {
+            let (response, stays) = auth
+                .authenticate(door, client_id, &request.auth_bytes)
+                .await;
+            close = !stays;
+            reply.encode(&response)
+        }
+        RequestKind::Metadata(request) => {
+            reply.encode(&metadata(door, auth, local, request, version))
+        }
         RequestKind::Produce(request) => {
             let acks = request.acks;
-            let response = produce(door, request).await;
+            let response = produce(door, auth, request).await;
             if acks == 0 {
-                return Ok(None);
+                return Ok(Handled {
+                    response: None,
+                    close: false,
+                });
             }
             reply.encode(&response)
         }
-        RequestKind::Fetch(request) => reply.encode(&fetch(door, request, version).await),
+        RequestKind::Fetch(request) => reply.encode(&fetch(door, auth, request, version).await),
         RequestKind::ListOffsets(request) => {
-            reply.encode(&list_offsets(door, request, version).await)
+            reply.encode(&list_offsets(door, auth, request, version).await)
         }
         RequestKind::FindCoordinator(request) => {
             reply.encode(&groups::find_coordinator(door, local, request, version))
         }
         RequestKind::JoinGroup(request) => {
-            let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
             reply.encode(&groups::join(door, client_id, peer, request, version).await)
         }
         RequestKind::SyncGroup(request) => {
@@ -162,7 +201,7 @@ pub(super) async fn handle(
             reply.encode(&groups::leave(door, request, version).await)
         }
         RequestKind::OffsetCommit(request) => {
-            reply.encode(&groups::offset_commit(door, request).await)
+            reply.encode(&groups::offset_commit(door, auth, request).await)
         }
         RequestKind::OffsetFetch(request) => {
             reply.encode(&groups::offset_fetch(door, request).await)
@@ -175,7 +214,13 @@ pub(super) async fn handle(
         // `decode` lets through only what SERVED lists.
         _ => None,
     };
-    response.map(Some).ok_or("a response that does not encode")
+    match response {
+        Some(response) => Ok(Handled {
+            response: Some(response),
+            close,
+        }),
+        None => Err("a response that does not encode"),
+    }
 }
 
 /// Counts a request the connection is closed for; returns why.
@@ -273,18 +318,26 @@ fn topic_name(name: &str) -> TopicName {
 
 fn metadata(
     door: &KafkaDoor,
+    auth: &mut ConnAuth,
     local: Option<SocketAddr>,
     request: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
     let advertised = advertised(door, local);
     let topics = door.broker.kafka_topics();
+    let mut visible = |name: &str| auth.may_read(door, name) || auth.may_write(door, name);
+    // Asked for every topic: those the client may read or write.
+    let mut all = || {
+        topics
+            .iter()
+            .filter(|t| visible(&t.name))
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+    };
     let wanted: Vec<String> = match &request.topics {
         // Version 0 has no null: an empty list means every topic there.
-        None => topics.iter().map(|t| t.name.to_string()).collect(),
-        Some(list) if list.is_empty() && version == 0 => {
-            topics.iter().map(|t| t.name.to_string()).collect()
-        }
+        None => all(),
+        Some(list) if list.is_empty() && version == 0 => all(),
         Some(list) => list
             .iter()
             .filter_map(|t| t.name.as_ref().map(|n| n.as_str().to_string()))
@@ -294,6 +347,14 @@ fn metadata(
         .iter()
         .map(
             |name| match topics.iter().find(|t| &*t.name == name.as_str()) {
+                Some(_)
+                    if request.topics.is_some()
+                        && !(auth.may_read(door, name) || auth.may_write(door, name)) =>
+                {
+                    MetadataResponseTopic::default()
+                        .with_name(Some(topic_name(name)))
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                }
                 Some(topic) => describe_topic(topic, version),
                 None => MetadataResponseTopic::default()
                     .with_name(Some(topic_name(name)))
@@ -338,7 +399,11 @@ fn describe_topic(topic: &KafkaTopic, version: i16) -> MetadataResponseTopic {
 }
 
 /// Appends every partition's batches, all partitions at once.
-async fn produce(door: &Rc<KafkaDoor>, request: ProduceRequest) -> ProduceResponse {
+async fn produce(
+    door: &Rc<KafkaDoor>,
+    auth: &mut ConnAuth,
+    request: ProduceRequest,
+) -> ProduceResponse {
     let refusal = if request.transactional_id.is_some() {
         // Transactions are not served.
         Some(ResponseError::TransactionalIdAuthorizationFailed.code())
@@ -350,6 +415,9 @@ async fn produce(door: &Rc<KafkaDoor>, request: ProduceRequest) -> ProduceRespon
     let mut pending = Vec::new();
     for topic in request.topic_data {
         let name: Arc<str> = Arc::from(topic.name.as_str());
+        let refusal = refusal.or_else(|| {
+            (!auth.may_write(door, &name)).then(|| ResponseError::TopicAuthorizationFailed.code())
+        });
         let mut partitions = Vec::new();
         for data in topic.partition_data {
             let index = data.index;
@@ -401,14 +469,23 @@ async fn produce(door: &Rc<KafkaDoor>, request: ProduceRequest) -> ProduceRespon
 // The codec refuses to encode a field its version lacks unless it holds the field's
 // default: fields of later versions are set only where the version has them.
 
-async fn fetch(door: &Rc<KafkaDoor>, request: FetchRequest, version: i16) -> FetchResponse {
+async fn fetch(
+    door: &Rc<KafkaDoor>,
+    auth: &mut ConnAuth,
+    request: FetchRequest,
+    version: i16,
+) -> FetchResponse {
     let mut wants = Vec::new();
     let mut shape = Vec::new();
     for topic in &request.topics {
         let name: Arc<str> = Arc::from(topic.topic.as_str());
+        let allowed = auth.may_read(door, &name);
         let mut indices = Vec::new();
         for p in &topic.partitions {
-            indices.push(p.partition);
+            indices.push((p.partition, allowed));
+            if !allowed {
+                continue;
+            }
             wants.push(FetchWant {
                 topic: Arc::clone(&name),
                 partition: u32::try_from(p.partition).unwrap_or(u32::MAX),
@@ -434,7 +511,12 @@ async fn fetch(door: &Rc<KafkaDoor>, request: FetchRequest, version: i16) -> Fet
         .map(|(topic, indices)| {
             let partitions = indices
                 .into_iter()
-                .map(|index| {
+                .map(|(index, allowed)| {
+                    if !allowed {
+                        return PartitionData::default()
+                            .with_partition_index(index)
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                    }
                     let Fetched {
                         error,
                         high_watermark,
@@ -466,14 +548,24 @@ async fn fetch(door: &Rc<KafkaDoor>, request: FetchRequest, version: i16) -> Fet
 
 async fn list_offsets(
     door: &Rc<KafkaDoor>,
+    auth: &mut ConnAuth,
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name: Arc<str> = Arc::from(topic.name.as_str());
+        let allowed = auth.may_read(door, &name);
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
+            if !allowed {
+                partitions.push(
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code()),
+                );
+                continue;
+            }
             let query = match p.timestamp {
                 -2 => OffsetQuery::Earliest,
                 -1 => OffsetQuery::Latest,

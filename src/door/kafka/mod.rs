@@ -19,6 +19,7 @@
 pub mod check;
 mod groups;
 mod handlers;
+mod sasl;
 
 pub use handlers::{decode, Decoded};
 
@@ -27,12 +28,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
+use crate::auth::HashQueue;
 use crate::broker::Broker;
 use crate::runtime::{ConnectionQuota, ConnectionSlot};
 
@@ -51,6 +54,8 @@ pub struct KafkaDoor {
     listen: SocketAddr,
     /// Largest request accepted: a bigger frame closes the connection unread.
     request_bytes_max: usize,
+    /// The password-hashing thread's queue (one per process), for SASL PLAIN.
+    hashing: Arc<HashQueue>,
     /// Live connections: their sockets, cut at the end of a drain.
     live: RefCell<HashMap<u64, RawFd>>,
     next_token: Cell<u64>,
@@ -58,13 +63,19 @@ pub struct KafkaDoor {
 
 impl KafkaDoor {
     /// The Kafka door of `broker`'s shard, listening on `listen`.
-    pub fn new(broker: Rc<Broker>, quota: Rc<ConnectionQuota>, listen: SocketAddr) -> Rc<Self> {
+    pub fn new(
+        broker: Rc<Broker>,
+        quota: Rc<ConnectionQuota>,
+        hashing: Arc<HashQueue>,
+        listen: SocketAddr,
+    ) -> Rc<Self> {
         let request_bytes_max = broker.config.max_packet_bytes as usize;
         Rc::new(KafkaDoor {
             broker,
             quota,
             listen,
             request_bytes_max,
+            hashing,
             live: RefCell::new(HashMap::new()),
             next_token: Cell::new(0),
         })
@@ -132,6 +143,7 @@ async fn serve(door: Rc<KafkaDoor>, stream: TcpStream, slot: ConnectionSlot) {
         stream,
         local,
         peer,
+        auth: sasl::ConnAuth::default(),
     };
     let ending = conn.run().await;
     tracing::debug!(target: KAFKA_LOG, shard = door.broker.id.index(), ?peer, ending, "connection closed");
@@ -149,6 +161,8 @@ struct Connection<'a> {
     local: Option<SocketAddr>,
     /// The client's address (what DescribeGroups shows as its host).
     peer: Option<SocketAddr>,
+    /// Who it authenticated as, and its ACL.
+    auth: sasl::ConnAuth,
 }
 
 impl Connection<'_> {
@@ -165,13 +179,32 @@ impl Connection<'_> {
                 Some(Ok(frame)) => frame,
                 Some(Err(why)) => return why,
             };
-            let response = match handlers::handle(self.door, self.local, self.peer, frame).await {
-                Ok(Some(response)) => response,
-                Ok(None) => continue,
-                Err(why) => return why,
-            };
-            if self.stream.write_all(&response).await.is_err() {
-                return "write failed";
+            if self.auth.raw_token_next() {
+                // After a version 0 handshake: the bare PLAIN token; an empty frame says
+                // it was accepted, a closed connection that it was not.
+                let (_, accepted) = self.auth.authenticate(self.door, "", &frame).await;
+                if !accepted {
+                    return "SASL authentication failed";
+                }
+                if self.stream.write_all(&[0, 0, 0, 0]).await.is_err() {
+                    return "write failed";
+                }
+                continue;
+            }
+            let handled =
+                match handlers::handle(self.door, &mut self.auth, self.local, self.peer, frame)
+                    .await
+                {
+                    Ok(handled) => handled,
+                    Err(why) => return why,
+                };
+            if let Some(response) = handled.response {
+                if self.stream.write_all(&response).await.is_err() {
+                    return "write failed";
+                }
+            }
+            if handled.close {
+                return "SASL authentication failed";
             }
         }
     }
