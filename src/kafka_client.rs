@@ -32,6 +32,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use shardmq::broker::kafka::murmur2;
 
 /// How long one request may take (a fetch waits at most half of it).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -376,38 +377,6 @@ pub fn groups(args: &GroupsArgs, default: Option<SocketAddr>) -> Result<(), Stri
     Ok(())
 }
 
-/// Kafka's default partitioner for keyed records (Java clients): murmur2 of the key,
-/// made positive, modulo the partition count.
-fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    let mut h = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
 fn record(key: Option<Bytes>, value: Bytes) -> Record {
     Record {
         transactional: false,
@@ -677,23 +646,4 @@ fn commit(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::murmur2;
-
-    /// Values Kafka's Java `Utils.murmur2` gives (its unit test vectors).
-    #[test]
-    fn murmur2_matches_kafka() {
-        assert_eq!(murmur2(b"21") as i32, -973932308);
-        assert_eq!(murmur2(b"foobar") as i32, -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc") as i32, 479470107);
-    }
 }

@@ -528,6 +528,8 @@ pub struct Recovered {
     pub kafka: Vec<super::kafka::RecoveredBatch>,
     /// Kafka consumer groups' commits, in log order.
     pub kafka_commits: super::kafka::RecoveredCommits,
+    /// The MQTT to Kafka bridge's last cursor logged.
+    pub kafka_bridge_mark: Option<u64>,
 }
 
 impl Recovered {
@@ -537,6 +539,13 @@ impl Recovered {
             match super::kafka::decode_record(&record) {
                 Some(batch) => self.kafka.push(batch),
                 None => self.damaged += 1,
+            }
+            return;
+        }
+        if record.kind == super::kafka::RECORD_KAFKA_BRIDGE {
+            match record.body.try_into().map(u64::from_le_bytes) {
+                Ok(mark) => self.kafka_bridge_mark = Some(mark),
+                Err(_) => self.damaged += 1,
             }
             return;
         }
@@ -683,6 +692,7 @@ impl Broker {
         if msg.retain {
             self.store_retained(&msg);
         }
+        let topic = msg.topic.clone();
         let deferred = if defer {
             Some(msg)
         } else {
@@ -694,6 +704,7 @@ impl Broker {
             ack,
             deferred,
         });
+        self.kafka_bridge_logged(topic.as_str());
     }
 
     /// Fans out a logged message already stamped with its floor, then marks it sent.

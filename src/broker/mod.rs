@@ -19,7 +19,8 @@
 //!   and `client_id_of` (the publisher of a message);
 //! - Kafka partitions and groups (see `kafka`): `kafka_topics`, `kafka_produce`,
 //!   `kafka_fetch`, `kafka_offset`, `kafka_group` (a group call on its coordinator),
-//!   `kafka_list_groups` and `kafka_producer_id`;
+//!   `kafka_list_groups` and `kafka_producer_id` (MQTT publishes reach mapped Kafka
+//!   topics inside the broker: `kafka::bridge`);
 //! - the process: `auth` / `replace_auth`, `start` / `stop`, `check_health`, and the
 //!   public fields `id`, `config`, `probe`, `mesh` (its backlog, the shard count) and
 //!   `shutdown`; `sys::is_sys_topic` says which topics are the broker's own.

@@ -295,7 +295,9 @@ impl Broker {
             tracing::warn!(shard = self.id.index(), error = %e, "session records could not be written again; their segment stays");
             return;
         }
-        let mut floor = sessions_floor.min(kafka_floor);
+        let mut floor = sessions_floor
+            .min(kafka_floor)
+            .min(self.kafka_bridge_floor());
         self.retained
             .index
             .borrow()

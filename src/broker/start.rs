@@ -65,6 +65,7 @@ impl Broker {
         let Recovery { wal, mut recovered } = recovery;
         self.kafka.recover(std::mem::take(&mut recovered.kafka));
         self.recover_commits(std::mem::take(&mut recovered.kafka_commits));
+        let bridge_mark = recovered.kafka_bridge_mark;
         // Before any peer's session record can arrive (see `retention`).
         self.shadow_session_records(&recovered.sessions);
         // The WAL is in place before any peer's request (a replay) can arrive.
@@ -77,6 +78,8 @@ impl Broker {
         self.spawn_receivers(inbound);
         self.spawn_durability();
         self.spawn_loopback();
+        // Before any publish of this start is logged (wills due now included).
+        self.spawn_kafka_bridge(bridge_mark);
         let (sessions, armed_wills) = install_recovered(self, recovered);
         let restored = sessions.len();
         let due_wills = self.restore_sessions(sessions, armed_wills).await;

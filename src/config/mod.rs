@@ -267,6 +267,10 @@ pub struct KafkaTopicConfig {
     /// A partition keeps at most about this many bytes; unset or 0: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_bytes: Option<u64>,
+    /// MQTT publishes whose topic this filter matches become records of this topic
+    /// (key: the MQTT topic); unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_filter: Option<String>,
 }
 
 /// Most partitions a Kafka topic may have.
@@ -517,6 +521,20 @@ impl Config {
                     "kafka_topics.name",
                     format!("{name:?} is listed twice"),
                 ));
+            }
+            if let Some(filter) = &topic.mqtt_filter {
+                let limits = crate::router::TopicLimits {
+                    topic_bytes_max: self.topic_bytes_max,
+                    topic_levels_max: self.topic_levels_max,
+                };
+                if filter.starts_with("$share/")
+                    || crate::router::parse_filter(filter, &limits).is_err()
+                {
+                    return Err(ConfigError::new(
+                        format!("{}.mqtt_filter", key()),
+                        format!("{filter:?} is not an MQTT topic filter (shared subscriptions are not mapped)"),
+                    ));
+                }
             }
             if !(1..=KAFKA_PARTITIONS_MAX).contains(&topic.partitions) {
                 return Err(ConfigError::new(
@@ -1023,6 +1041,7 @@ mod tests {
             partitions,
             retention_ms: None,
             retention_bytes: None,
+            mqtt_filter: None,
         };
         let good = Config {
             kafka_listen: Some("127.0.0.1:9092".parse().unwrap()),
@@ -1057,6 +1076,27 @@ mod tests {
             twice.clone().validate(&cpus).unwrap_err().key,
             "kafka_topics.name"
         );
+        for filter in ["a/#/b", "$share/g/a/#", ""] {
+            let mut mapped = topic("t", 1);
+            mapped.mqtt_filter = Some(filter.into());
+            let bad = Config {
+                kafka_topics: vec![mapped],
+                ..good.clone()
+            };
+            assert_eq!(
+                bad.clone().validate(&cpus).unwrap_err().key,
+                "kafka_topics.t.mqtt_filter",
+                "{filter:?}"
+            );
+        }
+        let mut mapped = topic("t", 1);
+        mapped.mqtt_filter = Some("sensors/+/temp".into());
+        Config {
+            kafka_topics: vec![mapped],
+            ..good.clone()
+        }
+        .validate(&cpus)
+        .unwrap();
         for partitions in [0, KAFKA_PARTITIONS_MAX + 1] {
             let sized = Config {
                 kafka_topics: vec![topic("t", partitions)],

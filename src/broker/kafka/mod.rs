@@ -28,6 +28,7 @@
 //! the batch`, its `baseOffset` set to the partition offset.
 
 pub mod batch;
+mod bridge;
 pub mod group;
 mod groups;
 mod partition;
@@ -50,6 +51,7 @@ use super::persist::unix_ms;
 use super::{Broker, Reply, ShardMsg};
 
 pub use batch::BatchError;
+pub use bridge::RECORD_KAFKA_BRIDGE;
 pub use groups::{
     coordinator_of, decode_commits, GroupAnswer, GroupCall, GroupInfo, RecoveredCommits,
     RECORD_KAFKA_OFFSETS,
@@ -95,6 +97,38 @@ pub fn topics_of(config: &Config) -> Vec<KafkaTopic> {
             retention_bytes: t.retention_bytes.filter(|&b| b > 0),
         })
         .collect()
+}
+
+/// Kafka's default partitioner for keyed records (Java clients): murmur2 of the key;
+/// the partition is the result's low 31 bits modulo the partition count.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
 }
 
 /// The shard that owns `partition` of `topic` among `shards`.
@@ -258,6 +292,8 @@ pub(crate) struct KafkaLog {
     groups: RefCell<HashMap<Arc<str>, group::Group>>,
     /// The last idempotent producer id given out here.
     last_producer_id: std::cell::Cell<i64>,
+    /// MQTT publishes of this shard's topics on their way to Kafka.
+    bridge: bridge::Bridge,
 }
 
 /// A batch read back from the log at start.
@@ -339,6 +375,7 @@ impl KafkaLog {
             partitions: RefCell::new(partitions),
             groups: RefCell::new(HashMap::new()),
             last_producer_id: std::cell::Cell::new(0),
+            bridge: bridge::Bridge::new(config),
         }
     }
 
@@ -912,5 +949,24 @@ impl Broker {
             }
         }
         floor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::murmur2;
+
+    /// Values Kafka's Java `Utils.murmur2` gives (its own test vectors).
+    #[test]
+    fn murmur2_matches_kafka() {
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 }
