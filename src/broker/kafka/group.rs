@@ -198,11 +198,17 @@ impl Group {
             .collect()
     }
 
-    /// Wakes `waker` at the next change.
+    /// Wakes `waker` at the next change. A call that gave up (its wait timed out)
+    /// leaves its waker behind: past [`super::partition::WAITERS_MAX`] every waiter is
+    /// woken (those still waiting look again), so the list stays bounded.
     pub fn wait(&mut self, waker: &Waker) {
-        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
-            self.waiters.push(waker.clone());
+        if self.waiters.iter().any(|w| w.will_wake(waker)) {
+            return;
         }
+        if self.waiters.len() >= super::partition::WAITERS_MAX {
+            self.changed();
+        }
+        self.waiters.push(waker.clone());
     }
 
     fn changed(&mut self) {

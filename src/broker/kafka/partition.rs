@@ -15,6 +15,8 @@ use std::task::Waker;
 const RECENT_BATCHES: usize = 5;
 /// Idempotent producers a partition remembers; past it the least recently seen go.
 pub const PRODUCERS_MAX: usize = 4096;
+/// Wakers a partition keeps for fetches waiting on it before it wakes them all.
+pub const WAITERS_MAX: usize = 256;
 
 /// What an idempotent producer's batch is, against what the partition saw from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,11 +220,20 @@ impl Partition {
         }
     }
 
-    /// Wakes `waker` when the high watermark moves.
+    /// Wakes `waker` when the high watermark moves. A fetch that gave up leaves its waker
+    /// behind; past [`WAITERS_MAX`] of them every waiter is woken (a waiter still
+    /// there looks again and registers anew), so an idle partition polled by long
+    /// fetches holds a bounded list.
     pub fn wait(&mut self, waker: &Waker) {
-        if !self.waiters.iter().any(|w| w.will_wake(waker)) {
-            self.waiters.push(waker.clone());
+        if self.waiters.iter().any(|w| w.will_wake(waker)) {
+            return;
         }
+        if self.waiters.len() >= WAITERS_MAX {
+            for waiter in self.waiters.drain(..) {
+                waiter.wake();
+            }
+        }
+        self.waiters.push(waker.clone());
     }
 
     /// The index of the batch holding `offset`, if it is kept and written.
@@ -415,6 +426,41 @@ mod tests {
             p.producers.contains_key(&(PRODUCERS_MAX as i64 - 1)),
             "the newest stayed"
         );
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn waiters_left_behind_stay_bounded() {
+        let mut p = Partition::default();
+        let counts: Vec<std::sync::Arc<Count>> = (0..=WAITERS_MAX)
+            .map(|_| std::sync::Arc::new(Count(Default::default())))
+            .collect();
+        for count in &counts {
+            p.wait(&Waker::from(std::sync::Arc::clone(count)));
+        }
+        assert_eq!(p.waiters.len(), 1, "the full list was woken and let go");
+        let woken: usize = counts
+            .iter()
+            .map(|c| c.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        assert_eq!(woken, WAITERS_MAX);
+        p.push(entry(0, 1, 1, 1));
+        p.durable_to(1);
+        assert_eq!(
+            counts[WAITERS_MAX]
+                .0
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(p.waiters.is_empty());
     }
 
     #[test]
