@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::{Args, Subcommand};
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -30,9 +29,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
-use shardmq::broker::kafka::murmur2;
+use shardmq::broker::kafka::{murmur2, plain_record};
 
 /// How long one request may take (a fetch waits at most half of it).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -378,23 +377,10 @@ pub fn groups(args: &GroupsArgs, default: Option<SocketAddr>) -> Result<(), Stri
 }
 
 fn record(key: Option<Bytes>, value: Bytes) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-        key,
-        value: Some(value),
-        headers: IndexMap::new(),
-    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    plain_record(key, value, 0, now_ms)
 }
 
 /// `shardmq produce`: every line of standard input is one record, produced with

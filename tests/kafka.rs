@@ -173,7 +173,8 @@ fn kafka_broker_with(
     (broker, dir)
 }
 
-fn kcat(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> Output {
+/// Runs kcat against `addr` with `args`, `stdin` as its input; asserts nothing.
+fn kcat_raw(addr: SocketAddr, args: &[String], stdin: Option<&str>) -> Output {
     let mut child = Command::new("kcat")
         .arg("-b")
         .arg(addr.to_string())
@@ -195,7 +196,13 @@ fn kcat(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> Output {
             .write_all(input.as_bytes())
             .unwrap();
     }
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// [`kcat_raw`] that must succeed.
+fn kcat(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> Output {
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = kcat_raw(addr, &owned, stdin);
     assert!(
         out.status.success(),
         "kcat {args:?}: {}\n{}",
@@ -869,21 +876,6 @@ fn the_cli_produces_consumes_and_describes() {
     );
 }
 
-/// Runs kcat and returns whether it succeeded and its stderr (for runs that must fail).
-fn kcat_outcome(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kcat")
-        .arg("-b")
-        .arg(addr.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("kcat");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// With `allow_anonymous = false` a Kafka client must authenticate with SASL PLAIN as
 /// a configured user (or with an API key as the password); the topic ACL applies, a
 /// Kafka topic name checked as an MQTT topic: a reader fetches but may not produce and
@@ -912,90 +904,55 @@ fn sasl_plain_authenticates_users_and_api_keys_and_the_acl_applies() {
         ],
     );
     let addr = broker.kafka.unwrap();
-    let sasl = |user: &str, password: &str| {
-        vec![
-            "-X".to_string(),
-            "security.protocol=SASL_PLAINTEXT".to_string(),
-            "-X".to_string(),
-            "sasl.mechanisms=PLAIN".to_string(),
-            "-X".to_string(),
-            format!("sasl.username={user}"),
-            "-X".to_string(),
-            format!("sasl.password={password}"),
-        ]
+    // kcat with the credentials of `user` (none for "") and `args`.
+    let run = |user: &str, password: &str, args: &[&str], input: Option<&str>| {
+        let mut all: Vec<String> = Vec::new();
+        if !user.is_empty() {
+            for setting in [
+                "security.protocol=SASL_PLAINTEXT".to_string(),
+                "sasl.mechanisms=PLAIN".to_string(),
+                format!("sasl.username={user}"),
+                format!("sasl.password={password}"),
+            ] {
+                all.extend(["-X".to_string(), setting]);
+            }
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = kcat_raw(addr, &all, input);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out, err)
     };
-    let with = |creds: &[String], args: &[&str]| {
-        let mut all: Vec<&str> = creds.iter().map(String::as_str).collect();
-        all.extend_from_slice(args);
-        kcat_outcome(addr, &all)
-    };
-    let listing = |creds: &[String]| with(creds, &["-L", "-m", "5"]);
+    let listing = ["-L", "-m", "5"];
 
-    let (ok, _) = listing(&[]);
-    assert!(!ok, "no credentials: nothing served");
-    let (ok, err) = listing(&sasl("writer", "wrong"));
-    assert!(!ok && err.contains("uthentication"), "{err}");
-    let (ok, err) = listing(&sasl("anyone", "the-api-key-of-the-test"));
-    assert!(ok, "an API key as the password: {err}");
+    let (out, _) = run("", "", &listing, None);
+    assert!(!out.status.success(), "no credentials: nothing served");
+    let (out, err) = run("writer", "wrong", &listing, None);
+    assert!(
+        !out.status.success() && err.contains("uthentication"),
+        "{err}"
+    );
+    let (out, err) = run("anyone", "the-api-key-of-the-test", &listing, None);
+    assert!(out.status.success(), "an API key as the password: {err}");
 
-    let writer = sasl("writer", "w-secret");
-    let reader = sasl("reader", "r-secret");
-    let mut produce_args: Vec<String> = writer.clone();
-    produce_args.extend(["-P", "-t", "telemetry", "-K:"].map(String::from));
-    let mut child = Command::new("kcat")
-        .arg("-b")
-        .arg(addr.to_string())
-        .args(&produce_args)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines("s", 10).join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let input = lines("s", 10).join("\n");
+    let (out, err) = run(
+        "writer",
+        "w-secret",
+        &["-P", "-t", "telemetry", "-K:"],
+        Some(&input),
+    );
     assert!(out.status.success() && !err.contains("ailed"), "{err}");
 
-    let consume = [
-        "-C",
-        "-t",
-        "telemetry",
-        "-o",
-        "beginning",
-        "-e",
-        "-q",
-        "-f",
-        "%s\\n",
-    ];
-    let out = Command::new("kcat")
-        .arg("-b")
-        .arg(addr.to_string())
-        .args(&reader)
-        .args(consume)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let consume = ["-C", "-t", "telemetry", "-o", "beginning", "-e", "-q"];
+    let (out, err) = run("reader", "r-secret", &consume, None);
+    assert!(out.status.success(), "{err}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().count(),
         10,
         "the reader reads"
     );
 
-    let out = Command::new("kcat")
-        .arg("-b")
-        .arg(addr.to_string())
-        .args(&reader)
-        .args(["-L", "-J"])
-        .output()
-        .unwrap();
+    let (out, _) = run("reader", "r-secret", &["-L", "-J"], None);
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = meta["topics"]
         .as_array()
@@ -1009,44 +966,18 @@ fn sasl_plain_authenticates_users_and_api_keys_and_the_acl_applies() {
         "the reader sees only what it may read"
     );
 
-    let mut child = Command::new("kcat")
-        .arg("-b")
-        .arg(addr.to_string())
-        .args(&reader)
-        .args(["-P", "-t", "telemetry", "-X", "message.timeout.ms=5000"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"refused\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = ["-P", "-t", "telemetry", "-X", "message.timeout.ms=5000"];
+    let (_, err) = run("reader", "r-secret", &refused, Some("refused\n"));
     assert!(
         err.contains("uthorization"),
         "the reader may not produce: {err}"
     );
+    let (out, _) = run("writer", "w-secret", &consume, None);
     assert_eq!(
-        consume_all_as(addr, &writer, "telemetry"),
+        String::from_utf8_lossy(&out.stdout).lines().count(),
         10,
         "nothing was added"
     );
-}
-
-/// How many records `topic` holds, read with `creds`.
-fn consume_all_as(addr: SocketAddr, creds: &[String], topic: &str) -> usize {
-    let out = Command::new("kcat")
-        .arg("-b")
-        .arg(addr.to_string())
-        .args(creds)
-        .args(["-C", "-t", topic, "-o", "beginning", "-e", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// Publishes `messages` (topic, payload) with QoS 1 over MQTT (rumqttc) and returns once

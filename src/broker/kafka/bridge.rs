@@ -29,11 +29,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
 
 use crate::config::Config;
 use crate::router::filter_matches;
@@ -41,7 +38,7 @@ use crate::storage::{Offset, RecordKind, WalError};
 
 use super::super::durable::{decode_publish_body_even_expired, RECORD_PUBLISH};
 use super::super::persist::unix_ms;
-use super::{murmur2, Broker, PartitionKey};
+use super::{murmur2, plain_record, Broker, PartitionKey};
 
 /// The bridge's cursor in its shard's log.
 pub const RECORD_KAFKA_BRIDGE: RecordKind = RecordKind(32);
@@ -117,28 +114,19 @@ fn record(
     offset: i64,
     now_ms: i64,
 ) -> Record {
-    let mut headers = IndexMap::new();
+    let mut record = plain_record(
+        Some(Bytes::copy_from_slice(topic.as_bytes())),
+        payload.clone(),
+        offset,
+        now_ms,
+    );
     for (name, value) in users {
-        headers.insert(
+        record.headers.insert(
             StrBytes::from_string(name.as_str().to_string()),
             Some(Bytes::copy_from_slice(value.as_str().as_bytes())),
         );
     }
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset,
-        sequence: -1,
-        timestamp: now_ms,
-        key: Some(Bytes::copy_from_slice(topic.as_bytes())),
-        value: Some(payload.clone()),
-        headers,
-    }
+    record
 }
 
 impl Broker {

@@ -131,6 +131,31 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
+/// A plain record (no producer id, no headers) at `offset` within its batch, for the
+/// batches the broker and the CLI build with `kafka-protocol`'s encoder.
+pub fn plain_record(
+    key: Option<Bytes>,
+    value: Bytes,
+    offset: i64,
+    timestamp_ms: i64,
+) -> kafka_protocol::records::Record {
+    kafka_protocol::records::Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp: timestamp_ms,
+        key,
+        value: Some(value),
+        headers: kafka_protocol::indexmap::IndexMap::new(),
+    }
+}
+
 /// The shard that owns `partition` of `topic` among `shards`.
 pub fn partition_owner(topic: &str, partition: u32, shards: usize) -> ShardId {
     let spread = stable_hash(topic.as_bytes()).wrapping_add(u64::from(partition));
