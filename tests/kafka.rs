@@ -1081,3 +1081,122 @@ fn mqtt_publishes_reach_kafka_consumers_and_survive_kill_9() {
     }
     assert!(got.len() >= expected, "{} records", got.len());
 }
+
+/// An MQTT client (rumqttc) subscribed to `filter` at QoS 1; what arrives comes on the
+/// channel as `(topic, payload)`. `persistent`: a session kept across disconnects.
+fn mqtt_subscriber(
+    addr: SocketAddr,
+    id: &str,
+    filter: &str,
+    persistent: bool,
+) -> (rumqttc::Client, std::sync::mpsc::Receiver<(String, String)>) {
+    use rumqttc::{Event, Packet, QoS};
+    let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(!persistent);
+    let (client, mut connection) = rumqttc::Client::new(opts, 256);
+    client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    if tx.send((p.topic.clone(), payload)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    ready_rx.recv_timeout(WAIT).expect("SUBACK");
+    (client, rx)
+}
+
+/// Kafka records of a mapped topic reach MQTT subscribers on the topic their key
+/// names (keys the filter does not match, and invalid topics, do not); what MQTT
+/// published there reaches Kafka once and comes back to MQTT only once (no loop).
+/// Records acknowledged to a Kafka producer reach a persistent MQTT session even when
+/// the broker is killed right after.
+#[test]
+fn kafka_records_reach_mqtt_subscribers_once_and_survive_kill_9() {
+    if !have_kcat() {
+        return;
+    }
+    let data = common::temp_dir();
+    let extra =
+        "[[kafka_topics]]\nname = \"sensors\"\npartitions = 3\nmqtt_filter = \"sensors/#\"\n";
+    let (mut broker, _dir) = kafka_broker_with(2, Some(data.path().to_path_buf()), extra, &[]);
+    let addr = broker.kafka.unwrap();
+    let (_live, rx) = mqtt_subscriber(broker.mqtt, "live-sub", "#", false);
+    let (keeper, _) = mqtt_subscriber(broker.mqtt, "keeper", "sensors/#", true);
+    keeper.disconnect().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    produce(
+        addr,
+        "sensors",
+        &[
+            "sensors/k1:v1".to_string(),
+            "sensors/k2:v2".to_string(),
+            "other/x:unmatched".to_string(),
+            "sensors/+:invalid".to_string(),
+        ],
+    );
+    mqtt_publish_acked(broker.mqtt, &[("sensors/m".into(), "from-mqtt".into())]);
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.len() < 3 && std::time::Instant::now() < deadline {
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(m);
+        }
+    }
+    // Anything more (a loop, the unmatched keys) would come within this.
+    while let Ok(m) = rx.recv_timeout(Duration::from_millis(1500)) {
+        got.push(m);
+    }
+    got.sort();
+    let expected = [
+        ("sensors/k1", "v1"),
+        ("sensors/k2", "v2"),
+        ("sensors/m", "from-mqtt"),
+    ]
+    .map(|(t, p)| (t.to_string(), p.to_string()));
+    assert_eq!(got, expected, "each once, nothing else");
+    let in_kafka: Vec<String> = consume_all(addr, "sensors")
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(
+        in_kafka.iter().filter(|v| *v == "from-mqtt").count(),
+        1,
+        "the MQTT publish is in Kafka once: {in_kafka:?}"
+    );
+
+    // Acknowledged to the producer, then kill -9 before the relay may have run.
+    produce(addr, "sensors", &lines("sensors/late", 20));
+    broker.signal(libc::SIGKILL);
+    assert!(broker.wait_exit(WAIT).is_some());
+    let (broker, _dir) = kafka_broker_with(2, Some(data.path().to_path_buf()), extra, &[]);
+    let (_keeper, rx) = mqtt_subscriber(broker.mqtt, "keeper", "sensors/#", true);
+    let mut late = BTreeSet::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while late.len() < 20 && std::time::Instant::now() < deadline {
+        if let Ok((topic, payload)) = rx.recv_timeout(Duration::from_millis(100)) {
+            if topic.starts_with("sensors/late") {
+                late.insert(payload);
+            }
+        }
+    }
+    assert_eq!(
+        late.len(),
+        20,
+        "every acknowledged record reaches the session: {late:?}"
+    );
+}

@@ -530,6 +530,8 @@ pub struct Recovered {
     pub kafka_commits: super::kafka::RecoveredCommits,
     /// The MQTT to Kafka bridge's last cursor logged.
     pub kafka_bridge_mark: Option<u64>,
+    /// The Kafka to MQTT relay's last cursor logged per partition.
+    pub kafka_relay_marks: HashMap<(String, u32), i64>,
 }
 
 impl Recovered {
@@ -538,6 +540,15 @@ impl Recovered {
         if record.kind == super::kafka::RECORD_KAFKA_BATCH {
             match super::kafka::decode_record(&record) {
                 Some(batch) => self.kafka.push(batch),
+                None => self.damaged += 1,
+            }
+            return;
+        }
+        if record.kind == super::kafka::RECORD_KAFKA_RELAY {
+            match super::kafka::decode_relay_mark(&record) {
+                Some((topic, partition, next)) => {
+                    self.kafka_relay_marks.insert((topic, partition), next);
+                }
                 None => self.damaged += 1,
             }
             return;

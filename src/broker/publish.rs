@@ -175,6 +175,9 @@ impl Broker {
     /// its turn comes. An accepted QoS 2 id now awaits PUBREL in the session: a refused
     /// one is free for the client's next message.
     pub(crate) fn publish_done(&self, owner: ShardId, ack: AckTo, reason: ReasonCode) {
+        if self.relay_acked(&ack) {
+            return;
+        }
         let Some(conn) = self.link(ack.conn.token) else {
             return;
         };

@@ -66,6 +66,7 @@ impl Broker {
         self.kafka.recover(std::mem::take(&mut recovered.kafka));
         self.recover_commits(std::mem::take(&mut recovered.kafka_commits));
         let bridge_mark = recovered.kafka_bridge_mark;
+        let relay_marks = std::mem::take(&mut recovered.kafka_relay_marks);
         // Before any peer's session record can arrive (see `retention`).
         self.shadow_session_records(&recovered.sessions);
         // The WAL is in place before any peer's request (a replay) can arrive.
@@ -80,6 +81,7 @@ impl Broker {
         self.spawn_loopback();
         // Before any publish of this start is logged (wills due now included).
         self.spawn_kafka_bridge(bridge_mark);
+        self.spawn_kafka_relay(relay_marks);
         let (sessions, armed_wills) = install_recovered(self, recovered);
         let restored = sessions.len();
         let due_wills = self.restore_sessions(sessions, armed_wills).await;

@@ -40,8 +40,8 @@ pub enum BatchError {
     /// A batch claiming no records, or offset deltas that do not match the count
     /// (Kafka: INVALID_RECORD).
     Invalid,
-    /// Part of a transaction (Kafka: TRANSACTIONAL_ID_AUTHORIZATION_FAILED is for ids;
-    /// the door answers UNSUPPORTED_VERSION, transactions are not served).
+    /// A transactional or control batch: transactions are not served (the door
+    /// answers INVALID_RECORD).
     Transactional,
 }
 

@@ -38,6 +38,7 @@ use crate::storage::{Offset, RecordKind, WalError};
 
 use super::super::durable::{decode_publish_body_even_expired, RECORD_PUBLISH};
 use super::super::persist::unix_ms;
+use super::relay::{ORIGIN_HEADER, RELAY_PUBLISHER};
 use super::{murmur2, plain_record, Broker, PartitionKey};
 
 /// The bridge's cursor in its shard's log.
@@ -119,6 +120,11 @@ fn record(
         payload.clone(),
         offset,
         now_ms,
+    );
+    // So the relay does not publish it back to MQTT.
+    record.headers.insert(
+        StrBytes::from_static_str(ORIGIN_HEADER),
+        Some(Bytes::from_static(b"mqtt")),
     );
     for (name, value) in users {
         record.headers.insert(
@@ -248,6 +254,10 @@ impl Broker {
                 let Some(msg) = decode_publish_body_even_expired(&rec, rec.body, self.id) else {
                     return;
                 };
+                // What the relay published from Kafka does not go back.
+                if msg.publisher.as_str() == RELAY_PUBLISHER {
+                    return;
+                }
                 for (topic, partition) in self.kafka.bridge.targets(msg.topic.as_str()) {
                     let key = (Arc::clone(topic), partition);
                     let at = match groups.iter().position(|(k, _)| *k == key) {

@@ -32,6 +32,7 @@ mod bridge;
 pub mod group;
 mod groups;
 mod partition;
+mod relay;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -57,6 +58,7 @@ pub use groups::{
     RECORD_KAFKA_OFFSETS,
 };
 pub use partition::{BatchEntry, Partition, Sequence};
+pub use relay::{decode_mark as decode_relay_mark, RECORD_KAFKA_RELAY, RELAY_PUBLISHER};
 
 /// A Kafka record batch in the owner's log (see the module docs).
 pub const RECORD_KAFKA_BATCH: RecordKind = RecordKind(30);
@@ -319,6 +321,8 @@ pub(crate) struct KafkaLog {
     last_producer_id: std::cell::Cell<i64>,
     /// MQTT publishes of this shard's topics on their way to Kafka.
     bridge: bridge::Bridge,
+    /// Records of this shard's mapped partitions on their way to MQTT.
+    relay: relay::Relay,
 }
 
 /// A batch read back from the log at start.
@@ -401,6 +405,7 @@ impl KafkaLog {
             groups: RefCell::new(HashMap::new()),
             last_producer_id: std::cell::Cell::new(0),
             bridge: bridge::Bridge::new(config),
+            relay: relay::Relay::new(config),
         }
     }
 
@@ -749,6 +754,7 @@ impl Broker {
         if let Some(part) = self.kafka.partitions.borrow_mut().get_mut(&key) {
             part.durable_to(end);
         }
+        self.kafka_relay_grown(topic);
         Ok(first)
     }
 
