@@ -980,6 +980,10 @@ fn sasl_plain_authenticates_users_and_api_keys_and_the_acl_applies() {
     );
 }
 
+/// A Kafka topic `sensors` shared with MQTT's `sensors/#`.
+const SENSORS_MAPPED: &str =
+    "[[kafka_topics]]\nname = \"sensors\"\npartitions = 3\nmqtt_filter = \"sensors/#\"\n";
+
 /// Publishes `messages` (topic, payload) with QoS 1 over MQTT (rumqttc) and returns once
 /// every one is acknowledged.
 fn mqtt_publish_acked(addr: SocketAddr, messages: &[(String, String)]) {
@@ -1024,8 +1028,7 @@ fn mqtt_publishes_reach_kafka_consumers_and_survive_kill_9() {
         return;
     }
     let data = common::temp_dir();
-    let extra =
-        "[[kafka_topics]]\nname = \"sensors\"\npartitions = 3\nmqtt_filter = \"sensors/#\"\n";
+    let extra = SENSORS_MAPPED;
     let (mut broker, _dir) = kafka_broker_with(2, Some(data.path().to_path_buf()), extra, &[]);
     let mut messages: Vec<(String, String)> = (0..90)
         .map(|i| (format!("sensors/{}/t", i % 3), format!("m{i:03}")))
@@ -1130,8 +1133,7 @@ fn kafka_records_reach_mqtt_subscribers_once_and_survive_kill_9() {
         return;
     }
     let data = common::temp_dir();
-    let extra =
-        "[[kafka_topics]]\nname = \"sensors\"\npartitions = 3\nmqtt_filter = \"sensors/#\"\n";
+    let extra = SENSORS_MAPPED;
     let (mut broker, _dir) = kafka_broker_with(2, Some(data.path().to_path_buf()), extra, &[]);
     let addr = broker.kafka.unwrap();
     let (_live, rx) = mqtt_subscriber(broker.mqtt, "live-sub", "#", false);

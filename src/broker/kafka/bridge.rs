@@ -22,10 +22,8 @@
 //! and QoS 0 ones with `log_qos0`; other QoS 0 publishes are not bridged.
 
 use std::cell::Cell;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -39,7 +37,7 @@ use crate::storage::{Offset, RecordKind, WalError};
 use super::super::durable::{decode_publish_body_even_expired, RECORD_PUBLISH};
 use super::super::persist::unix_ms;
 use super::relay::{ORIGIN_HEADER, RELAY_PUBLISHER};
-use super::{murmur2, plain_record, Broker, PartitionKey};
+use super::{murmur2, plain_record, Broker, PartitionKey, Wakeup};
 
 /// The bridge's cursor in its shard's log.
 pub const RECORD_KAFKA_BRIDGE: RecordKind = RecordKind(32);
@@ -66,9 +64,7 @@ pub(crate) struct Bridge {
     /// Every record of the log below it is bridged.
     cursor: Cell<u64>,
     /// The bridge task, parked until a mapped publish is logged.
-    waker: Cell<Option<Waker>>,
-    /// A mapped publish was logged since the task last looked.
-    due: Cell<bool>,
+    wakeup: Wakeup,
 }
 
 impl Bridge {
@@ -142,10 +138,7 @@ impl Broker {
         if bridge.mappings.is_empty() || bridge.targets(topic).next().is_none() {
             return;
         }
-        bridge.due.set(true);
-        if let Some(waker) = bridge.waker.take() {
-            waker.wake();
-        }
+        bridge.wakeup.wake();
     }
 
     /// The lowest log offset the bridge still needs (`u64::MAX` without mappings).
@@ -181,7 +174,7 @@ impl Broker {
                 }
                 match broker.bridge_round().await {
                     Ok(true) => continue,
-                    Ok(false) => broker.bridge_wait(MARK_EVERY).await,
+                    Ok(false) => broker.kafka.bridge.wakeup.wait(MARK_EVERY, &broker.shutdown).await,
                     Err(why) => {
                         tracing::warn!(shard = broker.id.index(), %why, "MQTT to Kafka bridge: retrying");
                         glommio::timer::sleep(RETRY_AFTER).await;
@@ -190,24 +183,6 @@ impl Broker {
             }
         })
         .detach();
-    }
-
-    /// Waits until a mapped publish is logged, `limit` passes or the shard stops.
-    async fn bridge_wait(&self, limit: Duration) {
-        let bridge = &self.kafka.bridge;
-        let due = poll_fn(|cx| {
-            if bridge.due.replace(false) {
-                return Poll::Ready(());
-            }
-            bridge.waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        });
-        let stop = self.shutdown.wait();
-        let _ = glommio::timer::timeout(limit, async {
-            futures_lite::future::or(due, stop).await;
-            Ok(())
-        })
-        .await;
     }
 
     /// Logs the cursor; whether it was.

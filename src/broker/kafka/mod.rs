@@ -133,6 +133,39 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
+/// A task parked until there is work (or a time passes): the bridge's and the relay's.
+#[derive(Default)]
+pub(crate) struct Wakeup {
+    waker: std::cell::Cell<Option<std::task::Waker>>,
+    due: std::cell::Cell<bool>,
+}
+
+impl Wakeup {
+    /// There is work: wakes the task, or makes its next wait return at once.
+    pub(crate) fn wake(&self) {
+        self.due.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits until woken, `limit` passes or `shutdown` starts.
+    pub(crate) async fn wait(&self, limit: Duration, shutdown: &crate::runtime::Shutdown) {
+        let due = poll_fn(|cx| {
+            if self.due.replace(false) {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        });
+        let _ = glommio::timer::timeout(limit, async {
+            futures_lite::future::or(due, shutdown.wait()).await;
+            Ok(())
+        })
+        .await;
+    }
+}
+
 /// A plain record (no producer id, no headers) at `offset` within its batch, for the
 /// batches the broker and the CLI build with `kafka-protocol`'s encoder.
 pub fn plain_record(

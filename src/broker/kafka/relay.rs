@@ -19,12 +19,10 @@
 //! records are not decoded here); records past a partition's retention before the
 //! relay reached them (reported).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,7 +36,7 @@ use crate::storage::{RecordKind, RecordRef};
 
 use super::super::persist::unix_ms;
 use super::super::{AckTo, ConnRef, Reply};
-use super::{Broker, FetchWant, KafkaError, PartitionKey};
+use super::{Broker, FetchWant, KafkaError, PartitionKey, Wakeup};
 
 /// A relay cursor in its shard's log.
 pub const RECORD_KAFKA_RELAY: RecordKind = RecordKind(33);
@@ -69,9 +67,7 @@ pub(crate) struct Relay {
     /// Per owned mapped partition: the next offset to relay.
     cursors: RefCell<HashMap<PartitionKey, i64>>,
     /// The relay task, parked until a mapped partition grows.
-    waker: Cell<Option<Waker>>,
-    /// A mapped partition grew since the task last looked.
-    due: Cell<bool>,
+    wakeup: Wakeup,
 }
 
 impl Relay {
@@ -87,8 +83,7 @@ impl Relay {
                 })
                 .collect(),
             cursors: RefCell::new(HashMap::new()),
-            waker: Cell::new(None),
-            due: Cell::new(false),
+            wakeup: Wakeup::default(),
         }
     }
 }
@@ -152,7 +147,7 @@ impl Broker {
                     marked_at = Instant::now();
                 }
                 if !moved {
-                    broker.relay_wait(IDLE_LOOK).await;
+                    broker.kafka.relay.wakeup.wait(IDLE_LOOK, &broker.shutdown).await;
                 }
             }
         })
@@ -165,28 +160,7 @@ impl Broker {
         if relay.filters.is_empty() || !relay.filters.contains_key(topic) {
             return;
         }
-        relay.due.set(true);
-        if let Some(waker) = relay.waker.take() {
-            waker.wake();
-        }
-    }
-
-    /// Waits until a mapped partition grows, `limit` passes or the shard stops.
-    async fn relay_wait(&self, limit: Duration) {
-        let relay = &self.kafka.relay;
-        let due = poll_fn(|cx| {
-            if relay.due.replace(false) {
-                return Poll::Ready(());
-            }
-            relay.waker.set(Some(cx.waker().clone()));
-            Poll::Pending
-        });
-        let stop = self.shutdown.wait();
-        let _ = glommio::timer::timeout(limit, async {
-            futures_lite::future::or(due, stop).await;
-            Ok(())
-        })
-        .await;
+        relay.wakeup.wake();
     }
 
     /// Logs the cursors that moved since `marked`.
