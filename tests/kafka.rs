@@ -62,6 +62,8 @@ fn python(addr: SocketAddr, mode: &str, rest: &[&str]) -> String {
 ///   a second passes without a record); prints `first OFFSETS` (per partition, the
 ///   offset of its first record) and `rest N`.
 /// - `idempotent TOPIC N`: an idempotent producer (acks all) sends N records.
+/// - `configs TOPIC`: the admin client's DescribeConfigs of TOPIC; prints
+///   `NAME=VALUE SOURCE` per config.
 const PY: &str = r#"
 import sys, time
 from kafka import KafkaConsumer, KafkaProducer
@@ -130,6 +132,14 @@ elif mode == "resume":
     print("first", sorted(first.items()))
     print("rest", rest)
     c.close()
+elif mode == "configs":
+    from kafka.admin import KafkaAdminClient, ConfigResource, ConfigResourceType
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, sys.argv[3])],
+                                   config_filter="all")
+    for name, entry in sorted(found["topic"][sys.argv[3]].items()):
+        print(name + "=" + str(entry["value"]) + " " + str(entry["config_source"]))
+    admin.close()
 elif mode == "idempotent":
     topic, n = sys.argv[3], int(sys.argv[4])
     p = KafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
@@ -1201,4 +1211,28 @@ fn kafka_records_reach_mqtt_subscribers_once_and_survive_kill_9() {
         20,
         "every acknowledged record reaches the session: {late:?}"
     );
+}
+
+/// DescribeConfigs (kafka-python's admin client): a topic's settings in Kafka's names,
+/// its own retention as the topic's, the rest from the broker.
+#[test]
+fn describe_configs_shows_a_topics_settings() {
+    if !have_kcat() || !have_kafka_python() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker_with(
+        1,
+        None,
+        "[[kafka_topics]]\nname = \"short\"\npartitions = 1\nretention_ms = 60000\n",
+        &[],
+    );
+    let out = python(broker.kafka.unwrap(), "configs", &["short"]);
+    for line in [
+        "retention.ms=60000 DYNAMIC_TOPIC_CONFIG",
+        "retention.bytes=-1 STATIC_BROKER_CONFIG",
+        "max.message.bytes=1048576 STATIC_BROKER_CONFIG",
+        "cleanup.policy=delete DEFAULT_CONFIG",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+    }
 }

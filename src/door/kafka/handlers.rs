@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -16,10 +19,10 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, RequestKind,
-    ResponseHeader, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, DescribeConfigsRequest, DescribeConfigsResponse,
+    FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    ProducerId, RequestHeader, RequestKind, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -30,7 +33,7 @@ use super::sasl::{ConnAuth, Gate};
 use super::{framed, groups, key_and_version, KafkaDoor, KAFKA_LOG};
 
 /// The APIs served and their versions: what ApiVersions lists.
-const SERVED: [(ApiKey, i16, i16); 17] = [
+const SERVED: [(ApiKey, i16, i16); 18] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -48,6 +51,7 @@ const SERVED: [(ApiKey, i16, i16); 17] = [
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// The one broker clients see.
@@ -211,6 +215,9 @@ pub(super) async fn handle(
         }
         RequestKind::ListGroups(_) => reply.encode(&groups::list_groups(door, version).await),
         RequestKind::InitProducerId(request) => reply.encode(&init_producer_id(door, request)),
+        RequestKind::DescribeConfigs(request) => {
+            reply.encode(&describe_configs(door, auth, request, version))
+        }
         // `decode` lets through only what SERVED lists.
         _ => None,
     };
@@ -283,6 +290,137 @@ fn init_producer_id(door: &KafkaDoor, request: InitProducerIdRequest) -> InitPro
     response
         .with_producer_id(ProducerId(id))
         .with_producer_epoch(epoch)
+}
+
+/// DescribeConfigs: what a topic's (or the broker's) settings come to, in Kafka's
+/// names, read only (they come from the config file).
+fn describe_configs(
+    door: &KafkaDoor,
+    auth: &mut ConnAuth,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    const TOPIC: i8 = 2;
+    const BROKER: i8 = 4;
+    // Config sources: a topic's own setting, the broker's, the default.
+    const FROM_TOPIC: i8 = 1;
+    const FROM_BROKER: i8 = 4;
+    const DEFAULT: i8 = 5;
+    let config = &door.broker.config;
+    let limit = |v: Option<u64>| v.map_or_else(|| "-1".to_string(), |v| v.to_string());
+    let topics = door.broker.kafka_topics();
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let name = resource.resource_name.to_string();
+            let mut result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            // Config types: 1 BOOLEAN, 2 STRING, 3 INT, 5 LONG.
+            let (string, int, long, boolean) = (2, 3, 5, 1);
+            let entries: Vec<(&str, String, i8, i8)> = match resource.resource_type {
+                TOPIC => {
+                    let Some(topic) = topics.iter().find(|t| *t.name == *name) else {
+                        return result
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    if !(auth.may_read(door, &name) || auth.may_write(door, &name)) {
+                        return result
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                    }
+                    let own = config.kafka_topics.iter().find(|t| t.name == name);
+                    let ms_source = if own.is_some_and(|t| t.retention_ms.is_some()) {
+                        FROM_TOPIC
+                    } else {
+                        FROM_BROKER
+                    };
+                    let bytes_source = if own.is_some_and(|t| t.retention_bytes.is_some()) {
+                        FROM_TOPIC
+                    } else {
+                        FROM_BROKER
+                    };
+                    let packet = config.max_packet_bytes.to_string();
+                    let segment = config.segment_bytes.to_string();
+                    vec![
+                        ("cleanup.policy", "delete".into(), DEFAULT, string),
+                        ("retention.ms", limit(topic.retention_ms), ms_source, long),
+                        (
+                            "retention.bytes",
+                            limit(topic.retention_bytes),
+                            bytes_source,
+                            long,
+                        ),
+                        ("max.message.bytes", packet, FROM_BROKER, int),
+                        ("segment.bytes", segment, FROM_BROKER, int),
+                        ("min.insync.replicas", "1".into(), DEFAULT, int),
+                        ("compression.type", "producer".into(), DEFAULT, string),
+                        (
+                            "message.timestamp.type",
+                            "CreateTime".into(),
+                            DEFAULT,
+                            string,
+                        ),
+                    ]
+                }
+                BROKER if name.is_empty() || name == "0" => {
+                    let retention_ms = (config.retention_ms > 0).then_some(config.retention_ms);
+                    let retention_bytes =
+                        (config.retention_bytes > 0).then_some(config.retention_bytes);
+                    let packet = config.max_packet_bytes.to_string();
+                    let segment = config.segment_bytes.to_string();
+                    vec![
+                        ("broker.id", "0".into(), FROM_BROKER, int),
+                        ("message.max.bytes", packet, FROM_BROKER, int),
+                        ("log.segment.bytes", segment, FROM_BROKER, int),
+                        ("log.retention.ms", limit(retention_ms), FROM_BROKER, long),
+                        (
+                            "log.retention.bytes",
+                            limit(retention_bytes),
+                            FROM_BROKER,
+                            long,
+                        ),
+                        (
+                            "auto.create.topics.enable",
+                            "false".into(),
+                            FROM_BROKER,
+                            boolean,
+                        ),
+                        ("default.replication.factor", "1".into(), DEFAULT, int),
+                    ]
+                }
+                _ => {
+                    return result.with_error_code(ResponseError::InvalidRequest.code());
+                }
+            };
+            // None or empty: every config (as Kafka brokers read it).
+            let wanted = resource
+                .configuration_keys
+                .as_ref()
+                .filter(|keys| !keys.is_empty());
+            let configs = entries
+                .into_iter()
+                .filter(|(key, _, _, _)| {
+                    wanted.is_none_or(|keys| keys.iter().any(|k| k.as_str() == *key))
+                })
+                .map(|(key, value, source, kind)| {
+                    let entry = DescribeConfigsResourceResult::default()
+                        .with_name(StrBytes::from_static_str(key))
+                        .with_value(Some(StrBytes::from_string(value)))
+                        .with_read_only(true)
+                        .with_config_source(source);
+                    if version >= 3 {
+                        entry.with_config_type(kind)
+                    } else {
+                        entry
+                    }
+                })
+                .collect();
+            result.configs = configs;
+            result
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
 }
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
