@@ -35,10 +35,27 @@ struct Job {
 #[derive(Debug)]
 pub struct Pending(Arc<OnceLock<AuthDecision>>);
 
+/// Longest wait between two looks at a check in progress: a decision is noticed at most
+/// this late, and a check costs a few wake-ups.
+const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(8);
+
 impl Pending {
     /// The decision, once made.
     pub fn decision(&self) -> Option<AuthDecision> {
         self.0.get().cloned()
+    }
+
+    /// Waits (on the calling glommio executor) for the decision: looks after 1 ms, then
+    /// at doubling intervals up to 8 ms.
+    pub async fn decided(&self) -> AuthDecision {
+        let mut poll = std::time::Duration::from_millis(1);
+        loop {
+            if let Some(decision) = self.decision() {
+                return decision;
+            }
+            glommio::timer::sleep(poll).await;
+            poll = (poll * 2).min(POLL_MAX);
+        }
     }
 }
 

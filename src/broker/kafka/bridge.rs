@@ -86,6 +86,13 @@ impl Bridge {
         }
     }
 
+    /// Whether any mapping wants `mqtt_topic`.
+    fn wants(&self, mqtt_topic: &str) -> bool {
+        self.mappings
+            .iter()
+            .any(|m| filter_matches(&m.filter, mqtt_topic))
+    }
+
     /// The Kafka topics and partitions `mqtt_topic` is bridged to.
     fn targets<'a>(
         &'a self,
@@ -135,7 +142,7 @@ impl Broker {
     /// Whether a logged publish on `topic` is bridged to Kafka: wakes the bridge.
     pub(crate) fn kafka_bridge_logged(&self, topic: &str) {
         let bridge = &self.kafka.bridge;
-        if bridge.mappings.is_empty() || bridge.targets(topic).next().is_none() {
+        if bridge.mappings.is_empty() || !bridge.wants(topic) {
             return;
         }
         bridge.wakeup.wake();

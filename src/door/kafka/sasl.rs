@@ -11,7 +11,6 @@
 //! SASL_AUTHENTICATION_FAILED and the connection closed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
@@ -26,8 +25,6 @@ use super::{KafkaDoor, KAFKA_LOG};
 
 /// The one mechanism served.
 const PLAIN: &str = "PLAIN";
-/// Longest wait between looks at a password hash in progress.
-const HASH_POLL_MAX: Duration = Duration::from_millis(20);
 
 /// A connection's identity and its ACL.
 #[derive(Default)]
@@ -186,12 +183,5 @@ async fn check(door: &KafkaDoor, username: Option<&str>, password: &[u8]) -> Opt
         door.broker.probe.hit(Limit::AuthHashQueueMax);
         return None;
     };
-    let mut poll = Duration::from_millis(1);
-    loop {
-        if let Some(decision) = pending.decision() {
-            return Some(decision);
-        }
-        glommio::timer::sleep(poll).await;
-        poll = (poll * 2).min(HASH_POLL_MAX);
-    }
+    Some(pending.decided().await)
 }

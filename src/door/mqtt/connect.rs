@@ -18,10 +18,6 @@ use crate::session::{TopicAliases, Will, EXPIRY_NEVER};
 use super::conn::Conn;
 use super::socket::{ReadBuf, Socket};
 
-/// The longest wait between two looks at a queued password check (a check itself takes
-/// milliseconds).
-const HASH_POLL_MAX: Duration = Duration::from_millis(8);
-
 /// What the rest of the connection needs from its CONNECT.
 pub(super) struct Accepted {
     /// Keep alive in seconds (0 = none).
@@ -332,14 +328,7 @@ async fn authenticate(door: &Door, connect: &Connect) -> Result<Principal, Reaso
             door.probe.hit(Limit::AuthHashQueueMax);
             return Err(ReasonCode::ServerBusy);
         };
-        let mut poll = Duration::from_millis(1);
-        loop {
-            if let Some(decision) = pending.decision() {
-                break decision;
-            }
-            glommio::timer::sleep(poll).await;
-            poll = (poll * 2).min(HASH_POLL_MAX);
-        }
+        pending.decided().await
     } else {
         auth.check(username, password)
     };
