@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::{Args, Subcommand};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -21,7 +22,8 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, DescribeGroupsResponse, FetchRequest, FetchResponse, GroupId,
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeGroupsResponse, FetchRequest, FetchResponse, GroupId,
     ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
@@ -63,6 +65,26 @@ enum TopicsCommand {
     List,
     /// A topic's partitions: leader, first and next offset.
     Describe {
+        /// The topic.
+        topic: String,
+    },
+    /// Creates a topic (kept by the broker across restarts).
+    Create {
+        /// The topic.
+        topic: String,
+        /// How many partitions.
+        #[arg(long, short = 'p', default_value_t = 1)]
+        partitions: i32,
+        /// Drop batches older than this many ms (-1: no limit; default: the broker's
+        /// retention_ms).
+        #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+        retention_ms: Option<i64>,
+        /// Keep at most about this many bytes per partition (-1: no limit, the default).
+        #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+        retention_bytes: Option<i64>,
+    },
+    /// Deletes a created topic and its records.
+    Delete {
         /// The topic.
         topic: String,
     },
@@ -305,8 +327,62 @@ pub fn topics(args: &TopicsArgs, default: Option<SocketAddr>) -> Result<(), Stri
                 println!("{p:<10} {:<7} {a:>15} {b:>15} {:>12}", 0, b - a);
             }
         }
+        TopicsCommand::Create {
+            topic,
+            partitions,
+            retention_ms,
+            retention_bytes,
+        } => {
+            let configs = [
+                ("retention.ms", retention_ms),
+                ("retention.bytes", retention_bytes),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| {
+                value.map(|v| {
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_static_str(key))
+                        .with_value(Some(StrBytes::from_string(v.to_string())))
+                })
+            })
+            .collect();
+            let request = CreateTopicsRequest::default()
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_num_partitions(*partitions)
+                    .with_replication_factor(-1)
+                    .with_configs(configs)])
+                .with_timeout_ms(TIMEOUT.as_millis() as i32);
+            let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &request)?;
+            let result = response
+                .topics
+                .first()
+                .ok_or_else(|| format!("{topic}: no answer"))?;
+            explained(result.error_code, result.error_message.as_deref(), topic)?;
+            println!("created {topic} with {} partitions", result.num_partitions);
+        }
+        TopicsCommand::Delete { topic } => {
+            let request = DeleteTopicsRequest::default()
+                .with_topic_names(vec![topic_name(topic)])
+                .with_timeout_ms(TIMEOUT.as_millis() as i32);
+            let response: DeleteTopicsResponse = client.call(ApiKey::DeleteTopics, 5, &request)?;
+            let result = response
+                .responses
+                .first()
+                .ok_or_else(|| format!("{topic}: no answer"))?;
+            explained(result.error_code, result.error_message.as_deref(), topic)?;
+            println!("deleted {topic}");
+        }
     }
     Ok(())
+}
+
+/// [`check`], with the broker's message when it sent one.
+fn explained(code: i16, message: Option<&str>, what: &str) -> Result<(), String> {
+    check(code, what).map_err(|e| match message {
+        Some(message) => format!("{e} ({message})"),
+        None => e,
+    })
 }
 
 /// `shardmq groups ...`.

@@ -62,6 +62,12 @@ fn python(addr: SocketAddr, mode: &str, rest: &[&str]) -> String {
 ///   a second passes without a record); prints `first OFFSETS` (per partition, the
 ///   offset of its first record) and `rest N`.
 /// - `idempotent TOPIC N`: an idempotent producer (acks all) sends N records.
+/// - `create TOPIC PARTITIONS REPLICATION [KEY=VALUE ...]`: the admin client's
+///   CreateTopics; prints `created` or the error's class name.
+/// - `delete TOPIC`: the admin client's DeleteTopics; prints `deleted` or the error's
+///   class name.
+/// - `committed GROUP TOPIC PARTITIONS`: GROUP's committed offsets of TOPIC's first
+///   PARTITIONS partitions (OffsetFetch); prints `PARTITION OFFSET` per commit found.
 /// - `configs TOPIC`: the admin client's DescribeConfigs of TOPIC; prints
 ///   `NAME=VALUE SOURCE` per config.
 const PY: &str = r#"
@@ -140,6 +146,28 @@ elif mode == "configs":
     for name, entry in sorted(found["topic"][sys.argv[3]].items()):
         print(name + "=" + str(entry["value"]) + " " + str(entry["config_source"]))
     admin.close()
+elif mode in ("create", "delete"):
+    from kafka.admin import KafkaAdminClient, NewTopic
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    try:
+        if mode == "create":
+            configs = dict(kv.split("=", 1) for kv in sys.argv[6:])
+            admin.create_topics([NewTopic(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                                          topic_configs=configs)])
+        else:
+            admin.delete_topics([sys.argv[3]])
+        print(mode + "d")
+    except Exception as e:
+        print(type(e).__name__)
+    admin.close()
+elif mode == "committed":
+    from kafka import TopicPartition
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=sys.argv[3], enable_auto_commit=False)
+    for p in range(int(sys.argv[5])):
+        offset = c.committed(TopicPartition(sys.argv[4], p))
+        if offset is not None:
+            print(p, offset)
+    c.close()
 elif mode == "idempotent":
     topic, n = sys.argv[3], int(sys.argv[4])
     p = KafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
@@ -181,6 +209,12 @@ fn kafka_broker_with(
         data_dir,
     });
     (broker, dir)
+}
+
+/// Sends SIGKILL and waits until the broker is gone.
+fn kill_9(broker: &mut Broker) {
+    broker.signal(libc::SIGKILL);
+    assert!(broker.wait_exit(WAIT).is_some(), "killed");
 }
 
 /// Runs kcat against `addr` with `args`, `stdin` as its input; asserts nothing.
@@ -436,8 +470,7 @@ fn acknowledged_records_survive_kill_9() {
     let before = consume_all(addr, "telemetry");
     assert_eq!(before.len(), 300);
 
-    broker.signal(libc::SIGKILL);
-    assert!(broker.wait_exit(WAIT).is_some(), "killed");
+    kill_9(&mut broker);
     let (broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
     let addr = broker.kafka.unwrap();
     assert_eq!(
@@ -791,9 +824,7 @@ fn committed_offsets_survive_kill_9() {
     let addr = broker.kafka.unwrap();
     produce(addr, "audit", &lines("c", 100));
     assert!(python(addr, "commit", &["audit", "60"]).contains("committed 60"));
-    broker.signal(libc::SIGKILL);
-    assert!(broker.wait_exit(WAIT).is_some());
-
+    kill_9(&mut broker);
     let (broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
     let out = python(broker.kafka.unwrap(), "resume", &["audit"]);
     assert!(out.contains("first [(0, 60)]"), "{out}");
@@ -864,6 +895,16 @@ fn the_cli_produces_consumes_and_describes() {
         .sum();
     assert_eq!(records, 30, "{described}");
     assert!(cli(&["topics", "list"], None).contains("audit"));
+
+    let made = cli(&["topics", "create", "cli-made", "-p", "3"], None);
+    assert!(
+        made.contains("created cli-made with 3 partitions"),
+        "{made}"
+    );
+    produce(addr, "cli-made", &lines("made", 9));
+    assert_eq!(consume_all(addr, "cli-made").len(), 9, "kcat uses it");
+    cli(&["topics", "delete", "cli-made"], None);
+    assert!(!cli(&["topics", "list"], None).contains("cli-made"));
 
     assert_eq!(
         cli(&["consume", "telemetry", "-g", "cli-group"], None)
@@ -1045,9 +1086,7 @@ fn mqtt_publishes_reach_kafka_consumers_and_survive_kill_9() {
         .collect();
     messages.push(("other/x".into(), "not bridged".into()));
     mqtt_publish_acked(broker.mqtt, &messages);
-    broker.signal(libc::SIGKILL);
-    assert!(broker.wait_exit(WAIT).is_some());
-
+    kill_9(&mut broker);
     let (broker, _dir) = kafka_broker_with(2, Some(data.path().to_path_buf()), extra, &[]);
     let addr = broker.kafka.unwrap();
     mqtt_publish_acked(broker.mqtt, &[("sensors/0/t".into(), "after".into())]);
@@ -1193,8 +1232,7 @@ fn kafka_records_reach_mqtt_subscribers_once_and_survive_kill_9() {
 
     // Acknowledged to the producer, then kill -9 before the relay may have run.
     produce(addr, "sensors", &lines("sensors/late", 20));
-    broker.signal(libc::SIGKILL);
-    assert!(broker.wait_exit(WAIT).is_some());
+    kill_9(&mut broker);
     let (broker, _dir) = kafka_broker_with(2, Some(data.path().to_path_buf()), extra, &[]);
     let (_keeper, rx) = mqtt_subscriber(broker.mqtt, "keeper", "sensors/#", true);
     let mut late = BTreeSet::new();
@@ -1235,4 +1273,227 @@ fn describe_configs_shows_a_topics_settings() {
     ] {
         assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
     }
+}
+
+/// The partition counts kcat's metadata shows, asked `times` times over new
+/// connections (each lands on one of the shards).
+fn listed_topics(addr: SocketAddr, times: usize) -> Vec<BTreeMap<String, usize>> {
+    (0..times)
+        .map(|_| {
+            let out = kcat(addr, &["-L", "-J"], None);
+            let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            meta["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["topic"].as_str().unwrap().to_string(),
+                        t["partitions"].as_array().unwrap().len(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// CreateTopics and DeleteTopics (kafka-python's admin client) on two shards: a
+/// created topic is served by every shard at once, keeps its records and its settings
+/// across kill -9; the refusals carry their codes; a deleted topic is gone from every
+/// shard with its records and its group commits, and one created again under the same
+/// name starts empty at offset 0, also after kill -9.
+#[test]
+fn topics_created_and_deleted_over_the_wire_survive_kill_9() {
+    if !have_kcat() || !have_kafka_python() {
+        return;
+    }
+    let data = common::temp_dir();
+    let (mut broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let addr = broker.kafka.unwrap();
+    let created = python(
+        addr,
+        "create",
+        &["orders", "3", "1", "retention.ms=3600000"],
+    );
+    assert_eq!(created.trim(), "created");
+    for (args, refusal) in [
+        (&["orders", "3", "1"][..], "TopicAlreadyExistsError"),
+        (&["telemetry", "1", "1"][..], "TopicAlreadyExistsError"),
+        (&["copies", "1", "3"][..], "InvalidReplicationFactorError"),
+        (
+            &["odd", "1", "1", "segment.ms=5"][..],
+            "InvalidConfigurationError",
+        ),
+        (&["bad name", "1", "1"][..], "InvalidTopicError"),
+    ] {
+        assert_eq!(python(addr, "create", args).trim(), refusal, "{args:?}");
+    }
+    assert_eq!(
+        python(addr, "delete", &["telemetry"]).trim(),
+        "PolicyViolationError",
+        "a topic of the config file stays"
+    );
+    for seen in listed_topics(addr, 6) {
+        assert_eq!(seen.get("orders"), Some(&3), "{seen:?}");
+        assert!(!seen.contains_key("copies"), "{seen:?}");
+    }
+    produce(addr, "orders", &lines("first", 60));
+    assert_eq!(
+        python(addr, "commit", &["orders", "60"]).trim(),
+        "committed 60"
+    );
+    let commits = python(addr, "committed", &["pyc", "orders", "3"]);
+    assert_eq!(commits.lines().count(), 3, "{commits}");
+
+    kill_9(&mut broker);
+    let (mut broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let addr = broker.kafka.unwrap();
+    let kept = consume_all(addr, "orders");
+    assert_eq!(kept.len(), 60, "{kept:?}");
+    assert_dense(&kept);
+    let configs = python(addr, "configs", &["orders"]);
+    assert!(
+        configs
+            .lines()
+            .any(|l| l == "retention.ms=3600000 DYNAMIC_TOPIC_CONFIG"),
+        "{configs}"
+    );
+
+    assert_eq!(python(addr, "delete", &["orders"]).trim(), "deleted");
+    assert_eq!(
+        python(addr, "delete", &["orders"]).trim(),
+        "UnknownTopicOrPartitionError"
+    );
+    for seen in listed_topics(addr, 6) {
+        assert!(!seen.contains_key("orders"), "{seen:?}");
+        assert_eq!(seen.get("telemetry"), Some(&4), "{seen:?}");
+    }
+    assert_eq!(
+        python(addr, "committed", &["pyc", "orders", "3"]),
+        "",
+        "commits go with the topic"
+    );
+    assert_eq!(
+        python(addr, "create", &["orders", "1", "1"]).trim(),
+        "created"
+    );
+    produce(addr, "orders", &lines("second", 5));
+
+    kill_9(&mut broker);
+    let (broker, _dir) = kafka_broker(2, Some(data.path().to_path_buf()));
+    let addr = broker.kafka.unwrap();
+    for seen in listed_topics(addr, 4) {
+        assert_eq!(seen.get("orders"), Some(&1), "{seen:?}");
+    }
+    let now = consume_all(addr, "orders");
+    let values: Vec<&str> = now.iter().map(|r| r.3.as_str()).collect();
+    assert_eq!(
+        values,
+        (0..5)
+            .map(|i| format!("second-value-{i}"))
+            .collect::<Vec<_>>(),
+        "only the new topic's records"
+    );
+    assert_dense(&now);
+    assert_eq!(
+        python(addr, "committed", &["pyc", "orders", "3"]),
+        "",
+        "the old commits stay gone after a restart"
+    );
+    let resumed = python(addr, "resume", &["orders"]);
+    assert!(resumed.contains("first [(0, 0)]"), "{resumed}");
+    assert!(
+        resumed.contains("rest 5"),
+        "the old commits went with the topic: {resumed}"
+    );
+}
+
+/// A data dir whose only Kafka topics were created over the wire keeps its shard
+/// count too: the start with another count is refused, the old one serves them.
+#[test]
+fn a_created_topic_also_keeps_the_shard_count() {
+    if !have_kcat() || !have_kafka_python() {
+        return;
+    }
+    let data = common::temp_dir();
+    let dir = common::temp_dir();
+    let config = dir.path().join("shardmq.toml");
+    std::fs::write(&config, "kafka_listen = \"127.0.0.1:0\"\n").unwrap();
+    let options = |shards| BrokerOptions {
+        shards,
+        args: vec!["--config".into(), config.display().to_string()],
+        data_dir: Some(data.path().to_path_buf()),
+        ..BrokerOptions::default()
+    };
+    let mut broker = Broker::start_with(options(2));
+    let addr = broker.kafka.unwrap();
+    assert_eq!(
+        python(addr, "create", &["made", "4", "1"]).trim(),
+        "created"
+    );
+    produce(addr, "made", &lines("made", 40));
+    broker.signal(libc::SIGTERM);
+    assert!(broker.wait_exit(WAIT).is_some_and(|s| s.success()));
+
+    let Err((status, log)) = Broker::try_start(options(1)) else {
+        panic!("a start with another shard count must be refused");
+    };
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("holds Kafka partitions"), "{log}");
+
+    let broker = Broker::start_with(options(2));
+    assert_eq!(consume_all(broker.kafka.unwrap(), "made").len(), 40);
+}
+
+/// A created topic outlives the segment its creation was logged in: retention drops
+/// the topic's old batches and their segments, and after kill -9 the topic is still
+/// there with what it kept.
+#[test]
+fn a_created_topic_outlives_the_segment_that_logged_it() {
+    if !have_kcat() || !have_kafka_python() {
+        return;
+    }
+    let data = common::temp_dir();
+    let settings = [("SEGMENT_BYTES", "1048576"), ("RETENTION_BYTES", "1")];
+    let (mut broker, _dir) = kafka_broker_with(1, Some(data.path().to_path_buf()), "", &settings);
+    let addr = broker.kafka.unwrap();
+    let created = python(addr, "create", &["short", "1", "1", "retention.ms=1000"]);
+    assert_eq!(created.trim(), "created");
+    let value = "v".repeat(1000);
+    let bulk: Vec<String> = (0..3000).map(|i| format!("k{i}:{value}")).collect();
+    produce(addr, "short", &bulk);
+    let earliest = |addr: SocketAddr| {
+        let out = kcat(addr, &["-Q", "-t", "short:0:-2"], None);
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.rsplit("offset ")
+            .next()
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(20), || earliest(addr) > 0
+            && broker.metric_sum("shardmq_wal_segments") <= 2.0),
+        "earliest {}, segments {}",
+        earliest(addr),
+        broker.metric_sum("shardmq_wal_segments")
+    );
+    let first = earliest(addr);
+
+    kill_9(&mut broker);
+    let (broker, _dir) = kafka_broker_with(1, Some(data.path().to_path_buf()), "", &settings);
+    let addr = broker.kafka.unwrap();
+    assert_eq!(listed_topics(addr, 1)[0].get("short"), Some(&1));
+    let left = consume_all(addr, "short");
+    assert!(
+        left.first().is_some_and(|r| r.1 >= first),
+        "{:?}",
+        left.first()
+    );
+    assert_eq!(
+        left.last().map(|r| r.1),
+        Some(2999),
+        "the newest batch stays"
+    );
 }

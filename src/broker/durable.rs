@@ -524,8 +524,8 @@ pub struct Recovered {
     pub damaged: u64,
     /// QoS 2 packet ids logged here and not released (see the module docs).
     pub received: HashMap<(ByteStr, u16), ReceivedAt>,
-    /// Kafka batches, in log order (see `kafka`).
-    pub kafka: Vec<super::kafka::RecoveredBatch>,
+    /// Kafka batches and topic catalog changes, in log order (see `kafka`).
+    pub kafka: Vec<super::kafka::RecoveredKafka>,
     /// Kafka consumer groups' commits, in log order.
     pub kafka_commits: super::kafka::RecoveredCommits,
     /// The MQTT to Kafka bridge's last cursor logged.
@@ -539,7 +539,16 @@ impl Recovered {
     pub fn visit(&mut self, record: RecordRef<'_>) {
         if record.kind == super::kafka::RECORD_KAFKA_BATCH {
             match super::kafka::decode_record(&record) {
-                Some(batch) => self.kafka.push(batch),
+                Some(batch) => self.kafka.push(super::kafka::RecoveredKafka::Batch(batch)),
+                None => self.damaged += 1,
+            }
+            return;
+        }
+        if record.kind == super::kafka::RECORD_KAFKA_TOPIC {
+            match super::kafka::decode_topic_change(&record) {
+                Some(change) => self
+                    .kafka
+                    .push(super::kafka::RecoveredKafka::Topic(change, record.offset.0)),
                 None => self.damaged += 1,
             }
             return;

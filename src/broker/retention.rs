@@ -287,6 +287,10 @@ impl Broker {
                 }
             }
         }
+        if let Err(e) = self.kafka_keep_catalog(limit).await {
+            tracing::warn!(shard = self.id.index(), error = ?e, "created Kafka topics could not be written again; their segment stays");
+            return;
+        }
         if let Err(e) = self.kafka_keep_commits(limit).await {
             tracing::warn!(shard = self.id.index(), error = %e, "Kafka group commits could not be written again; their segment stays");
             return;

@@ -63,8 +63,10 @@ impl Broker {
         inbound: Vec<(usize, ConnectedReceiver<Batch<ShardMsg>>)>,
     ) {
         let Recovery { wal, mut recovered } = recovery;
-        self.kafka.recover(std::mem::take(&mut recovered.kafka));
-        self.recover_commits(std::mem::take(&mut recovered.kafka_commits));
+        let fresh = self
+            .kafka
+            .recover(std::mem::take(&mut recovered.kafka), &self.config);
+        self.recover_commits(std::mem::take(&mut recovered.kafka_commits), &fresh);
         let bridge_mark = recovered.kafka_bridge_mark;
         let relay_marks = std::mem::take(&mut recovered.kafka_relay_marks);
         // Before any peer's session record can arrive (see `retention`).
@@ -90,6 +92,9 @@ impl Broker {
         // messages: a live publish can then never overtake a replay.
         self.recovered_barrier().await;
         tracing::debug!(target: SHARD_LOG, shard = self.id.index(), "every shard recovered");
+        // Every shard serves the same Kafka topics before any door opens.
+        self.kafka_share_catalog().await;
+        self.kafka_catalog_agreed().await;
         if restored > 0 {
             tracing::info!(
                 target: SHARD_LOG,

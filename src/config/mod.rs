@@ -276,6 +276,17 @@ pub struct KafkaTopicConfig {
 /// Most partitions a Kafka topic may have.
 pub const KAFKA_PARTITIONS_MAX: u32 = 1024;
 
+/// Why `name` is not a Kafka topic name, if it is not one.
+pub fn kafka_topic_name_problem(name: &str) -> Option<&'static str> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let bad = name.is_empty()
+        || name.len() > 249
+        || name == "."
+        || name == ".."
+        || !name.chars().all(legal);
+    bad.then_some("a Kafka topic name is 1 to 249 of a-z A-Z 0-9 . _ - (not . or ..)")
+}
+
 /// One `[[acl]]` entry: who (at most one of `username`, `client_id`, `anonymous`; none =
 /// every client), a topic pattern (`%u` / `%c` as whole levels) and an access.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -504,16 +515,10 @@ impl Config {
         for topic in &self.kafka_topics {
             let name = &topic.name;
             let key = || format!("kafka_topics.{name}");
-            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-            if name.is_empty()
-                || name.len() > 249
-                || name == "."
-                || name == ".."
-                || !name.chars().all(legal)
-            {
+            if let Some(problem) = kafka_topic_name_problem(name) {
                 return Err(ConfigError::new(
                     "kafka_topics.name",
-                    format!("{name:?}: a Kafka topic name is 1 to 249 of a-z A-Z 0-9 . _ - (not . or ..)"),
+                    format!("{name:?}: {problem}"),
                 ));
             }
             if !seen.insert(name.as_str()) {

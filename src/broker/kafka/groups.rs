@@ -163,19 +163,19 @@ fn encode_commits<'a>(
     body
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s);
 }
 
-fn take<'a>(body: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+pub(super) fn take<'a>(body: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     let (head, rest) = (body.get(..n)?, body.get(n..)?);
     *body = rest;
     Some(head)
 }
 
-fn take_str(body: &mut &[u8]) -> Option<String> {
+pub(super) fn take_str(body: &mut &[u8]) -> Option<String> {
     let len = u16::from_le_bytes(take(body, 2)?.try_into().ok()?) as usize;
     String::from_utf8(take(body, len)?.to_vec()).ok()
 }
@@ -418,8 +418,14 @@ impl Broker {
         Ok(())
     }
 
-    /// Coordinator: the groups' commits read back at start.
-    pub(crate) fn recover_commits(&self, recovered: RecoveredCommits) {
+    /// Coordinator: the groups' commits read back at start; a commit of a topic
+    /// deleted or created anew later in the log (`fresh`: from which WAL offset its
+    /// commits count) is left out.
+    pub(crate) fn recover_commits(
+        &self,
+        recovered: RecoveredCommits,
+        fresh: &HashMap<Arc<str>, u64>,
+    ) {
         let shards = self.mesh.shards();
         let mut groups = self.kafka.groups.borrow_mut();
         for (group, entries, wal) in recovered {
@@ -428,6 +434,9 @@ impl Broker {
             }
             let g = groups.entry(Arc::from(group.as_str())).or_default();
             for (topic, partition, offset, metadata) in entries {
+                if fresh.get(topic.as_str()).is_some_and(|&from| wal < from) {
+                    continue;
+                }
                 g.offsets.insert(
                     (Arc::from(topic.as_str()), partition),
                     Committed {

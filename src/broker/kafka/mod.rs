@@ -29,6 +29,7 @@
 
 pub mod batch;
 mod bridge;
+mod catalog;
 pub mod group;
 mod groups;
 mod partition;
@@ -53,6 +54,10 @@ use super::{Broker, Reply, ShardMsg};
 
 pub use batch::BatchError;
 pub use bridge::RECORD_KAFKA_BRIDGE;
+pub use catalog::{
+    decode_topic_change, CatalogError, TopicChange, TopicSpec, CATALOG_TOPICS_MAX,
+    RECORD_KAFKA_TOPIC,
+};
 pub use groups::{
     coordinator_of, decode_commits, GroupAnswer, GroupCall, GroupInfo, RecoveredCommits,
     RECORD_KAFKA_OFFSETS,
@@ -76,12 +81,18 @@ pub const FETCH_BYTES_MAX: usize = 32 << 20;
 pub struct KafkaTopic {
     /// Its name.
     pub name: Arc<str>,
+    /// 0 for a topic of the config file; a created topic's id (see `catalog`).
+    pub id: u64,
     /// How many partitions it has.
     pub partitions: u32,
     /// Batches older than this (ms) are dropped; `None`: kept by age.
     pub retention_ms: Option<u64>,
     /// A partition keeps at most about this many bytes; `None`: no bound.
     pub retention_bytes: Option<u64>,
+    /// Whether `retention_ms` is the topic's own setting (not the broker's default).
+    pub retention_ms_own: bool,
+    /// Whether `retention_bytes` is the topic's own setting.
+    pub retention_bytes_own: bool,
 }
 
 /// The topics of a configuration.
@@ -91,12 +102,15 @@ pub fn topics_of(config: &Config) -> Vec<KafkaTopic> {
         .iter()
         .map(|t| KafkaTopic {
             name: Arc::from(t.name.as_str()),
+            id: 0,
             partitions: t.partitions,
             retention_ms: t
                 .retention_ms
                 .or(Some(config.retention_ms))
                 .filter(|&ms| ms > 0),
             retention_bytes: t.retention_bytes.filter(|&b| b > 0),
+            retention_ms_own: t.retention_ms.is_some(),
+            retention_bytes_own: t.retention_bytes.is_some(),
         })
         .collect()
 }
@@ -163,6 +177,28 @@ impl Wakeup {
             Ok(())
         })
         .await;
+    }
+}
+
+/// A flag a task waits for, set once.
+#[derive(Default)]
+pub(crate) struct Latch {
+    set: std::cell::Cell<bool>,
+    wakeup: Wakeup,
+}
+
+impl Latch {
+    /// Sets it: its waiter goes on.
+    pub(crate) fn set(&self) {
+        self.set.set(true);
+        self.wakeup.wake();
+    }
+
+    /// Waits until it is set, or `shutdown` starts.
+    pub(crate) async fn wait_set(&self, shutdown: &crate::runtime::Shutdown) {
+        while !self.set.get() && !shutdown.is_stopping() {
+            self.wakeup.wait(Duration::from_secs(1), shutdown).await;
+        }
     }
 }
 
@@ -291,6 +327,17 @@ pub enum KafkaRequest {
     },
     /// The groups this shard coordinates.
     ListGroups,
+    /// To shard 0: a change of the topic catalog.
+    Catalog {
+        /// The change.
+        change: TopicChange,
+        /// Check it only.
+        validate_only: bool,
+    },
+    /// From shard 0: log and apply these changes of the catalog.
+    CatalogApply(Vec<TopicChange>),
+    /// From shard 0 at start: the whole catalog (its topics); make this shard's agree.
+    CatalogAgree(Vec<TopicChange>),
     /// Look an offset up.
     Offset {
         /// The topic.
@@ -317,6 +364,8 @@ pub enum KafkaAnswer {
     Group(GroupAnswer),
     /// The groups a shard coordinates.
     Groups(Vec<(Arc<str>, group::GroupState)>),
+    /// A catalog change's outcome.
+    Catalog(Result<(), CatalogError>),
 }
 
 impl KafkaRequest {
@@ -344,9 +393,21 @@ impl KafkaAnswer {
 type PartitionKey = (Arc<str>, u32);
 
 /// The Kafka partitions this shard owns.
-#[derive(Default)]
 pub(crate) struct KafkaLog {
-    topics: HashMap<Arc<str>, KafkaTopic>,
+    /// This shard.
+    id: ShardId,
+    /// How many shards.
+    shards: usize,
+    /// Every topic served: the config file's and the catalog's.
+    topics: RefCell<HashMap<Arc<str>, KafkaTopic>>,
+    /// The topics of the catalog (see `catalog`).
+    created: RefCell<HashMap<Arc<str>, catalog::Created>>,
+    /// Shard 0: one catalog change at a time.
+    catalog_turn: glommio::sync::Semaphore,
+    /// Shard 0: the last topic id given out.
+    last_topic_id: std::cell::Cell<u64>,
+    /// Other shards: set once shard 0's catalog is applied at start.
+    catalog_agreed: Latch,
     partitions: RefCell<HashMap<PartitionKey, Partition>>,
     /// The consumer groups this shard coordinates.
     groups: RefCell<HashMap<Arc<str>, group::Group>>,
@@ -356,6 +417,15 @@ pub(crate) struct KafkaLog {
     bridge: bridge::Bridge,
     /// Records of this shard's mapped partitions on their way to MQTT.
     relay: relay::Relay,
+}
+
+/// A Kafka record read back from the log at start, in log order.
+#[derive(Debug)]
+pub enum RecoveredKafka {
+    /// A batch.
+    Batch(RecoveredBatch),
+    /// A change of the topic catalog, logged at a WAL offset.
+    Topic(TopicChange, u64),
 }
 
 /// A batch read back from the log at start.
@@ -433,7 +503,13 @@ impl KafkaLog {
             }
         }
         KafkaLog {
-            topics,
+            id,
+            shards,
+            topics: RefCell::new(topics),
+            created: RefCell::new(HashMap::new()),
+            catalog_turn: glommio::sync::Semaphore::new(1),
+            last_topic_id: std::cell::Cell::new(0),
+            catalog_agreed: Latch::default(),
             partitions: RefCell::new(partitions),
             groups: RefCell::new(HashMap::new()),
             last_producer_id: std::cell::Cell::new(0),
@@ -442,26 +518,133 @@ impl KafkaLog {
         }
     }
 
-    /// Fills the partitions from the batches the log held at start (in log order).
-    /// Batches of topics or partitions no longer configured are left out: they are not
-    /// served, and their segments go with retention.
-    pub(crate) fn recover(&self, recovered: Vec<RecoveredBatch>) {
-        let mut partitions = self.partitions.borrow_mut();
-        for batch in recovered {
-            let key: PartitionKey = (Arc::from(batch.topic.as_str()), batch.partition);
-            if let Some(partition) = partitions.get_mut(&key) {
-                let entry = batch.entry;
-                partition.recover(entry);
-                if let Some((producer, epoch, first)) = batch.producer {
-                    partition.record_sequence(
-                        producer,
-                        epoch,
-                        first,
-                        entry.records,
-                        entry.base,
-                        entry.logged_ms,
-                    );
+    /// Applies a catalog change logged at `wal`; returns whether the topic's earlier
+    /// partitions and commits are gone (deleted, or created anew; a `Keep` of a topic
+    /// not known here yet starts it without dropping anything). A change of a topic
+    /// the config file now holds is left out: the config file's wins.
+    fn apply(&self, change: &TopicChange, wal: u64, config: &Config) -> bool {
+        let name = change.name();
+        if config.kafka_topics.iter().any(|t| *t.name == **name) {
+            tracing::warn!(
+                shard = self.id.index(),
+                topic = &**name,
+                "a created topic of this name is left out: the config file's kafka_topics holds it"
+            );
+            return false;
+        }
+        let mut created = self.created.borrow_mut();
+        let before = created.get(name).map(|c| c.id);
+        let same = match change {
+            TopicChange::Keep { id, .. } => before.is_none_or(|b| b == *id),
+            TopicChange::Create { .. } | TopicChange::Delete { .. } => false,
+        };
+        if let TopicChange::Create { id, spec, .. } | TopicChange::Keep { id, spec, .. } = change {
+            self.topics
+                .borrow_mut()
+                .insert(Arc::clone(name), spec.topic(Arc::clone(name), *id, config));
+            created.insert(
+                Arc::clone(name),
+                catalog::Created {
+                    id: *id,
+                    spec: *spec,
+                    wal,
+                },
+            );
+            self.last_topic_id.set(self.last_topic_id.get().max(*id));
+        }
+        if same {
+            // Kept: the settings may change; a topic not known yet gets its partitions.
+            let mut partitions = self.partitions.borrow_mut();
+            for p in 0..created.get(name).map_or(0, |c| c.spec.partitions) {
+                if partition_owner(name, p, self.shards) == self.id {
+                    partitions.entry((Arc::clone(name), p)).or_default();
                 }
+            }
+            return false;
+        }
+        // The topic's partitions here start over (or end): waiting fetches see it.
+        let mut partitions = self.partitions.borrow_mut();
+        partitions.retain(|(topic, _), part| {
+            let keep = topic != name;
+            if !keep {
+                part.wake_waiters();
+            }
+            keep
+        });
+        match change {
+            TopicChange::Create { spec, .. } | TopicChange::Keep { spec, .. } => {
+                for p in 0..spec.partitions {
+                    if partition_owner(name, p, self.shards) == self.id {
+                        partitions.insert((Arc::clone(name), p), Partition::default());
+                    }
+                }
+            }
+            TopicChange::Delete { .. } => {
+                created.remove(name);
+                self.topics.borrow_mut().remove(name);
+            }
+        }
+        true
+    }
+
+    /// Fills the partitions from the batches and catalog changes the log held at
+    /// start (in log order); returns, per topic deleted or created anew, the WAL offset
+    /// from which its commits count. Batches of topics or partitions no longer served
+    /// are left out: their segments go with retention.
+    ///
+    /// A batch of a topic not known at its place in the log waits: a `Keep` record
+    /// further on (the topic logged again once the segment with its creation went)
+    /// takes it; a `Create` or `Delete` of the name, or the end of the log, drops it.
+    /// The log loses segments only from its start, so the batches before a `Keep` with
+    /// no other record of the name between are of the topic it keeps.
+    pub(crate) fn recover(
+        &self,
+        recovered: Vec<RecoveredKafka>,
+        config: &Config,
+    ) -> HashMap<Arc<str>, u64> {
+        let mut fresh = HashMap::new();
+        let mut waiting: HashMap<Arc<str>, Vec<RecoveredBatch>> = HashMap::new();
+        for item in recovered {
+            match item {
+                RecoveredKafka::Batch(batch) => {
+                    if self.topics.borrow().contains_key(batch.topic.as_str()) {
+                        self.recover_batch(batch);
+                    } else {
+                        let name: Arc<str> = Arc::from(batch.topic.as_str());
+                        waiting.entry(name).or_default().push(batch);
+                    }
+                }
+                RecoveredKafka::Topic(change, wal) => {
+                    if self.apply(&change, wal, config) {
+                        fresh.insert(Arc::clone(change.name()), wal);
+                    }
+                    let held = waiting.remove(change.name());
+                    if let (TopicChange::Keep { .. }, Some(held)) = (&change, held) {
+                        for batch in held {
+                            self.recover_batch(batch);
+                        }
+                    }
+                }
+            }
+        }
+        fresh
+    }
+
+    fn recover_batch(&self, batch: RecoveredBatch) {
+        let mut partitions = self.partitions.borrow_mut();
+        let key: PartitionKey = (Arc::from(batch.topic.as_str()), batch.partition);
+        if let Some(partition) = partitions.get_mut(&key) {
+            let entry = batch.entry;
+            partition.recover(entry);
+            if let Some((producer, epoch, first)) = batch.producer {
+                partition.record_sequence(
+                    producer,
+                    epoch,
+                    first,
+                    entry.records,
+                    entry.base,
+                    entry.logged_ms,
+                );
             }
         }
     }
@@ -470,7 +653,7 @@ impl KafkaLog {
 impl Broker {
     /// The topics the Kafka door serves.
     pub fn kafka_topics(&self) -> Vec<KafkaTopic> {
-        let mut topics: Vec<KafkaTopic> = self.kafka.topics.values().cloned().collect();
+        let mut topics: Vec<KafkaTopic> = self.kafka.topics.borrow().values().cloned().collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         topics
     }
@@ -478,6 +661,7 @@ impl Broker {
     fn kafka_partition_known(&self, topic: &str, partition: u32) -> bool {
         self.kafka
             .topics
+            .borrow()
             .get(topic)
             .is_some_and(|t| partition < t.partitions)
     }
@@ -680,6 +864,25 @@ impl Broker {
                     KafkaAnswer::Group(broker.on_group_call(group, call).await)
                 }
                 KafkaRequest::ListGroups => KafkaAnswer::Groups(broker.kafka_groups_here()),
+                KafkaRequest::Catalog {
+                    change,
+                    validate_only,
+                } => KafkaAnswer::Catalog(broker.kafka_keep_change(change, validate_only).await),
+                KafkaRequest::CatalogApply(changes) => {
+                    let mut result = Ok(());
+                    for change in &changes {
+                        if broker.kafka_log_change(change).await.is_err() {
+                            result = Err(CatalogError::Storage);
+                        }
+                    }
+                    KafkaAnswer::Catalog(result)
+                }
+                KafkaRequest::CatalogAgree(state) => KafkaAnswer::Catalog(
+                    broker
+                        .kafka_agree(state)
+                        .await
+                        .map_err(|_| CatalogError::Storage),
+                ),
             };
             broker.post(from, ShardMsg::KafkaReply { id, answer });
         })
@@ -994,6 +1197,7 @@ impl Broker {
     pub(crate) fn kafka_has_retention(&self) -> bool {
         self.kafka
             .topics
+            .borrow()
             .values()
             .any(|t| t.retention_ms.is_some() || t.retention_bytes.is_some())
     }
@@ -1002,9 +1206,10 @@ impl Broker {
     /// offset a partition still needs (`u64::MAX`: none).
     pub(crate) fn kafka_retention(&self, now_ms: u64) -> u64 {
         let mut partitions = self.kafka.partitions.borrow_mut();
+        let topics = self.kafka.topics.borrow();
         let mut floor = u64::MAX;
         for ((topic, _), part) in partitions.iter_mut() {
-            if let Some(spec) = self.kafka.topics.get(topic) {
+            if let Some(spec) = topics.get(topic) {
                 let before = spec.retention_ms.map(|ms| now_ms.saturating_sub(ms));
                 part.trim(before, spec.retention_bytes);
             }

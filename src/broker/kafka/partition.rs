@@ -214,9 +214,14 @@ impl Partition {
     pub fn durable_to(&mut self, end: i64) {
         if end > self.durable {
             self.durable = end.min(self.next);
-            for waker in self.waiters.drain(..) {
-                waker.wake();
-            }
+            self.wake_waiters();
+        }
+    }
+
+    /// Wakes every fetch waiting on it (it grew, or it is going away).
+    pub fn wake_waiters(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
         }
     }
 

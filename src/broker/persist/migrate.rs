@@ -168,15 +168,24 @@ pub fn prepare_layout(cfg: &MigrationConfig) -> Result<Option<MigrationReport>, 
 
 /// Writes [`KAFKA_MARKER`] (durably) when this run serves Kafka topics.
 fn mark_kafka(cfg: &MigrationConfig) -> Result<(), String> {
-    let marker = cfg.data_dir.join(KAFKA_MARKER);
-    if !cfg.kafka || marker.exists() {
+    if !cfg.kafka {
+        return Ok(());
+    }
+    mark_kafka_data(&cfg.data_dir)
+}
+
+/// Writes [`KAFKA_MARKER`] in `data_dir` (durably), unless it is there: before a topic
+/// is created while the broker runs.
+pub fn mark_kafka_data(data_dir: &Path) -> Result<(), String> {
+    let marker = data_dir.join(KAFKA_MARKER);
+    if marker.exists() {
         return Ok(());
     }
     write_file(
         &marker,
         "Kafka partitions live in these logs; keep the shard count.\n",
     )?;
-    sync_dir(&cfg.data_dir)
+    sync_dir(data_dir)
 }
 
 /// Step 1: every old `shard-<i>` into `migrating/`, then the `moved` marker; after it,

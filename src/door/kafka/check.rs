@@ -7,10 +7,12 @@
 //! it exactly, each with at least one record.
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FetchRequest, JoinGroupRequest, MetadataRequest,
-    OffsetCommitRequest, ProduceRequest, RequestHeader, RequestKind, TopicName,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest,
+    JoinGroupRequest, MetadataRequest, OffsetCommitRequest, ProduceRequest, RequestHeader,
+    RequestKind, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -101,6 +103,26 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         (
             "offset_commit_v8".into(),
             frame(ApiKey::OffsetCommit, 8, &OffsetCommitRequest::default()),
+        ),
+        (
+            "create_topics_v7".into(),
+            frame(
+                ApiKey::CreateTopics,
+                7,
+                &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_num_partitions(2)
+                    .with_replication_factor(-1)]),
+            ),
+        ),
+        (
+            "delete_topics_v5".into(),
+            frame(
+                ApiKey::DeleteTopics,
+                5,
+                &DeleteTopicsRequest::default()
+                    .with_topic_names(vec![TopicName(StrBytes::from_static_str("t"))]),
+            ),
         ),
     ];
     for version in [3, 9] {

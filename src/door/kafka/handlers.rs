@@ -30,10 +30,10 @@ use kafka_protocol::ResponseError;
 use crate::broker::kafka::{BatchError, FetchWant, Fetched, KafkaError, KafkaTopic, OffsetQuery};
 
 use super::sasl::{ConnAuth, Gate};
-use super::{framed, groups, key_and_version, KafkaDoor, KAFKA_LOG};
+use super::{admin, framed, groups, key_and_version, KafkaDoor, KAFKA_LOG};
 
 /// The APIs served and their versions: what ApiVersions lists.
-const SERVED: [(ApiKey, i16, i16); 18] = [
+const SERVED: [(ApiKey, i16, i16); 20] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -52,6 +52,8 @@ const SERVED: [(ApiKey, i16, i16); 18] = [
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
 ];
 
 /// The one broker clients see.
@@ -218,6 +220,12 @@ pub(super) async fn handle(
         RequestKind::DescribeConfigs(request) => {
             reply.encode(&describe_configs(door, auth, request, version))
         }
+        RequestKind::CreateTopics(request) => {
+            reply.encode(&admin::create_topics(door, auth, request, version).await)
+        }
+        RequestKind::DeleteTopics(request) => {
+            reply.encode(&admin::delete_topics(door, auth, request, version).await)
+        }
         // `decode` lets through only what SERVED lists.
         _ => None,
     };
@@ -329,13 +337,12 @@ fn describe_configs(
                         return result
                             .with_error_code(ResponseError::TopicAuthorizationFailed.code());
                     }
-                    let own = config.kafka_topics.iter().find(|t| t.name == name);
-                    let ms_source = if own.is_some_and(|t| t.retention_ms.is_some()) {
+                    let ms_source = if topic.retention_ms_own {
                         FROM_TOPIC
                     } else {
                         FROM_BROKER
                     };
-                    let bytes_source = if own.is_some_and(|t| t.retention_bytes.is_some()) {
+                    let bytes_source = if topic.retention_bytes_own {
                         FROM_TOPIC
                     } else {
                         FROM_BROKER

@@ -16,6 +16,7 @@
 //! one produce are appended concurrently, so they share the log's group commits.
 
 #[doc(hidden)]
+mod admin;
 pub mod check;
 mod groups;
 mod handlers;
