@@ -6,11 +6,11 @@
 //! record encoder and decoder (uncompressed; a compressed batch is reported, not shown).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use clap::{Args, Subcommand};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
@@ -26,21 +26,19 @@ use kafka_protocol::messages::{
     DeleteTopicsResponse, DescribeGroupsResponse, FetchRequest, FetchResponse, GroupId,
     ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 use shardmq::broker::kafka::{murmur2, plain_record};
+use shardmq::door::kafka::client::KafkaClient;
 
 /// How long one request may take (a fetch waits at most half of it).
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Records per produced batch.
 const BATCH_RECORDS: usize = 1000;
-/// Largest response accepted.
-const RESPONSE_BYTES_MAX: usize = 256 << 20;
 
 /// Where the broker is: `--bootstrap` or the config's `kafka_listen`.
 #[derive(Debug, Args)]
@@ -155,8 +153,7 @@ pub struct ConsumeArgs {
 }
 
 struct Client {
-    stream: TcpStream,
-    next_id: i32,
+    wire: KafkaClient,
 }
 
 impl Client {
@@ -172,13 +169,9 @@ impl Client {
                 return Err("no broker: give --bootstrap HOST:PORT or set kafka_listen".into())
             }
         };
-        let stream =
-            TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
-        stream
-            .set_read_timeout(Some(TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(Client { stream, next_id: 1 })
+        Ok(Client {
+            wire: KafkaClient::connect(addr, TIMEOUT, "shardmq-cli")?,
+        })
     }
 
     /// Sends `request` as `api` at `version` and reads its response.
@@ -188,44 +181,7 @@ impl Client {
         version: i16,
         request: &Q,
     ) -> Result<R, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("shardmq-cli")));
-        let mut out = BytesMut::new();
-        out.put_i32(0);
-        header
-            .encode(&mut out, api.request_header_version(version))
-            .and_then(|()| request.encode(&mut out, version))
-            .map_err(|e| format!("encoding {api:?}: {e}"))?;
-        let size = (out.len() - 4) as i32;
-        out[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream
-            .write_all(&out)
-            .map_err(|e| format!("{api:?}: {e}"))?;
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .map_err(|e| format!("{api:?}: the broker closed the connection ({e})"))?;
-        let size =
-            usize::try_from(i32::from_be_bytes(size)).map_err(|_| "a negative frame size")?;
-        if size > RESPONSE_BYTES_MAX {
-            return Err(format!("{api:?}: a {size}-byte response"));
-        }
-        let mut body = vec![0u8; size];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|e| format!("{api:?}: {e}"))?;
-        let mut body = Bytes::from(body);
-        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
-            .map_err(|e| format!("{api:?} response header: {e}"))?;
-        if header.correlation_id != id {
-            return Err(format!("{api:?}: an answer to another request"));
-        }
-        R::decode(&mut body, version).map_err(|e| format!("{api:?} response: {e}"))
+        self.wire.call(api, version, request)
     }
 
     fn metadata(&mut self, topics: Option<&[&str]>) -> Result<MetadataResponse, String> {

@@ -128,6 +128,13 @@ pub struct Args {
     /// certificate must name `--host`.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// Kafka mode: produce to and fetch from partition 0 of this topic over the Kafka
+    /// protocol (`--port` is the broker's Kafka port; `--rate` is records/s in all).
+    #[arg(long)]
+    pub kafka_topic: Option<String>,
+    /// Kafka mode: the most bytes of one produced batch (librdkafka's batch.size).
+    #[arg(long)]
+    pub kafka_batch_bytes: Option<usize>,
 }
 
 impl Args {
@@ -167,6 +174,8 @@ impl Args {
             warmup_secs: self.warmup_secs.or(base.warmup_secs),
             broker_pid: self.broker_pid.or(base.broker_pid),
             tls_ca: self.tls_ca.or(base.tls_ca),
+            kafka_topic: self.kafka_topic.or(base.kafka_topic),
+            kafka_batch_bytes: self.kafka_batch_bytes.or(base.kafka_batch_bytes),
         }
     }
 }
@@ -248,6 +257,8 @@ pub struct Params {
     /// The client TLS settings made from `tls_ca`.
     #[serde(skip)]
     pub tls: Option<Arc<ClientConfig>>,
+    pub kafka_topic: Option<String>,
+    pub kafka_batch_bytes: usize,
 }
 
 impl Params {
@@ -334,6 +345,8 @@ impl Params {
             broker_pid: a.broker_pid,
             tls_ca: a.tls_ca,
             tls,
+            kafka_topic: a.kafka_topic,
+            kafka_batch_bytes: a.kafka_batch_bytes.unwrap_or(1_000_000).max(64),
         })
     }
 

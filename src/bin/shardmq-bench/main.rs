@@ -6,7 +6,8 @@
 //! storm mode (`--connections-only N`) measures connects/s and CONNECT→CONNACK latency.
 //! Flood mode (`--flood N`) opens and closes N connections in a burst, then holds N idle,
 //! while a probe client times connect + subscribe + publish + receive round trips and the
-//! broker's RSS is sampled (`--broker-pid`).
+//! broker's RSS is sampled (`--broker-pid`). Kafka mode (`--kafka-topic T`) measures a
+//! Kafka broker instead: produce throughput and produce → fetch latency of one partition.
 //!
 //! How to read it: rates count messages *sent* inside the measured window (after
 //! `--warmup-secs`, until the publishers stop); "delivered" counts deliveries of those
@@ -26,6 +27,7 @@ mod config;
 mod conn;
 mod driver;
 mod flood;
+mod kafka;
 mod report;
 mod stats;
 mod storm;
@@ -61,6 +63,18 @@ fn main() -> ExitCode {
     };
     stats::epoch();
     sys::raise_nofile_limit();
+    if let Some(topic) = params.kafka_topic.clone() {
+        return match kafka::run(&params, &topic) {
+            Ok(r) => {
+                emit(&params, &r, || kafka::print_text(&params, &topic, &r));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shardmq-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match (params.flood, params.connections_only) {
         (Some(n), _) => flood::run(Arc::clone(&params), n).map(|r| {
             emit(&params, &r, || flood::print_text(&r));

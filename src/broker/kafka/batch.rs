@@ -163,39 +163,96 @@ pub fn base_offset(batch: &[u8]) -> i64 {
 /// producer frames it, its CRC right: for tests and the fuzz seeds.
 #[doc(hidden)]
 pub fn example(count: i32, max_ts: i64) -> Vec<u8> {
-    let mut records = Vec::new();
-    for i in 0..count {
-        // length, attributes, timestampDelta, offsetDelta, key -1, value len 1, value,
-        // headers 0: varints (zigzag).
-        let body = [0u8, 0, (i as u8) << 1, 1, 2, b'v', 0];
-        records.push((body.len() as u8) << 1);
-        records.extend_from_slice(&body);
-    }
     let mut b = Vec::new();
-    b.extend_from_slice(&0i64.to_be_bytes());
-    b.extend_from_slice(&0i32.to_be_bytes()); // length, set below
-    b.extend_from_slice(&0i32.to_be_bytes());
-    b.push(2);
-    b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&(count - 1).to_be_bytes());
-    b.extend_from_slice(&max_ts.to_be_bytes());
-    b.extend_from_slice(&max_ts.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes());
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
-    b.extend_from_slice(&count.to_be_bytes());
-    b.extend_from_slice(&records);
-    let length = (b.len() - LENGTH_FROM) as i32;
-    b[8..12].copy_from_slice(&length.to_be_bytes());
-    let crc = crc32c::crc32c(&b[CRC_FROM..]);
-    b[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+    encode_fixed(&mut b, count as u32, max_ts, 1, |_, value| value[0] = b'v');
     b
+}
+
+/// Appends to `out` an uncompressed batch of `count` records without key or headers,
+/// all stamped `timestamp_ms`, each with a `value_len`-byte value that `fill` writes
+/// (record index, value), as a producer frames it, its CRC right: what
+/// `shardmq-bench --kafka-topic` produces.
+#[doc(hidden)]
+pub fn encode_fixed(
+    out: &mut Vec<u8>,
+    count: u32,
+    timestamp_ms: i64,
+    value_len: usize,
+    mut fill: impl FnMut(u32, &mut [u8]),
+) {
+    let start = out.len();
+    out.extend_from_slice(&0i64.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes()); // length, set below
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.push(2);
+    out.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&(count as i32 - 1).to_be_bytes());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&(-1i64).to_be_bytes());
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&(count as i32).to_be_bytes());
+    let mut head = Vec::with_capacity(16);
+    for i in 0..count {
+        // attributes, timestampDelta 0, offsetDelta, key length -1, value length: the
+        // varints before the value; the headers count 0 after it.
+        head.clear();
+        head.extend_from_slice(&[0, 0]);
+        put_varint(&mut head, i64::from(i));
+        put_varint(&mut head, -1);
+        put_varint(&mut head, value_len as i64);
+        put_varint(out, (head.len() + value_len + 1) as i64);
+        out.extend_from_slice(&head);
+        let at = out.len();
+        out.resize(at + value_len, 0);
+        fill(i, &mut out[at..]);
+        out.push(0);
+    }
+    let length = (out.len() - start - LENGTH_FROM) as i32;
+    out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[start + CRC_FROM..]);
+    out[start + CRC_AT..start + CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A zigzag varint, as record fields are framed.
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An independent decoder (the `kafka-protocol` crate's) reads what
+    /// `encode_fixed` frames, long values and many records included.
+    #[test]
+    fn a_fixed_batch_decodes_with_the_kafka_protocol_crate() {
+        let mut out = Vec::new();
+        encode_fixed(&mut out, 200, 1_700_000_000_000, 300, |i, value| {
+            value.fill(b'a' + (i % 26) as u8)
+        });
+        assert_eq!(
+            check(&out).map(|h| (h.records, h.bytes)),
+            Ok((200, out.len()))
+        );
+        let mut bytes = bytes::Bytes::from(out);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).unwrap();
+        assert_eq!(set.records.len(), 200);
+        for (i, record) in set.records.iter().enumerate() {
+            assert_eq!(record.offset, i as i64);
+            assert_eq!(record.timestamp, 1_700_000_000_000);
+            assert!(record.key.is_none() && record.headers.is_empty());
+            let value = record.value.as_deref().unwrap();
+            assert_eq!(value, vec![b'a' + (i % 26) as u8; 300].as_slice());
+        }
+    }
 
     fn batch(count: i32, max_ts: i64) -> Vec<u8> {
         example(count, max_ts)

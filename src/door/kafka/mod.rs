@@ -18,6 +18,7 @@
 #[doc(hidden)]
 mod admin;
 pub mod check;
+pub mod client;
 mod groups;
 mod handlers;
 mod sasl;

@@ -1,0 +1,415 @@
+//! Kafka mode (`--kafka-topic T`): throughput and produce → fetch latency of partition 0
+//! of `T` over the Kafka protocol, against any Kafka broker (`--port` is its Kafka port).
+//!
+//! A producer connection sends record batches with `acks = all`, one request at a time
+//! (what librdkafka does per partition against a broker that answers in order). With
+//! `--rate R` (records/s) a batch holds every record due by the time it is sent, up to
+//! `--kafka-batch-bytes`: open loop, each record stamped with its due time, so a slow
+//! broker shows as latency, not as a lower offered rate. With `--rate 0` every batch is
+//! full: the maximum rate. A consumer connection long-polls Fetch from the partition's
+//! end and times each record from its due time to its arrival (the stamp is the first 8
+//! bytes of the value). Reported over the window after `--warmup-secs`: records and
+//! bytes acknowledged per second, produce → fetch latency, produce request latency, and
+//! with `--broker-pid` the broker's CPU per record.
+//!
+//! Records are framed and read by hand (no key, no headers, uncompressed): a generator
+//! that allocates per record would be what the run measures on a small machine.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use serde::Serialize;
+use shardmq::broker::kafka::batch::encode_fixed;
+use shardmq::door::kafka::client::KafkaClient;
+
+use crate::config::{Params, Stop};
+use crate::report::Latency;
+use crate::stats::now_ns;
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait of a fetch for new records.
+const FETCH_WAIT_MS: i32 = 500;
+/// Bytes a fetch may bring back.
+const FETCH_BYTES: i32 = 64 << 20;
+/// Highest latency recorded, µs (larger values are clamped).
+const LATENCY_US_MAX: u64 = 60_000_000;
+/// The stamp at the front of every value: its due time, ns since the bench's epoch.
+const STAMP_BYTES: usize = 8;
+
+/// What a Kafka run measured.
+#[derive(Debug, Serialize)]
+pub struct KafkaReport {
+    /// Records/s offered (0: as fast as acknowledged).
+    pub offered_per_s: u64,
+    /// Records acknowledged inside the window, per second.
+    pub acked_per_s: f64,
+    /// Record value bytes acknowledged inside the window, MB/s.
+    pub acked_mb_per_s: f64,
+    /// Records fetched whose due time fell inside the window.
+    pub fetched: u64,
+    /// Produce requests sent inside the window and records per request.
+    pub requests: u64,
+    pub records_per_request: f64,
+    /// Due time to arrival at the consumer.
+    pub produce_to_fetch: Latency,
+    /// Produce request sent to its answer.
+    pub produce_request: Latency,
+    /// Broker CPU µs per acknowledged record (with --broker-pid).
+    pub broker_cpu_us_per_record: Option<f64>,
+    pub window_secs: f64,
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_max(LATENCY_US_MAX, 3).expect("histogram bounds")
+}
+
+fn connect(p: &Params) -> Result<KafkaClient, String> {
+    let addr: SocketAddr = (p.host.as_str(), p.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{}:{}: {e}", p.host, p.port))?
+        .next()
+        .ok_or("no address")?;
+    KafkaClient::connect(addr, TIMEOUT, "shardmq-bench")
+}
+
+/// The offset the next record of partition 0 gets.
+fn end_offset(client: &mut KafkaClient, topic: &str) -> Result<i64, String> {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 2, &request)?;
+    let answer = response
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .ok_or("an empty ListOffsets answer")?;
+    if answer.error_code != 0 {
+        return Err(format!(
+            "{topic}/0: ListOffsets error {}",
+            answer.error_code
+        ));
+    }
+    Ok(answer.offset)
+}
+
+/// Runs the producer and the consumer (on the first CPUs of `--cpus`, if given).
+pub fn run(p: &Arc<Params>, topic: &str) -> Result<KafkaReport, String> {
+    let Stop::DurationSecs(duration) = p.stop else {
+        return Err("--kafka-topic runs for --duration-secs (not --count)".into());
+    };
+    if p.payload_bytes < STAMP_BYTES {
+        return Err(format!("--payload-bytes must be at least {STAMP_BYTES}"));
+    }
+    let mut consumer = connect(p)?;
+    let start_offset = end_offset(&mut consumer, topic)?;
+    let begin = now_ns();
+    let window_from = begin + p.warmup_secs * 1_000_000_000;
+    let window_to = window_from + duration * 1_000_000_000;
+    let producing_done = Arc::new(AtomicBool::new(false));
+    let cpus = p.cpus.clone();
+
+    let fetcher = {
+        let (topic, done, cpu) = (topic.to_string(), Arc::clone(&producing_done), cpus.get(1));
+        let cpu = cpu.copied();
+        std::thread::spawn(move || {
+            if let Some(cpu) = cpu {
+                crate::sys::pin_to_cpu(cpu);
+            }
+            fetch_loop(
+                consumer,
+                &topic,
+                start_offset,
+                &done,
+                (window_from, window_to),
+            )
+        })
+    };
+    if let Some(&cpu) = cpus.first() {
+        crate::sys::pin_to_cpu(cpu);
+    }
+    let cpu_before = p.broker_pid.and_then(crate::sys::process_cpu_secs);
+    let produced = produce_loop(p, topic, begin, (window_from, window_to));
+    let cpu_after = p.broker_pid.and_then(crate::sys::process_cpu_secs);
+    producing_done.store(true, Ordering::Release);
+    let fetched = fetcher
+        .join()
+        .map_err(|_| "the consumer thread panicked".to_string())??;
+    let produced = produced?;
+    let window_secs = duration as f64;
+    let broker_cpu_us_per_record = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if produced.acked > 0 => {
+            Some((b - a) * 1e6 / produced.acked_total as f64)
+        }
+        _ => None,
+    };
+    Ok(KafkaReport {
+        offered_per_s: p.rate,
+        acked_per_s: produced.acked as f64 / window_secs,
+        acked_mb_per_s: (produced.acked * p.payload_bytes as u64) as f64 / window_secs / 1e6,
+        fetched: fetched.len(),
+        requests: produced.requests,
+        records_per_request: produced.acked as f64 / produced.requests.max(1) as f64,
+        produce_to_fetch: Latency::of(&fetched),
+        produce_request: Latency::of(&produced.request_us),
+        broker_cpu_us_per_record,
+        window_secs,
+    })
+}
+
+struct Produced {
+    /// Acknowledged inside the window.
+    acked: u64,
+    /// Acknowledged in all (for CPU per record: the CPU is read over the whole run).
+    acked_total: u64,
+    requests: u64,
+    request_us: Histogram<u64>,
+}
+
+/// When record `i` is due at `rate` records/s from `begin` (ns).
+fn due_at(begin: u64, rate: u64, i: u64) -> u64 {
+    begin + (u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64
+}
+
+fn produce_loop(
+    p: &Params,
+    topic: &str,
+    begin: u64,
+    (window_from, window_to): (u64, u64),
+) -> Result<Produced, String> {
+    let mut client = connect(p)?;
+    let value_len = p.payload_bytes;
+    // Record framing: the value plus at most 16 bytes of varints and attributes.
+    let per_record = value_len + 16;
+    let batch_max = (p.kafka_batch_bytes / per_record).max(1) as u64;
+    let mut produced = Produced {
+        acked: 0,
+        acked_total: 0,
+        requests: 0,
+        request_us: histogram(),
+    };
+    let mut issued: u64 = 0;
+    let mut batch = Vec::with_capacity(p.kafka_batch_bytes + 128);
+    loop {
+        let now = now_ns();
+        let count = if p.rate == 0 {
+            if now >= window_to {
+                break;
+            }
+            batch_max
+        } else {
+            // Records due before the window's end are all sent, late ones too.
+            let upto = now.min(window_to);
+            let due_total = (upto - begin) as u128 * p.rate as u128 / 1_000_000_000;
+            let count = (due_total as u64).saturating_sub(issued).min(batch_max);
+            if count == 0 {
+                if now >= window_to {
+                    break;
+                }
+                let next_due = due_at(begin, p.rate, issued + 1);
+                std::thread::sleep(Duration::from_nanos(next_due.saturating_sub(now)));
+                continue;
+            }
+            count
+        };
+        // A record's due time: its place in the offered schedule (now, at full speed).
+        let due_of = |i: u64| {
+            if p.rate == 0 {
+                now
+            } else {
+                due_at(begin, p.rate, i)
+            }
+        };
+        batch.clear();
+        let first = issued;
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        encode_fixed(&mut batch, count as u32, wall_ms, value_len, |i, value| {
+            value[..STAMP_BYTES].copy_from_slice(&due_of(first + u64::from(i)).to_le_bytes());
+        });
+        issued += count;
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(TIMEOUT.as_millis() as i32)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(Bytes::copy_from_slice(&batch)))])]);
+        let sent = now_ns();
+        let response: ProduceResponse = client.call(ApiKey::Produce, 7, &request)?;
+        let answered = now_ns();
+        let error = response
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .map_or(-1, |r| r.error_code);
+        if error != 0 {
+            return Err(format!("{topic}/0: Produce error {error}"));
+        }
+        produced.acked_total += count;
+        if sent >= window_from {
+            produced.requests += 1;
+            produced.acked += count;
+            let _ = produced
+                .request_us
+                .record(((answered - sent) / 1000).min(LATENCY_US_MAX));
+        }
+    }
+    Ok(produced)
+}
+
+/// Fetches from `offset` until producing is done and a fetch comes back empty;
+/// returns the latencies of the records due inside the window.
+fn fetch_loop(
+    mut client: KafkaClient,
+    topic: &str,
+    mut offset: i64,
+    done: &AtomicBool,
+    (window_from, window_to): (u64, u64),
+) -> Result<Histogram<u64>, String> {
+    let mut latencies = histogram();
+    loop {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(FETCH_WAIT_MS)
+            .with_min_bytes(1)
+            .with_max_bytes(FETCH_BYTES)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(FETCH_BYTES)])]);
+        let finished = done.load(Ordering::Acquire);
+        let response: FetchResponse = client.call(ApiKey::Fetch, 11, &request)?;
+        let arrived = now_ns();
+        let part = response
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or("an empty Fetch answer")?;
+        if part.error_code != 0 {
+            return Err(format!("{topic}/0: Fetch error {}", part.error_code));
+        }
+        let records = part.records.clone().unwrap_or_default();
+        let before = offset;
+        read_values(records, offset, |at, value| {
+            offset = at + 1;
+            if let Some(stamp) = value.get(..STAMP_BYTES) {
+                let due = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
+                if (window_from..window_to).contains(&due) {
+                    let us = arrived.saturating_sub(due) / 1000;
+                    let _ = latencies.record(us.min(LATENCY_US_MAX));
+                }
+            }
+        })?;
+        if finished && offset == before {
+            return Ok(latencies);
+        }
+    }
+}
+
+fn varint(b: &mut &[u8]) -> Result<i64, String> {
+    let mut z: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let Some((&byte, rest)) = b.split_first() else {
+            return Err("a record cut short".into());
+        };
+        *b = rest;
+        z |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    Err("a varint too long".into())
+}
+
+/// Calls `f(offset, value)` for each record at or past `from` of the whole batches in
+/// `set` (a fetch may end with part of a batch: left for the next one).
+fn read_values(mut set: Bytes, from: i64, mut f: impl FnMut(i64, &[u8])) -> Result<(), String> {
+    while set.len() >= 61 {
+        let base = i64::from_be_bytes(set[..8].try_into().expect("8 bytes"));
+        let length = i32::from_be_bytes(set[8..12].try_into().expect("4 bytes"));
+        let end = 12 + usize::try_from(length).map_err(|_| "a negative batch length")?;
+        if set.len() < end {
+            break;
+        }
+        let attributes = i16::from_be_bytes([set[21], set[22]]);
+        if attributes & 0x7 != 0 {
+            return Err("a compressed batch (the bench produces uncompressed ones)".into());
+        }
+        let count = i32::from_be_bytes(set[57..61].try_into().expect("4 bytes"));
+        let mut records = &set[61..end];
+        for _ in 0..count {
+            let len = usize::try_from(varint(&mut records)?).map_err(|_| "a bad length")?;
+            let (mut record, rest) = records.split_at_checked(len).ok_or("a record cut short")?;
+            records = rest;
+            record = record.get(1..).ok_or("an empty record")?;
+            varint(&mut record)?; // timestamp delta
+            let at = base + varint(&mut record)?;
+            let key = varint(&mut record)?;
+            if key > 0 {
+                record = record.get(key as usize..).ok_or("a key cut short")?;
+            }
+            let value_len = varint(&mut record)?;
+            let value = record
+                .get(..usize::try_from(value_len).unwrap_or(0))
+                .ok_or("a value cut short")?;
+            if at >= from {
+                f(at, value);
+            }
+        }
+        set.advance(end);
+    }
+    Ok(())
+}
+
+/// Prints a report for people.
+pub fn print_text(p: &Params, topic: &str, r: &KafkaReport) {
+    let offered = if p.rate == 0 {
+        "max".to_string()
+    } else {
+        format!("{}/s", p.rate)
+    };
+    println!(
+        "kafka {topic}/0  offered {offered}  {} B records  acks=all  window {:.0} s",
+        p.payload_bytes, r.window_secs
+    );
+    println!(
+        "acked      {:>12.0} records/s  {:>8.1} MB/s  ({} requests, {:.0} records each)",
+        r.acked_per_s, r.acked_mb_per_s, r.requests, r.records_per_request
+    );
+    let row = |name: &str, l: &Latency| {
+        println!(
+            "{name:<10} p50 {:>8} µs  p99 {:>8} µs  p99.9 {:>8} µs  max {:>8} µs  ({} samples)",
+            l.p50_us, l.p99_us, l.p999_us, l.max_us, l.samples
+        );
+    };
+    row("produce→fetch", &r.produce_to_fetch);
+    row("request", &r.produce_request);
+    if let Some(cpu) = r.broker_cpu_us_per_record {
+        println!("broker CPU {cpu:.3} µs per record");
+    }
+}

@@ -1,0 +1,94 @@
+//! A blocking Kafka client connection: one request at a time over a `TcpStream`,
+//! encoded and decoded with the `kafka-protocol` crate. The command line's Kafka tools
+//! (`shardmq topics|groups|produce|consume`) and `shardmq-bench --kafka-topic` use it;
+//! it speaks to any Kafka broker.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// Largest response accepted.
+const RESPONSE_BYTES_MAX: usize = 256 << 20;
+
+/// One connection to a Kafka broker.
+pub struct KafkaClient {
+    stream: TcpStream,
+    next_id: i32,
+    client_id: &'static str,
+    out: BytesMut,
+}
+
+impl KafkaClient {
+    /// Connects to `addr`; each request may take up to `timeout`. `client_id` is sent
+    /// in every request header.
+    pub fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        client_id: &'static str,
+    ) -> Result<KafkaClient, String> {
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(KafkaClient {
+            stream,
+            next_id: 1,
+            client_id,
+            out: BytesMut::new(),
+        })
+    }
+
+    /// Sends `request` as `api` at `version` and reads its response.
+    pub fn call<Q: Encodable, R: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Q,
+    ) -> Result<R, String> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str(self.client_id)));
+        let out = &mut self.out;
+        out.clear();
+        out.put_i32(0);
+        header
+            .encode(out, api.request_header_version(version))
+            .and_then(|()| request.encode(out, version))
+            .map_err(|e| format!("encoding {api:?}: {e}"))?;
+        let size = (out.len() - 4) as i32;
+        out[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream
+            .write_all(out)
+            .map_err(|e| format!("{api:?}: {e}"))?;
+        let mut size = [0u8; 4];
+        self.stream
+            .read_exact(&mut size)
+            .map_err(|e| format!("{api:?}: the broker closed the connection ({e})"))?;
+        let size =
+            usize::try_from(i32::from_be_bytes(size)).map_err(|_| "a negative frame size")?;
+        if size > RESPONSE_BYTES_MAX {
+            return Err(format!("{api:?}: a {size}-byte response"));
+        }
+        let mut body = vec![0u8; size];
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| format!("{api:?}: {e}"))?;
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
+            .map_err(|e| format!("{api:?} response header: {e}"))?;
+        if header.correlation_id != id {
+            return Err(format!("{api:?}: an answer to another request"));
+        }
+        R::decode(&mut body, version).map_err(|e| format!("{api:?} response: {e}"))
+    }
+}
