@@ -68,6 +68,10 @@ pub use relay::{decode_mark as decode_relay_mark, RECORD_KAFKA_RELAY, RELAY_PUBL
 /// A Kafka record batch in the owner's log (see the module docs).
 pub const RECORD_KAFKA_BATCH: RecordKind = RecordKind(30);
 
+/// Bytes of the newest batches a shard keeps in memory for fetches at the tail (the
+/// log is written with O_DIRECT: no page cache holds what was just written).
+pub const TAIL_CACHE_BYTES: usize = 32 << 20;
+
 /// The longest a fetch may wait for data, whatever the client asks.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -417,6 +421,9 @@ pub(crate) struct KafkaLog {
     bridge: bridge::Bridge,
     /// Records of this shard's mapped partitions on their way to MQTT.
     relay: relay::Relay,
+    /// The batches cached for fetches, oldest first, and their bytes in all (at most
+    /// [`TAIL_CACHE_BYTES`]).
+    tail: RefCell<(std::collections::VecDeque<PartitionKey>, usize)>,
 }
 
 /// A Kafka record read back from the log at start, in log order.
@@ -515,6 +522,7 @@ impl KafkaLog {
             last_producer_id: std::cell::Cell::new(0),
             bridge: bridge::Bridge::new(config),
             relay: relay::Relay::new(config),
+            tail: RefCell::new((std::collections::VecDeque::new(), 0)),
         }
     }
 
@@ -564,13 +572,17 @@ impl KafkaLog {
         }
         // The topic's partitions here start over (or end): waiting fetches see it.
         let mut partitions = self.partitions.borrow_mut();
+        let mut freed = 0;
         partitions.retain(|(topic, _), part| {
             let keep = topic != name;
             if !keep {
                 part.wake_waiters();
+                freed += part.cached_bytes();
             }
             keep
         });
+        let mut tail = self.tail.borrow_mut();
+        tail.1 = tail.1.saturating_sub(freed);
         match change {
             TopicChange::Create { spec, .. } | TopicChange::Keep { spec, .. } => {
                 for p in 0..spec.partitions {
@@ -645,6 +657,36 @@ impl KafkaLog {
                     entry.base,
                     entry.logged_ms,
                 );
+            }
+        }
+    }
+}
+
+impl KafkaLog {
+    /// A batch of `bytes` was cached in `key`'s partition: the oldest cached batches of
+    /// the shard go until the cache is back within [`TAIL_CACHE_BYTES`].
+    fn note_cached(
+        &self,
+        partitions: &mut HashMap<PartitionKey, Partition>,
+        key: &PartitionKey,
+        bytes: usize,
+    ) {
+        let mut tail = self.tail.borrow_mut();
+        let (order, total) = &mut *tail;
+        order.push_back(key.clone());
+        *total += bytes;
+        while *total > TAIL_CACHE_BYTES {
+            let Some(oldest) = order.pop_front() else {
+                break;
+            };
+            // A partition deleted meanwhile took its batches with it: they were
+            // counted, so its entries count nothing now.
+            let freed = partitions
+                .get_mut(&oldest)
+                .map_or(0, Partition::uncache_oldest);
+            *total = total.saturating_sub(freed);
+            if order.is_empty() {
+                *total = 0;
             }
         }
     }
@@ -967,6 +1009,11 @@ impl Broker {
                 bytes: header.bytes as u32,
             };
             part.push(entry);
+            let mut stored = BytesMut::with_capacity(sent.len());
+            for piece in &parts[1..] {
+                stored.extend_from_slice(piece);
+            }
+            part.cache(base, entry.end(), stored.freeze());
             if idempotent {
                 part.record_sequence(
                     header.producer_id,
@@ -977,6 +1024,7 @@ impl Broker {
                     now,
                 );
             }
+            self.kafka.note_cached(&mut partitions, &key, sent.len());
             first.get_or_insert(base);
             last = Some((wal, entry.end()));
         }
@@ -1064,6 +1112,10 @@ impl Broker {
         let mut out = BytesMut::new();
         let mut offset = want.offset;
         while offset < high_watermark && (out.is_empty() || out.len() < max_bytes) {
+            // The newest batches come from memory while they are cached.
+            if self.kafka_read_cached(&key, &mut offset, high_watermark, max_bytes, &mut out) {
+                continue;
+            }
             // The next batch to read, looked up again each round: retention may drop
             // batches while the log is read.
             let from = {
@@ -1127,6 +1179,36 @@ impl Broker {
         }
         fetched.records = out.freeze();
         fetched
+    }
+
+    /// Owner: appends to `out` the cached batches from the one holding `*offset` on,
+    /// below `high_watermark`, while `out` is under `max_bytes` (or empty); whether
+    /// any was.
+    fn kafka_read_cached(
+        &self,
+        key: &PartitionKey,
+        offset: &mut i64,
+        high_watermark: i64,
+        max_bytes: usize,
+        out: &mut BytesMut,
+    ) -> bool {
+        let partitions = self.kafka.partitions.borrow();
+        let Some(part) = partitions.get(key) else {
+            return false;
+        };
+        let mut served = false;
+        while *offset < high_watermark && (out.is_empty() || out.len() < max_bytes) {
+            let Some((stored, end)) = part.cached(*offset) else {
+                break;
+            };
+            if end > high_watermark {
+                break;
+            }
+            out.extend_from_slice(stored);
+            *offset = end;
+            served = true;
+        }
+        served
     }
 
     /// Owner: waits until any of `wants` has offsets at or past the one given, or

@@ -10,6 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 
+use bytes::Bytes;
+
 /// Batches per idempotent producer remembered to answer a resend (Kafka keeps five:
 /// a producer has at most five requests in flight).
 const RECENT_BATCHES: usize = 5;
@@ -96,6 +98,9 @@ pub struct Partition {
     waiters: Vec<Waker>,
     /// Idempotent producers' sequences, by producer id.
     producers: HashMap<i64, ProducerState>,
+    /// The newest batches as stored (`(base, end, batch)`, in offset order): a fetch
+    /// at the tail reads them from memory, not from the log (see `KafkaLog::tail`).
+    cached: VecDeque<(i64, i64, Bytes)>,
 }
 
 impl Partition {
@@ -300,6 +305,30 @@ impl Partition {
         dropped
     }
 
+    /// Keeps the stored bytes of the batch `[base, end)` just appended, for fetches.
+    pub fn cache(&mut self, base: i64, end: i64, stored: Bytes) {
+        self.cached.push_back((base, end, stored));
+    }
+
+    /// Bytes of the batches cached.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached.iter().map(|(_, _, b)| b.len()).sum()
+    }
+
+    /// Lets the oldest cached batch go (the shard's cache is full); its size.
+    pub fn uncache_oldest(&mut self) -> usize {
+        self.cached.pop_front().map_or(0, |(_, _, b)| b.len())
+    }
+
+    /// The cached batch holding `offset`, and the offset after it.
+    pub fn cached(&self, offset: i64) -> Option<(&Bytes, i64)> {
+        let i = self.cached.partition_point(|(_, end, _)| *end <= offset);
+        self.cached
+            .get(i)
+            .filter(|(base, _, _)| *base <= offset)
+            .map(|(_, end, bytes)| (bytes, *end))
+    }
+
     /// The WAL offset of the oldest batch kept: what the shard's log must keep.
     pub fn oldest_wal(&self) -> Option<u64> {
         self.entries.front().map(|e| e.wal)
@@ -440,6 +469,24 @@ mod tests {
         fn wake(self: std::sync::Arc<Self>) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    #[test]
+    fn a_cached_batch_is_found_by_any_offset_it_holds() {
+        let mut p = Partition::default();
+        for (base, end) in [(0, 3), (3, 4), (4, 10)] {
+            p.cache(base, end, Bytes::from(vec![base as u8; 5]));
+        }
+        let found = |p: &Partition, offset| p.cached(offset).map(|(b, end)| (b[0], end));
+        assert_eq!(found(&p, 0), Some((0, 3)));
+        assert_eq!(found(&p, 2), Some((0, 3)), "the whole batch holding it");
+        assert_eq!(found(&p, 3), Some((3, 4)));
+        assert_eq!(found(&p, 9), Some((4, 10)));
+        assert_eq!(found(&p, 10), None, "past the newest");
+        assert_eq!(p.cached_bytes(), 15);
+        assert_eq!(p.uncache_oldest(), 5);
+        assert_eq!(found(&p, 1), None, "let go: read from the log");
+        assert_eq!(found(&p, 3), Some((3, 4)));
     }
 
     #[test]
