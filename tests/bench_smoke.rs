@@ -65,7 +65,14 @@ fn kafka_mode_produces_at_the_offered_rate_and_fetches_everything() {
     let out = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
         .args(["--kafka-topic", "bench", "--port"])
         .arg(broker.kafka.unwrap().port().to_string())
-        .args(["--rate", "2000", "--payload-bytes", "100", "--duration-secs", "2"])
+        .args([
+            "--rate",
+            "2000",
+            "--payload-bytes",
+            "100",
+            "--duration-secs",
+            "2",
+        ])
         .arg("--json")
         .output()
         .expect("run shardmq-bench");
@@ -75,8 +82,7 @@ fn kafka_mode_produces_at_the_offered_rate_and_fetches_everything() {
         String::from_utf8_lossy(&out.stderr),
         broker.log()
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let result = &report["result"];
     let acked = result["acked_per_s"].as_f64().unwrap();
     assert!((1_800.0..=2_200.0).contains(&acked), "{report}");
@@ -84,5 +90,8 @@ fn kafka_mode_produces_at_the_offered_rate_and_fetches_everything() {
     let samples = result["produce_to_fetch"]["samples"].as_u64().unwrap();
     assert!(samples.abs_diff(4_000) <= 2, "{report}");
     assert_eq!(result["fetched"].as_u64(), Some(samples), "{report}");
-    assert!(result["produce_to_fetch"]["p50_us"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        result["produce_to_fetch"]["p50_us"].as_u64().unwrap() > 0,
+        "{report}"
+    );
 }

@@ -135,6 +135,9 @@ pub struct Args {
     /// Kafka mode: the most bytes of one produced batch (librdkafka's batch.size).
     #[arg(long)]
     pub kafka_batch_bytes: Option<usize>,
+    /// Kafka mode: produce to partitions 0..N, one producer connection each.
+    #[arg(long)]
+    pub kafka_partitions: Option<u32>,
 }
 
 impl Args {
@@ -176,6 +179,7 @@ impl Args {
             tls_ca: self.tls_ca.or(base.tls_ca),
             kafka_topic: self.kafka_topic.or(base.kafka_topic),
             kafka_batch_bytes: self.kafka_batch_bytes.or(base.kafka_batch_bytes),
+            kafka_partitions: self.kafka_partitions.or(base.kafka_partitions),
         }
     }
 }
@@ -259,6 +263,7 @@ pub struct Params {
     pub tls: Option<Arc<ClientConfig>>,
     pub kafka_topic: Option<String>,
     pub kafka_batch_bytes: usize,
+    pub kafka_partitions: u32,
 }
 
 impl Params {
@@ -347,6 +352,7 @@ impl Params {
             tls,
             kafka_topic: a.kafka_topic,
             kafka_batch_bytes: a.kafka_batch_bytes.unwrap_or(1_000_000).max(64),
+            kafka_partitions: a.kafka_partitions.unwrap_or(1).clamp(1, 1024),
         })
     }
 

@@ -1,13 +1,15 @@
-//! Kafka mode (`--kafka-topic T`): throughput and produce → fetch latency of partition 0
-//! of `T` over the Kafka protocol, against any Kafka broker (`--port` is its Kafka port).
+//! Kafka mode (`--kafka-topic T`): throughput and produce → fetch latency of partitions
+//! 0..`--kafka-partitions` of `T` over the Kafka protocol, against any Kafka broker
+//! (`--port` is its Kafka port).
 //!
-//! A producer connection sends record batches with `acks = all`, one request at a time
-//! (what librdkafka does per partition against a broker that answers in order). With
-//! `--rate R` (records/s) a batch holds every record due by the time it is sent, up to
+//! One producer connection per partition (a thread each) sends record batches with
+//! `acks = all`, one request at a time (a Kafka broker serves a connection's requests
+//! one after the other). With `--rate R` (records/s in all, shared evenly by the
+//! partitions) a batch holds every record due by the time it is sent, up to
 //! `--kafka-batch-bytes`: open loop, each record stamped with its due time, so a slow
 //! broker shows as latency, not as a lower offered rate. With `--rate 0` every batch is
-//! full: the maximum rate. A consumer connection long-polls Fetch from the partition's
-//! end and times each record from its due time to its arrival (the stamp is the first 8
+//! full: the maximum rate. One consumer connection long-polls Fetch of every partition
+//! from its end and times each record from its due time to its arrival (the stamp is the first 8
 //! bytes of the value). Reported over the window after `--warmup-secs`: records and
 //! bytes acknowledged per second, produce → fetch latency, produce request latency, and
 //! with `--broker-pid` the broker's CPU per record.
@@ -89,28 +91,39 @@ fn connect(p: &Params) -> Result<KafkaClient, String> {
     KafkaClient::connect(addr, TIMEOUT, "shardmq-bench")
 }
 
-/// The offset the next record of partition 0 gets.
-fn end_offset(client: &mut KafkaClient, topic: &str) -> Result<i64, String> {
+/// The offset the next record of each of `partitions` gets.
+fn end_offsets(client: &mut KafkaClient, topic: &str, partitions: u32) -> Result<Vec<i64>, String> {
     let request = ListOffsetsRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_topics(vec![ListOffsetsTopic::default()
             .with_name(topic_name(topic))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(0)
-                .with_timestamp(-1)])]);
+            .with_partitions(
+                (0..partitions as i32)
+                    .map(|p| {
+                        ListOffsetsPartition::default()
+                            .with_partition_index(p)
+                            .with_timestamp(-1)
+                    })
+                    .collect(),
+            )]);
     let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 2, &request)?;
-    let answer = response
-        .topics
-        .first()
-        .and_then(|t| t.partitions.first())
-        .ok_or("an empty ListOffsets answer")?;
-    if answer.error_code != 0 {
-        return Err(format!(
-            "{topic}/0: ListOffsets error {}",
-            answer.error_code
-        ));
+    let mut offsets = vec![None; partitions as usize];
+    for answer in response.topics.iter().flat_map(|t| &t.partitions) {
+        if answer.error_code != 0 {
+            return Err(format!(
+                "{topic}/{}: ListOffsets error {}",
+                answer.partition_index, answer.error_code
+            ));
+        }
+        if let Some(slot) = offsets.get_mut(answer.partition_index as usize) {
+            *slot = Some(answer.offset);
+        }
     }
-    Ok(answer.offset)
+    offsets
+        .into_iter()
+        .enumerate()
+        .map(|(p, o)| o.ok_or_else(|| format!("{topic}/{p}: no ListOffsets answer")))
+        .collect()
 }
 
 /// Runs the producer and the consumer (on the first CPUs of `--cpus`, if given).
@@ -121,8 +134,9 @@ pub fn run(p: &Arc<Params>, topic: &str) -> Result<KafkaReport, String> {
     if p.payload_bytes < STAMP_BYTES {
         return Err(format!("--payload-bytes must be at least {STAMP_BYTES}"));
     }
+    let partitions = p.kafka_partitions;
     let mut consumer = connect(p)?;
-    let start_offset = end_offset(&mut consumer, topic)?;
+    let start_offsets = end_offsets(&mut consumer, topic, partitions)?;
     let begin = now_ns();
     let window_from = begin + p.warmup_secs * 1_000_000_000;
     let window_to = window_from + duration * 1_000_000_000;
@@ -139,23 +153,51 @@ pub fn run(p: &Arc<Params>, topic: &str) -> Result<KafkaReport, String> {
             fetch_loop(
                 consumer,
                 &topic,
-                start_offset,
+                start_offsets,
                 &done,
                 (window_from, window_to),
             )
         })
     };
-    if let Some(&cpu) = cpus.first() {
-        crate::sys::pin_to_cpu(cpu);
-    }
     let cpu_before = p.broker_pid.and_then(crate::sys::process_cpu_secs);
-    let produced = produce_loop(p, topic, begin, (window_from, window_to));
+    let producers: Vec<_> = (0..partitions)
+        .map(|partition| {
+            let (p, topic, cpu) = (Arc::clone(p), topic.to_string(), cpus.first().copied());
+            std::thread::spawn(move || {
+                if let Some(cpu) = cpu {
+                    crate::sys::pin_to_cpu(cpu);
+                }
+                produce_loop(&p, &topic, partition, begin, (window_from, window_to))
+            })
+        })
+        .collect();
+    let mut produced = Produced {
+        acked: 0,
+        acked_total: 0,
+        requests: 0,
+        request_us: histogram(),
+    };
+    let mut failed = None;
+    for producer in producers {
+        match producer.join() {
+            Ok(Ok(one)) => {
+                produced.acked += one.acked;
+                produced.acked_total += one.acked_total;
+                produced.requests += one.requests;
+                let _ = produced.request_us.add(&one.request_us);
+            }
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => failed = Some("a producer thread panicked".into()),
+        }
+    }
     let cpu_after = p.broker_pid.and_then(crate::sys::process_cpu_secs);
     producing_done.store(true, Ordering::Release);
     let fetched = fetcher
         .join()
         .map_err(|_| "the consumer thread panicked".to_string())??;
-    let produced = produced?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let window_secs = duration as f64;
     let broker_cpu_us_per_record = match (cpu_before, cpu_after) {
         (Some(a), Some(b)) if produced.acked > 0 => {
@@ -191,9 +233,11 @@ fn due_at(begin: u64, rate: u64, i: u64) -> u64 {
     begin + (u128::from(i) * 1_000_000_000 / u128::from(rate)) as u64
 }
 
+/// One partition's producer; `--rate` is shared evenly by the partitions.
 fn produce_loop(
     p: &Params,
     topic: &str,
+    partition: u32,
     begin: u64,
     (window_from, window_to): (u64, u64),
 ) -> Result<Produced, String> {
@@ -208,11 +252,12 @@ fn produce_loop(
         requests: 0,
         request_us: histogram(),
     };
+    let rate = p.rate.div_ceil(u64::from(p.kafka_partitions));
     let mut issued: u64 = 0;
     let mut batch = Vec::with_capacity(p.kafka_batch_bytes + 128);
     loop {
         let now = now_ns();
-        let count = if p.rate == 0 {
+        let count = if rate == 0 {
             if now >= window_to {
                 break;
             }
@@ -220,13 +265,13 @@ fn produce_loop(
         } else {
             // Records due before the window's end are all sent, late ones too.
             let upto = now.min(window_to);
-            let due_total = (upto - begin) as u128 * p.rate as u128 / 1_000_000_000;
+            let due_total = (upto - begin) as u128 * rate as u128 / 1_000_000_000;
             let count = (due_total as u64).saturating_sub(issued).min(batch_max);
             if count == 0 {
                 if now >= window_to {
                     break;
                 }
-                let next_due = due_at(begin, p.rate, issued + 1);
+                let next_due = due_at(begin, rate, issued + 1);
                 std::thread::sleep(Duration::from_nanos(next_due.saturating_sub(now)));
                 continue;
             }
@@ -234,10 +279,10 @@ fn produce_loop(
         };
         // A record's due time: its place in the offered schedule (now, at full speed).
         let due_of = |i: u64| {
-            if p.rate == 0 {
+            if rate == 0 {
                 now
             } else {
-                due_at(begin, p.rate, i)
+                due_at(begin, rate, i)
             }
         };
         batch.clear();
@@ -255,7 +300,7 @@ fn produce_loop(
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(topic_name(topic))
                 .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
+                    .with_index(partition as i32)
                     .with_records(Some(Bytes::copy_from_slice(&batch)))])]);
         let sent = now_ns();
         let response: ProduceResponse = client.call(ApiKey::Produce, 7, &request)?;
@@ -266,7 +311,7 @@ fn produce_loop(
             .and_then(|t| t.partition_responses.first())
             .map_or(-1, |r| r.error_code);
         if error != 0 {
-            return Err(format!("{topic}/0: Produce error {error}"));
+            return Err(format!("{topic}/{partition}: Produce error {error}"));
         }
         produced.acked_total += count;
         if sent >= window_from {
@@ -280,16 +325,17 @@ fn produce_loop(
     Ok(produced)
 }
 
-/// Fetches from `offset` until producing is done and a fetch comes back empty;
-/// returns the latencies of the records due inside the window.
+/// Fetches every partition from `offsets` on until producing is done and a fetch comes
+/// back empty; returns the latencies of the records due inside the window.
 fn fetch_loop(
     mut client: KafkaClient,
     topic: &str,
-    mut offset: i64,
+    mut offsets: Vec<i64>,
     done: &AtomicBool,
     (window_from, window_to): (u64, u64),
 ) -> Result<Histogram<u64>, String> {
     let mut latencies = histogram();
+    let share = FETCH_BYTES / offsets.len().max(1) as i32;
     loop {
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -298,34 +344,44 @@ fn fetch_loop(
             .with_max_bytes(FETCH_BYTES)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(topic_name(topic))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(FETCH_BYTES)])]);
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .enumerate()
+                        .map(|(p, &offset)| {
+                            FetchPartition::default()
+                                .with_partition(p as i32)
+                                .with_fetch_offset(offset)
+                                .with_partition_max_bytes(share)
+                        })
+                        .collect(),
+                )]);
         let finished = done.load(Ordering::Acquire);
         let response: FetchResponse = client.call(ApiKey::Fetch, 11, &request)?;
         let arrived = now_ns();
-        let part = response
-            .responses
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or("an empty Fetch answer")?;
-        if part.error_code != 0 {
-            return Err(format!("{topic}/0: Fetch error {}", part.error_code));
-        }
-        let records = part.records.clone().unwrap_or_default();
-        let before = offset;
-        read_values(records, offset, |at, value| {
-            offset = at + 1;
-            if let Some(stamp) = value.get(..STAMP_BYTES) {
-                let due = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
-                if (window_from..window_to).contains(&due) {
-                    let us = arrived.saturating_sub(due) / 1000;
-                    let _ = latencies.record(us.min(LATENCY_US_MAX));
-                }
+        let mut moved = false;
+        for part in response.responses.iter().flat_map(|t| &t.partitions) {
+            let index = part.partition_index;
+            if part.error_code != 0 {
+                return Err(format!("{topic}/{index}: Fetch error {}", part.error_code));
             }
-        })?;
-        if finished && offset == before {
+            let Some(offset) = offsets.get_mut(index as usize) else {
+                return Err(format!("{topic}/{index}: not asked for"));
+            };
+            let records = part.records.clone().unwrap_or_default();
+            read_values(records, *offset, |at, value| {
+                *offset = at + 1;
+                moved = true;
+                if let Some(stamp) = value.get(..STAMP_BYTES) {
+                    let due = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
+                    if (window_from..window_to).contains(&due) {
+                        let us = arrived.saturating_sub(due) / 1000;
+                        let _ = latencies.record(us.min(LATENCY_US_MAX));
+                    }
+                }
+            })?;
+        }
+        if finished && !moved {
             return Ok(latencies);
         }
     }
@@ -394,8 +450,8 @@ pub fn print_text(p: &Params, topic: &str, r: &KafkaReport) {
         format!("{}/s", p.rate)
     };
     println!(
-        "kafka {topic}/0  offered {offered}  {} B records  acks=all  window {:.0} s",
-        p.payload_bytes, r.window_secs
+        "kafka {topic}, {} partitions  offered {offered}  {} B records  acks=all  window {:.0} s",
+        p.kafka_partitions, p.payload_bytes, r.window_secs
     );
     println!(
         "acked      {:>12.0} records/s  {:>8.1} MB/s  ({} requests, {:.0} records each)",
