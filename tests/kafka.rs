@@ -1497,3 +1497,45 @@ fn a_created_topic_outlives_the_segment_that_logged_it() {
         "the newest batch stays"
     );
 }
+
+/// Produce requests sent back to back on one connection, without waiting for answers
+/// (as librdkafka pipelines them): each is answered, in the order sent, with offsets
+/// in that order, and the records read back in it.
+#[test]
+fn pipelined_produces_are_answered_in_order() {
+    if !have_kcat() {
+        return;
+    }
+    let (broker, _dir) = kafka_broker(1, None);
+    let addr = broker.kafka.unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let frames: Vec<u8> = (0..20)
+        .flat_map(|i| {
+            produce_v3(
+                100 + i,
+                "audit",
+                0,
+                &record_batch(format!("p{i:02}").as_bytes()),
+            )
+        })
+        .collect();
+    stream.write_all(&frames).unwrap();
+    for i in 0..20 {
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).expect("an answer");
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut body).unwrap();
+        let correlation = i32::from_be_bytes(body[..4].try_into().unwrap());
+        assert_eq!(correlation, 100 + i, "answered in the order sent");
+        assert_eq!(produce_answer(&body[4..]), (0, i64::from(i)));
+    }
+    let values: Vec<String> = consume_all(addr, "audit")
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(
+        values,
+        (0..20).map(|i| format!("p{i:02}")).collect::<Vec<_>>()
+    );
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use glommio::task::JoinHandle;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
@@ -118,10 +119,19 @@ pub fn decode(frame: Bytes) -> Result<Decoded, &'static str> {
 
 /// What one request frame comes to.
 pub(super) struct Handled {
-    /// The response, if one is due (none to a produce with acks 0).
-    pub response: Option<BytesMut>,
+    /// Its response.
+    pub response: Answer,
     /// Close the connection once it is written (a failed authentication).
     pub close: bool,
+}
+
+/// A request's response: ready, or still being made (a produce waiting for its
+/// batches to be durable; `None` for acks 0, `Err` if it cannot be encoded).
+pub(super) enum Answer {
+    /// Ready.
+    Now(BytesMut),
+    /// Made by a task.
+    Later(JoinHandle<Result<Option<BytesMut>, &'static str>>),
 }
 
 /// The answer to one request frame, or (`Err`) the reason the connection must close.
@@ -140,10 +150,13 @@ pub(super) async fn handle(
             request,
         }) => (header, api, version, request),
         Ok(Decoded::NewerApiVersions { correlation_id }) => {
-            return Ok(Handled {
-                response: api_versions_unsupported(correlation_id),
-                close: false,
-            });
+            return match api_versions_unsupported(correlation_id) {
+                Some(response) => Ok(Handled {
+                    response: Answer::Now(response),
+                    close: false,
+                }),
+                None => Err("a response that does not encode"),
+            };
         }
         Err(why) => return Err(refused(door, why)),
     };
@@ -179,15 +192,24 @@ pub(super) async fn handle(
             reply.encode(&metadata(door, auth, local, request, version))
         }
         RequestKind::Produce(request) => {
+            // Answered later, in order: the connection reads its next request meanwhile.
             let acks = request.acks;
-            let response = produce(door, auth, request).await;
-            if acks == 0 {
-                return Ok(Handled {
-                    response: None,
-                    close: false,
-                });
-            }
-            reply.encode(&response)
+            let started = start_produce(door, auth, request);
+            let answer = glommio::spawn_local(async move {
+                let response = finish_produce(started).await;
+                if acks == 0 {
+                    return Ok(None);
+                }
+                reply
+                    .encode(&response)
+                    .map(Some)
+                    .ok_or("a response that does not encode")
+            })
+            .detach();
+            return Ok(Handled {
+                response: Answer::Later(answer),
+                close: false,
+            });
         }
         RequestKind::Fetch(request) => reply.encode(&fetch(door, auth, request, version).await),
         RequestKind::ListOffsets(request) => {
@@ -231,7 +253,7 @@ pub(super) async fn handle(
     };
     match response {
         Some(response) => Ok(Handled {
-            response: Some(response),
+            response: Answer::Now(response),
             close,
         }),
         None => Err("a response that does not encode"),
@@ -245,6 +267,7 @@ fn refused(door: &KafkaDoor, why: &'static str) -> &'static str {
     why
 }
 
+#[derive(Clone, Copy)]
 struct Reply {
     correlation_id: i32,
     response_header_version: i16,
@@ -543,12 +566,22 @@ fn describe_topic(topic: &KafkaTopic, version: i16) -> MetadataResponseTopic {
         )
 }
 
-/// Appends every partition's batches, all partitions at once.
-async fn produce(
+/// A produce whose appends have started: each partition's own task (detached: an
+/// append runs to its end, and its high watermark moves, whether or not the response
+/// is still wanted), or the code it was refused with.
+type StartedTopic = (
+    TopicName,
+    Vec<(i32, Result<JoinHandle<Result<i64, KafkaError>>, i16>)>,
+);
+
+/// Starts appending every partition's batches, all partitions at once and in request
+/// order: the tasks are spawned before this returns, so a later request's appends come
+/// after this one's.
+fn start_produce(
     door: &Rc<KafkaDoor>,
     auth: &mut ConnAuth,
     request: ProduceRequest,
-) -> ProduceResponse {
+) -> Vec<StartedTopic> {
     let refusal = if request.transactional_id.is_some() {
         // Transactions are not served.
         Some(ResponseError::TransactionalIdAuthorizationFailed.code())
@@ -557,7 +590,7 @@ async fn produce(
     } else {
         None
     };
-    let mut pending = Vec::new();
+    let mut started = Vec::new();
     for topic in request.topic_data {
         let name: Arc<str> = Arc::from(topic.name.as_str());
         let refusal = refusal.or_else(|| {
@@ -573,24 +606,31 @@ async fn produce(
                     let topic = Arc::clone(&name);
                     Ok(glommio::spawn_local(async move {
                         broker.kafka_produce(topic, partition, records).await
-                    }))
+                    })
+                    .detach())
                 }
                 (None, Err(_), _) => Err(ResponseError::UnknownTopicOrPartition.code()),
                 (None, Ok(_), None) => Err(ResponseError::InvalidRecord.code()),
             };
             partitions.push((index, task));
         }
-        pending.push((topic.name, partitions));
+        started.push((topic.name, partitions));
     }
-    let mut responses = Vec::with_capacity(pending.len());
-    for (name, partitions) in pending {
+    started
+}
+
+/// Waits for a started produce's appends and answers it.
+async fn finish_produce(started: Vec<StartedTopic>) -> ProduceResponse {
+    let mut responses = Vec::with_capacity(started.len());
+    for (name, partitions) in started {
         let mut answered = Vec::with_capacity(partitions.len());
         for (index, task) in partitions {
             let (error_code, base_offset) = match task {
                 Err(code) => (code, -1),
                 Ok(task) => match task.await {
-                    Ok(base) => (0, base),
-                    Err(e) => (code(Some(e)), -1),
+                    Some(Ok(base)) => (0, base),
+                    Some(Err(e)) => (code(Some(e)), -1),
+                    None => (code(Some(KafkaError::Storage)), -1),
                 },
             };
             answered.push(

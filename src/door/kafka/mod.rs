@@ -12,8 +12,13 @@
 //! that does not decode, is closed — what a Kafka broker does — and nothing else is
 //! affected.
 //!
-//! Requests on one connection are answered in order, one at a time; the partitions of
-//! one produce are appended concurrently, so they share the log's group commits.
+//! Requests on one connection are answered in order. Produce requests are pipelined: a
+//! produce's appends start as soon as it is read, and the next request is read while it
+//! waits for its batches to be durable (up to [`PIPELINE_MAX`] produces in flight), so
+//! a producer's next batch joins the next group commit instead of waiting for the
+//! previous answer. Any other request first waits until every earlier answer is
+//! written, so it sees what they did, as if served one at a time. The partitions of one
+//! produce are appended concurrently too.
 
 #[doc(hidden)]
 mod admin;
@@ -27,19 +32,25 @@ pub use handlers::{decode, Decoded};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::auth::HashQueue;
 use crate::broker::Broker;
 use crate::runtime::{ConnectionQuota, ConnectionSlot};
+
+use handlers::Answer;
 
 /// The log target of Kafka connection events.
 pub const KAFKA_LOG: &str = "shardmq::kafka";
@@ -47,6 +58,11 @@ pub const KAFKA_LOG: &str = "shardmq::kafka";
 /// A connection that sends no request for this long is closed (Kafka's
 /// `connections.max.idle.ms` default).
 const IDLE_MAX: Duration = Duration::from_secs(600);
+
+/// Produce requests one connection may have read and not yet answered (Kafka
+/// producers' `max.in.flight.requests.per.connection` default is 5): with the request
+/// being read, at most this many plus one request frames per connection in memory.
+pub const PIPELINE_MAX: usize = 4;
 
 /// The Kafka door of one shard.
 pub struct KafkaDoor {
@@ -140,24 +156,106 @@ async fn serve(door: Rc<KafkaDoor>, stream: TcpStream, slot: ConnectionSlot) {
     let _ = stream.set_read_timeout(Some(IDLE_MAX));
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
+    let stream = Rc::new(RefCell::new(stream));
+    let (answers, queued) = glommio::channels::local_channel::new_bounded(PIPELINE_MAX);
+    let unwritten = Rc::new(Unwritten::default());
+    let writer = glommio::spawn_local(write_answers(
+        Rc::clone(&stream),
+        queued,
+        Rc::clone(&unwritten),
+    ))
+    .detach();
     let mut conn = Connection {
         door: &door,
         stream,
         local,
         peer,
         auth: sasl::ConnAuth::default(),
+        answers,
+        unwritten,
     };
-    let ending = conn.run().await;
-    tracing::debug!(target: KAFKA_LOG, shard = door.broker.id.index(), ?peer, ending, "connection closed");
+    let mut ending = conn.run().await;
+    // The answers read so far are written (or the socket fails) before it closes.
     drop(conn);
+    if let Some(Err(why)) = writer.await {
+        ending = why;
+    }
+    tracing::debug!(target: KAFKA_LOG, shard = door.broker.id.index(), ?peer, ending, "connection closed");
     door.live.borrow_mut().remove(&token);
     probe.connections_current.add(-1);
     probe.connections_closed_total.inc();
 }
 
+/// Answers queued and not yet written, and the reader waiting for none.
+#[derive(Default)]
+struct Unwritten {
+    count: Cell<usize>,
+    waiter: Cell<Option<std::task::Waker>>,
+    failed: Cell<bool>,
+}
+
+/// The connection's writer: each answer in the order the requests came, once ready.
+async fn write_answers(
+    stream: Rc<RefCell<TcpStream>>,
+    queued: LocalReceiver<Answer>,
+    unwritten: Rc<Unwritten>,
+) -> Result<(), &'static str> {
+    let mut result = Ok(());
+    while let Some(answer) = queued.recv().await {
+        let response = match answer {
+            Answer::Now(response) => Ok(Some(response)),
+            Answer::Later(task) => task.await.unwrap_or(Err("a produce task was lost")),
+        };
+        let written = match response {
+            Ok(Some(response)) => write_all(&stream, &response)
+                .await
+                .map_err(|_| "write failed"),
+            Ok(None) => Ok(()),
+            Err(why) => Err(why),
+        };
+        unwritten.count.set(unwritten.count.get() - 1);
+        if let Err(why) = written {
+            unwritten.failed.set(true);
+            result = Err(why);
+        }
+        if unwritten.count.get() == 0 || result.is_err() {
+            if let Some(waker) = unwritten.waiter.take() {
+                waker.wake();
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+    result
+}
+
+async fn write_all(stream: &RefCell<TcpStream>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+async fn read_exact(stream: &RefCell<TcpStream>, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+    }
+    Ok(())
+}
+
 struct Connection<'a> {
     door: &'a Rc<KafkaDoor>,
-    stream: TcpStream,
+    /// Read here, written by the connection's writer task (each borrow lasts one poll).
+    stream: Rc<RefCell<TcpStream>>,
     /// The address the client reached: what Metadata advertises when `kafka_listen`
     /// is a wildcard address.
     local: Option<SocketAddr>,
@@ -165,6 +263,9 @@ struct Connection<'a> {
     peer: Option<SocketAddr>,
     /// Who it authenticated as, and its ACL.
     auth: sasl::ConnAuth,
+    /// To the writer, in request order.
+    answers: LocalSender<Answer>,
+    unwritten: Rc<Unwritten>,
 }
 
 impl Connection<'_> {
@@ -181,6 +282,15 @@ impl Connection<'_> {
                 Some(Ok(frame)) => frame,
                 Some(Err(why)) => return why,
             };
+            let produce = key_and_version(&frame)
+                .is_some_and(|(key, _)| key == kafka_protocol::messages::ApiKey::Produce as i16);
+            if !produce || self.auth.raw_token_next() {
+                // Served as if alone: after every earlier answer is written.
+                self.all_written().await;
+            }
+            if self.unwritten.failed.get() {
+                return "write failed";
+            }
             if self.auth.raw_token_next() {
                 // After a version 0 handshake: the bare PLAIN token; an empty frame says
                 // it was accepted, a closed connection that it was not.
@@ -188,7 +298,10 @@ impl Connection<'_> {
                 if !accepted {
                     return "SASL authentication failed";
                 }
-                if self.stream.write_all(&[0, 0, 0, 0]).await.is_err() {
+                if !self
+                    .queue(Answer::Now(BytesMut::from(&[0u8, 0, 0, 0][..])))
+                    .await
+                {
                     return "write failed";
                 }
                 continue;
@@ -200,10 +313,8 @@ impl Connection<'_> {
                     Ok(handled) => handled,
                     Err(why) => return why,
                 };
-            if let Some(response) = handled.response {
-                if self.stream.write_all(&response).await.is_err() {
-                    return "write failed";
-                }
+            if !self.queue(handled.response).await {
+                return "write failed";
             }
             if handled.close {
                 return "SASL authentication failed";
@@ -211,10 +322,33 @@ impl Connection<'_> {
         }
     }
 
+    /// Hands an answer to the writer (waiting while [`PIPELINE_MAX`] are queued);
+    /// false if the writer stopped.
+    async fn queue(&self, answer: Answer) -> bool {
+        self.unwritten.count.set(self.unwritten.count.get() + 1);
+        if self.answers.send(answer).await.is_err() {
+            self.unwritten.count.set(self.unwritten.count.get() - 1);
+            return false;
+        }
+        true
+    }
+
+    /// Waits until the writer has written every answer queued (or failed).
+    async fn all_written(&self) {
+        poll_fn(|cx| {
+            if self.unwritten.count.get() == 0 || self.unwritten.failed.get() {
+                return Poll::Ready(());
+            }
+            self.unwritten.waiter.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+    }
+
     /// The next request frame (without its size).
     async fn read_frame(&mut self) -> Result<Bytes, &'static str> {
         let mut size = [0u8; 4];
-        match self.stream.read_exact(&mut size).await {
+        match read_exact(&self.stream, &mut size).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err("closed by the client")
@@ -231,7 +365,7 @@ impl Connection<'_> {
             return Err("a frame over the request size limit (max_packet_bytes)");
         }
         let mut frame = BytesMut::zeroed(size);
-        if self.stream.read_exact(&mut frame).await.is_err() {
+        if read_exact(&self.stream, &mut frame).await.is_err() {
             return Err("the connection ended inside a frame");
         }
         Ok(frame.freeze())
