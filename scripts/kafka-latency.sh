@@ -2,11 +2,12 @@
 # Kafka door: the maximum acks=all produce rate of one partition, then produce → fetch
 # latency at half of it, on this machine.
 #
-# Usage: scripts/kafka-latency.sh [SECONDS] [ROUNDS] [PARTITIONS]
+# Usage: scripts/kafka-latency.sh [SECONDS] [ROUNDS] [PARTITIONS] [INFLIGHT]
 #
 # For 100 B and 1 KiB records, against a 1-shard broker on CPU 0 with fsync_policy =
-# "always": shardmq-bench --kafka-topic on CPU 1 (a producer connection per partition,
-# one consumer) first produces as fast as acks=all allows (--rate 0, batches up to 1 MB
+# "always": shardmq-bench --kafka-topic on CPU 1 (a producer connection per partition
+# with up to INFLIGHT requests in flight, default 5 as Kafka producers, and batches
+# lingering up to 1 ms while some are; one consumer) first produces as fast as acks=all allows (--rate 0, batches up to 1 MB
 # as librdkafka's batch.size) to PARTITIONS partitions (default 1) for SECONDS (default
 # 10), then offers half of that rate, open loop, for SECONDS and times every record from
 # its due time to its fetch. Each run gets a fresh broker, and the disk settles (sync, 5 s)
@@ -23,11 +24,12 @@ help_if_asked "$@"
 SECONDS_RUN=${1:-10}
 ROUNDS=${2:-3}
 PARTITIONS=${3:-1}
+INFLIGHT=${4:-5}
 (( $(nproc) >= 2 )) || die "needs 2 CPUs: the broker on CPU 0, the generator on CPU 1"
 command -v fio >/dev/null || die "fio is missing (apt-get install fio)"
 
 begin_results kafka-latency
-meta_lines "scripts/kafka-latency.sh $SECONDS_RUN $ROUNDS $PARTITIONS" >"$out/meta.txt"
+meta_lines "scripts/kafka-latency.sh $SECONDS_RUN $ROUNDS $PARTITIONS $INFLIGHT" >"$out/meta.txt"
 echo "size,round,offered_per_s,acked_per_s,acked_mb_per_s,records_per_request,p50_us,p99_us,p999_us,request_p99_us,broker_cpu_us_per_record" >"$csv"
 mkdir -p "$out/raw" target/bench-data
 fio_dir=$(mktemp -d -p target/bench-data fio-XXXXXX)
@@ -54,7 +56,7 @@ measure() {
         start_shardmq 1 always
     "$BENCH_BIN" --kafka-topic bench --port "$port" --broker-pid "$BROKER_PID" --json \
         --cpus 1,1 --rate "$rate" --payload-bytes "$size" --warmup-secs 2 \
-        --kafka-partitions "$PARTITIONS" \
+        --kafka-partitions "$PARTITIONS" --kafka-inflight "$INFLIGHT" \
         --duration-secs "$SECONDS_RUN" >"$json" 2>"${json%.json}.log" \
         || { stop_broker; die "the generator failed: $(tail -1 "${json%.json}.log")"; }
     stop_broker
@@ -81,12 +83,12 @@ for size in 100 1000; do
     done
 done
 
-python3 - "$csv" "$fio_bare" "$fio_synced" "$PARTITIONS" >"$out/summary.txt" <<'EOF'
+python3 - "$csv" "$fio_bare" "$fio_synced" "$PARTITIONS" "$INFLIGHT" >"$out/summary.txt" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 bare, synced, partitions = float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 print(f"fio sequential write, 1 MiB O_DIRECT: {bare:.0f} MB/s; each fdatasynced: {synced:.0f} MB/s")
-print(f"{partitions} partition(s), a producer connection each")
+print(f"{partitions} partition(s), a producer connection each, {sys.argv[5]} request(s) in flight")
 print()
 med = lambda sel, k: statistics.median(float(r[k]) for r in sel)
 print("| records | offered | acked records/s | MB/s | of fio (bare / synced) | records/request | produce→fetch p50 / p99 / p99.9 | produce request p99 | broker CPU/record |")

@@ -138,6 +138,14 @@ pub struct Args {
     /// Kafka mode: produce to partitions 0..N, one producer connection each.
     #[arg(long)]
     pub kafka_partitions: Option<u32>,
+    /// Kafka mode: produce requests in flight per connection (default 5, as Kafka
+    /// producers' max.in.flight.requests.per.connection).
+    #[arg(long)]
+    pub kafka_inflight: Option<usize>,
+    /// Kafka mode: how long a record may wait for its batch while requests are in
+    /// flight, µs (default 1000; librdkafka's linger.ms).
+    #[arg(long)]
+    pub kafka_linger_us: Option<u64>,
 }
 
 impl Args {
@@ -180,6 +188,8 @@ impl Args {
             kafka_topic: self.kafka_topic.or(base.kafka_topic),
             kafka_batch_bytes: self.kafka_batch_bytes.or(base.kafka_batch_bytes),
             kafka_partitions: self.kafka_partitions.or(base.kafka_partitions),
+            kafka_inflight: self.kafka_inflight.or(base.kafka_inflight),
+            kafka_linger_us: self.kafka_linger_us.or(base.kafka_linger_us),
         }
     }
 }
@@ -264,6 +274,8 @@ pub struct Params {
     pub kafka_topic: Option<String>,
     pub kafka_batch_bytes: usize,
     pub kafka_partitions: u32,
+    pub kafka_inflight: usize,
+    pub kafka_linger_us: u64,
 }
 
 impl Params {
@@ -353,6 +365,8 @@ impl Params {
             kafka_topic: a.kafka_topic,
             kafka_batch_bytes: a.kafka_batch_bytes.unwrap_or(1_000_000).max(64),
             kafka_partitions: a.kafka_partitions.unwrap_or(1).clamp(1, 1024),
+            kafka_inflight: a.kafka_inflight.unwrap_or(5).max(1),
+            kafka_linger_us: a.kafka_linger_us.unwrap_or(1000),
         })
     }
 

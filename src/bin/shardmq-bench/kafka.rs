@@ -3,9 +3,11 @@
 //! (`--port` is its Kafka port).
 //!
 //! One producer connection per partition (a thread each) sends record batches with
-//! `acks = all`, one request at a time (a Kafka broker serves a connection's requests
-//! one after the other). With `--rate R` (records/s in all, shared evenly by the
-//! partitions) a batch holds every record due by the time it is sent, up to
+//! `acks = all`, up to `--kafka-inflight` requests at a time (librdkafka's
+//! `max.in.flight`; 1: one request at a time). With `--rate R` (records/s in all,
+//! shared evenly by the partitions) a batch goes at once when nothing is in flight,
+//! else when it is full or its oldest record waited `--kafka-linger-us` (librdkafka's
+//! `linger.ms`); it holds every record due by then, up to
 //! `--kafka-batch-bytes`: open loop, each record stamped with its due time, so a slow
 //! broker shows as latency, not as a lower offered rate. With `--rate 0` every batch is
 //! full: the maximum rate. One consumer connection long-polls Fetch of every partition
@@ -17,6 +19,7 @@
 //! Records are framed and read by hand (no key, no headers, uncompressed): a generator
 //! that allocates per record would be what the run measures on a small machine.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,6 +51,8 @@ const FETCH_WAIT_MS: i32 = 500;
 const FETCH_BYTES: i32 = 64 << 20;
 /// Highest latency recorded, µs (larger values are clamped).
 const LATENCY_US_MAX: u64 = 60_000_000;
+/// The Produce version sent.
+const PRODUCE_VERSION: i16 = 7;
 /// The stamp at the front of every value: its due time, ns since the bench's epoch.
 const STAMP_BYTES: usize = 8;
 
@@ -246,6 +251,7 @@ fn produce_loop(
     // Record framing: the value plus at most 16 bytes of varints and attributes.
     let per_record = value_len + 16;
     let batch_max = (p.kafka_batch_bytes / per_record).max(1) as u64;
+    let linger = p.kafka_linger_us * 1000;
     let mut produced = Produced {
         acked: 0,
         acked_total: 0,
@@ -253,57 +259,82 @@ fn produce_loop(
         request_us: histogram(),
     };
     let rate = p.rate.div_ceil(u64::from(p.kafka_partitions));
+    // Sent and not yet answered: (sent at, records, correlation id).
+    let mut in_flight: VecDeque<(u64, u64, i32)> = VecDeque::new();
     let mut issued: u64 = 0;
     let mut batch = Vec::with_capacity(p.kafka_batch_bytes + 128);
     loop {
         let now = now_ns();
-        let count = if rate == 0 {
-            if now >= window_to {
-                break;
+        // Records due and not sent: at full speed a full batch until the window ends;
+        // open loop every record due before now (before the window's end: late ones are
+        // sent too).
+        let due = if rate == 0 {
+            if now < window_to {
+                batch_max
+            } else {
+                0
             }
-            batch_max
         } else {
-            // Records due before the window's end are all sent, late ones too.
             let upto = now.min(window_to);
             let due_total = (upto - begin) as u128 * rate as u128 / 1_000_000_000;
-            let count = (due_total as u64).saturating_sub(issued).min(batch_max);
-            if count == 0 {
-                if now >= window_to {
-                    break;
-                }
-                let next_due = due_at(begin, rate, issued + 1);
-                std::thread::sleep(Duration::from_nanos(next_due.saturating_sub(now)));
+            (due_total as u64).saturating_sub(issued)
+        };
+        // As a producer batches: at once when nothing is in flight, else when a batch
+        // is full or its oldest record has lingered long enough.
+        let oldest_waited = if rate == 0 {
+            u64::MAX
+        } else {
+            now.saturating_sub(due_at(begin, rate, issued))
+        };
+        let send_now = due > 0
+            && in_flight.len() < p.kafka_inflight
+            && (in_flight.is_empty() || due >= batch_max || oldest_waited >= linger);
+        if send_now {
+            let count = due.min(batch_max);
+            let id = send_batch(
+                &mut client,
+                topic,
+                partition,
+                &mut batch,
+                issued,
+                count,
+                |i| {
+                    if rate == 0 {
+                        now
+                    } else {
+                        due_at(begin, rate, i)
+                    }
+                },
+                value_len,
+            )?;
+            issued += count;
+            in_flight.push_back((now_ns(), count, id));
+            continue;
+        }
+        if in_flight.is_empty() {
+            if due == 0 && now >= window_to {
+                break;
+            }
+            // Nothing to wait for but the next record's due time (or its linger).
+            let next = due_at(begin, rate, issued + 1);
+            std::thread::sleep(Duration::from_nanos(next.saturating_sub(now)));
+            continue;
+        }
+        // Wait for the oldest answer; open loop, only until more records are to go.
+        let full = in_flight.len() >= p.kafka_inflight;
+        if rate > 0 && !full {
+            let next_send = if due > 0 {
+                due_at(begin, rate, issued) + linger
+            } else {
+                due_at(begin, rate, issued + 1)
+            };
+            let wait = Duration::from_nanos(next_send.saturating_sub(now).max(1_000));
+            if !client.readable_within(wait)? {
                 continue;
             }
-            count
-        };
-        // A record's due time: its place in the offered schedule (now, at full speed).
-        let due_of = |i: u64| {
-            if rate == 0 {
-                now
-            } else {
-                due_at(begin, rate, i)
-            }
-        };
-        batch.clear();
-        let first = issued;
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        encode_fixed(&mut batch, count as u32, wall_ms, value_len, |i, value| {
-            value[..STAMP_BYTES].copy_from_slice(&due_of(first + u64::from(i)).to_le_bytes());
-        });
-        issued += count;
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(TIMEOUT.as_millis() as i32)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition as i32)
-                    .with_records(Some(Bytes::copy_from_slice(&batch)))])]);
-        let sent = now_ns();
-        let response: ProduceResponse = client.call(ApiKey::Produce, 7, &request)?;
+        }
+        let (sent, count, id) = in_flight.pop_front().expect("one in flight");
+        let response: ProduceResponse = client.receive(ApiKey::Produce, PRODUCE_VERSION, id)?;
         let answered = now_ns();
         let error = response
             .responses
@@ -323,6 +354,37 @@ fn produce_loop(
         }
     }
     Ok(produced)
+}
+
+/// Frames records `first..first + count` (stamped with `due_of(record)`) as one batch
+/// and sends it to `partition`; the request's correlation id.
+#[allow(clippy::too_many_arguments)]
+fn send_batch(
+    client: &mut KafkaClient,
+    topic: &str,
+    partition: u32,
+    batch: &mut Vec<u8>,
+    first: u64,
+    count: u64,
+    due_of: impl Fn(u64) -> u64,
+    value_len: usize,
+) -> Result<i32, String> {
+    batch.clear();
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    encode_fixed(batch, count as u32, wall_ms, value_len, |i, value| {
+        value[..STAMP_BYTES].copy_from_slice(&due_of(first + u64::from(i)).to_le_bytes());
+    });
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(TIMEOUT.as_millis() as i32)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition as i32)
+                .with_records(Some(Bytes::copy_from_slice(batch)))])]);
+    client.send(ApiKey::Produce, PRODUCE_VERSION, &request)
 }
 
 /// Fetches every partition from `offsets` on until producing is done and a fetch comes

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -51,6 +52,18 @@ impl KafkaClient {
         version: i16,
         request: &Q,
     ) -> Result<R, String> {
+        let id = self.send(api, version, request)?;
+        self.receive(api, version, id)
+    }
+
+    /// Sends `request` as `api` at `version` without waiting for its response; returns
+    /// its correlation id. Responses come back in the order the requests were sent.
+    pub fn send<Q: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Q,
+    ) -> Result<i32, String> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let header = RequestHeader::default()
@@ -70,6 +83,16 @@ impl KafkaClient {
         self.stream
             .write_all(out)
             .map_err(|e| format!("{api:?}: {e}"))?;
+        Ok(id)
+    }
+
+    /// Reads the response to the request sent as `id` (the oldest one not yet read).
+    pub fn receive<R: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        id: i32,
+    ) -> Result<R, String> {
         let mut size = [0u8; 4];
         self.stream
             .read_exact(&mut size)
@@ -90,5 +113,25 @@ impl KafkaClient {
             return Err(format!("{api:?}: an answer to another request"));
         }
         R::decode(&mut body, version).map_err(|e| format!("{api:?} response: {e}"))
+    }
+
+    /// Whether a response starts arriving within `limit`.
+    pub fn readable_within(&self, limit: Duration) -> Result<bool, String> {
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let wait = libc::timespec {
+            tv_sec: limit.as_secs() as libc::time_t,
+            tv_nsec: limit.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd and timespec for the duration of the call; no
+        // signal mask change.
+        let n = unsafe { libc::ppoll(&mut fd, 1, &wait, std::ptr::null()) };
+        if n < 0 {
+            return Err(format!("ppoll: {}", std::io::Error::last_os_error()));
+        }
+        Ok(n > 0)
     }
 }
