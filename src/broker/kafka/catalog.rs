@@ -47,6 +47,10 @@ pub const RECORD_KAFKA_TOPIC: RecordKind = RecordKind(34);
 /// The most topics the catalog holds (besides those of the config file).
 pub const CATALOG_TOPICS_MAX: usize = 10_000;
 
+/// The most partitions the catalog's topics have in all: each is an index and a few
+/// hundred bytes on its owner, so what clients may create stays bounded.
+pub const CATALOG_PARTITIONS_MAX: u64 = 100_000;
+
 /// The shard that keeps the catalog.
 fn catalog_shard() -> ShardId {
     ShardId::from_index(0)
@@ -143,7 +147,8 @@ pub enum CatalogError {
     InvalidName,
     /// The partition count is outside 1..=`KAFKA_PARTITIONS_MAX`.
     InvalidPartitions,
-    /// The catalog holds [`CATALOG_TOPICS_MAX`] topics.
+    /// The catalog holds [`CATALOG_TOPICS_MAX`] topics, or the topic's partitions
+    /// would take it past [`CATALOG_PARTITIONS_MAX`].
     Full,
     /// A log failed; the change may have reached some shards (the next start makes
     /// them agree).
@@ -325,7 +330,10 @@ impl Broker {
                     return Err(CatalogError::Exists);
                 }
                 let created = self.kafka.created.borrow();
-                if created.len() >= CATALOG_TOPICS_MAX {
+                let partitions: u64 = created.values().map(|c| u64::from(c.spec.partitions)).sum();
+                if created.len() >= CATALOG_TOPICS_MAX
+                    || partitions + u64::from(spec.partitions) > CATALOG_PARTITIONS_MAX
+                {
                     return Err(CatalogError::Full);
                 }
                 // Never an id given before, even across a clock step back.

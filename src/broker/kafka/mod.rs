@@ -55,8 +55,8 @@ use super::{Broker, Reply, ShardMsg};
 pub use batch::BatchError;
 pub use bridge::RECORD_KAFKA_BRIDGE;
 pub use catalog::{
-    decode_topic_change, CatalogError, TopicChange, TopicSpec, CATALOG_TOPICS_MAX,
-    RECORD_KAFKA_TOPIC,
+    decode_topic_change, CatalogError, TopicChange, TopicSpec, CATALOG_PARTITIONS_MAX,
+    CATALOG_TOPICS_MAX, RECORD_KAFKA_TOPIC,
 };
 pub use groups::{
     coordinator_of, decode_commits, GroupAnswer, GroupCall, GroupInfo, RecoveredCommits,

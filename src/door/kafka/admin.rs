@@ -21,7 +21,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::broker::kafka::{CatalogError, TopicSpec, CATALOG_TOPICS_MAX};
+use crate::broker::kafka::{CatalogError, TopicSpec, CATALOG_PARTITIONS_MAX, CATALOG_TOPICS_MAX};
 use crate::config::KAFKA_PARTITIONS_MAX;
 
 use super::sasl::ConnAuth;
@@ -226,7 +226,10 @@ fn refusal(error: CatalogError) -> Refusal {
         ),
         CatalogError::Full => (
             ResponseError::PolicyViolation,
-            format!("the broker holds {CATALOG_TOPICS_MAX} created topics, its most"),
+            format!(
+                "created topics are at most {CATALOG_TOPICS_MAX}, with \
+                 {CATALOG_PARTITIONS_MAX} partitions in all"
+            ),
         ),
         CatalogError::Storage => (
             ResponseError::KafkaStorageError,
