@@ -20,20 +20,19 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, DescribeGroupsResponse, FetchRequest, FetchResponse, GroupId,
     ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, TopicName,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 use shardmq::broker::kafka::{murmur2, plain_record};
-use shardmq::door::kafka::client::KafkaClient;
+use shardmq::door::kafka::client::{produce_request, KafkaClient};
 
 /// How long one request may take (a fetch waits at most half of it).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -495,14 +494,7 @@ fn send(
         compression: Compression::None,
     };
     RecordBatchEncoder::encode(&mut batch, records.iter(), &options).map_err(|e| e.to_string())?;
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(TIMEOUT.as_millis() as i32)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(batch.freeze()))])]);
+    let request = produce_request(topic, partition, batch.freeze(), TIMEOUT);
     let response: ProduceResponse = client.call(ApiKey::Produce, 7, &request)?;
     let answer = response
         .responses

@@ -29,15 +29,14 @@ use bytes::{Buf, Bytes};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    ProduceRequest, ProduceResponse, TopicName,
+    ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 use shardmq::broker::kafka::batch::encode_fixed;
-use shardmq::door::kafka::client::KafkaClient;
+use shardmq::door::kafka::client::{produce_request, KafkaClient};
 
 use crate::config::{Params, Stop};
 use crate::report::Latency;
@@ -376,14 +375,8 @@ fn send_batch(
     encode_fixed(batch, count as u32, wall_ms, value_len, |i, value| {
         value[..STAMP_BYTES].copy_from_slice(&due_of(first + u64::from(i)).to_le_bytes());
     });
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(TIMEOUT.as_millis() as i32)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition as i32)
-                .with_records(Some(Bytes::copy_from_slice(batch)))])]);
+    let records = Bytes::copy_from_slice(batch);
+    let request = produce_request(topic, partition as i32, records, TIMEOUT);
     client.send(ApiKey::Produce, PRODUCE_VERSION, &request)
 }
 

@@ -9,7 +9,8 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Largest response accepted.
@@ -134,4 +135,22 @@ impl KafkaClient {
         }
         Ok(n > 0)
     }
+}
+
+/// A Produce request (acks all) of `records` (one or more record batches) to one
+/// partition.
+pub fn produce_request(
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    timeout: Duration,
+) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])])
 }
