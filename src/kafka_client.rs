@@ -45,6 +45,13 @@ pub struct Target {
     /// Kafka broker address (default: kafka_listen of the config).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     bootstrap: Option<String>,
+    /// Authenticate with SASL PLAIN as this user (a broker with allow_anonymous =
+    /// false asks it); with an API key, any name.
+    #[arg(long, global = true, requires = "password")]
+    username: Option<String>,
+    /// The user's password, or an API key.
+    #[arg(long, global = true, requires = "username")]
+    password: Option<String>,
 }
 
 /// `shardmq topics` arguments.
@@ -168,9 +175,11 @@ impl Client {
                 return Err("no broker: give --bootstrap HOST:PORT or set kafka_listen".into())
             }
         };
-        Ok(Client {
-            wire: KafkaClient::connect(addr, TIMEOUT, "shardmq-cli")?,
-        })
+        let mut wire = KafkaClient::connect(addr, TIMEOUT, "shardmq-cli")?;
+        if let (Some(user), Some(password)) = (&target.username, &target.password) {
+            wire.authenticate_plain(user, password)?;
+        }
+        Ok(Client { wire })
     }
 
     /// Sends `request` as `api` at `version` and reads its response.

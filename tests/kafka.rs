@@ -930,7 +930,8 @@ fn the_cli_produces_consumes_and_describes() {
 /// With `allow_anonymous = false` a Kafka client must authenticate with SASL PLAIN as
 /// a configured user (or with an API key as the password); the topic ACL applies, a
 /// Kafka topic name checked as an MQTT topic: a reader fetches but may not produce and
-/// sees only its topics; no credentials or a wrong password get nothing.
+/// sees only its topics; no credentials or a wrong password get nothing. The CLI
+/// authenticates the same way, and only a writer of a topic may create it.
 #[test]
 fn sasl_plain_authenticates_users_and_api_keys_and_the_acl_applies() {
     if !have_kcat() {
@@ -1029,6 +1030,38 @@ fn sasl_plain_authenticates_users_and_api_keys_and_the_acl_applies() {
         10,
         "nothing was added"
     );
+
+    // The CLI authenticates the same way; creating a topic takes the right to produce.
+    let cli = |credentials: &[&str], args: &[&str]| {
+        let out = common::shardmq()
+            .args(args)
+            .args(["--bootstrap", &addr.to_string()])
+            .args(credentials)
+            .stdin(Stdio::null())
+            .output()
+            .expect("shardmq");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, _, _) = cli(&[], &["topics", "list"]);
+    assert!(!ok, "no credentials: nothing served");
+    let (ok, _, err) = cli(
+        &["--username", "reader", "--password", "wrong"],
+        &["topics", "list"],
+    );
+    assert!(!ok && err.contains("SASL PLAIN"), "{err}");
+    let reader = ["--username", "reader", "--password", "r-secret"];
+    let (ok, listed, err) = cli(&reader, &["topics", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        listed.contains("telemetry") && !listed.contains("audit"),
+        "{listed}"
+    );
+    let (ok, _, err) = cli(&reader, &["topics", "create", "by-reader"]);
+    assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+    let writer = ["--username", "writer", "--password", "w-secret"];
+    let (ok, made, err) = cli(&writer, &["topics", "create", "by-writer", "-p", "2"]);
+    assert!(ok && made.contains("created by-writer"), "{err}");
 }
 
 /// A Kafka topic `sensors` shared with MQTT's `sensors/#`.

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, ResponseHeader, TopicName};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Largest response accepted.
@@ -44,6 +47,28 @@ impl KafkaClient {
             client_id,
             out: BytesMut::new(),
         })
+    }
+
+    /// Authenticates with SASL PLAIN as `username` (SaslHandshake and SaslAuthenticate,
+    /// version 1): what a broker asks when it does not admit anonymous clients.
+    pub fn authenticate_plain(&mut self, username: &str, password: &str) -> Result<(), String> {
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let answer: SaslHandshakeResponse = self.call(ApiKey::SaslHandshake, 1, &handshake)?;
+        if answer.error_code != 0 {
+            return Err(format!(
+                "the broker does not take SASL PLAIN (error {})",
+                answer.error_code
+            ));
+        }
+        let token = format!("\0{username}\0{password}");
+        let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
+        let answer: SaslAuthenticateResponse = self.call(ApiKey::SaslAuthenticate, 1, &request)?;
+        if answer.error_code != 0 {
+            let why = answer.error_message.as_deref().unwrap_or("refused");
+            return Err(format!("SASL PLAIN as {username:?}: {why}"));
+        }
+        Ok(())
     }
 
     /// Sends `request` as `api` at `version` and reads its response.
