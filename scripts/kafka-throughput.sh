@@ -84,6 +84,8 @@ with open(csv, "a") as f:
     f.write(f"shardmq,{size},{rnd},mqtt_qos1_publish,{rate:.0f},{rate * size / 1e6:.1f}\n")
 EOF
     done
+    # Up to a gigabyte of generated input: not a result worth keeping.
+    rm -f "$data"
 done
 
 python3 - "$csv" "$seq_mb" >"$out/summary.txt" <<'EOF'
