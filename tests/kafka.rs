@@ -33,6 +33,11 @@ fn have_kafka_python() -> bool {
     )
 }
 
+/// Whether both kcat and kafka-python are here (under CI their absence fails).
+fn have_kafka_tools() -> bool {
+    have_kcat() && have_kafka_python()
+}
+
 /// Runs the kafka-python script `PY` in `mode` against `addr`; its stdout.
 fn python(addr: SocketAddr, mode: &str, rest: &[&str]) -> String {
     let out = Command::new("python3")
@@ -793,7 +798,7 @@ fn kcat_group_consumers_resume_from_their_commits() {
 /// an idempotent producer's records arrive once each with dense offsets.
 #[test]
 fn kafka_python_group_rebalances_when_a_member_leaves() {
-    if !have_kcat() || !have_kafka_python() {
+    if !have_kafka_tools() {
         return;
     }
     let (broker, _dir) = kafka_broker(2, None);
@@ -816,7 +821,7 @@ fn kafka_python_group_rebalances_when_a_member_leaves() {
 /// after kill -9: the group resumes right after them.
 #[test]
 fn committed_offsets_survive_kill_9() {
-    if !have_kcat() || !have_kafka_python() {
+    if !have_kafka_tools() {
         return;
     }
     let data = common::temp_dir();
@@ -1288,7 +1293,7 @@ fn kafka_records_reach_mqtt_subscribers_once_and_survive_kill_9() {
 /// its own retention as the topic's, the rest from the broker.
 #[test]
 fn describe_configs_shows_a_topics_settings() {
-    if !have_kcat() || !have_kafka_python() {
+    if !have_kafka_tools() {
         return;
     }
     let (broker, _dir) = kafka_broker_with(
@@ -1337,7 +1342,7 @@ fn listed_topics(addr: SocketAddr, times: usize) -> Vec<BTreeMap<String, usize>>
 /// name starts empty at offset 0, also after kill -9.
 #[test]
 fn topics_created_and_deleted_over_the_wire_survive_kill_9() {
-    if !have_kcat() || !have_kafka_python() {
+    if !have_kafka_tools() {
         return;
     }
     let data = common::temp_dir();
@@ -1445,7 +1450,7 @@ fn topics_created_and_deleted_over_the_wire_survive_kill_9() {
 /// count too: the start with another count is refused, the old one serves them.
 #[test]
 fn a_created_topic_also_keeps_the_shard_count() {
-    if !have_kcat() || !have_kafka_python() {
+    if !have_kafka_tools() {
         return;
     }
     let data = common::temp_dir();
@@ -1483,7 +1488,7 @@ fn a_created_topic_also_keeps_the_shard_count() {
 /// there with what it kept.
 #[test]
 fn a_created_topic_outlives_the_segment_that_logged_it() {
-    if !have_kcat() || !have_kafka_python() {
+    if !have_kafka_tools() {
         return;
     }
     let data = common::temp_dir();

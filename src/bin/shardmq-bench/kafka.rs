@@ -175,12 +175,7 @@ pub fn run(p: &Arc<Params>, topic: &str) -> Result<KafkaReport, String> {
             })
         })
         .collect();
-    let mut produced = Produced {
-        acked: 0,
-        acked_total: 0,
-        requests: 0,
-        request_us: histogram(),
-    };
+    let mut produced = Produced::new();
     let mut failed = None;
     for producer in producers {
         match producer.join() {
@@ -223,6 +218,17 @@ pub fn run(p: &Arc<Params>, topic: &str) -> Result<KafkaReport, String> {
     })
 }
 
+impl Produced {
+    fn new() -> Self {
+        Produced {
+            acked: 0,
+            acked_total: 0,
+            requests: 0,
+            request_us: histogram(),
+        }
+    }
+}
+
 struct Produced {
     /// Acknowledged inside the window.
     acked: u64,
@@ -251,12 +257,7 @@ fn produce_loop(
     let per_record = value_len + 16;
     let batch_max = (p.kafka_batch_bytes / per_record).max(1) as u64;
     let linger = p.kafka_linger_us * 1000;
-    let mut produced = Produced {
-        acked: 0,
-        acked_total: 0,
-        requests: 0,
-        request_us: histogram(),
-    };
+    let mut produced = Produced::new();
     let rate = p.rate.div_ceil(u64::from(p.kafka_partitions));
     // Sent and not yet answered: (sent at, records, correlation id).
     let mut in_flight: VecDeque<(u64, u64, i32)> = VecDeque::new();

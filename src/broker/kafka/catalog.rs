@@ -287,10 +287,7 @@ impl Broker {
         self.kafka_log_change(&change)
             .await
             .map_err(|_| CatalogError::Storage)?;
-        let others: Vec<ShardId> = (0..self.mesh.shards())
-            .map(ShardId::from_index)
-            .filter(|&s| s != self.id)
-            .collect();
+        let others: Vec<ShardId> = self.all_shards().filter(|&s| s != self.id).collect();
         if others.is_empty() {
             return Ok(());
         }
@@ -394,10 +391,7 @@ impl Broker {
     /// Shard 0 at start, before any door opens: sends the catalog to every other shard,
     /// which makes its own agree (see the module docs), and waits for all of them.
     pub(crate) async fn kafka_share_catalog(self: &Rc<Self>) {
-        let others: Vec<ShardId> = (0..self.mesh.shards())
-            .map(ShardId::from_index)
-            .filter(|&s| s != self.id)
-            .collect();
+        let others: Vec<ShardId> = self.all_shards().filter(|&s| s != self.id).collect();
         if self.id != catalog_shard() || others.is_empty() {
             return;
         }
