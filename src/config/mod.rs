@@ -143,6 +143,11 @@ pub struct Config {
     /// (a deadline for the whole packet, not a per-read timeout, and whatever the
     /// keep-alive): a client cannot hold a partial packet's buffer by trickling bytes.
     pub packet_read_timeout_ms: u64,
+    /// A plain-TCP connection that sent nothing for this long, with nothing to write and
+    /// no publish awaiting its owner, is parked without tasks (its socket watched by
+    /// the shard's epoll thread) until the client sends or the broker has output for it.
+    /// 0 = never park.
+    pub idle_park_ms: u64,
     /// Longest keep-alive a client may use, in seconds (0 = no cap). A v5 client asking
     /// for more (or for none) is told this one (Server Keep Alive); a 3.1.1 client, which
     /// cannot be told, as `max_keepalive_v3` says.
@@ -415,6 +420,7 @@ impl Default for Config {
             max_packet_bytes: 1 << 20,
             connect_timeout_ms: 10_000,
             packet_read_timeout_ms: 30_000,
+            idle_park_ms: 2_000,
             max_keepalive_secs: 0,
             max_keepalive_v3: KeepaliveOverMax::Refuse,
             client_publish_rate_max: 0,

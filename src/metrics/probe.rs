@@ -258,6 +258,10 @@ const _: () = {
 pub struct ShardProbe {
     /// Open client connections.
     pub connections_current: Gauge,
+    /// Connections parked without tasks now (`idle_park_ms`).
+    pub connections_parked: Gauge,
+    /// Times a quiet connection was parked.
+    pub connection_parks_total: Counter,
     /// Connections accepted since start.
     pub connections_accepted_total: Counter,
     /// Connections closed since start (by either side).
@@ -403,6 +407,16 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "connections_current",
         "Open client connections",
         Series::Gauge(|p| &p.connections_current),
+    ),
+    (
+        "connections_parked",
+        "Quiet client connections parked without tasks",
+        Series::Gauge(|p| &p.connections_parked),
+    ),
+    (
+        "connection_parks",
+        "Times a quiet client connection was parked",
+        Series::Counter(|p| &p.connection_parks_total),
     ),
     (
         "connections_accepted",

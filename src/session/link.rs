@@ -59,6 +59,9 @@ pub struct Link {
     closing: Cell<Option<ReasonCode>>,
     /// Set when the writer task ended: output will never drain again.
     writer_ended: Cell<bool>,
+    /// Set while the connection's reader asks the writer to stop for a park (see
+    /// [`park_writer`](Self::park_writer)).
+    parking: Cell<bool>,
     /// QoS 1/2 publishes from this client in receive order, each with the owner shard's
     /// verdict once known: acks go out in receive order, as MQTT requires. With each,
     /// when it was read (for `shardmq_publish_ack_seconds`).
@@ -84,6 +87,7 @@ impl Link {
             reader: Cell::new(None),
             closing: Cell::new(None),
             writer_ended: Cell::new(false),
+            parking: Cell::new(false),
             acks: RefCell::new(VecDeque::new()),
         }
     }
@@ -255,8 +259,38 @@ impl Link {
         self.wake_reader();
     }
 
+    /// Asks the writer to stop once its output is written (`true`), for the connection to
+    /// be parked without tasks, or takes the request back (`false`).
+    pub fn park_writer(&self, park: bool) {
+        self.parking.set(park);
+        if park {
+            self.wake_writer();
+        }
+    }
+
+    /// Whether the writer was asked to stop for a park.
+    pub fn parking(&self) -> bool {
+        self.parking.get()
+    }
+
+    /// Whether nothing waits on this connection: no output, no publish awaiting its
+    /// owner, no close asked for. Only such a connection may be parked.
+    pub fn quiet(&self) -> bool {
+        self.out.borrow().is_empty()
+            && self.acks.borrow().is_empty()
+            && self.closing.get().is_none()
+    }
+
+    /// Puts `waker` where the writer's would be: whatever would wake the writer (output,
+    /// a close) wakes it instead. How a parked connection, which has no writer, learns it
+    /// has something to do.
+    pub fn wake_instead_of_writer(&self, waker: Waker) {
+        self.writer.set(Some(waker));
+    }
+
     /// Takes the pending output, waiting until there is some or the connection closes.
-    /// Returns `None` when closing and nothing is left to write.
+    /// Returns `None` when closing and nothing is left to write, and when the writer was
+    /// asked to stop for a park and nothing is left to write.
     pub async fn next_output(&self) -> Option<BytesMut> {
         poll_fn(|cx| {
             let mut out = self.out.borrow_mut();
@@ -273,7 +307,7 @@ impl Link {
                 };
                 return Poll::Ready(Some(chunk));
             }
-            if self.closing.get().is_some() {
+            if self.closing.get().is_some() || self.parking.get() {
                 return Poll::Ready(None);
             }
             self.writer.set(Some(cx.waker().clone()));

@@ -37,56 +37,92 @@ use crate::mqtt::{self, Packet, QoS, ReasonCode};
 use super::conn::Conn;
 use super::socket::Socket;
 
-/// The read deadline of the packet being received, and the keep-alive.
+/// The read deadline of the packet being received, the keep-alive, and when a quiet
+/// connection is parked.
 pub(super) struct PacketClock {
     /// `packet_read_timeout_ms`.
     packet_limit: Duration,
     /// 1.5 × keep-alive, `None` with keep-alive 0.
     keep_alive: Option<Duration>,
+    /// `idle_park_ms`, `None` when connections are never parked.
+    park_after: Option<Duration>,
+    /// Since when no byte arrived, for a connection that was parked: the keep-alive runs
+    /// from there, not from the read after the park.
+    quiet_since: Option<Instant>,
     /// Time the reads of the current partial packet took so far.
     spent: Duration,
-    /// The socket's read timeout as last set.
+    /// The socket's read timeout as last set (`None` also when a new stream has none).
     timeout: Option<Duration>,
-    /// Whether that timeout is the packet's deadline rather than the keep-alive.
-    packet_cuts: bool,
+    /// What that timeout stands for.
+    cut: Cut,
+}
+
+/// What a read that timed out ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cut {
+    /// The keep-alive: nothing from the client for 1.5 × its keep-alive.
+    KeepAlive,
+    /// `packet_read_timeout_ms`: a packet begun and not finished in time.
+    Packet,
+    /// `idle_park_ms` of quiet: park the connection.
+    Park,
 }
 
 impl PacketClock {
-    pub(super) fn new(packet_limit_ms: u64, keep_alive: Option<Duration>) -> Self {
+    pub(super) fn new(
+        packet_limit_ms: u64,
+        keep_alive: Option<Duration>,
+        park_after_ms: u64,
+    ) -> Self {
         PacketClock {
             packet_limit: Duration::from_millis(packet_limit_ms),
             keep_alive,
+            park_after: (park_after_ms > 0).then(|| Duration::from_millis(park_after_ms)),
+            quiet_since: None,
             spent: Duration::ZERO,
             timeout: None,
-            packet_cuts: false,
+            cut: Cut::KeepAlive,
         }
     }
 
     /// Sets the socket's read timeout for the next read. `decoded`: a packet completed
-    /// since the last read; `partial`: bytes of an incomplete packet are buffered.
-    /// Returns the read's start when a partial packet's clock runs.
+    /// since the last read; `partial`: bytes of an incomplete packet are buffered;
+    /// `parkable`: the connection could be parked if this read finds nothing for a
+    /// while. Returns the read's start when a partial packet's clock runs.
     pub(super) fn before_read(
         &mut self,
         socket: &Socket,
         decoded: bool,
         partial: bool,
+        parkable: bool,
     ) -> Option<Instant> {
         if decoded || !partial {
             self.spent = Duration::ZERO;
         }
-        let (timeout, packet_cuts) = if partial {
+        // A connection back from a park owes the keep-alive the time it was parked.
+        let keep_alive = self.keep_alive.map(|k| match self.quiet_since {
+            Some(since) => k
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_millis(1)),
+            None => k,
+        });
+        let (timeout, cut) = if partial {
             let left = self
                 .packet_limit
                 .saturating_sub(self.spent)
                 .max(Duration::from_millis(1));
-            match self.keep_alive {
-                Some(k) if k < left => (Some(k), false),
-                _ => (Some(left), true),
+            match keep_alive {
+                Some(k) if k < left => (Some(k), Cut::KeepAlive),
+                _ => (Some(left), Cut::Packet),
             }
         } else {
-            (self.keep_alive, false)
+            match (self.park_after.filter(|_| parkable), keep_alive) {
+                (Some(p), Some(k)) if p < k => (Some(p), Cut::Park),
+                (Some(p), None) => (Some(p), Cut::Park),
+                _ => (keep_alive, Cut::KeepAlive),
+            }
         };
-        self.packet_cuts = packet_cuts;
+        self.cut = cut;
         if timeout != self.timeout {
             // Only stores the duration: no syscall.
             let _ = socket.set_read_timeout(timeout);
@@ -95,16 +131,44 @@ impl PacketClock {
         partial.then(Instant::now)
     }
 
-    /// Adds the read that started at `started` (if the clock ran) to the packet's time.
-    pub(super) fn after_read(&mut self, started: Option<Instant>) {
+    /// Adds the read that started at `started` (if the clock ran) to the packet's time;
+    /// `read_bytes`: the read brought some.
+    pub(super) fn after_read(&mut self, started: Option<Instant>, read_bytes: bool) {
         if let Some(started) = started {
             self.spent += started.elapsed();
         }
+        if read_bytes {
+            self.quiet_since = None;
+        }
     }
 
-    /// Whether a read that timed out ran into the packet's deadline (else keep-alive).
-    pub(super) fn expired(&self) -> bool {
-        self.packet_cuts
+    /// What a read that timed out ran into.
+    pub(super) fn cut(&self) -> Cut {
+        self.cut
+    }
+
+    /// The connection is being parked after a read found nothing for `idle_park_ms`.
+    pub(super) fn parked(&mut self) {
+        let waited = self.park_after.unwrap_or_default();
+        self.quiet_since = Some(self.quiet_since.unwrap_or_else(|| {
+            Instant::now()
+                .checked_sub(waited)
+                .unwrap_or_else(Instant::now)
+        }));
+    }
+
+    /// The connection serves on a new stream, whose read timeout is unset.
+    pub(super) fn new_stream(&mut self) {
+        self.timeout = None;
+    }
+
+    /// Whether a connection parked since [`parked`](Self::parked) has outlived its
+    /// keep-alive.
+    pub(super) fn keep_alive_over(&self, now: Instant) -> bool {
+        match (self.keep_alive, self.quiet_since) {
+            (Some(k), Some(since)) => now.saturating_duration_since(since) >= k,
+            _ => false,
+        }
     }
 }
 

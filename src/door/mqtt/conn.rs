@@ -3,7 +3,8 @@
 //!
 //! A connection runs as two tasks sharing its one socket descriptor (see `socket`): the
 //! reader decodes and handles packets, the writer flushes what the broker and the reader
-//! encoded into the link's output buffer.
+//! encoded into the link's output buffer. A quiet plain-TCP connection is parked without
+//! either (see `park`).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -18,8 +19,9 @@ pub struct Conn {
     /// What the broker sees of it: output, acks, topic aliases, ACL.
     pub link: Rc<Link>,
     /// The socket, shared by both tasks and open while the connection is registered;
-    /// `shutdown(2)` on it ends both tasks.
-    pub fd: RawFd,
+    /// `shutdown(2)` on it ends both tasks (or, parked, unparks the connection, which
+    /// then ends). A park moves the socket to another descriptor number (see `park`).
+    pub fd: Cell<RawFd>,
     /// Who the client authenticated as and its client id, set at CONNECT: a reload
     /// checks the credentials again and rebuilds the link's ACL from them.
     pub who: RefCell<Option<(Principal, ByteStr)>>,
@@ -38,7 +40,7 @@ impl Conn {
     pub fn new(token: u64, fd: RawFd, peer: Option<std::net::SocketAddr>) -> Self {
         Conn {
             link: Rc::new(Link::new(token, peer)),
-            fd,
+            fd: Cell::new(fd),
             who: RefCell::new(None),
             acl_epoch: Cell::new(0),
             reading: Cell::new(true),

@@ -17,6 +17,7 @@ mod connect;
 mod link_room;
 mod logcap;
 mod packets;
+mod park;
 mod refuse;
 mod serve;
 mod socket;
@@ -66,6 +67,8 @@ pub struct Door {
     tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
     /// Where the reads of connections without a buffer of their own land.
     read_scratch: socket::ReadScratch,
+    /// Quiet connections parked without tasks.
+    parking: park::Parking,
 }
 
 /// What one shard did with a reload.
@@ -85,7 +88,8 @@ impl Door {
         hashing: Arc<HashQueue>,
         tls: Option<crate::door::tls::ServerTls>,
     ) -> Rc<Self> {
-        Rc::new(Door {
+        let parking = park::Parking::new(broker.config.idle_park_ms, broker.id.index());
+        let door = Rc::new(Door {
             id: broker.id,
             config: Arc::clone(&broker.config),
             probe: Arc::clone(&broker.probe),
@@ -95,7 +99,10 @@ impl Door {
             hashing,
             tls: RefCell::new(tls.map(futures_rustls::TlsAcceptor::from)),
             read_scratch: socket::ReadScratch::new(),
-        })
+            parking,
+        });
+        park::Parking::start(&door);
+        door
     }
 
     /// The TLS acceptor in force.
@@ -222,9 +229,10 @@ impl Connections {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         for conn in self.live.borrow().values() {
-            // SAFETY: shutdown(2) on a socket a live connection task still owns; it only
-            // ends I/O, the task closes the descriptor.
-            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            // SAFETY: shutdown(2) on a socket a live connection task (or a parked
+            // connection's record) still owns; it only ends I/O, the owner closes the
+            // descriptor. A parked connection sees it as its client's close and unparks.
+            unsafe { libc::shutdown(conn.fd.get(), libc::SHUT_RDWR) };
         }
         let cut = Instant::now();
         while !self.is_empty() && cut.elapsed() < Duration::from_secs(1) {

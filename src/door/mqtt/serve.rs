@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
-use crate::mqtt::{self, DecodeLimits, Packet, ReasonCode};
+use crate::mqtt::{self, ByteStr, DecodeLimits, Packet, ReasonCode};
 use crate::runtime::ConnectionSlot;
 
 use super::Door;
 
-use super::bounds::{self, PacketClock};
+use super::bounds::{self, Cut, PacketClock};
 use super::conn::{Conn, Ending, READ_CHUNK_BYTES};
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
@@ -53,31 +53,158 @@ pub(super) fn serve(
     // per connection, freed once it serves.
     let opened = Box::pin(open(Rc::clone(&door), stream, transport, accepted_at));
     async move {
-        let _slot = slot;
-        if let Some((socket, identity)) = opened.await {
-            // The writer task shares the socket: reading and writing never wait for each
-            // other (see `socket`), and the connection costs one descriptor.
-            let writer = glommio::spawn_local(write_loop(
-                Rc::clone(&door),
-                Rc::clone(&conn),
-                socket.clone(),
-            ));
-            read_side(&door, &conn, &socket, accepted_at, identity).await;
+        match opened.await {
+            Some((socket, identity)) => {
+                let start = Start::Connect {
+                    accepted_at,
+                    identity,
+                };
+                attend(door, conn, socket, slot, start).await;
+            }
+            None => {
+                door.unregister(conn.link.token);
+                drop(slot);
+                closed(&door);
+            }
+        }
+    }
+}
+
+/// Where a connection's tasks start from.
+pub(super) enum Start {
+    /// A new connection: its CONNECT is read first.
+    Connect {
+        accepted_at: Instant,
+        /// The user a TLS client certificate names.
+        identity: Option<String>,
+    },
+    /// A connection back from a park.
+    Resume(Box<Live>),
+}
+
+/// What a connection's packet loop carries from one read to the next, and through a
+/// park: everything of it that is not in its [`Conn`] or its session.
+pub(super) struct Live {
+    client_id: ByteStr,
+    clock: PacketClock,
+    state: packets::ConnState,
+    rate: Option<bounds::PublishRate>,
+}
+
+impl Live {
+    fn new(door: &Door, accepted: Accepted) -> Self {
+        let keep_alive = accepted.keep_alive_secs;
+        let keep_alive_limit =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        Live {
+            clock: PacketClock::new(
+                door.config.packet_read_timeout_ms,
+                keep_alive_limit,
+                door.config.idle_park_ms,
+            ),
+            state: packets::ConnState::new(&accepted),
+            rate: bounds::PublishRate::new(
+                door.config.client_publish_rate_max,
+                door.config.client_publish_bytes_rate_max,
+            ),
+            client_id: accepted.client_id,
+        }
+    }
+
+    /// Whether this parked connection has outlived its keep-alive.
+    pub(super) fn keep_alive_over(&self, now: Instant) -> bool {
+        self.clock.keep_alive_over(now)
+    }
+
+    /// The connection is back from a park on a new stream.
+    pub(super) fn new_stream(&mut self) {
+        self.clock.new_stream();
+    }
+}
+
+/// How a connection's packet loop stopped.
+enum Served {
+    /// The connection is over (its session detached).
+    Ended,
+    /// It has been quiet for `idle_park_ms`: park it.
+    Quiet,
+}
+
+/// Runs a connection's reader (in this task) and writer (in its own) until the
+/// connection ends or is parked. A connection whose park is refused at the last moment
+/// (output arrived while its writer stopped) goes on serving.
+///
+/// What the task holds while it serves is little more than the read wait: the CONNECT
+/// phase runs boxed (its states are large and over once the CONNACK is out), [`Live`]
+/// is boxed (moved, not copied, between the phases and into a park), and packet
+/// handling is boxed per read (see `packet_loop`).
+pub(super) async fn attend(
+    door: Rc<Door>,
+    conn: Rc<Conn>,
+    mut socket: Socket,
+    mut slot: ConnectionSlot,
+    mut start: Start,
+) {
+    loop {
+        // The writer task shares the socket: reading and writing never wait for each
+        // other (see `socket`), and the connection costs one descriptor.
+        let writer = glommio::spawn_local(write_loop(
+            Rc::clone(&door),
+            Rc::clone(&conn),
+            socket.clone(),
+        ));
+        let opened = match start {
+            Start::Connect {
+                accepted_at,
+                identity,
+            } => Box::pin(connect_phase(&door, &conn, &socket, accepted_at, identity))
+                .await
+                .map(|(rbuf, accepted)| (rbuf, Box::new(Live::new(&door, accepted)))),
+            Start::Resume(live) => Some((ReadBuf::new(), live)),
+        };
+        let stop = match opened {
+            Some((rbuf, mut live)) => {
+                match serve_live(&door, &conn, &socket, rbuf, &mut live).await {
+                    Served::Ended => None,
+                    Served::Quiet => Some(live),
+                }
+            }
+            None => None,
+        };
+        let Some(live) = stop else {
             conn.reading.set(false);
             conn.link.close(ReasonCode::Success);
             writer.await;
-            // `conn.fd` must stay this socket's descriptor while the connection is
-            // registered (shutdown paths use it). This is the last handle on the socket
-            // (the writer's went with its task), so the descriptor closes only after
-            // unregistering.
-            door.unregister(conn.link.token);
-            drop(socket);
+            break;
+        };
+        conn.link.park_writer(true);
+        let written = writer.await;
+        conn.link.park_writer(false);
+        start = if written {
+            match door.parking.park(&door, &conn, socket, slot, live) {
+                Ok(()) => return,
+                Err((s, l, live)) => {
+                    (socket, slot) = (s, l);
+                    Start::Resume(live)
+                }
+            }
         } else {
-            door.unregister(conn.link.token);
-        }
-        door.probe.connections_current.add(-1);
-        door.probe.connections_closed_total.inc();
+            Start::Resume(live)
+        };
     }
+    // `conn.fd` must stay this socket's descriptor while the connection is registered
+    // (shutdown paths use it). This is the last handle on the socket (the writer's went
+    // with its task), so the descriptor closes only after unregistering.
+    door.unregister(conn.link.token);
+    drop(socket);
+    drop(slot);
+    closed(&door);
+}
+
+/// Counts a connection gone.
+fn closed(door: &Door) {
+    door.probe.connections_current.add(-1);
+    door.probe.connections_closed_total.inc();
 }
 
 /// The MQTT byte stream of a connection on a `transport` listener, after the handshakes
@@ -108,13 +235,15 @@ async fn open(
     }
 }
 
-async fn read_side(
+/// The CONNECT, its credentials and the session claim: what the packet loop starts
+/// from (bytes read after the CONNECT, and the CONNECT's terms), or `None`.
+async fn connect_phase(
     door: &Rc<Door>,
     conn: &Rc<Conn>,
     socket: &Socket,
     accepted_at: Instant,
     identity: Option<String>,
-) {
+) -> Option<(ReadBuf, Accepted)> {
     let limits = DecodeLimits {
         packet_bytes_max: door.config.max_packet_bytes,
     };
@@ -136,24 +265,37 @@ async fn read_side(
     .await
     {
         Ok(Some(connect)) => connect,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(_) => {
             door.probe.connect_timeouts_total.inc();
             door.probe.hit(Limit::ConnectTimeoutMs);
-            return;
+            return None;
         }
     };
-    let Some(accepted) = Box::pin(connect::handshake(door, conn, connect, principal)).await else {
-        return;
+    let accepted = Box::pin(connect::handshake(door, conn, connect, principal)).await?;
+    Some((rbuf, accepted))
+}
+
+/// The packet loop of an accepted connection until it ends (its session detached) or
+/// is quiet long enough to park.
+async fn serve_live(
+    door: &Rc<Door>,
+    conn: &Rc<Conn>,
+    socket: &Socket,
+    mut rbuf: ReadBuf,
+    live: &mut Live,
+) -> Served {
+    let ending = match packet_loop(door, conn, socket, &mut rbuf, live).await {
+        Ok(ending) => ending,
+        Err(Park) => return Served::Quiet,
     };
-    let ending = packet_loop(door, conn, socket, &mut rbuf, &limits, &accepted).await;
     tracing::debug!(target: super::CONNECTION_LOG, shard = door.id.index(),
-        client_id = accepted.client_id.as_str(),
+        client_id = live.client_id.as_str(),
         ending = ?ending,
         "client disconnected"
     );
     let Some(key) = conn.link.session.get() else {
-        return;
+        return Served::Ended;
     };
     conn.link.session.set(None);
     match ending {
@@ -162,26 +304,26 @@ async fn read_side(
         Ending::Abnormal => door.broker.detach_session(key, true, None),
         Ending::ByServer => door.broker.detach_session(key, false, None),
     }
+    Served::Ended
 }
+
+/// The packet loop found the connection quiet for `idle_park_ms`.
+struct Park;
 
 async fn packet_loop(
     door: &Rc<Door>,
     conn: &Rc<Conn>,
     socket: &Socket,
     rbuf: &mut ReadBuf,
-    limits: &DecodeLimits,
-    accepted: &Accepted,
-) -> Ending {
+    live: &mut Live,
+) -> Result<Ending, Park> {
     let protocol = conn.link.protocol.get();
-    let keep_alive = accepted.keep_alive_secs;
-    let keep_alive_limit =
-        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let mut clock = PacketClock::new(door.config.packet_read_timeout_ms, keep_alive_limit);
-    let mut state = packets::ConnState::new(accepted);
-    let mut rate = bounds::PublishRate::new(
-        door.config.client_publish_rate_max,
-        door.config.client_publish_bytes_rate_max,
-    );
+    let limits = DecodeLimits {
+        packet_bytes_max: door.config.max_packet_bytes,
+    };
+    let Live {
+        clock, state, rate, ..
+    } = live;
     loop {
         // Decode and handle everything already buffered before reading again. Boxed, once
         // per read: handling a packet may wait (a publish for mesh room or its owner, a
@@ -191,15 +333,15 @@ async fn packet_loop(
         let mut decoded = false;
         if !rbuf.buf.is_empty() {
             let handled = Box::pin(handle_buffered(
-                door, conn, rbuf, limits, protocol, &mut state, &mut rate,
+                door, conn, rbuf, &limits, protocol, state, rate,
             ));
             match handled.await {
                 Ok(any) => decoded = any,
-                Err(ending) => return ending,
+                Err(ending) => return Ok(ending),
             }
         }
         if conn.link.closing().is_some() {
-            return Ending::ByServer;
+            return Ok(Ending::ByServer);
         }
         // Let the other tasks of this shard (writers above all) run before reading more:
         // a publisher whose socket never runs dry would otherwise keep the executor until
@@ -213,24 +355,32 @@ async fn packet_loop(
         }
         bounds::output_room(door, conn).await;
         if conn.link.closing().is_some() {
-            return Ending::ByServer;
+            return Ok(Ending::ByServer);
         }
-        let partial = clock.before_read(socket, decoded, !rbuf.buf.is_empty());
+        let partial = !rbuf.buf.is_empty();
+        let parkable = !partial && socket.parkable();
+        let started = clock.before_read(socket, decoded, partial, parkable);
         let result = rbuf.read_from(socket, &door.read_scratch).await;
-        clock.after_read(partial);
+        clock.after_read(started, matches!(result, Ok(n) if n > 0));
         match result {
-            Ok(0) => return Ending::Abnormal,
+            Ok(0) => return Ok(Ending::Abnormal),
             Ok(n) => door.probe.bytes_received_total.add(n as u64),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::TimedOut {
-                    if clock.expired() {
-                        door.probe.hit(Limit::PacketReadTimeoutMs);
-                    } else {
-                        door.probe.keep_alive_timeouts_total.inc();
+                    match clock.cut() {
+                        // A publish still awaiting its owner's verdict: not quiet
+                        // yet, look again after another `idle_park_ms`.
+                        Cut::Park if conn.link.acks_pending() > 0 => continue,
+                        Cut::Park => {
+                            clock.parked();
+                            return Err(Park);
+                        }
+                        Cut::Packet => door.probe.hit(Limit::PacketReadTimeoutMs),
+                        Cut::KeepAlive => door.probe.keep_alive_timeouts_total.inc(),
                     }
                     conn.link.close(ReasonCode::KeepAliveTimeout);
                 }
-                return Ending::Abnormal;
+                return Ok(Ending::Abnormal);
             }
         }
     }
@@ -311,7 +461,9 @@ async fn await_close_reply(conn: &Conn, socket: &Socket) {
     }
 }
 
-async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) {
+/// Writes the connection's output until it closes, or (returning `true`) until it is
+/// asked to stop for a park with everything written.
+async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) -> bool {
     let mut failed = false;
     while let Some(chunk) = conn.link.next_output().await {
         // The output moved here: a reader paused on it may fill it again meanwhile.
@@ -325,6 +477,9 @@ async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) {
             door.broker.on_drained(key);
         }
     }
+    if !failed && conn.link.parking() && conn.link.closing().is_none() {
+        return true;
+    }
     conn.link.output_drained(true);
     if !failed {
         socket.close_notify(CLOSE_NOTIFY_WAIT).await;
@@ -336,4 +491,5 @@ async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) {
     // the reader too (it may be parked in a read). `socket` holds the descriptor open,
     // so it cannot name another connection's socket.
     socket.shutdown();
+    false
 }

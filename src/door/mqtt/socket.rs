@@ -60,6 +60,22 @@ impl Socket {
         Socket::Wss(Rc::new(RefCell::new(conn)))
     }
 
+    /// Whether the connection may be parked without tasks (see `park`): plain TCP only,
+    /// where no TLS or WebSocket layer may hold bytes already read from the socket.
+    pub(super) fn parkable(&self) -> bool {
+        matches!(self, Socket::Plain(_))
+    }
+
+    /// The plain TCP stream, if this is its last handle.
+    pub(super) fn into_plain(self) -> Result<TcpStream, Socket> {
+        match self {
+            Socket::Plain(s) => Rc::try_unwrap(s)
+                .map(RefCell::into_inner)
+                .map_err(Socket::Plain),
+            other => Err(other),
+        }
+    }
+
     /// Runs `f` on the TCP stream underneath.
     fn with_tcp<R>(&self, f: impl FnOnce(&TcpStream) -> R) -> R {
         match self {
