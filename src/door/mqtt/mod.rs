@@ -305,6 +305,12 @@ impl Door {
         );
         let accept = async {
             loop {
+                // An accept with connections waiting completes at once: under a flood of
+                // connects (reconnect storms, a password flood refused as busy) this
+                // loop would otherwise keep the executor for as long as the backlog
+                // lasts, and every connection already served would wait (seconds,
+                // measured) for its next turn.
+                glommio::yield_if_needed().await;
                 match listener.accept().await {
                     Ok(stream) if !source_admitted(door, &mut sources, &stream) => {
                         door.probe.hit(Limit::ConnectionsPerSourceRateMax);
