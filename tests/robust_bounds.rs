@@ -299,9 +299,16 @@ fn wrong_password(addr: SocketAddr, v5: bool, id: &str) -> Option<u8> {
 /// A flood of wrong-password CONNECTs: password checks queue on their own bounded queue
 /// (beyond it: Server busy), and a QoS 1 publisher whose log rolls segments all the time
 /// keeps getting its acks.
+///
+/// Four flooders keep the two-check queue full (thousands of busy answers a second).
+/// Sixteen, as this test once had, ran on the broker's own CPU in this process and took
+/// most of it: acks then came 2–6 s late with or without the password checks, the WAL or
+/// segment rolls in the way, which was the machine and not the broker (and failed the
+/// 5 s limit of those days in about 1 run of 3). With four the worst ack is 8–22 ms here,
+/// so a limit of 2 s still catches an ack held up behind password checks.
 #[test]
 fn a_flood_of_wrong_passwords_does_not_stall_acks() {
-    const FLOODERS: usize = 16;
+    const FLOODERS: usize = 4;
     let dir = temp_dir();
     let file = dir.path().join("auth.toml");
     let hash = hash_password("alice-password");
@@ -359,7 +366,7 @@ fn a_flood_of_wrong_passwords_does_not_stall_acks() {
         codes.len()
     );
     assert!(
-        worst < Duration::from_secs(5),
+        worst < Duration::from_secs(2),
         "a QoS 1 ack took {worst:?} during the flood ({acked} acked)"
     );
     assert!(busy > 0, "some flooders are told Server busy");
