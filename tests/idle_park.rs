@@ -18,6 +18,15 @@ fn parking_broker(park_ms: &str, extra: &[(&str, &str)]) -> Broker {
     broker_on(1, &settings, Vec::new())
 }
 
+/// A QoS 0 will on `topic`.
+fn will(topic: &str, payload: &[u8]) -> Will {
+    Will {
+        topic: topic.into(),
+        payload: payload.to_vec(),
+        ..Will::default()
+    }
+}
+
 fn parked(broker: &Broker) -> f64 {
     broker.metric_sum(PARKED)
 }
@@ -96,11 +105,7 @@ fn the_keep_alive_runs_while_parked() {
     let broker = parking_broker("200", &[]);
     let mut watcher = Conn::client(broker.mqtt, true, "ka-watch");
     watcher.sub("ka/will", 0);
-    let will = Will {
-        topic: "ka/will".into(),
-        payload: b"gone".to_vec(),
-        ..Will::default()
-    };
+    let will = will("ka/will", b"gone");
     let connect = Connect::v5("ka-silent").keep_alive(2).will(will);
     let (mut silent, _) = Conn::connect(broker.mqtt, &connect);
     let (mut pinging, _) = Conn::connect(broker.mqtt, &Connect::v5("ka-pinging").keep_alive(2));
@@ -142,11 +147,7 @@ fn parked_connections_close_takeover_and_shutdown() {
     let mut broker = parking_broker("200", &[]);
     let mut watcher = Conn::client(broker.mqtt, true, "pc-watch");
     watcher.sub("pc/will", 0);
-    let will = Will {
-        topic: "pc/will".into(),
-        payload: b"dropped".to_vec(),
-        ..Will::default()
-    };
+    let will = will("pc/will", b"dropped");
     let (dropped, _) = Conn::connect(broker.mqtt, &Connect::v5("pc-drop").will(will));
     let mut taken = Conn::client(broker.mqtt, true, "pc-taken");
     let mut stay: Vec<Conn> = (0..20)

@@ -153,18 +153,18 @@ impl Parking {
         glommio::spawn_local(sweep_keep_alives(d)).detach();
     }
 
-    /// Parks `conn`, whose reader found it quiet and whose writer has stopped, if it
+    /// Parks `conn` on `door`'s shard, whose reader found it quiet and whose writer has stopped, if it
     /// still may be: plain TCP, nothing to write, nothing awaited, not closing. Otherwise
     /// hands everything back to go on serving.
     pub(super) fn park(
-        &self,
         door: &Door,
         conn: &Rc<Conn>,
         socket: Socket,
         slot: ConnectionSlot,
         live: Box<Live>,
     ) -> Result<(), (Socket, ConnectionSlot, Box<Live>)> {
-        let Some(watch) = &self.watch else {
+        let parking = &door.parking;
+        let Some(watch) = &parking.watch else {
             return Err((socket, slot, live));
         };
         if !conn.link.quiet() {
@@ -191,7 +191,7 @@ impl Parking {
                 token,
                 bell: Arc::clone(&watch.bell),
             })));
-        self.parked.borrow_mut().insert(
+        parking.parked.borrow_mut().insert(
             token,
             Parked {
                 conn: Rc::clone(conn),

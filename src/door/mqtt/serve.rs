@@ -16,6 +16,7 @@ use super::bounds::{self, Cut, PacketClock};
 use super::conn::{Conn, Ending, READ_CHUNK_BYTES};
 use super::connect::{self, Accepted};
 use super::packets::{self, Flow};
+use super::park;
 use super::socket::{ReadBuf, Socket};
 use super::{tls, ws, Transport};
 
@@ -181,7 +182,7 @@ pub(super) async fn attend(
         let written = writer.await;
         conn.link.park_writer(false);
         start = if written {
-            match door.parking.park(&door, &conn, socket, slot, live) {
+            match park::Parking::park(&door, &conn, socket, slot, live) {
                 Ok(()) => return,
                 Err((s, l, live)) => {
                     (socket, slot) = (s, l);
