@@ -242,7 +242,8 @@ impl Broker {
             let mut filters: Vec<_> = slot.session.subscriptions.iter().collect();
             filters.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let skip_to = after_filter.filter(|_| Some(client) == within);
-            for (filter, options) in filters {
+            for (filter, sub) in filters {
+                let options = &sub.opts;
                 if skip_to.is_some_and(|f| filter.as_str() <= f) {
                     continue;
                 }
@@ -300,7 +301,9 @@ impl Broker {
 
     fn client_row(&self, slot: &SessionSlot) -> Value {
         let conn = slot.conn.as_ref();
-        let (user, keep_alive) = conn.map_or((None, 0), |c| c.connected_as.borrow().clone());
+        let (user, keep_alive) = conn.map_or((None, 0), |c| {
+            (c.username.get().cloned(), c.keep_alive_secs.get())
+        });
         json!({
             "client_id": slot.session.client_id.as_str(),
             "user": user.as_ref().map(ByteStr::as_str),

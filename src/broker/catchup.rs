@@ -76,11 +76,10 @@ impl Broker {
     /// The session's plain filters, each with the offset of `owner`'s log it began at.
     fn filters_with_since(&self, s: &Session, owner: ShardId) -> Vec<(String, u64)> {
         s.subscriptions
-            .keys()
-            .filter_map(|full| {
+            .iter()
+            .filter_map(|(full, sub)| {
                 let plain = parse_filter(full, &self.topic_limits()).ok()?.filter;
-                let from = s.subscribed_from.get(full).map_or(&[][..], |f| &f[..]);
-                Some((plain.to_string(), subscribed_from(from, owner)))
+                Some((plain.to_string(), subscribed_from(&sub.from, owner)))
             })
             .collect()
     }
@@ -188,7 +187,7 @@ impl Broker {
         // A restored exchange gets its PUBREL (or PUBLISH with DUP) on reconnect; one
         // restored while the client is connected gets it now, or it would hold its
         // in-flight slot for good (a v5 client resends nothing while connected).
-        if let Some(conn) = slot.conn.as_ref().filter(|c| c.session.get().is_some()) {
+        if let Some(conn) = slot.conn.as_ref().filter(|c| c.session().is_some()) {
             if !restored.is_empty() {
                 let outbound = &mut slot.session.outbound;
                 conn.with_outlet(usize::MAX, |outlet| {

@@ -773,7 +773,7 @@ impl Broker {
     /// A session ends or is discarded: its QoS 2 ids awaiting PUBREL are released, as
     /// the client starts afresh.
     pub(crate) fn release_all_qos2(self: &Rc<Self>, session: &mut crate::session::Session) {
-        for (pid, owner) in session.awaiting_pubrel.drain() {
+        for (pid, owner) in session.awaiting_pubrel.take_all() {
             self.release_qos2(session.client_id.clone(), pid, Some(owner));
         }
     }

@@ -183,7 +183,7 @@ impl Broker {
         };
         if ack.exactly_once && reason == ReasonCode::Success {
             let mut sessions = self.sessions.slots.borrow_mut();
-            if let Some(slot) = conn.session.get().and_then(|k| sessions.get_mut(&k)) {
+            if let Some(slot) = conn.session().and_then(|k| sessions.get_mut(&k)) {
                 slot.session.awaiting_pubrel.insert(ack.packet_id, owner);
             }
         }
@@ -301,7 +301,7 @@ impl Broker {
         // A connection's session is indexed before its CONNACK is written (the claim may
         // still wait for peers): nothing goes out before the CONNACK, `resume_delivery`
         // pumps once it is.
-        if slot.conn.as_ref().is_none_or(|c| c.session.get().is_none()) {
+        if slot.conn.as_ref().is_none_or(|c| c.session().is_none()) {
             return;
         }
         self.pump_queue(slot, now);

@@ -128,7 +128,7 @@ impl Broker {
         let key = self.attach(session, conn, me).await;
         // Logged before the CONNACK, so that a crash cannot lose it.
         self.log_armed_will(&client_id, me, armed).await;
-        conn.session.set(Some(key));
+        conn.set_session(Some(key));
         Ok(ConnectOutcome {
             session_present: present,
             key,
@@ -229,7 +229,7 @@ impl Broker {
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
             .iter()
-            .map(|(f, o)| (f.clone(), *o))
+            .map(|(f, sub)| (f.clone(), sub.opts))
             .collect();
         self.probe
             .inflight_current
@@ -377,7 +377,7 @@ impl Broker {
         }
         if let Some(conn) = slot.conn.take() {
             conn.close(ReasonCode::SessionTakenOver);
-            conn.session.set(None);
+            conn.set_session(None);
             self.probe.sessions_taken_over_total.inc();
         }
         if let Some(will) = slot.session.will.take() {
@@ -429,7 +429,7 @@ impl Broker {
         let old_conn = old_conn.map(|(c, _)| c);
         if let Some(conn) = old_conn {
             conn.close(ReasonCode::SessionTakenOver);
-            conn.session.set(None);
+            conn.set_session(None);
             self.probe.sessions_taken_over_total.inc();
         }
         // The session carries on: a delayed will is cancelled, an immediate one of a
@@ -478,7 +478,7 @@ impl Broker {
             };
             self.log_session(client.as_str(), &record, false);
         }
-        conn.session.set(Some(key));
+        conn.set_session(Some(key));
         ConnectOutcome {
             session_present: true,
             key,

@@ -426,7 +426,7 @@ impl Broker {
         let s = &mut slot.session;
         // A shard has few groups; a session may have many subscriptions.
         for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
-            let Some(opts) = s.subscriptions.get(&b.member_filter) else {
+            let Some(opts) = s.subscriptions.get(&b.member_filter).map(|sub| sub.opts) else {
                 continue;
             };
             while let Some(front) = b.queue.front() {
@@ -445,7 +445,7 @@ impl Broker {
                 let qos = msg.qos;
                 match s
                     .outbound
-                    .enqueue(shared_delivery(&key.group, opts, msg), true)
+                    .enqueue(shared_delivery(&key.group, &opts, msg), true)
                 {
                     Enqueued::Queued => queued = true,
                     Enqueued::DroppedQos0 | Enqueued::DroppedFull => {

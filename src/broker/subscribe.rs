@@ -21,7 +21,7 @@ use std::time::Instant;
 use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
-use crate::session::{Delivery, SubOptions};
+use crate::session::{Delivery, SubOptions, Subscribed};
 
 use super::persist::records::SessionRecord;
 use super::persist::SUBSCRIBE_NOT_LOGGED;
@@ -204,12 +204,19 @@ impl Broker {
                 // reads and replays skip records before it. A new one begins at every
                 // owner's log end, asked below; until the answers come it holds the
                 // last watermark each owner sent here, which is never past that end.
-                if !s.subscribed_from.contains_key(&filter) {
-                    let heard = self.retention.heard_floors.borrow().clone();
-                    s.subscribed_from.insert(filter.clone(), heard);
-                    begun.push(filter.clone());
+                match s.subscriptions.get_mut(&filter) {
+                    Some(sub) => {
+                        sub.opts = opts;
+                        true
+                    }
+                    None => {
+                        let from = self.retention.heard_floors.borrow().clone();
+                        s.subscriptions
+                            .insert(filter.clone(), Subscribed { opts, from });
+                        begun.push(filter.clone());
+                        false
+                    }
                 }
-                s.subscriptions.insert(filter.clone(), opts).is_some()
             };
             if existed {
                 // Same filter, new options: replace them in place; the interest table
@@ -237,15 +244,15 @@ impl Broker {
             let s = &mut slot.session;
             if let Some(ends) = ends {
                 for filter in &begun {
-                    if let Some(from) = s.subscribed_from.get_mut(filter) {
-                        from.clone_from(&ends);
+                    if let Some(sub) = s.subscriptions.get_mut(filter) {
+                        sub.from.clone_from(&ends);
                     }
                 }
             }
             let records: Vec<_> = added
                 .iter()
                 .filter_map(|(filter, opts, _)| {
-                    let from = s.subscribed_from.get(filter)?.clone();
+                    let from = s.subscriptions.get(filter)?.from.clone();
                     Some((filter.clone(), *opts, from))
                 })
                 .collect();
@@ -377,7 +384,6 @@ impl Broker {
                     sessions.get_mut(&key).and_then(|slot| {
                         let s = &mut slot.session;
                         s.subscriptions.remove(filter)?;
-                        s.subscribed_from.remove(filter);
                         Some(s.logged.then(|| s.client_id.clone()))
                     })
                 };

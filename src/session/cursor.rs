@@ -55,9 +55,18 @@ use super::outbound::Outbound;
 #[derive(Debug, Default, Clone)]
 pub struct ReplayCursor {
     /// Highest floor seen per owner shard.
-    floors: Vec<u64>,
+    floors: Box<[u64]>,
     /// Changed since the last `take_changed`.
     dirty: bool,
+    /// Gaps, catch-up ranges and QoS 2 records: built the first time one is needed (a
+    /// queue overflowed, a takeover, a QoS 2 exchange), so that the many sessions that
+    /// never need them do not carry their empty tables.
+    rare: Option<Box<Rare>>,
+}
+
+/// The part of a [`ReplayCursor`] most sessions never use.
+#[derive(Debug, Default, Clone)]
+struct Rare {
     /// Open gaps by owner shard.
     gaps: Vec<(ShardId, Gap)>,
     /// Per owner shard: live messages in this range of offsets were read from the log by
@@ -118,6 +127,16 @@ pub struct CatchUp {
 }
 
 impl ReplayCursor {
+    /// The rarely used part, if it was ever built.
+    fn rare(&self) -> Option<&Rare> {
+        self.rare.as_deref()
+    }
+
+    /// The rarely used part, built now if it was not.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// A delivery of a logged message arrived in the owner's send order.
     pub fn note(&mut self, pos: LogPos) {
         self.raise(pos.shard, pos.floor);
@@ -125,26 +144,26 @@ impl ReplayCursor {
 
     /// Everything of owner `shard` below `floor` has reached the session.
     pub fn raise(&mut self, shard: ShardId, floor: u64) {
-        let s = shard.index();
-        if self.floors.len() <= s {
-            self.floors.resize(s + 1, 0);
-        }
-        if floor > self.floors[s] {
-            self.floors[s] = floor;
+        let seen = super::per_shard_mut(&mut self.floors, shard.index());
+        if floor > *seen {
+            *seen = floor;
         }
         self.dirty = true;
     }
 
     /// Whether a live delivery at `pos` is queued or left to the log.
     pub fn admit(&mut self, pos: LogPos) -> Admit {
-        if self
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return Admit::Queue;
+        };
+        if rare
             .accept_from
             .get(pos.shard.index())
             .is_some_and(|(lo, hi)| (*lo..*hi).contains(&pos.offset))
         {
             return Admit::FromLog;
         }
-        match self.gap_mut(pos.shard) {
+        match rare.gap_mut(pos.shard) {
             Some(gap) if pos.offset >= gap.from => {
                 if gap.request.is_some() {
                     gap.skipped_max = gap.skipped_max.max(Some(pos.offset));
@@ -165,9 +184,10 @@ impl ReplayCursor {
     /// The queue had no room for the logged delivery at `pos`: read it from the log later.
     pub fn overflowed(&mut self, pos: LogPos) {
         self.dirty = true;
-        match self.gap_mut(pos.shard) {
+        let rare = self.rare_mut();
+        match rare.gap_mut(pos.shard) {
             Some(gap) => gap.from = gap.from.min(pos.offset),
-            None => self.gaps.push((
+            None => rare.gaps.push((
                 pos.shard,
                 Gap {
                     from: pos.offset,
@@ -197,19 +217,24 @@ impl ReplayCursor {
 
     /// Whether a gap is open.
     pub fn has_gaps(&self) -> bool {
-        !self.gaps.is_empty()
+        self.rare().is_some_and(|r| !r.gaps.is_empty())
     }
 
     /// The open gaps: `(owner shard, lowest offset not queued)`.
     pub fn gaps(&self) -> impl Iterator<Item = (ShardId, u64)> + '_ {
-        self.gaps.iter().map(|(shard, gap)| (*shard, gap.from))
+        self.rare()
+            .into_iter()
+            .flat_map(|r| r.gaps.iter().map(|(shard, gap)| (*shard, gap.from)))
     }
 
     /// The catch-up reads to ask for now (gaps without one under way); `next_request`
     /// numbers them.
     pub fn take_catch_ups(&mut self, next_request: &mut u64) -> Vec<CatchUp> {
         let mut asks = Vec::new();
-        for (shard, gap) in &mut self.gaps {
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return asks;
+        };
+        for (shard, gap) in &mut rare.gaps {
             if gap.request.is_none() {
                 *next_request += 1;
                 gap.request = Some(*next_request);
@@ -227,16 +252,20 @@ impl ReplayCursor {
 
     /// The session moved to another shard: reads asked for by the old one are lost.
     pub fn forget_requests(&mut self) {
-        for (_, gap) in &mut self.gaps {
-            gap.request = None;
+        if let Some(rare) = self.rare.as_deref_mut() {
+            for (_, gap) in &mut rare.gaps {
+                gap.request = None;
+            }
         }
     }
 
     /// Whether `request` is the read under way for `shard`.
     pub fn is_current(&self, shard: ShardId, request: u64) -> bool {
-        self.gaps
-            .iter()
-            .any(|(s, g)| *s == shard && g.request == Some(request))
+        self.rare().is_some_and(|r| {
+            r.gaps
+                .iter()
+                .any(|(s, g)| *s == shard && g.request == Some(request))
+        })
     }
 
     /// A catch-up read of `shard` answered: it stopped at `resume` (the first matching
@@ -250,10 +279,13 @@ impl ReplayCursor {
         refused: Option<u64>,
     ) {
         self.dirty = true;
-        let Some(i) = self.gaps.iter().position(|(s, _)| *s == shard) else {
+        let Some(rare) = self.rare.as_deref_mut() else {
             return;
         };
-        let gap = &mut self.gaps[i].1;
+        let Some(i) = rare.gaps.iter().position(|(s, _)| *s == shard) else {
+            return;
+        };
+        let gap = &mut rare.gaps[i].1;
         gap.request = None;
         let stopped = refused.into_iter().chain(resume).min().unwrap_or(end);
         if gap.asked_from < stopped {
@@ -274,48 +306,44 @@ impl ReplayCursor {
             return;
         }
         let (lo, hi) = gap.read.unwrap_or((end, end));
-        self.gaps.swap_remove(i);
+        rare.gaps.swap_remove(i);
         let s = shard.index();
-        if self.accept_from.len() <= s {
-            self.accept_from.resize(s + 1, (0, 0));
+        if rare.accept_from.len() <= s {
+            rare.accept_from.resize(s + 1, (0, 0));
         }
-        let (old_lo, old_hi) = self.accept_from[s];
+        let (old_lo, old_hi) = rare.accept_from[s];
         // Ranges that touch are one; otherwise the newer read's range is kept.
-        self.accept_from[s] = if old_hi >= lo && old_lo <= hi && old_lo < old_hi {
+        rare.accept_from[s] = if old_hi >= lo && old_lo <= hi && old_lo < old_hi {
             (old_lo.min(lo), old_hi.max(hi))
         } else {
             (lo, hi)
         };
     }
 
-    fn gap_mut(&mut self, shard: ShardId) -> Option<&mut Gap> {
-        self.gaps
-            .iter_mut()
-            .find(|(s, _)| *s == shard)
-            .map(|(_, g)| g)
-    }
-
     /// At start: the logged releases of this session at or above its cursors.
     pub fn restore_released(&mut self, released: HashMap<(ShardId, u64), u16>) {
-        self.released = released.into_iter().collect();
+        if released.is_empty() && self.rare.is_none() {
+            return;
+        }
+        self.rare_mut().released = released.into_iter().collect();
     }
 
     /// The client PUBREC'd the logged QoS 2 message at `pos`, sent under `pid`: it is
     /// never sent as a PUBLISH to this session again. Keeps at most `max` entries
     /// (see the module docs); returns how many completed entries it forgot for room.
     pub fn pubrec(&mut self, pos: LogPos, pid: u16, max: usize) -> u64 {
-        self.released.insert((pos.shard, pos.offset), pid);
+        let released = &mut self.rare_mut().released;
+        released.insert((pos.shard, pos.offset), pid);
         let mut forgotten = 0;
-        while self.released.len() > max {
-            let Some(lowest) = self
-                .released
+        while released.len() > max {
+            let Some(lowest) = released
                 .iter()
                 .find(|(_, pid)| **pid == 0)
                 .map(|(at, _)| *at)
             else {
                 break;
             };
-            self.released.remove(&lowest);
+            released.remove(&lowest);
             forgotten += 1;
         }
         forgotten
@@ -324,71 +352,87 @@ impl ReplayCursor {
     /// Whether the client PUBREC'd the logged message at `pos`: `Some(packet id)` still
     /// awaiting PUBCOMP, `Some(0)` completed (see the module docs).
     pub fn released(&self, pos: LogPos) -> Option<u16> {
-        if self.released.is_empty() {
+        let released = &self.rare()?.released;
+        if released.is_empty() {
             return None;
         }
-        self.released.get(&(pos.shard, pos.offset)).copied()
+        released.get(&(pos.shard, pos.offset)).copied()
     }
 
     /// Forgets the releases below `cursors` (the cursors as logged, backlog holds
     /// included): nothing below them is read for this session again.
     pub fn prune_released(&mut self, cursors: &[(ShardId, u64)]) {
-        if self.released.is_empty() {
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return;
+        };
+        if rare.released.is_empty() {
             return;
         }
         for &(shard, cursor) in cursors {
-            let below: Vec<(ShardId, u64)> = self
+            let below: Vec<(ShardId, u64)> = rare
                 .released
                 .range((shard, 0)..(shard, cursor))
                 .map(|(at, _)| *at)
                 .collect();
             for at in below {
-                self.released.remove(&at);
+                rare.released.remove(&at);
             }
         }
     }
 
     /// How many releases the session remembers.
     pub fn released_len(&self) -> usize {
-        self.released.len()
+        self.rare().map_or(0, |r| r.released.len())
     }
 
     /// At start: the logged in-flight QoS 2 packet ids at or above the cursors.
     pub fn restore_sent(&mut self, sent: HashMap<(ShardId, u64), u16>) {
-        self.sent = sent;
+        if sent.is_empty() && self.rare.is_none() {
+            return;
+        }
+        self.rare_mut().sent = sent;
     }
 
     /// Whether the QoS 2 message at `pos` was in flight (sent, not PUBREC'd) when the
     /// broker stopped and has not been met by a read since.
     pub fn sent_at(&self, pos: LogPos) -> bool {
-        !self.sent.is_empty() && self.sent.contains_key(&(pos.shard, pos.offset))
+        self.rare()
+            .is_some_and(|r| !r.sent.is_empty() && r.sent.contains_key(&(pos.shard, pos.offset)))
     }
 
     /// The packet id the QoS 2 message at `pos` was in flight under when the broker
     /// stopped, if logged. Asked once per replayed message; the answer is forgotten.
     pub fn take_sent(&mut self, pos: LogPos) -> Option<u16> {
-        if self.sent.is_empty() {
+        let sent = &mut self.rare.as_deref_mut()?.sent;
+        if sent.is_empty() {
             return None;
         }
-        self.sent.remove(&(pos.shard, pos.offset))
+        sent.remove(&(pos.shard, pos.offset))
     }
 
     /// The QoS 2 exchange for the logged message at `pos` completed (PUBCOMP). With
     /// `log` (a logged session) it is logged with the next cursors, so a restart does not
     /// resend its PUBREL.
     pub fn completed(&mut self, pos: LogPos, log: bool) {
-        if let Some(pid) = self.released.get_mut(&(pos.shard, pos.offset)) {
+        if let Some(pid) = self
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.released.get_mut(&(pos.shard, pos.offset)))
+        {
             *pid = 0;
         }
         if log {
-            self.completed.push((pos.shard, pos.offset));
+            self.rare_mut().completed.push((pos.shard, pos.offset));
             self.dirty = true;
         }
     }
 
     /// The completions to log now (see `completed`).
     pub fn take_completed(&mut self) -> Vec<(ShardId, u64)> {
-        std::mem::take(&mut self.completed)
+        self.rare
+            .as_deref_mut()
+            .map(|r| std::mem::take(&mut r.completed))
+            .unwrap_or_default()
     }
 
     /// Like `raise`, but marks the cursor changed only if the floor rose.
@@ -411,9 +455,11 @@ impl ReplayCursor {
         }
         self.dirty = false;
         let current = self.current(outbound);
-        if !self.sent.is_empty() {
-            self.sent
-                .retain(|(s, offset), _| current.get(s.index()).is_none_or(|c| offset >= c));
+        if let Some(rare) = self.rare.as_deref_mut() {
+            if !rare.sent.is_empty() {
+                rare.sent
+                    .retain(|(s, offset), _| current.get(s.index()).is_none_or(|c| offset >= c));
+            }
         }
         Some(
             current
@@ -426,16 +472,25 @@ impl ReplayCursor {
 
     /// The cursor per owner shard (index) now.
     pub fn current(&self, outbound: &Outbound) -> Vec<u64> {
-        let mut lowest = self.floors.clone();
+        let mut lowest = self.floors.to_vec();
         outbound.lowest_unfinished(&mut lowest);
-        for (shard, gap) in &self.gaps {
+        for (shard, from) in self.gaps() {
             let s = shard.index();
             if lowest.len() <= s {
                 lowest.resize(s + 1, 0);
             }
-            lowest[s] = lowest[s].min(gap.from);
+            lowest[s] = lowest[s].min(from);
         }
         lowest
+    }
+}
+
+impl Rare {
+    fn gap_mut(&mut self, shard: ShardId) -> Option<&mut Gap> {
+        self.gaps
+            .iter_mut()
+            .find(|(s, _)| *s == shard)
+            .map(|(_, g)| g)
     }
 }
 

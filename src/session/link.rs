@@ -9,10 +9,11 @@
 //! owed to the publisher in receive order, the topic aliases towards the client, and
 //! what the client may receive (its `ClientAcl`).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::task::{Poll, Waker};
 
 use std::time::Instant;
@@ -41,9 +42,10 @@ pub struct Link {
     /// Protocol from CONNECT (3.1.1 until then).
     pub protocol: Cell<Protocol>,
     /// The client's Maximum Packet Size (v5), else the protocol limit.
-    pub packet_bytes_max: Cell<usize>,
-    /// The session this connection is attached to, once CONNACK went out.
-    pub session: Cell<Option<u64>>,
+    packet_bytes_max: Cell<u32>,
+    /// The session this connection is attached to, once CONNACK went out (session keys
+    /// start at 1).
+    session: Cell<Option<NonZeroU64>>,
     /// Encoded packets waiting for the writer.
     pub out: RefCell<BytesMut>,
     /// What this client may publish, subscribe to and receive (`None`: everything, no
@@ -51,8 +53,10 @@ pub struct Link {
     pub acl: RefCell<Option<Box<ClientAcl>>>,
     /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
     pub aliases: RefCell<Option<Box<TopicAliases>>>,
-    /// The CONNECT's username and keep alive (seconds), for the admin API's listing.
-    pub connected_as: RefCell<(Option<ByteStr>, u16)>,
+    /// The CONNECT's username, for the admin API's listing.
+    pub username: OnceCell<ByteStr>,
+    /// The keep alive the connection runs under (seconds), for the same.
+    pub keep_alive_secs: Cell<u16>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
     /// Set when the shard wants the connection gone (takeover, shutdown, protocol error).
@@ -75,14 +79,15 @@ impl Link {
             token,
             peer,
             protocol: Cell::new(Protocol::V311),
-            packet_bytes_max: Cell::new(mqtt::PACKET_BYTES_LIMIT),
+            packet_bytes_max: Cell::new(packet_bytes(mqtt::PACKET_BYTES_LIMIT)),
             session: Cell::new(None),
             // Grows with output and goes with a small chunk (see `next_output`): an idle
             // connection holds none.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
             aliases: RefCell::new(None),
-            connected_as: RefCell::new((None, 0)),
+            username: OnceCell::new(),
+            keep_alive_secs: Cell::new(0),
             writer: Cell::new(None),
             reader: Cell::new(None),
             closing: Cell::new(None),
@@ -90,6 +95,29 @@ impl Link {
             parking: Cell::new(false),
             acks: RefCell::new(VecDeque::new()),
         }
+    }
+
+    /// The session this connection is attached to, once CONNACK went out.
+    #[inline]
+    pub fn session(&self) -> Option<u64> {
+        self.session.get().map(NonZeroU64::get)
+    }
+
+    /// Attaches the connection to session `key` (`None`: detaches it).
+    pub fn set_session(&self, key: Option<u64>) {
+        self.session
+            .set(key.map(|k| NonZeroU64::new(k).expect("session keys start at 1")));
+    }
+
+    /// The client's Maximum Packet Size (v5), else the protocol limit.
+    #[inline]
+    pub fn packet_bytes_max(&self) -> usize {
+        self.packet_bytes_max.get() as usize
+    }
+
+    /// Sets the client's Maximum Packet Size.
+    pub fn set_packet_bytes_max(&self, bytes: usize) {
+        self.packet_bytes_max.set(packet_bytes(bytes));
     }
 
     /// Encodes `packet` into the output buffer and wakes the writer.
@@ -113,7 +141,7 @@ impl Link {
         let mut outlet = Outlet {
             buf: &mut buf,
             protocol: self.protocol.get(),
-            packet_bytes_max: self.packet_bytes_max.get(),
+            packet_bytes_max: self.packet_bytes_max(),
             buf_bytes_max,
             aliases: aliases.as_deref_mut(),
         };
@@ -315,4 +343,9 @@ impl Link {
         })
         .await
     }
+}
+
+/// A packet size limit as kept: MQTT's largest packet fits in 32 bits.
+fn packet_bytes(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }

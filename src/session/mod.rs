@@ -87,19 +87,14 @@ pub struct Session {
     /// Seconds the session outlives its connection; 0 = ends with it.
     pub expiry_secs: u32,
     /// Subscriptions by full filter (including any `$share/<group>/` prefix).
-    pub subscriptions: HashMap<String, SubOptions>,
+    pub subscriptions: HashMap<String, Subscribed>,
     /// The will of the current connection.
     pub will: Option<Box<Will>>,
     /// Outbound queue and in-flight window.
     pub outbound: Outbound,
     /// Inbound QoS 2 packet ids the owner accepted (durable), awaiting PUBREL, with the
     /// owner shard that logged each (told of the PUBREL).
-    pub awaiting_pubrel: HashMap<u16, ShardId>,
-    /// Where each subscription began, per owner shard: the log offset from which it
-    /// wants messages (see [`subscribed_from`]). A read from the log returns only records
-    /// at or past it for the subscription that matches them. A log position, not a
-    /// clock: a clock stepping back would skip messages.
-    pub subscribed_from: HashMap<String, Vec<u64>>,
+    pub awaiting_pubrel: BuiltOnUse<u16, ShardId>,
     /// Where a replay after a restart would start, per owner shard.
     pub replay: ReplayCursor,
     /// The shard the session was last attached on.
@@ -109,8 +104,72 @@ pub struct Session {
     pub logged: bool,
 }
 
+/// The entry of shard `index` in a per-shard table, grown with zeros to reach it. A
+/// boxed slice rather than a `Vec`: it grows only to the shard count, once, and every
+/// session carries a few of these.
+fn per_shard_mut(table: &mut Box<[u64]>, index: usize) -> &mut u64 {
+    if table.len() <= index {
+        let mut grown = std::mem::take(table).into_vec();
+        grown.resize(index + 1, 0);
+        *table = grown.into_boxed_slice();
+    }
+    &mut table[index]
+}
+
+/// A table that most sessions and connections never fill, built by its first insert:
+/// 8 bytes in each of them until then instead of an empty table's 48.
+// Boxed on purpose: the box is what makes the empty table small.
+#[allow(clippy::box_collection)]
+#[derive(Debug)]
+pub struct BuiltOnUse<K, V>(Option<Box<HashMap<K, V>>>);
+
+impl<K, V> Default for BuiltOnUse<K, V> {
+    fn default() -> Self {
+        BuiltOnUse(None)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> BuiltOnUse<K, V> {
+    /// Inserts `value` under `key`, building the table if need be.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.0.get_or_insert_with(Box::default).insert(key, value)
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.0.as_deref()?.get(key)
+    }
+
+    /// Removes and returns the value under `key`.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.0.as_deref_mut()?.remove(key)
+    }
+
+    /// Whether `key` is in the table.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Every entry, leaving the table unbuilt again.
+    pub fn take_all(&mut self) -> impl Iterator<Item = (K, V)> {
+        self.0.take().into_iter().flat_map(|m| m.into_iter())
+    }
+}
+
+/// One subscription of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Its options.
+    pub opts: SubOptions,
+    /// Where it began, per owner shard: the log offset from which it wants messages (see
+    /// [`subscribed_from`]). A read from the log returns only records at or past it for
+    /// the subscription that matches them. A log position, not a clock: a clock stepping
+    /// back would skip messages.
+    pub from: Vec<u64>,
+}
+
 /// The offset of `owner`'s log from which a subscription that began at `from` (per
-/// owner shard, as in [`Session::subscribed_from`]) wants messages; 0 for an owner it
+/// owner shard, as in [`Subscribed::from`]) wants messages; 0 for an owner it
 /// has no position for.
 pub fn subscribed_from(from: &[u64], owner: ShardId) -> u64 {
     from.get(owner.index()).copied().unwrap_or(0)
@@ -131,8 +190,7 @@ impl Session {
             subscriptions: HashMap::new(),
             will: None,
             outbound: Outbound::new(limits),
-            awaiting_pubrel: HashMap::new(),
-            subscribed_from: HashMap::new(),
+            awaiting_pubrel: BuiltOnUse::default(),
             replay: ReplayCursor::default(),
             logged: false,
             attached_on: None,

@@ -207,19 +207,30 @@ struct Inflight {
 /// The outbound state of one session.
 #[derive(Debug)]
 pub struct Outbound {
-    limits: OutboundLimits,
-    client_receive_max: usize,
+    queue_messages_max: usize,
+    queue_bytes_max: usize,
+    /// At most 65,535 (packet ids), so kept beside the client's Receive Maximum.
+    inflight_count_max: u16,
+    client_receive_max: u16,
     queue: VecDeque<Delivery>,
     queue_bytes: usize,
     inflight: HashMap<u16, Inflight>,
     next_pid: u16,
     next_seq: u64,
+    /// Per owner shard, one past the highest log offset that ever entered the queue or
+    /// the window: a message above it is held by neither (`holds` then looks no further).
+    entered_top: Box<[u64]>,
+    /// The books of logged QoS 2 exchanges, built by the first one: most sessions never
+    /// have one and do not carry the empty tables.
+    qos2: Option<Box<Qos2Books>>,
+}
+
+/// What an [`Outbound`] keeps of logged QoS 2 exchanges.
+#[derive(Debug, Default)]
+struct Qos2Books {
     /// `(owner shard, offset, packet id)` of the QoS 2 deliveries that entered the sending
     /// state since the caller last drained them (reused: no allocation once warm).
     unlogged: Vec<(ShardId, u64, u16)>,
-    /// Per owner shard, one past the highest log offset that ever entered the queue or
-    /// the window: a message above it is held by neither (`holds` then looks no further).
-    entered_top: Vec<u64>,
     /// Packet ids of exchanges recovered from the log and not yet back in the window, with
     /// their message's `(owner shard, offset)` and whether the client PUBREC'd it (see
     /// "Recovered exchanges keep their packet ids"): no other message takes them.
@@ -242,17 +253,28 @@ impl Outbound {
     /// Empty state with the given limits.
     pub fn new(limits: OutboundLimits) -> Self {
         Outbound {
-            limits,
-            client_receive_max: usize::from(u16::MAX),
+            queue_messages_max: limits.queue_messages_max,
+            queue_bytes_max: limits.queue_bytes_max,
+            inflight_count_max: u16::try_from(limits.inflight_count_max).unwrap_or(u16::MAX),
+            client_receive_max: u16::MAX,
             queue: VecDeque::new(),
             queue_bytes: 0,
             inflight: HashMap::new(),
             next_pid: 1,
             next_seq: 0,
-            unlogged: Vec::new(),
-            entered_top: Vec::new(),
-            reserved: HashMap::new(),
+            entered_top: Box::default(),
+            qos2: None,
         }
+    }
+
+    /// The QoS 2 books, built now if they were not.
+    fn qos2_mut(&mut self) -> &mut Qos2Books {
+        self.qos2.get_or_insert_with(Box::default)
+    }
+
+    /// Packet ids kept for recovered exchanges.
+    fn reserved(&self) -> Option<&HashMap<u16, Reserved>> {
+        self.qos2.as_deref().map(|b| &b.reserved)
     }
 
     /// At start: the exchange of the logged message at `at` (`(owner shard, offset)`) was
@@ -262,7 +284,9 @@ impl Outbound {
     /// packet ids".
     pub fn reserve(&mut self, pid: u16, at: (ShardId, u64), released: bool) {
         if pid != 0 {
-            self.reserved.insert(pid, Reserved { at, released });
+            self.qos2_mut()
+                .reserved
+                .insert(pid, Reserved { at, released });
         }
     }
 
@@ -272,10 +296,10 @@ impl Outbound {
         if pid == 0 || self.inflight.contains_key(&pid) {
             return false;
         }
-        match self.reserved.get(&pid) {
+        match self.reserved().and_then(|r| r.get(&pid)) {
             Some(r) if Some(r.at) != at => false,
             Some(_) => {
-                self.reserved.remove(&pid);
+                self.qos2_mut().reserved.remove(&pid);
                 true
             }
             None => true,
@@ -284,11 +308,11 @@ impl Outbound {
 
     /// Sets the client's Receive Maximum (from its CONNECT).
     pub fn set_client_receive_max(&mut self, max: u16) {
-        self.client_receive_max = usize::from(max.max(1));
+        self.client_receive_max = max.max(1);
     }
 
     fn window(&self) -> usize {
-        self.client_receive_max.min(self.limits.inflight_count_max)
+        usize::from(self.client_receive_max.min(self.inflight_count_max))
     }
 
     /// Queued (not yet sent) messages.
@@ -361,10 +385,7 @@ impl Outbound {
     fn entered(&mut self, delivery: &Delivery) {
         let Some(pos) = delivery.msg.log else { return };
         let owner = pos.shard.index();
-        if self.entered_top.len() <= owner {
-            self.entered_top.resize(owner + 1, 0);
-        }
-        let top = &mut self.entered_top[owner];
+        let top = super::per_shard_mut(&mut self.entered_top, owner);
         *top = (*top).max(pos.offset + 1);
     }
 
@@ -402,9 +423,9 @@ impl Outbound {
 
     /// The bound a message costing `cost` bytes would run into now, if any.
     pub fn full_by(&self, cost: usize) -> Option<QueueLimit> {
-        if self.queue.len() >= self.limits.queue_messages_max {
+        if self.queue.len() >= self.queue_messages_max {
             Some(QueueLimit::Messages)
-        } else if self.queue_bytes + cost > self.limits.queue_bytes_max {
+        } else if self.queue_bytes + cost > self.queue_bytes_max {
             Some(QueueLimit::Bytes)
         } else {
             None
@@ -414,7 +435,7 @@ impl Outbound {
     /// Whether the in-flight window is the server's `inflight_count_max` (not a smaller
     /// client Receive Maximum).
     pub fn window_is_server_cap(&self) -> bool {
-        self.limits.inflight_count_max <= self.client_receive_max
+        self.inflight_count_max <= self.client_receive_max
     }
 
     fn evict_one_qos0(&mut self) -> bool {
@@ -485,7 +506,9 @@ impl Outbound {
                     pumped.oversized_by_qos[QoS::ExactlyOnce as usize] += 1;
                     continue;
                 }
-                self.unlogged.push((pos.shard, pos.offset, pid.get()));
+                self.qos2_mut()
+                    .unlogged
+                    .push((pos.shard, pos.offset, pid.get()));
                 self.insert_inflight(pid.get(), delivery, AwaitState::Sending, now, false);
                 continue;
             }
@@ -536,14 +559,14 @@ impl Outbound {
     /// Whether QoS 2 deliveries entered the sending state since the last
     /// [`Outbound::drain_unlogged`].
     pub fn has_unlogged(&self) -> bool {
-        !self.unlogged.is_empty()
+        self.qos2.as_ref().is_some_and(|b| !b.unlogged.is_empty())
     }
 
     /// The `(owner shard, offset, packet id)` of the QoS 2 deliveries waiting in the
     /// sending state for their `qos2_sent` entry, in send order, each given out once (a
     /// reconnect gives the ones still sending again).
-    pub fn drain_unlogged(&mut self) -> std::vec::Drain<'_, (ShardId, u64, u16)> {
-        self.unlogged.drain(..)
+    pub fn drain_unlogged(&mut self) -> impl Iterator<Item = (ShardId, u64, u16)> + '_ {
+        self.qos2.iter_mut().flat_map(|b| b.unlogged.drain(..))
     }
 
     /// The `qos2_sent` entry of exchange `pid` for the message at `at` (`(owner shard,
@@ -576,14 +599,14 @@ impl Outbound {
 
     fn allocate_pid(&mut self) -> PacketId {
         assert!(
-            self.inflight.len() + self.reserved.len() < usize::from(u16::MAX),
+            self.inflight.len() + self.reserved().map_or(0, HashMap::len) < usize::from(u16::MAX),
             "packet ids exhausted"
         );
         loop {
             let pid = self.next_pid;
             self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
             if !self.inflight.contains_key(&pid)
-                && (self.reserved.is_empty() || !self.reserved.contains_key(&pid))
+                && self.reserved().is_none_or(|r| !r.contains_key(&pid))
             {
                 return PacketId::new(pid).expect("never zero");
             }
@@ -750,7 +773,7 @@ impl Outbound {
             match self.inflight.get(&pid) {
                 Some(e) if e.state == AwaitState::Sending => {
                     if let Some(pos) = e.delivery.msg.log {
-                        self.unlogged.push((pos.shard, pos.offset, pid));
+                        self.qos2_mut().unlogged.push((pos.shard, pos.offset, pid));
                     }
                 }
                 _ => self.resend_one(pid, out, now, true),
@@ -854,8 +877,7 @@ impl Outbound {
         self.queue.clear();
         self.queue_bytes = 0;
         self.inflight.clear();
-        self.unlogged.clear();
-        self.reserved.clear();
+        self.qos2 = None;
     }
 }
 

@@ -750,7 +750,7 @@ impl Broker {
             };
             let outbound = &mut slot.session.outbound;
             match &slot.conn {
-                Some(conn) if conn.session.get().is_some() => {
+                Some(conn) if conn.session().is_some() => {
                     if conn.with_outlet(usize::MAX, |outlet| {
                         outbound.release(r.pid, r.at, Some(outlet), now)
                     }) {

@@ -227,7 +227,8 @@ pub(crate) fn replayed_delivery(session: &Session, msg: Arc<Message>) -> Option<
     let mut ids = Vec::new();
     let mut all_rap = true;
     let mut group = None;
-    for (full, opts) in &session.subscriptions {
+    for (full, sub) in &session.subscriptions {
+        let opts = &sub.opts;
         let Some((plain, share)) = split_share(full) else {
             continue;
         };

@@ -13,7 +13,9 @@ use crate::broker::{Broker, ConnRef, ShardMsg};
 use crate::mqtt::ByteStr;
 use crate::mqtt::QoS;
 use crate::router::{parse_filter, ShardId};
-use crate::session::{subscribed_from, Delivery, Had, LogPos, Session, Will, EXPIRY_NEVER};
+use crate::session::{
+    subscribed_from, Delivery, Had, LogPos, Session, Subscribed, Will, EXPIRY_NEVER,
+};
 
 use super::super::holds::lower_by_groups;
 use super::super::{Reply, SessionSlot};
@@ -139,8 +141,13 @@ impl Broker {
         session.replay.restore_released(released);
         session.replay.restore_sent(sent);
         for (filter, (opts, from)) in &rec.subscriptions {
-            session.subscriptions.insert(filter.clone(), *opts);
-            session.subscribed_from.insert(filter.clone(), from.clone());
+            session.subscriptions.insert(
+                filter.clone(),
+                Subscribed {
+                    opts: *opts,
+                    from: from.clone(),
+                },
+            );
         }
         let key = self.sessions.new_key();
         let me = ConnRef {

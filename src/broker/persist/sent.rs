@@ -159,7 +159,7 @@ impl Broker {
             };
             let outbound = &mut slot.session.outbound;
             match &slot.conn {
-                Some(conn) if conn.session.get().is_some() => {
+                Some(conn) if conn.session().is_some() => {
                     let n = conn.with_outlet(usize::MAX, |outlet| {
                         outbound.logged_sent(s.pid, s.at, Some(outlet), now)
                     });

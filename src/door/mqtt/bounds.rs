@@ -39,18 +39,20 @@ use super::socket::Socket;
 
 /// The read deadline of the packet being received, the keep-alive, and when a quiet
 /// connection is parked.
+///
+/// Every connection carries one, parked or not, so the limits are kept in milliseconds.
 pub(super) struct PacketClock {
     /// `packet_read_timeout_ms`.
-    packet_limit: Duration,
-    /// 1.5 × keep-alive, `None` with keep-alive 0.
-    keep_alive: Option<Duration>,
-    /// `idle_park_ms`, `None` when connections are never parked.
-    park_after: Option<Duration>,
+    packet_limit_ms: u32,
+    /// 1.5 × keep-alive, 0 with keep-alive 0.
+    keep_alive_ms: u32,
+    /// `idle_park_ms`, 0 when connections are never parked.
+    park_after_ms: u32,
+    /// Time the reads of the current partial packet took so far, µs.
+    spent_us: u32,
     /// Since when no byte arrived, for a connection that was parked: the keep-alive runs
     /// from there, not from the read after the park.
     quiet_since: Option<Instant>,
-    /// Time the reads of the current partial packet took so far.
-    spent: Duration,
     /// The socket's read timeout as last set (`None` also when a new stream has none).
     timeout: Option<Duration>,
     /// What that timeout stands for.
@@ -69,20 +71,26 @@ pub(super) enum Cut {
 }
 
 impl PacketClock {
-    pub(super) fn new(
-        packet_limit_ms: u64,
-        keep_alive: Option<Duration>,
-        park_after_ms: u64,
-    ) -> Self {
+    /// The clock of a connection whose keep-alive limit is `keep_alive_ms` (0: none).
+    pub(super) fn new(packet_limit_ms: u64, keep_alive_ms: u32, park_after_ms: u64) -> Self {
+        let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         PacketClock {
-            packet_limit: Duration::from_millis(packet_limit_ms),
-            keep_alive,
-            park_after: (park_after_ms > 0).then(|| Duration::from_millis(park_after_ms)),
+            packet_limit_ms: ms(packet_limit_ms),
+            keep_alive_ms,
+            park_after_ms: ms(park_after_ms),
+            spent_us: 0,
             quiet_since: None,
-            spent: Duration::ZERO,
             timeout: None,
             cut: Cut::KeepAlive,
         }
+    }
+
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_ms > 0).then(|| Duration::from_millis(u64::from(self.keep_alive_ms)))
+    }
+
+    fn park_after(&self) -> Option<Duration> {
+        (self.park_after_ms > 0).then(|| Duration::from_millis(u64::from(self.park_after_ms)))
     }
 
     /// Sets the socket's read timeout for the next read. `decoded`: a packet completed
@@ -97,26 +105,25 @@ impl PacketClock {
         parkable: bool,
     ) -> Option<Instant> {
         if decoded || !partial {
-            self.spent = Duration::ZERO;
+            self.spent_us = 0;
         }
         // A connection back from a park owes the keep-alive the time it was parked.
-        let keep_alive = self.keep_alive.map(|k| match self.quiet_since {
+        let keep_alive = self.keep_alive().map(|k| match self.quiet_since {
             Some(since) => k
                 .saturating_sub(since.elapsed())
                 .max(Duration::from_millis(1)),
             None => k,
         });
         let (timeout, cut) = if partial {
-            let left = self
-                .packet_limit
-                .saturating_sub(self.spent)
+            let left = Duration::from_millis(u64::from(self.packet_limit_ms))
+                .saturating_sub(Duration::from_micros(u64::from(self.spent_us)))
                 .max(Duration::from_millis(1));
             match keep_alive {
                 Some(k) if k < left => (Some(k), Cut::KeepAlive),
                 _ => (Some(left), Cut::Packet),
             }
         } else {
-            match (self.park_after.filter(|_| parkable), keep_alive) {
+            match (self.park_after().filter(|_| parkable), keep_alive) {
                 (Some(p), Some(k)) if p < k => (Some(p), Cut::Park),
                 (Some(p), None) => (Some(p), Cut::Park),
                 _ => (keep_alive, Cut::KeepAlive),
@@ -135,7 +142,8 @@ impl PacketClock {
     /// `read_bytes`: the read brought some.
     pub(super) fn after_read(&mut self, started: Option<Instant>, read_bytes: bool) {
         if let Some(started) = started {
-            self.spent += started.elapsed();
+            let took = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            self.spent_us = self.spent_us.saturating_add(took);
         }
         if read_bytes {
             self.quiet_since = None;
@@ -149,7 +157,7 @@ impl PacketClock {
 
     /// The connection is being parked after a read found nothing for `idle_park_ms`.
     pub(super) fn parked(&mut self) {
-        let waited = self.park_after.unwrap_or_default();
+        let waited = self.park_after().unwrap_or_default();
         self.quiet_since = Some(self.quiet_since.unwrap_or_else(|| {
             Instant::now()
                 .checked_sub(waited)
@@ -165,7 +173,7 @@ impl PacketClock {
     /// Whether a connection parked since [`parked`](Self::parked) has outlived its
     /// keep-alive.
     pub(super) fn keep_alive_over(&self, now: Instant) -> bool {
-        match (self.keep_alive, self.quiet_since) {
+        match (self.keep_alive(), self.quiet_since) {
             (Some(k), Some(since)) => now.saturating_duration_since(since) >= k,
             _ => false,
         }
@@ -218,16 +226,17 @@ pub(super) struct PublishRate {
 }
 
 impl PublishRate {
-    /// The buckets for these limits, full; `None` if neither is set.
-    pub(super) fn new(packets_per_sec: u32, bytes_per_sec: u64) -> Option<Self> {
+    /// The buckets for these limits, full; `None` if neither is set. Boxed: every
+    /// connection's loop state holds the option, few hold buckets.
+    pub(super) fn new(packets_per_sec: u32, bytes_per_sec: u64) -> Option<Box<Self>> {
         if packets_per_sec == 0 && bytes_per_sec == 0 {
             return None;
         }
         let rates = [f64::from(packets_per_sec), bytes_per_sec as f64];
-        Some(PublishRate {
+        Some(Box::new(PublishRate {
             buckets: rates.map(|r| (r, r)),
             refilled: Instant::now(),
-        })
+        }))
     }
 
     /// One PUBLISH of `bytes` (the whole packet) was read. Returns whether a bucket is
@@ -268,7 +277,7 @@ impl PublishRate {
 
 /// Pauses reading `rate`'s connection while its bucket is in debt (counted once per
 /// pause as a hit of the limit that holds it).
-pub(super) async fn publish_room(door: &Door, rate: &mut Option<PublishRate>) {
+pub(super) async fn publish_room(door: &Door, rate: &mut Option<Box<PublishRate>>) {
     let Some(rate) = rate.as_mut() else { return };
     while let Some((wait, limit)) = rate.debt(Instant::now()) {
         door.probe.hit(limit);

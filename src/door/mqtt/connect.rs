@@ -178,9 +178,9 @@ async fn accept(
         if !v5 && !connect.clean_start {
             return Err(Some(ReasonCode::ClientIdentifierNotValid));
         }
-        (assigned_client_id(door, conn), true)
+        (kept(&assigned_client_id(door, conn)), true)
     } else {
-        (connect.client_id.clone(), false)
+        (kept(&connect.client_id), false)
     };
     // Authorization: a client id another user owns is refused; an id the broker
     // assigned is new and nobody's. The rules are resolved for this client once.
@@ -195,7 +195,10 @@ async fn accept(
         .for_client(identity, client_id.as_str())
         .map(Box::new);
     *conn.who.borrow_mut() = Some((principal.clone(), client_id.clone()));
-    *conn.link.connected_as.borrow_mut() = (connect.username.clone(), keep_alive_secs);
+    if let Some(username) = &connect.username {
+        let _ = conn.link.username.set(kept(username));
+    }
+    conn.link.keep_alive_secs.set(keep_alive_secs);
     let will = match connect.will {
         Some(w) => {
             validate_topic_name(w.topic.as_str(), &door.broker.topic_limits())
@@ -226,7 +229,7 @@ async fn accept(
     };
     let expiry_secs = asked_secs.min(door.config.session_expiry_max_secs);
     if let Some(max) = connect.properties.maximum_packet_size_bytes {
-        conn.link.packet_bytes_max.set(max as usize);
+        conn.link.set_packet_bytes_max(max as usize);
     }
     // The aliases the client allows, up to as many as the broker allows it.
     let aliases = connect
@@ -283,6 +286,16 @@ async fn accept(
         expiry_secs,
         client_id,
     })
+}
+
+/// A copy of `s` for a connection to keep: the strings a CONNECT decodes into are slices of
+/// the buffer it was read into, which they would keep alive for as long as the connection
+/// lasts. The copy is made in the shared form its clones take (the first clone of a fresh
+/// copy allocates it).
+fn kept(s: &ByteStr) -> ByteStr {
+    let copy = ByteStr::from(s.as_str().to_owned());
+    drop(copy.clone());
+    copy
 }
 
 /// Checks the CONNECT's credentials (or takes `identity`, the user a verified client

@@ -143,7 +143,7 @@ impl Door {
                 .for_client(principal.identity(), client_id.as_str());
             *conn.link.acl.borrow_mut() = acl.map(Box::new);
             conn.acl_epoch.set(conn.acl_epoch.get().wrapping_add(1));
-            if let Some(key) = conn.link.session.get() {
+            if let Some(key) = conn.link.session() {
                 acl::settle(self, &conn, key);
             }
             done.kept += 1;

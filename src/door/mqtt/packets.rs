@@ -1,6 +1,5 @@
 //! One handler per packet type a client may send after CONNECT.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use crate::mqtt::{
     Unsubscribe,
 };
 use crate::router::{parse_filter, validate_topic_name};
-use crate::session::{Message, SubOptions};
+use crate::session::{BuiltOnUse, Message, SubOptions};
 
 use super::Door;
 
@@ -32,8 +31,8 @@ pub(super) enum Flow {
 
 /// Per-connection protocol state the handlers share.
 pub(super) struct ConnState {
-    /// Inbound topic aliases (v5).
-    aliases: HashMap<u16, ByteStr>,
+    /// Inbound topic aliases (v5), built by the first one a client sets.
+    aliases: BuiltOnUse<u16, ByteStr>,
     /// Session expiry from CONNECT.
     connect_expiry_secs: u32,
 }
@@ -41,7 +40,7 @@ pub(super) struct ConnState {
 impl ConnState {
     pub(super) fn new(accepted: &Accepted) -> Self {
         ConnState {
-            aliases: HashMap::new(),
+            aliases: BuiltOnUse::default(),
             connect_expiry_secs: accepted.expiry_secs,
         }
     }
@@ -97,7 +96,7 @@ async fn on_publish(
     state: &mut ConnState,
     mut publish: Publish,
 ) -> Flow {
-    let Some(key) = conn.link.session.get() else {
+    let Some(key) = conn.link.session() else {
         return Flow::End(Ending::ByServer);
     };
     if let Some(alias) = publish.properties.topic_alias.take() {
@@ -188,7 +187,7 @@ async fn on_publish(
 }
 
 fn on_client_ack(door: &Rc<Door>, conn: &Conn, ack: Ack, kind: ClientAck) -> Flow {
-    let Some(key) = conn.link.session.get() else {
+    let Some(key) = conn.link.session() else {
         return Flow::End(Ending::ByServer);
     };
     let pid = ack.packet_id.get();
@@ -205,7 +204,7 @@ fn on_client_ack(door: &Rc<Door>, conn: &Conn, ack: Ack, kind: ClientAck) -> Flo
 }
 
 fn on_pubrel(door: &Rc<Door>, conn: &Conn, ack: Ack) -> Flow {
-    let Some(key) = conn.link.session.get() else {
+    let Some(key) = conn.link.session() else {
         return Flow::End(Ending::ByServer);
     };
     let Some(reason) = door.broker.client_pubrel(key, ack.packet_id.get()) else {
@@ -217,7 +216,7 @@ fn on_pubrel(door: &Rc<Door>, conn: &Conn, ack: Ack) -> Flow {
 }
 
 async fn on_subscribe(door: &Rc<Door>, conn: &Rc<Conn>, sub: Subscribe) -> Flow {
-    let Some(key) = conn.link.session.get() else {
+    let Some(key) = conn.link.session() else {
         return Flow::End(Ending::ByServer);
     };
     let limits = door.broker.topic_limits();
@@ -327,7 +326,7 @@ fn granted_code(qos: QoS) -> ReasonCode {
 }
 
 fn on_unsubscribe(door: &Door, conn: &Conn, unsub: Unsubscribe) -> Flow {
-    let Some(key) = conn.link.session.get() else {
+    let Some(key) = conn.link.session() else {
         return Flow::End(Ending::ByServer);
     };
     let filters: Vec<String> = unsub

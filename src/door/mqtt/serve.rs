@@ -89,18 +89,18 @@ pub(super) struct Live {
     client_id: ByteStr,
     clock: PacketClock,
     state: packets::ConnState,
-    rate: Option<bounds::PublishRate>,
+    rate: Option<Box<bounds::PublishRate>>,
 }
 
 impl Live {
     fn new(door: &Door, accepted: Accepted) -> Self {
         let keep_alive = accepted.keep_alive_secs;
-        let keep_alive_limit =
-            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        // 1.5 × the keep-alive, as MQTT allows.
+        let keep_alive_limit_ms = u32::from(keep_alive) * 1500;
         Live {
             clock: PacketClock::new(
                 door.config.packet_read_timeout_ms,
-                keep_alive_limit,
+                keep_alive_limit_ms,
                 door.config.idle_park_ms,
             ),
             state: packets::ConnState::new(&accepted),
@@ -295,10 +295,10 @@ async fn serve_live(
         ending = ?ending,
         "client disconnected"
     );
-    let Some(key) = conn.link.session.get() else {
+    let Some(key) = conn.link.session() else {
         return Served::Ended;
     };
-    conn.link.session.set(None);
+    conn.link.set_session(None);
     match ending {
         Ending::Normal { expiry_secs } => door.broker.detach_session(key, false, expiry_secs),
         Ending::WithWill { expiry_secs } => door.broker.detach_session(key, true, expiry_secs),
@@ -396,7 +396,7 @@ async fn handle_buffered(
     limits: &DecodeLimits,
     protocol: mqtt::Protocol,
     state: &mut packets::ConnState,
-    rate: &mut Option<bounds::PublishRate>,
+    rate: &mut Option<Box<bounds::PublishRate>>,
 ) -> Result<bool, Ending> {
     let mut decoded = false;
     loop {
@@ -474,7 +474,7 @@ async fn write_loop(door: Rc<Door>, conn: Rc<Conn>, socket: Socket) -> bool {
             break;
         }
         // The buffer drained: move more of the session's queue onto the wire.
-        if let Some(key) = conn.link.session.get() {
+        if let Some(key) = conn.link.session() {
             door.broker.on_drained(key);
         }
     }
