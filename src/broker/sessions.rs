@@ -234,19 +234,22 @@ impl Broker {
         self.probe
             .inflight_current
             .add(session.outbound.inflight() as i64);
-        self.sessions
-            .by_client
-            .borrow_mut()
-            .insert(session.client_id.clone(), key);
-        self.sessions.slots.borrow_mut().insert(
-            key,
-            Box::new(SessionSlot {
-                session,
-                conn: Some(Rc::clone(conn)),
-                last_conn: me,
-                epoch: conn.token,
-            }),
-        );
+        // The session and its entries last as long as it does (see `runtime::lasting`).
+        crate::runtime::lasting(|| {
+            self.sessions
+                .by_client
+                .borrow_mut()
+                .insert(session.client_id.clone(), key);
+            self.sessions.slots.borrow_mut().insert(
+                key,
+                Box::new(SessionSlot {
+                    session,
+                    conn: Some(Rc::clone(conn)),
+                    last_conn: me,
+                    epoch: conn.token,
+                }),
+            );
+        });
         self.probe.sessions_current.add(1);
         let mut acks = Vec::new();
         for (filter, opts) in &subscriptions {

@@ -13,6 +13,7 @@
 //! May use: `config`, `metrics`. It knows neither the broker nor its protocols.
 
 mod every;
+mod lasting;
 mod limits;
 mod mesh;
 mod nap;
@@ -76,6 +77,7 @@ fn ring_depth() -> usize {
 pub const SHARD_LOG: &str = "shardmq::shard";
 
 pub use every::spawn_every;
+pub use lasting::lasting;
 pub use limits::{
     bind_listener, claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
     FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,

@@ -194,7 +194,8 @@ async fn accept(
         .acl()
         .for_client(identity, client_id.as_str())
         .map(Box::new);
-    *conn.who.borrow_mut() = Some((principal.clone(), client_id.clone()));
+    *conn.who.borrow_mut() =
+        crate::runtime::lasting(|| Some((principal.clone(), client_id.clone())));
     if let Some(username) = &connect.username {
         let _ = conn.link.username.set(kept(username));
     }
@@ -290,12 +291,14 @@ async fn accept(
 
 /// A copy of `s` for a connection to keep: the strings a CONNECT decodes into are slices of
 /// the buffer it was read into, which they would keep alive for as long as the connection
-/// lasts. The copy is made in the shared form its clones take (the first clone of a fresh
-/// copy allocates it).
+/// lasts. The copy comes from the heap of lasting objects (see `runtime::lasting`), already
+/// in the shared form its clones take (the first clone of a fresh copy allocates it).
 fn kept(s: &ByteStr) -> ByteStr {
-    let copy = ByteStr::from(s.as_str().to_owned());
-    drop(copy.clone());
-    copy
+    crate::runtime::lasting(|| {
+        let copy = ByteStr::from(s.as_str().to_owned());
+        drop(copy.clone());
+        copy
+    })
 }
 
 /// Checks the CONNECT's credentials (or takes `identity`, the user a verified client

@@ -187,7 +187,8 @@ impl Connections {
     fn register(&self, fd: std::os::fd::RawFd, peer: Option<std::net::SocketAddr>) -> Rc<Conn> {
         let token = self.next_token.get() + 1;
         self.next_token.set(token);
-        let conn = Rc::new(Conn::new(token, fd, peer));
+        // The connection and its link last as long as it does, parked or not.
+        let conn = crate::runtime::lasting(|| Rc::new(Conn::new(token, fd, peer)));
         self.live.borrow_mut().insert(token, Rc::clone(&conn));
         conn
     }

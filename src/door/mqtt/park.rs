@@ -186,11 +186,14 @@ impl Parking {
         // on `fd`, which is `conn.fd` from here (nothing awaits in between).
         drop(stream);
         conn.fd.set(fd.as_raw_fd());
-        conn.link
-            .wake_instead_of_writer(Waker::from(Arc::new(Unpark {
+        // Held while the connection is parked (see `runtime::lasting`).
+        let unpark = crate::runtime::lasting(|| {
+            Arc::new(Unpark {
                 token,
                 bell: Arc::clone(&watch.bell),
-            })));
+            })
+        });
+        conn.link.wake_instead_of_writer(Waker::from(unpark));
         parking.parked.borrow_mut().insert(
             token,
             Parked {

@@ -160,7 +160,11 @@ pub(super) async fn attend(
                 identity,
             } => Box::pin(connect_phase(&door, &conn, &socket, accepted_at, identity))
                 .await
-                .map(|(rbuf, accepted)| (rbuf, Box::new(Live::new(&door, accepted)))),
+                .map(|(rbuf, accepted)| {
+                    // Kept through parks (see `runtime::lasting`).
+                    let live = crate::runtime::lasting(|| Box::new(Live::new(&door, accepted)));
+                    (rbuf, live)
+                }),
             Start::Resume(live) => Some((ReadBuf::new(), live)),
         };
         let stop = match opened {
