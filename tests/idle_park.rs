@@ -37,12 +37,12 @@ fn until_parked(broker: &Broker, n: usize) {
         eventually(Duration::from_secs(20), || parked(broker) >= n as f64),
         "{} parked, {n} expected ({} parks so far)",
         parked(broker),
-        broker.metric_sum("shardmq_connection_parks_total")
+        parks(broker)
     );
 }
 
 /// A parked subscriber gets its QoS 0 and QoS 1 deliveries (and its client's PUBACK is
-/// read), a parked client is answered its PINGREQ, and each of them parks again after.
+/// read) and parks again after each; a parked client is answered its PINGREQ.
 /// The subscriber is rumqttc, an independent client; its keep-alive (30 s) is far away.
 #[test]
 fn parked_connections_get_their_deliveries_and_answers() {
@@ -90,11 +90,81 @@ fn parked_connections_get_their_deliveries_and_answers() {
         broker.metric_sum("shardmq_inflight_current") == 0.0
     }));
     until_parked(&broker, 3);
+    let pings_before = broker.metric_sum("shardmq_parked_pings_total");
     pinger.ping();
     pinger.expect_kind(PINGRESP);
+    assert_eq!(
+        broker.metric_sum("shardmq_parked_pings_total") - pings_before,
+        1.0,
+        "the PINGREQ is answered while parked"
+    );
     until_parked(&broker, 3);
     let parks = broker.metric_sum("shardmq_connection_parks_total") - parks_before;
-    assert!(parks >= 8.0, "each went back to its park ({parks} parks)");
+    assert!(parks >= 7.0, "each went back to its park ({parks} parks)");
+}
+
+fn parks(broker: &Broker) -> f64 {
+    broker.metric_sum("shardmq_connection_parks_total")
+}
+
+/// A parked connection's PINGREQs are answered where it lies: it is not unparked (and
+/// parked again) per ping, and each ping starts its keep-alive again. A PINGREQ split
+/// across two writes, or followed by another packet, is the reader's, as before.
+#[test]
+fn parked_connections_are_answered_their_pings_without_unparking() {
+    let broker = parking_broker("200", &[]);
+    let mut watcher = Conn::client(broker.mqtt, true, "pp-watch");
+    watcher.sub("pp/t", 0);
+    // Keep-alive 2 s: cut 3 s after its last packet.
+    let (mut pinging, _) = Conn::connect(broker.mqtt, &Connect::v5("pp-ping").keep_alive(2));
+    until_parked(&broker, 2);
+    let parks_before = parks(&broker);
+    let pings_before = broker.metric_sum("shardmq_parked_pings_total");
+
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        pinging.ping();
+        pinging.expect_kind(PINGRESP);
+        pings += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(
+        parks(&broker) - parks_before,
+        0.0,
+        "{pings} pings, 5 s past the keep-alive, and never unparked"
+    );
+    assert_eq!(parked(&broker), 2.0);
+    let answered = broker.metric_sum("shardmq_parked_pings_total") - pings_before;
+    assert_eq!(answered, f64::from(pings));
+
+    // Two in one write: both answered, still parked.
+    pinging.send(&[0xC0, 0, 0xC0, 0]);
+    pinging.expect_kind(PINGRESP);
+    pinging.expect_kind(PINGRESP);
+    assert_eq!(parks(&broker) - parks_before, 0.0);
+
+    // Half a PINGREQ, then the rest: unparked, answered by the reader, parked again.
+    pinging.send(&[0xC0]);
+    std::thread::sleep(Duration::from_millis(50));
+    pinging.send(&[0]);
+    pinging.expect_kind(PINGRESP);
+    until_parked(&broker, 2);
+    assert!(parks(&broker) - parks_before >= 1.0);
+
+    // A PINGREQ and a PUBLISH in one write: both served.
+    let mut bytes = vec![0xC0, 0];
+    bytes.extend(Publish::new("pp/t", b"after a ping", 0).encode(true));
+    pinging.send(&bytes);
+    pinging.expect_kind(PINGRESP);
+    let delivered = watcher
+        .try_publish(Duration::from_secs(5))
+        .expect("the publish behind the PINGREQ is delivered");
+    assert_eq!(delivered.payload, b"after a ping");
+    assert_eq!(
+        broker.metric_sum("shardmq_parked_pings_total") - pings_before,
+        f64::from(pings) + 1.0
+    );
 }
 
 /// While parked a connection's keep-alive still runs: a silent client is cut about 1.5 ×

@@ -262,6 +262,8 @@ pub struct ShardProbe {
     pub connections_parked: Gauge,
     /// Times a quiet connection was parked.
     pub connection_parks_total: Counter,
+    /// Times a parked connection's PINGREQs were answered without unparking it.
+    pub parked_pings_total: Counter,
     /// Connections accepted since start.
     pub connections_accepted_total: Counter,
     /// Connections closed since start (by either side).
@@ -417,6 +419,11 @@ pub(crate) const SHARD_SERIES: &[(&str, &str, Series)] = &[
         "connection_parks",
         "Times a quiet client connection was parked",
         Series::Counter(|p| &p.connection_parks_total),
+    ),
+    (
+        "parked_pings",
+        "Times a parked client connection's PINGREQs were answered without unparking it",
+        Series::Counter(|p| &p.parked_pings_total),
     ),
     (
         "connections_accepted",

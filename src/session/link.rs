@@ -316,6 +316,15 @@ impl Link {
         self.writer.set(Some(waker));
     }
 
+    /// Whether a waker waits in the writer's place: nothing has woken it since it was put
+    /// there.
+    pub fn writer_waits(&self) -> bool {
+        let waker = self.writer.take();
+        let waits = waker.is_some();
+        self.writer.set(waker);
+        waits
+    }
+
     /// Takes the pending output, waiting until there is some or the connection closes.
     /// Returns `None` when closing and nothing is left to write, and when the writer was
     /// asked to stop for a park and nothing is left to write.

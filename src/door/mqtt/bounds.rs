@@ -165,6 +165,12 @@ impl PacketClock {
         }));
     }
 
+    /// A packet arrived and was answered while the connection stayed parked: the
+    /// keep-alive runs from `now`.
+    pub(super) fn heard_while_parked(&mut self, now: Instant) {
+        self.quiet_since = Some(now);
+    }
+
     /// The connection serves on a new stream, whose read timeout is unset.
     pub(super) fn new_stream(&mut self) {
         self.timeout = None;

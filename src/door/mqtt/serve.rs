@@ -117,6 +117,11 @@ impl Live {
         self.clock.keep_alive_over(now)
     }
 
+    /// A PINGREQ was answered while the connection stayed parked.
+    pub(super) fn heard_while_parked(&mut self, now: Instant) {
+        self.clock.heard_while_parked(now);
+    }
+
     /// The connection is back from a park on a new stream.
     pub(super) fn new_stream(&mut self) {
         self.clock.new_stream();
