@@ -36,7 +36,7 @@
 //! once every shard has done so (`ShardMsg::Drained`), logs every persistent session's
 //! cursor once more (`flush_cursors_for_stop`), so the next start replays them.
 //! A clean member's queued and unacknowledged deliveries hold the persistent members'
-//! cursors here as a backlog does (`clean_member_holds`).
+//! cursors here as a backlog does (`survey_sessions`).
 //!
 //! The group's persistent members may all be on other shards. Then only their cursors
 //! can bring back what a backlog or clean member here holds, and they must be held down
@@ -767,10 +767,16 @@ impl Broker {
     }
 
     /// What every backlog here still has to deliver, what the clean members here hold for
-    /// their groups (see `clean_member_holds`), and the group floors of every owner (this
+    /// their groups (see `survey_sessions`), and the group floors of every owner (this
     /// one's as they are now, the others' as they posted them, see "Crash safety").
     pub(crate) fn backlog_holds(&self) -> BacklogHolds {
-        let mut holds = self.local_holds();
+        self.backlog_holds_with(&self.survey_sessions().clean_holds)
+    }
+
+    /// [`backlog_holds`](Self::backlog_holds) with the clean members' holds `clean`
+    /// already gathered.
+    pub(crate) fn backlog_holds_with(&self, clean: &BacklogHolds) -> BacklogHolds {
+        let mut holds = self.local_holds(clean);
         let shards = self.mesh.shards();
         let at = |owner: ShardId, floor: u64| {
             let mut lowest = vec![None; shards.max(owner.index() + 1)];
@@ -795,8 +801,9 @@ impl Broker {
         holds
     }
 
-    /// What the backlogs and clean members of this shard hold for their groups.
-    fn local_holds(&self) -> BacklogHolds {
+    /// What the backlogs of this shard hold for their groups, and its clean members
+    /// (`clean`, see `survey_sessions`).
+    fn local_holds(&self, clean: &BacklogHolds) -> BacklogHolds {
         let shards = self.mesh.shards();
         let mut holds: BacklogHolds = self
             .groups
@@ -805,7 +812,7 @@ impl Broker {
             .values()
             .map(|b| (b.member_filter.clone(), b.lowest_by_owner(shards)))
             .collect();
-        holds.extend(self.clean_member_holds());
+        holds.extend(clean.iter().cloned());
         holds
     }
 
@@ -1041,16 +1048,23 @@ impl Broker {
         }
     }
 
+    /// One look at every session of this shard for the cursor flush (which runs every
+    /// `CURSOR_FLUSH_MS`, so its cost grows with the sessions held, idle or not): the
+    /// clean members' holds, and whether the flush has any session to visit at all.
+    ///
     /// A clean member's queued and unacknowledged shared deliveries are in no log of its
     /// own: after a crash only a persistent member's cursor can bring them back, so they
     /// hold down those of the group's persistent members here as a backlog does. Per
     /// clean session holding any, each of its shared subscription keys with the lowest
     /// offset per owner.
-    fn clean_member_holds(&self) -> BacklogHolds {
+    pub(crate) fn survey_sessions(&self) -> SessionSurvey {
         let shards = self.mesh.shards();
         let mut holds = Vec::new();
+        let (mut any_logged, mut any_released) = (false, false);
         for slot in self.sessions.slots.borrow().values() {
             let s = &slot.session;
+            any_logged |= s.logged;
+            any_released |= s.replay.released_len() > 0;
             if s.logged || s.outbound.queued() + s.outbound.inflight() == 0 {
                 continue;
             }
@@ -1067,7 +1081,11 @@ impl Broker {
                 holds.push((filter.clone(), lowest.clone()));
             }
         }
-        holds
+        SessionSurvey {
+            clean_holds: holds,
+            any_logged,
+            any_released,
+        }
     }
 
     /// Retention: the logs must keep what any backlog has yet to deliver (`mins` per
@@ -1086,8 +1104,8 @@ impl Broker {
     /// flush, of a group a clean member here holds deliveries for, or of a group whose
     /// floor changed, so they are logged again with those holds; and reports this
     /// shard's holds to the owners (see `report_holds`).
-    pub(crate) fn touch_backlog_members(&self) {
-        let local = self.local_holds();
+    pub(crate) fn touch_backlog_members(&self, clean: &BacklogHolds) {
+        let local = self.local_holds(clean);
         self.report_holds(&local);
         let mut changed: Vec<String> = self
             .groups
@@ -1096,7 +1114,7 @@ impl Broker {
             .values_mut()
             .filter_map(|b| std::mem::take(&mut b.dirty).then(|| b.member_filter.clone()))
             .collect();
-        changed.extend(self.clean_member_holds().into_iter().map(|(f, _)| f));
+        changed.extend(clean.iter().map(|(f, _)| f.clone()));
         changed.append(&mut self.groups.floors_changed.borrow_mut());
         if changed.is_empty() {
             return;
@@ -1108,6 +1126,16 @@ impl Broker {
             }
         }
     }
+}
+
+/// What [`Broker::survey_sessions`] found.
+pub(crate) struct SessionSurvey {
+    /// The clean members' holds.
+    pub(crate) clean_holds: BacklogHolds,
+    /// A session here is logged: its cursors may have changed.
+    pub(crate) any_logged: bool,
+    /// A session here keeps QoS 2 releases that may be pruned.
+    pub(crate) any_released: bool,
 }
 
 /// Owner: the shared deliveries of this shard's log sent and not yet confirmed, and what

@@ -584,8 +584,14 @@ impl Broker {
     /// `stopping`, also the packet ids of their QoS 2 messages in flight (`qos2_sent`),
     /// and returns the requests that complete once all of it is durable.
     fn flush_cursors(&self, stopping: bool) -> Vec<u64> {
-        self.touch_backlog_members();
-        let holds = self.backlog_holds();
+        let survey = self.survey_sessions();
+        self.touch_backlog_members(&survey.clean_holds);
+        // A shard of clean sessions without QoS 2 releases (idle devices) has nothing to
+        // log: the survey was its one look at them.
+        if !survey.any_logged && !survey.any_released {
+            return Vec::new();
+        }
+        let holds = self.backlog_holds_with(&survey.clean_holds);
         type Changed = (
             ByteStr,
             Vec<(ShardId, u64)>,
@@ -594,10 +600,7 @@ impl Broker {
         );
         let changed: Vec<Changed> = {
             let mut sessions = self.sessions.slots.borrow_mut();
-            let members = if sessions
-                .values()
-                .any(|s| s.session.replay.released_len() > 0)
-            {
+            let members = if survey.any_released {
                 holds::member_holds(sessions.values().map(|s| &s.session))
             } else {
                 MemberHolds::new()
