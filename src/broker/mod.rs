@@ -62,7 +62,6 @@ mod state;
 mod subscribe;
 pub mod sys;
 
-use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -124,13 +123,14 @@ pub(crate) struct FloorReports {
     pub(crate) last: u64,
 }
 
-/// This shard's sessions by client id: a hash map for lookups, and the ids in order for
-/// the admin API's pages (a page starts where the last ended without a pass over every
-/// session). Kept in step on connect, restore and removal only, never per message.
+/// This shard's sessions by client id, in order: the admin API's pages start where the
+/// last ended without a pass over every session. One ordered map rather than a hash map
+/// beside an ordered set: each session's client id is indexed once (a hash table's slot
+/// per session, with its slack, cost an idle connection ≈ 90 B), and its lookups come at
+/// connect, restore, takeover and a QoS 2 send's logging, never per QoS 0/1 message.
 #[derive(Default)]
 pub struct ByClient {
-    keys: HashMap<ByteStr, SessionKey>,
-    order: std::collections::BTreeSet<ByteStr>,
+    keys: std::collections::BTreeMap<ByteStr, SessionKey>,
 }
 
 impl ByClient {
@@ -138,34 +138,28 @@ impl ByClient {
     pub fn get<Q>(&self, client_id: &Q) -> Option<&SessionKey>
     where
         ByteStr: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
+        Q: Ord + ?Sized,
     {
         self.keys.get(client_id)
     }
 
     /// Indexes `client_id`'s session; returns the one it replaces.
     pub fn insert(&mut self, client_id: ByteStr, key: SessionKey) -> Option<SessionKey> {
-        let replaced = self.keys.insert(client_id.clone(), key);
-        if replaced.is_none() {
-            self.order.insert(client_id);
-        }
-        replaced
+        self.keys.insert(client_id, key)
     }
 
     /// Forgets `client_id`.
     pub fn remove(&mut self, client_id: &str) -> Option<SessionKey> {
-        let removed = self.keys.remove(client_id);
-        if removed.is_some() {
-            self.order.remove(client_id);
-        }
-        removed
+        self.keys.remove(client_id)
     }
 
     /// Client ids after `after` (all with `None`), in order.
     pub fn after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a ByteStr> + 'a {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, Excluded);
-        self.order.range::<str, _>((from, Unbounded))
+        self.keys
+            .range::<str, _>((from, Unbounded))
+            .map(|(client_id, _)| client_id)
     }
 }
 
