@@ -33,6 +33,9 @@ pub struct Conn {
     /// Whether the reader task still reads the socket: once it stopped, the writer may
     /// read the client's last bytes itself (a WebSocket close reply).
     pub reading: Cell<bool>,
+    /// What the connection keeps while it is parked (see `park`): here rather than in a
+    /// table of the shard's parked connections, which cost each of them a slot of its own.
+    pub(super) parked: RefCell<Option<super::park::Parked>>,
 }
 
 impl Conn {
@@ -44,6 +47,7 @@ impl Conn {
             who: RefCell::new(None),
             acl_epoch: Cell::new(0),
             reading: Cell::new(true),
+            parked: RefCell::new(None),
         }
     }
 }
@@ -67,3 +71,7 @@ pub(super) const READ_CHUNK_BYTES: usize = 16 << 10;
 /// chunk doubles the next one up to [`READ_CHUNK_BYTES`], so a busy publisher soon reads
 /// in big batches; an idle connection holds no buffer at all (see `socket::ReadBuf`).
 pub(super) const READ_CHUNK_MIN_BYTES: usize = 1 << 10;
+
+// Every connection keeps one, parked or not: with the `Rc`'s two counts it fits the
+// allocator's 128-byte size class.
+const _: () = assert!(std::mem::size_of::<Conn>() + 2 * std::mem::size_of::<usize>() <= 128);

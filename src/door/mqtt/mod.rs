@@ -197,6 +197,21 @@ impl Connections {
         self.live.borrow_mut().remove(&token);
     }
 
+    /// The live connection `token`.
+    pub(super) fn get(&self, token: u64) -> Option<Rc<Conn>> {
+        self.live.borrow().get(&token).cloned()
+    }
+
+    /// The tokens of the live connections for which `f` holds.
+    pub(super) fn tokens_where(&self, f: impl Fn(&Conn) -> bool) -> Vec<u64> {
+        self.live
+            .borrow()
+            .iter()
+            .filter(|(_, conn)| f(conn))
+            .map(|(&token, _)| token)
+            .collect()
+    }
+
     /// Every live connection.
     pub fn all(&self) -> Vec<Rc<Conn>> {
         self.live.borrow().values().cloned().collect()

@@ -5,7 +5,7 @@
 //! connection whose reads found nothing for `idle_park_ms`, with nothing to write and no
 //! publish awaiting its owner, is parked instead: both tasks end, the glommio stream is
 //! dropped (its socket kept open on another descriptor number), and what the packet loop
-//! carries ([`Live`]) waits in this shard's table of parked connections. Its session,
+//! carries ([`Live`]) waits in the connection's [`Conn::parked`]. Its session,
 //! [`Conn`] and [`Link`](crate::session::Link) stay as they are: deliveries, acks,
 //! closes and reloads reach it unchanged.
 //!
@@ -24,7 +24,6 @@
 //! tasks, a stream and a park again `idle_park_ms` later.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -57,16 +56,15 @@ const PINGRESP: [u8; 2] = [0xD0, 0x00];
 /// is unparked and read as usual.
 const PINGS_AT_ONCE: usize = 4;
 
-/// One shard's parked connections and the means to unpark them.
+/// The means to park and unpark one shard's connections (which are found by token in
+/// the door's table of connections).
 pub(super) struct Parking {
     /// `None` when `idle_park_ms = 0`, or when the epoll set could not be made.
     watch: Option<Watch>,
-    parked: RefCell<HashMap<u64, Parked>>,
 }
 
-/// What a parked connection keeps.
-struct Parked {
-    conn: Rc<Conn>,
+/// What a parked connection keeps, in its [`Conn`].
+pub(super) struct Parked {
     /// The socket, on the descriptor number in `conn.fd`.
     fd: OwnedFd,
     slot: ConnectionSlot,
@@ -143,10 +141,7 @@ impl Parking {
                 }
             }
         };
-        Parking {
-            watch,
-            parked: RefCell::new(HashMap::new()),
-        }
+        Parking { watch }
     }
 
     /// Starts the shard's tasks that unpark connections: the bell's reader and the
@@ -207,15 +202,7 @@ impl Parking {
             })
         });
         conn.link.wake_instead_of_writer(Waker::from(unpark));
-        parking.parked.borrow_mut().insert(
-            token,
-            Parked {
-                conn: Rc::clone(conn),
-                fd,
-                slot,
-                live,
-            },
-        );
+        *conn.parked.borrow_mut() = Some(Parked { fd, slot, live });
         door.probe.connections_parked.add(1);
         door.probe.connection_parks_total.inc();
         tracing::trace!(target: super::CONNECTION_LOG, token, "parked");
@@ -226,17 +213,15 @@ impl Parking {
 /// Gives the parked connection `token` its tasks back; nothing if it is not parked
 /// (both its socket and its link may have asked).
 fn unpark(door: &Rc<Door>, token: u64) {
-    let Some(parked) = door.parking.parked.borrow_mut().remove(&token) else {
+    let Some(conn) = door.connections.get(token) else {
+        return;
+    };
+    let Some(parked) = conn.parked.borrow_mut().take() else {
         return;
     };
     door.probe.connections_parked.add(-1);
     tracing::trace!(target: super::CONNECTION_LOG, token, "unparked");
-    let Parked {
-        conn,
-        fd,
-        slot,
-        mut live,
-    } = parked;
+    let Parked { fd, slot, mut live } = parked;
     if let Some(watch) = &door.parking.watch {
         watch.remove(fd.as_raw_fd());
     }
@@ -258,11 +243,14 @@ fn unpark(door: &Rc<Door>, token: u64) {
 /// socket's send buffer full, which an idle connection's hardly is) takes the PINGREQs
 /// off, leaves the rest of the answer in the link's output and unparks.
 fn answer_pings(door: &Door, watch: &Watch, token: u64) -> bool {
-    let mut parked = door.parking.parked.borrow_mut();
-    let Some(p) = parked.get_mut(&token) else {
+    let Some(conn) = door.connections.get(token) else {
         return false;
     };
-    if !p.conn.link.quiet() || !p.conn.link.writer_waits() {
+    let mut parked = conn.parked.borrow_mut();
+    let Some(p) = parked.as_mut() else {
+        return false;
+    };
+    if !conn.link.quiet() || !conn.link.writer_waits() {
         return false;
     }
     let fd = p.fd.as_raw_fd();
@@ -311,8 +299,7 @@ fn answer_pings(door: &Door, watch: &Watch, token: u64) -> bool {
     door.probe.bytes_received_total.add(n as u64);
     p.live.heard_while_parked(Instant::now());
     if sent < n {
-        p.conn
-            .link
+        conn.link
             .out
             .borrow_mut()
             .extend_from_slice(&answers[sent..]);
@@ -366,14 +353,12 @@ async fn sweep_keep_alives(door: Rc<Door>) {
         }
         parks_seen = parks;
         let now = Instant::now();
-        let due: Vec<u64> = door
-            .parking
-            .parked
-            .borrow()
-            .iter()
-            .filter(|(_, p)| p.live.keep_alive_over(now))
-            .map(|(&token, _)| token)
-            .collect();
+        let due = door.connections.tokens_where(|conn| {
+            conn.parked
+                .borrow()
+                .as_ref()
+                .is_some_and(|p| p.live.keep_alive_over(now))
+        });
         for token in due {
             unpark(&door, token);
         }
