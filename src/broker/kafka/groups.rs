@@ -233,8 +233,12 @@ impl Broker {
                 };
                 let (member, round) = match joined {
                     Ok(joined) => joined,
-                    Err(e) => return GroupAnswer::Joined(Err(e)),
+                    Err(e) => {
+                        tracing::debug!(shard = self.id.index(), %group, member = %e.1, error = ?e.0, "join refused");
+                        return GroupAnswer::Joined(Err(e));
+                    }
                 };
+                tracing::debug!(shard = self.id.index(), %group, %member, round, state = ?groups().get(&group).map(Group::state), "join taken");
                 let result = poll_fn(|cx| {
                     let mut groups = self.kafka.groups.borrow_mut();
                     let Some(g) = groups.get_mut(&group) else {
@@ -250,6 +254,15 @@ impl Broker {
                     }
                 });
                 let result = self.group_wait(wait, result).await;
+                tracing::debug!(
+                    shard = self.id.index(),
+                    %group,
+                    %member,
+                    generation = result.as_ref().map_or(-1, |r| r.generation),
+                    leader = result.as_ref().map_or("", |r| r.leader.as_str()),
+                    error = ?result.as_ref().err(),
+                    "join answered"
+                );
                 GroupAnswer::Joined(result.map_err(|e| (e, member)))
             }
             GroupCall::Sync {
@@ -262,6 +275,7 @@ impl Broker {
                     None => Err(GroupError::UnknownMember),
                 };
                 if let Err(e) = synced {
+                    tracing::debug!(shard = self.id.index(), %group, member = %member_id, generation, error = ?e, "sync refused");
                     return GroupAnswer::Synced(Err(e));
                 }
                 let result = poll_fn(|cx| {
@@ -277,15 +291,23 @@ impl Broker {
                         }
                     }
                 });
-                GroupAnswer::Synced(self.group_wait(Duration::from_secs(60), result).await)
+                let result = self.group_wait(Duration::from_secs(60), result).await;
+                tracing::debug!(shard = self.id.index(), %group, member = %member_id, generation, ok = result.is_ok(), error = ?result.as_ref().err(), "sync answered");
+                GroupAnswer::Synced(result)
             }
             GroupCall::Heartbeat {
                 member_id,
                 generation,
-            } => GroupAnswer::Beat(match groups().get_mut(&group) {
-                Some(g) => g.heartbeat(&member_id, generation, now),
-                None => Err(GroupError::UnknownMember),
-            }),
+            } => {
+                let beat = match groups().get_mut(&group) {
+                    Some(g) => g.heartbeat(&member_id, generation, now),
+                    None => Err(GroupError::UnknownMember),
+                };
+                if let Err(e) = beat {
+                    tracing::debug!(shard = self.id.index(), %group, member = %member_id, generation, error = ?e, "heartbeat refused");
+                }
+                GroupAnswer::Beat(beat)
+            }
             GroupCall::Leave { member_ids } => {
                 let mut groups = groups();
                 let left = member_ids
@@ -295,6 +317,7 @@ impl Broker {
                         None => Err(GroupError::UnknownMember),
                     })
                     .collect();
+                tracing::debug!(shard = self.id.index(), %group, ?member_ids, ?left, "left");
                 GroupAnswer::Left(left)
             }
             GroupCall::Commit {
@@ -455,8 +478,10 @@ impl Broker {
         crate::runtime::spawn_every(GROUP_TICK, self, |shard| async move {
             let now = Instant::now();
             let mut groups = shard.kafka.groups.borrow_mut();
-            for g in groups.values_mut() {
-                g.tick(now);
+            for (name, g) in groups.iter_mut() {
+                if g.tick(now) {
+                    tracing::debug!(shard = shard.id.index(), group = %name, state = ?g.state(), generation = g.generation(), members = g.members().len(), "members expired or a rebalance's time ran out");
+                }
             }
             groups.retain(|_, g| !g.is_idle());
         });
