@@ -219,6 +219,14 @@ impl Group {
 
     /// A member joins (`member_id` empty: a new member). Returns its member id and the
     /// rebalance its join completes with (see [`Group::join_result`]).
+    ///
+    /// As in Kafka, a member that joins again with the protocols it joined with gets the
+    /// current generation back at once, without a rebalance, while the group waits for
+    /// the leader's assignment, and also once the group is stable unless it leads: it
+    /// lost the answer to its last join, or its client threw it away, and only needs
+    /// to sync again. A leader that joins again while the group is stable still starts
+    /// a rebalance (that is how a client asks for one, e.g. for a topic's new
+    /// partitions), and so does a member whose protocols changed.
     pub fn join(
         &mut self,
         member_id: &str,
@@ -263,6 +271,18 @@ impl Group {
         } else {
             return Err((GroupError::UnknownMember, member_id.to_string()));
         };
+        if let Some(m) = self.members.get_mut(&member_id) {
+            let unchanged = m.params.protocols == params.protocols;
+            let settled = match self.state {
+                GroupState::CompletingRebalance => unchanged,
+                GroupState::Stable => unchanged && self.leader.as_ref() != Some(&member_id),
+                GroupState::Empty | GroupState::PreparingRebalance => false,
+            };
+            if settled {
+                m.last_heard = now;
+                return Ok((member_id, self.completed));
+            }
+        }
         if self.members.is_empty() {
             self.protocol_type = Some(params.protocol_type.clone());
         }
@@ -644,6 +664,66 @@ mod tests {
             .unwrap();
         let alone = g.join_result(&b, round).unwrap().unwrap();
         assert_eq!((alone.generation, alone.leader), (3, b.clone()));
+    }
+
+    /// A client that lost (or threw away) the answer to its join joins again with the
+    /// same protocols: a follower gets the current generation back and syncs again; the
+    /// others are not made to rebalance. Rebalancing there instead let two consumers
+    /// whose follower did so after every rebalance rebalance forever.
+    #[test]
+    fn a_follower_joining_again_unchanged_does_not_rebalance_the_group() {
+        let now = Instant::now();
+        let mut g = Group::default();
+        let (a, _) = g.join("", params("a", &["range"]), false, 0, now).unwrap();
+        g.sync(&a, 1, Vec::new(), now).unwrap();
+        let (b, round) = g.join("", params("b", &["range"]), false, 0, now).unwrap();
+        let (_, _) = g.join(&a, params("a", &["range"]), false, 0, now).unwrap();
+        assert_eq!(g.join_result(&b, round).unwrap().unwrap().generation, 2);
+
+        // Waiting for the leader's assignment, either joins again unchanged: the same
+        // generation, the leader sees every member again.
+        let (_, again) = g.join(&b, params("b", &["range"]), false, 0, now).unwrap();
+        let to_b = g.join_result(&b, again).expect("answered at once").unwrap();
+        assert_eq!((to_b.generation, to_b.leader.as_str()), (2, a.as_str()));
+        let (_, again) = g.join(&a, params("a", &["range"]), false, 0, now).unwrap();
+        let to_a = g.join_result(&a, again).expect("answered at once").unwrap();
+        assert_eq!((to_a.generation, to_a.members.len()), (2, 2));
+        assert_eq!(g.state(), GroupState::CompletingRebalance);
+        g.sync(&b, 2, Vec::new(), now).unwrap();
+        let assignments = vec![
+            (a.clone(), Bytes::from_static(b"p0")),
+            (b.clone(), Bytes::from_static(b"p1")),
+        ];
+        g.sync(&a, 2, assignments, now).unwrap();
+        assert_eq!(g.state(), GroupState::Stable);
+
+        // Stable: the follower joins again unchanged and syncs again; no rebalance.
+        let (_, again) = g.join(&b, params("b", &["range"]), false, 0, now).unwrap();
+        let to_b = g.join_result(&b, again).expect("answered at once").unwrap();
+        assert_eq!((to_b.generation, to_b.members.len()), (2, 0));
+        assert_eq!(g.state(), GroupState::Stable);
+        assert_eq!(g.heartbeat(&a, 2, now), Ok(()), "a is not told to rejoin");
+        g.sync(&b, 2, Vec::new(), now).unwrap();
+        assert_eq!(
+            g.sync_result(&b, 2).unwrap().unwrap(),
+            Bytes::from_static(b"p1")
+        );
+
+        // The leader joining again, or a follower with other protocols, rebalances.
+        let (_, round) = g.join(&a, params("a", &["range"]), false, 0, now).unwrap();
+        assert!(g.join_result(&a, round).is_none(), "waits for b");
+        assert_eq!(g.state(), GroupState::PreparingRebalance);
+        let (_, _) = g.join(&b, params("b", &["range"]), false, 0, now).unwrap();
+        assert_eq!(g.join_result(&a, round).unwrap().unwrap().generation, 3);
+        g.sync(&a, 3, Vec::new(), now).unwrap();
+        let (_, round) = g
+            .join(&b, params("b", &["range", "roundrobin"]), false, 0, now)
+            .unwrap();
+        assert!(g.join_result(&b, round).is_none(), "waits for a");
+        assert_eq!(
+            g.heartbeat(&a, 3, now),
+            Err(GroupError::RebalanceInProgress)
+        );
     }
 
     #[test]
