@@ -81,10 +81,18 @@ from kafka import KafkaConsumer, KafkaProducer
 
 mode, broker = sys.argv[1], sys.argv[2]
 
-def consumer(group):
-    return KafkaConsumer(bootstrap_servers=broker, group_id=group, auto_offset_reset="earliest",
-                         enable_auto_commit=False, session_timeout_ms=6000,
-                         heartbeat_interval_ms=500, consumer_timeout_ms=1000)
+def consumer(group, topic):
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=group, auto_offset_reset="earliest",
+                      enable_auto_commit=False, session_timeout_ms=6000,
+                      heartbeat_interval_ms=500, consumer_timeout_ms=1000)
+    c.subscribe([topic])
+    # The topic's partitions, known before the first join, are in the first assignment.
+    # Otherwise the consumer, leading its group, joins again once it learns them, and
+    # kafka-python stops waiting for that join if a poll times out between the
+    # assignment and the SyncGroup answer: the consumer never takes its partitions and
+    # its session expires.
+    c.partitions_for_topic(topic)
+    return c
 
 def parts(c):
     return sorted(tp.partition for tp in c.assignment())
@@ -109,14 +117,7 @@ if mode == "group":
         # is answered while the other consumer is polled, and so on.
         def __init__(self):
             super().__init__(daemon=True)
-            self.c = consumer("pyg")
-            self.c.subscribe([topic])
-            # The topic's partitions, known before the first join, are in the first
-            # assignment. Otherwise the leader joins again once it learns them, and
-            # kafka-python stops waiting for that join when a poll times out between
-            # the assignment and the SyncGroup answer: the consumer never takes its
-            # partitions and its session expires.
-            self.c.partitions_for_topic(topic)
+            self.c = consumer("pyg", topic)
             self.parts, self.seen, self.todo, self.running = [], set(), [], True
             self.start()
 
@@ -155,7 +156,7 @@ if mode == "group":
     a.stop()
 elif mode == "commit":
     topic, n = sys.argv[3], int(sys.argv[4])
-    c = consumer("pyc"); c.subscribe([topic])
+    c = consumer("pyc", topic)
     got = 0
     def read():
         global got
@@ -168,7 +169,7 @@ elif mode == "commit":
     c.close()
 elif mode == "resume":
     topic = sys.argv[3]
-    c = consumer("pyc"); c.subscribe([topic])
+    c = consumer("pyc", topic)
     first, rest = {}, 0
     for r in c:
         first.setdefault(r.partition, r.offset)
