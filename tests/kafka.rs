@@ -1565,6 +1565,13 @@ fn a_created_topic_outlives_the_segment_that_logged_it() {
     kill_9(&mut broker);
     let (broker, _dir) = kafka_broker_with(1, Some(data.path().to_path_buf()), "", &settings);
     let addr = broker.kafka.unwrap();
+    // At once: what retention dropped before the restart is not served again, even
+    // where its segment is still there.
+    let again = earliest(addr);
+    assert!(
+        again >= first,
+        "earliest {again} after the restart, {first} before"
+    );
     assert_eq!(listed_topics(addr, 1)[0].get("short"), Some(&1));
     let left = consume_all(addr, "short");
     assert!(

@@ -95,6 +95,10 @@ impl Broker {
         // Every shard serves the same Kafka topics before any door opens.
         self.kafka_share_catalog().await;
         self.kafka_catalog_agreed().await;
+        // Batches that retention dropped before the restart are still in the log where
+        // their segment holds a batch kept: drop them again before any fetch can see
+        // them, so a partition's first offset never moves back over a restart.
+        self.kafka_retention(super::persist::unix_ms());
         if restored > 0 {
             tracing::info!(
                 target: SHARD_LOG,

@@ -17,7 +17,8 @@
 //! Retention: each retention tick, a partition drops its batches older than the topic's
 //! `retention_ms` and beyond its `retention_bytes` (never the last: it carries the end
 //! offset over a restart), and the shard's log keeps every segment from the oldest batch
-//! still kept on (see `retention`).
+//! still kept on (see `retention`). A start trims the same way before any door opens: a
+//! batch dropped before the restart is still in the log when its segment holds one kept.
 //!
 //! A request for a partition another shard owns travels the mesh
 //! (`ShardMsg::Kafka`/`KafkaReply`); the owner answers. A fetch that finds fewer bytes
