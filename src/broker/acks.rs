@@ -73,6 +73,7 @@ impl Broker {
             if let Some(pos) = pubrec {
                 let max = self.config.session_qos2_released_max;
                 let forgotten = slot.session.replay.pubrec(pos, pid, max);
+                self.sessions.watch(key, &slot.session);
                 if forgotten > 0 {
                     self.probe.hits(Limit::SessionQos2ReleasedMax, forgotten);
                 }

@@ -181,8 +181,11 @@ impl Broker {
             }
             heard[o] = heard[o].max(watermark);
         }
-        for slot in self.sessions.slots.borrow_mut().values_mut() {
-            if slot.session.logged {
+        // Every logged session is watched (see `Sessions::watched`).
+        let watched = self.sessions.watched.borrow();
+        let mut slots = self.sessions.slots.borrow_mut();
+        for key in watched.iter() {
+            if let Some(slot) = slots.get_mut(key).filter(|slot| slot.session.logged) {
                 slot.session.replay.raise_quietly(owner, watermark);
             }
         }

@@ -234,6 +234,7 @@ impl Broker {
         self.probe
             .inflight_current
             .add(session.outbound.inflight() as i64);
+        let watch = session.flush_looks_at();
         // The session and its entries last as long as it does (see `runtime::lasting`).
         crate::runtime::lasting(|| {
             self.sessions
@@ -250,6 +251,9 @@ impl Broker {
                 }),
             );
         });
+        if watch {
+            self.sessions.watched.borrow_mut().insert(key);
+        }
         self.probe.sessions_current.add(1);
         let mut acks = Vec::new();
         for (filter, opts) in &subscriptions {
@@ -471,6 +475,7 @@ impl Broker {
             slot.epoch = conn.token;
             s.is_persistent().then(|| {
                 s.logged = true;
+                self.sessions.watch(key, s);
                 (s.client_id.clone(), s.expiry_secs, s.protocol)
             })
         };

@@ -1048,9 +1048,10 @@ impl Broker {
         }
     }
 
-    /// One look at every session of this shard for the cursor flush (which runs every
-    /// `CURSOR_FLUSH_MS`, so its cost grows with the sessions held, idle or not): the
-    /// clean members' holds, and whether the flush has any session to visit at all.
+    /// One look at the sessions the cursor flush has anything to do for (which runs
+    /// every `CURSOR_FLUSH_MS`; the watched ones, see `Sessions::watched`, which this
+    /// look also prunes): the clean members' holds, and whether the flush has any
+    /// session to visit at all.
     ///
     /// A clean member's queued and unacknowledged shared deliveries are in no log of its
     /// own: after a crash only a persistent member's cursor can bring them back, so they
@@ -1061,17 +1062,26 @@ impl Broker {
         let shards = self.mesh.shards();
         let mut holds = Vec::new();
         let (mut any_logged, mut any_released) = (false, false);
-        for slot in self.sessions.slots.borrow().values() {
+        let slots = self.sessions.slots.borrow();
+        #[cfg(debug_assertions)]
+        self.check_watched(&slots);
+        self.sessions.watched.borrow_mut().retain(|key| {
+            let Some(slot) = slots.get(key) else {
+                return false;
+            };
             let s = &slot.session;
+            if !s.flush_looks_at() {
+                return false;
+            }
             any_logged |= s.logged;
             any_released |= s.replay.released_len() > 0;
             if s.logged || s.outbound.queued() + s.outbound.inflight() == 0 {
-                continue;
+                return true;
             }
             let mut lowest = vec![u64::MAX; shards];
             s.outbound.lowest_shared(&mut lowest);
             if lowest.iter().all(|&l| l == u64::MAX) {
-                continue;
+                return true;
             }
             let lowest: Vec<Option<u64>> = lowest
                 .into_iter()
@@ -1080,7 +1090,8 @@ impl Broker {
             for filter in s.subscriptions.keys().filter(|f| f.starts_with("$share/")) {
                 holds.push((filter.clone(), lowest.clone()));
             }
-        }
+            true
+        });
         SessionSurvey {
             clean_holds: holds,
             any_logged,
@@ -1119,11 +1130,32 @@ impl Broker {
         if changed.is_empty() {
             return;
         }
-        for slot in self.sessions.slots.borrow_mut().values_mut() {
+        // Only members have these filters, and every member is watched.
+        let watched = self.sessions.watched.borrow();
+        let mut slots = self.sessions.slots.borrow_mut();
+        for key in watched.iter() {
+            let Some(slot) = slots.get_mut(key) else {
+                continue;
+            };
             let s = &mut slot.session;
             if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
                 s.replay.touch();
             }
+        }
+    }
+
+    /// Debug builds: every session the flush has anything to do for is on its list (see
+    /// `Sessions::watched`); a change that forgot to put one there fails here, in the
+    /// tests, rather than as a cursor never logged.
+    #[cfg(debug_assertions)]
+    fn check_watched(&self, slots: &std::collections::HashMap<SessionKey, Box<SessionSlot>>) {
+        let watched = self.sessions.watched.borrow();
+        for (key, slot) in slots {
+            assert!(
+                !slot.session.flush_looks_at() || watched.contains(key),
+                "session {key} of {:?} has something for the cursor flush but is not watched",
+                slot.session.client_id.as_str()
+            );
         }
     }
 }

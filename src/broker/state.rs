@@ -10,7 +10,7 @@ use std::task::{Poll, Waker};
 
 use crate::mqtt::ByteStr;
 use crate::router::{GroupRoute, InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
-use crate::session::{Message, SubOptions};
+use crate::session::{Message, Session, SubOptions};
 
 use super::msg::{ConnRef, ShardMsg};
 use super::{
@@ -36,6 +36,13 @@ pub(super) struct Sessions {
     /// Sessions a takeover left in place (indexed, offline) for a newer connection on
     /// this same shard, by client id, until that connection's claim resumes them.
     pub(super) parked: RefCell<HashMap<ByteStr, SessionKey>>,
+    /// The sessions the cursor flush and the watermarks look at (see
+    /// [`Session::flush_looks_at`]), so that their passes cost what those sessions cost,
+    /// not what every idle device does. Every session the flush has anything to do for
+    /// is here: a change that makes it so puts it here ([`Sessions::watch`]); a session
+    /// it no longer has anything to do for, or that is gone, is dropped by the flush's
+    /// look (`survey_sessions`).
+    pub(super) watched: RefCell<HashSet<SessionKey>>,
 }
 
 impl Sessions {
@@ -48,6 +55,16 @@ impl Sessions {
             persisted: RefCell::new(HashSet::new()),
             claims: RefCell::new(HashMap::new()),
             parked: RefCell::new(HashMap::new()),
+            watched: RefCell::new(HashSet::new()),
+        }
+    }
+
+    /// Puts session `key` on the flush's list if the flush has anything to do for it
+    /// now. Called where that can become so: a session indexed here, made logged, given
+    /// a shared subscription or a QoS 2 release.
+    pub(super) fn watch(&self, key: SessionKey, s: &Session) {
+        if s.flush_looks_at() {
+            self.watched.borrow_mut().insert(key);
         }
     }
 

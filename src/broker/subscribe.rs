@@ -213,6 +213,7 @@ impl Broker {
                         let from = self.retention.heard_floors.borrow().clone();
                         s.subscriptions
                             .insert(filter.clone(), Subscribed { opts, from });
+                        self.sessions.watch(key, s);
                         begun.push(filter.clone());
                         false
                     }

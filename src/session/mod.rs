@@ -202,6 +202,17 @@ impl Session {
         self.expiry_secs > 0
     }
 
+    /// Whether the broker's cursor flush has anything to look at here: the cursors of a
+    /// logged session, QoS 2 releases to prune, or (a shared group's member, or a
+    /// session still holding a shared delivery) holds that bound its group's cursors and
+    /// releases. Most idle devices have none of these.
+    pub fn flush_looks_at(&self) -> bool {
+        self.logged
+            || self.replay.released_len() > 0
+            || self.subscriptions.keys().any(|f| f.starts_with("$share/"))
+            || self.outbound.shared_held().next().is_some()
+    }
+
     /// The once-per-session check, asked by every path that hands a logged message to
     /// the session (live fan-out, a shared member's pick, a redistribution, a backlog
     /// refill, a catch-up read, a replay): whether the session PUBREC'd it (it is never

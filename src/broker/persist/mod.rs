@@ -600,15 +600,23 @@ impl Broker {
         );
         let changed: Vec<Changed> = {
             let mut sessions = self.sessions.slots.borrow_mut();
+            // The watched sessions are all this pass has anything to do for: the logged
+            // ones, those with releases, and every one holding a shared delivery.
+            let watched = self.sessions.watched.borrow();
             let members = if survey.any_released {
-                holds::member_holds(sessions.values().map(|s| &s.session))
+                holds::member_holds(
+                    watched
+                        .iter()
+                        .filter_map(|key| sessions.get(key))
+                        .map(|s| &s.session),
+                )
             } else {
                 MemberHolds::new()
             };
-            sessions
-                .values_mut()
-                .filter_map(|slot| {
-                    let s = &mut slot.session;
+            watched
+                .iter()
+                .filter_map(|key| {
+                    let s = &mut sessions.get_mut(key)?.session;
                     if !s.logged {
                         // Its releases too go once nothing can read them again.
                         if s.replay.released_len() > 0 {

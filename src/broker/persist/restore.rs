@@ -166,6 +166,7 @@ impl Broker {
             .persisted
             .borrow_mut()
             .insert(client_id.as_str().to_string());
+        self.sessions.watch(key, &session);
         self.sessions.slots.borrow_mut().insert(
             key,
             Box::new(SessionSlot {
