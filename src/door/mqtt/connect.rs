@@ -24,8 +24,6 @@ pub(super) struct Accepted {
     pub keep_alive_secs: u16,
     /// Session expiry from CONNECT (v5 DISCONNECT may not raise it from 0).
     pub expiry_secs: u32,
-    /// The client id the session has (assigned by the broker if the client sent none).
-    pub client_id: ByteStr,
 }
 
 /// A connection's peer address for a log line, looked up only when the line is written.
@@ -285,7 +283,6 @@ async fn accept(
     Ok(Accepted {
         keep_alive_secs,
         expiry_secs,
-        client_id,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpStream;
 
 use crate::metrics::Limit;
-use crate::mqtt::{self, ByteStr, DecodeLimits, Packet, ReasonCode};
+use crate::mqtt::{self, DecodeLimits, Packet, ReasonCode};
 use crate::runtime::ConnectionSlot;
 
 use super::Door;
@@ -86,7 +86,6 @@ pub(super) enum Start {
 /// What a connection's packet loop carries from one read to the next, and through a
 /// park: everything of it that is not in its [`Conn`] or its session.
 pub(super) struct Live {
-    client_id: ByteStr,
     clock: PacketClock,
     state: packets::ConnState,
     rate: Option<Box<bounds::PublishRate>>,
@@ -108,7 +107,6 @@ impl Live {
                 door.config.client_publish_rate_max,
                 door.config.client_publish_bytes_rate_max,
             ),
-            client_id: accepted.client_id,
         }
     }
 
@@ -299,11 +297,13 @@ async fn serve_live(
         Ok(ending) => ending,
         Err(Park) => return Served::Quiet,
     };
+    let who = conn.who.borrow();
     tracing::debug!(target: super::CONNECTION_LOG, shard = door.id.index(),
-        client_id = live.client_id.as_str(),
+        client_id = who.as_ref().map_or("", |(_, client_id)| client_id.as_str()),
         ending = ?ending,
         "client disconnected"
     );
+    drop(who);
     let Some(key) = conn.link.session() else {
         return Served::Ended;
     };
