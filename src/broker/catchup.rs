@@ -175,7 +175,10 @@ impl Broker {
             if delivery.qos == QoS::AtMostOnce {
                 continue;
             }
-            if slot.session.outbound.enqueue(delivery, connected)
+            if slot
+                .session
+                .outbound
+                .enqueue(delivery, connected, &self.outbound_limits())
                 != crate::session::Enqueued::Queued
             {
                 refused = Some(offset);

@@ -265,9 +265,12 @@ impl Broker {
             return;
         }
         let outbound = &mut slot.session.outbound;
-        let full = outbound.full_by(delivery.msg.cost_bytes()).map(queue_limit);
+        let limits = self.outbound_limits();
+        let full = outbound
+            .full_by(delivery.msg.cost_bytes(), &limits)
+            .map(queue_limit);
         let queued_before = outbound.queued();
-        match outbound.enqueue(delivery, slot.conn.is_some()) {
+        match outbound.enqueue(delivery, slot.conn.is_some(), &limits) {
             Enqueued::Queued => {
                 // Room was made by evicting queued QoS 0 messages.
                 let evicted = (queued_before + 1).saturating_sub(outbound.queued()) as u64;

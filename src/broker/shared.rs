@@ -375,9 +375,11 @@ impl Broker {
             *cursor = cursor.wrapping_add(1);
             *cursor % n
         };
+        let limits = self.outbound_limits();
         (0..n).map(|i| members[(start + i) % n]).find(|(k, _)| {
             sessions.get(k).is_some_and(|s| {
-                (s.conn.is_some() || !connected_only) && s.session.outbound.full_by(cost).is_none()
+                (s.conn.is_some() || !connected_only)
+                    && s.session.outbound.full_by(cost, &limits).is_none()
             })
         })
     }
@@ -424,13 +426,14 @@ impl Broker {
         let mut backlogs = self.groups.backlogs.borrow_mut();
         let mut queued = false;
         let s = &mut slot.session;
+        let limits = self.outbound_limits();
         // A shard has few groups; a session may have many subscriptions.
         for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
             let Some(opts) = s.subscriptions.get(&b.member_filter).map(|sub| sub.opts) else {
                 continue;
             };
             while let Some(front) = b.queue.front() {
-                if s.outbound.full_by(front.cost_bytes()).is_some() {
+                if s.outbound.full_by(front.cost_bytes(), &limits).is_some() {
                     break;
                 }
                 let msg = b.pop().expect("front exists");
@@ -445,7 +448,7 @@ impl Broker {
                 let qos = msg.qos;
                 match s
                     .outbound
-                    .enqueue(shared_delivery(&key.group, &opts, msg), true)
+                    .enqueue(shared_delivery(&key.group, &opts, msg), true, &limits)
                 {
                     Enqueued::Queued => queued = true,
                     Enqueued::DroppedQos0 | Enqueued::DroppedFull => {

@@ -528,12 +528,14 @@ mod tests {
         }
     }
 
+    const LIMITS: OutboundLimits = OutboundLimits {
+        queue_messages_max: 100,
+        queue_bytes_max: 1 << 20,
+        inflight_count_max: 10,
+    };
+
     fn outbound() -> Outbound {
-        Outbound::new(OutboundLimits {
-            queue_messages_max: 100,
-            queue_bytes_max: 1 << 20,
-            inflight_count_max: 10,
-        })
+        Outbound::new(LIMITS)
     }
 
     #[test]
@@ -544,7 +546,7 @@ mod tests {
         for (offset, floor) in [(4, 5), (7, 8)] {
             let d = delivery(ShardId(1), offset, floor);
             cursor.note(d.msg.log.unwrap());
-            out.enqueue(d, false);
+            out.enqueue(d, false, &LIMITS);
         }
         assert_eq!(
             cursor.take_changed(&out),
@@ -564,7 +566,7 @@ mod tests {
             cursor.take_changed(&out),
             Some(vec![(ShardId(0), 0), (ShardId(1), 8)])
         );
-        out.enqueue(delivery(ShardId(0), 2, 3), false);
+        out.enqueue(delivery(ShardId(0), 2, 3), false, &LIMITS);
         cursor.touch();
         assert_eq!(
             cursor.take_changed(&out),
@@ -755,7 +757,7 @@ mod tests {
         cursor.raise(ShardId(0), 50);
         let mut d = delivery(ShardId(0), 10, 11);
         d.holds_cursor = false;
-        out.enqueue(d, false);
+        out.enqueue(d, false, &LIMITS);
         assert_eq!(cursor.take_changed(&out), Some(vec![(ShardId(0), 50)]));
     }
 }

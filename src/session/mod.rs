@@ -16,6 +16,7 @@ mod cursor;
 mod link;
 mod message;
 mod outbound;
+mod small_map;
 
 use std::collections::HashMap;
 
@@ -30,6 +31,7 @@ pub use message::{Delivery, LogPos, Message};
 pub use outbound::{
     Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, TopicAliases, UnknownPacketId,
 };
+pub use small_map::SmallMap;
 
 /// Session expiry interval meaning "never expires".
 pub const EXPIRY_NEVER: u32 = u32::MAX;
@@ -87,7 +89,7 @@ pub struct Session {
     /// Seconds the session outlives its connection; 0 = ends with it.
     pub expiry_secs: u32,
     /// Subscriptions by full filter (including any `$share/<group>/` prefix).
-    pub subscriptions: HashMap<String, Subscribed>,
+    pub subscriptions: SmallMap<String, Subscribed>,
     /// The will of the current connection.
     pub will: Option<Box<Will>>,
     /// Outbound queue and in-flight window.
@@ -187,7 +189,7 @@ impl Session {
             client_id,
             protocol,
             expiry_secs,
-            subscriptions: HashMap::new(),
+            subscriptions: SmallMap::new(),
             will: None,
             outbound: Outbound::new(limits),
             awaiting_pubrel: BuiltOnUse::default(),

@@ -49,6 +49,7 @@ use crate::mqtt::{self, Ack, ByteStr, Packet, PacketId, Protocol, PublishView, Q
 use crate::router::ShardId;
 
 use super::message::{Delivery, LogPos};
+use super::small_map::SmallMap;
 
 /// Limits of one session's outbound state.
 #[derive(Debug, Clone, Copy)]
@@ -207,14 +208,12 @@ struct Inflight {
 /// The outbound state of one session.
 #[derive(Debug)]
 pub struct Outbound {
-    queue_messages_max: usize,
-    queue_bytes_max: usize,
     /// At most 65,535 (packet ids), so kept beside the client's Receive Maximum.
     inflight_count_max: u16,
     client_receive_max: u16,
     queue: VecDeque<Delivery>,
     queue_bytes: usize,
-    inflight: HashMap<u16, Inflight>,
+    inflight: SmallMap<u16, Inflight>,
     next_pid: u16,
     next_seq: u64,
     /// Per owner shard, one past the highest log offset that ever entered the queue or
@@ -253,13 +252,11 @@ impl Outbound {
     /// Empty state with the given limits.
     pub fn new(limits: OutboundLimits) -> Self {
         Outbound {
-            queue_messages_max: limits.queue_messages_max,
-            queue_bytes_max: limits.queue_bytes_max,
             inflight_count_max: u16::try_from(limits.inflight_count_max).unwrap_or(u16::MAX),
             client_receive_max: u16::MAX,
             queue: VecDeque::new(),
             queue_bytes: 0,
-            inflight: HashMap::new(),
+            inflight: SmallMap::new(),
             next_pid: 1,
             next_seq: 0,
             entered_top: Box::default(),
@@ -397,13 +394,19 @@ impl Outbound {
             .filter_map(|d| Some((d.share_group.as_ref()?, d.msg.log?)))
     }
 
-    /// Offers a delivery. `connected` = a live connection will pump it.
-    pub fn enqueue(&mut self, delivery: Delivery, connected: bool) -> Enqueued {
+    /// Offers a delivery, within the queue bounds of `limits`. `connected` = a live
+    /// connection will pump it.
+    pub fn enqueue(
+        &mut self,
+        delivery: Delivery,
+        connected: bool,
+        limits: &OutboundLimits,
+    ) -> Enqueued {
         if delivery.qos == QoS::AtMostOnce && !connected {
             return Enqueued::DroppedQos0;
         }
         let cost = delivery.msg.cost_bytes();
-        while self.is_full(cost) {
+        while self.full_by(cost, limits).is_some() {
             if delivery.qos == QoS::AtMostOnce {
                 return Enqueued::DroppedQos0;
             }
@@ -417,15 +420,11 @@ impl Outbound {
         Enqueued::Queued
     }
 
-    fn is_full(&self, cost: usize) -> bool {
-        self.full_by(cost).is_some()
-    }
-
-    /// The bound a message costing `cost` bytes would run into now, if any.
-    pub fn full_by(&self, cost: usize) -> Option<QueueLimit> {
-        if self.queue.len() >= self.queue_messages_max {
+    /// The bound of `limits` a message costing `cost` bytes would run into now, if any.
+    pub fn full_by(&self, cost: usize, limits: &OutboundLimits) -> Option<QueueLimit> {
+        if self.queue.len() >= limits.queue_messages_max {
             Some(QueueLimit::Messages)
-        } else if self.queue_bytes + cost > self.queue_bytes_max {
+        } else if self.queue_bytes + cost > limits.queue_bytes_max {
             Some(QueueLimit::Bytes)
         } else {
             None
@@ -1065,10 +1064,11 @@ mod tests {
 
     #[test]
     fn window_limits_inflight_and_acks_open_it() {
-        let mut out = Outbound::new(limits(100, 2));
+        let lim = limits(100, 2);
+        let mut out = Outbound::new(lim);
         for _ in 0..5 {
             assert_eq!(
-                out.enqueue(delivery("t", QoS::AtLeastOnce), true),
+                out.enqueue(delivery("t", QoS::AtLeastOnce), true, &lim),
                 Enqueued::Queued
             );
         }
@@ -1095,9 +1095,10 @@ mod tests {
 
     #[test]
     fn refused_deliveries_are_dropped_without_a_packet_id() {
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         for topic in ["ok", "secret", "ok", "secret"] {
-            out.enqueue(delivery(topic, QoS::AtLeastOnce), true);
+            out.enqueue(delivery(topic, QoS::AtLeastOnce), true, &lim);
         }
         let mut buf = BytesMut::new();
         let pumped = out.pump_admitting(&mut outlet(&mut buf), Instant::now(), false, |d| {
@@ -1114,30 +1115,31 @@ mod tests {
 
     #[test]
     fn qos0_is_dropped_first_when_full() {
-        let mut out = Outbound::new(limits(2, 10));
+        let lim = limits(2, 10);
+        let mut out = Outbound::new(lim);
         assert_eq!(
-            out.enqueue(delivery("a", QoS::AtMostOnce), true),
+            out.enqueue(delivery("a", QoS::AtMostOnce), true, &lim),
             Enqueued::Queued
         );
         assert_eq!(
-            out.enqueue(delivery("b", QoS::AtLeastOnce), true),
+            out.enqueue(delivery("b", QoS::AtLeastOnce), true, &lim),
             Enqueued::Queued
         );
         assert_eq!(
-            out.enqueue(delivery("c", QoS::AtMostOnce), true),
+            out.enqueue(delivery("c", QoS::AtMostOnce), true, &lim),
             Enqueued::DroppedQos0
         );
         assert_eq!(
-            out.enqueue(delivery("d", QoS::AtLeastOnce), true),
+            out.enqueue(delivery("d", QoS::AtLeastOnce), true, &lim),
             Enqueued::Queued,
             "evicts a"
         );
         assert_eq!(
-            out.enqueue(delivery("e", QoS::AtLeastOnce), true),
+            out.enqueue(delivery("e", QoS::AtLeastOnce), true, &lim),
             Enqueued::DroppedFull
         );
         assert_eq!(
-            out.enqueue(delivery("f", QoS::AtMostOnce), false),
+            out.enqueue(delivery("f", QoS::AtMostOnce), false, &lim),
             Enqueued::DroppedQos0
         );
         let mut buf = BytesMut::new();
@@ -1154,10 +1156,11 @@ mod tests {
 
     #[test]
     fn resend_all_sets_dup_and_keeps_order_and_pubrel() {
-        let mut out = Outbound::new(limits(100, 10));
-        out.enqueue(delivery("one", QoS::AtLeastOnce), true);
-        out.enqueue(delivery("two", QoS::ExactlyOnce), true);
-        out.enqueue(delivery("three", QoS::AtLeastOnce), true);
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
+        out.enqueue(delivery("one", QoS::AtLeastOnce), true, &lim);
+        out.enqueue(delivery("two", QoS::ExactlyOnce), true, &lim);
+        out.enqueue(delivery("three", QoS::AtLeastOnce), true, &lim);
         let mut buf = BytesMut::new();
         let now = Instant::now();
         out.pump(&mut outlet(&mut buf), now);
@@ -1197,11 +1200,12 @@ mod tests {
 
     #[test]
     fn expired_messages_are_not_sent() {
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         let mut d = delivery("t", QoS::AtLeastOnce);
         let now = Instant::now();
         Arc::get_mut(&mut d.msg).unwrap().expires_at = Some(now);
-        out.enqueue(d, true);
+        out.enqueue(d, true, &lim);
         let mut buf = BytesMut::new();
         let pumped = out.pump(&mut outlet(&mut buf), now);
         assert_eq!(pumped.expired, 1);
@@ -1210,8 +1214,9 @@ mod tests {
 
     #[test]
     fn oversized_for_the_client_is_discarded() {
-        let mut out = Outbound::new(limits(100, 10));
-        out.enqueue(delivery("t", QoS::AtLeastOnce), true);
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
+        out.enqueue(delivery("t", QoS::AtLeastOnce), true, &lim);
         let mut buf = BytesMut::new();
         let mut small = outlet(&mut buf);
         small.packet_bytes_max = 8;
@@ -1223,9 +1228,10 @@ mod tests {
 
     #[test]
     fn slow_socket_keeps_messages_queued() {
-        let mut out = Outbound::new(limits(100, 100));
+        let lim = limits(100, 100);
+        let mut out = Outbound::new(lim);
         for _ in 0..10 {
-            out.enqueue(delivery("t", QoS::AtLeastOnce), true);
+            out.enqueue(delivery("t", QoS::AtLeastOnce), true, &lim);
         }
         let mut buf = BytesMut::new();
         let mut tight = outlet(&mut buf);
@@ -1237,7 +1243,8 @@ mod tests {
 
     #[test]
     fn a_held_release_sends_pubrel_only_once_released_and_never_the_publish_again() {
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         let mut d = delivery("two", QoS::ExactlyOnce);
         let pos = LogPos {
             shard: ShardId(1),
@@ -1245,7 +1252,7 @@ mod tests {
             floor: 43,
         };
         Arc::get_mut(&mut d.msg).unwrap().log = Some(pos);
-        out.enqueue(d, true);
+        out.enqueue(d, true, &lim);
         let mut buf = BytesMut::new();
         let now = Instant::now();
         out.pump(&mut outlet(&mut buf), now);
@@ -1274,7 +1281,8 @@ mod tests {
         assert_eq!(out.inflight(), 0);
 
         // After a restart: the exchange waits for PUBCOMP, a reconnect resends PUBREL.
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         let mut d = delivery("two", QoS::ExactlyOnce);
         Arc::get_mut(&mut d.msg).unwrap().log = Some(pos);
         assert!(out.restore_released(d, 7));
@@ -1298,12 +1306,13 @@ mod tests {
             });
             d
         };
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         out.reserve(2, (ShardId(0), 10), false);
         out.reserve(3, (ShardId(0), 11), true);
         // Fresh messages skip both reserved ids.
         for _ in 0..3 {
-            out.enqueue(delivery("one", QoS::AtLeastOnce), true);
+            out.enqueue(delivery("one", QoS::AtLeastOnce), true, &lim);
         }
         let mut buf = BytesMut::new();
         let now = Instant::now();
@@ -1327,11 +1336,12 @@ mod tests {
         out.on_puback(4).unwrap();
         out.on_puback(5).unwrap();
         // Whatever the cursor, a reserved id stays the recovered exchange's.
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         out.reserve(1, (ShardId(0), 10), false);
         out.reserve(2, (ShardId(0), 11), true);
-        out.enqueue(delivery("one", QoS::AtLeastOnce), true);
-        out.enqueue(delivery("one", QoS::AtLeastOnce), true);
+        out.enqueue(delivery("one", QoS::AtLeastOnce), true, &lim);
+        out.enqueue(delivery("one", QoS::AtLeastOnce), true, &lim);
         out.pump(&mut outlet(&mut buf), now);
         let ids: Vec<u16> = decoded(&mut buf)
             .iter()
@@ -1345,7 +1355,8 @@ mod tests {
 
     #[test]
     fn holds_finds_a_message_queued_or_in_flight_until_it_completes() {
-        let mut out = Outbound::new(limits(100, 1));
+        let lim = limits(100, 1);
+        let mut out = Outbound::new(lim);
         let at = |shard, offset| LogPos {
             shard,
             offset,
@@ -1357,8 +1368,8 @@ mod tests {
             d
         };
         assert!(!out.holds(at(ShardId(0), 5)), "nothing entered");
-        out.enqueue(logged(at(ShardId(0), 5)), true);
-        out.enqueue(logged(at(ShardId(0), 7)), true);
+        out.enqueue(logged(at(ShardId(0), 5)), true, &lim);
+        out.enqueue(logged(at(ShardId(0), 7)), true, &lim);
         assert!(
             out.holds(at(ShardId(0), 5)) && out.holds(at(ShardId(0), 7)),
             "queued"
@@ -1382,7 +1393,8 @@ mod tests {
 
     #[test]
     fn a_logged_qos2_publish_waits_for_its_id_to_be_logged() {
-        let mut out = Outbound::new(limits(100, 10));
+        let lim = limits(100, 10);
+        let mut out = Outbound::new(lim);
         let logged = |topic, offset| {
             let mut d = delivery(topic, QoS::ExactlyOnce);
             Arc::get_mut(&mut d.msg).unwrap().log = Some(LogPos {
@@ -1392,9 +1404,9 @@ mod tests {
             });
             d
         };
-        out.enqueue(logged("a", 10), true);
-        out.enqueue(delivery("q1", QoS::AtLeastOnce), true);
-        out.enqueue(logged("b", 11), true);
+        out.enqueue(logged("a", 10), true, &lim);
+        out.enqueue(delivery("q1", QoS::AtLeastOnce), true, &lim);
+        out.enqueue(logged("b", 11), true, &lim);
         let mut buf = BytesMut::new();
         let now = Instant::now();
         out.pump_logged(&mut outlet(&mut buf), now, true);

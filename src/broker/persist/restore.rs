@@ -244,7 +244,10 @@ impl Broker {
                 // A shared delivery has no gap of the member's own to fall back on: what
                 // does not fit (or would overtake one that did not) goes to the group,
                 // which has room in another member, its backlog, or the log.
-                let full = slot.session.outbound.full_by(delivery.msg.cost_bytes());
+                let full = slot
+                    .session
+                    .outbound
+                    .full_by(delivery.msg.cost_bytes(), &self.outbound_limits());
                 if delivery.share_group.is_some()
                     && delivery.qos != QoS::AtMostOnce
                     && (spilled.contains(&key) || full.is_some())
