@@ -2,7 +2,6 @@
 //! log, and its health check over the mesh.
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::{Probes, ShardProbe};
 use crate::router::ShardId;
-use crate::runtime::{batch_cost_bytes, Batch, Mesh, Shutdown};
+use crate::runtime::{batch_cost_bytes, Batch, Mesh, Shutdown, TokenTable, Tokened};
 use crate::session::Link;
 
 use super::msg::ShardMsg;
@@ -74,7 +73,7 @@ pub struct Broker {
     pub(super) kafka: super::kafka::KafkaLog,
     /// The links of the connections on this shard, by token: where the acks of their
     /// publishes go.
-    links: RefCell<HashMap<u64, Rc<Link>>>,
+    links: RefCell<TokenTable<Rc<Link>>>,
     health_seq: Cell<u64>,
     /// Last ping round each shard answered.
     pongs: RefCell<Vec<u64>>,
@@ -128,25 +127,26 @@ impl Broker {
             quota: RetainedQuota::default(),
             log: OnceCell::new(),
             kafka,
-            links: RefCell::new(HashMap::new()),
+            links: RefCell::new(TokenTable::default()),
             health_seq: Cell::new(0),
             pongs: RefCell::new(vec![0; shards]),
         })
     }
 
-    /// A connection opened on this shard: the acks of its publishes go to `link`.
+    /// A connection opened on this shard (its token minted by its door, whose slot
+    /// index this table shares): the acks of its publishes go to `link`.
     pub fn link_opened(&self, link: &Rc<Link>) {
-        self.links.borrow_mut().insert(link.token, Rc::clone(link));
+        self.links.borrow_mut().insert(Rc::clone(link));
     }
 
     /// The connection of `token` closed.
     pub fn link_closed(&self, token: u64) {
-        self.links.borrow_mut().remove(&token);
+        self.links.borrow_mut().remove(token);
     }
 
     /// The link of the live connection `token`.
     pub(super) fn link(&self, token: u64) -> Option<Rc<Link>> {
-        self.links.borrow().get(&token).cloned()
+        self.links.borrow().get(token).cloned()
     }
 
     /// Whether this shard's WAL is open (always, once serving).
@@ -228,5 +228,11 @@ impl Broker {
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+    }
+}
+
+impl Tokened for Link {
+    fn token(&self) -> u64 {
+        self.token
     }
 }

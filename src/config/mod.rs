@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 pub use layers::{load, ConfigSources};
 
+/// The most `connections_per_shard_max` may be: a connection's token indexes its
+/// shard's tables with 24 bits (`runtime::TokenTable`).
+pub const CONNECTIONS_PER_SHARD_LIMIT: usize = (1 << 24) - 1;
+
 /// Upper bound on shards: the router's fixed shard sets have one bit per shard, so the
 /// router owns the number and `shards` is validated against it.
 pub use crate::router::SHARDS_MAX;
@@ -717,6 +721,12 @@ impl Config {
             return Err(ConfigError::new(
                 "inflight_count_max",
                 "must be at most 65535",
+            ));
+        }
+        if self.connections_per_shard_max > CONNECTIONS_PER_SHARD_LIMIT {
+            return Err(ConfigError::new(
+                "connections_per_shard_max",
+                "must be at most 16777215",
             ));
         }
         Ok(())

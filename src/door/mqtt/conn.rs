@@ -52,6 +52,12 @@ impl Conn {
     }
 }
 
+impl crate::runtime::Tokened for Conn {
+    fn token(&self) -> u64 {
+        self.link.token
+    }
+}
+
 /// How a connection ended, for the will and the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ending {

@@ -24,8 +24,7 @@ mod socket;
 mod tls;
 mod ws;
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +37,7 @@ use crate::config::Config;
 use crate::metrics::{Limit, ShardProbe};
 use crate::mqtt::ReasonCode;
 use crate::router::ShardId;
-use crate::runtime::{ConnectionQuota, Refused};
+use crate::runtime::{ConnectionQuota, Refused, TokenMint, TokenTable};
 
 pub use conn::Conn;
 
@@ -175,8 +174,8 @@ impl Door {
 /// The live connections of one shard, by token.
 #[derive(Default)]
 pub struct Connections {
-    next_token: Cell<u64>,
-    live: RefCell<HashMap<u64, Rc<Conn>>>,
+    tokens: RefCell<TokenMint>,
+    live: RefCell<TokenTable<Rc<Conn>>>,
     /// Publishers waiting for room on a mesh link.
     turns: link_room::LinkTurns,
     /// The cap on this shard's "connection refused" log lines.
@@ -185,30 +184,33 @@ pub struct Connections {
 
 impl Connections {
     fn register(&self, fd: std::os::fd::RawFd, peer: Option<std::net::SocketAddr>) -> Rc<Conn> {
-        let token = self.next_token.get() + 1;
-        self.next_token.set(token);
+        let token = self.tokens.borrow_mut().mint().expect(
+            "connections_per_shard_max (at most 2^24 - 1) keeps a shard's connections within its token slots",
+        );
         // The connection and its link last as long as it does, parked or not.
         let conn = crate::runtime::lasting(|| Rc::new(Conn::new(token, fd, peer)));
-        self.live.borrow_mut().insert(token, Rc::clone(&conn));
+        self.live.borrow_mut().insert(Rc::clone(&conn));
         conn
     }
 
     fn unregister(&self, token: u64) {
-        self.live.borrow_mut().remove(&token);
+        if self.live.borrow_mut().remove(token).is_some() {
+            self.tokens.borrow_mut().release(token);
+        }
     }
 
     /// The live connection `token`.
     pub(super) fn get(&self, token: u64) -> Option<Rc<Conn>> {
-        self.live.borrow().get(&token).cloned()
+        self.live.borrow().get(token).cloned()
     }
 
     /// The tokens of the live connections for which `f` holds.
     pub(super) fn tokens_where(&self, f: impl Fn(&Conn) -> bool) -> Vec<u64> {
         self.live
             .borrow()
-            .iter()
-            .filter(|(_, conn)| f(conn))
-            .map(|(&token, _)| token)
+            .values()
+            .filter(|conn| f(conn))
+            .map(|conn| conn.link.token)
             .collect()
     }
 
