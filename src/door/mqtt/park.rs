@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::{Wake, Waker};
+use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
@@ -108,20 +108,35 @@ impl Bell {
     }
 }
 
-/// The waker a parked connection's link holds where its writer's would be.
-struct Unpark {
-    token: u64,
-    bell: Arc<Bell>,
+thread_local! {
+    /// The bell of this shard thread's watcher, rung by the wakers of its parked
+    /// connections (see [`unpark_waker`]).
+    static BELL: RefCell<Option<Arc<Bell>>> = const { RefCell::new(None) };
 }
 
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.bell.push(self.token);
+/// The waker a parked connection's link holds where its writer's would be: it rings
+/// this thread's bell with the connection's token. The token is all the waker carries,
+/// as its data, so a parked connection holds no allocation for it. A link is an `Rc`
+/// and never leaves its shard's thread, and its wakers are woken only by code holding
+/// it; one woken on a thread without a bell would do nothing.
+fn unpark_waker(token: u64) -> Waker {
+    // The token travels as the data pointer, whole.
+    const _: () = assert!(usize::BITS == u64::BITS);
+    const VTABLE: RawWakerVTable = RawWakerVTable::new(clone, wake, wake, drop);
+    fn clone(data: *const ()) -> RawWaker {
+        RawWaker::new(data, &VTABLE)
     }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.bell.push(self.token);
+    fn wake(data: *const ()) {
+        let _ = BELL.try_with(|bell| {
+            if let Some(bell) = &*bell.borrow() {
+                bell.push(data as usize as u64);
+            }
+        });
     }
+    fn drop(_: *const ()) {}
+    // SAFETY: the vtable's functions never read through `data`, a plain number, and
+    // hold nothing to release.
+    unsafe { Waker::from_raw(RawWaker::new(token as usize as *const (), &VTABLE)) }
 }
 
 impl Parking {
@@ -194,14 +209,7 @@ impl Parking {
         // on `fd`, which is `conn.fd` from here (nothing awaits in between).
         drop(stream);
         conn.fd.set(fd.as_raw_fd());
-        // Held while the connection is parked (see `runtime::lasting`).
-        let unpark = crate::runtime::lasting(|| {
-            Arc::new(Unpark {
-                token,
-                bell: Arc::clone(&watch.bell),
-            })
-        });
-        conn.link.wake_instead_of_writer(Waker::from(unpark));
+        conn.link.wake_instead_of_writer(unpark_waker(token));
         *conn.parked.borrow_mut() = Some(Parked { fd, slot, live });
         door.probe.connections_parked.add(1);
         door.probe.connection_parks_total.inc();
@@ -405,6 +413,8 @@ impl Watch {
                 }
                 watch_parked(&e, &b)
             })?;
+        // Started on the shard's thread, whose parked connections' wakers ring it.
+        BELL.with(|b| *b.borrow_mut() = Some(Arc::clone(&bell)));
         Ok(Watch {
             epoll,
             bell,
