@@ -234,7 +234,7 @@ impl Broker {
         self.probe
             .inflight_current
             .add(session.outbound.inflight() as i64);
-        let watch = session.flush_looks_at();
+        self.sessions.watch(key, &session);
         // The session and its entries last as long as it does (see `runtime::lasting`).
         crate::runtime::lasting(|| {
             self.sessions
@@ -251,9 +251,6 @@ impl Broker {
                 }),
             );
         });
-        if watch {
-            self.sessions.watched.borrow_mut().insert(key);
-        }
         self.probe.sessions_current.add(1);
         let mut acks = Vec::new();
         for (filter, opts) in &subscriptions {

@@ -125,11 +125,7 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         match &mut self.0 {
             Repr::Few(v) => {
                 let i = v.iter().position(|(k, _)| k.borrow() == key)?;
-                let (_, value) = v.swap_remove(i);
-                if v.is_empty() && v.capacity() > FEW {
-                    *v = Vec::new();
-                }
-                Some(value)
+                Some(v.swap_remove(i).1)
             }
             Repr::Many(m) => {
                 let value = m.remove(key)?;
