@@ -27,7 +27,8 @@
 //!
 //! Ownership (see DESIGN.md):
 //! - a topic's **owner** shard (`owner_of(topic)`) assigns offsets, keeps the retained
-//!   message, and fans each publish out to the shards whose interest table entries match;
+//!   message, and fans each publish out to its own matching sessions and to the shards
+//!   whose interest table entries match;
 //! - a client id's **home** shard (`owner_of(client_id)`) keeps the registry entry saying
 //!   which connection holds the session; a CONNECT claims the id there;
 //! - a **session** lives on the shard of its current or last connection, and moves (as

@@ -57,8 +57,8 @@ impl Broker {
         self.log_and_fan_out(msg, ack, may_wait).await;
     }
 
-    /// Sends `msg` to every shard with matching interest (this one by a direct call) and
-    /// to one shard per matching shared-subscription group.
+    /// Sends `msg` to this shard's matching sessions (a direct call), to every peer with
+    /// matching interest and to one shard per matching shared-subscription group.
     pub(crate) async fn fan_out(self: &Rc<Self>, msg: Arc<Message>, may_wait: MayWait) {
         if msg.retain && self.log.get().is_none() {
             self.store_retained(&msg);
@@ -74,15 +74,13 @@ impl Broker {
             let spare = self.subs.groups_scratch.take();
             (route.shards, std::mem::replace(&mut route.groups, spare))
         };
-        for shard in shards.iter() {
-            if shard == self.id {
-                self.deliver_local(&msg);
-            } else {
-                let deliver = ShardMsg::Deliver {
-                    msg: Arc::clone(&msg),
-                };
-                self.forward(shard, deliver, may_wait).await;
-            }
+        // The table lists the peers' plain filters; this shard's own are its trie's.
+        self.deliver_local(&msg);
+        for shard in shards.iter().filter(|&shard| shard != self.id) {
+            let deliver = ShardMsg::Deliver {
+                msg: Arc::clone(&msg),
+            };
+            self.forward(shard, deliver, may_wait).await;
         }
         for GroupRoute {
             group,
@@ -194,11 +192,6 @@ impl Broker {
 
     /// Delivers `msg` to every local session with a matching plain subscription.
     pub(crate) fn deliver_local(&self, msg: &Arc<Message>) {
-        let now = Instant::now();
-        if msg.is_expired(now) {
-            self.probe.messages_expired_total.inc();
-            return;
-        }
         let mut matches = self.subs.match_scratch.take();
         matches.clear();
         self.subs
@@ -208,6 +201,12 @@ impl Broker {
                 matches.push((*key, *opts))
             });
         if matches.is_empty() {
+            self.subs.match_scratch.replace(matches);
+            return;
+        }
+        let now = Instant::now();
+        if msg.is_expired(now) {
+            self.probe.messages_expired_total.inc();
             self.subs.match_scratch.replace(matches);
             return;
         }

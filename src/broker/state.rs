@@ -77,14 +77,16 @@ impl Sessions {
 }
 
 /// What the sessions here subscribe to: the trie of plain filters, the trie of shared
-/// members, this shard's replica of the interest table and its own counts in it, and the
-/// scratch space matching reuses.
+/// members, the interest table (the peers' plain filters and every shard's groups: a
+/// plain filter's subscribers here are already its trie node's), the member counts of
+/// this shard's groups, and the scratch space matching reuses.
 #[derive(Default)]
 pub(super) struct Subscriptions {
     pub(super) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
     pub(super) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
     pub(super) interest: RefCell<InterestTable>,
-    /// Local subscriber count per `(group, filter)`: interest changes at 0 <-> 1.
+    /// Local member count per `(group, filter)`: interest changes at 0 <-> 1 (a plain
+    /// filter's count is its trie node's subscriber count).
     pub(super) interest_counts: RefCell<HashMap<InterestKey, usize>>,
     pub(super) route: RefCell<Route>,
     /// Reused per delivery so matching allocates nothing once warm.

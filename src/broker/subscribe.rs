@@ -47,9 +47,12 @@ impl Broker {
         let parsed = parse_filter(full_filter, &self.topic_limits()).ok()?;
         let group: Option<Arc<str>> = parsed.share_group.map(Arc::from);
         let filter: Arc<str> = Arc::from(parsed.filter);
-        match &group {
+        // Whether this is the shard's first subscriber to the (group, filter): a plain
+        // filter's subscribers here are the trie node's, a group's members are counted.
+        let first = match &group {
             None => {
-                self.subs.trie.borrow_mut().insert(&filter, key, opts);
+                let mut trie = self.subs.trie.borrow_mut();
+                trie.insert(&filter, key, opts).is_none() && trie.subscriber_count(&filter) == 1
             }
             Some(g) => {
                 let member = MemberKey {
@@ -57,27 +60,29 @@ impl Broker {
                     session: key,
                 };
                 self.subs.shared.borrow_mut().insert(&filter, member, opts);
+                let mut counts = self.subs.interest_counts.borrow_mut();
+                let count = counts
+                    .entry(InterestKey {
+                        group: group.clone(),
+                        filter: filter.clone(),
+                    })
+                    .or_insert(0);
+                *count += 1;
+                // The owner's table lists this shard's groups, its own included: a
+                // group's member is picked among the shards of the route.
+                if *count == 1 {
+                    self.subs
+                        .interest
+                        .borrow_mut()
+                        .add(&filter, Some(g), self.id);
+                }
+                *count == 1
             }
-        }
-        let first = {
-            let mut counts = self.subs.interest_counts.borrow_mut();
-            let count = counts
-                .entry(InterestKey {
-                    group: group.clone(),
-                    filter: filter.clone(),
-                })
-                .or_insert(0);
-            *count += 1;
-            *count == 1
         };
         self.probe.subscriptions_current.add(1);
         if !first {
             return None;
         }
-        self.subs
-            .interest
-            .borrow_mut()
-            .add(&filter, group.as_deref(), self.id);
         let peers = self.mesh.shards() - 1;
         if peers == 0 {
             return None;
@@ -125,46 +130,45 @@ impl Broker {
         };
         let group: Option<Arc<str>> = parsed.share_group.map(Arc::from);
         let filter: Arc<str> = Arc::from(parsed.filter);
-        let removed = match &group {
-            None => self.subs.trie.borrow_mut().remove(&filter, &key).is_some(),
+        // `Some(last)`: removed, and whether it was this shard's last subscriber to the
+        // (group, filter).
+        let last = match &group {
+            None => {
+                let mut trie = self.subs.trie.borrow_mut();
+                trie.remove(&filter, &key)
+                    .map(|_| trie.subscriber_count(&filter) == 0)
+            }
             Some(g) => {
                 let member = MemberKey {
                     group: g.clone(),
                     session: key,
                 };
-                self.subs
-                    .shared
-                    .borrow_mut()
-                    .remove(&filter, &member)
-                    .is_some()
+                let removed = self.subs.shared.borrow_mut().remove(&filter, &member);
+                removed.map(|_| {
+                    let mut counts = self.subs.interest_counts.borrow_mut();
+                    let k = InterestKey {
+                        group: group.clone(),
+                        filter: filter.clone(),
+                    };
+                    let count = counts.get_mut(&k).expect("indexed members are counted");
+                    *count -= 1;
+                    let last = *count == 0;
+                    if last {
+                        counts.remove(&k);
+                        self.subs
+                            .interest
+                            .borrow_mut()
+                            .remove(&filter, Some(g), self.id);
+                    }
+                    last
+                })
             }
         };
-        if !removed {
+        let Some(last) = last else {
             return;
-        }
-        self.probe.subscriptions_current.add(-1);
-        let last = {
-            let mut counts = self.subs.interest_counts.borrow_mut();
-            let k = InterestKey {
-                group: group.clone(),
-                filter: filter.clone(),
-            };
-            let count = counts
-                .get_mut(&k)
-                .expect("indexed subscriptions are counted");
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&k);
-                true
-            } else {
-                false
-            }
         };
+        self.probe.subscriptions_current.add(-1);
         if last {
-            self.subs
-                .interest
-                .borrow_mut()
-                .remove(&filter, group.as_deref(), self.id);
             for peer in self.all_shards().filter(|&p| p != self.id) {
                 self.post(
                     peer,

@@ -10,6 +10,13 @@ use super::{ShardId, ShardSet, SubscriptionTrie};
 /// subscription. Shards broadcast a change only when their first subscriber to
 /// an entry arrives or their last leaves, so the table holds sets, not counts.
 /// The topic's owner calls [`route`](Self::route) for every publish.
+///
+/// A shard needs no entry for its own plain subscribers, which its subscription trie
+/// already holds with the filter: the broker lists only its peers' plain filters here
+/// (a publish always visits the owner's own trie), and every shard's groups, its own
+/// included, since a group's member is picked among the shards of its route. A
+/// device's own topic then costs one trie node on its shard, not two, and a single
+/// shard keeps no table of plain filters at all.
 #[derive(Default)]
 pub struct InterestTable {
     trie: SubscriptionTrie<Option<Arc<str>>, Entry>,
