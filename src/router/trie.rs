@@ -29,15 +29,27 @@ pub struct SubscriptionTrie<K, V> {
 }
 
 struct Node<K, V> {
+    /// The levels below, boxed apart: most nodes are leaves (a device's own topic), and a
+    /// leaf then costs its parent's table 48 bytes a slot rather than 96.
+    children: Option<Box<Children<K, V>>>,
+    /// The full filter ending at this node; set while `subscribers` is non-empty.
+    filter: Option<Rc<str>>,
+    subscribers: Subscribers<K, V>,
+}
+
+struct Children<K, V> {
     /// Literal children by level. Hashed with aHash: a lookup per level per publish is the
     /// hottest part of matching, and SipHash cost several times as much; aHash is still
     /// keyed per process, so clients cannot choose colliding topic levels.
     literal: HashMap<Box<str>, Node<K, V>, LevelKeys>,
     plus: Option<Box<Node<K, V>>>,
     hash: Option<Box<Node<K, V>>>,
-    /// The full filter ending at this node; set while `subscribers` is non-empty.
-    filter: Option<Rc<str>>,
-    subscribers: Subscribers<K, V>,
+}
+
+impl<K, V> Children<K, V> {
+    fn is_empty(&self) -> bool {
+        self.literal.is_empty() && self.plus.is_none() && self.hash.is_none()
+    }
 }
 
 /// The aHash keys of every level table: drawn once per process, so a table costs no
@@ -135,56 +147,67 @@ impl<K, V> Subscribers<K, V> {
 impl<K: Eq + Hash, V> Node<K, V> {
     fn new() -> Self {
         Self {
-            literal: HashMap::default(),
-            plus: None,
-            hash: None,
+            children: None,
             filter: None,
             subscribers: Subscribers::Few(Vec::new()),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.subscribers.is_empty()
-            && self.literal.is_empty()
-            && self.plus.is_none()
-            && self.hash.is_none()
+        self.subscribers.is_empty() && self.children.is_none()
     }
 
     /// The child for `level`, if present (read-only walk).
     fn child(&self, level: &str) -> Option<&Node<K, V>> {
+        let children = self.children.as_deref()?;
         match level {
-            "+" => self.plus.as_deref(),
-            "#" => self.hash.as_deref(),
-            _ => self.literal.get(level),
+            "+" => children.plus.as_deref(),
+            "#" => children.hash.as_deref(),
+            _ => children.literal.get(level),
         }
     }
 
     fn child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+        let children = self.children.as_deref_mut()?;
         match level {
-            "+" => self.plus.as_deref_mut(),
-            "#" => self.hash.as_deref_mut(),
-            _ => self.literal.get_mut(level),
+            "+" => children.plus.as_deref_mut(),
+            "#" => children.hash.as_deref_mut(),
+            _ => children.literal.get_mut(level),
         }
     }
 
     fn child_or_insert(&mut self, level: &str) -> &mut Node<K, V> {
+        let children = self.children.get_or_insert_with(|| {
+            Box::new(Children {
+                literal: HashMap::default(),
+                plus: None,
+                hash: None,
+            })
+        });
         match level {
-            "+" => self.plus.get_or_insert_with(|| Box::new(Node::new())),
-            "#" => self.hash.get_or_insert_with(|| Box::new(Node::new())),
-            _ => self
+            "+" => children.plus.get_or_insert_with(|| Box::new(Node::new())),
+            "#" => children.hash.get_or_insert_with(|| Box::new(Node::new())),
+            _ => children
                 .literal
                 .entry(Box::from(level))
                 .or_insert_with(Node::new),
         }
     }
 
+    /// Drops the child for `level`, and the children's box once it holds none.
     fn drop_child(&mut self, level: &str) {
+        let Some(children) = self.children.as_deref_mut() else {
+            return;
+        };
         match level {
-            "+" => self.plus = None,
-            "#" => self.hash = None,
+            "+" => children.plus = None,
+            "#" => children.hash = None,
             _ => {
-                self.literal.remove(level);
+                children.literal.remove(level);
             }
+        }
+        if children.is_empty() {
+            self.children = None;
         }
     }
 }
@@ -321,16 +344,19 @@ fn match_at<K, V>(
     dollar_first: bool,
     f: &mut dyn FnMut(&Rc<str>, &K, &V),
 ) {
+    let Some(children) = node.children.as_deref() else {
+        return;
+    };
     let (level, tail) = split_level(rest);
     if !dollar_first {
-        if let Some(hash) = &node.hash {
+        if let Some(hash) = &children.hash {
             emit(hash, f);
         }
-        if let Some(plus) = &node.plus {
+        if let Some(plus) = &children.plus {
             descend(plus, tail, f);
         }
     }
-    if let Some(child) = node.literal.get(level) {
+    if let Some(child) = children.literal.get(level) {
         descend(child, tail, f);
     }
 }
@@ -341,7 +367,7 @@ fn descend<K, V>(node: &Node<K, V>, tail: Option<&str>, f: &mut dyn FnMut(&Rc<st
         None => {
             emit(node, f);
             // "a/#" also matches "a": the parent level.
-            if let Some(hash) = &node.hash {
+            if let Some(hash) = node.children.as_deref().and_then(|c| c.hash.as_deref()) {
                 emit(hash, f);
             }
         }
@@ -354,6 +380,13 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_leaf_costs_its_parent_table_48_bytes() {
+        // The table slot of a device's own filter: children boxed apart, the filter, the
+        // subscribers' vector.
+        assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 48);
+    }
 
     fn matches(trie: &SubscriptionTrie<u32, u8>, topic: &str) -> BTreeSet<(String, u32, u8)> {
         let mut out = BTreeSet::new();
