@@ -80,8 +80,8 @@ impl Sessions {
 /// members, the interest table (the peers' plain filters and every shard's groups: a
 /// plain filter's subscribers here are already its trie node's), the member counts of
 /// this shard's groups, and the scratch space matching reuses.
-#[derive(Default)]
 pub(super) struct Subscriptions {
+    /// Without filters: delivery needs only the sessions.
     pub(super) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
     pub(super) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
     pub(super) interest: RefCell<InterestTable>,
@@ -95,6 +95,21 @@ pub(super) struct Subscriptions {
     pub(super) groups_scratch: Cell<Vec<GroupRoute>>,
     /// The same for a shared delivery's members.
     pub(super) shared_scratch: Cell<Vec<(SessionKey, SubOptions)>>,
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions {
+            trie: RefCell::new(SubscriptionTrie::without_filters()),
+            shared: RefCell::default(),
+            interest: RefCell::default(),
+            interest_counts: RefCell::default(),
+            route: RefCell::default(),
+            match_scratch: Cell::default(),
+            groups_scratch: Cell::default(),
+            shared_scratch: Cell::default(),
+        }
+    }
 }
 
 /// The retained messages of the topics this shard owns.

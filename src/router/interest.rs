@@ -17,9 +17,17 @@ use super::{ShardId, ShardSet, SubscriptionTrie};
 /// included, since a group's member is picked among the shards of its route. A
 /// device's own topic then costs one trie node on its shard, not two, and a single
 /// shard keeps no table of plain filters at all.
-#[derive(Default)]
 pub struct InterestTable {
+    /// Without filters: a group's entry keeps its own, and a plain one needs none.
     trie: SubscriptionTrie<Option<Arc<str>>, Entry>,
+}
+
+impl Default for InterestTable {
+    fn default() -> Self {
+        InterestTable {
+            trie: SubscriptionTrie::without_filters(),
+        }
+    }
 }
 
 /// The shards of one (share group, filter) entry.

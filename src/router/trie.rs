@@ -26,6 +26,10 @@ use super::split_level;
 pub struct SubscriptionTrie<K, V> {
     root: Node<K, V>,
     len: usize,
+    /// Whether each node keeps its filter to hand out with its matches; `None` for a
+    /// trie made [`without_filters`](SubscriptionTrie::without_filters), which hands out
+    /// this empty one instead.
+    no_filter: Option<Rc<str>>,
 }
 
 struct Node<K, V> {
@@ -224,6 +228,17 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         Self {
             root: Node::new(),
             len: 0,
+            no_filter: None,
+        }
+    }
+
+    /// An empty trie whose matches come without their filter (an empty one is handed
+    /// out): for a caller that needs only the keys, a filter's own copy of its text is
+    /// most of what a device's one subscription costs the trie.
+    pub fn without_filters() -> Self {
+        Self {
+            no_filter: Some(Rc::from("")),
+            ..Self::new()
         }
     }
 
@@ -236,7 +251,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
             node = node.child_or_insert(level);
             rest = tail;
         }
-        if node.filter.is_none() {
+        if node.filter.is_none() && self.no_filter.is_none() {
             node.filter = Some(Rc::from(filter));
         }
         let old = node.subscribers.insert(key, value);
@@ -261,7 +276,8 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     }
 
     /// Calls `f(filter, key, value)` for every subscription whose filter matches
-    /// the topic name `topic`. Allocates nothing.
+    /// the topic name `topic` (`filter` is empty in a trie made
+    /// [`without_filters`](Self::without_filters)). Allocates nothing.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &K, &V)) {
         self.for_each_match_rc(topic, &mut |filter, key, value| f(filter, key, value));
     }
@@ -269,7 +285,11 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     /// As [`for_each_match`](Self::for_each_match), handing out the shared filter handle.
     pub(crate) fn for_each_match_rc(&self, topic: &str, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
         let dollar = topic.starts_with('$');
-        match_at(&self.root, topic, dollar, f);
+        let mut visit = Visit {
+            no_filter: self.no_filter.as_ref(),
+            f,
+        };
+        match_at(&self.root, topic, dollar, &mut visit);
     }
 
     /// How many keys subscribe to exactly `filter`.
@@ -329,11 +349,20 @@ fn remove_at<K: Eq + Hash, V>(node: &mut Node<K, V>, rest: Option<&str>, key: &K
     removed
 }
 
-fn emit<K, V>(node: &Node<K, V>, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
-    if let Some(filter) = &node.filter {
-        node.subscribers
-            .for_each(|key, value| f(filter, key, value));
-    }
+/// What a match walk hands each matching subscription to.
+struct Visit<'a, 'f, K, V> {
+    /// The filter handed out by a trie without filters.
+    no_filter: Option<&'a Rc<str>>,
+    f: &'f mut dyn FnMut(&Rc<str>, &K, &V),
+}
+
+fn emit<K, V>(node: &Node<K, V>, visit: &mut Visit<'_, '_, K, V>) {
+    let Some(filter) = node.filter.as_ref().or(visit.no_filter) else {
+        return;
+    };
+    let f = &mut *visit.f;
+    node.subscribers
+        .for_each(|key, value| f(filter, key, value));
 }
 
 /// Visits the subscriptions below `node` matching the topic levels in `rest`.
@@ -342,7 +371,7 @@ fn match_at<K, V>(
     node: &Node<K, V>,
     rest: &str,
     dollar_first: bool,
-    f: &mut dyn FnMut(&Rc<str>, &K, &V),
+    visit: &mut Visit<'_, '_, K, V>,
 ) {
     let Some(children) = node.children.as_deref() else {
         return;
@@ -350,25 +379,25 @@ fn match_at<K, V>(
     let (level, tail) = split_level(rest);
     if !dollar_first {
         if let Some(hash) = &children.hash {
-            emit(hash, f);
+            emit(hash, visit);
         }
         if let Some(plus) = &children.plus {
-            descend(plus, tail, f);
+            descend(plus, tail, visit);
         }
     }
     if let Some(child) = children.literal.get(level) {
-        descend(child, tail, f);
+        descend(child, tail, visit);
     }
 }
 
-fn descend<K, V>(node: &Node<K, V>, tail: Option<&str>, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
+fn descend<K, V>(node: &Node<K, V>, tail: Option<&str>, visit: &mut Visit<'_, '_, K, V>) {
     match tail {
-        Some(rest) => match_at(node, rest, false, f),
+        Some(rest) => match_at(node, rest, false, visit),
         None => {
-            emit(node, f);
+            emit(node, visit);
             // "a/#" also matches "a": the parent level.
             if let Some(hash) = node.children.as_deref().and_then(|c| c.hash.as_deref()) {
-                emit(hash, f);
+                emit(hash, visit);
             }
         }
     }
@@ -518,15 +547,18 @@ pub(crate) mod tests {
             topics in prop::collection::vec(topic_strategy(), 1..20),
         ) {
             let mut trie = SubscriptionTrie::new();
+            let mut bare = SubscriptionTrie::without_filters();
             let mut model = BTreeSet::new();
             for (filter, key) in &subs {
                 trie.insert(filter, *key, 0u8);
+                bare.insert(filter, *key, 0u8);
                 model.insert((filter.clone(), *key));
             }
             for i in removals {
                 if let Some((filter, key)) = subs.get(i) {
                     let was = model.remove(&(filter.clone(), *key));
                     prop_assert_eq!(trie.remove(filter, key).is_some(), was);
+                    prop_assert_eq!(bare.remove(filter, key).is_some(), was);
                 }
             }
             prop_assert_eq!(trie.len(), model.len());
@@ -537,6 +569,19 @@ pub(crate) mod tests {
                     .filter(|(f, _)| filter_matches(f, topic))
                     .cloned()
                     .collect();
+                // Without filters: the same subscribers (one per filter they match), each
+                // handed out with an empty filter.
+                let mut want_keys: Vec<_> = want.iter().map(|(_, k)| *k).collect();
+                let mut bare_keys = Vec::new();
+                let mut bare_filters = String::new();
+                bare.for_each_match(topic, |f, k, _| {
+                    bare_keys.push(*k);
+                    bare_filters.push_str(f);
+                });
+                prop_assert_eq!(bare_filters, "");
+                want_keys.sort_unstable();
+                bare_keys.sort_unstable();
+                prop_assert_eq!(bare_keys, want_keys, "topic {:?}", topic);
                 prop_assert_eq!(got, want, "topic {:?}", topic);
             }
         }
