@@ -124,14 +124,31 @@ pub(crate) struct FloorReports {
     pub(crate) last: u64,
 }
 
-/// This shard's sessions by client id, in order: the admin API's pages start where the
-/// last ended without a pass over every session. One ordered map rather than a hash map
-/// beside an ordered set: each session's client id is indexed once (a hash table's slot
-/// per session, with its slack, cost an idle connection ≈ 90 B), and its lookups come at
-/// connect, restore, takeover and a QoS 2 send's logging, never per QoS 0/1 message.
+/// This shard's client ids, in order: the session each has here and, for the ids this
+/// shard is home to, the connection holding each (see `claim_at_home`). The admin API's
+/// pages start where the last ended without a pass over every session. One ordered map
+/// for both: on the home shard of its own connection a client id is indexed once, not in
+/// an ordered map of sessions beside a hash table of holders (≈ 70 + 107 B an idle
+/// connection at 15,000 ids). Its lookups come at connect, restore, takeover and a QoS 2
+/// send's logging, never per QoS 0/1 message.
 #[derive(Default)]
 pub struct ByClient {
-    keys: std::collections::BTreeMap<ByteStr, SessionKey>,
+    ids: std::collections::BTreeMap<ByteStr, ClientEntry>,
+}
+
+/// What a shard knows of one client id.
+#[derive(Clone, Copy)]
+struct ClientEntry {
+    /// Its session on this shard; 0 (no key is) for none.
+    session: SessionKey,
+    /// Home shard: the connection holding the id.
+    holder: Option<ConnRef>,
+}
+
+impl ClientEntry {
+    fn is_empty(&self) -> bool {
+        self.session == 0 && self.holder.is_none()
+    }
 }
 
 impl ByClient {
@@ -141,26 +158,63 @@ impl ByClient {
         ByteStr: std::borrow::Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.keys.get(client_id)
+        self.ids
+            .get(client_id)
+            .map(|e| &e.session)
+            .filter(|&&key| key != 0)
     }
 
     /// Indexes `client_id`'s session; returns the one it replaces.
     pub fn insert(&mut self, client_id: ByteStr, key: SessionKey) -> Option<SessionKey> {
-        self.keys.insert(client_id, key)
+        debug_assert_ne!(key, 0, "session keys start at 1");
+        let entry = self.ids.entry(client_id).or_insert(ClientEntry {
+            session: 0,
+            holder: None,
+        });
+        let old = std::mem::replace(&mut entry.session, key);
+        (old != 0).then_some(old)
     }
 
-    /// Forgets `client_id`.
+    /// Forgets `client_id`'s session.
     pub fn remove(&mut self, client_id: &str) -> Option<SessionKey> {
-        self.keys.remove(client_id)
+        let entry = self.ids.get_mut(client_id)?;
+        let old = std::mem::replace(&mut entry.session, 0);
+        if entry.is_empty() {
+            self.ids.remove(client_id);
+        }
+        (old != 0).then_some(old)
     }
 
-    /// Client ids after `after` (all with `None`), in order.
+    /// Client ids with a session here after `after` (all with `None`), in order.
     pub fn after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a ByteStr> + 'a {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, Excluded);
-        self.keys
+        self.ids
             .range::<str, _>((from, Unbounded))
+            .filter(|(_, e)| e.session != 0)
             .map(|(client_id, _)| client_id)
+    }
+
+    /// Home shard: records `conn` as the holder of `client_id`; returns the one before.
+    pub fn hold(&mut self, client_id: ByteStr, conn: ConnRef) -> Option<ConnRef> {
+        let entry = self.ids.entry(client_id).or_insert(ClientEntry {
+            session: 0,
+            holder: None,
+        });
+        entry.holder.replace(conn)
+    }
+
+    /// Home shard: forgets the holder of `client_id` if it is still `conn`.
+    pub fn let_go(&mut self, client_id: &str, conn: ConnRef) {
+        let Some(entry) = self.ids.get_mut(client_id) else {
+            return;
+        };
+        if entry.holder == Some(conn) {
+            entry.holder = None;
+            if entry.is_empty() {
+                self.ids.remove(client_id);
+            }
+        }
     }
 }
 
@@ -497,10 +551,10 @@ impl Broker {
             ShardMsg::Kafka { id, request } => self.on_kafka_request(from, id, request),
             ShardMsg::KafkaReply { id, answer } => self.requests.reply(id, Reply::Kafka(answer)),
             ShardMsg::SessionGone { client_id, conn } => {
-                let mut registry = self.sessions.holders.borrow_mut();
-                if registry.get(&client_id) == Some(&conn) {
-                    registry.remove(&client_id);
-                }
+                self.sessions
+                    .by_client
+                    .borrow_mut()
+                    .let_go(&client_id, conn);
             }
         }
     }
@@ -510,3 +564,46 @@ impl Broker {
 /// goes to its owner and from there to a shard of the group, at most `SHARED_HOPS_MAX`
 /// times.
 const DRAIN_ROUNDS: usize = 2 * shared::SHARED_HOPS_MAX as usize;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(shard: u16, token: u64) -> ConnRef {
+        ConnRef {
+            shard: ShardId(shard),
+            token,
+        }
+    }
+
+    #[test]
+    fn a_client_id_keeps_its_session_and_its_holder_apart() {
+        let mut ids = ByClient::default();
+        let a = ByteStr::from("a".to_string());
+        let b = ByteStr::from("b".to_string());
+        // Home of "a" with its session elsewhere; "b" held and with a session here.
+        assert_eq!(ids.hold(a.clone(), conn(1, 7)), None);
+        assert_eq!(ids.hold(b.clone(), conn(0, 8)), None);
+        assert_eq!(ids.insert(b.clone(), 3), None);
+        assert_eq!(ids.get("a"), None);
+        assert_eq!(ids.get("b"), Some(&3));
+        // Listing sessions skips the ids only held from here.
+        assert_eq!(ids.after(None).collect::<Vec<_>>(), vec![&b]);
+        // A newer holder replaces the old; a stale goodbye does not remove it.
+        assert_eq!(ids.hold(a.clone(), conn(0, 9)), Some(conn(1, 7)));
+        ids.let_go("a", conn(1, 7));
+        assert_eq!(ids.hold(a.clone(), conn(0, 9)), Some(conn(0, 9)));
+        ids.let_go("a", conn(0, 9));
+        assert_eq!(ids.hold(a, conn(0, 10)), None);
+        // The session goes, the holder stays, and the other way round.
+        assert_eq!(ids.remove("b"), Some(3));
+        assert_eq!(ids.get("b"), None);
+        assert_eq!(ids.hold(b.clone(), conn(0, 11)), Some(conn(0, 8)));
+        assert_eq!(ids.insert(b.clone(), 4), None);
+        ids.let_go("b", conn(0, 11));
+        assert_eq!(ids.get("b"), Some(&4));
+        assert_eq!(ids.remove("b"), Some(4));
+        assert_eq!(ids.remove("b"), None);
+        assert_eq!(ids.after(None).count(), 0);
+    }
+}

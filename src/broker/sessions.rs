@@ -312,9 +312,9 @@ impl Broker {
         }
         let previous = self
             .sessions
-            .holders
+            .by_client
             .borrow_mut()
-            .insert(client_id.clone(), conn);
+            .hold(client_id.clone(), conn);
         match previous {
             Some(old) => self.post(
                 old.shard,

@@ -12,7 +12,7 @@ use crate::mqtt::ByteStr;
 use crate::router::{GroupRoute, InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
 use crate::session::{Message, Session, SubOptions};
 
-use super::msg::{ConnRef, ShardMsg};
+use super::msg::ShardMsg;
 use super::{
     persist, shared, ByClient, FloorReports, GroupKey, InterestKey, MemberKey, Reply, SessionKey,
     SessionSlot, Superseded,
@@ -23,11 +23,9 @@ use super::{
 pub(super) struct Sessions {
     /// Every session on this shard, connected or offline.
     pub(super) slots: RefCell<HashMap<SessionKey, Box<SessionSlot>>>,
-    /// The same, by client id.
+    /// The same, by client id; and, as a home shard, the connection holding each.
     pub(super) by_client: RefCell<ByClient>,
     next_key: Cell<SessionKey>,
-    /// Home shard: the connection holding each client id.
-    pub(super) holders: RefCell<HashMap<ByteStr, ConnRef>>,
     /// Home shard: client ids whose session this shard's log holds (open, not ended).
     pub(super) persisted: RefCell<HashSet<String>>,
     /// Claims sent from this shard and not yet answered, by (client id, connection
@@ -51,7 +49,6 @@ impl Sessions {
             slots: RefCell::new(HashMap::new()),
             by_client: RefCell::new(ByClient::default()),
             next_key: Cell::new(1),
-            holders: RefCell::new(HashMap::new()),
             persisted: RefCell::new(HashSet::new()),
             claims: RefCell::new(HashMap::new()),
             parked: RefCell::new(HashMap::new()),

@@ -154,14 +154,11 @@ impl Broker {
             shard: self.id,
             token: 0,
         };
-        self.sessions
-            .by_client
-            .borrow_mut()
-            .insert(client_id.clone(), key);
-        self.sessions
-            .holders
-            .borrow_mut()
-            .insert(client_id.clone(), me);
+        {
+            let mut by_client = self.sessions.by_client.borrow_mut();
+            by_client.insert(client_id.clone(), key);
+            by_client.hold(client_id.clone(), me);
+        }
         self.sessions
             .persisted
             .borrow_mut()
