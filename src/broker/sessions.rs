@@ -310,11 +310,13 @@ impl Broker {
         if clean_start {
             self.end_logged_at_home(&client_id);
         }
-        let previous = self
-            .sessions
-            .by_client
-            .borrow_mut()
-            .hold(client_id.clone(), conn);
+        // The entry lasts as long as the holder does (see `runtime::lasting`).
+        let previous = crate::runtime::lasting(|| {
+            self.sessions
+                .by_client
+                .borrow_mut()
+                .hold(client_id.clone(), conn)
+        });
         match previous {
             Some(old) => self.post(
                 old.shard,
