@@ -17,7 +17,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mqtt",    &[]),
     // the per-shard WAL: DMA segments, group commit, fsync policies, recovery
     ("storage", &[]),
-    // topic ownership, topic/filter rules, the subscription trie, the interest table
+    // topic ownership, topic/filter rules, the subscription trie, the interest table, the
+    // few-entry map of the trie and of sessions
     ("router",  &[]),
     // who may connect and what they may do: API keys, users, topic ACLs
     ("auth",    &[]),

@@ -11,8 +11,8 @@ use super::{ShardId, ShardSet, SubscriptionTrie};
 /// an entry arrives or their last leaves, so the table holds sets, not counts.
 /// The topic's owner calls [`route`](Self::route) for every publish.
 ///
-/// A shard needs no entry for its own plain subscribers, which its subscription trie
-/// already holds with the filter: the broker lists only its peers' plain filters here
+/// A shard needs no entry for its own plain subscribers, whom its subscription trie
+/// already holds under the filter: the broker lists only its peers' plain filters here
 /// (a publish always visits the owner's own trie), and every shard's groups, its own
 /// included, since a group's member is picked among the shards of its route. A
 /// device's own topic then costs one trie node on its shard, not two, and a single

@@ -6,7 +6,9 @@
 //! - topic-name and topic-filter validity ([`validate_topic_name`], [`parse_filter`])
 //!   and the matching rule ([`filter_matches`]) of MQTT 5.0 section 4.7;
 //! - the per-shard [`SubscriptionTrie`], the replicated [`InterestTable`] and the
-//!   owner's [`RetainedIndex`].
+//!   owner's [`RetainedIndex`];
+//! - [`SmallMap`], the few-entry map a filter's subscribers and a session's tables are
+//!   kept in.
 //!
 //! It is pure: no I/O, no executor. Every structure is owned by exactly one shard
 //! (they use `Rc`, so they are deliberately `!Send`).
@@ -27,12 +29,14 @@
 mod interest;
 mod retained;
 mod shard;
+mod small_map;
 mod topic;
 mod trie;
 
 pub use interest::{GroupRoute, InterestTable, Route};
 pub use retained::RetainedIndex;
 pub use shard::{owner_of, stable_hash, ShardId, ShardSet, ShardSetIter, SHARDS_MAX};
+pub use small_map::SmallMap;
 pub use topic::{
     filter_matches, parse_filter, validate_topic_name, FilterError, ParsedFilter, TopicError,
     TopicLimits,

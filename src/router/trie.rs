@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
 use std::sync::OnceLock;
 
-use super::split_level;
+use super::{split_level, SmallMap};
 
 /// Filters held by one shard's sessions, indexed level by level.
 ///
@@ -38,7 +38,8 @@ struct Node<K, V> {
     children: Option<Box<Children<K, V>>>,
     /// The full filter ending at this node; set while `subscribers` is non-empty.
     filter: Option<Rc<str>>,
-    subscribers: Subscribers<K, V>,
+    /// A filter's subscribers: most have one (a device's own topic).
+    subscribers: SmallMap<K, V>,
 }
 
 struct Children<K, V> {
@@ -71,89 +72,12 @@ impl BuildHasher for LevelKeys {
     }
 }
 
-/// Up to this many subscribers of one filter live in a vector, more in a hash map.
-const FEW_SUBSCRIBERS_MAX: usize = 8;
-
-/// The subscribers of one filter. Most filters have one or a few (a device's own
-/// topic): those sit in a vector of exactly their size, scanned, where a hash map
-/// would allocate room for four at least and carry its own keys. A filter many
-/// subscribe to moves to a hash map for good.
-enum Subscribers<K, V> {
-    Few(Vec<(K, V)>),
-    // Boxed so that a node pays for the vector's 24 bytes, not a map's 48.
-    #[allow(clippy::box_collection)]
-    Many(Box<HashMap<K, V>>),
-}
-
-impl<K: Eq + Hash, V> Subscribers<K, V> {
-    fn len(&self) -> usize {
-        match self {
-            Subscribers::Few(few) => few.len(),
-            Subscribers::Many(many) => many.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        match self {
-            Subscribers::Few(few) => few.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
-            Subscribers::Many(many) => many.get_mut(key),
-        }
-    }
-
-    fn insert(&mut self, key: K, value: V) -> Option<V> {
-        match self {
-            Subscribers::Few(few) => {
-                if let Some((_, held)) = few.iter_mut().find(|(k, _)| *k == key) {
-                    return Some(std::mem::replace(held, value));
-                }
-                if few.len() < FEW_SUBSCRIBERS_MAX {
-                    few.reserve_exact(1);
-                    few.push((key, value));
-                } else {
-                    let mut many: HashMap<K, V> = few.drain(..).collect();
-                    many.insert(key, value);
-                    *self = Subscribers::Many(Box::new(many));
-                }
-                None
-            }
-            Subscribers::Many(many) => many.insert(key, value),
-        }
-    }
-
-    fn remove(&mut self, key: &K) -> Option<V> {
-        match self {
-            Subscribers::Few(few) => {
-                let at = few.iter().position(|(k, _)| k == key)?;
-                let (_, value) = few.swap_remove(at);
-                if few.is_empty() {
-                    *few = Vec::new();
-                }
-                Some(value)
-            }
-            Subscribers::Many(many) => many.remove(key),
-        }
-    }
-}
-
-impl<K, V> Subscribers<K, V> {
-    fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        match self {
-            Subscribers::Few(few) => few.iter().for_each(|(k, v)| f(k, v)),
-            Subscribers::Many(many) => many.iter().for_each(|(k, v)| f(k, v)),
-        }
-    }
-}
-
 impl<K: Eq + Hash, V> Node<K, V> {
     fn new() -> Self {
         Self {
             children: None,
             filter: None,
-            subscribers: Subscribers::Few(Vec::new()),
+            subscribers: SmallMap::new(),
         }
     }
 
@@ -356,18 +280,19 @@ struct Visit<'a, 'f, K, V> {
     f: &'f mut dyn FnMut(&Rc<str>, &K, &V),
 }
 
-fn emit<K, V>(node: &Node<K, V>, visit: &mut Visit<'_, '_, K, V>) {
+fn emit<K: Eq + Hash, V>(node: &Node<K, V>, visit: &mut Visit<'_, '_, K, V>) {
     let Some(filter) = node.filter.as_ref().or(visit.no_filter) else {
         return;
     };
     let f = &mut *visit.f;
     node.subscribers
-        .for_each(|key, value| f(filter, key, value));
+        .iter()
+        .for_each(|(key, value)| f(filter, key, value));
 }
 
 /// Visits the subscriptions below `node` matching the topic levels in `rest`.
 /// `dollar_first` is true only at the root of a `$`-topic, where wildcards must not match.
-fn match_at<K, V>(
+fn match_at<K: Eq + Hash, V>(
     node: &Node<K, V>,
     rest: &str,
     dollar_first: bool,
@@ -390,7 +315,11 @@ fn match_at<K, V>(
     }
 }
 
-fn descend<K, V>(node: &Node<K, V>, tail: Option<&str>, visit: &mut Visit<'_, '_, K, V>) {
+fn descend<K: Eq + Hash, V>(
+    node: &Node<K, V>,
+    tail: Option<&str>,
+    visit: &mut Visit<'_, '_, K, V>,
+) {
     match tail {
         Some(rest) => match_at(node, rest, false, visit),
         None => {
@@ -457,7 +386,7 @@ pub(crate) mod tests {
     #[test]
     fn a_filter_outgrows_its_few_subscribers_and_keeps_them_all() {
         let mut trie = SubscriptionTrie::new();
-        let n = FEW_SUBSCRIBERS_MAX as u32 * 3;
+        let n = super::super::small_map::FEW as u32 * 3;
         for key in 0..n {
             assert_eq!(trie.insert("a/b", key, 0u8), None);
             assert_eq!(

@@ -16,7 +16,6 @@ mod cursor;
 mod link;
 mod message;
 mod outbound;
-mod small_map;
 
 use std::collections::HashMap;
 
@@ -25,13 +24,13 @@ use bytes::Bytes;
 use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
 use crate::router::ShardId;
 
+pub use crate::router::SmallMap;
 pub use cursor::{Admit, CatchUp, ReplayCursor};
 pub use link::Link;
 pub use message::{Delivery, LogPos, Message};
 pub use outbound::{
     Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, TopicAliases, UnknownPacketId,
 };
-pub use small_map::SmallMap;
 
 /// Session expiry interval meaning "never expires".
 pub const EXPIRY_NEVER: u32 = u32::MAX;

@@ -49,7 +49,7 @@ use crate::mqtt::{self, Ack, ByteStr, Packet, PacketId, Protocol, PublishView, Q
 use crate::router::ShardId;
 
 use super::message::{Delivery, LogPos};
-use super::small_map::SmallMap;
+use crate::router::SmallMap;
 
 /// Limits of one session's outbound state.
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,5 @@
-//! A map for the tables a session keeps a few entries in: its subscriptions (most
+//! A map for tables that mostly hold a few entries: a filter's subscribers in the
+//! subscription trie (a device's own topic has one), a session's subscriptions (most
 //! devices have one or two) and its in-flight window (empty while idle).
 //!
 //! Up to [`FEW`] entries sit in a vector grown one entry at a time and searched in
