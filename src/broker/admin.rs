@@ -301,13 +301,12 @@ impl Broker {
 
     fn client_row(&self, slot: &SessionSlot) -> Value {
         let conn = slot.conn.as_ref();
-        let (user, keep_alive) = conn.map_or((None, 0), |c| {
-            (c.username.get().cloned(), c.keep_alive_secs.get())
-        });
+        let (user, keep_alive) =
+            conn.map_or((None, 0), |c| (c.username.get(), c.keep_alive_secs.get()));
         json!({
             "client_id": slot.session.client_id.as_str(),
-            "user": user.as_ref().map(ByteStr::as_str),
-            "peer": conn.and_then(|c| c.peer).map(|a| a.to_string()),
+            "user": user.map(|u| &**u),
+            "peer": conn.and_then(|c| c.peer()).map(|a| a.to_string()),
             "protocol": slot.session.protocol.version(),
             "shard": self.id,
             "keep_alive_secs": keep_alive,

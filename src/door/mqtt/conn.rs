@@ -17,11 +17,11 @@ use crate::session::Link;
 /// One client connection on this shard.
 pub struct Conn {
     /// What the broker sees of it: output, acks, topic aliases, ACL.
+    /// Its `fd` is the socket's, shared by both tasks and open while the connection is
+    /// registered; `shutdown(2)` on it ends both tasks (or, parked, unparks the
+    /// connection, which then ends). A park moves the socket to another descriptor
+    /// number (see `park`).
     pub link: Rc<Link>,
-    /// The socket, shared by both tasks and open while the connection is registered;
-    /// `shutdown(2)` on it ends both tasks (or, parked, unparks the connection, which
-    /// then ends). A park moves the socket to another descriptor number (see `park`).
-    pub fd: Cell<RawFd>,
     /// Who the client authenticated as and its client id, set at CONNECT: a reload
     /// checks the credentials again and rebuilds the link's ACL from them.
     pub who: RefCell<Option<(Principal, ByteStr)>>,
@@ -39,11 +39,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A handle for a freshly accepted socket from `peer`.
-    pub fn new(token: u64, fd: RawFd, peer: Option<std::net::SocketAddr>) -> Self {
+    /// A handle for a freshly accepted socket `fd`.
+    pub fn new(token: u64, fd: RawFd) -> Self {
         Conn {
-            link: Rc::new(Link::new(token, peer)),
-            fd: Cell::new(fd),
+            link: Rc::new(Link::new(token, fd)),
             who: RefCell::new(None),
             acl_epoch: Cell::new(0),
             reading: Cell::new(true),

@@ -31,7 +31,7 @@ pub(super) struct Peer<'a>(pub &'a Conn);
 
 impl std::fmt::Display for Peer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.link.peer {
+        match self.0.link.peer() {
             Some(addr) => write!(f, "{addr}"),
             None => f.write_str("unknown"),
         }
@@ -195,7 +195,7 @@ async fn accept(
     *conn.who.borrow_mut() =
         crate::runtime::lasting(|| Some((principal.clone(), client_id.clone())));
     if let Some(username) = &connect.username {
-        let _ = conn.link.username.set(kept(username));
+        let _ = conn.link.username.set(Box::from(username.as_str()));
     }
     conn.link.keep_alive_secs.set(keep_alive_secs);
     let will = match connect.will {

@@ -158,8 +158,8 @@ impl Door {
 
     /// A freshly accepted socket `fd` from `peer`: a live connection here, and a link the
     /// broker sends its acks to.
-    fn register(&self, fd: std::os::fd::RawFd, peer: Option<std::net::SocketAddr>) -> Rc<Conn> {
-        let conn = self.connections.register(fd, peer);
+    fn register(&self, fd: std::os::fd::RawFd) -> Rc<Conn> {
+        let conn = self.connections.register(fd);
         self.broker.link_opened(&conn.link);
         conn
     }
@@ -183,18 +183,20 @@ pub struct Connections {
 }
 
 impl Connections {
-    fn register(&self, fd: std::os::fd::RawFd, peer: Option<std::net::SocketAddr>) -> Rc<Conn> {
+    fn register(&self, fd: std::os::fd::RawFd) -> Rc<Conn> {
         let token = self.tokens.borrow_mut().mint().expect(
             "connections_per_shard_max (at most 2^24 - 1) keeps a shard's connections within its token slots",
         );
         // The connection and its link last as long as it does, parked or not.
-        let conn = crate::runtime::lasting(|| Rc::new(Conn::new(token, fd, peer)));
+        let conn = crate::runtime::lasting(|| Rc::new(Conn::new(token, fd)));
         self.live.borrow_mut().insert(Rc::clone(&conn));
         conn
     }
 
     fn unregister(&self, token: u64) {
-        if self.live.borrow_mut().remove(token).is_some() {
+        if let Some(conn) = self.live.borrow_mut().remove(token) {
+            // Its descriptor closes next and may soon name another socket.
+            conn.link.set_fd(-1);
             self.tokens.borrow_mut().release(token);
         }
     }
@@ -250,7 +252,7 @@ impl Connections {
             // SAFETY: shutdown(2) on a socket a live connection task (or a parked
             // connection's record) still owns; it only ends I/O, the owner closes the
             // descriptor. A parked connection sees it as its client's close and unparks.
-            unsafe { libc::shutdown(conn.fd.get(), libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(conn.link.fd(), libc::SHUT_RDWR) };
         }
         let cut = Instant::now();
         while !self.is_empty() && cut.elapsed() < Duration::from_secs(1) {

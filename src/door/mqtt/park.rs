@@ -65,7 +65,7 @@ pub(super) struct Parking {
 
 /// What a parked connection keeps, in its [`Conn`].
 pub(super) struct Parked {
-    /// The socket, on the descriptor number in `conn.fd`.
+    /// The socket, on the descriptor number in `conn.link.fd()`.
     fd: OwnedFd,
     slot: ConnectionSlot,
     live: Box<Live>,
@@ -206,9 +206,9 @@ impl Parking {
             }
         };
         // Frees glommio's stream, its poll source and read timer; the socket stays open
-        // on `fd`, which is `conn.fd` from here (nothing awaits in between).
+        // on `fd`, which is the link's from here (nothing awaits in between).
         drop(stream);
-        conn.fd.set(fd.as_raw_fd());
+        conn.link.set_fd(fd.as_raw_fd());
         conn.link.wake_instead_of_writer(unpark_waker(token));
         *conn.parked.borrow_mut() = Some(Parked { fd, slot, live });
         door.probe.connections_parked.add(1);

@@ -42,12 +42,12 @@ pub(super) fn serve(
     // The connect deadline runs from here, through the TLS handshake and the WebSocket
     // upgrade to the CONNECT.
     let accepted_at = Instant::now();
-    let conn = door.register(stream.as_raw_fd(), stream.peer_addr().ok());
+    let conn = door.register(stream.as_raw_fd());
     door.probe.connections_accepted_total.inc();
     door.probe.connections_current.add(1);
     let _ = stream.set_nodelay(true);
     // A failed handshake drops the stream; nothing awaits between that and
-    // unregistering, so `conn.fd` never names someone else's descriptor.
+    // unregistering, so the link's `fd` never names someone else's descriptor.
     // Boxed, like the CONNECT phase below: a connection's task is as large as the
     // largest state it can be in, and the handshakes' states (TLS, WebSocket: 7 KB)
     // would otherwise stay part of every connection for its whole life. One allocation
@@ -200,7 +200,7 @@ pub(super) async fn attend(
             Start::Resume(live)
         };
     }
-    // `conn.fd` must stay this socket's descriptor while the connection is registered
+    // The link's `fd` must stay this socket's descriptor while the connection is registered
     // (shutdown paths use it). This is the last handle on the socket (the writer's went
     // with its task), so the descriptor closes only after unregistering.
     door.unregister(conn.link.token);
