@@ -262,7 +262,8 @@ pub struct ShardProbe {
     pub connections_parked: Gauge,
     /// Times a quiet connection was parked.
     pub connection_parks_total: Counter,
-    /// Times a parked connection's PINGREQs were answered without unparking it.
+    /// Times a parked connection's PINGREQs were answered without unparking it. Written
+    /// by the shard's watcher thread of parked connections, its one writer.
     pub parked_pings_total: Counter,
     /// Connections accepted since start.
     pub connections_accepted_total: Counter,

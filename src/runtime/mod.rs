@@ -87,7 +87,7 @@ pub use mesh::{batch_cost_bytes, Batch, Joined, Mesh, MeshMessage, MeshSetup};
 pub use nap::spawn as spawn_naps;
 pub use quota::{ConnectionQuota, ConnectionSlot, RefusalSlot, Refused, REFUSING_MAX};
 pub use shutdown::Shutdown;
-pub use tokens::{TokenMint, TokenTable, Tokened};
+pub use tokens::{index as token_index, TokenMint, TokenTable, Tokened};
 pub use wakeup::spawn as spawn_executor;
 
 /// What a shard thread reports to the main thread.

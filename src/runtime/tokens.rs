@@ -18,9 +18,10 @@ const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 // The configuration keeps a shard's connections within its slots.
 const _: () = assert!(crate::config::CONNECTIONS_PER_SHARD_LIMIT as u64 <= INDEX_MASK);
 
-/// The slot `token` indexes.
+/// The slot `token` indexes: below the most connections a shard may hold, and reused
+/// once its connection is gone.
 #[inline]
-fn index(token: u64) -> usize {
+pub fn index(token: u64) -> usize {
     (token & INDEX_MASK) as usize
 }
 

@@ -87,7 +87,11 @@ impl Door {
         hashing: Arc<HashQueue>,
         tls: Option<crate::door::tls::ServerTls>,
     ) -> Rc<Self> {
-        let parking = park::Parking::new(broker.config.idle_park_ms, broker.id.index());
+        let parking = park::Parking::new(
+            broker.config.idle_park_ms,
+            broker.id.index(),
+            Arc::clone(&broker.probe),
+        );
         let door = Rc::new(Door {
             id: broker.id,
             config: Arc::clone(&broker.config),

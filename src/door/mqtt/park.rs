@@ -19,21 +19,26 @@
 //! whose first read then times out at once as it would have.
 //!
 //! What wakes most parked connections is their client's PINGREQ, every keep-alive. A
-//! socket that holds nothing but PINGREQs, of a connection with nothing to write, is
-//! answered where it lies (see [`answer_pings`]): two small syscalls instead of two
-//! tasks, a stream and a park again `idle_park_ms` later.
+//! socket that holds nothing but PINGREQs is answered by the watcher thread itself (see
+//! [`answer_pings`]): it peeks, writes the PINGRESPs and takes the PINGREQs off, and the
+//! shard is not woken at all. The watcher and the shard share a [`Board`] with one
+//! spot per connection slot, which says whether the connection is parked, when its
+//! client was last heard and whether the watcher is at its socket; the shard takes the
+//! spot back before it touches a parked socket again.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 
+use crate::metrics::ShardProbe;
 use crate::runtime::ConnectionSlot;
 
 use super::conn::Conn;
@@ -47,8 +52,9 @@ const KEEP_ALIVE_SWEEP: Duration = Duration::from_secs(1);
 const STOP: u64 = u64::MAX;
 /// Events the watcher takes from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 256;
-/// What the watcher waits for on a parked socket: bytes or a close, once.
-const WATCHED: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+/// What the watcher waits for on a parked socket: bytes or a close, edge-triggered (an
+/// event per arrival; a socket the watcher answered needs no re-arming).
+const WATCHED: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 /// PINGREQ and PINGRESP (MQTT 3.1.1 and 5.0 alike).
 const PINGREQ: [u8; 2] = [0xC0, 0x00];
 const PINGRESP: [u8; 2] = [0xD0, 0x00];
@@ -75,6 +81,7 @@ pub(super) struct Parked {
 struct Watch {
     epoll: Arc<OwnedFd>,
     bell: Arc<Bell>,
+    board: Arc<Board>,
     /// The shard's end of the bell, until its reading task takes it.
     bell_rx: RefCell<Option<std::os::unix::net::UnixStream>>,
     /// Written to end the watcher thread (registered under [`STOP`]).
@@ -105,6 +112,166 @@ impl Bell {
 
     fn take(&self) -> Vec<u64> {
         std::mem::take(&mut *self.tokens.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Spots of the board, allocated together as the shard's connection slots grow.
+const SPOTS_PER_CHUNK: usize = 1024;
+/// A spot's word: the connection is parked (the watcher may answer its pings).
+const PARKED: u64 = 1;
+/// The watcher is at the parked socket; the shard waits before taking the spot back.
+const BUSY: u64 = 1 << 1;
+/// Bytes of PINGRESP the watcher could not write (a nearly full send buffer), which the
+/// connection owes its client before anything else: three bits.
+const OWED_SHIFT: u32 = 2;
+const OWED_MASK: u64 = 0b111 << OWED_SHIFT;
+/// The watcher answered a PINGREQ since the park, at `heard`.
+const HEARD: u64 = 1 << 5;
+/// When the client was last heard, in ticks since the board's start, wrapping: 26 bits
+/// of 10 ms, 7.7 days, far beyond the longest keep-alive (1.5 × 65,535 s).
+const HEARD_SHIFT: u32 = 6;
+const HEARD_BITS: u32 = 26;
+const TICK: Duration = Duration::from_millis(10);
+/// The parked socket's descriptor, in the high half.
+const FD_SHIFT: u32 = 32;
+
+/// What the shard and its watcher thread share of the parked connections: a spot per
+/// connection slot (a token's index), 16 bytes each, kept for slots that once held a
+/// connection.
+///
+/// A spot holds the parked connection's token (0 when none) and a word with its socket's
+/// descriptor, when its client was last heard, what it owes it and two flags. The
+/// watcher marks a parked spot busy, then checks its token against the event's (a stale
+/// event from a connection since unparked finds another token or none); the shard
+/// clears the token, then waits out a busy mark before taking the word. Both sides'
+/// operations are sequentially consistent, so one of them always sees the other's.
+struct Board {
+    chunks: RwLock<Vec<Arc<[Spot]>>>,
+    start: Instant,
+    /// The shard's metrics, whose count of parked PINGREQs answered the watcher keeps
+    /// (only it answers them).
+    probe: Arc<ShardProbe>,
+    /// PINGREQ bytes the watcher took, not yet counted in the shard's bytes received
+    /// (which the shard counts).
+    bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Spot {
+    token: AtomicU64,
+    word: AtomicU64,
+}
+
+/// What a parked connection's spot said when the shard took it back.
+struct Taken {
+    /// When the watcher last answered its client, if it did.
+    heard: Option<Instant>,
+    /// Bytes of PINGRESP still owed to the client.
+    owed: usize,
+}
+
+impl Board {
+    fn new(probe: Arc<ShardProbe>) -> Self {
+        Board {
+            chunks: RwLock::new(Vec::new()),
+            start: Instant::now(),
+            probe,
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn spot(&self, token: u64) -> Option<Arc<[Spot]>> {
+        let index = crate::runtime::token_index(token);
+        let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
+        chunks.get(index / SPOTS_PER_CHUNK).cloned()
+    }
+
+    fn ticks(&self, at: Instant) -> u64 {
+        let ticks = at.saturating_duration_since(self.start).as_millis() / TICK.as_millis();
+        (ticks as u64) & ((1 << HEARD_BITS) - 1)
+    }
+
+    /// The instant `ticks` stands for, seen at `now`.
+    fn instant(&self, ticks: u64, now: Instant) -> Instant {
+        let age = self.ticks(now).wrapping_sub(ticks) & ((1 << HEARD_BITS) - 1);
+        now.checked_sub(TICK * age as u32).unwrap_or(now)
+    }
+
+    /// Marks the connection `token` parked on socket `fd` (before its socket is watched:
+    /// the first event may come at once).
+    fn park(&self, token: u64, fd: RawFd) {
+        let index = crate::runtime::token_index(token);
+        let chunk = index / SPOTS_PER_CHUNK;
+        let spots = match self.spot(token) {
+            Some(spots) => spots,
+            None => {
+                let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+                while chunks.len() <= chunk {
+                    chunks.push((0..SPOTS_PER_CHUNK).map(|_| Spot::default()).collect());
+                }
+                Arc::clone(&chunks[chunk])
+            }
+        };
+        let spot = &spots[index % SPOTS_PER_CHUNK];
+        spot.word
+            .store(((fd as u32 as u64) << FD_SHIFT) | PARKED, Ordering::SeqCst);
+        spot.token.store(token, Ordering::SeqCst);
+    }
+
+    /// Takes the spot of the parked connection `token` back from the watcher, waiting
+    /// while it is at the socket (two short syscalls at most).
+    fn take(&self, token: u64, now: Instant) -> Taken {
+        let none = Taken {
+            heard: None,
+            owed: 0,
+        };
+        let Some(spots) = self.spot(token) else {
+            return none;
+        };
+        let spot = &spots[crate::runtime::token_index(token) % SPOTS_PER_CHUNK];
+        if spot
+            .token
+            .compare_exchange(token, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return none;
+        }
+        let word = loop {
+            let word = spot.word.load(Ordering::SeqCst);
+            if word & BUSY != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            if spot
+                .word
+                .compare_exchange(word, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break word;
+            }
+        };
+        Taken {
+            heard: (word & HEARD != 0)
+                .then(|| self.instant((word >> HEARD_SHIFT) & ((1 << HEARD_BITS) - 1), now)),
+            owed: ((word & OWED_MASK) >> OWED_SHIFT) as usize,
+        }
+    }
+
+    /// When the watcher last answered the parked connection `token`'s client, if it did.
+    fn heard(&self, token: u64, now: Instant) -> Option<Instant> {
+        let spots = self.spot(token)?;
+        let spot = &spots[crate::runtime::token_index(token) % SPOTS_PER_CHUNK];
+        if spot.token.load(Ordering::SeqCst) != token {
+            return None;
+        }
+        let word = spot.word.load(Ordering::SeqCst);
+        (word & HEARD != 0)
+            .then(|| self.instant((word >> HEARD_SHIFT) & ((1 << HEARD_BITS) - 1), now))
+    }
+
+    /// Bytes of PINGREQ the watcher took since the last call.
+    fn take_bytes(&self) -> u64 {
+        self.bytes.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -143,11 +310,11 @@ impl Parking {
     /// Parking for a shard with `idle_park_ms = park_after_ms` (0: never park). Starts
     /// the watcher thread on this thread's CPUs; without an epoll set (descriptors
     /// exhausted) connections are simply never parked, which is logged.
-    pub(super) fn new(park_after_ms: u64, shard: usize) -> Self {
+    pub(super) fn new(park_after_ms: u64, shard: usize, probe: Arc<ShardProbe>) -> Self {
         let watch = if park_after_ms == 0 {
             None
         } else {
-            match Watch::start(shard) {
+            match Watch::start(shard, probe) {
                 Ok(watch) => Some(watch),
                 Err(e) => {
                     tracing::warn!(target: super::CONNECTION_LOG, shard, error = %e,
@@ -231,7 +398,21 @@ fn unpark(door: &Rc<Door>, token: u64) {
     tracing::trace!(target: super::CONNECTION_LOG, token, "unparked");
     let Parked { fd, slot, mut live } = parked;
     if let Some(watch) = &door.parking.watch {
+        let now = Instant::now();
+        let taken = watch.board.take(token, now);
         watch.remove(fd.as_raw_fd());
+        if let Some(heard) = taken.heard {
+            live.heard_while_parked(heard);
+        }
+        if taken.owed > 0 {
+            // The end of the PINGRESPs the watcher could not write goes out first.
+            let owed =
+                &PINGRESP.repeat(PINGS_AT_ONCE)[PINGRESP.len() * PINGS_AT_ONCE - taken.owed..];
+            let mut out = conn.link.out.borrow_mut();
+            let rest = out.split();
+            out.extend_from_slice(owed);
+            out.unsplit(rest);
+        }
     }
     // SAFETY: the descriptor is an open TCP socket this record owned alone.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
@@ -239,89 +420,6 @@ fn unpark(door: &Rc<Door>, token: u64) {
     let start = Start::Resume(live);
     let task = serve::attend(Rc::clone(door), conn, Socket::plain(stream), slot, start);
     glommio::spawn_local(task).detach();
-}
-
-/// Answers the parked connection `token` where it lies if all its socket holds is
-/// PINGREQs and its link has nothing for it (its waker still waits: nothing woke it).
-/// Returns whether it stays parked; otherwise the caller unparks it, and the reader finds
-/// on the socket whatever was not answered here.
-///
-/// The PINGRESPs go out first and only what they answer is then taken off the socket,
-/// so a refused write leaves everything as it was. A write that took part of them (the
-/// socket's send buffer full, which an idle connection's hardly is) takes the PINGREQs
-/// off, leaves the rest of the answer in the link's output and unparks.
-fn answer_pings(door: &Door, watch: &Watch, token: u64) -> bool {
-    let Some(conn) = door.connections.get(token) else {
-        return false;
-    };
-    let mut parked = conn.parked.borrow_mut();
-    let Some(p) = parked.as_mut() else {
-        return false;
-    };
-    if !conn.link.quiet() || !conn.link.writer_waits() {
-        return false;
-    }
-    let fd = p.fd.as_raw_fd();
-    let mut peeked = [0u8; PINGREQ.len() * PINGS_AT_ONCE + 1];
-    // SAFETY: reads into a live buffer of the length given, from a socket this record owns.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            peeked.as_mut_ptr().cast(),
-            peeked.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    // Nothing (the watcher's event was a close or an error), too much, or a partial
-    // PINGREQ: the reader's to handle.
-    let Ok(n) = usize::try_from(n) else {
-        return false;
-    };
-    if n == 0 || n == peeked.len() || n % PINGREQ.len() != 0 {
-        return false;
-    }
-    if !peeked[..n].chunks(PINGREQ.len()).all(|c| c == PINGREQ) {
-        return false;
-    }
-    let answers = [PINGRESP; PINGS_AT_ONCE];
-    let answers = &answers.as_flattened()[..n];
-    // SAFETY: writes from a live buffer of the length given.
-    let sent = unsafe {
-        libc::send(
-            fd,
-            answers.as_ptr().cast(),
-            answers.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    let Ok(sent) = usize::try_from(sent) else {
-        return false;
-    };
-    if sent == 0 {
-        return false;
-    }
-    // Only this shard reads a parked socket: the `n` bytes peeked are there to take.
-    // SAFETY: as the peek.
-    let taken = unsafe { libc::recv(fd, peeked.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
-    debug_assert_eq!(usize::try_from(taken).ok(), Some(n));
-    door.probe.bytes_received_total.add(n as u64);
-    p.live.heard_while_parked(Instant::now());
-    if sent < n {
-        conn.link
-            .out
-            .borrow_mut()
-            .extend_from_slice(&answers[sent..]);
-        return false;
-    }
-    // The watcher's event disarmed the socket (one-shot): arm it again. Bytes that
-    // arrived since are seen at once.
-    if let Err(e) = watch.rearm(fd, token) {
-        tracing::debug!(target: super::CONNECTION_LOG, token, error = %e, "cannot watch a parked connection again");
-        return false;
-    }
-    door.probe.parked_pings_total.inc();
-    tracing::trace!(target: super::CONNECTION_LOG, token, pings = n / PINGREQ.len(), "answered while parked");
-    true
 }
 
 /// Unparks the connections the watcher or their links asked for, whenever the bell rings.
@@ -340,11 +438,18 @@ async fn answer_bell(door: Rc<Door>, mut bell: glommio::net::UnixStream) {
         let Some(watch) = &door.parking.watch else {
             return;
         };
+        count_pings(&door, watch);
         for token in watch.bell.take() {
-            if !answer_pings(&door, watch, token) {
-                unpark(&door, token);
-            }
+            unpark(&door, token);
         }
+    }
+}
+
+/// Counts in the shard's metrics the PINGREQ bytes its watcher took.
+fn count_pings(door: &Door, watch: &Watch) {
+    let bytes = watch.board.take_bytes();
+    if bytes > 0 {
+        door.probe.bytes_received_total.add(bytes);
     }
 }
 
@@ -360,12 +465,20 @@ async fn sweep_keep_alives(door: Rc<Door>) {
             unsafe { libmimalloc_sys::mi_collect(true) };
         }
         parks_seen = parks;
+        let Some(watch) = &door.parking.watch else {
+            return;
+        };
+        count_pings(&door, watch);
         let now = Instant::now();
         let due = door.connections.tokens_where(|conn| {
-            conn.parked
-                .borrow()
-                .as_ref()
-                .is_some_and(|p| p.live.keep_alive_over(now))
+            let mut parked = conn.parked.borrow_mut();
+            let Some(p) = parked.as_mut() else {
+                return false;
+            };
+            if let Some(heard) = watch.board.heard(conn.link.token, now) {
+                p.live.heard_while_parked(heard);
+            }
+            p.live.keep_alive_over(now)
         });
         for token in due {
             unpark(&door, token);
@@ -374,7 +487,7 @@ async fn sweep_keep_alives(door: Rc<Door>) {
 }
 
 impl Watch {
-    fn start(shard: usize) -> io::Result<Self> {
+    fn start(shard: usize, probe: Arc<ShardProbe>) -> io::Result<Self> {
         // SAFETY: plain descriptor-creating syscalls; results checked before use.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
@@ -402,8 +515,9 @@ impl Watch {
             tokens: Mutex::new(Vec::new()),
             ring,
         });
+        let board = Arc::new(Board::new(probe));
         let cpus = this_thread_cpus();
-        let (e, b) = (Arc::clone(&epoll), Arc::clone(&bell));
+        let (e, b, w) = (Arc::clone(&epoll), Arc::clone(&bell), Arc::clone(&board));
         std::thread::Builder::new()
             .name(format!("shardmq-park-{shard}"))
             .spawn(move || {
@@ -411,13 +525,14 @@ impl Watch {
                     // SAFETY: sets this thread's own affinity from a valid mask.
                     unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&cpus), &cpus) };
                 }
-                watch_parked(&e, &b)
+                watch_parked(&e, &b, &w)
             })?;
         // Started on the shard's thread, whose parked connections' wakers ring it.
         BELL.with(|b| *b.borrow_mut() = Some(Arc::clone(&bell)));
         Ok(Watch {
             epoll,
             bell,
+            board,
             bell_rx: RefCell::new(Some(rx)),
             stop,
         })
@@ -433,25 +548,18 @@ impl Watch {
         }
         // SAFETY: a descriptor just created and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        ctl(
+        self.board.park(token, fd.as_raw_fd());
+        if let Err(e) = ctl(
             self.epoll.as_raw_fd(),
             libc::EPOLL_CTL_ADD,
             fd.as_raw_fd(),
             WATCHED,
             token,
-        )?;
+        ) {
+            self.board.take(token, Instant::now());
+            return Err(e);
+        }
         Ok(fd)
-    }
-
-    /// Watches the parked socket `fd` again after its one event.
-    fn rearm(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        ctl(
-            self.epoll.as_raw_fd(),
-            libc::EPOLL_CTL_MOD,
-            fd,
-            WATCHED,
-            token,
-        )
     }
 
     fn remove(&self, fd: RawFd) {
@@ -484,9 +592,9 @@ fn this_thread_cpus() -> Option<libc::cpu_set_t> {
     (got == 0).then_some(set)
 }
 
-/// The watcher thread: waits on the epoll set and queues every parked connection whose
-/// socket has news, until told to stop.
-fn watch_parked(epoll: &OwnedFd, bell: &Bell) {
+/// The watcher thread: waits on the epoll set, answers the PINGREQs of parked
+/// connections and queues every other one whose socket has news, until told to stop.
+fn watch_parked(epoll: &OwnedFd, bell: &Bell, board: &Board) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
     loop {
         // SAFETY: the buffer holds EVENTS_PER_WAIT events and lives across the call.
@@ -510,7 +618,222 @@ fn watch_parked(epoll: &OwnedFd, bell: &Bell) {
             if token == STOP {
                 return;
             }
-            bell.push(token);
+            if answer_pings(board, token) == Answer::Unpark {
+                bell.push(token);
+            }
         }
+    }
+}
+
+/// What the watcher makes of a parked socket's event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Nothing for the shard: PINGREQs answered, or a stale event.
+    Stay,
+    /// The shard unparks it: bytes other than whole PINGREQs, a close, an error, or
+    /// PINGRESPs it could not write whole.
+    Unpark,
+}
+
+/// Answers the parked connection `token`'s PINGREQs where it lies, on the watcher
+/// thread, if they are all its socket holds.
+///
+/// The PINGRESPs go out first and only what they answer is then taken off the socket,
+/// so a refused write leaves everything as it was. A write that took part of them (the
+/// socket's send buffer full, which an idle connection's hardly is) takes the PINGREQs
+/// off, leaves the rest as owed in the connection's spot and unparks it.
+fn answer_pings(board: &Board, token: u64) -> Answer {
+    let Some(spots) = board.spot(token) else {
+        return Answer::Unpark;
+    };
+    let spot = &spots[crate::runtime::token_index(token) % SPOTS_PER_CHUNK];
+    // Marked busy only while parked, owing nothing: a spot taken back (or never
+    // parked) is the shard's, and owed bytes must go out before any answer.
+    let mut word = spot.word.load(Ordering::SeqCst);
+    loop {
+        if word & PARKED == 0 || word & BUSY != 0 {
+            return Answer::Stay;
+        }
+        if word & OWED_MASK != 0 {
+            return Answer::Unpark;
+        }
+        match spot
+            .word
+            .compare_exchange(word, word | BUSY, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => break,
+            Err(now) => word = now,
+        }
+    }
+    let done = |word: u64| {
+        spot.word.store(word & !BUSY, Ordering::SeqCst);
+    };
+    if spot.token.load(Ordering::SeqCst) != token {
+        // The connection was unparked since the event; the spot may be another's.
+        done(word);
+        return Answer::Stay;
+    }
+    let fd = (word >> FD_SHIFT) as u32 as RawFd;
+    let mut peeked = [0u8; PINGREQ.len() * PINGS_AT_ONCE + 1];
+    // SAFETY: reads into a live buffer of the length given, from a socket that stays
+    // open while its spot is marked busy.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            peeked.as_mut_ptr().cast(),
+            peeked.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let n = match usize::try_from(n) {
+        Ok(n) => n,
+        // Nothing there (the bytes of an earlier event were answered already).
+        Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => {
+            done(word);
+            return Answer::Stay;
+        }
+        Err(_) => {
+            done(word);
+            return Answer::Unpark;
+        }
+    };
+    // A close, too much, or a partial PINGREQ: the reader's to handle.
+    if n == 0
+        || n == peeked.len()
+        || n % PINGREQ.len() != 0
+        || !peeked[..n].chunks(PINGREQ.len()).all(|c| c == PINGREQ)
+    {
+        done(word);
+        return Answer::Unpark;
+    }
+    let answers = [PINGRESP; PINGS_AT_ONCE];
+    let answers = &answers.as_flattened()[..n];
+    // SAFETY: writes from a live buffer of the length given.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            answers.as_ptr().cast(),
+            answers.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    let sent = match usize::try_from(sent) {
+        Ok(sent) if sent > 0 => sent,
+        _ => {
+            done(word);
+            return Answer::Unpark;
+        }
+    };
+    // Only this thread reads a parked socket: the `n` bytes peeked are there to take.
+    // SAFETY: as the peek.
+    let taken = unsafe { libc::recv(fd, peeked.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
+    debug_assert_eq!(usize::try_from(taken).ok(), Some(n));
+    let heard = board.ticks(Instant::now());
+    let owed = (n - sent) as u64;
+    let kept = word & !(BUSY | OWED_MASK | ((1 << HEARD_BITS) - 1) << HEARD_SHIFT);
+    spot.word.store(
+        kept | HEARD | (heard << HEARD_SHIFT) | (owed << OWED_SHIFT),
+        Ordering::SeqCst,
+    );
+    board.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    // The watcher is the one writer of this count.
+    board.probe.parked_pings_total.inc();
+    if owed > 0 {
+        return Answer::Unpark;
+    }
+    Answer::Stay
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn board() -> Board {
+        Board::new(Arc::new(ShardProbe::default()))
+    }
+
+    /// A token for connection slot `index`, the `serial`th to hold it.
+    fn token(serial: u64, index: u64) -> u64 {
+        (serial << 24) | index
+    }
+
+    #[test]
+    fn the_watcher_answers_pingreqs_and_the_shard_takes_the_spot_back() {
+        let board = board();
+        let (mut client, parked) = UnixStream::pair().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let t = token(1, 1500);
+        board.park(t, parked.as_raw_fd());
+        // An event with nothing to read: nothing to do.
+        assert_eq!(answer_pings(&board, t), Answer::Stay);
+
+        client.write_all(&[0xC0, 0, 0xC0, 0]).unwrap();
+        assert_eq!(answer_pings(&board, t), Answer::Stay);
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, [0xD0, 0, 0xD0, 0]);
+        assert_eq!(board.probe.parked_pings_total.get(), 1);
+        assert_eq!(board.take_bytes(), 4);
+        let heard = board.heard(t, Instant::now()).expect("heard while parked");
+        assert!(heard.elapsed() < Duration::from_secs(1));
+
+        // A PUBLISH is the shard's: left on the socket, and the connection unparked.
+        client.write_all(&[0x30, 0x03, 0, 1, b't']).unwrap();
+        assert_eq!(answer_pings(&board, t), Answer::Unpark);
+        let taken = board.take(t, Instant::now());
+        assert!(taken.heard.is_some());
+        assert_eq!(taken.owed, 0);
+        let mut left = [0u8; 5];
+        (&parked).read_exact(&mut left).unwrap();
+        assert_eq!(left, [0x30, 0x03, 0, 1, b't']);
+
+        // Taken back, the spot is the shard's: a late event for it does nothing, and
+        // neither does one for the connection that held the slot before.
+        client.write_all(&[0xC0, 0]).unwrap();
+        assert_eq!(answer_pings(&board, t), Answer::Stay);
+        let t2 = token(2, 1500);
+        board.park(t2, parked.as_raw_fd());
+        assert_eq!(answer_pings(&board, t), Answer::Stay);
+        assert!(board.heard(t, Instant::now()).is_none());
+        assert!(
+            board.heard(t2, Instant::now()).is_none(),
+            "not heard since its park"
+        );
+        // The PINGREQ still waits, for the connection parked there now.
+        assert_eq!(answer_pings(&board, t2), Answer::Stay);
+        client.read_exact(&mut got[..2]).unwrap();
+        assert_eq!(got[..2], [0xD0, 0]);
+        assert_eq!(board.probe.parked_pings_total.get(), 2);
+    }
+
+    #[test]
+    fn half_a_pingreq_or_a_close_unparks() {
+        let board = board();
+        let (mut client, parked) = UnixStream::pair().unwrap();
+        let t = token(7, 3);
+        board.park(t, parked.as_raw_fd());
+        client.write_all(&[0xC0]).unwrap();
+        assert_eq!(answer_pings(&board, t), Answer::Unpark);
+        drop(client);
+        assert_eq!(answer_pings(&board, t), Answer::Unpark);
+        assert_eq!(board.probe.parked_pings_total.get(), 0);
+        let taken = board.take(t, Instant::now());
+        assert!(taken.heard.is_none());
+    }
+
+    #[test]
+    fn a_heard_tick_reads_back_as_the_instant_it_stands_for() {
+        let board = board();
+        let now = Instant::now() + Duration::from_secs(3600);
+        let then = now - Duration::from_millis(2500);
+        let back = board.instant(board.ticks(then), now);
+        // Within a tick either way (both ends are counted in whole ticks).
+        assert!(then.saturating_duration_since(back) < TICK);
+        assert!(back.saturating_duration_since(then) < TICK);
     }
 }
