@@ -5,14 +5,19 @@
 # shardmq with 2 shards, shardmq with 1 and mosquitto, over MQTT 3.1.1 and 5.0, without and
 # with one QoS 1 subscription per connection. A probe client times round trips
 # throughout. Prints one table: accept rate, broker RSS per idle connection, broker CPU
-# while they are held, pings answered, probe p99 while held.
+# while they are held (the whole hold, the settling included) and once they settled (by
+# thread), pings answered, probe p99 while held.
 #
 #   scripts/idle-conns.sh [N] [HOLD_SECS]
 #
 # Environment: RATE, KEEPALIVE, SYSTEMS (default "shardmq shardmq-1 mosquitto"),
-# VERSIONS (default "4 5"). Each run starts a fresh broker. Needs RLIMIT_NOFILE of about
-# N + 300 for the broker and for the generator (each is its own process). Results:
-# target/bench-results/idle-conns-<date>/ (one JSON report per run, and report.md).
+# VERSIONS (default "4 5"), QUIET_SECS (default 15: the window, from 10 s after the last
+# connection opened, over which `pidstat` takes the broker's CPU by thread once every
+# connection settled (parked); 0 = none; sysstat is installed if missing when run as
+# root; with KEEPALIVE=20 every connection pings inside the window). Each run starts a
+# fresh broker. Needs RLIMIT_NOFILE of about N + 300 for the broker and for the
+# generator (each is its own process). Results: target/bench-results/idle-conns-<date>/
+# (one JSON report per run, and report.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
@@ -22,6 +27,15 @@ n=${1:-15000}
 hold=${2:-35}
 rate=${RATE:-5000}
 keepalive=${KEEPALIVE:-60}
+quiet=${QUIET_SECS:-15}
+if (( quiet > 0 )) && ! command -v pidstat >/dev/null; then
+    if (( EUID == 0 )); then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sysstat
+    fi
+    command -v pidstat >/dev/null ||
+        die "pidstat (Debian: sysstat) is needed for QUIET_SECS; QUIET_SECS=0 skips it"
+fi
+(( quiet == 0 || hold >= quiet + 10 )) || die "HOLD_SECS must be at least QUIET_SECS + 10"
 need=$(( n + 300 ))
 (( $(ulimit -Hn) >= need )) || ulimit -Hn "$need" 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
@@ -48,22 +62,50 @@ for system in ${SYSTEMS:-shardmq shardmq-1 mosquitto}; do
                   --threads 2 --source-ips 16 --probe-interval-ms 200
                   --broker-pid "$BROKER_PID" --json)
             [[ $sub == yes ]] && args+=(--flood-subscribe)
+            watcher=
+            if (( quiet > 0 )); then
+                (sleep $(( (n + rate - 1) / rate + 10 ))
+                 pidstat -u -t -p "$BROKER_PID" "$quiet" 1 >"$out/$name.pidstat" 2>&1) &
+                watcher=$!
+            fi
             "$BENCH_BIN" "${args[@]}" >"$out/$name.json"
+            [[ -z $watcher ]] || wait "$watcher" || true
             stop_broker
         done
     done
 done
 python3 - "$out" <<'PY' | tee "$out/report.md"
 import glob, json, os, sys
+
+def settled(path):
+    """The broker's CPU over the quiet window, and its busiest threads, from pidstat -t."""
+    if not os.path.exists(path):
+        return "-"
+    total, threads = None, []
+    for line in open(path):
+        f = line.split()
+        if not f or not f[0].startswith("Average") or len(f) < 10 or f[1] == "UID":
+            continue
+        cpu, command = float(f[8]), f[-1]
+        if f[3] == "-":
+            total = cpu
+        else:
+            threads.append((cpu, command.lstrip("|_")))
+    if total is None:
+        return "-"
+    busy = ", ".join(f"{c} {v:.2f}" for v, c in sorted(threads, reverse=True)[:2] if v > 0)
+    return f"{total:.2f} % ({busy})" if busy else f"{total:.2f} %"
+
 rows = []
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     r = json.load(open(path))["result"]
     held = next(p for p in r["probe"] if p["phase"] == "hold")["round_trips"]
     rows.append((os.path.basename(path)[:-5], r["held"], r["hold_accepts_per_sec"],
                  r["broker_bytes_per_idle_connection"], r["broker_cpu_percent_held"],
+                 settled(path[:-5] + ".pidstat"),
                  r["pings"], r["pings_failed"], held["p99_us"]))
-print("| run | held | accepted/s | broker RSS per connection | broker CPU while held | pings answered / failed | probe p99 while held |")
-print("|---|---|---|---|---|---|---|")
-for name, h, acc, rss, cpu, pings, failed, p99 in rows:
-    print(f"| {name} | {h:,} | {acc:,.0f} | {rss:,} B | {cpu:.2f} % | {pings:,} / {failed} | {p99 / 1000:.1f} ms |")
+print("| run | held | accepted/s | broker RSS per connection | broker CPU while held | broker CPU settled, by thread | pings answered / failed | probe p99 while held |")
+print("|---|---|---|---|---|---|---|---|")
+for name, h, acc, rss, cpu, quiet, pings, failed, p99 in rows:
+    print(f"| {name} | {h:,} | {acc:,.0f} | {rss:,} B | {cpu:.2f} % | {quiet} | {pings:,} / {failed} | {p99 / 1000:.1f} ms |")
 PY

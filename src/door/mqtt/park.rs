@@ -475,6 +475,11 @@ async fn sweep_keep_alives(door: Rc<Door>) {
             let Some(p) = parked.as_mut() else {
                 return false;
             };
+            if !p.live.keep_alive_over(now) {
+                return false;
+            }
+            // Over by the last packet the shard saw: the watcher may have heard the
+            // client since (the board is read only then, not for every connection).
             if let Some(heard) = watch.board.heard(conn.link.token, now) {
                 p.live.heard_while_parked(heard);
             }
