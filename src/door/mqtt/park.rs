@@ -416,7 +416,6 @@ fn unpark(door: &Rc<Door>, token: u64) {
     }
     // SAFETY: the descriptor is an open TCP socket this record owned alone.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    live.new_stream();
     let start = Start::Resume(live);
     let task = serve::attend(Rc::clone(door), conn, Socket::plain(stream), slot, start);
     glommio::spawn_local(task).detach();

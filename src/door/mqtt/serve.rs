@@ -115,16 +115,14 @@ impl Live {
         self.clock.keep_alive_over(now)
     }
 
-    /// A PINGREQ was answered while the connection stayed parked.
+    /// The watcher answered a PINGREQ while the connection stayed parked.
     pub(super) fn heard_while_parked(&mut self, now: Instant) {
         self.clock.heard_while_parked(now);
     }
-
-    /// The connection is back from a park on a new stream.
-    pub(super) fn new_stream(&mut self) {
-        self.clock.new_stream();
-    }
 }
+
+// Every parked connection keeps one, boxed: within the allocator's 64-byte size class.
+const _: () = assert!(std::mem::size_of::<Live>() <= 64);
 
 /// How a connection's packet loop stopped.
 enum Served {
