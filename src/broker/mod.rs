@@ -230,9 +230,9 @@ pub struct SessionSlot {
     pub epoch: u64,
 }
 
-// Every session keeps one, connected or not: within the allocator's 256-byte size class
-// (the next is 320).
-const _: () = assert!(std::mem::size_of::<SessionSlot>() <= 256);
+// Every session keeps one, connected or not: within the allocator's 224-byte size class
+// (the next is 256).
+const _: () = assert!(std::mem::size_of::<SessionSlot>() <= 224);
 
 /// A newer connection that took over a client id while this shard's claim for it was
 /// still in flight.

@@ -205,14 +205,30 @@ struct Inflight {
     on_wire: bool,
 }
 
+/// The deliveries of an [`Outbound`] waiting for its window, and what they cost.
+#[derive(Debug, Default)]
+struct Queue {
+    deliveries: VecDeque<Delivery>,
+    /// Bytes they account for (see `Message::cost_bytes`).
+    bytes: usize,
+}
+
+/// What an [`Outbound`] without a queue reads.
+static NO_QUEUE: Queue = Queue {
+    deliveries: VecDeque::new(),
+    bytes: 0,
+};
+
 /// The outbound state of one session.
 #[derive(Debug)]
 pub struct Outbound {
     /// At most 65,535 (packet ids), so kept beside the client's Receive Maximum.
     inflight_count_max: u16,
     client_receive_max: u16,
-    queue: VecDeque<Delivery>,
-    queue_bytes: usize,
+    /// Deliveries waiting for the window, built by the first one: a session that never
+    /// had one (an idle device's) carries 8 bytes here instead of an empty queue's 40,
+    /// which keeps its slot in the allocator's 224-byte class.
+    queue: Option<Box<Queue>>,
     inflight: SmallMap<u16, Inflight>,
     next_pid: u16,
     next_seq: u64,
@@ -254,8 +270,7 @@ impl Outbound {
         Outbound {
             inflight_count_max: u16::try_from(limits.inflight_count_max).unwrap_or(u16::MAX),
             client_receive_max: u16::MAX,
-            queue: VecDeque::new(),
-            queue_bytes: 0,
+            queue: None,
             inflight: SmallMap::new(),
             next_pid: 1,
             next_seq: 0,
@@ -314,12 +329,20 @@ impl Outbound {
 
     /// Queued (not yet sent) messages.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue().deliveries.len()
+    }
+
+    fn queue(&self) -> &Queue {
+        self.queue.as_deref().unwrap_or(&NO_QUEUE)
+    }
+
+    fn queue_mut(&mut self) -> &mut Queue {
+        self.queue.get_or_insert_with(Box::default)
     }
 
     /// Bytes the queue accounts for (see `Message::cost_bytes`).
     pub fn queued_bytes(&self) -> usize {
-        self.queue_bytes
+        self.queue().bytes
     }
 
     /// Sent, unacknowledged QoS 1/2 messages.
@@ -331,7 +354,8 @@ impl Outbound {
     /// flight that holds the replay cursor (see `ReplayCursor`).
     pub fn lowest_unfinished(&self, lowest: &mut [u64]) {
         let held = self
-            .queue
+            .queue()
+            .deliveries
             .iter()
             .chain(self.inflight.values().map(|e| &e.delivery));
         for d in held.filter(|d| d.holds_cursor) {
@@ -346,7 +370,8 @@ impl Outbound {
     /// flight that was chosen for a shared group.
     pub fn lowest_shared(&self, lowest: &mut [u64]) {
         let held = self
-            .queue
+            .queue()
+            .deliveries
             .iter()
             .chain(self.inflight.values().map(|e| &e.delivery));
         for pos in held
@@ -371,7 +396,8 @@ impl Outbound {
             .unwrap_or(0);
         pos.offset < top
             && self
-                .queue
+                .queue()
+                .deliveries
                 .iter()
                 .chain(self.inflight.values().map(|e| &e.delivery))
                 .filter_map(|d| d.msg.log)
@@ -388,7 +414,8 @@ impl Outbound {
 
     /// The shared deliveries queued or in flight: their group and log position.
     pub fn shared_held(&self) -> impl Iterator<Item = (&std::sync::Arc<str>, LogPos)> + '_ {
-        self.queue
+        self.queue()
+            .deliveries
             .iter()
             .chain(self.inflight.values().map(|e| &e.delivery))
             .filter_map(|d| Some((d.share_group.as_ref()?, d.msg.log?)))
@@ -414,17 +441,19 @@ impl Outbound {
                 return Enqueued::DroppedFull;
             }
         }
-        self.queue_bytes += cost;
         self.entered(&delivery);
-        self.queue.push_back(delivery);
+        let queue = self.queue_mut();
+        queue.bytes += cost;
+        queue.deliveries.push_back(delivery);
         Enqueued::Queued
     }
 
     /// The bound of `limits` a message costing `cost` bytes would run into now, if any.
     pub fn full_by(&self, cost: usize, limits: &OutboundLimits) -> Option<QueueLimit> {
-        if self.queue.len() >= limits.queue_messages_max {
+        let queue = self.queue();
+        if queue.deliveries.len() >= limits.queue_messages_max {
             Some(QueueLimit::Messages)
-        } else if self.queue_bytes + cost > limits.queue_bytes_max {
+        } else if queue.bytes + cost > limits.queue_bytes_max {
             Some(QueueLimit::Bytes)
         } else {
             None
@@ -438,10 +467,17 @@ impl Outbound {
     }
 
     fn evict_one_qos0(&mut self) -> bool {
-        match self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+        let Some(queue) = self.queue.as_deref_mut() else {
+            return false;
+        };
+        match queue
+            .deliveries
+            .iter()
+            .position(|d| d.qos == QoS::AtMostOnce)
+        {
             Some(i) => {
-                let d = self.queue.remove(i).expect("index from position");
-                self.queue_bytes -= d.msg.cost_bytes();
+                let d = queue.deliveries.remove(i).expect("index from position");
+                queue.bytes -= d.msg.cost_bytes();
                 true
             }
             None => false,
@@ -475,15 +511,16 @@ impl Outbound {
     ) -> Pumped {
         let mut pumped = Pumped::default();
         while out.buf.len() < out.buf_bytes_max {
-            let Some(front) = self.queue.front() else {
+            let Some(front) = self.queue().deliveries.front() else {
                 break;
             };
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.window() {
                 pumped.held_by_window = true;
                 break;
             }
-            let delivery = self.queue.pop_front().expect("front exists");
-            self.queue_bytes -= delivery.msg.cost_bytes();
+            let queue = self.queue_mut();
+            let delivery = queue.deliveries.pop_front().expect("front exists");
+            queue.bytes -= delivery.msg.cost_bytes();
             if delivery.msg.is_expired(now) {
                 pumped.expired += 1;
                 continue;
@@ -530,7 +567,8 @@ impl Outbound {
                 self.insert_inflight(pid.get(), delivery, state, now, true);
             }
         }
-        pumped.held_by_buffer = out.buf.len() >= out.buf_bytes_max && !self.queue.is_empty();
+        pumped.held_by_buffer =
+            out.buf.len() >= out.buf_bytes_max && !self.queue().deliveries.is_empty();
         pumped
     }
 
@@ -858,23 +896,24 @@ impl Outbound {
             .into_iter()
             .filter_map(|(_, pid)| self.inflight.remove(&pid).map(|e| e.delivery))
             .collect();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
-            if d.share_group.is_some() {
-                self.queue_bytes -= d.msg.cost_bytes();
-                taken.push(d);
-            } else {
-                kept.push_back(d);
+        if let Some(queue) = self.queue.as_deref_mut() {
+            let mut kept = VecDeque::with_capacity(queue.deliveries.len());
+            for d in queue.deliveries.drain(..) {
+                if d.share_group.is_some() {
+                    queue.bytes -= d.msg.cost_bytes();
+                    taken.push(d);
+                } else {
+                    kept.push_back(d);
+                }
             }
+            queue.deliveries = kept;
         }
-        self.queue = kept;
         taken
     }
 
     /// Drops everything (clean start).
     pub fn clear(&mut self) {
-        self.queue.clear();
-        self.queue_bytes = 0;
+        self.queue = None;
         self.inflight.clear();
         self.qos2 = None;
     }
