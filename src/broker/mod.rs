@@ -137,7 +137,7 @@ pub struct ByClient {
 }
 
 /// What a shard knows of one client id.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct ClientEntry {
     /// Its session on this shard; 0 (no key is) for none.
     session: SessionKey,
@@ -167,10 +167,7 @@ impl ByClient {
     /// Indexes `client_id`'s session; returns the one it replaces.
     pub fn insert(&mut self, client_id: ByteStr, key: SessionKey) -> Option<SessionKey> {
         debug_assert_ne!(key, 0, "session keys start at 1");
-        let entry = self.ids.entry(client_id).or_insert(ClientEntry {
-            session: 0,
-            holder: None,
-        });
+        let entry = self.ids.entry(client_id).or_default();
         let old = std::mem::replace(&mut entry.session, key);
         (old != 0).then_some(old)
     }
@@ -197,10 +194,7 @@ impl ByClient {
 
     /// Home shard: records `conn` as the holder of `client_id`; returns the one before.
     pub fn hold(&mut self, client_id: ByteStr, conn: ConnRef) -> Option<ConnRef> {
-        let entry = self.ids.entry(client_id).or_insert(ClientEntry {
-            session: 0,
-            holder: None,
-        });
+        let entry = self.ids.entry(client_id).or_default();
         entry.holder.replace(conn)
     }
 

@@ -162,6 +162,20 @@ struct Spot {
     word: AtomicU64,
 }
 
+/// One spot, with the chunk that holds it.
+struct SpotRef {
+    chunk: Arc<[Spot]>,
+    at: usize,
+}
+
+impl std::ops::Deref for SpotRef {
+    type Target = Spot;
+
+    fn deref(&self) -> &Spot {
+        &self.chunk[self.at]
+    }
+}
+
 /// What a parked connection's spot said when the shard took it back.
 struct Taken {
     /// When the watcher last answered its client, if it did.
@@ -180,10 +194,31 @@ impl Board {
         }
     }
 
-    fn spot(&self, token: u64) -> Option<Arc<[Spot]>> {
+    /// The spot of `token`'s connection slot, if its chunk was ever made.
+    fn spot(&self, token: u64) -> Option<SpotRef> {
         let index = crate::runtime::token_index(token);
         let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
-        chunks.get(index / SPOTS_PER_CHUNK).cloned()
+        let chunk = Arc::clone(chunks.get(index / SPOTS_PER_CHUNK)?);
+        Some(SpotRef {
+            chunk,
+            at: index % SPOTS_PER_CHUNK,
+        })
+    }
+
+    /// The spot of `token`'s connection slot, making the chunks up to it.
+    fn spot_or_grow(&self, token: u64) -> SpotRef {
+        if let Some(spot) = self.spot(token) {
+            return spot;
+        }
+        let index = crate::runtime::token_index(token);
+        let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        while chunks.len() <= index / SPOTS_PER_CHUNK {
+            chunks.push((0..SPOTS_PER_CHUNK).map(|_| Spot::default()).collect());
+        }
+        SpotRef {
+            chunk: Arc::clone(&chunks[index / SPOTS_PER_CHUNK]),
+            at: index % SPOTS_PER_CHUNK,
+        }
     }
 
     fn ticks(&self, at: Instant) -> u64 {
@@ -197,22 +232,16 @@ impl Board {
         now.checked_sub(TICK * age as u32).unwrap_or(now)
     }
 
+    /// When a spot's `word` says its client was last heard, seen at `now`, if it was.
+    fn heard_in(&self, word: u64, now: Instant) -> Option<Instant> {
+        (word & HEARD != 0)
+            .then(|| self.instant((word >> HEARD_SHIFT) & ((1 << HEARD_BITS) - 1), now))
+    }
+
     /// Marks the connection `token` parked on socket `fd` (before its socket is watched:
     /// the first event may come at once).
     fn park(&self, token: u64, fd: RawFd) {
-        let index = crate::runtime::token_index(token);
-        let chunk = index / SPOTS_PER_CHUNK;
-        let spots = match self.spot(token) {
-            Some(spots) => spots,
-            None => {
-                let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
-                while chunks.len() <= chunk {
-                    chunks.push((0..SPOTS_PER_CHUNK).map(|_| Spot::default()).collect());
-                }
-                Arc::clone(&chunks[chunk])
-            }
-        };
-        let spot = &spots[index % SPOTS_PER_CHUNK];
+        let spot = self.spot_or_grow(token);
         spot.word
             .store(((fd as u32 as u64) << FD_SHIFT) | PARKED, Ordering::SeqCst);
         spot.token.store(token, Ordering::SeqCst);
@@ -225,10 +254,9 @@ impl Board {
             heard: None,
             owed: 0,
         };
-        let Some(spots) = self.spot(token) else {
+        let Some(spot) = self.spot(token) else {
             return none;
         };
-        let spot = &spots[crate::runtime::token_index(token) % SPOTS_PER_CHUNK];
         if spot
             .token
             .compare_exchange(token, 0, Ordering::SeqCst, Ordering::SeqCst)
@@ -251,22 +279,18 @@ impl Board {
             }
         };
         Taken {
-            heard: (word & HEARD != 0)
-                .then(|| self.instant((word >> HEARD_SHIFT) & ((1 << HEARD_BITS) - 1), now)),
+            heard: self.heard_in(word, now),
             owed: ((word & OWED_MASK) >> OWED_SHIFT) as usize,
         }
     }
 
     /// When the watcher last answered the parked connection `token`'s client, if it did.
     fn heard(&self, token: u64, now: Instant) -> Option<Instant> {
-        let spots = self.spot(token)?;
-        let spot = &spots[crate::runtime::token_index(token) % SPOTS_PER_CHUNK];
+        let spot = self.spot(token)?;
         if spot.token.load(Ordering::SeqCst) != token {
             return None;
         }
-        let word = spot.word.load(Ordering::SeqCst);
-        (word & HEARD != 0)
-            .then(|| self.instant((word >> HEARD_SHIFT) & ((1 << HEARD_BITS) - 1), now))
+        self.heard_in(spot.word.load(Ordering::SeqCst), now)
     }
 
     /// Bytes of PINGREQ the watcher took since the last call.
@@ -647,10 +671,9 @@ enum Answer {
 /// socket's send buffer full, which an idle connection's hardly is) takes the PINGREQs
 /// off, leaves the rest as owed in the connection's spot and unparks it.
 fn answer_pings(board: &Board, token: u64) -> Answer {
-    let Some(spots) = board.spot(token) else {
+    let Some(spot) = board.spot(token) else {
         return Answer::Unpark;
     };
-    let spot = &spots[crate::runtime::token_index(token) % SPOTS_PER_CHUNK];
     // Marked busy only while parked, owing nothing: a spot taken back (or never
     // parked) is the shard's, and owed bytes must go out before any answer.
     let mut word = spot.word.load(Ordering::SeqCst);
@@ -669,14 +692,20 @@ fn answer_pings(board: &Board, token: u64) -> Answer {
             Err(now) => word = now,
         }
     }
-    let done = |word: u64| {
-        spot.word.store(word & !BUSY, Ordering::SeqCst);
-    };
-    if spot.token.load(Ordering::SeqCst) != token {
+    let (answer, word) = if spot.token.load(Ordering::SeqCst) == token {
+        answer_socket(board, word)
+    } else {
         // The connection was unparked since the event; the spot may be another's.
-        done(word);
-        return Answer::Stay;
-    }
+        (Answer::Stay, word)
+    };
+    // The one place the busy mark goes: the shard may take the spot from here.
+    spot.word.store(word & !BUSY, Ordering::SeqCst);
+    answer
+}
+
+/// The watcher's part of [`answer_pings`] at the socket of a spot it marked busy, whose
+/// `word` it holds: what to do with the connection, and the word to leave.
+fn answer_socket(board: &Board, word: u64) -> (Answer, u64) {
     let fd = (word >> FD_SHIFT) as u32 as RawFd;
     let mut peeked = [0u8; PINGREQ.len() * PINGS_AT_ONCE + 1];
     // SAFETY: reads into a live buffer of the length given, from a socket that stays
@@ -693,13 +722,9 @@ fn answer_pings(board: &Board, token: u64) -> Answer {
         Ok(n) => n,
         // Nothing there (the bytes of an earlier event were answered already).
         Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => {
-            done(word);
-            return Answer::Stay;
+            return (Answer::Stay, word);
         }
-        Err(_) => {
-            done(word);
-            return Answer::Unpark;
-        }
+        Err(_) => return (Answer::Unpark, word),
     };
     // A close, too much, or a partial PINGREQ: the reader's to handle.
     if n == 0
@@ -707,8 +732,7 @@ fn answer_pings(board: &Board, token: u64) -> Answer {
         || n % PINGREQ.len() != 0
         || !peeked[..n].chunks(PINGREQ.len()).all(|c| c == PINGREQ)
     {
-        done(word);
-        return Answer::Unpark;
+        return (Answer::Unpark, word);
     }
     let answers = [PINGRESP; PINGS_AT_ONCE];
     let answers = &answers.as_flattened()[..n];
@@ -723,29 +747,25 @@ fn answer_pings(board: &Board, token: u64) -> Answer {
     };
     let sent = match usize::try_from(sent) {
         Ok(sent) if sent > 0 => sent,
-        _ => {
-            done(word);
-            return Answer::Unpark;
-        }
+        _ => return (Answer::Unpark, word),
     };
     // Only this thread reads a parked socket: the `n` bytes peeked are there to take.
     // SAFETY: as the peek.
     let taken = unsafe { libc::recv(fd, peeked.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
     debug_assert_eq!(usize::try_from(taken).ok(), Some(n));
-    let heard = board.ticks(Instant::now());
-    let owed = (n - sent) as u64;
-    let kept = word & !(BUSY | OWED_MASK | ((1 << HEARD_BITS) - 1) << HEARD_SHIFT);
-    spot.word.store(
-        kept | HEARD | (heard << HEARD_SHIFT) | (owed << OWED_SHIFT),
-        Ordering::SeqCst,
-    );
     board.bytes.fetch_add(n as u64, Ordering::Relaxed);
     // The watcher is the one writer of this count.
     board.probe.parked_pings_total.inc();
-    if owed > 0 {
-        return Answer::Unpark;
-    }
-    Answer::Stay
+    let heard = board.ticks(Instant::now());
+    let owed = (n - sent) as u64;
+    let kept = word & !(OWED_MASK | ((1 << HEARD_BITS) - 1) << HEARD_SHIFT);
+    let word = kept | HEARD | (heard << HEARD_SHIFT) | (owed << OWED_SHIFT);
+    let answer = if owed > 0 {
+        Answer::Unpark
+    } else {
+        Answer::Stay
+    };
+    (answer, word)
 }
 
 #[cfg(test)]
