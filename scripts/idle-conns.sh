@@ -16,8 +16,10 @@
 # connection settled (parked); 0 = none; sysstat is installed if missing when run as
 # root; with KEEPALIVE=20 every connection pings inside the window). Each run starts a
 # fresh broker. Needs RLIMIT_NOFILE of about N + 300 for the broker and for the
-# generator (each is its own process). Results: target/bench-results/idle-conns-<date>/
-# (one JSON report per run, and report.md).
+# generator (each is its own process). The idle connections open in two halves, each left
+# to settle; "the second half's" is the RSS the second half added, per connection (the
+# broker's fixed memory that the first ones touch excluded). Results:
+# target/bench-results/idle-conns-<date>/ (one JSON report per run, and report.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
@@ -101,11 +103,13 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     r = json.load(open(path))["result"]
     held = next(p for p in r["probe"] if p["phase"] == "hold")["round_trips"]
     rows.append((os.path.basename(path)[:-5], r["held"], r["hold_accepts_per_sec"],
-                 r["broker_bytes_per_idle_connection"], r["broker_cpu_percent_held"],
+                 r["broker_bytes_per_idle_connection"],
+                 r.get("broker_marginal_bytes_per_idle_connection") or 0,
+                 r["broker_cpu_percent_held"],
                  settled(path[:-5] + ".pidstat"),
                  r["pings"], r["pings_failed"], held["p99_us"]))
-print("| run | held | accepted/s | broker RSS per connection | broker CPU while held | broker CPU settled, by thread | pings answered / failed | probe p99 while held |")
+print("| run | held | accepted/s | broker RSS per connection | the second half's, each | broker CPU while held | broker CPU settled, by thread | pings answered / failed | probe p99 while held |")
 print("|---|---|---|---|---|---|---|---|")
-for name, h, acc, rss, cpu, quiet, pings, failed, p99 in rows:
-    print(f"| {name} | {h:,} | {acc:,.0f} | {rss:,} B | {cpu:.2f} % | {quiet} | {pings:,} / {failed} | {p99 / 1000:.1f} ms |")
+for name, h, acc, rss, marginal, cpu, quiet, pings, failed, p99 in rows:
+    print(f"| {name} | {h:,} | {acc:,.0f} | {rss:,} B | {marginal:,} B | {cpu:.2f} % | {quiet} | {pings:,} / {failed} | {p99 / 1000:.1f} ms |")
 PY

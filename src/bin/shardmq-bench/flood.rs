@@ -30,6 +30,9 @@ use crate::sys;
 const PHASES: [&str; 3] = ["burst", "hold", "idle"];
 /// Longest probe round trip recorded, µs (a minute).
 const PROBE_US_MAX: u64 = 60_000_000;
+/// How long the first half of the idle connections is left before the half-way RSS is
+/// taken: past the broker's default `idle_park_ms` (2 s), so they are parked as at the end.
+const SETTLE: Duration = Duration::from_secs(4);
 
 /// The result of a flood.
 #[derive(Debug, Serialize)]
@@ -68,8 +71,19 @@ pub struct FloodReport {
     pub broker_rss_held_bytes: Option<u64>,
     /// Broker RSS after the idle connections closed (bytes).
     pub broker_rss_after_bytes: Option<u64>,
-    /// (held RSS - start RSS) / held.
+    /// (held RSS - start RSS) / held: what each idle connection costs with the broker's
+    /// fixed memory that the first connections touch (mesh rings, allocator pages of
+    /// each shard) spread over them.
     pub broker_bytes_per_idle_connection: Option<u64>,
+    /// Idle connections open and settled when the half-way RSS was taken (0: all opened
+    /// at once, with a keep-alive under 12 s that the settling would outlast).
+    pub held_half: usize,
+    /// Broker RSS with the first half of the idle connections open and settled (bytes).
+    pub broker_rss_half_bytes: Option<u64>,
+    /// (held RSS - half-way RSS) / (held - held_half): what one more idle connection
+    /// costs once the broker's fixed memory is touched; the slope a million connections
+    /// follow.
+    pub broker_marginal_bytes_per_idle_connection: Option<u64>,
     /// Probe round trips per phase (`burst`, `hold` = opening the idle connections and
     /// holding them, `idle` = after they closed).
     pub probe: Vec<ProbePhase>,
@@ -122,7 +136,7 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
     let rss_start = rss();
 
     let started = Instant::now();
-    let burst = open_all(&p, connections, "burst", 0, Keep::No);
+    let burst = open_all(&p, 0..connections, "burst", 0, Keep::No);
     let burst_secs = started.elapsed().as_secs_f64();
     let burst_connected = burst.connected;
     eprintln!(
@@ -133,10 +147,36 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
     let rss_after_burst = rss();
 
     probe.phase.store(1, Ordering::SeqCst);
-    let started = Instant::now();
+    // The idle connections open in two halves with the RSS taken after each has settled
+    // (parked), so the report gives the slope beside the average. Pings start with the
+    // hold, so the first half waits unpinged: only a keep-alive far longer than the
+    // settling (or none) allows it; with a shorter one all open at once.
     let hold_target = p.flood_hold.unwrap_or(connections);
-    let hold = open_all(&p, hold_target, "idle", connections, Keep::Yes);
-    let hold_open_secs = started.elapsed().as_secs_f64();
+    let keep_alive = Duration::from_secs(p.flood_keep_alive_secs.into());
+    let half = if keep_alive.is_zero() || keep_alive >= 3 * SETTLE {
+        hold_target / 2
+    } else {
+        0
+    };
+    let started = Instant::now();
+    let mut hold = open_all(&p, 0..half, "idle", connections, Keep::Yes);
+    let mut hold_open_secs = started.elapsed().as_secs_f64();
+    let held_half = hold.sessions.len();
+    let rss_half = if held_half > 0 {
+        std::thread::sleep(SETTLE);
+        rss()
+    } else {
+        None
+    };
+    let started = Instant::now();
+    hold.absorb(open_all(
+        &p,
+        half..hold_target,
+        "idle",
+        connections,
+        Keep::Yes,
+    ));
+    hold_open_secs += started.elapsed().as_secs_f64();
     let held = hold.sessions.len();
     eprintln!(
         "shardmq-bench flood: {held} idle connections open in {hold_open_secs:.2} s; holding {} s",
@@ -164,6 +204,12 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
         (Some(b), Some(h)) if held > 0 => Some(h.saturating_sub(b) / held as u64),
         _ => None,
     };
+    let marginal = match (rss_half, rss_held) {
+        (Some(m), Some(h)) if held > held_half => {
+            Some(h.saturating_sub(m) / (held - held_half) as u64)
+        }
+        _ => None,
+    };
     Ok(FloodReport {
         connections,
         hold_target,
@@ -189,6 +235,9 @@ pub fn run(p: Arc<Params>, connections: usize) -> Result<FloodReport, String> {
         broker_rss_held_bytes: rss_held,
         broker_rss_after_bytes: rss_after,
         broker_bytes_per_idle_connection: per_idle,
+        held_half,
+        broker_rss_half_bytes: rss_half,
+        broker_marginal_bytes_per_idle_connection: marginal,
         probe: PHASES
             .iter()
             .zip(phases.iter())
@@ -216,14 +265,21 @@ enum Keep {
     No,
 }
 
-/// Opens `n` connections over the generator threads; connection k of the run uses
-/// source address `source_of(offset + k)`. With `Keep::No` each one is closed
-/// (DISCONNECT) as soon as its CONNACK arrives.
-fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) -> Opened {
+/// Opens connections `ks` over the generator threads, at `flood_rate` from the first;
+/// connection k of the run uses source address `source_of(offset + k)`. With
+/// `Keep::No` each one is closed (DISCONNECT) as soon as its CONNACK arrives.
+fn open_all(
+    p: &Arc<Params>,
+    ks: std::ops::Range<usize>,
+    name: &str,
+    offset: usize,
+    keep: Keep,
+) -> Opened {
     let handles: Vec<_> = (0..p.threads)
         .map(|t| {
             let p = Arc::clone(p);
             let name = format!("flood-{}-{name}", std::process::id());
+            let ks = ks.clone();
             std::thread::spawn(move || {
                 let mut opened = Opened {
                     sessions: Vec::new(),
@@ -232,9 +288,10 @@ fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) ->
                     first_error: None,
                 };
                 let started = Instant::now();
-                for k in (t..n).step_by(p.threads) {
+                for k in (ks.start + t..ks.end).step_by(p.threads) {
                     if keep == Keep::Yes && p.flood_rate > 0 {
-                        let due = Duration::from_secs_f64(k as f64 / p.flood_rate as f64);
+                        let nth = k - ks.start;
+                        let due = Duration::from_secs_f64(nth as f64 / p.flood_rate as f64);
                         std::thread::sleep(due.saturating_sub(started.elapsed()));
                     }
                     let source = p.source_of(offset + k);
@@ -258,20 +315,26 @@ fn open_all(p: &Arc<Params>, n: usize, name: &str, offset: usize, keep: Keep) ->
         })
         .collect();
     let mut all = Opened {
-        sessions: Vec::with_capacity(n),
+        sessions: Vec::with_capacity(ks.len()),
         connected: 0,
         failed: 0,
         first_error: None,
     };
     for h in handles {
         if let Ok(o) = h.join() {
-            all.sessions.extend(o.sessions);
-            all.connected += o.connected;
-            all.failed += o.failed;
-            all.first_error = all.first_error.or(o.first_error);
+            all.absorb(o);
         }
     }
     all
+}
+
+impl Opened {
+    fn absorb(&mut self, o: Opened) {
+        self.sessions.extend(o.sessions);
+        self.connected += o.connected;
+        self.failed += o.failed;
+        self.first_error = self.first_error.take().or(o.first_error);
+    }
 }
 
 /// Opens one connection; a held one gets the flood's keep-alive and, if asked, its own
@@ -412,12 +475,14 @@ pub fn print_text(r: &FloodReport) {
     ) {
         println!(
             "  broker RSS start {} KiB, after burst {} KiB, held {} KiB, after {} KiB: \
-             {} bytes per idle connection",
+             {} bytes per idle connection; {} bytes for each of the second {}",
             s >> 10,
             b >> 10,
             h >> 10,
             a >> 10,
-            r.broker_bytes_per_idle_connection.unwrap_or(0)
+            r.broker_bytes_per_idle_connection.unwrap_or(0),
+            r.broker_marginal_bytes_per_idle_connection.unwrap_or(0),
+            r.held - r.held_half,
         );
     }
     println!(
