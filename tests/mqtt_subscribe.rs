@@ -236,3 +236,88 @@ fn v5_subscription_identifiers_are_carried_on_delivery() {
         Vec::<u32>::new()
     );
 }
+
+/// A filter without wildcards is announced to its topic's owner only (none when the
+/// subscriber's shard owns it): whichever shard a subscriber and a publisher landed on,
+/// a publish made after the SUBACK is delivered, one made after the UNSUBACK is not, and
+/// a filter subscribed again after its last subscriber left is routed again.
+#[test]
+fn exact_filters_route_from_every_shard_after_suback_and_stop_after_unsuback() {
+    let broker = Broker::start();
+    let n_subs = 8;
+    let per_sub = 4;
+    let topic = |i: usize, j: usize| format!("exact/{i}/{j}");
+    // 8 subscribers and 4 publishers: both shards hold some of each (a test that lands
+    // them all on one shard, 2 in 2^12, still checks delivery); 32 topics: both own some.
+    let mut subs: Vec<Conn> = (0..n_subs)
+        .map(|i| Conn::client(broker.mqtt, i % 2 == 1, &format!("exact-sub-{i}")))
+        .collect();
+    let mut pubs: Vec<Conn> = (0..4)
+        .map(|k| Conn::client(broker.mqtt, k % 2 == 0, &format!("exact-pub-{k}")))
+        .collect();
+    let publish_all = |pubs: &mut Vec<Conn>, round: &str| {
+        for p in pubs.iter_mut() {
+            for i in 0..n_subs {
+                for j in 0..per_sub {
+                    assert_eq!(
+                        p.publish(Publish::new(&topic(i, j), round.as_bytes(), 1)),
+                        0
+                    );
+                }
+            }
+        }
+    };
+    let received = |s: &mut Conn, n: usize| -> Vec<(String, Vec<u8>)> {
+        let mut got: Vec<_> = s
+            .expect_publishes(n)
+            .into_iter()
+            .map(|m| (m.topic, m.payload))
+            .collect();
+        got.sort();
+        got
+    };
+    let wanted = |i: usize, js: &[usize], round: &str| -> Vec<(String, Vec<u8>)> {
+        let mut want: Vec<_> = js
+            .iter()
+            .flat_map(|&j| (0..4).map(move |_| (topic(i, j), round.as_bytes().to_vec())))
+            .collect();
+        want.sort();
+        want
+    };
+
+    for (i, s) in subs.iter_mut().enumerate() {
+        for j in 0..per_sub {
+            s.sub(&topic(i, j), 1);
+        }
+    }
+    publish_all(&mut pubs, "subscribed");
+    for (i, s) in subs.iter_mut().enumerate() {
+        assert_eq!(
+            received(s, 16),
+            wanted(i, &[0, 1, 2, 3], "subscribed"),
+            "sub {i}"
+        );
+    }
+
+    // The last subscriber of a filter leaves: its shard tells the owner.
+    for (i, s) in subs.iter_mut().enumerate() {
+        s.unsubscribe(&[&topic(i, 0), &topic(i, 1)]);
+    }
+    publish_all(&mut pubs, "half");
+    for (i, s) in subs.iter_mut().enumerate() {
+        assert_eq!(received(s, 8), wanted(i, &[2, 3], "half"), "sub {i}");
+        s.assert_no_publish(Duration::from_millis(50));
+    }
+
+    // And comes back: announced again.
+    for (i, s) in subs.iter_mut().enumerate() {
+        s.sub(&topic(i, 0), 1);
+    }
+    publish_all(&mut pubs, "again");
+    for (i, s) in subs.iter_mut().enumerate() {
+        assert_eq!(received(s, 12), wanted(i, &[0, 2, 3], "again"), "sub {i}");
+    }
+    for s in subs.iter_mut() {
+        s.assert_no_publish(QUIET);
+    }
+}

@@ -74,7 +74,8 @@ impl Broker {
             let spare = self.subs.groups_scratch.take();
             (route.shards, std::mem::replace(&mut route.groups, spare))
         };
-        // The table lists the peers' plain filters; this shard's own are its trie's.
+        // The table lists the peers' plain filters that can match a topic owned here;
+        // this shard's own are its trie's.
         self.deliver_local(&msg);
         for shard in shards.iter().filter(|&shard| shard != self.id) {
             let deliver = ShardMsg::Deliver {

@@ -2,9 +2,13 @@
 //! retained messages on subscribe.
 //!
 //! A shard tells its peers about a filter only when its first local subscriber to that
-//! `(group, filter)` arrives or its last one leaves. The SUBACK for a filter new to this
-//! shard waits until every peer has applied the change, so a publish made after the
-//! client saw its SUBACK is routed here whichever shard owns the topic.
+//! `(group, filter)` arrives or its last one leaves, and only the peers that route by
+//! it: the owner of the one topic a plain filter without wildcards matches (none when
+//! that is this shard, whose own subscribers are its trie's), every peer for a wildcard
+//! filter or a shared group (a group's members are also looked up away from the owner).
+//! The SUBACK for a filter new to this shard waits until those peers have applied the
+//! change, so a publish made after the client saw its SUBACK is routed here whichever
+//! shard it arrived on.
 //!
 //! A new subscription begins, per owner, at that owner's log end when the interest
 //! change took effect there (`Session::subscribed_from`): after the `InterestAdd`s, the
@@ -20,7 +24,7 @@ use std::time::Instant;
 
 use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{QoS, ReasonCode};
-use crate::router::{owner_of, parse_filter, ShardId, TopicLimits};
+use crate::router::{owner_of, parse_filter, ShardId, ShardSet, TopicLimits};
 use crate::session::{Delivery, SubOptions, Subscribed};
 
 use super::persist::records::SessionRecord;
@@ -83,12 +87,12 @@ impl Broker {
         if !first {
             return None;
         }
-        let peers = self.mesh.shards() - 1;
-        if peers == 0 {
+        let peers = self.interest_peers(&filter, group.is_some());
+        if peers.is_empty() {
             return None;
         }
-        let id = self.requests.open(peers);
-        for peer in self.all_shards().filter(|&p| p != self.id) {
+        let id = self.requests.open(peers.len());
+        for peer in &peers {
             self.post(
                 peer,
                 ShardMsg::InterestAdd {
@@ -99,6 +103,18 @@ impl Broker {
             );
         }
         Some(id)
+    }
+
+    /// The peers whose interest tables list this shard's subscribers to `filter` (see the
+    /// module documentation): a plain filter without wildcards matches one topic, routed
+    /// only by its owner, so only the owner needs it, and no peer when this shard owns
+    /// it. The same set hears of the filter's first subscriber here and of its last.
+    fn interest_peers(&self, filter: &str, shared: bool) -> ShardSet {
+        let only =
+            (!shared && !filter.contains(['+', '#'])).then(|| owner_of(filter, self.mesh.shards()));
+        self.all_shards()
+            .filter(|&p| p != self.id && only.is_none_or(|owner| owner == p))
+            .collect()
     }
 
     /// Replaces the options of an indexed subscription.
@@ -169,7 +185,7 @@ impl Broker {
         };
         self.probe.subscriptions_current.add(-1);
         if last {
-            for peer in self.all_shards().filter(|&p| p != self.id) {
+            for peer in &self.interest_peers(&filter, group.is_some()) {
                 self.post(
                     peer,
                     ShardMsg::InterestRemove {
