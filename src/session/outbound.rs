@@ -340,6 +340,14 @@ impl Outbound {
         self.queue.get_or_insert_with(Box::default)
     }
 
+    /// Every delivery the session holds: queued, then in flight.
+    fn held(&self) -> impl Iterator<Item = &Delivery> + '_ {
+        self.queue()
+            .deliveries
+            .iter()
+            .chain(self.inflight.values().map(|e| &e.delivery))
+    }
+
     /// Bytes the queue accounts for (see `Message::cost_bytes`).
     pub fn queued_bytes(&self) -> usize {
         self.queue().bytes
@@ -353,12 +361,7 @@ impl Outbound {
     /// Lowers `lowest[shard]` to the log offset of every delivery still queued or in
     /// flight that holds the replay cursor (see `ReplayCursor`).
     pub fn lowest_unfinished(&self, lowest: &mut [u64]) {
-        let held = self
-            .queue()
-            .deliveries
-            .iter()
-            .chain(self.inflight.values().map(|e| &e.delivery));
-        for d in held.filter(|d| d.holds_cursor) {
+        for d in self.held().filter(|d| d.holds_cursor) {
             let Some(pos) = d.msg.log else { continue };
             if let Some(l) = lowest.get_mut(pos.shard.index()) {
                 *l = (*l).min(pos.offset);
@@ -369,12 +372,8 @@ impl Outbound {
     /// Lowers `lowest[shard]` to the log offset of every delivery still queued or in
     /// flight that was chosen for a shared group.
     pub fn lowest_shared(&self, lowest: &mut [u64]) {
-        let held = self
-            .queue()
-            .deliveries
-            .iter()
-            .chain(self.inflight.values().map(|e| &e.delivery));
-        for pos in held
+        for pos in self
+            .held()
             .filter(|d| d.share_group.is_some())
             .filter_map(|d| d.msg.log)
         {
@@ -396,10 +395,7 @@ impl Outbound {
             .unwrap_or(0);
         pos.offset < top
             && self
-                .queue()
-                .deliveries
-                .iter()
-                .chain(self.inflight.values().map(|e| &e.delivery))
+                .held()
                 .filter_map(|d| d.msg.log)
                 .any(|p| p.shard == pos.shard && p.offset == pos.offset)
     }
@@ -414,10 +410,7 @@ impl Outbound {
 
     /// The shared deliveries queued or in flight: their group and log position.
     pub fn shared_held(&self) -> impl Iterator<Item = (&std::sync::Arc<str>, LogPos)> + '_ {
-        self.queue()
-            .deliveries
-            .iter()
-            .chain(self.inflight.values().map(|e| &e.delivery))
+        self.held()
             .filter_map(|d| Some((d.share_group.as_ref()?, d.msg.log?)))
     }
 
