@@ -46,7 +46,7 @@ fn main() {
         let mut matches = 0u64;
         for i in 0..lookups {
             let topic = &topics[(i % topics.len() as u64) as usize];
-            trie.for_each_match(black_box(topic), |_, _, _| matches += 1);
+            trie.for_each_match(black_box(topic), |_, _| matches += 1);
         }
         report(
             &format!("trie match, {n} filters"),

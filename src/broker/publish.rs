@@ -198,9 +198,7 @@ impl Broker {
         self.subs
             .trie
             .borrow()
-            .for_each_match(msg.topic.as_str(), |_, key, opts| {
-                matches.push((*key, *opts))
-            });
+            .for_each_match(msg.topic.as_str(), |key, opts| matches.push((*key, *opts)));
         if matches.is_empty() {
             self.subs.match_scratch.replace(matches);
             return;

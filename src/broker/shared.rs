@@ -245,18 +245,17 @@ impl Broker {
         // A member going offline stays one: with no other, the group keeps the message
         // for it.
         let mut leaving_stays = false;
-        self.subs
-            .shared
-            .borrow()
-            .for_each_match(msg.topic.as_str(), |f, key, opts| {
-                if key.group == group && f == &*filter {
-                    if Some(key.session) == leaving {
-                        leaving_stays = true;
-                    } else {
-                        members.push((key.session, *opts));
-                    }
+        // The group's members are the subscribers of its filter (which the message's
+        // topic matched to come here) under its name.
+        self.subs.shared.borrow().for_each_at(&filter, |key, opts| {
+            if key.group == group {
+                if Some(key.session) == leaving {
+                    leaving_stays = true;
+                } else {
+                    members.push((key.session, *opts));
                 }
-            });
+            }
+        });
         members.sort_unstable_by_key(|(key, _)| *key);
         let place = Placement {
             hops,

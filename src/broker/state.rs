@@ -78,7 +78,7 @@ impl Sessions {
 /// plain filter's subscribers here are already its trie node's), the member counts of
 /// this shard's groups, and the scratch space matching reuses.
 pub(super) struct Subscriptions {
-    /// Without filters: delivery needs only the sessions.
+    /// Plain filters to the sessions here that subscribe to them.
     pub(super) trie: RefCell<SubscriptionTrie<SessionKey, SubOptions>>,
     pub(super) shared: RefCell<SubscriptionTrie<MemberKey, SubOptions>>,
     pub(super) interest: RefCell<InterestTable>,
@@ -97,7 +97,7 @@ pub(super) struct Subscriptions {
 impl Default for Subscriptions {
     fn default() -> Self {
         Subscriptions {
-            trie: RefCell::new(SubscriptionTrie::without_filters()),
+            trie: RefCell::new(SubscriptionTrie::new()),
             shared: RefCell::default(),
             interest: RefCell::default(),
             interest_counts: RefCell::default(),

@@ -17,17 +17,10 @@ use super::{ShardId, ShardSet, SubscriptionTrie};
 /// included, since a group's member is picked among the shards of its route. A
 /// device's own topic then costs one trie node on its shard, not two, and a single
 /// shard keeps no table of plain filters at all.
+#[derive(Default)]
 pub struct InterestTable {
-    /// Without filters: a group's entry keeps its own, and a plain one needs none.
+    /// A group's entry keeps its filter for the route; a plain one needs none.
     trie: SubscriptionTrie<Option<Arc<str>>, Entry>,
-}
-
-impl Default for InterestTable {
-    fn default() -> Self {
-        InterestTable {
-            trie: SubscriptionTrie::without_filters(),
-        }
-    }
 }
 
 /// The shards of one (share group, filter) entry.
@@ -119,7 +112,7 @@ impl InterestTable {
     pub fn route(&self, topic: &str, route: &mut Route) {
         route.clear();
         self.trie
-            .for_each_match(topic, |_, group, entry| match (group, &entry.filter) {
+            .for_each_match(topic, |group, entry| match (group, &entry.filter) {
                 (Some(group), Some(filter)) => route.groups.push(GroupRoute {
                     group: Arc::clone(group),
                     filter: Arc::clone(filter),

@@ -200,6 +200,37 @@ impl<'a, K: Hash + Eq, V> IntoIterator for &'a SmallMap<K, V> {
     }
 }
 
+/// The entries of a [`SmallMap`], taken out of it.
+pub enum IntoIter<K, V> {
+    #[doc(hidden)]
+    Few(std::vec::IntoIter<(K, V)>),
+    #[doc(hidden)]
+    Many(std::collections::hash_map::IntoIter<K, V>),
+}
+
+impl<K, V> Iterator for IntoIter<K, V> {
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            IntoIter::Few(it) => it.next(),
+            IntoIter::Many(it) => it.next(),
+        }
+    }
+}
+
+impl<K, V> IntoIterator for SmallMap<K, V> {
+    type Item = (K, V);
+    type IntoIter = IntoIter<K, V>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self.0 {
+            Repr::Few(v) => IntoIter::Few(v.into_iter()),
+            Repr::Many(m) => IntoIter::Many(m.into_iter()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::rc::Rc;
 use std::sync::OnceLock;
 
 use super::{split_level, SmallMap};
@@ -15,30 +14,30 @@ use super::{split_level, SmallMap};
 /// costs one hash lookup per level per live branch, whatever the number of
 /// filters, and [`for_each_match`](Self::for_each_match) never allocates.
 ///
-/// The trie sees only plain filters. For shared subscriptions
-/// (`$share/<group>/<filter>`) the recommended way is to encode the group into
-/// the key (`K = (Option<GroupId>, SessionSlot)`): one walk then finds both the
-/// ordinary subscribers and every group's members, and the caller picks one
-/// member per group from what the walk reports.
-///
-/// The filter is stored once per node as an `Rc<str>`, so the trie is `!Send`:
-/// it belongs to exactly one shard.
+/// The trie sees only plain filters and does not keep them: a match hands out the
+/// key and value only (the session that subscribed holds its filter). For shared
+/// subscriptions (`$share/<group>/<filter>`) the recommended way is to encode the
+/// group into the key (`K = (Option<GroupId>, SessionSlot)`): one walk then finds both
+/// the ordinary subscribers and every group's members, and
+/// [`for_each_at`](Self::for_each_at) lists one filter's members.
 pub struct SubscriptionTrie<K, V> {
     root: Node<K, V>,
     len: usize,
-    /// Whether each node keeps its filter to hand out with its matches; `None` for a
-    /// trie made [`without_filters`](SubscriptionTrie::without_filters), which hands out
-    /// this empty one instead.
-    no_filter: Option<Rc<str>>,
+}
+
+/// What sits under a level: most filters are a device's own topic, one subscriber and
+/// nothing below, and that one is kept in its parent's table as it is (a leaf), with no
+/// node and no subscriber vector of its own. A level with more subscribers or levels
+/// below is a node.
+enum Child<K, V> {
+    Leaf(K, V),
+    Node(Box<Node<K, V>>),
 }
 
 struct Node<K, V> {
-    /// The levels below, boxed apart: most nodes are leaves (a device's own topic), and a
-    /// leaf then costs its parent's table 48 bytes a slot rather than 96.
+    /// The levels below, boxed apart: a node with none costs 8 bytes for them.
     children: Option<Box<Children<K, V>>>,
-    /// The full filter ending at this node; set while `subscribers` is non-empty.
-    filter: Option<Rc<str>>,
-    /// A filter's subscribers: most have one (a device's own topic).
+    /// The subscribers of the filter ending here.
     subscribers: SmallMap<K, V>,
 }
 
@@ -46,9 +45,9 @@ struct Children<K, V> {
     /// Literal children by level. Hashed with aHash: a lookup per level per publish is the
     /// hottest part of matching, and SipHash cost several times as much; aHash is still
     /// keyed per process, so clients cannot choose colliding topic levels.
-    literal: HashMap<Box<str>, Node<K, V>, LevelKeys>,
-    plus: Option<Box<Node<K, V>>>,
-    hash: Option<Box<Node<K, V>>>,
+    literal: HashMap<Box<str>, Child<K, V>, LevelKeys>,
+    plus: Option<Child<K, V>>,
+    hash: Option<Child<K, V>>,
 }
 
 impl<K, V> Children<K, V> {
@@ -72,39 +71,118 @@ impl BuildHasher for LevelKeys {
     }
 }
 
-impl<K: Eq + Hash, V> Node<K, V> {
-    fn new() -> Self {
-        Self {
-            children: None,
-            filter: None,
-            subscribers: SmallMap::new(),
+impl<K: Eq + Hash, V> Child<K, V> {
+    /// The node below this level, made from a leaf if need be (a second subscriber, or
+    /// a longer filter through it).
+    fn node_mut(&mut self) -> &mut Node<K, V> {
+        if let Child::Leaf(..) = self {
+            let Child::Leaf(key, value) = std::mem::replace(self, Child::Node(Box::default()))
+            else {
+                unreachable!("matched a leaf just above");
+            };
+            if let Child::Node(node) = self {
+                node.subscribers.insert(key, value);
+            }
+        }
+        match self {
+            Child::Node(node) => node,
+            Child::Leaf(..) => unreachable!("made a node just above"),
         }
     }
 
+    /// The node below this level when it is one.
+    fn node(&self) -> Option<&Node<K, V>> {
+        match self {
+            Child::Node(node) => Some(node),
+            Child::Leaf(..) => None,
+        }
+    }
+
+    /// Adds or replaces `key`'s subscription ending at this level.
+    fn put(&mut self, key: K, value: V) -> Option<V> {
+        if let Child::Leaf(k, v) = self {
+            if *k == key {
+                return Some(std::mem::replace(v, value));
+            }
+        }
+        self.node_mut().subscribers.insert(key, value)
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self {
+            Child::Leaf(k, v) => (k == key).then_some(v),
+            Child::Node(node) => node.subscribers.get_mut(key),
+        }
+    }
+
+    fn subscriber_count(&self) -> usize {
+        match self {
+            Child::Leaf(..) => 1,
+            Child::Node(node) => node.subscribers.len(),
+        }
+    }
+
+    fn for_each_subscriber(&self, f: &mut dyn FnMut(&K, &V)) {
+        match self {
+            Child::Leaf(key, value) => f(key, value),
+            Child::Node(node) => node.subscribers.iter().for_each(|(k, v)| f(k, v)),
+        }
+    }
+
+    /// After a removal below or at this level: `None` when nothing is left; a leaf
+    /// again when one subscriber and nothing below are (a device that resubscribed keeps
+    /// costing what it did); else as it was.
+    fn settle(self) -> Option<Self> {
+        let Child::Node(node) = self else {
+            return Some(self);
+        };
+        if node.children.is_some() || node.subscribers.len() > 1 {
+            return Some(Child::Node(node));
+        }
+        let Node { subscribers, .. } = *node;
+        subscribers
+            .into_iter()
+            .next()
+            .map(|(k, v)| Child::Leaf(k, v))
+    }
+}
+
+impl<K, V> Default for Node<K, V> {
+    fn default() -> Self {
+        Self {
+            children: None,
+            subscribers: SmallMap::default(),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V> Node<K, V> {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.subscribers.is_empty() && self.children.is_none()
     }
 
-    /// The child for `level`, if present (read-only walk).
-    fn child(&self, level: &str) -> Option<&Node<K, V>> {
+    /// The child for `level`, if present.
+    fn child(&self, level: &str) -> Option<&Child<K, V>> {
         let children = self.children.as_deref()?;
         match level {
-            "+" => children.plus.as_deref(),
-            "#" => children.hash.as_deref(),
+            "+" => children.plus.as_ref(),
+            "#" => children.hash.as_ref(),
             _ => children.literal.get(level),
         }
     }
 
-    fn child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+    fn child_mut(&mut self, level: &str) -> Option<&mut Child<K, V>> {
         let children = self.children.as_deref_mut()?;
         match level {
-            "+" => children.plus.as_deref_mut(),
-            "#" => children.hash.as_deref_mut(),
+            "+" => children.plus.as_mut(),
+            "#" => children.hash.as_mut(),
             _ => children.literal.get_mut(level),
         }
     }
 
-    fn child_or_insert(&mut self, level: &str) -> &mut Node<K, V> {
+    /// Puts `child` under `level`, which holds none.
+    fn add_child(&mut self, level: &str, child: Child<K, V>) {
         let children = self.children.get_or_insert_with(|| {
             Box::new(Children {
                 literal: HashMap::default(),
@@ -113,81 +191,78 @@ impl<K: Eq + Hash, V> Node<K, V> {
             })
         });
         match level {
-            "+" => children.plus.get_or_insert_with(|| Box::new(Node::new())),
-            "#" => children.hash.get_or_insert_with(|| Box::new(Node::new())),
-            _ => children
-                .literal
-                .entry(Box::from(level))
-                .or_insert_with(Node::new),
+            "+" => children.plus = Some(child),
+            "#" => children.hash = Some(child),
+            _ => {
+                children.literal.insert(Box::from(level), child);
+            }
         }
     }
 
-    /// Drops the child for `level`, and the children's box once it holds none.
-    fn drop_child(&mut self, level: &str) {
-        let Some(children) = self.children.as_deref_mut() else {
-            return;
+    /// Takes the child for `level` out, and the children's box once it holds none.
+    fn take_child(&mut self, level: &str) -> Option<Child<K, V>> {
+        let children = self.children.as_deref_mut()?;
+        let child = match level {
+            "+" => children.plus.take(),
+            "#" => children.hash.take(),
+            _ => children.literal.remove(level),
         };
-        match level {
-            "+" => children.plus = None,
-            "#" => children.hash = None,
-            _ => {
-                children.literal.remove(level);
-            }
-        }
         if children.is_empty() {
             self.children = None;
         }
+        child
+    }
+
+    /// The node under `level`, added or made from a leaf if need be.
+    fn node_below(&mut self, level: &str) -> &mut Node<K, V> {
+        if self.child(level).is_none() {
+            self.add_child(level, Child::Node(Box::default()));
+        }
+        self.child_mut(level)
+            .expect("present: added just above")
+            .node_mut()
     }
 }
 
-impl<K: Eq + Hash + Clone, V> Default for SubscriptionTrie<K, V> {
+impl<K: Eq + Hash, V> Default for SubscriptionTrie<K, V> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
+impl<K: Eq + Hash, V> SubscriptionTrie<K, V> {
     /// An empty trie.
     pub fn new() -> Self {
         Self {
-            root: Node::new(),
+            root: Node::default(),
             len: 0,
-            no_filter: None,
-        }
-    }
-
-    /// An empty trie whose matches come without their filter (an empty one is handed
-    /// out): for a caller that needs only the keys, a filter's own copy of its text is
-    /// most of what a device's one subscription costs the trie.
-    pub fn without_filters() -> Self {
-        Self {
-            no_filter: Some(Rc::from("")),
-            ..Self::new()
         }
     }
 
     /// Subscribes `key` to the plain, validated `filter`; returns the replaced value if `key` already held it.
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let mut node = &mut self.root;
-        let mut rest = Some(filter);
+        let (mut level, mut rest) = split_level(filter);
         while let Some(levels) = rest {
-            let (level, tail) = split_level(levels);
-            node = node.child_or_insert(level);
-            rest = tail;
+            node = node.node_below(level);
+            (level, rest) = split_level(levels);
         }
-        if node.filter.is_none() && self.no_filter.is_none() {
-            node.filter = Some(Rc::from(filter));
-        }
-        let old = node.subscribers.insert(key, value);
+        let old = match node.child_mut(level) {
+            Some(child) => child.put(key, value),
+            None => {
+                node.add_child(level, Child::Leaf(key, value));
+                None
+            }
+        };
         if old.is_none() {
             self.len += 1;
         }
         old
     }
 
-    /// Unsubscribes `key` from `filter`, pruning nodes left empty; returns its value.
+    /// Unsubscribes `key` from `filter`, pruning what is left empty; returns its value.
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
-        let removed = remove_at(&mut self.root, Some(filter), key);
+        let removed = remove_below(&mut self.root, filter, key);
         if removed.is_some() {
             self.len -= 1;
         }
@@ -196,29 +271,26 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
 
     /// The options `key` holds for `filter`, for in-place updates.
     pub fn get_mut(&mut self, filter: &str, key: &K) -> Option<&mut V> {
-        self.node_mut(filter)?.subscribers.get_mut(key)
+        self.child_mut(filter)?.get_mut(key)
     }
 
-    /// Calls `f(filter, key, value)` for every subscription whose filter matches
-    /// the topic name `topic` (`filter` is empty in a trie made
-    /// [`without_filters`](Self::without_filters)). Allocates nothing.
-    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &K, &V)) {
-        self.for_each_match_rc(topic, &mut |filter, key, value| f(filter, key, value));
-    }
-
-    /// As [`for_each_match`](Self::for_each_match), handing out the shared filter handle.
-    pub(crate) fn for_each_match_rc(&self, topic: &str, f: &mut dyn FnMut(&Rc<str>, &K, &V)) {
+    /// Calls `f(key, value)` for every subscription whose filter matches the topic name
+    /// `topic`. Allocates nothing.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&K, &V)) {
         let dollar = topic.starts_with('$');
-        let mut visit = Visit {
-            no_filter: self.no_filter.as_ref(),
-            f,
-        };
-        match_at(&self.root, topic, dollar, &mut visit);
+        match_at(&self.root, topic, dollar, &mut f);
+    }
+
+    /// Calls `f(key, value)` for every subscription to exactly `filter`.
+    pub fn for_each_at(&self, filter: &str, mut f: impl FnMut(&K, &V)) {
+        if let Some(child) = self.child(filter) {
+            child.for_each_subscriber(&mut f);
+        }
     }
 
     /// How many keys subscribe to exactly `filter`.
     pub fn subscriber_count(&self, filter: &str) -> usize {
-        self.node(filter).map_or(0, |n| n.subscribers.len())
+        self.child(filter).map_or(0, Child::subscriber_count)
     }
 
     /// The number of (filter, key) pairs.
@@ -231,102 +303,90 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         self.len == 0
     }
 
-    fn node(&self, filter: &str) -> Option<&Node<K, V>> {
+    /// What ends at `filter`'s last level.
+    fn child(&self, filter: &str) -> Option<&Child<K, V>> {
         let mut node = &self.root;
-        let mut rest = Some(filter);
+        let (mut level, mut rest) = split_level(filter);
         while let Some(levels) = rest {
-            let (level, tail) = split_level(levels);
-            node = node.child(level)?;
-            rest = tail;
+            node = node.child(level)?.node()?;
+            (level, rest) = split_level(levels);
         }
-        Some(node)
+        node.child(level)
     }
 
-    fn node_mut(&mut self, filter: &str) -> Option<&mut Node<K, V>> {
+    fn child_mut(&mut self, filter: &str) -> Option<&mut Child<K, V>> {
         let mut node = &mut self.root;
-        let mut rest = Some(filter);
+        let (mut level, mut rest) = split_level(filter);
         while let Some(levels) = rest {
-            let (level, tail) = split_level(levels);
-            node = node.child_mut(level)?;
-            rest = tail;
+            node = match node.child_mut(level)? {
+                Child::Node(node) => node,
+                Child::Leaf(..) => return None,
+            };
+            (level, rest) = split_level(levels);
         }
-        Some(node)
+        node.child_mut(level)
     }
 }
 
-/// Removes `key` below `node` along `rest`, dropping children that end up empty.
+/// Removes `key`'s subscription to `levels` below `node`, pruning children that end up
+/// empty and turning a node back into a leaf where one subscriber is all that is left.
 /// Recursion depth is bounded by the filter's level count (`topic_levels_max`).
-fn remove_at<K: Eq + Hash, V>(node: &mut Node<K, V>, rest: Option<&str>, key: &K) -> Option<V> {
-    let Some(levels) = rest else {
-        let removed = node.subscribers.remove(key);
-        if node.subscribers.is_empty() {
-            node.filter = None;
-        }
-        return removed;
-    };
-    let (level, tail) = split_level(levels);
+fn remove_below<K: Eq + Hash, V>(node: &mut Node<K, V>, levels: &str, key: &K) -> Option<V> {
+    let (level, rest) = split_level(levels);
     let child = node.child_mut(level)?;
-    let removed = remove_at(child, tail, key);
-    if child.is_empty() {
-        node.drop_child(level);
-    }
-    removed
-}
-
-/// What a match walk hands each matching subscription to.
-struct Visit<'a, 'f, K, V> {
-    /// The filter handed out by a trie without filters.
-    no_filter: Option<&'a Rc<str>>,
-    f: &'f mut dyn FnMut(&Rc<str>, &K, &V),
-}
-
-fn emit<K: Eq + Hash, V>(node: &Node<K, V>, visit: &mut Visit<'_, '_, K, V>) {
-    let Some(filter) = node.filter.as_ref().or(visit.no_filter) else {
-        return;
+    let removed = match (rest, &mut *child) {
+        (None, Child::Leaf(k, _)) if k == key => {
+            let Some(Child::Leaf(_, value)) = node.take_child(level) else {
+                unreachable!("the leaf matched just above");
+            };
+            return Some(value);
+        }
+        (None, Child::Leaf(..)) | (Some(_), Child::Leaf(..)) => return None,
+        (None, Child::Node(below)) => below.subscribers.remove(key)?,
+        (Some(rest), Child::Node(below)) => remove_below(below, rest, key)?,
     };
-    let f = &mut *visit.f;
-    node.subscribers
-        .iter()
-        .for_each(|(key, value)| f(filter, key, value));
+    let settled = node.take_child(level).and_then(Child::settle);
+    if let Some(child) = settled {
+        node.add_child(level, child);
+    }
+    Some(removed)
 }
 
 /// Visits the subscriptions below `node` matching the topic levels in `rest`.
 /// `dollar_first` is true only at the root of a `$`-topic, where wildcards must not match.
-fn match_at<K: Eq + Hash, V>(
-    node: &Node<K, V>,
-    rest: &str,
-    dollar_first: bool,
-    visit: &mut Visit<'_, '_, K, V>,
-) {
+fn match_at<K, V>(node: &Node<K, V>, rest: &str, dollar_first: bool, f: &mut dyn FnMut(&K, &V))
+where
+    K: Eq + Hash,
+{
     let Some(children) = node.children.as_deref() else {
         return;
     };
     let (level, tail) = split_level(rest);
     if !dollar_first {
         if let Some(hash) = &children.hash {
-            emit(hash, visit);
+            hash.for_each_subscriber(f);
         }
         if let Some(plus) = &children.plus {
-            descend(plus, tail, visit);
+            descend(plus, tail, f);
         }
     }
     if let Some(child) = children.literal.get(level) {
-        descend(child, tail, visit);
+        descend(child, tail, f);
     }
 }
 
-fn descend<K: Eq + Hash, V>(
-    node: &Node<K, V>,
-    tail: Option<&str>,
-    visit: &mut Visit<'_, '_, K, V>,
-) {
-    match tail {
-        Some(rest) => match_at(node, rest, false, visit),
-        None => {
-            emit(node, visit);
+fn descend<K: Eq + Hash, V>(child: &Child<K, V>, tail: Option<&str>, f: &mut dyn FnMut(&K, &V)) {
+    match (tail, child) {
+        (Some(rest), Child::Node(node)) => match_at(node, rest, false, f),
+        (Some(_), Child::Leaf(..)) => {}
+        (None, _) => {
+            child.for_each_subscriber(f);
             // "a/#" also matches "a": the parent level.
-            if let Some(hash) = node.children.as_deref().and_then(|c| c.hash.as_deref()) {
-                emit(hash, visit);
+            let hash = child
+                .node()
+                .and_then(|n| n.children.as_deref()?.hash.as_ref());
+            if let Some(hash) = hash {
+                hash.for_each_subscriber(f);
             }
         }
     }
@@ -337,34 +397,45 @@ pub(crate) mod tests {
     use super::super::filter_matches;
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     #[test]
-    fn a_leaf_costs_its_parent_table_48_bytes() {
-        // The table slot of a device's own filter: children boxed apart, the filter, the
-        // subscribers' vector.
-        assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 48);
+    fn a_device_filter_costs_its_parent_table_one_leaf() {
+        // A session key and its options (12 bytes, aligned to 4, as a subscription's
+        // are) beside the level's key: no node, no vector.
+        type Broker = Child<u64, [u32; 3]>;
+        assert_eq!(std::mem::size_of::<Broker>(), 24);
+        assert_eq!(std::mem::size_of::<(Box<str>, Broker)>(), 40);
     }
 
-    fn matches(trie: &SubscriptionTrie<u32, u8>, topic: &str) -> BTreeSet<(String, u32, u8)> {
+    /// The trie under test: a subscriber's value names its filter, so a match says which
+    /// filter it came by.
+    type Trie = SubscriptionTrie<u32, (String, u8)>;
+
+    fn matches(trie: &Trie, topic: &str) -> BTreeSet<(String, u32, u8)> {
         let mut out = BTreeSet::new();
-        trie.for_each_match(topic, |f, k, v| {
-            assert!(out.insert((f.to_string(), *k, *v)), "duplicate {f} {k}");
+        trie.for_each_match(topic, |k, (f, v)| {
+            assert!(out.insert((f.clone(), *k, *v)), "duplicate {f} {k}");
         });
         out
     }
 
+    fn put(trie: &mut Trie, filter: &str, key: u32, value: u8) -> Option<u8> {
+        trie.insert(filter, key, (filter.to_string(), value))
+            .map(|(_, v)| v)
+    }
+
     #[test]
     fn insert_replace_remove() {
-        let mut trie = SubscriptionTrie::new();
-        assert_eq!(trie.insert("a/+", 1u32, 0u8), None);
-        assert_eq!(trie.insert("a/+", 1, 2), Some(0));
-        assert_eq!(trie.insert("a/+", 2, 1), None);
-        assert_eq!(trie.insert("#", 3, 0), None);
+        let mut trie = Trie::new();
+        assert_eq!(put(&mut trie, "a/+", 1, 0), None);
+        assert_eq!(put(&mut trie, "a/+", 1, 2), Some(0));
+        assert_eq!(put(&mut trie, "a/+", 2, 1), None);
+        assert_eq!(put(&mut trie, "#", 3, 0), None);
         assert_eq!(trie.len(), 3);
         assert_eq!(trie.subscriber_count("a/+"), 2);
         assert_eq!(trie.subscriber_count("a"), 0);
-        *trie.get_mut("#", &3).expect("present") = 9;
+        trie.get_mut("#", &3).expect("present").1 = 9;
         let got = matches(&trie, "a/b");
         let want: BTreeSet<_> = [
             ("#".into(), 3, 9),
@@ -374,48 +445,81 @@ pub(crate) mod tests {
         .into_iter()
         .collect();
         assert_eq!(got, want);
-        assert_eq!(trie.remove("a/+", &1), Some(2));
+        assert_eq!(trie.remove("a/+", &1).map(|v| v.1), Some(2));
         assert_eq!(trie.remove("a/+", &1), None);
         assert_eq!(trie.remove("a/b", &2), None);
-        assert_eq!(trie.remove("a/+", &2), Some(1));
-        assert_eq!(trie.remove("#", &3), Some(9));
+        assert_eq!(trie.remove("a/+", &2).map(|v| v.1), Some(1));
+        assert_eq!(trie.remove("#", &3).map(|v| v.1), Some(9));
         assert!(trie.is_empty());
         assert!(trie.root.is_empty(), "empty nodes are pruned");
     }
 
     #[test]
+    fn a_leaf_becomes_a_node_and_back() {
+        let mut trie = Trie::new();
+        put(&mut trie, "dev/1", 1, 0);
+        put(&mut trie, "dev/1", 2, 0);
+        put(&mut trie, "dev/1/x", 3, 0);
+        let child = |t: &Trie| match t.child("dev/1") {
+            Some(Child::Leaf(k, _)) => format!("leaf {k}"),
+            Some(Child::Node(n)) => format!("node {}", n.subscribers.len()),
+            None => "none".into(),
+        };
+        assert_eq!(child(&trie), "node 2");
+        assert_eq!(trie.remove("dev/1/x", &3).map(|v| v.1), Some(0));
+        assert_eq!(child(&trie), "node 2", "two subscribers stay a node");
+        assert!(trie.remove("dev/1", &1).is_some());
+        assert_eq!(
+            child(&trie),
+            "leaf 2",
+            "one subscriber, nothing below: a leaf"
+        );
+        put(&mut trie, "dev/1/x", 3, 0);
+        assert!(trie.remove("dev/1", &2).is_some());
+        assert_eq!(child(&trie), "node 0", "a level through to another filter");
+        assert_eq!(trie.subscriber_count("dev/1/x"), 1);
+        assert!(trie.remove("dev/1/x", &3).is_some());
+        assert_eq!(child(&trie), "none");
+        assert!(trie.root.is_empty(), "empty nodes are pruned");
+    }
+
+    #[test]
     fn a_filter_outgrows_its_few_subscribers_and_keeps_them_all() {
-        let mut trie = SubscriptionTrie::new();
+        let mut trie = Trie::new();
         let n = super::super::small_map::FEW as u32 * 3;
         for key in 0..n {
-            assert_eq!(trie.insert("a/b", key, 0u8), None);
+            assert_eq!(put(&mut trie, "a/b", key, 0), None);
             assert_eq!(
-                trie.insert("a/b", key, key as u8),
+                put(&mut trie, "a/b", key, key as u8),
                 Some(0),
                 "replaced in place"
             );
             assert_eq!(trie.subscriber_count("a/b"), key as usize + 1);
         }
-        trie.insert("a/+", 0, 1);
-        *trie.get_mut("a/b", &(n - 1)).expect("present") = 200;
+        put(&mut trie, "a/+", 0, 1);
+        trie.get_mut("a/b", &(n - 1)).expect("present").1 = 200;
         let got = matches(&trie, "a/b");
         assert_eq!(got.len(), n as usize + 1);
         assert!(got.contains(&("a/b".into(), n - 1, 200)));
         assert!(got.contains(&("a/b".into(), 3, 3)));
+        let mut at = Vec::new();
+        trie.for_each_at("a/b", |k, _| at.push(*k));
+        at.sort_unstable();
+        assert_eq!(at, (0..n).collect::<Vec<_>>(), "exactly the filter's own");
         for key in 0..n {
             assert!(trie.remove("a/b", &key).is_some());
             assert_eq!(trie.subscriber_count("a/b"), (n - key - 1) as usize);
         }
         assert_eq!(trie.len(), 1);
-        assert_eq!(trie.remove("a/+", &0), Some(1));
+        assert_eq!(trie.remove("a/+", &0).map(|v| v.1), Some(1));
         assert!(trie.root.is_empty(), "empty nodes are pruned");
     }
 
     #[test]
     fn dollar_and_parent_rules() {
-        let mut trie = SubscriptionTrie::new();
+        let mut trie = Trie::new();
         for (i, f) in ["#", "+/x", "$SYS/#", "a/#", "+"].iter().enumerate() {
-            trie.insert(f, i as u32, 0u8);
+            put(&mut trie, f, i as u32, 0);
         }
         let keys = |t: &str| {
             let mut keys: Vec<u32> = matches(&trie, t).into_iter().map(|m| m.1).collect();
@@ -438,7 +542,8 @@ pub(crate) mod tests {
         trie.insert("dev/#", 100_001, 0);
         assert_eq!(trie.len(), 100_002);
         let keys = |t: &str| {
-            let mut keys: Vec<u32> = matches(&trie, t).into_iter().map(|m| m.1).collect();
+            let mut keys = Vec::new();
+            trie.for_each_match(t, |k, _| keys.push(*k));
             keys.sort_unstable();
             keys
         };
@@ -468,51 +573,77 @@ pub(crate) mod tests {
         )
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(String, u32, u8),
+        Remove(String, u32),
+        Update(String, u32, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few keys, so that filters gain and lose second subscribers (leaf to node and
+        // back) and levels gain and lose filters below them.
+        let key = 0u32..3;
+        prop_oneof![
+            5 => (filter_strategy(), key.clone(), any::<u8>()).prop_map(|(f, k, v)| Op::Insert(f, k, v)),
+            4 => (filter_strategy(), key.clone()).prop_map(|(f, k)| Op::Remove(f, k)),
+            1 => (filter_strategy(), key, any::<u8>()).prop_map(|(f, k, v)| Op::Update(f, k, v)),
+        ]
+    }
+
     proptest! {
+        /// Whatever is subscribed, replaced and unsubscribed in whatever order, the trie
+        /// answers as a plain map of (filter, key) does, and keeps nothing once empty.
         #[test]
         fn trie_agrees_with_filter_matches(
-            subs in prop::collection::vec((filter_strategy(), 0u32..4), 0..40),
-            removals in prop::collection::vec(0usize..40, 0..10),
+            ops in prop::collection::vec(op(), 0..80),
             topics in prop::collection::vec(topic_strategy(), 1..20),
         ) {
-            let mut trie = SubscriptionTrie::new();
-            let mut bare = SubscriptionTrie::without_filters();
-            let mut model = BTreeSet::new();
-            for (filter, key) in &subs {
-                trie.insert(filter, *key, 0u8);
-                bare.insert(filter, *key, 0u8);
-                model.insert((filter.clone(), *key));
-            }
-            for i in removals {
-                if let Some((filter, key)) = subs.get(i) {
-                    let was = model.remove(&(filter.clone(), *key));
-                    prop_assert_eq!(trie.remove(filter, key).is_some(), was);
-                    prop_assert_eq!(bare.remove(filter, key).is_some(), was);
+            let mut trie = Trie::new();
+            let mut model = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(f, k, v) => prop_assert_eq!(
+                        put(&mut trie, &f, k, v),
+                        model.insert((f.clone(), k), v)
+                    ),
+                    Op::Remove(f, k) => prop_assert_eq!(
+                        trie.remove(&f, &k).map(|v| v.1),
+                        model.remove(&(f.clone(), k))
+                    ),
+                    Op::Update(f, k, v) => {
+                        let got = trie.get_mut(&f, &k).map(|held| std::mem::replace(&mut held.1, v));
+                        let want = model.get_mut(&(f.clone(), k)).map(|held| std::mem::replace(held, v));
+                        prop_assert_eq!(got, want);
+                    }
                 }
+                prop_assert_eq!(trie.len(), model.len());
             }
-            prop_assert_eq!(trie.len(), model.len());
             for topic in &topics {
-                let got: BTreeSet<_> = matches(&trie, topic).into_iter().map(|m| (m.0, m.1)).collect();
+                let got = matches(&trie, topic);
                 let want: BTreeSet<_> = model
                     .iter()
-                    .filter(|(f, _)| filter_matches(f, topic))
-                    .cloned()
+                    .filter(|((f, _), _)| filter_matches(f, topic))
+                    .map(|((f, k), v)| (f.clone(), *k, *v))
                     .collect();
-                // Without filters: the same subscribers (one per filter they match), each
-                // handed out with an empty filter.
-                let mut want_keys: Vec<_> = want.iter().map(|(_, k)| *k).collect();
-                let mut bare_keys = Vec::new();
-                let mut bare_filters = String::new();
-                bare.for_each_match(topic, |f, k, _| {
-                    bare_keys.push(*k);
-                    bare_filters.push_str(f);
-                });
-                prop_assert_eq!(bare_filters, "");
-                want_keys.sort_unstable();
-                bare_keys.sort_unstable();
-                prop_assert_eq!(bare_keys, want_keys, "topic {:?}", topic);
                 prop_assert_eq!(got, want, "topic {:?}", topic);
             }
+            for ((f, _), _) in model.iter() {
+                let mut at = BTreeSet::new();
+                trie.for_each_at(f, |k, (held, _)| {
+                    assert_eq!(held, f);
+                    at.insert(*k);
+                });
+                let want: BTreeSet<u32> = model.keys().filter(|(g, _)| g == f).map(|(_, k)| *k).collect();
+                prop_assert_eq!(trie.subscriber_count(f), want.len());
+                prop_assert_eq!(at, want);
+            }
+            let keys: Vec<_> = model.keys().cloned().collect();
+            for (f, k) in keys {
+                prop_assert!(trie.remove(&f, &k).is_some());
+            }
+            prop_assert!(trie.is_empty());
+            prop_assert!(trie.root.is_empty(), "empty nodes are pruned");
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct SubOptions {
     pub subscription_id: Option<u32>,
 }
 
+// A device's filter is a leaf of the subscription trie holding these beside its session
+// key: 24 bytes, as `router`'s leaf-size test assumes.
+const _: () = assert!(std::mem::size_of::<SubOptions>() == 12);
+
 /// A will message, published if the connection ends without a normal DISCONNECT.
 #[derive(Debug, Clone)]
 pub struct Will {
