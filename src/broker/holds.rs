@@ -64,7 +64,7 @@ pub(crate) fn lower_by_members(holds: &MemberHolds, s: &Session, cursors: &mut [
 /// holds them down to what it has yet to deliver.
 pub(crate) fn lower_by_groups(holds: &BacklogHolds, s: &Session, cursors: &mut [(ShardId, u64)]) {
     for (member_filter, lowest) in holds {
-        if !s.subscriptions.contains_key(member_filter) {
+        if !s.subscriptions.contains_key(member_filter.as_str()) {
             continue;
         }
         for (owner, cursor) in cursors.iter_mut() {

@@ -229,7 +229,7 @@ impl Broker {
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
             .iter()
-            .map(|(f, sub)| (f.clone(), sub.opts))
+            .map(|(f, sub)| (f.to_string(), sub.opts))
             .collect();
         self.probe
             .inflight_current

@@ -428,7 +428,11 @@ impl Broker {
         let limits = self.outbound_limits();
         // A shard has few groups; a session may have many subscriptions.
         for (key, b) in backlogs.iter_mut().filter(|(_, b)| b.is_behind()) {
-            let Some(opts) = s.subscriptions.get(&b.member_filter).map(|sub| sub.opts) else {
+            let Some(opts) = s
+                .subscriptions
+                .get(b.member_filter.as_str())
+                .map(|sub| sub.opts)
+            else {
                 continue;
             };
             while let Some(front) = b.queue.front() {
@@ -600,7 +604,11 @@ impl Broker {
         let now = Instant::now();
         let mut sessions = self.sessions.slots.borrow_mut();
         for slot in sessions.values_mut().filter(|s| s.conn.is_some()) {
-            if slot.session.subscriptions.contains_key(&member_filter) {
+            if slot
+                .session
+                .subscriptions
+                .contains_key(member_filter.as_str())
+            {
                 self.pump(slot, now);
             }
         }
@@ -617,7 +625,7 @@ impl Broker {
         let counts = self.subs.interest_counts.borrow();
         let s = &mut slot.session;
         for (key, b) in backlogs.iter() {
-            if !s.subscriptions.contains_key(&b.member_filter) {
+            if !s.subscriptions.contains_key(b.member_filter.as_str()) {
                 continue;
             }
             let interest = InterestKey {
@@ -1090,7 +1098,7 @@ impl Broker {
                 .map(|l| (l != u64::MAX).then_some(l))
                 .collect();
             for filter in s.subscriptions.keys().filter(|f| f.starts_with("$share/")) {
-                holds.push((filter.clone(), lowest.clone()));
+                holds.push((filter.to_string(), lowest.clone()));
             }
             true
         });
@@ -1140,7 +1148,10 @@ impl Broker {
                 continue;
             };
             let s = &mut slot.session;
-            if changed.iter().any(|f| s.subscriptions.contains_key(f)) {
+            if changed
+                .iter()
+                .any(|f| s.subscriptions.contains_key(f.as_str()))
+            {
                 s.replay.touch();
             }
         }

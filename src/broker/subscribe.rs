@@ -224,15 +224,20 @@ impl Broker {
                 // reads and replays skip records before it. A new one begins at every
                 // owner's log end, asked below; until the answers come it holds the
                 // last watermark each owner sent here, which is never past that end.
-                match s.subscriptions.get_mut(&filter) {
+                match s.subscriptions.get_mut(filter.as_str()) {
                     Some(sub) => {
                         sub.opts = opts;
                         true
                     }
                     None => {
                         let from = self.retention.heard_floors.borrow().clone();
-                        s.subscriptions
-                            .insert(filter.clone(), Subscribed { opts, from });
+                        s.subscriptions.insert(
+                            filter.as_str().into(),
+                            Subscribed {
+                                opts,
+                                from: from.into(),
+                            },
+                        );
                         self.sessions.watch(key, s);
                         begun.push(filter.clone());
                         false
@@ -265,15 +270,15 @@ impl Broker {
             let s = &mut slot.session;
             if let Some(ends) = ends {
                 for filter in &begun {
-                    if let Some(sub) = s.subscriptions.get_mut(filter) {
-                        sub.from.clone_from(&ends);
+                    if let Some(sub) = s.subscriptions.get_mut(filter.as_str()) {
+                        sub.from = ends.as_slice().into();
                     }
                 }
             }
             let records: Vec<_> = added
                 .iter()
                 .filter_map(|(filter, opts, _)| {
-                    let from = s.subscriptions.get(filter)?.from.clone();
+                    let from = s.subscriptions.get(filter.as_str())?.from.to_vec();
                     Some((filter.clone(), *opts, from))
                 })
                 .collect();
@@ -404,7 +409,7 @@ impl Broker {
                     let mut sessions = self.sessions.slots.borrow_mut();
                     sessions.get_mut(&key).and_then(|slot| {
                         let s = &mut slot.session;
-                        s.subscriptions.remove(filter)?;
+                        s.subscriptions.remove(filter.as_str())?;
                         Some(s.logged.then(|| s.client_id.clone()))
                     })
                 };

@@ -91,8 +91,9 @@ pub struct Session {
     pub protocol: Protocol,
     /// Seconds the session outlives its connection; 0 = ends with it.
     pub expiry_secs: u32,
-    /// Subscriptions by full filter (including any `$share/<group>/` prefix).
-    pub subscriptions: SmallMap<String, Subscribed>,
+    /// Subscriptions by full filter (including any `$share/<group>/` prefix). Boxed
+    /// strings: a filter never grows, and an entry is then 48 bytes, not 64.
+    pub subscriptions: SmallMap<Box<str>, Subscribed>,
     /// The will of the current connection.
     pub will: Option<Box<Will>>,
     /// Outbound queue and in-flight window.
@@ -169,8 +170,9 @@ pub struct Subscribed {
     /// Where it began, per owner shard: the log offset from which it wants messages (see
     /// [`subscribed_from`]). A read from the log returns only records at or past it for
     /// the subscription that matches them. A log position, not a clock: a clock stepping
-    /// back would skip messages.
-    pub from: Vec<u64>,
+    /// back would skip messages. Set once per owner when the subscription begins, so a
+    /// boxed slice.
+    pub from: Box<[u64]>,
 }
 
 /// The offset of `owner`'s log from which a subscription that began at `from` (per

@@ -142,10 +142,10 @@ impl Broker {
         session.replay.restore_sent(sent);
         for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(
-                filter.clone(),
+                filter.as_str().into(),
                 Subscribed {
                     opts: *opts,
-                    from: from.clone(),
+                    from: from.as_slice().into(),
                 },
             );
         }
