@@ -137,17 +137,53 @@ pub struct ByClient {
 }
 
 /// What a shard knows of one client id.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct ClientEntry {
     /// Its session on this shard; 0 (no key is) for none.
     session: SessionKey,
-    /// Home shard: the connection holding the id.
-    holder: Option<ConnRef>,
+    /// Home shard: the connection holding the id, its shard [`NO_HOLDER`] for none.
+    /// Apart rather than an `Option<ConnRef>`: an entry of 24 bytes, not 32, in a map
+    /// with one per connection. (A token may be 0: a session restored from the log is
+    /// held by its shard with no connection.)
+    holder_token: u64,
+    holder_shard: ShardId,
+}
+
+/// The holder shard of a [`ClientEntry`] held by no connection: above every shard.
+const NO_HOLDER: ShardId = ShardId(u16::MAX);
+const _: () = assert!(crate::router::SHARDS_MAX < u16::MAX as usize);
+
+// Kept in the map's nodes beside a 32-byte client id.
+const _: () = assert!(std::mem::size_of::<ClientEntry>() == 24);
+
+impl Default for ClientEntry {
+    fn default() -> Self {
+        ClientEntry {
+            session: 0,
+            holder_token: 0,
+            holder_shard: NO_HOLDER,
+        }
+    }
 }
 
 impl ClientEntry {
     fn is_empty(&self) -> bool {
-        self.session == 0 && self.holder.is_none()
+        self.session == 0 && self.holder().is_none()
+    }
+
+    fn holder(&self) -> Option<ConnRef> {
+        (self.holder_shard != NO_HOLDER).then_some(ConnRef {
+            shard: self.holder_shard,
+            token: self.holder_token,
+        })
+    }
+
+    /// Puts `holder` in place and returns the one before.
+    fn set_holder(&mut self, holder: Option<ConnRef>) -> Option<ConnRef> {
+        let before = self.holder();
+        (self.holder_shard, self.holder_token) =
+            holder.map_or((NO_HOLDER, 0), |c| (c.shard, c.token));
+        before
     }
 }
 
@@ -195,7 +231,7 @@ impl ByClient {
     /// Home shard: records `conn` as the holder of `client_id`; returns the one before.
     pub fn hold(&mut self, client_id: ByteStr, conn: ConnRef) -> Option<ConnRef> {
         let entry = self.ids.entry(client_id).or_default();
-        entry.holder.replace(conn)
+        entry.set_holder(Some(conn))
     }
 
     /// Home shard: forgets the holder of `client_id` if it is still `conn`.
@@ -203,8 +239,8 @@ impl ByClient {
         let Some(entry) = self.ids.get_mut(client_id) else {
             return;
         };
-        if entry.holder == Some(conn) {
-            entry.holder = None;
+        if entry.holder() == Some(conn) {
+            entry.set_holder(None);
             if entry.is_empty() {
                 self.ids.remove(client_id);
             }
@@ -599,5 +635,11 @@ mod tests {
         assert_eq!(ids.remove("b"), Some(4));
         assert_eq!(ids.remove("b"), None);
         assert_eq!(ids.after(None).count(), 0);
+        // A session restored from the log is held by its shard with token 0.
+        let c = ByteStr::from("c".to_string());
+        assert_eq!(ids.hold(c.clone(), conn(2, 0)), None);
+        assert_eq!(ids.hold(c.clone(), conn(2, 0)), Some(conn(2, 0)));
+        ids.let_go("c", conn(2, 0));
+        assert_eq!(ids.hold(c, conn(1, 5)), None, "let go: nobody holds it");
     }
 }
