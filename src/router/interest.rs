@@ -6,30 +6,34 @@ use super::{ShardId, ShardSet, SubscriptionTrie};
 
 /// Every shard's replica of "which shards have at least one subscriber for this filter".
 ///
-/// An entry is keyed by (share group, plain filter); `None` is an ordinary
-/// subscription. Shards broadcast a change only when their first subscriber to
-/// an entry arrives or their last leaves, so the table holds sets, not counts.
-/// The topic's owner calls [`route`](Self::route) for every publish.
+/// An entry is a plain filter, or a (share group, plain filter). Shards broadcast a
+/// change only when their first subscriber to an entry arrives or their last leaves, so
+/// the table holds sets, not counts. The topic's owner calls [`route`](Self::route) for
+/// every publish.
 ///
 /// A shard needs no entry for its own plain subscribers, whom its subscription trie
 /// already holds under the filter: the broker lists only its peers' plain filters here
 /// (a publish always visits the owner's own trie), and every shard's groups, its own
 /// included, since a group's member is picked among the shards of its route. A
-/// device's own topic then costs one trie node on its shard, not two, and a single
+/// device's own topic then costs one trie leaf on its shard, not two, and a single
 /// shard keeps no table of plain filters at all.
+///
+/// Plain filters and groups are kept apart: a plain entry is its shards alone (a leaf of
+/// 40 bytes), with no group key and no filter beside them.
 #[derive(Default)]
 pub struct InterestTable {
-    /// A group's entry keeps its filter for the route; a plain one needs none.
-    trie: SubscriptionTrie<Option<Arc<str>>, Entry>,
+    /// Plain filters: the shards with subscribers to each.
+    plain: SubscriptionTrie<(), ShardSet>,
+    /// Shared subscriptions: by group, the shards with members and the filter.
+    groups: SubscriptionTrie<Arc<str>, GroupEntry>,
 }
 
 /// The shards of one (share group, filter) entry.
-#[derive(Default)]
-struct Entry {
+struct GroupEntry {
     shards: ShardSet,
-    /// A group entry's filter, shared with every route that names it (a route crosses
+    /// The entry's filter, shared with every route that names it (a route crosses
     /// shards, so it carries `Arc`s: cloning one is a count, never an allocation).
-    filter: Option<Arc<str>>,
+    filter: Arc<str>,
 }
 
 /// Where a published message must go: filled by [`InterestTable::route`].
@@ -79,29 +83,48 @@ impl InterestTable {
     /// Records that `shard` has a subscriber to the plain, validated `filter`
     /// (within `share_group` if shared); true if that shard was new for the entry.
     pub fn add(&mut self, filter: &str, share_group: Option<&str>, shard: ShardId) -> bool {
+        let Some(group) = share_group else {
+            if let Some(shards) = self.plain.get_mut(filter, &()) {
+                return shards.insert(shard);
+            }
+            let mut shards = ShardSet::new();
+            shards.insert(shard);
+            self.plain.insert(filter, (), shards);
+            return true;
+        };
         // Subscription changes are rare next to publishes: one small allocation here is fine.
-        let key = share_group.map(Arc::from);
-        if let Some(entry) = self.trie.get_mut(filter, &key) {
+        let group: Arc<str> = Arc::from(group);
+        if let Some(entry) = self.groups.get_mut(filter, &group) {
             return entry.shards.insert(shard);
         }
-        let mut entry = Entry {
+        let mut entry = GroupEntry {
             shards: ShardSet::new(),
-            filter: key.as_ref().map(|_| Arc::from(filter)),
+            filter: Arc::from(filter),
         };
         entry.shards.insert(shard);
-        self.trie.insert(filter, key, entry);
+        self.groups.insert(filter, group, entry);
         true
     }
 
     /// Records that `shard` has no subscriber left for the entry; true if it was listed.
     pub fn remove(&mut self, filter: &str, share_group: Option<&str>, shard: ShardId) -> bool {
-        let key = share_group.map(Arc::from);
-        let Some(entry) = self.trie.get_mut(filter, &key) else {
+        let Some(group) = share_group else {
+            let Some(shards) = self.plain.get_mut(filter, &()) else {
+                return false;
+            };
+            let was = shards.remove(shard);
+            if shards.is_empty() {
+                self.plain.remove(filter, &());
+            }
+            return was;
+        };
+        let group: Arc<str> = Arc::from(group);
+        let Some(entry) = self.groups.get_mut(filter, &group) else {
             return false;
         };
         let was = entry.shards.remove(shard);
         if entry.shards.is_empty() {
-            self.trie.remove(filter, &key);
+            self.groups.remove(filter, &group);
         }
         was
     }
@@ -111,25 +134,25 @@ impl InterestTable {
     /// entry. `route` is cleared first; once its buffer has grown, this does not allocate.
     pub fn route(&self, topic: &str, route: &mut Route) {
         route.clear();
-        self.trie
-            .for_each_match(topic, |group, entry| match (group, &entry.filter) {
-                (Some(group), Some(filter)) => route.groups.push(GroupRoute {
-                    group: Arc::clone(group),
-                    filter: Arc::clone(filter),
-                    shards: entry.shards,
-                }),
-                _ => route.shards.union_with(&entry.shards),
-            });
+        self.plain
+            .for_each_match(topic, |_, shards| route.shards.union_with(shards));
+        self.groups.for_each_match(topic, |group, entry| {
+            route.groups.push(GroupRoute {
+                group: Arc::clone(group),
+                filter: Arc::clone(&entry.filter),
+                shards: entry.shards,
+            })
+        });
     }
 
-    /// The number of (group, filter) entries.
+    /// The number of (group, filter) entries, a plain filter's group being none.
     pub fn len(&self) -> usize {
-        self.trie.len()
+        self.plain.len() + self.groups.len()
     }
 
     /// Whether no shard subscribes to anything.
     pub fn is_empty(&self) -> bool {
-        self.trie.is_empty()
+        self.plain.is_empty() && self.groups.is_empty()
     }
 }
 

@@ -406,6 +406,9 @@ pub(crate) mod tests {
         type Broker = Child<u64, [u32; 3]>;
         assert_eq!(std::mem::size_of::<Broker>(), 24);
         assert_eq!(std::mem::size_of::<(Box<str>, Broker)>(), 40);
+        // An interest table's plain filter: its shard set alone.
+        type Plain = Child<(), super::super::ShardSet>;
+        assert_eq!(std::mem::size_of::<Plain>(), 40);
     }
 
     /// The trie under test: a subscriber's value names its filter, so a match says which
