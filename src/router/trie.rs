@@ -129,21 +129,23 @@ impl<K: Eq + Hash, V> Child<K, V> {
         }
     }
 
-    /// After a removal below or at this level: `None` when nothing is left; a leaf
-    /// again when one subscriber and nothing below are (a device that resubscribed keeps
-    /// costing what it did); else as it was.
-    fn settle(self) -> Option<Self> {
+    /// After a removal at or below this level: true when nothing is left (the caller
+    /// drops it); a node left with one subscriber and nothing below becomes a leaf again
+    /// (a device that resubscribed keeps costing what it did).
+    fn settle(&mut self) -> bool {
         let Child::Node(node) = self else {
-            return Some(self);
+            return false;
         };
         if node.children.is_some() || node.subscribers.len() > 1 {
-            return Some(Child::Node(node));
+            return false;
         }
-        let Node { subscribers, .. } = *node;
-        subscribers
-            .into_iter()
-            .next()
-            .map(|(k, v)| Child::Leaf(k, v))
+        match std::mem::take(&mut node.subscribers).into_iter().next() {
+            Some((key, value)) => {
+                *self = Child::Leaf(key, value);
+                false
+            }
+            None => true,
+        }
     }
 }
 
@@ -345,9 +347,8 @@ fn remove_below<K: Eq + Hash, V>(node: &mut Node<K, V>, levels: &str, key: &K) -
         (None, Child::Node(below)) => below.subscribers.remove(key)?,
         (Some(rest), Child::Node(below)) => remove_below(below, rest, key)?,
     };
-    let settled = node.take_child(level).and_then(Child::settle);
-    if let Some(child) = settled {
-        node.add_child(level, child);
+    if child.settle() {
+        node.take_child(level);
     }
     Some(removed)
 }
