@@ -56,8 +56,6 @@ pub struct Link {
     /// What this client may publish, subscribe to and receive (`None`: everything, no
     /// rules configured). Set at CONNECT, before the session is attached.
     pub acl: RefCell<Option<Box<ClientAcl>>>,
-    /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
-    pub aliases: RefCell<Option<Box<TopicAliases>>>,
     /// The CONNECT's username, for the admin API's listing.
     pub username: OnceCell<Box<str>>,
     /// The keep alive the connection runs under (seconds), for the same.
@@ -71,19 +69,26 @@ pub struct Link {
     /// Set while the connection's reader asks the writer to stop for a park (see
     /// [`park_writer`](Self::park_writer)).
     parking: Cell<bool>,
+    /// What only some connections use: topic aliases and the acks of QoS 1/2
+    /// publishes. Built by the first of them: every other connection holds 8 bytes here
+    /// instead of 32, which keeps a link in the allocator's 160-byte class.
+    rare: OnceCell<Box<Rare>>,
+}
+
+/// The part of a [`Link`] that only some connections use (see `Link::rare`).
+#[derive(Default)]
+struct Rare {
+    /// Topic aliases towards the client, if it allows them (v5 Topic Alias Maximum).
+    aliases: RefCell<Option<Box<TopicAliases>>>,
     /// QoS 1/2 publishes from this client in receive order, each with the owner shard's
     /// verdict once known: acks go out in receive order, as MQTT requires. With each,
-    /// when it was read (for `shardmq_publish_ack_seconds`). Built by the first one: a
-    /// connection that never publishes at QoS 1 or 2 holds 8 bytes here instead of an
-    /// empty queue's 32.
-    // Boxed on purpose: the box is what makes the empty queue small.
-    #[allow(clippy::box_collection)]
-    acks: RefCell<Option<Box<VecDeque<PendingAck>>>>,
+    /// when it was read (for `shardmq_publish_ack_seconds`).
+    acks: RefCell<VecDeque<PendingAck>>,
 }
 
 // Every connection keeps one, parked or not: with the `Rc`'s two counts it fits the
-// allocator's 192-byte size class.
-const _: () = assert!(std::mem::size_of::<Link>() + 2 * std::mem::size_of::<usize>() <= 192);
+// allocator's 160-byte size class.
+const _: () = assert!(std::mem::size_of::<Link>() + 2 * std::mem::size_of::<usize>() <= 160);
 
 impl Link {
     /// A handle for a freshly accepted connection on socket `fd`.
@@ -98,7 +103,6 @@ impl Link {
             // connection holds none.
             out: RefCell::new(BytesMut::new()),
             acl: RefCell::new(None),
-            aliases: RefCell::new(None),
             username: OnceCell::new(),
             keep_alive_secs: Cell::new(0),
             writer: Cell::new(None),
@@ -106,7 +110,7 @@ impl Link {
             closing: Cell::new(None),
             writer_ended: Cell::new(false),
             parking: Cell::new(false),
-            acks: RefCell::new(None),
+            rare: OnceCell::new(),
         }
     }
 
@@ -174,15 +178,24 @@ impl Link {
     /// `buf_bytes_max` pending bytes (`usize::MAX`: acks and resends, which must go out).
     pub fn with_outlet<R>(&self, buf_bytes_max: usize, f: impl FnOnce(&mut Outlet<'_>) -> R) -> R {
         let mut buf = self.out.borrow_mut();
-        let mut aliases = self.aliases.borrow_mut();
+        let mut aliases = self.rare.get().map(|rare| rare.aliases.borrow_mut());
         let mut outlet = Outlet {
             buf: &mut buf,
             protocol: self.protocol.get(),
             packet_bytes_max: self.packet_bytes_max(),
             buf_bytes_max,
-            aliases: aliases.as_deref_mut(),
+            aliases: aliases.as_deref_mut().and_then(|a| a.as_deref_mut()),
         };
         f(&mut outlet)
+    }
+
+    /// Uses `aliases` towards the client (set at CONNECT, if it allows them).
+    pub fn set_aliases(&self, aliases: TopicAliases) {
+        *self.rare().aliases.borrow_mut() = Some(Box::new(aliases));
+    }
+
+    fn rare(&self) -> &Rare {
+        self.rare.get_or_init(Box::default)
     }
 
     /// Wakes the writer task (after something was appended to `out`).
@@ -223,33 +236,34 @@ impl Link {
     /// Records a QoS 1/2 publish in receive order, awaiting its owner's verdict.
     pub fn expect_ack(&self, packet_id: u16, qos: QoS) {
         let read_at = Instant::now();
-        self.acks
+        self.rare()
+            .acks
             .borrow_mut()
-            .get_or_insert_with(Box::default)
             .push_back((packet_id, qos, None, read_at));
     }
 
     /// Whether a QoS 2 publish with `packet_id` still awaits its owner's verdict.
     pub fn awaits_verdict(&self, packet_id: u16) -> bool {
-        self.acks
-            .borrow()
-            .iter()
-            .flat_map(|acks| acks.iter())
-            .any(|&(pid, qos, r, _)| pid == packet_id && qos == QoS::ExactlyOnce && r.is_none())
+        self.rare.get().is_some_and(|rare| {
+            rare.acks
+                .borrow()
+                .iter()
+                .any(|&(pid, qos, r, _)| pid == packet_id && qos == QoS::ExactlyOnce && r.is_none())
+        })
     }
 
     /// Publishes received but not yet accepted by their owner shard.
     pub fn acks_pending(&self) -> usize {
-        self.acks.borrow().as_ref().map_or(0, |acks| acks.len())
+        self.rare.get().map_or(0, |rare| rare.acks.borrow().len())
     }
 
     /// The owner shard decided on `packet_id`: send every ack that is now due, in order,
     /// telling `latency` how long each publish waited for it (microseconds).
     pub fn complete_ack(&self, packet_id: u16, reason: ReasonCode, latency: impl Fn(u64)) {
-        let mut held = self.acks.borrow_mut();
-        let Some(acks) = held.as_deref_mut() else {
+        let Some(rare) = self.rare.get() else {
             return;
         };
+        let mut acks = rare.acks.borrow_mut();
         if let Some(entry) = acks
             .iter_mut()
             .find(|(pid, _, r, _)| *pid == packet_id && r.is_none())
@@ -265,7 +279,7 @@ impl Link {
             if reason.is_error() && self.protocol.get() != Protocol::V5 {
                 // 3.1.1 cannot refuse a publish: an ack would claim a durability that
                 // does not exist, so the connection closes instead (the client resends).
-                drop(held);
+                drop(acks);
                 self.close(reason);
                 return;
             }
@@ -282,7 +296,7 @@ impl Link {
             let _ = mqtt::encode(&packet, self.protocol.get(), &mut out);
             sent = true;
         }
-        drop(held);
+        drop(acks);
         if sent {
             self.wake_writer();
             self.wake_reader();

@@ -237,7 +237,7 @@ async fn accept(
         .unwrap_or(0)
         .min(door.config.topic_alias_max);
     if v5 && aliases > 0 {
-        *conn.link.aliases.borrow_mut() = Some(Box::new(TopicAliases::new(aliases)));
+        conn.link.set_aliases(TopicAliases::new(aliases));
     }
     let outcome = door
         .broker
