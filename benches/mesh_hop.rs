@@ -20,7 +20,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardmq::broker::ShardMsg;
 use shardmq::metrics::ShardProbe;
-use shardmq::mqtt::{ByteStr, PublishProperties, QoS};
+use shardmq::mqtt::{ByteStr, ClientId, PublishProperties, QoS};
 use shardmq::router::ShardId;
 use shardmq::runtime::{Batch, Mesh, MeshSetup};
 use shardmq::session::{LogPos, Message};
@@ -97,7 +97,7 @@ fn message(offset: u64) -> Arc<Message> {
         qos: QoS::AtMostOnce,
         retain: false,
         properties: PublishProperties::default(),
-        publisher: ByteStr::from_static("bench-publisher"),
+        publisher: ClientId::from("bench-publisher"),
         expires_at: None,
         log: Some(LogPos {
             shard: ShardId(0),

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::metrics::Limit;
-use crate::mqtt::{Ack, ByteStr, ReasonCode};
+use crate::mqtt::{Ack, ClientId, ReasonCode};
 use crate::session::Outlet;
 
 use super::persist::Releasing;
@@ -126,7 +126,7 @@ impl Broker {
 
     /// The client id of session `key`.
     #[inline]
-    pub fn client_id_of(&self, key: SessionKey) -> Option<ByteStr> {
+    pub fn client_id_of(&self, key: SessionKey) -> Option<ClientId> {
         let sessions = self.sessions.slots.borrow();
         sessions
             .get(&key)

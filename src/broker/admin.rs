@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::broker::{Broker, ShardMsg};
 use crate::metrics::{AdminAction, AdminBackend, AdminList, AdminPage};
-use crate::mqtt::{ByteStr, QoS, ReasonCode};
+use crate::mqtt::{ByteStr, ClientId, QoS, ReasonCode};
 use crate::router::{owner_of, ShardId};
 use crate::session::Message;
 
@@ -202,7 +202,7 @@ impl Broker {
         let mut rows = Vec::new();
         let mut scanned = 0;
         if list != AdminList::Subscriptions {
-            let mut last: Option<&ByteStr> = None;
+            let mut last: Option<&ClientId> = None;
             for client in by_client.after(after) {
                 if let Some(last) = last.filter(|_| full(&rows, scanned)) {
                     return (rows, Some(last.to_string()));
@@ -388,7 +388,7 @@ impl Broker {
                     qos: QoS::AtMostOnce,
                     retain: true,
                     properties: Default::default(),
-                    publisher: ByteStr::new(),
+                    publisher: ClientId::default(),
                     expires_at: None,
                     log: None,
                 });

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::broker::{Broker, ShardMsg};
-use crate::mqtt::{ByteStr, QoS};
+use crate::mqtt::{ClientId, QoS};
 use crate::router::{parse_filter, ShardId};
 use crate::session::{subscribed_from, CatchUp, Message, ReplayCursor, Session};
 use crate::storage::Offset;
@@ -142,7 +142,7 @@ impl Broker {
     pub(crate) fn on_caught_up(
         &self,
         owner: ShardId,
-        client_id: ByteStr,
+        client_id: ClientId,
         request: u64,
         found: Vec<Arc<Message>>,
         resume: Option<u64>,

@@ -49,7 +49,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use crate::broker::{AckTo, Broker, RetainedAdmission, ShardMsg};
 use crate::metrics::Limit;
 use crate::mqtt::{
-    self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
+    self, ClientId, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS, ReasonCode,
 };
 use crate::router::ShardId;
 use crate::session::{LogPos, Message};
@@ -64,7 +64,7 @@ pub const RECORD_PUBLISH: RecordKind = RecordKind(1);
 pub const RECORD_QOS2_RELEASED: RecordKind = RecordKind(14);
 
 /// A publisher's QoS 2 packet id: `(client id, packet id)`.
-type ReceivedId = (ByteStr, u16);
+type ReceivedId = (ClientId, u16);
 
 /// Where a received QoS 2 id's first copy was logged, and a checksum of its topic and
 /// payload: a resend must match it, or it is a new message reusing the id.
@@ -137,7 +137,7 @@ impl ShardLog {
     /// most `received_max` of them.
     pub fn with_received(
         wal: Wal,
-        received: HashMap<(ByteStr, u16), ReceivedAt>,
+        received: HashMap<(ClientId, u16), ReceivedAt>,
         received_max: usize,
     ) -> Self {
         let mut durable = ShardLog::new(wal);
@@ -286,7 +286,7 @@ fn first_copy(durable: &ShardLog, msg: &Message, ack: Option<&AckTo>) -> Option<
 
 /// `(publisher, packet id)` of a publish record logged with its QoS 2 packet id, and
 /// the fingerprint of its topic and payload.
-fn received_id(mut body: &[u8]) -> Option<((ByteStr, u16), u32)> {
+fn received_id(mut body: &[u8]) -> Option<((ClientId, u16), u32)> {
     if body.len() < 2 {
         return None;
     }
@@ -335,7 +335,7 @@ fn received_id(mut body: &[u8]) -> Option<((ByteStr, u16), u32)> {
     }
     body.advance(props_len);
     let fp = fingerprint(topic, body);
-    let publisher = ByteStr::from_utf8(bytes::Bytes::copy_from_slice(publisher)).ok()?;
+    let publisher = ClientId::from(std::str::from_utf8(publisher).ok()?);
     Some(((publisher, pid), fp))
 }
 
@@ -348,7 +348,7 @@ fn encode_released(client_id: &str, packet_id: u16) -> BytesMut {
     body
 }
 
-fn decode_released(mut body: &[u8]) -> Option<(ByteStr, u16)> {
+fn decode_released(mut body: &[u8]) -> Option<(ClientId, u16)> {
     if body.len() < 2 {
         return None;
     }
@@ -356,7 +356,7 @@ fn decode_released(mut body: &[u8]) -> Option<(ByteStr, u16)> {
     if body.len() != n + 2 {
         return None;
     }
-    let client = ByteStr::from_utf8(bytes::Bytes::copy_from_slice(&body[..n])).ok()?;
+    let client = ClientId::from(std::str::from_utf8(&body[..n]).ok()?);
     body.advance(n);
     Some((client, body.get_u16_le()))
 }
@@ -438,8 +438,7 @@ pub(crate) fn decode_publish_body_even_expired(
     if body.len() < publisher_len + 8 {
         return None;
     }
-    let publisher =
-        ByteStr::from_utf8(bytes::Bytes::copy_from_slice(&body[..publisher_len])).ok()?;
+    let publisher = ClientId::from(std::str::from_utf8(&body[..publisher_len]).ok()?);
     body.advance(publisher_len);
     let expires_unix_ms = body.get_u64_le();
     let mut packet = BytesMut::from(body);
@@ -523,7 +522,7 @@ pub struct Recovered {
     /// written by a broken build; reported, never guessed at).
     pub damaged: u64,
     /// QoS 2 packet ids logged here and not released (see the module docs).
-    pub received: HashMap<(ByteStr, u16), ReceivedAt>,
+    pub received: HashMap<(ClientId, u16), ReceivedAt>,
     /// Kafka batches and topic catalog changes, in log order (see `kafka`).
     pub kafka: Vec<super::kafka::RecoveredKafka>,
     /// Kafka consumer groups' commits, in log order.
@@ -745,7 +744,7 @@ impl Broker {
     /// every shard when the session does not know which (after a restart).
     pub(crate) fn release_qos2(
         self: &Rc<Self>,
-        client_id: ByteStr,
+        client_id: ClientId,
         packet_id: u16,
         owner: Option<ShardId>,
     ) {
@@ -780,7 +779,7 @@ impl Broker {
 
     /// On the owner: the publisher released `packet_id`; a later publish with it is a
     /// new message, also after a restart (the release is logged).
-    pub(crate) fn qos2_released(self: &Rc<Self>, client_id: ByteStr, packet_id: u16) {
+    pub(crate) fn qos2_released(self: &Rc<Self>, client_id: ClientId, packet_id: u16) {
         let Some(durable) = self.log.get() else {
             return;
         };
@@ -918,7 +917,7 @@ mod received_tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::mqtt::PublishProperties;
+    use crate::mqtt::{ByteStr, PublishProperties};
 
     fn message(publisher: &'static str, qos: QoS) -> Message {
         Message {
@@ -927,7 +926,7 @@ mod received_tests {
             qos,
             retain: false,
             properties: PublishProperties::default(),
-            publisher: ByteStr::from_static(publisher),
+            publisher: ClientId::from(publisher),
             expires_at: None,
             log: None,
         }

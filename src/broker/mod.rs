@@ -68,7 +68,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 
-use crate::mqtt::ByteStr;
+use crate::mqtt::ClientId;
 use crate::router::ShardId;
 use crate::session::Link;
 use crate::session::{Message, Session};
@@ -133,7 +133,7 @@ pub(crate) struct FloorReports {
 /// send's logging, never per QoS 0/1 message.
 #[derive(Default)]
 pub struct ByClient {
-    ids: std::collections::BTreeMap<ByteStr, ClientEntry>,
+    ids: std::collections::BTreeMap<ClientId, ClientEntry>,
 }
 
 /// What a shard knows of one client id.
@@ -191,7 +191,7 @@ impl ByClient {
     /// The session of `client_id`.
     pub fn get<Q>(&self, client_id: &Q) -> Option<&SessionKey>
     where
-        ByteStr: std::borrow::Borrow<Q>,
+        ClientId: std::borrow::Borrow<Q>,
         Q: Ord + ?Sized,
     {
         self.ids
@@ -201,7 +201,7 @@ impl ByClient {
     }
 
     /// Indexes `client_id`'s session; returns the one it replaces.
-    pub fn insert(&mut self, client_id: ByteStr, key: SessionKey) -> Option<SessionKey> {
+    pub fn insert(&mut self, client_id: ClientId, key: SessionKey) -> Option<SessionKey> {
         debug_assert_ne!(key, 0, "session keys start at 1");
         let entry = self.ids.entry(client_id).or_default();
         let old = std::mem::replace(&mut entry.session, key);
@@ -219,7 +219,7 @@ impl ByClient {
     }
 
     /// Client ids with a session here after `after` (all with `None`), in order.
-    pub fn after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a ByteStr> + 'a {
+    pub fn after<'a>(&'a self, after: Option<&'a str>) -> impl Iterator<Item = &'a ClientId> + 'a {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, Excluded);
         self.ids
@@ -229,7 +229,7 @@ impl ByClient {
     }
 
     /// Home shard: records `conn` as the holder of `client_id`; returns the one before.
-    pub fn hold(&mut self, client_id: ByteStr, conn: ConnRef) -> Option<ConnRef> {
+    pub fn hold(&mut self, client_id: ClientId, conn: ConnRef) -> Option<ConnRef> {
         let entry = self.ids.entry(client_id).or_default();
         entry.set_holder(Some(conn))
     }
@@ -609,8 +609,8 @@ mod tests {
     #[test]
     fn a_client_id_keeps_its_session_and_its_holder_apart() {
         let mut ids = ByClient::default();
-        let a = ByteStr::from("a".to_string());
-        let b = ByteStr::from("b".to_string());
+        let a = ClientId::from("a");
+        let b = ClientId::from("b");
         // Home of "a" with its session elsewhere; "b" held and with a session here.
         assert_eq!(ids.hold(a.clone(), conn(1, 7)), None);
         assert_eq!(ids.hold(b.clone(), conn(0, 8)), None);
@@ -636,7 +636,7 @@ mod tests {
         assert_eq!(ids.remove("b"), None);
         assert_eq!(ids.after(None).count(), 0);
         // A session restored from the log is held by its shard with token 0.
-        let c = ByteStr::from("c".to_string());
+        let c = ClientId::from("c");
         assert_eq!(ids.hold(c.clone(), conn(2, 0)), None);
         assert_eq!(ids.hold(c.clone(), conn(2, 0)), Some(conn(2, 0)));
         ids.let_go("c", conn(2, 0));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::mqtt::{ByteStr, ReasonCode};
+use crate::mqtt::{ByteStr, ClientId, ReasonCode};
 use crate::router::ShardId;
 use crate::runtime::MeshMessage;
 use crate::session::{Message, Session};
@@ -198,7 +198,7 @@ pub enum ShardMsg {
     /// id's home shard).
     Claim {
         /// Client id.
-        client_id: ByteStr,
+        client_id: ClientId,
         /// The new connection.
         conn: ConnRef,
         /// Discard any existing session.
@@ -210,7 +210,7 @@ pub enum ShardMsg {
     /// connection and send the session there.
     Takeover {
         /// Client id.
-        client_id: ByteStr,
+        client_id: ClientId,
         /// The connection that held the id before.
         old: ConnRef,
         /// The new connection.
@@ -272,7 +272,7 @@ pub enum ShardMsg {
     /// Answer to `CatchUp`.
     CatchUpReply {
         /// The session's client id.
-        client_id: ByteStr,
+        client_id: ClientId,
         /// The request answered.
         request: u64,
         /// The messages, in offset order.
@@ -387,7 +387,7 @@ pub enum ShardMsg {
     /// logged the publish with that id (see `broker::durable`).
     Qos2Released {
         /// The publisher's client id.
-        client_id: ByteStr,
+        client_id: ClientId,
         /// The released packet id.
         packet_id: u16,
     },
@@ -408,7 +408,7 @@ pub enum ShardMsg {
     /// A session ended on the sending shard (to the home shard's registry).
     SessionGone {
         /// Client id.
-        client_id: ByteStr,
+        client_id: ClientId,
         /// The connection it belonged to last.
         conn: ConnRef,
     },

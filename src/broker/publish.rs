@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::broker::{AckTo, Broker, ShardMsg};
 use crate::metrics::{AclAction, Limit};
-use crate::mqtt::{QoS, ReasonCode};
+use crate::mqtt::{ClientId, QoS, ReasonCode};
 use crate::router::{owner_of, GroupRoute, ShardId, ShardSet};
 use crate::session::{Admit, Delivery, Enqueued, Had, Message, QueueLimit, SubOptions};
 
@@ -400,7 +400,7 @@ fn queue_limit(limit: QueueLimit) -> Limit {
 fn merge_overlapping(
     msg: &Arc<Message>,
     same: &[(SessionKey, SubOptions)],
-    client_id: &crate::mqtt::ByteStr,
+    client_id: &ClientId,
 ) -> Option<Delivery> {
     let own = *client_id == msg.publisher;
     let mut qos = None::<QoS>;

@@ -433,7 +433,7 @@ mod tests {
 
     use super::*;
     use crate::broker::durable::RECORD_PUBLISH;
-    use crate::mqtt::{ByteStr, PublishProperties, QoS};
+    use crate::mqtt::{ByteStr, ClientId, PublishProperties, QoS};
 
     fn msg(payload: &str) -> Message {
         Message {
@@ -442,7 +442,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: true,
             properties: PublishProperties::default(),
-            publisher: ByteStr::from_static("p"),
+            publisher: ClientId::from("p"),
             expires_at: None,
             log: None,
         }

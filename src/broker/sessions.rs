@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, ConnRef, ShardMsg};
-use crate::mqtt::{ByteStr, Protocol, ReasonCode};
+use crate::mqtt::{ClientId, Protocol, ReasonCode};
 use crate::router::{owner_of, ShardId};
 use crate::runtime::spawn_every;
 use crate::session::{Link, Message, OutboundLimits, Session, Will};
@@ -17,7 +17,7 @@ use super::{Reply, SessionKey, SessionSlot, Superseded};
 /// What a CONNECT asks of its session.
 pub struct SessionParams {
     /// Client identifier (assigned already if the client sent none).
-    pub client_id: ByteStr,
+    pub client_id: ClientId,
     /// Protocol level of this connection.
     pub protocol: Protocol,
     /// Discard any previous session.
@@ -266,7 +266,7 @@ impl Broker {
 
     /// Logs the will of connection `me` (if it has one) and waits until it is durable,
     /// so that a crash cannot lose it (see `persist`).
-    async fn log_armed_will(&self, client_id: &ByteStr, me: ConnRef, will: Option<Will>) {
+    async fn log_armed_will(&self, client_id: &ClientId, me: ConnRef, will: Option<Will>) {
         let Some(will) = will else {
             return;
         };
@@ -302,7 +302,7 @@ impl Broker {
     /// Home shard: record the new holder of `client_id` and get the old session to it.
     pub(crate) fn claim_at_home(
         self: &Rc<Self>,
-        client_id: ByteStr,
+        client_id: ClientId,
         conn: ConnRef,
         clean_start: bool,
         id: u64,
@@ -336,7 +336,7 @@ impl Broker {
     /// closes any live connection (v5 reason 0x8E) and moves or discards the session.
     pub(crate) fn take_over(
         self: &Rc<Self>,
-        client_id: ByteStr,
+        client_id: ClientId,
         old: ConnRef,
         to: ConnRef,
         clean_start: bool,
@@ -410,7 +410,7 @@ impl Broker {
     /// new one resumes it (`resume_in_place`). Taking it out of the trie and the interest
     /// table and back would leave a window in which deliveries found nobody. Returns
     /// false (nothing done) for a session that does not carry on.
-    fn park(self: &Rc<Self>, client_id: &ByteStr, key: SessionKey, to: ConnRef) -> bool {
+    fn park(self: &Rc<Self>, client_id: &ClientId, key: SessionKey, to: ConnRef) -> bool {
         let (old_conn, will) = {
             let mut sessions = self.sessions.slots.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
@@ -654,7 +654,7 @@ impl Broker {
         &self,
         key: SessionKey,
         elapsed_ms: u64,
-    ) -> Option<(ByteStr, SessionRecord)> {
+    ) -> Option<(ClientId, SessionRecord)> {
         let sessions = self.sessions.slots.borrow();
         let slot = sessions.get(&key).filter(|s| s.session.logged)?;
         let expiry_secs = match slot.session.expiry_secs {
@@ -706,7 +706,7 @@ impl Broker {
     }
 
     /// Publishes a will as the client would have.
-    pub(crate) fn publish_will(self: &Rc<Self>, client_id: &ByteStr, will: Will) {
+    pub(crate) fn publish_will(self: &Rc<Self>, client_id: &ClientId, will: Will) {
         let expires_at = will
             .properties
             .message_expiry_interval_secs

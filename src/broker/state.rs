@@ -8,7 +8,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use crate::mqtt::ByteStr;
+use crate::mqtt::ClientId;
 use crate::router::{GroupRoute, InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
 use crate::session::{Message, Session, SubOptions};
 
@@ -30,10 +30,10 @@ pub(super) struct Sessions {
     pub(super) persisted: RefCell<HashSet<String>>,
     /// Claims sent from this shard and not yet answered, by (client id, connection
     /// token); a takeover arriving meanwhile is parked here until the claim resolves.
-    pub(super) claims: RefCell<HashMap<(ByteStr, u64), Option<Superseded>>>,
+    pub(super) claims: RefCell<HashMap<(ClientId, u64), Option<Superseded>>>,
     /// Sessions a takeover left in place (indexed, offline) for a newer connection on
     /// this same shard, by client id, until that connection's claim resumes them.
-    pub(super) parked: RefCell<HashMap<ByteStr, SessionKey>>,
+    pub(super) parked: RefCell<HashMap<ClientId, SessionKey>>,
     /// The sessions the cursor flush and the watermarks look at (see
     /// [`Session::flush_looks_at`]), so that their passes cost what those sessions cost,
     /// not what every idle device does. Every session the flush has anything to do for

@@ -32,7 +32,7 @@ use bytes::Bytes;
 
 use crate::broker::Broker;
 use crate::metrics::ShardProbe;
-use crate::mqtt::{ByteStr, PublishProperties, QoS};
+use crate::mqtt::{ByteStr, ClientId, PublishProperties, QoS};
 use crate::runtime::spawn_every;
 use crate::session::Message;
 
@@ -132,7 +132,7 @@ impl Broker {
             qos: QoS::AtMostOnce,
             retain: true,
             properties: PublishProperties::default(),
-            publisher: ByteStr::from_static(PUBLISHER),
+            publisher: ClientId::from(PUBLISHER),
             expires_at: None,
             log: None,
         });

@@ -25,13 +25,15 @@
 //!
 //! Files: `types` (protocol level, QoS, packet id and type), `wire` (integers, strings,
 //! the bounded reader), `props` (the v5 property block; `props/sets` the typed set of each
-//! packet kind), `reason` (reason codes), `error`, `bytestr`, then one file per packet
-//! family: `connect`, `publish`, `ack`, `subscribe`, `disconnect` (with AUTH).
+//! packet kind), `reason` (reason codes), `error`, `bytestr`, `client_id` (the id a
+//! session keeps), then one file per packet family: `connect`, `publish`, `ack`,
+//! `subscribe`, `disconnect` (with AUTH).
 
 mod ack;
 mod bytestr;
 #[doc(hidden)]
 pub mod check;
+mod client_id;
 mod connect;
 mod disconnect;
 mod error;
@@ -49,6 +51,7 @@ use bytes::{BufMut, BytesMut};
 
 pub use ack::Ack;
 pub use bytestr::ByteStr;
+pub use client_id::ClientId;
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use error::{DecodeError, EncodeError};

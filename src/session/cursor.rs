@@ -501,7 +501,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::mqtt::{ByteStr, PublishProperties, QoS};
+    use crate::mqtt::{ByteStr, ClientId, PublishProperties, QoS};
     use crate::session::{Delivery, Message, OutboundLimits};
 
     fn delivery(shard: ShardId, offset: u64, floor: u64) -> Delivery {
@@ -512,7 +512,7 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 properties: PublishProperties::default(),
-                publisher: ByteStr::from_static("pub"),
+                publisher: ClientId::from("pub"),
                 expires_at: None,
                 log: Some(LogPos {
                     shard,

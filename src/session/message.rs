@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::mqtt::{self, ByteStr, PublishProperties, QoS};
+use crate::mqtt::{self, ByteStr, ClientId, PublishProperties, QoS};
 use crate::router::ShardId;
 
 /// An application message after its owner shard accepted it. Immutable and shared by
@@ -25,7 +25,7 @@ pub struct Message {
     /// per-connection and never stored here).
     pub properties: PublishProperties,
     /// The publishing client's id, for no-local subscriptions.
-    pub publisher: ByteStr,
+    pub publisher: ClientId,
     /// When the v5 message expiry interval runs out; `None` = never.
     pub expires_at: Option<Instant>,
     /// Where the owner logged it; `None` for a message that was not logged.
@@ -108,7 +108,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             properties,
-            publisher: ByteStr::from_static("c"),
+            publisher: ClientId::from("c"),
             expires_at: None,
             log: None,
         }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
+use crate::mqtt::{ByteStr, ClientId, Protocol, PublishProperties, QoS};
 use crate::router::ShardId;
 
 pub use crate::router::SmallMap;
@@ -86,7 +86,7 @@ pub enum Had {
 #[derive(Debug)]
 pub struct Session {
     /// The client identifier.
-    pub client_id: ByteStr,
+    pub client_id: ClientId,
     /// Protocol of the last connection.
     pub protocol: Protocol,
     /// Seconds the session outlives its connection; 0 = ends with it.
@@ -185,7 +185,7 @@ pub fn subscribed_from(from: &[u64], owner: ShardId) -> u64 {
 impl Session {
     /// A fresh session.
     pub fn new(
-        client_id: ByteStr,
+        client_id: ClientId,
         protocol: Protocol,
         expiry_secs: u32,
         limits: OutboundLimits,

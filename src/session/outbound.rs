@@ -992,7 +992,7 @@ mod tests {
     use bytes::{Bytes, BytesMut};
 
     use super::*;
-    use crate::mqtt::{ByteStr, DecodeLimits, PublishProperties};
+    use crate::mqtt::{ByteStr, ClientId, DecodeLimits, PublishProperties};
     use crate::session::Message;
 
     fn limits(queue: usize, inflight: usize) -> OutboundLimits {
@@ -1011,7 +1011,7 @@ mod tests {
                 qos,
                 retain: false,
                 properties: PublishProperties::default(),
-                publisher: ByteStr::from_static("pub"),
+                publisher: ClientId::from("pub"),
                 expires_at: None,
                 log: None,
             }),

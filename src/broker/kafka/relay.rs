@@ -29,7 +29,7 @@ use bytes::Bytes;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use crate::config::Config;
-use crate::mqtt::{ByteStr, PublishProperties, QoS};
+use crate::mqtt::{ByteStr, ClientId, PublishProperties, QoS};
 use crate::router::{filter_matches, validate_topic_name};
 use crate::session::Message;
 use crate::storage::{RecordKind, RecordRef};
@@ -297,7 +297,7 @@ impl Broker {
                     qos: QoS::AtLeastOnce,
                     retain: false,
                     properties,
-                    publisher: ByteStr::from(RELAY_PUBLISHER),
+                    publisher: ClientId::from(RELAY_PUBLISHER),
                     expires_at: None,
                     log: None,
                 }));

@@ -61,7 +61,7 @@ use crate::broker::durable::{
     Recovered,
 };
 use crate::broker::{ArmedWills, RecoveredSession, ReplayWant, RECORD_PUBLISH};
-use crate::mqtt::{ByteStr, PacketId};
+use crate::mqtt::{ClientId, PacketId};
 use crate::router::{filter_matches, owner_of, parse_filter, ShardId, TopicLimits};
 use crate::session::{subscribed_from, Message};
 use crate::storage::{Offset, RecordKind, Wal, WalConfig};
@@ -571,7 +571,7 @@ async fn carry_received(
     pending: &mut BTreeMap<(ShardId, u64), Carried>,
     wal: &Wal,
     shard: ShardId,
-    ids: HashMap<(ByteStr, u16), ReceivedAt>,
+    ids: HashMap<(ClientId, u16), ReceivedAt>,
 ) -> Result<(), String> {
     for ((publisher, pid), (offset, _)) in ids {
         if let Some(carried) = pending.get_mut(&(shard, offset)) {
@@ -589,7 +589,7 @@ async fn carry_received(
                 "the old log of shard {shard} could not be read at offset {offset}: {e}"
             ));
         }
-        let Some(msg) = msg.filter(|m| m.publisher == publisher) else {
+        let Some(msg) = msg.filter(|m| m.publisher.as_str() == publisher.as_str()) else {
             return Err(format!(
                 "the old log of shard {shard} holds no QoS 2 publish of {publisher} at \
                  offset {offset}"
@@ -745,7 +745,7 @@ mod tests {
     use glommio::LocalExecutorBuilder;
 
     use super::*;
-    use crate::mqtt::{Protocol, PublishProperties, QoS};
+    use crate::mqtt::{ByteStr, Protocol, PublishProperties, QoS};
     use crate::session::SubOptions;
     use crate::storage::{FsyncPolicy, RecordRef};
 
@@ -775,7 +775,7 @@ mod tests {
             qos: QoS::ExactlyOnce,
             retain: false,
             properties: PublishProperties::default(),
-            publisher: ByteStr::from_static(publisher),
+            publisher: ClientId::from(publisher),
             expires_at: None,
             log: None,
         }
@@ -902,7 +902,7 @@ mod tests {
                     assert_eq!(found[p].1, vec!["s".to_string()], "{p} carried for s");
                 }
                 assert!(found["recv-unwanted"].1.is_empty(), "kept for its id alone");
-                let q = |pid| (ByteStr::from_static("q"), pid);
+                let q = |pid| (ClientId::from("q"), pid);
                 assert_eq!(rec.received.len(), 2);
                 assert_eq!(rec.received[&q(43)].0, found["recv-wanted"].0);
                 assert_eq!(rec.received[&q(42)].0, found["recv-unwanted"].0);

@@ -86,7 +86,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::broker::{Broker, ShardMsg};
-use crate::mqtt::{ByteStr, Protocol, ReasonCode};
+use crate::mqtt::{ClientId, Protocol, ReasonCode};
 use crate::router::{owner_of, ShardId};
 use crate::runtime::spawn_every;
 use crate::session::{Session, SubOptions, Will};
@@ -107,7 +107,7 @@ pub const CURSOR_FLUSH_MS: u64 = 200;
 #[derive(Debug)]
 pub struct Releasing {
     /// The session's client id.
-    pub client_id: ByteStr,
+    pub client_id: ClientId,
     /// The exchange's packet id.
     pub pid: u16,
     /// The message's `(owner shard, offset)`.
@@ -312,7 +312,7 @@ pub fn visit_will_record(wills: &mut ArmedWills, record: &RecordRef<'_>) -> bool
 #[derive(Debug, Clone)]
 pub struct ReplayWant {
     /// The session's client id.
-    pub client_id: ByteStr,
+    pub client_id: ClientId,
     /// Replay records at or above this offset.
     pub from: u64,
     /// Plain filters (share prefix removed), each with the offset of this log from which
@@ -548,7 +548,7 @@ impl Broker {
 
     /// Home shard, on a clean-start claim: the old session ends here, in the log's order,
     /// before the new connection can log anything of its own.
-    pub(crate) fn end_logged_at_home(self: &Rc<Self>, client_id: &ByteStr) {
+    pub(crate) fn end_logged_at_home(self: &Rc<Self>, client_id: &ClientId) {
         if !self
             .sessions
             .persisted
@@ -593,7 +593,7 @@ impl Broker {
         }
         let holds = self.backlog_holds_with(&survey.clean_holds);
         type Changed = (
-            ByteStr,
+            ClientId,
             Vec<(ShardId, u64)>,
             Vec<(ShardId, u64)>,
             Vec<(ShardId, u64, u16)>,
@@ -723,7 +723,7 @@ impl Broker {
     /// shard, offset)`, batched per client) and, once that is durable at the homes,
     /// sends their PUBRELs.
     pub(crate) async fn log_releases(&self, batch: Vec<Releasing>) {
-        let mut per_client: HashMap<&ByteStr, Vec<(ShardId, u64, u16)>> = HashMap::new();
+        let mut per_client: HashMap<&ClientId, Vec<(ShardId, u64, u16)>> = HashMap::new();
         for r in &batch {
             per_client
                 .entry(&r.client_id)

@@ -59,7 +59,7 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::mqtt::{self, ByteStr, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS};
+use crate::mqtt::{self, ClientId, DecodeLimits, Packet, PacketId, Protocol, Publish, QoS};
 use crate::router::ShardId;
 use crate::session::{SubOptions, Will};
 use crate::storage::RecordKind;
@@ -483,8 +483,8 @@ fn get_str(b: &mut &[u8]) -> Option<String> {
 }
 
 /// A client id as the broker keeps it.
-pub fn client_id(s: &str) -> ByteStr {
-    ByteStr::from(s.to_string())
+pub fn client_id(s: &str) -> ClientId {
+    ClientId::from(s)
 }
 
 #[cfg(test)]
@@ -492,7 +492,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::mqtt::PublishProperties;
+    use crate::mqtt::{ByteStr, PublishProperties};
 
     fn round_trip(record: SessionRecord) -> SessionRecord {
         let (kind, body) = encode("client-é", &record);

@@ -286,7 +286,7 @@ pub(super) mod tests {
     use super::*;
     use crate::broker::durable::{as_publish, encode_publish_body};
     use crate::broker::RECORD_PUBLISH;
-    use crate::mqtt::{ByteStr, PublishProperties, QoS};
+    use crate::mqtt::{ByteStr, ClientId, PublishProperties, QoS};
     use crate::session::{LogPos, ReplayCursor};
     use crate::storage::{FsyncPolicy, WalConfig};
 
@@ -325,7 +325,7 @@ pub(super) mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 properties: PublishProperties::default(),
-                publisher: ByteStr::from_static("p"),
+                publisher: ClientId::from("p"),
                 expires_at: None,
                 log: None,
             };
@@ -342,7 +342,7 @@ pub(super) mod tests {
 
     fn want(from: u64, since: u64) -> ReplayWant {
         ReplayWant {
-            client_id: ByteStr::from_static("s"),
+            client_id: ClientId::from("s"),
             from,
             filters: vec![("t".to_string(), since)],
             messages_max: usize::MAX,

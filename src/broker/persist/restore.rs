@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::broker::{Broker, ConnRef, ShardMsg};
-use crate::mqtt::ByteStr;
+use crate::mqtt::ClientId;
 use crate::mqtt::QoS;
 use crate::router::{parse_filter, ShardId};
 use crate::session::{
@@ -33,7 +33,7 @@ impl Broker {
         self: &Rc<Self>,
         mut recovered: HashMap<String, RecoveredSession>,
         cut: ArmedWills,
-    ) -> Vec<(ByteStr, Will)> {
+    ) -> Vec<(ClientId, Will)> {
         let now_ms = unix_ms();
         let mut due_wills = Vec::new();
         let mut restored = Vec::new();
@@ -113,12 +113,12 @@ impl Broker {
         due_wills
     }
 
-    async fn end_logged_at_home_now(self: &Rc<Self>, client_id: &ByteStr) {
+    async fn end_logged_at_home_now(self: &Rc<Self>, client_id: &ClientId) {
         let (kind, body) = records::encode(client_id.as_str(), &SessionRecord::End);
         self.on_session_log(self.id, kind.0, body, None).await;
     }
 
-    fn install_restored(&self, client_id: &ByteStr, rec: &RecoveredSession) -> u64 {
+    fn install_restored(&self, client_id: &ClientId, rec: &RecoveredSession) -> u64 {
         let mut session = Session::new(
             client_id.clone(),
             rec.protocol,
@@ -178,7 +178,7 @@ impl Broker {
     }
 
     /// Indexes the restored sessions' subscriptions and queues what every owner replays.
-    async fn replay_all(self: &Rc<Self>, restored: &[(u64, ByteStr, RecoveredSession, u64)]) {
+    async fn replay_all(self: &Rc<Self>, restored: &[(u64, ClientId, RecoveredSession, u64)]) {
         let mut acks = Vec::new();
         for (key, _, rec, _) in restored {
             for (filter, (opts, _)) in &rec.subscriptions {
@@ -281,7 +281,7 @@ impl Broker {
     /// recovered past an owner's end (see `scan_for_replay`) must not outlive this start,
     /// or the records that now take those offsets would be skipped after the next crash.
     /// What the groups' backlogs took from the replay holds them down too.
-    async fn log_restored_cursors(&self, restored: &[(u64, ByteStr, RecoveredSession, u64)]) {
+    async fn log_restored_cursors(&self, restored: &[(u64, ClientId, RecoveredSession, u64)]) {
         let holds = self.backlog_holds();
         let mut waits = Vec::new();
         for (key, client_id, ..) in restored {

@@ -41,7 +41,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::broker::Broker;
-use crate::mqtt::{ByteStr, QoS};
+use crate::mqtt::{ClientId, QoS};
 use crate::router::ShardId;
 use crate::session::Session;
 
@@ -51,7 +51,7 @@ use super::records::SessionRecord;
 /// entry.
 #[derive(Debug)]
 struct Sending {
-    client_id: ByteStr,
+    client_id: ClientId,
     pid: u16,
     /// The message's `(owner shard, offset)`.
     at: (ShardId, u64),

@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use crate::auth::Principal;
-use crate::mqtt::ByteStr;
+use crate::mqtt::ClientId;
 use crate::session::Link;
 
 /// One client connection on this shard.
@@ -24,7 +24,7 @@ pub struct Conn {
     pub link: Rc<Link>,
     /// Who the client authenticated as and its client id, set at CONNECT: a reload
     /// checks the credentials again and rebuilds the link's ACL from them.
-    pub who: RefCell<Option<(Principal, ByteStr)>>,
+    pub who: RefCell<Option<(Principal, ClientId)>>,
     /// How many reloads rebuilt the ACL (wrapping): a SUBSCRIBE that waited on its WAL
     /// write while one did classifies its filters again under the new rules. 16 bits
     /// leave room for `reading` beside the descriptor; 65,536 reloads during one

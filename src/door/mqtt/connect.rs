@@ -10,7 +10,8 @@ use crate::broker::SessionParams;
 use crate::config::KeepaliveOverMax;
 use crate::metrics::Limit;
 use crate::mqtt::{
-    self, ByteStr, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Protocol, ReasonCode,
+    self, ByteStr, ClientId, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Protocol,
+    ReasonCode,
 };
 use crate::router::validate_topic_name;
 use crate::session::{TopicAliases, Will, EXPIRY_NEVER};
@@ -257,7 +258,7 @@ async fn accept(
         conn,
         outcome.session_present,
         ReasonCode::Success,
-        assigned.then(|| client_id.clone()),
+        assigned.then(|| client_id.to_byte_str()),
         door,
     );
     if v5 && keep_alive_secs != connect.keep_alive_secs {
@@ -286,16 +287,12 @@ async fn accept(
     })
 }
 
-/// A copy of `s` for a connection to keep: the strings a CONNECT decodes into are slices of
-/// the buffer it was read into, which they would keep alive for as long as the connection
-/// lasts. The copy comes from the heap of lasting objects (see `runtime::lasting`), already
-/// in the shared form its clones take (the first clone of a fresh copy allocates it).
-fn kept(s: &ByteStr) -> ByteStr {
-    crate::runtime::lasting(|| {
-        let copy = ByteStr::from(s.as_str().to_owned());
-        drop(copy.clone());
-        copy
-    })
+/// The client id `s` as the session, the client id index and the connection keep it:
+/// the strings a CONNECT decodes into are slices of the buffer it was read into, which
+/// they would keep alive for as long as the connection lasts. The copy comes from the heap
+/// of lasting objects (see `runtime::lasting`).
+fn kept(s: &ByteStr) -> ClientId {
+    crate::runtime::lasting(|| ClientId::from(s))
 }
 
 /// Checks the CONNECT's credentials (or takes `identity`, the user a verified client

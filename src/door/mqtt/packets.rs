@@ -167,10 +167,7 @@ async fn on_publish(
     let expires_at = properties
         .message_expiry_interval_secs
         .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
-    let publisher = door
-        .broker
-        .client_id_of(key)
-        .unwrap_or_else(|| ByteStr::from_static(""));
+    let publisher = door.broker.client_id_of(key).unwrap_or_default();
     let msg = Arc::new(Message {
         topic: publish.topic,
         payload: publish.payload,
