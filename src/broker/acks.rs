@@ -159,7 +159,7 @@ impl Broker {
         let mut filters = sessions
             .get(&key)
             .into_iter()
-            .flat_map(|s| s.session.subscriptions.keys().map(|f| &**f));
+            .flat_map(|s| s.session.subscriptions.keys());
         f(&mut filters)
     }
 }

@@ -244,7 +244,7 @@ impl Broker {
             let skip_to = after_filter.filter(|_| Some(client) == within);
             for (filter, sub) in filters {
                 let options = &sub.opts;
-                if skip_to.is_some_and(|f| &**filter <= f) {
+                if skip_to.is_some_and(|f| filter <= f) {
                     continue;
                 }
                 if let Some(last) = last.filter(|_| full(&rows, scanned)) {

@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{ClientId, QoS};
 use crate::router::{parse_filter, ShardId};
-use crate::session::{subscribed_from, CatchUp, Message, ReplayCursor, Session};
+use crate::session::{CatchUp, Message, ReplayCursor, Session};
 use crate::storage::Offset;
 
 use super::persist::{
@@ -79,7 +79,7 @@ impl Broker {
             .iter()
             .filter_map(|(full, sub)| {
                 let plain = parse_filter(full, &self.topic_limits()).ok()?.filter;
-                Some((plain.to_string(), subscribed_from(&sub.from, owner)))
+                Some((plain.to_string(), sub.from(owner)))
             })
             .collect()
     }

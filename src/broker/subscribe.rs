@@ -25,7 +25,7 @@ use std::time::Instant;
 use crate::broker::{Broker, ShardMsg};
 use crate::mqtt::{QoS, ReasonCode};
 use crate::router::{owner_of, parse_filter, ShardId, ShardSet, TopicLimits};
-use crate::session::{Delivery, SubOptions, Subscribed};
+use crate::session::{Delivery, SubOptions};
 
 use super::persist::records::SessionRecord;
 use super::persist::SUBSCRIBE_NOT_LOGGED;
@@ -224,24 +224,14 @@ impl Broker {
                 // reads and replays skip records before it. A new one begins at every
                 // owner's log end, asked below; until the answers come it holds the
                 // last watermark each owner sent here, which is never past that end.
-                match s.subscriptions.get_mut(filter.as_str()) {
-                    Some(sub) => {
-                        sub.opts = opts;
-                        true
-                    }
-                    None => {
-                        let from = self.retention.heard_floors.borrow().clone();
-                        s.subscriptions.insert(
-                            filter.as_str().into(),
-                            Subscribed {
-                                opts,
-                                from: from.into(),
-                            },
-                        );
-                        self.sessions.watch(key, s);
-                        begun.push(filter.clone());
-                        false
-                    }
+                if s.subscriptions.set_opts(filter.as_str(), opts) {
+                    true
+                } else {
+                    let from = self.retention.heard_floors.borrow();
+                    s.subscriptions.insert(filter.as_str(), opts, &from);
+                    self.sessions.watch(key, s);
+                    begun.push(filter.clone());
+                    false
                 }
             };
             if existed {
@@ -270,15 +260,13 @@ impl Broker {
             let s = &mut slot.session;
             if let Some(ends) = ends {
                 for filter in &begun {
-                    if let Some(sub) = s.subscriptions.get_mut(filter.as_str()) {
-                        sub.from = ends.as_slice().into();
-                    }
+                    s.subscriptions.set_from(filter.as_str(), &ends);
                 }
             }
             let records: Vec<_> = added
                 .iter()
                 .filter_map(|(filter, opts, _)| {
-                    let from = s.subscriptions.get(filter.as_str())?.from.to_vec();
+                    let from = s.subscriptions.get(filter.as_str())?.from_all();
                     Some((filter.clone(), *opts, from))
                 })
                 .collect();

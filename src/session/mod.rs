@@ -16,6 +16,7 @@ mod cursor;
 mod link;
 mod message;
 mod outbound;
+mod subscriptions;
 
 use std::collections::HashMap;
 
@@ -31,6 +32,7 @@ pub use message::{Delivery, LogPos, Message};
 pub use outbound::{
     Enqueued, Outbound, OutboundLimits, Outlet, Pumped, QueueLimit, TopicAliases, UnknownPacketId,
 };
+pub use subscriptions::{Sub, Subscriptions};
 
 /// Session expiry interval meaning "never expires".
 pub const EXPIRY_NEVER: u32 = u32::MAX;
@@ -91,9 +93,8 @@ pub struct Session {
     pub protocol: Protocol,
     /// Seconds the session outlives its connection; 0 = ends with it.
     pub expiry_secs: u32,
-    /// Subscriptions by full filter (including any `$share/<group>/` prefix). Boxed
-    /// strings: a filter never grows, and an entry is then 48 bytes, not 64.
-    pub subscriptions: SmallMap<Box<str>, Subscribed>,
+    /// Subscriptions by full filter (including any `$share/<group>/` prefix).
+    pub subscriptions: Subscriptions,
     /// The will of the current connection.
     pub will: Option<Box<Will>>,
     /// Outbound queue and in-flight window.
@@ -162,22 +163,9 @@ impl<K: std::hash::Hash + Eq, V> BuiltOnUse<K, V> {
     }
 }
 
-/// One subscription of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscribed {
-    /// Its options.
-    pub opts: SubOptions,
-    /// Where it began, per owner shard: the log offset from which it wants messages (see
-    /// [`subscribed_from`]). A read from the log returns only records at or past it for
-    /// the subscription that matches them. A log position, not a clock: a clock stepping
-    /// back would skip messages. Set once per owner when the subscription begins, so a
-    /// boxed slice.
-    pub from: Box<[u64]>,
-}
-
 /// The offset of `owner`'s log from which a subscription that began at `from` (per
-/// owner shard, as in [`Subscribed::from`]) wants messages; 0 for an owner it
-/// has no position for.
+/// owner shard, as a session's start table and its log records keep it: see
+/// [`Sub::from`]) wants messages; 0 for an owner it has no position for.
 pub fn subscribed_from(from: &[u64], owner: ShardId) -> u64 {
     from.get(owner.index()).copied().unwrap_or(0)
 }
@@ -194,7 +182,7 @@ impl Session {
             client_id,
             protocol,
             expiry_secs,
-            subscriptions: SmallMap::new(),
+            subscriptions: Subscriptions::new(),
             will: None,
             outbound: Outbound::new(limits),
             awaiting_pubrel: BuiltOnUse::default(),

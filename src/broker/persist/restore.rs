@@ -10,12 +10,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::broker::{Broker, ConnRef, ShardMsg};
-use crate::mqtt::ClientId;
-use crate::mqtt::QoS;
+use crate::mqtt::{ClientId, QoS};
 use crate::router::{parse_filter, ShardId};
-use crate::session::{
-    subscribed_from, Delivery, Had, LogPos, Session, Subscribed, Will, EXPIRY_NEVER,
-};
+use crate::session::{subscribed_from, Delivery, Had, LogPos, Session, Will, EXPIRY_NEVER};
 
 use super::super::holds::lower_by_groups;
 use super::super::{Reply, SessionSlot};
@@ -141,13 +138,7 @@ impl Broker {
         session.replay.restore_released(released);
         session.replay.restore_sent(sent);
         for (filter, (opts, from)) in &rec.subscriptions {
-            session.subscriptions.insert(
-                filter.as_str().into(),
-                Subscribed {
-                    opts: *opts,
-                    from: from.as_slice().into(),
-                },
-            );
+            session.subscriptions.insert(filter, *opts, from);
         }
         let key = self.sessions.new_key();
         let me = ConnRef {
