@@ -254,15 +254,53 @@ pub struct SessionSlot {
     pub session: Session,
     /// The live connection, if any.
     pub conn: Option<Rc<Link>>,
-    /// The last connection that held it (for registry bookkeeping).
-    pub last_conn: ConnRef,
-    /// Bumped on every (re)attach; timers compare it to know they are stale.
-    pub epoch: u64,
+    /// The last connection that held it (for registry bookkeeping): its token and shard
+    /// apart rather than a `ConnRef`, whose padding would cost the slot its size class.
+    last_token: u64,
+    last_shard: ShardId,
+    /// Bumped on every (re)attach and takeover; timers compare it to know they are
+    /// stale. A timer lives at most one expiry interval: 2^32 reattaches in it cannot
+    /// happen.
+    pub epoch: u32,
 }
 
-// Every session keeps one, connected or not: within the allocator's 224-byte size class
-// (the next is 256).
-const _: () = assert!(std::mem::size_of::<SessionSlot>() <= 224);
+// Every session keeps one, connected or not: within the allocator's 192-byte size class
+// (the next is 224).
+const _: () = assert!(std::mem::size_of::<SessionSlot>() <= 192);
+
+impl SessionSlot {
+    /// A slot for `session`, attached to `conn` (if any), last held by `last_conn`.
+    pub fn new(session: Session, conn: Option<Rc<Link>>, last_conn: ConnRef) -> Self {
+        SessionSlot {
+            session,
+            conn,
+            last_token: last_conn.token,
+            last_shard: last_conn.shard,
+            epoch: 0,
+        }
+    }
+
+    /// The last connection that held the session.
+    pub fn last_conn(&self) -> ConnRef {
+        ConnRef {
+            shard: self.last_shard,
+            token: self.last_token,
+        }
+    }
+
+    /// Attaches `conn`, `last_conn` on this shard: timers of the time before are stale.
+    pub fn attach(&mut self, conn: Rc<Link>, last_conn: ConnRef) {
+        self.conn = Some(conn);
+        self.last_token = last_conn.token;
+        self.last_shard = last_conn.shard;
+        self.bump_epoch();
+    }
+
+    /// Makes the timers of the time before stale.
+    pub fn bump_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+}
 
 /// A newer connection that took over a client id while this shard's claim for it was
 /// still in flight.

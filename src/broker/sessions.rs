@@ -243,12 +243,7 @@ impl Broker {
                 .insert(session.client_id.clone(), key);
             self.sessions.slots.borrow_mut().insert(
                 key,
-                Box::new(SessionSlot {
-                    session,
-                    conn: Some(Rc::clone(conn)),
-                    last_conn: me,
-                    epoch: conn.token,
-                }),
+                Box::new(SessionSlot::new(session, Some(Rc::clone(conn)), me)),
             );
         });
         self.probe.sessions_current.add(1);
@@ -370,7 +365,7 @@ impl Broker {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
             return;
         };
-        if to.shard == self.id && !clean_start && self.park(&client_id, key, to) {
+        if to.shard == self.id && !clean_start && self.park(&client_id, key) {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
             return;
         }
@@ -379,7 +374,7 @@ impl Broker {
         if was_live && slot.session.will.is_some() {
             // Published or cancelled below; a delayed will of an offline session was
             // marked done when its connection ended.
-            self.log_will_done(client_id.as_str(), will_conn(slot.last_conn));
+            self.log_will_done(client_id.as_str(), will_conn(slot.last_conn()));
         }
         if let Some(conn) = slot.conn.take() {
             conn.close(ReasonCode::SessionTakenOver);
@@ -410,7 +405,7 @@ impl Broker {
     /// new one resumes it (`resume_in_place`). Taking it out of the trie and the interest
     /// table and back would leave a window in which deliveries found nobody. Returns
     /// false (nothing done) for a session that does not carry on.
-    fn park(self: &Rc<Self>, client_id: &ClientId, key: SessionKey, to: ConnRef) -> bool {
+    fn park(self: &Rc<Self>, client_id: &ClientId, key: SessionKey) -> bool {
         let (old_conn, will) = {
             let mut sessions = self.sessions.slots.borrow_mut();
             let Some(slot) = sessions.get_mut(&key) else {
@@ -420,9 +415,9 @@ impl Broker {
                 return false;
             }
             // Timers of the old connection (expiry, delayed will) no longer apply.
-            slot.epoch = to.token;
+            slot.bump_epoch();
             (
-                slot.conn.take().map(|c| (c, slot.last_conn)),
+                slot.conn.take().map(|c| (c, slot.last_conn())),
                 slot.session.will.take(),
             )
         };
@@ -464,14 +459,12 @@ impl Broker {
         let open = {
             let mut sessions = self.sessions.slots.borrow_mut();
             let slot = sessions.get_mut(&key).expect("checked by the caller");
+            slot.attach(Rc::clone(conn), me);
             let s = &mut slot.session;
             s.protocol = params.protocol;
             s.expiry_secs = params.expiry_secs;
             s.will = params.will.map(Box::new);
             s.outbound.set_client_receive_max(params.receive_max);
-            slot.conn = Some(Rc::clone(conn));
-            slot.last_conn = me;
-            slot.epoch = conn.token;
             s.is_persistent().then(|| {
                 s.logged = true;
                 self.sessions.watch(key, s);
@@ -538,7 +531,7 @@ impl Broker {
             let stopping = slot.conn.as_ref().and_then(|c| c.closing())
                 == Some(ReasonCode::ServerShuttingDown);
             let armed = (slot.conn.take().is_some() && slot.session.will.is_some() && !stopping)
-                .then(|| will_conn(slot.last_conn));
+                .then(|| will_conn(slot.last_conn()));
             if let Some(e) = expiry_secs {
                 // A v5 DISCONNECT may change the interval, within the same cap as CONNECT.
                 slot.session.expiry_secs = e.min(self.config.session_expiry_max_secs);
@@ -621,16 +614,17 @@ impl Broker {
             self.log_session(slot.session.client_id.as_str(), &SessionRecord::End, false);
         }
         let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards());
+        let conn = slot.last_conn();
         self.post(
             home,
             ShardMsg::SessionGone {
                 client_id: slot.session.client_id,
-                conn: slot.last_conn,
+                conn,
             },
         );
     }
 
-    fn still_offline(&self, key: SessionKey, epoch: u64) -> bool {
+    fn still_offline(&self, key: SessionKey, epoch: u32) -> bool {
         self.sessions
             .slots
             .borrow()
@@ -668,7 +662,7 @@ impl Broker {
         Some((slot.session.client_id.clone(), record))
     }
 
-    pub(crate) fn schedule_expiry_ms(self: &Rc<Self>, key: SessionKey, epoch: u64, ms: u64) {
+    pub(crate) fn schedule_expiry_ms(self: &Rc<Self>, key: SessionKey, epoch: u32, ms: u64) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             glommio::timer::sleep(Duration::from_millis(ms)).await;
@@ -680,7 +674,7 @@ impl Broker {
         .detach();
     }
 
-    pub(crate) fn schedule_will_ms(self: &Rc<Self>, key: SessionKey, epoch: u64, ms: u64) {
+    pub(crate) fn schedule_will_ms(self: &Rc<Self>, key: SessionKey, epoch: u32, ms: u64) {
         let shard = Rc::clone(self);
         glommio::spawn_local(async move {
             glommio::timer::sleep(Duration::from_millis(ms)).await;

@@ -155,15 +155,10 @@ impl Broker {
             .borrow_mut()
             .insert(client_id.as_str().to_string());
         self.sessions.watch(key, &session);
-        self.sessions.slots.borrow_mut().insert(
-            key,
-            Box::new(SessionSlot {
-                session,
-                conn: None,
-                last_conn: me,
-                epoch: 0,
-            }),
-        );
+        self.sessions
+            .slots
+            .borrow_mut()
+            .insert(key, Box::new(SessionSlot::new(session, None, me)));
         self.probe.sessions_current.add(1);
         key
     }
