@@ -83,6 +83,32 @@ fn v5_session_expires() {
 }
 
 #[test]
+fn a_session_expires_counted_from_its_last_disconnect() {
+    // One shard: the session is resumed where it is, under the same key, with the
+    // expiry timer of its first disconnect still pending.
+    let broker = broker_with_shards(1, &[]);
+    let c = Connect::v5("expiry-last").session_expiry(3);
+    let (conn, _) = Conn::connect(broker.mqtt, &c);
+    conn.disconnect(0);
+    // Back before that expiry is due, gone again: the expiry counts from here.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (conn, ack) = Conn::connect(broker.mqtt, &c.clone().clean(false));
+    assert!(ack.session_present);
+    conn.disconnect(0);
+    // Past the first disconnect's expiry, before the second's.
+    std::thread::sleep(Duration::from_millis(2300));
+    let (conn, ack) = Conn::connect(broker.mqtt, &c.clone().clean(false));
+    assert!(
+        ack.session_present,
+        "expired by the first disconnect's timer"
+    );
+    conn.disconnect(0);
+    std::thread::sleep(Duration::from_millis(3800));
+    let (_conn, ack) = Conn::connect(broker.mqtt, &c.clean(false));
+    assert!(!ack.session_present, "the last disconnect's expiry ends it");
+}
+
+#[test]
 fn v5_session_with_zero_expiry_ends_at_disconnect() {
     let broker = Broker::start();
     let (mut c, _) = Conn::connect(broker.mqtt, &Connect::v5("expiry0").clean(false));
