@@ -39,6 +39,9 @@ use crate::session::Message;
 /// Who `$SYS` messages come from (never a client id: clients may not use `$`).
 const PUBLISHER: &str = "$SYS";
 
+/// [`PUBLISHER`] as the messages name it, one copy for all of them.
+static PUBLISHER_ID: std::sync::OnceLock<ClientId> = std::sync::OnceLock::new();
+
 /// The figures of one round, in the order of [`TOPICS`].
 type Figures = [String; TOPICS.len()];
 
@@ -132,7 +135,7 @@ impl Broker {
             qos: QoS::AtMostOnce,
             retain: true,
             properties: PublishProperties::default(),
-            publisher: ClientId::from(PUBLISHER),
+            publisher: ClientId::well_known(&PUBLISHER_ID, PUBLISHER),
             expires_at: None,
             log: None,
         });

@@ -4,7 +4,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::ByteStr;
 
@@ -26,6 +26,12 @@ impl ClientId {
         &self.0
     }
 
+    /// A name the broker gives itself (the publisher of a message it makes), kept in
+    /// `cell` once per process: each message clones it instead of allocating a copy.
+    pub fn well_known(cell: &'static OnceLock<ClientId>, text: &'static str) -> ClientId {
+        cell.get_or_init(|| ClientId::from(text)).clone()
+    }
+
     /// The text as a [`ByteStr`] (a copy), for a packet or a record that carries one.
     pub fn to_byte_str(&self) -> ByteStr {
         ByteStr::from(self.as_str().to_owned())
@@ -35,19 +41,14 @@ impl ClientId {
 impl Default for ClientId {
     /// The empty id (what a message the broker made itself names as its publisher).
     fn default() -> Self {
-        ClientId::from("")
+        static EMPTY: OnceLock<ClientId> = OnceLock::new();
+        ClientId::well_known(&EMPTY, "")
     }
 }
 
 impl Deref for ClientId {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for ClientId {
-    fn as_ref(&self) -> &str {
         &self.0
     }
 }
@@ -73,18 +74,6 @@ impl From<String> for ClientId {
 impl From<&ByteStr> for ClientId {
     fn from(s: &ByteStr) -> Self {
         ClientId::from(s.as_str())
-    }
-}
-
-impl PartialEq<str> for ClientId {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for ClientId {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
     }
 }
 
@@ -119,5 +108,13 @@ mod tests {
         assert_eq!(keys, ["dev-1", "dev-2"]);
         assert_eq!(format!("{0} {0:?}", ClientId::from("a")), "a \"a\"");
         assert_eq!(ClientId::from("a").to_byte_str(), "a");
+        static NAME: OnceLock<ClientId> = OnceLock::new();
+        let (one, two) = (
+            ClientId::well_known(&NAME, "$SYS"),
+            ClientId::well_known(&NAME, "$SYS"),
+        );
+        assert_eq!(one.as_str(), "$SYS");
+        assert!(Arc::ptr_eq(&one.0, &two.0), "one copy, cloned");
+        assert!(Arc::ptr_eq(&ClientId::default().0, &ClientId::default().0));
     }
 }

@@ -45,6 +45,9 @@ pub const RECORD_KAFKA_RELAY: RecordKind = RecordKind(33);
 /// (MQTT strings exclude U+0000), so the bridge can tell them apart.
 pub const RELAY_PUBLISHER: &str = "\u{0}kafka";
 
+/// [`RELAY_PUBLISHER`] as the messages name it, one copy for all of them.
+static RELAY_ID: std::sync::OnceLock<ClientId> = std::sync::OnceLock::new();
+
 /// The header the bridge puts on its records, so they are not relayed back.
 pub const ORIGIN_HEADER: &str = "shardmq-origin";
 
@@ -297,7 +300,7 @@ impl Broker {
                     qos: QoS::AtLeastOnce,
                     retain: false,
                     properties,
-                    publisher: ClientId::from(RELAY_PUBLISHER),
+                    publisher: ClientId::well_known(&RELAY_ID, RELAY_PUBLISHER),
                     expires_at: None,
                     log: None,
                 }));
