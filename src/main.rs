@@ -134,6 +134,9 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    // Before the heap grows: resident memory that follows what the broker holds (see
+    // `no_huge_pages`).
+    let huge_pages_off = shardmq::runtime::no_huge_pages();
     let cli = Cli::parse();
     if let Some(Command::HashPassword) = cli.command {
         return hash_password();
@@ -202,6 +205,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    if let Err(e) = huge_pages_off {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off: resident memory may grow by whole 2 MiB pages");
+    }
     let reloader = reload::Reloader {
         sources,
         started: config.clone(),

@@ -259,3 +259,22 @@ fn parked_connections_close_takeover_and_shutdown() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// The broker turns transparent huge pages off for itself, so that its resident memory
+/// follows what it holds (`runtime::no_huge_pages`): the kernel reports it in the
+/// process's status.
+#[test]
+fn the_broker_runs_without_transparent_huge_pages() {
+    let broker = parking_broker("1000", &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.child.id()))
+        .expect("the broker's /proc status");
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(
+        thp,
+        Some("0"),
+        "THP_enabled in the broker's status (Linux 5.0+)"
+    );
+}

@@ -80,8 +80,8 @@ pub const SHARD_LOG: &str = "shardmq::shard";
 pub use every::spawn_every;
 pub use lasting::lasting;
 pub use limits::{
-    bind_listener, claim_port, io_memory_per_shard, raise_nofile_limit, DataDirLock, PortClaim,
-    FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
+    bind_listener, claim_port, io_memory_per_shard, no_huge_pages, raise_nofile_limit, DataDirLock,
+    PortClaim, FDS_PER_CONNECTION, MEMLOCK_MIN_BYTES,
 };
 pub use mesh::{batch_cost_bytes, Batch, Joined, Mesh, MeshMessage, MeshSetup};
 pub use nap::spawn as spawn_naps;
