@@ -346,8 +346,12 @@ pub fn no_huge_pages() -> std::io::Result<()> {
     /// `PR_SET_THP_DISABLE` from <linux/prctl.h> (Linux 3.15), which the libc crate
     /// does not name for this target.
     const PR_SET_THP_DISABLE: libc::c_int = 41;
+    // prctl is variadic and the kernel reads its four arguments as unsigned longs: each
+    // is passed as one, so none carries stray upper bits (the third selects a mode on
+    // newer kernels; 0 is "off for every mapping").
+    let (on, mode, unused): (libc::c_ulong, libc::c_ulong, libc::c_ulong) = (1, 0, 0);
     // SAFETY: this prctl takes plain integers and changes only the process's flags.
-    let rc = unsafe { libc::prctl(PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0, 0, 0) };
+    let rc = unsafe { libc::prctl(PR_SET_THP_DISABLE, on, mode, unused, unused) };
     if rc == 0 {
         Ok(())
     } else {
