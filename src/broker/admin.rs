@@ -406,7 +406,7 @@ impl Broker {
     ) -> Option<R> {
         let key = *self.sessions.by_client.borrow().get(client_id)?;
         let mut sessions = self.sessions.slots.borrow_mut();
-        sessions.get_mut(&key).map(|slot| f(slot))
+        sessions.get_mut(&key).map(f)
     }
 }
 

@@ -225,7 +225,6 @@ impl Broker {
     /// Indexes `session` on this shard, attached to `conn`, with its subscriptions in the
     /// trie and the interest table (waiting until the peers have them); returns its key.
     async fn attach(&self, session: Session, conn: &Rc<Link>, me: ConnRef) -> SessionKey {
-        let key = self.sessions.new_key();
         let subscriptions: Vec<(String, crate::session::SubOptions)> = session
             .subscriptions
             .iter()
@@ -234,18 +233,22 @@ impl Broker {
         self.probe
             .inflight_current
             .add(session.outbound.inflight() as i64);
-        self.sessions.watch(key, &session);
+        let client_id = session.client_id.clone();
         // The session and its entries last as long as it does (see `runtime::lasting`).
-        crate::runtime::lasting(|| {
-            self.sessions
-                .by_client
+        let key = crate::runtime::lasting(|| {
+            let key = self
+                .sessions
+                .slots
                 .borrow_mut()
-                .insert(session.client_id.clone(), key);
-            self.sessions.slots.borrow_mut().insert(
-                key,
-                Box::new(SessionSlot::new(session, Some(Rc::clone(conn)), me)),
-            );
+                .insert_new(Box::new(SessionSlot::new(
+                    session,
+                    Some(Rc::clone(conn)),
+                    me,
+                )));
+            self.sessions.by_client.borrow_mut().insert(client_id, key);
+            key
         });
+        self.sessions.watch_key(key);
         self.probe.sessions_current.add(1);
         let mut acks = Vec::new();
         for (filter, opts) in &subscriptions {

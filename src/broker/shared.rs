@@ -98,6 +98,7 @@ use crate::session::{Had, Session, SubOptions};
 
 use super::holds::BacklogHolds;
 use super::persist::{records, ReplayWant, CATCH_UP_MESSAGES_MAX};
+use super::state::SessionTable;
 use super::{GroupKey, InterestKey, SessionKey, SessionSlot};
 
 /// Hand a shared delivery on at most this many times when the chosen shard lost its members.
@@ -357,7 +358,7 @@ impl Broker {
         &self,
         key: &GroupKey,
         members: &[(SessionKey, SubOptions)],
-        sessions: &HashMap<SessionKey, Box<SessionSlot>>,
+        sessions: &SessionTable,
         cost: usize,
         connected_only: bool,
     ) -> Option<(SessionKey, SubOptions)> {
@@ -1161,11 +1162,11 @@ impl Broker {
     /// `Sessions::watched`); a change that forgot to put one there fails here, in the
     /// tests, rather than as a cursor never logged.
     #[cfg(debug_assertions)]
-    fn check_watched(&self, slots: &std::collections::HashMap<SessionKey, Box<SessionSlot>>) {
+    fn check_watched(&self, slots: &SessionTable) {
         let watched = self.sessions.watched.borrow();
-        for (key, slot) in slots {
+        for (key, slot) in slots.iter() {
             assert!(
-                !slot.session.flush_looks_at() || watched.contains(key),
+                !slot.session.flush_looks_at() || watched.contains(&key),
                 "session {key} of {:?} has something for the cursor flush but is not watched",
                 slot.session.client_id.as_str()
             );

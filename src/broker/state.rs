@@ -10,6 +10,7 @@ use std::task::{Poll, Waker};
 
 use crate::mqtt::ClientId;
 use crate::router::{GroupRoute, InterestTable, RetainedIndex, Route, ShardId, SubscriptionTrie};
+use crate::runtime::{TokenMint, TokenTable, Tokened};
 use crate::session::{Message, Session, SubOptions};
 
 use super::msg::ShardMsg;
@@ -22,10 +23,9 @@ use super::{
 /// (as a home shard) who holds each client id.
 pub(super) struct Sessions {
     /// Every session on this shard, connected or offline.
-    pub(super) slots: RefCell<HashMap<SessionKey, Box<SessionSlot>>>,
+    pub(super) slots: RefCell<SessionTable>,
     /// The same, by client id; and, as a home shard, the connection holding each.
     pub(super) by_client: RefCell<ByClient>,
-    next_key: Cell<SessionKey>,
     /// Home shard: client ids whose session this shard's log holds (open, not ended).
     pub(super) persisted: RefCell<HashSet<String>>,
     /// Claims sent from this shard and not yet answered, by (client id, connection
@@ -46,9 +46,8 @@ pub(super) struct Sessions {
 impl Sessions {
     pub(super) fn new() -> Self {
         Sessions {
-            slots: RefCell::new(HashMap::new()),
+            slots: RefCell::new(SessionTable::default()),
             by_client: RefCell::new(ByClient::default()),
-            next_key: Cell::new(1),
             persisted: RefCell::new(HashSet::new()),
             claims: RefCell::new(HashMap::new()),
             parked: RefCell::new(HashMap::new()),
@@ -65,11 +64,87 @@ impl Sessions {
         }
     }
 
-    /// A key no session on this shard had before.
-    pub(super) fn new_key(&self) -> SessionKey {
-        let key = self.next_key.get();
-        self.next_key.set(key + 1);
+    /// [`Sessions::watch`] for session `key` of this shard's table.
+    pub(super) fn watch_key(&self, key: SessionKey) {
+        if let Some(slot) = self.slots.borrow().get(&key) {
+            self.watch(key, &slot.session);
+        }
+    }
+}
+
+/// A shard's sessions by key. A key is a token of `runtime::tokens`: the index of a
+/// slot reused once its session is gone, and a serial never reused, so a key names one
+/// session for the life of the process (a stale key finds nothing) while the table is
+/// a vector of 16 bytes per slot, not a hash table's slot, control byte and slack (38
+/// bytes a session at 15,000 on 2 shards), and a delivery finds its session by index,
+/// with no hashing. Keys live in memory only; nothing orders by them.
+#[derive(Default)]
+pub(super) struct SessionTable {
+    mint: TokenMint,
+    held: TokenTable<Held>,
+}
+
+/// A session in its slot, beside its key (the slot itself has no room for it: it fills
+/// its allocator size class).
+struct Held {
+    key: SessionKey,
+    slot: Box<SessionSlot>,
+}
+
+impl Tokened for Held {
+    fn token(&self) -> u64 {
+        self.key
+    }
+}
+
+impl SessionTable {
+    /// Keeps `slot` under a new key, returned.
+    pub(super) fn insert_new(&mut self, slot: Box<SessionSlot>) -> SessionKey {
+        // The configuration keeps `sessions_max` within a slot index
+        // (`config::SESSIONS_LIMIT`), and the shards' sessions within `sessions_max`.
+        let key = self
+            .mint
+            .mint()
+            .expect("a shard holds fewer sessions than its keys can index");
+        self.held.insert(Held { key, slot });
         key
+    }
+
+    pub(super) fn get(&self, key: &SessionKey) -> Option<&SessionSlot> {
+        self.held.get(*key).map(|h| &*h.slot)
+    }
+
+    pub(super) fn get_mut(&mut self, key: &SessionKey) -> Option<&mut SessionSlot> {
+        self.held.get_mut(*key).map(|h| &mut *h.slot)
+    }
+
+    pub(super) fn contains_key(&self, key: &SessionKey) -> bool {
+        self.held.get(*key).is_some()
+    }
+
+    /// Takes session `key` out; its slot may hold another session after.
+    pub(super) fn remove(&mut self, key: &SessionKey) -> Option<Box<SessionSlot>> {
+        let held = self.held.remove(*key)?;
+        self.mint.release(held.key);
+        Some(held.slot)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Every session with its key (the debug builds' check of the flush's list).
+    #[cfg(debug_assertions)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = (SessionKey, &SessionSlot)> + '_ {
+        self.held.values().map(|h| (h.key, &*h.slot))
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &SessionSlot> + '_ {
+        self.held.values().map(|h| &*h.slot)
+    }
+
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut SessionSlot> + '_ {
+        self.held.values_mut().map(|h| &mut *h.slot)
     }
 }
 

@@ -26,6 +26,11 @@ pub use layers::{load, ConfigSources};
 /// shard's tables with 24 bits (`runtime::TokenTable`).
 pub const CONNECTIONS_PER_SHARD_LIMIT: usize = (1 << 24) - 1;
 
+/// The most `sessions_max` may be: a session's key indexes its shard's session table
+/// with the same 24 bits, and restored sessions (a shard-count change) may gather on
+/// fewer shards than they were spread over.
+pub const SESSIONS_LIMIT: usize = CONNECTIONS_PER_SHARD_LIMIT;
+
 /// Upper bound on shards: the router's fixed shard sets have one bit per shard, so the
 /// router owns the number and `shards` is validated against it.
 pub use crate::router::SHARDS_MAX;
@@ -763,7 +768,11 @@ impl Config {
             ("retained_bytes_max", self.retained_bytes_max as u64),
             ("sessions_max", self.sessions_max as u64),
             ("qos2_ids_per_shard_max", self.qos2_ids_per_shard_max as u64),
-        ])
+        ])?;
+        if self.sessions_max > SESSIONS_LIMIT {
+            return Err(ConfigError::new("sessions_max", "must be at most 16777215"));
+        }
+        Ok(())
     }
 
     /// Topic names and filters: bytes (an MQTT string holds at most 65535) and levels.
@@ -1010,6 +1019,20 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate(&[0, 1]).unwrap_err().key, "shards");
+    }
+
+    #[test]
+    fn sessions_beyond_what_their_keys_index_are_refused() {
+        let mut at_limit = Config {
+            sessions_max: SESSIONS_LIMIT,
+            ..Config::default()
+        };
+        assert!(at_limit.validate(&[0]).is_ok());
+        let mut over = Config {
+            sessions_max: SESSIONS_LIMIT + 1,
+            ..Config::default()
+        };
+        assert_eq!(over.validate(&[0]).unwrap_err().key, "sessions_max");
     }
 
     #[test]

@@ -107,6 +107,14 @@ impl<T: Tokened> TokenTable<T> {
             .filter(|v| v.token() == token)
     }
 
+    /// The value under `token`, to change.
+    pub fn get_mut(&mut self, token: u64) -> Option<&mut T> {
+        self.slots
+            .get_mut(index(token))?
+            .as_mut()
+            .filter(|v| v.token() == token)
+    }
+
     /// Takes the value under `token` out.
     pub fn remove(&mut self, token: u64) -> Option<T> {
         let slot = self.slots.get_mut(index(token))?;
@@ -138,6 +146,11 @@ impl<T: Tokened> TokenTable<T> {
     /// Every value, in slot order.
     pub fn values(&self) -> impl Iterator<Item = &T> + '_ {
         self.slots.iter().flatten()
+    }
+
+    /// Every value, in slot order, to change.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        self.slots.iter_mut().flatten()
     }
 }
 

@@ -140,11 +140,15 @@ impl Broker {
         for (filter, (opts, from)) in &rec.subscriptions {
             session.subscriptions.insert(filter, *opts, from);
         }
-        let key = self.sessions.new_key();
         let me = ConnRef {
             shard: self.id,
             token: 0,
         };
+        let key = self
+            .sessions
+            .slots
+            .borrow_mut()
+            .insert_new(Box::new(SessionSlot::new(session, None, me)));
         {
             let mut by_client = self.sessions.by_client.borrow_mut();
             by_client.insert(client_id.clone(), key);
@@ -154,11 +158,7 @@ impl Broker {
             .persisted
             .borrow_mut()
             .insert(client_id.as_str().to_string());
-        self.sessions.watch(key, &session);
-        self.sessions
-            .slots
-            .borrow_mut()
-            .insert(key, Box::new(SessionSlot::new(session, None, me)));
+        self.sessions.watch_key(key);
         self.probe.sessions_current.add(1);
         key
     }
