@@ -12,6 +12,7 @@
 //!
 //! May use: `config`, `metrics`. It knows neither the broker nor its protocols.
 
+mod deadlines;
 mod every;
 mod lasting;
 mod limits;
@@ -77,6 +78,7 @@ fn ring_depth() -> usize {
 /// shows how far each shard got).
 pub const SHARD_LOG: &str = "shardmq::shard";
 
+pub use deadlines::{within, Expired};
 pub use every::spawn_every;
 pub use lasting::lasting;
 pub use limits::{

@@ -257,16 +257,17 @@ async fn connect_phase(
     // A deadline for the whole CONNECT and its credential check from accept, not per
     // read: a client that trickles one byte at a time is dropped at the same moment as
     // one that sends nothing, and a password check waiting its turn is given up.
-    let connect_timeout =
-        Duration::from_millis(door.config.connect_timeout_ms).saturating_sub(accepted_at.elapsed());
-    let (connect, principal) = match Box::pin(glommio::timer::timeout(connect_timeout, async {
+    // Kept by the shard's deadline watcher, not a timer of glommio's per connection
+    // (see `runtime::within`).
+    let deadline = accepted_at + Duration::from_millis(door.config.connect_timeout_ms);
+    let (connect, principal) = match Box::pin(crate::runtime::within(deadline, async {
         let connect = connect::read_connect(door, conn, socket, &mut rbuf, &limits).await;
-        Ok(match connect {
+        match connect {
             Some(c) => connect::check_credentials(door, conn, &c, identity)
                 .await
                 .map(|principal| (c, principal)),
             None => None,
-        })
+        }
     }))
     .await
     {

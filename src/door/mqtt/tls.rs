@@ -32,11 +32,8 @@ pub(super) async fn handshake(
     // Looked up now: a failed handshake's log line names the peer, and by then the
     // socket is gone.
     let peer = stream.peer_addr().ok();
-    let limit = Duration::from_millis(door.config.connect_timeout_ms);
-    let accepted = glommio::timer::timeout(limit.saturating_sub(accepted_at.elapsed()), async {
-        Ok(acceptor.accept(stream).await)
-    })
-    .await;
+    let deadline = accepted_at + Duration::from_millis(door.config.connect_timeout_ms);
+    let accepted = crate::runtime::within(deadline, acceptor.accept(stream)).await;
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

@@ -135,11 +135,10 @@ pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     peer: Option<SocketAddr>,
     accepted_at: Instant,
 ) -> Option<WsConn<S>> {
-    let limit = Duration::from_millis(door.config.connect_timeout_ms);
-    let left = limit.saturating_sub(accepted_at.elapsed());
+    let deadline = accepted_at + Duration::from_millis(door.config.connect_timeout_ms);
     let path = door.config.ws_path.as_str();
     let config = ws_config(door);
-    let upgraded = glommio::timer::timeout(left, async {
+    let upgraded = crate::runtime::within(deadline, async {
         // On `&mut stream`, so a refused request can still be answered here.
         let handshake = async_tungstenite::accept_hdr_async_with_config(
             &mut stream,
@@ -148,7 +147,7 @@ pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
         let refusal = match handshake {
-            Ok(_) => return Ok(Ok(())),
+            Ok(_) => return Ok(()),
             Err(WsError::Protocol(e)) => Some(refusal(&e)),
             Err(WsError::HttpFormat(_)) => Some(BAD_REQUEST),
             Err(_) => None,
@@ -157,7 +156,7 @@ pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = stream.write_all(answer.as_bytes()).await;
             let _ = stream.flush().await;
         }
-        Ok(Err(()))
+        Err(())
     })
     .await;
     match upgraded {
