@@ -18,7 +18,9 @@
 //! Decisions:
 //! - All three tries key children by the level string in a hash map and keep
 //!   separate slots for `+` and `#`, so a lookup costs one hash probe per level
-//!   per live branch instead of a scan over 100k filters.
+//!   per live branch instead of a scan over 100k filters. The subscription trie's
+//!   (and so the interest table's) hold one pointer per child, the child boxed with
+//!   its level inline (see `levels`): the devices' own level is the widest table.
 //! - Matching walks the topic with `str::split`-style slicing: no allocation.
 //! - Shared subscriptions (`$share/<group>/<filter>`) are parsed by
 //!   [`parse_filter`]; the interest table stores the group next to the filter,
@@ -27,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod interest;
+mod levels;
 mod retained;
 mod shard;
 mod small_map;

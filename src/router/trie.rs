@@ -1,9 +1,9 @@
 //! The subscription trie of one shard: filter -> (subscriber key -> options).
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
+use super::levels::Levels;
 use super::{split_level, SmallMap};
 
 /// Filters held by one shard's sessions, indexed level by level.
@@ -42,10 +42,11 @@ struct Node<K, V> {
 }
 
 struct Children<K, V> {
-    /// Literal children by level. Hashed with aHash: a lookup per level per publish is the
-    /// hottest part of matching, and SipHash cost several times as much; aHash is still
-    /// keyed per process, so clients cannot choose colliding topic levels.
-    literal: HashMap<Box<str>, Child<K, V>, LevelKeys>,
+    /// Literal children by level (one pointer each, see `levels`). Hashed with aHash: a
+    /// lookup per level per publish is the hottest part of matching, and SipHash cost
+    /// several times as much; aHash is still keyed per process, so clients cannot choose
+    /// colliding topic levels.
+    literal: Levels<Child<K, V>, LevelKeys>,
     plus: Option<Child<K, V>>,
     hash: Option<Child<K, V>>,
 }
@@ -187,7 +188,7 @@ impl<K: Eq + Hash, V> Node<K, V> {
     fn add_child(&mut self, level: &str, child: Child<K, V>) {
         let children = self.children.get_or_insert_with(|| {
             Box::new(Children {
-                literal: HashMap::default(),
+                literal: Levels::default(),
                 plus: None,
                 hash: None,
             })
@@ -196,7 +197,7 @@ impl<K: Eq + Hash, V> Node<K, V> {
             "+" => children.plus = Some(child),
             "#" => children.hash = Some(child),
             _ => {
-                children.literal.insert(Box::from(level), child);
+                children.literal.insert_new(level, child);
             }
         }
     }
@@ -406,10 +407,12 @@ pub(crate) mod tests {
         // are) beside the level's key: no node, no vector.
         type Broker = Child<u64, [u32; 3]>;
         assert_eq!(std::mem::size_of::<Broker>(), 24);
-        assert_eq!(std::mem::size_of::<(Box<str>, Broker)>(), 40);
+        // With its level inline: mimalloc's 48-byte size class.
+        assert_eq!(super::super::levels::entry_size::<Broker>(), 48);
         // An interest table's plain filter: its shard set alone.
         type Plain = Child<(), super::super::ShardSet>;
         assert_eq!(std::mem::size_of::<Plain>(), 40);
+        assert_eq!(super::super::levels::entry_size::<Plain>(), 64);
     }
 
     /// The trie under test: a subscriber's value names its filter, so a match says which
