@@ -202,7 +202,7 @@ impl ByClient {
 
     /// Indexes `client_id`'s session; returns the one it replaces.
     pub fn insert(&mut self, client_id: ClientId, key: SessionKey) -> Option<SessionKey> {
-        debug_assert_ne!(key, 0, "session keys start at 1");
+        debug_assert_ne!(key, 0, "a session key is never 0");
         let entry = self.ids.entry(client_id).or_default();
         let old = std::mem::replace(&mut entry.session, key);
         (old != 0).then_some(old)

@@ -48,8 +48,8 @@ pub struct Link {
     pub protocol: Cell<Protocol>,
     /// The client's Maximum Packet Size (v5), else the protocol limit.
     packet_bytes_max: Cell<u32>,
-    /// The session this connection is attached to, once CONNACK went out (session keys
-    /// start at 1).
+    /// The session this connection is attached to, once CONNACK went out (a session key
+    /// is never 0: its serial starts at 1).
     session: Cell<Option<NonZeroU64>>,
     /// Encoded packets waiting for the writer.
     pub out: RefCell<BytesMut>,
@@ -147,7 +147,7 @@ impl Link {
     /// Attaches the connection to session `key` (`None`: detaches it).
     pub fn set_session(&self, key: Option<u64>) {
         self.session
-            .set(key.map(|k| NonZeroU64::new(k).expect("session keys start at 1")));
+            .set(key.map(|k| NonZeroU64::new(k).expect("a session key is never 0")));
     }
 
     /// The client's Maximum Packet Size (v5), else the protocol limit.
