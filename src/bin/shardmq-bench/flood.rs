@@ -278,7 +278,10 @@ fn open_all(
     let handles: Vec<_> = (0..p.threads)
         .map(|t| {
             let p = Arc::clone(p);
-            let name = format!("flood-{}-{name}", std::process::id());
+            // The run's tag at a fixed width: the ids (and the topics built from them) are
+            // as long in every run, so what the broker keeps per connection does not move
+            // with the generator's process id.
+            let name = format!("flood-{:05}-{name}", std::process::id() % 100_000);
             let ks = ks.clone();
             std::thread::spawn(move || {
                 let mut opened = Opened {
