@@ -197,7 +197,7 @@ impl Broker {
         }
         let sessions = self.sessions.slots.borrow();
         let by_client = self.sessions.by_client.borrow();
-        let slot_of = |client: &str| by_client.get(client).and_then(|k| sessions.get(k));
+        let slot_of = |client: &str| by_client.get(client).and_then(|k| sessions.get(&k));
         let full = |rows: &Vec<Value>, scanned: usize| rows.len() >= limit || scanned >= SCAN_MAX;
         let mut rows = Vec::new();
         let mut scanned = 0;
@@ -352,12 +352,7 @@ impl Broker {
                 });
                 match found {
                     Some(Some(())) => {
-                        let key = self
-                            .sessions
-                            .by_client
-                            .borrow()
-                            .get(client_id.as_str())
-                            .copied();
+                        let key = self.sessions.by_client.borrow().get(client_id.as_str());
                         if let Some(key) = key {
                             self.end_session(key);
                         }
@@ -404,7 +399,7 @@ impl Broker {
         client_id: &str,
         f: impl FnOnce(&mut SessionSlot) -> R,
     ) -> Option<R> {
-        let key = *self.sessions.by_client.borrow().get(client_id)?;
+        let key = self.sessions.by_client.borrow().get(client_id)?;
         let mut sessions = self.sessions.slots.borrow_mut();
         sessions.get_mut(&key).map(f)
     }

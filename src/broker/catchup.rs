@@ -148,7 +148,7 @@ impl Broker {
         resume: Option<u64>,
         end: u64,
     ) {
-        let Some(key) = self.sessions.by_client.borrow().get(&client_id).copied() else {
+        let Some(key) = self.sessions.by_client.borrow().get(&client_id) else {
             return;
         };
         let mut sessions = self.sessions.slots.borrow_mut();

@@ -363,7 +363,7 @@ impl Broker {
             }
             return;
         }
-        let key = self.sessions.by_client.borrow().get(&client_id).copied();
+        let key = self.sessions.by_client.borrow().get(&client_id);
         let Some(key) = key else {
             self.post(to.shard, ShardMsg::SessionHandover { id, session: None });
             return;
@@ -498,7 +498,7 @@ impl Broker {
             .expect("session key from by_client");
         {
             let mut by_client = self.sessions.by_client.borrow_mut();
-            if by_client.get(&slot.session.client_id) == Some(&key) {
+            if by_client.get(&slot.session.client_id) == Some(key) {
                 by_client.remove(&slot.session.client_id);
             }
         }

@@ -753,7 +753,7 @@ impl Broker {
         let now = std::time::Instant::now();
         let mut sessions = self.sessions.slots.borrow_mut();
         for r in batch {
-            let Some(key) = self.sessions.by_client.borrow().get(&r.client_id).copied() else {
+            let Some(key) = self.sessions.by_client.borrow().get(&r.client_id) else {
                 continue;
             };
             let Some(slot) = sessions.get_mut(&key) else {

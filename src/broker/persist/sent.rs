@@ -153,7 +153,7 @@ impl Broker {
         for s in batch {
             let Some(slot) = by_client
                 .get(&s.client_id)
-                .and_then(|k| sessions.get_mut(k))
+                .and_then(|k| sessions.get_mut(&k))
             else {
                 continue;
             };
