@@ -270,45 +270,44 @@ pub struct SessionSlot {
     pub session: Session,
     /// The live connection, if any.
     pub conn: Option<Rc<Link>>,
-    /// The last connection that held it (for registry bookkeeping): its token and shard
-    /// apart rather than a `ConnRef`, whose padding would cost the slot its size class.
+    /// The token of the last connection that held it (for registry bookkeeping; 0 for
+    /// none since a restart). Its shard is the slot's: a session is held on the shard of
+    /// its connection.
     last_token: u64,
-    last_shard: ShardId,
     /// Bumped on every (re)attach and takeover; timers compare it to know they are
     /// stale. A timer lives at most one expiry interval: 2^32 reattaches in it cannot
     /// happen.
     pub epoch: u32,
 }
 
-// Every session keeps one, connected or not: within the allocator's 192-byte size class
-// (the next is 224).
-const _: () = assert!(std::mem::size_of::<SessionSlot>() <= 192);
+// Every session keeps one, connected or not: within the allocator's 160-byte size class
+// (the next is 192).
+const _: () = assert!(std::mem::size_of::<SessionSlot>() <= 160);
 
 impl SessionSlot {
-    /// A slot for `session`, attached to `conn` (if any), last held by `last_conn`.
-    pub fn new(session: Session, conn: Option<Rc<Link>>, last_conn: ConnRef) -> Self {
+    /// A slot for `session`, attached to `conn` (if any), last held by the connection
+    /// with token `last_token` on this shard.
+    pub fn new(session: Session, conn: Option<Rc<Link>>, last_token: u64) -> Self {
         SessionSlot {
             session,
             conn,
-            last_token: last_conn.token,
-            last_shard: last_conn.shard,
+            last_token,
             epoch: 0,
         }
     }
 
-    /// The last connection that held the session.
-    pub fn last_conn(&self) -> ConnRef {
+    /// The last connection that held the session, the slot being on shard `here`.
+    pub fn last_conn(&self, here: ShardId) -> ConnRef {
         ConnRef {
-            shard: self.last_shard,
+            shard: here,
             token: self.last_token,
         }
     }
 
-    /// Attaches `conn`, `last_conn` on this shard: timers of the time before are stale.
-    pub fn attach(&mut self, conn: Rc<Link>, last_conn: ConnRef) {
+    /// Attaches `conn`, a connection of this shard: timers of the time before are stale.
+    pub fn attach(&mut self, conn: Rc<Link>) {
+        self.last_token = conn.token;
         self.conn = Some(conn);
-        self.last_token = last_conn.token;
-        self.last_shard = last_conn.shard;
         self.bump_epoch();
     }
 

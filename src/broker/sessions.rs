@@ -203,7 +203,6 @@ impl Broker {
         if present {
             session.replay.moved(self.mesh.shards());
         }
-        session.attached_on = Some(self.id);
         session.protocol = params.protocol;
         session.expiry_secs = params.expiry_secs;
         session.will = params.will.map(Box::new);
@@ -243,7 +242,7 @@ impl Broker {
                 .insert_new(Box::new(SessionSlot::new(
                     session,
                     Some(Rc::clone(conn)),
-                    me,
+                    me.token,
                 )));
             self.sessions.by_client.borrow_mut().insert(client_id, key);
             key
@@ -377,7 +376,7 @@ impl Broker {
         if was_live && slot.session.will.is_some() {
             // Published or cancelled below; a delayed will of an offline session was
             // marked done when its connection ended.
-            self.log_will_done(client_id.as_str(), will_conn(slot.last_conn()));
+            self.log_will_done(client_id.as_str(), will_conn(slot.last_conn(self.id)));
         }
         if let Some(conn) = slot.conn.take() {
             conn.close(ReasonCode::SessionTakenOver);
@@ -420,7 +419,7 @@ impl Broker {
             // Timers of the old connection (expiry, delayed will) no longer apply.
             slot.bump_epoch();
             (
-                slot.conn.take().map(|c| (c, slot.last_conn())),
+                slot.conn.take().map(|c| (c, slot.last_conn(self.id))),
                 slot.session.will.take(),
             )
         };
@@ -455,14 +454,10 @@ impl Broker {
         key: SessionKey,
         params: SessionParams,
     ) -> ConnectOutcome {
-        let me = ConnRef {
-            shard: self.id,
-            token: conn.token,
-        };
         let open = {
             let mut sessions = self.sessions.slots.borrow_mut();
             let slot = sessions.get_mut(&key).expect("checked by the caller");
-            slot.attach(Rc::clone(conn), me);
+            slot.attach(Rc::clone(conn));
             let s = &mut slot.session;
             s.protocol = params.protocol;
             s.expiry_secs = params.expiry_secs;
@@ -534,7 +529,7 @@ impl Broker {
             let stopping = slot.conn.as_ref().and_then(|c| c.closing())
                 == Some(ReasonCode::ServerShuttingDown);
             let armed = (slot.conn.take().is_some() && slot.session.will.is_some() && !stopping)
-                .then(|| will_conn(slot.last_conn()));
+                .then(|| will_conn(slot.last_conn(self.id)));
             if let Some(e) = expiry_secs {
                 // A v5 DISCONNECT may change the interval, within the same cap as CONNECT.
                 slot.session.expiry_secs = e.min(self.config.session_expiry_max_secs);
@@ -617,7 +612,7 @@ impl Broker {
             self.log_session(slot.session.client_id.as_str(), &SessionRecord::End, false);
         }
         let home = owner_of(slot.session.client_id.as_str(), self.mesh.shards());
-        let conn = slot.last_conn();
+        let conn = slot.last_conn(self.id);
         self.post(
             home,
             ShardMsg::SessionGone {

@@ -55,7 +55,7 @@ use super::outbound::Outbound;
 #[derive(Debug, Default, Clone)]
 pub struct ReplayCursor {
     /// Highest floor seen per owner shard.
-    floors: Box<[u64]>,
+    floors: super::PerShard,
     /// Changed since the last `take_changed`.
     dirty: bool,
     /// Gaps, catch-up ranges and QoS 2 records: built the first time one is needed (a
@@ -144,7 +144,7 @@ impl ReplayCursor {
 
     /// Everything of owner `shard` below `floor` has reached the session.
     pub fn raise(&mut self, shard: ShardId, floor: u64) {
-        let seen = super::per_shard_mut(&mut self.floors, shard.index());
+        let seen = self.floors.get_mut(shard.index());
         if floor > *seen {
             *seen = floor;
         }
@@ -206,7 +206,7 @@ impl ReplayCursor {
     /// session already holds are not queued twice).
     pub fn moved(&mut self, shards: usize) {
         for shard in ShardId::all(shards) {
-            let floor = self.floors.get(shard.index()).copied().unwrap_or(0);
+            let floor = self.floors.get(shard.index());
             self.overflowed(LogPos {
                 shard,
                 offset: floor,
@@ -437,7 +437,7 @@ impl ReplayCursor {
 
     /// Like `raise`, but marks the cursor changed only if the floor rose.
     pub fn raise_quietly(&mut self, shard: ShardId, floor: u64) {
-        if self.floors.get(shard.index()).copied().unwrap_or(0) < floor {
+        if self.floors.get(shard.index()) < floor {
             self.raise(shard, floor);
         }
     }
@@ -472,7 +472,7 @@ impl ReplayCursor {
 
     /// The cursor per owner shard (index) now.
     pub fn current(&self, outbound: &Outbound) -> Vec<u64> {
-        let mut lowest = self.floors.to_vec();
+        let mut lowest = self.floors.as_slice().to_vec();
         outbound.lowest_unfinished(&mut lowest);
         for (shard, from) in self.gaps() {
             let s = shard.index();

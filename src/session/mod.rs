@@ -104,23 +104,40 @@ pub struct Session {
     pub awaiting_pubrel: BuiltOnUse<u16, ShardId>,
     /// Where a replay after a restart would start, per owner shard.
     pub replay: ReplayCursor,
-    /// The shard the session was last attached on.
-    pub attached_on: Option<ShardId>,
     /// Whether the home shard's log holds this session (it was persistent when it
     /// connected); its changes are then logged too.
     pub logged: bool,
 }
 
-/// The entry of shard `index` in a per-shard table, grown with zeros to reach it. A
-/// boxed slice rather than a `Vec`: it grows only to the shard count, once, and every
-/// session carries a few of these.
-fn per_shard_mut(table: &mut Box<[u64]>, index: usize) -> &mut u64 {
-    if table.len() <= index {
-        let mut grown = std::mem::take(table).into_vec();
-        grown.resize(index + 1, 0);
-        *table = grown.into_boxed_slice();
+/// A number per shard, 0 for a shard it never had one for: grown with zeros to the
+/// highest shard asked for (at most the shard count, once). A thin vector: 8 bytes in
+/// the session, which carries two of these (a boxed slice's pointer and length are
+/// 16), and nothing allocated until the first number; the length sits in the
+/// allocation, beside the numbers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PerShard(thin_vec::ThinVec<u64>);
+
+const _: () = assert!(std::mem::size_of::<PerShard>() == 8);
+
+impl PerShard {
+    /// The number of shard `index` (0 if none).
+    pub(crate) fn get(&self, index: usize) -> u64 {
+        self.0.get(index).copied().unwrap_or(0)
     }
-    &mut table[index]
+
+    /// The number of shard `index`, the table grown to it.
+    pub(crate) fn get_mut(&mut self, index: usize) -> &mut u64 {
+        if self.0.len() <= index {
+            self.0.reserve_exact(index + 1 - self.0.len());
+            self.0.resize(index + 1, 0);
+        }
+        &mut self.0[index]
+    }
+
+    /// The numbers by shard.
+    pub(crate) fn as_slice(&self) -> &[u64] {
+        &self.0
+    }
 }
 
 /// A table that most sessions and connections never fill, built by its first insert:
@@ -188,7 +205,6 @@ impl Session {
             awaiting_pubrel: BuiltOnUse::default(),
             replay: ReplayCursor::default(),
             logged: false,
-            attached_on: None,
         }
     }
 
@@ -221,5 +237,27 @@ impl Session {
             None if self.outbound.holds(pos) => Had::Held,
             None => Had::No,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_shard_table_grows_with_zeros_to_the_shard_asked_for() {
+        let mut table = PerShard::default();
+        assert_eq!(table.get(3), 0);
+        assert!(table.as_slice().is_empty(), "a read allocates nothing");
+        *table.get_mut(1) = 7;
+        assert_eq!(table.as_slice(), [0, 7]);
+        *table.get_mut(1) += 1;
+        *table.get_mut(3) = 2;
+        assert_eq!(table.as_slice(), [0, 8, 0, 2]);
+        assert_eq!((table.get(1), table.get(2), table.get(9)), (8, 0, 0));
+        // Grown to exactly the shards asked for: the table lives as long as its session.
+        assert_eq!(table.0.capacity(), 4);
+        let copy = table.clone();
+        assert_eq!(copy.as_slice(), table.as_slice());
     }
 }

@@ -227,14 +227,14 @@ pub struct Outbound {
     client_receive_max: u16,
     /// Deliveries waiting for the window, built by the first one: a session that never
     /// had one (an idle device's) carries 8 bytes here instead of an empty queue's 40,
-    /// which keeps its slot in the allocator's 224-byte class.
+    /// which keeps its slot in the allocator's 160-byte class.
     queue: Option<Box<Queue>>,
     inflight: SmallMap<u16, Inflight>,
     next_pid: u16,
     next_seq: u64,
     /// Per owner shard, one past the highest log offset that ever entered the queue or
     /// the window: a message above it is held by neither (`holds` then looks no further).
-    entered_top: Box<[u64]>,
+    entered_top: super::PerShard,
     /// The books of logged QoS 2 exchanges, built by the first one: most sessions never
     /// have one and do not carry the empty tables.
     qos2: Option<Box<Qos2Books>>,
@@ -274,7 +274,7 @@ impl Outbound {
             inflight: SmallMap::new(),
             next_pid: 1,
             next_seq: 0,
-            entered_top: Box::default(),
+            entered_top: super::PerShard::default(),
             qos2: None,
         }
     }
@@ -388,11 +388,7 @@ impl Outbound {
     /// live path, in the owner's order, costs one comparison; only a message handed
     /// again (a re-read, a redistribution) scans the queue and the window.
     pub fn holds(&self, pos: LogPos) -> bool {
-        let top = self
-            .entered_top
-            .get(pos.shard.index())
-            .copied()
-            .unwrap_or(0);
+        let top = self.entered_top.get(pos.shard.index());
         pos.offset < top
             && self
                 .held()
@@ -404,7 +400,7 @@ impl Outbound {
     fn entered(&mut self, delivery: &Delivery) {
         let Some(pos) = delivery.msg.log else { return };
         let owner = pos.shard.index();
-        let top = super::per_shard_mut(&mut self.entered_top, owner);
+        let top = self.entered_top.get_mut(owner);
         *top = (*top).max(pos.offset + 1);
     }
 

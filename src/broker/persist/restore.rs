@@ -123,7 +123,6 @@ impl Broker {
             self.outbound_limits(),
         );
         session.logged = true;
-        session.attached_on = Some(self.id);
         let released = rec.released_kept(self.config.session_qos2_released_max);
         let sent = rec.sent_above_cursors();
         // Their exchanges come back into the window only when a replay or catch-up read
@@ -148,7 +147,7 @@ impl Broker {
             .sessions
             .slots
             .borrow_mut()
-            .insert_new(Box::new(SessionSlot::new(session, None, me)));
+            .insert_new(Box::new(SessionSlot::new(session, None, me.token)));
         {
             let mut by_client = self.sessions.by_client.borrow_mut();
             by_client.insert(client_id.clone(), key);
