@@ -36,14 +36,17 @@ fn p2p_qos1_run_delivers_without_loss() {
         arrived.abs_diff(delivered) <= delivered / 20 + 100,
         "{report}"
     );
-    assert_eq!(result["delivery"]["lost"].as_u64(), Some(0), "{report}");
-    assert_eq!(
-        result["delivery"]["duplicates"].as_u64(),
-        Some(0),
-        "{report}"
-    );
+    assert_every_message_once_in_order(&report);
     assert_eq!(report["params"]["qos"].as_u64(), Some(1));
     assert!(report["hardware"]["nproc"].as_u64().unwrap() >= 1);
+}
+
+/// The report's delivery check found nothing lost, duplicated or out of order.
+fn assert_every_message_once_in_order(report: &serde_json::Value) {
+    let delivery = &report["result"]["delivery"];
+    for key in ["lost", "duplicates", "out_of_order"] {
+        assert_eq!(delivery[key].as_u64(), Some(0), "{key}: {report}");
+    }
 }
 
 /// Kafka mode against the Kafka door: an offered rate is acknowledged, and every record
@@ -93,5 +96,125 @@ fn kafka_mode_produces_at_the_offered_rate_and_fetches_everything() {
     assert!(
         result["produce_to_fetch"]["p50_us"].as_u64().unwrap() > 0,
         "{report}"
+    );
+}
+
+/// `shardmq-bench --relay` on a free port, killed when dropped.
+struct Relay {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Relay {
+    /// Starts the relay with `threads` threads and reads its port from the line it
+    /// prints once it listens.
+    fn start(threads: usize) -> Relay {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
+            .args(["--relay", "127.0.0.1:0", "--threads"])
+            .arg(threads.to_string())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run shardmq-bench --relay");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .expect("the relay's first line");
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Relay { child, port }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The relay (the cost floor of the light-load comparison) with two threads passes every
+/// QoS 0 publish of the generator on, in order, in MQTT 3.1.1 and 5.0: connections land
+/// on either thread, so publishes cross between them too.
+#[test]
+fn relay_mode_passes_every_publish_on_in_both_versions() {
+    let relay = Relay::start(2);
+    for version in ["4", "5"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shardmq-bench"))
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(relay.port.to_string())
+            .args([
+                "--version",
+                version,
+                "--topic-prefix",
+                &format!("v{version}"),
+            ])
+            .args(["--publishers", "4", "--subscribers", "4", "--topics", "4"])
+            .args(["--qos", "0", "--payload-bytes", "64", "--rate", "1000"])
+            .args(["--duration-secs", "2", "--json"])
+            .output()
+            .expect("run shardmq-bench");
+        assert!(
+            out.status.success(),
+            "bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+        let result = &report["result"];
+        assert!(
+            result["delivered"].as_u64().unwrap() >= 4 * 1000,
+            "{report}"
+        );
+        assert_every_message_once_in_order(&report);
+    }
+}
+
+/// An independent client (rumqttc) subscribes to a wildcard through the relay and gets
+/// the publishes that match it and none that do not.
+#[test]
+fn relay_mode_serves_an_independent_client() {
+    use rumqttc::{Event, Packet, QoS};
+    use std::time::Duration;
+    let relay = Relay::start(1);
+    let connect = |id: &str| {
+        let opts = rumqttc::MqttOptions::new(id, "127.0.0.1", relay.port);
+        rumqttc::Client::new(opts, 16)
+    };
+    let (sub, mut sub_events) = connect("floor-sub");
+    sub.subscribe("floor/+", QoS::AtMostOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in sub_events.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send(None);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(Some((p.topic.clone(), p.payload.to_vec())));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let wait = Duration::from_secs(10);
+    assert_eq!(rx.recv_timeout(wait).expect("SUBACK"), None);
+    let (publisher, mut pub_events) = connect("floor-pub");
+    std::thread::spawn(move || for _ in pub_events.iter().take_while(Result::is_ok) {});
+    for topic in ["elsewhere/a", "floor/a/b", "floor/a"] {
+        publisher
+            .publish(topic, QoS::AtMostOnce, false, topic.as_bytes())
+            .unwrap();
+    }
+    let got = rx.recv_timeout(wait).expect("a delivery");
+    assert_eq!(got, Some(("floor/a".to_string(), b"floor/a".to_vec())));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "nothing else matches"
     );
 }

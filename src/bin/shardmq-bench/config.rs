@@ -146,6 +146,11 @@ pub struct Args {
     /// flight, µs (default 1000; librdkafka's linger.ms).
     #[arg(long)]
     pub kafka_linger_us: Option<u64>,
+    /// Relay mode: serve as the minimal QoS 0 relay on this address (see `relay`) with
+    /// `--threads` threads pinned by `--cpus`, until killed, instead of generating load.
+    #[arg(long)]
+    #[serde(skip)]
+    pub relay: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -190,6 +195,7 @@ impl Args {
             kafka_partitions: self.kafka_partitions.or(base.kafka_partitions),
             kafka_inflight: self.kafka_inflight.or(base.kafka_inflight),
             kafka_linger_us: self.kafka_linger_us.or(base.kafka_linger_us),
+            relay: self.relay.or(base.relay),
         }
     }
 }
@@ -276,6 +282,7 @@ pub struct Params {
     pub kafka_partitions: u32,
     pub kafka_inflight: usize,
     pub kafka_linger_us: u64,
+    pub relay: Option<std::net::SocketAddr>,
 }
 
 impl Params {
@@ -367,6 +374,7 @@ impl Params {
             kafka_partitions: a.kafka_partitions.unwrap_or(1).clamp(1, 1024),
             kafka_inflight: a.kafka_inflight.unwrap_or(5).max(1),
             kafka_linger_us: a.kafka_linger_us.unwrap_or(1000),
+            relay: a.relay,
         })
     }
 

@@ -28,6 +28,7 @@ mod conn;
 mod driver;
 mod flood;
 mod kafka;
+mod relay;
 mod report;
 mod stats;
 mod storm;
@@ -63,6 +64,15 @@ fn main() -> ExitCode {
     };
     stats::epoch();
     sys::raise_nofile_limit();
+    if let Some(addr) = params.relay {
+        return match relay::run(&params, addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardmq-bench: relay on {addr}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(topic) = params.kafka_topic.clone() {
         return match kafka::run(&params, &topic) {
             Ok(r) => {
