@@ -11,6 +11,10 @@
 #   shardmq-2        2 shards, wake_coalesce_us = 0
 #   shardmq-1-nap    1 shard pinned to CPU 0, wake_coalesce_us = US (default 200)
 #   shardmq-2-nap    2 shards, wake_coalesce_us = US
+#   relay-1          the floor: shardmq-bench --relay (epoll, one read per ready
+#                    connection, one write per subscriber per wait), 1 thread on CPU 0
+#   relay-2          the same with 2 threads on CPUs 0 and 1, handing a publish to a
+#                    subscriber on the other thread through a queue and an eventfd
 # The generator is one thread pinned to CPU 1 (so 1 shard and mosquitto have CPU 0 to
 # themselves; 2 shards share CPU 1 with it). Every (rate, system) pair runs on a fresh broker, in an order that rotates
 # between repeats (default 3), and the report quotes medians: broker CPU µs per delivery
@@ -27,7 +31,7 @@ repeats=3
 duration=4
 rates="10000 40000 100000 300000 max"
 coalesce=200
-systems="mosquitto shardmq-1 shardmq-2 shardmq-1-nap shardmq-2-nap"
+systems="mosquitto shardmq-1 shardmq-2 shardmq-1-nap shardmq-2-nap relay-1 relay-2"
 while [[ $# -gt 0 ]]; do
     case $1 in
         --repeats) repeats=$2; shift ;;
@@ -57,6 +61,8 @@ for repeat in $(seq "$repeats"); do
                 shardmq-2) SHARDMQ_WAKE_COALESCE_US=0 start_shardmq 2 ;;
                 shardmq-1-nap) SHARDMQ_CPUS=0 SHARDMQ_WAKE_COALESCE_US=$coalesce start_shardmq 1 ;;
                 shardmq-2-nap) SHARDMQ_WAKE_COALESCE_US=$coalesce start_shardmq 2 ;;
+                relay-1) start_relay 1 0 ;;
+                relay-2) start_relay 2 0,1 ;;
                 *) die "unknown system $system" ;;
             esac
             args=(--workload config/bench/p2p.toml --duration-secs "$duration" --warmup-secs 1

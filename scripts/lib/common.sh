@@ -115,6 +115,18 @@ EOF
     wait_port "$BROKER_PORT"
 }
 
+# start_relay THREADS CPUS: shardmq-bench's relay mode (`--relay`: the least work that
+# passes a QoS 0 publish on as it arrives, a floor under any broker's CPU per delivery) on
+# a free port, THREADS threads pinned to CPUS (e.g. 0 or 0,1).
+start_relay() {
+    new_broker_dir relay
+    BROKER_PORT=$(free_port)
+    "$BENCH_BIN" --relay "127.0.0.1:$BROKER_PORT" --threads "$1" --cpus "$2" \
+        >"$BROKER_DIR/broker.log" 2>&1 &
+    BROKER_PID=$!
+    wait_port "$BROKER_PORT"
+}
+
 # MQTT 3.1.1 and QoS <= 1 only; JetStream holds sessions and QoS 1 messages.
 start_nats() {
     new_broker_dir nats
