@@ -12,7 +12,7 @@
 //!
 //! It speaks only what the generator needs: CONNECT (3.1.1 or 5.0) → CONNACK, SUBSCRIBE
 //! (any filter, QoS 0 granted) → SUBACK, QoS 0 PUBLISH, PINGREQ → PINGRESP, DISCONNECT;
-//! anything else closes the connection. Publishes go out unchanged, so publishers and
+//! anything else closes the connection. All but PUBLISH go through the broker's codec. Publishes go out unchanged, so publishers and
 //! subscribers must speak one protocol version. No sessions, retained messages, QoS 1
 //! or 2, authentication or limits beyond a cap on a stalled subscriber's output: it is
 //! the cost floor of a broker, not one.
@@ -23,6 +23,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::BytesMut;
+use shardmq::mqtt::{
+    self, ConnAck, DecodeLimits, Packet, PacketType, Protocol, ReasonCode, SubAck, Subscribe,
+};
 
 use crate::config::{filter_matches, Params};
 use crate::sys;
@@ -131,8 +136,8 @@ struct Conn {
     carry: Vec<u8>,
     /// Output the socket has not taken yet (written on EPOLLOUT).
     out: Vec<u8>,
-    /// The protocol level of its CONNECT, 0 before one.
-    version: u8,
+    /// The protocol of its CONNECT, `None` before one.
+    protocol: Option<Protocol>,
     subscribed: bool,
 }
 
@@ -324,7 +329,7 @@ impl Relay {
                         stream,
                         carry: Vec::new(),
                         out: Vec::new(),
-                        version: 0,
+                        protocol: None,
                         subscribed: false,
                     };
                     self.conns.insert(id, conn);
@@ -525,6 +530,9 @@ fn send(conn: &mut Conn, bytes: &[u8]) -> Result<bool, ToClose> {
 }
 
 /// Handles the whole packets at the start of `data`; returns how many bytes they took.
+///
+/// A PUBLISH, the message path, is read no further than its topic and goes out as it
+/// came; every other packet goes through the broker's codec.
 fn packets(
     data: &[u8],
     id: u64,
@@ -535,22 +543,32 @@ fn packets(
     let mut at = 0;
     while let Some((header, len)) = frame(&data[at..])? {
         let packet = &data[at..at + len];
-        let body = &packet[header..];
-        match (packet[0] >> 4, conn.version) {
-            (1, 0) => connect(conn, body)?,
-            (3, v) if v != 0 => {
-                if packet[0] & 0x06 != 0 {
-                    return Err(ToClose);
-                }
-                let topic_len = u16::from_be_bytes(field(body, 0, 2)?.try_into().expect("2"));
-                let topic = field(body, 2, topic_len as usize)?;
-                routing.publish(shared, topic, packet);
+        at += len;
+        if packet[0] >> 4 == PacketType::Publish as u8 && conn.protocol.is_some() {
+            if packet[0] & 0x06 != 0 {
+                return Err(ToClose);
             }
-            (8, v) if v != 0 && packet[0] == 0x82 => subscribe(conn, id, shared, body)?,
-            (12, v) if v != 0 => reply(conn, &[0xD0, 0])?,
+            let body = &packet[header..];
+            let topic_len = body.get(..2).ok_or(ToClose)?;
+            let topic_len = u16::from_be_bytes([topic_len[0], topic_len[1]]) as usize;
+            let topic = body.get(2..2 + topic_len).ok_or(ToClose)?;
+            routing.publish(shared, topic, packet);
+            continue;
+        }
+        let mut own = BytesMut::from(packet);
+        let decoded = mqtt::decode(&mut own, conn.protocol, &DecodeLimits::default());
+        match (decoded, conn.protocol) {
+            (Ok(Some(Packet::Connect(c))), None) => {
+                conn.protocol = Some(c.protocol);
+                reply(
+                    conn,
+                    &Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)),
+                )?;
+            }
+            (Ok(Some(Packet::Subscribe(sub))), Some(_)) => subscribe(conn, id, shared, sub)?,
+            (Ok(Some(Packet::PingReq)), Some(_)) => reply(conn, &Packet::PingResp)?,
             _ => return Err(ToClose),
         }
-        at += len;
     }
     Ok(at)
 }
@@ -572,85 +590,25 @@ fn frame(data: &[u8]) -> Result<Option<(usize, usize)>, ToClose> {
     Err(ToClose)
 }
 
-fn field(body: &[u8], at: usize, len: usize) -> Result<&[u8], ToClose> {
-    body.get(at..at + len).ok_or(ToClose)
+/// Encodes and sends a reply. Replies are a few bytes on a connection that had room;
+/// output left queued is written on the next EPOLLOUT, which `read` asks for.
+fn reply(conn: &mut Conn, packet: &Packet) -> Result<(), ToClose> {
+    let protocol = conn.protocol.ok_or(ToClose)?;
+    let mut out = BytesMut::new();
+    mqtt::encode(packet, protocol, &mut out).map_err(|_| ToClose)?;
+    send(conn, &out).map(drop)
 }
 
-/// A variable byte integer and where after it the next field starts.
-fn varint(body: &[u8], mut at: usize) -> Result<(usize, usize), ToClose> {
-    let mut value = 0usize;
-    for shift in (0..28).step_by(7) {
-        let b = *body.get(at).ok_or(ToClose)?;
-        at += 1;
-        value |= ((b & 0x7F) as usize) << shift;
-        if b & 0x80 == 0 {
-            return Ok((value, at));
-        }
-    }
-    Err(ToClose)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: usize) {
-    loop {
-        let b = (value & 0x7F) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn reply(conn: &mut Conn, bytes: &[u8]) -> Result<(), ToClose> {
-    // Replies are a few bytes on a connection that had room: queued output is written on
-    // the next EPOLLOUT, which `read` asks for.
-    send(conn, bytes).map(drop)
-}
-
-fn connect(conn: &mut Conn, body: &[u8]) -> Result<(), ToClose> {
-    if field(body, 0, 6)? != b"\x00\x04MQTT" {
-        return Err(ToClose);
-    }
-    conn.version = field(body, 6, 1)?[0];
-    match conn.version {
-        4 => reply(conn, &[0x20, 2, 0, 0]),
-        5 => reply(conn, &[0x20, 3, 0, 0, 0]),
-        _ => Err(ToClose),
-    }
-}
-
-fn subscribe(conn: &mut Conn, id: u64, shared: &Shared, body: &[u8]) -> Result<(), ToClose> {
-    let packet_id = field(body, 0, 2)?;
-    let mut at = 2;
-    if conn.version == 5 {
-        let (props, next) = varint(body, at)?;
-        at = next + props;
-    }
-    let mut filters = Vec::new();
-    while at < body.len() {
-        let len = u16::from_be_bytes(field(body, at, 2)?.try_into().expect("2")) as usize;
-        let filter = std::str::from_utf8(field(body, at + 2, len)?).map_err(|_| ToClose)?;
-        field(body, at + 2 + len, 1)?;
-        filters.push(filter.to_owned());
-        at += 2 + len + 1;
-    }
-    if filters.is_empty() {
-        return Err(ToClose);
-    }
-    let mut suback = vec![0x90];
-    let v5 = usize::from(conn.version == 5);
-    put_varint(&mut suback, 2 + v5 + filters.len());
-    suback.extend_from_slice(packet_id);
-    if v5 == 1 {
-        suback.push(0);
-    }
-    suback.resize(suback.len() + filters.len(), 0);
+fn subscribe(conn: &mut Conn, id: u64, shared: &Shared, sub: Subscribe) -> Result<(), ToClose> {
+    let granted = vec![ReasonCode::Success; sub.filters.len()];
     {
         let mut subs = shared.subs.write().unwrap_or_else(|e| e.into_inner());
-        subs.extend(filters.into_iter().map(|filter| Sub { filter, conn: id }));
+        subs.extend(sub.filters.iter().map(|(filter, _)| Sub {
+            filter: filter.as_str().to_owned(),
+            conn: id,
+        }));
         shared.generation.fetch_add(1, Ordering::Release);
     }
     conn.subscribed = true;
-    reply(conn, &suback)
+    reply(conn, &Packet::SubAck(SubAck::new(sub.packet_id, granted)))
 }
